@@ -1,0 +1,35 @@
+// The contract between the engine and a compute backend: KV caches and one batched forward step.
+using Kernels.Runtime.Models;
+
+namespace Kernels.Runtime.Backends;
+
+/// <summary>The keys and values a sequence has accumulated, in the backend's memory.</summary>
+public interface IKvCache : IDisposable
+{
+    /// <summary>Tokens held; the next token appended sits at this position.</summary>
+    int Length { get; }
+
+    /// <summary>A copy that continues independently (n samples of one prompt).</summary>
+    IKvCache Fork();
+
+    /// <summary>Drops every token at position >= <paramref name="length"/>.</summary>
+    void Truncate(int length);
+}
+
+/// <summary>One sequence's part of a step: new tokens appended at cache.Length onward.</summary>
+public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, bool AllLogits = false);
+
+public interface IBackend : IDisposable
+{
+    string Name { get; }
+    ModelConfig Config { get; }
+
+    IKvCache CreateCache();
+
+    /// <summary>
+    /// Runs every sequence's new tokens through the model in one batch (weights read once for all rows), appends
+    /// their keys and values to the caches, and returns per sequence the logits [rows, vocab] flattened: every
+    /// position when AllLogits, else the last one only.
+    /// </summary>
+    float[][] Forward(IReadOnlyList<SequenceStep> batch);
+}

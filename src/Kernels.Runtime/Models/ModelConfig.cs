@@ -1,0 +1,82 @@
+// The shape and hyper-parameters of a Llama-family model, independent of the file format it came from.
+namespace Kernels.Runtime.Models;
+
+public enum ModelArchitecture
+{
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+public enum RopeScalingType
+{
+    None,
+    /// <summary>Position interpolation: every inverse frequency divided by the factor.</summary>
+    Linear,
+    /// <summary>Llama 3.1: low frequencies divided by the factor, high kept, a smooth ramp between.</summary>
+    Llama3,
+}
+
+public sealed record RopeScaling(
+    RopeScalingType Type,
+    double Factor = 1.0,
+    double LowFreqFactor = 1.0,
+    double HighFreqFactor = 4.0,
+    int OriginalMaxPositions = 8192);
+
+public sealed record ModelConfig
+{
+    public required ModelArchitecture Architecture { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int VocabSize { get; init; }
+    public required int MaxPositions { get; init; }
+    public double RmsNormEps { get; init; } = 1e-5;
+    public double RopeTheta { get; init; } = 10000.0;
+    public RopeScaling RopeScaling { get; init; } = new(RopeScalingType.None);
+    /// <summary>
+    /// transformers keeps RoPE's inv_freq buffer in the checkpoint's dtype when it loads a bf16/f16 model, so its
+    /// rotation angles are those of the rounded frequencies (logits move by ~1e-3 at 30 positions otherwise). HF
+    /// checkpoints set this from config.json's dtype to reproduce transformers exactly; other formats keep fp32.
+    /// </summary>
+    public TensorDType RopeInvFreqDType { get; init; } = TensorDType.F32;
+    /// <summary>Per-frequency divisors stored by llama.cpp for Llama 3.1 (rope_freqs.weight); applied after scaling.</summary>
+    public float[]? RopeFrequencyFactors { get; init; }
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Biases on the q, k and v projections (Qwen2).</summary>
+    public bool AttentionBias { get; init; }
+    /// <summary>Keys older than this many positions are not attended to (Mistral v0.1); null = full attention.</summary>
+    public int? SlidingWindow { get; init; }
+    public int? BosTokenId { get; init; }
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+
+    public int QueryDim => NumHeads * HeadDim;
+    public int KvDim => NumKvHeads * HeadDim;
+    public int GqaGroup => NumHeads / NumKvHeads;
+
+    /// <summary>Throws a <see cref="ModelFormatException"/> naming <paramref name="source"/> when the shape is inconsistent.</summary>
+    public void Validate(string source)
+    {
+        void Require(bool ok, string problem)
+        {
+            if (!ok) throw new ModelFormatException(source, problem);
+        }
+        Require(HiddenSize > 0 && IntermediateSize > 0 && NumLayers > 0 && VocabSize > 0, "hidden, intermediate, layer and vocab sizes must be positive");
+        Require(NumHeads > 0 && NumKvHeads > 0, "head counts must be positive");
+        Require(NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) is not a multiple of num_key_value_heads ({NumKvHeads})");
+        Require(HeadDim > 0 && HeadDim % 2 == 0, $"head_dim ({HeadDim}) must be positive and even for RoPE");
+        Require(MaxPositions > 0, "max_position_embeddings must be positive");
+        Require(RmsNormEps > 0, "rms_norm_eps must be positive");
+        Require(RopeTheta > 0, "rope_theta must be positive");
+    }
+
+    public long ParameterCount =>
+        (long)VocabSize * HiddenSize * (TieWordEmbeddings ? 1 : 2)
+        + NumLayers * ((long)HiddenSize * (QueryDim + 2 * KvDim) + (long)QueryDim * HiddenSize
+                       + 3L * HiddenSize * IntermediateSize + 2L * HiddenSize)
+        + HiddenSize;
+}

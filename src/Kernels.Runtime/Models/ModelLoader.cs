@@ -1,0 +1,134 @@
+// Detects a model's format (HF directory, GGUF, llama2.c .bin, synthetic:NAME) and loads config, weights and tokenizer.
+using Kernels.Runtime.Tokenization;
+
+namespace Kernels.Runtime.Models;
+
+public sealed record ModelLoadOptions
+{
+    /// <summary>Explicit tokenizer file (tokenizer.model, tokenizer.json or a llama2.c tok*.bin); null = find it.</summary>
+    public string? TokenizerPath { get; init; }
+    public int SyntheticSeed { get; init; } = 1234;
+}
+
+public static class ModelLoader
+{
+    public static LoadedModel Load(string model, ModelLoadOptions? options = null)
+    {
+        options ??= new ModelLoadOptions();
+        if (SyntheticModels.IsSynthetic(model)) return SyntheticModels.Create(model, options.SyntheticSeed);
+
+        if (Directory.Exists(model)) return LoadHfDirectory(model, options);
+        if (!File.Exists(model)) throw new ModelFormatException(model, "no such file or directory");
+        if (Path.GetFileName(model) is "config.json" or "model.safetensors" or "model.safetensors.index.json")
+            return LoadHfDirectory(Path.GetDirectoryName(Path.GetFullPath(model))!, options);
+
+        Span<byte> head = stackalloc byte[28];
+        int read;
+        using (var f = File.OpenRead(model)) read = f.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        head = head[..read];
+        if (GgufFile.HasMagic(head) || model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) return LoadGguf(model, options);
+        if (Llama2cCheckpoint.LooksLikeCheckpoint(head)) return LoadLlama2c(model, options);
+        throw new ModelFormatException(model, "unrecognized model format: expected a Hugging Face directory (config.json + safetensors), a .gguf file or a llama2.c .bin checkpoint");
+    }
+
+    private static LoadedModel LoadHfDirectory(string dir, ModelLoadOptions options)
+    {
+        var config = HfConfigReader.Read(Path.Combine(dir, "config.json"));
+        var files = new List<SafetensorsFile>();
+        try
+        {
+            var lookup = OpenSafetensors(dir, files);
+            var weights = ModelWeights.Build(config, lookup, dir, files);
+            return new LoadedModel(dir, ModelFormat.HuggingFace, config, weights,
+                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.ForModelDirectory(dir));
+        }
+        catch
+        {
+            foreach (var f in files) f.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens model.safetensors, or every shard named by model.safetensors.index.json.</summary>
+    private static Func<string, WeightTensor?> OpenSafetensors(string dir, List<SafetensorsFile> files)
+    {
+        string single = Path.Combine(dir, "model.safetensors"), index = Path.Combine(dir, "model.safetensors.index.json");
+        if (File.Exists(single))
+        {
+            var f = SafetensorsFile.Open(single);
+            files.Add(f);
+            return n => f.Entries.ContainsKey(n) ? f.GetWeight(n) : null;
+        }
+        if (!File.Exists(index))
+            throw new ModelFormatException(dir, "no model.safetensors or model.safetensors.index.json in the model directory");
+
+        Dictionary<string, string> weightMap;
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(index));
+            weightMap = doc.RootElement.GetProperty("weight_map").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException)
+        {
+            throw new ModelFormatException(index, $"malformed index: {e.Message}", e);
+        }
+        var shards = new Dictionary<string, SafetensorsFile>();
+        foreach (var shard in weightMap.Values.Distinct())
+        {
+            var f = SafetensorsFile.Open(Path.Combine(dir, shard));
+            files.Add(f);
+            shards[shard] = f;
+        }
+        return n =>
+        {
+            if (!weightMap.TryGetValue(n, out var shard)) return null;
+            var f = shards[shard];
+            if (!f.Entries.ContainsKey(n)) throw new ModelFormatException(f.Path, $"the index places tensor '{n}' here but the file does not hold it");
+            return f.GetWeight(n);
+        };
+    }
+
+    private static LoadedModel LoadGguf(string path, ModelLoadOptions options)
+    {
+        var gguf = GgufFile.Open(path);
+        try
+        {
+            var (config, weights) = GgufModel.Load(gguf);
+            var metadata = gguf.Metadata;
+            return new LoadedModel(path, ModelFormat.Gguf, config, weights,
+                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.FromGgufMetadata(metadata, path));
+        }
+        catch
+        {
+            gguf.Dispose();
+            throw;
+        }
+    }
+
+    private static LoadedModel LoadLlama2c(string path, ModelLoadOptions options)
+    {
+        var (config, weights) = Llama2cCheckpoint.Load(path);
+        return new LoadedModel(path, ModelFormat.Llama2c, config, weights, () =>
+        {
+            if (options.TokenizerPath != null) return TokenizerFromFile(options.TokenizerPath);
+            string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+            string[] candidates = [Path.Combine(dir, "tokenizer.bin"), Path.Combine(dir, $"tok{config.VocabSize}.bin"), Path.Combine(dir, "tokenizer.model")];
+            var found = candidates.FirstOrDefault(File.Exists)
+                ?? throw new ModelFormatException(path, $"missing tokenizer: none of {string.Join(", ", candidates.Select(Path.GetFileName))} next to the checkpoint; pass --tokenizer FILE");
+            return TokenizerFromFile(found);
+        });
+    }
+
+    /// <summary>A tokenizer file named explicitly; its kind is told by its name.</summary>
+    public static ITextTokenizer TokenizerFromFile(string path)
+    {
+        if (!File.Exists(path)) throw new ModelFormatException(path, "tokenizer file not found");
+        return Path.GetExtension(path).ToLowerInvariant() switch
+        {
+            ".json" => TokenizerLoader.FromHfTokenizerJson(path),
+            ".model" => TokenizerLoader.FromSentencePieceModel(path),
+            ".bin" => TokenizerLoader.FromLlama2cFile(path),
+            _ => throw new ModelFormatException(path, "unknown tokenizer kind: expected tokenizer.json, tokenizer.model or a llama2.c tok*.bin"),
+        };
+    }
+}

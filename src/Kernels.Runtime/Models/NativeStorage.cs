@@ -1,0 +1,103 @@
+// Where tensor bytes live: a read-only memory-mapped file, or native memory we own (converted or permuted weights).
+using System.IO.MemoryMappedFiles;
+using System.Runtime.InteropServices;
+
+namespace Kernels.Runtime.Models;
+
+/// <summary>A pinned, unmanaged byte range that stays valid until the storage is disposed.</summary>
+public abstract unsafe class NativeStorage : IDisposable
+{
+    public abstract byte* Pointer { get; }
+    public abstract long Length { get; }
+    public abstract void Dispose();
+}
+
+/// <summary>A whole file mapped read-only; nothing is copied into managed memory.</summary>
+public sealed unsafe class MappedFile : NativeStorage
+{
+    private readonly MemoryMappedFile _map;
+    private readonly MemoryMappedViewAccessor _view;
+    private byte* _pointer;
+
+    public string Path { get; }
+    public override long Length { get; }
+
+    public override byte* Pointer => _pointer != null ? _pointer : throw new ObjectDisposedException(Path);
+
+    private MappedFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, long length)
+    {
+        Path = path;
+        _map = map;
+        _view = view;
+        Length = length;
+        byte* p = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        _pointer = p + view.PointerOffset;
+    }
+
+    public static MappedFile Open(string path)
+    {
+        FileInfo info;
+        try
+        {
+            info = new FileInfo(path);
+            if (!info.Exists) throw new ModelFormatException(path, "file not found");
+        }
+        catch (Exception e) when (e is not ModelFormatException)
+        {
+            throw new ModelFormatException(path, e.Message, e);
+        }
+        if (info.Length == 0) throw new ModelFormatException(path, "file is empty");
+        try
+        {
+            var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+            var view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            return new MappedFile(path, map, view, info.Length);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ModelFormatException(path, $"cannot map file: {e.Message}", e);
+        }
+    }
+
+    public ReadOnlySpan<byte> Span(long offset, int length)
+    {
+        if (offset < 0 || length < 0 || offset + length > Length)
+            throw new ModelFormatException(Path, $"read of {length} bytes at offset {offset} runs past the end of the file ({Length} bytes)");
+        return new ReadOnlySpan<byte>(Pointer + offset, length);
+    }
+
+    public override void Dispose()
+    {
+        if (_pointer == null) return;
+        _pointer = null;
+        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        _view.Dispose();
+        _map.Dispose();
+    }
+}
+
+/// <summary>Native memory owned by the model (64-byte aligned for SIMD loads).</summary>
+public sealed unsafe class OwnedStorage : NativeStorage
+{
+    private byte* _pointer;
+    public override long Length { get; }
+    public override byte* Pointer => _pointer != null ? _pointer : throw new ObjectDisposedException(nameof(OwnedStorage));
+
+    public OwnedStorage(long length)
+    {
+        Length = length;
+        _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), 64);
+        GC.AddMemoryPressure(Math.Max(length, 1));
+    }
+
+    public Span<T> AsSpan<T>() where T : unmanaged => new(_pointer, checked((int)(Length / sizeof(T))));
+
+    public override void Dispose()
+    {
+        if (_pointer == null) return;
+        NativeMemory.AlignedFree(_pointer);
+        _pointer = null;
+        GC.RemoveMemoryPressure(Math.Max(Length, 1));
+    }
+}

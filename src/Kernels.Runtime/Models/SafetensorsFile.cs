@@ -1,0 +1,135 @@
+// The safetensors format: u64 header length, a JSON header {name: {dtype, shape, data_offsets}}, then raw data.
+using System.Buffers.Binary;
+using System.Text.Json;
+
+namespace Kernels.Runtime.Models;
+
+public sealed unsafe class SafetensorsFile : IDisposable
+{
+    public sealed record Entry(string Name, string DType, long[] Shape, long Begin, long End);
+
+    private const long MaxHeaderBytes = 100L << 20; // the format's own limit on header size
+
+    private readonly MappedFile _file;
+    private readonly long _dataStart;
+    public string Path => _file.Path;
+    public IReadOnlyDictionary<string, Entry> Entries { get; }
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    private SafetensorsFile(MappedFile file, long dataStart, Dictionary<string, Entry> entries, Dictionary<string, string> metadata)
+    {
+        _file = file;
+        _dataStart = dataStart;
+        Entries = entries;
+        Metadata = metadata;
+    }
+
+    public static SafetensorsFile Open(string path)
+    {
+        var file = MappedFile.Open(path);
+        try
+        {
+            return Parse(file);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    private static SafetensorsFile Parse(MappedFile file)
+    {
+        string path = file.Path;
+        if (file.Length < 8) throw new ModelFormatException(path, $"truncated safetensors file: {file.Length} bytes, not even the 8-byte header length");
+        ulong headerLen = BinaryPrimitives.ReadUInt64LittleEndian(file.Span(0, 8));
+        if (headerLen > (ulong)MaxHeaderBytes || (long)headerLen > file.Length - 8)
+            throw new ModelFormatException(path, $"truncated or corrupt safetensors file: header claims {headerLen} bytes but the file has {file.Length - 8} after the length field");
+
+        var entries = new Dictionary<string, Entry>(StringComparer.Ordinal);
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        long dataStart = 8 + (long)headerLen;
+        long dataLength = file.Length - dataStart;
+        try
+        {
+            using var doc = JsonDocument.Parse(file.Span(8, (int)headerLen).ToArray());
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ModelFormatException(path, "safetensors header is not a JSON object");
+            foreach (var prop in doc.RootElement.EnumerateObject())
+            {
+                if (prop.Name == "__metadata__")
+                {
+                    if (prop.Value.ValueKind == JsonValueKind.Object)
+                        foreach (var m in prop.Value.EnumerateObject())
+                            metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
+                    continue;
+                }
+                var v = prop.Value;
+                string dtype = v.GetProperty("dtype").GetString() ?? "";
+                long[] shape = v.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
+                var offs = v.GetProperty("data_offsets");
+                long begin = offs[0].GetInt64(), end = offs[1].GetInt64();
+                long elements = shape.Aggregate(1L, (a, b) => a * b);
+                int elemSize = ElementSize(dtype);
+                if (begin < 0 || end < begin || end > dataLength)
+                    throw new ModelFormatException(path, $"tensor '{prop.Name}': data_offsets [{begin}, {end}] lie outside the data section of {dataLength} bytes (file truncated or header corrupt)");
+                if (elemSize > 0 && end - begin != elements * elemSize)
+                    throw new ModelFormatException(path, $"tensor '{prop.Name}': data_offsets span {end - begin} bytes but {dtype} {FormatShape(shape)} needs {elements * elemSize}");
+                entries[prop.Name] = new Entry(prop.Name, dtype, shape, begin, end);
+            }
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException or IndexOutOfRangeException)
+        {
+            throw new ModelFormatException(path, $"corrupt safetensors header: {e.Message}", e);
+        }
+        return new SafetensorsFile(file, dataStart, entries, metadata);
+    }
+
+    private static string FormatShape(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    private static int ElementSize(string dtype) => dtype switch
+    {
+        "F64" or "I64" or "U64" => 8,
+        "F32" or "I32" or "U32" => 4,
+        "F16" or "BF16" or "I16" or "U16" => 2,
+        "I8" or "U8" or "BOOL" or "F8_E4M3" or "F8_E5M2" => 1,
+        _ => 0,
+    };
+
+    public static TensorDType? WeightDType(string dtype) => dtype switch
+    {
+        "F32" => TensorDType.F32,
+        "F16" => TensorDType.F16,
+        "BF16" => TensorDType.BF16,
+        _ => null,
+    };
+
+    /// <summary>A weight tensor pointing into the mapped file (no copy).</summary>
+    public WeightTensor GetWeight(string name)
+    {
+        var e = Entries.TryGetValue(name, out var x) ? x : throw new ModelFormatException(Path, $"tensor '{name}' not found");
+        var dtype = WeightDType(e.DType)
+            ?? throw new ModelFormatException(Path, $"tensor '{name}' has dtype {e.DType}; weights must be F32, F16 or BF16");
+        return new WeightTensor(name, dtype, e.Shape, _file.Pointer + _dataStart + e.Begin);
+    }
+
+    public ReadOnlySpan<byte> RawBytes(string name)
+    {
+        var e = Entries.TryGetValue(name, out var x) ? x : throw new ModelFormatException(Path, $"tensor '{name}' not found");
+        return _file.Span(_dataStart + e.Begin, checked((int)(e.End - e.Begin)));
+    }
+
+    public long[] ReadInt64(string name)
+    {
+        var e = Entries[name];
+        if (e.DType != "I64") throw new ModelFormatException(Path, $"tensor '{name}' is {e.DType}, not I64");
+        return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(RawBytes(name)).ToArray();
+    }
+
+    public float[] ReadSingle(string name)
+    {
+        var w = GetWeight(name);
+        return w.ToFloatArray();
+    }
+
+    public void Dispose() => _file.Dispose();
+}

@@ -1,0 +1,35 @@
+// Element types of stored weights, and their sizes; everything else about a dtype lives next to its converter.
+namespace Kernels.Runtime.Models;
+
+public enum TensorDType
+{
+    F32,
+    F16,
+    BF16,
+    /// <summary>GGML Q8_0: blocks of 32 int8 values with one fp16 scale (34 bytes per block).</summary>
+    Q8_0,
+}
+
+public static class TensorDTypeInfo
+{
+    public const int Q8_0BlockSize = 32;
+    public const int Q8_0BlockBytes = 34;
+
+    /// <summary>Bytes taken by <paramref name="elements"/> values of this type (elements must fill whole blocks).</summary>
+    public static long ByteCount(this TensorDType type, long elements) => type switch
+    {
+        TensorDType.F32 => elements * 4,
+        TensorDType.F16 or TensorDType.BF16 => elements * 2,
+        TensorDType.Q8_0 => elements / Q8_0BlockSize * Q8_0BlockBytes,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype"),
+    };
+
+    public static string Name(this TensorDType type) => type switch
+    {
+        TensorDType.F32 => "F32",
+        TensorDType.F16 => "F16",
+        TensorDType.BF16 => "BF16",
+        TensorDType.Q8_0 => "Q8_0",
+        _ => type.ToString(),
+    };
+}

@@ -1,0 +1,77 @@
+// Hand-unrolled Vector256 + FMA dot products: the inner loop of every CPU matmul and attention score.
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Kernels.Runtime.Numerics;
+
+public static unsafe class Simd
+{
+    /// <summary>sum_i a[i] * b[i], fp32 with four independent accumulators (hides FMA latency).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Dot(float* a, float* b, int n)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Fma.IsSupported && n >= 32)
+        {
+            var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+            for (; i + 32 <= n; i += 32)
+            {
+                s0 = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), s0);
+                s1 = Fma.MultiplyAdd(Avx.LoadVector256(a + i + 8), Avx.LoadVector256(b + i + 8), s1);
+                s2 = Fma.MultiplyAdd(Avx.LoadVector256(a + i + 16), Avx.LoadVector256(b + i + 16), s2);
+                s3 = Fma.MultiplyAdd(Avx.LoadVector256(a + i + 24), Avx.LoadVector256(b + i + 24), s3);
+            }
+            for (; i + 8 <= n; i += 8) s0 = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), s0);
+            sum = Vector256.Sum((s0 + s1) + (s2 + s3));
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var s0 = Vector256<float>.Zero;
+            for (; i + 8 <= n; i += 8) s0 += Vector256.Load(a + i) * Vector256.Load(b + i);
+            sum = Vector256.Sum(s0);
+        }
+        for (; i < n; i++) sum += a[i] * b[i];
+        return sum;
+    }
+
+    /// <summary>Four dot products of one weight row w against four activation rows (w is loaded once).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Dot4(float* w, float* x0, float* x1, float* x2, float* x3, int n, out float d0, out float d1, out float d2, out float d3)
+    {
+        int i = 0;
+        d0 = d1 = d2 = d3 = 0;
+        if (Fma.IsSupported)
+        {
+            var s0 = Vector256<float>.Zero; var s1 = s0; var s2 = s0; var s3 = s0;
+            for (; i + 8 <= n; i += 8)
+            {
+                var wv = Avx.LoadVector256(w + i);
+                s0 = Fma.MultiplyAdd(wv, Avx.LoadVector256(x0 + i), s0);
+                s1 = Fma.MultiplyAdd(wv, Avx.LoadVector256(x1 + i), s1);
+                s2 = Fma.MultiplyAdd(wv, Avx.LoadVector256(x2 + i), s2);
+                s3 = Fma.MultiplyAdd(wv, Avx.LoadVector256(x3 + i), s3);
+            }
+            d0 = Vector256.Sum(s0); d1 = Vector256.Sum(s1); d2 = Vector256.Sum(s2); d3 = Vector256.Sum(s3);
+        }
+        for (; i < n; i++)
+        {
+            float wi = w[i];
+            d0 += wi * x0[i]; d1 += wi * x1[i]; d2 += wi * x2[i]; d3 += wi * x3[i];
+        }
+    }
+
+    /// <summary>y[i] += a * x[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AxpyInPlace(float a, float* x, float* y, int n)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var av = Vector256.Create(a);
+            for (; i + 8 <= n; i += 8) Vector256.Store(Vector256.Load(y + i) + av * Vector256.Load(x + i), y + i);
+        }
+        for (; i < n; i++) y[i] += a * x[i];
+    }
+}
