@@ -56,8 +56,9 @@ public sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
                 continue;
             }
             _tokenBytes[id] = ByteLevelSymbols.ToBytes(token);
-            if (!_vocab.TryAdd(token, id))
-                throw new ModelFormatException(source, $"token '{token}' appears twice (ids {_vocab[token]} and {id})");
+            // Some GGUF vocabularies repeat a token string (padding slots); the first id wins for encoding and every
+            // id still decodes, rather than refusing a model that llama.cpp loads.
+            _vocab.TryAdd(token, id);
         }
 
         try

@@ -65,7 +65,7 @@ public static class GgufTokenizerMetadata
         string? pre = GetString(metadata, PreKey, source);
         string regex = PreTokenizerPattern.FromGgufName(pre, source);
 
-        string[] mergeStrings = Get(metadata, MergesKey, source) switch
+        string[] mergeStrings = Get(metadata, MergesKey) switch
         {
             null => throw new ModelFormatException(source, $"{MergesKey} is missing; a gpt2 vocabulary needs its merges"),
             string[] m => m,
@@ -126,7 +126,7 @@ public static class GgufTokenizerMetadata
     }
 
     private static string[] RequireTokens(IReadOnlyDictionary<string, object> metadata, string source) =>
-        Get(metadata, TokensKey, source) switch
+        Get(metadata, TokensKey) switch
         {
             null => throw new ModelFormatException(source, $"{TokensKey} is missing"),
             string[] { Length: 0 } => throw new ModelFormatException(source, $"{TokensKey} is empty"),
@@ -136,7 +136,7 @@ public static class GgufTokenizerMetadata
 
     private static SentencePieceTokenType[] GetTypes(IReadOnlyDictionary<string, object> metadata, int count, string source)
     {
-        object? value = Get(metadata, TokenTypeKey, source);
+        object? value = Get(metadata, TokenTypeKey);
         if (value is null)
             return Enumerable.Repeat(SentencePieceTokenType.Normal, count).ToArray();
         long[] raw = ToLongs(value) ?? throw WrongType(source, TokenTypeKey, value, "integer array");
@@ -153,7 +153,7 @@ public static class GgufTokenizerMetadata
     }
 
     private static float[]? GetFloats(IReadOnlyDictionary<string, object> metadata, string key, string source) =>
-        Get(metadata, key, source) switch
+        Get(metadata, key) switch
         {
             null => null,
             float[] f => f,
@@ -162,7 +162,7 @@ public static class GgufTokenizerMetadata
         };
 
     private static string? GetString(IReadOnlyDictionary<string, object> metadata, string key, string source) =>
-        Get(metadata, key, source) switch
+        Get(metadata, key) switch
         {
             null => null,
             string s => s,
@@ -170,7 +170,7 @@ public static class GgufTokenizerMetadata
         };
 
     private static bool? GetBool(IReadOnlyDictionary<string, object> metadata, string key, string source) =>
-        Get(metadata, key, source) switch
+        Get(metadata, key) switch
         {
             null => null,
             bool b => b,
@@ -179,7 +179,7 @@ public static class GgufTokenizerMetadata
 
     private static int? GetInt(IReadOnlyDictionary<string, object> metadata, string key, string source)
     {
-        object? value = Get(metadata, key, source);
+        object? value = Get(metadata, key);
         if (value is null) return null;
         long? v = value switch
         {
@@ -206,7 +206,7 @@ public static class GgufTokenizerMetadata
         _ => null,
     };
 
-    private static object? Get(IReadOnlyDictionary<string, object> metadata, string key, string source) =>
+    private static object? Get(IReadOnlyDictionary<string, object> metadata, string key) =>
         metadata.TryGetValue(key, out object? value) ? value : null;
 
     private static ModelFormatException WrongType(string source, string key, object value, string expected) =>

@@ -153,6 +153,11 @@ public static class HfTokenizerJson
     private static string? FindSplitRegex(JsonElement? preTokenizer, string path)
     {
         if (FindByType(preTokenizer, "Split") is not { } split) return null;
+        // Only "Isolated" (every match and every gap is its own piece) is implemented; the other behaviours would
+        // encode differently without any error, so they are refused here.
+        string? behavior = Property(split, "behavior") is { ValueKind: JsonValueKind.String } b ? b.GetString() : "Isolated";
+        if (behavior != "Isolated" || Property(split, "invert") is { ValueKind: JsonValueKind.True })
+            throw new ModelFormatException(path, $"pre_tokenizer Split with behavior '{behavior}' (or invert) is not supported; only Isolated");
         if (Property(split, "pattern") is { } pattern)
         {
             if (Property(pattern, "Regex") is { ValueKind: JsonValueKind.String } regex) return regex.GetString();

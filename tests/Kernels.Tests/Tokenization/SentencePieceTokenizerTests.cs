@@ -194,4 +194,14 @@ public sealed class SentencePieceTokenizerTests
         Assert.That(tokenizer.Decode(ids), Is.EqualTo(" the"));
         Assert.That(tokenizer.DecodeStripsLeadingSpace, Is.False);
     }
+
+    [Test]
+    public void VocabularyWithoutBos_EncodesAndNeverPrependsBos()
+    {
+        SentencePieceVocabulary v = Llama2cTokenizerFile.Read(StoriesReference.Tok512) with { BosId = null };
+        var tokenizer = SentencePieceTextTokenizer.FromVocabulary(v, "no-bos");
+        Assert.That(tokenizer.BosId, Is.Null);
+        Assert.That(tokenizer.AddBosByDefault, Is.False);
+        Assert.That(tokenizer.Encode("Once upon a time", addBos: true), Is.EqualTo(new[] { 403, 407, 261, 378 }));
+    }
 }

@@ -78,6 +78,18 @@ public sealed class TokenizerLoaderErrorTests
     }
 
     [Test]
+    public void SplitBehaviourOtherThanIsolated_IsRefused()
+    {
+        string path = Write("tokenizer.json", """
+            { "pre_tokenizer": { "type": "Sequence", "pretokenizers": [
+                { "type": "Split", "pattern": { "Regex": "\\s+" }, "behavior": "Removed", "invert": false },
+                { "type": "ByteLevel", "use_regex": false } ] },
+              "model": { "type": "BPE", "vocab": { "a": 0 }, "merges": [] } }
+            """);
+        ThrowsFormat(() => TokenizerLoader.FromHfTokenizerJson(path), path, "behavior 'Removed'");
+    }
+
+    [Test]
     public void MinimalByteLevelTokenizerJson_UsesGpt2RegexByDefault()
     {
         string path = Write("tokenizer.json", """
