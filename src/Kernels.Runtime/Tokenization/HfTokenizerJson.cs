@@ -173,7 +173,7 @@ public static class HfTokenizerJson
     private static bool ParseNormalizer(JsonElement? normalizer, string path)
     {
         if (normalizer is null || normalizer.Value.ValueKind == JsonValueKind.Null) return false;
-        string? type = Property(normalizer.Value, "type")?.GetString();
+        string? type = StringProperty(normalizer.Value, "type");
         return type switch
         {
             "NFC" => true,
@@ -198,7 +198,7 @@ public static class HfTokenizerJson
     private static string? TokenContent(JsonElement token) => token.ValueKind switch
     {
         JsonValueKind.String => token.GetString(),
-        JsonValueKind.Object => Property(token, "content")?.GetString(),
+        JsonValueKind.Object => StringProperty(token, "content"),
         _ => null,
     };
 
@@ -237,6 +237,9 @@ public static class HfTokenizerJson
                     if (FindByType(child, type) is { } found) return found;
         return null;
     }
+
+    private static string? StringProperty(JsonElement element, string name) =>
+        Property(element, name) is { ValueKind: JsonValueKind.String } value ? value.GetString() : null;
 
     private static bool ContainsType(JsonElement? element, string type) => FindByType(element, type) is not null;
 
