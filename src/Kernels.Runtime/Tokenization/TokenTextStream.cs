@@ -14,12 +14,17 @@ public sealed class TokenTextStream
 {
     private readonly ITextTokenizer _tokenizer;
     private readonly List<byte> _pending = new();
-    private bool _atStart = true;
+    private bool _atStart;
 
-    public TokenTextStream(ITextTokenizer tokenizer)
+    /// <param name="atStart">
+    /// True when the ids begin the text (decoding from BOS): the dummy-prefix space is dropped. False for a
+    /// continuation of a prompt, whose first token's leading space is real text.
+    /// </param>
+    public TokenTextStream(ITextTokenizer tokenizer, bool atStart = true)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         _tokenizer = tokenizer;
+        _atStart = atStart;
     }
 
     /// <summary>Adds one token; returns the text it completes (often empty, sometimes several characters).</summary>

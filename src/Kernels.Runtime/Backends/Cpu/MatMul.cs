@@ -40,14 +40,14 @@ public static unsafe class MatMul
                         int t = 0;
                         for (; t + 4 <= rows; t += 4)
                         {
-                            Simd.Dot4(wr, xs + (long)t * k, xs + (long)(t + 1) * k, xs + (long)(t + 2) * k, xs + (long)(t + 3) * k, k,
+                            Simd.RowDot4(wr, xs + (long)t * k, xs + (long)(t + 1) * k, xs + (long)(t + 2) * k, xs + (long)(t + 3) * k, k,
                                 out float d0, out float d1, out float d2, out float d3);
                             ys[(long)t * n + j] = d0 + b;
                             ys[(long)(t + 1) * n + j] = d1 + b;
                             ys[(long)(t + 2) * n + j] = d2 + b;
                             ys[(long)(t + 3) * n + j] = d3 + b;
                         }
-                        for (; t < rows; t++) ys[(long)t * n + j] = Simd.Dot(wr, xs + (long)t * k, k) + b;
+                        for (; t < rows; t++) ys[(long)t * n + j] = Simd.RowDot(wr, xs + (long)t * k, k) + b;
                     }
                 }
                 return rowBuffer;

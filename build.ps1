@@ -1,0 +1,54 @@
+# The Windows mirror of build.sh: restore, build (CUDA kernels too when nvcc is present), test, run, benchmark, publish.
+#   ./build.ps1 run [kernels args] | test | build | kernels | bench [args] | publish | publish-device
+param([Parameter(Position = 0)][string]$Command = "build", [Parameter(ValueFromRemainingArguments = $true)][string[]]$Rest)
+$ErrorActionPreference = "Stop"
+Set-Location $PSScriptRoot
+$Config = if ($env:CONFIG) { $env:CONFIG } else { "Release" }
+$env:DOTNET_CLI_TELEMETRY_OPTOUT = "1"; $env:DOTNET_NOLOGO = "1"
+
+function Invoke-Checked([string]$exe, [string[]]$arguments) {
+    & $exe @arguments
+    if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
+}
+
+function Build-Kernels {
+    if (Get-Command nvcc -ErrorAction SilentlyContinue) {
+        Write-Host "==> CUDA kernels"
+        Invoke-Checked cmake @("-S", ".", "-B", "build/kernels", "-DCMAKE_BUILD_TYPE=Release")
+        Invoke-Checked cmake @("--build", "build/kernels")
+    } else {
+        Write-Host "==> nvcc not found: GPU kernels were not built (the CPU backend is complete without them)"
+    }
+}
+
+function Build-All {
+    Build-Kernels
+    Write-Host "==> dotnet build ($Config)"
+    Invoke-Checked dotnet @("build", "Kernels.sln", "-c", $Config, "-v", "quiet", "-nologo", "-clp:NoSummary")
+}
+
+switch ($Command) {
+    "build" { Build-All }
+    "kernels" { Build-Kernels }
+    "test" { Build-All; Invoke-Checked dotnet (@("test", "tests/Kernels.Tests", "-c", $Config, "--no-build") + $Rest) }
+    "run" {
+        Build-All
+        if (-not $Rest) { $Rest = @("generate", "--model", "synthetic:small", "--n", "2", "--max-tokens", "32", "--temperature", "0.8", "--top-p", "0.95", "--seed", "7") }
+        Invoke-Checked dotnet (@("tools/Kernels.Cli/bin/$Config/net10.0/kernels.dll") + $Rest)
+    }
+    "bench" {
+        Build-All
+        if (-not $Rest) { $Rest = @("decode") }
+        Invoke-Checked dotnet (@("tools/Kernels.Bench/bin/$Config/net10.0/kernels-bench.dll") + $Rest)
+    }
+    "publish" {
+        Build-Kernels
+        Invoke-Checked dotnet @("publish", "tools/Kernels.Cli", "-c", "Release", "--self-contained", "-p:PublishSingleFile=true", "-o", "artifacts/kernels")
+    }
+    "publish-device" {
+        Build-Kernels
+        Invoke-Checked dotnet @("publish", "tools/Kernels.Bench", "-c", "Release", "-r", "linux-x64", "--self-contained", "-p:PublishSingleFile=true",
+            "-p:EnableCompressionInSingleFile=true", "-p:IncludeNativeLibrariesForSelfExtract=true", "-o", ".device/bench")
+    }
+    default { Write-Error "unknown command '$Command'; use: run, test, build, kernels, bench, publish, publish-device"; exit 2 }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one entry point: restore, build (CUDA kernels too when nvcc is present), test, run, benchmark, publish.
+#
+#   ./build.sh run [kernels args]   build, then run the CLI (no args: batched generation demo on synthetic:small)
+#   ./build.sh test                 build, then run every test (tests needing ../shared skip when it is absent)
+#   ./build.sh build                restore + kernels (if nvcc) + managed build
+#   ./build.sh kernels              only the fatbin: build/kernels/kernels.fatbin
+#   ./build.sh bench [args]         CPU decode benchmark (tokens/s for batch 1 and 16 on synthetic:small)
+#   ./build.sh publish              self-contained `kernels` CLI in artifacts/kernels-linux-x64/
+#   ./build.sh publish-device       self-contained benchmark runner for the GPU machine in .device/bench (see shared/GPU.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+CONFIG=${CONFIG:-Release}
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+kernels() {
+  if command -v nvcc >/dev/null 2>&1; then
+    echo "==> CUDA kernels (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))"
+    cmake -S . -B build/kernels -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build/kernels
+  else
+    echo "==> nvcc not found: GPU kernels were not built (the CPU backend is complete without them;"
+    echo "    .ci/install-cuda.sh installs nvcc 11.8 from Debian non-free)"
+  fi
+}
+
+build() {
+  kernels
+  echo "==> dotnet build ($CONFIG)"
+  dotnet build Kernels.sln -c "$CONFIG" -v quiet -nologo -clp:NoSummary -p:WarningLevel=4
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  build) build ;;
+  kernels) kernels ;;
+  test)
+    build
+    echo "==> dotnet test"
+    dotnet test tests/Kernels.Tests -c "$CONFIG" --no-build "$@"
+    ;;
+  run)
+    build
+    if [ $# -eq 0 ]; then
+      set -- generate --model synthetic:small --n 2 --max-tokens 32 --temperature 0.8 --top-p 0.95 --seed 7
+    fi
+    echo "==> kernels $*"
+    dotnet "tools/Kernels.Cli/bin/$CONFIG/net10.0/kernels.dll" "$@"
+    ;;
+  bench)
+    build
+    dotnet "tools/Kernels.Bench/bin/$CONFIG/net10.0/kernels-bench.dll" "${@:-decode}"
+    ;;
+  publish)
+    kernels
+    dotnet publish tools/Kernels.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
+      -o artifacts/kernels-linux-x64
+    ;;
+  publish-device)
+    kernels
+    dotnet publish tools/Kernels.Bench -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
+      -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true -o .device/bench
+    ;;
+  *) echo "unknown command '$cmd'; use: run, test, build, kernels, bench, publish, publish-device" >&2; exit 2 ;;
+esac

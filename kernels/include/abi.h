@@ -1,0 +1,43 @@
+// The contract between kernels.fatbin and the C# launchers: ABI version, dtype codes, naming and argument rules.
+//
+// Exported symbols (all `extern "C"`, so cuModuleGetFunction/cuModuleGetGlobal find them by their plain name):
+//   - kernels_abi_version  `__constant__ int`, read with cuModuleGetGlobal + cuMemcpyDtoH at module load.
+//     KernelModule.Load compares it with the C# constant and refuses a mismatched fatbin.
+//   - one `__global__` entry per (op, dtype): `<op>_<dtype>`, dtype in {f32, f16, bf16}. The suffix names the
+//     storage type of the templated operand (weights / embedding table); activations are fp32 in every entry, and
+//     ops without a templated operand carry `_f32`. Full list with signatures: kernels/README.md, kernels/exports.txt.
+//
+// Argument rules (the C# side mirrors them with plain IntPtr/int/float arguments, no structs):
+//   - order: outputs (or in/out) first, then inputs, then sizes (int32), then scalars (float);
+//   - pointers are device pointers to dense row-major tensors; no strides unless the op documents one;
+//   - sizes are int32 and every tensor has fewer than 2^31 elements (kernels index with 64-bit offsets anyway);
+//   - kernels never fail at run time: the launcher validates shapes and preconditions and throws (STYLE habit 7);
+//     a kernel guards its memory accesses, so a violated precondition writes nothing rather than out of bounds.
+//
+// ABI version rule: bump KERNELS_ABI_VERSION whenever an exported name, an argument list, an argument's meaning,
+// a dtype code or a documented launch requirement changes. Adding a new entry point needs no bump.
+#pragma once
+
+#define KERNELS_ABI_VERSION 1
+
+// Element type of a templated operand. Values match Kernels.Runtime.Models.TensorDType (F32 = 0, F16 = 1, BF16 = 2);
+// a C# test should assert that they stay equal (STYLE habit 6).
+enum class DType : int
+{
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+};
+
+// X-macro over the weight dtypes every templated op is exported for: X(suffix, DType::value).
+// An op defines a one-line ENTRY macro and expands KERNELS_FOR_EACH_DTYPE(ENTRY): one template, three entries.
+#define KERNELS_FOR_EACH_DTYPE(X) \
+    X(f32, DType::F32)            \
+    X(f16, DType::F16)            \
+    X(bf16, DType::BF16)
+
+#ifdef __CUDACC__
+// Defined here, and this header is included by exactly one translation unit (kernels/kernels.cu).
+// __constant__ and not const: a const variable may be folded away and then cuModuleGetGlobal cannot find it.
+extern "C" __constant__ int kernels_abi_version = KERNELS_ABI_VERSION;
+#endif

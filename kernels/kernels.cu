@@ -1,0 +1,13 @@
+// The one translation unit of kernels.fatbin: every op is a header included here, so a single `nvcc -fatbin`
+// produces one module (non-relocatable device code cannot be linked from several fatbins without -rdc).
+// To add an op: write kernels/ops/<op>.cuh (header block per STYLE habit 1), include it below with its `defines:`
+// line, add its entry names to kernels/exports.txt, and list it in kernels/README.md with its CPU reference.
+
+#include "abi.h"     // defines: kernels_abi_version, DType, KERNELS_FOR_EACH_DTYPE
+#include "common.cuh" // defines: dtype loads, 128-bit access, ceil_div, warp/block reductions
+
+#include "ops/embedding_gather.cuh" // defines: embedding_gather_{f32,f16,bf16}
+#include "ops/residual_add.cuh"     // defines: residual_add_f32
+#include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
+#include "ops/rope.cuh"             // defines: rope_f32
+#include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32

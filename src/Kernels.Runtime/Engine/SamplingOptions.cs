@@ -1,0 +1,32 @@
+// How the next token is chosen: greedy or sampled, with the usual filters, penalties and an optional seed.
+namespace Kernels.Runtime.Engine;
+
+public sealed record SamplingOptions
+{
+    /// <summary>0 picks the most likely token (greedy); otherwise logits are divided by it before sampling.</summary>
+    public float Temperature { get; init; }
+    /// <summary>Keep only the K most likely tokens; 0 = off.</summary>
+    public int TopK { get; init; }
+    /// <summary>Keep the smallest set of most likely tokens whose probability reaches P; 1 = off.</summary>
+    public float TopP { get; init; } = 1f;
+    /// <summary>Drop tokens less likely than MinP times the most likely one; 0 = off.</summary>
+    public float MinP { get; init; }
+    /// <summary>transformers' rule: seen tokens' positive logits divided by R, negative multiplied; 1 = off.</summary>
+    public float RepetitionPenalty { get; init; } = 1f;
+    /// <summary>Same seed, same tokens, whatever else runs in the batch; null = a fresh random seed.</summary>
+    public ulong? Seed { get; init; }
+
+    public static SamplingOptions Greedy { get; } = new();
+
+    public bool IsGreedy => Temperature <= 0f;
+
+    /// <summary>Throws ArgumentException naming the option when a value is out of range.</summary>
+    public void Validate()
+    {
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new ArgumentException($"temperature must be >= 0, got {Temperature}", "temperature");
+        if (TopK < 0) throw new ArgumentException($"top-k must be >= 0, got {TopK}", "top-k");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1], got {TopP}", "top-p");
+        if (!(MinP >= 0 && MinP <= 1)) throw new ArgumentException($"min-p must be in [0, 1], got {MinP}", "min-p");
+        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty)) throw new ArgumentException($"repetition penalty must be > 0, got {RepetitionPenalty}", "repetition-penalty");
+    }
+}

@@ -1,0 +1,93 @@
+// kernels-bench: micro-benchmarks. `decode` times CPU decode steps for given batch sizes against a measured
+// memory-bandwidth roofline (every decode step must stream all weights once).
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Models;
+
+namespace Kernels.Bench;
+
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        var model = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to time" };
+        var batches = new Option<string>("--batch") { DefaultValueFactory = _ => "1,16", Description = "Comma-separated batch sizes" };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 32, Description = "Timed decode steps per batch size" };
+        var context = new Option<int>("--context") { DefaultValueFactory = _ => 64, Description = "Tokens already in each sequence's KV cache" };
+        var json = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var decode = new Command("decode", "CPU decode throughput: tokens/s per batch size, and the weight-streaming roofline");
+        foreach (var o in new Option[] { model, batches, steps, context, json }) decode.Options.Add(o);
+        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json)));
+        var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
+        root.Subcommands.Add(decode);
+        return root.Parse(args).Invoke();
+    }
+
+    private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double RooflineFraction);
+
+    private static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
+    {
+        using var model = ModelLoader.Load(modelName);
+        using var backend = new CpuBackend(model);
+        long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
+        double bandwidth = MeasureBandwidthGBps();
+        double rooflineTokensPerStep = bandwidth * 1e9 / weightBytes; // steps/s if weights streamed at memory speed
+        Console.WriteLine($"# CPU decode, {modelName}: {model.Config.ParameterCount / 1e6:F1}M parameters, {weightBytes / 1e6:F1} MB of weights per step");
+        Console.WriteLine($"# machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}, " +
+                          $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write)");
+        Console.WriteLine($"# KV context {context} tokens per sequence, {steps} timed steps after 3 warm-up steps");
+        Console.WriteLine();
+        Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | of roofline |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|");
+        var results = new List<DecodeResult>();
+        foreach (int batch in batchList.Split(',').Select(int.Parse))
+        {
+            var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache()).ToArray();
+            var rng = new Random(batch);
+            // Prefill every sequence with `context` random tokens (one batched forward).
+            backend.Forward(caches.Select(c => new SequenceStep(c, Enumerable.Range(0, context).Select(_ => rng.Next(3, model.Config.VocabSize)).ToArray())).ToArray());
+            var next = caches.Select(_ => new[] { rng.Next(3, model.Config.VocabSize) }).ToArray();
+            for (int w = 0; w < 3; w++) Step(backend, caches, next);
+            var clock = Stopwatch.StartNew();
+            for (int s = 0; s < steps; s++) Step(backend, caches, next);
+            double seconds = clock.Elapsed.TotalSeconds;
+            foreach (var c in caches) c.Dispose();
+            double stepMs = seconds / steps * 1e3;
+            double gbps = weightBytes / (seconds / steps) / 1e9;
+            var r = new DecodeResult(batch, steps, stepMs, batch * steps / seconds, gbps, 1000.0 / stepMs / rooflineTokensPerStep);
+            results.Add(r);
+            Console.WriteLine($"| {batch} | {r.MsPerStep:F1} | {r.TokensPerSecond:F1} | {r.WeightGBps:F1} | {r.RooflineFraction:P0} |");
+        }
+        if (jsonPath != null)
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { model = modelName, weightBytes, bandwidthGBps = bandwidth, results }, new JsonSerializerOptions { WriteIndented = true }));
+        return 0;
+    }
+
+    private static void Step(IBackend backend, IKvCache[] caches, int[][] next)
+    {
+        var logits = backend.Forward(caches.Select((c, i) => new SequenceStep(c, next[i])).ToArray());
+        for (int i = 0; i < next.Length; i++) next[i][0] = Kernels.Runtime.Engine.Sampler.ArgMax(logits[i]);
+    }
+
+    /// <summary>Copy bandwidth of a 256 MB buffer on all cores, best of 5 (bytes read + written, like the GPU figure).</summary>
+    private static double MeasureBandwidthGBps()
+    {
+        const int bytes = 256 << 20;
+        var a = GC.AllocateUninitializedArray<byte>(bytes);
+        var b = GC.AllocateUninitializedArray<byte>(bytes);
+        a.AsSpan().Fill(1);
+        b.AsSpan().Fill(2);
+        int parts = Environment.ProcessorCount * 4, chunk = bytes / parts;
+        double best = double.MaxValue;
+        for (int rep = 0; rep < 5; rep++)
+        {
+            var clock = Stopwatch.StartNew();
+            Parallel.For(0, parts, i => a.AsSpan(i * chunk, chunk).CopyTo(b.AsSpan(i * chunk, chunk)));
+            best = Math.Min(best, clock.Elapsed.TotalSeconds);
+        }
+        return 2.0 * bytes / best / 1e9;
+    }
+}

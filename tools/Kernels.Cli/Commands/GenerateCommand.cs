@@ -1,0 +1,121 @@
+// `kernels generate`: batched generation of several prompts with n samples each, streamed, with a throughput summary.
+using System.CommandLine;
+using System.Diagnostics;
+using Kernels.Runtime.Engine;
+
+namespace Kernels.Cli.Commands;
+
+public static class GenerateCommand
+{
+    /// <summary>Used when no --prompt is given: the built-in batched demo.</summary>
+    public static readonly string[] DefaultPrompts =
+    [
+        "Once upon a time",
+        "The capital of France is",
+        "def fibonacci(n):",
+        "A short poem about the sea:",
+    ];
+
+    public static Command Create(CliIo io)
+    {
+        var model = new ModelOptions();
+        var prompt = new Option<string[]>("--prompt", "-p") { Description = "Prompt text; repeat for several prompts (default: four built-in prompts)", AllowMultipleArgumentsPerToken = false };
+        var n = new Option<int>("--n") { Description = "Samples per prompt", DefaultValueFactory = _ => 1 };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Most new tokens per sample", DefaultValueFactory = _ => 128 };
+        var temperature = new Option<float>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0f };
+        var topK = new Option<int>("--top-k") { Description = "Keep the K most likely tokens (0 = off)" };
+        var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass (1 = off)", DefaultValueFactory = _ => 1f };
+        var minP = new Option<float>("--min-p") { Description = "Drop tokens below P times the top probability (0 = off)" };
+        var repetition = new Option<float>("--repetition-penalty") { Description = "Penalty for tokens already seen (1 = off)", DefaultValueFactory = _ => 1f };
+        var seed = new Option<ulong?>("--seed") { Description = "Seed: same seed, same output whatever the batch" };
+        var stop = new Option<string[]>("--stop") { Description = "Stop string; repeat for several" };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep generating past end-of-sequence (benchmarks)" };
+
+        var command = new Command("generate", "Generate continuations of one or more prompts, streaming the text");
+        model.AddTo(command);
+        foreach (var o in new Option[] { prompt, n, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, ignoreEos }) command.Options.Add(o);
+        command.SetAction(parse =>
+        {
+            var sampling = new SamplingOptions
+            {
+                Temperature = parse.GetValue(temperature),
+                TopK = parse.GetValue(topK),
+                TopP = parse.GetValue(topP),
+                MinP = parse.GetValue(minP),
+                RepetitionPenalty = parse.GetValue(repetition),
+                Seed = parse.GetValue(seed),
+            };
+            var prompts = parse.GetValue(prompt) is { Length: > 0 } given ? given : DefaultPrompts;
+            var requests = prompts.Select(p => new GenerationRequest
+            {
+                Prompt = p,
+                N = parse.GetValue(n),
+                MaxNewTokens = parse.GetValue(maxTokens),
+                Sampling = sampling,
+                Stop = parse.GetValue(stop) ?? [],
+                IgnoreEos = parse.GetValue(ignoreEos),
+            }).ToArray();
+
+            using var loaded = model.Load(parse, io);
+            using var backend = ModelOptions.CreateBackend(loaded, io);
+            var generator = new Generator(backend, loaded.Tokenizer);
+            foreach (var r in requests) generator.PromptIds(r); // report bad requests before any work
+            return Run(generator, requests, prompts, io);
+        });
+        return command;
+    }
+
+    private static int Run(Generator generator, GenerationRequest[] requests, string[] prompts, CliIo io)
+    {
+        int sequences = requests.Sum(r => r.N);
+        bool stream = sequences == 1;
+        int promptTokens = requests.Sum(r => generator.PromptIds(r).Length);
+        var clock = Stopwatch.StartNew();
+        double? firstToken = null;
+        int generated = 0;
+        var texts = new Dictionary<(int, int), System.Text.StringBuilder>();
+        var finishes = new Dictionary<(int, int), FinishReason>();
+        if (stream) io.Out.Write(prompts[0]);
+        foreach (var e in generator.Run(requests))
+        {
+            firstToken ??= clock.Elapsed.TotalSeconds;
+            if (e.Token != null) generated++;
+            if (stream)
+            {
+                io.Out.Write(e.Text);
+                io.Out.Flush();
+            }
+            else
+            {
+                var key = (e.Request, e.Sample);
+                if (!texts.TryGetValue(key, out var sb)) texts[key] = sb = new();
+                sb.Append(e.Text);
+            }
+            if (e.Finish is FinishReason f) finishes[(e.Request, e.Sample)] = f;
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (stream) io.Out.WriteLine();
+        else
+        {
+            foreach (var ((r, s), sb) in texts.OrderBy(kv => kv.Key))
+            {
+                io.Out.WriteLine($"--- prompt {r}, sample {s} ({Describe(finishes[(r, s)])})");
+                io.Out.WriteLine(prompts[r] + sb);
+            }
+        }
+        double decodeSeconds = seconds - (firstToken ?? 0);
+        io.Error.WriteLine($"summary: {requests.Length} prompt(s) x n -> {sequences} sequence(s); {promptTokens} prompt tokens, {generated} generated in {seconds:F2} s; " +
+                           $"first token after {firstToken ?? 0:F2} s; {generated / Math.Max(seconds, 1e-9):F1} tokens/s overall, " +
+                           $"{Math.Max(generated - sequences, 0) / Math.Max(decodeSeconds, 1e-9):F1} tokens/s while decoding");
+        return 0;
+    }
+
+    private static string Describe(FinishReason f) => f switch
+    {
+        FinishReason.EndOfSequence => "end of sequence",
+        FinishReason.Stop => "stop string",
+        FinishReason.Length => "length",
+        FinishReason.Cancelled => "cancelled",
+        _ => f.ToString(),
+    };
+}

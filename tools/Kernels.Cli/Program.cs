@@ -1,0 +1,55 @@
+// `kernels`: the command-line front end (generate, logits, info, perplexity); errors become one clear line and exit 1.
+using System.CommandLine;
+using Kernels.Cli.Commands;
+using Kernels.Runtime.Engine;
+using Kernels.Runtime.Models;
+
+namespace Kernels.Cli;
+
+public static class Program
+{
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs one command line with the given output streams; returns the process exit code.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var io = new CliIo(stdout, stderr);
+        var root = new RootCommand("kernels: batch LLM inference for Llama-family models (Llama 2/3/3.1, Mistral, Qwen2)");
+        root.Subcommands.Add(GenerateCommand.Create(io));
+        root.Subcommands.Add(LogitsCommand.Create(io));
+        root.Subcommands.Add(InfoCommand.Create(io));
+        root.Subcommands.Add(PerplexityCommand.Create(io));
+        var parsed = root.Parse(args);
+        try
+        {
+            return parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (Describe(e) is { } message)
+        {
+            stdout.Flush();
+            stderr.WriteLine($"error: {message}");
+            return 1;
+        }
+    }
+
+    /// <summary>The user-facing message for errors caused by input; null lets programming errors crash loudly.</summary>
+    private static string? Describe(Exception e) => e switch
+    {
+        ModelFormatException m => m.Message,
+        RequestValidationException r => $"--{r.Argument}: {r.Message[(r.Argument.Length + 2)..]}",
+        CliUsageException u => u.Message,
+        FileNotFoundException f => $"{f.FileName}: file not found",
+        DirectoryNotFoundException d => d.Message,
+        UnauthorizedAccessException a => a.Message,
+        IOException io => io.Message,
+        OutOfMemoryException => "out of memory: the model or batch does not fit in RAM",
+        AggregateException { InnerExceptions.Count: 1 } a => Describe(a.InnerException!),
+        _ => null,
+    };
+}
+
+/// <summary>Where commands write: results to Out, progress and summaries to Error.</summary>
+public sealed record CliIo(TextWriter Out, TextWriter Error);
+
+/// <summary>A bad argument; the message names it.</summary>
+public sealed class CliUsageException(string message) : Exception(message);
