@@ -38,14 +38,7 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
     {
         if (request.N < 1) throw new RequestValidationException("n", $"must be at least 1, got {request.N}");
         if (request.MaxNewTokens < 0) throw new RequestValidationException("max-tokens", $"must be >= 0, got {request.MaxNewTokens}");
-        try
-        {
-            request.Sampling.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new RequestValidationException(e.ParamName ?? "sampling", e.Message);
-        }
+        request.Sampling.Validate();
         int[] ids = request.PromptIds?.ToArray()
                     ?? tokenizer.Encode(request.Prompt ?? throw new RequestValidationException("prompt", "no prompt given"),
                         request.AddBos ?? tokenizer.AddBosByDefault);

@@ -20,13 +20,13 @@ public sealed record SamplingOptions
 
     public bool IsGreedy => Temperature <= 0f;
 
-    /// <summary>Throws ArgumentException naming the option when a value is out of range.</summary>
+    /// <summary>Throws RequestValidationException naming the option when a value is out of range.</summary>
     public void Validate()
     {
-        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new ArgumentException($"temperature must be >= 0, got {Temperature}", "temperature");
-        if (TopK < 0) throw new ArgumentException($"top-k must be >= 0, got {TopK}", "top-k");
-        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1], got {TopP}", "top-p");
-        if (!(MinP >= 0 && MinP <= 1)) throw new ArgumentException($"min-p must be in [0, 1], got {MinP}", "min-p");
-        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty)) throw new ArgumentException($"repetition penalty must be > 0, got {RepetitionPenalty}", "repetition-penalty");
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new RequestValidationException("temperature", $"must be >= 0, got {Temperature}");
+        if (TopK < 0) throw new RequestValidationException("top-k", $"must be >= 0, got {TopK}");
+        if (!(TopP > 0 && TopP <= 1)) throw new RequestValidationException("top-p", $"must be in (0, 1], got {TopP}");
+        if (!(MinP >= 0 && MinP <= 1)) throw new RequestValidationException("min-p", $"must be in [0, 1], got {MinP}");
+        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty)) throw new RequestValidationException("repetition-penalty", $"must be > 0, got {RepetitionPenalty}");
     }
 }

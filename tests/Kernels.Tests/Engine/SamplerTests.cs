@@ -85,7 +85,7 @@ public class SamplerTests
     public void BadOptionsAreRejectedByName(float t, float p, float minP, float rep, string name)
     {
         var o = new SamplingOptions { Temperature = t, TopP = p, MinP = minP, RepetitionPenalty = rep };
-        var e = Assert.Throws<ArgumentException>(o.Validate);
-        Assert.That(e!.ParamName, Is.EqualTo(name));
+        var e = Assert.Throws<RequestValidationException>(o.Validate);
+        Assert.That(e!.Argument, Is.EqualTo(name));
     }
 }

@@ -86,13 +86,13 @@ public sealed class CpuBackend : IBackend
                 return scores;
             }, _ => { });
             MatMul.Multiply(attn, rows, w.Wo, proj);
-            Add(x, proj);
+            ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
             MatMul.Multiply(xn, rows, w.Gate, gate);
             MatMul.Multiply(xn, rows, w.Up, up);
             SwiGlu.Apply(gate, up, gate);
             MatMul.Multiply(gate, rows, w.Down, proj);
-            Add(x, proj);
+            ResidualAdd.Apply(x, proj);
         }
         for (int s = 0; s < batch.Count; s++) caches[s].Length += rowStart[s + 1] - rowStart[s];
 
@@ -120,8 +120,6 @@ public sealed class CpuBackend : IBackend
         }
         return result;
     }
-
-    private static void Add(Span<float> x, ReadOnlySpan<float> y) => System.Numerics.Tensors.TensorPrimitives.Add(x, y, x);
 
     public void Dispose()
     {

@@ -1,0 +1,149 @@
+// Each CPU op (the reference for the CUDA kernels) against a naive scalar double-precision version, over every SIMD tail.
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Tests.Backends;
+
+public unsafe class CpuOpsTests
+{
+    // Lengths that hit every tail of the 8-, 16- and 32-wide loops.
+    private static readonly int[] Lengths = [1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100];
+
+    private static float[] Random(int n, int seed, float scale = 1f)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale).ToArray();
+    }
+
+    /// <summary>Owned tensor of the given dtype holding <paramref name="values"/> (rounded to that dtype).</summary>
+    private static (WeightTensor Tensor, float[] Rounded, OwnedStorage Storage) Tensor(float[] values, int rows, int cols, TensorDType dtype)
+    {
+        var storage = new OwnedStorage(dtype.ByteCount(values.Length));
+        var rounded = new float[values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            switch (dtype)
+            {
+                case TensorDType.F32: ((float*)storage.Pointer)[i] = rounded[i] = values[i]; break;
+                case TensorDType.F16: ((Half*)storage.Pointer)[i] = (Half)values[i]; rounded[i] = (float)(Half)values[i]; break;
+                case TensorDType.BF16:
+                    ushort b = DTypeConvert.SingleToBFloat16(values[i]);
+                    ((ushort*)storage.Pointer)[i] = b;
+                    rounded[i] = DTypeConvert.BFloat16ToSingle(b);
+                    break;
+            }
+        }
+        return (new WeightTensor("w", dtype, [rows, cols], storage.Pointer), rounded, storage);
+    }
+
+    [Test]
+    public void MatMulMatchesNaiveForEveryDTypeAndTail([Values(TensorDType.F32, TensorDType.F16, TensorDType.BF16)] TensorDType dtype,
+        [Values(1, 3, 4, 5, 9)] int rows)
+    {
+        foreach (int k in Lengths)
+        {
+            int n = 70; // more than one task of 64 rows
+            var (w, rounded, storage) = Tensor(Random(n * k, k), n, k, dtype);
+            using var _ = storage;
+            var x = Random(rows * k, k + 1);
+            var bias = Tensor(Random(n, 5), 1, n, TensorDType.F32);
+            using var __ = bias.Storage;
+            var y = new float[rows * n];
+            MatMul.Multiply(x, rows, w, y, bias.Tensor);
+            for (int t = 0; t < rows; t++)
+                for (int j = 0; j < n; j++)
+                {
+                    double expected = bias.Rounded[j];
+                    for (int i = 0; i < k; i++) expected += (double)x[t * k + i] * rounded[j * k + i];
+                    // fp32 accumulation of k products of magnitude <= 1: a few ulps of sqrt(k)-scaled sums.
+                    Assert.That(y[t * n + j], Is.EqualTo(expected).Within(1e-5 * (1 + k)), $"k={k} row={t} col={j}");
+                }
+        }
+    }
+
+    [Test]
+    public void RmsNormMatchesNaive()
+    {
+        foreach (int d in Lengths)
+        {
+            var x = Random(3 * d, d, 10f);
+            var w = Random(d, d + 1);
+            var y = new float[3 * d];
+            RmsNorm.Apply(x, w, 1e-5f, y, 3);
+            for (int t = 0; t < 3; t++)
+            {
+                double ms = 0;
+                for (int i = 0; i < d; i++) ms += (double)x[t * d + i] * x[t * d + i];
+                double inv = 1 / Math.Sqrt(ms / d + 1e-5);
+                for (int i = 0; i < d; i++) Assert.That(y[t * d + i], Is.EqualTo(x[t * d + i] * inv * w[i]).Within(1e-5 * (1 + Math.Abs(y[t * d + i]))));
+            }
+        }
+    }
+
+    [Test]
+    public void RopeRotatesHalvesByPositionTimesFrequency()
+    {
+        int heads = 3, d = 16, rows = 4;
+        var x = Random(rows * heads * d, 1);
+        var original = (float[])x.Clone();
+        int[] positions = [0, 1, 17, 500];
+        var inv = Enumerable.Range(0, d / 2).Select(i => (float)Math.Pow(10000, -2.0 * i / d)).ToArray();
+        Rope.Apply(x, rows, heads, d, positions, inv);
+        for (int t = 0; t < rows; t++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < d / 2; i++)
+                {
+                    int o = (t * heads + h) * d;
+                    double angle = positions[t] * (double)inv[i];
+                    double a = original[o + i], b = original[o + i + d / 2];
+                    Assert.That(x[o + i], Is.EqualTo(a * Math.Cos(angle) - b * Math.Sin(angle)).Within(2e-5));
+                    Assert.That(x[o + i + d / 2], Is.EqualTo(b * Math.Cos(angle) + a * Math.Sin(angle)).Within(2e-5));
+                }
+        Assert.That(x.AsSpan(0, heads * d).ToArray(), Is.EqualTo(original.AsSpan(0, heads * d).ToArray()), "position 0 is the identity");
+    }
+
+    [Test]
+    public void SwiGluIsSiluOfGateTimesUp()
+    {
+        float[] gate = [-80f, -1f, 0f, 0.5f, 3f, 80f];
+        float[] up = [2f, 2f, 2f, 2f, 2f, 2f];
+        var y = new float[6];
+        SwiGlu.Apply(gate, up, y);
+        for (int i = 0; i < 6; i++) Assert.That(y[i], Is.EqualTo(gate[i] / (1 + Math.Exp(-gate[i])) * 2).Within(1e-5 * (1 + Math.Abs(y[i]))));
+        Assert.That(y.All(float.IsFinite));
+    }
+
+    [Test]
+    public void AttentionOverOneKeyReturnsItsValueAndSoftmaxSurvivesHugeScores()
+    {
+        int d = 8;
+        var q = Enumerable.Repeat(100f, d).ToArray(); // scores around 1e4 / sqrt(8): exp would overflow without the max
+        var k = Enumerable.Repeat(100f, 2 * d).ToArray();
+        var v = Enumerable.Range(0, 2 * d).Select(i => (float)i).ToArray();
+        var o = new float[d];
+        var scores = new float[2];
+        Attention.Causal(q, k, v, o, 1, 0, 0, 1, 1, d, null, scores); // position 0: only key 0
+        Assert.That(o, Is.EqualTo(v.AsSpan(0, d).ToArray()));
+        Attention.Causal(q, k, v, o, 1, 1, 0, 1, 1, d, null, scores); // position 1: two equal scores -> the mean
+        Assert.That(o, Is.EqualTo(Enumerable.Range(0, d).Select(i => (v[i] + v[i + d]) / 2).ToArray()).Within(1e-5f));
+        Attention.Causal(q, k, v, o, 1, 1, 0, 1, 1, d, 1, scores); // window of 1: only key 1
+        Assert.That(o, Is.EqualTo(v.AsSpan(d, d).ToArray()));
+    }
+
+    [Test]
+    public void BFloat16ConversionIsExactAndRoundsToNearestEven()
+    {
+        var bits = Enumerable.Range(0, 40).Select(i => (ushort)(0x3F80 + i * 37)).ToArray();
+        var floats = new float[bits.Length];
+        DTypeConvert.BFloat16ToSingle(bits, floats);
+        for (int i = 0; i < bits.Length; i++)
+        {
+            Assert.That(BitConverter.SingleToUInt32Bits(floats[i]), Is.EqualTo((uint)bits[i] << 16));
+            Assert.That(DTypeConvert.SingleToBFloat16(floats[i]), Is.EqualTo(bits[i]));
+        }
+        Assert.That(DTypeConvert.SingleToBFloat16(BitConverter.UInt32BitsToSingle(0x3F808000)), Is.EqualTo((ushort)0x3F80), "tie to even (down)");
+        Assert.That(DTypeConvert.SingleToBFloat16(BitConverter.UInt32BitsToSingle(0x3F818000)), Is.EqualTo((ushort)0x3F82), "tie to even (up)");
+        Assert.That(float.IsNaN(DTypeConvert.BFloat16ToSingle(DTypeConvert.SingleToBFloat16(float.NaN))));
+    }
+}

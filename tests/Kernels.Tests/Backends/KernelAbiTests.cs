@@ -1,0 +1,58 @@
+// The boundary with kernels/: dtype codes on both sides, exported names, and the embedded fatbin when one was built.
+using System.Text.RegularExpressions;
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.Models;
+
+namespace Kernels.Tests.Backends;
+
+public class KernelAbiTests
+{
+    private static string RepoFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "Kernels.sln"))) return Path.Combine(dir.FullName, relative);
+        Assert.Fail("repository root (Kernels.sln) not found above the test directory");
+        return "";
+    }
+
+    [Test]
+    public void DTypeCodesInAbiHeaderEqualTensorDType()
+    {
+        string header = File.ReadAllText(RepoFile("kernels/include/abi.h"));
+        var body = Regex.Match(header, @"enum class DType : int\s*\{(?<body>[^}]*)\}").Groups["body"].Value;
+        var codes = Regex.Matches(body, @"(\w+)\s*=\s*(\d+)").ToDictionary(m => m.Groups[1].Value, m => int.Parse(m.Groups[2].Value));
+        Assert.That(codes, Is.Not.Empty);
+        foreach (var (name, code) in codes)
+            Assert.That((int)Enum.Parse<TensorDType>(name), Is.EqualTo(code), name);
+    }
+
+    [Test]
+    public void EveryExportedOpHasItsCpuReference()
+    {
+        // STYLE habit 2: kernels/ops/<op> <-> Backends/Cpu/<Op>.
+        var exports = File.ReadAllLines(RepoFile("kernels/exports.txt")).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray();
+        Assert.That(exports, Is.Not.Empty);
+        var references = new Dictionary<string, Type>
+        {
+            ["embedding_gather"] = typeof(Kernels.Runtime.Backends.Cpu.Embedding),
+            ["rms_norm"] = typeof(Kernels.Runtime.Backends.Cpu.RmsNorm),
+            ["rope"] = typeof(Kernels.Runtime.Backends.Cpu.Rope),
+            ["swiglu"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
+            ["swiglu_fused"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
+            ["residual_add"] = typeof(Kernels.Runtime.Backends.Cpu.ResidualAdd),
+        };
+        foreach (var name in exports)
+        {
+            string op = Regex.Replace(name, "_(f32|f16|bf16)$", "");
+            Assert.That(references.ContainsKey(op), $"kernel {name} has no CPU reference listed");
+        }
+    }
+
+    [Test]
+    public void EmbeddedFatbinStartsWithTheFatbinMagic()
+    {
+        var image = KernelImage.Load();
+        if (image == null) Assert.Ignore("this build has no fatbin (nvcc was not present); CI builds one");
+        Assert.That(BitConverter.ToUInt32(image!, 0), Is.EqualTo(KernelImage.FatbinMagic));
+    }
+}
