@@ -36,68 +36,6 @@ public static unsafe class Simd
         return sum;
     }
 
-    // RowDot and RowDot4 sum in exactly the same order (two 8-lane accumulators over 16-element steps, one 8-step,
-    // then the scalar tail), so a matmul row gives bit-identical results whether it was computed alone or in a
-    // group of four: batch composition never changes a sequence's logits.
-
-    /// <summary>One weight row against one activation row, in the order RowDot4 uses.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float RowDot(float* w, float* x, int n)
-    {
-        int i = 0;
-        float sum = 0;
-        if (Fma.IsSupported)
-        {
-            var a0 = Vector256<float>.Zero; var a1 = a0;
-            for (; i + 16 <= n; i += 16)
-            {
-                a0 = Fma.MultiplyAdd(Avx.LoadVector256(w + i), Avx.LoadVector256(x + i), a0);
-                a1 = Fma.MultiplyAdd(Avx.LoadVector256(w + i + 8), Avx.LoadVector256(x + i + 8), a1);
-            }
-            if (i + 8 <= n) { a0 = Fma.MultiplyAdd(Avx.LoadVector256(w + i), Avx.LoadVector256(x + i), a0); i += 8; }
-            sum = Vector256.Sum(a0 + a1);
-        }
-        for (; i < n; i++) sum += w[i] * x[i];
-        return sum;
-    }
-
-    /// <summary>Four dot products of one weight row w against four activation rows (w is loaded once).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void RowDot4(float* w, float* x0, float* x1, float* x2, float* x3, int n, out float d0, out float d1, out float d2, out float d3)
-    {
-        if (!Fma.IsSupported)
-        {
-            d0 = RowDot(w, x0, n); d1 = RowDot(w, x1, n); d2 = RowDot(w, x2, n); d3 = RowDot(w, x3, n);
-            return;
-        }
-        int i = 0;
-        var a0 = Vector256<float>.Zero; var a1 = a0; var b0 = a0; var b1 = a0; var c0 = a0; var c1 = a0; var e0 = a0; var e1 = a0;
-        for (; i + 16 <= n; i += 16)
-        {
-            var w0 = Avx.LoadVector256(w + i);
-            var w1 = Avx.LoadVector256(w + i + 8);
-            a0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x0 + i), a0); a1 = Fma.MultiplyAdd(w1, Avx.LoadVector256(x0 + i + 8), a1);
-            b0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x1 + i), b0); b1 = Fma.MultiplyAdd(w1, Avx.LoadVector256(x1 + i + 8), b1);
-            c0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x2 + i), c0); c1 = Fma.MultiplyAdd(w1, Avx.LoadVector256(x2 + i + 8), c1);
-            e0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x3 + i), e0); e1 = Fma.MultiplyAdd(w1, Avx.LoadVector256(x3 + i + 8), e1);
-        }
-        if (i + 8 <= n)
-        {
-            var w0 = Avx.LoadVector256(w + i);
-            a0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x0 + i), a0);
-            b0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x1 + i), b0);
-            c0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x2 + i), c0);
-            e0 = Fma.MultiplyAdd(w0, Avx.LoadVector256(x3 + i), e0);
-            i += 8;
-        }
-        d0 = Vector256.Sum(a0 + a1); d1 = Vector256.Sum(b0 + b1); d2 = Vector256.Sum(c0 + c1); d3 = Vector256.Sum(e0 + e1);
-        for (; i < n; i++)
-        {
-            float wi = w[i];
-            d0 += wi * x0[i]; d1 += wi * x1[i]; d2 += wi * x2[i]; d3 += wi * x3[i];
-        }
-    }
-
     /// <summary>y[i] += a * x[i].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void AxpyInPlace(float a, float* x, float* y, int n)
