@@ -1,4 +1,4 @@
-// `kernels`: the command-line front end (generate, logits, info, perplexity); errors become one clear line and exit 1.
+// `kernels`: the command-line front end (generate, logits, info, perplexity, export); errors become one clear line and exit 1.
 using System.CommandLine;
 using Kernels.Cli.Commands;
 using Kernels.Runtime.Engine;
@@ -19,6 +19,7 @@ public static class Program
         root.Subcommands.Add(LogitsCommand.Create(io));
         root.Subcommands.Add(InfoCommand.Create(io));
         root.Subcommands.Add(PerplexityCommand.Create(io));
+        root.Subcommands.Add(ExportCommand.Create(io));
         var parsed = root.Parse(args);
         try
         {
