@@ -15,9 +15,22 @@ public sealed record GeneratorOptions
 /// budget), samples of one prompt fork its cache, then every decode step runs all live samples together. Each
 /// sample has its own sampler state seeded by (request seed, sample index), so outputs do not depend on the batch.
 /// </summary>
-public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, GeneratorOptions? options = null)
+public sealed class Generator
 {
-    private readonly GeneratorOptions _options = options ?? new GeneratorOptions();
+    private readonly IBackend backend;
+    private readonly ITextTokenizer tokenizer;
+    private readonly GeneratorOptions _options;
+    /// <summary>Ids that can be generated: the model's vocabulary may have padding rows the tokenizer lacks (Qwen2).</summary>
+    private readonly int _usableVocab;
+
+    public Generator(IBackend backend, ITextTokenizer tokenizer, GeneratorOptions? options = null)
+    {
+        this.backend = backend;
+        this.tokenizer = tokenizer;
+        _options = options ?? new GeneratorOptions();
+        ArgumentOutOfRangeException.ThrowIfLessThan(_options.PrefillTokenBudget, 1, nameof(options));
+        _usableVocab = Math.Min(tokenizer.VocabSize, backend.Config.VocabSize);
+    }
 
     private sealed class Sample
     {
@@ -47,8 +60,8 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
         if (ids.Length >= context)
             throw new RequestValidationException("prompt", $"is {ids.Length} tokens, the model's context is {context}: no room to generate");
         foreach (int id in ids)
-            if ((uint)id >= (uint)backend.Config.VocabSize)
-                throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {backend.Config.VocabSize}");
+            if ((uint)id >= (uint)_usableVocab)
+                throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
         return ids;
     }
 
@@ -103,8 +116,8 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
                     };
                     samples.Add(s);
                 }
+                prefillCaches[r] = null!; // owned by sample 0 now: disposed once, with the samples
             }
-            prefillCaches = [];
 
             // ---- first token of every sample from its prompt's last logits, then decode steps for all live samples
             foreach (var s in samples)
@@ -116,7 +129,7 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
                 if (live.Length == 0) break;
                 if (cancellation.IsCancellationRequested)
                 {
-                    foreach (var s in live) yield return Finish(s, FinishReason.Cancelled);
+                    foreach (var s in live) yield return Finish(s, FinishReason.Cancelled, null);
                     break;
                 }
                 var logits = backend.Forward(live.Select(s => new SequenceStep(s.Cache, new[] { s.LastToken })).ToArray());
@@ -127,7 +140,7 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
         finally
         {
             foreach (var c in prefillCaches) c?.Dispose();
-            foreach (var s in samples) s.Cache.Dispose();
+            foreach (var s in samples) s.Cache.Dispose(); // disposing a finished sample's cache again is a no-op
         }
     }
 
@@ -153,41 +166,49 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
     {
         if (req.MaxNewTokens == 0)
         {
-            yield return Finish(s, FinishReason.Length);
+            yield return Finish(s, FinishReason.Length, null);
             yield break;
         }
+        if (_usableVocab < logits.Length) logits.AsSpan(_usableVocab).Fill(float.NegativeInfinity);
         int token = Sampler.Sample(logits, req.Sampling, s.Seen, s.Rng.NextDouble());
         s.Tokens.Add(token);
         s.LastToken = token;
         if (req.Sampling.RepetitionPenalty != 1f) s.Seen.Add(token);
 
-        if (!req.IgnoreEos && tokenizer.EosIds.Contains(token) || !req.IgnoreEos && backend.Config.EosTokenIds.Contains(token))
+        bool eos = !req.IgnoreEos && (tokenizer.EosIds.Contains(token) || backend.Config.EosTokenIds.Contains(token));
+        if (eos)
         {
-            s.Finish = FinishReason.EndOfSequence;
-            yield return new GenerationEvent(s.Request, s.Index, token, s.Stops.Flush() + s.Text.Flush(), FinishReason.EndOfSequence);
+            yield return Finish(s, FinishReason.EndOfSequence, token);
             yield break;
         }
         var (release, stopped) = s.Stops.Push(s.Text.Append(token));
         if (stopped)
         {
             s.Finish = FinishReason.Stop;
+            s.Cache.Dispose();
             yield return new GenerationEvent(s.Request, s.Index, token, release, FinishReason.Stop);
             yield break;
         }
-        bool full = s.Tokens.Count >= req.MaxNewTokens || s.Cache.Length >= backend.Config.MaxPositions;
-        if (full)
+        if (s.Tokens.Count >= req.MaxNewTokens || s.Cache.Length >= backend.Config.MaxPositions)
         {
-            s.Finish = FinishReason.Length;
-            var tail = s.Stops.Push(s.Text.Flush());
-            yield return new GenerationEvent(s.Request, s.Index, token, release + tail.Release + (tail.Stopped ? "" : s.Stops.Flush()), FinishReason.Length);
+            var last = Finish(s, FinishReason.Length, token);
+            yield return last with { Text = release + last.Text };
             yield break;
         }
         yield return new GenerationEvent(s.Request, s.Index, token, release, null);
     }
 
-    private static GenerationEvent Finish(Sample s, FinishReason reason)
+    /// <summary>
+    /// Ends a sample: the bytes still held by the text stream go through the stop matcher too (they may complete a
+    /// stop string, which then becomes the finish reason), and the sample's cache is released at once.
+    /// </summary>
+    private static GenerationEvent Finish(Sample s, FinishReason reason, int? token)
     {
-        s.Finish = reason;
-        return new GenerationEvent(s.Request, s.Index, null, s.Stops.Flush() + s.Text.Flush(), reason);
+        var (release, stopped) = s.Stops.Push(s.Text.Flush());
+        string text = stopped ? release : release + s.Stops.Flush();
+        s.Finish = stopped ? FinishReason.Stop : reason;
+        s.Cache.Dispose();
+        return new GenerationEvent(s.Request, s.Index, token, text, s.Finish);
     }
 }
+

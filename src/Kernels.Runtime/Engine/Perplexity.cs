@@ -7,6 +7,9 @@ public sealed record PerplexityResult(double Perplexity, double MeanNll, int Tok
 
 public static class Perplexity
 {
+    /// <summary>Tokens per forward step inside a window (bounds the logits buffer: PieceTokens x vocab floats).</summary>
+    private const int PieceTokens = 256;
+
     /// <summary>
     /// Scores ids[1..] given their prefixes, in non-overlapping windows of at most <paramref name="window"/> tokens
     /// (the model's context by default); each window starts a fresh cache, as llama.cpp's perplexity does.
@@ -25,16 +28,22 @@ public static class Perplexity
             var chunk = ids.Skip(start).Take(w).ToArray();
             if (chunk.Length < 2) break;
             using var cache = backend.CreateCache();
-            var logits = backend.Forward([new SequenceStep(cache, chunk, AllLogits: true)])[0];
-            for (int t = 0; t + 1 < chunk.Length; t++)
+            // The window runs through one cache in pieces, so the logits of a piece (rows x vocab) stay bounded.
+            for (int p = 0; p < chunk.Length - 1; p += PieceTokens)
             {
-                var row = logits.AsSpan(t * vocab, vocab);
-                float max = float.NegativeInfinity;
-                foreach (float v in row) max = Math.Max(max, v);
-                double sum = 0;
-                foreach (float v in row) sum += Math.Exp(v - max);
-                nll += -(row[chunk[t + 1]] - max - Math.Log(sum));
-                scored++;
+                int len = Math.Min(PieceTokens, chunk.Length - p);
+                var logits = backend.Forward([new SequenceStep(cache, chunk.AsMemory(p, len), AllLogits: true)])[0];
+                for (int r = 0; r < len && p + r + 1 < chunk.Length; r++)
+                {
+                    int t = p + r;
+                    var row = logits.AsSpan(r * vocab, vocab);
+                    float max = float.NegativeInfinity;
+                    foreach (float v in row) max = Math.Max(max, v);
+                    double sum = 0;
+                    foreach (float v in row) sum += Math.Exp(v - max);
+                    nll += -(row[chunk[t + 1]] - max - Math.Log(sum));
+                    scored++;
+                }
             }
             windows++;
         }

@@ -34,6 +34,11 @@ public sealed unsafe class GgufFile : IDisposable
         {
             return Parse(file);
         }
+        catch (Exception e) when (e is OverflowException or FormatException or InvalidCastException)
+        {
+            file.Dispose();
+            throw new ModelFormatException(path, $"corrupt GGUF file: {e.Message}", e);
+        }
         catch
         {
             file.Dispose();
@@ -76,7 +81,14 @@ public sealed unsafe class GgufFile : IDisposable
             tensors[name] = new TensorInfo(name, ne, ggmlType, offset);
         }
 
-        long alignment = metadata.TryGetValue("general.alignment", out var a) ? Convert.ToInt64(a) : 32;
+        long alignment = metadata.TryGetValue("general.alignment", out var a) ? a switch
+        {
+            uint u => u,
+            int i => i,
+            ulong u => u <= 1 << 20 ? (long)u : -1,
+            long l => l,
+            _ => throw new ModelFormatException(file.Path, $"general.alignment is a {a.GetType().Name}, expected an integer"),
+        } : 32;
         if (alignment <= 0 || (alignment & (alignment - 1)) != 0) throw new ModelFormatException(file.Path, $"general.alignment {alignment} is not a power of two");
         long dataStart = (r.Position + alignment - 1) / alignment * alignment;
         var result = new GgufFile(file, version, metadata, tensors, dataStart);
@@ -84,9 +96,11 @@ public sealed unsafe class GgufFile : IDisposable
         {
             var dtype = DTypeOf(t.GgmlType);
             if (dtype == null) continue; // reported when the tensor is used
-            long bytes = dtype.Value.ByteCount(t.Shape.Aggregate(1L, (x, y) => x * y));
-            if ((long)t.Offset + bytes > file.Length - dataStart)
-                throw new ModelFormatException(file.Path, $"truncated GGUF file: tensor '{t.Name}' ends at byte {dataStart + (long)t.Offset + bytes}, the file has {file.Length}");
+            long available = file.Length - dataStart;
+            long elements = t.Shape.Aggregate(1L, (x, y) => checked(x * y)); // overflow: a corrupt shape, reported above
+            long bytes = checked(dtype.Value.ByteCount(elements));
+            if (t.Offset > (ulong)available || bytes > available - (long)t.Offset)
+                throw new ModelFormatException(file.Path, $"truncated GGUF file: tensor '{t.Name}' ({bytes} bytes at data offset {t.Offset}) ends past the end of the file ({file.Length} bytes)");
         }
         return result;
     }
@@ -112,7 +126,17 @@ public sealed unsafe class GgufFile : IDisposable
 
     public string? GetString(string key) => Metadata.TryGetValue(key, out var v) ? v as string : null;
 
-    public long? GetInteger(string key) => Metadata.TryGetValue(key, out var v) && v is not string and not Array and not bool and not float and not double ? Convert.ToInt64(v) : null;
+    /// <summary>An integer metadata value of any width; a value of another type or beyond the long range is an error.</summary>
+    public long? GetInteger(string key)
+    {
+        if (!Metadata.TryGetValue(key, out var v)) return null;
+        return v switch
+        {
+            byte or sbyte or ushort or short or uint or int or long => Convert.ToInt64(v),
+            ulong u when u <= long.MaxValue => (long)u,
+            _ => throw new ModelFormatException(Path, $"metadata '{key}' is {v} ({v.GetType().Name}), expected an integer"),
+        };
+    }
 
     public double? GetReal(string key) => Metadata.TryGetValue(key, out var v) && v is float or double or int or uint or long or ulong ? Convert.ToDouble(v) : null;
 
@@ -169,7 +193,11 @@ public sealed unsafe class GgufFile : IDisposable
         {
             uint elemType = U32();
             ulong count = U64();
-            if (count > (ulong)(file.Length - Position)) throw new ModelFormatException(file.Path, $"metadata '{key}': array of {count} elements cannot fit in the file");
+            // Every element takes at least one byte (a string at least its 8-byte length), so a count the rest of the
+            // file cannot hold is corrupt; checking before allocating stops a forged count from reserving gigabytes.
+            ulong minElement = elemType switch { 0 or 1 or 7 => 1, 2 or 3 => 2, 4 or 5 or 6 => 4, _ => 8 };
+            if (count > (ulong)System.Array.MaxLength || count * minElement > (ulong)(file.Length - Position))
+                throw new ModelFormatException(file.Path, $"metadata '{key}': array of {count} elements cannot fit in the file");
             int n = (int)count;
             switch (elemType)
             {

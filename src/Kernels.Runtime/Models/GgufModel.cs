@@ -15,10 +15,10 @@ public static class GgufModel
         };
         long Req(string key) => gguf.GetInteger($"{arch}.{key}") ?? throw new ModelFormatException(path, $"metadata has no {arch}.{key}");
 
-        int hidden = (int)Req("embedding_length");
-        int heads = (int)Req("attention.head_count");
+        int hidden = checked((int)Req("embedding_length"));
+        int heads = checked((int)Req("attention.head_count"));
         var embd = gguf.Tensors.TryGetValue("token_embd.weight", out var e) ? e : throw new ModelFormatException(path, "missing tensor 'token_embd.weight'");
-        int vocab = (int)(gguf.GetInteger($"{arch}.vocab_size") ?? embd.Shape[0]);
+        int vocab = checked((int)(gguf.GetInteger($"{arch}.vocab_size") ?? embd.Shape[0]));
         string? scalingType = gguf.GetString($"{arch}.rope.scaling.type");
         double scalingFactor = gguf.GetReal($"{arch}.rope.scaling.factor") ?? 1.0;
         var scaling = scalingType switch
@@ -34,13 +34,13 @@ public static class GgufModel
         {
             Architecture = architecture,
             HiddenSize = hidden,
-            IntermediateSize = (int)Req("feed_forward_length"),
-            NumLayers = (int)Req("block_count"),
+            IntermediateSize = checked((int)Req("feed_forward_length")),
+            NumLayers = checked((int)Req("block_count")),
             NumHeads = heads,
-            NumKvHeads = (int)(gguf.GetInteger($"{arch}.attention.head_count_kv") ?? heads),
-            HeadDim = (int)(gguf.GetInteger($"{arch}.attention.key_length") ?? (heads > 0 ? hidden / heads : 0)),
+            NumKvHeads = checked((int)(gguf.GetInteger($"{arch}.attention.head_count_kv") ?? heads)),
+            HeadDim = checked((int)(gguf.GetInteger($"{arch}.attention.key_length") ?? (heads > 0 ? hidden / heads : 0))),
             VocabSize = vocab,
-            MaxPositions = (int)(gguf.GetInteger($"{arch}.context_length") ?? 2048),
+            MaxPositions = checked((int)(gguf.GetInteger($"{arch}.context_length") ?? 2048)),
             RmsNormEps = gguf.GetReal($"{arch}.attention.layer_norm_rms_epsilon") ?? 1e-5,
             RopeTheta = gguf.GetReal($"{arch}.rope.freq_base") ?? 10000.0,
             RopeScaling = scaling,
@@ -77,22 +77,22 @@ public static class GgufModel
         foreach (var (hf, gg) in map)
             if (gguf.TryGetWeight(gg, hf) is { } t) byName[hf] = t;
 
-        // llama.cpp's converter permutes Llama's q/k rows into GGML's adjacent-pair RoPE order; undo it (Qwen2 uses
-        // GGML's NEOX mode, which is already rotate-half).
-        if (architecture == ModelArchitecture.Llama)
-        {
-            for (int i = 0; i < config.NumLayers; i++)
-            {
-                foreach (var (kind, h) in new[] { ("q_proj", config.NumHeads), ("k_proj", config.NumKvHeads) })
-                    foreach (var suffix in new[] { "weight", "bias" })
-                    {
-                        string n = $"model.layers.{i}.self_attn.{kind}.{suffix}";
-                        if (byName.TryGetValue(n, out var w)) byName[n] = RopeLayout.AdjacentPairsToHalves(w, h, config.HeadDim, owners);
-                    }
-            }
-        }
         try
         {
+            // llama.cpp's converter permutes Llama's q/k rows into GGML's adjacent-pair RoPE order; undo it (Qwen2 uses
+            // GGML's NEOX mode, which is already rotate-half).
+            if (architecture == ModelArchitecture.Llama)
+            {
+                for (int i = 0; i < config.NumLayers; i++)
+                {
+                    foreach (var (kind, h) in new[] { ("q_proj", config.NumHeads), ("k_proj", config.NumKvHeads) })
+                        foreach (var suffix in new[] { "weight", "bias" })
+                        {
+                            string n = $"model.layers.{i}.self_attn.{kind}.{suffix}";
+                            if (byName.TryGetValue(n, out var w)) byName[n] = RopeLayout.AdjacentPairsToHalves(w, h, config.HeadDim, owners);
+                        }
+                }
+            }
             return (config, ModelWeights.Build(config, n => byName.GetValueOrDefault(n), path, owners));
         }
         catch

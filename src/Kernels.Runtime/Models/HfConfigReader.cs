@@ -124,8 +124,8 @@ public static class HfConfigReader
         if (!e.TryGetProperty(name, out var v)) return [];
         return v.ValueKind switch
         {
-            JsonValueKind.Number => [v.GetInt32()],
-            JsonValueKind.Array => v.EnumerateArray().Where(x => x.ValueKind == JsonValueKind.Number).Select(x => x.GetInt32()).ToArray(),
+            JsonValueKind.Number => v.TryGetInt32(out int one) ? [one] : [],
+            JsonValueKind.Array => v.EnumerateArray().Where(x => x.ValueKind == JsonValueKind.Number && x.TryGetInt32(out _)).Select(x => x.GetInt32()).ToArray(),
             _ => [],
         };
     }

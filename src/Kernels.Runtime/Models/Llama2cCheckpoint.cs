@@ -23,7 +23,7 @@ public static unsafe class Llama2cCheckpoint
             var h = MemoryMarshal.Cast<byte, int>(file.Span(0, HeaderBytes));
             int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kvHeads = h[4], vocabRaw = h[5], seqLen = h[6];
             bool shared = vocabRaw > 0;
-            int vocab = Math.Abs(vocabRaw);
+            int vocab = vocabRaw == int.MinValue ? 0 : Math.Abs(vocabRaw); // 0 is rejected just below
             if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kvHeads <= 0 || vocab == 0 || seqLen <= 0
                 || dim % heads != 0 || dim > 1 << 16 || hidden > 1 << 18 || layers > 1024 || vocab > 1 << 22)
                 throw new ModelFormatException(path, $"not a llama2.c checkpoint: implausible header (dim {dim}, hidden {hidden}, layers {layers}, heads {heads}, kv_heads {kvHeads}, vocab {vocabRaw}, seq_len {seqLen})");

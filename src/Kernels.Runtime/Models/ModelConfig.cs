@@ -54,6 +54,10 @@ public sealed record ModelConfig
     public int? BosTokenId { get; init; }
     public IReadOnlyList<int> EosTokenIds { get; init; } = [];
 
+    /// <summary>Limits far above any real model, so that corrupt headers cannot overflow sizes computed from them.</summary>
+    public const int MaxHeadDim = 1024;
+    public const int MaxWidth = 1 << 20;
+
     public int QueryDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
     public int GqaGroup => NumHeads / NumKvHeads;
@@ -68,7 +72,10 @@ public sealed record ModelConfig
         Require(HiddenSize > 0 && IntermediateSize > 0 && NumLayers > 0 && VocabSize > 0, "hidden, intermediate, layer and vocab sizes must be positive");
         Require(NumHeads > 0 && NumKvHeads > 0, "head counts must be positive");
         Require(NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) is not a multiple of num_key_value_heads ({NumKvHeads})");
-        Require(HeadDim > 0 && HeadDim % 2 == 0, $"head_dim ({HeadDim}) must be positive and even for RoPE");
+        Require(HeadDim > 0 && HeadDim % 2 == 0 && HeadDim <= MaxHeadDim, $"head_dim ({HeadDim}) must be even, between 2 and {MaxHeadDim}");
+        Require((long)NumHeads * HeadDim <= MaxWidth && (long)NumKvHeads * HeadDim <= MaxWidth && HiddenSize <= MaxWidth && IntermediateSize <= MaxWidth,
+            $"layer widths (hidden {HiddenSize}, intermediate {IntermediateSize}, heads x head_dim {(long)NumHeads * HeadDim}) exceed {MaxWidth}");
+        Require(SlidingWindow is null or > 0, $"sliding_window ({SlidingWindow}) must be positive");
         Require(MaxPositions > 0, "max_position_embeddings must be positive");
         Require(RmsNormEps > 0, "rms_norm_eps must be positive");
         Require(RopeTheta > 0, "rope_theta must be positive");

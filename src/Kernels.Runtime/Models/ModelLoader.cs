@@ -66,7 +66,15 @@ public static class ModelLoader
         try
         {
             using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(index));
-            weightMap = doc.RootElement.GetProperty("weight_map").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetString()!);
+            weightMap = new Dictionary<string, string>();
+            foreach (var p in doc.RootElement.GetProperty("weight_map").EnumerateObject())
+            {
+                string shard = p.Value.GetString() ?? throw new ModelFormatException(index, $"tensor '{p.Name}' has no shard file");
+                // Shards live in the model directory: no absolute paths, no climbing out of it.
+                if (shard.Length == 0 || Path.IsPathRooted(shard) || shard.Split('/', '\\').Contains(".."))
+                    throw new ModelFormatException(index, $"shard '{shard}' of tensor '{p.Name}' is not a file name inside the model directory");
+                if (!weightMap.TryAdd(p.Name, shard)) throw new ModelFormatException(index, $"tensor '{p.Name}' is listed twice");
+            }
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException)
         {
@@ -93,7 +101,16 @@ public static class ModelLoader
         var gguf = GgufFile.Open(path);
         try
         {
-            var (config, weights) = GgufModel.Load(gguf);
+            ModelConfig config;
+            ModelWeights weights;
+            try
+            {
+                (config, weights) = GgufModel.Load(gguf);
+            }
+            catch (OverflowException e)
+            {
+                throw new ModelFormatException(path, $"a metadata value is out of range: {e.Message}", e);
+            }
             var metadata = gguf.Metadata;
             return new LoadedModel(path, ModelFormat.Gguf, config, weights,
                 () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.FromGgufMetadata(metadata, path));

@@ -13,8 +13,8 @@ public static unsafe class RopeLayout
     {
         bool vector = w.Shape.Length == 1;
         int rows = vector ? (int)w.ElementCount : w.Rows;
-        if (rows != heads * headDim)
-            throw new ModelFormatException(w.Name, $"has {rows} rows, expected heads*head_dim = {heads * headDim}");
+        if ((long)rows != (long)heads * headDim)
+            throw new ModelFormatException(w.Name, $"has {rows} rows, expected heads*head_dim = {(long)heads * headDim}");
         if (vector && w.DType == TensorDType.Q8_0)
             throw new ModelFormatException(w.Name, "a Q8_0 bias vector cannot be reordered element by element");
         long rowBytes = w.DType.ByteCount(vector ? 1 : w.Columns);

@@ -40,6 +40,8 @@ public sealed class CpuBackend : IBackend
             rowStart[s + 1] = rowStart[s] + batch[s].Tokens.Length;
         }
         int rows = rowStart[^1];
+        int longest = 0; // the most keys any query row of this step attends over: the size of its score buffer
+        for (int s = 0; s < batch.Count; s++) longest = Math.Max(longest, caches[s].Length + batch[s].Tokens.Length);
         var ids = new int[rows];
         var positions = new int[rows];
         for (int s = 0; s < batch.Count; s++)
@@ -48,6 +50,10 @@ public sealed class CpuBackend : IBackend
             for (int t = 0; t < batch[s].Tokens.Length; t++) positions[rowStart[s] + t] = caches[s].Length + t;
         }
 
+        // Every activation buffer is rows x width; refuse a step whose buffers cannot exist rather than wrap around.
+        long widest = Math.Max(Math.Max(h, qd), Math.Max(ff, c.VocabSize));
+        if ((long)rows * widest > Array.MaxLength)
+            throw new ArgumentException($"a step of {rows} token rows needs buffers of {(long)rows * widest} floats; split it into smaller steps");
         var x = new float[rows * h];
         var xn = new float[rows * h];
         var q = new float[rows * qd];
@@ -75,7 +81,7 @@ public sealed class CpuBackend : IBackend
                 v.AsSpan(rowStart[s] * kvd, n).CopyTo(caches[s].Values[l].AsSpan(start));
             }
             int layer = l;
-            Parallel.For(0, batch.Count * c.NumHeads, () => new float[c.MaxPositions], (task, _, scores) =>
+            Parallel.For(0, batch.Count * c.NumHeads, () => new float[longest], (task, _, scores) =>
             {
                 int s = task / c.NumHeads, head = task % c.NumHeads;
                 int r0 = rowStart[s], n = rowStart[s + 1] - r0;

@@ -34,6 +34,8 @@ public sealed class CpuKvCache : IKvCache
         if (tokens > _config.MaxPositions)
             throw new InvalidOperationException($"sequence of {tokens} tokens exceeds the model's context of {_config.MaxPositions}");
         int capacity = Math.Min(_config.MaxPositions, Math.Max(tokens, Capacity * 2));
+        if ((long)capacity * _config.KvDim > Array.MaxLength)
+            throw new InvalidOperationException($"a KV cache of {capacity} tokens x {_config.KvDim} values per layer exceeds one array; use a shorter context");
         for (int l = 0; l < _config.NumLayers; l++)
         {
             Array.Resize(ref Keys[l], capacity * _config.KvDim);
