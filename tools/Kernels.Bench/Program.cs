@@ -26,7 +26,8 @@ public static class Program
         return root.Parse(args).Invoke();
     }
 
-    private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double RooflineFraction);
+    /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>
+    private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double Gflops, double RooflineMs, double RooflineFraction);
 
     private static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
     {
@@ -34,14 +35,15 @@ public static class Program
         using var backend = new CpuBackend(model);
         long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
         double bandwidth = MeasureBandwidthGBps();
-        double rooflineTokensPerStep = bandwidth * 1e9 / weightBytes; // steps/s if weights streamed at memory speed
+        double peakGflops = MeasureFmaGflops();
         Console.WriteLine($"# CPU decode, {modelName}: {model.Config.ParameterCount / 1e6:F1}M parameters, {weightBytes / 1e6:F1} MB of weights per step");
         Console.WriteLine($"# machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}, " +
-                          $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write)");
+                          $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write), FMA peak {peakGflops:F0} GFLOP/s");
+        Console.WriteLine("# roofline per step = max(weight bytes / bandwidth, 2 x parameters x batch / FMA peak)");
         Console.WriteLine($"# KV context {context} tokens per sequence; median of {steps} timed steps after 3 warm-up steps");
         Console.WriteLine();
-        Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | of roofline |");
-        Console.WriteLine("|---:|---:|---:|---:|---:|");
+        Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | GFLOP/s | roofline ms/step | of roofline |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
         var results = new List<DecodeResult>();
         foreach (int batch in batchList.Split(',').Select(int.Parse))
         {
@@ -64,12 +66,14 @@ public static class Program
             foreach (var c in caches) c.Dispose();
             double stepMs = seconds / steps * 1e3;
             double gbps = weightBytes / (seconds / steps) / 1e9;
-            var r = new DecodeResult(batch, steps, stepMs, batch * steps / seconds, gbps, 1000.0 / stepMs / rooflineTokensPerStep);
+            double flops = 2.0 * model.Config.ParameterCount * batch;
+            double rooflineMs = Math.Max(weightBytes / (bandwidth * 1e9), flops / (peakGflops * 1e9)) * 1e3;
+            var r = new DecodeResult(batch, steps, stepMs, batch * steps / seconds, gbps, flops / (stepMs * 1e6), rooflineMs, rooflineMs / stepMs);
             results.Add(r);
-            Console.WriteLine($"| {batch} | {r.MsPerStep:F1} | {r.TokensPerSecond:F1} | {r.WeightGBps:F1} | {r.RooflineFraction:P0} |");
+            Console.WriteLine($"| {batch} | {r.MsPerStep:F1} | {r.TokensPerSecond:F1} | {r.WeightGBps:F1} | {r.Gflops:F1} | {r.RooflineMs:F1} | {r.RooflineFraction:P0} |");
         }
         if (jsonPath != null)
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { model = modelName, weightBytes, bandwidthGBps = bandwidth, results }, new JsonSerializerOptions { WriteIndented = true }));
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { model = modelName, weightBytes, bandwidthGBps = bandwidth, peakGflops, results }, new JsonSerializerOptions { WriteIndented = true }));
         return 0;
     }
 
@@ -77,6 +81,36 @@ public static class Program
     {
         var logits = backend.Forward(caches.Select((c, i) => new SequenceStep(c, next[i])).ToArray());
         for (int i = 0; i < next.Length; i++) next[i][0] = Kernels.Runtime.Engine.Sampler.ArgMax(logits[i]);
+    }
+
+    /// <summary>fp32 FMA rate of all cores: 8 independent Vector256 FMA chains per thread, best of 3 (FLOPs = 2 per lane).</summary>
+    private static double MeasureFmaGflops()
+    {
+        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) return 1;
+        const int iterations = 20_000_000;
+        double best = 0;
+        for (int rep = 0; rep < 3; rep++)
+        {
+            var clock = Stopwatch.StartNew();
+            Parallel.For(0, Environment.ProcessorCount, _ => FmaChains(iterations));
+            best = Math.Max(best, Environment.ProcessorCount * (double)iterations * 8 * 8 * 2 / clock.Elapsed.TotalSeconds / 1e9);
+        }
+        return best;
+    }
+
+    private static float FmaChains(int iterations)
+    {
+        var m = System.Runtime.Intrinsics.Vector256.Create(0.999f);
+        var a = System.Runtime.Intrinsics.Vector256.Create(1e-3f);
+        var c0 = a; var c1 = a; var c2 = a; var c3 = a; var c4 = a; var c5 = a; var c6 = a; var c7 = a;
+        for (int i = 0; i < iterations; i++)
+        {
+            c0 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c0, m, a); c1 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c1, m, a);
+            c2 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c2, m, a); c3 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c3, m, a);
+            c4 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c4, m, a); c5 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c5, m, a);
+            c6 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c6, m, a); c7 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c7, m, a);
+        }
+        return System.Runtime.Intrinsics.Vector256.Sum(((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)));
     }
 
     /// <summary>Copy bandwidth of a 256 MB buffer on all cores, best of 5 (bytes read + written, like the GPU figure).</summary>
