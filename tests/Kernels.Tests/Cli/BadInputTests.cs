@@ -19,13 +19,7 @@ public class BadInputTests
     [TearDown]
     public void RemoveDirectory() => Directory.Delete(_dir, recursive: true);
 
-    private static (int Code, string Out, string Error) Kernels(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = global::Kernels.Cli.Program.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Error) Kernels(params string[] args) => CliRunner.Run(args);
 
     /// <summary>A copy of the golden tiny Llama as an HF directory we may damage.</summary>
     private string CopyGoldenModel()

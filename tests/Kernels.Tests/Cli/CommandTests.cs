@@ -5,13 +5,7 @@ namespace Kernels.Tests.Cli;
 
 public class CommandTests
 {
-    private static (int Code, string Out, string Error) Kernels(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = global::Kernels.Cli.Program.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    private static (int Code, string Out, string Error) Kernels(params string[] args) => CliRunner.Run(args);
 
     [Test]
     public void LogitsAsJsonHaveOneValuePerVocabularyEntry()
