@@ -1,4 +1,5 @@
-// The contract between the engine and a compute backend: KV caches and one batched forward step.
+// The contract between the engine and a compute backend: paged KV memory and one batched forward step.
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends;
@@ -9,7 +10,7 @@ public interface IKvCache : IDisposable
     /// <summary>Tokens held; the next token appended sits at this position.</summary>
     int Length { get; }
 
-    /// <summary>A copy that continues independently (n samples of one prompt).</summary>
+    /// <summary>A copy that continues independently (n samples of one prompt); full blocks are shared, not copied.</summary>
     IKvCache Fork();
 
     /// <summary>Drops every token at position >= <paramref name="length"/>.</summary>
@@ -24,12 +25,17 @@ public interface IBackend : IDisposable
     string Name { get; }
     ModelConfig Config { get; }
 
+    /// <summary>The backend's KV memory, in blocks; every cache it creates draws from it.</summary>
+    KvBlockPool KvPool { get; }
+
+    /// <summary>An empty sequence in <see cref="KvPool"/>.</summary>
     IKvCache CreateCache();
 
     /// <summary>
     /// Runs every sequence's new tokens through the model in one batch (weights read once for all rows), appends
     /// their keys and values to the caches, and returns per sequence the logits [rows, vocab] flattened: every
-    /// position when AllLogits, else the last one only.
+    /// position when AllLogits, else the last one only. With an <paramref name="attention"/> plan, keys shared by
+    /// several sequences are attended once per level for all of them (Hydragen); without one, per sequence.
     /// </summary>
-    float[][] Forward(IReadOnlyList<SequenceStep> batch);
+    float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null);
 }

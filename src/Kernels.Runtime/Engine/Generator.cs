@@ -1,5 +1,6 @@
 // Batched generation: many prompts, n samples each, one KV cache per sample, every step one forward for all.
 using Kernels.Runtime.Backends;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Engine;
@@ -8,12 +9,21 @@ public sealed record GeneratorOptions
 {
     /// <summary>Most prompt tokens run through one forward step (bounds activation memory; longer prompts are chunked).</summary>
     public int PrefillTokenBudget { get; init; } = 2048;
+
+    /// <summary>
+    /// Share KV blocks of common prompt prefixes (prefill once, cached across requests) and attend to them once per
+    /// step for all sharers (Hydragen). Off: every sequence holds and attends to its own copy (the baseline).
+    /// </summary>
+    public bool PrefixSharing { get; init; } = true;
 }
 
 /// <summary>
-/// Runs a set of requests to completion on one backend. Prompts are prefilled in batches (chunked to the token
-/// budget), samples of one prompt fork its cache, then every decode step runs all live samples together. Each
-/// sample has its own sampler state seeded by (request seed, sample index), so outputs do not depend on the batch.
+/// Runs requests to completion on one backend. Each step is one forward over every live sample's next token plus
+/// chunks of admitted prompts (up to the prefill budget). Requests are admitted in order when the KV pool can hold
+/// their worst case (prompt plus max new tokens for every sample), so a running request never runs out of memory.
+/// With prefix sharing, a prompt's cached prefix blocks are reused instead of prefilled, samples of one prompt share
+/// its blocks, and attention runs through an <see cref="AttentionPlan"/> built from the shared blocks. Each sample
+/// has its own sampler state seeded by (request seed, sample index), so outputs do not depend on the batch.
 /// </summary>
 public sealed class Generator
 {
@@ -32,6 +42,8 @@ public sealed class Generator
         _usableVocab = Math.Min(tokenizer.VocabSize, backend.Config.VocabSize);
     }
 
+    private bool Sharing => _options.PrefixSharing && backend.Config.SlidingWindow == null;
+
     private sealed class Sample
     {
         public required int Request;
@@ -44,6 +56,15 @@ public sealed class Generator
         public required HashSet<int> Seen;
         public int LastToken;
         public FinishReason? Finish;
+    }
+
+    /// <summary>A request between admission and the end of its prompt's prefill.</summary>
+    private sealed class Prefill
+    {
+        public required int Request;
+        public required IKvCache Cache;
+        public required int[] Prompt;
+        public int Done; // prompt tokens already in the cache (reused from the prefix tree or computed)
     }
 
     /// <summary>Tokenizes and checks a request; throws <see cref="RequestValidationException"/> when it cannot run.</summary>
@@ -69,79 +90,186 @@ public sealed class Generator
     public IEnumerable<GenerationEvent> Run(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
         var prompts = requests.Select(PromptIds).ToArray(); // validate everything before any work
+        var pool = backend.KvPool;
+        for (int r = 0; r < requests.Count; r++)
+        {
+            int need = WorstCaseBlocks(requests[r], prompts[r], 0);
+            if (need > pool.Capacity)
+                throw new KvCacheExhaustedException($"request {r} needs up to {need} KV blocks ({prompts[r].Length} prompt tokens, " +
+                    $"{requests[r].N} x {requests[r].MaxNewTokens} new), the pool holds {pool.Capacity}; give the KV cache more memory or ask for fewer tokens");
+        }
+        var waiting = new Queue<int>(Enumerable.Range(0, requests.Count));
+        var prefills = new List<Prefill>();
         var samples = new List<Sample>();
-        var prefillCaches = new IKvCache[requests.Count];
         try
         {
-            // ---- prefill: chunks of prompts up to the token budget per forward step
-            var lastLogits = new float[requests.Count][];
-            var offsets = new int[requests.Count];
-            for (int r = 0; r < requests.Count; r++) prefillCaches[r] = backend.CreateCache();
-            int next = 0;
-            while (next < requests.Count)
-            {
-                cancellation.ThrowIfCancellationRequested();
-                var batch = new List<(int Request, SequenceStep Step)>();
-                int budget = _options.PrefillTokenBudget;
-                for (int r = next; r < requests.Count && budget > 0; r++)
-                {
-                    int take = Math.Min(budget, prompts[r].Length - offsets[r]);
-                    batch.Add((r, new SequenceStep(prefillCaches[r], prompts[r].AsMemory(offsets[r], take))));
-                    offsets[r] += take;
-                    budget -= take;
-                }
-                var logits = backend.Forward(batch.Select(b => b.Step).ToArray());
-                for (int i = 0; i < batch.Count; i++) lastLogits[batch[i].Request] = logits[i];
-                while (next < requests.Count && offsets[next] == prompts[next].Length) next++;
-            }
-
-            // ---- samples: sample 0 keeps the prompt's cache, the others fork it
-            for (int r = 0; r < requests.Count; r++)
-            {
-                var req = requests[r];
-                ulong seed = req.Sampling.Seed ?? (ulong)Random.Shared.NextInt64();
-                bool promptIsControlOnly = prompts[r].All(id => tokenizer.TokenBytes(id).Length == 0);
-                for (int n = 0; n < req.N; n++)
-                {
-                    var s = new Sample
-                    {
-                        Request = r,
-                        Index = n,
-                        Cache = n == 0 ? prefillCaches[r] : prefillCaches[r].Fork(),
-                        Rng = new SamplerRng(seed, (ulong)n),
-                        // A continuation keeps its leading space; text decoded from BOS drops the dummy prefix.
-                        Text = new TokenTextStream(tokenizer, atStart: promptIsControlOnly),
-                        Stops = new StopStringMatcher(req.Stop),
-                        Seen = req.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(prompts[r]) : [],
-                    };
-                    samples.Add(s);
-                }
-                prefillCaches[r] = null!; // owned by sample 0 now: disposed once, with the samples
-            }
-
-            // ---- first token of every sample from its prompt's last logits, then decode steps for all live samples
-            foreach (var s in samples)
-                foreach (var e in Advance(s, requests[s.Request], (float[])lastLogits[s.Request].Clone())) yield return e;
-
             while (true)
             {
-                var live = samples.Where(s => s.Finish == null).ToArray();
-                if (live.Length == 0) break;
+                Admit(requests, prompts, waiting, prefills, samples);
+                var live = samples.Where(s => s.Finish == null).ToList();
+                if (live.Count == 0 && prefills.Count == 0)
+                {
+                    if (waiting.Count == 0) break;
+                    throw new InvalidOperationException("no request could be admitted although nothing runs");
+                }
                 if (cancellation.IsCancellationRequested)
                 {
                     foreach (var s in live) yield return Finish(s, FinishReason.Cancelled, null);
+                    foreach (var p in prefills) p.Cache.Dispose();
+                    prefills.Clear();
+                    foreach (int r in waiting)
+                        for (int n = 0; n < requests[r].N; n++)
+                            yield return new GenerationEvent(r, n, null, "", FinishReason.Cancelled);
                     break;
                 }
-                var logits = backend.Forward(live.Select(s => new SequenceStep(s.Cache, new[] { s.LastToken })).ToArray());
-                for (int i = 0; i < live.Length; i++)
+
+                // One step: a token for every live sample, then prompt chunks up to the budget.
+                var batch = new List<SequenceStep>(live.Count + prefills.Count);
+                foreach (var s in live) batch.Add(new SequenceStep(s.Cache, new[] { s.LastToken }));
+                var chunks = new List<(Prefill Prefill, int Tokens)>();
+                int budget = _options.PrefillTokenBudget;
+                foreach (var p in prefills)
+                {
+                    if (budget == 0) break;
+                    int take = Math.Min(budget, p.Prompt.Length - p.Done);
+                    batch.Add(new SequenceStep(p.Cache, p.Prompt.AsMemory(p.Done, take)));
+                    chunks.Add((p, take));
+                    budget -= take;
+                }
+                var plan = Sharing ? AttentionPlanner.Build(batch) : null;
+                var logits = backend.Forward(batch, plan);
+
+                for (int i = 0; i < live.Count; i++)
                     foreach (var e in Advance(live[i], requests[live[i].Request], logits[i])) yield return e;
+                for (int i = 0; i < chunks.Count; i++)
+                {
+                    var (p, take) = chunks[i];
+                    p.Done += take;
+                    if (p.Done < p.Prompt.Length) continue;
+                    prefills.Remove(p);
+                    foreach (var e in StartSamples(p, requests[p.Request], logits[live.Count + i], samples)) yield return e;
+                }
             }
         }
         finally
         {
-            foreach (var c in prefillCaches) c?.Dispose();
+            foreach (var p in prefills) p.Cache.Dispose();
             foreach (var s in samples) s.Cache.Dispose(); // disposing a finished sample's cache again is a no-op
         }
+    }
+
+    /// <summary>
+    /// Admits waiting requests in order while the pool can hold their worst case next to what the running ones may
+    /// still allocate. With sharing, a request whose prompt shares a block with a prompt still being prefilled waits
+    /// one step, so the shared part is computed once and then reused from the prefix tree.
+    /// </summary>
+    private void Admit(IReadOnlyList<GenerationRequest> requests, int[][] prompts, Queue<int> waiting, List<Prefill> prefills, List<Sample> samples)
+    {
+        var pool = backend.KvPool;
+        while (waiting.Count > 0)
+        {
+            int r = waiting.Peek();
+            var prompt = prompts[r];
+            IReadOnlyList<int> cached = [];
+            if (Sharing)
+            {
+                if (prefills.Any(p => CommonPrefix(p.Prompt, prompt) >= pool.BlockSize)) return;
+                cached = pool.Prefixes.Match(prompt, prompt.Length - 1);
+            }
+            int need = WorstCaseBlocks(requests[r], prompt, cached.Count);
+            long available = pool.FreeBlocks + (Sharing ? pool.Prefixes.Evictable() - cached.Count(b => pool.RefCount(b) == 1) : 0)
+                             - OutstandingBlocks(requests, prefills, samples);
+            bool idle = prefills.Count == 0 && samples.All(s => s.Finish != null);
+            if (need > available && !idle) return;
+            waiting.Dequeue();
+            var cache = cached.Count > 0 ? new KvSequence(pool, cached, cached.Count * pool.BlockSize) : backend.CreateCache();
+            prefills.Add(new Prefill { Request = r, Cache = cache, Prompt = prompt, Done = cache.Length });
+        }
+    }
+
+    private static int CommonPrefix(int[] a, int[] b)
+    {
+        int n = Math.Min(a.Length, b.Length), i = 0;
+        while (i < n && a[i] == b[i]) i++;
+        return i;
+    }
+
+    /// <summary>The final length of a sample: prompt plus new tokens, capped by the context.</summary>
+    private int FinalLength(GenerationRequest request, int promptLength) =>
+        Math.Min(promptLength + request.MaxNewTokens, backend.Config.MaxPositions);
+
+    /// <summary>
+    /// Blocks a request may allocate from admission to its end: its prompt beyond the cached blocks, then per sample
+    /// the blocks up to its final length. Samples share the prompt's full blocks (with sharing on); each writes its
+    /// own copy of the partly filled tail block.
+    /// </summary>
+    private int WorstCaseBlocks(GenerationRequest request, int[] prompt, int cachedBlocks)
+    {
+        var pool = backend.KvPool;
+        int total = pool.BlocksFor(FinalLength(request, prompt.Length));
+        int shared = Sharing ? prompt.Length / pool.BlockSize : 0;
+        return total - cachedBlocks + (request.N - 1) * (total - shared);
+    }
+
+    /// <summary>What running requests may still allocate: prefills their whole worst case minus what they hold, samples their growth.</summary>
+    private int OutstandingBlocks(IReadOnlyList<GenerationRequest> requests, List<Prefill> prefills, List<Sample> samples)
+    {
+        var pool = backend.KvPool;
+        int total = 0;
+        foreach (var p in prefills)
+        {
+            int held = p.Cache is KvSequence seq ? seq.Blocks.Count : 0;
+            total += Math.Max(0, WorstCaseBlocks(requests[p.Request], p.Prompt, 0) - held);
+        }
+        foreach (var s in samples)
+        {
+            if (s.Finish != null || s.Cache is not KvSequence seq) continue;
+            int final = pool.BlocksFor(FinalLength(requests[s.Request], seq.Length - s.Tokens.Count + 1));
+            int growth = Math.Max(0, final - seq.Blocks.Count);
+            bool sharedTail = seq.Length % pool.BlockSize != 0 && pool.RefCount(seq.Blocks[^1]) > 1;
+            total += growth + (sharedTail ? 1 : 0);
+        }
+        return total;
+    }
+
+    /// <summary>The prompt is in the cache: cache its full blocks, fork the samples, sample their first tokens.</summary>
+    private IEnumerable<GenerationEvent> StartSamples(Prefill p, GenerationRequest req, float[] lastLogits, List<Sample> samples)
+    {
+        if (Sharing && p.Cache is KvSequence seq) backend.KvPool.Prefixes.Insert(p.Prompt, seq.Blocks);
+        ulong seed = req.Sampling.Seed ?? (ulong)Random.Shared.NextInt64();
+        bool promptIsControlOnly = p.Prompt.All(id => tokenizer.TokenBytes(id).Length == 0);
+        var created = new List<Sample>();
+        for (int n = 0; n < req.N; n++)
+        {
+            var s = new Sample
+            {
+                Request = p.Request,
+                Index = n,
+                Cache = n == 0 ? p.Cache : Fork(p.Cache),
+                Rng = new SamplerRng(seed, (ulong)n),
+                // A continuation keeps its leading space; text decoded from BOS drops the dummy prefix.
+                Text = new TokenTextStream(tokenizer, atStart: promptIsControlOnly),
+                Stops = new StopStringMatcher(req.Stop),
+                Seen = req.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(p.Prompt) : [],
+            };
+            samples.Add(s);
+            created.Add(s);
+        }
+        foreach (var s in created)
+            foreach (var e in Advance(s, req, (float[])lastLogits.Clone())) yield return e;
+    }
+
+    /// <summary>A sample's own cache: shared blocks (sharing on) or a full private copy (the baseline).</summary>
+    private IKvCache Fork(IKvCache prompt)
+    {
+        if (Sharing || prompt is not KvSequence seq) return prompt.Fork();
+        var pool = backend.KvPool;
+        var copy = new KvSequence(pool);
+        copy.Reserve(seq.Length);
+        for (int b = 0; b < seq.Blocks.Count; b++)
+            pool.Storage.CopyBlock(seq.Blocks[b], copy.Blocks[b], Math.Min(pool.BlockSize, seq.Length - b * pool.BlockSize));
+        copy.Advance(seq.Length);
+        return copy;
     }
 
     /// <summary>Runs the requests and collects each sample's full result.</summary>

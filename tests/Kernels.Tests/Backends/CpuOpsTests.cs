@@ -115,23 +115,6 @@ public unsafe class CpuOpsTests
     }
 
     [Test]
-    public void AttentionOverOneKeyReturnsItsValueAndSoftmaxSurvivesHugeScores()
-    {
-        int d = 8;
-        var q = Enumerable.Repeat(100f, d).ToArray(); // scores around 1e4 / sqrt(8): exp would overflow without the max
-        var k = Enumerable.Repeat(100f, 2 * d).ToArray();
-        var v = Enumerable.Range(0, 2 * d).Select(i => (float)i).ToArray();
-        var o = new float[d];
-        var scores = new float[2];
-        Attention.Causal(q, k, v, o, 1, 0, 0, 1, 1, d, null, scores); // position 0: only key 0
-        Assert.That(o, Is.EqualTo(v.AsSpan(0, d).ToArray()));
-        Attention.Causal(q, k, v, o, 1, 1, 0, 1, 1, d, null, scores); // position 1: two equal scores -> the mean
-        Assert.That(o, Is.EqualTo(Enumerable.Range(0, d).Select(i => (v[i] + v[i + d]) / 2).ToArray()).Within(1e-5f));
-        Attention.Causal(q, k, v, o, 1, 1, 0, 1, 1, d, 1, scores); // window of 1: only key 1
-        Assert.That(o, Is.EqualTo(v.AsSpan(d, d).ToArray()));
-    }
-
-    [Test]
     public void BFloat16ConversionIsExactAndRoundsToNearestEven()
     {
         var bits = Enumerable.Range(0, 40).Select(i => (ushort)(0x3F80 + i * 37)).ToArray();

@@ -1,36 +1,49 @@
-// Causal GQA attention of a sequence's new query rows over its KV cache (reference for the decode/prefill kernels).
+// Attention over paged KV blocks, as partial (o, lse) states merged exactly: shared prefix levels (Hydragen: the
+// keys read once for every query row of the level) and each sequence's causal suffix. Reference for the GPU kernels.
 using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
+/// <summary>
+/// Shapes: q and the output o are [rows, heads * d]; lse is [rows, heads]; a layer's keys and values live in blocks
+/// of [block_size, kv_heads * d] (CpuKvStorage). Scores are q.k / sqrt(d); softmax subtracts the row max; lse is
+/// natural-log. Query head h reads kv head h / (heads / kv_heads).
+/// </summary>
 public static unsafe class Attention
 {
-    /// <summary>
-    /// For query row t at position start+t and head h: o = softmax(q.K^T / sqrt(d)) V over key positions
-    /// j in (pos - window, pos], using kv head h / group. q and o are [rows, heads * d]; keys and values are
-    /// [positions, kvHeads * d]. Softmax subtracts the row max, in fp32.
-    /// </summary>
-    public static void Causal(ReadOnlySpan<float> q, ReadOnlySpan<float> keys, ReadOnlySpan<float> values, Span<float> o,
-        int rows, int start, int head, int heads, int kvHeads, int headDim, int? window, Span<float> scores)
+    /// <summary>One layer's KV blocks and the attention shape.</summary>
+    public readonly struct Layer(CpuKvStorage storage, int layer, int blockSize, int heads, int kvHeads, int headDim)
     {
-        int group = heads / kvHeads, kvh = head / group;
-        int qStride = heads * headDim, kvStride = kvHeads * headDim;
-        float scale = 1f / MathF.Sqrt(headDim);
-        fixed (float* qp = q)
-        fixed (float* kp = keys)
-        fixed (float* vp = values)
-        fixed (float* op = o)
+        public readonly int BlockSize = blockSize, Heads = heads, KvHeads = kvHeads, HeadDim = headDim;
+        public int Group => Heads / KvHeads;
+        public int KvStride => KvHeads * HeadDim;
+        public float Scale => 1f / MathF.Sqrt(HeadDim);
+        public float* Key(IReadOnlyList<int> blocks, int pos, int kvh) => storage.KeyPointer(layer, blocks[pos / BlockSize]) + (pos % BlockSize) * KvStride + kvh * HeadDim;
+        public float* Value(IReadOnlyList<int> blocks, int pos, int kvh) => storage.ValuePointer(layer, blocks[pos / BlockSize]) + (pos % BlockSize) * KvStride + kvh * HeadDim;
+    }
+
+    /// <summary>
+    /// Causal partial for one sequence and query head: row t (position start + t) attends to keys
+    /// [max(from, pos - window + 1), pos]; the result is merged into (o, lse) of that row and head.
+    /// </summary>
+    public static void Suffix(in Layer kv, IReadOnlyList<int> blocks, float* q, float* o, float* lse, int rows, int start, int from,
+        int head, int? window, Span<float> scores, Span<float> partial)
+    {
+        int d = kv.HeadDim, kvh = head / kv.Group, qStride = kv.Heads * d;
+        float scale = kv.Scale;
         fixed (float* sp = scores)
+        fixed (float* pp = partial)
         {
             for (int t = 0; t < rows; t++)
             {
                 int pos = start + t;
-                int first = window is int w ? Math.Max(0, pos - w + 1) : 0;
-                float* qr = qp + (long)t * qStride + head * headDim;
+                int first = Math.Max(from, window is int w ? pos - w + 1 : 0);
+                if (first > pos) continue; // no key in range: the empty state, nothing to merge
+                float* qr = q + (long)t * qStride + head * d;
                 float max = float.NegativeInfinity;
                 for (int j = first; j <= pos; j++)
                 {
-                    float s = Simd.Dot(qr, kp + (long)j * kvStride + kvh * headDim, headDim) * scale;
+                    float s = Simd.Dot(qr, kv.Key(blocks, j, kvh), d) * scale;
                     sp[j - first] = s;
                     if (s > max) max = s;
                 }
@@ -41,12 +54,63 @@ public static unsafe class Attention
                     sp[j] = e;
                     sum += e;
                 }
-                float* orow = op + (long)t * qStride + head * headDim;
-                new Span<float>(orow, headDim).Clear();
+                new Span<float>(pp, d).Clear();
                 float inv = 1f / sum;
-                for (int j = first; j <= pos; j++)
-                    Simd.AxpyInPlace(sp[j - first] * inv, vp + (long)j * kvStride + kvh * headDim, orow, headDim);
+                for (int j = first; j <= pos; j++) Simd.AxpyInPlace(sp[j - first] * inv, kv.Value(blocks, j, kvh), pp, d);
+                AttentionState.Merge(new Span<float>(o + (long)t * qStride + head * d, d), ref lse[t * kv.Heads + head],
+                    new ReadOnlySpan<float>(pp, d), max + MathF.Log(sum));
             }
+        }
+    }
+
+    /// <summary>A query row of a shared level: where its query, output and lse live.</summary>
+    public readonly record struct LevelRow(int Row, int Head);
+
+    /// <summary>
+    /// Non-causal partial over keys [start, end) shared by every listed (row, head): each key and value vector is
+    /// loaded once and used for all of them (the matrix-matrix form of Hydragen's prefix attention). All heads in
+    /// <paramref name="rows"/> read kv head <paramref name="kvh"/>.
+    /// </summary>
+    public static void Level(in Layer kv, IReadOnlyList<int> blocks, int start, int end, int kvh, ReadOnlySpan<LevelRow> rows,
+        float* q, float* o, float* lse, float[] scoresBuffer, float[] partialBuffer)
+    {
+        int d = kv.HeadDim, n = rows.Length, keys = end - start, qStride = kv.Heads * d;
+        float scale = kv.Scale;
+        fixed (float* sp = scoresBuffer)
+        fixed (float* pp = partialBuffer)
+        {
+            for (int j = 0; j < keys; j++)
+            {
+                float* k = kv.Key(blocks, start + j, kvh);
+                for (int r = 0; r < n; r++)
+                    sp[(long)r * keys + j] = Simd.Dot(q + (long)rows[r].Row * qStride + rows[r].Head * d, k, d) * scale;
+            }
+            var lseLevel = new float[n];
+            for (int r = 0; r < n; r++)
+            {
+                float* row = sp + (long)r * keys;
+                float max = float.NegativeInfinity;
+                for (int j = 0; j < keys; j++) max = Math.Max(max, row[j]);
+                float sum = 0;
+                for (int j = 0; j < keys; j++)
+                {
+                    float e = MathF.Exp(row[j] - max);
+                    row[j] = e;
+                    sum += e;
+                }
+                float inv = 1f / sum;
+                for (int j = 0; j < keys; j++) row[j] *= inv;
+                lseLevel[r] = max + MathF.Log(sum);
+            }
+            new Span<float>(pp, n * d).Clear();
+            for (int j = 0; j < keys; j++)
+            {
+                float* v = kv.Value(blocks, start + j, kvh);
+                for (int r = 0; r < n; r++) Simd.AxpyInPlace(sp[(long)r * keys + j], v, pp + (long)r * d, d);
+            }
+            for (int r = 0; r < n; r++)
+                AttentionState.Merge(new Span<float>(o + (long)rows[r].Row * qStride + rows[r].Head * d, d), ref lse[rows[r].Row * kv.Heads + rows[r].Head],
+                    new ReadOnlySpan<float>(pp + (long)r * d, d), lseLevel[r]);
         }
     }
 }

@@ -1,65 +1,101 @@
 // The CPU backend: the full Llama forward pass over a batch of sequences, fp32 math, SIMD and all cores.
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public sealed class CpuBackend : IBackend
+public sealed record CpuBackendOptions
 {
+    /// <summary>Tokens per KV block.</summary>
+    public int KvBlockSize { get; init; } = 16;
+    /// <summary>Most memory the KV cache may take (allocated as it is used).</summary>
+    public long KvCacheBytes { get; init; } = 4L << 30;
+}
+
+public sealed unsafe class CpuBackend : IBackend
+{
+    /// <summary>Query rows (row x head) per task of a shared level: bounds its score buffer and spreads the work.</summary>
+    private const int LevelRowsPerTask = 64;
+
     private readonly ModelWeights _weights;
     private readonly float[] _invFreq;
     private readonly float[][] _attnNorm, _ffnNorm;
     private readonly float[] _finalNorm;
+    private readonly CpuKvStorage _kv;
 
     public string Name => "cpu";
     public ModelConfig Config { get; }
+    public KvBlockPool KvPool { get; }
 
-    public CpuBackend(LoadedModel model)
+    public CpuBackend(LoadedModel model, CpuBackendOptions? options = null)
     {
+        options ??= new CpuBackendOptions();
         Config = model.Config;
         _weights = model.Weights;
         _invFreq = RopeFrequencies.Compute(Config);
         _attnNorm = _weights.Layers.Select(l => l.AttentionNorm.ToFloatArray()).ToArray();
         _ffnNorm = _weights.Layers.Select(l => l.FfnNorm.ToFloatArray()).ToArray();
         _finalNorm = _weights.FinalNorm.ToFloatArray();
+        _kv = new CpuKvStorage(Config, options.KvBlockSize);
+        long blockBytes = 2L * Config.NumLayers * options.KvBlockSize * Config.KvDim * sizeof(float);
+        KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / blockBytes, 1, int.MaxValue / 2), options.KvBlockSize, _kv);
     }
 
-    public IKvCache CreateCache() => new CpuKvCache(Config, 16);
+    /// <summary>Bytes of KV memory one token takes in every layer (keys and values).</summary>
+    public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * sizeof(float);
 
-    public float[][] Forward(IReadOnlyList<SequenceStep> batch)
+    public IKvCache CreateCache() => new KvSequence(KvPool);
+
+    public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
     {
         var c = Config;
-        int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
+        int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize, bs = KvPool.BlockSize;
+        var plan = attention ?? AttentionPlan.None(batch.Count);
+        if (plan.SuffixStart.Length != batch.Count) throw new ArgumentException("the attention plan was made for another batch");
+        if (plan.Levels.Count > 0 && c.SlidingWindow != null) throw new ArgumentException("shared-prefix attention does not support a sliding window");
+
         // Row layout: the new tokens of every sequence, one after the other.
-        var caches = new CpuKvCache[batch.Count];
+        var seqs = new KvSequence[batch.Count];
         var rowStart = new int[batch.Count + 1];
+        var start = new int[batch.Count];
         for (int s = 0; s < batch.Count; s++)
         {
-            caches[s] = batch[s].Cache as CpuKvCache ?? throw new ArgumentException("the cache was not created by the CPU backend");
-            if (batch[s].Tokens.Length == 0) throw new ArgumentException($"sequence {s} of the batch has no tokens");
-            caches[s].EnsureCapacity(caches[s].Length + batch[s].Tokens.Length);
-            rowStart[s + 1] = rowStart[s] + batch[s].Tokens.Length;
+            seqs[s] = batch[s].Cache as KvSequence ?? throw new ArgumentException("the cache was not created by this backend");
+            if (seqs[s].Pool != KvPool) throw new ArgumentException("the cache belongs to another backend's KV pool");
+            int n = batch[s].Tokens.Length;
+            if (n == 0) throw new ArgumentException($"sequence {s} of the batch has no tokens");
+            start[s] = seqs[s].Length;
+            if (start[s] + n > c.MaxPositions)
+                throw new InvalidOperationException($"sequence {s} would hold {start[s] + n} tokens, beyond the model's context of {c.MaxPositions}");
+            if (plan.SuffixStart[s] > start[s]) throw new ArgumentException($"sequence {s}: the plan's suffix starts after its cached keys");
+            rowStart[s + 1] = rowStart[s] + n;
         }
+        foreach (var level in plan.Levels)
+            foreach (int s in level.Sequences)
+                if (level.End > start[s]) throw new ArgumentException($"a shared level ends at {level.End}, past sequence {s}'s cached keys ({start[s]})");
+        for (int s = 0; s < batch.Count; s++) seqs[s].Reserve(batch[s].Tokens.Length);
+
         int rows = rowStart[^1];
+        long widest = Math.Max(Math.Max(h, qd), Math.Max(ff, c.VocabSize));
+        if ((long)rows * widest > Array.MaxLength)
+            throw new ArgumentException($"a step of {rows} token rows needs buffers of {(long)rows * widest} floats; split it into smaller steps");
         int longest = 0; // the most keys any query row of this step attends over: the size of its score buffer
-        for (int s = 0; s < batch.Count; s++) longest = Math.Max(longest, caches[s].Length + batch[s].Tokens.Length);
+        for (int s = 0; s < batch.Count; s++) longest = Math.Max(longest, start[s] + batch[s].Tokens.Length);
         var ids = new int[rows];
         var positions = new int[rows];
         for (int s = 0; s < batch.Count; s++)
         {
             batch[s].Tokens.Span.CopyTo(ids.AsSpan(rowStart[s]));
-            for (int t = 0; t < batch[s].Tokens.Length; t++) positions[rowStart[s] + t] = caches[s].Length + t;
+            for (int t = 0; t < batch[s].Tokens.Length; t++) positions[rowStart[s] + t] = start[s] + t;
         }
 
-        // Every activation buffer is rows x width; refuse a step whose buffers cannot exist rather than wrap around.
-        long widest = Math.Max(Math.Max(h, qd), Math.Max(ff, c.VocabSize));
-        if ((long)rows * widest > Array.MaxLength)
-            throw new ArgumentException($"a step of {rows} token rows needs buffers of {(long)rows * widest} floats; split it into smaller steps");
         var x = new float[rows * h];
         var xn = new float[rows * h];
         var q = new float[rows * qd];
         var k = new float[rows * kvd];
         var v = new float[rows * kvd];
         var attn = new float[rows * qd];
+        var lse = new float[rows * c.NumHeads];
         var proj = new float[rows * h];
         var gate = new float[rows * ff];
         var up = new float[rows * ff];
@@ -76,21 +112,14 @@ public sealed class CpuBackend : IBackend
             Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, positions, _invFreq);
             for (int s = 0; s < batch.Count; s++)
             {
-                int start = caches[s].Length * kvd, n = (rowStart[s + 1] - rowStart[s]) * kvd;
-                k.AsSpan(rowStart[s] * kvd, n).CopyTo(caches[s].Keys[l].AsSpan(start));
-                v.AsSpan(rowStart[s] * kvd, n).CopyTo(caches[s].Values[l].AsSpan(start));
+                for (int r = rowStart[s]; r < rowStart[s + 1]; r++)
+                {
+                    int pos = positions[r], block = seqs[s].Blocks[pos / bs], offset = pos % bs * kvd;
+                    k.AsSpan(r * kvd, kvd).CopyTo(_kv.Keys(l, block)[offset..]);
+                    v.AsSpan(r * kvd, kvd).CopyTo(_kv.Values(l, block)[offset..]);
+                }
             }
-            int layer = l;
-            Parallel.For(0, batch.Count * c.NumHeads, () => new float[longest], (task, _, scores) =>
-            {
-                int s = task / c.NumHeads, head = task % c.NumHeads;
-                int r0 = rowStart[s], n = rowStart[s + 1] - r0;
-                int total = caches[s].Length + n;
-                Attention.Causal(q.AsSpan(r0 * qd, n * qd), caches[s].Keys[layer].AsSpan(0, total * kvd),
-                    caches[s].Values[layer].AsSpan(0, total * kvd), attn.AsSpan(r0 * qd, n * qd),
-                    n, caches[s].Length, head, c.NumHeads, c.NumKvHeads, c.HeadDim, c.SlidingWindow, scores);
-                return scores;
-            }, _ => { });
+            Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, batch, q, attn, lse, longest);
             MatMul.Multiply(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
@@ -100,7 +129,7 @@ public sealed class CpuBackend : IBackend
             MatMul.Multiply(gate, rows, w.Down, proj);
             ResidualAdd.Apply(x, proj);
         }
-        for (int s = 0; s < batch.Count; s++) caches[s].Length += rowStart[s + 1] - rowStart[s];
+        for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);
 
         // Final norm and LM head only for the rows whose logits were asked for.
         var logitRows = new List<int>();
@@ -113,7 +142,7 @@ public sealed class CpuBackend : IBackend
         for (int i = 0; i < logitRows.Count; i++) x.AsSpan(logitRows[i] * h, h).CopyTo(selected.AsSpan(i * h));
         var normed = new float[selected.Length];
         RmsNorm.Apply(selected, _finalNorm, (float)c.RmsNormEps, normed, logitRows.Count);
-        var logits = new float[logitRows.Count * c.VocabSize];
+        var logits = new float[(long)logitRows.Count * c.VocabSize];
         MatMul.Multiply(normed, logitRows.Count, _weights.LmHead, logits);
 
         var result = new float[batch.Count][];
@@ -127,8 +156,54 @@ public sealed class CpuBackend : IBackend
         return result;
     }
 
+    /// <summary>
+    /// Attention of the step's query rows: every shared level (its keys read once for all member rows), then each
+    /// sequence's causal suffix, merged into (attn, lse) through the one LSE merge.
+    /// </summary>
+    private void Attend(Attention.Layer kv, AttentionPlan plan, KvSequence[] seqs, int[] rowStart, int[] start,
+        IReadOnlyList<SequenceStep> batch, float[] q, float[] attn, float[] lse, int longest)
+    {
+        var c = Config;
+        Array.Clear(attn);
+        Array.Fill(lse, float.NegativeInfinity);
+        fixed (float* qp = q)
+        fixed (float* op = attn)
+        fixed (float* lp = lse)
+        {
+            float* qs = qp, os = op, ls = lp;
+            foreach (var level in plan.Levels)
+            {
+                // Rows of one kv head: every member's query rows times the query heads that read this kv head.
+                var tasks = new List<(int KvHead, Attention.LevelRow[] Rows)>();
+                for (int kvh = 0; kvh < c.NumKvHeads; kvh++)
+                {
+                    var all = new List<Attention.LevelRow>();
+                    foreach (int s in level.Sequences)
+                        for (int r = rowStart[s]; r < rowStart[s + 1]; r++)
+                            for (int g = 0; g < kv.Group; g++) all.Add(new Attention.LevelRow(r, kvh * kv.Group + g));
+                    for (int i = 0; i < all.Count; i += LevelRowsPerTask)
+                        tasks.Add((kvh, all.GetRange(i, Math.Min(LevelRowsPerTask, all.Count - i)).ToArray()));
+                }
+                var blocks = seqs[level.Sequences[0]].Blocks;
+                int keys = level.End - level.Start;
+                Parallel.For(0, tasks.Count, () => (new float[LevelRowsPerTask * keys], new float[LevelRowsPerTask * c.HeadDim]), (i, _, buf) =>
+                {
+                    Attention.Level(kv, blocks, level.Start, level.End, tasks[i].KvHead, tasks[i].Rows, qs, os, ls, buf.Item1, buf.Item2);
+                    return buf;
+                }, _ => { });
+            }
+            Parallel.For(0, batch.Count * c.NumHeads, () => (new float[longest], new float[c.HeadDim]), (task, _, buf) =>
+            {
+                int s = task / c.NumHeads, head = task % c.NumHeads, r0 = rowStart[s];
+                Attention.Suffix(kv, seqs[s].Blocks, qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
+                    rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2);
+                return buf;
+            }, _ => { });
+        }
+    }
+
     public void Dispose()
     {
-        // The weights belong to the LoadedModel; the backend holds no native memory of its own.
+        // The weights belong to the LoadedModel; KV storage is managed memory released with the backend.
     }
 }

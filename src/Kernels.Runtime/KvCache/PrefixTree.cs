@@ -1,0 +1,128 @@
+// A radix tree over token ids at block granularity: prompts that share a prefix share its KV blocks and its prefill.
+namespace Kernels.Runtime.KvCache;
+
+/// <summary>
+/// Each node is one full KV block: the BlockSize token ids it holds and the block id. The tree keeps a reference
+/// on every block it holds, so a cached prefix outlives the requests that computed it until memory is needed:
+/// <see cref="Evict"/> drops least recently used leaves that nobody else references.
+/// </summary>
+public sealed class PrefixTree
+{
+    private sealed class Node(int block, int[] tokens, Node? parent)
+    {
+        public readonly int Block = block;
+        public readonly int[] Tokens = tokens;
+        public readonly Node? Parent = parent;
+        public readonly Dictionary<int[], Node> Children = new(TokenBlockComparer.Instance);
+        public long LastUsed;
+    }
+
+    private readonly KvBlockPool _pool;
+    private readonly Node _root = new(-1, [], null);
+    private long _clock;
+
+    public int CachedBlocks { get; private set; }
+
+    /// <summary>Made by <see cref="KvBlockPool.Prefixes"/>: one tree per pool.</summary>
+    internal PrefixTree(KvBlockPool pool)
+    {
+        _pool = pool;
+    }
+
+    /// <summary>
+    /// The blocks of the longest cached prefix of <paramref name="tokens"/>, in whole blocks and at most
+    /// <paramref name="maxTokens"/> tokens (a prompt keeps at least its last token to compute, for its logits).
+    /// </summary>
+    public IReadOnlyList<int> Match(ReadOnlySpan<int> tokens, int maxTokens)
+    {
+        int bs = _pool.BlockSize;
+        var blocks = new List<int>();
+        var node = _root;
+        long now = ++_clock;
+        for (int start = 0; start + bs <= Math.Min(tokens.Length, maxTokens); start += bs)
+        {
+            if (!node.Children.TryGetValue(tokens.Slice(start, bs).ToArray(), out var child)) break;
+            child.LastUsed = now;
+            blocks.Add(child.Block);
+            node = child;
+        }
+        return blocks;
+    }
+
+    /// <summary>Caches the full blocks of a prefilled sequence: <paramref name="blocks"/>[i] holds tokens[i*B .. (i+1)*B).</summary>
+    public void Insert(ReadOnlySpan<int> tokens, IReadOnlyList<int> blocks)
+    {
+        int bs = _pool.BlockSize;
+        var node = _root;
+        long now = ++_clock;
+        for (int i = 0; (i + 1) * bs <= tokens.Length && i < blocks.Count; i++)
+        {
+            var key = tokens.Slice(i * bs, bs).ToArray();
+            if (!node.Children.TryGetValue(key, out var child))
+            {
+                child = new Node(blocks[i], key, node);
+                node.Children[key] = child;
+                _pool.Retain(blocks[i]);
+                CachedBlocks++;
+            }
+            child.LastUsed = now;
+            node = child;
+        }
+    }
+
+    /// <summary>Blocks that eviction could free now: cached blocks no sequence references (whole unreferenced subtrees).</summary>
+    public int Evictable()
+    {
+        int count = 0;
+        void Walk(Node n)
+        {
+            foreach (var c in n.Children.Values)
+            {
+                if (_pool.RefCount(c.Block) == 1) count++;
+                Walk(c);
+            }
+        }
+        Walk(_root);
+        return count;
+    }
+
+    /// <summary>Frees up to <paramref name="blocks"/> blocks by dropping least recently used leaves only the tree holds.</summary>
+    public int Evict(int blocks)
+    {
+        int freed = 0;
+        while (freed < blocks)
+        {
+            Node? victim = null;
+            void Walk(Node n)
+            {
+                foreach (var c in n.Children.Values)
+                {
+                    if (c.Children.Count == 0)
+                    {
+                        if (_pool.RefCount(c.Block) == 1 && (victim == null || c.LastUsed < victim.LastUsed)) victim = c;
+                    }
+                    else Walk(c);
+                }
+            }
+            Walk(_root);
+            if (victim == null) break;
+            victim.Parent!.Children.Remove(victim.Tokens);
+            _pool.Release(victim.Block);
+            CachedBlocks--;
+            freed++;
+        }
+        return freed;
+    }
+
+    private sealed class TokenBlockComparer : IEqualityComparer<int[]>
+    {
+        public static readonly TokenBlockComparer Instance = new();
+        public bool Equals(int[]? a, int[]? b) => a.AsSpan().SequenceEqual(b);
+        public int GetHashCode(int[] tokens)
+        {
+            var h = new HashCode();
+            foreach (int t in tokens) h.Add(t);
+            return h.ToHashCode();
+        }
+    }
+}

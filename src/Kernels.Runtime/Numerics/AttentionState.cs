@@ -1,0 +1,31 @@
+// The one (o, lse) merge: combines normalized partial attention results over disjoint key sets exactly.
+using System.Runtime.CompilerServices;
+
+namespace Kernels.Runtime.Numerics;
+
+/// <summary>
+/// A partial result over a key set X is o_X = sum_j e^{s_j} v_j / sum_j e^{s_j} and lse_X = ln sum_j e^{s_j}
+/// (natural log). The empty state is (o = 0, lse = -inf). Merging with it is the identity, so shared levels,
+/// suffixes and splits all go through this one routine (Hydragen, split-K decode, KIVI's two parts).
+/// </summary>
+public static class AttentionState
+{
+    /// <summary>(o, lse) := merge((o, lse), (other, otherLse)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Merge(Span<float> o, ref float lse, ReadOnlySpan<float> other, float otherLse)
+    {
+        if (float.IsNegativeInfinity(otherLse)) return;
+        if (float.IsNegativeInfinity(lse))
+        {
+            other.CopyTo(o);
+            lse = otherLse;
+            return;
+        }
+        float m = Math.Max(lse, otherLse);
+        float a = MathF.Exp(lse - m), b = MathF.Exp(otherLse - m);
+        float inv = 1f / (a + b);
+        float wa = a * inv, wb = b * inv;
+        for (int i = 0; i < o.Length; i++) o[i] = wa * o[i] + wb * other[i];
+        lse = m + MathF.Log(a + b);
+    }
+}

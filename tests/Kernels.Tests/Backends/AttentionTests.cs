@@ -1,0 +1,121 @@
+// Paged attention and the (o, lse) merge: levels + suffix equal one softmax over all keys; special cases.
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.KvCache;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Tests.Backends;
+
+public unsafe class AttentionTests
+{
+    private const int BlockSize = 4, Heads = 4, KvHeads = 2, D = 8;
+
+    private static ModelConfig Config => new()
+    {
+        Architecture = ModelArchitecture.Llama, HiddenSize = 32, IntermediateSize = 32, NumLayers = 1, NumHeads = Heads,
+        NumKvHeads = KvHeads, HeadDim = D, VocabSize = 16, MaxPositions = 64,
+    };
+
+    /// <summary>A sequence of <paramref name="length"/> positions with random keys and values (scaled to make large scores).</summary>
+    private static (CpuKvStorage Storage, KvSequence Seq, float[] K, float[] V) Cache(int length, int seed, float scale = 1f)
+    {
+        var storage = new CpuKvStorage(Config, BlockSize);
+        var pool = new KvBlockPool(64, BlockSize, storage);
+        var seq = new KvSequence(pool);
+        seq.Reserve(length);
+        var rng = new Random(seed);
+        var k = Enumerable.Range(0, length * KvHeads * D).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale).ToArray();
+        var v = Enumerable.Range(0, length * KvHeads * D).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        for (int p = 0; p < length; p++)
+        {
+            k.AsSpan(p * KvHeads * D, KvHeads * D).CopyTo(storage.Keys(0, seq.Blocks[p / BlockSize])[(p % BlockSize * KvHeads * D)..]);
+            v.AsSpan(p * KvHeads * D, KvHeads * D).CopyTo(storage.Values(0, seq.Blocks[p / BlockSize])[(p % BlockSize * KvHeads * D)..]);
+        }
+        seq.Advance(length);
+        return (storage, seq, k, v);
+    }
+
+    /// <summary>Naive double-precision softmax attention of one query head over keys [from, to].</summary>
+    private static double[] Naive(float[] q, int head, float[] k, float[] v, int from, int to)
+    {
+        int kvh = head / (Heads / KvHeads);
+        var s = new double[to - from + 1];
+        for (int j = from; j <= to; j++)
+        {
+            double dot = 0;
+            for (int i = 0; i < D; i++) dot += (double)q[head * D + i] * k[(j * KvHeads + kvh) * D + i];
+            s[j - from] = dot / Math.Sqrt(D);
+        }
+        double max = s.Max(), sum = s.Sum(x => Math.Exp(x - max));
+        var o = new double[D];
+        for (int j = from; j <= to; j++)
+            for (int i = 0; i < D; i++) o[i] += Math.Exp(s[j - from] - max) / sum * v[(j * KvHeads + kvh) * D + i];
+        return o;
+    }
+
+    [TestCase(1f)]
+    [TestCase(40f)] // scores in the hundreds: softmax must subtract the max
+    public void SharedLevelPlusSuffixEqualsOneSoftmaxOverAllKeys(float scale)
+    {
+        int length = 13, pos = length - 1, split = 8;
+        var (storage, seq, k, v) = Cache(length, 1, scale);
+        var rng = new Random(2);
+        var q = Enumerable.Range(0, Heads * D).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var kv = new Attention.Layer(storage, 0, BlockSize, Heads, KvHeads, D);
+        var o = new float[Heads * D];
+        var lse = Enumerable.Repeat(float.NegativeInfinity, Heads).ToArray();
+        fixed (float* qp = q)
+        fixed (float* op = o)
+        fixed (float* lp = lse)
+        {
+            for (int kvh = 0; kvh < KvHeads; kvh++)
+            {
+                Attention.LevelRow[] rows = [new(0, kvh * 2), new(0, kvh * 2 + 1)];
+                Attention.Level(kv, seq.Blocks, 0, split, kvh, rows, qp, op, lp, new float[2 * split], new float[2 * D]);
+            }
+            for (int h = 0; h < Heads; h++)
+                Attention.Suffix(kv, seq.Blocks, qp, op, lp, 1, pos, split, h, null, new float[length], new float[D]);
+        }
+        for (int h = 0; h < Heads; h++)
+        {
+            var expected = Naive(q, h, k, v, 0, pos);
+            for (int i = 0; i < D; i++) Assert.That(o[h * D + i], Is.EqualTo(expected[i]).Within(1e-5), $"head {h} dim {i}");
+        }
+    }
+
+    [Test]
+    public void SuffixHonoursTheCausalLimitAndTheWindow()
+    {
+        var (storage, seq, k, v) = Cache(10, 3);
+        var q = Enumerable.Range(0, 3 * Heads * D).Select(i => (float)Math.Sin(i)).ToArray(); // 3 rows at positions 7, 8, 9
+        var kv = new Attention.Layer(storage, 0, BlockSize, Heads, KvHeads, D);
+        var o = new float[3 * Heads * D];
+        var lse = Enumerable.Repeat(float.NegativeInfinity, 3 * Heads).ToArray();
+        fixed (float* qp = q)
+        fixed (float* op = o)
+        fixed (float* lp = lse)
+            for (int h = 0; h < Heads; h++) Attention.Suffix(kv, seq.Blocks, qp, op, lp, 3, 7, 0, h, 4, new float[10], new float[D]);
+        for (int t = 0; t < 3; t++)
+            for (int h = 0; h < Heads; h++)
+            {
+                var expected = Naive(q.AsSpan(t * Heads * D, Heads * D).ToArray(), h, k, v, 7 + t - 3, 7 + t);
+                for (int i = 0; i < D; i++) Assert.That(o[(t * Heads + h) * D + i], Is.EqualTo(expected[i]).Within(1e-5));
+            }
+    }
+
+    [Test]
+    public void MergeWithTheEmptyStateIsTheIdentity()
+    {
+        float[] o = [0, 0];
+        float lse = float.NegativeInfinity;
+        AttentionState.Merge(o, ref lse, [1f, 2f], 0.5f);
+        Assert.That(o, Is.EqualTo(new[] { 1f, 2f }));
+        Assert.That(lse, Is.EqualTo(0.5f));
+        AttentionState.Merge(o, ref lse, [9f, 9f], float.NegativeInfinity);
+        Assert.That(o, Is.EqualTo(new[] { 1f, 2f }));
+        // Two equal halves: the mean, and lse grows by ln 2.
+        AttentionState.Merge(o, ref lse, [3f, 4f], 0.5f);
+        Assert.That(o, Is.EqualTo(new[] { 2f, 3f }).Within(1e-6f));
+        Assert.That(lse, Is.EqualTo(0.5f + MathF.Log(2)).Within(1e-6f));
+    }
+}
