@@ -21,8 +21,17 @@ public static class Program
         var decode = new Command("decode", "CPU decode throughput: tokens/s per batch size, and the weight-streaming roofline");
         foreach (var o in new Option[] { model, batches, steps, context, json }) decode.Options.Add(o);
         decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json)));
+        var prefixModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to time" };
+        var prefixBatches = new Option<string>("--batch") { DefaultValueFactory = _ => "16,64", Description = "Comma-separated batch sizes" };
+        var prefixLengths = new Option<string>("--prefix") { DefaultValueFactory = _ => "512,1536", Description = "Comma-separated shared prefix lengths" };
+        var suffix = new Option<int>("--suffix") { DefaultValueFactory = _ => 32, Description = "Unique tokens per sequence after the prefix" };
+        var prefixSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 8, Description = "Timed decode steps per case" };
+        var prefix = new Command("prefix", "CPU decode steps of a batch sharing one prompt prefix: Hydragen plan vs per-sequence attention over private copies");
+        foreach (var o in new Option[] { prefixModel, prefixBatches, prefixLengths, suffix, prefixSteps, json }) prefix.Options.Add(o);
+        prefix.SetAction(p => SharedPrefix.Run(p.GetValue(prefixModel)!, p.GetValue(prefixBatches)!, p.GetValue(prefixLengths)!, p.GetValue(suffix), p.GetValue(prefixSteps), p.GetValue(json)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
         root.Subcommands.Add(decode);
+        root.Subcommands.Add(prefix);
         return root.Parse(args).Invoke();
     }
 

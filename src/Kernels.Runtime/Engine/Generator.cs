@@ -42,6 +42,9 @@ public sealed class Generator
         _usableVocab = Math.Min(tokenizer.VocabSize, backend.Config.VocabSize);
     }
 
+    /// <summary>The KV memory the generator draws from (the backend's).</summary>
+    public KvBlockPool KvPool => backend.KvPool;
+
     private bool Sharing => _options.PrefixSharing && backend.Config.SlidingWindow == null;
 
     private sealed class Sample
@@ -260,17 +263,7 @@ public sealed class Generator
     }
 
     /// <summary>A sample's own cache: shared blocks (sharing on) or a full private copy (the baseline).</summary>
-    private IKvCache Fork(IKvCache prompt)
-    {
-        if (Sharing || prompt is not KvSequence seq) return prompt.Fork();
-        var pool = backend.KvPool;
-        var copy = new KvSequence(pool);
-        copy.Reserve(seq.Length);
-        for (int b = 0; b < seq.Blocks.Count; b++)
-            pool.Storage.CopyBlock(seq.Blocks[b], copy.Blocks[b], Math.Min(pool.BlockSize, seq.Length - b * pool.BlockSize));
-        copy.Advance(seq.Length);
-        return copy;
-    }
+    private IKvCache Fork(IKvCache prompt) => Sharing || prompt is not KvSequence seq ? prompt.Fork() : seq.Copy();
 
     /// <summary>Runs the requests and collects each sample's full result.</summary>
     public IReadOnlyList<GenerationResult> Generate(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)

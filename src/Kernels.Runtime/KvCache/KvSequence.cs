@@ -65,6 +65,18 @@ public sealed class KvSequence : IKvCache
         Length += tokens;
     }
 
+    /// <summary>A private copy of every block (no sharing): what an engine without prefix sharing holds per sequence.</summary>
+    public KvSequence Copy()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var copy = new KvSequence(_pool);
+        copy.Reserve(Length);
+        for (int b = 0; b < _blocks.Count; b++)
+            _pool.Storage.CopyBlock(_blocks[b], copy._blocks[b], Math.Min(_pool.BlockSize, Length - b * _pool.BlockSize));
+        copy.Advance(Length);
+        return copy;
+    }
+
     public IKvCache Fork()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);

@@ -59,4 +59,36 @@ public class CommandTests
         // A trained 260K-parameter TinyStories model on a TinyStories-like text: far below the vocabulary size (512).
         Assert.That(ppl, Is.GreaterThan(1.0).And.LessThan(20.0));
     }
+
+    [Test]
+    public void PromptsFileRunsEveryLineAndSharingDoesNotChangeTheText()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"kernels-prompts-{Guid.NewGuid():N}.jsonl");
+        string system = new string('s', 70);
+        File.WriteAllLines(file, [
+            $"{{\"prompt\": \"{system} one\"}}",
+            "",
+            $"{{\"prompt\": \"{system} two\", \"n\": 2, \"max_tokens\": 3}}",
+        ]);
+        try
+        {
+            var on = Kernels("generate", "--model", "synthetic:tiny", "--prompts", file, "--max-tokens", "6", "--ignore-eos", "--prefix-sharing", "on");
+            var off = Kernels("generate", "--model", "synthetic:tiny", "--prompts", file, "--max-tokens", "6", "--ignore-eos", "--prefix-sharing", "off");
+            Assert.That(on.Code, Is.EqualTo(0), on.Error);
+            Assert.That(off.Code, Is.EqualTo(0), off.Error);
+            Assert.That(on.Out, Is.EqualTo(off.Out));
+            Assert.That(on.Out.Split('\n').Count(l => l.StartsWith("--- prompt")), Is.EqualTo(3));
+            Assert.That(on.Error, Does.Contain("12 generated"), "6 + 2 x 3 tokens");
+            Assert.That(on.Error, Does.Contain("cached prefix blocks"));
+
+            File.WriteAllText(file, "{\"text\": \"no prompt field\"}");
+            var bad = Kernels("generate", "--model", "synthetic:tiny", "--prompts", file);
+            Assert.That(bad.Code, Is.EqualTo(1));
+            Assert.That(bad.Error, Does.Contain(file + ":1").And.Contain("prompt"));
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
 }

@@ -30,10 +30,13 @@ public static class GenerateCommand
         var seed = new Option<ulong?>("--seed") { Description = "Seed: same seed, same output whatever the batch" };
         var stop = new Option<string[]>("--stop") { Description = "Stop string; repeat for several" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep generating past end-of-sequence (benchmarks)" };
+        var promptsFile = new Option<string?>("--prompts") { Description = "JSON lines file, one {\"prompt\": ...} per line (optional per-line n, max_tokens, temperature, top_p, seed, stop)" };
+        var sharing = new Option<string>("--prefix-sharing") { Description = "Share the KV blocks and attention of common prompt prefixes (Hydragen)", DefaultValueFactory = _ => "on" };
+        sharing.AcceptOnlyFromAmong("on", "off");
 
         var command = new Command("generate", "Generate continuations of one or more prompts, streaming the text");
         model.AddTo(command);
-        foreach (var o in new Option[] { prompt, n, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, ignoreEos }) command.Options.Add(o);
+        foreach (var o in new Option[] { prompt, promptsFile, n, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, ignoreEos, sharing }) command.Options.Add(o);
         command.SetAction(parse =>
         {
             var sampling = new SamplingOptions
@@ -45,20 +48,30 @@ public static class GenerateCommand
                 RepetitionPenalty = parse.GetValue(repetition),
                 Seed = parse.GetValue(seed),
             };
-            var prompts = parse.GetValue(prompt) is { Length: > 0 } given ? given : DefaultPrompts;
-            var requests = prompts.Select(p => new GenerationRequest
+            var defaults = new GenerationRequest
             {
-                Prompt = p,
                 N = parse.GetValue(n),
                 MaxNewTokens = parse.GetValue(maxTokens),
                 Sampling = sampling,
                 Stop = parse.GetValue(stop) ?? [],
                 IgnoreEos = parse.GetValue(ignoreEos),
-            }).ToArray();
+            };
+            GenerationRequest[] requests;
+            if (parse.GetValue(promptsFile) is { } file)
+            {
+                if (parse.GetValue(prompt) is { Length: > 0 }) throw new CliUsageException("--prompts: give either --prompt or --prompts, not both");
+                requests = PromptsFile.Read(file, defaults);
+            }
+            else
+            {
+                var given = parse.GetValue(prompt) is { Length: > 0 } p ? p : DefaultPrompts;
+                requests = given.Select(text => defaults with { Prompt = text }).ToArray();
+            }
+            var prompts = requests.Select(r => r.Prompt!).ToArray();
 
             using var loaded = model.Load(parse, io);
             using var backend = ModelOptions.CreateBackend(loaded, io);
-            var generator = new Generator(backend, loaded.Tokenizer);
+            var generator = new Generator(backend, loaded.Tokenizer, new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" });
             foreach (var r in requests) generator.PromptIds(r); // report bad requests before any work
             return Run(generator, requests, prompts, io);
         });
@@ -104,6 +117,8 @@ public static class GenerateCommand
             }
         }
         double decodeSeconds = seconds - (firstToken ?? 0);
+        var pool = generator.KvPool;
+        io.Error.WriteLine($"kv cache: {pool.Prefixes.CachedBlocks} cached prefix blocks of {pool.BlockSize} tokens; {pool.Capacity - pool.FreeBlocks} of {pool.Capacity} blocks held at the end");
         io.Error.WriteLine($"summary: {requests.Length} prompt(s) x n -> {sequences} sequence(s); {promptTokens} prompt tokens, {generated} generated in {seconds:F2} s; " +
                            $"first token after {firstToken ?? 0:F2} s; {generated / Math.Max(seconds, 1e-9):F1} tokens/s overall, " +
                            $"{Math.Max(generated - sequences, 0) / Math.Max(decodeSeconds, 1e-9):F1} tokens/s while decoding");
