@@ -19,6 +19,10 @@ public static class AttentionPlanner
     /// a property of the block tables, so n samples of a prompt, common system prompts and few-shot headers all
     /// group the same way, with levels nested as deep as the sharing goes.
     /// </summary>
+    /// <remarks>
+    /// minShare 2 is measured, not guessed: on the 2-core CPU a group of two already gains 1.05-1.13x per decode step
+    /// (synthetic:small, prefix 256-1024, kernels-bench prefix --batch 2). The GPU crossover is for its kernels to set.
+    /// </remarks>
     public static AttentionPlan Build(IReadOnlyList<SequenceStep> batch, int minShare = 2)
     {
         var suffixStart = new int[batch.Count];
