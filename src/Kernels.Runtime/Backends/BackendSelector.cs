@@ -14,13 +14,13 @@ public enum BackendKind
 
 public static class BackendSelector
 {
-    public static (IBackend Backend, string Description) Create(LoadedModel model, BackendKind kind = BackendKind.Auto)
+    public static (IBackend Backend, string Description) Create(LoadedModel model, CpuBackendOptions? cpu = null, BackendKind kind = BackendKind.Auto)
     {
         string cuda = CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why
             ? $"CUDA unavailable: {why}"
             : $"CUDA: {devices} device(s) found, but the CUDA backend is not part of this build yet";
-        var cpu = new CpuBackend(model);
+        var backend = new CpuBackend(model, cpu);
         string simd = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "AVX2" : System.Numerics.Vector.IsHardwareAccelerated ? "SIMD" : "scalar";
-        return (cpu, $"cpu ({Environment.ProcessorCount} cores, {simd}); {cuda}; GPU kernels {KernelImage.Describe()}");
+        return (backend, $"cpu ({Environment.ProcessorCount} cores, {simd}); {cuda}; GPU kernels {KernelImage.Describe()}");
     }
 }

@@ -30,11 +30,14 @@ public enum FinishReason
     Cancelled,
 }
 
+/// <summary>Token counts of one finished sample.</summary>
+public sealed record Usage(int PromptTokens, int CompletionTokens);
+
 /// <summary>
 /// One streamed piece of one sample: the token just generated (null on a final event that carries only held-back
-/// text) and the text it completed; <see cref="Finish"/> is set on the sample's last event.
+/// text) and the text it completed; <see cref="Finish"/> and <see cref="Usage"/> are set on the sample's last event.
 /// </summary>
-public sealed record GenerationEvent(int Request, int Sample, int? Token, string Text, FinishReason? Finish);
+public sealed record GenerationEvent(int Request, int Sample, int? Token, string Text, FinishReason? Finish, Usage? Usage = null);
 
 public sealed record GenerationResult(int Request, int Sample, IReadOnlyList<int> PromptIds, IReadOnlyList<int> Tokens, string Text, FinishReason Finish);
 

@@ -70,17 +70,20 @@ public sealed class PrefixTree
         }
     }
 
-    /// <summary>Blocks that eviction could free now: cached blocks no sequence references (whole unreferenced subtrees).</summary>
+    /// <summary>
+    /// Blocks that eviction could free now: those of subtrees no sequence references (eviction takes leaves first,
+    /// so a node counts only when everything below it can go too).
+    /// </summary>
     public int Evictable()
     {
         int count = 0;
-        void Walk(Node n)
+        bool Walk(Node n) // true when n's whole subtree is held by the tree alone
         {
-            foreach (var c in n.Children.Values)
-            {
-                if (_pool.RefCount(c.Block) == 1) count++;
-                Walk(c);
-            }
+            bool all = true;
+            foreach (var c in n.Children.Values) all &= Walk(c);
+            if (n == _root || !all || _pool.RefCount(n.Block) != 1) return false;
+            count++;
+            return true;
         }
         Walk(_root);
         return count;

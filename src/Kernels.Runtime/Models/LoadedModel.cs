@@ -20,6 +20,9 @@ public sealed class LoadedModel : IDisposable
     public ModelConfig Config { get; }
     public ModelWeights Weights { get; }
 
+    /// <summary>The Jinja chat template the model's files carry (tokenizer_config.json, GGUF tokenizer.chat_template), if any.</summary>
+    public string? ChatTemplateText { get; init; }
+
     public LoadedModel(string source, ModelFormat format, ModelConfig config, ModelWeights weights, Func<ITextTokenizer> tokenizer)
     {
         Source = source;

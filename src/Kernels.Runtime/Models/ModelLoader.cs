@@ -40,7 +40,10 @@ public static class ModelLoader
             var lookup = OpenSafetensors(dir, files);
             var weights = ModelWeights.Build(config, lookup, dir, files);
             return new LoadedModel(dir, ModelFormat.HuggingFace, config, weights,
-                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.ForModelDirectory(dir));
+                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.ForModelDirectory(dir))
+            {
+                ChatTemplateText = ReadChatTemplate(Path.Combine(dir, "tokenizer_config.json")),
+            };
         }
         catch
         {
@@ -113,7 +116,10 @@ public static class ModelLoader
             }
             var metadata = gguf.Metadata;
             return new LoadedModel(path, ModelFormat.Gguf, config, weights,
-                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.FromGgufMetadata(metadata, path));
+                () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.FromGgufMetadata(metadata, path))
+            {
+                ChatTemplateText = gguf.GetString("tokenizer.chat_template"),
+            };
         }
         catch
         {
@@ -134,6 +140,26 @@ public static class ModelLoader
                 ?? throw new ModelFormatException(path, $"missing tokenizer: none of {string.Join(", ", candidates.Select(Path.GetFileName))} next to the checkpoint; pass --tokenizer FILE");
             return TokenizerFromFile(found);
         });
+    }
+
+    /// <summary>tokenizer_config.json's "chat_template" (a string, or the "default" entry of a list of named templates).</summary>
+    private static string? ReadChatTemplate(string path)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path));
+            if (!doc.RootElement.TryGetProperty("chat_template", out var t)) return null;
+            if (t.ValueKind == System.Text.Json.JsonValueKind.String) return t.GetString();
+            if (t.ValueKind == System.Text.Json.JsonValueKind.Array)
+                foreach (var named in t.EnumerateArray())
+                    if (named.TryGetProperty("name", out var n) && n.GetString() == "default" && named.TryGetProperty("template", out var tt)) return tt.GetString();
+            return null;
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new ModelFormatException(path, $"malformed JSON: {e.Message}", e);
+        }
     }
 
     /// <summary>A tokenizer file named explicitly; its kind is told by its name.</summary>

@@ -1,0 +1,407 @@
+// Continuous batching: requests join and leave at any step; prompts are prefilled in chunks that ride along with the
+// decode tokens (Sarathi); KV memory admits requests optimistically and preempts the newest when it runs out.
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.KvCache;
+using Kernels.Runtime.Tokenization;
+
+namespace Kernels.Runtime.Engine;
+
+public sealed record GeneratorOptions
+{
+    /// <summary>Most prompt tokens run through one forward step (bounds activation memory; longer prompts are chunked).</summary>
+    public int PrefillTokenBudget { get; init; } = 2048;
+
+    /// <summary>
+    /// Share KV blocks of common prompt prefixes (prefill once, cached across requests) and attend to them once per
+    /// step for all sharers (Hydragen). Off: every sequence holds and attends to its own copy (the baseline).
+    /// </summary>
+    public bool PrefixSharing { get; init; } = true;
+}
+
+/// <summary>
+/// Owns the running set; not thread-safe (one thread submits, cancels and steps, e.g. the engine's loop).
+/// Each <see cref="Step"/> is one forward over every live sample's next token plus prompt chunks up to the budget.
+/// Admission is in submission order, when the blocks the request needs now fit next to a one-block-per-sample
+/// reserve for the running ones. When a step cannot get its blocks, the most recently admitted request is
+/// preempted: its blocks are freed and it goes back to the head of the queue, to be recomputed (its prompt, and each
+/// sample's tokens so far) with its sampler and text state kept, so its output is exactly what it would have been.
+/// Sequences in a sample's lifecycle: Waiting -> Prefilling -> Decoding -> Finished (or Preempted -> Waiting).
+/// </summary>
+public sealed class Scheduler
+{
+    private readonly IBackend _backend;
+    private readonly ITextTokenizer _tokenizer;
+    private readonly GeneratorOptions _options;
+    private readonly int _usableVocab;
+
+    private sealed class RequestState
+    {
+        public required int Id;
+        public required GenerationRequest Request;
+        public required int[] Prompt;
+        public ulong Seed;
+        public List<Sample>? Samples; // null until the prompt's prefill completes
+        public long AdmittedAt = -1;
+        public bool Cancelled;
+    }
+
+    private sealed class Sample
+    {
+        public required RequestState Owner;
+        public required int Index;
+        public IKvCache? Cache;
+        public required SamplerRng Rng;
+        public required TokenTextStream Text;
+        public required StopStringMatcher Stops;
+        public readonly List<int> Tokens = new();
+        public required HashSet<int> Seen;
+        public int LastToken;
+        public FinishReason? Finish;
+    }
+
+    /// <summary>Tokens to get into a cache: a request's prompt (then its samples start) or a preempted sample's history.</summary>
+    private sealed class Prefill
+    {
+        public required RequestState Owner;
+        public Sample? Resume;
+        public required IKvCache Cache;
+        public required int[] Tokens;
+        public int Done;
+    }
+
+    private readonly LinkedList<(RequestState Owner, List<Sample>? Resume)> _waiting = new();
+    private readonly List<Prefill> _prefills = new();
+    private readonly List<Sample> _live = new();
+    private readonly Dictionary<int, RequestState> _requests = new();
+    private long _admissions;
+
+    public Scheduler(IBackend backend, ITextTokenizer tokenizer, GeneratorOptions? options = null)
+    {
+        _backend = backend;
+        _tokenizer = tokenizer;
+        _options = options ?? new GeneratorOptions();
+        ArgumentOutOfRangeException.ThrowIfLessThan(_options.PrefillTokenBudget, 1, nameof(options));
+        _usableVocab = Math.Min(tokenizer.VocabSize, backend.Config.VocabSize);
+    }
+
+    public KvBlockPool KvPool => _backend.KvPool;
+    public bool HasWork => _waiting.Count > 0 || _prefills.Count > 0 || _live.Count > 0;
+    public int Waiting => _waiting.Count;
+    public int RunningSequences => _prefills.Count + _live.Count;
+    /// <summary>Sequences preempted so far (each is recomputed later).</summary>
+    public long Preemptions { get; private set; }
+
+    private bool Sharing => _options.PrefixSharing && _backend.Config.SlidingWindow == null;
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Requests in and out
+
+    /// <summary>Tokenizes and checks a request; throws <see cref="RequestValidationException"/> when it cannot run.</summary>
+    public int[] PromptIds(GenerationRequest request)
+    {
+        if (request.N < 1) throw new RequestValidationException("n", $"must be at least 1, got {request.N}");
+        if (request.MaxNewTokens < 0) throw new RequestValidationException("max-tokens", $"must be >= 0, got {request.MaxNewTokens}");
+        request.Sampling.Validate();
+        int[] ids = request.PromptIds?.ToArray()
+                    ?? _tokenizer.Encode(request.Prompt ?? throw new RequestValidationException("prompt", "no prompt given"),
+                        request.AddBos ?? _tokenizer.AddBosByDefault);
+        if (ids.Length == 0) throw new RequestValidationException("prompt", "is empty and the tokenizer adds no BOS");
+        int context = _backend.Config.MaxPositions;
+        if (ids.Length >= context)
+            throw new RequestValidationException("prompt", $"is {ids.Length} tokens, the model's context is {context}: no room to generate");
+        foreach (int id in ids)
+            if ((uint)id >= (uint)_usableVocab)
+                throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
+        int need = WorstCaseBlocks(request, ids.Length);
+        if (need > KvPool.Capacity)
+            throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +
+                $"the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
+        return ids;
+    }
+
+    /// <summary>Queues a request under <paramref name="id"/> (the Request field of its events).</summary>
+    public void Submit(int id, GenerationRequest request, int[]? promptIds = null)
+    {
+        var prompt = promptIds ?? PromptIds(request);
+        var state = new RequestState { Id = id, Request = request, Prompt = prompt, Seed = request.Sampling.Seed ?? (ulong)Random.Shared.NextInt64() };
+        _requests.Add(id, state);
+        _waiting.AddLast((state, null));
+    }
+
+    /// <summary>Marks a request cancelled; the next <see cref="Step"/> frees its blocks and ends its samples.</summary>
+    public void Cancel(int id)
+    {
+        if (_requests.TryGetValue(id, out var r)) r.Cancelled = true;
+    }
+
+    /// <summary>One scheduling step: cancellations, admissions, one forward; returns the events it produced.</summary>
+    public List<GenerationEvent> Step()
+    {
+        var events = new List<GenerationEvent>();
+        ProcessCancellations(events);
+        Admit();
+        if (_live.Count == 0 && _prefills.Count == 0) return events;
+
+        var (batch, decodes, chunks) = BuildBatch();
+        while (!Fits(batch))
+        {
+            if (!PreemptNewest()) throw new KvCacheExhaustedException($"KV cache exhausted: the step needs more blocks than the pool's {KvPool.Capacity}");
+            (batch, decodes, chunks) = BuildBatch();
+            if (batch.Count == 0) return events;
+        }
+        var plan = Sharing ? AttentionPlanner.Build(batch) : null;
+        var logits = _backend.Forward(batch, plan);
+
+        for (int i = 0; i < decodes.Count; i++) Advance(decodes[i], logits[i], events);
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            var (p, take) = chunks[i];
+            p.Done += take;
+            if (p.Done < p.Tokens.Length) continue;
+            _prefills.Remove(p);
+            if (p.Resume is { } resumed)
+            {
+                resumed.Cache = p.Cache; // its last sampled token is still to be fed: decoding continues from there
+                _live.Add(resumed);
+            }
+            else StartSamples(p, logits[decodes.Count + i], events);
+        }
+        _live.RemoveAll(s => s.Finish != null);
+        foreach (var e in events)
+            if (e.Finish != null && _requests.TryGetValue(e.Request, out var r) && r.Samples != null && r.Samples.All(s => s.Finish != null))
+                _requests.Remove(e.Request);
+        return events;
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Admission, memory and preemption
+
+    private void ProcessCancellations(List<GenerationEvent> events)
+    {
+        foreach (var r in _requests.Values.Where(r => r.Cancelled).ToArray())
+        {
+            foreach (var p in _prefills.Where(p => p.Owner == r).ToArray())
+            {
+                p.Cache.Dispose();
+                _prefills.Remove(p);
+            }
+            for (var node = _waiting.First; node != null;)
+            {
+                var next = node.Next;
+                if (node.Value.Owner == r) _waiting.Remove(node);
+                node = next;
+            }
+            if (r.Samples == null)
+                for (int n = 0; n < r.Request.N; n++)
+                    events.Add(new GenerationEvent(r.Id, n, null, "", FinishReason.Cancelled, new Usage(r.Prompt.Length, 0)));
+            else
+                foreach (var s in r.Samples.Where(s => s.Finish == null)) events.Add(Finish(s, FinishReason.Cancelled, null));
+            _live.RemoveAll(s => s.Owner == r);
+            _requests.Remove(r.Id);
+        }
+    }
+
+    /// <summary>Admits waiting work in order while the blocks it needs now fit next to the running sequences' reserve.</summary>
+    private void Admit()
+    {
+        var pool = KvPool;
+        while (_waiting.First is { } head)
+        {
+            var (owner, resume) = head.Value;
+            var tokenLists = resume == null ? [owner.Prompt] : resume.Select(s => History(s)).ToList();
+            if (Sharing && resume == null && _prefills.Any(p => p.Resume == null && CommonPrefix(p.Tokens, owner.Prompt) >= pool.BlockSize))
+                return; // the shared part is being prefilled: take it from the prefix tree next step
+            var matches = tokenLists.Select(t => Sharing ? pool.Prefixes.Match(t, t.Length - 1) : (IReadOnlyList<int>)[]).ToList();
+            int need = 0;
+            for (int i = 0; i < tokenLists.Count; i++) need += pool.BlocksFor(tokenLists[i].Length) - matches[i].Count;
+            int reserve = _live.Count + _prefills.Count + tokenLists.Count; // one block of growth per running sequence
+            long available = pool.FreeBlocks + (Sharing ? pool.Prefixes.Evictable() : 0);
+            bool idle = _live.Count == 0 && _prefills.Count == 0;
+            if (need + reserve > available && !idle) return;
+            _waiting.RemoveFirst();
+            owner.AdmittedAt = ++_admissions;
+            for (int i = 0; i < tokenLists.Count; i++)
+            {
+                var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();
+                _prefills.Add(new Prefill { Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length });
+            }
+        }
+    }
+
+    /// <summary>What a preempted sample recomputes: its prompt and every generated token but the last (still to be fed).</summary>
+    private static int[] History(Sample s) => [.. s.Owner.Prompt, .. s.Tokens.Take(s.Tokens.Count - 1)];
+
+    private (List<SequenceStep> Batch, List<Sample> Decodes, List<(Prefill, int)> Chunks) BuildBatch()
+    {
+        var batch = new List<SequenceStep>();
+        var decodes = new List<Sample>();
+        foreach (var s in _live)
+        {
+            batch.Add(new SequenceStep(s.Cache!, new[] { s.LastToken }));
+            decodes.Add(s);
+        }
+        var chunks = new List<(Prefill, int)>();
+        int budget = _options.PrefillTokenBudget;
+        foreach (var p in _prefills)
+        {
+            if (budget == 0) break;
+            int take = Math.Min(budget, p.Tokens.Length - p.Done);
+            batch.Add(new SequenceStep(p.Cache, p.Tokens.AsMemory(p.Done, take)));
+            chunks.Add((p, take));
+            budget -= take;
+        }
+        return (batch, decodes, chunks);
+    }
+
+    /// <summary>Whether the pool can give every sequence of the batch the blocks its new tokens need.</summary>
+    private bool Fits(List<SequenceStep> batch)
+    {
+        var pool = KvPool;
+        int need = 0;
+        foreach (var step in batch)
+        {
+            if (step.Cache is not KvSequence seq) continue;
+            need += Math.Max(0, pool.BlocksFor(seq.Length + step.Tokens.Length) - seq.Blocks.Count);
+            if (seq.Length % pool.BlockSize != 0 && pool.RefCount(seq.Blocks[^1]) > 1) need++; // copy-on-write of a shared tail
+        }
+        return need <= pool.FreeBlocks + (Sharing ? pool.Prefixes.Evictable() : 0);
+    }
+
+    /// <summary>Frees the blocks of the most recently admitted running request and queues it first; false if none runs.</summary>
+    private bool PreemptNewest()
+    {
+        var running = _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Distinct().ToList();
+        if (running.Count <= 1) return false; // alone it always fits: Submit checked its worst case against the pool
+        var victim = running.MaxBy(r => r.AdmittedAt)!;
+        int sequences = 0;
+        foreach (var p in _prefills.Where(p => p.Owner == victim).ToArray())
+        {
+            p.Cache.Dispose();
+            _prefills.Remove(p);
+            sequences++;
+        }
+        var resumed = _live.Where(s => s.Owner == victim).ToList();
+        foreach (var s in resumed)
+        {
+            s.Cache!.Dispose();
+            s.Cache = null;
+            sequences++;
+        }
+        _live.RemoveAll(s => s.Owner == victim);
+        // Samples waiting for their own recompute were in _prefills (dropped above): collect them again.
+        var toResume = victim.Samples?.Where(s => s.Finish == null && s.Cache == null).ToList();
+        _waiting.AddFirst((victim, victim.Samples == null ? null : toResume));
+        Preemptions += sequences;
+        return true;
+    }
+
+    private int FinalLength(GenerationRequest request, int promptLength) => Math.Min(promptLength + request.MaxNewTokens, _backend.Config.MaxPositions);
+
+    /// <summary>The most blocks a request can hold at once: per sample its final length, the prompt's full blocks shared.</summary>
+    private int WorstCaseBlocks(GenerationRequest request, int promptLength)
+    {
+        int total = KvPool.BlocksFor(FinalLength(request, promptLength));
+        int shared = Sharing ? promptLength / KvPool.BlockSize : 0;
+        return total + (request.N - 1) * (total - shared);
+    }
+
+    private static int CommonPrefix(int[] a, int[] b)
+    {
+        int n = Math.Min(a.Length, b.Length), i = 0;
+        while (i < n && a[i] == b[i]) i++;
+        return i;
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Samples
+
+    /// <summary>The prompt is in the cache: cache its full blocks, fork the samples, sample their first tokens.</summary>
+    private void StartSamples(Prefill p, float[] lastLogits, List<GenerationEvent> events)
+    {
+        var r = p.Owner;
+        if (Sharing && p.Cache is KvSequence seq) KvPool.Prefixes.Insert(r.Prompt, seq.Blocks);
+        bool promptIsControlOnly = r.Prompt.All(id => _tokenizer.TokenBytes(id).Length == 0);
+        r.Samples = new List<Sample>();
+        for (int n = 0; n < r.Request.N; n++)
+        {
+            var s = new Sample
+            {
+                Owner = r,
+                Index = n,
+                Cache = n == 0 ? p.Cache : Fork(p.Cache),
+                Rng = new SamplerRng(r.Seed, (ulong)n),
+                // A continuation keeps its leading space; text decoded from BOS drops the dummy prefix.
+                Text = new TokenTextStream(_tokenizer, atStart: promptIsControlOnly),
+                Stops = new StopStringMatcher(r.Request.Stop),
+                Seen = r.Request.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(r.Prompt) : [],
+            };
+            r.Samples.Add(s);
+            _live.Add(s);
+        }
+        foreach (var s in r.Samples) Advance(s, (float[])lastLogits.Clone(), events);
+    }
+
+    /// <summary>A sample's own cache: shared blocks (sharing on) or a full private copy (the baseline).</summary>
+    private IKvCache Fork(IKvCache prompt) => Sharing || prompt is not KvSequence seq ? prompt.Fork() : seq.Copy();
+
+    private void Advance(Sample s, float[] logits, List<GenerationEvent> events)
+    {
+        var req = s.Owner.Request;
+        if (req.MaxNewTokens == 0)
+        {
+            events.Add(Finish(s, FinishReason.Length, null));
+            return;
+        }
+        if (_usableVocab < logits.Length) logits.AsSpan(_usableVocab).Fill(float.NegativeInfinity);
+        int token = Sampler.Sample(logits, req.Sampling, s.Seen, s.Rng.NextDouble());
+        s.Tokens.Add(token);
+        s.LastToken = token;
+        if (req.Sampling.RepetitionPenalty != 1f) s.Seen.Add(token);
+
+        bool eos = !req.IgnoreEos && (_tokenizer.EosIds.Contains(token) || _backend.Config.EosTokenIds.Contains(token));
+        if (eos)
+        {
+            events.Add(Finish(s, FinishReason.EndOfSequence, token));
+            return;
+        }
+        var (release, stopped) = s.Stops.Push(s.Text.Append(token));
+        if (stopped)
+        {
+            s.Finish = FinishReason.Stop;
+            s.Cache?.Dispose();
+            events.Add(new GenerationEvent(s.Owner.Id, s.Index, token, release, FinishReason.Stop, new Usage(s.Owner.Prompt.Length, s.Tokens.Count)));
+            return;
+        }
+        if (s.Tokens.Count >= req.MaxNewTokens || s.Cache!.Length >= _backend.Config.MaxPositions)
+        {
+            var last = Finish(s, FinishReason.Length, token);
+            events.Add(last with { Text = release + last.Text });
+            return;
+        }
+        events.Add(new GenerationEvent(s.Owner.Id, s.Index, token, release, null));
+    }
+
+    /// <summary>
+    /// Ends a sample: the bytes still held by the text stream go through the stop matcher too (they may complete a
+    /// stop string, which then becomes the finish reason), and the sample's cache is released at once.
+    /// </summary>
+    private static GenerationEvent Finish(Sample s, FinishReason reason, int? token)
+    {
+        var (release, stopped) = s.Stops.Push(s.Text.Flush());
+        string text = stopped ? release : release + s.Stops.Flush();
+        s.Finish = stopped ? FinishReason.Stop : reason;
+        s.Cache?.Dispose();
+        return new GenerationEvent(s.Owner.Id, s.Index, token, text, s.Finish, new Usage(s.Owner.Prompt.Length, s.Tokens.Count));
+    }
+
+    /// <summary>Releases every cache of every request (the scheduler is being dropped).</summary>
+    public void Clear()
+    {
+        foreach (var p in _prefills) p.Cache.Dispose();
+        foreach (var s in _live) s.Cache?.Dispose();
+        _prefills.Clear();
+        _live.Clear();
+        _waiting.Clear();
+        _requests.Clear();
+    }
+}
