@@ -60,6 +60,9 @@ public sealed class InferenceEngine : IDisposable
     public EngineMetrics Metrics { get; } = new();
     public string BackendDescription { get; }
 
+    /// <summary>The KV memory of the engine's backend (blocks in use, capacity, cached prefixes).</summary>
+    public KvBlockPool KvPool => _backend.KvPool;
+
     private InferenceEngine(LoadedModel model, IBackend backend, string backendDescription, InferenceEngineOptions options)
     {
         _model = model;
