@@ -1,5 +1,5 @@
 # The Windows mirror of build.sh: restore, build (CUDA kernels too when nvcc is present), test, run, benchmark, publish.
-#   ./build.ps1 run [kernels args] | test | build | kernels | bench [args] | publish | publish-device
+#   ./build.ps1 run [kernels args] | test | build | kernels | bench [args] | publish | publish-device | pack | sample [model]
 param([Parameter(Position = 0)][string]$Command = "build", [Parameter(ValueFromRemainingArguments = $true)][string[]]$Rest)
 $ErrorActionPreference = "Stop"
 Set-Location $PSScriptRoot
@@ -27,6 +27,14 @@ function Build-All {
     Invoke-Checked dotnet @("build", "Kernels.sln", "-c", $Config, "-v", "quiet", "-nologo", "-clp:NoSummary")
 }
 
+# NuGet packages Kernels.Runtime + Kernels.Interop in artifacts/packages (old ones removed first).
+function Pack-Runtime {
+    Build-Kernels
+    Write-Host "==> dotnet pack -> artifacts/packages"
+    Remove-Item -Force -ErrorAction SilentlyContinue artifacts/packages/Kernels.*.nupkg
+    Invoke-Checked dotnet @("pack", "src/Kernels.Runtime", "-c", "Release", "-o", "artifacts/packages", "-v", "quiet", "-nologo")
+}
+
 switch ($Command) {
     "build" { Build-All }
     "kernels" { Build-Kernels }
@@ -50,5 +58,14 @@ switch ($Command) {
         Invoke-Checked dotnet @("publish", "tools/Kernels.Bench", "-c", "Release", "-r", "linux-x64", "--self-contained", "-p:PublishSingleFile=true",
             "-p:EnableCompressionInSingleFile=true", "-p:IncludeNativeLibrariesForSelfExtract=true", "-o", ".device/bench")
     }
-    default { Write-Error "unknown command '$Command'; use: run, test, build, kernels, bench, publish, publish-device"; exit 2 }
+    "pack" { Pack-Runtime }
+    "sample" {
+        Pack-Runtime
+        # A repacked 0.1.0 has the same version as the copy restored last time: drop that copy (see build.sh).
+        Remove-Item -Recurse -Force -ErrorAction SilentlyContinue artifacts/sample-packages/kernels.runtime, artifacts/sample-packages/kernels.interop
+        Write-Host "==> tools/Kernels.Sample (Kernels.Runtime 0.1.0 from artifacts/packages)"
+        Invoke-Checked dotnet @("restore", "tools/Kernels.Sample", "--force", "-v", "quiet")
+        Invoke-Checked dotnet (@("run", "--project", "tools/Kernels.Sample", "-c", "Release", "--no-restore", "--") + $Rest)
+    }
+    default { Write-Error "unknown command '$Command'; use: run, test, build, kernels, bench, publish, publish-device, pack, sample"; exit 2 }
 }

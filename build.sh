@@ -8,6 +8,8 @@
 #   ./build.sh bench [args]         CPU decode benchmark (tokens/s for batch 1 and 16 on synthetic:small)
 #   ./build.sh publish              self-contained `kernels` CLI in artifacts/kernels-linux-x64/
 #   ./build.sh publish-device       self-contained benchmark runner for the GPU machine in .device/bench (see shared/GPU.md)
+#   ./build.sh pack                 NuGet packages Kernels.Runtime + Kernels.Interop in artifacts/packages
+#   ./build.sh sample [model]       pack, then build and run tools/Kernels.Sample against the package (not the project)
 set -euo pipefail
 cd "$(dirname "$0")"
 CONFIG=${CONFIG:-Release}
@@ -28,6 +30,15 @@ build() {
   kernels
   echo "==> dotnet build ($CONFIG)"
   dotnet build Kernels.sln -c "$CONFIG" -v quiet -nologo -clp:NoSummary -p:WarningLevel=4
+}
+
+# The runtime's package, with the fatbin embedded when nvcc built it. Old packages go first so the folder holds only
+# what this build made.
+pack() {
+  kernels
+  echo "==> dotnet pack -> artifacts/packages"
+  rm -f artifacts/packages/Kernels.*.nupkg
+  dotnet pack src/Kernels.Runtime -c Release -o artifacts/packages -v quiet -nologo
 }
 
 cmd=${1:-build}
@@ -62,5 +73,15 @@ case "$cmd" in
     dotnet publish tools/Kernels.Bench -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
       -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true -o .device/bench
     ;;
-  *) echo "unknown command '$cmd'; use: run, test, build, kernels, bench, publish, publish-device" >&2; exit 2 ;;
+  pack) pack ;;
+  sample)
+    pack
+    # The sample restores into its own folder (RestorePackagesPath); a repacked 0.1.0 has the same version as the one
+    # extracted there last time, so drop that copy or NuGet would keep using it.
+    rm -rf artifacts/sample-packages/kernels.runtime artifacts/sample-packages/kernels.interop
+    echo "==> tools/Kernels.Sample (Kernels.Runtime 0.1.0 from artifacts/packages)"
+    dotnet restore tools/Kernels.Sample --force -v quiet
+    dotnet run --project tools/Kernels.Sample -c Release --no-restore -- "$@"
+    ;;
+  *) echo "unknown command '$cmd'; use: run, test, build, kernels, bench, publish, publish-device, pack, sample" >&2; exit 2 ;;
 esac
