@@ -1,0 +1,261 @@
+// Reads the body of /v1/completions and /v1/chat/completions into engine requests, refusing what it cannot honour.
+using System.Text.Json;
+using Kernels.Runtime.Engine;
+using Kernels.Runtime.Engine.Chat;
+using Kernels.Runtime.KvCache;
+using Microsoft.AspNetCore.Http;
+
+namespace Kernels.Server;
+
+public enum ApiEndpoint
+{
+    Completions,
+    ChatCompletions,
+}
+
+/// <summary>
+/// One HTTP request as engine work: one <see cref="GenerationRequest"/> per prompt (completions may send several),
+/// each with N samples; choice index = prompt index x N + sample, as OpenAI numbers them.
+/// </summary>
+public sealed record OpenAiRequest(
+    ApiEndpoint Endpoint,
+    IReadOnlyList<GenerationRequest> Requests,
+    IReadOnlyList<int> PromptTokens,
+    int N,
+    bool Stream,
+    bool IncludeUsage)
+{
+    /// <summary>Most samples per prompt; a guard against one request filling the whole KV cache.</summary>
+    public const int MaxN = 128;
+
+    /// <summary>
+    /// Parses and validates <paramref name="body"/> (including the engine's own checks: prompt length, KV room), so
+    /// that every refusal happens before a response starts. Throws <see cref="ApiException"/> naming the parameter.
+    /// </summary>
+    public static OpenAiRequest Parse(JsonElement body, ApiEndpoint endpoint, InferenceEngine engine)
+    {
+        if (body.ValueKind != JsonValueKind.Object) throw new ApiException(StatusCodes.Status400BadRequest, "the request body must be a JSON object");
+        var fields = new Fields(body);
+
+        if (fields.String("model") is { } model && model != engine.ModelName)
+            throw new ApiException(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{engine.ModelName}'", "model", "model_not_found");
+
+        RejectUnsupported(fields, endpoint);
+
+        int n = fields.Int("n") ?? 1;
+        if (n < 1) throw ApiException.BadRequest("n", $"must be at least 1, got {n}");
+        if (n > MaxN) throw ApiException.BadRequest("n", $"must be at most {MaxN}, got {n}");
+        if (fields.Int("best_of") is { } bestOf && bestOf != n) throw ApiException.NotSupported("best_of", "best_of other than n");
+
+        string maxParam = endpoint == ApiEndpoint.ChatCompletions && fields.Has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+        // OpenAI's defaults: 16 for completions; chat runs to the end of the context (the engine stops there with "length").
+        int maxTokens = fields.Int(maxParam) ?? (endpoint == ApiEndpoint.Completions ? 16 : engine.Config.MaxPositions);
+        if (maxTokens < 0) throw ApiException.BadRequest(maxParam, $"must be >= 0, got {maxTokens}");
+
+        var sampling = new SamplingOptions
+        {
+            Temperature = fields.Float("temperature") ?? 1f, // OpenAI's default
+            TopP = fields.Float("top_p") ?? 1f,
+            TopK = fields.Int("top_k") is { } k ? (k == -1 ? 0 : k) : 0, // -1 = off, as vLLM reads it
+            MinP = fields.Float("min_p") ?? 0f,
+            RepetitionPenalty = fields.Float("repetition_penalty") ?? 1f,
+            Seed = fields.Seed("seed"),
+        };
+        if (sampling.Temperature < 0) throw ApiException.BadRequest("temperature", $"must be >= 0, got {sampling.Temperature}");
+        if (!(sampling.TopP > 0 && sampling.TopP <= 1)) throw ApiException.BadRequest("top_p", $"must be in (0, 1], got {sampling.TopP}");
+
+        var stop = fields.StopList("stop");
+        bool stream = fields.Bool("stream") ?? false;
+        bool includeUsage = false;
+        if (fields.Object("stream_options") is { } so) includeUsage = new Fields(so, "stream_options.").Bool("include_usage") ?? false;
+        var template = new GenerationRequest
+        {
+            N = n,
+            MaxNewTokens = maxTokens,
+            Sampling = sampling,
+            IgnoreEos = fields.Bool("ignore_eos") ?? false,
+        };
+
+        List<GenerationRequest> requests;
+        if (endpoint == ApiEndpoint.Completions)
+        {
+            template = template with { Stop = stop };
+            requests = CompletionPrompts(fields).Select(p => p.Text != null ? template with { Prompt = p.Text } : template with { PromptIds = p.Ids }).ToList();
+        }
+        else
+        {
+            var turns = Messages(fields);
+            string prompt;
+            try
+            {
+                prompt = engine.ChatTemplate.Render(turns);
+            }
+            catch (RequestValidationException e)
+            {
+                throw ApiException.BadRequest("messages", e.Message[(e.Argument.Length + 2)..]);
+            }
+            // The template's end-of-turn markers end the reply and, as stop strings, never reach the text.
+            requests = [template with { Prompt = prompt, Stop = [.. stop, .. engine.ChatTemplate.StopStrings.Where(s => !stop.Contains(s))] }];
+        }
+
+        var promptTokens = requests.Select(r => Validate(r, engine, endpoint, maxParam)).ToArray();
+        return new OpenAiRequest(endpoint, requests, promptTokens, n, stream, includeUsage);
+    }
+
+    /// <summary>The engine's checks (prompt within the context, KV room, sampling ranges) as 400s; returns the prompt's token count.</summary>
+    private static int Validate(GenerationRequest request, InferenceEngine engine, ApiEndpoint endpoint, string maxParam)
+    {
+        try
+        {
+            return engine.PromptIds(request).Length;
+        }
+        catch (RequestValidationException e)
+        {
+            string message = e.Message[(e.Argument.Length + 2)..];
+            string param = e.Argument switch
+            {
+                "prompt" => endpoint == ApiEndpoint.ChatCompletions ? "messages" : "prompt",
+                "max-tokens" => maxParam,
+                var other => other.Replace('-', '_'),
+            };
+            string? code = e.Argument == "prompt" && message.Contains("context") ? "context_length_exceeded" : null;
+            throw new ApiException(StatusCodes.Status400BadRequest, $"{param}: {message}", param, code);
+        }
+        catch (KvCacheExhaustedException e)
+        {
+            throw new ApiException(StatusCodes.Status400BadRequest, $"{maxParam}: {e.Message}", maxParam, "context_length_exceeded");
+        }
+    }
+
+    private static void RejectUnsupported(Fields f, ApiEndpoint endpoint)
+    {
+        // Not faked: a client asking for these would silently get something other than what it asked for.
+        if (endpoint == ApiEndpoint.Completions)
+        {
+            if (f.Has("logprobs")) throw ApiException.NotSupported("logprobs", "logprobs");
+            if (f.Bool("echo") == true) throw ApiException.NotSupported("echo", "echo");
+            if (f.String("suffix") is { Length: > 0 }) throw ApiException.NotSupported("suffix", "suffix");
+        }
+        else
+        {
+            if (f.Bool("logprobs") == true) throw ApiException.NotSupported("logprobs", "logprobs");
+            if (f.Has("top_logprobs")) throw ApiException.NotSupported("top_logprobs", "top_logprobs");
+            if (f.Raw("tools") is { ValueKind: JsonValueKind.Array } tools && tools.GetArrayLength() > 0) throw ApiException.NotSupported("tools", "tool calling");
+            if (f.Raw("functions") is { ValueKind: JsonValueKind.Array } fns && fns.GetArrayLength() > 0) throw ApiException.NotSupported("functions", "function calling");
+            if (f.Object("response_format") is { } rf && new Fields(rf, "response_format.").String("type") is { } type && type != "text")
+                throw ApiException.NotSupported("response_format", $"response_format '{type}'");
+        }
+        foreach (string penalty in new[] { "frequency_penalty", "presence_penalty" })
+            if (f.Float(penalty) is { } p && p != 0) throw ApiException.NotSupported(penalty, $"{penalty} (use repetition_penalty)");
+        if (f.Object("logit_bias") is { } bias && bias.EnumerateObject().Any()) throw ApiException.NotSupported("logit_bias", "logit_bias");
+    }
+
+    private static List<(string? Text, int[]? Ids)> CompletionPrompts(Fields f)
+    {
+        var prompt = f.Raw("prompt") ?? throw ApiException.BadRequest("prompt", "is required");
+        const string Shape = "must be a string, an array of strings, an array of token ids or an array of token-id arrays";
+        switch (prompt.ValueKind)
+        {
+            case JsonValueKind.String:
+                return [((string?)prompt.GetString()!, (int[]?)null)];
+            case JsonValueKind.Array when prompt.GetArrayLength() == 0:
+                throw ApiException.BadRequest("prompt", "is an empty array");
+            case JsonValueKind.Array:
+            {
+                var items = prompt.EnumerateArray().ToArray();
+                if (items.All(i => i.ValueKind == JsonValueKind.String)) return items.Select(i => ((string? Text, int[]? Ids))(i.GetString()!, null)).ToList();
+                if (items.All(i => i.ValueKind == JsonValueKind.Number)) return [(null, TokenIds(prompt))];
+                if (items.All(i => i.ValueKind == JsonValueKind.Array)) return items.Select(i => ((string?)null, (int[]?)TokenIds(i))).ToList();
+                throw ApiException.BadRequest("prompt", Shape);
+            }
+            default:
+                throw ApiException.BadRequest("prompt", Shape);
+        }
+
+        static int[] TokenIds(JsonElement array) =>
+            array.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int id) ? id
+                : throw ApiException.BadRequest("prompt", $"token ids must be integers, got {e.GetRawText()}")).ToArray();
+    }
+
+    private static List<ChatTurn> Messages(Fields f)
+    {
+        var messages = f.Raw("messages") ?? throw ApiException.BadRequest("messages", "is required");
+        if (messages.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("messages", "must be an array");
+        if (messages.GetArrayLength() == 0) throw ApiException.BadRequest("messages", "must contain at least one message");
+        var turns = new List<ChatTurn>();
+        int i = 0;
+        foreach (var m in messages.EnumerateArray())
+        {
+            if (m.ValueKind != JsonValueKind.Object) throw ApiException.BadRequest("messages", $"[{i}] must be an object");
+            var mf = new Fields(m, $"messages[{i}].");
+            string role = mf.String("role") ?? throw ApiException.BadRequest("messages", $"[{i}].role is required");
+            if (role == "developer") role = "system"; // OpenAI's newer name for the system role
+            turns.Add(new ChatTurn(role, Content(mf.Raw("content"), i)));
+            i++;
+        }
+        return turns;
+
+        static string Content(JsonElement? content, int i)
+        {
+            if (content is not { } c) return "";
+            if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
+            if (c.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("messages", $"[{i}].content must be a string or an array of text parts");
+            var sb = new System.Text.StringBuilder();
+            foreach (var part in c.EnumerateArray())
+            {
+                var pf = new Fields(part, $"messages[{i}].content.");
+                string type = pf.String("type") ?? "text";
+                if (type != "text") throw ApiException.NotSupported("messages", $"content of type '{type}'");
+                sb.Append(pf.String("text") ?? "");
+            }
+            return sb.ToString();
+        }
+    }
+
+    /// <summary>Typed reads of a JSON object's fields; a wrong type is a 400 naming the field. null and absent read as null.</summary>
+    private sealed class Fields(JsonElement obj, string prefix = "")
+    {
+        public bool Has(string name) => Raw(name) != null;
+
+        public JsonElement? Raw(string name) =>
+            obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
+
+        private ApiException Wrong(string name, string expected, JsonElement v) =>
+            ApiException.BadRequest(prefix + name, $"must be {expected}, got {Truncate(v.GetRawText())}");
+
+        private static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
+
+        public string? String(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind == JsonValueKind.String ? v.GetString() : throw Wrong(name, "a string", v);
+
+        public bool? Bool(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw Wrong(name, "true or false", v);
+
+        public int? Int(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : throw Wrong(name, "an integer", v);
+
+        public float? Float(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && double.IsFinite(d) ? (float)d : throw Wrong(name, "a number", v);
+
+        public ulong? Seed(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out long l) ? unchecked((ulong)l)
+            : v.ValueKind == JsonValueKind.Number && v.TryGetUInt64(out ulong u) ? u
+            : throw Wrong(name, "an integer", v);
+
+        public JsonElement? Object(string name) => Raw(name) is not { } v ? null
+            : v.ValueKind == JsonValueKind.Object ? v : throw Wrong(name, "an object", v);
+
+        public List<string> StopList(string name)
+        {
+            if (Raw(name) is not { } v) return [];
+            var list = v.ValueKind switch
+            {
+                JsonValueKind.String => [v.GetString()!],
+                JsonValueKind.Array => v.EnumerateArray().Select(s => s.ValueKind == JsonValueKind.String ? s.GetString()! : throw Wrong(name, "a string or an array of strings", v)).ToList(),
+                _ => throw Wrong(name, "a string or an array of strings", v),
+            };
+            if (list.Any(s => s.Length == 0)) throw ApiException.BadRequest(prefix + name, "stop strings must not be empty");
+            return list;
+        }
+    }
+}
