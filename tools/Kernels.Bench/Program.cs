@@ -29,7 +29,18 @@ public static class Program
         var prefix = new Command("prefix", "CPU decode steps of a batch sharing one prompt prefix: Hydragen plan vs per-sequence attention over private copies");
         foreach (var o in new Option[] { prefixModel, prefixBatches, prefixLengths, suffix, prefixSteps, json }) prefix.Options.Add(o);
         prefix.SetAction(p => SharedPrefix.Run(p.GetValue(prefixModel)!, p.GetValue(prefixBatches)!, p.GetValue(prefixLengths)!, p.GetValue(suffix), p.GetValue(prefixSteps), p.GetValue(json)));
+        var latencyModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:tiny", Description = "Model to serve" };
+        var clients = new Option<int>("--clients") { DefaultValueFactory = _ => 32, Description = "Concurrent streaming clients (when no --rate)" };
+        var requestCount = new Option<int>("--requests") { DefaultValueFactory = _ => 500, Description = "Requests in all" };
+        var latencyTokens = new Option<int>("--max-tokens") { DefaultValueFactory = _ => 16, Description = "max_tokens per request" };
+        var words = new Option<int>("--prompt-words") { DefaultValueFactory = _ => 24, Description = "Words per prompt" };
+        var rate = new Option<double?>("--rate") { Description = "Poisson arrival rate in requests/s instead of closed-loop clients" };
+        var latency = new Command("latency", "TTFT/TPOT percentiles of the HTTP server under concurrent streaming load (in one process, loopback)");
+        foreach (var o in new Option[] { latencyModel, clients, requestCount, latencyTokens, words, rate, json }) latency.Options.Add(o);
+        latency.SetAction((p, _) => ServingLatency.Run(p.GetValue(latencyModel)!, p.GetValue(clients), p.GetValue(requestCount), p.GetValue(latencyTokens),
+            p.GetValue(words), p.GetValue(rate), p.GetValue(json)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
+        root.Subcommands.Add(latency);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
         return root.Parse(args).Invoke();
