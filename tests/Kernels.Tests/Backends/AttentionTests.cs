@@ -71,10 +71,10 @@ public unsafe class AttentionTests
             for (int kvh = 0; kvh < KvHeads; kvh++)
             {
                 Attention.LevelRow[] rows = [new(0, kvh * 2), new(0, kvh * 2 + 1)];
-                Attention.Level(kv, seq.Blocks, 0, split, kvh, rows, qp, op, lp, new float[2 * split], new float[2 * D]);
+                Attention.Level(kv, seq.Blocks.ToArray(), 0, split, kvh, rows, qp, op, lp, new float[2 * split], new float[2 * D]);
             }
             for (int h = 0; h < Heads; h++)
-                Attention.Suffix(kv, seq.Blocks, qp, op, lp, 1, pos, split, h, null, new float[length], new float[D]);
+                Attention.Suffix(kv, seq.Blocks.ToArray(), qp, op, lp, 1, pos, split, h, null, new float[length], new float[D]);
         }
         for (int h = 0; h < Heads; h++)
         {
@@ -94,7 +94,7 @@ public unsafe class AttentionTests
         fixed (float* qp = q)
         fixed (float* op = o)
         fixed (float* lp = lse)
-            for (int h = 0; h < Heads; h++) Attention.Suffix(kv, seq.Blocks, qp, op, lp, 3, 7, 0, h, 4, new float[10], new float[D]);
+            for (int h = 0; h < Heads; h++) Attention.Suffix(kv, seq.Blocks.ToArray(), qp, op, lp, 3, 7, 0, h, 4, new float[10], new float[D]);
         for (int t = 0; t < 3; t++)
             for (int h = 0; h < Heads; h++)
             {

@@ -18,18 +18,19 @@ public static unsafe class Attention
         public int Group => Heads / KvHeads;
         public int KvStride => KvHeads * HeadDim;
         public float Scale => 1f / MathF.Sqrt(HeadDim);
-        public float* Key(IReadOnlyList<int> blocks, int pos, int kvh) => storage.KeyPointer(layer, blocks[pos / BlockSize]) + (pos % BlockSize) * KvStride + kvh * HeadDim;
-        public float* Value(IReadOnlyList<int> blocks, int pos, int kvh) => storage.ValuePointer(layer, blocks[pos / BlockSize]) + (pos % BlockSize) * KvStride + kvh * HeadDim;
+        /// <summary>Keys of kv head <paramref name="kvh"/> at the first position of block <paramref name="block"/>; the next position is KvStride floats on.</summary>
+        public float* BlockKeys(int block, int kvh) => storage.KeyPointer(layer, block) + kvh * HeadDim;
+        public float* BlockValues(int block, int kvh) => storage.ValuePointer(layer, block) + kvh * HeadDim;
     }
 
     /// <summary>
     /// Causal partial for one sequence and query head: row t (position start + t) attends to keys
     /// [max(from, pos - window + 1), pos]; the result is merged into (o, lse) of that row and head.
     /// </summary>
-    public static void Suffix(in Layer kv, IReadOnlyList<int> blocks, float* q, float* o, float* lse, int rows, int start, int from,
+    public static void Suffix(in Layer kv, int[] blocks, float* q, float* o, float* lse, int rows, int start, int from,
         int head, int? window, Span<float> scores, Span<float> partial)
     {
-        int d = kv.HeadDim, kvh = head / kv.Group, qStride = kv.Heads * d;
+        int d = kv.HeadDim, kvh = head / kv.Group, qStride = kv.Heads * d, bs = kv.BlockSize, stride = kv.KvStride;
         float scale = kv.Scale;
         fixed (float* sp = scores)
         fixed (float* pp = partial)
@@ -41,11 +42,16 @@ public static unsafe class Attention
                 if (first > pos) continue; // no key in range: the empty state, nothing to merge
                 float* qr = q + (long)t * qStride + head * d;
                 float max = float.NegativeInfinity;
-                for (int j = first; j <= pos; j++)
+                for (int j = first; j <= pos;)
                 {
-                    float s = Simd.Dot(qr, kv.Key(blocks, j, kvh), d) * scale;
-                    sp[j - first] = s;
-                    if (s > max) max = s;
+                    int b = j / bs, end = Math.Min(pos + 1, (b + 1) * bs);
+                    float* kb = kv.BlockKeys(blocks[b], kvh) - (long)b * bs * stride; // indexed by absolute position below
+                    for (; j < end; j++)
+                    {
+                        float s = Simd.Dot(qr, kb + (long)j * stride, d) * scale;
+                        sp[j - first] = s;
+                        if (s > max) max = s;
+                    }
                 }
                 float sum = 0;
                 for (int j = 0; j <= pos - first; j++)
@@ -56,7 +62,12 @@ public static unsafe class Attention
                 }
                 new Span<float>(pp, d).Clear();
                 float inv = 1f / sum;
-                for (int j = first; j <= pos; j++) Simd.AxpyInPlace(sp[j - first] * inv, kv.Value(blocks, j, kvh), pp, d);
+                for (int j = first; j <= pos;)
+                {
+                    int b = j / bs, end = Math.Min(pos + 1, (b + 1) * bs);
+                    float* vb = kv.BlockValues(blocks[b], kvh) - (long)b * bs * stride;
+                    for (; j < end; j++) Simd.AxpyInPlace(sp[j - first] * inv, vb + (long)j * stride, pp, d);
+                }
                 AttentionState.Merge(new Span<float>(o + (long)t * qStride + head * d, d), ref lse[t * kv.Heads + head],
                     new ReadOnlySpan<float>(pp, d), max + MathF.Log(sum));
             }
@@ -71,17 +82,18 @@ public static unsafe class Attention
     /// loaded once and used for all of them (the matrix-matrix form of Hydragen's prefix attention). All heads in
     /// <paramref name="rows"/> read kv head <paramref name="kvh"/>.
     /// </summary>
-    public static void Level(in Layer kv, IReadOnlyList<int> blocks, int start, int end, int kvh, ReadOnlySpan<LevelRow> rows,
+    public static void Level(in Layer kv, int[] blocks, int start, int end, int kvh, ReadOnlySpan<LevelRow> rows,
         float* q, float* o, float* lse, float[] scoresBuffer, float[] partialBuffer)
     {
-        int d = kv.HeadDim, n = rows.Length, keys = end - start, qStride = kv.Heads * d;
+        int d = kv.HeadDim, n = rows.Length, keys = end - start, qStride = kv.Heads * d, bs = kv.BlockSize, stride = kv.KvStride;
         float scale = kv.Scale;
         fixed (float* sp = scoresBuffer)
         fixed (float* pp = partialBuffer)
         {
             for (int j = 0; j < keys; j++)
             {
-                float* k = kv.Key(blocks, start + j, kvh);
+                int pos = start + j;
+                float* k = kv.BlockKeys(blocks[pos / bs], kvh) + (long)(pos % bs) * stride;
                 for (int r = 0; r < n; r++)
                     sp[(long)r * keys + j] = Simd.Dot(q + (long)rows[r].Row * qStride + rows[r].Head * d, k, d) * scale;
             }
@@ -105,7 +117,8 @@ public static unsafe class Attention
             new Span<float>(pp, n * d).Clear();
             for (int j = 0; j < keys; j++)
             {
-                float* v = kv.Value(blocks, start + j, kvh);
+                int pos = start + j;
+                float* v = kv.BlockValues(blocks[pos / bs], kvh) + (long)(pos % bs) * stride;
                 for (int r = 0; r < n; r++) Simd.AxpyInPlace(sp[(long)r * keys + j], v, pp + (long)r * d, d);
             }
             for (int r = 0; r < n; r++)

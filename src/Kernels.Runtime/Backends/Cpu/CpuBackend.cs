@@ -184,7 +184,7 @@ public sealed unsafe class CpuBackend : IBackend
                     for (int i = 0; i < all.Count; i += LevelRowsPerTask)
                         tasks.Add((kvh, all.GetRange(i, Math.Min(LevelRowsPerTask, all.Count - i)).ToArray()));
                 }
-                var blocks = seqs[level.Sequences[0]].Blocks;
+                var blocks = seqs[level.Sequences[0]].Blocks.ToArray();
                 int keys = level.End - level.Start;
                 Parallel.For(0, tasks.Count, () => (new float[LevelRowsPerTask * keys], new float[LevelRowsPerTask * c.HeadDim]), (i, _, buf) =>
                 {
@@ -192,11 +192,17 @@ public sealed unsafe class CpuBackend : IBackend
                     return buf;
                 }, _ => { });
             }
-            Parallel.For(0, batch.Count * c.NumHeads, () => (new float[longest], new float[c.HeadDim]), (task, _, buf) =>
+            var tables = seqs.Select(s => s.Blocks.ToArray()).ToArray();
+            // Tasks of whole sequences when there are enough of them (decode batches: fewer, larger tasks), else one
+            // per sequence and head (a lone long prefill still uses every core).
+            int headsPerTask = batch.Count >= 2 * Environment.ProcessorCount ? c.NumHeads : 1;
+            int tasksPerSeq = c.NumHeads / headsPerTask;
+            Parallel.For(0, batch.Count * tasksPerSeq, () => (new float[longest], new float[c.HeadDim]), (task, _, buf) =>
             {
-                int s = task / c.NumHeads, head = task % c.NumHeads, r0 = rowStart[s];
-                Attention.Suffix(kv, seqs[s].Blocks, qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
-                    rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2);
+                int s = task / tasksPerSeq, r0 = rowStart[s];
+                for (int head = task % tasksPerSeq * headsPerTask, last = head + headsPerTask; head < last; head++)
+                    Attention.Suffix(kv, tables[s], qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
+                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2);
                 return buf;
             }, _ => { });
         }
