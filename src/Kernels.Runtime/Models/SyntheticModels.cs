@@ -14,14 +14,14 @@ public static unsafe class SyntheticModels
         ["tiny"] = new()
         {
             Architecture = ModelArchitecture.Llama, HiddenSize = 64, IntermediateSize = 176, NumLayers = 2, NumHeads = 4,
-            NumKvHeads = 2, HeadDim = 16, VocabSize = 512, MaxPositions = 512, BosTokenId = SyntheticTokenizer.Bos,
-            EosTokenIds = [SyntheticTokenizer.Eos],
+            NumKvHeads = 2, HeadDim = 16, VocabSize = 512, MaxPositions = 512, BosTokenId = SyntheticVocabulary.Bos,
+            EosTokenIds = [SyntheticVocabulary.Eos],
         },
         ["small"] = new()
         {
             Architecture = ModelArchitecture.Llama, HiddenSize = 768, IntermediateSize = 2048, NumLayers = 12, NumHeads = 12,
             NumKvHeads = 4, HeadDim = 64, VocabSize = 32000, MaxPositions = 2048, TieWordEmbeddings = true,
-            RopeTheta = 500000, BosTokenId = SyntheticTokenizer.Bos, EosTokenIds = [SyntheticTokenizer.Eos],
+            RopeTheta = 500000, BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
         },
     };
 
@@ -64,7 +64,7 @@ public static unsafe class SyntheticModels
         Add("model.norm.weight", true, h);
         if (!config.TieWordEmbeddings) Add("lm_head.weight", false, config.VocabSize, h);
         var weights = ModelWeights.Build(config, n => tensors.GetValueOrDefault(n), model, owners);
-        return new LoadedModel(model, ModelFormat.Synthetic, config, weights, () => new SyntheticTokenizer(config.VocabSize));
+        return new LoadedModel(model, ModelFormat.Synthetic, config, weights, () => SyntheticVocabulary.Tokenizer(config.VocabSize));
     }
 
     /// <summary>Uniform values with the given standard deviation from a xorshift stream (same seed, same weights).</summary>

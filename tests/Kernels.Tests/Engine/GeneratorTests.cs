@@ -15,7 +15,7 @@ public class GeneratorTests
         // Qwen2-style: the model has 512 rows of logits, the tokenizer knows only 300 ids.
         using var model = ModelLoader.Load("synthetic:tiny");
         using var backend = new CpuBackend(model);
-        var generator = new Generator(backend, new SyntheticTokenizer(300));
+        var generator = new Generator(backend, SyntheticVocabulary.Tokenizer(300));
         var results = generator.Generate([new GenerationRequest
         {
             Prompt = "abc", N = 4, MaxNewTokens = 64, IgnoreEos = true,
