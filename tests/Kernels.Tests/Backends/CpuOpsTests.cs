@@ -129,4 +129,40 @@ public unsafe class CpuOpsTests
         Assert.That(DTypeConvert.SingleToBFloat16(BitConverter.UInt32BitsToSingle(0x3F818000)), Is.EqualTo((ushort)0x3F82), "tie to even (up)");
         Assert.That(float.IsNaN(DTypeConvert.BFloat16ToSingle(DTypeConvert.SingleToBFloat16(float.NaN))));
     }
+
+    [Test]
+    public void F16WeightsWidenExactlyIncludingSubnormalsInfinitiesAndNaN()
+    {
+        // Every finite half (exponent < 31) as one weight, against one-hot x rows, so each output is exactly one weight.
+        var finite = Enumerable.Range(0, 1 << 16).Select(i => (ushort)i).Where(h => (h & 0x7C00) != 0x7C00).ToArray();
+        int cols = 16, rows = finite.Length / cols;
+        Check(finite[..(rows * cols)], rows, cols, (row, col, expected, actual) =>
+            Assert.That(BitConverter.SingleToInt32Bits(actual) == BitConverter.SingleToInt32Bits(expected) || (actual == 0 && expected == 0),
+                $"half 0x{finite[row * cols + col]:X4}: {actual} vs {expected}"));
+        // Infinities and NaNs alone in their rows (anything else would meet them as inf * 0).
+        ushort[] special = [0x7C00, 0xFC00, 0x7E00, 0xFE01, 0x7C01];
+        var table = new ushort[special.Length * cols];
+        for (int r = 0; r < special.Length; r++) table[r * cols] = special[r];
+        Check(table, special.Length, cols, (row, col, expected, actual) =>
+        {
+            if (col != 0) return;
+            if (float.IsNaN(expected)) Assert.That(float.IsNaN(actual), $"half 0x{special[row]:X4}");
+            else Assert.That(actual, Is.EqualTo(expected), $"half 0x{special[row]:X4}");
+        });
+    }
+
+    private static void Check(ushort[] halves, int rows, int cols, Action<int, int, float, float> check)
+    {
+        var storage = new OwnedStorage(halves.Length * 2);
+        using var _ = storage;
+        halves.AsSpan().CopyTo(new Span<ushort>(storage.Pointer, halves.Length));
+        var w = new WeightTensor("w", TensorDType.F16, [rows, cols], storage.Pointer);
+        var x = new float[cols * cols];
+        for (int r = 0; r < cols; r++) x[r * cols + r] = 1f;
+        var y = new float[cols * rows];
+        MatMul.Multiply(x, cols, w, y);
+        for (int row = 0; row < rows; row++)
+            for (int col = 0; col < cols; col++)
+                check(row, col, (float)BitConverter.UInt16BitsToHalf(halves[row * cols + col]), y[col * rows + row]);
+    }
 }

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>
 /// Register-blocked: 4 weight rows x up to 3 activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs).
-/// BF16 rows are widened in registers; F16 and Q8_0 rows are converted 4 at a time into an L1-resident buffer.
+/// BF16 and F16 rows are widened in registers; Q8_0 rows are converted 4 at a time into an L1-resident buffer.
 /// Batch invariance: every dot product, in every micro-kernel shape, is summed the same way (one 8-lane
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
@@ -52,7 +52,7 @@ public static unsafe class MatMul
     {
         public void Run(int start, int end, float[]? buffer)
         {
-            bool direct = w.DType is TensorDType.F32 or TensorDType.BF16;
+            bool direct = w.DType is TensorDType.F32 or TensorDType.BF16 or TensorDType.F16;
             if (!direct) buffer ??= new float[4 * k];
             fixed (float* buf = buffer)
             {
@@ -61,6 +61,7 @@ public static unsafe class MatMul
                 {
                     if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 4, (byte*)((float*)w.Data + (long)j * k), k * 4);
                     else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
+                    else if (w.DType == TensorDType.F16) Rows<F16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
                     else
                     {
                         DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, 4 * k));
@@ -71,6 +72,7 @@ public static unsafe class MatMul
                 {
                     if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 1, (byte*)((float*)w.Data + (long)j * k), k * 4);
                     else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
+                    else if (w.DType == TensorDType.F16) Rows<F16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
                     else
                     {
                         DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, k));
@@ -177,5 +179,28 @@ public static unsafe class MatMul
             Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)row + i), 16).AsSingle();
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static float LoadScalar(byte* row, int i) => DTypeConvert.BFloat16ToSingle(((ushort*)row)[i]);
+    }
+
+    /// <summary>
+    /// fp16 to fp32 in integer registers (no F16C intrinsics in .NET): the exponent and mantissa shifted into place and
+    /// scaled by 2^112 give every normal and subnormal exactly; infinities and NaNs get an all-ones exponent; the
+    /// sign is put back last.
+    /// </summary>
+    private readonly struct F16Rows : IRowLoad
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load(byte* row, int i)
+        {
+            var h = Avx2.ConvertToVector256Int32((ushort*)row + i);
+            var magnitude = h & Vector256.Create(0x7FFF);
+            var bits = Avx2.ShiftLeftLogical(magnitude, 13);
+            var value = bits.AsSingle() * Vector256.Create(5.192296858534828e33f); // 2^112 rebias (15 -> 127)
+            var special = Avx2.CompareGreaterThan(magnitude, Vector256.Create(0x7BFF)).AsSingle();
+            value = Avx.BlendVariable(value, (bits | Vector256.Create(0x7F800000)).AsSingle(), special);
+            return (value.AsInt32() | Avx2.ShiftLeftLogical(h & Vector256.Create(0x8000), 16)).AsSingle();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
     }
 }
