@@ -13,7 +13,6 @@ public enum CuResult
     NotInitialized = 3,
     Deinitialized = 4,
     StubLibrary = 34,
-    InsufficientDriver = 35,
     DeviceUnavailable = 46,
     NoDevice = 100,
     InvalidDevice = 101,
