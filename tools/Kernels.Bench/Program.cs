@@ -1,4 +1,4 @@
-// kernels-bench: micro-benchmarks. `decode` times CPU decode steps for given batch sizes against a measured
+// kernels-bench: micro-benchmarks. `verify` checks the GPU kernels against the CPU reference (Verify.cs). `decode` times CPU decode steps for given batch sizes against a measured
 // memory-bandwidth roofline (every decode step must stream all weights once).
 using System.CommandLine;
 using System.Diagnostics;
@@ -39,10 +39,18 @@ public static class Program
         foreach (var o in new Option[] { latencyModel, clients, requestCount, latencyTokens, words, rate, json }) latency.Options.Add(o);
         latency.SetAction((p, _) => ServingLatency.Run(p.GetValue(latencyModel)!, p.GetValue(clients), p.GetValue(requestCount), p.GetValue(latencyTokens),
             p.GetValue(words), p.GetValue(rate), p.GetValue(json)));
+        var verifyJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var fatbin = new Option<string?>("--fatbin") { Description = "Verify this fatbin (e.g. one the GPU machine's nvcc built) instead of the embedded one" };
+        var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234, Description = "Seed of the random inputs" };
+        var ordinal = new Option<int>("--device") { DefaultValueFactory = _ => 0, Description = "CUDA device ordinal" };
+        var verify = new Command("verify", "Every op kernel vs its CPU reference on random inputs of real shapes; exit 1 on any FAIL, 2 without CUDA");
+        foreach (var o in new Option[] { verifyJson, fatbin, seed, ordinal }) verify.Options.Add(o);
+        verify.SetAction(p => Verify.Run(p.GetValue(fatbin), p.GetValue(verifyJson), p.GetValue(seed), p.GetValue(ordinal)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
         root.Subcommands.Add(latency);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
+        root.Subcommands.Add(verify);
         return root.Parse(args).Invoke();
     }
 

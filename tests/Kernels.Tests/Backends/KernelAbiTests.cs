@@ -7,7 +7,7 @@ namespace Kernels.Tests.Backends;
 
 public class KernelAbiTests
 {
-    private static string RepoFile(string relative)
+    internal static string RepoFile(string relative)
     {
         for (var dir = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); dir != null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "Kernels.sln"))) return Path.Combine(dir.FullName, relative);

@@ -1,0 +1,96 @@
+// Every import from the CUDA driver (libcuda.so.1) in one place: raw, typed signatures, no logic.
+//
+// Types: CUdevice = int ordinal, CUdeviceptr = ulong (64-bit on every platform we run on), every other CUDA handle
+// (CUcontext, CUmodule, CUfunction, CUstream, CUevent) = IntPtr, owned by the SafeHandles in CuHandles.cs.
+// Entry points: where cuda.h #defines a name to a versioned symbol (cuMemAlloc -> cuMemAlloc_v2, ...), the import
+// binds the versioned symbol, because the unversioned one is the legacy 32-bit-pointer ABI kept for old binaries
+// (`nm -D libcuda.so.1` lists both). The library is resolved on the first call, not at type load: a process
+// without a driver only sees a DllNotFoundException when it actually calls in, which CudaDevice.TryOpen turns into
+// a reason string.
+using System.Runtime.InteropServices;
+
+namespace Kernels.Interop;
+
+/// <summary>CUdevice_attribute values used here (cuda.h).</summary>
+public enum CuDeviceAttribute
+{
+    MaxThreadsPerBlock = 1,
+    MaxGridDimX = 5,
+    MaxGridDimY = 6,
+    MaxSharedMemoryPerBlock = 8,
+    MultiprocessorCount = 16,
+    ComputeCapabilityMajor = 75,
+    ComputeCapabilityMinor = 76,
+}
+
+/// <summary>CUjit_option values used when loading a module (cuda.h).</summary>
+public enum CuJitOption
+{
+    InfoLogBuffer = 3,
+    InfoLogBufferSizeBytes = 4,
+    ErrorLogBuffer = 5,
+    ErrorLogBufferSizeBytes = 6,
+}
+
+public static unsafe partial class CuApi
+{
+    public const string Library = "libcuda.so.1";
+
+    // ---- init, driver, devices ------------------------------------------------------------------------------------
+    [LibraryImport(Library)] public static partial CuResult cuInit(uint flags);
+    [LibraryImport(Library)] public static partial CuResult cuDriverGetVersion(out int version);
+    [LibraryImport(Library)] public static partial CuResult cuDeviceGetCount(out int count);
+    [LibraryImport(Library)] public static partial CuResult cuDeviceGet(out int device, int ordinal);
+    [LibraryImport(Library)] public static partial CuResult cuDeviceGetName(byte* name, int length, int device);
+    [LibraryImport(Library)] public static partial CuResult cuDeviceGetAttribute(out int value, CuDeviceAttribute attribute, int device);
+    [LibraryImport(Library, EntryPoint = "cuDeviceTotalMem_v2")] public static partial CuResult cuDeviceTotalMem(out nuint bytes, int device);
+
+    // ---- errors (these two work before cuInit) -------------------------------------------------------------------
+    [LibraryImport(Library)] public static partial CuResult cuGetErrorName(CuResult error, out byte* name);
+    [LibraryImport(Library)] public static partial CuResult cuGetErrorString(CuResult error, out byte* description);
+
+    // ---- primary context -------------------------------------------------------------------------------------------
+    [LibraryImport(Library)] public static partial CuResult cuDevicePrimaryCtxRetain(out IntPtr context, int device);
+    [LibraryImport(Library, EntryPoint = "cuDevicePrimaryCtxRelease_v2")] public static partial CuResult cuDevicePrimaryCtxRelease(int device);
+    [LibraryImport(Library)] public static partial CuResult cuCtxSetCurrent(IntPtr context);
+    [LibraryImport(Library)] public static partial CuResult cuCtxSynchronize();
+
+    // ---- modules ---------------------------------------------------------------------------------------------------
+    [LibraryImport(Library)]
+    public static partial CuResult cuModuleLoadDataEx(out IntPtr module, void* image, uint numOptions, CuJitOption* options, void** optionValues);
+    [LibraryImport(Library, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial CuResult cuModuleGetFunction(out IntPtr function, IntPtr module, string name);
+    [LibraryImport(Library, EntryPoint = "cuModuleGetGlobal_v2", StringMarshalling = StringMarshalling.Utf8)]
+    public static partial CuResult cuModuleGetGlobal(out ulong pointer, out nuint bytes, IntPtr module, string name);
+    [LibraryImport(Library)] public static partial CuResult cuModuleUnload(IntPtr module);
+
+    // ---- memory ----------------------------------------------------------------------------------------------------
+    [LibraryImport(Library, EntryPoint = "cuMemAlloc_v2")] public static partial CuResult cuMemAlloc(out ulong pointer, nuint bytes);
+    [LibraryImport(Library, EntryPoint = "cuMemFree_v2")] public static partial CuResult cuMemFree(ulong pointer);
+    [LibraryImport(Library, EntryPoint = "cuMemAllocHost_v2")] public static partial CuResult cuMemAllocHost(out IntPtr pointer, nuint bytes);
+    [LibraryImport(Library)] public static partial CuResult cuMemFreeHost(IntPtr pointer);
+    [LibraryImport(Library, EntryPoint = "cuMemGetInfo_v2")] public static partial CuResult cuMemGetInfo(out nuint free, out nuint total);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyHtoD_v2")] public static partial CuResult cuMemcpyHtoD(ulong destination, void* source, nuint bytes);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyDtoH_v2")] public static partial CuResult cuMemcpyDtoH(void* destination, ulong source, nuint bytes);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyDtoD_v2")] public static partial CuResult cuMemcpyDtoD(ulong destination, ulong source, nuint bytes);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyHtoDAsync_v2")] public static partial CuResult cuMemcpyHtoDAsync(ulong destination, void* source, nuint bytes, IntPtr stream);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyDtoHAsync_v2")] public static partial CuResult cuMemcpyDtoHAsync(void* destination, ulong source, nuint bytes, IntPtr stream);
+    [LibraryImport(Library, EntryPoint = "cuMemcpyDtoDAsync_v2")] public static partial CuResult cuMemcpyDtoDAsync(ulong destination, ulong source, nuint bytes, IntPtr stream);
+    [LibraryImport(Library, EntryPoint = "cuMemsetD8_v2")] public static partial CuResult cuMemsetD8(ulong destination, byte value, nuint count);
+
+    // ---- streams and events ----------------------------------------------------------------------------------------
+    [LibraryImport(Library)] public static partial CuResult cuStreamCreate(out IntPtr stream, uint flags);
+    [LibraryImport(Library, EntryPoint = "cuStreamDestroy_v2")] public static partial CuResult cuStreamDestroy(IntPtr stream);
+    [LibraryImport(Library)] public static partial CuResult cuStreamSynchronize(IntPtr stream);
+    [LibraryImport(Library)] public static partial CuResult cuEventCreate(out IntPtr @event, uint flags);
+    [LibraryImport(Library)] public static partial CuResult cuEventRecord(IntPtr @event, IntPtr stream);
+    [LibraryImport(Library)] public static partial CuResult cuEventSynchronize(IntPtr @event);
+    [LibraryImport(Library)] public static partial CuResult cuEventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
+    [LibraryImport(Library, EntryPoint = "cuEventDestroy_v2")] public static partial CuResult cuEventDestroy(IntPtr @event);
+
+    // ---- launch ----------------------------------------------------------------------------------------------------
+    /// <summary>kernelParams: one pointer per kernel argument, each pointing at that argument's value.</summary>
+    [LibraryImport(Library)]
+    public static partial CuResult cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
+        uint sharedMemBytes, IntPtr stream, void** kernelParams, void** extra);
+}

@@ -1,0 +1,136 @@
+// Shape and precondition checks plus grid/block choice for every kernel in kernels/ops, with no driver call, so the
+// launchers validate before touching the GPU and the checks are testable on a machine without one (STYLE habit 7).
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>One launch: which exported kernel and its grid and block (y of the block and z of both are 1).</summary>
+internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint GridY, uint BlockX);
+
+/// <summary>
+/// Each method mirrors an OpsLauncher method: its arguments are the buffer lengths and scalars, named as the launcher
+/// names them, so an ArgumentException's ParamName points at the launcher's argument. It returns the launch, or null
+/// when there is nothing to compute (the launcher then skips the launch: a zero grid is a launch error).
+/// Grid and block follow the header comments in kernels/ops/*.cuh (and the table in kernels/README.md).
+/// </summary>
+internal static class OpsLaunchPlans
+{
+    /// <summary>gridDim.y and the grid-stride loops' row grid are capped at 65535 (gridDim.y's hardware limit).</summary>
+    internal const int MaxGridRows = 65535;
+    /// <summary>ROPE_MAX_HEAD_DIM in kernels/ops/rope.cuh: the kernel's shared cos/sin tables hold head_dim / 2 floats.</summary>
+    internal const int RopeMaxHeadDim = 512;
+
+    public static KernelLaunch? EmbeddingGather(string kernel, long outputLength, long tableLength, long idsLength, int numTokens, int dim, int vocab)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(dim, "dim");
+        NonNegative(vocab, "vocab");
+        long outElements = Elements(numTokens, dim, "output");
+        long tableElements = Elements(vocab, dim, "table");
+        AtLeast(outputLength, outElements, "output", $"[numTokens={numTokens}, dim={dim}]");
+        AtLeast(tableLength, tableElements, "table", $"[vocab={vocab}, dim={dim}]");
+        AtLeast(idsLength, numTokens, "ids", $"[numTokens={numTokens}]");
+        if (numTokens == 0 || dim == 0) return null;
+        if (vocab == 0) throw new ArgumentOutOfRangeException("vocab", vocab, "an embedding table with no rows cannot be gathered from");
+        return new KernelLaunch(kernel, (uint)Math.Min(numTokens, MaxGridRows), 1, 256);
+    }
+
+    public static KernelLaunch? RmsNorm(string kernel, long yLength, long xLength, long weightLength, int numTokens, int dim, float eps)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(dim, "dim");
+        if (!(eps > 0) || !float.IsFinite(eps))
+            throw new ArgumentOutOfRangeException("eps", eps, "eps must be a finite number > 0 (it keeps 1/sqrt finite for a zero row)");
+        long elements = Elements(numTokens, dim, "x");
+        AtLeast(yLength, elements, "y", $"[numTokens={numTokens}, dim={dim}]");
+        AtLeast(xLength, elements, "x", $"[numTokens={numTokens}, dim={dim}]");
+        AtLeast(weightLength, dim, "weight", $"[dim={dim}]");
+        if (numTokens == 0 || dim == 0) return null;
+        // block_reduce needs a multiple of 32 up to 1024; the summation order depends on the block size, so it is a
+        // fixed function of dim: wide rows get more threads.
+        uint block = dim >= 8192 ? 1024u : 256u;
+        return new KernelLaunch(kernel, (uint)Math.Min(numTokens, MaxGridRows), 1, block);
+    }
+
+    /// <summary><paramref name="kLength"/> is -1 when there is no k buffer (allowed only with numKvHeads == 0).</summary>
+    public static KernelLaunch? Rope(long qLength, long kLength, long positionsLength, long invFreqLength, int numTokens, int numQHeads, int numKvHeads, int headDim)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(numQHeads, "numQHeads");
+        NonNegative(numKvHeads, "numKvHeads");
+        if (headDim < 2 || headDim > RopeMaxHeadDim || headDim % 2 != 0)
+            throw new ArgumentOutOfRangeException("headDim", headDim, $"rope_f32 needs an even head_dim in [2, {RopeMaxHeadDim}] (ROPE_MAX_HEAD_DIM)");
+        long qElements = Elements((long)numTokens * numQHeads, headDim, "q");
+        long kElements = Elements((long)numTokens * numKvHeads, headDim, "k");
+        AtLeast(qLength, qElements, "q", $"[numTokens={numTokens}, numQHeads={numQHeads}, headDim={headDim}]");
+        if (kLength < 0)
+        {
+            if (numKvHeads != 0) throw new ArgumentNullException("k", $"k is null but numKvHeads = {numKvHeads}");
+        }
+        else AtLeast(kLength, kElements, "k", $"[numTokens={numTokens}, numKvHeads={numKvHeads}, headDim={headDim}]");
+        AtLeast(positionsLength, numTokens, "positions", $"[numTokens={numTokens}]");
+        AtLeast(invFreqLength, headDim / 2, "invFreq", $"[headDim/2={headDim / 2}]");
+        if (numTokens == 0 || numQHeads + numKvHeads == 0) return null;
+        return new KernelLaunch("rope_f32", (uint)Math.Min(numTokens, MaxGridRows), 1, 128);
+    }
+
+    public static KernelLaunch? SwiGlu(long outputLength, long gateLength, long upLength, int numTokens, int inter)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(inter, "inter");
+        long elements = Elements(numTokens, inter, "output");
+        AtLeast(outputLength, elements, "output", $"[numTokens={numTokens}, inter={inter}]");
+        AtLeast(gateLength, elements, "gate", $"[numTokens={numTokens}, inter={inter}]");
+        AtLeast(upLength, elements, "up", $"[numTokens={numTokens}, inter={inter}]");
+        return SwiGluGrid("swiglu_f32", numTokens, inter);
+    }
+
+    public static KernelLaunch? SwiGluFused(long outputLength, long gateUpLength, bool outputIsGateUp, int numTokens, int inter)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(inter, "inter");
+        if (outputIsGateUp)
+            throw new ArgumentException("swiglu_fused_f32 cannot run in place: output must not overlap gateUp (other blocks would read gateUp rows already overwritten)", "output");
+        AtLeast(outputLength, Elements(numTokens, inter, "output"), "output", $"[numTokens={numTokens}, inter={inter}]");
+        AtLeast(gateUpLength, Elements(numTokens, 2L * inter, "gateUp"), "gateUp", $"[numTokens={numTokens}, 2*inter={2L * inter}]");
+        return SwiGluGrid("swiglu_fused_f32", numTokens, inter);
+    }
+
+    private static KernelLaunch? SwiGluGrid(string kernel, int numTokens, int inter)
+    {
+        if (numTokens == 0 || inter == 0) return null;
+        const int Block = 256;
+        return new KernelLaunch(kernel, (uint)((inter + Block - 1) / Block), (uint)Math.Min(numTokens, MaxGridRows), Block);
+    }
+
+    public static KernelLaunch? ResidualAdd(long xLength, long yLength, int n)
+    {
+        NonNegative(n, "n");
+        AtLeast(xLength, n, "x", $"[n={n}]");
+        AtLeast(yLength, n, "y", $"[n={n}]");
+        if (n == 0) return null;
+        const int Block = 256;
+        long float4Steps = (n + 3L) / 4;
+        return new KernelLaunch("residual_add_f32", (uint)Math.Min((float4Steps + Block - 1) / Block, MaxGridRows), 1, Block);
+    }
+
+    // ---- checks ----------------------------------------------------------------------------------------------------
+
+    private static void NonNegative(int value, string argument)
+    {
+        if (value < 0) throw new ArgumentOutOfRangeException(argument, value, $"{argument} must be >= 0");
+    }
+
+    /// <summary>rows * columns, which abi.h requires to be below 2^31 for every tensor.</summary>
+    private static long Elements(long rows, long columns, string argument)
+    {
+        long n = rows * columns;
+        if (n > int.MaxValue)
+            throw new ArgumentOutOfRangeException(argument, n, $"{argument} would have {n} elements; kernels take tensors of fewer than 2^31 elements");
+        return n;
+    }
+
+    private static void AtLeast(long length, long needed, string argument, string shape)
+    {
+        if (length < needed)
+            throw new ArgumentException($"{argument} holds {length} elements, but its shape {shape} needs {needed}", argument);
+    }
+}

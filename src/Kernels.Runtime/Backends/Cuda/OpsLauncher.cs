@@ -1,0 +1,173 @@
+// One typed method per kernel exported from kernels/ops (kernels/exports.txt): validate, skip empty work, launch.
+using Kernels.Interop;
+
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>
+/// Launches the op kernels of a loaded <see cref="KernelModule"/> on one stream (null: the legacy default stream).
+/// Every method validates shapes and preconditions first (OpsLaunchPlans, no driver call) and throws an
+/// ArgumentException naming the argument, skips the launch when there is nothing to compute, and returns once the
+/// launch is queued: kernel faults surface at the next synchronizing call. Buffers hold at least what the shape needs.
+/// </summary>
+public sealed unsafe class OpsLauncher
+{
+    private readonly KernelModule _module;
+    private readonly CuStreamHandle? _stream;
+
+    public OpsLauncher(KernelModule module, CuStreamHandle? stream = null)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        _module = module;
+        _stream = stream;
+    }
+
+    // ---- embedding_gather_{f32,f16,bf16} ----------------------------------------------------------------------------
+    // out [numTokens, dim] fp32 <- table [vocab, dim] rows ids[t]. Ids must be validated by the caller on the host
+    // (they come from the tokenizer/sampler); an out-of-range id gives a zero row on the GPU instead of a fault.
+
+    public void EmbeddingGatherF32(DeviceBuffer<float> output, DeviceBuffer<float> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
+        EmbeddingGather("embedding_gather_f32", output, table, ids, numTokens, dim, vocab);
+
+    public void EmbeddingGatherF16(DeviceBuffer<float> output, DeviceBuffer<Half> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
+        EmbeddingGather("embedding_gather_f16", output, table, ids, numTokens, dim, vocab);
+
+    /// <summary>bf16 table as raw ushort bits.</summary>
+    public void EmbeddingGatherBF16(DeviceBuffer<float> output, DeviceBuffer<ushort> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
+        EmbeddingGather("embedding_gather_bf16", output, table, ids, numTokens, dim, vocab);
+
+    private void EmbeddingGather<T>(string kernel, DeviceBuffer<float> output, DeviceBuffer<T> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(ids);
+        if (OpsLaunchPlans.EmbeddingGather(kernel, output.Length, table.Length, ids.Length, numTokens, dim, vocab) is not { } plan) return;
+        SameDevice(output, nameof(output));
+        SameDevice(table, nameof(table));
+        SameDevice(ids, nameof(ids));
+        ulong o = output.Pointer, t = table.Pointer, i = ids.Pointer;
+        int nt = numTokens, d = dim, v = vocab;
+        void** args = stackalloc void*[] { &o, &t, &i, &nt, &d, &v };
+        Launch(plan, args);
+    }
+
+    // ---- rms_norm_{f32,f16,bf16} ------------------------------------------------------------------------------------
+    // y [numTokens, dim] = x / sqrt(mean(x^2) + eps) * weight; y may be x.
+
+    public void RmsNormF32(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<float> weight, int numTokens, int dim, float eps) =>
+        RmsNorm("rms_norm_f32", y, x, weight, numTokens, dim, eps);
+
+    public void RmsNormF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> weight, int numTokens, int dim, float eps) =>
+        RmsNorm("rms_norm_f16", y, x, weight, numTokens, dim, eps);
+
+    /// <summary>bf16 weight as raw ushort bits.</summary>
+    public void RmsNormBF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<ushort> weight, int numTokens, int dim, float eps) =>
+        RmsNorm("rms_norm_bf16", y, x, weight, numTokens, dim, eps);
+
+    private void RmsNorm<T>(string kernel, DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> weight, int numTokens, int dim, float eps)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (OpsLaunchPlans.RmsNorm(kernel, y.Length, x.Length, weight.Length, numTokens, dim, eps) is not { } plan) return;
+        SameDevice(y, nameof(y));
+        SameDevice(x, nameof(x));
+        SameDevice(weight, nameof(weight));
+        ulong py = y.Pointer, px = x.Pointer, pw = weight.Pointer;
+        int nt = numTokens, d = dim;
+        float e = eps;
+        void** args = stackalloc void*[] { &py, &px, &pw, &nt, &d, &e };
+        Launch(plan, args);
+    }
+
+    // ---- rope_f32 ---------------------------------------------------------------------------------------------------
+    /// <summary>
+    /// Rotates q [numTokens, numQHeads, headDim] and k [numTokens, numKvHeads, headDim] in place (rotate-half), token t
+    /// at positions[t] (0 &lt;= pos &lt; 2^24, the caller's responsibility), angles positions[t] * invFreq[i].
+    /// <paramref name="k"/> may be null when numKvHeads is 0.
+    /// </summary>
+    public void RopeF32(DeviceBuffer<float> q, DeviceBuffer<float>? k, DeviceBuffer<int> positions, DeviceBuffer<float> invFreq,
+        int numTokens, int numQHeads, int numKvHeads, int headDim)
+    {
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(positions);
+        ArgumentNullException.ThrowIfNull(invFreq);
+        if (OpsLaunchPlans.Rope(q.Length, k?.Length ?? -1, positions.Length, invFreq.Length, numTokens, numQHeads, numKvHeads, headDim) is not { } plan) return;
+        SameDevice(q, nameof(q));
+        if (k != null) SameDevice(k, nameof(k));
+        SameDevice(positions, nameof(positions));
+        SameDevice(invFreq, nameof(invFreq));
+        ulong pq = q.Pointer, pk = k?.Pointer ?? 0, pp = positions.Pointer, pf = invFreq.Pointer;
+        int nt = numTokens, hq = numQHeads, hk = numKvHeads, hd = headDim;
+        void** args = stackalloc void*[] { &pq, &pk, &pp, &pf, &nt, &hq, &hk, &hd };
+        Launch(plan, args);
+    }
+
+    // ---- swiglu_f32, swiglu_fused_f32 -------------------------------------------------------------------------------
+
+    /// <summary>output [numTokens, inter] = silu(gate) * up; output may be gate or up.</summary>
+    public void SwiGluF32(DeviceBuffer<float> output, DeviceBuffer<float> gate, DeviceBuffer<float> up, int numTokens, int inter)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(gate);
+        ArgumentNullException.ThrowIfNull(up);
+        if (OpsLaunchPlans.SwiGlu(output.Length, gate.Length, up.Length, numTokens, inter) is not { } plan) return;
+        SameDevice(output, nameof(output));
+        SameDevice(gate, nameof(gate));
+        SameDevice(up, nameof(up));
+        ulong po = output.Pointer, pg = gate.Pointer, pu = up.Pointer;
+        int nt = numTokens, i = inter;
+        void** args = stackalloc void*[] { &po, &pg, &pu, &nt, &i };
+        Launch(plan, args);
+    }
+
+    /// <summary>output [numTokens, inter] from gateUp [numTokens, 2 * inter] (row = gate then up); no in-place.</summary>
+    public void SwiGluFusedF32(DeviceBuffer<float> output, DeviceBuffer<float> gateUp, int numTokens, int inter)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(gateUp);
+        if (OpsLaunchPlans.SwiGluFused(output.Length, gateUp.Length, ReferenceEquals(output, gateUp), numTokens, inter) is not { } plan) return;
+        SameDevice(output, nameof(output));
+        SameDevice(gateUp, nameof(gateUp));
+        ulong po = output.Pointer, pg = gateUp.Pointer;
+        int nt = numTokens, i = inter;
+        void** args = stackalloc void*[] { &po, &pg, &nt, &i };
+        Launch(plan, args);
+    }
+
+    // ---- residual_add_f32 -------------------------------------------------------------------------------------------
+
+    /// <summary>x[j] += y[j] for j &lt; n; y may be x.</summary>
+    public void ResidualAddF32(DeviceBuffer<float> x, DeviceBuffer<float> y, int n)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(y);
+        if (OpsLaunchPlans.ResidualAdd(x.Length, y.Length, n) is not { } plan) return;
+        SameDevice(x, nameof(x));
+        SameDevice(y, nameof(y));
+        ulong px = x.Pointer, py = y.Pointer;
+        int count = n;
+        void** args = stackalloc void*[] { &px, &py, &count };
+        Launch(plan, args);
+    }
+
+    // ---- launch -----------------------------------------------------------------------------------------------------
+
+    private void SameDevice<T>(DeviceBuffer<T> buffer, string argument) where T : unmanaged
+    {
+        if (buffer.Device.Ordinal != _module.Device.Ordinal)
+            throw new ArgumentException($"{argument} lives on device {buffer.Device.Ordinal}, the kernels on device {_module.Device.Ordinal}", argument);
+    }
+
+    private void Launch(KernelLaunch plan, void** args)
+    {
+        var device = _module.Device;
+        IntPtr function = _module.Function(plan.Kernel);
+        device.MakeCurrent();
+        IntPtr stream = _stream?.DangerousGetHandle() ?? IntPtr.Zero;
+        var result = CuApi.cuLaunchKernel(function, plan.GridX, plan.GridY, 1, plan.BlockX, 1, 1, 0, stream, args, null);
+        if (result != CuResult.Success)
+            throw new CudaException(result, $"cuLaunchKernel({plan.Kernel}, grid ({plan.GridX}, {plan.GridY}), block {plan.BlockX})", device.Ordinal);
+    }
+}

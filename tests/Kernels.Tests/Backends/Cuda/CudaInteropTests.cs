@@ -1,0 +1,140 @@
+// Kernels.Interop without a GPU: error reporting (CudaException, CuResult names) and opening a device that is not there.
+using Kernels.Interop;
+
+namespace Kernels.Tests.Backends.Cuda;
+
+public class CudaInteropTests
+{
+    [Test]
+    public void CudaExceptionCarriesNameDescriptionCallAndDevice()
+    {
+        var e = new CudaException(CuResult.OutOfMemory, "CuApi.cuMemAlloc(out p, 4096)", device: 3);
+        Assert.Multiple(() =>
+        {
+            Assert.That(e.Result, Is.EqualTo(CuResult.OutOfMemory));
+            Assert.That(e.ErrorName, Is.EqualTo("CUDA_ERROR_OUT_OF_MEMORY"));
+            Assert.That(e.ErrorString, Is.Not.Empty);
+            Assert.That(e.Call, Is.EqualTo("CuApi.cuMemAlloc(out p, 4096)"));
+            Assert.That(e.Device, Is.EqualTo(3));
+            Assert.That(e.Message, Does.Contain("CUDA_ERROR_OUT_OF_MEMORY (2)"));
+            Assert.That(e.Message, Does.Contain(e.ErrorString));
+            Assert.That(e.Message, Does.Contain("`CuApi.cuMemAlloc(out p, 4096)`"));
+            Assert.That(e.Message, Does.Contain("on device 3"));
+        });
+    }
+
+    [Test]
+    public void CudaExceptionPutsTheJitLogIntoTheMessage()
+    {
+        var e = new CudaException(CuResult.InvalidPtx, "cuModuleLoadDataEx(image)", 0, "ptxas fatal: Unresolved extern function 'foo'");
+        Assert.That(e.Message, Does.Contain("CUDA_ERROR_INVALID_PTX (218)"));
+        Assert.That(e.Message, Does.Contain("ptxas fatal: Unresolved extern function 'foo'"));
+        Assert.That(e.Detail, Does.Contain("Unresolved extern"));
+    }
+
+    [Test]
+    public void CheckCapturesTheCallTextAndPassesSuccess()
+    {
+        Assert.DoesNotThrow(() => Cu.Check(CuResult.Success));
+        var e = Assert.Throws<CudaException>(() => Cu.Check(Fails(CuResult.NoBinaryForGpu), 1))!;
+        Assert.That(e.Call, Is.EqualTo("Fails(CuResult.NoBinaryForGpu)"));
+        Assert.That(e.Result, Is.EqualTo(CuResult.NoBinaryForGpu));
+        Assert.That(e.Message, Does.Contain("CUDA_ERROR_NO_BINARY_FOR_GPU (209)").And.Contain("on device 1"));
+    }
+
+    private static CuResult Fails(CuResult result) => result;
+
+    [TestCase(CuResult.Success, "CUDA_SUCCESS")]
+    [TestCase(CuResult.InvalidValue, "CUDA_ERROR_INVALID_VALUE")]
+    [TestCase(CuResult.NotInitialized, "CUDA_ERROR_NOT_INITIALIZED")]
+    [TestCase(CuResult.StubLibrary, "CUDA_ERROR_STUB_LIBRARY")]
+    [TestCase(CuResult.NoDevice, "CUDA_ERROR_NO_DEVICE")]
+    [TestCase(CuResult.InvalidImage, "CUDA_ERROR_INVALID_IMAGE")]
+    [TestCase(CuResult.NoBinaryForGpu, "CUDA_ERROR_NO_BINARY_FOR_GPU")]
+    [TestCase(CuResult.InvalidPtx, "CUDA_ERROR_INVALID_PTX")]
+    [TestCase(CuResult.NotFound, "CUDA_ERROR_NOT_FOUND")]
+    [TestCase(CuResult.IllegalAddress, "CUDA_ERROR_ILLEGAL_ADDRESS")]
+    [TestCase(CuResult.LaunchOutOfResources, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")]
+    [TestCase(CuResult.Unknown, "CUDA_ERROR_UNKNOWN")]
+    public void CuResultNamesMatchCudaH(CuResult result, string name)
+    {
+        Assert.That(CuResultNames.Name(result), Is.EqualTo(name));
+    }
+
+    [Test]
+    public void UnknownCuResultIsNamedByNumber()
+    {
+        Assert.That(CuResultNames.Name((CuResult)12345), Is.EqualTo("CUresult 12345"));
+        Assert.That(new CudaException((CuResult)12345, "x()").Message, Does.Contain("12345"));
+    }
+
+    [Test]
+    public void EveryCuResultValueHasTheDriversName()
+    {
+        // cuGetErrorName needs no cuInit and no device, so any installed driver (even one without a GPU) can confirm
+        // that the enum's values are the driver's codes.
+        string? driverName = DriverErrorName(CuResult.NoDevice, out string? why);
+        if (driverName == null) Assert.Ignore($"no CUDA driver library to compare against: {why}");
+        var wrong = Enum.GetValues<CuResult>()
+            .Select(r => (Result: r, Ours: CuResultNames.Name(r), Driver: DriverErrorName(r, out _)))
+            .Where(x => x.Ours != x.Driver).Select(x => $"{x.Result} = {(int)x.Result}: ours {x.Ours}, driver {x.Driver}").ToList();
+        Assert.That(wrong, Is.Empty);
+    }
+
+    private static unsafe string? DriverErrorName(CuResult result, out string? why)
+    {
+        why = null;
+        try
+        {
+            var rc = CuApi.cuGetErrorName(result, out byte* name);
+            if (rc != CuResult.Success) return $"(cuGetErrorName failed: {rc})";
+            return System.Runtime.InteropServices.Marshal.PtrToStringUTF8((IntPtr)name);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            why = e.Message;
+            return null;
+        }
+    }
+
+    [Test]
+    public void OpeningADeviceNeverThrowsAndSaysWhyItFailed()
+    {
+        CudaDevice? device = null;
+        string? why = null;
+        Assert.DoesNotThrow(() => device = CudaDevice.TryOpen(0, out why));
+        using (device)
+        {
+            if (device == null)
+            {
+                // This machine: a driver library that finds no GPU (CUDA_ERROR_NO_DEVICE from cuInit), a stub, or none.
+                Assert.That(why, Is.Not.Null.And.Not.Empty);
+                Assert.That(why, Does.Contain("CUDA_ERROR_").Or.Contain("not found").Or.Contain("could not be used"));
+                var e = Assert.Throws<InvalidOperationException>(() => CudaDevice.Open(0))!;
+                Assert.That(e.Message, Does.StartWith("CUDA unavailable: "));
+            }
+            else
+            {
+                Assert.That(why, Is.Null);
+                Assert.That(device.Name, Is.Not.Empty);
+                Assert.That(device.ComputeCapabilityMajor, Is.GreaterThanOrEqualTo(5));
+            }
+        }
+    }
+
+    [Test]
+    public void ANegativeOrdinalIsReportedNotThrown()
+    {
+        using var device = CudaDevice.TryOpen(-1, out string? why);
+        Assert.That(device, Is.Null);
+        Assert.That(why, Is.Not.Null.And.Not.Empty);
+    }
+
+    [Test]
+    public void DriverProbeStillAnswers()
+    {
+        string? why = null;
+        Assert.DoesNotThrow(() => why = CudaDriverProbe.WhyUnavailable(out _, out _));
+        if (why != null) Assert.That(why, Is.Not.Empty);
+    }
+}

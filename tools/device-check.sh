@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One command on the GPU machine (see ../shared/GPU.md): build the kernels with the local nvcc, then verify every GPU
+# kernel against the CPU reference, twice: the fatbin embedded in the published bench (built where it was published,
+# nvcc 11.8 here) and the fatbin this machine's nvcc just built (--fatbin). Results go to $OUT (default
+# ./device-check-out): verify*.json, logs, the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
+#
+#   prepare (on the dev machine):  ./build.sh publish-device        -> .device/bench/kernels-bench
+#   run (on the GPU machine):      tools/device-check.sh            (from the repository root; needs .device/bench)
+#
+# Exit status: 0 when both verifications pass; otherwise the first failing step's status (verify: 1 = a kernel
+# FAILed, 2 = CUDA or the kernels unavailable).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/device-check-out}
+mkdir -p "$OUT"
+rm -f "$OUT/summary.txt" "$OUT/device-check.tar.gz"
+BENCH=.device/bench/kernels-bench
+status=0
+note() { echo "==> $*" | tee -a "$OUT/summary.txt"; }
+
+note "device-check $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') on $(hostname) at $(date -u +%FT%TZ)"
+(nvidia-smi || echo "nvidia-smi failed") > "$OUT/nvidia-smi.txt" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$OUT/summary.txt"
+
+# ---- kernels with the local nvcc ----------------------------------------------------------------------------------
+FATBIN=""
+if command -v nvcc >/dev/null 2>&1; then
+  note "nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'): kernels for sm_90a"
+  if { cmake -S . -B /tmp/kb -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a && cmake --build /tmp/kb -j16; } \
+       > "$OUT/kernels-build.log" 2>&1; then
+    FATBIN=/tmp/kb/kernels.fatbin
+  else
+    note "the sm_90a build failed (see kernels-build.log); trying the default architectures"
+    if { cmake -S . -B /tmp/kb-default -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/kb-default -j16; } \
+         >> "$OUT/kernels-build.log" 2>&1; then
+      FATBIN=/tmp/kb-default/kernels.fatbin
+    else
+      note "FAIL: the kernels did not build with the local nvcc (see kernels-build.log)"
+      status=1
+    fi
+  fi
+  if [ -n "$FATBIN" ]; then
+    cp "$(dirname "$FATBIN")/kernels.manifest.json" "$OUT/kernels.manifest.json" 2>/dev/null
+    note "built $FATBIN ($(stat -c %s "$FATBIN") bytes)"
+  fi
+else
+  note "nvcc not on PATH: only the embedded fatbin is verified"
+fi
+
+# ---- verify -------------------------------------------------------------------------------------------------------
+if [ ! -x "$BENCH" ]; then
+  note "FAIL: $BENCH is missing: run ./build.sh publish-device first and carry .device/bench"
+  [ "$status" -eq 0 ] && status=2
+else
+  note "verify: the bench's embedded fatbin"
+  "$BENCH" verify --json "$OUT/verify.json" 2>&1 | tee "$OUT/verify.log"
+  rc=${PIPESTATUS[0]}
+  note "verify (embedded) exit $rc"
+  [ "$status" -eq 0 ] && status=$rc
+  if [ -n "$FATBIN" ]; then
+    note "verify: $FATBIN (this machine's nvcc)"
+    "$BENCH" verify --fatbin "$FATBIN" --json "$OUT/verify-local-nvcc.json" 2>&1 | tee "$OUT/verify-local-nvcc.log"
+    rc=${PIPESTATUS[0]}
+    note "verify (local nvcc) exit $rc"
+    [ "$status" -eq 0 ] && status=$rc
+  fi
+fi
+
+note "exit $status"
+tar czf /tmp/device-check.tar.gz -C "$OUT" . && mv /tmp/device-check.tar.gz "$OUT/device-check.tar.gz"
+exit "$status"
