@@ -46,11 +46,24 @@ public static class Program
         var verify = new Command("verify", "Every op kernel vs its CPU reference on random inputs of real shapes; exit 1 on any FAIL, 2 without CUDA");
         foreach (var o in new Option[] { verifyJson, fatbin, seed, ordinal }) verify.Options.Add(o);
         verify.SetAction(p => Verify.Run(p.GetValue(fatbin), p.GetValue(verifyJson), p.GetValue(seed), p.GetValue(ordinal)));
+        var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => "stories260K", Description = "Comma-separated GGUF files; `stories260K` = ../shared/models/stories260K/stories260K.gguf (skipped when absent)" };
+        var peerPrompt = new Option<int>("--prompt") { DefaultValueFactory = _ => 64, Description = "Prompt tokens P" };
+        var peerStoriesPrompt = new Option<int>("--stories-prompt") { DefaultValueFactory = _ => 32, Description = "Prompt tokens P for stories260K (its context is 512)" };
+        var peerGenerate = new Option<int>("--generate") { DefaultValueFactory = _ => 64, Description = "New tokens G per sequence" };
+        var peerSequences = new Option<int>("--sequences") { DefaultValueFactory = _ => 16, Description = "Sequences sharing the prompt" };
+        var peerReps = new Option<int>("--reps") { DefaultValueFactory = _ => 5, Description = "Repetitions of the single-sequence runs (median)" };
+        var peerSharedReps = new Option<int>("--shared-reps") { DefaultValueFactory = _ => 3, Description = "Repetitions of the shared-prompt runs (median)" };
+        var peerLlamaThreads = new Option<int>("--llama-threads") { DefaultValueFactory = _ => 0, Description = "llama.cpp threads (0 = Environment.ProcessorCount, the same as ours)" };
+        var peer = new Command("peer", "CPU side by side with llama.cpp (LLamaSharp) on the same GGUF: 1-sequence pp/tg and N sequences sharing a prompt");
+        foreach (var o in new Option[] { peerModels, peerPrompt, peerStoriesPrompt, peerGenerate, peerSequences, peerReps, peerSharedReps, peerLlamaThreads, json }) peer.Options.Add(o);
+        peer.SetAction(p => Peer.Run(p.GetValue(peerModels)!, p.GetValue(peerPrompt), p.GetValue(peerStoriesPrompt), p.GetValue(peerGenerate),
+            p.GetValue(peerSequences), p.GetValue(peerReps), p.GetValue(peerSharedReps), p.GetValue(peerLlamaThreads), p.GetValue(json)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
         root.Subcommands.Add(latency);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
+        root.Subcommands.Add(peer);
         return root.Parse(args).Invoke();
     }
 
