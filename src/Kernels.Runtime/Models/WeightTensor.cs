@@ -31,6 +31,27 @@ public sealed unsafe class WeightTensor
 
     public string ShapeText => "[" + string.Join(", ", Shape) + "]";
 
+    private int _finite; // 0 unknown, 1 every element finite, 2 some inf or NaN
+
+    /// <summary>
+    /// For F16 tensors: whether no element is an infinity or NaN (no exponent-31 half), checked once on first use; it
+    /// lets the F16 matmul use a cheaper exact widening. Always false for other dtypes (nothing uses it there).
+    /// </summary>
+    public bool AllFinite
+    {
+        get
+        {
+            if (_finite == 0)
+            {
+                // Only F16 is checked (the only dtype with a finite-only fast path); others report false.
+                bool finite = DType == TensorDType.F16 && ElementCount <= int.MaxValue
+                              && DTypeConvert.AllFiniteHalves(new ReadOnlySpan<ushort>(Data, (int)ElementCount));
+                _finite = finite ? 1 : 2;
+            }
+            return _finite == 1;
+        }
+    }
+
     /// <summary>Converts row <paramref name="row"/> of a 2-D view [Rows, Columns] to fp32.</summary>
     public void ReadRow(int row, Span<float> destination)
     {

@@ -1,7 +1,7 @@
 // Conversion of stored weight elements (F32, F16, BF16, Q8_0) to fp32, vectorized where the CPU allows.
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Numerics;
@@ -17,7 +17,7 @@ public static unsafe class DTypeConvert
                 new ReadOnlySpan<float>(source, destination.Length).CopyTo(destination);
                 break;
             case TensorDType.F16:
-                TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(source, destination.Length), destination);
+                HalfToSingle((ushort*)source, destination);
                 break;
             case TensorDType.BF16:
                 BFloat16ToSingle(new ReadOnlySpan<ushort>(source, destination.Length), destination);
@@ -27,6 +27,65 @@ public static unsafe class DTypeConvert
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
+        }
+    }
+
+    /// <summary>
+    /// fp16 to fp32, 8 lanes in integer registers (.NET exposes no F16C): exponent and mantissa shifted into place and
+    /// scaled by 2^112 give every normal and subnormal exactly; infinities and NaNs get an all-ones exponent; the sign
+    /// goes back last. Several times faster than TensorPrimitives' Half conversion on AVX2 (measured), and exact.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> HalfToSingle8(ushort* source)
+    {
+        var h = Avx2.ConvertToVector256Int32(source);
+        var magnitude = h & Vector256.Create(0x7FFF);
+        var bits = Avx2.ShiftLeftLogical(magnitude, 13);
+        var value = bits.AsSingle() * Vector256.Create(5.192296858534828e33f); // 2^112 rebias (15 -> 127)
+        var special = Avx2.CompareGreaterThan(magnitude, Vector256.Create(0x7BFF)).AsSingle();
+        value = Avx.BlendVariable(value, (bits | Vector256.Create(0x7F800000)).AsSingle(), special);
+        return (value.AsInt32() | Avx2.ShiftLeftLogical(h & Vector256.Create(0x8000), 16)).AsSingle();
+    }
+
+    /// <summary>
+    /// fp16 to fp32 for halves known to be finite (no exponent 31): the half moved to the top 16 bits and shifted right
+    /// arithmetically by 3 lands sign, exponent and mantissa in fp32's fields (the masked-off bits 28-30 held sign
+    /// copies); the 2^112 multiply rebiases the exponent and makes subnormals exact. 4 integer/float ops instead of 9.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> FiniteHalfToSingle8(ushort* source)
+    {
+        var top = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(source), 16);
+        var fields = Avx2.ShiftRightArithmetic(top, 3) & Vector256.Create(unchecked((int)0x8FFFE000));
+        return fields.AsSingle() * Vector256.Create(5.192296858534828e33f);
+    }
+
+    /// <summary>Whether no half in the span is an infinity or NaN (exponent field all ones).</summary>
+    public static bool AllFiniteHalves(ReadOnlySpan<ushort> halves)
+    {
+        int i = 0;
+        fixed (ushort* p = halves)
+        {
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var mask = Vector256.Create((ushort)0x7C00);
+                for (; i + 16 <= halves.Length; i += 16)
+                    if (Vector256.EqualsAny(Vector256.Load(p + i) & mask, mask)) return false;
+            }
+            for (; i < halves.Length; i++)
+                if ((p[i] & 0x7C00) == 0x7C00) return false;
+        }
+        return true;
+    }
+
+    public static void HalfToSingle(ushort* source, Span<float> destination)
+    {
+        int n = destination.Length, i = 0;
+        fixed (float* d = destination)
+        {
+            if (Avx2.IsSupported)
+                for (; i + 8 <= n; i += 8) Avx.Store(d + i, HalfToSingle8(source + i));
+            for (; i < n; i++) d[i] = (float)BitConverter.UInt16BitsToHalf(source[i]);
         }
     }
 

@@ -20,6 +20,13 @@ public static unsafe class MatMul
     /// <summary>Rows of W handed to one task: big enough to amortize scheduling, small enough to balance cores.</summary>
     private const int RowsPerTask = 64;
 
+    /// <summary>
+    /// From this many x rows on, F16 weight rows are converted once into a buffer: in registers the widening's
+    /// temporaries and constants next to the 4x3 kernel's 12 accumulators spill (measured: the 4x3 kernel on F16 ran 3x
+    /// slower than the 4x1 one), so only the single-row decode kernel widens in registers.
+    /// </summary>
+    private const int F16BufferedFromRows = 2;
+
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 
@@ -52,7 +59,11 @@ public static unsafe class MatMul
     {
         public void Run(int start, int end, float[]? buffer)
         {
-            bool direct = w.DType is TensorDType.F32 or TensorDType.BF16 or TensorDType.F16;
+            // F16 widening costs ~9 integer ops per 8 weights: in registers for one x row (decode), else once per row
+            // into a buffer (see F16BufferedFromRows).
+            bool f16Direct = w.DType == TensorDType.F16 && rows < F16BufferedFromRows;
+            bool direct = w.DType is TensorDType.F32 or TensorDType.BF16 || f16Direct;
+            bool finite = f16Direct && w.AllFinite;
             if (!direct) buffer ??= new float[4 * k];
             fixed (float* buf = buffer)
             {
@@ -61,7 +72,8 @@ public static unsafe class MatMul
                 {
                     if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 4, (byte*)((float*)w.Data + (long)j * k), k * 4);
                     else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
-                    else if (w.DType == TensorDType.F16) Rows<F16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
+                    else if (f16Direct && finite) Rows<FiniteF16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
+                    else if (f16Direct) Rows<F16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
                     else
                     {
                         DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, 4 * k));
@@ -72,7 +84,8 @@ public static unsafe class MatMul
                 {
                     if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 1, (byte*)((float*)w.Data + (long)j * k), k * 4);
                     else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
-                    else if (w.DType == TensorDType.F16) Rows<F16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
+                    else if (f16Direct && finite) Rows<FiniteF16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
+                    else if (f16Direct) Rows<F16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
                     else
                     {
                         DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, k));
@@ -216,24 +229,21 @@ public static unsafe class MatMul
         public static float LoadScalar(byte* row, int i) => DTypeConvert.BFloat16ToSingle(((ushort*)row)[i]);
     }
 
-    /// <summary>
-    /// fp16 to fp32 in integer registers (no F16C intrinsics in .NET): the exponent and mantissa shifted into place and
-    /// scaled by 2^112 give every normal and subnormal exactly; infinities and NaNs get an all-ones exponent; the
-    /// sign is put back last.
-    /// </summary>
+    /// <summary>fp16 rows widened in registers (DTypeConvert.HalfToSingle8: exact, including subnormals, inf, NaN).</summary>
+    /// <summary>fp16 rows of a tensor without infinities or NaNs: the cheaper exact widening (DTypeConvert.FiniteHalfToSingle8).</summary>
+    private readonly struct FiniteF16Rows : IRowLoad
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load(byte* row, int i) => DTypeConvert.FiniteHalfToSingle8((ushort*)row + i);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
+    }
+
     private readonly struct F16Rows : IRowLoad
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load(byte* row, int i)
-        {
-            var h = Avx2.ConvertToVector256Int32((ushort*)row + i);
-            var magnitude = h & Vector256.Create(0x7FFF);
-            var bits = Avx2.ShiftLeftLogical(magnitude, 13);
-            var value = bits.AsSingle() * Vector256.Create(5.192296858534828e33f); // 2^112 rebias (15 -> 127)
-            var special = Avx2.CompareGreaterThan(magnitude, Vector256.Create(0x7BFF)).AsSingle();
-            value = Avx.BlendVariable(value, (bits | Vector256.Create(0x7F800000)).AsSingle(), special);
-            return (value.AsInt32() | Avx2.ShiftLeftLogical(h & Vector256.Create(0x8000), 16)).AsSingle();
-        }
+        public static Vector256<float> Load(byte* row, int i) => DTypeConvert.HalfToSingle8((ushort*)row + i);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
