@@ -77,27 +77,42 @@ public sealed unsafe class MappedFile : NativeStorage
     }
 }
 
+/// <summary>An aligned native allocation; a SafeHandle, so memory a caller forgot to dispose is still freed.</summary>
+internal sealed unsafe class AlignedMemoryHandle : SafeHandle
+{
+    public long Bytes { get; }
+
+    public AlignedMemoryHandle(long bytes) : base(IntPtr.Zero, ownsHandle: true)
+    {
+        Bytes = Math.Max(bytes, 1);
+        SetHandle((IntPtr)NativeMemory.AlignedAlloc((nuint)Bytes, 64));
+        GC.AddMemoryPressure(Bytes);
+    }
+
+    public override bool IsInvalid => handle == IntPtr.Zero;
+
+    protected override bool ReleaseHandle()
+    {
+        NativeMemory.AlignedFree((void*)handle);
+        GC.RemoveMemoryPressure(Bytes);
+        return true;
+    }
+}
+
 /// <summary>Native memory owned by the model (64-byte aligned for SIMD loads).</summary>
 public sealed unsafe class OwnedStorage : NativeStorage
 {
-    private byte* _pointer;
+    private readonly AlignedMemoryHandle _memory;
     public override long Length { get; }
-    public override byte* Pointer => _pointer != null ? _pointer : throw new ObjectDisposedException(nameof(OwnedStorage));
+    public override byte* Pointer => !_memory.IsClosed ? (byte*)_memory.DangerousGetHandle() : throw new ObjectDisposedException(nameof(OwnedStorage));
 
     public OwnedStorage(long length)
     {
         Length = length;
-        _pointer = (byte*)NativeMemory.AlignedAlloc((nuint)Math.Max(length, 1), 64);
-        GC.AddMemoryPressure(Math.Max(length, 1));
+        _memory = new AlignedMemoryHandle(length);
     }
 
-    public Span<T> AsSpan<T>() where T : unmanaged => new(_pointer, checked((int)(Length / sizeof(T))));
+    public Span<T> AsSpan<T>() where T : unmanaged => new(Pointer, checked((int)(Length / sizeof(T))));
 
-    public override void Dispose()
-    {
-        if (_pointer == null) return;
-        NativeMemory.AlignedFree(_pointer);
-        _pointer = null;
-        GC.RemoveMemoryPressure(Math.Max(Length, 1));
-    }
+    public override void Dispose() => _memory.Dispose();
 }
