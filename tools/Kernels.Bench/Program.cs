@@ -58,7 +58,21 @@ public static class Program
         foreach (var o in new Option[] { peerModels, peerPrompt, peerStoriesPrompt, peerGenerate, peerSequences, peerReps, peerSharedReps, peerLlamaThreads, json }) peer.Options.Add(o);
         peer.SetAction(p => Peer.Run(p.GetValue(peerModels)!, p.GetValue(peerPrompt), p.GetValue(peerStoriesPrompt), p.GetValue(peerGenerate),
             p.GetValue(peerSequences), p.GetValue(peerReps), p.GetValue(peerSharedReps), p.GetValue(peerLlamaThreads), p.GetValue(json)));
+        var tpModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to run" };
+        var tpWorkloads = new Option<string>("--workload") { DefaultValueFactory = _ => "random,system-prompt,few-shot,samples", Description = "Comma-separated: random, system-prompt, few-shot, samples" };
+        var tpRequests = new Option<int>("--requests") { DefaultValueFactory = _ => 32, Description = "Requests per workload" };
+        var tpInput = new Option<int>("--input-len") { DefaultValueFactory = _ => 32, Description = "Mean unique prompt tokens per request" };
+        var tpOutput = new Option<int>("--output-len") { DefaultValueFactory = _ => 32, Description = "Mean output tokens per sequence" };
+        var tpPrefix = new Option<int>("--prefix-len") { DefaultValueFactory = _ => 512, Description = "Shared system prompt tokens" };
+        var tpSamples = new Option<int>("--n") { DefaultValueFactory = _ => 8, Description = "Samples per prompt in the 'samples' workload" };
+        var tpSharing = new Option<string>("--prefix-sharing") { DefaultValueFactory = _ => "both", Description = "on, off or both (side by side)" };
+        tpSharing.AcceptOnlyFromAmong("on", "off", "both");
+        var throughput = new Command("throughput", "Offline batch generation (vLLM-style): requests/s and tokens/s on random and shared-prefix workloads");
+        foreach (var o in new Option[] { tpModel, tpWorkloads, tpRequests, tpInput, tpOutput, tpPrefix, tpSamples, tpSharing, json }) throughput.Options.Add(o);
+        throughput.SetAction(p => Throughput.Run(p.GetValue(tpModel)!, p.GetValue(tpWorkloads)!, p.GetValue(tpRequests), p.GetValue(tpInput), p.GetValue(tpOutput),
+            p.GetValue(tpPrefix), p.GetValue(tpSamples), p.GetValue(tpSharing)!, p.GetValue(json)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
+        root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
