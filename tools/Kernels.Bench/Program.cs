@@ -71,7 +71,12 @@ public static class Program
         foreach (var o in new Option[] { tpModel, tpWorkloads, tpRequests, tpInput, tpOutput, tpPrefix, tpSamples, tpSharing, json }) throughput.Options.Add(o);
         throughput.SetAction(p => Throughput.Run(p.GetValue(tpModel)!, p.GetValue(tpWorkloads)!, p.GetValue(tpRequests), p.GetValue(tpInput), p.GetValue(tpOutput),
             p.GetValue(tpPrefix), p.GetValue(tpSamples), p.GetValue(tpSharing)!, p.GetValue(json)));
+        var quickJson = new Option<string>("--json") { DefaultValueFactory = _ => "bench-quick.json", Description = "Where to write the results document (bench-results.schema.json)" };
+        var quick = new Command("quick", "Every suite on tiny shapes on the CPU, one JSON document (for CI)");
+        quick.Options.Add(quickJson);
+        quick.SetAction((p, _) => Quick.Run(p.GetValue(quickJson)!));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
+        root.Subcommands.Add(quick);
         root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
         root.Subcommands.Add(decode);
@@ -84,7 +89,7 @@ public static class Program
     /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>
     private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double Gflops, double RooflineMs, double RooflineFraction);
 
-    private static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
+    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
     {
         using var model = ModelLoader.Load(modelName);
         using var backend = new CpuBackend(model);

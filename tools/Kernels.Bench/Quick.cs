@@ -1,0 +1,64 @@
+// `kernels-bench quick`: every suite on tiny shapes on the CPU (minutes, for CI), gathered into one JSON document
+// that follows bench-results.schema.json (kept next to this file and copied to the output).
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Kernels.Interop;
+
+namespace Kernels.Bench;
+
+public static class Quick
+{
+    public const string SchemaId = "kernels-bench/results/1";
+
+    public static async Task<int> Run(string jsonPath)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-bench-quick-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string Part(string name) => Path.Combine(dir, name + ".json");
+            Program.Decode("synthetic:tiny", "1,4", steps: 4, context: 16, Part("decode"));
+            SharedPrefix.Run("synthetic:tiny", "4", "64", suffix: 8, steps: 2, Part("prefix"));
+            Throughput.Run("synthetic:tiny", "random,system-prompt,few-shot,samples", requests: 4, inputLength: 8, outputLength: 4,
+                prefixLength: 32, samples: 2, sharing: "both", Part("throughput"));
+            await ServingLatency.Run("synthetic:tiny", clients: 4, requests: 16, maxTokens: 4, promptWords: 4, rate: null, Part("latency"));
+
+            using (var device = CudaDevice.TryOpen(0, out string? why))
+            {
+                var kernels = device == null
+                    ? new JsonObject { ["status"] = "skipped", ["reason"] = $"CUDA unavailable: {why}" }
+                    : new JsonObject { ["status"] = "skipped", ["reason"] = "quick mode runs on the CPU; run `kernels-bench verify` on the GPU" };
+                File.WriteAllText(Part("kernels"), kernels.ToJsonString());
+            }
+
+            var document = new JsonObject
+            {
+                ["schema"] = SchemaId,
+                ["date"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ"),
+                ["machine"] = new JsonObject
+                {
+                    ["cores"] = Environment.ProcessorCount,
+                    ["architecture"] = System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture.ToString(),
+                    ["avx2"] = System.Runtime.Intrinsics.X86.Avx2.IsSupported,
+                    ["os"] = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
+                    ["runtime"] = Environment.Version.ToString(),
+                },
+                ["suites"] = new JsonObject
+                {
+                    ["decode"] = JsonNode.Parse(File.ReadAllText(Part("decode"))),
+                    ["prefix"] = JsonNode.Parse(File.ReadAllText(Part("prefix"))),
+                    ["throughput"] = JsonNode.Parse(File.ReadAllText(Part("throughput"))),
+                    ["latency"] = JsonNode.Parse(File.ReadAllText(Part("latency"))),
+                    ["kernels"] = JsonNode.Parse(File.ReadAllText(Part("kernels"))),
+                },
+            };
+            File.WriteAllText(jsonPath, document.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"wrote {jsonPath} ({SchemaId})");
+            return 0;
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
