@@ -97,6 +97,10 @@ public sealed class InferenceEngine : IDisposable
         }
     }
 
+    /// <summary>An engine over a backend made by the caller (tests wrap the CPU backend); the engine owns both.</summary>
+    internal static InferenceEngine Create(LoadedModel model, IBackend backend, InferenceEngineOptions? options = null) =>
+        new(model, backend, backend.Name, options ?? new InferenceEngineOptions());
+
     /// <summary>Encodes a request's prompt and checks it (throws <see cref="RequestValidationException"/>).</summary>
     public int[] PromptIds(GenerationRequest request) => _scheduler.PromptIds(request);
 
@@ -198,7 +202,16 @@ public sealed class InferenceEngine : IDisposable
                     foreach (int id in _cancels) _scheduler.Cancel(id);
                     _cancels.Clear();
                 }
-                var events = _scheduler.Step();
+                List<GenerationEvent> events;
+                try
+                {
+                    events = _scheduler.Step();
+                }
+                catch (Exception e) when (e is not OutOfMemoryException)
+                {
+                    FailRunning(e);
+                    continue;
+                }
                 long now = Stopwatch.GetTimestamp();
                 foreach (var e in events) Deliver(e, now);
                 Metrics.QueueLength = _scheduler.Waiting;
@@ -227,6 +240,22 @@ public sealed class InferenceEngine : IDisposable
                 _incoming.Clear();
             }
         }
+    }
+
+    /// <summary>
+    /// A step failed (a backend error, KV memory that could not be found): the requests in flight end with that
+    /// error (their streams throw it), their memory is released, and the engine goes on serving new requests.
+    /// </summary>
+    private void FailRunning(Exception error)
+    {
+        _log.LogError(error, "A step failed; the {Count} request(s) in flight end with its error", _running.Count);
+        _scheduler.Clear();
+        foreach (var sub in _running.Values)
+        {
+            sub.Events.Writer.TryComplete(new InvalidOperationException($"generation failed: {error.Message}", error));
+            Metrics.RequestFinished(cancelled: false);
+        }
+        _running.Clear();
     }
 
     private void Deliver(GenerationEvent e, long now)

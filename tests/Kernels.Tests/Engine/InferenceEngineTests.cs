@@ -115,3 +115,45 @@ public class InferenceEngineTests
         Assert.That(result, Is.EqualTo(new[] { FinishReason.Cancelled }), "ended by Dispose, long before its 450 tokens");
     }
 }
+
+public class InferenceEngineFailureTests
+{
+    /// <summary>A CPU backend whose forward step fails once, on demand.</summary>
+    private sealed class FlakyBackend(Kernels.Runtime.Backends.IBackend inner) : Kernels.Runtime.Backends.IBackend
+    {
+        public volatile bool FailNext;
+        public string Name => inner.Name;
+        public ModelConfig Config => inner.Config;
+        public Kernels.Runtime.KvCache.KvBlockPool KvPool => inner.KvPool;
+        public Kernels.Runtime.Backends.IKvCache CreateCache() => inner.CreateCache();
+        public float[][] Forward(IReadOnlyList<Kernels.Runtime.Backends.SequenceStep> batch, Kernels.Runtime.Backends.AttentionPlan? attention = null)
+        {
+            if (FailNext)
+            {
+                FailNext = false;
+                throw new InvalidOperationException("simulated device error");
+            }
+            return inner.Forward(batch, attention);
+        }
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Test]
+    public async Task AFailedStepEndsTheRequestsInFlightAndTheEngineGoesOn()
+    {
+        var model = ModelLoader.Load("synthetic:tiny");
+        var backend = new FlakyBackend(new CpuBackend(model)) { FailNext = true };
+        using var engine = InferenceEngine.Create(model, backend);
+        var request = new GenerationRequest { Prompt = "abc", MaxNewTokens = 5, IgnoreEos = true };
+        var error = Assert.ThrowsAsync<InvalidOperationException>(async () =>
+        {
+            await foreach (var _ in engine.GenerateAsync(request)) { }
+        });
+        Assert.That(error!.Message, Does.Contain("simulated device error"));
+        var tokens = 0;
+        await foreach (var e in engine.GenerateAsync(request))
+            if (e.Token != null) tokens++;
+        Assert.That(tokens, Is.EqualTo(5), "the engine serves the next request");
+        Assert.That(engine.KvPool.FreeBlocks + engine.KvPool.Prefixes.Evictable(), Is.EqualTo(engine.KvPool.Capacity));
+    }
+}
