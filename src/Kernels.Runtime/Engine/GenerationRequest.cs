@@ -41,6 +41,34 @@ public sealed record GenerationEvent(int Request, int Sample, int? Token, string
 
 public sealed record GenerationResult(int Request, int Sample, IReadOnlyList<int> PromptIds, IReadOnlyList<int> Tokens, string Text, FinishReason Finish);
 
+/// <summary>
+/// Folds streamed events into one <see cref="GenerationResult"/> per sample (for callers that want whole results).
+/// Thread-safe: several request streams may feed one collector.
+/// </summary>
+public sealed class GenerationResultCollector(IReadOnlyList<int[]> prompts)
+{
+    private readonly Dictionary<(int, int), (List<int> Tokens, System.Text.StringBuilder Text)> _samples = new();
+    private readonly List<GenerationResult> _results = new();
+
+    /// <summary>Adds an event; <paramref name="request"/> overrides the event's Request index (an engine stream numbers it 0).</summary>
+    public void Add(GenerationEvent e, int? request = null)
+    {
+        int r = request ?? e.Request;
+        lock (_results)
+        {
+            if (!_samples.TryGetValue((r, e.Sample), out var sample)) _samples[(r, e.Sample)] = sample = (new List<int>(), new System.Text.StringBuilder());
+            if (e.Token is int t) sample.Tokens.Add(t);
+            sample.Text.Append(e.Text);
+            if (e.Finish is FinishReason f) _results.Add(new GenerationResult(r, e.Sample, prompts[r], sample.Tokens, sample.Text.ToString(), f));
+        }
+    }
+
+    public IReadOnlyList<GenerationResult> Results
+    {
+        get { lock (_results) return _results.OrderBy(x => x.Request).ThenBy(x => x.Sample).ToArray(); }
+    }
+}
+
 /// <summary>A request that cannot run as given (prompt beyond the context, bad options); the message says why.</summary>
 public sealed class RequestValidationException(string argument, string message) : Exception($"{argument}: {message}")
 {

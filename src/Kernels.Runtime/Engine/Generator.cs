@@ -32,8 +32,13 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
     /// <summary>Runs every request; yields events as tokens are produced. Caches are released when the run ends.</summary>
     public IEnumerable<GenerationEvent> Run(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
+        var prompts = requests.Select(PromptIds).ToArray(); // validate everything before any work
+        return Run(requests, prompts, cancellation);
+    }
+
+    private IEnumerable<GenerationEvent> Run(IReadOnlyList<GenerationRequest> requests, int[][] prompts, CancellationToken cancellation)
+    {
         var scheduler = new Scheduler(backend, tokenizer, _options);
-        var prompts = requests.Select(scheduler.PromptIds).ToArray(); // validate everything before any work
         for (int r = 0; r < requests.Count; r++) scheduler.Submit(r, requests[r], prompts[r]);
         bool cancelled = false;
         try
@@ -59,17 +64,8 @@ public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Genera
     public IReadOnlyList<GenerationResult> Generate(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
         var prompts = requests.Select(PromptIds).ToArray();
-        var tokens = new Dictionary<(int, int), List<int>>();
-        var text = new Dictionary<(int, int), System.Text.StringBuilder>();
-        var results = new List<GenerationResult>();
-        foreach (var e in Run(requests, cancellation))
-        {
-            var key = (e.Request, e.Sample);
-            if (!tokens.TryGetValue(key, out var list)) { tokens[key] = list = new(); text[key] = new(); }
-            if (e.Token is int t) list.Add(t);
-            text[key].Append(e.Text);
-            if (e.Finish is FinishReason f) results.Add(new GenerationResult(e.Request, e.Sample, prompts[e.Request], list, text[key].ToString(), f));
-        }
-        return results.OrderBy(r => r.Request).ThenBy(r => r.Sample).ToArray();
+        var collector = new GenerationResultCollector(prompts);
+        foreach (var e in Run(requests, prompts, cancellation)) collector.Add(e);
+        return collector.Results;
     }
 }

@@ -132,22 +132,12 @@ public sealed class InferenceEngine : IDisposable
     public async Task<IReadOnlyList<GenerationResult>> GenerateAsync(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
         var prompts = requests.Select(PromptIds).ToArray();
-        var tasks = requests.Select(async (r, i) =>
+        var collector = new GenerationResultCollector(prompts);
+        await Task.WhenAll(requests.Select(async (r, i) =>
         {
-            var tokens = new Dictionary<int, List<int>>();
-            var text = new Dictionary<int, System.Text.StringBuilder>();
-            var results = new List<GenerationResult>();
-            await foreach (var e in GenerateAsync(r, cancellation).ConfigureAwait(false))
-            {
-                if (!tokens.TryGetValue(e.Sample, out var list)) { tokens[e.Sample] = list = new(); text[e.Sample] = new(); }
-                if (e.Token is int t) list.Add(t);
-                text[e.Sample].Append(e.Text);
-                if (e.Finish is FinishReason f) results.Add(new GenerationResult(i, e.Sample, prompts[i], list, text[e.Sample].ToString(), f));
-            }
-            return results;
-        }).ToArray();
-        var all = await Task.WhenAll(tasks).ConfigureAwait(false);
-        return all.SelectMany(x => x).OrderBy(r => r.Request).ThenBy(r => r.Sample).ToArray();
+            await foreach (var e in GenerateAsync(r, cancellation).ConfigureAwait(false)) collector.Add(e, request: i);
+        })).ConfigureAwait(false);
+        return collector.Results;
     }
 
     private Submission Submit(GenerationRequest request)

@@ -68,30 +68,23 @@ public static unsafe class MatMul
             fixed (float* buf = buffer)
             {
                 int j = start;
-                for (; j + 4 <= end; j += 4)
-                {
-                    if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 4, (byte*)((float*)w.Data + (long)j * k), k * 4);
-                    else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
-                    else if (f16Direct && finite) Rows<FiniteF16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
-                    else if (f16Direct) Rows<F16Rows>(j, 4, w.Data + (long)j * k * 2, k * 2);
-                    else
-                    {
-                        DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, 4 * k));
-                        Rows<F32Rows>(j, 4, (byte*)buf, k * 4);
-                    }
-                }
-                for (; j < end; j++)
-                {
-                    if (w.DType == TensorDType.F32) Rows<F32Rows>(j, 1, (byte*)((float*)w.Data + (long)j * k), k * 4);
-                    else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
-                    else if (f16Direct && finite) Rows<FiniteF16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
-                    else if (f16Direct) Rows<F16Rows>(j, 1, w.Data + (long)j * k * 2, k * 2);
-                    else
-                    {
-                        DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, k));
-                        Rows<F32Rows>(j, 1, (byte*)buf, k * 4);
-                    }
-                }
+                for (; j + 4 <= end; j += 4) Group(j, 4, f16Direct, finite, buf);
+                for (; j < end; j++) Group(j, 1, f16Direct, finite, buf);
+            }
+        }
+
+        /// <summary>Weight rows j..j+count through the row loader their dtype calls for (or converted into buf).</summary>
+        private void Group(int j, int count, bool f16Direct, bool finite, float* buf)
+        {
+            byte* rows16 = w.Data + (long)j * k * 2;
+            if (w.DType == TensorDType.F32) Rows<F32Rows>(j, count, (byte*)((float*)w.Data + (long)j * k), k * 4);
+            else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, count, rows16, k * 2);
+            else if (f16Direct && finite) Rows<FiniteF16Rows>(j, count, rows16, k * 2);
+            else if (f16Direct) Rows<F16Rows>(j, count, rows16, k * 2);
+            else
+            {
+                DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, count * k));
+                Rows<F32Rows>(j, count, (byte*)buf, k * 4);
             }
         }
 
