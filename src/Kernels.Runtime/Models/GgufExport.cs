@@ -41,6 +41,8 @@ public static class GgufExport
 
         WriteTokenizer(model, w);
 
+        if (model.Weights.Quantization is { } quantized)
+            throw new NotSupportedException($"GGUF export of a {quantized.Method}-quantized model is not supported; export the dense model");
         bool permute = arch == "llama";
         void Add(string name, WeightTensor t, bool matrix, int ropeHeads = 0)
         {
@@ -50,6 +52,7 @@ public static class GgufExport
             if (type == TensorDType.Q8_0 && t.Columns % TensorDTypeInfo.Q8_0BlockSize != 0) type = TensorDType.F16;
             w.Add(new GgufWriter.Tensor(name, t.Shape, type, Encode(values, type)));
         }
+        void AddLinear(string name, LinearWeight linear, int ropeHeads = 0) => Add(name, ((DenseLinear)linear).Weight, true, ropeHeads);
 
         var m = model.Weights;
         Add("token_embd.weight", m.Embedding, matrix: true);
@@ -58,17 +61,17 @@ public static class GgufExport
             var l = m.Layers[i];
             string b = $"blk.{i}.";
             Add(b + "attn_norm.weight", l.AttentionNorm, false);
-            Add(b + "attn_q.weight", l.Wq, true, c.NumHeads);
-            Add(b + "attn_k.weight", l.Wk, true, c.NumKvHeads);
-            Add(b + "attn_v.weight", l.Wv, true);
-            Add(b + "attn_output.weight", l.Wo, true);
+            AddLinear(b + "attn_q.weight", l.Wq, c.NumHeads);
+            AddLinear(b + "attn_k.weight", l.Wk, c.NumKvHeads);
+            AddLinear(b + "attn_v.weight", l.Wv);
+            AddLinear(b + "attn_output.weight", l.Wo);
             if (l.Bq != null) Add(b + "attn_q.bias", l.Bq, false, c.NumHeads);
             if (l.Bk != null) Add(b + "attn_k.bias", l.Bk, false, c.NumKvHeads);
             if (l.Bv != null) Add(b + "attn_v.bias", l.Bv, false);
             Add(b + "ffn_norm.weight", l.FfnNorm, false);
-            Add(b + "ffn_gate.weight", l.Gate, true);
-            Add(b + "ffn_up.weight", l.Up, true);
-            Add(b + "ffn_down.weight", l.Down, true);
+            AddLinear(b + "ffn_gate.weight", l.Gate);
+            AddLinear(b + "ffn_up.weight", l.Up);
+            AddLinear(b + "ffn_down.weight", l.Down);
         }
         Add("output_norm.weight", m.FinalNorm, false);
         if (!ReferenceEquals(m.LmHead, m.Embedding)) Add("output.weight", m.LmHead, true);

@@ -1,4 +1,5 @@
 // Detects a model's format (HF directory, GGUF, llama2.c .bin, synthetic:NAME) and loads config, weights and tokenizer.
+using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;
@@ -33,12 +34,14 @@ public static class ModelLoader
 
     private static LoadedModel LoadHfDirectory(string dir, ModelLoadOptions options)
     {
-        var config = HfConfigReader.Read(Path.Combine(dir, "config.json"));
+        string configPath = Path.Combine(dir, "config.json");
+        var config = HfConfigReader.Read(configPath);
+        var quantization = QuantizationConfig.Read(configPath);
         var files = new List<SafetensorsFile>();
         try
         {
             var lookup = OpenSafetensors(dir, files);
-            var weights = ModelWeights.Build(config, lookup, dir, files);
+            var weights = ModelWeights.Build(config, lookup, dir, files, quantization);
             return new LoadedModel(dir, ModelFormat.HuggingFace, config, weights,
                 () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.ForModelDirectory(dir))
             {

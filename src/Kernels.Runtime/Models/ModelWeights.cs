@@ -1,19 +1,21 @@
 // The weights of a Llama-family model under Hugging Face names, shape-checked against the config, owning their storage.
+using Kernels.Runtime.Quantization;
+
 namespace Kernels.Runtime.Models;
 
 public sealed record LayerWeights(
     WeightTensor AttentionNorm,   // [hidden]
-    WeightTensor Wq,              // [heads * head_dim, hidden]
-    WeightTensor Wk,              // [kv_heads * head_dim, hidden]
-    WeightTensor Wv,              // [kv_heads * head_dim, hidden]
-    WeightTensor Wo,              // [hidden, heads * head_dim]
+    LinearWeight Wq,              // [heads * head_dim, hidden]
+    LinearWeight Wk,              // [kv_heads * head_dim, hidden]
+    LinearWeight Wv,              // [kv_heads * head_dim, hidden]
+    LinearWeight Wo,              // [hidden, heads * head_dim]
     WeightTensor? Bq,             // [heads * head_dim] (Qwen2)
     WeightTensor? Bk,             // [kv_heads * head_dim]
     WeightTensor? Bv,             // [kv_heads * head_dim]
     WeightTensor FfnNorm,         // [hidden]
-    WeightTensor Gate,            // [intermediate, hidden]
-    WeightTensor Up,              // [intermediate, hidden]
-    WeightTensor Down);           // [hidden, intermediate]
+    LinearWeight Gate,            // [intermediate, hidden]
+    LinearWeight Up,              // [intermediate, hidden]
+    LinearWeight Down);           // [hidden, intermediate]
 
 public sealed class ModelWeights : IDisposable
 {
@@ -21,10 +23,14 @@ public sealed class ModelWeights : IDisposable
     public IReadOnlyList<LayerWeights> Layers { get; }
     public WeightTensor FinalNorm { get; }       // [hidden]
     public WeightTensor LmHead { get; }          // [vocab, hidden]; the embedding itself when tied
+    /// <summary>How the layers' linear weights are quantized; null for a dense model.</summary>
+    public QuantizationConfig? Quantization { get; }
     private readonly IReadOnlyList<IDisposable> _owners;
 
-    private ModelWeights(WeightTensor embedding, IReadOnlyList<LayerWeights> layers, WeightTensor finalNorm, WeightTensor lmHead, IReadOnlyList<IDisposable> owners)
+    private ModelWeights(WeightTensor embedding, IReadOnlyList<LayerWeights> layers, WeightTensor finalNorm, WeightTensor lmHead,
+        QuantizationConfig? quantization, IReadOnlyList<IDisposable> owners)
     {
+        Quantization = quantization;
         Embedding = embedding;
         Layers = layers;
         FinalNorm = finalNorm;
@@ -34,10 +40,13 @@ public sealed class ModelWeights : IDisposable
 
     /// <summary>
     /// Assembles the weights from a lookup by Hugging Face tensor name (null when absent). Every shape is checked
-    /// against <paramref name="config"/>; a mismatch names <paramref name="source"/> and the tensor.
+    /// against <paramref name="config"/>; a mismatch names <paramref name="source"/> and the tensor. With
+    /// <paramref name="quantization"/>, a linear layer stored without a dense ".weight" is loaded by that method.
     /// </summary>
-    public static ModelWeights Build(ModelConfig config, Func<string, WeightTensor?> lookup, string source, IReadOnlyList<IDisposable> owners)
+    public static ModelWeights Build(ModelConfig config, Func<string, WeightTensor?> lookup, string source, IReadOnlyList<IDisposable> owners,
+        QuantizationConfig? quantization = null)
     {
+        var method = quantization is null ? null : QuantizationMethods.Find(quantization.Method, source);
         WeightTensor Get(string name, params long[] shape)
         {
             var t = lookup(name) ?? throw new ModelFormatException(source, $"missing tensor '{name}'");
@@ -56,6 +65,16 @@ public sealed class ModelWeights : IDisposable
                 throw new ModelFormatException(source, $"tensor '{t.Name}' has shape {t.ShapeText}, expected [{string.Join(", ", shape)}] from the config");
         }
 
+        LinearWeight Linear(string name, int outFeatures, int inFeatures)
+        {
+            var dense = lookup(name + ".weight");
+            if (dense is null && method is not null) return method.Load(name, outFeatures, inFeatures, lookup, quantization!, source);
+            if (dense is null) throw new ModelFormatException(source, $"missing tensor '{name}.weight'");
+            Check(dense, [outFeatures, inFeatures]);
+            if (!dense.DType.IsNumeric()) throw new ModelFormatException(source, $"tensor '{dense.Name}' is {dense.DType.Name()}; a dense weight must be F32, F16, BF16 or Q8_0");
+            return new DenseLinear(name, dense);
+        }
+
         int h = config.HiddenSize, q = config.QueryDim, kv = config.KvDim, ff = config.IntermediateSize, v = config.VocabSize;
         var embedding = Get("model.embed_tokens.weight", v, h);
         var layers = new LayerWeights[config.NumLayers];
@@ -64,34 +83,37 @@ public sealed class ModelWeights : IDisposable
             string p = $"model.layers.{i}.";
             layers[i] = new LayerWeights(
                 Get(p + "input_layernorm.weight", h),
-                Get(p + "self_attn.q_proj.weight", q, h),
-                Get(p + "self_attn.k_proj.weight", kv, h),
-                Get(p + "self_attn.v_proj.weight", kv, h),
-                Get(p + "self_attn.o_proj.weight", h, q),
+                Linear(p + "self_attn.q_proj", q, h),
+                Linear(p + "self_attn.k_proj", kv, h),
+                Linear(p + "self_attn.v_proj", kv, h),
+                Linear(p + "self_attn.o_proj", h, q),
                 config.AttentionBias ? Get(p + "self_attn.q_proj.bias", q) : Optional(p + "self_attn.q_proj.bias", q),
                 config.AttentionBias ? Get(p + "self_attn.k_proj.bias", kv) : Optional(p + "self_attn.k_proj.bias", kv),
                 config.AttentionBias ? Get(p + "self_attn.v_proj.bias", kv) : Optional(p + "self_attn.v_proj.bias", kv),
                 Get(p + "post_attention_layernorm.weight", h),
-                Get(p + "mlp.gate_proj.weight", ff, h),
-                Get(p + "mlp.up_proj.weight", ff, h),
-                Get(p + "mlp.down_proj.weight", h, ff));
+                Linear(p + "mlp.gate_proj", ff, h),
+                Linear(p + "mlp.up_proj", ff, h),
+                Linear(p + "mlp.down_proj", h, ff));
         }
         var norm = Get("model.norm.weight", h);
         // Some tied checkpoints still carry lm_head.weight; an untied one must.
         var head = config.TieWordEmbeddings ? Optional("lm_head.weight", v, h) ?? embedding : Get("lm_head.weight", v, h);
-        return new ModelWeights(embedding, layers, norm, head, owners);
+        return new ModelWeights(embedding, layers, norm, head, quantization, owners);
     }
 
+    /// <summary>Every stored tensor (quantized layers contribute all of theirs), each once.</summary>
     public IEnumerable<WeightTensor> All()
     {
         yield return Embedding;
         foreach (var l in Layers)
         {
-            yield return l.AttentionNorm; yield return l.Wq; yield return l.Wk; yield return l.Wv; yield return l.Wo;
+            yield return l.AttentionNorm;
+            foreach (var t in new[] { l.Wq, l.Wk, l.Wv, l.Wo }.SelectMany(w => w.Tensors)) yield return t;
             if (l.Bq != null) yield return l.Bq;
             if (l.Bk != null) yield return l.Bk;
             if (l.Bv != null) yield return l.Bv;
-            yield return l.FfnNorm; yield return l.Gate; yield return l.Up; yield return l.Down;
+            yield return l.FfnNorm;
+            foreach (var t in new[] { l.Gate, l.Up, l.Down }.SelectMany(w => w.Tensors)) yield return t;
         }
         yield return FinalNorm;
         if (!ReferenceEquals(LmHead, Embedding)) yield return LmHead;

@@ -100,6 +100,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
         "F32" => TensorDType.F32,
         "F16" => TensorDType.F16,
         "BF16" => TensorDType.BF16,
+        "I8" => TensorDType.I8,
+        "U8" => TensorDType.U8,
+        "I32" => TensorDType.I32,
         _ => null,
     };
 
@@ -108,7 +111,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     {
         var e = Entries.TryGetValue(name, out var x) ? x : throw new ModelFormatException(Path, $"tensor '{name}' not found");
         var dtype = WeightDType(e.DType)
-            ?? throw new ModelFormatException(Path, $"tensor '{name}' has dtype {e.DType}; weights must be F32, F16 or BF16");
+            ?? throw new ModelFormatException(Path, $"tensor '{name}' has dtype {e.DType}; weights must be F32, F16, BF16, I8, U8 or I32");
         return new WeightTensor(name, dtype, e.Shape, _file.Pointer + _dataStart + e.Begin);
     }
 

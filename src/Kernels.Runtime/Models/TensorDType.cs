@@ -8,6 +8,10 @@ public enum TensorDType
     BF16,
     /// <summary>GGML Q8_0: blocks of 32 int8 values with one fp16 scale (34 bytes per block).</summary>
     Q8_0,
+    /// <summary>Raw integers: packed codes, integer scales and zero points of quantized linear layers (never matmul operands).</summary>
+    I8,
+    U8,
+    I32,
 }
 
 public static class TensorDTypeInfo
@@ -21,6 +25,8 @@ public static class TensorDTypeInfo
         TensorDType.F32 => elements * 4,
         TensorDType.F16 or TensorDType.BF16 => elements * 2,
         TensorDType.Q8_0 => elements / Q8_0BlockSize * Q8_0BlockBytes,
+        TensorDType.I8 or TensorDType.U8 => elements,
+        TensorDType.I32 => elements * 4,
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype"),
     };
 
@@ -30,6 +36,12 @@ public static class TensorDTypeInfo
         TensorDType.F16 => "F16",
         TensorDType.BF16 => "BF16",
         TensorDType.Q8_0 => "Q8_0",
+        TensorDType.I8 => "I8",
+        TensorDType.U8 => "U8",
+        TensorDType.I32 => "I32",
         _ => type.ToString(),
     };
+
+    /// <summary>Whether values of this type are real numbers a matmul can read (floats and Q8_0), not raw integers.</summary>
+    public static bool IsNumeric(this TensorDType type) => type is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16 or TensorDType.Q8_0;
 }

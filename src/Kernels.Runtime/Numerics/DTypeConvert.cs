@@ -1,4 +1,4 @@
-// Conversion of stored weight elements (F32, F16, BF16, Q8_0) to fp32, vectorized where the CPU allows.
+// Conversion of stored weight elements (F32, F16, BF16, Q8_0; raw integers by value) to fp32, vectorized where the CPU allows.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -24,6 +24,15 @@ public static unsafe class DTypeConvert
                 break;
             case TensorDType.Q8_0:
                 Q8_0ToSingle(source, destination);
+                break;
+            case TensorDType.I8:
+                for (int i = 0; i < destination.Length; i++) destination[i] = ((sbyte*)source)[i];
+                break;
+            case TensorDType.U8:
+                for (int i = 0; i < destination.Length; i++) destination[i] = source[i];
+                break;
+            case TensorDType.I32:
+                for (int i = 0; i < destination.Length; i++) destination[i] = ((int*)source)[i];
                 break;
             default:
                 throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");

@@ -64,7 +64,7 @@ public class BatchInvarianceTests
     public void MatMulRowsAreBitIdenticalAloneAndInGroups()
     {
         using var model = ModelLoader.Load("synthetic:tiny");
-        var w = model.Weights.Layers[0].Gate; // bf16 [176, 64]
+        var w = ((DenseLinear)model.Weights.Layers[0].Gate).Weight; // bf16 [176, 64]
         var rng = new Random(3);
         int rows = 7;
         var x = Enumerable.Range(0, rows * w.Columns).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();

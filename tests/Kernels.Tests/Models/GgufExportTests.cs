@@ -37,9 +37,9 @@ public class GgufExportTests
             using var exported = ModelLoader.Load(path);
             Assert.That(exported.Config with { EosTokenIds = [], RmsNormEps = 0, MaxPositions = 0 },
                 Is.EqualTo(original.Config with { EosTokenIds = [], RmsNormEps = 0, MaxPositions = 0 }));
-            Assert.That(exported.Weights.Layers[0].Wq.DType, Is.EqualTo(dtype), "q/k keep their stored dtype when their rows are reordered");
-            Assert.That(exported.Weights.Layers[0].Gate.DType, Is.EqualTo(dtype), "gate rows of 64 are whole Q8_0 blocks");
-            Assert.That(exported.Weights.Layers[0].Down.DType, Is.EqualTo(dtype == TensorDType.Q8_0 ? TensorDType.F16 : dtype),
+            Assert.That(((DenseLinear)exported.Weights.Layers[0].Wq).Weight.DType, Is.EqualTo(dtype), "q/k keep their stored dtype when their rows are reordered");
+            Assert.That(((DenseLinear)exported.Weights.Layers[0].Gate).Weight.DType, Is.EqualTo(dtype), "gate rows of 64 are whole Q8_0 blocks");
+            Assert.That(((DenseLinear)exported.Weights.Layers[0].Down).Weight.DType, Is.EqualTo(dtype == TensorDType.Q8_0 ? TensorDType.F16 : dtype),
                 "down rows of 172 are not whole Q8_0 blocks: written as F16");
             var a = Logits(original);
             var b = Logits(exported);

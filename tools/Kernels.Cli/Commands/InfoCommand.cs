@@ -34,6 +34,9 @@ public static class InfoCommand
             o.WriteLine($"bos / eos:          {c.BosTokenId?.ToString() ?? "none"} / {(c.EosTokenIds.Count > 0 ? string.Join(",", c.EosTokenIds) : "none")}");
             var dtypes = loaded.Weights.All().GroupBy(t => t.DType).Select(g => $"{g.Key.Name()} x{g.Count()}");
             o.WriteLine($"weights:            {string.Join(", ", dtypes)} ({loaded.Weights.All().Sum(t => t.ByteLength) / 1e6:F1} MB)");
+            var linears = loaded.Weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down })
+                .GroupBy(l => l.Format).Select(g => $"{g.Key} x{g.Count()}");
+            o.WriteLine($"linear layers:      {string.Join(", ", linears)}{(loaded.Weights.Quantization is { } q ? $" (quantized: {q.Method})" : "")}");
             try
             {
                 var t = loaded.Tokenizer;

@@ -105,9 +105,9 @@ public sealed unsafe class CpuBackend : IBackend
         {
             var w = _weights.Layers[l];
             RmsNorm.Apply(x, _attnNorm[l], (float)c.RmsNormEps, xn, rows);
-            MatMul.Multiply(xn, rows, w.Wq, q, w.Bq);
-            MatMul.Multiply(xn, rows, w.Wk, k, w.Bk);
-            MatMul.Multiply(xn, rows, w.Wv, v, w.Bv);
+            Linear.Multiply(xn, rows, w.Wq, q, w.Bq);
+            Linear.Multiply(xn, rows, w.Wk, k, w.Bk);
+            Linear.Multiply(xn, rows, w.Wv, v, w.Bv);
             Rope.Apply(q, rows, c.NumHeads, c.HeadDim, positions, _invFreq);
             Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, positions, _invFreq);
             for (int s = 0; s < batch.Count; s++)
@@ -120,13 +120,13 @@ public sealed unsafe class CpuBackend : IBackend
                 }
             }
             Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, batch, q, attn, lse, longest);
-            MatMul.Multiply(attn, rows, w.Wo, proj);
+            Linear.Multiply(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
-            MatMul.Multiply(xn, rows, w.Gate, gate);
-            MatMul.Multiply(xn, rows, w.Up, up);
+            Linear.Multiply(xn, rows, w.Gate, gate);
+            Linear.Multiply(xn, rows, w.Up, up);
             SwiGlu.Apply(gate, up, gate);
-            MatMul.Multiply(gate, rows, w.Down, proj);
+            Linear.Multiply(gate, rows, w.Down, proj);
             ResidualAdd.Apply(x, proj);
         }
         for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);

@@ -1,0 +1,20 @@
+// y[T, N] = x[T, K] . W[N, K]^T (+ bias) for any stored form of a linear layer: the one place the CPU backend
+// chooses the kernel for a weight format.
+using Kernels.Runtime.Models;
+
+namespace Kernels.Runtime.Backends.Cpu;
+
+public static class Linear
+{
+    public static void Multiply(ReadOnlySpan<float> x, int rows, LinearWeight w, Span<float> y, WeightTensor? bias = null)
+    {
+        switch (w)
+        {
+            case DenseLinear dense:
+                MatMul.Multiply(x, rows, dense.Weight, y, bias);
+                break;
+            default:
+                throw new NotSupportedException($"{w.Name}: the CPU backend has no kernel for {w.Format} weights");
+        }
+    }
+}
