@@ -75,7 +75,24 @@ public static class Program
         var quick = new Command("quick", "Every suite on tiny shapes on the CPU, one JSON document (for CI)");
         quick.Options.Add(quickJson);
         quick.SetAction((p, _) => Quick.Run(p.GetValue(quickJson)!));
+        var allOut = new Option<string>("--out") { DefaultValueFactory = _ => "bench-results", Description = "Folder for the suites' JSON files" };
+        var allQuick = new Option<bool>("--quick") { Description = "Tiny shapes (CI): checks the suites run, the numbers mean nothing" };
+        var allPeer = new Option<string>("--peer-models") { DefaultValueFactory = _ => "stories260K", Description = "GGUF files for the llama.cpp comparison (see `peer --models`)" };
+        var all = new Command("all", "Every CPU suite (decode, prefix, throughput, latency, peer) into one folder of JSON files, with progress");
+        foreach (var o in new Option[] { allOut, allQuick, allPeer }) all.Options.Add(o);
+        all.SetAction((p, _) => Suites.RunCpu(p.GetValue(allOut)!, p.GetValue(allQuick), p.GetValue(allPeer)!));
+        var reportResults = new Option<string>("--results") { DefaultValueFactory = _ => "bench-results", Description = "Folder of suite JSON files (from `all`, or copied from the GPU machine)" };
+        var reportOut = new Option<string>("--out") { DefaultValueFactory = _ => "BENCHMARKS.md", Description = "Markdown file to write" };
+        var reportCharts = new Option<string>("--charts") { DefaultValueFactory = _ => "docs/bench", Description = "Folder for the PNG charts" };
+        var report = new Command("report", "Tables and PNG charts (Markdown) from a folder of suite results");
+        foreach (var o in new Option[] { reportResults, reportOut, reportCharts }) report.Options.Add(o);
+        report.SetAction(p => Report.Run(p.GetValue(reportResults)!, p.GetValue(reportOut)!, p.GetValue(reportCharts)!));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
+        var rootQuick = new Option<bool>("--quick") { Description = "Same as `quick`: every suite on tiny shapes, bench-quick.json" };
+        root.Options.Add(rootQuick);
+        root.SetAction((p, _) => p.GetValue(rootQuick) ? Quick.Run("bench-quick.json") : Task.FromResult(Help(root)));
+        root.Subcommands.Add(all);
+        root.Subcommands.Add(report);
         root.Subcommands.Add(quick);
         root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
@@ -84,6 +101,12 @@ public static class Program
         root.Subcommands.Add(verify);
         root.Subcommands.Add(peer);
         return root.Parse(args).Invoke();
+    }
+
+    private static int Help(RootCommand root)
+    {
+        root.Parse("--help").Invoke();
+        return 1;
     }
 
     /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>

@@ -17,11 +17,7 @@ public static class Quick
         try
         {
             string Part(string name) => Path.Combine(dir, name + ".json");
-            Program.Decode("synthetic:tiny", "1,4", steps: 4, context: 16, Part("decode"));
-            SharedPrefix.Run("synthetic:tiny", "4", "64", suffix: 8, steps: 2, Part("prefix"));
-            Throughput.Run("synthetic:tiny", "random,system-prompt,few-shot,samples", requests: 4, inputLength: 8, outputLength: 4,
-                prefixLength: 32, samples: 2, sharing: "both", Part("throughput"));
-            await ServingLatency.Run("synthetic:tiny", clients: 4, requests: 16, maxTokens: 4, promptWords: 4, rate: null, Part("latency"));
+            await Suites.RunCpu(dir, quick: true, peerModels: "");
 
             using (var device = CudaDevice.TryOpen(0, out string? why))
             {
