@@ -11,3 +11,7 @@
 #include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
 #include "ops/rope.cuh"             // defines: rope_f32
 #include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32
+
+#include "mma.cuh" // defines: cp.async, ldmatrix, mma.sync m16n8k16 wrappers, fp32 -> f16/bf16 packing
+
+#include "ops/dense_gemm.cuh" // defines: dense_gemm_{f16,bf16}, dense_gemm_small_m_{f16,bf16}
