@@ -8,6 +8,9 @@ public sealed unsafe partial class OpsLauncher
     // y [m, n] fp32 = x [m, k] fp32 (rounded to the weight dtype on load) . w [n, k]^T (+ bias [n]); K % 8 == 0.
     // m <= 16 takes the decode tile, larger m the prefill tile. y must not overlap x.
 
+    /// <summary>Rows up to which dense_gemm_small_m (the decode tile) runs; above it dense_gemm.</summary>
+    public const int GemmSmallMMax = OpsLaunchPlans.GemmSmallMMax;
+
     public void DenseGemmF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> w, DeviceBuffer<Half>? bias, int m, int n, int k) =>
         DenseGemm("f16", y, x, w, bias, m, n, k);
 
