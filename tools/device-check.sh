@@ -2,7 +2,8 @@
 # One command on the GPU machine (see ../shared/GPU.md): build the kernels with the local nvcc, then verify every GPU
 # kernel against the CPU reference, twice: the fatbin embedded in the published bench (built where it was published,
 # nvcc 11.8 here) and the fatbin this machine's nvcc just built (--fatbin). Results go to $OUT (default
-# ./device-check-out): verify*.json, logs, the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
+# ./device-check-out): verify*.json, kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
+# the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
 #
 #   prepare (on the dev machine):  ./build.sh publish-device        -> .device/bench/kernels-bench
 #   run (on the GPU machine):      tools/device-check.sh            (from the repository root; needs .device/bench)
@@ -63,6 +64,20 @@ else
     rc=${PIPESTATUS[0]}
     note "verify (local nvcc) exit $rc"
     [ "$status" -eq 0 ] && status=$rc
+  fi
+fi
+
+# ---- timings: our kernels, then PyTorch baselines on the same shapes -------------------------------------------
+# Timed with the local nvcc's fatbin when there is one (what a GPU deployment would build), else the embedded one.
+# Failures here are reported but do not change the exit status, which belongs to verify.
+if [ -x "$BENCH" ]; then
+  note "kernels: timings -> kernels.json"
+  "$BENCH" kernels ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+  note "kernels exit ${PIPESTATUS[0]}"
+  if [ -f "$OUT/kernels.json" ] && command -v python3 >/dev/null 2>&1; then
+    note "PyTorch baselines -> kernels.json"
+    timeout 300 python3 tools/kernel_baselines.py "$OUT/kernels.json" 2>&1 | tee "$OUT/baselines.log"
+    note "baselines exit ${PIPESTATUS[0]}"
   fi
 fi
 

@@ -36,6 +36,11 @@ enum class DType : int
     X(f16, DType::F16)            \
     X(bf16, DType::BF16)
 
+// The 16-bit subset, for ops whose templated operand feeds tensor cores (mma.sync has f16 and bf16 inputs, no f32).
+#define KERNELS_FOR_EACH_HALF_DTYPE(X) \
+    X(f16, DType::F16)                 \
+    X(bf16, DType::BF16)
+
 #ifdef __CUDACC__
 // Defined here, and this header is included by exactly one translation unit (kernels/kernels.cu).
 // __constant__ and not const: a const variable may be folded away and then cuModuleGetGlobal cannot find it.

@@ -46,6 +46,12 @@ public static class Program
         var verify = new Command("verify", "Every op kernel vs its CPU reference on random inputs of real shapes; exit 1 on any FAIL, 2 without CUDA");
         foreach (var o in new Option[] { verifyJson, fatbin, seed, ordinal }) verify.Options.Add(o);
         verify.SetAction(p => Verify.Run(p.GetValue(fatbin), p.GetValue(verifyJson), p.GetValue(seed), p.GetValue(ordinal)));
+        var kernelsJson = new Option<string>("--json") { DefaultValueFactory = _ => "kernels.json", Description = "Where to write the timings (Report.cs reads kernels.json)" };
+        var kernelsIters = new Option<int>("--iterations") { DefaultValueFactory = _ => 50, Description = "Timed launches per shape (median)" };
+        var kernelsQuick = new Option<bool>("--quick") { Description = "A few small shapes only" };
+        var kernelsCmd = new Command("kernels", "GPU kernel timings (CUDA events, L2 flushed, median) with achieved GB/s, TFLOP/s and the measured roofline; exit 2 without CUDA");
+        foreach (var o in new Option[] { kernelsJson, kernelsIters, kernelsQuick, fatbin, ordinal }) kernelsCmd.Options.Add(o);
+        kernelsCmd.SetAction(p => KernelTimings.Run(p.GetValue(fatbin), p.GetValue(kernelsJson)!, p.GetValue(kernelsIters), p.GetValue(kernelsQuick), p.GetValue(ordinal)));
         var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => "stories260K", Description = "Comma-separated GGUF files; `stories260K` = ../shared/models/stories260K/stories260K.gguf (skipped when absent)" };
         var peerPrompt = new Option<int>("--prompt") { DefaultValueFactory = _ => 64, Description = "Prompt tokens P" };
         var peerStoriesPrompt = new Option<int>("--stories-prompt") { DefaultValueFactory = _ => 32, Description = "Prompt tokens P for stories260K (its context is 512)" };
@@ -99,6 +105,7 @@ public static class Program
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
+        root.Subcommands.Add(kernelsCmd);
         root.Subcommands.Add(peer);
         return root.Parse(args).Invoke();
     }

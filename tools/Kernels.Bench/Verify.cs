@@ -26,6 +26,11 @@ internal static unsafe class Verify
     private static readonly Tolerance RmsNormTol = new(1e-5, "sum of squares: block tree reduction vs sequential SIMD dot, ~sqrt(dim) * 2^-24 relative at dim 4096; the rest is bit-identical");
     private static readonly Tolerance SwiGluTol = new(1e-6, "CUDA expf (2 ulp) vs MathF.Exp; silu carries exp's relative error scaled by exp/(1+exp) <= 1, then one rounded product");
 
+    private static readonly Tolerance GemmF16Tol = new(1e-3, "x rounded to f16 on load (2^-11 relative per product, random signs): the sum's error ~ 2^-12 |x||w| sqrt(K) against max|y| ~ 4 |x||w| sqrt(K); 2^-10 bound with margin");
+    private static readonly Tolerance GemmBF16Tol = new(8e-3, "x rounded to bf16 on load (2^-8 relative per product): the same argument as f16 with 8x the unit roundoff");
+    private static readonly Tolerance AttentionTol = new(1e-4, "fp32 from the same DT-rounded K/V: only summation order and online-softmax rescaling differ (~1 ulp per rescale, a few hundred sequential rescales at 5000 keys)");
+    private static readonly Tolerance SamplingExact = new(0, "same coins (GpuSamplerState = SamplerRng): greedy and index-order draws pick the same token");
+
     private sealed record CaseResult(string Kernel, string Shape, double MaxAbsError, double MeanRelativeError, double Tolerance,
         string ToleranceSource, long Mismatches, long NonFiniteMismatches, bool GuardIntact, bool Pass, string? Error);
 
@@ -129,6 +134,23 @@ internal static unsafe class Verify
             foreach (int t in TokenCounts)
                 foreach (int d in Dims)
                     yield return new Case("residual_add_f32", $"n={t}x{d}", () => ResidualAddCase(t * d));
+            foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
+                foreach (var (m, n, k, bias) in new[] { (1, 4096, 4096, false), (7, 1000, 520, true), (16, 6144, 4096, false), (17, 1000, 264, true), (64, 4096, 4096, false), (256, 1024, 4096, false) })
+                    yield return new Case($"dense_gemm{(m <= OpsLauncher.GemmSmallMMax ? "_small_m" : "")}_{Suffix(dtype)}", $"M={m} N={n} K={k}{(bias ? " +bias" : "")}",
+                        () => GemmCase(dtype, m, n, k, bias));
+            foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
+            {
+                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 1,100,2000 heads 32/8 d=128 bs=16", () => DecodeCase(dtype, [1, 100, 2000], 32, 8, 128, 16));
+                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 5000 heads 28/4 d=128 bs=32 (split)", () => DecodeCase(dtype, [5000], 28, 4, 128, 32));
+                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 17,300,0 heads 8/8 d=64 bs=16", () => DecodeCase(dtype, [17, 300, 0], 8, 8, 64, 16));
+                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 33,700 heads 8/2 d=256 bs=8", () => DecodeCase(dtype, [33, 700], 8, 2, 256, 8));
+                yield return new Case($"paged_prefill_attention_{Suffix(dtype)}", "(n,L) (37,37),(16,300),(1,50) heads 32/8 d=128 bs=16",
+                    () => PrefillCase(dtype, [(37, 37), (16, 300), (1, 50)], 32, 8, 128, 16));
+                yield return new Case($"paged_prefill_attention_{Suffix(dtype)}", "(n,L) (200,260) heads 8/2 d=64 bs=32", () => PrefillCase(dtype, [(200, 260)], 8, 2, 64, 32));
+            }
+            yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
+            yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
+            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000));
         }
 
         // ---- cases ------------------------------------------------------------------------------------------------
@@ -272,6 +294,283 @@ internal static unsafe class Verify
             ops.ResidualAddF32(dx, dy, n);
             Cpu.ResidualAdd.Apply(x, y);
             return Compare("residual_add_f32", $"n={n}", dx, x, Exact);
+        }
+
+        // ---- model kernels: dense GEMM, paged attention, sampling ----------------------------------------------------
+
+        private CaseResult GemmCase(TensorDType dtype, int m, int n, int k, bool withBias)
+        {
+            var x = Normal(m * k, 1f);
+            var w32 = Normal(n * k, 0.05f);
+            var b32 = withBias ? Normal(n, 0.5f) : null;
+            var reference = new float[m * n];
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var y = Output(m * n);
+            string kernel = $"dense_gemm{(m <= OpsLauncher.GemmSmallMMax ? "_small_m" : "")}_{Suffix(dtype)}";
+            if (dtype == TensorDType.F16)
+            {
+                var w = w32.Select(v => (Half)v).ToArray();
+                var b = b32?.Select(v => (Half)v).ToArray() ?? [];
+                fixed (Half* pw = w)
+                fixed (Half* pb = b)
+                    Cpu.MatMul.Multiply(x, m, new WeightTensor("w", dtype, [n, k], (byte*)pw), reference, withBias ? new WeightTensor("b", dtype, [n], (byte*)pb) : null);
+                using var dw = DeviceBuffer<Half>.From(device, w);
+                using var db = withBias ? DeviceBuffer<Half>.From(device, b) : null;
+                ops.DenseGemmF16(y, dx, dw, db, m, n, k);
+                device.Synchronize();
+            }
+            else
+            {
+                var w = w32.Select(DTypeConvert.SingleToBFloat16).ToArray();
+                var b = b32?.Select(DTypeConvert.SingleToBFloat16).ToArray() ?? [];
+                fixed (ushort* pw = w)
+                fixed (ushort* pb = b)
+                    Cpu.MatMul.Multiply(x, m, new WeightTensor("w", dtype, [n, k], (byte*)pw), reference, withBias ? new WeightTensor("b", dtype, [n], (byte*)pb) : null);
+                using var dw = DeviceBuffer<ushort>.From(device, w);
+                using var db = withBias ? DeviceBuffer<ushort>.From(device, b) : null;
+                ops.DenseGemmBF16(y, dx, dw, db, m, n, k);
+                device.Synchronize();
+            }
+            return Compare(kernel, $"M={m} N={n} K={k}{(withBias ? " +bias" : "")}", y, reference, dtype == TensorDType.F16 ? GemmF16Tol : GemmBF16Tol);
+        }
+
+        /// <summary>One layer's paged K/V with random block placement; values already rounded to the storage dtype.</summary>
+        private sealed record PagedCache(float[] K, float[] V, int[][] Blocks, int[] Tables, int NumBlocks, int MaxBlocks, int BlockSize, int KvHeads, int HeadDim);
+
+        private PagedCache MakeCache(TensorDType dtype, int[] lens, int kvHeads, int d, int bs)
+        {
+            int maxBlocks = Math.Max(1, lens.Max(l => (l + bs - 1) / bs));
+            int used = lens.Sum(l => (l + bs - 1) / bs), numBlocks = used + 3;
+            var ids = Enumerable.Range(0, numBlocks).OrderBy(_ => rng.Next()).ToArray(); // scattered blocks
+            var blocks = new int[lens.Length][];
+            var tables = new int[lens.Length * maxBlocks];
+            int next = 0;
+            for (int s = 0; s < lens.Length; s++)
+            {
+                blocks[s] = new int[(lens[s] + bs - 1) / bs];
+                for (int b = 0; b < blocks[s].Length; b++) tables[s * maxBlocks + b] = blocks[s][b] = ids[next++];
+                for (int b = blocks[s].Length; b < maxBlocks; b++) tables[s * maxBlocks + b] = -1; // never read
+            }
+            float[] Round(float[] a) => dtype switch
+            {
+                TensorDType.F16 => a.Select(v => (float)(Half)v).ToArray(),
+                TensorDType.BF16 => a.Select(v => DTypeConvert.BFloat16ToSingle(DTypeConvert.SingleToBFloat16(v))).ToArray(),
+                _ => a,
+            };
+            int n = numBlocks * bs * kvHeads * d;
+            return new PagedCache(Round(Normal(n, 1f)), Round(Normal(n, 1f)), blocks, tables, numBlocks, maxBlocks, bs, kvHeads, d);
+        }
+
+        /// <summary>The CPU storage holding the same blocks, for Attention.Suffix.</summary>
+        private static Cpu.CpuKvStorage CpuStorage(PagedCache c, int heads)
+        {
+            var config = new ModelConfig
+            {
+                Architecture = ModelArchitecture.Llama, HiddenSize = heads * c.HeadDim, IntermediateSize = 1, NumLayers = 1, NumHeads = heads,
+                NumKvHeads = c.KvHeads, HeadDim = c.HeadDim, VocabSize = 1, MaxPositions = 1 << 20,
+            };
+            var storage = new Cpu.CpuKvStorage(config, c.BlockSize);
+            int blockFloats = c.BlockSize * c.KvHeads * c.HeadDim;
+            for (int b = 0; b < c.NumBlocks; b++)
+            {
+                storage.Prepare(b);
+                c.K.AsSpan(b * blockFloats, blockFloats).CopyTo(storage.Keys(0, b));
+                c.V.AsSpan(b * blockFloats, blockFloats).CopyTo(storage.Values(0, b));
+            }
+            return storage;
+        }
+
+        /// <summary>Uploads the cache in dtype, runs <paramref name="run"/> with it, and waits for the GPU.</summary>
+        private R WithCache<R>(TensorDType dtype, PagedCache c, DeviceBuffer<int> lens, Func<object, R> run)
+        {
+            using var tables = DeviceBuffer<int>.From(device, c.Tables);
+            R Go<T>(Func<float, T> convert) where T : unmanaged
+            {
+                using var k = DeviceBuffer<T>.From(device, c.K.Select(convert).ToArray());
+                using var v = DeviceBuffer<T>.From(device, c.V.Select(convert).ToArray());
+                var r = run(new OpsLauncher.PagedKv<T>(k, v, tables, lens, c.NumBlocks, c.BlockSize, c.MaxBlocks));
+                device.Synchronize();
+                return r;
+            }
+            return dtype switch
+            {
+                TensorDType.F16 => Go(v => (Half)v),
+                TensorDType.BF16 => Go(DTypeConvert.SingleToBFloat16),
+                _ => Go(v => v),
+            };
+        }
+
+        private CaseResult DecodeCase(TensorDType dtype, int[] lens, int heads, int kvHeads, int d, int bs)
+        {
+            int seqs = lens.Length;
+            var c = MakeCache(dtype, lens, kvHeads, d, bs);
+            var q = Normal(seqs * heads * d, 1f);
+            var refO = new float[seqs * heads * d];
+            var refLse = Enumerable.Repeat(float.NegativeInfinity, seqs * heads).ToArray();
+            var storage = CpuStorage(c, heads);
+            var layer = new Cpu.Attention.Layer(storage, 0, bs, heads, kvHeads, d);
+            var scores = new float[lens.Max() + 1];
+            var partial = new float[d];
+            fixed (float* pq = q)
+            fixed (float* po = refO)
+            fixed (float* pl = refLse)
+                for (int s = 0; s < seqs; s++)
+                    for (int h = 0; h < heads && lens[s] > 0; h++)
+                        Cpu.Attention.Suffix(layer, c.Blocks[s], pq + s * heads * d, po + s * heads * d, pl + s * heads, 1, lens[s] - 1, 0, h, null, scores, partial);
+
+            using var dq = DeviceBuffer<float>.From(device, q);
+            using var o = Output(seqs * heads * d);
+            using var lse = Output(seqs * heads);
+            using var dLens = DeviceBuffer<int>.From(device, lens);
+            using var ws = DeviceBuffer<float>.Allocate(device, ops.DecodeWorkspaceFloats(seqs, heads, d));
+            int maxLen = lens.Max();
+            int splits = WithCache(dtype, c, dLens, kv => kv switch
+            {
+                OpsLauncher.PagedKv<Half> h => ops.PagedDecodeAttentionF16(o, lse, dq, h, ws, seqs, heads, kvHeads, d, maxLen),
+                OpsLauncher.PagedKv<ushort> b => ops.PagedDecodeAttentionBF16(o, lse, dq, b, ws, seqs, heads, kvHeads, d, maxLen),
+                OpsLauncher.PagedKv<float> f => ops.PagedDecodeAttentionF32(o, lse, dq, f, ws, seqs, heads, kvHeads, d, maxLen),
+                _ => throw new InvalidOperationException(),
+            });
+            string shape = $"lens {string.Join(',', lens)} heads {heads}/{kvHeads} d={d} bs={bs} splits={splits}";
+            return Both($"paged_decode_attention_{Suffix(dtype)}", shape, o, refO, lse, refLse);
+        }
+
+        private CaseResult PrefillCase(TensorDType dtype, (int New, int Len)[] seqsSpec, int heads, int kvHeads, int d, int bs)
+        {
+            int seqs = seqsSpec.Length;
+            var lens = seqsSpec.Select(x => x.Len).ToArray();
+            var qStarts = new int[seqs + 1];
+            for (int s = 0; s < seqs; s++) qStarts[s + 1] = qStarts[s] + seqsSpec[s].New;
+            int tokens = qStarts[seqs], maxNew = seqsSpec.Max(x => x.New);
+            var c = MakeCache(dtype, lens, kvHeads, d, bs);
+            var q = Normal(tokens * heads * d, 1f);
+            var refO = new float[tokens * heads * d];
+            var refLse = Enumerable.Repeat(float.NegativeInfinity, tokens * heads).ToArray();
+            var storage = CpuStorage(c, heads);
+            var layer = new Cpu.Attention.Layer(storage, 0, bs, heads, kvHeads, d);
+            var scores = new float[lens.Max() + 1];
+            var partial = new float[d];
+            fixed (float* pq = q)
+            fixed (float* po = refO)
+            fixed (float* pl = refLse)
+                for (int s = 0; s < seqs; s++)
+                    for (int h = 0; h < heads; h++)
+                        Cpu.Attention.Suffix(layer, c.Blocks[s], pq + qStarts[s] * heads * d, po + qStarts[s] * heads * d, pl + qStarts[s] * heads,
+                            seqsSpec[s].New, lens[s] - seqsSpec[s].New, 0, h, null, scores, partial);
+
+            using var dq = DeviceBuffer<float>.From(device, q);
+            using var o = Output(tokens * heads * d);
+            using var lse = Output(tokens * heads);
+            using var dLens = DeviceBuffer<int>.From(device, lens);
+            using var dStarts = DeviceBuffer<int>.From(device, qStarts);
+            WithCache(dtype, c, dLens, kv =>
+            {
+                switch (kv)
+                {
+                    case OpsLauncher.PagedKv<Half> h: ops.PagedPrefillAttentionF16(o, lse, dq, h, dStarts, seqs, tokens, maxNew, heads, kvHeads, d); break;
+                    case OpsLauncher.PagedKv<ushort> b: ops.PagedPrefillAttentionBF16(o, lse, dq, b, dStarts, seqs, tokens, maxNew, heads, kvHeads, d); break;
+                    case OpsLauncher.PagedKv<float> f: ops.PagedPrefillAttentionF32(o, lse, dq, f, dStarts, seqs, tokens, maxNew, heads, kvHeads, d); break;
+                }
+                return 0;
+            });
+            string shape = $"(n,L) {string.Join(',', seqsSpec.Select(x => $"({x.New},{x.Len})"))} heads {heads}/{kvHeads} d={d} bs={bs}";
+            return Both($"paged_prefill_attention_{Suffix(dtype)}", shape, o, refO, lse, refLse);
+        }
+
+        /// <summary>o and lse both within AttentionTol; the reported errors are the larger of the two.</summary>
+        private CaseResult Both(string kernel, string shape, DeviceBuffer<float> o, float[] refO, DeviceBuffer<float> lse, float[] refLse)
+        {
+            var ro = Compare(kernel, shape + " (o)", o, refO, AttentionTol);
+            var rl = Compare(kernel, shape + " (lse)", lse, refLse, AttentionTol);
+            if (!ro.Pass) return ro;
+            if (!rl.Pass) return rl;
+            return ro with { Shape = shape, MaxAbsError = Math.Max(ro.MaxAbsError, rl.MaxAbsError), MeanRelativeError = Math.Max(ro.MeanRelativeError, rl.MeanRelativeError) };
+        }
+
+        /// <summary>Runs sample_tokens_f32 on <paramref name="logits"/> [rows, vocab]; row r's RNG is (seed, stream r).</summary>
+        private int[] Sample(float[] logits, int rows, int vocab, float[] temperature, int[] topK, float[] topP, float[] minP, ulong seed)
+        {
+            using var tokens = DeviceBuffer<int>.Allocate(device, rows);
+            using var state = DeviceBuffer<ulong>.From(device, Enumerable.Range(0, rows).Select(r => GpuSamplerState.Initial(seed, (ulong)r)).ToArray());
+            using var dl = DeviceBuffer<float>.From(device, logits);
+            using var dt = DeviceBuffer<float>.From(device, temperature);
+            using var dk = DeviceBuffer<int>.From(device, topK);
+            using var dp = DeviceBuffer<float>.From(device, topP);
+            using var dm = DeviceBuffer<float>.From(device, minP);
+            tokens.FillBytes(0xFF);
+            ops.SampleTokensF32(tokens, state, dl, dt, dk, dp, dm, rows, vocab);
+            device.Synchronize();
+            return tokens.ToArray();
+        }
+
+        private static CaseResult TokenResult(string shape, int mismatches, int rows, Tolerance tol) =>
+            new("sample_tokens_f32", shape, mismatches, (double)mismatches / rows, tol.Relative, tol.Source, mismatches, 0, true, mismatches == 0, null);
+
+        private CaseResult SampleGreedyCase(int vocab)
+        {
+            const int Rows = 6;
+            var logits = Normal(Rows * vocab, 3f);
+            logits[1 * vocab + 77] = logits[1 * vocab + 90001] = 50f; // tie: the lower index wins
+            for (int i = 0; i < vocab; i++) logits[2 * vocab + i] = i % 2 == 0 ? float.NegativeInfinity : float.NaN; // no candidate: 0
+            logits[3 * vocab + vocab - 1] = 1e30f;
+            logits[4 * vocab + 5] = float.NaN; // NaN never wins
+            for (int i = 0; i < vocab; i++) logits[5 * vocab + i] -= 300f; // logits far below zero
+            var gpu = Sample(logits, Rows, vocab, new float[Rows], new int[Rows], Enumerable.Repeat(1f, Rows).ToArray(), new float[Rows], 1);
+            int bad = 0;
+            for (int r = 0; r < Rows; r++)
+                if (gpu[r] != Kernels.Runtime.Engine.Sampler.ArgMax(logits.AsSpan(r * vocab, vocab))) bad++;
+            return TokenResult($"greedy rows={Rows} V={vocab} (ties, -inf, NaN)", bad, Rows, SamplingExact);
+        }
+
+        private CaseResult SampleSameCoinsCase(int rows, int vocab)
+        {
+            var logits = Normal(rows * vocab, 2f);
+            var temperature = Enumerable.Repeat(0.7f, rows).ToArray();
+            var minP = Enumerable.Range(0, rows).Select(r => r % 2 == 0 ? 0.05f : 0f).ToArray();
+            const ulong Seed = 2024;
+            var gpu = Sample(logits, rows, vocab, temperature, new int[rows], Enumerable.Repeat(1f, rows).ToArray(), minP, Seed);
+            int bad = 0;
+            for (int r = 0; r < rows; r++)
+            {
+                var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = temperature[r], MinP = minP[r] };
+                int cpu = Kernels.Runtime.Engine.Sampler.Sample(logits.AsSpan(r * vocab, vocab).ToArray(), options, null,
+                    new Kernels.Runtime.Engine.SamplerRng(Seed, (ulong)r).NextDouble());
+                if (cpu != gpu[r]) bad++;
+            }
+            return TokenResult($"T=0.7 min-p rows={rows} V={vocab} same coins", bad, rows, SamplingExact);
+        }
+
+        /// <summary>
+        /// Top-k + top-p walk kept tokens in a different order on the two sides, so the check is distributional: every
+        /// GPU draw must lie in the CPU's kept set, and the total variation distance between the GPU's empirical
+        /// distribution and the CPU's (from a fine grid of coins) must stay below 0.06 (expected ~0.03 for ~40 kept
+        /// tokens and 8192 draws).
+        /// </summary>
+        private CaseResult SampleDistributionCase(int draws, int vocab)
+        {
+            var row = Normal(vocab, 2f);
+            var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 1f, TopK = 50, TopP = 0.9f };
+            const int Grid = 200_000;
+            var cpu = new double[vocab];
+            for (int j = 0; j < Grid; j++)
+                cpu[Kernels.Runtime.Engine.Sampler.Sample(row.ToArray(), options, null, (j + 0.5) / Grid)] += 1.0 / Grid;
+            var logits = new float[draws * vocab];
+            for (int r = 0; r < draws; r++) row.CopyTo(logits, r * vocab);
+            var gpu = Sample(logits, draws, vocab, Enumerable.Repeat(1f, draws).ToArray(), Enumerable.Repeat(50, draws).ToArray(),
+                Enumerable.Repeat(0.9f, draws).ToArray(), new float[draws], 7);
+            var freq = new double[vocab];
+            int outside = 0;
+            foreach (int t in gpu)
+            {
+                if ((uint)t >= (uint)vocab || cpu[t] == 0) { outside++; continue; }
+                freq[t] += 1.0 / draws;
+            }
+            double tv = 0.5 * Enumerable.Range(0, vocab).Sum(i => Math.Abs(freq[i] - cpu[i]));
+            const double Limit = 0.06;
+            bool pass = outside == 0 && tv < Limit;
+            return new CaseResult("sample_tokens_f32", $"T=1 top-k=50 top-p=0.9 V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
+                "distributional: total variation vs the CPU sampler's distribution; draws outside the CPU's kept set count as mismatches",
+                outside, 0, true, pass, null);
         }
 
         // ---- buffers and comparison -------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ public class KernelAbiTests
             ["swiglu"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["swiglu_fused"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["residual_add"] = typeof(Kernels.Runtime.Backends.Cpu.ResidualAdd),
+            ["dense_gemm"] = typeof(Kernels.Runtime.Backends.Cpu.MatMul),
+            ["dense_gemm_small_m"] = typeof(Kernels.Runtime.Backends.Cpu.MatMul),
+            ["paged_decode_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
+            ["paged_prefill_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
+            ["attention_merge"] = typeof(Kernels.Runtime.Numerics.AttentionState),
+            ["sample_tokens"] = typeof(Kernels.Runtime.Engine.Sampler),
         };
         foreach (var name in exports)
         {

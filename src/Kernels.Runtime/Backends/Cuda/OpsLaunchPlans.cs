@@ -2,8 +2,8 @@
 // launchers validate before touching the GPU and the checks are testable on a machine without one (STYLE habit 7).
 namespace Kernels.Runtime.Backends.Cuda;
 
-/// <summary>One launch: which exported kernel and its grid and block (y of the block and z of both are 1).</summary>
-internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint GridY, uint BlockX);
+/// <summary>One launch: which exported kernel and its grid and block (y and z of the block are 1; no dynamic shared memory).</summary>
+internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint GridY, uint BlockX, uint GridZ = 1);
 
 /// <summary>
 /// Each method mirrors an OpsLauncher method: its arguments are the buffer lengths and scalars, named as the launcher
@@ -11,7 +11,7 @@ internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint Gri
 /// when there is nothing to compute (the launcher then skips the launch: a zero grid is a launch error).
 /// Grid and block follow the header comments in kernels/ops/*.cuh (and the table in kernels/README.md).
 /// </summary>
-internal static class OpsLaunchPlans
+internal static partial class OpsLaunchPlans
 {
     /// <summary>gridDim.y and the grid-stride loops' row grid are capped at 65535 (gridDim.y's hardware limit).</summary>
     internal const int MaxGridRows = 65535;

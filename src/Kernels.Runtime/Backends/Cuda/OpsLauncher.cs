@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// ArgumentException naming the argument, skips the launch when there is nothing to compute, and returns once the
 /// launch is queued: kernel faults surface at the next synchronizing call. Buffers hold at least what the shape needs.
 /// </summary>
-public sealed unsafe class OpsLauncher
+public sealed unsafe partial class OpsLauncher
 {
     private readonly KernelModule _module;
     private readonly CuStreamHandle? _stream;
@@ -166,8 +166,8 @@ public sealed unsafe class OpsLauncher
         IntPtr function = _module.Function(plan.Kernel);
         device.MakeCurrent();
         IntPtr stream = _stream?.DangerousGetHandle() ?? IntPtr.Zero;
-        var result = CuApi.cuLaunchKernel(function, plan.GridX, plan.GridY, 1, plan.BlockX, 1, 1, 0, stream, args, null);
+        var result = CuApi.cuLaunchKernel(function, plan.GridX, plan.GridY, plan.GridZ, plan.BlockX, 1, 1, 0, stream, args, null);
         if (result != CuResult.Success)
-            throw new CudaException(result, $"cuLaunchKernel({plan.Kernel}, grid ({plan.GridX}, {plan.GridY}), block {plan.BlockX})", device.Ordinal);
+            throw new CudaException(result, $"cuLaunchKernel({plan.Kernel}, grid ({plan.GridX}, {plan.GridY}, {plan.GridZ}), block {plan.BlockX})", device.Ordinal);
     }
 }

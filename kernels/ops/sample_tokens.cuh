@@ -1,0 +1,313 @@
+// sample_tokens: logits -> one token id per row on the GPU (greedy, or temperature -> min-p -> top-k -> top-p -> draw),
+// with a per-row SplitMix64 state, so only token ids cross to the host. Mirrors Engine/Sampler.Sample (without the
+// repetition penalty, which needs the host's per-sequence seen set: apply it to the logits before this kernel).
+//
+// Math (row r, V = vocab):
+//   best  = argmax_i logits[i], ties to the lowest index, NaN never wins; best = 0 when no logit is > -inf
+//   greedy (temperature[r] <= 0) or a non-finite max: token = best
+//   p_i   = exp((logits[i] - max) / T) (fp32; NaN logits -> 0); p_best = 1 exactly, so min-p is relative to it
+//   kept  = { i : p_i > 0 and p_i >= min_p[r] }
+//   top-k (top_k[r] > 0): the k largest p of kept, ties broken by lower index (the CPU's sort order)
+//   top-p (top_p[r] < 1): walking kept in that order, the shortest prefix whose mass reaches top_p * (kept mass)
+//   draw:  coin = SplitMix64 -> (z >> 11) * 2^-53 in [0, 1); r = coin * (mass of kept); the token is the first kept i
+//          in INDEX order whose running mass exceeds r (the last kept index if rounding leaves r uncovered)
+// Pointers:
+//   tokens      [rows]  int32, written
+//   rng_state   [rows]  uint64, read and written: SplitMix64 state, advanced once per call for every row (greedy rows
+//                       too), exactly like one SamplerRng.NextDouble() per step in the engine's scheduler. Seeded from
+//                       the host with the state SamplerRng(seed, stream) holds after its constructor, so the GPU's
+//                       coins are bit-identical to the CPU's for the same seed and stream.
+//   logits      [rows, V]  fp32, read (not modified: temperature and masks are applied on the fly)
+//   temperature, top_p, min_p [rows] fp32; top_k [rows] int32; read. Off values: top_k 0, top_p 1, min_p 0.
+// Grid:    rows (one block per row; gridDim.x = rows, <= 2^31 - 1); Block: 512 threads (1024 spills under the 64-register cap).
+// Cost:    top-k and top-p thresholds are found by binary search over the fp32 bit patterns of p (31 passes over
+//          the row, each a block reduction; ~17 more over indices for ties), the draw by an ordered block scan.
+//          Without top-k/top-p: three passes. Meant for one call per decode step.
+// Equality with the CPU sampler: greedy is exact (same argmax and tie rule). Random sampling draws from the same
+//          distribution with the same coins, but the CPU walks kept tokens in sorted order when top-k or top-p is
+//          on and in index order otherwise, while this kernel always walks in index order: without top-k/top-p the
+//          same coin gives the same token (up to fp rounding of the running sums at a boundary); with them the kept
+//          set is the same (up to fp rounding of the top-p mass at its boundary) and the token distribution is
+//          equal. Masses are summed in fp64 as on the CPU, in a different order.
+// Empty:   rows == 0 launches nothing; V >= 1 (launcher-checked).
+#pragma once
+
+#include <climits>
+
+#include "common.cuh"
+
+namespace ops
+{
+constexpr int kSampleThreads = 512;
+
+// Block-wide sum/max of any arithmetic type (common.cuh's block_reduce is fp32 only). Every thread gets the result;
+// every thread must call it; safe to call repeatedly.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_allreduce(T v, Op op, T identity)
+{
+    __shared__ T partials[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+    __syncthreads();
+    if (lane == 0) partials[warp] = v;
+    __syncthreads();
+    v = lane < warps ? partials[lane] : identity;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+struct SampleRow
+{
+    const float* logits;
+    int vocab;
+    float max, inv_t, min_p;
+    // top-k cut: p > k_value, or p == k_value and index < k_index. k_value = -1 keeps everything.
+    float k_value;
+    int k_index;
+    // top-p cut, the same form.
+    float p_value;
+    int p_index;
+
+    __device__ __forceinline__ float prob(int i) const
+    {
+        const float x = logits[i];
+        return isnan(x) ? 0.f : expf((x - max) * inv_t);
+    }
+    __device__ __forceinline__ bool kept0(float p) const { return p > 0.f && p >= min_p; }
+    __device__ __forceinline__ bool kept1(int i, float p) const
+    {
+        return kept0(p) && (p > k_value || (p == k_value && i < k_index));
+    }
+    __device__ __forceinline__ bool kept2(int i, float p) const
+    {
+        return kept1(i, p) && (p > p_value || (p == p_value && i < p_index));
+    }
+};
+
+// Smallest index c in [0, V] such that at least `need` elements with p == value (and kept by `level`) have index < c.
+template <typename Kept>
+__device__ int tie_cutoff(const SampleRow& s, float value, int need, Kept kept)
+{
+    int lo = 0, hi = s.vocab; // count(< hi) >= need holds for hi = V
+    while (lo < hi)
+    {
+        const int mid = (lo + hi) >> 1;
+        int c = 0;
+        for (int i = threadIdx.x; i < mid; i += blockDim.x)
+        {
+            const float p = s.prob(i);
+            c += (p == value && kept(i, p)) ? 1 : 0;
+        }
+        c = block_allreduce(c, [](int a, int b) { return a + b; }, 0);
+        if (c >= need) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+__device__ __forceinline__ double splitmix_coin(unsigned long long& state)
+{
+    unsigned long long z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0); // 2^-53
+}
+
+__device__ void sample_tokens(int* tokens, unsigned long long* rng_state, const float* logits, const float* temperature,
+                              const int* top_k, const float* top_p, const float* min_p, int rows, int vocab)
+{
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const float* lr = logits + static_cast<int64_t>(row) * vocab;
+
+    // The coin is drawn first and for every row, so the state advances once per call whatever the options.
+    __shared__ double s_coin;
+    if (threadIdx.x == 0)
+    {
+        unsigned long long st = rng_state[row];
+        s_coin = splitmix_coin(st);
+        rng_state[row] = st;
+    }
+
+    // ---- argmax, lowest index on ties ----
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        if (lr[i] > bv)
+        {
+            bv = lr[i];
+            bi = i;
+        }
+    // Reduce the value first, then the lowest index among the threads holding it.
+    const float row_max = block_allreduce(bv, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
+    int best = block_allreduce(bv == row_max && row_max > -INFINITY ? bi : INT_MAX, [](int a, int b) { return min(a, b); }, INT_MAX);
+    if (best == INT_MAX) best = 0; // every logit -inf or NaN: the CPU's ArgMax returns 0
+
+    const float t = temperature[row];
+    if (!(t > 0.f) || !isfinite(row_max))
+    {
+        if (threadIdx.x == 0) tokens[row] = best;
+        return;
+    }
+
+    SampleRow s{lr, vocab, row_max, 1.f / t, min_p[row] > 0.f ? min_p[row] : 0.f, -1.f, 0, -1.f, 0};
+    const auto add_i = [](int a, int b) { return a + b; };
+    const auto add_d = [](double a, double b) { return a + b; };
+
+    // ---- top-k ----
+    const int k = top_k[row];
+    if (k > 0)
+    {
+        int count = 0;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) count += s.kept0(s.prob(i)) ? 1 : 0;
+        count = block_allreduce(count, add_i, 0);
+        if (count > k)
+        {
+            // Largest bit pattern u with count(p >= u) >= k: the k-th largest p (positive floats order as uints).
+            unsigned lo = 0, hi = 0x3F800001u;
+            while (hi - lo > 1)
+            {
+                const unsigned mid = lo + ((hi - lo) >> 1);
+                const float v = __uint_as_float(mid);
+                int c = 0;
+                for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+                {
+                    const float p = s.prob(i);
+                    c += (s.kept0(p) && p >= v) ? 1 : 0;
+                }
+                c = block_allreduce(c, add_i, 0);
+                if (c >= k) lo = mid;
+                else hi = mid;
+            }
+            const float kv = __uint_as_float(lo);
+            int greater = 0;
+            for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            {
+                const float p = s.prob(i);
+                greater += (s.kept0(p) && p > kv) ? 1 : 0;
+            }
+            greater = block_allreduce(greater, add_i, 0);
+            s.k_index = tie_cutoff(s, kv, k - greater, [&](int, float p) { return s.kept0(p); });
+            s.k_value = kv;
+        }
+    }
+
+    // ---- top-p ----
+    const float tp = top_p[row];
+    if (tp < 1.f)
+    {
+        double mass = 0;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        {
+            const float p = s.prob(i);
+            if (s.kept1(i, p)) mass += p;
+        }
+        mass = block_allreduce(mass, add_d, 0.0);
+        const double target = static_cast<double>(tp) * mass;
+        // Largest u with mass(p >= u) >= target: the p of the last token the sorted walk takes.
+        unsigned lo = 0, hi = 0x3F800001u;
+        while (hi - lo > 1)
+        {
+            const unsigned mid = lo + ((hi - lo) >> 1);
+            const float v = __uint_as_float(mid);
+            double m = 0;
+            for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+            {
+                const float p = s.prob(i);
+                if (s.kept1(i, p) && p >= v) m += p;
+            }
+            m = block_allreduce(m, add_d, 0.0);
+            if (m >= target) lo = mid;
+            else hi = mid;
+        }
+        const float pv = __uint_as_float(lo);
+        double above = 0;
+        int ties = 0;
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        {
+            const float p = s.prob(i);
+            if (s.kept1(i, p) && p > pv) above += p;
+            if (s.kept1(i, p) && p == pv) ++ties;
+        }
+        above = block_allreduce(above, add_d, 0.0);
+        ties = block_allreduce(ties, add_i, 0);
+        // Ties at pv are taken in index order until the running mass reaches the target.
+        int need = 1;
+        while (need < ties && above + static_cast<double>(need) * pv < target) ++need;
+        if (ties > 0)
+        {
+            s.p_index = tie_cutoff(s, pv, need, [&](int i, float p) { return s.kept1(i, p); });
+            s.p_value = pv;
+        }
+    }
+
+    // ---- draw ----
+    double total = 0;
+    int last = -1;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+    {
+        const float p = s.prob(i);
+        if (s.kept2(i, p))
+        {
+            total += p;
+            last = i;
+        }
+    }
+    total = block_allreduce(total, add_d, 0.0);
+    last = block_allreduce(last, [](int a, int b) { return max(a, b); }, -1);
+    if (last < 0)
+    {
+        if (threadIdx.x == 0) tokens[row] = best;
+        return;
+    }
+    const double r = s_coin * total;
+    // Ordered scan in tiles of blockDim.x: the first kept index whose inclusive running mass exceeds r.
+    __shared__ double s_warp[32];
+    __shared__ int s_found;
+    if (threadIdx.x == 0) s_found = INT_MAX;
+    double running = 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int base = 0; base < vocab; base += blockDim.x)
+    {
+        const int i = base + threadIdx.x;
+        double v = 0;
+        if (i < vocab)
+        {
+            const float p = s.prob(i);
+            if (s.kept2(i, p)) v = p;
+        }
+        // inclusive warp scan, then warp offsets
+        double incl = v;
+#pragma unroll
+        for (int off = 1; off < 32; off <<= 1)
+        {
+            const double u = __shfl_up_sync(0xffffffffu, incl, off);
+            if (lane >= off) incl += u;
+        }
+        __syncthreads(); // s_warp of the previous tile is consumed; s_found's init is visible
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        double offset = 0, tile_total = 0;
+        for (int w = 0; w < warps; ++w)
+        {
+            if (w < warp) offset += s_warp[w];
+            tile_total += s_warp[w];
+        }
+        if (v > 0 && running + offset + incl > r) atomicMin(&s_found, i);
+        __syncthreads();
+        if (s_found != INT_MAX) break; // uniform: read after the barrier
+        running += tile_total;
+    }
+    if (threadIdx.x == 0) tokens[row] = s_found != INT_MAX ? s_found : last;
+}
+} // namespace ops
+
+extern "C" __global__ void __launch_bounds__(ops::kSampleThreads)
+    sample_tokens_f32(int* tokens, unsigned long long* rng_state, const float* logits, const float* temperature,
+                      const int* top_k, const float* top_p, const float* min_p, int rows, int vocab)
+{
+    ops::sample_tokens(tokens, rng_state, logits, temperature, top_k, top_p, min_p, rows, vocab);
+}

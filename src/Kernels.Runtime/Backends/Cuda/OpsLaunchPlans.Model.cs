@@ -1,0 +1,158 @@
+// Shape checks and grid choice for the model kernels: dense_gemm, paged decode/prefill attention, attention_merge,
+// sample_tokens (kernels/ops/*.cuh headers give the contracts these mirror). No driver calls: testable without a GPU.
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>
+/// Decode attention as launched: the attention kernel (grid z = splits), and when there is more than one split the
+/// merge of the partials kept in the workspace.
+/// </summary>
+internal readonly record struct DecodeAttentionPlan(KernelLaunch Attention, KernelLaunch? Merge, int NumSplits, int TokensPerSplit);
+
+internal static partial class OpsLaunchPlans
+{
+    /// <summary>dense_gemm_small_m serves M up to this (decode batches); larger M takes the 64x128 prefill tile.</summary>
+    internal const int GemmSmallMMax = 16;
+    /// <summary>Fewest keys a decode split is given (a split's fixed cost: loading q, merging states, one more partial).</summary>
+    internal const int DecodeMinTokensPerSplit = 256;
+    /// <summary>Most decode splits (the merge reads every split's lse per output element).</summary>
+    internal const int DecodeMaxSplits = 32;
+    internal const int SampleThreads = 512;
+
+    public static KernelLaunch? DenseGemm(string suffix, long yLength, long xLength, long wLength, long biasLength, int m, int n, int k)
+    {
+        NonNegative(m, "m");
+        NonNegative(n, "n");
+        if (k <= 0 || k % 8 != 0)
+            throw new ArgumentOutOfRangeException("k", k, "dense_gemm needs K > 0 and K % 8 == 0 (16-byte cp.async chunks of W)");
+        AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
+        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
+        AtLeast(wLength, Elements(n, k, "w"), "w", $"[n={n}, k={k}]");
+        if (biasLength >= 0) AtLeast(biasLength, n, "bias", $"[n={n}]");
+        if (m == 0 || n == 0) return null;
+        if (m <= GemmSmallMMax)
+            return new KernelLaunch($"dense_gemm_small_m_{suffix}", (uint)((n + 15) / 16), 1, 128);
+        long gridY = (m + 63) / 64;
+        if (gridY > MaxGridRows) throw new ArgumentOutOfRangeException("m", m, $"dense_gemm covers at most {MaxGridRows * 64L} rows per launch");
+        return new KernelLaunch($"dense_gemm_{suffix}", (uint)((n + 127) / 128), (uint)gridY, 256);
+    }
+
+    /// <summary>Floats of workspace a split decode needs: partial o and lse for every (sequence, head, split).</summary>
+    public static long DecodeWorkspaceFloats(int numSeqs, int numHeads, int headDim, int numSplits) =>
+        numSplits <= 1 ? 0 : (long)numSeqs * numHeads * numSplits * (headDim + 1);
+
+    /// <summary>
+    /// Splits the context when (sequences x kv heads) blocks would leave the SMs idle: aim for two blocks per SM, with at
+    /// least <see cref="DecodeMinTokensPerSplit"/> keys per split, at most <see cref="DecodeMaxSplits"/> splits, and
+    /// only as many as the workspace holds (-1: no workspace, one split). <paramref name="maxSeqLen"/> only balances the
+    /// splits: the last split takes every key up to the sequence's length whatever it is.
+    /// </summary>
+    public static DecodeAttentionPlan? PagedDecodeAttention(string suffix, long oLength, long lseLength, long qLength, long kCacheLength, long vCacheLength,
+        long blockTablesLength, long seqLensLength, long workspaceLength, int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize,
+        int maxBlocksPerSeq, int numBlocks, int maxSeqLen, int multiprocessors)
+    {
+        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks, [64, 128, 256]);
+        if (numHeads / numKvHeads > 8)
+            throw new ArgumentOutOfRangeException("numHeads", numHeads, $"paged_decode_attention supports up to 8 query heads per kv head, got {numHeads / numKvHeads}");
+        NonNegative(maxSeqLen, "maxSeqLen");
+        long rowsQ = Elements((long)numSeqs * numHeads, headDim, "q");
+        AtLeast(qLength, rowsQ, "q", $"[numSeqs={numSeqs}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(oLength, rowsQ, "o", $"[numSeqs={numSeqs}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(lseLength, (long)numSeqs * numHeads, "lse", $"[numSeqs={numSeqs}, numHeads={numHeads}]");
+        CheckPagedBuffers(kCacheLength, vCacheLength, blockTablesLength, seqLensLength, numSeqs, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks);
+        if (numSeqs == 0) return null;
+        if (numSeqs > MaxGridRows) throw new ArgumentOutOfRangeException("numSeqs", numSeqs, $"at most {MaxGridRows} sequences per launch (grid y)");
+
+        int splits = 1;
+        int blocks = numSeqs * numKvHeads;
+        int wanted = Math.Max(1, (2 * Math.Max(1, multiprocessors) + blocks - 1) / blocks);
+        int byLength = Math.Max(1, (maxSeqLen + DecodeMinTokensPerSplit - 1) / DecodeMinTokensPerSplit);
+        splits = Math.Min(Math.Min(wanted, byLength), DecodeMaxSplits);
+        while (splits > 1 && workspaceLength < DecodeWorkspaceFloats(numSeqs, numHeads, headDim, splits)) splits--;
+        int tokensPerSplit = Math.Max(1, (maxSeqLen + splits - 1) / splits);
+        if (splits > 1) splits = (maxSeqLen + tokensPerSplit - 1) / tokensPerSplit; // no empty trailing split
+        var attention = new KernelLaunch($"paged_decode_attention_{suffix}", (uint)numKvHeads, (uint)numSeqs, 128, (uint)splits);
+        KernelLaunch? merge = splits > 1
+            ? new KernelLaunch("attention_merge_f32", (uint)Math.Min((long)numSeqs * numHeads, MaxGridRows), 1, 128)
+            : null;
+        return new DecodeAttentionPlan(attention, merge, splits, tokensPerSplit);
+    }
+
+    public static KernelLaunch? AttentionMerge(long oLength, long lseLength, long oPartialLength, long lsePartialLength, int rows, int numSplits, int headDim)
+    {
+        NonNegative(rows, "rows");
+        if (numSplits < 1) throw new ArgumentOutOfRangeException("numSplits", numSplits, "numSplits must be >= 1");
+        if (headDim < 1) throw new ArgumentOutOfRangeException("headDim", headDim, "headDim must be >= 1");
+        AtLeast(oLength, Elements(rows, headDim, "o"), "o", $"[rows={rows}, headDim={headDim}]");
+        AtLeast(lseLength, rows, "lse", $"[rows={rows}]");
+        AtLeast(oPartialLength, Elements((long)rows * numSplits, headDim, "oPartial"), "oPartial", $"[rows={rows}, numSplits={numSplits}, headDim={headDim}]");
+        AtLeast(lsePartialLength, (long)rows * numSplits, "lsePartial", $"[rows={rows}, numSplits={numSplits}]");
+        if (rows == 0) return null;
+        return new KernelLaunch("attention_merge_f32", (uint)Math.Min(rows, MaxGridRows), 1, 128);
+    }
+
+    /// <summary><paramref name="maxQueryLen"/> = max over sequences of qStarts[s + 1] - qStarts[s] (the grid's x extent).</summary>
+    public static KernelLaunch? PagedPrefillAttention(string suffix, long oLength, long lseLength, long qLength, long kCacheLength, long vCacheLength,
+        long blockTablesLength, long seqLensLength, long qStartsLength, int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads,
+        int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks)
+    {
+        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks, [64, 128]);
+        NonNegative(numTokens, "numTokens");
+        NonNegative(maxQueryLen, "maxQueryLen");
+        if (maxQueryLen > numTokens) throw new ArgumentOutOfRangeException("maxQueryLen", maxQueryLen, $"maxQueryLen exceeds numTokens = {numTokens}");
+        long elements = Elements((long)numTokens * numHeads, headDim, "q");
+        AtLeast(qLength, elements, "q", $"[numTokens={numTokens}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(oLength, elements, "o", $"[numTokens={numTokens}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(lseLength, (long)numTokens * numHeads, "lse", $"[numTokens={numTokens}, numHeads={numHeads}]");
+        AtLeast(qStartsLength, numSeqs + 1L, "qStarts", $"[numSeqs + 1={numSeqs + 1}]");
+        CheckPagedBuffers(kCacheLength, vCacheLength, blockTablesLength, seqLensLength, numSeqs, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks);
+        if (numSeqs == 0 || maxQueryLen == 0) return null;
+        if (numSeqs > MaxGridRows) throw new ArgumentOutOfRangeException("numSeqs", numSeqs, $"at most {MaxGridRows} sequences per launch (grid z)");
+        if (numHeads > MaxGridRows) throw new ArgumentOutOfRangeException("numHeads", numHeads, $"at most {MaxGridRows} heads (grid y)");
+        return new KernelLaunch($"paged_prefill_attention_{suffix}", (uint)((maxQueryLen + 15) / 16), (uint)numHeads, 128, (uint)numSeqs);
+    }
+
+    public static KernelLaunch? SampleTokens(long tokensLength, long rngStateLength, long logitsLength, long temperatureLength, long topKLength,
+        long topPLength, long minPLength, int rows, int vocab)
+    {
+        NonNegative(rows, "rows");
+        if (vocab < 1) throw new ArgumentOutOfRangeException("vocab", vocab, "vocab must be >= 1");
+        AtLeast(tokensLength, rows, "tokens", $"[rows={rows}]");
+        AtLeast(rngStateLength, rows, "rngState", $"[rows={rows}]");
+        AtLeast(logitsLength, Elements(rows, vocab, "logits"), "logits", $"[rows={rows}, vocab={vocab}]");
+        AtLeast(temperatureLength, rows, "temperature", $"[rows={rows}]");
+        AtLeast(topKLength, rows, "topK", $"[rows={rows}]");
+        AtLeast(topPLength, rows, "topP", $"[rows={rows}]");
+        AtLeast(minPLength, rows, "minP", $"[rows={rows}]");
+        if (rows == 0) return null;
+        return new KernelLaunch("sample_tokens_f32", (uint)rows, 1, SampleThreads);
+    }
+
+    // ---- paged KV checks --------------------------------------------------------------------------------------------
+
+    private static void CheckPagedShape(int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks, int[] headDims)
+    {
+        NonNegative(numSeqs, "numSeqs");
+        if (numKvHeads < 1) throw new ArgumentOutOfRangeException("numKvHeads", numKvHeads, "numKvHeads must be >= 1");
+        if (numHeads < numKvHeads || numHeads % numKvHeads != 0)
+            throw new ArgumentOutOfRangeException("numHeads", numHeads, $"numHeads must be a positive multiple of numKvHeads = {numKvHeads}");
+        if (Array.IndexOf(headDims, headDim) < 0)
+            throw new ArgumentOutOfRangeException("headDim", headDim, $"this kernel supports head_dim in {{{string.Join(", ", headDims)}}}");
+        if (blockSize < 1) throw new ArgumentOutOfRangeException("blockSize", blockSize, "blockSize must be >= 1");
+        if (maxBlocksPerSeq < 1) throw new ArgumentOutOfRangeException("maxBlocksPerSeq", maxBlocksPerSeq, "maxBlocksPerSeq must be >= 1");
+        NonNegative(numBlocks, "numBlocks");
+        if ((long)maxBlocksPerSeq * blockSize > int.MaxValue)
+            throw new ArgumentOutOfRangeException("maxBlocksPerSeq", maxBlocksPerSeq, "maxBlocksPerSeq * blockSize must fit an int32 position");
+    }
+
+    private static void CheckPagedBuffers(long kCacheLength, long vCacheLength, long blockTablesLength, long seqLensLength, int numSeqs, int numKvHeads,
+        int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks)
+    {
+        // The cache may exceed 2^31 elements in total: kernels index it with 64-bit offsets, so only its length is checked.
+        long cache = (long)numBlocks * blockSize * numKvHeads * headDim;
+        string shape = $"[numBlocks={numBlocks}, blockSize={blockSize}, numKvHeads*headDim={numKvHeads * headDim}]";
+        AtLeast(kCacheLength, cache, "kCache", shape);
+        AtLeast(vCacheLength, cache, "vCache", shape);
+        AtLeast(blockTablesLength, Elements(numSeqs, maxBlocksPerSeq, "blockTables"), "blockTables", $"[numSeqs={numSeqs}, maxBlocksPerSeq={maxBlocksPerSeq}]");
+        AtLeast(seqLensLength, numSeqs, "seqLens", $"[numSeqs={numSeqs}]");
+    }
+}

@@ -1,0 +1,201 @@
+// Launchers of the model kernels: dense_gemm, paged decode/prefill attention (+ attention_merge), sample_tokens.
+// bf16 buffers are raw ushort bits, f16 buffers Half, as in OpsLauncher.cs.
+namespace Kernels.Runtime.Backends.Cuda;
+
+public sealed unsafe partial class OpsLauncher
+{
+    // ---- dense_gemm_{f16,bf16}, dense_gemm_small_m_{f16,bf16} --------------------------------------------------------
+    // y [m, n] fp32 = x [m, k] fp32 (rounded to the weight dtype on load) . w [n, k]^T (+ bias [n]); K % 8 == 0.
+    // m <= 16 takes the decode tile, larger m the prefill tile. y must not overlap x.
+
+    /// <summary>Rows up to which dense_gemm_small_m (the decode tile) runs; above it dense_gemm.</summary>
+    public const int GemmSmallMMax = OpsLaunchPlans.GemmSmallMMax;
+
+    public void DenseGemmF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> w, DeviceBuffer<Half>? bias, int m, int n, int k) =>
+        DenseGemm("f16", y, x, w, bias, m, n, k);
+
+    public void DenseGemmBF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<ushort> w, DeviceBuffer<ushort>? bias, int m, int n, int k) =>
+        DenseGemm("bf16", y, x, w, bias, m, n, k);
+
+    private void DenseGemm<T>(string suffix, DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> w, DeviceBuffer<T>? bias, int m, int n, int k)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(w);
+        if (ReferenceEquals(y, x)) throw new ArgumentException("dense_gemm cannot run in place: y must not overlap x", nameof(y));
+        if (OpsLaunchPlans.DenseGemm(suffix, y.Length, x.Length, w.Length, bias?.Length ?? -1, m, n, k) is not { } plan) return;
+        SameDevice(y, nameof(y));
+        SameDevice(x, nameof(x));
+        SameDevice(w, nameof(w));
+        if (bias != null) SameDevice(bias, nameof(bias));
+        ulong py = y.Pointer, px = x.Pointer, pw = w.Pointer, pb = bias?.Pointer ?? 0;
+        int mm = m, nn = n, kk = k;
+        void** args = stackalloc void*[] { &py, &px, &pw, &pb, &mm, &nn, &kk };
+        Launch(plan, args);
+    }
+
+    // ---- paged_decode_attention_{f32,f16,bf16} (+ attention_merge_f32) ------------------------------------------------
+
+    /// <summary>The KV cache of one layer and its paging, as the attention kernels read it.</summary>
+    /// <param name="KCache">[NumBlocks, BlockSize, NumKvHeads * HeadDim]</param>
+    /// <param name="BlockTables">[numSeqs, MaxBlocksPerSeq] block ids</param>
+    /// <param name="SeqLens">[numSeqs] keys per sequence (new tokens already appended)</param>
+    public sealed record PagedKv<T>(DeviceBuffer<T> KCache, DeviceBuffer<T> VCache, DeviceBuffer<int> BlockTables, DeviceBuffer<int> SeqLens,
+        int NumBlocks, int BlockSize, int MaxBlocksPerSeq) where T : unmanaged;
+
+    /// <summary>
+    /// o [numSeqs, numHeads, headDim] and lse [numSeqs, numHeads] (natural log) of one query token per sequence.
+    /// <paramref name="workspace"/> (null: never split) holds the split partials; size it with
+    /// <see cref="DecodeWorkspaceFloats"/>. <paramref name="maxSeqLen"/> balances the splits (any value is correct).
+    /// Returns the number of splits used.
+    /// </summary>
+    public int PagedDecodeAttentionF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<Half> kv, DeviceBuffer<float>? workspace,
+        int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
+        PagedDecodeAttention("f16", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+
+    public int PagedDecodeAttentionBF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<ushort> kv, DeviceBuffer<float>? workspace,
+        int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
+        PagedDecodeAttention("bf16", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+
+    public int PagedDecodeAttentionF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<float> kv, DeviceBuffer<float>? workspace,
+        int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
+        PagedDecodeAttention("f32", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+
+    /// <summary>Workspace floats that allow the most splits this device would use for the shape.</summary>
+    public int DecodeWorkspaceFloats(int numSeqs, int numHeads, int headDim) =>
+        checked((int)OpsLaunchPlans.DecodeWorkspaceFloats(numSeqs, numHeads, headDim, OpsLaunchPlans.DecodeMaxSplits));
+
+    private int PagedDecodeAttention<T>(string suffix, DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
+        DeviceBuffer<float>? workspace, int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(kv);
+        if (OpsLaunchPlans.PagedDecodeAttention(suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
+                kv.SeqLens.Length, workspace?.Length ?? -1, numSeqs, numHeads, numKvHeads, headDim, kv.BlockSize, kv.MaxBlocksPerSeq, kv.NumBlocks,
+                maxSeqLen, _module.Device.MultiprocessorCount) is not { } plan) return 0;
+        SameDevice(o, nameof(o));
+        SameDevice(lse, nameof(lse));
+        SameDevice(q, nameof(q));
+        SameDevice(kv.KCache, nameof(kv));
+        SameDevice(kv.VCache, nameof(kv));
+        SameDevice(kv.BlockTables, nameof(kv));
+        SameDevice(kv.SeqLens, nameof(kv));
+        if (workspace != null) SameDevice(workspace, nameof(workspace));
+        long partialO = (long)numSeqs * numHeads * plan.NumSplits * headDim;
+        ulong pw = workspace?.Pointer ?? 0;
+        // One split writes o and lse directly (the partial layout with num_splits = 1 is theirs).
+        ulong po = plan.Merge == null ? o.Pointer : pw, pl = plan.Merge == null ? lse.Pointer : pw + (ulong)(partialO * sizeof(float));
+        ulong pq = q.Pointer, pk = kv.KCache.Pointer, pv = kv.VCache.Pointer, pt = kv.BlockTables.Pointer, ps = kv.SeqLens.Pointer;
+        int ns = numSeqs, nh = numHeads, nkv = numKvHeads, hd = headDim, bs = kv.BlockSize, mb = kv.MaxBlocksPerSeq, nb = kv.NumBlocks, tps = plan.TokensPerSplit;
+        float scale = 1f / MathF.Sqrt(headDim); // the CPU reference's scale, bit for bit
+        void** args = stackalloc void*[] { &po, &pl, &pq, &pk, &pv, &pt, &ps, &ns, &nh, &nkv, &hd, &bs, &mb, &nb, &tps, &scale };
+        Launch(plan.Attention, args);
+        if (plan.Merge is { } merge)
+        {
+            ulong mo = o.Pointer, ml = lse.Pointer;
+            int rows = numSeqs * numHeads, splits = plan.NumSplits, d = headDim;
+            void** margs = stackalloc void*[] { &mo, &ml, &po, &pl, &rows, &splits, &d };
+            Launch(merge, margs);
+        }
+        return plan.NumSplits;
+    }
+
+    /// <summary>(o, lse) [rows, headDim], [rows] = merge of numSplits partial states per row (attention_merge_f32).</summary>
+    public void AttentionMergeF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> oPartial, DeviceBuffer<float> lsePartial,
+        int rows, int numSplits, int headDim)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(oPartial);
+        ArgumentNullException.ThrowIfNull(lsePartial);
+        if (OpsLaunchPlans.AttentionMerge(o.Length, lse.Length, oPartial.Length, lsePartial.Length, rows, numSplits, headDim) is not { } plan) return;
+        SameDevice(o, nameof(o));
+        SameDevice(lse, nameof(lse));
+        SameDevice(oPartial, nameof(oPartial));
+        SameDevice(lsePartial, nameof(lsePartial));
+        ulong mo = o.Pointer, ml = lse.Pointer, po = oPartial.Pointer, pl = lsePartial.Pointer;
+        int r = rows, s = numSplits, d = headDim;
+        void** args = stackalloc void*[] { &mo, &ml, &po, &pl, &r, &s, &d };
+        Launch(plan, args);
+    }
+
+    // ---- paged_prefill_attention_{f32,f16,bf16} ---------------------------------------------------------------------
+
+    /// <summary>
+    /// Causal attention of new tokens: q, o [numTokens, numHeads, headDim], lse [numTokens, numHeads]; sequence s owns
+    /// rows [qStarts[s], qStarts[s + 1]) at positions seqLens[s] - n_s + i. <paramref name="maxQueryLen"/> = the largest n_s.
+    /// </summary>
+    public void PagedPrefillAttentionF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<Half> kv, DeviceBuffer<int> qStarts,
+        int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
+        PagedPrefillAttention("f16", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+
+    public void PagedPrefillAttentionBF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<ushort> kv, DeviceBuffer<int> qStarts,
+        int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
+        PagedPrefillAttention("bf16", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+
+    public void PagedPrefillAttentionF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<float> kv, DeviceBuffer<int> qStarts,
+        int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
+        PagedPrefillAttention("f32", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+
+    private void PagedPrefillAttention<T>(string suffix, DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
+        DeviceBuffer<int> qStarts, int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(kv);
+        ArgumentNullException.ThrowIfNull(qStarts);
+        if (OpsLaunchPlans.PagedPrefillAttention(suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
+                kv.SeqLens.Length, qStarts.Length, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim, kv.BlockSize, kv.MaxBlocksPerSeq,
+                kv.NumBlocks) is not { } plan) return;
+        SameDevice(o, nameof(o));
+        SameDevice(lse, nameof(lse));
+        SameDevice(q, nameof(q));
+        SameDevice(kv.KCache, nameof(kv));
+        SameDevice(kv.VCache, nameof(kv));
+        SameDevice(kv.BlockTables, nameof(kv));
+        SameDevice(kv.SeqLens, nameof(kv));
+        SameDevice(qStarts, nameof(qStarts));
+        ulong po = o.Pointer, pl = lse.Pointer, pq = q.Pointer, pk = kv.KCache.Pointer, pv = kv.VCache.Pointer, pt = kv.BlockTables.Pointer,
+            ps = kv.SeqLens.Pointer, pqs = qStarts.Pointer;
+        int ns = numSeqs, nh = numHeads, nkv = numKvHeads, hd = headDim, bs = kv.BlockSize, mb = kv.MaxBlocksPerSeq, nb = kv.NumBlocks;
+        float scale = 1f / MathF.Sqrt(headDim);
+        void** args = stackalloc void*[] { &po, &pl, &pq, &pk, &pv, &pt, &ps, &pqs, &ns, &nh, &nkv, &hd, &bs, &mb, &nb, &scale };
+        Launch(plan, args);
+    }
+
+    // ---- sample_tokens_f32 ------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// tokens [rows] from logits [rows, vocab] with per-row options (temperature &lt;= 0: greedy; topK 0, topP 1, minP 0:
+    /// off). <paramref name="rngState"/> [rows] holds each row's SplitMix64 state (<see cref="GpuSamplerState"/>) and
+    /// advances once per call.
+    /// </summary>
+    public void SampleTokensF32(DeviceBuffer<int> tokens, DeviceBuffer<ulong> rngState, DeviceBuffer<float> logits, DeviceBuffer<float> temperature,
+        DeviceBuffer<int> topK, DeviceBuffer<float> topP, DeviceBuffer<float> minP, int rows, int vocab)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        ArgumentNullException.ThrowIfNull(rngState);
+        ArgumentNullException.ThrowIfNull(logits);
+        ArgumentNullException.ThrowIfNull(temperature);
+        ArgumentNullException.ThrowIfNull(topK);
+        ArgumentNullException.ThrowIfNull(topP);
+        ArgumentNullException.ThrowIfNull(minP);
+        if (OpsLaunchPlans.SampleTokens(tokens.Length, rngState.Length, logits.Length, temperature.Length, topK.Length, topP.Length, minP.Length,
+                rows, vocab) is not { } plan) return;
+        SameDevice(tokens, nameof(tokens));
+        SameDevice(rngState, nameof(rngState));
+        SameDevice(logits, nameof(logits));
+        SameDevice(temperature, nameof(temperature));
+        SameDevice(topK, nameof(topK));
+        SameDevice(topP, nameof(topP));
+        SameDevice(minP, nameof(minP));
+        ulong pt = tokens.Pointer, pr = rngState.Pointer, pl = logits.Pointer, pT = temperature.Pointer, pk = topK.Pointer, pp = topP.Pointer, pm = minP.Pointer;
+        int r = rows, v = vocab;
+        void** args = stackalloc void*[] { &pt, &pr, &pl, &pT, &pk, &pp, &pm, &r, &v };
+        Launch(plan, args);
+    }
+}

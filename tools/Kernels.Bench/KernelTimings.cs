@@ -1,0 +1,255 @@
+// kernels-bench kernels: GPU kernel timings at Llama-3-8B shapes. CUDA events around each launch, L2 flushed before
+// every launch (a memset over a buffer larger than any L2 we run on), median of many launches, achieved GB/s and
+// TFLOP/s, and the roofline from the device-to-device copy bandwidth measured in the same run. Writes kernels.json
+// ({results: [{Kernel, Shape, Microseconds, Baseline, BaselineMicroseconds, RooflineMicroseconds, ...}]}, the fields
+// Report.cs reads); tools/kernel_baselines.py fills Baseline/BaselineMicroseconds with PyTorch on the same shapes.
+// Exit codes: 0 done, 1 the fatbin does not load, 2 CUDA or kernels unavailable.
+using System.Text.Json;
+using Kernels.Interop;
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.Backends.Cuda;
+
+namespace Kernels.Bench;
+
+internal static class KernelTimings
+{
+    /// <summary>
+    /// One timed shape. Params carries the numbers the baseline script needs (M, N, K or B, L, heads...).
+    /// RooflineMicroseconds = max(bytes / measured copy bandwidth, flops / datasheet peak) (the flop term only when
+    /// the peak is known for the GPU).
+    /// </summary>
+    internal sealed record Record(string Kernel, string Shape, double Microseconds, string? Baseline, double? BaselineMicroseconds,
+        double RooflineMicroseconds, double Bytes, double Flops, double GBps, double TFlops, double RooflineFraction, Dictionary<string, int> Params);
+
+    private const long FlushBytes = 512L << 20; // > the 50 MB L2 of an H100/H200 by 10x
+
+    /// <summary>Dense fp16/bf16 tensor-core peak (datasheet, no sparsity), TFLOP/s, by device name; 0 = unknown.</summary>
+    private static double PeakTflops(string name) =>
+        name.Contains("H100") || name.Contains("H200") || name.Contains("H800") ? 989 : name.Contains("A100") || name.Contains("A800") ? 312 : 0;
+
+    public static int Run(string? fatbinPath, string jsonPath, int iterations, bool quick, int ordinal)
+    {
+        using var device = CudaDevice.TryOpen(ordinal, out string? why);
+        if (device == null)
+        {
+            Console.WriteLine($"CUDA unavailable: {why}");
+            return 2;
+        }
+        byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();
+        if (image == null)
+        {
+            Console.WriteLine($"kernels unavailable: no embedded fatbin ({KernelImage.Describe()}); pass --fatbin PATH");
+            return 2;
+        }
+        KernelModule module;
+        try
+        {
+            module = KernelModule.Load(device, image, fatbinPath ?? "embedded");
+        }
+        catch (Exception e) when (e is CudaException or InvalidOperationException)
+        {
+            Console.WriteLine($"FAIL: the fatbin did not load: {e.Message}");
+            return 1;
+        }
+        using (module)
+        {
+            var t = new Timer(device, new OpsLauncher(module), iterations);
+            double bw = t.CopyBandwidthGBps();
+            double peak = PeakTflops(device.Name);
+            Console.WriteLine($"# device: {device}");
+            Console.WriteLine($"# measured device-to-device copy bandwidth: {bw:F0} GB/s (read + write); tensor peak (datasheet): {(peak > 0 ? $"{peak} TFLOP/s" : "unknown")}");
+            Console.WriteLine($"# median of {iterations} launches, L2 flushed ({FlushBytes >> 20} MiB memset) before each; roofline = max(bytes/bandwidth, flops/peak)");
+            var records = new List<Record>();
+            void Add(string kernel, string shape, double us, double bytes, double flops, Dictionary<string, int> p)
+            {
+                double roof = Math.Max(bytes / (bw * 1e9), peak > 0 ? flops / (peak * 1e12) : 0) * 1e6;
+                var r = new Record(kernel, shape, us, null, null, roof, bytes, flops, bytes / (us * 1e-6) / 1e9, flops / (us * 1e-6) / 1e12, roof / us, p);
+                records.Add(r);
+                Console.WriteLine($"{kernel,-30} {shape,-34} {us,9:F1} us  {r.GBps,7:F0} GB/s  {r.TFlops,7:F1} TFLOP/s  roofline {roof,8:F1} us ({r.RooflineFraction:P0})");
+            }
+
+            // ---- dense GEMM (fp16 weights): Llama-3-8B layers ----
+            var layers = quick ? new[] { ("qkv", 6144, 4096) } : new[] { ("qkv", 6144, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336) };
+            foreach (var (layer, n, k) in layers)
+                foreach (int m in quick ? new[] { 1, 64 } : new[] { 1, 16, 64, 256, 1024 })
+                {
+                    double us = t.Gemm(m, n, k);
+                    string kernel = m <= OpsLauncher.GemmSmallMMax ? "dense_gemm_small_m_f16" : "dense_gemm_f16";
+                    Add(kernel, $"{layer} M={m} N={n} K={k}", us, 2.0 * n * k + 4.0 * m * k + 4.0 * m * n, 2.0 * m * n * k,
+                        new() { ["M"] = m, ["N"] = n, ["K"] = k });
+                }
+
+            // ---- paged decode attention (fp16 KV): 32/8 heads, d 128, block 16 ----
+            foreach (int b in quick ? new[] { 16 } : new[] { 1, 16, 64 })
+                foreach (int len in quick ? new[] { 1024 } : new[] { 1024, 4096 })
+                {
+                    var (us, splits) = t.Decode(b, len, 32, 8, 128, 16);
+                    double bytes = 2.0 * b * len * 8 * 128 * 2 + 2.0 * b * 32 * 128 * 4;
+                    Add("paged_decode_attention_f16", $"B={b} L={len} heads 32/8 d=128 splits={splits}", us, bytes, 4.0 * b * 32 * len * 128,
+                        new() { ["B"] = b, ["L"] = len, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
+                }
+
+            // ---- paged prefill attention (fp16 KV), causal, whole prompt ----
+            foreach (var (b, n) in quick ? new[] { (1, 512) } : new[] { (1, 512), (1, 2048), (8, 512) })
+            {
+                double us = t.Prefill(b, n, 32, 8, 128, 16);
+                double bytes = 2.0 * b * n * 8 * 128 * 2 + 2.0 * b * n * 32 * 128 * 4;
+                Add("paged_prefill_attention_f16", $"B={b} N=L={n} heads 32/8 d=128", us, bytes, 2.0 * b * 32 * (double)n * n * 128, // causal: half of 4 n^2 d
+                    new() { ["B"] = b, ["L"] = n, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
+            }
+
+            // ---- sampling ----
+            foreach (int rows in quick ? new[] { 1 } : new[] { 1, 64, 256 })
+                foreach (bool filtered in new[] { false, true })
+                {
+                    double us = t.Sample(rows, 128256, filtered);
+                    Add("sample_tokens_f32", $"rows={rows} V=128256 {(filtered ? "T=0.8 top-k=50 top-p=0.9" : "greedy")}", us, rows * 128256.0 * 4, 0,
+                        new() { ["Rows"] = rows, ["V"] = 128256, ["Filtered"] = filtered ? 1 : 0 });
+                }
+
+            t.Dispose();
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
+            {
+                device = device.ToString(), bandwidthGBps = bw, peakTflops = peak, iterations, flushBytes = FlushBytes, results = records,
+            }, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"# wrote {jsonPath} ({records.Count} records)");
+        }
+        return 0;
+    }
+
+    /// <summary>Buffers and timing for one shape at a time; every launch is preceded by the L2 flush.</summary>
+    private sealed unsafe class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
+    {
+        public void Dispose() => _weights?.Dispose();
+
+        private readonly Random _rng = new(1);
+
+        /// <summary>Median GPU time of <paramref name="launch"/> in microseconds (events on the default stream).</summary>
+        private double Median(Action launch)
+        {
+            using var flush = DeviceBuffer<byte>.Allocate(device, FlushBytes);
+            using var start = device.CreateEvent();
+            using var stop = device.CreateEvent();
+            for (int w = 0; w < 3; w++) launch();
+            var times = new double[iterations];
+            for (int i = 0; i < iterations; i++)
+            {
+                flush.FillBytes((byte)i);
+                Cu.Check(CuApi.cuEventRecord(start.DangerousGetHandle(), IntPtr.Zero));
+                launch();
+                Cu.Check(CuApi.cuEventRecord(stop.DangerousGetHandle(), IntPtr.Zero));
+                Cu.Check(CuApi.cuEventSynchronize(stop.DangerousGetHandle()));
+                Cu.Check(CuApi.cuEventElapsedTime(out float ms, start.DangerousGetHandle(), stop.DangerousGetHandle()));
+                times[i] = ms * 1e3;
+            }
+            Array.Sort(times);
+            return times[iterations / 2];
+        }
+
+        /// <summary>cuMemcpyDtoD of 1 GiB, best of 5: bytes read + written per second, as GPU.md's 4.28 TB/s.</summary>
+        public double CopyBandwidthGBps()
+        {
+            const long Bytes = 1L << 30;
+            using var a = DeviceBuffer<byte>.Allocate(device, Bytes);
+            using var b = DeviceBuffer<byte>.Allocate(device, Bytes);
+            a.FillBytes(1);
+            using var start = device.CreateEvent();
+            using var stop = device.CreateEvent();
+            double best = double.MaxValue;
+            for (int i = 0; i < 6; i++)
+            {
+                Cu.Check(CuApi.cuEventRecord(start.DangerousGetHandle(), IntPtr.Zero));
+                Cu.Check(CuApi.cuMemcpyDtoD(b.Pointer, a.Pointer, (nuint)Bytes));
+                Cu.Check(CuApi.cuEventRecord(stop.DangerousGetHandle(), IntPtr.Zero));
+                Cu.Check(CuApi.cuEventSynchronize(stop.DangerousGetHandle()));
+                Cu.Check(CuApi.cuEventElapsedTime(out float ms, start.DangerousGetHandle(), stop.DangerousGetHandle()));
+                if (i > 0) best = Math.Min(best, ms * 1e-3); // the first copy warms up
+            }
+            return 2.0 * Bytes / best / 1e9;
+        }
+
+        private float[] Random(long n)
+        {
+            var a = new float[n];
+            for (long i = 0; i < n; i++) a[i] = (float)(_rng.NextDouble() * 2 - 1);
+            return a;
+        }
+
+        private Half[] RandomHalf(long n) => Random(n).Select(v => (Half)(v * 0.05f)).ToArray();
+
+        private DeviceBuffer<Half>? _weights;
+        private (int N, int K) _weightShape;
+
+        public double Gemm(int m, int n, int k)
+        {
+            if (_weights == null || _weightShape != (n, k))
+            {
+                _weights?.Dispose(); // one weight per layer shape, reused for every M
+                _weights = DeviceBuffer<Half>.From(device, RandomHalf((long)n * k));
+                _weightShape = (n, k);
+            }
+            var w = _weights;
+            using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
+            using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            return Median(() => ops.DenseGemmF16(y, x, w, null, m, n, k));
+        }
+
+        private (OpsLauncher.PagedKv<Half> Kv, IDisposable[] Owned) Cache(int b, int len, int kvHeads, int d, int bs)
+        {
+            int perSeq = (len + bs - 1) / bs, numBlocks = b * perSeq;
+            var k = DeviceBuffer<Half>.From(device, RandomHalf((long)numBlocks * bs * kvHeads * d));
+            var v = DeviceBuffer<Half>.From(device, RandomHalf((long)numBlocks * bs * kvHeads * d));
+            var tables = DeviceBuffer<int>.From(device, Enumerable.Range(0, numBlocks).ToArray()); // contiguous, [b, perSeq]
+            var lens = DeviceBuffer<int>.From(device, Enumerable.Repeat(len, b).ToArray());
+            return (new OpsLauncher.PagedKv<Half>(k, v, tables, lens, numBlocks, bs, perSeq), [k, v, tables, lens]);
+        }
+
+        public (double Us, int Splits) Decode(int b, int len, int heads, int kvHeads, int d, int bs)
+        {
+            var (kv, owned) = Cache(b, len, kvHeads, d, bs);
+            try
+            {
+                using var q = DeviceBuffer<float>.From(device, Random((long)b * heads * d));
+                using var o = DeviceBuffer<float>.Allocate(device, (long)b * heads * d);
+                using var lse = DeviceBuffer<float>.Allocate(device, (long)b * heads);
+                using var ws = DeviceBuffer<float>.Allocate(device, ops.DecodeWorkspaceFloats(b, heads, d));
+                int splits = 0;
+                double us = Median(() => splits = ops.PagedDecodeAttentionF16(o, lse, q, kv, ws, b, heads, kvHeads, d, len));
+                return (us, splits);
+            }
+            finally
+            {
+                foreach (var x in owned) x.Dispose();
+            }
+        }
+
+        public double Prefill(int b, int n, int heads, int kvHeads, int d, int bs)
+        {
+            var (kv, owned) = Cache(b, n, kvHeads, d, bs);
+            try
+            {
+                using var q = DeviceBuffer<float>.From(device, Random((long)b * n * heads * d));
+                using var o = DeviceBuffer<float>.Allocate(device, (long)b * n * heads * d);
+                using var lse = DeviceBuffer<float>.Allocate(device, (long)b * n * heads);
+                using var starts = DeviceBuffer<int>.From(device, Enumerable.Range(0, b + 1).Select(i => i * n).ToArray());
+                return Median(() => ops.PagedPrefillAttentionF16(o, lse, q, kv, starts, b, b * n, n, heads, kvHeads, d));
+            }
+            finally
+            {
+                foreach (var x in owned) x.Dispose();
+            }
+        }
+
+        public double Sample(int rows, int vocab, bool filtered)
+        {
+            using var logits = DeviceBuffer<float>.From(device, Random((long)rows * vocab).Select(v => v * 10).ToArray());
+            using var tokens = DeviceBuffer<int>.Allocate(device, rows);
+            using var state = DeviceBuffer<ulong>.From(device, Enumerable.Range(0, rows).Select(r => GpuSamplerState.Initial(1, (ulong)r)).ToArray());
+            using var temperature = DeviceBuffer<float>.From(device, Enumerable.Repeat(filtered ? 0.8f : 0f, rows).ToArray());
+            using var topK = DeviceBuffer<int>.From(device, Enumerable.Repeat(filtered ? 50 : 0, rows).ToArray());
+            using var topP = DeviceBuffer<float>.From(device, Enumerable.Repeat(filtered ? 0.9f : 1f, rows).ToArray());
+            using var minP = DeviceBuffer<float>.From(device, new float[rows]);
+            return Median(() => ops.SampleTokensF32(tokens, state, logits, temperature, topK, topP, minP, rows, vocab));
+        }
+    }
+}
