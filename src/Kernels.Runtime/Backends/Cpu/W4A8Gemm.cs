@@ -115,65 +115,111 @@ public static unsafe class W4A8Gemm
             int tilesPerGroup = w.GroupSpan / W4A8Layout.Tile;
             byte* codes = w.Codes.Data;
             byte* groupScales = w.GroupScaleTensor is null ? null : w.GroupScaleTensor.Data;
-            Span<int> dots = stackalloc int[32];
+            Span<int> dots = stackalloc int[64];
             for (int nt = firstBlock; nt < endBlock; nt++)
             {
                 byte* block = codes + (long)nt * tiles * W4A8Layout.TileBytes;
-                for (int t = 0; t < rows; t++)
+                for (int t = 0; t < rows; t += 2)
                 {
-                    sbyte* xt = x + (long)t * tiles * 64;
-                    if (Vectorized) BlockDots(block, xt, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots);
-                    else BlockDotsScalar(block, xt, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots);
-                    for (int i = 0; i < 32; i++)
+                    // Two tokens per pass share each unpacked weight register (one for the last token of an odd count).
+                    sbyte* x0 = x + (long)t * tiles * 64, x1 = x0 + tiles * 64;
+                    bool two = t + 1 < rows;
+                    if (!Vectorized)
                     {
-                        int channel = nt * 32 + i;
-                        if (channel >= n) break;
-                        int total = dots[i];
-                        for (int g = 0; g < groups; g++) total -= w.ZeroTerms[g * n + channel] * sums[t * groups + g];
-                        acc[(long)t * n + channel] = total;
+                        BlockDotsScalar(block, x0, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots);
+                        if (two) BlockDotsScalar(block, x1, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots[32..]);
                     }
+                    else if (two) BlockDots<TwoTokens>(block, x0, x1, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots);
+                    else BlockDots<OneToken>(block, x0, x0, tiles, tilesPerGroup, groupScales, w.PaddedOut, nt, dots);
+                    for (int u = t; u < Math.Min(rows, t + 2); u++)
+                        for (int i = 0; i < 32; i++)
+                        {
+                            int channel = nt * 32 + i;
+                            if (channel >= n) break;
+                            int total = dots[(u - t) * 32 + i];
+                            for (int g = 0; g < groups; g++) total -= w.ZeroTerms[g * n + channel] * sums[u * groups + g];
+                            acc[(long)u * n + channel] = total;
+                        }
                 }
             }
         }
     }
 
-    /// <summary>dots[i] = sum_g s1[g, 32nt+i] * sum_{k in g} q[32nt+i, k] * x_q[k] for one token and one 32-channel block.</summary>
-    private static void BlockDots(byte* block, sbyte* x, int tiles, int tilesPerGroup, byte* groupScales, int nPadded, int nt, Span<int> dots)
+    /// <summary>
+    /// dots[i] = sum_g s1[g, 32nt+i] * sum_{k in g} q[32nt+i, k] * x_q[k] for one 32-channel block and one token (x0),
+    /// or two (x0 and x1, results in dots[32..63]) sharing each unpacked weight register.
+    /// </summary>
+    private static void BlockDots<T>(byte* block, sbyte* x0, sbyte* x1, int tiles, int tilesPerGroup, byte* groupScales, int nPadded, int nt, Span<int> dots)
+        where T : ITokenCount
     {
         var nibble = Vector256.Create((byte)0x0F);
         var ones = Vector256.Create((short)1);
+        int groups = tiles / tilesPerGroup;
         for (int c = 0; c < 8; c++)
         {
-            var accLow = Vector256<int>.Zero; // int32 lanes: even = channel c, odd = c + 8
-            var accHigh = Vector256<int>.Zero; // even = c + 16, odd = c + 24
-            Vector256<short> scaleLow = ones, scaleHigh = ones;
+            var low0 = Vector256<int>.Zero; // int32 lanes: even = channel c, odd = c + 8
+            var high0 = Vector256<int>.Zero; // even = c + 16, odd = c + 24
+            var low1 = Vector256<int>.Zero;
+            var high1 = Vector256<int>.Zero;
             byte* lanes = block + 64 * c;
-            for (int kt = 0; kt < tiles; kt++)
+            for (int g = 0; g < groups; g++)
             {
-                if (groupScales != null && kt % tilesPerGroup == 0)
+                Vector256<short> scaleLow = ones, scaleHigh = ones;
+                if (groupScales != null)
                 {
                     // The 4 bytes at permuted column 4c are s1 of channels c, c+8, c+16, c+24 (W4A8Layout.ScaleColumn).
-                    byte* s = groupScales + (long)(kt / tilesPerGroup) * nPadded + nt * 32 + 4 * c;
+                    byte* s = groupScales + (long)g * nPadded + nt * 32 + 4 * c;
                     scaleLow = Vector256.Create((long)(s[0] * 0x10001L | (long)s[1] * 0x10001L << 32)).AsInt16();
                     scaleHigh = Vector256.Create((long)(s[2] * 0x10001L | (long)s[3] * 0x10001L << 32)).AsInt16();
                 }
-                byte* tile = lanes + (long)kt * W4A8Layout.TileBytes;
-                var w0 = Avx.LoadVector256(tile);
-                var w1 = Avx.LoadVector256(tile + 32);
-                var x0 = Avx.LoadVector256(x + kt * 64);
-                var x1 = Avx.LoadVector256(x + kt * 64 + 32);
-                var low = Avx2.Add(
-                    Avx2.MultiplyAddAdjacent(Avx2.And(w0, nibble), x0),
-                    Avx2.MultiplyAddAdjacent(Avx2.And(w1, nibble), x1));
-                var high = Avx2.Add(
-                    Avx2.MultiplyAddAdjacent(Avx2.And(Avx2.ShiftRightLogical(w0.AsUInt16(), 4).AsByte(), nibble), x0),
-                    Avx2.MultiplyAddAdjacent(Avx2.And(Avx2.ShiftRightLogical(w1.AsUInt16(), 4).AsByte(), nibble), x1));
-                accLow = Avx2.Add(accLow, Avx2.MultiplyAddAdjacent(low, scaleLow));
-                accHigh = Avx2.Add(accHigh, Avx2.MultiplyAddAdjacent(high, scaleHigh));
+                for (int kt = g * tilesPerGroup, end = kt + tilesPerGroup; kt < end; kt++)
+                {
+                    byte* tile = lanes + (long)kt * W4A8Layout.TileBytes;
+                    var w0 = Avx.LoadVector256(tile);
+                    var w1 = Avx.LoadVector256(tile + 32);
+                    var l0 = Avx2.And(w0, nibble);
+                    var l1 = Avx2.And(w1, nibble);
+                    var h0 = Avx2.And(Avx2.ShiftRightLogical(w0.AsUInt16(), 4).AsByte(), nibble);
+                    var h1 = Avx2.And(Avx2.ShiftRightLogical(w1.AsUInt16(), 4).AsByte(), nibble);
+                    Step(l0, l1, h0, h1, x0 + kt * 64, scaleLow, scaleHigh, ref low0, ref high0);
+                    if (T.Two) Step(l0, l1, h0, h1, x1 + kt * 64, scaleLow, scaleHigh, ref low1, ref high1);
+                }
             }
-            (dots[c], dots[c + 8]) = EvenOddSums(accLow);
-            (dots[c + 16], dots[c + 24]) = EvenOddSums(accHigh);
+            (dots[c], dots[c + 8]) = EvenOddSums(low0);
+            (dots[c + 16], dots[c + 24]) = EvenOddSums(high0);
+            if (T.Two)
+            {
+                (dots[32 + c], dots[32 + c + 8]) = EvenOddSums(low1);
+                (dots[32 + c + 16], dots[32 + c + 24]) = EvenOddSums(high1);
+            }
         }
+    }
+
+    /// <summary>One tile for one token: vpmaddubsw of codes and activations, the two k halves added in int16 (|sum| &lt;= 7620), vpmaddwd by s1.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(Vector256<byte> l0, Vector256<byte> l1, Vector256<byte> h0, Vector256<byte> h1, sbyte* x,
+        Vector256<short> scaleLow, Vector256<short> scaleHigh, ref Vector256<int> low, ref Vector256<int> high)
+    {
+        var a = Avx.LoadVector256(x);
+        var b = Avx.LoadVector256(x + 32);
+        low = Avx2.Add(low, Avx2.MultiplyAddAdjacent(Avx2.Add(Avx2.MultiplyAddAdjacent(l0, a), Avx2.MultiplyAddAdjacent(l1, b)), scaleLow));
+        high = Avx2.Add(high, Avx2.MultiplyAddAdjacent(Avx2.Add(Avx2.MultiplyAddAdjacent(h0, a), Avx2.MultiplyAddAdjacent(h1, b)), scaleHigh));
+    }
+
+    // Token count of a BlockDots pass as a type, so the JIT compiles the one- and two-token loops without a branch.
+    private interface ITokenCount
+    {
+        static abstract bool Two { get; }
+    }
+
+    private readonly struct OneToken : ITokenCount
+    {
+        public static bool Two => false;
+    }
+
+    private readonly struct TwoTokens : ITokenCount
+    {
+        public static bool Two => true;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
