@@ -61,6 +61,25 @@ public class W4A8ModelTests
         }
     }
 
+    /// <summary>The ~100M-parameter synthetic model, where every K (768, 2048) takes g128: about 25 s, so run on demand.</summary>
+    [Test, Explicit("quantizes ~100M parameters (about 25 s); for the README's table")]
+    public void SmallSyntheticModelG128LogitsAreCloseToDense()
+    {
+        using var dense = ModelLoader.Load("synthetic:small");
+        string dir = TempDir();
+        try
+        {
+            Quantize(dense, dir, null);
+            using var quantized = ModelLoader.Load(dir);
+            Assert.That(quantized.Weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Down }).Select(w => w.Format), Is.All.EqualTo("W4A8 g128"));
+            Assert.That(RelativeLogitError(dense, quantized, [1, 50, 60, 70, 80, 90, 1000, 20000]), Is.LessThan(0.4)); // measured 21.7%
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
     [TestCase("tiny-llama-f32", 0.5)]  // measured 29.1%
     [TestCase("tiny-llama-bf16", 0.5)] // measured 26.1%
     [TestCase("tiny-qwen2-f16", 0.5)]  // measured 26.9%
