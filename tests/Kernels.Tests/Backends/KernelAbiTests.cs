@@ -40,6 +40,11 @@ public class KernelAbiTests
             ["swiglu"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["swiglu_fused"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["residual_add"] = typeof(Kernels.Runtime.Backends.Cpu.ResidualAdd),
+            ["rms_norm_quant_int8"] = typeof(Kernels.Runtime.Quantization.W4A8.Int8Activations), // after RmsNorm
+            ["w4a8_gemm_group_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_group_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_channel_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_channel_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
         };
         foreach (var name in exports)
         {
