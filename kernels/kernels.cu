@@ -9,6 +9,7 @@
 #include "ops/embedding_gather.cuh" // defines: embedding_gather_{f32,f16,bf16}
 #include "ops/residual_add.cuh"     // defines: residual_add_f32
 #include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
+#include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}
 #include "ops/rope.cuh"             // defines: rope_f32
 #include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32
 
@@ -20,3 +21,4 @@
 #include "ops/paged_decode_attention.cuh" // defines: paged_decode_attention_{f32,f16,bf16}, attention_merge_f32
 #include "ops/paged_prefill_attention.cuh" // defines: paged_prefill_attention_{f32,f16,bf16}
 #include "ops/sample_tokens.cuh"           // defines: sample_tokens_f32
+#include "ops/w4a8_gemm.cuh" // defines: w4a8_gemm_{group,channel}_{m16,m64}

@@ -46,6 +46,11 @@ public class KernelAbiTests
             ["paged_prefill_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
             ["attention_merge"] = typeof(Kernels.Runtime.Numerics.AttentionState),
             ["sample_tokens"] = typeof(Kernels.Runtime.Engine.Sampler),
+            ["rms_norm_quant_int8"] = typeof(Kernels.Runtime.Quantization.W4A8.Int8Activations), // after RmsNorm
+            ["w4a8_gemm_group_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_group_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_channel_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["w4a8_gemm_channel_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
         };
         foreach (var name in exports)
         {

@@ -1,0 +1,204 @@
+// w4a8_gemm: y = x . W^T with per-token int8 activations and QServe/QoQ 4-bit weights on int8 tensor cores
+// (mma.sync.m16n8k32.s8), bit-exact with the CPU's W4A8Gemm (src/Kernels.Runtime/Backends/Cpu/W4A8Gemm.cs).
+//
+// Math:    acc[m, n] = sum_k xq[m, k] * w8[n, k] - zc[n] * x_sum[m]                      (int32, exact)
+//          y[m, n]   = __fmul_rn(__fmul_rn(__int2float_rn(acc), x_scale[m]), w_scale[n])  (this order, as the CPU)
+//          per group (group_size > 0): w8 = byte(q * s1 + zs) as int8, s1 = scales2[g, col(n)], zs = zeros[g, col(n)]
+//              (= -z*s1 mod 256; __vadd4), zc = 0 (the quantizer guarantees the byte is the exact int8 (q-z)*s1);
+//          per channel (group_size == 0): w8 = q (0..15), zc = zeros[n] (integer zero point).
+// Pointers:
+//   y        [M, N]               fp32, written
+//   xq       [M, Kpad]            int8, per-token activations, zero in the padding (rms_norm_quant_int8 writes it)
+//   x_scale  [M]                  fp32, per-token scale (amax / 127)
+//   x_sum    [M]                  int32, per-token sum of xq (per channel only; may be null per group)
+//   qweight  [Npad/32][Kpad/32][32 lanes][16 bytes]   4-bit codes: n = 32nt + 16a + 8b + c, k = 32kt + 16e + 4f + h
+//            sits in lane 4c + f at byte 8e + 4b + h, low nibble for a = 0, high for a = 1 (W4A8Layout.cs). A lane's
+//            uint4 {x, y, z, w} is: x = B frag b0 of subtile 0 (low nibbles) / 2 (high), y = b0 of subtile 1 / 3,
+//            z, w = the b1 (k + 16) halves; so no ldmatrix and no shuffles are needed for the weights.
+//   w_scale  [N]                  fp16, level-0 (per group) or the per-channel scale
+//   scales2  [K/group, Npad]      uint8 s1 (per group only), columns permuted: col(n) = 32nt + 4c + j for n = 32nt + 8j + c,
+//                                 so the 32-bit word at 32nt + 4c holds subtiles 0..3 of lane group c
+//   zeros    [K/group, Npad] int8 (per group, same permutation) or [N] uint8 (per channel)
+// Grid:    (Npad / 128 rounded up, ceil(M / CTA_M)); block 128 threads = 4 warps, warp w owns channels
+//          128 * blockIdx.x + 32 w .. + 31, all CTA_M rows. CTA_M = 16 (decode: M <= 16) or 64 (prefill).
+// Pipeline: CTA_K = 64 (two 32-wide k tiles), two cp.async stages; A rows padded to 80 bytes in shared memory so the
+//          32-bit fragment loads hit 32 distinct banks; B is copied in its tile layout and read with one 128-bit
+//          load per lane per k tile. No split-K: each int32 sum runs over the whole K in one thread.
+// Preconditions (launcher-checked): Npad % 32 == 0, Kpad % 32 == 0, group_size % 32 == 0 and K % group_size == 0
+//          when group_size > 0, K <= 131072 (int32 cannot overflow: |xq * w8| <= 127 * 127); 16-byte aligned
+//          pointers for xq and qweight, 4-byte aligned scales2/zeros. Rows m >= M and channels n >= N are not written.
+// Empty:   M == 0 or N == 0: the launcher skips the launch.
+#pragma once
+
+#include <cstdint>
+#include <cuda_fp16.h>
+
+#include "common.cuh"
+
+namespace gemm
+{
+constexpr int kW4A8Threads = 128;
+constexpr int kW4A8CtaN = 128;
+constexpr int kW4A8CtaK = 64;
+constexpr int kW4A8RowBytes = kW4A8CtaK + 16; // padded shared-memory row of A (bank-conflict-free fragments)
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
+{
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int src_bytes = valid ? 16 : 0; // 0: the 16 bytes are zero-filled (rows past M, tiles past K)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void mma_s8_16832(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 4-bit codes (one per byte, already masked to 0x0F0F0F0F) -> four int8 weights: q*s1 lane-packed (q*s1 <= 255,
+// so no carry crosses a byte), then + zs in every byte modulo 256 ("scale then subtract").
+template <bool kGroup>
+__device__ __forceinline__ uint32_t dequant4(uint32_t codes, uint32_t s1, uint32_t zs4)
+{
+    if constexpr (kGroup) return __vadd4(codes * s1, zs4);
+    else return codes;
+}
+
+template <bool kGroup, int CTA_M>
+__device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* __restrict__ xq, const float* __restrict__ x_scale,
+                                          const int* __restrict__ x_sum, const uint8_t* __restrict__ qweight,
+                                          const __half* __restrict__ w_scale, const uint8_t* __restrict__ scales2,
+                                          const uint8_t* __restrict__ zeros, int M, int N, int K, int group_size)
+{
+    constexpr int MI = CTA_M / 16;
+    __shared__ __align__(16) uint8_t a_smem[2][CTA_M * kW4A8RowBytes];
+    __shared__ __align__(16) uint8_t b_smem[2][4 * 2 * 512]; // [warp n-block][k tile][lane][16]
+
+    const int n_pad = (N + 31) / 32 * 32, k_pad = (K + 31) / 32 * 32, k_tiles = k_pad / 32, n_blocks = n_pad / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int group_id = lane >> 2, tig = lane & 3;
+    const int m0 = blockIdx.y * CTA_M;
+    const int nb0 = blockIdx.x * 4; // first 32-channel block of this CTA
+
+    // One stage: A rows m0..m0+CTA_M x k 64s..64s+63, B tiles of the CTA's 4 n-blocks x k tiles 2s, 2s+1.
+    auto load_stage = [&](int stage, int buf) {
+        for (int chunk = threadIdx.x; chunk < CTA_M * 4; chunk += kW4A8Threads)
+        {
+            const int row = chunk >> 2, col = (chunk & 3) * 16, k = stage * kW4A8CtaK + col;
+            const bool valid = m0 + row < M && k < k_pad;
+            const int8_t* src = valid ? xq + static_cast<int64_t>(m0 + row) * k_pad + k : xq;
+            cp_async16(&a_smem[buf][row * kW4A8RowBytes + col], src, valid);
+        }
+        for (int chunk = threadIdx.x; chunk < 4 * 2 * 32; chunk += kW4A8Threads)
+        {
+            const int nb = chunk >> 6, kt = stage * 2 + ((chunk >> 5) & 1), l = chunk & 31;
+            const bool valid = nb0 + nb < n_blocks && kt < k_tiles;
+            const uint8_t* src = valid ? qweight + (static_cast<int64_t>(nb0 + nb) * k_tiles + kt) * 512 + l * 16 : qweight;
+            cp_async16(&b_smem[buf][chunk * 16], src, valid);
+        }
+        cp_async_commit();
+    };
+
+    int acc[MI][4][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int s = 0; s < 4; ++s)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][s][r] = 0;
+
+    const int nb = nb0 + warp;
+    const int stages = (k_tiles + 1) / 2;
+    load_stage(0, 0);
+    for (int stage = 0; stage < stages; ++stage)
+    {
+        const int buf = stage & 1;
+        if (stage + 1 < stages)
+        {
+            load_stage(stage + 1, buf ^ 1);
+            cp_async_wait<1>();
+        }
+        else cp_async_wait<0>();
+        __syncthreads();
+
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+        {
+            const int kt = stage * 2 + half;
+            if (kt >= k_tiles || nb >= n_blocks) continue; // uniform per warp: no mma with a partial warp
+            const uint4 raw = *reinterpret_cast<const uint4*>(&b_smem[buf][((warp * 2 + half) * 32 + lane) * 16]);
+            uint32_t s1 = 0x01010101u, zs = 0;
+            if constexpr (kGroup)
+            {
+                const int64_t col = static_cast<int64_t>(kt * 32 / group_size) * n_pad + nb * 32 + 4 * group_id;
+                s1 = __ldg(reinterpret_cast<const uint32_t*>(scales2 + col));
+                zs = __ldg(reinterpret_cast<const uint32_t*>(zeros + col));
+            }
+            // Subtile j's B fragments: low nibbles of x, z (j = 0) and y, w (j = 1); high nibbles for j = 2, 3.
+            uint32_t b[4][2];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+            {
+                const uint32_t scale = (s1 >> (8 * j)) & 0xFFu, zero4 = __byte_perm(zs, 0, 0x1111u * j);
+                const uint32_t k0 = (j & 1) ? raw.y : raw.x, k1 = (j & 1) ? raw.w : raw.z; // b0: k half 0, b1: k + 16
+                const int shift = (j >> 1) * 4;
+                b[j][0] = dequant4<kGroup>((k0 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+                b[j][1] = dequant4<kGroup>((k1 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i)
+            {
+                // A fragment of m16n8k32 (row-major): a0/a1 rows g, g+8 at k 4*tig.., a2/a3 the same at k + 16.
+                const uint8_t* base = &a_smem[buf][(i * 16 + group_id) * kW4A8RowBytes + half * 32 + tig * 4];
+                uint32_t a[4];
+                a[0] = *reinterpret_cast<const uint32_t*>(base);
+                a[1] = *reinterpret_cast<const uint32_t*>(base + 8 * kW4A8RowBytes);
+                a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
+                a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * kW4A8RowBytes + 16);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) mma_s8_16832(acc[i][j], a, b[j][0], b[j][1]);
+            }
+        }
+        __syncthreads(); // the next iteration's cp.async overwrites this buffer
+    }
+
+    // Epilogue: C fragment rows g / g + 8, columns 2 * tig + {0, 1} of subtile j = channels nb*32 + 8j + 2tig + {0,1}.
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+            {
+                const int m = m0 + i * 16 + group_id + (r >> 1) * 8;
+                const int n = nb * 32 + 8 * j + 2 * tig + (r & 1);
+                if (m >= M || n >= N || nb >= n_blocks) continue;
+                int total = acc[i][j][r];
+                if constexpr (!kGroup) total -= static_cast<int>(zeros[n]) * x_sum[m];
+                y[static_cast<int64_t>(m) * N + n] =
+                    __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+            }
+}
+} // namespace gemm
+
+#define W4A8_GEMM_ENTRY(name, GROUP, CTA_M)                                                                        \
+    extern "C" __global__ void __launch_bounds__(gemm::kW4A8Threads)                                              \
+        name(float* y, const int8_t* xq, const float* x_scale, const int* x_sum, const uint8_t* qweight,          \
+             const __half* w_scale, const uint8_t* scales2, const uint8_t* zeros, int M, int N, int K,            \
+             int group_size)                                                                                       \
+    {                                                                                                              \
+        gemm::w4a8_gemm<GROUP, CTA_M>(y, xq, x_scale, x_sum, qweight, w_scale, scales2, zeros, M, N, K,           \
+                                      group_size);                                                                 \
+    }
+W4A8_GEMM_ENTRY(w4a8_gemm_group_m16, true, 16)
+W4A8_GEMM_ENTRY(w4a8_gemm_group_m64, true, 64)
+W4A8_GEMM_ENTRY(w4a8_gemm_channel_m16, false, 16)
+W4A8_GEMM_ENTRY(w4a8_gemm_channel_m64, false, 64)
+#undef W4A8_GEMM_ENTRY
