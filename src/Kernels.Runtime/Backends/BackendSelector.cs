@@ -15,6 +15,9 @@ public enum BackendKind
     Cuda,
 }
 
+/// <summary>An explicitly chosen backend cannot run here; the message says why (no device, no kernels, unsupported model).</summary>
+public sealed class BackendUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+
 public static class BackendSelector
 {
     /// <summary>Parses a --backend value (cpu, cuda, auto), naming the accepted values when it is none of them.</summary>
@@ -36,17 +39,17 @@ public static class BackendSelector
         }
         else if (CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why)
         {
-            if (kind == BackendKind.Cuda) throw new InvalidOperationException($"--backend cuda: CUDA unavailable: {why}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: CUDA unavailable: {why}");
             cudaNote = $"CUDA unavailable: {why}";
         }
         else if (KernelImage.Load() == null && cuda?.KernelImage == null)
         {
-            if (kind == BackendKind.Cuda) throw new InvalidOperationException($"--backend cuda: {devices} device(s), but no kernels: {KernelImage.Describe()}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {devices} device(s), but no kernels: {KernelImage.Describe()}");
             cudaNote = $"CUDA: {devices} device(s), but no kernels: {KernelImage.Describe()}";
         }
         else if (CudaBackend.WhyUnsupported(model) is { } unsupported)
         {
-            if (kind == BackendKind.Cuda) throw new NotSupportedException($"--backend cuda: {unsupported}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {unsupported}");
             cudaNote = $"CUDA not used: {unsupported}";
         }
         else
