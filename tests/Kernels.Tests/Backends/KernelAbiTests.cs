@@ -46,6 +46,7 @@ public class KernelAbiTests
             ["paged_prefill_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
             ["attention_merge"] = typeof(Kernels.Runtime.Numerics.AttentionState),
             ["sample_tokens"] = typeof(Kernels.Runtime.Engine.Sampler),
+            ["kv_append"] = typeof(Kernels.Runtime.Backends.Cpu.CpuBackend), // the K/V row copy in Forward, rounded as DTypeConvert
         };
         foreach (var name in exports)
         {
