@@ -12,6 +12,7 @@
 #include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}
 #include "ops/rope.cuh"             // defines: rope_f32
 #include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32
+#include "ops/kv_append.cuh"        // defines: kv_append_{f32,f16,bf16}
 
 #include "mma.cuh" // defines: cp.async, ldmatrix, mma.sync m16n8k16 wrappers, fp32 -> f16/bf16 packing
 

@@ -2,7 +2,7 @@
 # One command on the GPU machine (see ../shared/GPU.md): build the kernels with the local nvcc, then verify every GPU
 # kernel against the CPU reference, twice: the fatbin embedded in the published bench (built where it was published,
 # nvcc 11.8 here) and the fatbin this machine's nvcc just built (--fatbin). Results go to $OUT (default
-# ./device-check-out): verify*.json, kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
+# ./device-check-out): verify*.json, e2e.json (CUDA backend parity, leak check, llama3-8b decode), kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
 # the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
 #
 #   prepare (on the dev machine):  ./build.sh publish-device        -> .device/bench/kernels-bench
@@ -65,6 +65,16 @@ else
     note "verify (local nvcc) exit $rc"
     [ "$status" -eq 0 ] && status=$rc
   fi
+fi
+
+# ---- the CUDA backend end to end: parity with the CPU backend, leak check, llama3-8b decode throughput ------------
+# Its failures count in the exit status (after verify's).
+if [ -x "$BENCH" ]; then
+  note "e2e: CUDA backend vs CPU, leak check, synthetic:llama3-8b decode -> e2e.json"
+  timeout 420 "$BENCH" e2e ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+  rc=${PIPESTATUS[0]}
+  note "e2e exit $rc"
+  [ "$status" -eq 0 ] && status=$rc
 fi
 
 # ---- timings: our kernels, then PyTorch baselines on the same shapes -------------------------------------------

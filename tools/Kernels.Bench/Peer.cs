@@ -69,7 +69,7 @@ public static class Peer
         return 0;
     }
 
-    private static string? FindShared(string relative)
+    internal static string? FindShared(string relative)
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
             foreach (string c in new[] { Path.Combine(dir.FullName, "shared", relative), Path.Combine(dir.FullName, "..", "shared", relative) })

@@ -52,6 +52,11 @@ public static class Program
         var kernelsCmd = new Command("kernels", "GPU kernel timings (CUDA events, L2 flushed, median) with achieved GB/s, TFLOP/s and the measured roofline; exit 2 without CUDA");
         foreach (var o in new Option[] { kernelsJson, kernelsIters, kernelsQuick, fatbin, ordinal }) kernelsCmd.Options.Add(o);
         kernelsCmd.SetAction(p => KernelTimings.Run(p.GetValue(fatbin), p.GetValue(kernelsJson)!, p.GetValue(kernelsIters), p.GetValue(kernelsQuick), p.GetValue(ordinal)));
+        var e2eJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var e2eQuick = new Option<bool>("--quick") { Description = "Fewer leak iterations, batches 1 and 16 only" };
+        var e2e = new Command("e2e", "CUDA backend end to end: logits parity with the CPU backend, create/dispose leak check, llama3-8b decode throughput vs roofline; exit 2 without CUDA");
+        foreach (var o in new Option[] { e2eJson, e2eQuick, fatbin, ordinal }) e2e.Options.Add(o);
+        e2e.SetAction(p => EndToEnd.Run(p.GetValue(fatbin), p.GetValue(e2eJson), p.GetValue(ordinal), p.GetValue(e2eQuick)));
         var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => "stories260K", Description = "Comma-separated GGUF files; `stories260K` = ../shared/models/stories260K/stories260K.gguf (skipped when absent)" };
         var peerPrompt = new Option<int>("--prompt") { DefaultValueFactory = _ => 64, Description = "Prompt tokens P" };
         var peerStoriesPrompt = new Option<int>("--stories-prompt") { DefaultValueFactory = _ => 32, Description = "Prompt tokens P for stories260K (its context is 512)" };
@@ -106,6 +111,7 @@ public static class Program
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
         root.Subcommands.Add(kernelsCmd);
+        root.Subcommands.Add(e2e);
         root.Subcommands.Add(peer);
         return root.Parse(args).Invoke();
     }

@@ -148,6 +148,11 @@ internal static unsafe class Verify
                     () => PrefillCase(dtype, [(37, 37), (16, 300), (1, 50)], 32, 8, 128, 16));
                 yield return new Case($"paged_prefill_attention_{Suffix(dtype)}", "(n,L) (200,260) heads 8/2 d=64 bs=32", () => PrefillCase(dtype, [(200, 260)], 8, 2, 64, 32));
             }
+            foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
+            {
+                yield return new Case($"kv_append_{Suffix(dtype)}", "T=37 kv_dim=1024 slots=64x16 (one padded row)", () => KvAppendCase(dtype, 37, 1024, 64 * 16));
+                yield return new Case($"kv_append_{Suffix(dtype)}", "T=1 kv_dim=128 slots=4x16", () => KvAppendCase(dtype, 1, 128, 4 * 16));
+            }
             yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
             yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
             yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000));
@@ -571,6 +576,75 @@ internal static unsafe class Verify
             return new CaseResult("sample_tokens_f32", $"T=1 top-k=50 top-p=0.9 V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
                 "distributional: total variation vs the CPU sampler's distribution; draws outside the CPU's kept set count as mismatches",
                 outside, 0, true, pass, null);
+        }
+
+        /// <summary>
+        /// kv_append: distinct random slots (the last token's slot -1: padding writes nothing) into a zeroed cache; the
+        /// reference is the CPU backend's row copy rounded to the cache dtype ((Half)x, DTypeConvert.SingleToBFloat16).
+        /// f16/bf16 caches are read back, widened exactly to fp32 and compared through an fp32 buffer (widening is
+        /// injective, so bit-exactness is kept).
+        /// </summary>
+        private CaseResult KvAppendCase(TensorDType dtype, int t, int kvDim, int numSlots)
+        {
+            var k = Normal(t * kvDim, 3f);
+            var v = Normal(t * kvDim, 3f);
+            var slots = Enumerable.Range(0, numSlots).OrderBy(_ => rng.Next()).Take(t).ToArray();
+            if (t > 1) slots[^1] = -1;
+            float Round(float x) => dtype switch
+            {
+                TensorDType.F16 => (float)(Half)x,
+                TensorDType.BF16 => DTypeConvert.BFloat16ToSingle(DTypeConvert.SingleToBFloat16(x)),
+                _ => x,
+            };
+            var refK = new float[numSlots * kvDim];
+            var refV = new float[numSlots * kvDim];
+            for (int i = 0; i < t; i++)
+            {
+                if (slots[i] < 0) continue;
+                for (int j = 0; j < kvDim; j++)
+                {
+                    refK[slots[i] * kvDim + j] = Round(k[i * kvDim + j]);
+                    refV[slots[i] * kvDim + j] = Round(v[i * kvDim + j]);
+                }
+            }
+            var reference = refK.Concat(refV).ToArray();
+            using var dk = DeviceBuffer<float>.From(device, k);
+            using var dv = DeviceBuffer<float>.From(device, v);
+            using var dSlots = DeviceBuffer<int>.From(device, slots);
+            string kernel = $"kv_append_{Suffix(dtype)}";
+            string shape = $"T={t} kv_dim={kvDim} slots={numSlots}";
+            if (dtype == TensorDType.F32)
+            {
+                using var cache = Output(2 * numSlots * kvDim);
+                cache.CopyFrom(new float[2 * numSlots * kvDim]); // zero the cache, keep the guard after it
+                var kc = cache.View<float>(0, (long)numSlots * kvDim);
+                var vc = cache.View<float>((long)numSlots * kvDim * 4, (long)numSlots * kvDim);
+                ops.KvAppendF32(kc, vc, dk, dv, dSlots, t, kvDim, numSlots);
+                return Compare(kernel, shape, cache, reference, Exact);
+            }
+            var widened = new float[2 * numSlots * kvDim];
+            if (dtype == TensorDType.F16)
+            {
+                using var kc = DeviceBuffer<Half>.Allocate(device, (long)numSlots * kvDim);
+                using var vc = DeviceBuffer<Half>.Allocate(device, (long)numSlots * kvDim);
+                kc.FillBytes(0);
+                vc.FillBytes(0);
+                ops.KvAppendF16(kc, vc, dk, dv, dSlots, t, kvDim, numSlots);
+                var all = kc.ToArray().Concat(vc.ToArray()).ToArray();
+                for (int i = 0; i < all.Length; i++) widened[i] = (float)all[i];
+            }
+            else
+            {
+                using var kc = DeviceBuffer<ushort>.Allocate(device, (long)numSlots * kvDim);
+                using var vc = DeviceBuffer<ushort>.Allocate(device, (long)numSlots * kvDim);
+                kc.FillBytes(0);
+                vc.FillBytes(0);
+                ops.KvAppendBF16(kc, vc, dk, dv, dSlots, t, kvDim, numSlots);
+                var all = kc.ToArray().Concat(vc.ToArray()).ToArray();
+                for (int i = 0; i < all.Length; i++) widened[i] = DTypeConvert.BFloat16ToSingle(all[i]);
+            }
+            using var result = InPlace(widened);
+            return Compare(kernel, shape, result, reference, Exact);
         }
 
         // ---- buffers and comparison -------------------------------------------------------------------------------

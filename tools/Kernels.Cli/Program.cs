@@ -41,6 +41,7 @@ public static class Program
         ModelFormatException m => m.Message,
         RequestValidationException r => $"--{r.Argument}: {r.Message[(r.Argument.Length + 2)..]}",
         CliUsageException u => u.Message,
+        Kernels.Runtime.Backends.BackendUnavailableException b => b.Message,
         Kernels.Runtime.KvCache.KvCacheExhaustedException k => k.Message,
         FileNotFoundException f => $"{f.FileName}: file not found",
         DirectoryNotFoundException d => d.Message,

@@ -1,26 +1,71 @@
 // Chooses the compute backend for a model and says why the others are not in use.
 using Kernels.Interop;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Backends.Cuda;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends;
 
 public enum BackendKind
 {
-    /// <summary>The best backend present.</summary>
+    /// <summary>The best backend present: CUDA when a device opens, the kernels load and the model is supported, else the CPU.</summary>
     Auto,
     Cpu,
+    /// <summary>CUDA or an exception saying why not.</summary>
+    Cuda,
 }
+
+/// <summary>An explicitly chosen backend cannot run here; the message says why (no device, no kernels, unsupported model).</summary>
+public sealed class BackendUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
 
 public static class BackendSelector
 {
-    public static (IBackend Backend, string Description) Create(LoadedModel model, CpuBackendOptions? cpu = null, BackendKind kind = BackendKind.Auto)
+    /// <summary>Parses a --backend value (cpu, cuda, auto), naming the accepted values when it is none of them.</summary>
+    public static BackendKind Parse(string value) => value.Trim().ToLowerInvariant() switch
     {
-        string cuda = CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why
-            ? $"CUDA unavailable: {why}"
-            : $"CUDA: {devices} device(s) found, but the CUDA backend is not part of this build yet";
+        "auto" => BackendKind.Auto,
+        "cpu" => BackendKind.Cpu,
+        "cuda" or "gpu" => BackendKind.Cuda,
+        _ => throw new ArgumentException($"unknown backend '{value}': expected auto, cpu or cuda", nameof(value)),
+    };
+
+    public static (IBackend Backend, string Description) Create(LoadedModel model, CpuBackendOptions? cpu = null, BackendKind kind = BackendKind.Auto,
+        CudaBackendOptions? cuda = null)
+    {
+        string cudaNote;
+        if (kind == BackendKind.Cpu)
+        {
+            cudaNote = "CUDA not tried (--backend cpu)";
+        }
+        else if (CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why)
+        {
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: CUDA unavailable: {why}");
+            cudaNote = $"CUDA unavailable: {why}";
+        }
+        else if (KernelImage.Load() == null && cuda?.KernelImage == null)
+        {
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {devices} device(s), but no kernels: {KernelImage.Describe()}");
+            cudaNote = $"CUDA: {devices} device(s), but no kernels: {KernelImage.Describe()}";
+        }
+        else if (CudaBackend.WhyUnsupported(model) is { } unsupported)
+        {
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {unsupported}");
+            cudaNote = $"CUDA not used: {unsupported}";
+        }
+        else
+        {
+            try
+            {
+                var gpu = new CudaBackend(model, cuda);
+                return (gpu, gpu.ToString());
+            }
+            catch (Exception e) when (kind == BackendKind.Auto && e is CudaException or InvalidOperationException or NotSupportedException)
+            {
+                cudaNote = $"CUDA backend failed to start: {e.Message}";
+            }
+        }
         var backend = new CpuBackend(model, cpu);
         string simd = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "AVX2" : System.Numerics.Vector.IsHardwareAccelerated ? "SIMD" : "scalar";
-        return (backend, $"cpu ({Environment.ProcessorCount} cores, {simd}); {cuda}; GPU kernels {KernelImage.Describe()}");
+        return (backend, $"cpu ({Environment.ProcessorCount} cores, {simd}); {cudaNote}; GPU kernels {KernelImage.Describe()}");
     }
 }

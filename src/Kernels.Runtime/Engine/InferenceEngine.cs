@@ -17,6 +17,10 @@ public sealed record InferenceEngineOptions
 {
     public ModelLoadOptions Load { get; init; } = new();
     public CpuBackendOptions Cpu { get; init; } = new();
+    /// <summary>Which backend Create picks (Auto: CUDA when usable, else the CPU).</summary>
+    public Backends.BackendKind Backend { get; init; } = Backends.BackendKind.Auto;
+    /// <summary>Options of the CUDA backend when it is chosen.</summary>
+    public Backends.Cuda.CudaBackendOptions? Cuda { get; init; }
     public GeneratorOptions Scheduling { get; init; } = new();
     public ILoggerFactory? LoggerFactory { get; init; }
 }
@@ -85,7 +89,7 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             _ = loaded.Tokenizer; // a missing tokenizer is reported now, not at the first request
-            var (backend, description) = BackendSelector.Create(loaded, options.Cpu);
+            var (backend, description) = BackendSelector.Create(loaded, options.Cpu, options.Backend, options.Cuda);
             var engine = new InferenceEngine(loaded, backend, description, options);
             engine._log.LogInformation("Loaded {Model} ({Parameters:F1}M parameters) on {Backend}", model, loaded.Config.ParameterCount / 1e6, description);
             return engine;

@@ -8,7 +8,10 @@ public static unsafe class SyntheticModels
 {
     public const string Prefix = "synthetic:";
 
-    /// <summary>The named shapes: tiny mirrors the golden test models; small is a ~100M-parameter Llama.</summary>
+    /// <summary>
+    /// The named shapes: tiny mirrors the golden test models; small is a ~100M-parameter Llama; llama3-8b is Llama 3
+    /// 8B's shape in F16 for GPU throughput (see <see cref="SharedLayerShapes"/>).
+    /// </summary>
     public static IReadOnlyDictionary<string, ModelConfig> Shapes { get; } = new Dictionary<string, ModelConfig>
     {
         ["tiny"] = new()
@@ -23,7 +26,20 @@ public static unsafe class SyntheticModels
             NumKvHeads = 4, HeadDim = 64, VocabSize = 32000, MaxPositions = 2048, TieWordEmbeddings = true,
             RopeTheta = 500000, BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
         },
+        ["llama3-8b"] = new()
+        {
+            Architecture = ModelArchitecture.Llama, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32, NumHeads = 32,
+            NumKvHeads = 8, HeadDim = 128, VocabSize = 128256, MaxPositions = 8192, RopeTheta = 500000,
+            BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
+        },
     };
+
+    /// <summary>
+    /// Shapes whose layers all share layer 0's host memory, stored in F16: the host holds one layer (436 MiB for
+    /// llama3-8b) plus the embedding and LM head (2 GiB), not 16 GB, while a GPU backend still uploads 32 separate
+    /// copies, so a decode step streams every layer's bytes as a real 8B model does. Values are random either way.
+    /// </summary>
+    public static IReadOnlySet<string> SharedLayerShapes { get; } = new HashSet<string> { "llama3-8b" };
 
     public static bool IsSynthetic(string model) => model.StartsWith(Prefix, StringComparison.Ordinal);
 
@@ -35,15 +51,30 @@ public static unsafe class SyntheticModels
 
         var owners = new List<IDisposable>();
         var tensors = new Dictionary<string, WeightTensor>();
+        bool sharedLayers = SharedLayerShapes.Contains(name);
+        var dtype = sharedLayers ? TensorDType.F16 : TensorDType.BF16;
         void Add(string tensorName, bool ones, params long[] shape)
         {
+            const string LayerPrefix = "model.layers.";
+            if (sharedLayers && tensorName.StartsWith(LayerPrefix, StringComparison.Ordinal) && !tensorName.StartsWith(LayerPrefix + "0.", StringComparison.Ordinal))
+            {
+                string first = LayerPrefix + "0." + tensorName[(tensorName.IndexOf('.', LayerPrefix.Length) + 1)..];
+                tensors[tensorName] = new WeightTensor(tensorName, dtype, shape, tensors[first].Data);
+                return;
+            }
             long n = shape.Aggregate(1L, (a, b) => a * b);
             var storage = new OwnedStorage(n * 2);
             owners.Add(storage);
             var bits = new Span<ushort>(storage.Pointer, checked((int)n));
-            if (ones) bits.Fill(DTypeConvert.SingleToBFloat16(1f));
-            else FillUniform(bits, StableHash(tensorName) ^ (uint)seed, std: 0.02f);
-            tensors[tensorName] = new WeightTensor(tensorName, TensorDType.BF16, shape, storage.Pointer);
+            uint tensorSeed = StableHash(tensorName) ^ (uint)seed;
+            if (dtype == TensorDType.F16)
+            {
+                if (ones) bits.Fill(BitConverter.HalfToUInt16Bits((Half)1f));
+                else FillUniformHalf(storage.Pointer, n, tensorSeed, std: 0.02f);
+            }
+            else if (ones) bits.Fill(DTypeConvert.SingleToBFloat16(1f));
+            else FillUniform(bits, tensorSeed, std: 0.02f);
+            tensors[tensorName] = new WeightTensor(tensorName, dtype, shape, storage.Pointer);
         }
 
         int h = config.HiddenSize, ff = config.IntermediateSize;
@@ -78,6 +109,24 @@ public static unsafe class SyntheticModels
             float u = (state >> 8) * (1f / (1 << 24)) * 2f - 1f;
             bits[i] = DTypeConvert.SingleToBFloat16(u * a);
         }
+    }
+
+    /// <summary>F16 uniform values, generated in parallel chunks of 1M (each with its own xorshift stream): seeded and fast.</summary>
+    private static void FillUniformHalf(byte* data, long n, uint seed, float std)
+    {
+        const int Chunk = 1 << 20;
+        ushort* bits = (ushort*)data;
+        float a = std * MathF.Sqrt(3f);
+        Parallel.For(0, (n + Chunk - 1) / Chunk, c =>
+        {
+            uint state = (seed ^ (uint)(c * 0x9E3779B9L)) | 1u;
+            for (long i = c * Chunk, end = Math.Min(n, i + Chunk); i < end; i++)
+            {
+                state ^= state << 13; state ^= state >> 17; state ^= state << 5;
+                float u = (state >> 8) * (1f / (1 << 24)) * 2f - 1f;
+                bits[i] = BitConverter.HalfToUInt16Bits((Half)(u * a));
+            }
+        });
     }
 
     private static uint StableHash(string s)

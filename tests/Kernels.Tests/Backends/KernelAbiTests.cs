@@ -51,6 +51,7 @@ public class KernelAbiTests
             ["w4a8_gemm_group_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
             ["w4a8_gemm_channel_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
             ["w4a8_gemm_channel_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
+            ["kv_append"] = typeof(Kernels.Runtime.Backends.Cpu.CpuBackend), // the K/V row copy in Forward, rounded as DTypeConvert
         };
         foreach (var name in exports)
         {

@@ -20,10 +20,18 @@ public sealed class ModelOptions
         Description = "Tokenizer file (tokenizer.json, tokenizer.model or tok*.bin) when it is not found next to the model",
     };
 
-    public void AddTo(Command command)
+    public Option<string> Backend { get; } = new("--backend")
+    {
+        Description = "Compute backend: auto (CUDA when a GPU, its driver and the kernels are present and the model is supported, else the CPU), cpu, or cuda (fails when CUDA is unavailable)",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    /// <summary>Adds --model and --tokenizer, and --backend for commands that run the model.</summary>
+    public void AddTo(Command command, bool runsModel = true)
     {
         command.Options.Add(Model);
         command.Options.Add(Tokenizer);
+        if (runsModel) command.Options.Add(Backend);
     }
 
     public LoadedModel Load(ParseResult parse, CliIo io)
@@ -36,9 +44,10 @@ public sealed class ModelOptions
         return loaded;
     }
 
-    public static IBackend CreateBackend(LoadedModel model, CliIo io)
+    public IBackend CreateBackend(LoadedModel model, ParseResult parse, CliIo io)
     {
-        var (backend, description) = BackendSelector.Create(model);
+        var kind = BackendSelector.Parse(parse.GetValue(Backend) ?? "auto");
+        var (backend, description) = BackendSelector.Create(model, kind: kind);
         io.Error.WriteLine($"backend: {description}");
         return backend;
     }

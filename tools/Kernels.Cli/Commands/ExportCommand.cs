@@ -16,7 +16,7 @@ public static class ExportCommand
         dtype.AcceptOnlyFromAmong("f32", "f16", "q8_0");
         var output = new Option<string>("--out", "-o") { Description = "Output file (gguf) or directory (hf)", Required = true };
         var command = new Command("export", "Write the model as a GGUF file (llama.cpp-compatible) or a Hugging Face safetensors directory");
-        model.AddTo(command);
+        model.AddTo(command, runsModel: false);
         foreach (var o in new Option[] { format, dtype, output }) command.Options.Add(o);
         command.SetAction(parse =>
         {

@@ -19,7 +19,7 @@ public static class QuantizeCommand
         var seed = new Option<int>("--seed") { Description = "Seed of any randomized step (same seed, same output)", DefaultValueFactory = _ => 1234 };
         var output = new Option<string>("--out", "-o") { Description = "Output model directory", Required = true };
         var command = new Command("quantize", "Quantize the model's linear layers offline and write a loadable model directory");
-        model.AddTo(command);
+        model.AddTo(command, runsModel: false);
         foreach (var o in new Option[] { method, group, bits, sparsity, calib, seed, output }) command.Options.Add(o);
         command.SetAction(parse =>
         {

@@ -1,5 +1,6 @@
 // `kernels serve`: loads a model into an InferenceEngine and serves it over HTTP (OpenAI-compatible) until Ctrl+C.
 using System.CommandLine;
+using Kernels.Runtime.Backends;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
 using Kernels.Server;
@@ -43,6 +44,7 @@ public static class ServeCommand
                 Load = new ModelLoadOptions { TokenizerPath = parse.GetValue(model.Tokenizer) },
                 Scheduling = new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" },
                 LoggerFactory = logging,
+                Backend = BackendSelector.Parse(parse.GetValue(model.Backend) ?? "auto"),
             });
             var app = ServerApp.Build(engine, options);
             try

@@ -6,11 +6,15 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// <summary>
 /// <paramref name="Length"/> elements of <typeparamref name="T"/> in device memory. bf16 tensors use ushort (the raw
 /// bits), f16 tensors Half. Copies are synchronous (cuMemcpy*_v2 on the legacy default stream, which waits for work
-/// queued on blocking streams). A zero-length buffer owns no allocation and has pointer 0.
+/// queued on blocking streams). A zero-length buffer owns no allocation and has pointer 0. A view
+/// (<see cref="View{U}"/>) owns nothing: it addresses part of another buffer's memory (an arena), keeps that buffer
+/// reachable, and fails with ObjectDisposedException once the owner is disposed.
 /// </summary>
 public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 {
     private readonly DeviceAllocationHandle? _allocation;
+    private readonly IDeviceMemoryOwner? _owner; // set for views only
+    private readonly long _ownerByteOffset;
 
     public CudaDevice Device { get; }
     public long Length { get; }
@@ -22,6 +26,32 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         Device = device;
         Length = length;
         _allocation = allocation;
+    }
+
+    private DeviceBuffer(CudaDevice device, long length, IDeviceMemoryOwner owner, long byteOffset)
+    {
+        Device = device;
+        Length = length;
+        _owner = owner;
+        _ownerByteOffset = byteOffset;
+    }
+
+    /// <summary>
+    /// <paramref name="length"/> elements of <typeparamref name="U"/> starting <paramref name="byteOffset"/> bytes into
+    /// this buffer, without a copy or an allocation (disposing the view does nothing; disposing this buffer ends it).
+    /// </summary>
+    public DeviceBuffer<U> View<U>(long byteOffset, long length) where U : unmanaged
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(byteOffset);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        long bytes = checked(length * sizeof(U));
+        if (byteOffset > ByteLength || bytes > ByteLength - byteOffset)
+            throw new ArgumentOutOfRangeException(nameof(length),
+                $"bytes [{byteOffset}, {byteOffset + bytes}) are outside this device buffer of {ByteLength} bytes");
+        if (byteOffset % sizeof(U) != 0)
+            throw new ArgumentException($"byte offset {byteOffset} is not a multiple of {typeof(U).Name}'s size ({sizeof(U)})", nameof(byteOffset));
+        return new DeviceBuffer<U>(Device, length, new ViewOwner<T>(this), byteOffset);
     }
 
     public static DeviceBuffer<T> Allocate(CudaDevice device, long length)
@@ -54,6 +84,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         get
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_owner != null) return Length == 0 ? 0 : _owner.BasePointer + (ulong)_ownerByteOffset;
             return _allocation?.Pointer ?? 0;
         }
     }
@@ -109,5 +140,19 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         _allocation?.Dispose();
     }
 
+    /// <summary>The start of the allocation behind this buffer (views resolve through it, so they see its disposal).</summary>
+    internal ulong BasePointer => _owner != null ? _owner.BasePointer + (ulong)_ownerByteOffset : Pointer;
+
     public override string ToString() => $"DeviceBuffer<{typeof(T).Name}>[{Length}]";
+}
+
+/// <summary>What a view resolves its address through: the allocation-owning buffer it was cut from.</summary>
+internal interface IDeviceMemoryOwner
+{
+    ulong BasePointer { get; }
+}
+
+internal sealed class ViewOwner<T>(DeviceBuffer<T> owner) : IDeviceMemoryOwner where T : unmanaged
+{
+    public ulong BasePointer => owner.BasePointer;
 }

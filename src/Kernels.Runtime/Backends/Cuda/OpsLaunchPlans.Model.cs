@@ -127,6 +127,23 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch("sample_tokens_f32", (uint)rows, 1, SampleThreads);
     }
 
+    /// <summary>kv_append: k, v [numTokens, kvDim] into the caches' rows slots[t] (kCache, vCache [numSlots, kvDim]).</summary>
+    public static KernelLaunch? KvAppend(string suffix, long kCacheLength, long vCacheLength, long kLength, long vLength, long slotsLength,
+        int numTokens, int kvDim, int numSlots)
+    {
+        NonNegative(numTokens, "numTokens");
+        NonNegative(kvDim, "kvDim");
+        NonNegative(numSlots, "numSlots");
+        long cache = (long)numSlots * kvDim;
+        AtLeast(kCacheLength, cache, "kCache", $"[numSlots={numSlots}, kvDim={kvDim}]");
+        AtLeast(vCacheLength, cache, "vCache", $"[numSlots={numSlots}, kvDim={kvDim}]");
+        AtLeast(kLength, Elements(numTokens, kvDim, "k"), "k", $"[numTokens={numTokens}, kvDim={kvDim}]");
+        AtLeast(vLength, Elements(numTokens, kvDim, "v"), "v", $"[numTokens={numTokens}, kvDim={kvDim}]");
+        AtLeast(slotsLength, numTokens, "slots", $"[numTokens={numTokens}]");
+        if (numTokens == 0 || kvDim == 0 || numSlots == 0) return null;
+        return new KernelLaunch($"kv_append_{suffix}", (uint)Math.Min(numTokens, MaxGridRows), 1, 256);
+    }
+
     // ---- paged KV checks --------------------------------------------------------------------------------------------
 
     private static void CheckPagedShape(int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks, int[] headDims)

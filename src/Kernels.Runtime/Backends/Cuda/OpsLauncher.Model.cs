@@ -167,6 +167,42 @@ public sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- kv_append_{f32,f16,bf16} ----------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Writes k, v [numTokens, kvDim] (fp32) into rows slots[t] of kCache, vCache [numSlots, kvDim] (one layer's blocks
+    /// [numBlocks, blockSize, kvDim] viewed as numSlots = numBlocks * blockSize rows), rounded to the cache dtype. A
+    /// negative slot writes nothing.
+    /// </summary>
+    public void KvAppendF16(DeviceBuffer<Half> kCache, DeviceBuffer<Half> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
+        int numTokens, int kvDim, int numSlots) => KvAppend("f16", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+
+    public void KvAppendBF16(DeviceBuffer<ushort> kCache, DeviceBuffer<ushort> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
+        int numTokens, int kvDim, int numSlots) => KvAppend("bf16", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+
+    public void KvAppendF32(DeviceBuffer<float> kCache, DeviceBuffer<float> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
+        int numTokens, int kvDim, int numSlots) => KvAppend("f32", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+
+    private void KvAppend<T>(string suffix, DeviceBuffer<T> kCache, DeviceBuffer<T> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v,
+        DeviceBuffer<int> slots, int numTokens, int kvDim, int numSlots) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(kCache);
+        ArgumentNullException.ThrowIfNull(vCache);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(slots);
+        if (OpsLaunchPlans.KvAppend(suffix, kCache.Length, vCache.Length, k.Length, v.Length, slots.Length, numTokens, kvDim, numSlots) is not { } plan) return;
+        SameDevice(kCache, nameof(kCache));
+        SameDevice(vCache, nameof(vCache));
+        SameDevice(k, nameof(k));
+        SameDevice(v, nameof(v));
+        SameDevice(slots, nameof(slots));
+        ulong pkc = kCache.Pointer, pvc = vCache.Pointer, pk = k.Pointer, pv = v.Pointer, ps = slots.Pointer;
+        int nt = numTokens, d = kvDim, ns = numSlots;
+        void** args = stackalloc void*[] { &pkc, &pvc, &pk, &pv, &ps, &nt, &d, &ns };
+        Launch(plan, args);
+    }
+
     // ---- sample_tokens_f32 ------------------------------------------------------------------------------------------
 
     /// <summary>

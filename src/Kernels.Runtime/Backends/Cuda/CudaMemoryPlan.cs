@@ -1,0 +1,156 @@
+// How the CUDA backend divides device memory: weights arena, activation scratch for a maximum step, paged KV pool. Pure
+// functions of the model shape, the options and the free memory, so they are tested without a GPU.
+using Kernels.Runtime.Models;
+
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>Options of <see cref="CudaBackend"/>; parsed once at the edge (CLI, bench) and passed down.</summary>
+public sealed record CudaBackendOptions
+{
+    /// <summary>CUDA device ordinal.</summary>
+    public int Device { get; init; }
+    /// <summary>Tokens per KV block.</summary>
+    public int KvBlockSize { get; init; } = 16;
+    /// <summary>Bytes of KV cache; null: <see cref="KvMemoryFraction"/> of the memory left after weights and scratch.</summary>
+    public long? KvCacheBytes { get; init; }
+    /// <summary>Share of the free memory left after weights, scratch and <see cref="ReserveBytes"/> that the KV pool takes.</summary>
+    public double KvMemoryFraction { get; init; } = 0.9;
+    /// <summary>
+    /// Most token rows one internal step runs (activation scratch is sized for it). A Forward call with more rows is
+    /// run as several steps in order, splitting a long prompt into chunks, which is exact (causal attention over the cache).
+    /// </summary>
+    public int MaxTokensPerStep { get; init; } = 512;
+    /// <summary>
+    /// The KV cache's element type: F16 (default; 10-bit mantissa, what the attention kernels read fastest), BF16, or
+    /// F32 (bit-exact keys and values as the CPU backend keeps them, twice the bytes).
+    /// </summary>
+    public TensorDType KvDType { get; init; } = TensorDType.F16;
+    /// <summary>Device memory left unplanned for the driver, the module and fragmentation.</summary>
+    public long ReserveBytes { get; init; } = 512L << 20;
+    /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
+    public byte[]? KernelImage { get; init; }
+}
+
+/// <summary>The device memory a <see cref="CudaBackend"/> allocates, in bytes, with the counts they come from.</summary>
+public sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long KvBytes, int KvBlocks, long KvBytesPerBlock,
+    long FreeBytes, long ReserveBytes, int MaxTokensPerStep)
+{
+    /// <summary>Device allocations are aligned to this (the driver gives 256-byte-aligned pointers; tensors keep it).</summary>
+    public const int Alignment = 256;
+
+    /// <summary>Sequences for which the decode workspace allows every split (more sequences need fewer splits).</summary>
+    public const int DecodeWorkspaceSeqs = 64;
+
+    public static long Align(long bytes) => (bytes + Alignment - 1) / Alignment * Alignment;
+
+    public static int ElementBytes(TensorDType kvDType) => kvDType switch
+    {
+        TensorDType.F16 or TensorDType.BF16 => 2,
+        TensorDType.F32 => 4,
+        _ => throw new ArgumentOutOfRangeException(nameof(kvDType), kvDType, "the KV cache is F16, BF16 or F32"),
+    };
+
+    /// <summary>Bytes of one KV block in every layer, keys and values: 2 * layers * blockSize * kvDim * element.</summary>
+    public static long KvBlockBytes(ModelConfig config, int blockSize, TensorDType kvDType) =>
+        2L * config.NumLayers * blockSize * config.KvDim * ElementBytes(kvDType);
+
+    /// <summary>The activation scratch of one step, laid out by <see cref="ScratchLayout"/>.</summary>
+    public static long ScratchBytesFor(ModelConfig config, int maxTokens, int blockSize) => new ScratchLayout(config, maxTokens, blockSize).Bytes;
+
+    /// <summary>
+    /// Plans the memory, or throws InvalidOperationException naming every size when weights + scratch + reserve + one
+    /// KV block do not fit <paramref name="freeBytes"/>.
+    /// </summary>
+    public static CudaMemoryPlan Compute(ModelConfig config, long weightBytes, long freeBytes, CudaBackendOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfNegative(weightBytes);
+        if (options.KvBlockSize < 1) throw new ArgumentOutOfRangeException(nameof(options), options.KvBlockSize, "KvBlockSize must be >= 1");
+        if (options.MaxTokensPerStep < 1) throw new ArgumentOutOfRangeException(nameof(options), options.MaxTokensPerStep, "MaxTokensPerStep must be >= 1");
+        if (!(options.KvMemoryFraction is > 0 and <= 1))
+            throw new ArgumentOutOfRangeException(nameof(options), options.KvMemoryFraction, "KvMemoryFraction must be in (0, 1]");
+        if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
+        long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
+        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize);
+        long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
+        string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
+                       $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +
+                       $"{options.KvDType.Name()}) {Mib(block)}; free device memory {Mib(freeBytes)}";
+        long left = freeBytes - fixedBytes;
+        long kv = options.KvCacheBytes ?? (long)(Math.Max(0, left) * options.KvMemoryFraction);
+        if (left < block || kv > left)
+            throw new InvalidOperationException(
+                $"CUDA out of memory for this model: {sizes}; the KV cache asked for {Mib(kv)} but {Mib(Math.Max(0, left))} is left " +
+                "(lower MaxTokensPerStep or KvCacheBytes, or use a smaller model)");
+        long maxBlocks = int.MaxValue / options.KvBlockSize; // slots (block * blockSize + row) are int32 in the kernels
+        int blocks = (int)Math.Min(kv / block, maxBlocks);
+        if (blocks < 1)
+            throw new InvalidOperationException($"CUDA KV cache of {Mib(kv)} holds no block: {sizes}");
+        return new CudaMemoryPlan(weightBytes, scratch, blocks * block, blocks, block, freeBytes, options.ReserveBytes, options.MaxTokensPerStep);
+    }
+
+    private static string Mib(long bytes) => $"{bytes / (double)(1 << 20):N1} MiB";
+
+    public override string ToString() =>
+        $"weights {Mib(WeightBytes)}, scratch {Mib(ScratchBytes)} ({MaxTokensPerStep} tokens/step), KV {KvBlocks} blocks = {Mib(KvBytes)}, " +
+        $"free before {Mib(FreeBytes)}";
+}
+
+/// <summary>
+/// Byte offsets of the per-step buffers in the scratch arena (each aligned to <see cref="CudaMemoryPlan.Alignment"/>),
+/// for at most <see cref="MaxTokens"/> token rows (every row may be a sequence, and every row may want logits).
+/// </summary>
+public sealed class ScratchLayout
+{
+    public int MaxTokens { get; }
+    public long Bytes { get; }
+    // fp32 activations
+    public (long Offset, long Floats) X, Xn, Q, K, V, Attn, Lse, Proj, Gate, Up, Selected, SelectedNorm, Logits, Workspace;
+    // int32 step inputs
+    public (long Offset, long Ints) Ids, Positions, Slots, SeqLens, QStarts, BlockTables;
+    /// <summary>Block-table width (entries per sequence) the scratch holds at full rows: the model's context in blocks.</summary>
+    public int MaxBlocksPerSeq { get; }
+
+    public ScratchLayout(ModelConfig c, int maxTokens, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        MaxTokens = maxTokens;
+        long t = maxTokens, at = 0;
+        (long, long) Take(long elements)
+        {
+            var r = (at, elements);
+            at += CudaMemoryPlan.Align(elements * 4);
+            return r;
+        }
+        X = Take(t * c.HiddenSize);
+        Xn = Take(t * c.HiddenSize);
+        Q = Take(t * c.QueryDim);
+        K = Take(t * c.KvDim);
+        V = Take(t * c.KvDim);
+        Attn = Take(t * c.QueryDim);
+        Lse = Take(t * c.NumHeads);
+        Proj = Take(t * c.HiddenSize);
+        Gate = Take(t * c.IntermediateSize);
+        Up = Take(t * c.IntermediateSize);
+        Selected = Take(t * c.HiddenSize);
+        SelectedNorm = Take(t * c.HiddenSize);
+        Logits = Take(t * c.VocabSize);
+        Workspace = Take(OpsLaunchPlans.DecodeWorkspaceFloats(Math.Min(maxTokens, CudaMemoryPlan.DecodeWorkspaceSeqs), c.NumHeads, c.HeadDim,
+            OpsLaunchPlans.DecodeMaxSplits));
+        MaxBlocksPerSeq = (int)Math.Min((c.MaxPositions + (long)blockSize - 1) / blockSize, int.MaxValue / 2);
+        Ids = Take(t);
+        Positions = Take(t);
+        Slots = Take(t);
+        SeqLens = Take(t);
+        QStarts = Take(t + 1);
+        // A step's table is packed with the step's own width (the most blocks one of its sequences holds), so the
+        // largest table is bounded by the tokens the step's sequences hold: rows x width <= maxTokens x MaxBlocksPerSeq.
+        BlockTables = Take(t * MaxBlocksPerSeq);
+        Bytes = at;
+    }
+
+    /// <summary>Int32 entries of the step inputs, contiguous from <see cref="Ids"/> to the end of the block tables.</summary>
+    public long IntRegionInts => (Bytes - Ids.Offset) / 4;
+}

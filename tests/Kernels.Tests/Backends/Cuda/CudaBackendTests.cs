@@ -1,0 +1,133 @@
+// CudaBackend: the memory plan, the support checks and the backend choice on the CPU; parity with the CPU backend
+// when a GPU is present (ignored otherwise).
+using Kernels.Interop;
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Backends.Cuda;
+using Kernels.Runtime.Models;
+using NUnit.Framework;
+
+namespace Kernels.Tests.Backends.Cuda;
+
+public class CudaBackendTests
+{
+    private static readonly ModelConfig Llama8B = SyntheticModels.Shapes["llama3-8b"];
+
+    [Test]
+    public void KvBlockBytesCountsBothTensorsOfEveryLayer()
+    {
+        // 2 (K, V) x 32 layers x 16 tokens x 1024 (8 kv heads x 128) x 2 bytes
+        Assert.That(CudaMemoryPlan.KvBlockBytes(Llama8B, 16, TensorDType.F16), Is.EqualTo(2L * 32 * 16 * 1024 * 2));
+        Assert.That(CudaMemoryPlan.KvBlockBytes(Llama8B, 16, TensorDType.F32), Is.EqualTo(2L * 32 * 16 * 1024 * 4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => CudaMemoryPlan.KvBlockBytes(Llama8B, 16, TensorDType.Q8_0));
+    }
+
+    [Test]
+    public void PlanGivesTheKvPoolItsFractionOfWhatIsLeft()
+    {
+        long free = 80L << 30, weights = 16L << 30;
+        var options = new CudaBackendOptions { MaxTokensPerStep = 256 };
+        var plan = CudaMemoryPlan.Compute(Llama8B, weights, free, options);
+        long left = free - CudaMemoryPlan.Align(weights) - plan.ScratchBytes - options.ReserveBytes;
+        Assert.That(plan.KvBlocks, Is.EqualTo((int)((long)(left * 0.9) / plan.KvBytesPerBlock)));
+        Assert.That(plan.KvBytes, Is.EqualTo(plan.KvBlocks * plan.KvBytesPerBlock));
+        Assert.That(plan.ScratchBytes, Is.GreaterThan(256L * 128256 * 4), "the scratch holds a logits row per token");
+    }
+
+    [Test]
+    public void PlanHonoursAnExplicitKvSize()
+    {
+        var options = new CudaBackendOptions { KvCacheBytes = 1L << 30 };
+        var plan = CudaMemoryPlan.Compute(Llama8B, 16L << 30, 80L << 30, options);
+        Assert.That(plan.KvBlocks, Is.EqualTo((int)((1L << 30) / CudaMemoryPlan.KvBlockBytes(Llama8B, 16, TensorDType.F16))));
+    }
+
+    [Test]
+    public void OutOfMemoryNamesTheSizes()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => CudaMemoryPlan.Compute(Llama8B, 16L << 30, 12L << 30, new CudaBackendOptions()));
+        Assert.That(e!.Message, Does.Contain("out of memory").And.Contain("weights 16,384.0 MiB").And.Contain("free device memory 12,288.0 MiB"));
+        var tooMuch = Assert.Throws<InvalidOperationException>(() =>
+            CudaMemoryPlan.Compute(Llama8B, 16L << 30, 40L << 30, new CudaBackendOptions { KvCacheBytes = 64L << 30 }));
+        Assert.That(tooMuch!.Message, Does.Contain("the KV cache asked for 65,536.0 MiB"));
+    }
+
+    [Test]
+    public void BadOptionsNameTheOption()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => CudaMemoryPlan.Compute(Llama8B, 0, 80L << 30, new CudaBackendOptions { KvBlockSize = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => CudaMemoryPlan.Compute(Llama8B, 0, 80L << 30, new CudaBackendOptions { MaxTokensPerStep = 0 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => CudaMemoryPlan.Compute(Llama8B, 0, 80L << 30, new CudaBackendOptions { KvMemoryFraction = 1.5 }));
+    }
+
+    [Test]
+    public void ScratchSectionsAreAlignedAndDisjoint()
+    {
+        var layout = new ScratchLayout(Llama8B, 64, 16);
+        var sections = new[] { layout.X, layout.Xn, layout.Q, layout.K, layout.V, layout.Attn, layout.Lse, layout.Proj, layout.Gate, layout.Up,
+            layout.Selected, layout.SelectedNorm, layout.Logits, layout.Workspace, layout.Ids, layout.Positions, layout.Slots, layout.SeqLens,
+            layout.QStarts, layout.BlockTables };
+        for (int i = 0; i < sections.Length; i++)
+        {
+            Assert.That(sections[i].Item1 % CudaMemoryPlan.Alignment, Is.Zero);
+            long end = sections[i].Item1 + sections[i].Item2 * 4;
+            Assert.That(end, Is.LessThanOrEqualTo(i + 1 < sections.Length ? sections[i + 1].Item1 : layout.Bytes));
+        }
+        Assert.That(layout.MaxBlocksPerSeq, Is.EqualTo(8192 / 16));
+        Assert.That(layout.BlockTables.Ints, Is.EqualTo(64L * 512));
+    }
+
+    [Test]
+    public void UnsupportedModelsAreNamed()
+    {
+        using var tiny = SyntheticModels.Create("synthetic:tiny");
+        Assert.That(CudaBackend.WhyUnsupported(tiny), Does.Contain("head_dim 16"));
+        using var small = SyntheticModels.Create("synthetic:small");
+        Assert.That(CudaBackend.WhyUnsupported(small), Is.Null);
+    }
+
+    [Test]
+    public void WithoutCudaAutoIsTheCpuAndCudaFailsClearly()
+    {
+        if (CudaDriverProbe.WhyUnavailable(out _, out _) == null) Assert.Ignore("a CUDA device is present: this test covers machines without one");
+        using var model = SyntheticModels.Create("synthetic:tiny");
+        var (backend, description) = BackendSelector.Create(model);
+        using (backend)
+        {
+            Assert.That(backend, Is.InstanceOf<CpuBackend>());
+            Assert.That(description, Does.StartWith("cpu (").And.Contain("CUDA unavailable"));
+        }
+        var e = Assert.Throws<BackendUnavailableException>(() => BackendSelector.Create(model, kind: BackendKind.Cuda));
+        Assert.That(e!.Message, Does.StartWith("--backend cuda: CUDA unavailable"));
+        Assert.That(BackendSelector.Parse("CPU"), Is.EqualTo(BackendKind.Cpu));
+        Assert.Throws<ArgumentException>(() => BackendSelector.Parse("tpu"));
+    }
+
+    [Test]
+    public void SyntheticLlama3ShapeSharesLayerMemory()
+    {
+        var c = SyntheticModels.Shapes["llama3-8b"];
+        Assert.That((c.HiddenSize, c.NumLayers, c.NumHeads, c.NumKvHeads, c.IntermediateSize, c.VocabSize), Is.EqualTo((4096, 32, 32, 8, 14336, 128256)));
+        Assert.That(SyntheticModels.SharedLayerShapes, Does.Contain("llama3-8b"));
+    }
+
+    [Test]
+    public void MatchesTheCpuBackendOnAGpu()
+    {
+        using var device = CudaDevice.TryOpen(0, out string? why);
+        if (device == null) Assert.Ignore($"no CUDA device: {why}");
+        if (KernelImage.Load() == null) Assert.Ignore($"no kernels: {KernelImage.Describe()}");
+        using var model = SyntheticModels.Create("synthetic:small");
+        using var cpu = new CpuBackend(model);
+        using var cuda = new CudaBackend(model, new CudaBackendOptions { KvCacheBytes = 64L << 20, MaxTokensPerStep = 8 });
+        var prompt = Enumerable.Range(3, 11).ToArray(); // 11 tokens with 8 per step: the prompt runs as two internal steps
+        using var a = cpu.CreateCache();
+        using var b = cuda.CreateCache();
+        var x = cpu.Forward([new SequenceStep(a, prompt, AllLogits: true)])[0];
+        var y = cuda.Forward([new SequenceStep(b, prompt, AllLogits: true)])[0];
+        Assert.That(y.Length, Is.EqualTo(x.Length));
+        double max = x.Zip(y, (p, q) => (double)Math.Abs(p - q)).Max();
+        Assert.That(max, Is.LessThanOrEqualTo(2e-3), "max |logit diff| CUDA vs CPU");
+        Assert.That(b.Length, Is.EqualTo(prompt.Length));
+    }
+}

@@ -1,0 +1,291 @@
+// kernels-bench e2e: the CUDA backend end to end on the GPU machine: logits parity with the CPU backend, a
+// create/dispose leak check, and decode throughput on synthetic:llama3-8b against the bandwidth roofline.
+// Exit codes: 0 every check passes (SKIPs included), 1 any FAIL, 2 CUDA or the kernels unavailable here.
+using System.Diagnostics;
+using System.Text.Json;
+using Kernels.Interop;
+using Kernels.Runtime.Backends;
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Backends.Cuda;
+using Kernels.Runtime.Models;
+
+namespace Kernels.Bench;
+
+internal static class EndToEnd
+{
+    /// <summary>The issue's acceptance bound for fp16 math: max |logit diff| between the CUDA and CPU backends.</summary>
+    private const double LogitTolerance = 2e-3;
+    private const int PromptTokens = 12, GreedyTokens = 16;
+    private const long LeakToleranceBytes = 16L << 20;
+
+    private sealed record ParityResult(string Model, string KvDType, string Status, double MaxAbsLogitDiff, double Tolerance, bool GreedyEqual,
+        int[] CpuTokens, int[] CudaTokens, string? Note);
+    private sealed record LeakResult(int Iterations, long FreeBefore, long FreeAfter, long Difference, long Tolerance, bool Pass, string? Error);
+    private sealed record ThroughputRow(int Batch, int Context, int Steps, double StepMs, double TokensPerSecond, long BytesPerStep,
+        double RooflineStepMs, double FractionOfRoofline, double SpeedupOverBatch1);
+    private sealed record Report(string Device, string Fatbin, double CopyBandwidthGBps, List<ParityResult> Parity, LeakResult? Leak,
+        string ThroughputModel, string? ThroughputNote, List<ThroughputRow> Throughput, bool Pass);
+
+    public static int Run(string? fatbinPath, string? jsonPath, int ordinal, bool quick)
+    {
+        using var device = CudaDevice.TryOpen(ordinal, out string? why);
+        if (device == null)
+        {
+            Console.WriteLine($"CUDA unavailable: {why}");
+            return 2;
+        }
+        byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();
+        if (image == null)
+        {
+            Console.WriteLine($"kernels unavailable: no embedded fatbin ({KernelImage.Describe()}); pass --fatbin PATH");
+            return 2;
+        }
+        Console.WriteLine($"# device: {device}");
+        var options = new CudaBackendOptions { Device = ordinal, KernelImage = image };
+        bool pass = true;
+
+        // ---- (a) parity ------------------------------------------------------------------------------------------
+        var parity = new List<ParityResult>();
+        var models = new List<(string Name, string? Path)>();
+        string? golden = FindGolden();
+        foreach (string g in new[] { "tiny-llama-f32", "tiny-llama-bf16" })
+            models.Add((g, golden == null ? null : Path.Combine(golden, g)));
+        models.Add(("stories260K", Peer.FindShared("models/stories260K/stories260K.gguf")));
+        models.Add(("synthetic:small", "synthetic:small"));
+        Console.WriteLine($"\n## parity: CUDA vs CPU logits (prompt {PromptTokens} tokens, all positions; then {GreedyTokens} greedy steps), tolerance {LogitTolerance}");
+        foreach (var (name, path) in models)
+        {
+            foreach (var kvType in new[] { TensorDType.F16, TensorDType.F32 })
+            {
+                var r = Parity(name, path, options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64 });
+                parity.Add(r);
+                if (r.Status == "FAIL") pass = false;
+                Console.WriteLine($"{r.Status,-5} {name,-18} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
+            }
+        }
+
+        // ---- (b) leak check --------------------------------------------------------------------------------------
+        Console.WriteLine("\n## leak: create + one step + dispose a CudaBackend 20 times on synthetic:small");
+        var leak = Leak(device, options with { KvCacheBytes = 256L << 20, MaxTokensPerStep = 64 }, quick ? 5 : 20);
+        pass &= leak.Pass;
+        Console.WriteLine($"{(leak.Pass ? "PASS" : "FAIL")}  free before {leak.FreeBefore:N0} B, after {leak.FreeAfter:N0} B, difference {leak.Difference:N0} B (tolerance {leak.Tolerance:N0}){(leak.Error != null ? $"  error: {leak.Error}" : "")}");
+
+        // ---- (c) throughput --------------------------------------------------------------------------------------
+        double bw = CopyBandwidthGBps(device);
+        Console.WriteLine($"\n## decode throughput on synthetic:llama3-8b, context 1024; measured copy bandwidth {bw:F0} GB/s (read + write)");
+        var rows = new List<ThroughputRow>();
+        string? note = null;
+        try
+        {
+            Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows);
+        }
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or Kernels.Runtime.KvCache.KvCacheExhaustedException)
+        {
+            note = $"{e.GetType().Name}: {e.Message}";
+            Console.WriteLine($"FAIL  throughput: {note}");
+            pass = false;
+        }
+
+        var report = new Report(device.ToString(), fatbinPath ?? "embedded", bw, parity, leak, "synthetic:llama3-8b", note, rows, pass);
+        if (jsonPath != null)
+        {
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"\nwrote {jsonPath}");
+        }
+        Console.WriteLine(pass ? "e2e: PASS" : "e2e: FAIL");
+        return pass ? 0 : 1;
+    }
+
+    private static string? FindGolden()
+    {
+        foreach (string start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
+            for (var dir = new DirectoryInfo(start); dir != null; dir = dir.Parent)
+            {
+                foreach (string c in new[] { Path.Combine(dir.FullName, "Golden"), Path.Combine(dir.FullName, "tests", "Kernels.Tests", "Golden") })
+                    if (Directory.Exists(c)) return c;
+            }
+        return null;
+    }
+
+    // ---- parity -----------------------------------------------------------------------------------------------------
+
+    private static ParityResult Parity(string name, string? path, CudaBackendOptions options)
+    {
+        string kv = options.KvDType.Name();
+        if (path == null || (!SyntheticModels.IsSynthetic(path) && !File.Exists(path) && !Directory.Exists(path)))
+            return new ParityResult(name, kv, "SKIP", double.NaN, LogitTolerance, false, [], [], "model files not found");
+        try
+        {
+            using var model = ModelLoader.Load(path);
+            if (CudaBackend.WhyUnsupported(model) is { } why)
+                return new ParityResult(name, kv, "SKIP", double.NaN, LogitTolerance, false, [], [], why);
+            var prompt = Enumerable.Range(0, PromptTokens).Select(i => (i * 37 + 5) % model.Config.VocabSize).ToArray();
+            using var cpu = new CpuBackend(model);
+            using var cuda = new CudaBackend(model, options);
+            var (cpuLogits, cpuTokens) = Greedy(cpu, prompt);
+            var (cudaLogits, cudaTokens) = Greedy(cuda, prompt);
+            double max = 0;
+            // Logits are compared while both continuations agree (after a divergence they see different tokens).
+            for (int i = 0; i < Math.Min(cpuLogits.Count, cudaLogits.Count); i++)
+            {
+                for (int j = 0; j < cpuLogits[i].Length; j++)
+                {
+                    double d = Math.Abs(cpuLogits[i][j] - cudaLogits[i][j]);
+                    if (!(d <= max)) max = double.IsNaN(d) ? double.PositiveInfinity : d;
+                }
+                if (i > 0 && cpuTokens[i - 1] != cudaTokens[i - 1]) break;
+            }
+            bool equal = cpuTokens.SequenceEqual(cudaTokens);
+            string status = max <= LogitTolerance && equal ? "PASS" : "FAIL";
+            return new ParityResult(name, kv, status, max, LogitTolerance, equal, cpuTokens, cudaTokens, cuda.WeightFormats);
+        }
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException)
+        {
+            return new ParityResult(name, kv, "FAIL", double.NaN, LogitTolerance, false, [], [], $"{e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>Prefill with every position's logits, then greedy steps: the logits of each call and the chosen tokens.</summary>
+    private static (List<float[]> Logits, int[] Tokens) Greedy(IBackend backend, int[] prompt)
+    {
+        using var cache = backend.CreateCache();
+        var logits = new List<float[]>();
+        var tokens = new int[GreedyTokens];
+        var last = backend.Forward([new SequenceStep(cache, prompt, AllLogits: true)])[0];
+        logits.Add(last);
+        int vocab = backend.Config.VocabSize;
+        var row = last.AsSpan(last.Length - vocab);
+        for (int i = 0; i < GreedyTokens; i++)
+        {
+            tokens[i] = ArgMax(row);
+            if (i == GreedyTokens - 1) break;
+            var next = backend.Forward([new SequenceStep(cache, new[] { tokens[i] })])[0];
+            logits.Add(next);
+            row = next;
+        }
+        return (logits, tokens);
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> row)
+    {
+        int best = 0;
+        for (int i = 1; i < row.Length; i++) if (row[i] > row[best]) best = i;
+        return best;
+    }
+
+    // ---- leak -------------------------------------------------------------------------------------------------------
+
+    private static LeakResult Leak(CudaDevice device, CudaBackendOptions options, int iterations)
+    {
+        using var model = SyntheticModels.Create("synthetic:small");
+        try
+        {
+            // One warm-up instance first: the module's first load and the driver's lazy pools are not a leak.
+            RunOnce(model, options);
+            device.Synchronize();
+            long before = device.GetMemoryInfo().Free;
+            for (int i = 0; i < iterations; i++) RunOnce(model, options);
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            device.Synchronize();
+            long after = device.GetMemoryInfo().Free;
+            long diff = before - after;
+            return new LeakResult(iterations, before, after, diff, LeakToleranceBytes, diff <= LeakToleranceBytes, null);
+        }
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException)
+        {
+            return new LeakResult(iterations, 0, 0, 0, LeakToleranceBytes, false, $"{e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    private static void RunOnce(LoadedModel model, CudaBackendOptions options)
+    {
+        using var backend = new CudaBackend(model, options);
+        using var cache = backend.CreateCache();
+        backend.Forward([new SequenceStep(cache, new[] { 1, 2, 3, 4 })]);
+    }
+
+    // ---- throughput -------------------------------------------------------------------------------------------------
+
+    private static void Throughput(CudaBackendOptions baseOptions, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows)
+    {
+        const int Warmup = 3;
+        int maxBatch = batches.Max();
+        var started = Stopwatch.StartNew();
+        using var model = SyntheticModels.Create("synthetic:llama3-8b");
+        Console.WriteLine($"# model generated in {started.Elapsed.TotalSeconds:F1} s");
+        var config = model.Config;
+        int bs = baseOptions.KvBlockSize;
+        int blocksPerSeq = (context + Warmup + steps + bs - 1) / bs + 1;
+        long kvBytes = (maxBatch + 1L) * blocksPerSeq * CudaMemoryPlan.KvBlockBytes(config, bs, baseOptions.KvDType);
+        started.Restart();
+        using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch) });
+        Console.WriteLine($"# backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
+
+        // One prefilled prompt; every sequence of a batch is a private copy of its blocks (distinct memory, as B real
+        // sequences would read), so no KV read is served from L2 thanks to sharing.
+        using var prompt = backend.CreateCache();
+        var ids = Enumerable.Range(0, context).Select(i => (i * 7919 + 11) % config.VocabSize).ToArray();
+        backend.Forward([new SequenceStep(prompt, ids)]);
+
+        // Bytes one decode step must move: every matrix once (the embedding gathers only B rows) plus each sequence's keys and values.
+        long weightBytes = model.Weights.All().Where(t => !ReferenceEquals(t, model.Weights.Embedding) || ReferenceEquals(t, model.Weights.LmHead)).Sum(t => t.ByteLength);
+        double batch1 = 0;
+        foreach (int b in batches)
+        {
+            var seqs = Enumerable.Range(0, b).Select(_ => ((Kernels.Runtime.KvCache.KvSequence)prompt).Copy()).ToArray();
+            try
+            {
+                var step = new SequenceStep[b];
+                for (int w = 0; w < Warmup; w++)
+                {
+                    for (int s = 0; s < b; s++) step[s] = new SequenceStep(seqs[s], new[] { (s * 31 + w) % config.VocabSize });
+                    backend.Forward(step);
+                }
+                long kvRead = 0;
+                var timer = Stopwatch.StartNew();
+                for (int i = 0; i < steps; i++)
+                {
+                    for (int s = 0; s < b; s++) step[s] = new SequenceStep(seqs[s], new[] { (s * 31 + i) % config.VocabSize });
+                    kvRead += seqs.Sum(q => (long)(q.Length + 1)) * backend.KvBytesPerToken;
+                    backend.Forward(step);
+                }
+                double stepMs = timer.Elapsed.TotalMilliseconds / steps;
+                long bytes = weightBytes + kvRead / steps;
+                double rooflineMs = bytes / (bwGBps * 1e9) * 1e3;
+                double tps = b / (stepMs / 1e3);
+                if (b == 1) batch1 = tps;
+                var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN);
+                rows.Add(row);
+                Console.WriteLine($"batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
+                                  $"{row.FractionOfRoofline:P0} of roofline  {row.SpeedupOverBatch1:F1}x batch 1");
+            }
+            finally
+            {
+                foreach (var s in seqs) s.Dispose();
+            }
+        }
+    }
+
+    /// <summary>cuMemcpyDtoD of 1 GiB, best of 5 after a warm-up: bytes read + written per second (as kernels-bench kernels).</summary>
+    private static double CopyBandwidthGBps(CudaDevice device)
+    {
+        const long Bytes = 1L << 30;
+        using var a = DeviceBuffer<byte>.Allocate(device, Bytes);
+        using var b = DeviceBuffer<byte>.Allocate(device, Bytes);
+        a.FillBytes(1);
+        using var start = device.CreateEvent();
+        using var stop = device.CreateEvent();
+        double best = double.MaxValue;
+        for (int i = 0; i < 6; i++)
+        {
+            Cu.Check(CuApi.cuEventRecord(start.DangerousGetHandle(), IntPtr.Zero));
+            Cu.Check(CuApi.cuMemcpyDtoD(b.Pointer, a.Pointer, (nuint)Bytes));
+            Cu.Check(CuApi.cuEventRecord(stop.DangerousGetHandle(), IntPtr.Zero));
+            Cu.Check(CuApi.cuEventSynchronize(stop.DangerousGetHandle()));
+            Cu.Check(CuApi.cuEventElapsedTime(out float ms, start.DangerousGetHandle(), stop.DangerousGetHandle()));
+            if (i > 0) best = Math.Min(best, ms * 1e-3);
+        }
+        return 2.0 * Bytes / best / 1e9;
+    }
+}
