@@ -8,7 +8,10 @@ namespace Kernels.Runtime.Backends;
 
 public enum BackendKind
 {
-    /// <summary>The best backend present: CUDA when a device opens, the kernels load and the model is supported, else the CPU.</summary>
+    /// <summary>
+    /// The best backend present: CUDA when <see cref="BackendSelector.AutoPicksCuda"/>, a device opens, the kernels load
+    /// and the model is supported, else the CPU.
+    /// </summary>
     Auto,
     Cpu,
     /// <summary>CUDA or an exception saying why not.</summary>
@@ -20,6 +23,12 @@ public sealed class BackendUnavailableException(string message, Exception? inner
 
 public static class BackendSelector
 {
+    /// <summary>
+    /// Whether Auto may choose the CUDA backend. False until the backend has passed `kernels-bench verify` and `e2e` on
+    /// a GPU (issue 3): an unverified backend must not become every user's default; `--backend cuda` opts in.
+    /// </summary>
+    public const bool AutoPicksCuda = false;
+
     /// <summary>Parses a --backend value (cpu, cuda, auto), naming the accepted values when it is none of them.</summary>
     public static BackendKind Parse(string value) => value.Trim().ToLowerInvariant() switch
     {
@@ -36,6 +45,12 @@ public static class BackendSelector
         if (kind == BackendKind.Cpu)
         {
             cudaNote = "CUDA not tried (--backend cpu)";
+        }
+        else if (kind == BackendKind.Auto && !AutoPicksCuda)
+        {
+            cudaNote = CudaDriverProbe.WhyUnavailable(out int found, out _) is { } none
+                ? $"CUDA unavailable: {none}"
+                : $"CUDA: {found} device(s); the CUDA backend is opt-in (--backend cuda) until it has been verified on a GPU";
         }
         else if (CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why)
         {
