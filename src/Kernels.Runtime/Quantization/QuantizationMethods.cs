@@ -50,7 +50,7 @@ public interface ILinearQuantizer
 public static class QuantizationMethods
 {
     /// <summary>The methods every process knows.</summary>
-    private static readonly IQuantizationMethod[] BuiltIn = [];
+    private static readonly IQuantizationMethod[] BuiltIn = [new SqueezeLlm.SqueezeLlmMethod()];
 
     private static readonly Dictionary<string, IQuantizationMethod> Known = BuiltIn.ToDictionary(m => m.Name, StringComparer.Ordinal);
 

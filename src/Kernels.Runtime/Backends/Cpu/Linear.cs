@@ -1,6 +1,7 @@
 // y[T, N] = x[T, K] . W[N, K]^T (+ bias) for any stored form of a linear layer: the one place the CPU backend
 // chooses the kernel for a weight format.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Quantization.SqueezeLlm;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
@@ -12,6 +13,9 @@ public static class Linear
         {
             case DenseLinear dense:
                 MatMul.Multiply(x, rows, dense.Weight, y, bias);
+                break;
+            case SqueezeLlmLinear squeeze:
+                LutMatMul.Multiply(x, rows, squeeze, y, bias);
                 break;
             default:
                 throw new NotSupportedException($"{w.Name}: the CPU backend has no kernel for {w.Format} weights");
