@@ -7,6 +7,7 @@ using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Quantization.SqueezeLlm;
+using ILGPU.Runtime.CPU;
 
 namespace Kernels.Tests.Quantization;
 
@@ -270,6 +271,37 @@ public unsafe class SqueezeLlmTests
                 Linear.Multiply(x.AsSpan(0, k), 1, q, alone, bias);
                 Assert.That(y.AsSpan(0, n).ToArray(), Is.EqualTo(alone), $"rows {rows}: row 0 as computed alone");
             }
+        }
+    }
+
+    [TestCase(4, 70, 100, 2.0)]
+    [TestCase(3, 70, 100, 2.0)]
+    [TestCase(3, 9, 64, 0.0)]
+    public void IlgpuLutGemvOnTheCpuAcceleratorMatchesTheCpuKernel(int bits, int n, int k, double sparsity)
+    {
+        var (q, _, _) = Quantize(n, k, bits, sparsity);
+        // CPUDeviceKind.Nvidia: 32-lane warps and groups up to 1024, like the GPU the kernel is written for.
+        using var context = ILGPU.Context.Create(b => b.CPU(ILGPU.Runtime.CPU.CPUDeviceKind.Nvidia));
+        using var accelerator = context.CreateCPUAccelerator(0);
+        using var gemv = new Kernels.Runtime.Backends.Ilgpu.SqueezeLlmLutGemv(accelerator, q);
+        var rng = new Random(5);
+        foreach (int rows in new[] { 1, 3, 8 })
+        {
+            var x = new float[rows * k];
+            for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 4 - 2);
+            var expected = new float[rows * n];
+            var actual = new float[rows * n];
+            LutMatMul.Multiply(x, rows, q, expected);
+            gemv.Multiply(x, rows, actual);
+            var deq = Dequantized(q);
+            for (int t = 0; t < rows; t++)
+                for (int j = 0; j < n; j++)
+                {
+                    double scale = 0;
+                    for (int c = 0; c < k; c++) scale += Math.Abs(deq[j * k + c] * x[t * k + c]);
+                    // Same products, summed per lane then by a shuffle tree: 1e-5 of the sum of |terms|, as for the CPU kernel.
+                    Assert.That(actual[t * n + j], Is.EqualTo(expected[t * n + j]).Within(1e-5 * scale + 1e-30), $"rows {rows}, [{t}, {j}]");
+                }
         }
     }
 
