@@ -108,7 +108,7 @@ public unsafe class SqueezeLlmTests
             fixed (int* p = row)
                 for (int g = 0; g < k / 8; g++)
                 {
-                    var lanes = SqueezeLlmCodes.Group8((byte*)p, g, bits);
+                    var lanes = bits == 4 ? SqueezeLlmCodes.FourBit.Group8((byte*)p, g) : SqueezeLlmCodes.ThreeBit.Group8((byte*)p, g);
                     for (int i = 0; i < 8; i++) Assert.That(lanes[i], Is.EqualTo(codes[8 * g + i]), $"K = {k}, group {g}, lane {i}");
                 }
         }
@@ -481,5 +481,22 @@ public unsafe class SqueezeLlmTests
                     }
                     Directory.Delete(dir, true);
                 }
+    }
+
+    [Test, Explicit("timing, prints only")]
+    public void LutKernelTiming()
+    {
+        int n = 2048, k = 768;
+        foreach (int bits in new[] { 4, 3 })
+        {
+            var (q, original, _) = Quantize(n, k, bits, 0.45);
+            var bf = Tensor("bf", TensorDType.BF16, [n, k], MemoryMarshal.AsBytes(original.Select(Kernels.Runtime.Numerics.DTypeConvert.SingleToBFloat16).ToArray().AsSpan()));
+            var x = new float[k];
+            var y = new float[n];
+            for (int i = 0; i < k; i++) x[i] = i % 7 - 3;
+            double Time(Action a) { for (int i = 0; i < 20; i++) a(); var sw = System.Diagnostics.Stopwatch.StartNew(); int r = 0; while (sw.ElapsedMilliseconds < 500) { a(); r++; } return sw.Elapsed.TotalMilliseconds * 1000 / r; }
+            for (int round = 0; round < 2; round++)
+                TestContext.Out.WriteLine($"{bits}-bit M=1: lut {Time(() => LutMatMul.Multiply(x, 1, q, y)):F1} us, bf16 {Time(() => MatMul.Multiply(x, 1, bf, y)):F1} us");
+        }
     }
 }

@@ -37,22 +37,28 @@ public static unsafe class LutMatMul
         fixed (float* yp = y)
         {
             var job = new Job(xp, yp, rows, w, biasValues);
-            int tasks = (n + RowsPerTask - 1) / RowsPerTask;
-            if (tasks == 1) job.Run(0, n);
-            else Parallel.For(0, tasks, t => job.Run(t * RowsPerTask, Math.Min(n, (t + 1) * RowsPerTask)));
+            if (w.Bits == 4) Run<SqueezeLlmCodes.FourBit>(job, n);
+            else Run<SqueezeLlmCodes.ThreeBit>(job, n);
         }
+    }
+
+    private static void Run<TW>(Job job, int n) where TW : SqueezeLlmCodes.IWidth
+    {
+        int tasks = (n + RowsPerTask - 1) / RowsPerTask;
+        if (tasks == 1) job.Run<TW>(0, n);
+        else Parallel.For(0, tasks, t => job.Run<TW>(t * RowsPerTask, Math.Min(n, (t + 1) * RowsPerTask)));
     }
 
     private readonly struct Job(float* x, float* y, int rows, SqueezeLlmLinear w, float[]? bias)
     {
-        public void Run(int start, int end)
+        public void Run<TW>(int start, int end) where TW : SqueezeLlmCodes.IWidth
         {
             int k = w.InFeatures;
             if (rows == 1 && Vectorized)
             {
                 int j = start;
-                for (; j + 2 <= end; j += 2) Decode2(j);
-                for (; j < end; j++) Store(0, j, Dot(j));
+                for (; j + 2 <= end; j += 2) Decode2<TW>(j);
+                for (; j < end; j++) Store(0, j, Dot<TW>(j));
                 return;
             }
             var buffer = ArrayPool<float>.Shared.Rent(k);
@@ -62,7 +68,7 @@ public static unsafe class LutMatMul
                 fixed (float* buf = buffer)
                     for (int j = start; j < end; j++)
                     {
-                        Dequantize(j, buf);
+                        Dequantize<TW>(j, buf);
                         for (int t = 0; t < rows; t += 4)
                         {
                             int group = Math.Min(4, rows - t);
@@ -90,9 +96,9 @@ public static unsafe class LutMatMul
         }
 
         /// <summary>Rows j and j+1 against the one x row, decoded in registers, each summed exactly as Dot sums it.</summary>
-        private void Decode2(int j)
+        private void Decode2<TW>(int j) where TW : SqueezeLlmCodes.IWidth
         {
-            int k = w.InFeatures, bits = w.Bits, size = w.TableSize;
+            int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
             byte* c0 = w.CodeRow(j), c1 = w.CodeRow(j + 1);
             fixed (float* table = w.Table)
             {
@@ -104,18 +110,18 @@ public static unsafe class LutMatMul
                 for (; i + 8 <= k; i += 8)
                 {
                     var v = Avx.LoadVector256(x + i);
-                    a0 = Fma.MultiplyAdd(SqueezeLlmCodes.Lookup8(SqueezeLlmCodes.Group8(c0, i >> 3, bits), lo0, hi0, bits), v, a0);
-                    a1 = Fma.MultiplyAdd(SqueezeLlmCodes.Lookup8(SqueezeLlmCodes.Group8(c1, i >> 3, bits), lo1, hi1, bits), v, a1);
+                    a0 = Fma.MultiplyAdd(TW.Lookup8(TW.Group8(c0, i >> 3), lo0, hi0), v, a0);
+                    a1 = Fma.MultiplyAdd(TW.Lookup8(TW.Group8(c1, i >> 3), lo1, hi1), v, a1);
                 }
-                Store(0, j, Tail(a0, c0, t0, x, i));
-                Store(0, j + 1, Tail(a1, c1, t1, x, i));
+                Store(0, j, Tail<TW>(a0, c0, t0, x, i));
+                Store(0, j + 1, Tail<TW>(a1, c1, t1, x, i));
             }
         }
 
         /// <summary>Row j against the one x row, decoded in registers.</summary>
-        private float Dot(int j)
+        private float Dot<TW>(int j) where TW : SqueezeLlmCodes.IWidth
         {
-            int k = w.InFeatures, bits = w.Bits, size = w.TableSize;
+            int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
             byte* c = w.CodeRow(j);
             fixed (float* table = w.Table)
             {
@@ -124,23 +130,23 @@ public static unsafe class LutMatMul
                 var a = Vector256<float>.Zero;
                 int i = 0;
                 for (; i + 8 <= k; i += 8)
-                    a = Fma.MultiplyAdd(SqueezeLlmCodes.Lookup8(SqueezeLlmCodes.Group8(c, i >> 3, bits), lo, hi, bits), Avx.LoadVector256(x + i), a);
-                return Tail(a, c, t, x, i);
+                    a = Fma.MultiplyAdd(TW.Lookup8(TW.Group8(c, i >> 3), lo, hi), Avx.LoadVector256(x + i), a);
+                return Tail<TW>(a, c, t, x, i);
             }
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private float Tail(Vector256<float> acc, byte* codes, float* table, float* xr, int i)
+        private float Tail<TW>(Vector256<float> acc, byte* codes, float* table, float* xr, int i) where TW : SqueezeLlmCodes.IWidth
         {
             float s = Vector256.Sum(acc);
-            for (; i < w.InFeatures; i++) s += table[SqueezeLlmCodes.Code(codes, i, w.Bits)] * xr[i];
+            for (; i < w.InFeatures; i++) s += table[SqueezeLlmCodes.Code(codes, i, TW.Bits)] * xr[i];
             return s;
         }
 
         /// <summary>Row j's weights (without outliers, which Store adds) into buf[0..K).</summary>
-        private void Dequantize(int j, float* buf)
+        private void Dequantize<TW>(int j, float* buf) where TW : SqueezeLlmCodes.IWidth
         {
-            int k = w.InFeatures, bits = w.Bits, size = w.TableSize;
+            int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
             byte* c = w.CodeRow(j);
             fixed (float* table = w.Table)
             {
@@ -149,7 +155,7 @@ public static unsafe class LutMatMul
                 if (Vectorized)
                 {
                     var lo = Avx.LoadVector256(t); var hi = bits == 4 ? Avx.LoadVector256(t + 8) : lo;
-                    for (; i + 8 <= k; i += 8) Avx.Store(buf + i, SqueezeLlmCodes.Lookup8(SqueezeLlmCodes.Group8(c, i >> 3, bits), lo, hi, bits));
+                    for (; i + 8 <= k; i += 8) Avx.Store(buf + i, TW.Lookup8(TW.Group8(c, i >> 3), lo, hi));
                 }
                 for (; i < k; i++) buf[i] = t[SqueezeLlmCodes.Code(c, i, bits)];
             }

@@ -62,30 +62,46 @@ public static unsafe class SqueezeLlmCodes
             for (int k = 0; k < codes.Length; k++) codes[k] = (byte)Code((byte*)p, k, bits);
     }
 
-    /// <summary>The 8 codes of group g (codes 8g..8g+7) as int lanes; AVX2 only.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<int> Group8(byte* row, int g, int bits)
+    // -------------------------------------------------------------------------------------------------------------
+    // 8-wide decoding (AVX2), one struct per code width so the JIT specializes the kernels: with the width a runtime
+    // value, the shift and mask constants and the 3- vs 4-bit branches stayed in the inner loop (measured 3-5x slower).
+
+    public interface IWidth
     {
-        uint field;
-        if (bits == 4) field = ((uint*)row)[g];
-        else
-        {
-            byte* p = row + 3 * g; // 3 bytes: a 4-byte load could run past the last row of the tensor
-            field = *(ushort*)p | (uint)p[2] << 16;
-        }
-        var shifts = bits == 4 ? Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28) : Vector256.Create(0u, 3, 6, 9, 12, 15, 18, 21);
-        var lanes = Avx2.ShiftRightLogicalVariable(Vector256.Create(field), shifts);
-        return (lanes & Vector256.Create((1u << bits) - 1)).AsInt32();
+        static abstract int Bits { get; }
+        /// <summary>The 8 codes of group g (codes 8g..8g+7) as int lanes.</summary>
+        static abstract Vector256<int> Group8(byte* row, int g);
+        /// <summary>LUT[codes] for 8 lanes from a table held in two registers (entries 0-7 in lo, 8-15 in hi).</summary>
+        static abstract Vector256<float> Lookup8(Vector256<int> codes, Vector256<float> lo, Vector256<float> hi);
     }
 
-    /// <summary>LUT[codes] for 8 lanes from a table held in two registers (entries 0-7 in lo, 8-15 in hi; hi unused at 3 bits).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Lookup8(Vector256<int> codes, Vector256<float> lo, Vector256<float> hi, int bits)
+    public readonly struct FourBit : IWidth
     {
-        var low = Avx2.PermuteVar8x32(lo, codes); // uses the code's low 3 bits
-        if (bits == 3) return low;
-        var high = Avx2.PermuteVar8x32(hi, codes);
-        // Bit 3 of the code moved to the sign bit picks the upper half of the table.
-        return Avx.BlendVariable(low, high, Avx2.ShiftLeftLogical(codes, 28).AsSingle());
+        public static int Bits => 4;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Group8(byte* row, int g) =>
+            (Avx2.ShiftRightLogicalVariable(Vector256.Create(((uint*)row)[g]), Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28)) & Vector256.Create(15u)).AsInt32();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Lookup8(Vector256<int> codes, Vector256<float> lo, Vector256<float> hi) =>
+            // vpermps uses the code's low 3 bits; bit 3 moved to the sign bit picks the upper half of the table.
+            Avx.BlendVariable(Avx2.PermuteVar8x32(lo, codes), Avx2.PermuteVar8x32(hi, codes), Avx2.ShiftLeftLogical(codes, 28).AsSingle());
+    }
+
+    public readonly struct ThreeBit : IWidth
+    {
+        public static int Bits => 3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Group8(byte* row, int g)
+        {
+            byte* p = row + 3 * g; // 3 bytes: a 4-byte load could run past the last row of the tensor
+            uint field = *(ushort*)p | (uint)p[2] << 16;
+            return (Avx2.ShiftRightLogicalVariable(Vector256.Create(field), Vector256.Create(0u, 3, 6, 9, 12, 15, 18, 21)) & Vector256.Create(7u)).AsInt32();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Lookup8(Vector256<int> codes, Vector256<float> lo, Vector256<float> hi) => Avx2.PermuteVar8x32(lo, codes);
     }
 }
