@@ -50,7 +50,7 @@ public interface ILinearQuantizer
 public static class QuantizationMethods
 {
     /// <summary>The methods every process knows.</summary>
-    private static readonly IQuantizationMethod[] BuiltIn = [new W4A8.W4A8Method()];
+    private static readonly IQuantizationMethod[] BuiltIn = [new W4A8.W4A8Method(), new SqueezeLlm.SqueezeLlmMethod()];
 
     private static readonly Dictionary<string, IQuantizationMethod> Known = BuiltIn.ToDictionary(m => m.Name, StringComparer.Ordinal);
 

@@ -10,6 +10,8 @@ public sealed record CpuBackendOptions
     public int KvBlockSize { get; init; } = 16;
     /// <summary>Most memory the KV cache may take (allocated as it is used).</summary>
     public long KvCacheBytes { get; init; } = 4L << 30;
+    /// <summary>Sees the input of every transformer linear layer (calibration); null in normal runs.</summary>
+    public ILinearInputObserver? LinearInputs { get; init; }
 }
 
 public sealed unsafe class CpuBackend : IBackend
@@ -22,6 +24,7 @@ public sealed unsafe class CpuBackend : IBackend
     private readonly float[][] _attnNorm, _ffnNorm;
     private readonly float[] _finalNorm;
     private readonly CpuKvStorage _kv;
+    private readonly ILinearInputObserver? _linearInputs;
 
     public string Name => "cpu";
     public ModelConfig Config { get; }
@@ -37,6 +40,7 @@ public sealed unsafe class CpuBackend : IBackend
         _ffnNorm = _weights.Layers.Select(l => l.FfnNorm.ToFloatArray()).ToArray();
         _finalNorm = _weights.FinalNorm.ToFloatArray();
         _kv = new CpuKvStorage(Config, options.KvBlockSize);
+        _linearInputs = options.LinearInputs;
         long blockBytes = 2L * Config.NumLayers * options.KvBlockSize * Config.KvDim * sizeof(float);
         KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / blockBytes, 1, int.MaxValue / 2), options.KvBlockSize, _kv);
     }
@@ -45,6 +49,13 @@ public sealed unsafe class CpuBackend : IBackend
     public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * sizeof(float);
 
     public IKvCache CreateCache() => new KvSequence(KvPool);
+
+    /// <summary>A transformer linear layer: shown to the calibration observer, if any, then multiplied.</summary>
+    private void Project(float[] x, int rows, LinearWeight w, float[] y, WeightTensor? bias = null)
+    {
+        _linearInputs?.Observe(w, x.AsSpan(0, rows * w.InFeatures), rows);
+        Linear.Multiply(x, rows, w, y, bias);
+    }
 
     public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
     {
@@ -105,9 +116,9 @@ public sealed unsafe class CpuBackend : IBackend
         {
             var w = _weights.Layers[l];
             RmsNorm.Apply(x, _attnNorm[l], (float)c.RmsNormEps, xn, rows);
-            Linear.Multiply(xn, rows, w.Wq, q, w.Bq);
-            Linear.Multiply(xn, rows, w.Wk, k, w.Bk);
-            Linear.Multiply(xn, rows, w.Wv, v, w.Bv);
+            Project(xn, rows, w.Wq, q, w.Bq);
+            Project(xn, rows, w.Wk, k, w.Bk);
+            Project(xn, rows, w.Wv, v, w.Bv);
             Rope.Apply(q, rows, c.NumHeads, c.HeadDim, positions, _invFreq);
             Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, positions, _invFreq);
             for (int s = 0; s < batch.Count; s++)
@@ -120,13 +131,13 @@ public sealed unsafe class CpuBackend : IBackend
                 }
             }
             Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, batch, q, attn, lse, longest);
-            Linear.Multiply(attn, rows, w.Wo, proj);
+            Project(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
-            Linear.Multiply(xn, rows, w.Gate, gate);
-            Linear.Multiply(xn, rows, w.Up, up);
+            Project(xn, rows, w.Gate, gate);
+            Project(xn, rows, w.Up, up);
             SwiGlu.Apply(gate, up, gate);
-            Linear.Multiply(gate, rows, w.Down, proj);
+            Project(gate, rows, w.Down, proj);
             ResidualAdd.Apply(x, proj);
         }
         for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);
