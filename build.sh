@@ -70,7 +70,8 @@ case "$cmd" in
     ;;
   publish-device)
     kernels
-    dotnet publish tools/Kernels.Bench -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true \
+    rm -rf .device/bench
+    dotnet publish tools/Kernels.Bench -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:DeviceBundle=true \
       -p:EnableCompressionInSingleFile=true -p:IncludeNativeLibrariesForSelfExtract=true -o .device/bench
     ;;
   pack) pack ;;

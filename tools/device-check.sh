@@ -10,8 +10,12 @@
 #
 # Exit status: 0 when both verifications pass; otherwise the first failing step's status (verify: 1 = a kernel
 # FAILed, 2 = CUDA or the kernels unavailable).
+# QUICK=1 (a first look on a tight device budget): e2e and the timings on their --quick shapes, e2e capped at 180 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+QUICK=${QUICK:-0}
+QUICK_ARG=""; E2E_TIMEOUT=420
+if [ "$QUICK" = 1 ]; then QUICK_ARG="--quick"; E2E_TIMEOUT=180; fi
 OUT=${OUT:-$PWD/device-check-out}
 mkdir -p "$OUT"
 rm -f "$OUT/summary.txt" "$OUT/device-check.tar.gz"
@@ -71,7 +75,7 @@ fi
 # Its failures count in the exit status (after verify's).
 if [ -x "$BENCH" ]; then
   note "e2e: CUDA backend vs CPU, leak check, synthetic:llama3-8b decode -> e2e.json"
-  timeout 420 "$BENCH" e2e ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+  timeout "$E2E_TIMEOUT" "$BENCH" e2e $QUICK_ARG ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
   rc=${PIPESTATUS[0]}
   note "e2e exit $rc"
   [ "$status" -eq 0 ] && status=$rc
@@ -82,7 +86,7 @@ fi
 # Failures here are reported but do not change the exit status, which belongs to verify.
 if [ -x "$BENCH" ]; then
   note "kernels: timings -> kernels.json"
-  "$BENCH" kernels ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
+  "$BENCH" kernels $QUICK_ARG ${FATBIN:+--fatbin "$FATBIN"} --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log"
   note "kernels exit ${PIPESTATUS[0]}"
   if [ -f "$OUT/kernels.json" ] && command -v python3 >/dev/null 2>&1; then
     note "PyTorch baselines -> kernels.json"
