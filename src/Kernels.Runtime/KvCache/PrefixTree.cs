@@ -74,19 +74,24 @@ public sealed class PrefixTree
     /// Blocks that eviction could free now: those of subtrees no sequence references (eviction takes leaves first,
     /// so a node counts only when everything below it can go too).
     /// </summary>
-    public int Evictable()
+    public int Evictable() => EvictableCost().Blocks;
+
+    /// <summary>The blocks eviction could free now and the pool units they cost (compact blocks cost less).</summary>
+    public (int Blocks, long Units) EvictableCost()
     {
         int count = 0;
+        long units = 0;
         bool Walk(Node n) // true when n's whole subtree is held by the tree alone
         {
             bool all = true;
             foreach (var c in n.Children.Values) all &= Walk(c);
             if (n == _root || !all || _pool.RefCount(n.Block) != 1) return false;
             count++;
+            units += _pool.Cost(n.Block);
             return true;
         }
         Walk(_root);
-        return count;
+        return (count, units);
     }
 
     /// <summary>Frees up to <paramref name="blocks"/> blocks by dropping least recently used leaves only the tree holds.</summary>
