@@ -88,6 +88,8 @@ public sealed class Scheduler
     public bool HasWork => _waiting.Count > 0 || _prefills.Count > 0 || _live.Count > 0;
     public int Waiting => _waiting.Count;
     public int RunningSequences => _prefills.Count + _live.Count;
+    /// <summary>Sequences past their prefill, decoding one token per step (what the KV memory holds at length).</summary>
+    public int DecodingSequences => _live.Count;
     /// <summary>Sequences preempted so far (each is recomputed later).</summary>
     public long Preemptions { get; private set; }
 

@@ -5,6 +5,14 @@ namespace Kernels.Runtime.KvCache;
 /// Each node is one full KV block: the BlockSize token ids it holds and the block id. The tree keeps a reference
 /// on every block it holds, so a cached prefix outlives the requests that computed it until memory is needed:
 /// <see cref="Evict"/> drops least recently used leaves that nobody else references.
+/// <para>
+/// KIVI: a cached block may be compact (quantized). Its codes are a function of its tokens (and the history before
+/// them), so sharing it is sound, and sharers in lockstep (n samples of a prompt) read exactly what they would alone.
+/// A block is quantized when the first holder's window passes it and its fp16 rows are given back at once, so a
+/// sharer that is behind (a later request matching a cached prompt, a preempted sample recomputing its history) reads
+/// up to R tokens behind its match point quantized where a run without sharing reads them fp16. Exactness there
+/// would need those fp16 rows kept while the prefix is cached, which is the memory KIVI exists to save.
+/// </para>
 /// </summary>
 public sealed class PrefixTree
 {

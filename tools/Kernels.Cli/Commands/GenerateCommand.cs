@@ -70,7 +70,7 @@ public static class GenerateCommand
             var prompts = requests.Select(r => r.Prompt!).ToArray();
 
             using var loaded = model.Load(parse, io);
-            using var backend = ModelOptions.CreateBackend(loaded, io);
+            using var backend = model.CreateBackend(loaded, parse, io);
             var generator = new Generator(backend, loaded.Tokenizer, new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" });
             foreach (var r in requests) generator.PromptIds(r); // report bad requests before any work
             return Run(generator, requests, prompts, io);

@@ -43,7 +43,7 @@ public static class InfoCommand
             {
                 o.WriteLine($"tokenizer:          none ({e.Message})");
             }
-            using var backend = ModelOptions.CreateBackend(loaded, io);
+            using var backend = model.CreateBackend(loaded, parse, io);
             return 0;
         });
         return command;

@@ -27,7 +27,7 @@ public static class LogitsCommand
             foreach (int t in tokens)
                 if ((uint)t >= (uint)loaded.Config.VocabSize)
                     throw new RequestValidationException("ids", $"token id {t} is outside the vocabulary of {loaded.Config.VocabSize}");
-            using var backend = ModelOptions.CreateBackend(loaded, io);
+            using var backend = model.CreateBackend(loaded, parse, io);
             using var cache = backend.CreateCache();
             var logits = backend.Forward([new SequenceStep(cache, tokens)])[0];
             var values = string.Join(",", logits.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));

@@ -22,7 +22,7 @@ public static class PerplexityCommand
             string content = File.ReadAllText(path);
             using var loaded = model.Load(parse, io);
             var ids = loaded.Tokenizer.Encode(content, loaded.Tokenizer.AddBosByDefault);
-            using var backend = ModelOptions.CreateBackend(loaded, io);
+            using var backend = model.CreateBackend(loaded, parse, io);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             var result = Perplexity.Compute(backend, ids, parse.GetValue(window));
             io.Out.WriteLine($"perplexity: {result.Perplexity:F4}");
