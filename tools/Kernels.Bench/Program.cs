@@ -71,6 +71,21 @@ public static class Program
         foreach (var o in new Option[] { tpModel, tpWorkloads, tpRequests, tpInput, tpOutput, tpPrefix, tpSamples, tpSharing, json }) throughput.Options.Add(o);
         throughput.SetAction(p => Throughput.Run(p.GetValue(tpModel)!, p.GetValue(tpWorkloads)!, p.GetValue(tpRequests), p.GetValue(tpInput), p.GetValue(tpOutput),
             p.GetValue(tpPrefix), p.GetValue(tpSamples), p.GetValue(tpSharing)!, p.GetValue(json)));
+        var kvModels = new Option<string>("--models") { DefaultValueFactory = _ => "../shared/models/stories260K/stories260K.bin", Description = "Comma-separated models for the accuracy table" };
+        var kvText = new Option<string>("--text") { DefaultValueFactory = _ => "../shared/data/story.txt", Description = "Text whose perplexity is measured (its first 16 tokens prompt the greedy run)" };
+        var kvTokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer for models that have none (the golden models: ../shared/models/stories260K/tok512.bin)" };
+        var kvGreedy = new Option<int>("--greedy-tokens") { DefaultValueFactory = _ => 256, Description = "Greedy tokens compared with fp32" };
+        var kvGroup = new Option<int>("--kv-group") { DefaultValueFactory = _ => 32, Description = "KIVI group size G" };
+        var kvWindow = new Option<int>("--kv-window") { DefaultValueFactory = _ => 32, Description = "KIVI full-precision window R (small, so the quantized part matters on short texts)" };
+        var kvCapModel = new Option<string>("--capacity-model") { DefaultValueFactory = _ => "synthetic:tiny", Description = "Model for the capacity table" };
+        var kvBudget = new Option<long>("--kv-bytes") { DefaultValueFactory = _ => 8L * 496 * 512, Description = "KV budget in bytes for the capacity table (default: 8 fp32 sequences of 496 tokens of synthetic:tiny)" };
+        var kvRequests = new Option<int>("--requests") { DefaultValueFactory = _ => 64, Description = "Requests in the capacity run" };
+        var kvPrompt = new Option<int>("--input-len") { DefaultValueFactory = _ => 400, Description = "Prompt tokens per request in the capacity run" };
+        var kvOutput = new Option<int>("--output-len") { DefaultValueFactory = _ => 96, Description = "New tokens per request in the capacity run" };
+        var kivi = new Command("kivi", "KIVI KV cache: perplexity and greedy agreement vs fp32, and the largest batch and tokens/s at a fixed KV budget (fp32, fp16, kivi4, kivi2)");
+        foreach (var o in new Option[] { kvModels, kvText, kvTokenizer, kvGreedy, kvGroup, kvWindow, kvCapModel, kvBudget, kvRequests, kvPrompt, kvOutput, json }) kivi.Options.Add(o);
+        kivi.SetAction(p => KiviBench.Run(p.GetValue(kvModels)!, p.GetValue(kvText)!, p.GetValue(kvTokenizer), p.GetValue(kvGreedy), p.GetValue(kvGroup), p.GetValue(kvWindow),
+            p.GetValue(kvCapModel)!, p.GetValue(kvBudget), p.GetValue(kvRequests), p.GetValue(kvPrompt), p.GetValue(kvOutput), p.GetValue(json)));
         var quickJson = new Option<string>("--json") { DefaultValueFactory = _ => "bench-quick.json", Description = "Where to write the results document (bench-results.schema.json)" };
         var quick = new Command("quick", "Every suite on tiny shapes on the CPU, one JSON document (for CI)");
         quick.Options.Add(quickJson);
@@ -83,6 +98,7 @@ public static class Program
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
         root.Subcommands.Add(peer);
+        root.Subcommands.Add(kivi);
         return root.Parse(args).Invoke();
     }
 
