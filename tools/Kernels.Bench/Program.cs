@@ -5,6 +5,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Bench;
@@ -18,9 +19,12 @@ public static class Program
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 32, Description = "Timed decode steps per batch size" };
         var context = new Option<int>("--context") { DefaultValueFactory = _ => 64, Description = "Tokens already in each sequence's KV cache" };
         var json = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var kvCache = new Option<string>("--kv-cache") { DefaultValueFactory = _ => "fp32", Description = "KV cache format: fp32, fp16, kivi2, kivi4 (KIVI with G 32, R 128)" };
+        kvCache.AcceptOnlyFromAmong("fp32", "fp16", "kivi2", "kivi4");
         var decode = new Command("decode", "CPU decode throughput: tokens/s per batch size, and the weight-streaming roofline");
-        foreach (var o in new Option[] { model, batches, steps, context, json }) decode.Options.Add(o);
-        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json)));
+        foreach (var o in new Option[] { model, batches, steps, context, kvCache, json }) decode.Options.Add(o);
+        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json),
+            new KvCacheFormat { Kind = KvCacheFormat.ParseKind(p.GetValue(kvCache)!) }));
         var prefixModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to time" };
         var prefixBatches = new Option<string>("--batch") { DefaultValueFactory = _ => "16,64", Description = "Comma-separated batch sizes" };
         var prefixLengths = new Option<string>("--prefix") { DefaultValueFactory = _ => "512,1536", Description = "Comma-separated shared prefix lengths" };
@@ -105,10 +109,10 @@ public static class Program
     /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>
     private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double Gflops, double RooflineMs, double RooflineFraction);
 
-    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
+    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath, KvCacheFormat? kvCache = null)
     {
         using var model = ModelLoader.Load(modelName);
-        using var backend = new CpuBackend(model);
+        using var backend = new CpuBackend(model, new CpuBackendOptions { KvCache = kvCache ?? KvCacheFormat.Fp32 });
         long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
         double bandwidth = MeasureBandwidthGBps();
         double peakGflops = MeasureFmaGflops();
@@ -116,7 +120,7 @@ public static class Program
         Console.WriteLine($"# machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}, " +
                           $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write), FMA peak {peakGflops:F0} GFLOP/s");
         Console.WriteLine("# roofline per step = max(weight bytes / bandwidth, 2 x parameters x batch / FMA peak)");
-        Console.WriteLine($"# KV context {context} tokens per sequence; median of {steps} timed steps after 3 warm-up steps");
+        Console.WriteLine($"# KV context {context} tokens per sequence, KV cache {backend.KvFormat}; median of {steps} timed steps after 3 warm-up steps");
         Console.WriteLine();
         Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | GFLOP/s | roofline ms/step | of roofline |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
