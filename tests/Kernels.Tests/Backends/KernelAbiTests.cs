@@ -40,6 +40,9 @@ public class KernelAbiTests
             ["swiglu"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["swiglu_fused"] = typeof(Kernels.Runtime.Backends.Cpu.SwiGlu),
             ["residual_add"] = typeof(Kernels.Runtime.Backends.Cpu.ResidualAdd),
+            ["kivi_quantize_block"] = typeof(Kernels.Runtime.Quantization.Kivi),
+            ["kivi_decode_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
+            ["kivi_merge_partials"] = typeof(Kernels.Runtime.Numerics.AttentionState),
         };
         foreach (var name in exports)
         {
