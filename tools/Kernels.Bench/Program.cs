@@ -5,6 +5,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Bench;
@@ -18,9 +19,12 @@ public static class Program
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 32, Description = "Timed decode steps per batch size" };
         var context = new Option<int>("--context") { DefaultValueFactory = _ => 64, Description = "Tokens already in each sequence's KV cache" };
         var json = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var kvCache = new Option<string>("--kv-cache") { DefaultValueFactory = _ => "fp32", Description = "KV cache format: fp32, fp16, kivi2, kivi4 (KIVI with G 32, R 128)" };
+        kvCache.AcceptOnlyFromAmong("fp32", "fp16", "kivi2", "kivi4");
         var decode = new Command("decode", "CPU decode throughput: tokens/s per batch size, and the weight-streaming roofline");
-        foreach (var o in new Option[] { model, batches, steps, context, json }) decode.Options.Add(o);
-        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json)));
+        foreach (var o in new Option[] { model, batches, steps, context, kvCache, json }) decode.Options.Add(o);
+        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json),
+            new KvCacheFormat { Kind = KvCacheFormat.ParseKind(p.GetValue(kvCache)!) }));
         var prefixModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to time" };
         var prefixBatches = new Option<string>("--batch") { DefaultValueFactory = _ => "16,64", Description = "Comma-separated batch sizes" };
         var prefixLengths = new Option<string>("--prefix") { DefaultValueFactory = _ => "512,1536", Description = "Comma-separated shared prefix lengths" };
@@ -82,6 +86,21 @@ public static class Program
         foreach (var o in new Option[] { tpModel, tpWorkloads, tpRequests, tpInput, tpOutput, tpPrefix, tpSamples, tpSharing, json }) throughput.Options.Add(o);
         throughput.SetAction(p => Throughput.Run(p.GetValue(tpModel)!, p.GetValue(tpWorkloads)!, p.GetValue(tpRequests), p.GetValue(tpInput), p.GetValue(tpOutput),
             p.GetValue(tpPrefix), p.GetValue(tpSamples), p.GetValue(tpSharing)!, p.GetValue(json)));
+        var kvModels = new Option<string>("--models") { DefaultValueFactory = _ => "../shared/models/stories260K/stories260K.bin", Description = "Comma-separated models for the accuracy table" };
+        var kvText = new Option<string>("--text") { DefaultValueFactory = _ => "../shared/data/story.txt", Description = "Text whose perplexity is measured (its first 16 tokens prompt the greedy run)" };
+        var kvTokenizer = new Option<string?>("--tokenizer") { Description = "Tokenizer for models that have none (the golden models: ../shared/models/stories260K/tok512.bin)" };
+        var kvGreedy = new Option<int>("--greedy-tokens") { DefaultValueFactory = _ => 256, Description = "Greedy tokens compared with fp32" };
+        var kvGroup = new Option<int>("--kv-group") { DefaultValueFactory = _ => 32, Description = "KIVI group size G" };
+        var kvWindow = new Option<int>("--kv-window") { DefaultValueFactory = _ => 32, Description = "KIVI full-precision window R (small, so the quantized part matters on short texts)" };
+        var kvCapModel = new Option<string>("--capacity-model") { DefaultValueFactory = _ => "synthetic:tiny", Description = "Model for the capacity table" };
+        var kvBudget = new Option<long>("--kv-bytes") { DefaultValueFactory = _ => 8L * 496 * 512, Description = "KV budget in bytes for the capacity table (default: 8 fp32 sequences of 496 tokens of synthetic:tiny)" };
+        var kvRequests = new Option<int>("--requests") { DefaultValueFactory = _ => 64, Description = "Requests in the capacity run" };
+        var kvPrompt = new Option<int>("--input-len") { DefaultValueFactory = _ => 400, Description = "Prompt tokens per request in the capacity run" };
+        var kvOutput = new Option<int>("--output-len") { DefaultValueFactory = _ => 96, Description = "New tokens per request in the capacity run" };
+        var kivi = new Command("kivi", "KIVI KV cache: perplexity and greedy agreement vs fp32, and the largest batch and tokens/s at a fixed KV budget (fp32, fp16, kivi4, kivi2)");
+        foreach (var o in new Option[] { kvModels, kvText, kvTokenizer, kvGreedy, kvGroup, kvWindow, kvCapModel, kvBudget, kvRequests, kvPrompt, kvOutput, json }) kivi.Options.Add(o);
+        kivi.SetAction(p => KiviBench.Run(p.GetValue(kvModels)!, p.GetValue(kvText)!, p.GetValue(kvTokenizer), p.GetValue(kvGreedy), p.GetValue(kvGroup), p.GetValue(kvWindow),
+            p.GetValue(kvCapModel)!, p.GetValue(kvBudget), p.GetValue(kvRequests), p.GetValue(kvPrompt), p.GetValue(kvOutput), p.GetValue(json)));
         var quickJson = new Option<string>("--json") { DefaultValueFactory = _ => "bench-quick.json", Description = "Where to write the results document (bench-results.schema.json)" };
         var quick = new Command("quick", "Every suite on tiny shapes on the CPU, one JSON document (for CI)");
         quick.Options.Add(quickJson);
@@ -113,6 +132,7 @@ public static class Program
         root.Subcommands.Add(kernelsCmd);
         root.Subcommands.Add(e2e);
         root.Subcommands.Add(peer);
+        root.Subcommands.Add(kivi);
         return root.Parse(args).Invoke();
     }
 
@@ -125,10 +145,10 @@ public static class Program
     /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>
     private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double Gflops, double RooflineMs, double RooflineFraction);
 
-    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath)
+    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath, KvCacheFormat? kvCache = null)
     {
         using var model = ModelLoader.Load(modelName);
-        using var backend = new CpuBackend(model);
+        using var backend = new CpuBackend(model, new CpuBackendOptions { KvCache = kvCache ?? KvCacheFormat.Fp32 });
         long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
         double bandwidth = MeasureBandwidthGBps();
         double peakGflops = MeasureFmaGflops();
@@ -136,7 +156,7 @@ public static class Program
         Console.WriteLine($"# machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}, " +
                           $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write), FMA peak {peakGflops:F0} GFLOP/s");
         Console.WriteLine("# roofline per step = max(weight bytes / bandwidth, 2 x parameters x batch / FMA peak)");
-        Console.WriteLine($"# KV context {context} tokens per sequence; median of {steps} timed steps after 3 warm-up steps");
+        Console.WriteLine($"# KV context {context} tokens per sequence, KV cache {backend.KvFormat}; median of {steps} timed steps after 3 warm-up steps");
         Console.WriteLine();
         Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | GFLOP/s | roofline ms/step | of roofline |");
         Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");

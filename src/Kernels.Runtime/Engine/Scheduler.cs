@@ -88,6 +88,8 @@ public sealed class Scheduler
     public bool HasWork => _waiting.Count > 0 || _prefills.Count > 0 || _live.Count > 0;
     public int Waiting => _waiting.Count;
     public int RunningSequences => _prefills.Count + _live.Count;
+    /// <summary>Sequences past their prefill, decoding one token per step (what the KV memory holds at length).</summary>
+    public int DecodingSequences => _live.Count;
     /// <summary>Sequences preempted so far (each is recomputed later).</summary>
     public long Preemptions { get; private set; }
 
@@ -113,7 +115,7 @@ public sealed class Scheduler
             if ((uint)id >= (uint)_usableVocab)
                 throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
         int need = WorstCaseBlocks(request, ids.Length);
-        if (need > KvPool.Capacity)
+        if (need > KvPool.Capacity || WorstCaseUnits(request, ids.Length) > KvPool.BudgetUnits)
             throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +
                 $"the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
         return ids;
@@ -215,7 +217,7 @@ public sealed class Scheduler
             int need = 0;
             for (int i = 0; i < tokenLists.Count; i++) need += pool.BlocksFor(tokenLists[i].Length) - matches[i].Count;
             int reserve = _live.Count + _prefills.Count + tokenLists.Count; // one block of growth per running sequence
-            long available = pool.FreeBlocks + (Sharing ? pool.Prefixes.Evictable() : 0);
+            long available = pool.AvailableBlocks(Sharing);
             bool idle = _live.Count == 0 && _prefills.Count == 0;
             if (need + reserve > available && !idle) return;
             _waiting.RemoveFirst();
@@ -264,7 +266,7 @@ public sealed class Scheduler
             need += Math.Max(0, pool.BlocksFor(seq.Length + step.Tokens.Length) - seq.Blocks.Count);
             if (seq.Length % pool.BlockSize != 0 && pool.RefCount(seq.Blocks[^1]) > 1) need++; // copy-on-write of a shared tail
         }
-        return need <= pool.FreeBlocks + (Sharing ? pool.Prefixes.Evictable() : 0);
+        return need <= pool.AvailableBlocks(Sharing);
     }
 
     /// <summary>Frees the blocks of the most recently admitted running request and queues it first; false if none runs.</summary>
@@ -303,6 +305,19 @@ public sealed class Scheduler
         int total = KvPool.BlocksFor(FinalLength(request, promptLength));
         int shared = Sharing ? promptLength / KvPool.BlockSize : 0;
         return total + (request.N - 1) * (total - shared);
+    }
+
+    /// <summary>
+    /// The most pool units a request can hold at once: its prompt's blocks all full precision while it is prefilled,
+    /// or once settled each sample's blocks (window full precision, the rest compact in a compacting format).
+    /// </summary>
+    private long WorstCaseUnits(GenerationRequest request, int promptLength)
+    {
+        var pool = KvPool;
+        int total = pool.BlocksFor(FinalLength(request, promptLength));
+        int shared = Sharing ? promptLength / pool.BlockSize : 0;
+        long settled = pool.SettledUnits(total) + (request.N - 1L) * pool.SettledUnits(total - shared);
+        return Math.Max(settled, pool.BlocksFor(promptLength) * pool.Costs.FullBytes);
     }
 
     private static int CommonPrefix(int[] a, int[] b)

@@ -4,59 +4,121 @@ namespace Kernels.Runtime.KvCache;
 /// <summary>Where a backend keeps the data of KV blocks (CPU arrays, GPU memory).</summary>
 public interface IKvStorage
 {
-    /// <summary>Makes block <paramref name="block"/> addressable (storage may grow lazily).</summary>
+    /// <summary>Makes block <paramref name="block"/> addressable in its full-precision form; called each time the pool hands it out.</summary>
     void Prepare(int block);
 
-    /// <summary>Copies the first <paramref name="tokens"/> positions of every layer's keys and values.</summary>
+    /// <summary>Copies the first <paramref name="tokens"/> positions of every layer's keys and values (a compact block: its compact form).</summary>
     void CopyBlock(int source, int destination, int tokens);
+
+    /// <summary>The block's compact (quantized) form is written: drop its full-precision form.</summary>
+    void Compact(int block) { }
+
+    /// <summary>The block went back to the pool.</summary>
+    void Release(int block) { }
+}
+
+/// <summary>
+/// What a block costs in bytes: while it is full precision (freshly written, inside a sequence's window) and once it is
+/// compact (quantized; immutable). <see cref="WindowBlocks"/>: the most blocks one sequence keeps full precision once it
+/// is longer than its window (KIVI: ceil(R / block) + 1 for the partly filled tail).
+/// </summary>
+public sealed record KvBlockCosts(long FullBytes, long CompactBytes, int WindowBlocks)
+{
+    /// <summary>Every block costs one unit and never compacts (fp32, fp16).</summary>
+    public static readonly KvBlockCosts Uniform = new(1, 1, int.MaxValue);
+    public bool Compacts => CompactBytes < FullBytes;
 }
 
 /// <summary>The KV memory ran out and nothing could be reclaimed; the message says how much was asked and held.</summary>
 public sealed class KvCacheExhaustedException(string message) : Exception(message);
 
+/// <summary>
+/// The pool hands out block ids and accounts their memory. Uniform formats: a block is a block (capacity = budget /
+/// block bytes). Compacting formats (KIVI): a block is allocated full precision at <see cref="KvBlockCosts.FullBytes"/>
+/// and, once it falls out of its sequence's window and is quantized (<see cref="Compact"/>), costs only
+/// <see cref="KvBlockCosts.CompactBytes"/>; the difference goes back to the budget. So the same byte budget holds
+/// Full/Compact times more tokens of long sequences, and the scheduler (which asks for full blocks: <see cref="FreeBlocks"/>)
+/// admits proportionally more of them. Capacity (ids) is budget / CompactBytes.
+/// </summary>
 public sealed class KvBlockPool
 {
     private readonly int[] _refs;
+    private readonly bool[] _compact;
     private readonly Stack<int> _free = new();
-    private int _neverUsed; // blocks [_neverUsed, Capacity) were never handed out: storage for them is not prepared yet
+    private int _neverUsed; // blocks [_neverUsed, Capacity) were never handed out
+    private long _freeUnits;
 
     public int BlockSize { get; }
     public int Capacity { get; }
     public IKvStorage Storage { get; }
+    public KvBlockCosts Costs { get; }
+    /// <summary>The budget, in the units of <see cref="Costs"/> (bytes; blocks for uniform pools).</summary>
+    public long BudgetUnits { get; }
 
     private PrefixTree? _prefixes;
 
     /// <summary>The cached prompt prefixes of this pool; when the pool runs dry it evicts from them.</summary>
     public PrefixTree Prefixes => _prefixes ??= new PrefixTree(this);
 
-    public KvBlockPool(int capacity, int blockSize, IKvStorage storage)
+    /// <summary>A pool of <paramref name="capacity"/> blocks that all cost the same.</summary>
+    public KvBlockPool(int capacity, int blockSize, IKvStorage storage) : this(capacity, blockSize, storage, KvBlockCosts.Uniform)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
-        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
-        Capacity = capacity;
-        BlockSize = blockSize;
-        Storage = storage;
-        _refs = new int[capacity];
     }
 
-    /// <summary>Blocks no one holds.</summary>
-    public int FreeBlocks => _free.Count + Capacity - _neverUsed;
+    /// <summary>A pool of <paramref name="budgetUnits"/> units (bytes) whose blocks cost <paramref name="costs"/>.</summary>
+    public KvBlockPool(long budgetUnits, int blockSize, IKvStorage storage, KvBlockCosts costs)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(costs.CompactBytes, 1, nameof(costs));
+        ArgumentOutOfRangeException.ThrowIfLessThan(budgetUnits, costs.FullBytes, nameof(budgetUnits));
+        Capacity = (int)Math.Min(budgetUnits / costs.CompactBytes, int.MaxValue / 2);
+        BudgetUnits = budgetUnits;
+        _freeUnits = budgetUnits;
+        BlockSize = blockSize;
+        Storage = storage;
+        Costs = costs;
+        _refs = new int[Capacity];
+        _compact = new bool[Capacity];
+    }
+
+    /// <summary>Full-precision blocks that could be allocated now without evicting anything.</summary>
+    public int FreeBlocks => (int)Math.Min(_free.Count + Capacity - _neverUsed, _freeUnits / Costs.FullBytes);
+
+    /// <summary>Full-precision blocks that could be allocated now, evicting cached prefixes nobody else holds when asked to.</summary>
+    public int AvailableBlocks(bool evictingCachedPrefixes)
+    {
+        if (!evictingCachedPrefixes || _prefixes == null) return FreeBlocks;
+        var (blocks, units) = _prefixes.EvictableCost();
+        return (int)Math.Min(_free.Count + Capacity - _neverUsed + blocks, (_freeUnits + units) / Costs.FullBytes);
+    }
+
+    /// <summary>Units one held block costs now.</summary>
+    public long Cost(int block) => _compact[block] ? Costs.CompactBytes : Costs.FullBytes;
+
+    /// <summary>
+    /// Units a sequence of <paramref name="blocks"/> blocks holds once settled (its window full precision, the rest compact).
+    /// </summary>
+    public long SettledUnits(int blocks)
+    {
+        long full = Math.Min(blocks, Costs.WindowBlocks);
+        return full * Costs.FullBytes + (blocks - full) * Costs.CompactBytes;
+    }
 
     public int BlocksFor(int tokens) => (tokens + BlockSize - 1) / BlockSize;
 
-    /// <summary>A block with reference count 1, reclaiming cached prefixes if none is free.</summary>
+    /// <summary>A full-precision block with reference count 1, reclaiming cached prefixes if none is free.</summary>
     public int Allocate()
     {
-        if (FreeBlocks == 0) _prefixes?.Evict(1);
+        while (FreeBlocks == 0 && _prefixes != null && _prefixes.Evict(1) > 0) { }
         int block;
+        if (FreeBlocks == 0)
+            throw new KvCacheExhaustedException($"KV cache exhausted: no room for another block of {BlockSize} tokens ({Capacity - _free.Count - (Capacity - _neverUsed)} blocks in use)");
         if (_free.Count > 0) block = _free.Pop();
-        else if (_neverUsed < Capacity)
-        {
-            block = _neverUsed++;
-            Storage.Prepare(block);
-        }
-        else throw new KvCacheExhaustedException($"KV cache exhausted: all {Capacity} blocks of {BlockSize} tokens are in use");
+        else block = _neverUsed++;
+        Storage.Prepare(block);
         _refs[block] = 1;
+        _compact[block] = false;
+        _freeUnits -= Costs.FullBytes;
         return block;
     }
 
@@ -69,8 +131,25 @@ public sealed class KvBlockPool
     public void Release(int block)
     {
         if (_refs[block] <= 0) throw new InvalidOperationException($"KV block {block} released more often than retained");
-        if (--_refs[block] == 0) _free.Push(block);
+        if (--_refs[block] > 0) return;
+        _freeUnits += Cost(block);
+        _compact[block] = false;
+        Storage.Release(block);
+        _free.Push(block);
     }
 
     public int RefCount(int block) => _refs[block];
+
+    public bool IsCompact(int block) => _compact[block];
+
+    /// <summary>The block's compact form is written (every layer): it now costs CompactBytes and is immutable.</summary>
+    public void Compact(int block)
+    {
+        if (_refs[block] <= 0) throw new InvalidOperationException($"KV block {block} is not allocated");
+        if (!Costs.Compacts) throw new InvalidOperationException("this pool's format does not compact blocks");
+        if (_compact[block]) return;
+        _compact[block] = true;
+        _freeUnits += Costs.FullBytes - Costs.CompactBytes;
+        Storage.Compact(block);
+    }
 }

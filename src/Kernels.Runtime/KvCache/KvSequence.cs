@@ -6,6 +6,7 @@ namespace Kernels.Runtime.KvCache;
 /// <summary>
 /// Position p of the sequence lives in block Blocks[p / BlockSize] at row p % BlockSize. Blocks may be shared with
 /// other sequences and the prefix tree (copy-on-write: a shared block is copied before this sequence writes into it).
+/// Compact (quantized) blocks are always full and immutable, so they are shared as they are and never written again.
 /// </summary>
 public sealed class KvSequence : IKvCache
 {
@@ -65,15 +66,30 @@ public sealed class KvSequence : IKvCache
         Length += tokens;
     }
 
-    /// <summary>A private copy of every block (no sharing): what an engine without prefix sharing holds per sequence.</summary>
+    /// <summary>
+    /// A private copy of every block (no sharing): what an engine without prefix sharing holds per sequence. A compact
+    /// block is copied in its compact form (block by block, so the copy never needs every block full precision at once).
+    /// </summary>
     public KvSequence Copy()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var copy = new KvSequence(_pool);
-        copy.Reserve(Length);
-        for (int b = 0; b < _blocks.Count; b++)
-            _pool.Storage.CopyBlock(_blocks[b], copy._blocks[b], Math.Min(_pool.BlockSize, Length - b * _pool.BlockSize));
-        copy.Advance(Length);
+        try
+        {
+            for (int b = 0; b < _blocks.Count; b++)
+            {
+                int block = _pool.Allocate();
+                copy._blocks.Add(block);
+                _pool.Storage.CopyBlock(_blocks[b], block, Math.Min(_pool.BlockSize, Length - b * _pool.BlockSize));
+                if (_pool.IsCompact(_blocks[b])) _pool.Compact(block);
+            }
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+        copy.Length = Length;
         return copy;
     }
 
@@ -87,6 +103,8 @@ public sealed class KvSequence : IKvCache
     {
         if (length < 0 || length > Length) throw new ArgumentOutOfRangeException(nameof(length), length, $"sequence holds {Length} tokens");
         int keep = _pool.BlocksFor(length);
+        if (length % _pool.BlockSize != 0 && _pool.IsCompact(_blocks[keep - 1]))
+            throw new InvalidOperationException($"cannot truncate to {length} tokens: block {keep - 1} is quantized (immutable); truncate to a block boundary");
         for (int i = _blocks.Count - 1; i >= keep; i--)
         {
             _pool.Release(_blocks[i]);

@@ -5,6 +5,14 @@ namespace Kernels.Runtime.KvCache;
 /// Each node is one full KV block: the BlockSize token ids it holds and the block id. The tree keeps a reference
 /// on every block it holds, so a cached prefix outlives the requests that computed it until memory is needed:
 /// <see cref="Evict"/> drops least recently used leaves that nobody else references.
+/// <para>
+/// KIVI: a cached block may be compact (quantized). Its codes are a function of its tokens (and the history before
+/// them), so sharing it is sound, and sharers in lockstep (n samples of a prompt) read exactly what they would alone.
+/// A block is quantized when the first holder's window passes it and its fp16 rows are given back at once, so a
+/// sharer that is behind (a later request matching a cached prompt, a preempted sample recomputing its history) reads
+/// up to R tokens behind its match point quantized where a run without sharing reads them fp16. Exactness there
+/// would need those fp16 rows kept while the prefix is cached, which is the memory KIVI exists to save.
+/// </para>
 /// </summary>
 public sealed class PrefixTree
 {
@@ -74,19 +82,24 @@ public sealed class PrefixTree
     /// Blocks that eviction could free now: those of subtrees no sequence references (eviction takes leaves first,
     /// so a node counts only when everything below it can go too).
     /// </summary>
-    public int Evictable()
+    public int Evictable() => EvictableCost().Blocks;
+
+    /// <summary>The blocks eviction could free now and the pool units they cost (compact blocks cost less).</summary>
+    public (int Blocks, long Units) EvictableCost()
     {
         int count = 0;
+        long units = 0;
         bool Walk(Node n) // true when n's whole subtree is held by the tree alone
         {
             bool all = true;
             foreach (var c in n.Children.Values) all &= Walk(c);
             if (n == _root || !all || _pool.RefCount(n.Block) != 1) return false;
             count++;
+            units += _pool.Cost(n.Block);
             return true;
         }
         Walk(_root);
-        return count;
+        return (count, units);
     }
 
     /// <summary>Frees up to <paramref name="blocks"/> blocks by dropping least recently used leaves only the tree holds.</summary>

@@ -52,6 +52,9 @@ public class KernelAbiTests
             ["w4a8_gemm_channel_m16"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
             ["w4a8_gemm_channel_m64"] = typeof(Kernels.Runtime.Backends.Cpu.W4A8Gemm),
             ["kv_append"] = typeof(Kernels.Runtime.Backends.Cpu.CpuBackend), // the K/V row copy in Forward, rounded as DTypeConvert
+            ["kivi_quantize_block"] = typeof(Kernels.Runtime.Quantization.Kivi),
+            ["kivi_decode_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
+            ["kivi_merge_partials"] = typeof(Kernels.Runtime.Numerics.AttentionState),
         };
         foreach (var name in exports)
         {

@@ -165,4 +165,14 @@ public class BadInputTests
         File.WriteAllText(config, json.ToJsonString());
         AssertOneClearError(Kernels("info", "--model", model), "gate_proj", "[176, 64]", "[200, 64]");
     }
+
+    [Test]
+    public void BadKvCacheOptionsNameTheOption()
+    {
+        AssertOneClearError(Kernels("logits", "--model", "synthetic:tiny", "--ids", "1,2", "--kv-cache", "kivi2", "--kv-group", "24"), "--kv-group", "multiple of 16");
+        AssertOneClearError(Kernels("logits", "--model", "synthetic:tiny", "--ids", "1,2", "--kv-cache", "kivi2", "--kv-window", "-1"), "--kv-window");
+        var r = Kernels("logits", "--model", "synthetic:tiny", "--ids", "1,2", "--kv-cache", "int3");
+        Assert.That(r.Code, Is.Not.EqualTo(0));
+        Assert.That(r.Error, Does.Contain("int3").And.Contain("kivi2"));
+    }
 }

@@ -91,4 +91,14 @@ public class CommandTests
             File.Delete(file);
         }
     }
+
+    [TestCase("fp16")]
+    [TestCase("kivi2")]
+    [TestCase("kivi4")]
+    public void GenerateRunsWithEveryKvCacheFormat(string format)
+    {
+        var r = Kernels("generate", "--model", "synthetic:tiny", "--prompt", "one", "--max-tokens", "40", "--ignore-eos", "--kv-cache", format, "--kv-window", "16");
+        Assert.That(r.Code, Is.EqualTo(0), r.Error);
+        Assert.That(r.Error, Does.Contain($"kv cache {format}"));
+    }
 }

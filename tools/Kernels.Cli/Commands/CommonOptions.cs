@@ -1,6 +1,8 @@
 // Options shared by every command that runs a model, and the one place that loads model + backend from them.
 using System.CommandLine;
 using Kernels.Runtime.Backends;
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Cli.Commands;
@@ -26,12 +28,63 @@ public sealed class ModelOptions
         DefaultValueFactory = _ => "auto",
     };
 
-    /// <summary>Adds --model and --tokenizer, and --backend for commands that run the model.</summary>
+    public Option<string> KvCache { get; } = new("--kv-cache")
+    {
+        Description = "KV cache format: fp32 (exact), fp16, kivi2 or kivi4 (KIVI: keys per channel, values per token, " +
+                      "2/4-bit over groups of G, the most recent R tokens fp16)",
+        DefaultValueFactory = _ => "fp32",
+    };
+
+    public Option<int> KvGroup { get; } = new("--kv-group")
+    {
+        Description = "KIVI group size G: tokens per key group (and per KV block), channels per value group",
+        DefaultValueFactory = _ => 32,
+    };
+
+    public Option<int> KvWindow { get; } = new("--kv-window")
+    {
+        Description = "KIVI window R: the most recent tokens of a sequence kept full precision (fp16)",
+        DefaultValueFactory = _ => 128,
+    };
+
+    public ModelOptions()
+    {
+        KvCache.AcceptOnlyFromAmong("fp32", "fp16", "kivi2", "kivi4");
+    }
+
+    /// <summary>Adds --model, --tokenizer and the KV cache options, and --backend for commands that run the model.</summary>
     public void AddTo(Command command, bool runsModel = true)
     {
         command.Options.Add(Model);
         command.Options.Add(Tokenizer);
+        command.Options.Add(KvCache);
+        command.Options.Add(KvGroup);
+        command.Options.Add(KvWindow);
         if (runsModel) command.Options.Add(Backend);
+    }
+
+    /// <summary>The CPU backend options the command line asks for (the KV cache format).</summary>
+    public CpuBackendOptions CpuOptions(ParseResult parse) => new()
+    {
+        KvCache = new KvCacheFormat
+        {
+            Kind = KvCacheFormat.ParseKind(parse.GetValue(KvCache) ?? "fp32"),
+            Group = parse.GetValue(KvGroup),
+            Window = parse.GetValue(KvWindow),
+        },
+    };
+
+    /// <summary>Runs <paramref name="create"/>, turning a KV-format error into a usage error that names the option.</summary>
+    public static T WithKvOptionErrors<T>(Func<T> create)
+    {
+        try
+        {
+            return create();
+        }
+        catch (ArgumentException e) when (e.ParamName is "kv-cache" or "kv-group" or "kv-window")
+        {
+            throw new CliUsageException($"--{e.ParamName}: {e.Message.Replace($" (Parameter '{e.ParamName}')", "")}");
+        }
     }
 
     public LoadedModel Load(ParseResult parse, CliIo io)
@@ -47,8 +100,9 @@ public sealed class ModelOptions
     public IBackend CreateBackend(LoadedModel model, ParseResult parse, CliIo io)
     {
         var kind = BackendSelector.Parse(parse.GetValue(Backend) ?? "auto");
-        var (backend, description) = BackendSelector.Create(model, kind: kind);
-        io.Error.WriteLine($"backend: {description}");
+        var cpu = CpuOptions(parse);
+        var (backend, description) = WithKvOptionErrors(() => BackendSelector.Create(model, cpu, kind));
+        io.Error.WriteLine($"backend: {description}; kv cache {cpu.KvCache}");
         return backend;
     }
 }

@@ -39,13 +39,14 @@ public static class ServeCommand
             }
 
             using var logging = ServerApp.CreateLoggerFactory(options);
-            using var engine = InferenceEngine.Create(parse.GetValue(model.Model) ?? ModelOptions.DefaultModel, new InferenceEngineOptions
+            using var engine = ModelOptions.WithKvOptionErrors(() => InferenceEngine.Create(parse.GetValue(model.Model) ?? ModelOptions.DefaultModel, new InferenceEngineOptions
             {
                 Load = new ModelLoadOptions { TokenizerPath = parse.GetValue(model.Tokenizer) },
+                Cpu = model.CpuOptions(parse),
                 Scheduling = new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" },
                 LoggerFactory = logging,
                 Backend = BackendSelector.Parse(parse.GetValue(model.Backend) ?? "auto"),
-            });
+            }));
             var app = ServerApp.Build(engine, options);
             try
             {

@@ -6,12 +6,15 @@ namespace Kernels.Runtime.Backends.Cpu;
 
 public sealed record CpuBackendOptions
 {
-    /// <summary>Tokens per KV block.</summary>
+    /// <summary>Tokens per KV block (the KIVI formats use their group size G instead: one key group per block).</summary>
     public int KvBlockSize { get; init; } = 16;
     /// <summary>Most memory the KV cache may take (allocated as it is used).</summary>
     public long KvCacheBytes { get; init; } = 4L << 30;
     /// <summary>Sees the input of every transformer linear layer (calibration); null in normal runs.</summary>
     public ILinearInputObserver? LinearInputs { get; init; }
+
+    /// <summary>How keys and values are stored: fp32 (default, exact), fp16, or KIVI 2/4-bit with a full-precision window.</summary>
+    public KvCacheFormat KvCache { get; init; } = KvCacheFormat.Fp32;
 }
 
 public sealed unsafe class CpuBackend : IBackend
@@ -43,10 +46,24 @@ public sealed unsafe class CpuBackend : IBackend
         _linearInputs = options.LinearInputs;
         long blockBytes = 2L * Config.NumLayers * options.KvBlockSize * Config.KvDim * sizeof(float);
         KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / blockBytes, 1, int.MaxValue / 2), options.KvBlockSize, _kv);
+
+        var format = options.KvCache;
+        int blockSize = format.IsKivi ? format.Group : options.KvBlockSize;
+        _kv = new CpuKvStorage(Config, blockSize, format);
+        long full = _kv.FullBlockBytes;
+        if (format.IsKivi)
+        {
+            // A full-precision KIVI block also owns its compact slot; compacting gives back the fp16 rows.
+            var costs = new KvBlockCosts(full + _kv.CompactBlockBytes, _kv.CompactBlockBytes, (format.Window + blockSize - 1) / blockSize + 1);
+            KvPool = new KvBlockPool(Math.Max(options.KvCacheBytes, costs.FullBytes), blockSize, _kv, costs);
+        }
+        else KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / full, 1, int.MaxValue / 2), blockSize, _kv);
     }
 
-    /// <summary>Bytes of KV memory one token takes in every layer (keys and values).</summary>
-    public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * sizeof(float);
+    public KvCacheFormat KvFormat => _kv.Format;
+
+    /// <summary>Bytes of KV memory one full-precision token takes in every layer (keys and values).</summary>
+    public long KvBytesPerToken => _kv.FullBlockBytes / KvPool.BlockSize;
 
     public IKvCache CreateCache() => new KvSequence(KvPool);
 
@@ -64,6 +81,7 @@ public sealed unsafe class CpuBackend : IBackend
         var plan = attention ?? AttentionPlan.None(batch.Count);
         if (plan.SuffixStart.Length != batch.Count) throw new ArgumentException("the attention plan was made for another batch");
         if (plan.Levels.Count > 0 && c.SlidingWindow != null) throw new ArgumentException("shared-prefix attention does not support a sliding window");
+        if (_kv.Format.IsKivi && c.SlidingWindow != null) throw new NotSupportedException($"the {_kv.Format} KV cache does not support sliding-window attention");
 
         // Row layout: the new tokens of every sequence, one after the other.
         var seqs = new KvSequence[batch.Count];
@@ -85,6 +103,7 @@ public sealed unsafe class CpuBackend : IBackend
             foreach (int s in level.Sequences)
                 if (level.End > start[s]) throw new ArgumentException($"a shared level ends at {level.End}, past sequence {s}'s cached keys ({start[s]})");
         for (int s = 0; s < batch.Count; s++) seqs[s].Reserve(batch[s].Tokens.Length);
+        var (compactBefore, compacting) = CompactionOf(seqs, batch);
 
         int rows = rowStart[^1];
         long widest = Math.Max(Math.Max(h, qd), Math.Max(ff, c.VocabSize));
@@ -125,12 +144,13 @@ public sealed unsafe class CpuBackend : IBackend
             {
                 for (int r = rowStart[s]; r < rowStart[s + 1]; r++)
                 {
-                    int pos = positions[r], block = seqs[s].Blocks[pos / bs], offset = pos % bs * kvd;
-                    k.AsSpan(r * kvd, kvd).CopyTo(_kv.Keys(l, block)[offset..]);
-                    v.AsSpan(r * kvd, kvd).CopyTo(_kv.Values(l, block)[offset..]);
+                    int pos = positions[r];
+                    _kv.WriteRow(l, seqs[s].Blocks[pos / bs], pos % bs, k.AsSpan(r * kvd, kvd), v.AsSpan(r * kvd, kvd));
                 }
             }
-            Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, batch, q, attn, lse, longest);
+            int layer = l;
+            Parallel.ForEach(compacting, block => _kv.Quantize(layer, block));
+            Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, positions, compactBefore, batch, q, attn, lse, longest);
             Project(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
@@ -141,6 +161,7 @@ public sealed unsafe class CpuBackend : IBackend
             ResidualAdd.Apply(x, proj);
         }
         for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);
+        foreach (int block in compacting) KvPool.Compact(block);
 
         // Final norm and LM head only for the rows whose logits were asked for.
         var logitRows = new List<int>();
@@ -168,11 +189,35 @@ public sealed unsafe class CpuBackend : IBackend
     }
 
     /// <summary>
+    /// KIVI: per sequence, how many leading blocks were compact before this step, and the blocks this step quantizes
+    /// (every layer, after writing its rows) and compacts at its end: those that end at or before the sequence's new
+    /// length - R. A block shared by several sequences is quantized once, when the first of them passes it; its content
+    /// is a function of its tokens only, so every sharer gets the same codes.
+    /// </summary>
+    private (int[] CompactBefore, int[] Compacting) CompactionOf(KvSequence[] seqs, IReadOnlyList<SequenceStep> batch)
+    {
+        var before = new int[seqs.Length];
+        if (!_kv.Format.IsKivi) return (before, []);
+        int bs = KvPool.BlockSize;
+        var compacting = new List<int>();
+        var seen = new HashSet<int>();
+        for (int s = 0; s < seqs.Length; s++)
+        {
+            var blocks = seqs[s].Blocks;
+            while (before[s] < blocks.Count && KvPool.IsCompact(blocks[before[s]])) before[s]++;
+            int passed = Math.Max(0, seqs[s].Length + batch[s].Tokens.Length - _kv.Format.Window) / bs;
+            for (int b = before[s]; b < passed; b++)
+                if (!KvPool.IsCompact(blocks[b]) && seen.Add(blocks[b])) compacting.Add(blocks[b]);
+        }
+        return (before, compacting.ToArray());
+    }
+
+    /// <summary>
     /// Attention of the step's query rows: every shared level (its keys read once for all member rows), then each
     /// sequence's causal suffix, merged into (attn, lse) through the one LSE merge.
     /// </summary>
     private void Attend(Attention.Layer kv, AttentionPlan plan, KvSequence[] seqs, int[] rowStart, int[] start,
-        IReadOnlyList<SequenceStep> batch, float[] q, float[] attn, float[] lse, int longest)
+        int[] positions, int[] compactBefore, IReadOnlyList<SequenceStep> batch, float[] q, float[] attn, float[] lse, int longest)
     {
         var c = Config;
         Array.Clear(attn);
@@ -191,7 +236,8 @@ public sealed unsafe class CpuBackend : IBackend
                     var all = new List<Attention.LevelRow>();
                     foreach (int s in level.Sequences)
                         for (int r = rowStart[s]; r < rowStart[s + 1]; r++)
-                            for (int g = 0; g < kv.Group; g++) all.Add(new Attention.LevelRow(r, kvh * kv.Group + g));
+                            for (int g = 0; g < kv.Group; g++)
+                                all.Add(new Attention.LevelRow(r, kvh * kv.Group + g, kv.QuantizedEnd(positions[r], compactBefore[s])));
                     for (int i = 0; i < all.Count; i += LevelRowsPerTask)
                         tasks.Add((kvh, all.GetRange(i, Math.Min(LevelRowsPerTask, all.Count - i)).ToArray()));
                 }
@@ -213,7 +259,7 @@ public sealed unsafe class CpuBackend : IBackend
                 int s = task / tasksPerSeq, r0 = rowStart[s];
                 for (int head = task % tasksPerSeq * headsPerTask, last = head + headsPerTask; head < last; head++)
                     Attention.Suffix(kv, tables[s], qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
-                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2);
+                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2, compactBefore[s]);
                 return buf;
             }, _ => { });
         }

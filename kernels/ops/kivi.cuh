@@ -1,0 +1,213 @@
+// kivi: KIVI 2/4-bit KV cache on the GPU: quantize full blocks into the packed layout, decode attention over them with
+// the dequantization fused into the dot products (one split per KV block), and the (o, lse) merge of the splits.
+// COMPILED ONLY: no GPU was available when this was written; it has never been run or checked against the CPU.
+//
+// Layout (identical to src/Kernels.Runtime/Quantization/Kivi.cs; per layer, compact block `id` of G tokens,
+// kvd = kv_heads * head_dim channels, per = 32 / bits codes a uint32, lowest index in the least significant bits):
+//   codes  uint32 [num_ids, 2 * kvd * G / per]: keys per channel (channel c, token j at word c * (G / per) + j / per,
+//          bits bits * (j % per)), then values per token (token j, channel c at word kvd * G / per + j * (kvd / per)
+//          + c / per, bits bits * (c % per)).
+//   scales fp16 [num_ids, 2 * kvd], mins fp32 [num_ids, 2 * kvd]: keys' per channel at [c]; values' of token j,
+//          group g (channels g*G .. g*G+G-1) at [kvd + j * (kvd / G) + g].
+// Quantizer: z = min, s = (max - min) / (2^bits - 1) rounded up to fp16 (1 for a constant group), q = clamp(rint((x -
+//   z) / s), 0, 2^bits - 1), x^ = q * s + z: the CPU's math (IEEE division, round-half-even), so codes should match.
+//
+// kivi_quantize_block_f32(codes, scales, mins, keys, values, block_ids, num_blocks, kvd, group, bits)
+//   keys, values fp16 [num_blocks, G, kvd]: the full-precision rows of the blocks to compact; block i is written to
+//   compact id block_ids[i]. Grid num_blocks, block 256 (any). Thread per packed word: no atomics.
+// kivi_decode_attention_f32(partial_o, partial_lse, q, codes, scales, mins, block_tables, num_compact, num_seqs,
+//   max_blocks, heads, kv_heads, head_dim, group, bits)
+//   q fp32 [num_seqs, heads, head_dim] (one decode row per sequence); block_tables int [num_seqs, max_blocks];
+//   sequence s reads its first num_compact[s] blocks quantized. Output per (s, head, block b): the normalized partial
+//   partial_o [num_seqs, heads, max_blocks, head_dim] and its natural-log partial_lse [.., max_blocks]; b >=
+//   num_compact[s] gives the empty state (o = 0, lse = -inf). Grid (num_seqs, heads, max_blocks), block G threads
+//   (one per token; G % 32 == 0, G <= 1024), dynamic shared memory G floats.
+// kivi_merge_partials_f32(o, lse, partial_o, partial_lse, num_seqs, heads, max_blocks, head_dim)
+//   (o, lse) [num_seqs, heads, head_dim] / [num_seqs, heads] := merge of (o, lse) with every split (the CPU's
+//   AttentionState.Merge, in one pass); so the fp16 window's partial can be merged before or after. Grid (num_seqs,
+//   heads), block any.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common.cuh"
+
+namespace ops
+{
+__device__ __forceinline__ uint32_t kivi_code(const uint32_t* words, int index, int bits)
+{
+    const int per = 32 / bits;
+    return (words[index / per] >> (bits * (index % per))) & ((1u << bits) - 1u);
+}
+
+// The guarded (scale, min) of a group; the scale is the fp16 value that is stored.
+__device__ __forceinline__ void kivi_group_parameters(float lo, float hi, int bits, __half* scale, float* min)
+{
+    const float exact = (hi - lo) / static_cast<float>((1 << bits) - 1);
+    *scale = exact > 0.0f ? __float2half_ru(exact) : __float2half(1.0f);
+    *min = lo;
+}
+
+__device__ __forceinline__ uint32_t kivi_encode(float x, float scale, float min, int bits)
+{
+    const float q = rintf((x - min) / scale);
+    return static_cast<uint32_t>(fminf(fmaxf(q, 0.0f), static_cast<float>((1 << bits) - 1)));
+}
+
+__device__ void kivi_quantize_block(uint32_t* codes, __half* scales, float* mins, const __half* keys, const __half* values,
+                                    const int* block_ids, int i, int kvd, int group, int bits)
+{
+    const int per = 32 / bits, k_words = group / per, v_words = kvd / per, groups = kvd / group;
+    const int64_t id = block_ids[i];
+    const __half* k = keys + static_cast<int64_t>(i) * group * kvd;
+    const __half* v = values + static_cast<int64_t>(i) * group * kvd;
+    uint32_t* c_out = codes + id * (2 * kvd * k_words);
+    __half* s_out = scales + id * 2 * kvd;
+    float* m_out = mins + id * 2 * kvd;
+    for (int t = threadIdx.x; t < kvd * k_words; t += blockDim.x) // keys: per channel over the block's tokens
+    {
+        const int c = t / k_words, w = t % k_words;
+        float lo = INFINITY, hi = -INFINITY;
+        for (int j = 0; j < group; j++)
+        {
+            const float x = __half2float(k[static_cast<int64_t>(j) * kvd + c]);
+            lo = fminf(lo, x);
+            hi = fmaxf(hi, x);
+        }
+        __half s;
+        float z;
+        kivi_group_parameters(lo, hi, bits, &s, &z);
+        const float sf = __half2float(s);
+        uint32_t word = 0;
+        for (int e = 0; e < per; e++)
+            word |= kivi_encode(__half2float(k[static_cast<int64_t>(w * per + e) * kvd + c]), sf, z, bits) << (bits * e);
+        c_out[c * k_words + w] = word;
+        if (w == 0)
+        {
+            s_out[c] = s;
+            m_out[c] = z;
+        }
+    }
+    uint32_t* v_codes = c_out + kvd * k_words;
+    for (int t = threadIdx.x; t < group * v_words; t += blockDim.x) // values: per token over groups of G channels
+    {
+        const int j = t / v_words, w = t % v_words, c0 = w * per, g = c0 / group;
+        const __half* row = v + static_cast<int64_t>(j) * kvd;
+        float lo = INFINITY, hi = -INFINITY;
+        for (int c = g * group; c < (g + 1) * group; c++)
+        {
+            lo = fminf(lo, __half2float(row[c]));
+            hi = fmaxf(hi, __half2float(row[c]));
+        }
+        __half s;
+        float z;
+        kivi_group_parameters(lo, hi, bits, &s, &z);
+        const float sf = __half2float(s);
+        uint32_t word = 0;
+        for (int e = 0; e < per; e++) word |= kivi_encode(__half2float(row[c0 + e]), sf, z, bits) << (bits * e);
+        v_codes[j * v_words + w] = word;
+        if (c0 % group == 0)
+        {
+            s_out[kvd + j * groups + g] = s;
+            m_out[kvd + j * groups + g] = z;
+        }
+    }
+}
+
+__device__ void kivi_decode_attention(float* partial_o, float* partial_lse, const float* q, const uint32_t* codes,
+                                      const __half* scales, const float* mins, const int* block_tables, const int* num_compact,
+                                      int max_blocks, int heads, int kv_heads, int head_dim, int group, int bits)
+{
+    extern __shared__ float weights[]; // [group]
+    const int seq = blockIdx.x, head = blockIdx.y, b = blockIdx.z, j = threadIdx.x;
+    const int64_t out = (static_cast<int64_t>(seq) * heads + head) * max_blocks + b;
+    if (b >= num_compact[seq]) // the empty state: merging it changes nothing
+    {
+        for (int i = threadIdx.x; i < head_dim; i += blockDim.x) partial_o[out * head_dim + i] = 0.0f;
+        if (threadIdx.x == 0) partial_lse[out] = -INFINITY;
+        return;
+    }
+    const int per = 32 / bits, kvd = kv_heads * head_dim, k_words = group / per, v_words = kvd / per, groups = kvd / group;
+    const int c0 = head / (heads / kv_heads) * head_dim;
+    const int64_t id = block_tables[static_cast<int64_t>(seq) * max_blocks + b];
+    const uint32_t* c_in = codes + id * (2 * kvd * k_words);
+    const __half* s_in = scales + id * 2 * kvd;
+    const float* m_in = mins + id * 2 * kvd;
+    const float* qr = q + (static_cast<int64_t>(seq) * heads + head) * head_dim;
+
+    // Score of token j: sum_c q_c (s_c code_cj + z_c), dequantized in registers.
+    float score = 0.0f;
+    for (int i = 0; i < head_dim; i++)
+    {
+        const int c = c0 + i;
+        score = fmaf(qr[i], fmaf(__half2float(s_in[c]), static_cast<float>(kivi_code(c_in + c * k_words, j, bits)), m_in[c]), score);
+    }
+    score *= 1.0f / sqrtf(static_cast<float>(head_dim));
+    const float max = block_reduce_max(score);
+    const float e = expf(score - max);
+    const float sum = block_reduce_sum(e);
+    weights[j] = e / sum;
+    __syncthreads();
+
+    // Output channel i: sum_j p_j (s_jg code_jc + z_jg).
+    const uint32_t* v_codes = c_in + kvd * k_words;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
+    {
+        const int c = c0 + i;
+        float acc = 0.0f;
+        for (int t = 0; t < group; t++)
+        {
+            const int g = kvd + t * groups + c / group;
+            acc = fmaf(weights[t], fmaf(__half2float(s_in[g]), static_cast<float>(kivi_code(v_codes + t * v_words, c, bits)), m_in[g]), acc);
+        }
+        partial_o[out * head_dim + i] = acc;
+    }
+    if (threadIdx.x == 0) partial_lse[out] = max + logf(sum);
+}
+
+__device__ void kivi_merge_partials(float* o, float* lse, const float* partial_o, const float* partial_lse, int heads,
+                                    int max_blocks, int head_dim)
+{
+    const int64_t row = static_cast<int64_t>(blockIdx.x) * heads + blockIdx.y;
+    const float* pl = partial_lse + row * max_blocks;
+    float m = lse[row];
+    for (int b = 0; b < max_blocks; b++) m = fmaxf(m, pl[b]);
+    if (m == -INFINITY) return; // every part empty
+    const float w0 = lse[row] == -INFINITY ? 0.0f : expf(lse[row] - m);
+    float total = w0;
+    for (int b = 0; b < max_blocks; b++) total += expf(pl[b] - m);
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x)
+    {
+        float acc = w0 == 0.0f ? 0.0f : w0 * o[row * head_dim + i];
+        for (int b = 0; b < max_blocks; b++)
+            acc = fmaf(expf(pl[b] - m), partial_o[(row * max_blocks + b) * head_dim + i], acc);
+        o[row * head_dim + i] = acc / total;
+    }
+    __syncthreads(); // every thread read lse[row] before it changes
+    if (threadIdx.x == 0) lse[row] = m + logf(total);
+}
+} // namespace ops
+
+extern "C" __global__ void kivi_quantize_block_f32(uint32_t* codes, __half* scales, float* mins, const __half* keys,
+                                                   const __half* values, const int* block_ids, int num_blocks, int kvd,
+                                                   int group, int bits)
+{
+    if (blockIdx.x < num_blocks) ops::kivi_quantize_block(codes, scales, mins, keys, values, block_ids, blockIdx.x, kvd, group, bits);
+}
+
+extern "C" __global__ void kivi_decode_attention_f32(float* partial_o, float* partial_lse, const float* q, const uint32_t* codes,
+                                                     const __half* scales, const float* mins, const int* block_tables,
+                                                     const int* num_compact, int num_seqs, int max_blocks, int heads,
+                                                     int kv_heads, int head_dim, int group, int bits)
+{
+    if (blockIdx.x < num_seqs)
+        ops::kivi_decode_attention(partial_o, partial_lse, q, codes, scales, mins, block_tables, num_compact, max_blocks, heads,
+                                   kv_heads, head_dim, group, bits);
+}
+
+extern "C" __global__ void kivi_merge_partials_f32(float* o, float* lse, const float* partial_o, const float* partial_lse,
+                                                   int num_seqs, int heads, int max_blocks, int head_dim)
+{
+    if (blockIdx.x < num_seqs) ops::kivi_merge_partials(o, lse, partial_o, partial_lse, heads, max_blocks, head_dim);
+}
