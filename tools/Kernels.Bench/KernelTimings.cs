@@ -74,7 +74,7 @@ internal static class KernelTimings
                 foreach (int m in quick ? new[] { 1, 64 } : new[] { 1, 16, 64, 256, 1024 })
                 {
                     double us = t.Gemm(m, n, k);
-                    string kernel = m <= OpsLauncher.GemmSmallMMax ? "dense_gemm_small_m_f16" : "dense_gemm_f16";
+                    string kernel = OpsLauncher.DenseGemmKernel("f16", m, k);
                     Add(kernel, $"{layer} M={m} N={n} K={k}", us, 2.0 * n * k + 4.0 * m * k + 4.0 * m * n, 2.0 * m * n * k,
                         new() { ["M"] = m, ["N"] = n, ["K"] = k });
                 }

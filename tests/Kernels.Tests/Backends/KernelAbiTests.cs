@@ -42,6 +42,7 @@ public class KernelAbiTests
             ["residual_add"] = typeof(Kernels.Runtime.Backends.Cpu.ResidualAdd),
             ["dense_gemm"] = typeof(Kernels.Runtime.Backends.Cpu.MatMul),
             ["dense_gemm_small_m"] = typeof(Kernels.Runtime.Backends.Cpu.MatMul),
+            ["dense_gemv"] = typeof(Kernels.Runtime.Backends.Cpu.MatMul),
             ["paged_decode_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
             ["paged_prefill_attention"] = typeof(Kernels.Runtime.Backends.Cpu.Attention),
             ["attention_merge"] = typeof(Kernels.Runtime.Numerics.AttentionState),

@@ -6,7 +6,7 @@ using Kernels.Runtime.Models;
 namespace Kernels.Runtime.Backends.Cuda;
 
 /// <summary>
-/// Memory: one arena for the weights (uploaded once; F16/BF16 matrices as stored, F32 and Q8_0 matrices converted to F16,
+/// Memory: one arena for the weights (uploaded once; F16 matrices as stored, BF16 ones as F16 when that is exact, F32 and Q8_0 matrices converted to F16,
 /// or to BF16 when a value exceeds F16's range; norm vectors F32/F16/BF16 as stored; a bias in its matrix's dtype), one
 /// scratch arena for the activations of <see cref="CudaBackendOptions.MaxTokensPerStep"/> token rows, and the paged KV
 /// pool (<see cref="CudaKvStorage"/>), sized by <see cref="CudaMemoryPlan"/> from the free memory.
@@ -156,17 +156,27 @@ public sealed unsafe class CudaBackend : IBackend
         }
     }
 
-    /// <summary>F16/BF16 matrices as stored; F32/Q8_0 to F16 when every value fits F16's range (|w| &lt;= 65504), else BF16.</summary>
+    /// <summary>
+    /// F16 matrices as stored. BF16 matrices become F16 when every value converts exactly (BF16's 8-bit significand fits
+    /// F16's 11 bits inside F16's range): the weights are unchanged, but the tensor-core GEMM rounds x to the weight's
+    /// dtype, and f16 rounding (2^-11) is 8x finer than bf16 (2^-8). F32/Q8_0 become F16 when every value fits F16's
+    /// range (|w| &lt;= 65504), else BF16.
+    /// </summary>
     internal static TensorDType MatrixTarget(WeightTensor t)
     {
-        if (t.DType is TensorDType.F16 or TensorDType.BF16) return t.DType;
+        if (t.DType == TensorDType.F16) return t.DType;
         if (!t.DType.IsNumeric()) throw new NotSupportedException($"{t.Name} is {t.DType.Name()}: not a floating-point weight");
+        bool exact = t.DType == TensorDType.BF16;
         float max = 0;
         var row = new float[t.Columns];
         for (int r = 0; r < t.Rows; r++)
         {
             t.ReadRow(r, row);
-            foreach (float v in row) max = Math.Max(max, Math.Abs(v));
+            foreach (float v in row)
+            {
+                max = Math.Max(max, Math.Abs(v));
+                if (exact && (float)(Half)v != v) return TensorDType.BF16;
+            }
         }
         return max <= (float)Half.MaxValue ? TensorDType.F16 : TensorDType.BF16;
     }

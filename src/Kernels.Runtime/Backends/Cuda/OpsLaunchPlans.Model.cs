@@ -12,6 +12,8 @@ internal static partial class OpsLaunchPlans
 {
     /// <summary>dense_gemm_small_m serves M up to this (decode batches); larger M takes the 64x128 prefill tile.</summary>
     internal const int GemmSmallMMax = 16;
+    /// <summary>dense_gemv: x rows up to which it is chosen; rows and output features per block (kernels/ops/dense_gemv.cuh).</summary>
+    internal const int GemvMaxRows = 4, GemvRowsPerBlock = 4, GemvFeaturesPerBlock = 16;
     /// <summary>Fewest keys a decode split is given (a split's fixed cost: loading q, merging states, one more partial).</summary>
     internal const int DecodeMinTokensPerSplit = 256;
     /// <summary>Most decode splits (the merge reads every split's lse per output element).</summary>
@@ -22,19 +24,34 @@ internal static partial class OpsLaunchPlans
     {
         NonNegative(m, "m");
         NonNegative(n, "n");
-        if (k <= 0 || k % 8 != 0)
-            throw new ArgumentOutOfRangeException("k", k, "dense_gemm needs K > 0 and K % 8 == 0 (16-byte cp.async chunks of W)");
+        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemm needs K > 0");
         AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
         AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
         AtLeast(wLength, Elements(n, k, "w"), "w", $"[n={n}, k={k}]");
         if (biasLength >= 0) AtLeast(biasLength, n, "bias", $"[n={n}]");
         if (m == 0 || n == 0) return null;
-        if (m <= GemmSmallMMax)
-            return new KernelLaunch($"dense_gemm_small_m_{suffix}", (uint)((n + 15) / 16), 1, 128);
+        string kernel = DenseGemmKernel(suffix, m, k);
+        if (kernel.StartsWith("dense_gemv_", StringComparison.Ordinal))
+        {
+            long rowGroups = (m + GemvRowsPerBlock - 1) / GemvRowsPerBlock;
+            if (rowGroups > MaxGridRows) throw new ArgumentOutOfRangeException("m", m, $"dense_gemv covers at most {MaxGridRows * (long)GemvRowsPerBlock} rows per launch");
+            return new KernelLaunch(kernel, (uint)((n + GemvFeaturesPerBlock - 1) / GemvFeaturesPerBlock), (uint)rowGroups, 256);
+        }
+        if (m <= GemmSmallMMax) return new KernelLaunch(kernel, (uint)((n + 15) / 16), 1, 128);
         long gridY = (m + 63) / 64;
         if (gridY > MaxGridRows) throw new ArgumentOutOfRangeException("m", m, $"dense_gemm covers at most {MaxGridRows * 64L} rows per launch");
-        return new KernelLaunch($"dense_gemm_{suffix}", (uint)((n + 127) / 128), (uint)gridY, 256);
+        return new KernelLaunch(kernel, (uint)((n + 127) / 128), (uint)gridY, 256);
     }
+
+    /// <summary>
+    /// The kernel a y = x W^T of <paramref name="m"/> rows runs: dense_gemv (CUDA cores, fp32 x, W streamed once) for
+    /// m &lt;= <see cref="GemvMaxRows"/> and whenever K % 8 != 0 (the tensor-core tiles copy W in 16-byte chunks),
+    /// dense_gemm_small_m up to <see cref="GemmSmallMMax"/> rows, else the prefill tile dense_gemm.
+    /// </summary>
+    public static string DenseGemmKernel(string suffix, int m, int k) =>
+        m <= GemvMaxRows || k % 8 != 0 ? $"dense_gemv_{suffix}"
+        : m <= GemmSmallMMax ? $"dense_gemm_small_m_{suffix}"
+        : $"dense_gemm_{suffix}";
 
     /// <summary>Floats of workspace a split decode needs: partial o and lse for every (sequence, head, split).</summary>
     public static long DecodeWorkspaceFloats(int numSeqs, int numHeads, int headDim, int numSplits) =>

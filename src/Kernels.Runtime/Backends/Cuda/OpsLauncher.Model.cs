@@ -11,6 +11,9 @@ public sealed unsafe partial class OpsLauncher
     /// <summary>Rows up to which dense_gemm_small_m (the decode tile) runs; above it dense_gemm.</summary>
     public const int GemmSmallMMax = OpsLaunchPlans.GemmSmallMMax;
 
+    /// <summary>The entry DenseGemmF16/BF16 launches for <paramref name="m"/> rows and inner size <paramref name="k"/> ("f16" or "bf16" suffix).</summary>
+    public static string DenseGemmKernel(string suffix, int m, int k) => OpsLaunchPlans.DenseGemmKernel(suffix, m, k);
+
     public void DenseGemmF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> w, DeviceBuffer<Half>? bias, int m, int n, int k) =>
         DenseGemm("f16", y, x, w, bias, m, n, k);
 

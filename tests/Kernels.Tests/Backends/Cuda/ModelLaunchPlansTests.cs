@@ -16,8 +16,12 @@ public class ModelLaunchPlansTests
     // ---- dense_gemm -------------------------------------------------------------------------------------------------
 
     [Test]
-    public void GemmPicksTheDecodeTileUpTo16RowsAndThePrefillTileAbove()
+    public void GemmPicksTheGemvUpTo4RowsTheDecodeTileUpTo16AndThePrefillTileAbove()
     {
+        Assert.That(OpsLaunchPlans.DenseGemm("f16", 4096, 4096, 4096L * 4096, -1, 1, 4096, 4096),
+            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 256, 1, 256)));
+        Assert.That(OpsLaunchPlans.DenseGemm("bf16", 4 * 6145, 4 * 4096, 6145L * 4096, 6145, 4, 6145, 4096),
+            Is.EqualTo(new KernelLaunch("dense_gemv_bf16", 385, 1, 256)), "features round up to 16 per block");
         Assert.That(OpsLaunchPlans.DenseGemm("f16", 16 * 4096, 16 * 4096, 4096L * 4096, -1, 16, 4096, 4096),
             Is.EqualTo(new KernelLaunch("dense_gemm_small_m_f16", 256, 1, 128)));
         Assert.That(OpsLaunchPlans.DenseGemm("bf16", 17 * 6144, 17 * 4096, 6144L * 4096, 6144, 17, 6144, 4096),
@@ -27,11 +31,20 @@ public class ModelLaunchPlansTests
     }
 
     [TestCase(0)]
-    [TestCase(12)]
     [TestCase(-8)]
-    public void GemmNeedsKAPositiveMultipleOf8(int k)
+    public void GemmNeedsAPositiveK(int k)
     {
         ThrowsFor("k", () => OpsLaunchPlans.DenseGemm("f16", 1 << 20, 1 << 20, 1 << 20, -1, 1, 64, k));
+    }
+
+    [Test]
+    public void KNotAMultipleOf8GoesToTheGemvForAnyRowCount()
+    {
+        // The tensor-core tiles copy W in 16-byte chunks; stories260K's FFN (K = 172) still runs, 4 rows per block row.
+        Assert.That(OpsLaunchPlans.DenseGemm("f16", 100L * 64, 100L * 172, 64L * 172, -1, 100, 64, 172),
+            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 4, 25, 256)));
+        Assert.That(OpsLaunchPlans.DenseGemmKernel("bf16", 100, 4096), Is.EqualTo("dense_gemm_bf16"));
+        Assert.That(OpsLaunchPlans.DenseGemmKernel("bf16", 12, 4096), Is.EqualTo("dense_gemm_small_m_bf16"));
     }
 
     [Test]
