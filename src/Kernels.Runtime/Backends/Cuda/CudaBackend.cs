@@ -20,10 +20,8 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// </summary>
 public sealed unsafe class CudaBackend : IBackend
 {
-    /// <summary>Head dims both attention kernels support (paged_prefill_attention: {64, 128}; decode adds 256).</summary>
-    public static readonly int[] SupportedHeadDims = [64, 128];
-    /// <summary>paged_decode_attention's limit on query heads per kv head.</summary>
-    public const int MaxGqaGroup = 8;
+    /// <summary>Head dims both attention kernels are compiled for (one entry per head dim).</summary>
+    public static IReadOnlyList<int> SupportedHeadDims => OpsLaunchPlans.AttentionHeadDims;
 
     private readonly CudaDevice _device;
     private readonly KernelModule _module;
@@ -56,15 +54,7 @@ public sealed unsafe class CudaBackend : IBackend
     public static string? WhyUnsupported(LoadedModel model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        var c = model.Config;
-        if (c.SlidingWindow != null)
-            return $"sliding-window attention (window {c.SlidingWindow}) is not implemented on the CUDA backend";
-        if (Array.IndexOf(SupportedHeadDims, c.HeadDim) < 0)
-            return $"head_dim {c.HeadDim}: the CUDA attention kernels support head_dim {string.Join(" or ", SupportedHeadDims)}";
-        if (c.GqaGroup > MaxGqaGroup)
-            return $"{c.GqaGroup} query heads per kv head: paged_decode_attention supports at most {MaxGqaGroup}";
-        if (c.HiddenSize % 8 != 0 || c.QueryDim % 8 != 0 || c.IntermediateSize % 8 != 0)
-            return $"dense_gemm needs K % 8 == 0: hidden {c.HiddenSize}, heads x head_dim {c.QueryDim}, intermediate {c.IntermediateSize}";
+        if (WhyUnsupported(model.Config) is { } why) return why;
         foreach (var layer in model.Weights.Layers)
             foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.Gate, layer.Up, layer.Down })
                 if (w is not DenseLinear)
@@ -72,11 +62,24 @@ public sealed unsafe class CudaBackend : IBackend
         return null;
     }
 
+    /// <summary>The shape part of <see cref="WhyUnsupported(LoadedModel)"/>: attention head dim, GEMM alignment, sliding window.</summary>
+    public static string? WhyUnsupported(ModelConfig c)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        if (c.SlidingWindow != null)
+            return $"sliding-window attention (window {c.SlidingWindow}) is not implemented on the CUDA backend";
+        if (!SupportedHeadDims.Contains(c.HeadDim))
+            return $"head_dim {c.HeadDim}: the CUDA attention kernels support head_dim {string.Join(", ", SupportedHeadDims)}";
+        if (c.HiddenSize % 8 != 0 || c.QueryDim % 8 != 0 || c.IntermediateSize % 8 != 0)
+            return $"dense_gemm needs K % 8 == 0: hidden {c.HiddenSize}, heads x head_dim {c.QueryDim}, intermediate {c.IntermediateSize}";
+        return null;
+    }
+
     // ---- construction -----------------------------------------------------------------------------------------------
 
     /// <summary>
     /// Opens the device, loads the kernels, plans and allocates device memory and uploads the weights. Throws
-    /// NotSupportedException (<see cref="WhyUnsupported"/>), InvalidOperationException (CUDA unavailable, no kernels,
+    /// NotSupportedException (<see cref="WhyUnsupported(LoadedModel)"/>), InvalidOperationException (CUDA unavailable, no kernels,
     /// out of memory with the sizes) or CudaException; everything allocated so far is released first.
     /// </summary>
     public CudaBackend(LoadedModel model, CudaBackendOptions? options = null)

@@ -81,9 +81,17 @@ public class CudaBackendTests
     public void UnsupportedModelsAreNamed()
     {
         using var tiny = SyntheticModels.Create("synthetic:tiny");
-        Assert.That(CudaBackend.WhyUnsupported(tiny), Does.Contain("head_dim 16"));
+        Assert.That(CudaBackend.WhyUnsupported(tiny), Is.Null, "head_dim 16, the golden models' shape");
         using var small = SyntheticModels.Create("synthetic:small");
         Assert.That(CudaBackend.WhyUnsupported(small), Is.Null);
+        var c = SyntheticModels.Shapes["tiny"];
+        foreach (int d in new[] { 8, 16, 32, 64, 128, 256 })
+            Assert.That(CudaBackend.WhyUnsupported(c with { HeadDim = d, NumHeads = 4, NumKvHeads = 2 }), Is.Null, $"head_dim {d}");
+        Assert.That(CudaBackend.WhyUnsupported(c with { HeadDim = 96 }), Does.Contain("head_dim 96"));
+        Assert.That(CudaBackend.WhyUnsupported(c with { NumHeads = 32, NumKvHeads = 2 }), Is.Null, "16 query heads per kv head: four decode blocks");
+        // stories260K: head_dim 8 is fine, but its FFN width 172 is not a multiple of 8 (dense_gemm's cp.async chunks).
+        var stories = c with { HiddenSize = 64, NumHeads = 8, NumKvHeads = 4, HeadDim = 8, IntermediateSize = 172 };
+        Assert.That(CudaBackend.WhyUnsupported(stories), Does.Contain("dense_gemm needs K % 8 == 0").And.Contain("intermediate 172"));
     }
 
     [Test]
