@@ -1,7 +1,7 @@
 // Every import from the CUDA driver (libcuda.so.1) in one place: raw, typed signatures, no logic.
 //
 // Types: CUdevice = int ordinal, CUdeviceptr = ulong (64-bit on every platform we run on), every other CUDA handle
-// (CUcontext, CUmodule, CUfunction, CUstream, CUevent) = IntPtr, owned by the SafeHandles in CuHandles.cs.
+// (CUcontext, CUmodule, CUfunction, CUstream, CUevent, CUgraph, CUgraphExec) = IntPtr, owned by the SafeHandles in CuHandles.cs.
 // Entry points: where cuda.h #defines a name to a versioned symbol (cuMemAlloc -> cuMemAlloc_v2, ...), the import
 // binds the versioned symbol, because the unversioned one is the legacy 32-bit-pointer ABI kept for old binaries
 // (`nm -D libcuda.so.1` lists both). The library is resolved on the first call, not at type load: a process
@@ -30,6 +30,22 @@ public enum CuJitOption
     InfoLogBufferSizeBytes = 4,
     ErrorLogBuffer = 5,
     ErrorLogBufferSizeBytes = 6,
+}
+
+/// <summary>CUstreamCaptureMode (cuda.h): which other threads' unsafe API calls a capture forbids.</summary>
+public enum CuStreamCaptureMode
+{
+    Global = 0,
+    ThreadLocal = 1,
+    Relaxed = 2,
+}
+
+/// <summary>CUstreamCaptureStatus (cuda.h).</summary>
+public enum CuStreamCaptureStatus
+{
+    None = 0,
+    Active = 1,
+    Invalidated = 2,
 }
 
 public static unsafe partial class CuApi
@@ -87,6 +103,17 @@ public static unsafe partial class CuApi
     [LibraryImport(Library)] public static partial CuResult cuEventSynchronize(IntPtr @event);
     [LibraryImport(Library)] public static partial CuResult cuEventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
     [LibraryImport(Library, EntryPoint = "cuEventDestroy_v2")] public static partial CuResult cuEventDestroy(IntPtr @event);
+
+    // ---- CUDA graphs (stream capture) -------------------------------------------------------------------------------
+    // cuda.h maps cuStreamBeginCapture to cuStreamBeginCapture_v2 (the _v1 symbol took no mode); the other graph entry
+    // points are unversioned in CUDA 11.8 and 12.x (the _ptsz variants are for per-thread default streams only).
+    [LibraryImport(Library, EntryPoint = "cuStreamBeginCapture_v2")] public static partial CuResult cuStreamBeginCapture(IntPtr stream, CuStreamCaptureMode mode);
+    [LibraryImport(Library)] public static partial CuResult cuStreamEndCapture(IntPtr stream, out IntPtr graph);
+    [LibraryImport(Library)] public static partial CuResult cuStreamIsCapturing(IntPtr stream, out CuStreamCaptureStatus status);
+    [LibraryImport(Library)] public static partial CuResult cuGraphInstantiateWithFlags(out IntPtr graphExec, IntPtr graph, ulong flags);
+    [LibraryImport(Library)] public static partial CuResult cuGraphLaunch(IntPtr graphExec, IntPtr stream);
+    [LibraryImport(Library)] public static partial CuResult cuGraphExecDestroy(IntPtr graphExec);
+    [LibraryImport(Library)] public static partial CuResult cuGraphDestroy(IntPtr graph);
 
     // ---- launch ----------------------------------------------------------------------------------------------------
     /// <summary>kernelParams: one pointer per kernel argument, each pointing at that argument's value.</summary>

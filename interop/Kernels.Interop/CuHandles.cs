@@ -1,5 +1,5 @@
 // One SafeHandle per driver resource (STYLE habit 8): primary context, module, stream, event, device memory, pinned host
-// memory. ReleaseHandle calls the driver's destroy function and never throws.
+// memory, captured graph, instantiated graph. ReleaseHandle calls the driver's destroy function and never throws.
 using System.Runtime.InteropServices;
 
 namespace Kernels.Interop;
@@ -81,6 +81,20 @@ public sealed class CuEventHandle : CuContextBoundHandle
 {
     internal CuEventHandle(IntPtr @event, CuContextHandle context) : base(@event, context) { }
     private protected override CuResult Destroy(IntPtr value) => CuApi.cuEventDestroy(value);
+}
+
+/// <summary>A graph captured from a stream (cuStreamEndCapture); only needed until it is instantiated.</summary>
+public sealed class CuGraphHandle : CuContextBoundHandle
+{
+    internal CuGraphHandle(IntPtr graph, CuContextHandle context) : base(graph, context) { }
+    private protected override CuResult Destroy(IntPtr value) => CuApi.cuGraphDestroy(value);
+}
+
+/// <summary>An executable graph (cuGraphInstantiateWithFlags), launched with cuGraphLaunch.</summary>
+public sealed class CuGraphExecHandle : CuContextBoundHandle
+{
+    internal CuGraphExecHandle(IntPtr graphExec, CuContextHandle context) : base(graphExec, context) { }
+    private protected override CuResult Destroy(IntPtr value) => CuApi.cuGraphExecDestroy(value);
 }
 
 /// <summary>Device memory from cuMemAlloc; the handle value is the CUdeviceptr.</summary>

@@ -163,6 +163,47 @@ public sealed unsafe class CudaDevice : IDisposable
         return new CuStreamHandle(stream, Context);
     }
 
+    // ---- CUDA graphs -------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Records everything <paramref name="enqueue"/> puts on <paramref name="stream"/> into a graph instead of running it,
+    /// and instantiates it (thread-local capture mode: other threads may keep using the driver). Nothing is executed. If
+    /// enqueueing or capturing fails, the capture is ended (the stream leaves capture mode), the partial graph is
+    /// destroyed and the exception propagates.
+    /// </summary>
+    public CuGraphExecHandle CaptureGraph(CuStreamHandle stream, Action enqueue)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(enqueue);
+        MakeCurrent();
+        IntPtr s = stream.DangerousGetHandle();
+        Cu.Check(CuApi.cuStreamBeginCapture(s, CuStreamCaptureMode.ThreadLocal), Ordinal);
+        IntPtr raw = IntPtr.Zero;
+        try
+        {
+            enqueue();
+        }
+        catch
+        {
+            // Leave capture mode whatever happened; the partial graph (if any) is discarded.
+            if (CuApi.cuStreamEndCapture(s, out raw) == CuResult.Success && raw != IntPtr.Zero) CuApi.cuGraphDestroy(raw);
+            throw;
+        }
+        Cu.Check(CuApi.cuStreamEndCapture(s, out raw), Ordinal);
+        using var graph = new CuGraphHandle(raw, Context);
+        Cu.Check(CuApi.cuGraphInstantiateWithFlags(out IntPtr exec, raw, 0), Ordinal);
+        return new CuGraphExecHandle(exec, Context);
+    }
+
+    /// <summary>Enqueues an instantiated graph on <paramref name="stream"/>.</summary>
+    public void LaunchGraph(CuGraphExecHandle graph, CuStreamHandle stream)
+    {
+        ArgumentNullException.ThrowIfNull(graph);
+        ArgumentNullException.ThrowIfNull(stream);
+        ObjectDisposedException.ThrowIf(graph.IsClosed, graph);
+        Cu.Check(CuApi.cuGraphLaunch(graph.DangerousGetHandle(), stream.DangerousGetHandle()), Ordinal);
+    }
+
     /// <summary>An event with timing enabled (flags 0 = CU_EVENT_DEFAULT).</summary>
     public CuEventHandle CreateEvent()
     {

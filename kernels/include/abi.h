@@ -5,7 +5,9 @@
 //     KernelModule.Load compares it with the C# constant and refuses a mismatched fatbin.
 //   - one `__global__` entry per (op, dtype): `<op>_<dtype>`, dtype in {f32, f16, bf16}. The suffix names the
 //     storage type of the templated operand (weights / embedding table); activations are fp32 in every entry, and
-//     ops without a templated operand carry `_f32`. Full list with signatures: kernels/README.md, kernels/exports.txt.
+//     ops without a templated operand carry `_f32`. Ops compiled per head dim (the attention kernels) insert
+//     `_hd<D>` before the dtype: `<op>_hd<D>_<dtype>`, D from KERNELS_FOR_EACH_HEAD_DIM.
+//     Full list with signatures: kernels/README.md, kernels/exports.txt.
 //
 // Argument rules (the C# side mirrors them with plain IntPtr/int/float arguments, no structs):
 //   - order: outputs (or in/out) first, then inputs, then sizes (int32), then scalars (float);
@@ -18,7 +20,9 @@
 // a dtype code or a documented launch requirement changes. Adding a new entry point needs no bump.
 #pragma once
 
-#define KERNELS_ABI_VERSION 1
+// 2: paged_{decode,prefill}_attention_{dtype} became one entry per head dim, paged_*_attention_hd<D>_{dtype}, and
+//    decode's grid x became num_kv_heads * ceil_div(G, 4) (any GQA group, 4 query heads per block).
+#define KERNELS_ABI_VERSION 2
 
 // Element type of a templated operand. Values match Kernels.Runtime.Models.TensorDType (F32 = 0, F16 = 1, BF16 = 2);
 // a C# test should assert that they stay equal (STYLE habit 6).
@@ -40,6 +44,16 @@ enum class DType : int
 #define KERNELS_FOR_EACH_HALF_DTYPE(X) \
     X(f16, DType::F16)                 \
     X(bf16, DType::BF16)
+
+// X-macro over the head dims the attention kernels are compiled for: X(suffix, DT, D), one entry each. Each entry is
+// its own instantiation, so a small head dim does not carry the registers or shared memory of the largest.
+#define KERNELS_FOR_EACH_HEAD_DIM(X, suffix, DT) \
+    X(suffix, DT, 8)                             \
+    X(suffix, DT, 16)                            \
+    X(suffix, DT, 32)                            \
+    X(suffix, DT, 64)                            \
+    X(suffix, DT, 128)                           \
+    X(suffix, DT, 256)
 
 #ifdef __CUDACC__
 // Defined here, and this header is included by exactly one translation unit (kernels/kernels.cu).

@@ -6,7 +6,9 @@
 //            o[s, h] = sum_t softmax(score)_t v_t,   lse[s, h] = ln sum_t e^{score_t}   (natural log, fp32)
 //          Split z covers t in [z * tokens_per_split, (z + 1) * tokens_per_split), the last split up to L_s, and
 //          writes its own normalized (o, lse); attention_merge_f32 merges them exactly as AttentionState.Merge does.
-// Pointers (paged_decode_attention_{f32,f16,bf16}):
+// Entries:  paged_decode_attention_hd{8,16,32,64,128,256}_{f32,f16,bf16}: one entry per head dim, so each is compiled
+//          (registers, shared memory) for its own head_dim only; the head_dim argument must equal the entry's.
+// Pointers:
 //   o_partial    [num_seqs, num_heads, num_splits, head_dim]  fp32, written (num_splits = gridDim.z; with one split
 //                this is o [num_seqs, num_heads, head_dim] itself)
 //   lse_partial  [num_seqs, num_heads, num_splits]            fp32, written (with one split: lse [num_seqs, num_heads])
@@ -20,8 +22,11 @@
 //                key and value already appended)
 // KV dtype: a CUDA backend stores f16 (or bf16 for bf16 models): half the bytes of the CPU's fp32 blocks, which is
 //          what decode attention is bound by. f32 is exported too (the CPU layout as is; exact-input verification).
-// Grid:    (num_kv_heads, num_seqs, num_splits); Block: 128 threads (4 warps), no dynamic shared memory.
-//          A block handles all G query heads of its kv head, so each key and value row is read once for the group.
+// Grid:    (num_kv_heads * ceil_div(G, 4), num_seqs, num_splits); Block: 128 threads (4 warps), no dynamic shared
+//          memory. Block x handles query heads [c * 4, min(G, c * 4 + 4)) of kv head x / chunks (c = x % chunks,
+//          chunks = ceil_div(G, 4)): with G <= 4 one block covers the whole group, so each key and value row is read
+//          once for the group; larger groups re-read a kv head's rows once per chunk of 4 (from L2).
+//          Registers (nvcc 11.8, sm_80): 110 for f16/bf16 at every head dim, 64 for f32 up to d 128, 114 at d 256.
 //          A lane group of LPK = min(32, head_dim / (16 B / sizeof(DT))) lanes owns one key at a time (16-byte
 //          loads, head_dim / LPK elements per lane); 32 / LPK keys per warp are in flight per step, each lane group
 //          keeps its own online-softmax state per query head, and the states are merged across lane groups
@@ -32,8 +37,9 @@
 //          lse = -inf: the empty state, which attention_merge skips.
 // Guards:  L_s is clamped to max_blocks_per_seq * block_size; a block id outside [0, num_blocks) makes its keys
 //          count as absent (no read), so a bad table cannot read out of bounds.
-// Preconditions (launcher-checked): head_dim in {64, 128, 256}; num_heads % num_kv_heads == 0 with G in [1, 8];
-//          block_size >= 1; tokens_per_split >= 1.
+// Preconditions (launcher-checked): head_dim equal to the entry's; num_heads % num_kv_heads == 0 (any G >= 1);
+//          block_size >= 1; tokens_per_split >= 1; gridDim.x == num_kv_heads * ceil_div(G, 4). A block that breaks
+//          them writes nothing.
 //
 // attention_merge_f32(o, lse, o_partial, lse_partial, rows, num_splits, head_dim):
 //   o [rows, head_dim], lse [rows] written; o_partial [rows, num_splits, head_dim], lse_partial [rows, num_splits]
@@ -47,6 +53,11 @@
 namespace ops
 {
 constexpr int kDecodeWarps = 4;
+// Query heads of one kv head a block handles (the chunk). 4 and not 8: every head keeps its q slice and online-softmax
+// state in registers (8 floats each per lane for 16-bit KV at every head dim), and the largest chunk sets the entry's
+// register count: 110 registers for f16/bf16 (4 blocks of 128 threads per SM) with 4, 182 (2 blocks per SM) with 8.
+// A group of 8 re-reads its kv head's rows once more, from L2. Mirrored by OpsLaunchPlans.DecodeHeadsPerBlock.
+constexpr int kDecodeMaxHeadsPerBlock = 4;
 
 template <DType DT, int HEAD_DIM>
 struct DecodeLanes
@@ -76,17 +87,18 @@ __device__ __forceinline__ void load_row(float (&out)[DecodeLanes<DT, HEAD_DIM>:
     }
 }
 
+// Query heads [h0, h0 + G) (G <= GMAX) of kv head kvh.
 template <DType DT, int HEAD_DIM, int GMAX>
 __device__ __forceinline__ void paged_decode_attention(float* o_partial, float* lse_partial, const float* q,
                                                        const storage_t<DT>* k_cache, const storage_t<DT>* v_cache,
                                                        const int* block_tables, const int* seq_lens, int num_heads,
-                                                       int num_kv_heads, int block_size, int max_blocks_per_seq,
-                                                       int num_blocks, int tokens_per_split, float scale, float* smem)
+                                                       int num_kv_heads, int kvh, int h0, int G, int block_size,
+                                                       int max_blocks_per_seq, int num_blocks, int tokens_per_split,
+                                                       float scale, float* smem)
 {
     using L = DecodeLanes<DT, HEAD_DIM>;
     constexpr int E = L::ELEMS;
-    const int kvh = blockIdx.x, seq = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
-    const int G = num_heads / num_kv_heads;
+    const int seq = blockIdx.y, split = blockIdx.z, num_splits = gridDim.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int lig = lane % L::LPK, slot = warp * L::KPW + lane / L::LPK;
     constexpr int kSlots = kDecodeWarps * L::KPW;
@@ -100,7 +112,7 @@ __device__ __forceinline__ void paged_decode_attention(float* o_partial, float* 
 #pragma unroll
     for (int g = 0; g < GMAX; ++g)
     {
-        const int h = kvh * G + g;
+        const int h = h0 + g;
 #pragma unroll
         for (int j = 0; j < L::LOADS; ++j)
 #pragma unroll
@@ -197,36 +209,39 @@ __device__ __forceinline__ void paged_decode_attention(float* o_partial, float* 
                 acc = fmaf(s_acc[w][g][d], a, acc);
             }
         }
-        const int h = kvh * G + g;
+        const int h = h0 + g;
         const int64_t row = (static_cast<int64_t>(seq) * num_heads + h) * num_splits + split;
         o_partial[row * HEAD_DIM + d] = l > 0.f ? acc / l : 0.f;
         if (d == 0) lse_partial[row] = lse_of(m, l);
     }
 }
 
-template <DType DT>
+// One head dim: picks the chunk of query heads from blockIdx.x and the smallest GMAX that holds it.
+template <DType DT, int HEAD_DIM>
 __device__ __forceinline__ void paged_decode_attention_dispatch(
     float* o_partial, float* lse_partial, const float* q, const storage_t<DT>* k_cache, const storage_t<DT>* v_cache,
     const int* block_tables, const int* seq_lens, int num_heads, int num_kv_heads, int head_dim, int block_size,
     int max_blocks_per_seq, int num_blocks, int tokens_per_split, float scale)
 {
-    if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0 || tokens_per_split <= 0) return;
+    if (head_dim != HEAD_DIM || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0 ||
+        tokens_per_split <= 0)
+        return;
     const int group = num_heads / num_kv_heads;
+    const int chunks = ceil_div(group, kDecodeMaxHeadsPerBlock);
+    if (static_cast<int64_t>(gridDim.x) != static_cast<int64_t>(num_kv_heads) * chunks) return;
+    const int kvh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+    const int g0 = chunk * kDecodeMaxHeadsPerBlock, gh = min(kDecodeMaxHeadsPerBlock, group - g0);
+    const int h0 = kvh * group + g0;
     // Declared once here: __shared__ arrays inside each inlined instantiation would each get their own allocation.
-    __shared__ float smem[2 * kDecodeWarps * 8 + kDecodeWarps * 8 * 256];
-#define DECODE_CASE(D, GM)                                                                                          \
-    ops::paged_decode_attention<DT, D, GM>(o_partial, lse_partial, q, k_cache, v_cache, block_tables, seq_lens,    \
-                                           num_heads, num_kv_heads, block_size, max_blocks_per_seq, num_blocks,     \
-                                           tokens_per_split, scale, smem)
-#define DECODE_GROUPS(D)                                                                                            \
-    if (group == 1) DECODE_CASE(D, 1);                                                                              \
-    else if (group == 2) DECODE_CASE(D, 2);                                                                         \
-    else if (group <= 4) DECODE_CASE(D, 4);                                                                         \
-    else if (group <= 8) DECODE_CASE(D, 8);
-    if (head_dim == 64) { DECODE_GROUPS(64) }
-    else if (head_dim == 128) { DECODE_GROUPS(128) }
-    else if (head_dim == 256) { DECODE_GROUPS(256) }
-#undef DECODE_GROUPS
+    __shared__ float smem[2 * kDecodeWarps * kDecodeMaxHeadsPerBlock + kDecodeWarps * kDecodeMaxHeadsPerBlock * HEAD_DIM];
+#define DECODE_CASE(GM)                                                                                             \
+    ops::paged_decode_attention<DT, HEAD_DIM, GM>(o_partial, lse_partial, q, k_cache, v_cache, block_tables,        \
+                                                  seq_lens, num_heads, num_kv_heads, kvh, h0, gh, block_size,       \
+                                                  max_blocks_per_seq, num_blocks, tokens_per_split, scale, smem)
+    static_assert(kDecodeMaxHeadsPerBlock == 4, "the cases below cover chunks of 1 to 4 query heads");
+    if (gh == 1) DECODE_CASE(1);
+    else if (gh == 2) DECODE_CASE(2);
+    else DECODE_CASE(4);
 #undef DECODE_CASE
 }
 
@@ -258,20 +273,22 @@ __device__ __forceinline__ void attention_merge(float* o, float* lse, const floa
 }
 } // namespace ops
 
-#define PAGED_DECODE_ATTENTION_ENTRY(suffix, DT)                                                                     \
-    extern "C" __global__ void __launch_bounds__(ops::kDecodeWarps * 32) paged_decode_attention_##suffix(            \
+#define PAGED_DECODE_ATTENTION_ENTRY_HD(suffix, DT, D)                                                              \
+    extern "C" __global__ void __launch_bounds__(ops::kDecodeWarps * 32) paged_decode_attention_hd##D##_##suffix(    \
         float* o_partial, float* lse_partial, const float* q, const storage_t<DT>* k_cache,                          \
         const storage_t<DT>* v_cache, const int* block_tables, const int* seq_lens, int num_seqs, int num_heads,      \
         int num_kv_heads, int head_dim, int block_size, int max_blocks_per_seq, int num_blocks, int tokens_per_split, \
         float scale)                                                                                                  \
     {                                                                                                                 \
         if (static_cast<int>(blockIdx.y) >= num_seqs) return;                                                         \
-        ops::paged_decode_attention_dispatch<DT>(o_partial, lse_partial, q, k_cache, v_cache, block_tables, seq_lens, \
-                                                 num_heads, num_kv_heads, head_dim, block_size, max_blocks_per_seq,   \
-                                                 num_blocks, tokens_per_split, scale);                                \
+        ops::paged_decode_attention_dispatch<DT, D>(o_partial, lse_partial, q, k_cache, v_cache, block_tables,        \
+                                                    seq_lens, num_heads, num_kv_heads, head_dim, block_size,          \
+                                                    max_blocks_per_seq, num_blocks, tokens_per_split, scale);         \
     }
+#define PAGED_DECODE_ATTENTION_ENTRY(suffix, DT) KERNELS_FOR_EACH_HEAD_DIM(PAGED_DECODE_ATTENTION_ENTRY_HD, suffix, DT)
 KERNELS_FOR_EACH_DTYPE(PAGED_DECODE_ATTENTION_ENTRY)
 #undef PAGED_DECODE_ATTENTION_ENTRY
+#undef PAGED_DECODE_ATTENTION_ENTRY_HD
 
 extern "C" __global__ void attention_merge_f32(float* o, float* lse, const float* o_partial, const float* lse_partial,
                                                int rows, int num_splits, int head_dim)

@@ -60,12 +60,14 @@ internal static class EndToEnd
         Console.WriteLine($"\n## parity: CUDA vs CPU logits (prompt {PromptTokens} tokens, all positions; then {GreedyTokens} greedy steps), tolerance {LogitTolerance} (f16 matrices), {Bf16LogitTolerance} (bf16 matrices)");
         foreach (var (name, path) in models)
         {
-            foreach (var kvType in new[] { TensorDType.F16, TensorDType.F32 })
+            // F16 KV with and without CUDA graphs for the decode steps (a graph failure then shows apart from a kernel's).
+            foreach (var (kvType, graphs) in new[] { (TensorDType.F16, true), (TensorDType.F16, false), (TensorDType.F32, true) })
             {
-                var r = Parity(name, path, options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64 });
+                var r = Parity(graphs ? name : name + " nographs", path,
+                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs });
                 parity.Add(r);
                 if (r.Status == "FAIL") pass = false;
-                Console.WriteLine($"{r.Status,-5} {name,-18} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
+                Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
             }
         }
 
@@ -147,7 +149,7 @@ internal static class EndToEnd
             bool equal = cpuTokens.SequenceEqual(cudaTokens);
             double tolerance = cuda.WeightFormats.Contains("BF16", StringComparison.Ordinal) ? Bf16LogitTolerance : LogitTolerance;
             string status = max <= tolerance && equal ? "PASS" : "FAIL";
-            return new ParityResult(name, kv, status, max, tolerance, equal, cpuTokens, cudaTokens, cuda.WeightFormats);
+            return new ParityResult(name, kv, status, max, tolerance, equal, cpuTokens, cudaTokens, $"{cuda.WeightFormats}; {cuda.GraphStatus}");
         }
         catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException)
         {
@@ -275,6 +277,7 @@ internal static class EndToEnd
                 foreach (var s in seqs) s.Dispose();
             }
         }
+        Console.WriteLine($"# {backend.GraphStatus}");
     }
 
     /// <summary>cuMemcpyDtoD of 1 GiB, best of 5 after a warm-up: bytes read + written per second (as kernels-bench kernels).</summary>

@@ -85,7 +85,7 @@ internal static class KernelTimings
                 {
                     var (us, splits) = t.Decode(b, len, 32, 8, 128, 16);
                     double bytes = 2.0 * b * len * 8 * 128 * 2 + 2.0 * b * 32 * 128 * 4;
-                    Add("paged_decode_attention_f16", $"B={b} L={len} heads 32/8 d=128 splits={splits}", us, bytes, 4.0 * b * 32 * len * 128,
+                    Add("paged_decode_attention_hd128_f16", $"B={b} L={len} heads 32/8 d=128 splits={splits}", us, bytes, 4.0 * b * 32 * len * 128,
                         new() { ["B"] = b, ["L"] = len, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
                 }
 
@@ -94,7 +94,7 @@ internal static class KernelTimings
             {
                 double us = t.Prefill(b, n, 32, 8, 128, 16);
                 double bytes = 2.0 * b * n * 8 * 128 * 2 + 2.0 * b * n * 32 * 128 * 4;
-                Add("paged_prefill_attention_f16", $"B={b} N=L={n} heads 32/8 d=128", us, bytes, 2.0 * b * 32 * (double)n * n * 128, // causal: half of 4 n^2 d
+                Add("paged_prefill_attention_hd128_f16", $"B={b} N=L={n} heads 32/8 d=128", us, bytes, 2.0 * b * 32 * (double)n * n * 128, // causal: half of 4 n^2 d
                     new() { ["B"] = b, ["L"] = n, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
             }
 

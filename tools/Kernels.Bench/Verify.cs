@@ -142,13 +142,24 @@ internal static unsafe class Verify
                         () => GemmCase(dtype, m, n, k, bias));
             foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
             {
-                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 1,100,2000 heads 32/8 d=128 bs=16", () => DecodeCase(dtype, [1, 100, 2000], 32, 8, 128, 16));
-                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 5000 heads 28/4 d=128 bs=32 (split)", () => DecodeCase(dtype, [5000], 28, 4, 128, 32));
-                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 17,300,0 heads 8/8 d=64 bs=16", () => DecodeCase(dtype, [17, 300, 0], 8, 8, 64, 16));
-                yield return new Case($"paged_decode_attention_{Suffix(dtype)}", "lens 33,700 heads 8/2 d=256 bs=8", () => DecodeCase(dtype, [33, 700], 8, 2, 256, 8));
-                yield return new Case($"paged_prefill_attention_{Suffix(dtype)}", "(n,L) (37,37),(16,300),(1,50) heads 32/8 d=128 bs=16",
+                string sfx = Suffix(dtype);
+                string dec(int d) => $"paged_decode_attention_hd{d}_{sfx}";
+                string pre(int d) => $"paged_prefill_attention_hd{d}_{sfx}";
+                yield return new Case(dec(128), "lens 1,100,2000 heads 32/8 d=128 bs=16", () => DecodeCase(dtype, [1, 100, 2000], 32, 8, 128, 16));
+                yield return new Case(dec(128), "lens 5000 heads 28/4 d=128 bs=32 (split)", () => DecodeCase(dtype, [5000], 28, 4, 128, 32));
+                yield return new Case(dec(64), "lens 17,300,0 heads 8/8 d=64 bs=16", () => DecodeCase(dtype, [17, 300, 0], 8, 8, 64, 16));
+                yield return new Case(dec(256), "lens 33,700 heads 8/2 d=256 bs=8", () => DecodeCase(dtype, [33, 700], 8, 2, 256, 8));
+                // Small head dims (stories260K: 8/4 heads d=8; the golden models: 4/2 d=16) and a GQA group over 8 (two blocks per kv head).
+                yield return new Case(dec(8), "lens 1,40,3000 heads 8/4 d=8 bs=16", () => DecodeCase(dtype, [1, 40, 3000], 8, 4, 8, 16));
+                yield return new Case(dec(16), "lens 9,512 heads 4/2 d=16 bs=16", () => DecodeCase(dtype, [9, 512], 4, 2, 16, 16));
+                yield return new Case(dec(32), "lens 77,2600 heads 32/2 d=32 bs=8 (G=16)", () => DecodeCase(dtype, [77, 2600], 32, 2, 32, 8));
+                yield return new Case(pre(128), "(n,L) (37,37),(16,300),(1,50) heads 32/8 d=128 bs=16",
                     () => PrefillCase(dtype, [(37, 37), (16, 300), (1, 50)], 32, 8, 128, 16));
-                yield return new Case($"paged_prefill_attention_{Suffix(dtype)}", "(n,L) (200,260) heads 8/2 d=64 bs=32", () => PrefillCase(dtype, [(200, 260)], 8, 2, 64, 32));
+                yield return new Case(pre(64), "(n,L) (200,260) heads 8/2 d=64 bs=32", () => PrefillCase(dtype, [(200, 260)], 8, 2, 64, 32));
+                yield return new Case(pre(8), "(n,L) (45,45),(3,70) heads 8/4 d=8 bs=16", () => PrefillCase(dtype, [(45, 45), (3, 70)], 8, 4, 8, 16));
+                yield return new Case(pre(16), "(n,L) (33,33),(17,100) heads 4/2 d=16 bs=16", () => PrefillCase(dtype, [(33, 33), (17, 100)], 4, 2, 16, 16));
+                yield return new Case(pre(32), "(n,L) (70,90) heads 32/2 d=32 bs=8", () => PrefillCase(dtype, [(70, 90)], 32, 2, 32, 8));
+                yield return new Case(pre(256), "(n,L) (40,40),(5,130) heads 8/2 d=256 bs=16", () => PrefillCase(dtype, [(40, 40), (5, 130)], 8, 2, 256, 16));
             }
             foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
             {
@@ -440,7 +451,7 @@ internal static unsafe class Verify
                 _ => throw new InvalidOperationException(),
             });
             string shape = $"lens {string.Join(',', lens)} heads {heads}/{kvHeads} d={d} bs={bs} splits={splits}";
-            return Both($"paged_decode_attention_{Suffix(dtype)}", shape, o, refO, lse, refLse);
+            return Both($"paged_decode_attention_hd{d}_{Suffix(dtype)}", shape, o, refO, lse, refLse);
         }
 
         private CaseResult PrefillCase(TensorDType dtype, (int New, int Len)[] seqsSpec, int heads, int kvHeads, int d, int bs)
@@ -482,7 +493,7 @@ internal static unsafe class Verify
                 return 0;
             });
             string shape = $"(n,L) {string.Join(',', seqsSpec.Select(x => $"({x.New},{x.Len})"))} heads {heads}/{kvHeads} d={d} bs={bs}";
-            return Both($"paged_prefill_attention_{Suffix(dtype)}", shape, o, refO, lse, refLse);
+            return Both($"paged_prefill_attention_hd{d}_{Suffix(dtype)}", shape, o, refO, lse, refLse);
         }
 
         /// <summary>o and lse both within AttentionTol; the reported errors are the larger of the two.</summary>

@@ -15,15 +15,15 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// o GEMM, residual, rms_norm, gate/up GEMM, SwiGLU, down GEMM, residual; then the final norm and LM head for the rows
 /// whose logits are asked for, copied to pinned host memory once per step. A Hydragen <see cref="AttentionPlan"/> is
 /// honoured by attending each sequence over its own block table, which holds the shared physical blocks: exact (the
-/// same keys, the same softmax), without the saving of reading shared keys once. CUDA graphs are not used yet: the
-/// driver layer (interop/CuApi.cs) has no graph entry points, so every step launches its kernels one by one.
+/// same keys, the same softmax), without the saving of reading shared keys once. A decode step (one token per sequence,
+/// every sequence's logits asked for) is captured as a CUDA graph once per (sequences, block-table width bucket) and
+/// replayed after the step's inputs are copied to the device (<see cref="DecodeGraphCache"/>); other steps, and every
+/// step when <see cref="CudaBackendOptions.UseCudaGraphs"/> is false or a capture failed, launch kernels one by one.
 /// </summary>
 public sealed unsafe class CudaBackend : IBackend
 {
-    /// <summary>Head dims both attention kernels support (paged_prefill_attention: {64, 128}; decode adds 256).</summary>
-    public static readonly int[] SupportedHeadDims = [64, 128];
-    /// <summary>paged_decode_attention's limit on query heads per kv head.</summary>
-    public const int MaxGqaGroup = 8;
+    /// <summary>Head dims both attention kernels are compiled for (one entry per head dim).</summary>
+    public static IReadOnlyList<int> SupportedHeadDims => OpsLaunchPlans.AttentionHeadDims;
 
     private readonly CudaDevice _device;
     private readonly KernelModule _module;
@@ -39,6 +39,7 @@ public sealed unsafe class CudaBackend : IBackend
     private readonly DeviceBuffer<float> _invFreq;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
     private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
+    private readonly DecodeGraphCache _graphs;
     private bool _disposed;
 
     public string Name => "cuda";
@@ -56,15 +57,7 @@ public sealed unsafe class CudaBackend : IBackend
     public static string? WhyUnsupported(LoadedModel model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        var c = model.Config;
-        if (c.SlidingWindow != null)
-            return $"sliding-window attention (window {c.SlidingWindow}) is not implemented on the CUDA backend";
-        if (Array.IndexOf(SupportedHeadDims, c.HeadDim) < 0)
-            return $"head_dim {c.HeadDim}: the CUDA attention kernels support head_dim {string.Join(" or ", SupportedHeadDims)}";
-        if (c.GqaGroup > MaxGqaGroup)
-            return $"{c.GqaGroup} query heads per kv head: paged_decode_attention supports at most {MaxGqaGroup}";
-        if (c.HiddenSize % 8 != 0 || c.QueryDim % 8 != 0 || c.IntermediateSize % 8 != 0)
-            return $"dense_gemm needs K % 8 == 0: hidden {c.HiddenSize}, heads x head_dim {c.QueryDim}, intermediate {c.IntermediateSize}";
+        if (WhyUnsupported(model.Config) is { } why) return why;
         foreach (var layer in model.Weights.Layers)
             foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.Gate, layer.Up, layer.Down })
                 if (w is not DenseLinear)
@@ -72,11 +65,23 @@ public sealed unsafe class CudaBackend : IBackend
         return null;
     }
 
+    /// <summary>The shape part of <see cref="WhyUnsupported(LoadedModel)"/>: attention head dim, GEMM alignment, sliding window.</summary>
+    public static string? WhyUnsupported(ModelConfig c)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        if (c.SlidingWindow != null)
+            return $"sliding-window attention (window {c.SlidingWindow}) is not implemented on the CUDA backend";
+        if (!SupportedHeadDims.Contains(c.HeadDim))
+            return $"head_dim {c.HeadDim}: the CUDA attention kernels support head_dim {string.Join(", ", SupportedHeadDims)}";
+        // Any K: layers whose K is not a multiple of 8 (stories260K's FFN, 172) run on dense_gemv (OpsLaunchPlans.DenseGemmKernel).
+        return null;
+    }
+
     // ---- construction -----------------------------------------------------------------------------------------------
 
     /// <summary>
     /// Opens the device, loads the kernels, plans and allocates device memory and uploads the weights. Throws
-    /// NotSupportedException (<see cref="WhyUnsupported"/>), InvalidOperationException (CUDA unavailable, no kernels,
+    /// NotSupportedException (<see cref="WhyUnsupported(LoadedModel)"/>), InvalidOperationException (CUDA unavailable, no kernels,
     /// out of memory with the sizes) or CudaException; everything allocated so far is released first.
     /// </summary>
     public CudaBackend(LoadedModel model, CudaBackendOptions? options = null)
@@ -95,6 +100,7 @@ public sealed unsafe class CudaBackend : IBackend
             _module = KernelModule.Load(_device, image, options.KernelImage != null ? "options.KernelImage" : "embedded");
             _stream = _device.CreateStream();
             _ops = new OpsLauncher(_module, _stream);
+            _graphs = new DecodeGraphCache(options.UseCudaGraphs);
 
             // Weights: decide every tensor's device dtype and place it in the arena.
             var uploads = new List<(WeightTensor Source, TensorDType Target, long Offset)>();
@@ -239,7 +245,10 @@ public sealed unsafe class CudaBackend : IBackend
     public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * CudaMemoryPlan.ElementBytes(Options.KvDType);
 
     public override string ToString() =>
-        $"cuda ({_device}; weights {WeightFormats}; KV {Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}; {MemoryPlan})";
+        $"cuda ({_device}; weights {WeightFormats}; KV {Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}; {MemoryPlan}; {GraphStatus})";
+
+    /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
+    public string GraphStatus => _graphs.Describe();
 
     // ---- forward ----------------------------------------------------------------------------------------------------
 
@@ -306,9 +315,9 @@ public sealed unsafe class CudaBackend : IBackend
     private void Step(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, float[][] result)
     {
         var c = Config;
-        int bs = Options.KvBlockSize, h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
+        int bs = Options.KvBlockSize;
         int numSeqs = pieces.Count, rows = 0, width = 1, maxCount = 0, maxSeqLen = 0;
-        bool decode = true;
+        bool decode = true, everyRowSelected = true;
         foreach (var p in pieces)
         {
             int len = p.Start + p.Offset + p.Count;
@@ -316,7 +325,17 @@ public sealed unsafe class CudaBackend : IBackend
             maxCount = Math.Max(maxCount, p.Count);
             maxSeqLen = Math.Max(maxSeqLen, len);
             decode &= p.Count == 1;
+            everyRowSelected &= batch[p.Seq].AllLogits || p.Offset + p.Count == batch[p.Seq].Tokens.Length;
             rows += p.Count;
+        }
+        // A graph step: one token per sequence and the logits of every row, in row order (what the capture recorded).
+        // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
+        // arguments hold for every step of the key.
+        bool graph = decode && everyRowSelected && _graphs.Enabled;
+        if (graph)
+        {
+            width = DecodeGraphCache.BucketBlocks(width, _layout.MaxBlocksPerSeq);
+            maxSeqLen = width * bs;
         }
 
         // Step inputs: staged in pinned memory with the scratch's int layout, then one host-to-device copy.
@@ -361,6 +380,35 @@ public sealed unsafe class CudaBackend : IBackend
         var seqLensBuffer = _scratch.View<int>(_layout.SeqLens.Offset, numSeqs);
         var tablesBuffer = _scratch.View<int>(_layout.BlockTables.Offset, (long)numSeqs * width);
 
+        int selected = logitRows.Count;
+        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows);
+        if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width), _device, _stream, Enqueue) is { } exec)
+            _device.LaunchGraph(exec, _stream);
+        else
+            Enqueue();
+        if (selected > 0)
+            Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)_pinnedLogits.DangerousGetHandle(), _logits.Pointer, (nuint)((long)selected * c.VocabSize * 4), stream),
+                _device.Ordinal);
+        // Every step ends synchronized: the pinned staging is reused by the next step, and kernel faults surface here.
+        Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal);
+        var logits = _pinnedLogits.AsSpan<float>();
+        for (int i = 0; i < selected; i++)
+        {
+            var (_, s, index) = logitRows[i];
+            logits.Slice(i * c.VocabSize, c.VocabSize).CopyTo(result[s].AsSpan(index * c.VocabSize, c.VocabSize));
+        }
+    }
+
+    /// <summary>
+    /// The device work of a step after its inputs are on the device, up to the logits of the selected rows in _logits:
+    /// launches and device-to-device copies on the stream only (no host synchronization), so it can be captured.
+    /// </summary>
+    private void EnqueueForward(int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode, DeviceBuffer<int> seqLensBuffer,
+        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows)
+    {
+        var c = Config;
+        int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
+        IntPtr stream = _stream.DangerousGetHandle();
         Embed(rows);
         float eps = (float)c.RmsNormEps;
         for (int l = 0; l < c.NumLayers; l++)
@@ -396,16 +444,6 @@ public sealed unsafe class CudaBackend : IBackend
             }
             Norm(_selectedNorm, _selected, _finalNorm, selected, eps);
             Gemm(_logits, _selectedNorm, _lmHead, null, selected, c.VocabSize, h);
-            Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)_pinnedLogits.DangerousGetHandle(), _logits.Pointer, (nuint)((long)selected * c.VocabSize * 4), stream),
-                _device.Ordinal);
-        }
-        // Every step ends synchronized: the pinned staging is reused by the next step, and kernel faults surface here.
-        Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal);
-        var logits = _pinnedLogits.AsSpan<float>();
-        for (int i = 0; i < selected; i++)
-        {
-            var (_, s, index) = logitRows[i];
-            logits.Slice(i * c.VocabSize, c.VocabSize).CopyTo(result[s].AsSpan(index * c.VocabSize, c.VocabSize));
         }
     }
 
@@ -494,6 +532,7 @@ public sealed unsafe class CudaBackend : IBackend
             try { _device.MakeCurrent(); CuApi.cuStreamSynchronize(_stream.DangerousGetHandle()); }
             catch (Exception e) when (e is CudaException or DllNotFoundException) { }
         }
+        _graphs?.Dispose();
         _pinnedInts?.Dispose();
         _pinnedLogits?.Dispose();
         _kv?.Dispose();

@@ -27,6 +27,11 @@ public sealed record CudaBackendOptions
     public TensorDType KvDType { get; init; } = TensorDType.F16;
     /// <summary>Device memory left unplanned for the driver, the module and fragmentation.</summary>
     public long ReserveBytes { get; init; } = 512L << 20;
+    /// <summary>
+    /// Capture each decode step shape (sequences, bucketed block-table width) as a CUDA graph once and replay it; false:
+    /// launch every kernel directly. A failed capture falls back to direct launches (the backend description says why).
+    /// </summary>
+    public bool UseCudaGraphs { get; init; } = true;
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }

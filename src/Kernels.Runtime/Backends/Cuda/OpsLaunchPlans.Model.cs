@@ -19,6 +19,20 @@ internal static partial class OpsLaunchPlans
     /// <summary>Most decode splits (the merge reads every split's lse per output element).</summary>
     internal const int DecodeMaxSplits = 32;
     internal const int SampleThreads = 512;
+    /// <summary>Head dims both attention kernels are compiled for: one entry each, paged_*_attention_hd&lt;D&gt;_&lt;dtype&gt;.</summary>
+    internal static readonly int[] AttentionHeadDims = [8, 16, 32, 64, 128, 256];
+    /// <summary>
+    /// Query heads of one kv head a paged_decode_attention block handles (kDecodeMaxHeadsPerBlock in the kernel); larger GQA
+    /// groups take several blocks per kv head.
+    /// </summary>
+    internal const int DecodeHeadsPerBlock = 4;
+
+    /// <summary>The entry of an attention kernel for a head dim, e.g. paged_decode_attention_hd128_f16.</summary>
+    public static string AttentionEntry(string op, int headDim, string suffix) => $"{op}_hd{headDim}_{suffix}";
+
+    /// <summary>Blocks per kv head of paged_decode_attention (grid x = numKvHeads * this): ceil(group / 4).</summary>
+    public static int DecodeHeadChunks(int numHeads, int numKvHeads) =>
+        (numHeads / numKvHeads + DecodeHeadsPerBlock - 1) / DecodeHeadsPerBlock;
 
     public static KernelLaunch? DenseGemm(string suffix, long yLength, long xLength, long wLength, long biasLength, int m, int n, int k)
     {
@@ -67,9 +81,7 @@ internal static partial class OpsLaunchPlans
         long blockTablesLength, long seqLensLength, long workspaceLength, int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize,
         int maxBlocksPerSeq, int numBlocks, int maxSeqLen, int multiprocessors)
     {
-        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks, [64, 128, 256]);
-        if (numHeads / numKvHeads > 8)
-            throw new ArgumentOutOfRangeException("numHeads", numHeads, $"paged_decode_attention supports up to 8 query heads per kv head, got {numHeads / numKvHeads}");
+        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks);
         NonNegative(maxSeqLen, "maxSeqLen");
         long rowsQ = Elements((long)numSeqs * numHeads, headDim, "q");
         AtLeast(qLength, rowsQ, "q", $"[numSeqs={numSeqs}, numHeads={numHeads}, headDim={headDim}]");
@@ -80,14 +92,17 @@ internal static partial class OpsLaunchPlans
         if (numSeqs > MaxGridRows) throw new ArgumentOutOfRangeException("numSeqs", numSeqs, $"at most {MaxGridRows} sequences per launch (grid y)");
 
         int splits = 1;
-        int blocks = numSeqs * numKvHeads;
+        int chunks = DecodeHeadChunks(numHeads, numKvHeads);
+        if ((long)numKvHeads * chunks > int.MaxValue)
+            throw new ArgumentOutOfRangeException("numKvHeads", numKvHeads, $"numKvHeads * {chunks} head chunks exceeds the grid's x extent");
+        int blocks = numSeqs * numKvHeads * chunks;
         int wanted = Math.Max(1, (2 * Math.Max(1, multiprocessors) + blocks - 1) / blocks);
         int byLength = Math.Max(1, (maxSeqLen + DecodeMinTokensPerSplit - 1) / DecodeMinTokensPerSplit);
         splits = Math.Min(Math.Min(wanted, byLength), DecodeMaxSplits);
         while (splits > 1 && workspaceLength < DecodeWorkspaceFloats(numSeqs, numHeads, headDim, splits)) splits--;
         int tokensPerSplit = Math.Max(1, (maxSeqLen + splits - 1) / splits);
         if (splits > 1) splits = (maxSeqLen + tokensPerSplit - 1) / tokensPerSplit; // no empty trailing split
-        var attention = new KernelLaunch($"paged_decode_attention_{suffix}", (uint)numKvHeads, (uint)numSeqs, 128, (uint)splits);
+        var attention = new KernelLaunch(AttentionEntry("paged_decode_attention", headDim, suffix), (uint)(numKvHeads * chunks), (uint)numSeqs, 128, (uint)splits);
         KernelLaunch? merge = splits > 1
             ? new KernelLaunch("attention_merge_f32", (uint)Math.Min((long)numSeqs * numHeads, MaxGridRows), 1, 128)
             : null;
@@ -112,7 +127,7 @@ internal static partial class OpsLaunchPlans
         long blockTablesLength, long seqLensLength, long qStartsLength, int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads,
         int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks)
     {
-        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks, [64, 128]);
+        CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks);
         NonNegative(numTokens, "numTokens");
         NonNegative(maxQueryLen, "maxQueryLen");
         if (maxQueryLen > numTokens) throw new ArgumentOutOfRangeException("maxQueryLen", maxQueryLen, $"maxQueryLen exceeds numTokens = {numTokens}");
@@ -125,7 +140,7 @@ internal static partial class OpsLaunchPlans
         if (numSeqs == 0 || maxQueryLen == 0) return null;
         if (numSeqs > MaxGridRows) throw new ArgumentOutOfRangeException("numSeqs", numSeqs, $"at most {MaxGridRows} sequences per launch (grid z)");
         if (numHeads > MaxGridRows) throw new ArgumentOutOfRangeException("numHeads", numHeads, $"at most {MaxGridRows} heads (grid y)");
-        return new KernelLaunch($"paged_prefill_attention_{suffix}", (uint)((maxQueryLen + 15) / 16), (uint)numHeads, 128, (uint)numSeqs);
+        return new KernelLaunch(AttentionEntry("paged_prefill_attention", headDim, suffix), (uint)((maxQueryLen + 15) / 16), (uint)numHeads, 128, (uint)numSeqs);
     }
 
     public static KernelLaunch? SampleTokens(long tokensLength, long rngStateLength, long logitsLength, long temperatureLength, long topKLength,
@@ -163,14 +178,14 @@ internal static partial class OpsLaunchPlans
 
     // ---- paged KV checks --------------------------------------------------------------------------------------------
 
-    private static void CheckPagedShape(int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks, int[] headDims)
+    private static void CheckPagedShape(int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks)
     {
         NonNegative(numSeqs, "numSeqs");
         if (numKvHeads < 1) throw new ArgumentOutOfRangeException("numKvHeads", numKvHeads, "numKvHeads must be >= 1");
         if (numHeads < numKvHeads || numHeads % numKvHeads != 0)
             throw new ArgumentOutOfRangeException("numHeads", numHeads, $"numHeads must be a positive multiple of numKvHeads = {numKvHeads}");
-        if (Array.IndexOf(headDims, headDim) < 0)
-            throw new ArgumentOutOfRangeException("headDim", headDim, $"this kernel supports head_dim in {{{string.Join(", ", headDims)}}}");
+        if (Array.IndexOf(AttentionHeadDims, headDim) < 0)
+            throw new ArgumentOutOfRangeException("headDim", headDim, $"the attention kernels support head_dim in {{{string.Join(", ", AttentionHeadDims)}}}");
         if (blockSize < 1) throw new ArgumentOutOfRangeException("blockSize", blockSize, "blockSize must be >= 1");
         if (maxBlocksPerSeq < 1) throw new ArgumentOutOfRangeException("maxBlocksPerSeq", maxBlocksPerSeq, "maxBlocksPerSeq must be >= 1");
         NonNegative(numBlocks, "numBlocks");

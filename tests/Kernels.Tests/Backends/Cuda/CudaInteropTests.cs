@@ -1,4 +1,4 @@
-// Kernels.Interop without a GPU: error reporting (CudaException, CuResult names) and opening a device that is not there.
+// Kernels.Interop without a GPU: error reporting (CudaException, CuResult names), the graph imports' symbols, and opening a device that is not there.
 using Kernels.Interop;
 
 namespace Kernels.Tests.Backends.Cuda;
@@ -59,6 +59,34 @@ public class CudaInteropTests
     public void CuResultNamesMatchCudaH(CuResult result, string name)
     {
         Assert.That(CuResultNames.Name(result), Is.EqualTo(name));
+    }
+
+    [Test]
+    public void GraphImportsBindTheDriversSymbolsAndEnumValues()
+    {
+        // cuda.h (11.8 and 12.x): cuStreamBeginCapture is #defined to cuStreamBeginCapture_v2, the rest are unversioned.
+        var bound = typeof(CuApi).GetMethods(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Static)
+            .Select(m => (m.Name, Attr: m.GetCustomAttributes(typeof(System.Runtime.InteropServices.LibraryImportAttribute), false)
+                .Cast<System.Runtime.InteropServices.LibraryImportAttribute>().SingleOrDefault()))
+            .Where(x => x.Attr != null)
+            .ToDictionary(x => x.Name, x => x.Attr!.EntryPoint ?? x.Name);
+        var expected = new Dictionary<string, string>
+        {
+            ["cuStreamBeginCapture"] = "cuStreamBeginCapture_v2",
+            ["cuStreamEndCapture"] = "cuStreamEndCapture",
+            ["cuStreamIsCapturing"] = "cuStreamIsCapturing",
+            ["cuGraphInstantiateWithFlags"] = "cuGraphInstantiateWithFlags",
+            ["cuGraphLaunch"] = "cuGraphLaunch",
+            ["cuGraphExecDestroy"] = "cuGraphExecDestroy",
+            ["cuGraphDestroy"] = "cuGraphDestroy",
+        };
+        foreach (var (method, symbol) in expected)
+        {
+            Assert.That(bound.ContainsKey(method), $"CuApi.{method} is not imported");
+            Assert.That(bound[method], Is.EqualTo(symbol), method);
+        }
+        Assert.That(((int)CuStreamCaptureMode.Global, (int)CuStreamCaptureMode.ThreadLocal, (int)CuStreamCaptureMode.Relaxed), Is.EqualTo((0, 1, 2)));
+        Assert.That(((int)CuStreamCaptureStatus.None, (int)CuStreamCaptureStatus.Active, (int)CuStreamCaptureStatus.Invalidated), Is.EqualTo((0, 1, 2)));
     }
 
     [Test]

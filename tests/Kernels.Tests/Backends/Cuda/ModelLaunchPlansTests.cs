@@ -73,7 +73,7 @@ public class ModelLaunchPlansTests
         var big = Decode(64, 32, 8, 128, 4096, 1L << 30)!.Value;
         Assert.That(big.NumSplits, Is.EqualTo(1), "512 blocks already fill 132 SMs");
         Assert.That(big.Merge, Is.Null);
-        Assert.That(big.Attention, Is.EqualTo(new KernelLaunch("paged_decode_attention_f16", 8, 64, 128, 1)));
+        Assert.That(big.Attention, Is.EqualTo(new KernelLaunch("paged_decode_attention_hd128_f16", 8, 64, 128, 1)));
 
         var one = Decode(1, 32, 8, 128, 4096, 1L << 30)!.Value;
         Assert.That(one.NumSplits, Is.EqualTo(16), "4096 keys / 256 per split caps the 33 wanted");
@@ -92,7 +92,6 @@ public class ModelLaunchPlansTests
     {
         ThrowsFor("headDim", () => Decode(2, 32, 8, 96, 100, -1));
         ThrowsFor("numHeads", () => Decode(2, 36, 8, 128, 100, -1));
-        ThrowsFor("numHeads", () => Decode(2, 32, 2, 128, 100, -1)); // 16 query heads per kv head
         ThrowsFor("numKvHeads", () => Decode(2, 32, 0, 128, 100, -1));
         ThrowsFor("blockSize", () => Decode(2, 32, 8, 128, 100, -1, blockSize: 0));
         ThrowsFor("kCache", () => OpsLaunchPlans.PagedDecodeAttention("f16", 2 * 32 * 128, 64, 2 * 32 * 128, 10, 1 << 30, 2 * 8, 2, -1,
@@ -104,6 +103,32 @@ public class ModelLaunchPlansTests
         Assert.That(Decode(0, 32, 8, 128, 100, -1), Is.Null);
     }
 
+    [TestCase(8)]
+    [TestCase(16)]
+    [TestCase(32)]
+    [TestCase(64)]
+    [TestCase(128)]
+    [TestCase(256)]
+    public void EveryHeadDimHasItsOwnEntry(int d)
+    {
+        Assert.That(Decode(2, 4, 2, d, 100, -1)!.Value.Attention.Kernel, Is.EqualTo($"paged_decode_attention_hd{d}_f16"));
+        var p = OpsLaunchPlans.PagedPrefillAttention("f32", 1 << 20, 1 << 20, 1 << 20, 1 << 30, 1 << 30, 64, 1, 2,
+            1, 10, 10, 4, 2, d, 16, 64, 10)!.Value;
+        Assert.That(p.Kernel, Is.EqualTo($"paged_prefill_attention_hd{d}_f32"));
+    }
+
+    [TestCase(1, 1)]
+    [TestCase(4, 1)]
+    [TestCase(5, 2)]
+    [TestCase(8, 2)]
+    [TestCase(16, 4)]
+    public void GqaGroupsTakeOneDecodeBlockPerFourQueryHeads(int group, int chunks)
+    {
+        Assert.That(OpsLaunchPlans.DecodeHeadChunks(group * 2, 2), Is.EqualTo(chunks));
+        var plan = Decode(3, group * 2, 2, 64, 100, -1)!.Value;
+        Assert.That(plan.Attention, Is.EqualTo(new KernelLaunch($"paged_decode_attention_hd64_f16", (uint)(2 * chunks), 3, 128, 1)));
+    }
+
     [Test]
     public void MergeAndPrefillPlans()
     {
@@ -113,9 +138,9 @@ public class ModelLaunchPlansTests
 
         var p = OpsLaunchPlans.PagedPrefillAttention("bf16", 100L * 32 * 128, 100 * 32, 100L * 32 * 128, 1 << 30, 1 << 30, 3 * 64, 3, 4,
             3, 100, 70, 32, 8, 128, 16, 64, 1000)!.Value;
-        Assert.That(p, Is.EqualTo(new KernelLaunch("paged_prefill_attention_bf16", 5, 32, 128, 3)));
+        Assert.That(p, Is.EqualTo(new KernelLaunch("paged_prefill_attention_hd128_bf16", 5, 32, 128, 3)));
         ThrowsFor("headDim", () => OpsLaunchPlans.PagedPrefillAttention("f16", 1 << 20, 1 << 20, 1 << 20, 1 << 30, 1 << 30, 64, 1, 2,
-            1, 10, 10, 4, 4, 256, 16, 64, 10));
+            1, 10, 10, 4, 4, 48, 16, 64, 10));
         ThrowsFor("qStarts", () => OpsLaunchPlans.PagedPrefillAttention("f16", 1 << 20, 1 << 20, 1 << 20, 1 << 30, 1 << 30, 64, 1, 1,
             1, 10, 10, 4, 4, 128, 16, 64, 10));
         ThrowsFor("maxQueryLen", () => OpsLaunchPlans.PagedPrefillAttention("f16", 1 << 20, 1 << 20, 1 << 20, 1 << 30, 1 << 30, 64, 1, 2,
