@@ -43,7 +43,7 @@ for r in doc["results"]:
             w = weights[(N, K)]
             x = torch.randn(M, K, device=dev, dtype=torch.float16)
             r["Baseline"], r["BaselineMicroseconds"] = "torch.matmul fp16 (cuBLAS)", median_us(lambda: x @ w.t())
-        elif k.startswith("paged_decode_attention"):
+        elif k.startswith(("paged_decode_attention", "kivi_decode_attention")):  # KIVI: the fp16 SDPA it replaces, same B, L, heads
             B, L, Hq, Hkv, D = p["B"], p["L"], p["Hq"], p["Hkv"], p["D"]
             q = torch.randn(B, Hq, 1, D, device=dev, dtype=torch.float16)
             kk = torch.randn(B, Hkv, L, D, device=dev, dtype=torch.float16); vv = torch.randn_like(kk)

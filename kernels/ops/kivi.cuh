@@ -21,7 +21,7 @@
 //   sequence s reads its first num_compact[s] blocks quantized. Output per (s, head, block b): the normalized partial
 //   partial_o [num_seqs, heads, max_blocks, head_dim] and its natural-log partial_lse [.., max_blocks]; b >=
 //   num_compact[s] gives the empty state (o = 0, lse = -inf). Grid (num_seqs, heads, max_blocks), block G threads
-//   (one per token; G % 32 == 0, G <= 1024), dynamic shared memory G floats.
+//   (one per token; G % 32 == 0, G <= KIVI_MAX_GROUP = 1024), no dynamic shared memory (a static KIVI_MAX_GROUP floats).
 // kivi_merge_partials_f32(o, lse, partial_o, partial_lse, num_seqs, heads, max_blocks, head_dim)
 //   (o, lse) [num_seqs, heads, head_dim] / [num_seqs, heads] := merge of (o, lse) with every split (the CPU's
 //   AttentionState.Merge, in one pass); so the fp16 window's partial can be merged before or after. Grid (num_seqs,
@@ -32,6 +32,9 @@
 #include <stdint.h>
 
 #include "common.cuh"
+
+// Largest G the decode kernel takes (its block is G threads; OpsLaunchPlans.KiviMaxGroup mirrors it).
+#define KIVI_MAX_GROUP 1024
 
 namespace ops
 {
@@ -119,7 +122,7 @@ __device__ void kivi_decode_attention(float* partial_o, float* partial_lse, cons
                                       const __half* scales, const float* mins, const int* block_tables, const int* num_compact,
                                       int max_blocks, int heads, int kv_heads, int head_dim, int group, int bits)
 {
-    extern __shared__ float weights[]; // [group]
+    __shared__ float weights[KIVI_MAX_GROUP]; // [group]: static, so the launch needs no dynamic shared memory
     const int seq = blockIdx.x, head = blockIdx.y, b = blockIdx.z, j = threadIdx.x;
     const int64_t out = (static_cast<int64_t>(seq) * heads + head) * max_blocks + b;
     if (b >= num_compact[seq]) // the empty state: merging it changes nothing

@@ -11,7 +11,7 @@ using Kernels.Runtime.Backends.Cuda;
 
 namespace Kernels.Bench;
 
-internal static class KernelTimings
+internal static partial class KernelTimings
 {
     /// <summary>
     /// One timed shape. Params carries the numbers the baseline script needs (M, N, K or B, L, heads...).
@@ -98,6 +98,8 @@ internal static class KernelTimings
                     new() { ["B"] = b, ["L"] = n, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
             }
 
+            KiviRecords(t, quick, Add); // ---- KIVI decode attention (KernelTimings.Kivi.cs) ----
+
             // ---- sampling ----
             foreach (int rows in quick ? new[] { 1 } : new[] { 1, 64, 256 })
                 foreach (bool filtered in new[] { false, true })
@@ -118,7 +120,7 @@ internal static class KernelTimings
     }
 
     /// <summary>Buffers and timing for one shape at a time; every launch is preceded by the L2 flush.</summary>
-    private sealed unsafe class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
+    private sealed unsafe partial class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
     {
         public void Dispose() => _weights?.Dispose();
 

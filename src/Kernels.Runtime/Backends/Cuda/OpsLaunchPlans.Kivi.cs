@@ -1,0 +1,102 @@
+// Shape checks and grids for the KIVI kernels (kernels/ops/kivi.cuh: kivi_quantize_block_f32, kivi_decode_attention_f32,
+// kivi_merge_partials_f32). No driver calls: testable without a GPU. Layout: src/Kernels.Runtime/Quantization/Kivi.cs.
+using Kernels.Runtime.Quantization;
+
+namespace Kernels.Runtime.Backends.Cuda;
+
+internal static partial class OpsLaunchPlans
+{
+    /// <summary>KIVI_MAX_GROUP in kernels/ops/kivi.cuh: the decode kernel's block is G threads and its weights G floats.</summary>
+    internal const int KiviMaxGroup = 1024;
+    internal const int KiviQuantizeThreads = 256, KiviMergeThreads = 128;
+
+    /// <summary>
+    /// The checks every KIVI kernel shares: bits 2 or 4; G a multiple of 32 / bits (whole words of key codes) and of
+    /// 16 (the CPU format's rule); kvd a positive multiple of G (value groups are G channels).
+    /// </summary>
+    private static void CheckKiviLayout(int kvDim, int group, int bits)
+    {
+        if (bits is not (2 or 4)) throw new ArgumentOutOfRangeException("bits", bits, "KIVI codes are 2 or 4 bits");
+        if (group < 16 || group % 16 != 0) throw new ArgumentOutOfRangeException("group", group, "the KIVI group must be a positive multiple of 16 (codes pack 32 bits at a time)");
+        if (kvDim < 1 || kvDim % group != 0) throw new ArgumentOutOfRangeException("kvDim", kvDim, $"kv_heads * head_dim must be a positive multiple of the group {group}");
+    }
+
+    /// <summary>uint32 words, fp16 scales and fp32 mins a compact KIVI pool of <paramref name="numIds"/> block ids holds (one layer).</summary>
+    private static void CheckKiviPool(long codesLength, long scalesLength, long minsLength, int numIds, int kvDim, int group, int bits)
+    {
+        NonNegative(numIds, "numIds");
+        string shape = $"[numIds={numIds}, kvDim={kvDim}, group={group}, bits={bits}]";
+        AtLeast(codesLength, (long)numIds * Kivi.CodeWords(kvDim, group, bits), "codes", shape);
+        AtLeast(scalesLength, 2L * numIds * kvDim, "scales", shape);
+        AtLeast(minsLength, 2L * numIds * kvDim, "mins", shape);
+    }
+
+    /// <summary>
+    /// kivi_quantize_block_f32: keys, values fp16 [numBlocks, G, kvd] into compact ids blockIds[0, numBlocks) of the
+    /// pool. The ids' values are not checked here (they live on the device): each must be in [0, numIds).
+    /// </summary>
+    public static KernelLaunch? KiviQuantizeBlock(long codesLength, long scalesLength, long minsLength, long keysLength, long valuesLength,
+        long blockIdsLength, int numBlocks, int numIds, int kvDim, int group, int bits)
+    {
+        CheckKiviLayout(kvDim, group, bits);
+        NonNegative(numBlocks, "numBlocks");
+        CheckKiviPool(codesLength, scalesLength, minsLength, numIds, kvDim, group, bits);
+        long rows = Elements((long)numBlocks * group, kvDim, "keys");
+        AtLeast(keysLength, rows, "keys", $"[numBlocks={numBlocks}, group={group}, kvDim={kvDim}]");
+        AtLeast(valuesLength, rows, "values", $"[numBlocks={numBlocks}, group={group}, kvDim={kvDim}]");
+        AtLeast(blockIdsLength, numBlocks, "blockIds", $"[numBlocks={numBlocks}]");
+        if (numBlocks == 0) return null;
+        if (numIds == 0) throw new ArgumentOutOfRangeException("numIds", numIds, "there is no compact id to write a block to");
+        return new KernelLaunch("kivi_quantize_block_f32", (uint)numBlocks, 1, KiviQuantizeThreads);
+    }
+
+    /// <summary>
+    /// kivi_decode_attention_f32: one partial (o, lse) per (sequence, head, compact block), grid (numSeqs, heads,
+    /// maxBlocks), block G threads. numCompact[s] (on the device, unchecked) must be in [0, maxBlocks] and the first
+    /// numCompact[s] entries of the sequence's block table valid ids.
+    /// </summary>
+    public static KernelLaunch? KiviDecodeAttention(long partialOLength, long partialLseLength, long qLength, long codesLength, long scalesLength,
+        long minsLength, long blockTablesLength, long numCompactLength, int numSeqs, int maxBlocks, int numIds, int heads, int kvHeads, int headDim,
+        int group, int bits)
+    {
+        NonNegative(numSeqs, "numSeqs");
+        if (kvHeads < 1) throw new ArgumentOutOfRangeException("kvHeads", kvHeads, "kvHeads must be >= 1");
+        if (heads < kvHeads || heads % kvHeads != 0)
+            throw new ArgumentOutOfRangeException("heads", heads, $"heads must be a positive multiple of kvHeads = {kvHeads}");
+        if (headDim < 1) throw new ArgumentOutOfRangeException("headDim", headDim, "headDim must be >= 1");
+        CheckKiviLayout(kvHeads * headDim, group, bits);
+        if (group % 32 != 0 || group > KiviMaxGroup)
+            throw new ArgumentOutOfRangeException("group", group, $"kivi_decode_attention runs one thread per token: the group must be a multiple of 32 up to {KiviMaxGroup}");
+        if (maxBlocks < 1) throw new ArgumentOutOfRangeException("maxBlocks", maxBlocks, "maxBlocks must be >= 1");
+        CheckKiviPool(codesLength, scalesLength, minsLength, numIds, kvHeads * headDim, group, bits);
+        long splits = Elements((long)numSeqs * heads, maxBlocks, "partialLse");
+        AtLeast(partialOLength, Elements(splits, headDim, "partialO"), "partialO", $"[numSeqs={numSeqs}, heads={heads}, maxBlocks={maxBlocks}, headDim={headDim}]");
+        AtLeast(partialLseLength, splits, "partialLse", $"[numSeqs={numSeqs}, heads={heads}, maxBlocks={maxBlocks}]");
+        AtLeast(qLength, Elements((long)numSeqs * heads, headDim, "q"), "q", $"[numSeqs={numSeqs}, heads={heads}, headDim={headDim}]");
+        AtLeast(blockTablesLength, Elements(numSeqs, maxBlocks, "blockTables"), "blockTables", $"[numSeqs={numSeqs}, maxBlocks={maxBlocks}]");
+        AtLeast(numCompactLength, numSeqs, "numCompact", $"[numSeqs={numSeqs}]");
+        if (numSeqs == 0) return null;
+        if (heads > MaxGridRows) throw new ArgumentOutOfRangeException("heads", heads, $"at most {MaxGridRows} heads (grid y)");
+        if (maxBlocks > MaxGridRows) throw new ArgumentOutOfRangeException("maxBlocks", maxBlocks, $"at most {MaxGridRows} blocks per sequence (grid z)");
+        return new KernelLaunch("kivi_decode_attention_f32", (uint)numSeqs, (uint)heads, (uint)group, (uint)maxBlocks);
+    }
+
+    /// <summary>kivi_merge_partials_f32: (o, lse) [numSeqs, heads, headDim] / [numSeqs, heads] merged in place with every split.</summary>
+    public static KernelLaunch? KiviMergePartials(long oLength, long lseLength, long partialOLength, long partialLseLength, int numSeqs, int heads,
+        int maxBlocks, int headDim)
+    {
+        NonNegative(numSeqs, "numSeqs");
+        if (heads < 1) throw new ArgumentOutOfRangeException("heads", heads, "heads must be >= 1");
+        if (maxBlocks < 1) throw new ArgumentOutOfRangeException("maxBlocks", maxBlocks, "maxBlocks must be >= 1");
+        if (headDim < 1) throw new ArgumentOutOfRangeException("headDim", headDim, "headDim must be >= 1");
+        long rows = (long)numSeqs * heads;
+        AtLeast(oLength, Elements(rows, headDim, "o"), "o", $"[numSeqs={numSeqs}, heads={heads}, headDim={headDim}]");
+        AtLeast(lseLength, rows, "lse", $"[numSeqs={numSeqs}, heads={heads}]");
+        long splits = Elements(rows, maxBlocks, "partialLse");
+        AtLeast(partialOLength, Elements(splits, headDim, "partialO"), "partialO", $"[numSeqs={numSeqs}, heads={heads}, maxBlocks={maxBlocks}, headDim={headDim}]");
+        AtLeast(partialLseLength, splits, "partialLse", $"[numSeqs={numSeqs}, heads={heads}, maxBlocks={maxBlocks}]");
+        if (numSeqs == 0) return null;
+        if (heads > MaxGridRows) throw new ArgumentOutOfRangeException("heads", heads, $"at most {MaxGridRows} heads (grid y)");
+        return new KernelLaunch("kivi_merge_partials_f32", (uint)numSeqs, (uint)heads, KiviMergeThreads);
+    }
+}

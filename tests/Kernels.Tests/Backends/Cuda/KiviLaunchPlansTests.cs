@@ -1,0 +1,105 @@
+// Launch plans of the KIVI kernels (kivi_quantize_block_f32, kivi_decode_attention_f32, kivi_merge_partials_f32):
+// shape validation and grids as kernels/ops/kivi.cuh states them; no GPU needed.
+using Kernels.Runtime.Backends.Cuda;
+using Kernels.Runtime.Quantization;
+
+namespace Kernels.Tests.Backends.Cuda;
+
+public class KiviLaunchPlansTests
+{
+    private static void ThrowsFor(string argument, TestDelegate call)
+    {
+        var e = Assert.Catch<ArgumentException>(call)!;
+        Assert.That(e.ParamName, Is.EqualTo(argument), e.Message);
+    }
+
+    // Llama-3-8B: 32/8 heads, d 128, kvd 1024; G 32; a pool of 100 ids.
+    private const int Kvd = 1024, G = 32, Ids = 100, Heads = 32, KvHeads = 8, D = 128;
+
+    private static (long Codes, long Scales, long Mins) Pool(int bits, int ids = Ids, int kvd = Kvd, int group = G) =>
+        ((long)ids * Kivi.CodeWords(kvd, group, bits), 2L * ids * kvd, 2L * ids * kvd);
+
+    private static KernelLaunch? Quantize(int bits, int numBlocks, int group = G, int kvd = Kvd, long trimKeys = 0, long trimIds = 0, long trimCodes = 0)
+    {
+        var (c, s, m) = Pool(bits, Ids, kvd, group);
+        long rows = (long)numBlocks * group * kvd;
+        return OpsLaunchPlans.KiviQuantizeBlock(c - trimCodes, s, m, rows - trimKeys, rows, numBlocks - trimIds, numBlocks, Ids, kvd, group, bits);
+    }
+
+    [TestCase(2)]
+    [TestCase(4)]
+    public void QuantizeRunsABlockOf256ThreadsPerKvBlock(int bits)
+    {
+        Assert.That(Quantize(bits, 16), Is.EqualTo(new KernelLaunch("kivi_quantize_block_f32", 16, 1, 256)));
+        Assert.That(Quantize(bits, 0), Is.Null, "no block: no launch");
+    }
+
+    [Test]
+    public void QuantizeChecksBitsGroupAndBuffers()
+    {
+        ThrowsFor("bits", () => Quantize(3, 4));
+        ThrowsFor("group", () => Quantize(2, 4, group: 24));
+        ThrowsFor("kvDim", () => Quantize(2, 4, group: 48, kvd: 1000));
+        ThrowsFor("keys", () => Quantize(2, 4, trimKeys: 1));
+        ThrowsFor("blockIds", () => Quantize(2, 4, trimIds: 1));
+        ThrowsFor("codes", () => Quantize(4, 4, trimCodes: 1));
+        var (c, s, m) = Pool(2);
+        ThrowsFor("scales", () => OpsLaunchPlans.KiviQuantizeBlock(c, s - 1, m, 1L << 20, 1L << 20, 1, 1, Ids, Kvd, G, 2));
+        ThrowsFor("mins", () => OpsLaunchPlans.KiviQuantizeBlock(c, s, m - 1, 1L << 20, 1L << 20, 1, 1, Ids, Kvd, G, 2));
+        ThrowsFor("numIds", () => OpsLaunchPlans.KiviQuantizeBlock(0, 0, 0, 1L << 20, 1L << 20, 1, 1, 0, Kvd, G, 2));
+    }
+
+    private static KernelLaunch? Decode(int bits, int seqs, int maxBlocks, int heads = Heads, int kvHeads = KvHeads, int d = D, int group = G,
+        long trimO = 0, long trimLse = 0, long trimQ = 0, long trimTables = 0, long trimCompact = 0)
+    {
+        var (c, s, m) = Pool(bits, Ids, kvHeads * d, group);
+        long splits = (long)seqs * heads * maxBlocks;
+        return OpsLaunchPlans.KiviDecodeAttention(splits * d - trimO, splits - trimLse, (long)seqs * heads * d - trimQ, c, s, m,
+            (long)seqs * maxBlocks - trimTables, seqs - trimCompact, seqs, maxBlocks, Ids, heads, kvHeads, d, group, bits);
+    }
+
+    [TestCase(2)]
+    [TestCase(4)]
+    public void DecodeRunsOneBlockOfGThreadsPerSequenceHeadAndKvBlock(int bits)
+    {
+        Assert.That(Decode(bits, 16, 128), Is.EqualTo(new KernelLaunch("kivi_decode_attention_f32", 16, 32, 32, 128)));
+        Assert.That(Decode(bits, 3, 5, heads: 8, kvHeads: 2, d: 64, group: 64), Is.EqualTo(new KernelLaunch("kivi_decode_attention_f32", 3, 8, 64, 5)));
+        Assert.That(Decode(bits, 0, 5), Is.Null, "no sequence: no launch");
+    }
+
+    [Test]
+    public void DecodeChecksHeadsGroupAndBuffers()
+    {
+        ThrowsFor("heads", () => Decode(2, 2, 4, heads: 12, kvHeads: 8));
+        ThrowsFor("kvHeads", () => Decode(2, 2, 4, kvHeads: 0));
+        ThrowsFor("group", () => Decode(2, 2, 4, group: 16)); // a CPU-valid group, but not a whole warp
+        ThrowsFor("group", () => Decode(2, 2, 4, kvHeads: 16, group: 2048)); // beyond KIVI_MAX_GROUP
+        ThrowsFor("bits", () => Decode(8, 2, 4));
+        ThrowsFor("maxBlocks", () => Decode(2, 2, 0));
+        ThrowsFor("maxBlocks", () => Decode(2, 1, OpsLaunchPlans.MaxGridRows + 1, heads: 8, d: 8, kvHeads: 8));
+        ThrowsFor("partialO", () => Decode(2, 2, 4, trimO: 1));
+        ThrowsFor("partialLse", () => Decode(2, 2, 4, trimLse: 1));
+        ThrowsFor("q", () => Decode(2, 2, 4, trimQ: 1));
+        ThrowsFor("blockTables", () => Decode(2, 2, 4, trimTables: 1));
+        ThrowsFor("numCompact", () => Decode(2, 2, 4, trimCompact: 1));
+        var (c, s, m) = Pool(4);
+        ThrowsFor("codes", () => OpsLaunchPlans.KiviDecodeAttention(1L << 20, 1L << 20, 1L << 20, c - 1, s, m, 8, 2, 2, 4, Ids, Heads, KvHeads, D, G, 4));
+    }
+
+    [Test]
+    public void MergeRunsOneBlockPerSequenceAndHead()
+    {
+        Assert.That(OpsLaunchPlans.KiviMergePartials(16 * 32 * 128, 16 * 32, 16L * 32 * 7 * 128, 16 * 32 * 7, 16, 32, 7, 128),
+            Is.EqualTo(new KernelLaunch("kivi_merge_partials_f32", 16, 32, 128)));
+        Assert.That(OpsLaunchPlans.KiviMergePartials(0, 0, 0, 0, 0, 32, 7, 128), Is.Null);
+        ThrowsFor("o", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64 - 1, 8, 2 * 4 * 3 * 64, 24, 2, 4, 3, 64));
+        ThrowsFor("lse", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64, 7, 2 * 4 * 3 * 64, 24, 2, 4, 3, 64));
+        ThrowsFor("partialO", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64, 8, 2 * 4 * 3 * 64 - 1, 24, 2, 4, 3, 64));
+        ThrowsFor("partialLse", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64, 8, 2 * 4 * 3 * 64, 23, 2, 4, 3, 64));
+        ThrowsFor("maxBlocks", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64, 8, 2 * 4 * 3 * 64, 24, 2, 4, 0, 64));
+    }
+
+    [Test]
+    public void PartialFloatsCoverOAndLse() =>
+        Assert.That(OpsLauncher.KiviPartialFloats(16, 32, 128, 128), Is.EqualTo(16L * 32 * 128 * 129));
+}
