@@ -12,7 +12,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Bench;
 
-internal static unsafe class Verify
+internal static unsafe partial class Verify
 {
     // ---- tolerances (STYLE habit 20: per op, with where the number comes from) -------------------------------------
 
@@ -109,7 +109,7 @@ internal static unsafe class Verify
 
     private sealed record Case(string Kernel, string Shape, Func<CaseResult> Run);
 
-    private sealed class Verifier(CudaDevice device, OpsLauncher ops, Random rng)
+    private sealed partial class Verifier(CudaDevice device, OpsLauncher ops, Random rng)
     {
         public IEnumerable<Case> Cases()
         {
@@ -158,6 +158,7 @@ internal static unsafe class Verify
             yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
             yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
             yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000));
+            foreach (var c in W4A8Cases()) yield return c; // Verify.W4A8.cs
         }
 
         // ---- cases ------------------------------------------------------------------------------------------------
