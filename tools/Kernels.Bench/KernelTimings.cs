@@ -11,7 +11,7 @@ using Kernels.Runtime.Backends.Cuda;
 
 namespace Kernels.Bench;
 
-internal static class KernelTimings
+internal static partial class KernelTimings
 {
     /// <summary>
     /// One timed shape. Params carries the numbers the baseline script needs (M, N, K or B, L, heads...).
@@ -107,6 +107,8 @@ internal static class KernelTimings
                         new() { ["Rows"] = rows, ["V"] = 128256, ["Filtered"] = filtered ? 1 : 0 });
                 }
 
+            records.AddRange(W4A8Records(t, quick, bw, device.Name)); // KernelTimings.W4A8.cs
+
             t.Dispose();
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
             {
@@ -118,7 +120,7 @@ internal static class KernelTimings
     }
 
     /// <summary>Buffers and timing for one shape at a time; every launch is preceded by the L2 flush.</summary>
-    private sealed unsafe class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
+    private sealed unsafe partial class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
     {
         public void Dispose() => _weights?.Dispose();
 
