@@ -1,6 +1,7 @@
 """PyTorch baselines for kernels.json (written by `kernels-bench kernels`), timed on the same GPU in the same session:
 torch.matmul (cuBLAS) for dense_gemm, scaled_dot_product_attention (FlashAttention) for paged decode/prefill attention
-(contiguous KV, so the baseline does not pay for paging), torch.argmax / softmax+multinomial for sampling. Fills
+(contiguous KV, so the baseline does not pay for paging), torch.argmax / softmax+multinomial for sampling, and for
+w4a8_gemm fp16 cuBLAS plus torch._int_mm (int8) and torch._scaled_mm (fp8 e4m3) in "Baselines" (w4a8_baselines). Fills
 Baseline and BaselineMicroseconds of each record in place. Timing: CUDA events, L2 flushed (zeroing a 512 MiB buffer)
 before every call, median of N calls, like KernelTimings.cs.
 
@@ -32,6 +33,65 @@ def median_us(fn):
 
 
 weights = {}
+
+# ---- w4a8_gemm records (issue 5): Baseline = fp16 cuBLAS; Baselines = {name: us} adds torch._int_mm (int8 W8A8) and
+# torch._scaled_mm (fp8 e4m3) on the same M, N, K; BaselineNotes says what was padded or skipped and why.
+w4a8_weights = {}
+
+
+def w4a8_baselines(r, p):
+    M, N, K = p["M"], p["N"], p["K"]
+    if (N, K) not in w4a8_weights:
+        w4a8_weights.clear(); weights.clear(); torch.cuda.empty_cache()
+        w16 = torch.randn(N, K, device=dev, dtype=torch.float16) * 0.05
+        w4a8_weights[(N, K)] = {"f16": w16, "i8": torch.randint(-127, 128, (N, K), device=dev, dtype=torch.int8)}
+    w = w4a8_weights[(N, K)]
+    baselines, notes = {}, []
+    x16 = torch.randn(M, K, device=dev, dtype=torch.float16)
+    us16 = median_us(lambda: x16 @ w["f16"].t())
+    r["Baseline"], r["BaselineMicroseconds"] = "torch.matmul fp16 (cuBLAS)", us16
+    baselines["torch.matmul fp16 (cuBLAS)"] = us16
+    # int8 x int8 -> int32 (cuBLASLt): torch requires M > 16 (and K, N multiples of 8); smaller M is padded to 32 rows.
+    try:
+        Mi = M if M > 16 else 32
+        if Mi != M: notes.append(f"_int_mm: M={M} padded to {Mi} (torch requires M > 16)")
+        xi = torch.randint(-127, 128, (Mi, K), device=dev, dtype=torch.int8)
+        bi = w["i8"].t()  # [K, N] column-major, the layout cuBLASLt's int8 path wants
+        baselines["torch._int_mm int8"] = median_us(lambda: torch._int_mm(xi, bi))
+    except Exception as ex:
+        notes.append(f"_int_mm skipped: {ex!r}"[:300])
+    # fp8 e4m3 with row-wise scales (bf16 out), falling back to tensor-wise scales; M padded to 16 if torch refuses it.
+    if not hasattr(torch, "float8_e4m3fn"):
+        notes.append("_scaled_mm skipped: this torch has no float8_e4m3fn")
+    else:
+        if "f8" not in w:
+            w["f8"] = w["f16"].to(torch.float8_e4m3fn)
+        b8 = w["f8"].t()  # [K, N] column-major
+        done = False
+        for Mf in ([M] if M % 16 == 0 else [M, (M + 15) // 16 * 16]):
+            x8 = torch.randn(Mf, K, device=dev, dtype=torch.float16).to(torch.float8_e4m3fn)
+            for kind in ("row-wise", "tensor-wise"):
+                try:
+                    if kind == "row-wise":
+                        sa = torch.ones(Mf, 1, device=dev, dtype=torch.float32); sb = torch.ones(1, N, device=dev, dtype=torch.float32)
+                    else:
+                        sa = torch.ones((), device=dev, dtype=torch.float32); sb = torch.ones((), device=dev, dtype=torch.float32)
+                    fn = lambda: torch._scaled_mm(x8, b8, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+                    fn(); torch.cuda.synchronize()
+                    baselines[f"torch._scaled_mm fp8 e4m3 {kind}"] = median_us(fn)
+                    if Mf != M: notes.append(f"_scaled_mm: M={M} padded to {Mf}")
+                    done = True
+                    break
+                except Exception as ex:
+                    notes.append(f"_scaled_mm {kind} M={Mf}: {ex!r}"[:300])
+            if done: break
+        if not done: notes.append("_scaled_mm skipped: unsupported here (see the notes above)")
+    r["Baselines"] = baselines
+    if notes: r["BaselineNotes"] = notes
+    print(f"{r['Kernel']:30} {r['Shape']:36} ours {r['Microseconds']:9.1f} us  " +
+          "  ".join(f"{name}: {us:.1f} us ({us / r['Microseconds']:.2f}x)" for name, us in baselines.items()) +
+          ("  [" + "; ".join(notes) + "]" if notes else ""), flush=True)
+
 for r in doc["results"]:
     p, k = r.get("Params", {}), r["Kernel"]
     try:
@@ -67,6 +127,9 @@ for r in doc["results"]:
                 r["Baseline"], r["BaselineMicroseconds"] = "torch softmax+topk+top-p+multinomial", median_us(samp)
             else:
                 r["Baseline"], r["BaselineMicroseconds"] = "torch.argmax", median_us(lambda: logits.argmax(-1))
+        elif k.startswith("w4a8_gemm"):
+            w4a8_baselines(r, p)
+            continue  # w4a8_baselines printed its line
     except Exception as ex:  # one failing baseline must not lose the others
         r["Baseline"] = f"error: {ex!r}"[:200]
     if r.get("BaselineMicroseconds"):

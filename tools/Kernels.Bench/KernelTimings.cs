@@ -109,6 +109,8 @@ internal static partial class KernelTimings
                         new() { ["Rows"] = rows, ["V"] = 128256, ["Filtered"] = filtered ? 1 : 0 });
                 }
 
+            records.AddRange(W4A8Records(t, quick, bw, device.Name)); // KernelTimings.W4A8.cs
+
             t.Dispose();
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
             {

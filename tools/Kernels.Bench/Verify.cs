@@ -170,6 +170,7 @@ internal static unsafe partial class Verify
             yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
             yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000));
             foreach (var kivi in KiviCases()) yield return kivi; // Verify.Kivi.cs
+            foreach (var c in W4A8Cases()) yield return c; // Verify.W4A8.cs
         }
 
         // ---- cases ------------------------------------------------------------------------------------------------

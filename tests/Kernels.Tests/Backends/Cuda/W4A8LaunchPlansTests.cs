@@ -1,0 +1,119 @@
+// Launch plans of W4A8 (w4a8_gemm_*, rms_norm_quant_int8_*): shape validation and grid choice, no GPU needed.
+using Kernels.Runtime.Backends.Cuda;
+
+namespace Kernels.Tests.Backends.Cuda;
+
+public class W4A8LaunchPlansTests
+{
+    private static void ThrowsFor(string argument, TestDelegate call, string? why = null)
+    {
+        var e = Assert.Catch<ArgumentException>(call, why ?? "")!;
+        Assert.That(e.ParamName, Is.EqualTo(argument), why + ": " + e.Message);
+    }
+
+    /// <summary>A plan with every buffer exactly as large as the shape needs.</summary>
+    private static KernelLaunch? Gemm(int m, int n, int k, int group, long? xSum = null)
+    {
+        int nPad = (n + 31) / 32 * 32, kPad = (k + 31) / 32 * 32;
+        long table = group > 0 ? (long)(k / Math.Max(group, 1)) * nPad : n;
+        return OpsLaunchPlans.W4A8Gemm((long)m * n, (long)m * kPad, m, xSum ?? m, (long)nPad * kPad / 2, n, group > 0 ? table : -1, table, m, n, k, group);
+    }
+
+    [Test]
+    public void GemmPicksThe16RowCtaUpTo16RowsAndThe64RowCtaAbove()
+    {
+        Assert.That(Gemm(1, 28672, 4096, 128), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m16", 224, 1, 128)));
+        Assert.That(Gemm(16, 4096, 14336, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m16", 32, 1, 128)));
+        Assert.That(Gemm(17, 6144, 4096, 128), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m64", 48, 1, 128)));
+        Assert.That(Gemm(4096, 4096, 4096, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m64", 32, 64, 128)));
+        Assert.That(Gemm(100, 100, 176, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m64", 1, 2, 128)), "N pads to 128, M rounds up");
+        Assert.That(Gemm(5, 160, 64, 32), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m16", 2, 1, 128)));
+    }
+
+    [Test]
+    public void GemmSkipsEmptyLaunches()
+    {
+        Assert.That(Gemm(0, 4096, 4096, 128), Is.Null);
+        Assert.That(Gemm(4, 0, 4096, 0), Is.Null);
+    }
+
+    [Test]
+    public void GemmChecksKAndTheGroup()
+    {
+        ThrowsFor("k", () => Gemm(1, 64, 0, 0));
+        ThrowsFor("k", () => Gemm(1, 64, OpsLaunchPlans.W4A8MaxK + 32, 0));
+        ThrowsFor("groupSize", () => Gemm(1, 64, 4096, 100));
+        ThrowsFor("groupSize", () => Gemm(1, 64, 4096 + 64, 128));
+        ThrowsFor("groupSize", () => Gemm(1, 64, 4096, -32));
+    }
+
+    [Test]
+    public void GemmChecksEveryBuffer()
+    {
+        // Per channel: m = 3, n = 40 (Npad 64), k = 200 (Kpad 224); per group below with K = 256, groups of 64.
+        const int M = 3, N = 40, K = 200, NPad = 64, KPad = 224;
+        KernelLaunch? Channel(long y = M * N, long xq = M * KPad, long xs = M, long xsum = M, long q = NPad * KPad / 2, long ws = N, long z = N) =>
+            OpsLaunchPlans.W4A8Gemm(y, xq, xs, xsum, q, ws, -1, z, M, N, K, 0);
+        Assert.That(Channel(), Is.Not.Null);
+        ThrowsFor("y", () => Channel(y: M * N - 1));
+        ThrowsFor("xq", () => Channel(xq: M * K), "xq rows are Kpad wide");
+        ThrowsFor("xScale", () => Channel(xs: M - 1));
+        ThrowsFor("xSum", () => Channel(xsum: M - 1));
+        ThrowsFor("xSum", () => Channel(xsum: -1));
+        ThrowsFor("qweight", () => Channel(q: NPad * KPad / 2 - 1));
+        ThrowsFor("wScale", () => Channel(ws: N - 1));
+        ThrowsFor("zeros", () => Channel(z: N - 1));
+
+        const int G = 64, KG = 256, Groups = KG / G;
+        KernelLaunch? Group(long s2 = Groups * NPad, long z = Groups * NPad, long xsum = -1) =>
+            OpsLaunchPlans.W4A8Gemm(M * N, M * KG, M, xsum, NPad * KG / 2, N, s2, z, M, N, KG, G);
+        Assert.That(Group(), Is.Not.Null, "per group the activation sums are optional");
+        ThrowsFor("scales2", () => Group(s2: -1));
+        ThrowsFor("scales2", () => Group(s2: Groups * N), "the tables are Npad wide");
+        ThrowsFor("zeros", () => Group(z: Groups * NPad - 1));
+        ThrowsFor("xSum", () => Group(xsum: M - 1));
+    }
+
+    [Test]
+    public void GemmCapsTheRowGrid()
+    {
+        ThrowsFor("m", () => OpsLaunchPlans.W4A8Gemm(long.MaxValue, long.MaxValue, long.MaxValue, long.MaxValue, long.MaxValue, long.MaxValue, -1,
+            long.MaxValue, 65536 * 64 + 1, 1, 32, 0));
+    }
+
+    [Test]
+    public void KernelNamesFollowTheExports()
+    {
+        Assert.That(OpsLauncher.W4A8GemmKernel(16, 128), Is.EqualTo("w4a8_gemm_group_m16"));
+        Assert.That(OpsLauncher.W4A8GemmKernel(17, 0), Is.EqualTo("w4a8_gemm_channel_m64"));
+    }
+
+    // ---- rms_norm_quant_int8 ----------------------------------------------------------------------------------------
+
+    private static KernelLaunch? NormQuant(int t, int d, int dp, float eps = 1e-5f, long? xq = null, long? xs = null, long? xsum = null, long? x = null, long? w = null) =>
+        OpsLaunchPlans.RmsNormQuantInt8("rms_norm_quant_int8_f16", xq ?? (long)t * dp, xs ?? t, xsum ?? t, x ?? (long)t * d, w ?? d, t, d, dp, eps);
+
+    [Test]
+    public void NormQuantUsesRmsNormsBlockAndOneBlockPerRow()
+    {
+        Assert.That(NormQuant(7, 4096, 4096), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 7, 1, 256)));
+        Assert.That(NormQuant(3, 14336, 14336), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 3, 1, 1024)));
+        Assert.That(NormQuant(100000, 67, 96), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 65535, 1, 256)), "grid-stride over rows");
+        Assert.That(NormQuant(0, 64, 64), Is.Null);
+    }
+
+    [Test]
+    public void NormQuantChecksItsArguments()
+    {
+        ThrowsFor("dimPadded", () => NormQuant(1, 67, 64));
+        ThrowsFor("dimPadded", () => NormQuant(1, 67, 80));
+        ThrowsFor("dim", () => NormQuant(1, OpsLaunchPlans.RmsNormQuantMaxDim + 1, 132032));
+        ThrowsFor("dim", () => NormQuant(1, 0, 32));
+        ThrowsFor("eps", () => NormQuant(1, 64, 64, eps: 0));
+        ThrowsFor("xq", () => NormQuant(2, 67, 96, xq: 2 * 67));
+        ThrowsFor("xScale", () => NormQuant(2, 64, 64, xs: 1));
+        ThrowsFor("xSum", () => NormQuant(2, 64, 64, xsum: 1));
+        ThrowsFor("x", () => NormQuant(2, 64, 64, x: 127));
+        ThrowsFor("weight", () => NormQuant(2, 64, 64, w: 63));
+    }
+}
