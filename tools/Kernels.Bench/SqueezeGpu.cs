@@ -6,12 +6,13 @@
 // launches as a cross-check. Writes {results: [{Kernel, Shape, Microseconds, Baseline, BaselineMicroseconds,
 // RooflineMicroseconds, Params, ...}], verify: [...]} like kernels.json, so tools/kernel_baselines.py adds torch.matmul
 // fp16 (cuBLAS) on the same M x K times K x N. Exit codes: 0 done and every check passed, 1 a check FAILed (timings
-// still run), 2 no CUDA accelerator. --cpu: the same on ILGPU's CPU accelerator at tiny shapes (checks the command
+// still run; an exception in one layer is a FAIL/ERROR line and the rest go on), 2 no CUDA accelerator. --cpu: the same on ILGPU's CPU accelerator at tiny shapes (checks the command
 // runs; its numbers mean nothing).
 using System.CommandLine;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using ILGPU;
 using Half = System.Half;
 using ILGPU.Runtime;
@@ -32,7 +33,7 @@ internal static unsafe class SqueezeGpu
         double RooflineMicroseconds, double Bytes, double Flops, double GBps, double TFlops, double RooflineFraction, Dictionary<string, int> Params,
         double BackToBackMicroseconds, int Outliers);
 
-    private sealed record Check(string Kernel, string Shape, int Bits, int M, int N, int K, int Outliers, double MaxRelativeError, double Tolerance, bool Pass);
+    private sealed record Check(string Kernel, string Shape, int Bits, int M, int N, int K, int Outliers, double MaxRelativeError, double Tolerance, bool Pass, string? Error = null);
 
     /// <summary>|gpu - cpu| &lt;= Tolerance * sum_k |W[n,k] x[m,k]| per output (fp32 sums in a different order: per-lane
     /// partial sums then a shuffle tree on the GPU, 8-wide AVX2 on the CPU).</summary>
@@ -94,14 +95,26 @@ internal static unsafe class SqueezeGpu
                 var checks = VerifyAll(accelerator, quick, cpu, seed, storage);
                 bool pass = checks.All(c => c.Pass);
                 Console.WriteLine($"# verify: {checks.Count(c => c.Pass)}/{checks.Count} PASS");
-                var (records, bw, flushBytes) = TimeAll(accelerator, quick, cpu, iterations, seed, l2, storage);
+                List<Record> records = [];
+                double bw = 0;
+                long flushBytes = 0;
+                int errors = 0;
+                try
+                {
+                    (records, bw, flushBytes, errors) = TimeAll(accelerator, quick, cpu, iterations, seed, l2, storage);
+                }
+                catch (Exception e) // the flush buffer or the bandwidth copy failed: still write the checks
+                {
+                    errors++;
+                    Console.WriteLine($"ERROR timings: {e.GetType().Name}: {e.Message}");
+                }
                 File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
                 {
                     device = accelerator.Name, accelerator = accelerator.AcceleratorType.ToString(), bandwidthGBps = bw, iterations, flushBytes,
-                    sparsityPercent = SparsityPercent, tolerance = Tolerance, verifyPass = pass, verify = checks, results = records,
-                }, new JsonSerializerOptions { WriteIndented = true }));
+                    sparsityPercent = SparsityPercent, tolerance = Tolerance, verifyPass = pass, timingErrors = errors, verify = checks, results = records,
+                }, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals }));
                 Console.WriteLine($"# wrote {jsonPath} ({checks.Count} checks, {records.Count} timings)");
-                return pass ? 0 : 1;
+                return pass && errors == 0 ? 0 : 1;
             }
             finally
             {
@@ -124,36 +137,48 @@ internal static unsafe class SqueezeGpu
         var rng = new Random(seed);
         foreach (int bits in new[] { 3, 4 })
             foreach (var (n, k) in shapes)
-            {
-                var layer = QuantizedLayer($"verify.{bits}bit.{n}x{k}", n, k, bits, seed + n + k + bits, storage);
-                var dequant = new float[(long)n * k];
-                for (int r = 0; r < n; r++) layer.ReadRow(r, dequant.AsSpan(r * k, k));
-                using var gemv = new SqueezeLlmLutGemv(accelerator, layer);
-                foreach (int m in new[] { 1, 4, 8 })
+                try
                 {
-                    var x = new float[m * k];
-                    for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 4 - 2);
-                    var expected = new float[m * n];
-                    var actual = new float[m * n];
-                    LutMatMul.Multiply(x, m, layer, expected);
-                    gemv.Multiply(x, m, actual);
-                    double worst = 0;
-                    bool ok = true;
-                    for (int t = 0; t < m; t++)
-                        for (int j = 0; j < n; j++)
-                        {
-                            double scale = 0;
-                            for (int c = 0; c < k; c++) scale += Math.Abs((double)dequant[(long)j * k + c] * x[t * k + c]);
-                            double err = Math.Abs((double)actual[t * n + j] - expected[t * n + j]) / Math.Max(scale, 1e-30);
-                            if (!(err <= Tolerance)) ok = false; // NaN fails too
-                            worst = double.IsNaN(err) ? double.NaN : Math.Max(worst, err);
-                        }
-                    var c2 = new Check($"squeezellm_lut_gemv_{bits}bit", $"M={m} N={n} K={k}", bits, m, n, k, layer.OutlierCount, worst, Tolerance, ok);
-                    checks.Add(c2);
-                    Console.WriteLine($"{(ok ? "PASS" : "FAIL")} {c2.Kernel,-26} {c2.Shape,-24} outliers {c2.Outliers,6}  max |err| / sum|terms| {worst:0.00e0}");
+                    VerifyLayer(accelerator, bits, n, k, seed, rng, storage, checks);
                 }
-            }
+                catch (Exception e) // e.g. the kernel does not compile or launch: a FAIL line, and the other layers still run
+                {
+                    var failed = new Check($"squeezellm_lut_gemv_{bits}bit", $"N={n} K={k}", bits, 0, n, k, 0, double.NaN, Tolerance, false, $"{e.GetType().Name}: {e.Message}");
+                    checks.Add(failed);
+                    Console.WriteLine($"FAIL {failed.Kernel,-26} {failed.Shape,-24} {failed.Error}");
+                }
         return checks;
+    }
+
+    private static void VerifyLayer(Accelerator accelerator, int bits, int n, int k, int seed, Random rng, List<IDisposable> storage, List<Check> checks)
+    {
+        var layer = QuantizedLayer($"verify.{bits}bit.{n}x{k}", n, k, bits, seed + n + k + bits, storage);
+        var dequant = new float[(long)n * k];
+        for (int r = 0; r < n; r++) layer.ReadRow(r, dequant.AsSpan(r * k, k));
+        using var gemv = new SqueezeLlmLutGemv(accelerator, layer);
+        foreach (int m in new[] { 1, 4, 8 })
+        {
+            var x = new float[m * k];
+            for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 4 - 2);
+            var expected = new float[m * n];
+            var actual = new float[m * n];
+            LutMatMul.Multiply(x, m, layer, expected);
+            gemv.Multiply(x, m, actual);
+            double worst = 0;
+            bool ok = true;
+            for (int t = 0; t < m; t++)
+                for (int j = 0; j < n; j++)
+                {
+                    double scale = 0;
+                    for (int c = 0; c < k; c++) scale += Math.Abs((double)dequant[(long)j * k + c] * x[t * k + c]);
+                    double err = Math.Abs((double)actual[t * n + j] - expected[t * n + j]) / Math.Max(scale, 1e-30);
+                    if (!(err <= Tolerance)) ok = false; // NaN fails too
+                    worst = double.IsNaN(err) ? double.NaN : Math.Max(worst, err);
+                }
+            var c2 = new Check($"squeezellm_lut_gemv_{bits}bit", $"M={m} N={n} K={k}", bits, m, n, k, layer.OutlierCount, worst, Tolerance, ok);
+            checks.Add(c2);
+            Console.WriteLine($"{(ok ? "PASS" : "FAIL")} {c2.Kernel,-26} {c2.Shape,-24} outliers {c2.Outliers,6}  max |err| / sum|terms| {worst:0.00e0}");
+        }
     }
 
     /// <summary>A layer through the real quantizer (weights like a trained layer: small values, 1 in 300 twenty times larger).</summary>
@@ -242,7 +267,7 @@ internal static unsafe class SqueezeGpu
             "squeeze-gpu");
     }
 
-    private static (List<Record> Records, double BandwidthGBps, long FlushBytes) TimeAll(Accelerator accelerator, bool quick, bool cpu, int iterations,
+    private static (List<Record> Records, double BandwidthGBps, long FlushBytes, int Errors) TimeAll(Accelerator accelerator, bool quick, bool cpu, int iterations,
         int seed, long l2, List<IDisposable> storage)
     {
         var layers = cpu ? new[] { ("tiny", 64, 256) }
@@ -259,31 +284,44 @@ internal static unsafe class SqueezeGpu
         var records = new List<Record>();
         using var flush = accelerator.Allocate1D<byte>(flushBytes);
         var rng = new Random(seed);
+        int errors = 0;
         foreach (int bits in new[] { 3, 4 })
             foreach (var (name, n, k) in layers)
-            {
-                var layer = RandomLayer($"{name}.{bits}bit", n, k, bits, rng, storage);
-                using var gemv = new SqueezeLlmLutGemv(accelerator, layer);
-                double weightBytes = (double)n * layer.RowBytes + (double)n * layer.TableSize * 4 + (n + 1.0) * 4 + layer.OutlierCount * 8.0;
-                foreach (int m in new[] { 1, 4, 8 })
+                try
                 {
-                    var xs = new float[m * k];
-                    for (int i = 0; i < xs.Length; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
-                    using var x = accelerator.Allocate1D(xs);
-                    using var y = accelerator.Allocate1D<float>((long)m * n);
-                    void Launch() => gemv.Launch(x.View, m, y.View);
-                    double us = Median(accelerator, flush, Launch, iterations);
-                    double b2b = BackToBack(accelerator, Launch, cpu ? 2 : 100);
-                    double bytes = weightBytes + 4.0 * m * k + 4.0 * m * n, flops = 2.0 * m * n * k + 2.0 * m * layer.OutlierCount;
-                    double roof = bytes / (bw * 1e9) * 1e6;
-                    var r = new Record($"squeezellm_lut_gemv_{bits}bit", $"{name} M={m} N={n} K={k}", us, null, null, roof, bytes, flops,
-                        bytes / (us * 1e-6) / 1e9, flops / (us * 1e-6) / 1e12, roof / us, new() { ["M"] = m, ["N"] = n, ["K"] = k, ["Bits"] = bits },
-                        b2b, layer.OutlierCount);
-                    records.Add(r);
-                    Console.WriteLine($"{r.Kernel,-26} {r.Shape,-30} {us,9:F1} us  {r.GBps,7:F0} GB/s  roofline {roof,7:F1} us ({r.RooflineFraction:P0}, {us / roof:F2}x)  back-to-back {b2b,8:F1} us");
+                    TimeLayer(accelerator, flush, name, n, k, bits, cpu, iterations, bw, rng, storage, records);
                 }
-            }
-        return (records, bw, flushBytes);
+                catch (Exception e)
+                {
+                    errors++;
+                    Console.WriteLine($"ERROR squeezellm_lut_gemv_{bits}bit {name} N={n} K={k}: {e.GetType().Name}: {e.Message}");
+                }
+        return (records, bw, flushBytes, errors);
+    }
+
+    private static void TimeLayer(Accelerator accelerator, MemoryBuffer1D<byte, Stride1D.Dense> flush, string name, int n, int k, int bits, bool cpu,
+        int iterations, double bw, Random rng, List<IDisposable> storage, List<Record> records)
+    {
+        var layer = RandomLayer($"{name}.{bits}bit", n, k, bits, rng, storage);
+        using var gemv = new SqueezeLlmLutGemv(accelerator, layer);
+        double weightBytes = (double)n * layer.RowBytes + (double)n * layer.TableSize * 4 + (n + 1.0) * 4 + layer.OutlierCount * 8.0;
+        foreach (int m in new[] { 1, 4, 8 })
+        {
+            var xs = new float[m * k];
+            for (int i = 0; i < xs.Length; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
+            using var x = accelerator.Allocate1D(xs);
+            using var y = accelerator.Allocate1D<float>((long)m * n);
+            void Launch() => gemv.Launch(x.View, m, y.View);
+            double us = Median(accelerator, flush, Launch, iterations);
+            double b2b = BackToBack(accelerator, Launch, cpu ? 2 : 100);
+            double bytes = weightBytes + 4.0 * m * k + 4.0 * m * n, flops = 2.0 * m * n * k + 2.0 * m * layer.OutlierCount;
+            double roof = bytes / (bw * 1e9) * 1e6;
+            var r = new Record($"squeezellm_lut_gemv_{bits}bit", $"{name} M={m} N={n} K={k}", us, null, null, roof, bytes, flops,
+                bytes / (us * 1e-6) / 1e9, flops / (us * 1e-6) / 1e12, roof / us, new() { ["M"] = m, ["N"] = n, ["K"] = k, ["Bits"] = bits },
+                b2b, layer.OutlierCount);
+            records.Add(r);
+            Console.WriteLine($"{r.Kernel,-26} {r.Shape,-30} {us,9:F1} us  {r.GBps,7:F0} GB/s  roofline {roof,7:F1} us ({r.RooflineFraction:P0}, {us / roof:F2}x)  back-to-back {b2b,8:F1} us");
+        }
     }
 
     /// <summary>Median GPU time of <paramref name="launch"/> in microseconds, L2 flushed before every launch.</summary>
