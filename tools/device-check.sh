@@ -95,6 +95,19 @@ if [ -x "$BENCH" ]; then
   fi
 fi
 
+# ---- SqueezeLLM LUT GEMV (ILGPU's CUDA accelerator): verify vs the CPU + timings, then fp16 cuBLAS on the same shapes
+# (kernels-bench squeeze-gpu, SqueezeGpu.cs). Reported (squeeze-gpu exit 1 = a check FAILed), exit status unchanged.
+if [ -x "$BENCH" ]; then
+  note "squeeze-gpu: verify + timings -> squeeze.json"
+  timeout 420 "$BENCH" squeeze-gpu $QUICK_ARG --json "$OUT/squeeze.json" 2>&1 | tee "$OUT/squeeze.log"
+  note "squeeze-gpu exit ${PIPESTATUS[0]}"
+  grep -E "^(FAIL|# verify: [0-9])" "$OUT/squeeze.log" | tee -a "$OUT/summary.txt"
+  if [ -f "$OUT/squeeze.json" ] && command -v python3 >/dev/null 2>&1; then
+    timeout 300 python3 tools/kernel_baselines.py "$OUT/squeeze.json" 2>&1 | tee "$OUT/squeeze-baselines.log"
+    note "squeeze baselines exit ${PIPESTATUS[0]}"
+  fi
+fi
+
 note "exit $status"
 tar czf /tmp/device-check.tar.gz -C "$OUT" . && mv /tmp/device-check.tar.gz "$OUT/device-check.tar.gz"
 exit "$status"

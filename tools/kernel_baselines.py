@@ -127,6 +127,14 @@ for r in doc["results"]:
                 r["Baseline"], r["BaselineMicroseconds"] = "torch softmax+topk+top-p+multinomial", median_us(samp)
             else:
                 r["Baseline"], r["BaselineMicroseconds"] = "torch.argmax", median_us(lambda: logits.argmax(-1))
+        elif k.startswith("squeezellm"):  # kernels-bench squeeze-gpu: the fp16 GEMM the SqueezeLLM LUT GEMV replaces
+            M, N, K = p["M"], p["N"], p["K"]
+            if (N, K) not in weights:
+                weights.clear(); torch.cuda.empty_cache()
+                weights[(N, K)] = torch.randn(N, K, device=dev, dtype=torch.float16)
+            w = weights[(N, K)].t()  # K x N (a view: cuBLAS runs it transposed, as nn.Linear does)
+            x = torch.randn(M, K, device=dev, dtype=torch.float16)
+            r["Baseline"], r["BaselineMicroseconds"] = "torch.matmul fp16 (cuBLAS)", median_us(lambda: torch.matmul(x, w))
         elif k.startswith("w4a8_gemm"):
             w4a8_baselines(r, p)
             continue  # w4a8_baselines printed its line

@@ -133,6 +133,7 @@ public static class Program
         root.Subcommands.Add(e2e);
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
+        root.Subcommands.Add(SqueezeGpu.CreateCommand());
         return root.Parse(args).Invoke();
     }
 

@@ -59,12 +59,25 @@ public sealed class SqueezeLlmLutGemv : IDisposable
         if (y.Length < rows * n) throw new ArgumentException($"y holds {y.Length} values, {rows}x{n} needed for {_weight.Name}");
         using var xs = _accelerator.Allocate1D(x[..(rows * k)].ToArray());
         using var ys = _accelerator.Allocate1D<float>(rows * n);
+        Launch(xs.View, rows, ys.View);
+        _accelerator.Synchronize();
+        ys.GetAsArray1D().AsSpan().CopyTo(y);
+    }
+
+    /// <summary>
+    /// y[rows, N] = x[rows, K] . W^T with x and y already on the accelerator: one launch on its default stream, no
+    /// synchronization and no allocation (what a backend or a benchmark calls in a loop).
+    /// </summary>
+    public void Launch(ArrayView<float> x, int rows, ArrayView<float> y)
+    {
+        int n = _weight.OutFeatures, k = _weight.InFeatures;
+        if (rows is < 1 or > MaxRows) throw new ArgumentOutOfRangeException(nameof(rows), rows, $"{_weight.Name}: the LUT GEMV takes 1..{MaxRows} rows");
+        if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed for {_weight.Name}");
+        if (y.Length < (long)rows * n) throw new ArgumentException($"y holds {y.Length} values, {rows}x{n} needed for {_weight.Name}");
         int warp = _accelerator.WarpSize;
         var config = new KernelConfig((n + RowsPerGroup - 1) / RowsPerGroup, warp * RowsPerGroup);
         var shape = new Shape(n, k, _weight.Bits, SqueezeLlmCodes.WordsPerRow(k, _weight.Bits), rows);
-        _kernel(config, _codes.View, _table.View, _rowStart.View, _cols.View, _delta.View, xs.View, ys.View, shape);
-        _accelerator.Synchronize();
-        ys.GetAsArray1D().AsSpan().CopyTo(y);
+        _kernel(config, _codes.View, _table.View, _rowStart.View, _cols.View, _delta.View, x, y, shape);
     }
 
     private static void Kernel(ArrayView<int> codes, ArrayView<float> table, ArrayView<int> rowStart, ArrayView<int> cols,
