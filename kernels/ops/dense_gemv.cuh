@@ -9,14 +9,18 @@
 //   bias   [N]      DT, read, or null (0) for no bias
 // Layout:  dense row-major, 64-bit offsets.
 // Entries: dense_gemv_{f16,bf16}
-// Grid:    (ceil_div(N, 16), ceil_div(M, 4)); Block: 256 threads = 8 warps; warp w of block b computes output features
-//          n = 16 b + 2 w and 16 b + 2 w + 1 for the block's (up to) 4 rows m = 4 blockIdx.y + 0..3.
-// Per warp: lanes stride K in chunks of 8 elements: one 16-byte load of each of the two W rows and two float4 loads of
-//          each x row per chunk, two chunks in flight per lane; 2 x 4 accumulators per lane, then a butterfly sum.
-//          When K % 8 != 0 (or a row is not 16-byte aligned) the lanes stride K one element at a time instead.
-// Numerics: per output: each lane sums its k in increasing order (fp32 FMA), then lanes are added by a 5-step
-//          butterfly; the CPU reference (MatMul.Multiply) sums the same products in 8-lane SIMD order, so results
-//          differ by summation rounding only: |y - ref| <= ~K u32 sum_k |x w| (verify: 1e-5 of sum |x w|).
+// Grid:    (ceil_div(N, 4), ceil_div(M, 4)); Block: 256 threads. Block b computes output features n = 4 b .. 4 b + 3 for
+//          the block's (up to) 4 rows m = 4 blockIdx.y + 0..3; its 256 threads split K between them.
+// Per thread: chunks of 8 elements of K (c = threadIdx.x + 256 i, k = 8 c): one 16-byte streaming load (ld.global.cs,
+//          W is read once) of each of the 4 W rows and two float4 loads of each x row per chunk; consecutive threads
+//          read consecutive 16 bytes (coalesced), and a block's 4 x 2 x K bytes of W are in flight after at most
+//          ceil(K / 2048) dependent rounds (1 for K = 2048, 7 for K = 14336): the first version gave each warp two
+//          whole rows, 16 dependent rounds at K = 4096, and reached 42 % of the copy bandwidth on an H200.
+//          When K % 8 != 0 (or a pointer is not 16-byte aligned) the threads stride K one element at a time instead.
+//          Reduction: a butterfly per warp, then warp 0 adds the 8 warps' partials from shared memory in warp order.
+// Numerics: per output: each thread sums its k in increasing order (fp32 FMA), then threads are added by a fixed tree;
+//          the CPU reference (MatMul.Multiply) sums the same products in 8-lane SIMD order, so results differ by
+//          summation rounding only (verify: 2e-5 of max|y|).
 // Empty:   M == 0 or N == 0 writes nothing (the launcher skips the launch); K == 0 is rejected by the launcher.
 // Preconditions (launcher-checked): K > 0; sizes as above. Any M works (grid y); the plan uses it for M <= 4 and
 //          for any M when K % 8 != 0 (dense_gemm needs K % 8 == 0).
@@ -26,95 +30,96 @@
 
 namespace ops
 {
-constexpr int kGemvWarps = 8;
-constexpr int kGemvRowsPerWarp = 2; // output features per warp: x loads shared by two W rows
-constexpr int kGemvM = 4;           // x rows per block (grid y covers larger M)
+constexpr int kGemvThreads = 256;
+constexpr int kGemvN = 4; // output features per block: each x load serves four W rows
+constexpr int kGemvM = 4; // x rows per block (grid y covers larger M)
 
 template <DType DT>
-__device__ __forceinline__ void gemv_chunk(const storage_t<DT>* w0, const storage_t<DT>* w1, const float* x, int64_t ldx, int mRows,
-                                           int64_t k, float (&acc)[kGemvRowsPerWarp][kGemvM])
+__device__ __forceinline__ void gemv_load_w(const storage_t<DT>* p, float (&out)[8])
 {
-    float a[8], b[8];
-    load128_as_float<DT>(w0 + k, a);
-    load128_as_float<DT>(w1 + k, b);
+    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p)); // streamed: W is read once, keep L1/L2 for x
+    const storage_t<DT>* e = reinterpret_cast<const storage_t<DT>*>(&raw);
 #pragma unroll
-    for (int m = 0; m < kGemvM; ++m)
-    {
-        if (m < mRows)
-        {
-            const float4 lo = load_float4(x + m * ldx + k), hi = load_float4(x + m * ldx + k + 4);
-            const float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-            {
-                acc[0][m] = fmaf(xv[j], a[j], acc[0][m]);
-                acc[1][m] = fmaf(xv[j], b[j], acc[1][m]);
-            }
-        }
-    }
+    for (int j = 0; j < 8; ++j) out[j] = DTypeTraits<DT>::to_float(e[j]);
 }
 
 template <DType DT>
 __device__ __forceinline__ void dense_gemv(float* __restrict__ y, const float* __restrict__ x, const storage_t<DT>* __restrict__ w,
                                            const storage_t<DT>* __restrict__ bias, int M, int N, int K)
 {
+    __shared__ float partial[kGemvThreads / 32][kGemvN][kGemvM];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int n0 = (blockIdx.x * kGemvWarps + warp) * kGemvRowsPerWarp;
-    const int m0 = blockIdx.y * kGemvM;
-    if (n0 >= N || m0 >= M) return; // whole warps leave together: the butterfly below needs all 32 lanes
-    const int mRows = min(kGemvM, M - m0);
-    const int n1 = min(n0 + 1, N - 1); // a missing second feature re-reads the first and is not stored
-    const storage_t<DT>* w0 = w + (int64_t)n0 * K;
-    const storage_t<DT>* w1 = w + (int64_t)n1 * K;
+    const int n0 = blockIdx.x * kGemvN, m0 = blockIdx.y * kGemvM;
+    if (n0 >= N || m0 >= M) return; // uniform per block
+    const int nRows = min(kGemvN, N - n0), mRows = min(kGemvM, M - m0);
+    const storage_t<DT>* wr[kGemvN];
+#pragma unroll
+    for (int r = 0; r < kGemvN; ++r) wr[r] = w + (int64_t)(n0 + min(r, nRows - 1)) * K; // missing rows re-read the last, not stored
     const float* xm = x + (int64_t)m0 * K;
 
-    float acc[kGemvRowsPerWarp][kGemvM];
+    float acc[kGemvN][kGemvM];
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+    for (int r = 0; r < kGemvN; ++r)
 #pragma unroll
         for (int m = 0; m < kGemvM; ++m) acc[r][m] = 0.0f;
 
-    const bool vector = (K % 8) == 0 && is_aligned16(w) && is_aligned16(x);
-    if (vector)
+    if ((K % 8) == 0 && is_aligned16(w) && is_aligned16(x))
     {
-        // Two chunks of 8 per lane per iteration: 64 bytes of W in flight per lane before the FMAs need them.
-        int64_t k = (int64_t)lane * 8;
-        for (; k + 256 < K; k += 512)
+#pragma unroll 2
+        for (int64_t k = (int64_t)threadIdx.x * 8; k < K; k += kGemvThreads * 8)
         {
-            gemv_chunk<DT>(w0, w1, xm, K, mRows, k, acc);
-            gemv_chunk<DT>(w0, w1, xm, K, mRows, k + 256, acc);
+            float wv[kGemvN][8];
+#pragma unroll
+            for (int r = 0; r < kGemvN; ++r) gemv_load_w<DT>(wr[r] + k, wv[r]);
+#pragma unroll
+            for (int m = 0; m < kGemvM; ++m)
+            {
+                if (m < mRows)
+                {
+                    const float4 lo = load_float4(xm + m * (int64_t)K + k), hi = load_float4(xm + m * (int64_t)K + k + 4);
+                    const float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+                    for (int r = 0; r < kGemvN; ++r)
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) acc[r][m] = fmaf(xv[j], wv[r][j], acc[r][m]);
+                }
+            }
         }
-        for (; k < K; k += 256) gemv_chunk<DT>(w0, w1, xm, K, mRows, k, acc);
     }
     else
     {
-        for (int64_t k = lane; k < K; k += 32)
+        for (int64_t k = threadIdx.x; k < K; k += kGemvThreads)
         {
-            const float a = DTypeTraits<DT>::to_float(w0[k]), b = DTypeTraits<DT>::to_float(w1[k]);
 #pragma unroll
-            for (int m = 0; m < kGemvM; ++m)
-                if (m < mRows)
-                {
-                    const float xv = xm[m * (int64_t)K + k];
-                    acc[0][m] = fmaf(xv, a, acc[0][m]);
-                    acc[1][m] = fmaf(xv, b, acc[1][m]);
-                }
+            for (int r = 0; r < kGemvN; ++r)
+            {
+                const float wv = DTypeTraits<DT>::to_float(wr[r][k]);
+#pragma unroll
+                for (int m = 0; m < kGemvM; ++m)
+                    if (m < mRows) acc[r][m] = fmaf(xm[m * (int64_t)K + k], wv, acc[r][m]);
+            }
         }
     }
 
 #pragma unroll
-    for (int r = 0; r < kGemvRowsPerWarp; ++r)
+    for (int r = 0; r < kGemvN; ++r)
 #pragma unroll
-        for (int m = 0; m < kGemvM; ++m) acc[r][m] = warp_reduce(acc[r][m], SumOp{});
-
-    if (lane == 0)
-    {
-        const float b0 = bias != nullptr ? DTypeTraits<DT>::to_float(bias[n0]) : 0.0f;
-        const float b1 = bias != nullptr ? DTypeTraits<DT>::to_float(bias[n1]) : 0.0f;
-        for (int m = 0; m < mRows; ++m)
+        for (int m = 0; m < kGemvM; ++m)
         {
-            y[(int64_t)(m0 + m) * N + n0] = acc[0][m] + b0;
-            if (n0 + 1 < N) y[(int64_t)(m0 + m) * N + n0 + 1] = acc[1][m] + b1;
+            const float v = warp_reduce(acc[r][m], SumOp{});
+            if (lane == 0) partial[warp][r][m] = v;
+        }
+    __syncthreads();
+    if (threadIdx.x < kGemvN * kGemvM)
+    {
+        const int r = threadIdx.x / kGemvM, m = threadIdx.x % kGemvM;
+        if (r < nRows && m < mRows)
+        {
+            float sum = 0.0f;
+#pragma unroll
+            for (int i = 0; i < kGemvThreads / 32; ++i) sum += partial[i][r][m];
+            const float b = bias != nullptr ? DTypeTraits<DT>::to_float(bias[n0 + r]) : 0.0f;
+            y[(int64_t)(m0 + m) * N + n0 + r] = sum + b;
         }
     }
 }

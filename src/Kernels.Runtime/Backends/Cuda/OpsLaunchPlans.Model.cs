@@ -13,7 +13,7 @@ internal static partial class OpsLaunchPlans
     /// <summary>dense_gemm_small_m serves M up to this (decode batches); larger M takes the 64x128 prefill tile.</summary>
     internal const int GemmSmallMMax = 16;
     /// <summary>dense_gemv: x rows up to which it is chosen; rows and output features per block (kernels/ops/dense_gemv.cuh).</summary>
-    internal const int GemvMaxRows = 4, GemvRowsPerBlock = 4, GemvFeaturesPerBlock = 16;
+    internal const int GemvMaxRows = 4, GemvRowsPerBlock = 4, GemvFeaturesPerBlock = 4;
     /// <summary>Fewest keys a decode split is given (a split's fixed cost: loading q, merging states, one more partial).</summary>
     internal const int DecodeMinTokensPerSplit = 256;
     /// <summary>Most decode splits (the merge reads every split's lse per output element).</summary>

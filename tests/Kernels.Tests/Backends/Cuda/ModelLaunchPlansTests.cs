@@ -19,9 +19,9 @@ public class ModelLaunchPlansTests
     public void GemmPicksTheGemvUpTo4RowsTheDecodeTileUpTo16AndThePrefillTileAbove()
     {
         Assert.That(OpsLaunchPlans.DenseGemm("f16", 4096, 4096, 4096L * 4096, -1, 1, 4096, 4096),
-            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 256, 1, 256)));
+            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 1024, 1, 256)));
         Assert.That(OpsLaunchPlans.DenseGemm("bf16", 4 * 6145, 4 * 4096, 6145L * 4096, 6145, 4, 6145, 4096),
-            Is.EqualTo(new KernelLaunch("dense_gemv_bf16", 385, 1, 256)), "features round up to 16 per block");
+            Is.EqualTo(new KernelLaunch("dense_gemv_bf16", 1537, 1, 256)), "features round up to 4 per block");
         Assert.That(OpsLaunchPlans.DenseGemm("f16", 16 * 4096, 16 * 4096, 4096L * 4096, -1, 16, 4096, 4096),
             Is.EqualTo(new KernelLaunch("dense_gemm_small_m_f16", 256, 1, 128)));
         Assert.That(OpsLaunchPlans.DenseGemm("bf16", 17 * 6144, 17 * 4096, 6144L * 4096, 6144, 17, 6144, 4096),
@@ -42,7 +42,7 @@ public class ModelLaunchPlansTests
     {
         // The tensor-core tiles copy W in 16-byte chunks; stories260K's FFN (K = 172) still runs, 4 rows per block row.
         Assert.That(OpsLaunchPlans.DenseGemm("f16", 100L * 64, 100L * 172, 64L * 172, -1, 100, 64, 172),
-            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 4, 25, 256)));
+            Is.EqualTo(new KernelLaunch("dense_gemv_f16", 16, 25, 256)));
         Assert.That(OpsLaunchPlans.DenseGemmKernel("bf16", 100, 4096), Is.EqualTo("dense_gemm_bf16"));
         Assert.That(OpsLaunchPlans.DenseGemmKernel("bf16", 12, 4096), Is.EqualTo("dense_gemm_small_m_bf16"));
     }
