@@ -1,5 +1,5 @@
 // `kernels-bench report`: turns a folder of suite results (decode.json, prefix.json, throughput.json, latency.json,
-// peer.json, verify.json, kernels.json, run.json) into BENCHMARKS.md tables and PNG charts (ScottPlot).
+// peer.json, verify.json, e2e.json, kernels.json, squeeze.json, run.json) into BENCHMARKS.md tables and PNG charts.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -138,30 +138,70 @@ public static class Report
             sections++;
             var rows = Array(verify["results"]);
             md.AppendLine("## GPU kernel verification (vs the CPU reference)").AppendLine();
-            md.AppendLine($"Device: {Text(verify["device"]) ?? "(not recorded)"}.").AppendLine();
-            md.AppendLine("| kernel | shape | max abs error | mean rel error | tolerance | result |").AppendLine("|---|---|---:|---:|---:|---|");
-            foreach (var r in rows)
-                md.AppendLine($"| {Text(r["Kernel"])} | {Text(r["Shape"])} | {Num(r["MaxAbsError"]):G3} | {Num(r["MeanRelativeError"]):G3} | {Num(r["Tolerance"]):G3} | {(r["Pass"]?.GetValue<bool>() == true ? "PASS" : "FAIL")} |");
+            md.AppendLine($"Device: {Text(verify["device"]) ?? "(not recorded)"}; {rows.Count(r => r["Pass"]?.GetValue<bool>() == true)} of {rows.Count} cases pass " +
+                          "(tolerance relative to max|reference|; 0 = bit-exact). One row per kernel entry: its cases, the worst error among them.").AppendLine();
+            md.AppendLine("| kernel | cases | passed | worst max abs error | tolerance |").AppendLine("|---|---:|---:|---:|---:|");
+            foreach (var g in rows.GroupBy(r => Text(r["Kernel"]) ?? "?"))
+                md.AppendLine($"| {g.Key} | {g.Count()} | {g.Count(r => r["Pass"]?.GetValue<bool>() == true)} | {g.Max(r => Num(r["MaxAbsError"])):G3} | {g.Max(r => Num(r["Tolerance"])):G3} |");
             md.AppendLine();
         }
 
-        if (Load("kernels") is { } kernels && Array(kernels["results"]) is { Count: > 0 } timed)
+        if (Load("e2e") is { } e2e)
         {
             sections++;
-            md.AppendLine("## GPU kernel timings").AppendLine();
-            md.AppendLine($"Device: {Text(kernels["device"]) ?? "(not recorded)"}; median of many launches, L2 flushed; baselines timed in the same run.").AppendLine();
-            md.AppendLine("| kernel | shape | µs | baseline | baseline µs | roofline µs | of roofline |").AppendLine("|---|---|---:|---|---:|---:|---:|");
-            foreach (var r in timed)
-                md.AppendLine($"| {Text(r["Kernel"])} | {Text(r["Shape"])} | {Num(r["Microseconds"]):F1} | {Text(r["Baseline"]) ?? "-"} | {Num(r["BaselineMicroseconds"]):F1} | " +
-                              $"{Num(r["RooflineMicroseconds"]):F1} | {Num(r["RooflineMicroseconds"]) / Num(r["Microseconds"]):P0} |");
+            md.AppendLine($"## CUDA backend end to end ({Text(e2e["Device"])})").AppendLine();
+            md.AppendLine("Parity with the CPU backend (12-token prompt, every position, then 16 greedy steps); the bound is the tolerance x max|logit|:").AppendLine();
+            md.AppendLine("| model | KV | max abs diff | / max logit | tolerance | greedy | result |").AppendLine("|---|---|---:|---:|---:|---|---|");
+            foreach (var r in Array(e2e["Parity"]))
+            {
+                double scale = r["LogitScale"] is null ? 1 : Num(r["LogitScale"]);
+                md.AppendLine($"| {Text(r["Model"])} | {Text(r["KvDType"])} | {Num(r["MaxAbsLogitDiff"]):G3} | {Num(r["MaxAbsLogitDiff"]) / scale:G3} | {Num(r["Tolerance"]):G3} | " +
+                              $"{(r["GreedyEqual"]?.GetValue<bool>() == true ? "equal" : "different")} | {Text(r["Status"])} |");
+            }
             md.AppendLine();
-            Bars(Path.Combine(chartDirectory, "kernel-roofline.png"), "GPU kernels: fraction of the roofline", "kernel", "fraction of roofline",
-                timed.Select(r => $"{Text(r["Kernel"])} {Text(r["Shape"])}").ToArray(),
-                [("roofline / achieved", timed.Select(r => Num(r["RooflineMicroseconds"]) / Num(r["Microseconds"])).ToArray())]);
-            md.AppendLine($"![kernel roofline fraction]({Chart("kernel-roofline.png")})").AppendLine();
+            if (e2e["Leak"] is { } leak)
+                md.AppendLine($"Leak check: {Num(leak["Iterations"])} create/step/dispose cycles, free memory {Num(leak["FreeBefore"]):N0} -> {Num(leak["FreeAfter"]):N0} bytes " +
+                              $"({(leak["Pass"]?.GetValue<bool>() == true ? "PASS" : "FAIL")}).").AppendLine();
+            var rows = Array(e2e["Throughput"]);
+            if (rows.Count > 0)
+            {
+                md.AppendLine($"Decode on {Text(e2e["ThroughputModel"])} (fp16 weights), copy bandwidth measured in the same run {Num(e2e["CopyBandwidthGBps"]):F0} GB/s; " +
+                              "roofline = (weights + KV bytes per step) / bandwidth:").AppendLine();
+                md.AppendLine("| batch | context | ms/step | tokens/s | GB/step | roofline ms | of roofline | vs batch 1 |").AppendLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+                foreach (var r in rows)
+                    md.AppendLine($"| {Num(r["Batch"])} | {Num(r["Context"])} | {Num(r["StepMs"]):F2} | {Num(r["TokensPerSecond"]):F0} | {Num(r["BytesPerStep"]) / 1e9:F2} | " +
+                                  $"{Num(r["RooflineStepMs"]):F2} | {Num(r["FractionOfRoofline"]):P0} | {Num(r["SpeedupOverBatch1"]):F1}x |");
+                md.AppendLine();
+                Bars(Path.Combine(chartDirectory, "gpu-decode-speedup.png"), "CUDA decode throughput vs batch (8B shape)", "batch size", "speedup vs batch 1",
+                    rows.Select(r => Num(r["Batch"]).ToString(CultureInfo.InvariantCulture)).ToArray(), [("tokens/s relative to batch 1", rows.Select(r => Num(r["SpeedupOverBatch1"])).ToArray())]);
+                md.AppendLine($"![GPU decode speedup]({Chart("gpu-decode-speedup.png")})").AppendLine();
+            }
         }
 
-        if (sections == 0) throw new FileNotFoundException($"--results: {resultsDirectory} holds no suite results (decode.json, prefix.json, throughput.json, latency.json, peer.json, verify.json, kernels.json)");
+        foreach (var (file, title, chart) in new[] { ("kernels", "GPU kernel timings", "kernel-roofline.png"), ("squeeze", "GPU: SqueezeLLM LUT GEMV (ILGPU)", "squeeze-roofline.png") })
+        {
+            if (Load(file) is not { } kernels || Array(kernels["results"]) is not { Count: > 0 } timed) continue;
+            sections++;
+            md.AppendLine($"## {title}").AppendLine();
+            md.AppendLine($"Device: {Text(kernels["device"]) ?? "(not recorded)"}; median of many launches, L2 flushed; baselines (PyTorch) timed in the same run.").AppendLine();
+            md.AppendLine("| kernel | shape | µs | baseline | baseline µs | ours / baseline speed | roofline µs | of roofline |").AppendLine("|---|---|---:|---|---:|---:|---:|---:|");
+            foreach (var r in timed)
+            {
+                double ours = Num(r["Microseconds"]), baseline = Num(r["BaselineMicroseconds"]);
+                string extra = r["Baselines"] is JsonObject others
+                    ? " (" + string.Join(", ", others.Where(o => o.Key != Text(r["Baseline"])).Select(o => $"{o.Key} {Num(o.Value):F1}")) + ")"
+                    : "";
+                md.AppendLine($"| {Text(r["Kernel"])} | {Text(r["Shape"])} | {ours:F1} | {Text(r["Baseline"]) ?? "-"}{extra} | {(double.IsNaN(baseline) ? "-" : baseline.ToString("F1", CultureInfo.InvariantCulture))} | " +
+                              $"{(double.IsNaN(baseline) ? "-" : (baseline / ours).ToString("F2", CultureInfo.InvariantCulture) + "x")} | {Num(r["RooflineMicroseconds"]):F1} | {Num(r["RooflineMicroseconds"]) / ours:P0} |");
+            }
+            md.AppendLine();
+            Bars(Path.Combine(chartDirectory, chart), $"{title}: fraction of the roofline", "kernel", "roofline / achieved",
+                timed.Select(r => $"{Text(r["Kernel"])} {Text(r["Shape"])}").ToArray(),
+                [("roofline / achieved", timed.Select(r => Num(r["RooflineMicroseconds"]) / Num(r["Microseconds"])).ToArray())]);
+            md.AppendLine($"![{title}]({Chart(chart)})").AppendLine();
+        }
+
+        if (sections == 0) throw new FileNotFoundException($"--results: {resultsDirectory} holds no suite results (decode.json, prefix.json, throughput.json, latency.json, peer.json, verify.json, e2e.json, kernels.json, squeeze.json)");
         File.WriteAllText(markdownPath, md.ToString());
         Console.WriteLine($"wrote {markdownPath} ({sections} sections, charts in {chartDirectory})");
         return 0;
