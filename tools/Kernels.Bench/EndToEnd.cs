@@ -54,7 +54,7 @@ internal static class EndToEnd
         var parity = new List<ParityResult>();
         var models = new List<(string Name, string? Path)>();
         string? golden = FindGolden();
-        foreach (string g in new[] { "tiny-llama-f32", "tiny-llama-bf16" })
+        foreach (string g in new[] { "tiny-llama-f32", "tiny-llama-bf16", "tiny-qwen2-f16" })
             models.Add((g, golden == null ? null : Path.Combine(golden, g)));
         models.Add(("stories260K", Peer.FindShared("models/stories260K/stories260K.gguf")));
         models.Add(("synthetic:small", "synthetic:small"));
