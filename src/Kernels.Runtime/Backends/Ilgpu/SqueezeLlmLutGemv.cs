@@ -15,7 +15,8 @@ namespace Kernels.Runtime.Backends.Ilgpu;
 /// The row's table sits in shared memory, 16 consecutive floats per warp: 16 distinct banks, so a warp's lookups
 /// never conflict (equal codes broadcast). Preconditions: 1 &lt;= M &lt;= 8; bits 3 or 4. Not yet done: x is read from
 /// global memory with a 32-float stride across lanes (L1-cached, not staged in shared memory).
-/// Written for a GPU but never run on one: the tests run it on ILGPU's CPU accelerator against LutMatMul.
+/// Verified on an H200 (kernels-bench squeeze-gpu, 18 of 18 checks, 2026-11-26) but ~45x off its roofline there; the
+/// tests run it on ILGPU's CPU accelerator against LutMatMul.
 /// </summary>
 public sealed class SqueezeLlmLutGemv : IDisposable
 {
