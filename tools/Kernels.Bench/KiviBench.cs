@@ -67,6 +67,11 @@ public static class KiviBench
         using (var model = ModelLoader.Load(capacityModel))
         {
             var rng = new Random(1);
+            if (promptTokens + outputTokens > model.Config.MaxPositions)
+            {
+                Console.Error.WriteLine($"error: --input-len {promptTokens} + --output-len {outputTokens} exceed {capacityModel}'s context of {model.Config.MaxPositions} tokens");
+                return 2;
+            }
             var reqs = Enumerable.Range(0, requests).Select(_ => new GenerationRequest
             {
                 PromptIds = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, model.Config.VocabSize)).ToArray(),
