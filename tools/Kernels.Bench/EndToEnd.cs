@@ -34,18 +34,8 @@ internal static class EndToEnd
 
     public static int Run(string? fatbinPath, string? jsonPath, int ordinal, bool quick)
     {
-        using var device = CudaDevice.TryOpen(ordinal, out string? why);
-        if (device == null)
-        {
-            Console.WriteLine($"CUDA unavailable: {why}");
-            return 2;
-        }
-        byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();
-        if (image == null)
-        {
-            Console.WriteLine($"kernels unavailable: no embedded fatbin ({KernelImage.Describe()}); pass --fatbin PATH");
-            return 2;
-        }
+        if (GpuBench.Open(fatbinPath, ordinal) is not var (device, image)) return 2;
+        using var owned = device;
         Console.WriteLine($"# device: {device}");
         var options = new CudaBackendOptions { Device = ordinal, KernelImage = image };
         bool pass = true;
@@ -79,7 +69,7 @@ internal static class EndToEnd
         Console.WriteLine($"{(leak.Pass ? "PASS" : "FAIL")}  free before {leak.FreeBefore:N0} B, after {leak.FreeAfter:N0} B, difference {leak.Difference:N0} B (tolerance {leak.Tolerance:N0}){(leak.Error != null ? $"  error: {leak.Error}" : "")}");
 
         // ---- (c) throughput --------------------------------------------------------------------------------------
-        double bw = CopyBandwidthGBps(device);
+        double bw = GpuBench.CopyBandwidthGBps(device);
         Console.WriteLine($"\n## decode throughput on synthetic:llama3-8b, context 1024; measured copy bandwidth {bw:F0} GB/s (read + write)");
         var rows = new List<ThroughputRow>();
         string? note = null;
@@ -280,27 +270,5 @@ internal static class EndToEnd
             }
         }
         Console.WriteLine($"# {backend.GraphStatus}");
-    }
-
-    /// <summary>cuMemcpyDtoD of 1 GiB, best of 5 after a warm-up: bytes read + written per second (as kernels-bench kernels).</summary>
-    private static double CopyBandwidthGBps(CudaDevice device)
-    {
-        const long Bytes = 1L << 30;
-        using var a = DeviceBuffer<byte>.Allocate(device, Bytes);
-        using var b = DeviceBuffer<byte>.Allocate(device, Bytes);
-        a.FillBytes(1);
-        using var start = device.CreateEvent();
-        using var stop = device.CreateEvent();
-        double best = double.MaxValue;
-        for (int i = 0; i < 6; i++)
-        {
-            Cu.Check(CuApi.cuEventRecord(start.DangerousGetHandle(), IntPtr.Zero));
-            Cu.Check(CuApi.cuMemcpyDtoD(b.Pointer, a.Pointer, (nuint)Bytes));
-            Cu.Check(CuApi.cuEventRecord(stop.DangerousGetHandle(), IntPtr.Zero));
-            Cu.Check(CuApi.cuEventSynchronize(stop.DangerousGetHandle()));
-            Cu.Check(CuApi.cuEventElapsedTime(out float ms, start.DangerousGetHandle(), stop.DangerousGetHandle()));
-            if (i > 0) best = Math.Min(best, ms * 1e-3);
-        }
-        return 2.0 * Bytes / best / 1e9;
     }
 }

@@ -29,18 +29,8 @@ internal static partial class KernelTimings
 
     public static int Run(string? fatbinPath, string jsonPath, int iterations, bool quick, int ordinal)
     {
-        using var device = CudaDevice.TryOpen(ordinal, out string? why);
-        if (device == null)
-        {
-            Console.WriteLine($"CUDA unavailable: {why}");
-            return 2;
-        }
-        byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();
-        if (image == null)
-        {
-            Console.WriteLine($"kernels unavailable: no embedded fatbin ({KernelImage.Describe()}); pass --fatbin PATH");
-            return 2;
-        }
+        if (GpuBench.Open(fatbinPath, ordinal) is not var (device, image)) return 2;
+        using var owned = device;
         KernelModule module;
         try
         {
@@ -150,27 +140,7 @@ internal static partial class KernelTimings
             return times[iterations / 2];
         }
 
-        /// <summary>cuMemcpyDtoD of 1 GiB, best of 5: bytes read + written per second, as GPU.md's 4.28 TB/s.</summary>
-        public double CopyBandwidthGBps()
-        {
-            const long Bytes = 1L << 30;
-            using var a = DeviceBuffer<byte>.Allocate(device, Bytes);
-            using var b = DeviceBuffer<byte>.Allocate(device, Bytes);
-            a.FillBytes(1);
-            using var start = device.CreateEvent();
-            using var stop = device.CreateEvent();
-            double best = double.MaxValue;
-            for (int i = 0; i < 6; i++)
-            {
-                Cu.Check(CuApi.cuEventRecord(start.DangerousGetHandle(), IntPtr.Zero));
-                Cu.Check(CuApi.cuMemcpyDtoD(b.Pointer, a.Pointer, (nuint)Bytes));
-                Cu.Check(CuApi.cuEventRecord(stop.DangerousGetHandle(), IntPtr.Zero));
-                Cu.Check(CuApi.cuEventSynchronize(stop.DangerousGetHandle()));
-                Cu.Check(CuApi.cuEventElapsedTime(out float ms, start.DangerousGetHandle(), stop.DangerousGetHandle()));
-                if (i > 0) best = Math.Min(best, ms * 1e-3); // the first copy warms up
-            }
-            return 2.0 * Bytes / best / 1e9;
-        }
+        public double CopyBandwidthGBps() => GpuBench.CopyBandwidthGBps(device);
 
         private float[] Random(long n)
         {

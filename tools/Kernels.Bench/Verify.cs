@@ -44,18 +44,8 @@ internal static unsafe partial class Verify
 
     public static int Run(string? fatbinPath, string? jsonPath, int seed, int ordinal)
     {
-        using var device = CudaDevice.TryOpen(ordinal, out string? why);
-        if (device == null)
-        {
-            Console.WriteLine($"CUDA unavailable: {why}");
-            return 2;
-        }
-        byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();
-        if (image == null)
-        {
-            Console.WriteLine($"kernels unavailable: this bench has no embedded fatbin ({KernelImage.Describe()}); pass --fatbin PATH");
-            return 2;
-        }
+        if (GpuBench.Open(fatbinPath, ordinal) is not var (device, image)) return 2;
+        using var owned = device;
         string source = fatbinPath ?? "embedded";
         string sha = Convert.ToHexStringLower(SHA256.HashData(image));
         Console.WriteLine($"# device: {device}");
