@@ -62,6 +62,42 @@ public unsafe class CpuOpsTests
         }
     }
 
+    /// <summary>
+    /// A row's result has the same bits alone (decode kernel: weights widened in registers, x prescaled when it can be)
+    /// and among others (blocked kernel: weights converted chunk by chunk), for K across several chunks with every tail,
+    /// and for an x row too large to prescale.
+    /// </summary>
+    [Test]
+    public void MatMulRowsAreBitIdenticalAloneAndBatchedAcrossChunks([Values(TensorDType.F32, TensorDType.F16, TensorDType.BF16)] TensorDType dtype)
+    {
+        foreach (int k in new[] { 16, 24, 40, 45, 256, 263, 520, 777 })
+        {
+            int n = 70, rows = 5;
+            var (w, rounded, storage) = Tensor(Random(n * k, k), n, k, dtype);
+            using var _ = storage;
+            var x = Random(rows * k, k + 2);
+            for (int i = 0; i < k; i++) x[3 * k + i] *= 1e5f; // row 3: |x| beyond the prescale limit
+            var batched = new float[rows * n];
+            MatMul.Multiply(x, rows, w, batched);
+            var single = new float[n];
+            for (int t = 0; t < rows; t++)
+            {
+                MatMul.Multiply(x.AsSpan(t * k, k), 1, w, single);
+                Assert.That(single, Is.EqualTo(batched.AsSpan(t * n, n).ToArray()), $"k={k} row {t}");
+                for (int j = 0; j < n; j++)
+                {
+                    double expected = 0, magnitude = 0;
+                    for (int i = 0; i < k; i++)
+                    {
+                        expected += (double)x[t * k + i] * rounded[j * k + i];
+                        magnitude += Math.Abs((double)x[t * k + i] * rounded[j * k + i]);
+                    }
+                    Assert.That(single[j], Is.EqualTo(expected).Within(1e-6 * magnitude + 1e-6), $"k={k} row={t} col={j}");
+                }
+            }
+        }
+    }
+
     [Test]
     public void RmsNormMatchesNaive()
     {

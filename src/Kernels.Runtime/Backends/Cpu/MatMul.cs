@@ -9,8 +9,9 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>
-/// Register-blocked: 4 weight rows x up to 3 activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs).
-/// BF16 and F16 rows are widened in registers; Q8_0 rows are converted 4 at a time into an L1-resident buffer.
+/// Register-blocked: 4 weight rows x up to 3 activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs),
+/// over K in L1-sized chunks with the weights converted to fp32 chunk by chunk. One activation row (decode) streams the
+/// weights instead: BF16 and F16 rows are widened in registers, other stored forms converted 4 rows at a time.
 /// Batch invariance: every dot product, in every micro-kernel shape, is summed the same way (one 8-lane
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
@@ -21,11 +22,16 @@ public static unsafe class MatMul
     private const int RowsPerTask = 64;
 
     /// <summary>
-    /// From this many x rows on, F16 weight rows are converted once into a buffer: in registers the widening's
-    /// temporaries and constants next to the 4x3 kernel's 12 accumulators spill (measured: the 4x3 kernel on F16 ran 3x
-    /// slower than the 4x1 one), so only the single-row decode kernel widens in registers.
+    /// Columns per chunk of the blocked (2+ x rows) kernel: 4 weight rows of it as fp32 (4 KiB) plus the same columns of
+    /// 16 x rows (16 KiB) fit a 32 KiB L1 together.
     /// </summary>
-    private const int F16BufferedFromRows = 2;
+    private const int ChunkK = 256;
+
+    /// <summary>Floats per converted weight row in a chunk: the chunk plus the row's tail of up to 7 columns.</summary>
+    private const int ChunkStride = ChunkK + 8;
+
+    /// <summary>Groups of 4 weight rows that take their turn on one K chunk while it (and its x columns) sits in L1.</summary>
+    private const int PanelGroups = 4;
 
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
@@ -37,10 +43,21 @@ public static unsafe class MatMul
         if (y.Length < (long)rows * n) throw new ArgumentException($"y holds {y.Length} values, {rows}x{n} needed for {w.Name}");
         float[]? biasValues = bias?.ToFloatArray();
 
+        // Finite F16 weights are widened 16 at a time in unpack order (DTypeConvert.FiniteHalfFields16): x is paired
+        // to match once per call, and for one row (decode) also prescaled by 2^112 so the widening needs no multiply.
+        bool pairedHalves = Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
+        float[]? paired = pairedHalves ? ArrayPool<float>.Shared.Rent(rows * k) : null;
         fixed (float* xp = x)
         fixed (float* yp = y)
+        fixed (float* pp = paired)
         {
-            var job = new Job(xp, yp, rows, n, k, w, biasValues);
+            bool prescaled = false;
+            if (pairedHalves)
+            {
+                prescaled = rows == 1 && MaxAbs(xp, k) < PrescaleLimit;
+                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
+            }
+            var job = new Job(xp, yp, rows, n, k, w, biasValues, pp, prescaled);
             int tasks = (n + RowsPerTask - 1) / RowsPerTask;
             if (tasks == 1) job.Run(0, n, null);
             else
@@ -53,15 +70,56 @@ public static unsafe class MatMul
                 }, buffer => ArrayPool<float>.Shared.Return(buffer));
             }
         }
+        if (paired != null) ArrayPool<float>.Shared.Return(paired);
     }
 
-    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias)
+    /// <summary>Below this magnitude an x value times 2^112 stays finite (fp32 tops out near 2^128).</summary>
+    private const float PrescaleLimit = 32768f;
+
+    private static float MaxAbs(float* x, int k)
+    {
+        var m = Vector256<float>.Zero;
+        int i = 0;
+        for (; i + 8 <= k; i += 8) m = Avx.Max(m, Vector256.Abs(Avx.LoadVector256(x + i)));
+        float max = Vector256.Max(m, Vector256<float>.Zero).ToScalar();
+        for (int l = 1; l < 8; l++) max = Math.Max(max, m.GetElement(l));
+        for (; i < k; i++) max = Math.Max(max, Math.Abs(x[i]));
+        return float.IsNaN(max) ? float.PositiveInfinity : max;
+    }
+
+    /// <summary>x in the column order of FiniteHalfFields16 for every whole 16-block, the rest in place; times <paramref name="scale"/>.</summary>
+    private static void PairColumns(float* x, float* destination, int k, float scale)
+    {
+        var s = Vector256.Create(scale);
+        int i = 0;
+        for (; i + 16 <= k; i += 16)
+        {
+            var a = Avx.LoadVector256(x + i);
+            var b = Avx.LoadVector256(x + i + 8);
+            Avx.Store(destination + i, Avx.Permute2x128(a, b, 0x20) * s);
+            Avx.Store(destination + i + 8, Avx.Permute2x128(a, b, 0x31) * s);
+        }
+        for (; i < k; i++) destination[i] = x[i] * scale;
+    }
+
+    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled)
     {
         public void Run(int start, int end, float[]? buffer)
         {
-            // F16 widening costs ~9 integer ops per 8 weights: in registers for one x row (decode), else once per row
-            // into a buffer (see F16BufferedFromRows).
-            bool f16Direct = w.DType == TensorDType.F16 && rows < F16BufferedFromRows;
+            if (rows == 1 && paired != null)
+            {
+                if (prescaled) PairedDecode<PrescaledX>(start, end);
+                else PairedDecode<UnscaledX>(start, end);
+                return;
+            }
+            if (rows >= 2 && Vectorized && k >= 8)
+            {
+                Blocked(start, end);
+                return;
+            }
+            // One x row (decode): F16 widening costs ~5 integer ops per 8 weights, done in registers; other stored
+            // forms that are not F32/BF16 are converted 4 rows at a time into the buffer.
+            bool f16Direct = w.DType == TensorDType.F16;
             bool direct = w.DType is TensorDType.F32 or TensorDType.BF16 || f16Direct;
             bool finite = f16Direct && w.AllFinite;
             if (!direct) buffer ??= new float[4 * k];
@@ -71,6 +129,101 @@ public static unsafe class MatMul
                 for (; j + 4 <= end; j += 4) Group(j, 4, f16Direct, finite, buf);
                 for (; j < end; j++) Group(j, 1, f16Direct, finite, buf);
             }
+        }
+
+        /// <summary>
+        /// Two or more x rows: K in chunks of <see cref="ChunkK"/> so that a chunk of 4 weight rows (as fp32) and of every
+        /// x row stay in L1 while all x rows pass over it; the 12 accumulators of a 4x3 tile are kept in memory between
+        /// chunks. Each lane still sums its k's in order, so the result is the bits of the unchunked kernel.
+        /// </summary>
+        private void Blocked(int start, int end)
+        {
+            int k8 = k & ~7, kp = k & ~15, groups = (rows + 2) / 3;
+            float* xk = paired != null ? paired : x; // what the vector loop multiplies; tails read x itself
+            float* buf = stackalloc float[4 * ChunkStride];
+            var acc = ArrayPool<Vector256<float>>.Shared.Rent(PanelGroups * groups * 12);
+            bool finiteHalves = w.DType == TensorDType.F16 && w.AllFinite;
+            fixed (Vector256<float>* accp = acc)
+            {
+                int j = start;
+                for (; j + 4 <= end; j += 4 * PanelGroups)
+                {
+                    int panelGroups = Math.Min(PanelGroups, (end - j) / 4);
+                    for (int kc = 0; kc < k8; kc += ChunkK)
+                    {
+                        bool last = kc + ChunkK >= k8;
+                        int len = Math.Min(ChunkK, k8 - kc), stored = last ? k - kc : len;
+                        for (int p = 0; p < panelGroups; p++)
+                        {
+                            int jp = j + 4 * p;
+                            float* wc;
+                            int ws;
+                            if (w.DType == TensorDType.F32) { wc = (float*)w.Data + (long)jp * k + kc; ws = k; }
+                            else
+                            {
+                                for (int c = 0; c < 4; c++)
+                                {
+                                    long at = (long)(jp + c) * k + kc;
+                                    if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, buf + c * ChunkStride, Math.Min(stored, kp - kc) & ~15, stored);
+                                    else if (finiteHalves) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, buf + c * ChunkStride, stored);
+                                    else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(buf + c * ChunkStride, stored));
+                                }
+                                wc = buf;
+                                ws = ChunkStride;
+                            }
+                            for (int t = 0, g = 0; t < rows; t += 3, g++)
+                            {
+                                int group = Math.Min(3, rows - t);
+                                Vector256<float>* a = accp + (p * groups + g) * 12;
+                                if (kc == 0) for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
+                                Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a);
+                                if (!last) continue;
+                                for (int r = 0; r < group; r++)
+                                {
+                                    float* xr = x + (long)(t + r) * k;
+                                    for (int c = 0; c < 4; c++)
+                                    {
+                                        float s = Vector256.Sum(a[c * 3 + r]);
+                                        for (int i = k8; i < k; i++) s += wc[c * ws + i - kc] * xr[i];
+                                        y[(long)(t + r) * n + jp + c] = s + (bias != null ? bias[jp + c] : 0f);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                j = start + (end - start) / 4 * 4;
+                if (j < end) // the last 1-3 rows of the range, one at a time
+                {
+                    var rowBuffer = ArrayPool<float>.Shared.Rent(k);
+                    fixed (float* wr = rowBuffer)
+                    {
+                        for (; j < end; j++)
+                        {
+                            if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + (long)j * k, wr, kp, k);
+                            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(wr, k));
+                            for (int t = 0; t < rows; t++)
+                                y[(long)t * n + j] = Dot<F32Rows>((byte*)wr, xk + (long)t * k, k) + (bias != null ? bias[j] : 0f);
+                        }
+                    }
+                    ArrayPool<float>.Shared.Return(rowBuffer);
+                }
+            }
+            ArrayPool<Vector256<float>>.Shared.Return(acc);
+        }
+
+        /// <summary>One x row against finite F16 weights, with x paired (and prescaled when <typeparamref name="S"/> says so).</summary>
+        private void PairedDecode<S>(int start, int end) where S : struct, IScaling
+        {
+            Span<float> d = stackalloc float[12];
+            ushort* w16 = (ushort*)w.Data;
+            int j = start;
+            for (; j + 4 <= end; j += 4)
+            {
+                Kernel4x1Paired<S>(w16 + (long)j * k, k, paired, x, d);
+                for (int c = 0; c < 4; c++) y[j + c] = d[c * 3] + (bias != null ? bias[j + c] : 0f);
+            }
+            for (; j < end; j++) y[j] = DotPaired<S>(w16 + (long)j * k, k, paired, x) + (bias != null ? bias[j] : 0f);
         }
 
         /// <summary>Weight rows j..j+count through the row loader their dtype calls for (or converted into buf).</summary>
@@ -106,45 +259,58 @@ public static unsafe class MatMul
         }
     }
 
-    /// <summary>4 weight rows x <paramref name="group"/> (1..3) x rows; d[c * 3 + r] = w_c . x_r.</summary>
-    private static void Kernel4<L>(byte* w, int rowBytes, float* x, int group, int k, Span<float> d) where L : IRowLoad
+    /// <summary>
+    /// 4 fp32 weight rows (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) x rows over
+    /// <paramref name="len"/> (a multiple of 8) columns, continuing the accumulators a[c * 3 + r].
+    /// </summary>
+    private static void Chunk4(float* w, int ws, float* x, int xs, int group, int len, Vector256<float>* a)
     {
-        if (!Vectorized)
-        {
-            for (int c = 0; c < 4; c++)
-                for (int r = 0; r < group; r++) d[c * 3 + r] = Dot<L>(w + c * rowBytes, x + r * k, k);
-            return;
-        }
+        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         if (group == 1)
         {
-            Kernel4x1<L>(w, rowBytes, x, k, d); // decode of one sequence: no lanes wasted on repeated x rows
+            var b0 = a[0]; var b1 = a[3]; var b2 = a[6]; var b3 = a[9];
+            for (int i = 0; i < len; i += 8)
+            {
+                var v = Avx.LoadVector256(x + i);
+                b0 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v, b0);
+                b1 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v, b1);
+                b2 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, b2);
+                b3 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, b3);
+            }
+            a[0] = b0; a[3] = b1; a[6] = b2; a[9] = b3;
             return;
         }
-        byte* w0 = w, w1 = w + rowBytes, w2 = w + 2 * rowBytes, w3 = w + 3 * rowBytes;
-        float* x0 = x, x1 = group > 1 ? x + k : x, x2 = group > 2 ? x + 2 * k : x;
-        var a00 = Vector256<float>.Zero; var a01 = a00; var a02 = a00;
-        var a10 = a00; var a11 = a00; var a12 = a00;
-        var a20 = a00; var a21 = a00; var a22 = a00;
-        var a30 = a00; var a31 = a00; var a32 = a00;
-        int i = 0;
-        byte* ahead = w + 4 * rowBytes;
-        int elementBytes = rowBytes / k;
-        for (; i + 8 <= k; i += 8)
+        float* x0 = x, x1 = x + xs, x2 = group > 2 ? x + 2 * xs : x;
+        var a00 = a[0]; var a01 = a[1]; var a02 = a[2];
+        var a10 = a[3]; var a11 = a[4]; var a12 = a[5];
+        var a20 = a[6]; var a21 = a[7]; var a22 = a[8];
+        var a30 = a[9]; var a31 = a[10]; var a32 = a[11];
+        for (int i = 0; i < len; i += 8)
         {
-            Sse.Prefetch0(ahead + i * elementBytes);
-            Sse.Prefetch0(ahead + 2 * rowBytes + i * elementBytes);
             var v0 = Avx.LoadVector256(x0 + i);
             var v1 = Avx.LoadVector256(x1 + i);
             var v2 = Avx.LoadVector256(x2 + i);
-            var c0 = L.Load(w0, i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
-            var c1 = L.Load(w1, i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
-            var c2 = L.Load(w2, i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
-            var c3 = L.Load(w3, i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
+            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
+            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
+            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
+            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
         }
-        d[0] = Tail<L>(a00, w0, x0, i, k); d[1] = Tail<L>(a01, w0, x1, i, k); d[2] = Tail<L>(a02, w0, x2, i, k);
-        d[3] = Tail<L>(a10, w1, x0, i, k); d[4] = Tail<L>(a11, w1, x1, i, k); d[5] = Tail<L>(a12, w1, x2, i, k);
-        d[6] = Tail<L>(a20, w2, x0, i, k); d[7] = Tail<L>(a21, w2, x1, i, k); d[8] = Tail<L>(a22, w2, x2, i, k);
-        d[9] = Tail<L>(a30, w3, x0, i, k); d[10] = Tail<L>(a31, w3, x1, i, k); d[11] = Tail<L>(a32, w3, x2, i, k);
+        a[0] = a00; a[1] = a01; a[2] = a02;
+        a[3] = a10; a[4] = a11; a[5] = a12;
+        a[6] = a20; a[7] = a21; a[8] = a22;
+        a[9] = a30; a[10] = a31; a[11] = a32;
+    }
+
+    /// <summary>4 weight rows x <paramref name="group"/> (1..3) x rows; d[c * 3 + r] = w_c . x_r (the unblocked path: one x row, tiny K, or no AVX2).</summary>
+    private static void Kernel4<L>(byte* w, int rowBytes, float* x, int group, int k, Span<float> d) where L : IRowLoad
+    {
+        if (Vectorized && group == 1)
+        {
+            Kernel4x1<L>(w, rowBytes, x, k, d); // decode of one sequence
+            return;
+        }
+        for (int c = 0; c < 4; c++)
+            for (int r = 0; r < group; r++) d[c * 3 + r] = Dot<L>(w + c * rowBytes, x + r * k, k);
     }
 
     /// <summary>4 weight rows x 1 x row (the single-sequence decode shape), summed like every lane of Kernel4.</summary>
@@ -172,6 +338,73 @@ public static unsafe class MatMul
         d[6] = Tail<L>(a2, w2, x, i, k);
         d[9] = Tail<L>(a3, w3, x, i, k);
     }
+
+    /// <summary>
+    /// 4 finite F16 weight rows (k apart) x one paired x row, 16 columns per step (FiniteHalfFields16), then one
+    /// 8-column step in place and the scalar tail: the order of the blocked kernel over FiniteHalfToSinglePaired rows.
+    /// </summary>
+    private static void Kernel4x1Paired<S>(ushort* w, int k, float* xp, float* x, Span<float> d) where S : struct, IScaling
+    {
+        ushort* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k;
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var scale = Vector256.Create(DTypeConvert.HalfFieldsScale);
+        int kp = k & ~15, k8 = k & ~7, i = 0;
+        ushort* ahead = w + 4 * k; // the next four rows, fetched while these are summed (see Kernel4x1)
+        for (; i < kp; i += 16)
+        {
+            Sse.Prefetch0(ahead + i);
+            Sse.Prefetch0(ahead + 2 * k + i);
+            var xl = Avx.LoadVector256(xp + i);
+            var xh = Avx.LoadVector256(xp + i + 8);
+            DTypeConvert.FiniteHalfFields16(w0 + i, out var l0, out var h0);
+            DTypeConvert.FiniteHalfFields16(w1 + i, out var l1, out var h1);
+            if (!S.Prescaled) { l0 *= scale; h0 *= scale; l1 *= scale; h1 *= scale; }
+            a0 = Fma.MultiplyAdd(h0, xh, Fma.MultiplyAdd(l0, xl, a0));
+            a1 = Fma.MultiplyAdd(h1, xh, Fma.MultiplyAdd(l1, xl, a1));
+            DTypeConvert.FiniteHalfFields16(w2 + i, out var l2, out var h2);
+            DTypeConvert.FiniteHalfFields16(w3 + i, out var l3, out var h3);
+            if (!S.Prescaled) { l2 *= scale; h2 *= scale; l3 *= scale; h3 *= scale; }
+            a2 = Fma.MultiplyAdd(h2, xh, Fma.MultiplyAdd(l2, xl, a2));
+            a3 = Fma.MultiplyAdd(h3, xh, Fma.MultiplyAdd(l3, xl, a3));
+        }
+        if (k8 > kp)
+        {
+            var v = Avx.LoadVector256(xp + kp);
+            a0 = Fma.MultiplyAdd(Fields8<S>(w0 + kp), v, a0);
+            a1 = Fma.MultiplyAdd(Fields8<S>(w1 + kp), v, a1);
+            a2 = Fma.MultiplyAdd(Fields8<S>(w2 + kp), v, a2);
+            a3 = Fma.MultiplyAdd(Fields8<S>(w3 + kp), v, a3);
+        }
+        d[0] = Tail<F16Rows>(a0, (byte*)w0, x, k8, k);
+        d[3] = Tail<F16Rows>(a1, (byte*)w1, x, k8, k);
+        d[6] = Tail<F16Rows>(a2, (byte*)w2, x, k8, k);
+        d[9] = Tail<F16Rows>(a3, (byte*)w3, x, k8, k);
+    }
+
+    /// <summary>One row of <see cref="Kernel4x1Paired{S}"/>.</summary>
+    private static float DotPaired<S>(ushort* w, int k, float* xp, float* x) where S : struct, IScaling
+    {
+        var a = Vector256<float>.Zero;
+        var scale = Vector256.Create(DTypeConvert.HalfFieldsScale);
+        int kp = k & ~15, k8 = k & ~7, i = 0;
+        for (; i < kp; i += 16)
+        {
+            DTypeConvert.FiniteHalfFields16(w + i, out var l, out var h);
+            if (!S.Prescaled) { l *= scale; h *= scale; }
+            a = Fma.MultiplyAdd(h, Avx.LoadVector256(xp + i + 8), Fma.MultiplyAdd(l, Avx.LoadVector256(xp + i), a));
+        }
+        if (k8 > kp) a = Fma.MultiplyAdd(Fields8<S>(w + kp), Avx.LoadVector256(xp + kp), a);
+        return Tail<F16Rows>(a, (byte*)w, x, k8, k);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Fields8<S>(ushort* w) where S : struct, IScaling =>
+        S.Prescaled ? DTypeConvert.FiniteHalfFields8(w) : DTypeConvert.FiniteHalfFields8(w) * Vector256.Create(DTypeConvert.HalfFieldsScale);
+
+    /// <summary>Whether x was prescaled by 2^112 (the weights' fields are used as they are) or not (they are scaled).</summary>
+    private interface IScaling { static abstract bool Prescaled { get; } }
+    private readonly struct PrescaledX : IScaling { public static bool Prescaled => true; }
+    private readonly struct UnscaledX : IScaling { public static bool Prescaled => false; }
 
     /// <summary>One dot product in the same order as every lane of Kernel4.</summary>
     private static float Dot<L>(byte* w, float* x, int k) where L : IRowLoad
