@@ -142,11 +142,13 @@ public unsafe class CpuOpsTests
     [Test]
     public void SwiGluIsSiluOfGateTimesUp()
     {
-        float[] gate = [-80f, -1f, 0f, 0.5f, 3f, 80f];
-        float[] up = [2f, 2f, 2f, 2f, 2f, 2f];
-        var y = new float[6];
+        // The extremes, then a sweep long enough for the 8-lane path and its scalar tail.
+        float[] gate = [-80f, -1f, 0f, 0.5f, 3f, 80f, -100f, 100f, .. Enumerable.Range(0, 43).Select(i => -21f + i * 1.01f)];
+        var up = Enumerable.Range(0, gate.Length).Select(i => 2f - 0.03f * i).ToArray();
+        var y = new float[gate.Length];
         SwiGlu.Apply(gate, up, y);
-        for (int i = 0; i < 6; i++) Assert.That(y[i], Is.EqualTo(gate[i] / (1 + Math.Exp(-gate[i])) * 2).Within(1e-5 * (1 + Math.Abs(y[i]))));
+        for (int i = 0; i < gate.Length; i++)
+            Assert.That(y[i], Is.EqualTo(gate[i] / (1 + Math.Exp(-gate[i])) * up[i]).Within(1e-5 * (1 + Math.Abs(y[i]))), $"gate {gate[i]}");
         Assert.That(y.All(float.IsFinite));
     }
 

@@ -1,6 +1,7 @@
 // Attention over paged KV blocks, as partial (o, lse) states merged exactly: shared prefix levels (Hydragen: the
 // keys read once for every query row of the level) and each sequence's causal suffix. Blocks are fp32, fp16 or KIVI
 // (quantized, dequantized inside the dot products). Reference for the GPU kernels.
+using System.Numerics.Tensors;
 using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 
@@ -110,20 +111,21 @@ public static unsafe class Attention
     {
         if (from >= to) return;
         Scores(kv, blocks, kvh, q, from, to, quantized, sp);
-        float max = float.NegativeInfinity;
-        for (int j = 0; j < to - from; j++) if (sp[j] > max) max = sp[j];
-        float sum = 0;
-        for (int j = 0; j < to - from; j++)
-        {
-            float e = MathF.Exp(sp[j] - max);
-            sp[j] = e;
-            sum += e;
-        }
-        float inv = 1f / sum;
-        for (int j = 0; j < to - from; j++) sp[j] *= inv;
+        float rowLse = Softmax(new Span<float>(sp, to - from));
         new Span<float>(pp, kv.HeadDim).Clear();
         Accumulate(kv, blocks, kvh, sp, from, to, quantized, pp);
-        AttentionState.Merge(new Span<float>(o, kv.HeadDim), ref lse, new ReadOnlySpan<float>(pp, kv.HeadDim), max + MathF.Log(sum));
+        AttentionState.Merge(new Span<float>(o, kv.HeadDim), ref lse, new ReadOnlySpan<float>(pp, kv.HeadDim), rowLse);
+    }
+
+    /// <summary>Scores to probabilities in place (max subtracted, vector exp); returns the log-sum-exp of the scores.</summary>
+    private static float Softmax(Span<float> row)
+    {
+        float max = TensorPrimitives.Max(row);
+        TensorPrimitives.Subtract(row, max, row);
+        TensorPrimitives.Exp(row, row);
+        float sum = TensorPrimitives.Sum(row);
+        TensorPrimitives.Multiply(row, 1f / sum, row);
+        return max + MathF.Log(sum);
     }
 
     /// <summary>
@@ -179,22 +181,7 @@ public static unsafe class Attention
                 j = blockEnd;
             }
             var lseLevel = new float[n];
-            for (int r = 0; r < n; r++)
-            {
-                float* row = sp + (long)r * keys;
-                float max = float.NegativeInfinity;
-                for (int j = 0; j < keys; j++) max = Math.Max(max, row[j]);
-                float sum = 0;
-                for (int j = 0; j < keys; j++)
-                {
-                    float e = MathF.Exp(row[j] - max);
-                    row[j] = e;
-                    sum += e;
-                }
-                float inv = 1f / sum;
-                for (int j = 0; j < keys; j++) row[j] *= inv;
-                lseLevel[r] = max + MathF.Log(sum);
-            }
+            for (int r = 0; r < n; r++) lseLevel[r] = Softmax(new Span<float>(sp + (long)r * keys, keys));
             new Span<float>(pp, n * d).Clear();
             for (int j = start; j < end;)
             {

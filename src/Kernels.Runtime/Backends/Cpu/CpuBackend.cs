@@ -1,4 +1,5 @@
 // The CPU backend: the full Llama forward pass over a batch of sequences, fp32 math, SIMD and all cores.
+using System.Buffers;
 using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
@@ -149,7 +150,7 @@ public sealed unsafe class CpuBackend : IBackend
                 }
             }
             int layer = l;
-            Parallel.ForEach(compacting, block => _kv.Quantize(layer, block));
+            if (compacting.Length > 0) Parallel.ForEach(compacting, block => _kv.Quantize(layer, block));
             Attend(new Attention.Layer(_kv, l, bs, c.NumHeads, c.NumKvHeads, c.HeadDim), plan, seqs, rowStart, start, positions, compactBefore, batch, q, attn, lse, longest);
             Project(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
@@ -177,6 +178,7 @@ public sealed unsafe class CpuBackend : IBackend
         var logits = new float[(long)logitRows.Count * c.VocabSize];
         MatMul.Multiply(normed, logitRows.Count, _weights.LmHead, logits);
 
+        if (batch.Count == 1 && logitRows.Count == 1) return [logits]; // one decode row: no copy of the vocabulary
         var result = new float[batch.Count][];
         int at = 0;
         for (int s = 0; s < batch.Count; s++)
@@ -243,25 +245,32 @@ public sealed unsafe class CpuBackend : IBackend
                 }
                 var blocks = seqs[level.Sequences[0]].Blocks.ToArray();
                 int keys = level.End - level.Start;
-                Parallel.For(0, tasks.Count, () => (new float[LevelRowsPerTask * keys], new float[LevelRowsPerTask * c.HeadDim]), (i, _, buf) =>
+                WorkerTeam.For(tasks.Count, i =>
                 {
-                    Attention.Level(kv, blocks, level.Start, level.End, tasks[i].KvHead, tasks[i].Rows, qs, os, ls, buf.Item1, buf.Item2);
-                    return buf;
-                }, _ => { });
+                    var scores = ArrayPool<float>.Shared.Rent(LevelRowsPerTask * keys);
+                    var partial = ArrayPool<float>.Shared.Rent(LevelRowsPerTask * c.HeadDim);
+                    Attention.Level(kv, blocks, level.Start, level.End, tasks[i].KvHead, tasks[i].Rows, qs, os, ls, scores, partial);
+                    ArrayPool<float>.Shared.Return(scores);
+                    ArrayPool<float>.Shared.Return(partial);
+                });
             }
             var tables = seqs.Select(s => s.Blocks.ToArray()).ToArray();
             // Tasks of whole sequences when there are enough of them (decode batches: fewer, larger tasks), else one
-            // per sequence and head (a lone long prefill still uses every core).
-            int headsPerTask = batch.Count >= 2 * Environment.ProcessorCount ? c.NumHeads : 1;
+            // per sequence and kv head (the query heads that read the same key and value rows run on one core, one
+            // after the other: a long prefill still spreads over every core).
+            int headsPerTask = batch.Count >= 2 * Environment.ProcessorCount ? c.NumHeads : c.NumHeads / c.NumKvHeads;
             int tasksPerSeq = c.NumHeads / headsPerTask;
-            Parallel.For(0, batch.Count * tasksPerSeq, () => (new float[longest], new float[c.HeadDim]), (task, _, buf) =>
+            WorkerTeam.For(batch.Count * tasksPerSeq, task =>
             {
                 int s = task / tasksPerSeq, r0 = rowStart[s];
+                var scores = ArrayPool<float>.Shared.Rent(longest);
+                var partial = ArrayPool<float>.Shared.Rent(c.HeadDim);
                 for (int head = task % tasksPerSeq * headsPerTask, last = head + headsPerTask; head < last; head++)
                     Attention.Suffix(kv, tables[s], qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
-                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, buf.Item1, buf.Item2, compactBefore[s]);
-                return buf;
-            }, _ => { });
+                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, scores, partial, compactBefore[s]);
+                ArrayPool<float>.Shared.Return(scores);
+                ArrayPool<float>.Shared.Return(partial);
+            });
         }
     }
 

@@ -59,16 +59,7 @@ public static unsafe class MatMul
             }
             var job = new Job(xp, yp, rows, n, k, w, biasValues, pp, prescaled);
             int tasks = (n + RowsPerTask - 1) / RowsPerTask;
-            if (tasks == 1) job.Run(0, n, null);
-            else
-            {
-                Parallel.For(0, tasks, () => ArrayPool<float>.Shared.Rent(4 * k), (task, _, buffer) =>
-                {
-                    int start = task * RowsPerTask;
-                    job.Run(start, Math.Min(n, start + RowsPerTask), buffer);
-                    return buffer;
-                }, buffer => ArrayPool<float>.Shared.Return(buffer));
-            }
+            WorkerTeam.For(tasks, task => job.Run(task * RowsPerTask, Math.Min(n, (task + 1) * RowsPerTask)));
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
     }
@@ -104,7 +95,7 @@ public static unsafe class MatMul
 
     private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled)
     {
-        public void Run(int start, int end, float[]? buffer)
+        public void Run(int start, int end)
         {
             if (rows == 1 && paired != null)
             {
@@ -117,18 +108,19 @@ public static unsafe class MatMul
                 Blocked(start, end);
                 return;
             }
-            // One x row (decode): F16 widening costs ~5 integer ops per 8 weights, done in registers; other stored
-            // forms that are not F32/BF16 are converted 4 rows at a time into the buffer.
+            // One x row (decode) or no AVX2: F32 and BF16 rows (and F16 ones with infinities) are widened in registers;
+            // other stored forms are converted 4 rows at a time into a buffer.
             bool f16Direct = w.DType == TensorDType.F16;
             bool direct = w.DType is TensorDType.F32 or TensorDType.BF16 || f16Direct;
             bool finite = f16Direct && w.AllFinite;
-            if (!direct) buffer ??= new float[4 * k];
+            float[]? buffer = direct ? null : ArrayPool<float>.Shared.Rent(4 * k);
             fixed (float* buf = buffer)
             {
                 int j = start;
                 for (; j + 4 <= end; j += 4) Group(j, 4, f16Direct, finite, buf);
                 for (; j < end; j++) Group(j, 1, f16Direct, finite, buf);
             }
+            if (buffer != null) ArrayPool<float>.Shared.Return(buffer);
         }
 
         /// <summary>
