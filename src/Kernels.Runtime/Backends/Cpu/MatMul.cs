@@ -33,6 +33,9 @@ public static unsafe class MatMul
     /// <summary>Groups of 4 weight rows that take their turn on one K chunk while it (and its x columns) sits in L1.</summary>
     private const int PanelGroups = 4;
 
+    /// <summary>Fewer x rows than this take the weights one group of 4 rows at a time (see Blocked).</summary>
+    private const int PanelFromRows = 8;
+
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 
@@ -138,9 +141,11 @@ public static unsafe class MatMul
             fixed (Vector256<float>* accp = acc)
             {
                 int j = start;
-                for (; j + 4 <= end; j += 4 * PanelGroups)
+                // Few x rows: the weights stream from memory, four rows at a time is the better pattern for the prefetchers.
+                int panel = rows >= PanelFromRows ? PanelGroups : 1;
+                for (; j + 4 <= end; j += 4 * panel)
                 {
-                    int panelGroups = Math.Min(PanelGroups, (end - j) / 4);
+                    int panelGroups = Math.Min(panel, (end - j) / 4);
                     for (int kc = 0; kc < k8; kc += ChunkK)
                     {
                         bool last = kc + ChunkK >= k8;
@@ -148,6 +153,10 @@ public static unsafe class MatMul
                         for (int p = 0; p < panelGroups; p++)
                         {
                             int jp = j + 4 * p;
+                            // Fetch what these rows need next (their next chunk, or the next panel's first one) while
+                            // this chunk is summed: with few x rows the weights stream from memory.
+                            if (kc + ChunkK < k) PrefetchRows(jp, kc + ChunkK);
+                            else if (jp + 4 * panel + 4 <= end) PrefetchRows(jp + 4 * panel, 0);
                             float* wc;
                             int ws;
                             if (w.DType == TensorDType.F32) { wc = (float*)w.Data + (long)jp * k + kc; ws = k; }
@@ -202,6 +211,17 @@ public static unsafe class MatMul
                 }
             }
             ArrayPool<Vector256<float>>.Shared.Return(acc);
+        }
+
+        /// <summary>Prefetches columns [from, from + ChunkK) of weight rows j..j+3.</summary>
+        private void PrefetchRows(int j, int from)
+        {
+            long bytes = w.DType.ByteCount(Math.Min(ChunkK, k - from));
+            for (int c = 0; c < 4; c++)
+            {
+                byte* row = w.Data + w.DType.ByteCount((long)(j + c) * k + from);
+                for (long b = 0; b < bytes; b += 64) Sse.Prefetch0(row + b);
+            }
         }
 
         /// <summary>One x row against finite F16 weights, with x paired (and prescaled when <typeparamref name="S"/> says so).</summary>
