@@ -102,14 +102,18 @@ public class InferenceEngineTests
     public async Task DisposeEndsRunningRequestsAsCancelled()
     {
         var engine = InferenceEngine.Create("synthetic:tiny");
+        var firstToken = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var reader = Task.Run(async () =>
         {
             var finishes = new List<FinishReason>();
             await foreach (var e in engine.GenerateAsync(new GenerationRequest { Prompt = "abc", MaxNewTokens = 450, IgnoreEos = true }))
+            {
+                if (e.Token != null) firstToken.TrySetResult(); // Dispose runs while ~449 tokens are still to come
                 if (e.Finish is FinishReason f) finishes.Add(f);
+            }
             return finishes;
         });
-        await Task.Delay(50);
+        await firstToken.Task.WaitAsync(TimeSpan.FromSeconds(30));
         engine.Dispose();
         var result = await reader.WaitAsync(TimeSpan.FromSeconds(30));
         Assert.That(result, Is.EqualTo(new[] { FinishReason.Cancelled }), "ended by Dispose, long before its 450 tokens");

@@ -46,7 +46,7 @@ public static unsafe class LutMatMul
     {
         int tasks = (n + RowsPerTask - 1) / RowsPerTask;
         if (tasks == 1) job.Run<TW>(0, n);
-        else Parallel.For(0, tasks, t => job.Run<TW>(t * RowsPerTask, Math.Min(n, (t + 1) * RowsPerTask)));
+        else WorkerTeam.For(tasks, t => job.Run<TW>(t * RowsPerTask, Math.Min(n, (t + 1) * RowsPerTask)));
     }
 
     private readonly struct Job(float* x, float* y, int rows, SqueezeLlmLinear w, float[]? bias)

@@ -98,7 +98,7 @@ public static unsafe class W4A8Gemm
                 var job = new Job(w, xp, sums, rows, ap);
                 int blocks = w.PaddedOut / W4A8Layout.Tile, tasks = (blocks + BlocksPerTask - 1) / BlocksPerTask;
                 if (tasks == 1) job.Run(0, blocks);
-                else Parallel.For(0, tasks, task => job.Run(task * BlocksPerTask, Math.Min(blocks, (task + 1) * BlocksPerTask)));
+                else WorkerTeam.For(tasks, task => job.Run(task * BlocksPerTask, Math.Min(blocks, (task + 1) * BlocksPerTask)));
             }
         }
         finally
