@@ -112,6 +112,24 @@ public static unsafe class DTypeConvert
         FiniteHalfToSingle(source + i, destination + i, n - i);
     }
 
+    /// <summary>
+    /// <see cref="FiniteHalfToSinglePaired"/> without the 2^112 multiply on the first <paramref name="vector"/> halves (a
+    /// multiple of 8): fp32 fields, for products with an x prescaled by 2^112 (exact, the same bits); the scalar tail
+    /// after them is converted to values. Needs AVX2.
+    /// </summary>
+    public static void FiniteHalfFieldsPaired(ushort* source, float* destination, int paired, int vector, int n)
+    {
+        int i = 0;
+        for (; i + 16 <= paired; i += 16)
+        {
+            FiniteHalfFields16(source + i, out var lo, out var hi);
+            Avx.Store(destination + i, lo);
+            Avx.Store(destination + i + 8, hi);
+        }
+        for (; i + 8 <= vector; i += 8) Avx.Store(destination + i, FiniteHalfFields8(source + i));
+        FiniteHalfToSingle(source + i, destination + i, n - i);
+    }
+
     /// <summary>n finite halves (see <see cref="FiniteHalfToSingle8"/>) to fp32.</summary>
     public static void FiniteHalfToSingle(ushort* source, float* destination, int n)
     {

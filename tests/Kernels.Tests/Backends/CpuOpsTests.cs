@@ -70,20 +70,23 @@ public unsafe class CpuOpsTests
     [Test]
     public void MatMulRowsAreBitIdenticalAloneAndBatchedAcrossChunks([Values(TensorDType.F32, TensorDType.F16, TensorDType.BF16)] TensorDType dtype)
     {
+        // Row counts that take every tile shape (4x3, 4x2, the panel from 8 rows); with and without a row whose |x|
+        // is beyond the prescale limit (the F16 batch then multiplies its weights instead of prescaling x).
+        foreach (var (rows, huge) in new[] { (5, 3), (2, -1), (4, -1), (7, 6), (16, -1), (16, 15) })
         foreach (int k in new[] { 16, 24, 40, 45, 256, 263, 520, 777 })
         {
-            int n = 70, rows = 5;
+            int n = 70;
             var (w, rounded, storage) = Tensor(Random(n * k, k), n, k, dtype);
             using var _ = storage;
             var x = Random(rows * k, k + 2);
-            for (int i = 0; i < k; i++) x[3 * k + i] *= 1e5f; // row 3: |x| beyond the prescale limit
+            if (huge >= 0) for (int i = 0; i < k; i++) x[huge * k + i] *= 1e5f;
             var batched = new float[rows * n];
             MatMul.Multiply(x, rows, w, batched);
             var single = new float[n];
             for (int t = 0; t < rows; t++)
             {
                 MatMul.Multiply(x.AsSpan(t * k, k), 1, w, single);
-                Assert.That(single, Is.EqualTo(batched.AsSpan(t * n, n).ToArray()), $"k={k} row {t}");
+                Assert.That(single, Is.EqualTo(batched.AsSpan(t * n, n).ToArray()), $"k={k} row {t} of {rows}");
                 for (int j = 0; j < n; j++)
                 {
                     double expected = 0, magnitude = 0;

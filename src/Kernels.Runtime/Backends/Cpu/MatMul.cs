@@ -9,9 +9,10 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>
-/// Register-blocked: 4 weight rows x up to 3 activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs),
-/// over K in L1-sized chunks with the weights converted to fp32 chunk by chunk. One activation row (decode) streams the
-/// weights instead: BF16 and F16 rows are widened in registers, other stored forms converted 4 rows at a time.
+/// Register-blocked: 4 weight rows x 3 (or 2) activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs),
+/// over K in L1-sized chunks, with the weights converted to fp32 a panel of 16 rows at a time. One activation row
+/// (decode) streams the weights instead: BF16 and F16 rows are widened in registers, other stored forms converted 4
+/// rows at a time.
 /// Batch invariance: every dot product, in every micro-kernel shape, is summed the same way (one 8-lane
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
@@ -27,14 +28,8 @@ public static unsafe class MatMul
     /// </summary>
     private const int ChunkK = 256;
 
-    /// <summary>Floats per converted weight row in a chunk: the chunk plus the row's tail of up to 7 columns.</summary>
-    private const int ChunkStride = ChunkK + 8;
-
-    /// <summary>Groups of 4 weight rows that take their turn on one K chunk while it (and its x columns) sits in L1.</summary>
+    /// <summary>Groups of 4 weight rows in a panel: converted together, then taking turns on each K chunk.</summary>
     private const int PanelGroups = 4;
-
-    /// <summary>Fewer x rows than this take the weights one group of 4 rows at a time (see Blocked).</summary>
-    private const int PanelFromRows = 8;
 
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
@@ -57,7 +52,8 @@ public static unsafe class MatMul
             bool prescaled = false;
             if (pairedHalves)
             {
-                prescaled = rows == 1 && MaxAbs(xp, k) < PrescaleLimit;
+                prescaled = true;
+                for (int t = 0; t < rows && prescaled; t++) prescaled = MaxAbs(xp + (long)t * k, k) < PrescaleLimit;
                 for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
             }
             var job = new Job(xp, yp, rows, n, k, w, biasValues, pp, prescaled);
@@ -127,58 +123,78 @@ public static unsafe class MatMul
         }
 
         /// <summary>
-        /// Two or more x rows: K in chunks of <see cref="ChunkK"/> so that a chunk of 4 weight rows (as fp32) and of every
-        /// x row stay in L1 while all x rows pass over it; the 12 accumulators of a 4x3 tile are kept in memory between
-        /// chunks. Each lane still sums its k's in order, so the result is the bits of the unchunked kernel.
+        /// Two or more x rows. The weights go by panels of 16 rows: a panel (contiguous bytes) is converted to fp32 whole,
+        /// front to back, while the previous panel's tiles prefetch its bytes a slice at a time; the converted panel sits
+        /// in L2. K then goes in chunks of <see cref="ChunkK"/>, so that a chunk of 4 panel rows and of every x row stay
+        /// in L1 while all x rows pass over it, with each tile's accumulators kept in memory between chunks. Each lane
+        /// still sums its k's in order, so the result is the bits of the unchunked kernel. F32 weights are read in place.
         /// </summary>
         private void Blocked(int start, int end)
         {
-            int k8 = k & ~7, kp = k & ~15, groups = (rows + 2) / 3;
+            int k8 = k & ~7, groups = (rows + 2) / 3;
             float* xk = paired != null ? paired : x; // what the vector loop multiplies; tails read x itself
-            float* buf = stackalloc float[4 * ChunkStride];
             var acc = ArrayPool<Vector256<float>>.Shared.Rent(PanelGroups * groups * 12);
-            bool finiteHalves = w.DType == TensorDType.F16 && w.AllFinite;
+            bool inPlace = w.DType == TensorDType.F32;
+            int packStride = (k + 7) & ~7;
+            var pack = inPlace ? null : ArrayPool<float>.Shared.Rent(4 * PanelGroups * packStride + 8);
             fixed (Vector256<float>* accp = acc)
+            fixed (float* packp = pack)
             {
+                float* panel0 = (float*)(((nint)packp + 31) & ~(nint)31);
                 int j = start;
-                // Few x rows: the weights stream from memory, four rows at a time is the better pattern for the prefetchers.
-                int panel = rows >= PanelFromRows ? PanelGroups : 1;
-                for (; j + 4 <= end; j += 4 * panel)
+                for (; j + 4 <= end; j += 4 * PanelGroups)
                 {
-                    int panelGroups = Math.Min(panel, (end - j) / 4);
+                    int panelGroups = Math.Min(PanelGroups, (end - j) / 4);
+                    byte* ahead = null, aheadEnd = null;
+                    long aheadPerTile = 0;
+                    if (!inPlace)
+                    {
+                        for (int r = 0; r < 4 * panelGroups; r++) ConvertRow(j + r, 0, k, k8, panel0 + r * packStride);
+                        int next = j + 4 * PanelGroups, nextRows = Math.Min(4 * PanelGroups, end - next) / 4 * 4;
+                        if (nextRows > 0)
+                        {
+                            ahead = w.Data + w.DType.ByteCount((long)next * k);
+                            aheadEnd = ahead + w.DType.ByteCount((long)nextRows * k);
+                            int tiles = (k8 + ChunkK - 1) / ChunkK * panelGroups * groups;
+                            aheadPerTile = ((aheadEnd - ahead) / 64 + tiles - 1) / tiles * 64;
+                        }
+                    }
                     for (int kc = 0; kc < k8; kc += ChunkK)
                     {
                         bool last = kc + ChunkK >= k8;
-                        int len = Math.Min(ChunkK, k8 - kc), stored = last ? k - kc : len;
+                        int len = Math.Min(ChunkK, k8 - kc);
                         for (int p = 0; p < panelGroups; p++)
                         {
                             int jp = j + 4 * p;
-                            // Fetch what these rows need next (their next chunk, or the next panel's first one) while
-                            // this chunk is summed: with few x rows the weights stream from memory.
-                            if (kc + ChunkK < k) PrefetchRows(jp, kc + ChunkK);
-                            else if (jp + 4 * panel + 4 <= end) PrefetchRows(jp + 4 * panel, 0);
                             float* wc;
                             int ws;
-                            if (w.DType == TensorDType.F32) { wc = (float*)w.Data + (long)jp * k + kc; ws = k; }
+                            if (inPlace)
+                            {
+                                // Fetch what these rows need next (their next chunk, or the next panel's first one).
+                                if (kc + ChunkK < k) PrefetchRows(jp, kc + ChunkK);
+                                else if (jp + 4 * PanelGroups + 4 <= end) PrefetchRows(jp + 4 * PanelGroups, 0);
+                                wc = (float*)w.Data + (long)jp * k + kc;
+                                ws = k;
+                            }
                             else
                             {
-                                for (int c = 0; c < 4; c++)
-                                {
-                                    long at = (long)(jp + c) * k + kc;
-                                    if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, buf + c * ChunkStride, Math.Min(stored, kp - kc) & ~15, stored);
-                                    else if (finiteHalves) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, buf + c * ChunkStride, stored);
-                                    else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(buf + c * ChunkStride, stored));
-                                }
-                                wc = buf;
-                                ws = ChunkStride;
+                                wc = panel0 + 4 * p * packStride + kc;
+                                ws = packStride;
                             }
-                            for (int t = 0, g = 0; t < rows; t += 3, g++)
+                            for (int t = 0, g = 0; t < rows; t += GroupSize(rows - t), g++)
                             {
-                                int group = Math.Min(3, rows - t);
+                                int group = GroupSize(rows - t);
                                 Vector256<float>* a = accp + (p * groups + g) * 12;
-                                if (kc == 0) for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
-                                Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a);
+                                // A slice of the next panel's bytes, spread over the tiles: a burst of prefetches would stall.
+                                for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
+                                Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a, kc == 0);
                                 if (!last) continue;
+                                var b4 = bias != null ? Vector128.Create(bias, jp) : Vector128<float>.Zero;
+                                if (k8 == k)
+                                {
+                                    Sums4(a, group, y + (long)t * n + jp, n, b4);
+                                    continue;
+                                }
                                 for (int r = 0; r < group; r++)
                                 {
                                     float* xr = x + (long)(t + r) * k;
@@ -201,8 +217,18 @@ public static unsafe class MatMul
                     {
                         for (; j < end; j++)
                         {
-                            if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + (long)j * k, wr, kp, k);
-                            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(wr, k));
+                            if (paired != null)
+                            {
+                                ushort* row = (ushort*)w.Data + (long)j * k;
+                                for (int t = 0; t < rows; t++)
+                                {
+                                    long xo = (long)t * k;
+                                    float d = prescaled ? DotPaired<PrescaledX>(row, k, paired + xo, x + xo) : DotPaired<UnscaledX>(row, k, paired + xo, x + xo);
+                                    y[(long)t * n + j] = d + (bias != null ? bias[j] : 0f);
+                                }
+                                continue;
+                            }
+                            DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(wr, k));
                             for (int t = 0; t < rows; t++)
                                 y[(long)t * n + j] = Dot<F32Rows>((byte*)wr, xk + (long)t * k, k) + (bias != null ? bias[j] : 0f);
                         }
@@ -211,9 +237,25 @@ public static unsafe class MatMul
                 }
             }
             ArrayPool<Vector256<float>>.Shared.Return(acc);
+            if (pack != null) ArrayPool<float>.Shared.Return(pack);
         }
 
-        /// <summary>Prefetches columns [from, from + ChunkK) of weight rows j..j+3.</summary>
+        /// <summary>
+        /// Columns [from, from + count) of weight row <paramref name="row"/> as fp32 for the tiles: F16 in the paired
+        /// column order of x (fields when x is prescaled) over the first <paramref name="vector"/> columns, values in
+        /// the scalar tail after them.
+        /// </summary>
+        private void ConvertRow(int row, int from, int count, int vector, float* destination)
+        {
+            long at = (long)row * k + from;
+            int pairs = Math.Min(count, (k & ~15) - from) & ~15;
+            if (paired != null && prescaled) DTypeConvert.FiniteHalfFieldsPaired((ushort*)w.Data + at, destination, pairs, vector, count);
+            else if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, destination, pairs, count);
+            else if (w.DType == TensorDType.F16 && w.AllFinite) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, destination, count);
+            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(destination, count));
+        }
+
+        /// <summary>Prefetches columns [from, from + ChunkK) of weight rows j..j+3 (F32 weights, read in place).</summary>
         private void PrefetchRows(int j, int from)
         {
             long bytes = w.DType.ByteCount(Math.Min(ChunkK, k - from));
@@ -272,11 +314,42 @@ public static unsafe class MatMul
     }
 
     /// <summary>
+    /// y[r * n + c] = Sum(a[c * 3 + r]) + bias[c] for the tile's 4 weight rows c and <paramref name="group"/> x rows r,
+    /// eight (or four) sums at a time through horizontal adds. Each sum is added up exactly as Vector256.Sum does it,
+    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), so the bits match the one-at-a-time paths.
+    /// </summary>
+    private static void Sums4(Vector256<float>* a, int group, float* y, int n, Vector128<float> bias)
+    {
+        int r = 0;
+        for (; r + 2 <= group; r += 2)
+        {
+            var g0 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
+            var g1 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r + 1], a[4 + r]), Avx.HorizontalAdd(a[7 + r], a[10 + r]));
+            var s = Avx.Permute2x128(g0, g1, 0x20) + Avx.Permute2x128(g0, g1, 0x31);
+            (s.GetLower() + bias).Store(y + (long)r * n);
+            (s.GetUpper() + bias).Store(y + (long)(r + 1) * n);
+        }
+        if (r < group)
+        {
+            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
+            (g.GetLower() + g.GetUpper() + bias).Store(y + (long)r * n);
+        }
+    }
+
+    /// <summary>
+    /// x rows taken by the next tile when <paramref name="remaining"/> are left: 3, but never a lone row after a group
+    /// (4 left go as 2 + 2), since a 4x1 tile does 4 FMAs per 5 loads.
+    /// </summary>
+    private static int GroupSize(int remaining) => remaining == 4 ? 2 : Math.Min(3, remaining);
+
+    /// <summary>
     /// 4 fp32 weight rows (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) x rows over
     /// <paramref name="len"/> (a multiple of 8) columns, continuing the accumulators a[c * 3 + r].
     /// </summary>
-    private static void Chunk4(float* w, int ws, float* x, int xs, int group, int len, Vector256<float>* a)
+    private static void Chunk4(float* w, int ws, float* x, int xs, int group, int len, Vector256<float>* a, bool first)
     {
+        if (first) // the first chunk starts the accumulators
+            for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         if (group == 1)
         {
@@ -292,7 +365,25 @@ public static unsafe class MatMul
             a[0] = b0; a[3] = b1; a[6] = b2; a[9] = b3;
             return;
         }
-        float* x0 = x, x1 = x + xs, x2 = group > 2 ? x + 2 * xs : x;
+        if (group == 2)
+        {
+            float* y0 = x, y1 = x + xs;
+            var b00 = a[0]; var b01 = a[1]; var b10 = a[3]; var b11 = a[4];
+            var b20 = a[6]; var b21 = a[7]; var b30 = a[9]; var b31 = a[10];
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(y0 + i);
+                var v1 = Avx.LoadVector256(y1 + i);
+                var c0 = Avx.LoadVector256(w0 + i); b00 = Fma.MultiplyAdd(c0, v0, b00); b01 = Fma.MultiplyAdd(c0, v1, b01);
+                var c1 = Avx.LoadVector256(w1 + i); b10 = Fma.MultiplyAdd(c1, v0, b10); b11 = Fma.MultiplyAdd(c1, v1, b11);
+                var c2 = Avx.LoadVector256(w2 + i); b20 = Fma.MultiplyAdd(c2, v0, b20); b21 = Fma.MultiplyAdd(c2, v1, b21);
+                var c3 = Avx.LoadVector256(w3 + i); b30 = Fma.MultiplyAdd(c3, v0, b30); b31 = Fma.MultiplyAdd(c3, v1, b31);
+            }
+            a[0] = b00; a[1] = b01; a[3] = b10; a[4] = b11;
+            a[6] = b20; a[7] = b21; a[9] = b30; a[10] = b31;
+            return;
+        }
+        float* x0 = x, x1 = x + xs, x2 = x + 2 * xs;
         var a00 = a[0]; var a01 = a[1]; var a02 = a[2];
         var a10 = a[3]; var a11 = a[4]; var a12 = a[5];
         var a20 = a[6]; var a21 = a[7]; var a22 = a[8];
