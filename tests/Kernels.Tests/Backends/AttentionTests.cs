@@ -118,4 +118,67 @@ public unsafe class AttentionTests
         Assert.That(o, Is.EqualTo(new[] { 2f, 3f }).Within(1e-6f));
         Assert.That(lse, Is.EqualTo(0.5f + MathF.Log(2)).Within(1e-6f));
     }
+
+    [Test]
+    public void TiledHalfKernelsGiveTheBitsOfTheRowByRowOnes()
+    {
+        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) Assert.Ignore("the tiled kernels need AVX2 + FMA");
+        var rng = new Random(3);
+        foreach (int d in new[] { 8, 24, 64, 128 })
+        foreach (int n in new[] { 1, 3, 4, 7, 16 })
+        {
+            int stride = d + 16; // rows of a block hold other kv heads between them
+            var halves = Enumerable.Range(0, n * stride).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 4 - 2))).ToArray();
+            var q = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var w = Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble()).ToArray();
+            var o0 = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+            var wide = new float[n * d];
+            var scores = new float[n];
+            var tiled = (float[])o0.Clone();
+            var rowByRow = (float[])o0.Clone();
+            fixed (ushort* hp = halves)
+            fixed (float* qp = q, wp = w, widep = wide, sp = scores, tp = tiled, rp = rowByRow)
+            {
+                Attention.Widen(hp, stride, n, d, widep);
+                Attention.KeyScores(qp, widep, n, d, 0.125f, sp);
+                Attention.AccumulateRows(wp, widep, n, d, tp);
+                for (int i = 0; i < n; i++)
+                {
+                    Assert.That(scores[i], Is.EqualTo(Simd.DotHalf(qp, hp + i * stride, d) * 0.125f), $"d={d} n={n} key {i}");
+                    Simd.AxpyHalfInPlace(w[i], hp + i * stride, rp, d);
+                }
+            }
+            Assert.That(tiled, Is.EqualTo(rowByRow), $"d={d} n={n}");
+        }
+    }
+
+    [Test]
+    public void TiledSingleKernelsGiveTheBitsOfTheRowByRowOnes()
+    {
+        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) Assert.Ignore("the tiled kernels need AVX2 + FMA");
+        var rng = new Random(4);
+        foreach (int d in new[] { 32, 40, 64, 128 })
+        foreach (int n in new[] { 1, 3, 4, 7, 16 })
+        {
+            int stride = d + 16;
+            var rows = Enumerable.Range(0, n * stride).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            var q = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var w = Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble()).ToArray();
+            var o0 = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+            var scores = new float[n];
+            var tiled = (float[])o0.Clone();
+            var rowByRow = (float[])o0.Clone();
+            fixed (float* kp = rows, qp = q, wp = w, sp = scores, tp = tiled, rp = rowByRow)
+            {
+                Attention.KeyScoresSingle(qp, kp, stride, n, d, 0.125f, sp);
+                Attention.AccumulateSingleRows(wp, kp, stride, n, d, tp);
+                for (int i = 0; i < n; i++)
+                {
+                    Assert.That(scores[i], Is.EqualTo(Simd.Dot(qp, kp + i * stride, d) * 0.125f), $"d={d} n={n} key {i}");
+                    Simd.AxpyInPlace(w[i], kp + i * stride, rp, d);
+                }
+            }
+            Assert.That(tiled, Is.EqualTo(rowByRow), $"d={d} n={n}");
+        }
+    }
 }

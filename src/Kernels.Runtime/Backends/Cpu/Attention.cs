@@ -2,6 +2,8 @@
 // keys read once for every query row of the level) and each sequence's causal suffix. Blocks are fp32, fp16 or KIVI
 // (quantized, dequantized inside the dot products). Reference for the GPU kernels.
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 
@@ -54,6 +56,7 @@ public static unsafe class Attention
     {
         int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride;
         float scale = kv.Scale;
+        float* wide = stackalloc float[kv.HalfRows && Tiled(d) ? KeyTile * d : 0];
         for (int j = from; j < to;)
         {
             int b = j / bs, end = Math.Min(to, (b + 1) * bs);
@@ -64,10 +67,26 @@ public static unsafe class Attention
                 for (int i = 0; i < bs; i++) s[i] *= scale;
                 j = end;
             }
-            else if (kv.HalfRows)
+            else if (kv.HalfRows && Tiled(d))
             {
                 ushort* kb = kv.BlockKeysHalf(blocks[b], kvh) - (long)b * bs * stride; // indexed by absolute position
+                for (; j < end; j += KeyTile)
+                {
+                    int n = Math.Min(KeyTile, end - j);
+                    Widen(kb + (long)j * stride, stride, n, d, wide);
+                    KeyScores(q, wide, n, d, scale, sp + (j - from));
+                }
+            }
+            else if (kv.HalfRows)
+            {
+                ushort* kb = kv.BlockKeysHalf(blocks[b], kvh) - (long)b * bs * stride;
                 for (; j < end; j++) sp[j - from] = Simd.DotHalf(q, kb + (long)j * stride, d) * scale;
+            }
+            else if (TiledSingle(d))
+            {
+                float* kb = kv.BlockKeys(blocks[b], kvh) - (long)b * bs * stride;
+                KeyScoresSingle(q, kb + (long)j * stride, stride, end - j, d, scale, sp + (j - from));
+                j = end;
             }
             else
             {
@@ -81,6 +100,7 @@ public static unsafe class Attention
     private static void Accumulate(in Layer kv, int[] blocks, int kvh, float* w, int from, int to, bool quantized, float* o)
     {
         int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride;
+        float* wide = stackalloc float[kv.HalfRows && Tiled(d) ? KeyTile * d : 0];
         for (int j = from; j < to;)
         {
             int b = j / bs, end = Math.Min(to, (b + 1) * bs);
@@ -89,16 +109,202 @@ public static unsafe class Attention
                 Kivi.AccumulateValues(kv.Codes(blocks[b]), kv.Scales(blocks[b]), kv.Mins(blocks[b]), stride, bs, kv.Bits, kvh * d, d, w + (j - from), o);
                 j = end;
             }
+            else if (kv.HalfRows && Tiled(d))
+            {
+                ushort* vb = kv.BlockValuesHalf(blocks[b], kvh) - (long)b * bs * stride;
+                for (; j < end; j += KeyTile)
+                {
+                    int n = Math.Min(KeyTile, end - j);
+                    Widen(vb + (long)j * stride, stride, n, d, wide);
+                    AccumulateRows(w + (j - from), wide, n, d, o);
+                }
+            }
             else if (kv.HalfRows)
             {
                 ushort* vb = kv.BlockValuesHalf(blocks[b], kvh) - (long)b * bs * stride;
                 for (; j < end; j++) Simd.AxpyHalfInPlace(w[j - from], vb + (long)j * stride, o, d);
+            }
+            else if (TiledSingle(d))
+            {
+                float* vb = kv.BlockValues(blocks[b], kvh) - (long)b * bs * stride;
+                AccumulateSingleRows(w + (j - from), vb + (long)j * stride, stride, end - j, d, o);
+                j = end;
             }
             else
             {
                 float* vb = kv.BlockValues(blocks[b], kvh) - (long)b * bs * stride;
                 for (; j < end; j++) Simd.AxpyInPlace(w[j - from], vb + (long)j * stride, o, d);
             }
+        }
+    }
+
+    /// <summary>fp16 key and value rows are widened this many at a time, then used from L1 by every query row.</summary>
+    private const int KeyTile = 16;
+
+    /// <summary>Whether the tiled fp16 kernels apply: AVX2 + FMA and a head dimension of whole 8-lane vectors.</summary>
+    private static bool Tiled(int d) => Fma.IsSupported && Avx2.IsSupported && d % 8 == 0 && d <= Models.ModelConfig.MaxHeadDim;
+
+    /// <summary>n fp16 rows (<paramref name="stride"/> halves apart) of d values to fp32 rows d apart (exact).</summary>
+    internal static void Widen(ushort* rows, int stride, int n, int d, float* destination)
+    {
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < d; c += 8)
+                Avx.Store(destination + i * d + c, DTypeConvert.HalfToSingle8(rows + (long)i * stride + c));
+    }
+
+    /// <summary>
+    /// s[i] = (q . keys_i) * scale for n fp32 key rows d apart, four keys per pass with one horizontal-add reduction.
+    /// Each dot is summed exactly as <see cref="Simd.DotHalf"/> sums it (two accumulators over 16-column steps, an
+    /// 8-column remainder into the first, then Vector256.Sum of their sum), so the scores are that function's bits.
+    /// </summary>
+    internal static void KeyScores(float* q, float* keys, int n, int d, float scale, float* s)
+    {
+        int i = 0;
+        var sv = Vector128.Create(scale);
+        for (; i + 4 <= n; i += 4)
+        {
+            float* k0 = keys + i * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d;
+            var a0 = Vector256<float>.Zero; var b0 = a0; var a1 = a0; var b1 = a0; var a2 = a0; var b2 = a0; var a3 = a0; var b3 = a0;
+            int c = 0;
+            for (; c + 16 <= d; c += 16)
+            {
+                var ql = Avx.LoadVector256(q + c);
+                var qh = Avx.LoadVector256(q + c + 8);
+                a0 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k0 + c), a0); b0 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k0 + c + 8), b0);
+                a1 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k1 + c), a1); b1 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k1 + c + 8), b1);
+                a2 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k2 + c), a2); b2 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k2 + c + 8), b2);
+                a3 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k3 + c), a3); b3 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k3 + c + 8), b3);
+            }
+            if (c < d)
+            {
+                var ql = Avx.LoadVector256(q + c);
+                a0 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k0 + c), a0);
+                a1 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k1 + c), a1);
+                a2 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k2 + c), a2);
+                a3 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k3 + c), a3);
+            }
+            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a0 + b0, a1 + b1), Avx.HorizontalAdd(a2 + b2, a3 + b3));
+            ((g.GetLower() + g.GetUpper()) * sv).Store(s + i);
+        }
+        for (; i < n; i++)
+        {
+            float* k0 = keys + i * d;
+            var a = Vector256<float>.Zero; var b = a;
+            int c = 0;
+            for (; c + 16 <= d; c += 16)
+            {
+                a = Fma.MultiplyAdd(Avx.LoadVector256(q + c), Avx.LoadVector256(k0 + c), a);
+                b = Fma.MultiplyAdd(Avx.LoadVector256(q + c + 8), Avx.LoadVector256(k0 + c + 8), b);
+            }
+            if (c < d) a = Fma.MultiplyAdd(Avx.LoadVector256(q + c), Avx.LoadVector256(k0 + c), a);
+            s[i] = Vector256.Sum(a + b) * scale;
+        }
+    }
+
+    /// <summary>
+    /// o += sum_i w[i] values_i over n fp32 value rows d apart, in row order per element with fused multiply-adds: the
+    /// bits of <see cref="Simd.AxpyHalfInPlace"/> applied row by row, with each 8-lane slice of o held in a register.
+    /// </summary>
+    internal static void AccumulateRows(float* w, float* values, int n, int d, float* o)
+    {
+        int c = 0;
+        for (; c + 32 <= d; c += 32) // four independent chains
+        {
+            var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
+            var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
+            for (int i = 0; i < n; i++)
+            {
+                var wi = Vector256.Create(w[i]);
+                float* v = values + i * d + c;
+                a0 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v), a0);
+                a1 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 8), a1);
+                a2 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 16), a2);
+                a3 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 24), a3);
+            }
+            Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
+        }
+        for (; c < d; c += 8)
+        {
+            var acc = Avx.LoadVector256(o + c);
+            for (int i = 0; i < n; i++) acc = Fma.MultiplyAdd(Vector256.Create(w[i]), Avx.LoadVector256(values + i * d + c), acc);
+            Avx.Store(o + c, acc);
+        }
+    }
+
+    /// <summary>Whether the fp32 tiled kernels apply: AVX2 + FMA and d of whole 8-lane vectors, at least 32 (Simd.Dot's FMA form).</summary>
+    private static bool TiledSingle(int d) => Fma.IsSupported && Avx2.IsSupported && d % 8 == 0 && d >= 32;
+
+    /// <summary>
+    /// s[i] = (q . keys_i) * scale for n fp32 key rows <paramref name="stride"/> floats apart, summed exactly as
+    /// <see cref="Simd.Dot"/> sums them for d >= 32 (four accumulators over 32-column steps, 8-column remainders into
+    /// the first, Vector256.Sum((s0 + s1) + (s2 + s3))): two keys per pass over q, four reduced by horizontal adds.
+    /// </summary>
+    internal static void KeyScoresSingle(float* q, float* keys, int stride, int n, int d, float scale, float* s)
+    {
+        int i = 0;
+        var sv = Vector128.Create(scale);
+        for (; i + 4 <= n; i += 4)
+        {
+            float* k0 = keys + (long)i * stride;
+            var (v0, v1) = DotPair(q, k0, k0 + stride, d);
+            var (v2, v3) = DotPair(q, k0 + 2 * stride, k0 + 3 * stride, d);
+            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(v0, v1), Avx.HorizontalAdd(v2, v3));
+            ((g.GetLower() + g.GetUpper()) * sv).Store(s + i);
+        }
+        for (; i < n; i++) s[i] = Simd.Dot(q, keys + (long)i * stride, d) * scale;
+    }
+
+    /// <summary>Lane sums ((s0 + s1) + (s2 + s3)) of Simd.Dot's four accumulators for q against two keys.</summary>
+    private static (Vector256<float>, Vector256<float>) DotPair(float* q, float* ka, float* kb, int d)
+    {
+        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
+        int c = 0;
+        for (; c + 32 <= d; c += 32)
+        {
+            var q0 = Avx.LoadVector256(q + c); var q1 = Avx.LoadVector256(q + c + 8);
+            var q2 = Avx.LoadVector256(q + c + 16); var q3 = Avx.LoadVector256(q + c + 24);
+            a0 = Fma.MultiplyAdd(q0, Avx.LoadVector256(ka + c), a0); b0 = Fma.MultiplyAdd(q0, Avx.LoadVector256(kb + c), b0);
+            a1 = Fma.MultiplyAdd(q1, Avx.LoadVector256(ka + c + 8), a1); b1 = Fma.MultiplyAdd(q1, Avx.LoadVector256(kb + c + 8), b1);
+            a2 = Fma.MultiplyAdd(q2, Avx.LoadVector256(ka + c + 16), a2); b2 = Fma.MultiplyAdd(q2, Avx.LoadVector256(kb + c + 16), b2);
+            a3 = Fma.MultiplyAdd(q3, Avx.LoadVector256(ka + c + 24), a3); b3 = Fma.MultiplyAdd(q3, Avx.LoadVector256(kb + c + 24), b3);
+        }
+        for (; c < d; c += 8)
+        {
+            var qc = Avx.LoadVector256(q + c);
+            a0 = Fma.MultiplyAdd(qc, Avx.LoadVector256(ka + c), a0);
+            b0 = Fma.MultiplyAdd(qc, Avx.LoadVector256(kb + c), b0);
+        }
+        return ((a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3));
+    }
+
+    /// <summary>
+    /// o += sum_i w[i] values_i over n fp32 value rows <paramref name="stride"/> floats apart: per element, row by row, a
+    /// multiply then an add (the bits of <see cref="Simd.AxpyInPlace"/> applied row by row), each 8-lane slice of o in a register.
+    /// </summary>
+    internal static void AccumulateSingleRows(float* w, float* values, int stride, int n, int d, float* o)
+    {
+        int c = 0;
+        for (; c + 32 <= d; c += 32)
+        {
+            var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
+            var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
+            for (int i = 0; i < n; i++)
+            {
+                var wi = Vector256.Create(w[i]);
+                float* v = values + (long)i * stride + c;
+                a0 = Avx.Add(a0, Avx.Multiply(wi, Avx.LoadVector256(v)));
+                a1 = Avx.Add(a1, Avx.Multiply(wi, Avx.LoadVector256(v + 8)));
+                a2 = Avx.Add(a2, Avx.Multiply(wi, Avx.LoadVector256(v + 16)));
+                a3 = Avx.Add(a3, Avx.Multiply(wi, Avx.LoadVector256(v + 24)));
+            }
+            Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
+        }
+        for (; c < d; c += 8)
+        {
+            var acc = Avx.LoadVector256(o + c);
+            for (int i = 0; i < n; i++) acc = Avx.Add(acc, Avx.Multiply(Vector256.Create(w[i]), Avx.LoadVector256(values + (long)i * stride + c)));
+            Avx.Store(o + c, acc);
         }
     }
 
@@ -156,6 +362,37 @@ public static unsafe class Attention
         }
     }
 
+    /// <summary>
+    /// One decode row's causal suffix for every query head that reads kv head <paramref name="kvh"/>: with a single
+    /// row no key is masked, so it is a level over keys [first, pos] whose rows are those heads, and each fp16 key and
+    /// value tile is widened once for the group instead of once per head. The same steps per head as
+    /// <see cref="Suffix"/>, so the same bits; a row that reads part of its keys quantized (KIVI) goes through
+    /// <see cref="Suffix"/> head by head. <paramref name="scores"/> holds Group x (pos + 1 - from) floats,
+    /// <paramref name="partial"/> Group x HeadDim.
+    /// </summary>
+    public static void SuffixRow(in Layer kv, int[] blocks, float* q, float* o, float* lse, int pos, int from, int kvh,
+        int? window, float[] scores, float[] partial, int compactBlocks = 0)
+    {
+        int first = Math.Max(from, window is int w ? pos - w + 1 : 0);
+        if (first > pos) return;
+        if (Math.Clamp(kv.QuantizedEnd(pos, compactBlocks), first, pos + 1) > first)
+        {
+            for (int h = kvh * kv.Group; h < (kvh + 1) * kv.Group; h++)
+                Suffix(kv, blocks, q, o, lse, 1, pos, from, h, window, scores, partial, compactBlocks);
+            return;
+        }
+        Span<LevelRow> rows = stackalloc LevelRow[kv.Group];
+        for (int g = 0; g < kv.Group; g++) rows[g] = new LevelRow(0, kvh * kv.Group + g);
+        Level(kv, blocks, first, pos + 1, kvh, rows, q, o, lse, scores, partial);
+    }
+
+    /// <summary>Whether any row reads the block ending at <paramref name="blockEnd"/> in full precision (KIVI: not quantized).</summary>
+    private static bool ReadsFull(ReadOnlySpan<LevelRow> rows, int blockEnd)
+    {
+        foreach (var row in rows) if (blockEnd > row.QuantizedEnd) return true;
+        return false;
+    }
+
     /// <summary>A query row of a shared level: where its query, output and lse live, and where its quantized keys end.</summary>
     public readonly record struct LevelRow(int Row, int Head, int QuantizedEnd = 0);
 
@@ -172,22 +409,45 @@ public static unsafe class Attention
         fixed (float* sp = scoresBuffer)
         fixed (float* pp = partialBuffer)
         {
+            // fp16 rows are widened once per tile of keys for all the level's rows (rows reading a block quantized
+            // take the quantized path); the per-row functions would widen them once per row.
+            bool tiled = kv.HalfRows && Tiled(d);
+            int stride = kv.KvStride;
+            float* wide = stackalloc float[tiled ? KeyTile * d : 0];
             for (int j = start; j < end;)
             {
-                int blockEnd = Math.Min(end, (j / bs + 1) * bs);
+                int b = j / bs, blockEnd = Math.Min(end, (b + 1) * bs);
+                for (int jt = j; tiled && ReadsFull(rows, blockEnd) && jt < blockEnd; jt += KeyTile)
+                {
+                    int count = Math.Min(KeyTile, blockEnd - jt);
+                    Widen(kv.BlockKeysHalf(blocks[b], kvh) + (long)(jt - b * bs) * stride, stride, count, d, wide);
+                    for (int r = 0; r < n; r++)
+                        if (blockEnd > rows[r].QuantizedEnd)
+                            KeyScores(q + (long)rows[r].Row * qStride + rows[r].Head * d, wide, count, d, kv.Scale, sp + (long)r * keys + (jt - start));
+                }
                 for (int r = 0; r < n; r++)
-                    Scores(kv, blocks, kvh, q + (long)rows[r].Row * qStride + rows[r].Head * d, j, blockEnd,
-                        blockEnd <= rows[r].QuantizedEnd, sp + (long)r * keys + (j - start));
+                    if (!tiled || blockEnd <= rows[r].QuantizedEnd)
+                        Scores(kv, blocks, kvh, q + (long)rows[r].Row * qStride + rows[r].Head * d, j, blockEnd,
+                            blockEnd <= rows[r].QuantizedEnd, sp + (long)r * keys + (j - start));
                 j = blockEnd;
             }
-            var lseLevel = new float[n];
+            Span<float> lseLevel = n <= 256 ? stackalloc float[n] : new float[n];
             for (int r = 0; r < n; r++) lseLevel[r] = Softmax(new Span<float>(sp + (long)r * keys, keys));
             new Span<float>(pp, n * d).Clear();
             for (int j = start; j < end;)
             {
-                int blockEnd = Math.Min(end, (j / bs + 1) * bs);
+                int b = j / bs, blockEnd = Math.Min(end, (b + 1) * bs);
+                for (int jt = j; tiled && ReadsFull(rows, blockEnd) && jt < blockEnd; jt += KeyTile)
+                {
+                    int count = Math.Min(KeyTile, blockEnd - jt);
+                    Widen(kv.BlockValuesHalf(blocks[b], kvh) + (long)(jt - b * bs) * stride, stride, count, d, wide);
+                    for (int r = 0; r < n; r++)
+                        if (blockEnd > rows[r].QuantizedEnd)
+                            AccumulateRows(sp + (long)r * keys + (jt - start), wide, count, d, pp + (long)r * d);
+                }
                 for (int r = 0; r < n; r++)
-                    Accumulate(kv, blocks, kvh, sp + (long)r * keys + (j - start), j, blockEnd, blockEnd <= rows[r].QuantizedEnd, pp + (long)r * d);
+                    if (!tiled || blockEnd <= rows[r].QuantizedEnd)
+                        Accumulate(kv, blocks, kvh, sp + (long)r * keys + (j - start), j, blockEnd, blockEnd <= rows[r].QuantizedEnd, pp + (long)r * d);
                 j = blockEnd;
             }
             for (int r = 0; r < n; r++)

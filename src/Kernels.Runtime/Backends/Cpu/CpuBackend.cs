@@ -262,12 +262,17 @@ public sealed unsafe class CpuBackend : IBackend
             int tasksPerSeq = c.NumHeads / headsPerTask;
             WorkerTeam.For(batch.Count * tasksPerSeq, task =>
             {
-                int s = task / tasksPerSeq, r0 = rowStart[s];
-                var scores = ArrayPool<float>.Shared.Rent(longest);
-                var partial = ArrayPool<float>.Shared.Rent(c.HeadDim);
-                for (int head = task % tasksPerSeq * headsPerTask, last = head + headsPerTask; head < last; head++)
-                    Attention.Suffix(kv, tables[s], qs + (long)r0 * c.QueryDim, os + (long)r0 * c.QueryDim, ls + (long)r0 * c.NumHeads,
-                        rowStart[s + 1] - r0, start[s], plan.SuffixStart[s], head, c.SlidingWindow, scores, partial, compactBefore[s]);
+                int s = task / tasksPerSeq, r0 = rowStart[s], rows = rowStart[s + 1] - r0;
+                var scores = ArrayPool<float>.Shared.Rent(kv.Group * longest);
+                var partial = ArrayPool<float>.Shared.Rent(kv.Group * c.HeadDim);
+                float* qr = qs + (long)r0 * c.QueryDim, or = os + (long)r0 * c.QueryDim, lr = ls + (long)r0 * c.NumHeads;
+                int firstHead = task % tasksPerSeq * headsPerTask;
+                if (rows == 1) // decode: the heads of a kv group read its keys and values together
+                    for (int kvh = firstHead / kv.Group, lastKv = (firstHead + headsPerTask) / kv.Group; kvh < lastKv; kvh++)
+                        Attention.SuffixRow(kv, tables[s], qr, or, lr, start[s], plan.SuffixStart[s], kvh, c.SlidingWindow, scores, partial, compactBefore[s]);
+                else
+                    for (int head = firstHead; head < firstHead + headsPerTask; head++)
+                        Attention.Suffix(kv, tables[s], qr, or, lr, rows, start[s], plan.SuffixStart[s], head, c.SlidingWindow, scores, partial, compactBefore[s]);
                 ArrayPool<float>.Shared.Return(scores);
                 ArrayPool<float>.Shared.Return(partial);
             });
