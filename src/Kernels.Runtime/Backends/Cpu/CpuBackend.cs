@@ -128,8 +128,8 @@ public sealed unsafe class CpuBackend : IBackend
         var attn = new float[rows * qd];
         var lse = new float[rows * c.NumHeads];
         var proj = new float[rows * h];
-        var gate = new float[rows * ff];
-        var up = new float[rows * ff];
+        var gate = GC.AllocateUninitializedArray<float>(rows * ff); // written whole by their matmuls
+        var up = GC.AllocateUninitializedArray<float>(rows * ff);
         Embedding.Gather(_weights.Embedding, ids, x);
 
         for (int l = 0; l < c.NumLayers; l++)
@@ -175,18 +175,25 @@ public sealed unsafe class CpuBackend : IBackend
         for (int i = 0; i < logitRows.Count; i++) x.AsSpan(logitRows[i] * h, h).CopyTo(selected.AsSpan(i * h));
         var normed = new float[selected.Length];
         RmsNorm.Apply(selected, _finalNorm, (float)c.RmsNormEps, normed, logitRows.Count);
-        var logits = new float[(long)logitRows.Count * c.VocabSize];
+        if (batch.Count == 1 && logitRows.Count == 1) // one decode row: the LM head writes the caller's array
+        {
+            var row = GC.AllocateUninitializedArray<float>(c.VocabSize);
+            MatMul.Multiply(normed, 1, _weights.LmHead, row);
+            return [row];
+        }
+        var logits = ArrayPool<float>.Shared.Rent(checked(logitRows.Count * c.VocabSize)); // written by the LM head, copied out below
         MatMul.Multiply(normed, logitRows.Count, _weights.LmHead, logits);
 
-        if (batch.Count == 1 && logitRows.Count == 1) return [logits]; // one decode row: no copy of the vocabulary
         var result = new float[batch.Count][];
         int at = 0;
         for (int s = 0; s < batch.Count; s++)
         {
             int n = batch[s].AllLogits ? rowStart[s + 1] - rowStart[s] : 1;
-            result[s] = logits.AsSpan(at * c.VocabSize, n * c.VocabSize).ToArray();
+            result[s] = GC.AllocateUninitializedArray<float>(n * c.VocabSize);
+            logits.AsSpan(at * c.VocabSize, n * c.VocabSize).CopyTo(result[s]);
             at += n;
         }
+        ArrayPool<float>.Shared.Return(logits);
         return result;
     }
 
