@@ -102,6 +102,30 @@ public unsafe class CpuOpsTests
     }
 
     [Test]
+    public unsafe void MatMulOfSeveralWeightsSharingXEqualsOneCallEach()
+    {
+        foreach (int rows in new[] { 1, 5, 16 })
+        {
+            int k = 264;
+            var (wa, _, sa) = Tensor(Random(70 * k, 1), 70, k, TensorDType.F16);
+            var (wb, _, sb) = Tensor(Random(9 * k, 2), 9, k, TensorDType.BF16);
+            var (wc, _, sc) = Tensor(Random(130 * k, 3), 130, k, TensorDType.F32);
+            using var _a = sa; using var _b = sb; using var _c = sc;
+            var x = Random(rows * k, 4);
+            var weights = new[] { wa, wb, wc };
+            var together = weights.Select(w => new float[rows * w.Rows]).ToArray();
+            fixed (float* ya = together[0], yb = together[1], yc = together[2])
+                MatMul.Multiply(x, rows, [new MatMul.Product(wa, ya, together[0].Length), new MatMul.Product(wb, yb, together[1].Length), new MatMul.Product(wc, yc, together[2].Length)]);
+            for (int i = 0; i < 3; i++)
+            {
+                var alone = new float[rows * weights[i].Rows];
+                MatMul.Multiply(x, rows, weights[i], alone);
+                Assert.That(together[i], Is.EqualTo(alone), $"{weights[i].DType}, {rows} rows");
+            }
+        }
+    }
+
+    [Test]
     public void RmsNormMatchesNaive()
     {
         foreach (int d in Lengths)

@@ -75,6 +75,37 @@ public sealed unsafe class CpuBackend : IBackend
         Linear.Multiply(x, rows, w, y, bias);
     }
 
+    /// <summary>
+    /// Linear layers that read the same x (q, k, v; gate, up): dense ones run as one matmul call, x prepared once and
+    /// the cores meeting once; other stored forms one at a time.
+    /// </summary>
+    private void ProjectShared(float[] x, int rows, params ReadOnlySpan<(LinearWeight W, float[] Y, WeightTensor? Bias)> layers)
+    {
+        bool dense = true;
+        foreach (var layer in layers) dense &= layer.W is DenseLinear;
+        if (!dense)
+        {
+            foreach (var layer in layers) Project(x, rows, layer.W, layer.Y, layer.Bias);
+            return;
+        }
+        var products = new MatMul.Product[layers.Length];
+        var pins = new System.Buffers.MemoryHandle[layers.Length];
+        try
+        {
+            for (int i = 0; i < layers.Length; i++)
+            {
+                _linearInputs?.Observe(layers[i].W, x.AsSpan(0, rows * layers[i].W.InFeatures), rows);
+                pins[i] = layers[i].Y.AsMemory().Pin();
+                products[i] = new MatMul.Product(((DenseLinear)layers[i].W).Weight, (float*)pins[i].Pointer, layers[i].Y.Length, layers[i].Bias);
+            }
+            MatMul.Multiply(x, rows, products);
+        }
+        finally
+        {
+            foreach (var pin in pins) pin.Dispose();
+        }
+    }
+
     public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
     {
         var c = Config;
@@ -136,9 +167,7 @@ public sealed unsafe class CpuBackend : IBackend
         {
             var w = _weights.Layers[l];
             RmsNorm.Apply(x, _attnNorm[l], (float)c.RmsNormEps, xn, rows);
-            Project(xn, rows, w.Wq, q, w.Bq);
-            Project(xn, rows, w.Wk, k, w.Bk);
-            Project(xn, rows, w.Wv, v, w.Bv);
+            ProjectShared(xn, rows, (w.Wq, q, w.Bq), (w.Wk, k, w.Bk), (w.Wv, v, w.Bv));
             Rope.Apply(q, rows, c.NumHeads, c.HeadDim, positions, _invFreq);
             Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, positions, _invFreq);
             for (int s = 0; s < batch.Count; s++)
@@ -155,8 +184,7 @@ public sealed unsafe class CpuBackend : IBackend
             Project(attn, rows, w.Wo, proj);
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
-            Project(xn, rows, w.Gate, gate);
-            Project(xn, rows, w.Up, up);
+            ProjectShared(xn, rows, (w.Gate, gate, null), (w.Up, up, null));
             SwiGlu.Apply(gate, up, gate);
             Project(gate, rows, w.Down, proj);
             ResidualAdd.Apply(x, proj);

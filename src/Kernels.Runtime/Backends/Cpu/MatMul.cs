@@ -36,32 +36,70 @@ public static unsafe class MatMul
 
     public static void Multiply(ReadOnlySpan<float> x, int rows, WeightTensor w, Span<float> y, WeightTensor? bias = null)
     {
-        int n = w.Rows, k = w.Columns;
-        if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed for {w.Name}");
-        if (y.Length < (long)rows * n) throw new ArgumentException($"y holds {y.Length} values, {rows}x{n} needed for {w.Name}");
-        float[]? biasValues = bias?.ToFloatArray();
+        fixed (float* yp = y)
+            Multiply(x, rows, [new Product(w, yp, y.Length, bias)]);
+    }
+
+    /// <summary>One weight of a <see cref="Multiply(ReadOnlySpan{float}, int, ReadOnlySpan{Product})"/> call: its output (pinned by the caller) and bias.</summary>
+    public readonly struct Product(WeightTensor weight, float* output, int outputLength, WeightTensor? bias = null)
+    {
+        public WeightTensor Weight => weight;
+        public float* Output => output;
+        public int OutputLength => outputLength;
+        public WeightTensor? Bias => bias;
+    }
+
+    /// <summary>
+    /// Several weights against the same x (the q, k and v projections; gate and up): x is prepared once and every
+    /// weight's row ranges are tasks of one parallel loop, so the cores meet once instead of once per weight.
+    /// </summary>
+    public static void Multiply(ReadOnlySpan<float> x, int rows, ReadOnlySpan<Product> products)
+    {
+        if (products.Length == 0) return;
+        int k = products[0].Weight.Columns;
+        if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed for {products[0].Weight.Name}");
+        foreach (var p in products)
+        {
+            if (p.Weight.Columns != k) throw new ArgumentException($"{p.Weight.Name} takes {p.Weight.Columns} inputs, not the {k} of the others sharing x");
+            if (p.OutputLength < (long)rows * p.Weight.Rows) throw new ArgumentException($"y holds {p.OutputLength} values, {rows}x{p.Weight.Rows} needed for {p.Weight.Name}");
+        }
 
         // Finite F16 weights are widened 16 at a time in unpack order (DTypeConvert.FiniteHalfFields16): x is paired
-        // to match once per call, and for one row (decode) also prescaled by 2^112 so the widening needs no multiply.
-        bool pairedHalves = Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
-        float[]? paired = pairedHalves ? ArrayPool<float>.Shared.Rent(rows * k) : null;
+        // to match once per call, and prescaled by 2^112 (when every value allows) so the widening needs no multiply.
+        bool anyPaired = false;
+        foreach (var p in products) anyPaired |= PairedHalves(p.Weight, k);
+        float[]? paired = anyPaired ? ArrayPool<float>.Shared.Rent(rows * k) : null;
+        var jobs = new Job[products.Length];
+        var firstTask = new int[products.Length + 1];
         fixed (float* xp = x)
-        fixed (float* yp = y)
         fixed (float* pp = paired)
         {
             bool prescaled = false;
-            if (pairedHalves)
+            if (anyPaired)
             {
                 prescaled = true;
                 for (int t = 0; t < rows && prescaled; t++) prescaled = MaxAbs(xp + (long)t * k, k) < PrescaleLimit;
                 for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
             }
-            var job = new Job(xp, yp, rows, n, k, w, biasValues, pp, prescaled);
-            int tasks = (n + RowsPerTask - 1) / RowsPerTask;
-            WorkerTeam.For(tasks, task => job.Run(task * RowsPerTask, Math.Min(n, (task + 1) * RowsPerTask)));
+            for (int i = 0; i < products.Length; i++)
+            {
+                var w = products[i].Weight;
+                bool pairedHere = PairedHalves(w, k);
+                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled);
+                firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
+            }
+            WorkerTeam.For(firstTask[^1], task =>
+            {
+                int i = 0;
+                while (task >= firstTask[i + 1]) i++;
+                int start = (task - firstTask[i]) * RowsPerTask;
+                jobs[i].Run(start, Math.Min(jobs[i].N, start + RowsPerTask));
+            });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
     }
+
+    private static bool PairedHalves(WeightTensor w, int k) => Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
 
     /// <summary>Below this magnitude an x value times 2^112 stays finite (fp32 tops out near 2^128).</summary>
     private const float PrescaleLimit = 32768f;
@@ -94,6 +132,8 @@ public static unsafe class MatMul
 
     private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled)
     {
+        public int N => n;
+
         public void Run(int start, int end)
         {
             if (rows == 1 && paired != null)
