@@ -73,7 +73,7 @@ public unsafe class CpuOpsTests
         // Row counts that take every tile shape (4x3, 4x2, the panel from 8 rows); with and without a row whose |x|
         // is beyond the prescale limit (the F16 batch then multiplies its weights instead of prescaling x).
         foreach (var (rows, huge) in new[] { (5, 3), (2, -1), (4, -1), (7, 6), (16, -1), (16, 15) })
-        foreach (int k in new[] { 16, 24, 40, 45, 256, 263, 520, 777 })
+        foreach (int k in new[] { 16, 24, 40, 45, 256, 263, 520, 777, 1100, 2056 }) // 1100, 2056: two and three K chunks
         {
             int n = 70;
             var (w, rounded, storage) = Tensor(Random(n * k, k), n, k, dtype);
