@@ -94,12 +94,24 @@ public static unsafe class DTypeConvert
 
     /// <summary>
     /// n finite halves to fp32 with every whole 16-block among the first <paramref name="paired"/> (a multiple of 16)
-    /// in the order of <see cref="FiniteHalfFields16"/>, the rest in place.
+    /// in the order of <see cref="FiniteHalfFields16"/>, the rest in place. With <paramref name="fields"/> the vector
+    /// part (the first n &amp; ~7 halves) stays fp32 fields, without the 2^112 multiply, for products with an x prescaled
+    /// by 2^112 (exact, the same bits); the scalar tail is always converted to values. Needs AVX2.
     /// </summary>
-    public static void FiniteHalfToSinglePaired(ushort* source, float* destination, int paired, int n)
+    public static void FiniteHalfToSinglePaired(ushort* source, float* destination, int paired, int n, bool fields)
     {
         int i = 0;
-        if (Avx2.IsSupported)
+        if (fields)
+        {
+            for (; i + 16 <= paired; i += 16)
+            {
+                FiniteHalfFields16(source + i, out var lo, out var hi);
+                Avx.Store(destination + i, lo);
+                Avx.Store(destination + i + 8, hi);
+            }
+            for (; i + 8 <= n; i += 8) Avx.Store(destination + i, FiniteHalfFields8(source + i));
+        }
+        else
         {
             var scale = Vector256.Create(HalfFieldsScale);
             for (; i + 16 <= paired; i += 16)
@@ -109,24 +121,6 @@ public static unsafe class DTypeConvert
                 Avx.Store(destination + i + 8, hi * scale);
             }
         }
-        FiniteHalfToSingle(source + i, destination + i, n - i);
-    }
-
-    /// <summary>
-    /// <see cref="FiniteHalfToSinglePaired"/> without the 2^112 multiply on the first <paramref name="vector"/> halves (a
-    /// multiple of 8): fp32 fields, for products with an x prescaled by 2^112 (exact, the same bits); the scalar tail
-    /// after them is converted to values. Needs AVX2.
-    /// </summary>
-    public static void FiniteHalfFieldsPaired(ushort* source, float* destination, int paired, int vector, int n)
-    {
-        int i = 0;
-        for (; i + 16 <= paired; i += 16)
-        {
-            FiniteHalfFields16(source + i, out var lo, out var hi);
-            Avx.Store(destination + i, lo);
-            Avx.Store(destination + i + 8, hi);
-        }
-        for (; i + 8 <= vector; i += 8) Avx.Store(destination + i, FiniteHalfFields8(source + i));
         FiniteHalfToSingle(source + i, destination + i, n - i);
     }
 

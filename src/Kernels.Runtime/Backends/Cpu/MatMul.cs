@@ -30,9 +30,6 @@ public static unsafe class MatMul
     /// </summary>
     private const int ChunkK = 1024;
 
-    /// <summary>Groups of 4 weight rows converted together (a panel), then taking turns on each K chunk (see ChunkK).</summary>
-    private const int PanelGroups = 1;
-
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 
@@ -165,39 +162,38 @@ public static unsafe class MatMul
         }
 
         /// <summary>
-        /// Two or more x rows. The weights go by panels of <see cref="PanelGroups"/> x 4 rows: a panel (contiguous bytes) is
-        /// converted to fp32 whole, front to back, while the previous panel's tiles prefetch its bytes a slice at a time.
-        /// K goes in chunks of <see cref="ChunkK"/>: the panel's chunk stays in L1 while the x rows pass over it, each
-        /// tile's accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the
-        /// bits of the unchunked kernel. F32 weights are read in place.
+        /// Two or more x rows. The weights go four rows at a time: their (contiguous) bytes are converted to fp32 whole,
+        /// front to back, having been prefetched a slice per tile while the previous four rows were summed. K goes in
+        /// chunks of <see cref="ChunkK"/>: the four rows' chunk stays in L1 while the x rows pass over it, each tile's
+        /// accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the bits
+        /// of the unchunked kernel. F32 weights are read in place.
         /// </summary>
         private void Blocked(int start, int end)
         {
             int k8 = k & ~7, groups = (rows + 2) / 3;
             float* xk = paired != null ? paired : x; // what the vector loop multiplies; tails read x itself
-            var acc = ArrayPool<Vector256<float>>.Shared.Rent(PanelGroups * groups * 12);
+            var acc = ArrayPool<Vector256<float>>.Shared.Rent(groups * 12);
             bool inPlace = w.DType == TensorDType.F32;
-            int packStride = (k + 7) & ~7;
-            var pack = inPlace ? null : ArrayPool<float>.Shared.Rent(4 * PanelGroups * packStride + 8);
+            int ws = inPlace ? k : (k + 7) & ~7; // floats between the rows the tiles read
+            var converted = inPlace ? null : ArrayPool<float>.Shared.Rent(4 * ws + 8);
+            int tiles = (k8 + ChunkK - 1) / ChunkK * groups;
             fixed (Vector256<float>* accp = acc)
-            fixed (float* packp = pack)
+            fixed (float* cp = converted)
             {
-                float* panel0 = (float*)(((nint)packp + 31) & ~(nint)31);
+                float* rows4 = (float*)(((nint)cp + 31) & ~(nint)31);
                 int j = start;
-                for (; j + 4 <= end; j += 4 * PanelGroups)
+                for (; j + 4 <= end; j += 4)
                 {
-                    int panelGroups = Math.Min(PanelGroups, (end - j) / 4);
+                    // The next four rows' bytes, prefetched a slice per tile (a burst of prefetches would stall).
                     byte* ahead = null, aheadEnd = null;
                     long aheadPerTile = 0;
                     if (!inPlace)
                     {
-                        for (int r = 0; r < 4 * panelGroups; r++) ConvertRow(j + r, 0, k, k8, panel0 + r * packStride);
-                        int next = j + 4 * PanelGroups, nextRows = Math.Min(4 * PanelGroups, end - next) / 4 * 4;
-                        if (nextRows > 0)
+                        for (int r = 0; r < 4; r++) ConvertRow(j + r, rows4 + r * ws);
+                        if (j + 8 <= end)
                         {
-                            ahead = w.Data + w.DType.ByteCount((long)next * k);
-                            aheadEnd = ahead + w.DType.ByteCount((long)nextRows * k);
-                            int tiles = (k8 + ChunkK - 1) / ChunkK * panelGroups * groups;
+                            ahead = w.Data + w.DType.ByteCount((long)(j + 4) * k);
+                            aheadEnd = ahead + w.DType.ByteCount(4L * k);
                             aheadPerTile = ((aheadEnd - ahead) / 64 + tiles - 1) / tiles * 64;
                         }
                     }
@@ -205,47 +201,36 @@ public static unsafe class MatMul
                     {
                         bool last = kc + ChunkK >= k8;
                         int len = Math.Min(ChunkK, k8 - kc);
-                        for (int p = 0; p < panelGroups; p++)
+                        float* wc;
+                        if (inPlace)
                         {
-                            int jp = j + 4 * p;
-                            float* wc;
-                            int ws;
-                            if (inPlace)
+                            // Fetch what these rows need next (their next chunk, or the next rows' first one).
+                            if (kc + ChunkK < k) PrefetchRows(j, kc + ChunkK);
+                            else if (j + 8 <= end) PrefetchRows(j + 4, 0);
+                            wc = (float*)w.Data + (long)j * k + kc;
+                        }
+                        else wc = rows4 + kc;
+                        for (int t = 0, g = 0; t < rows; t += GroupSize(rows - t), g++)
+                        {
+                            int group = GroupSize(rows - t);
+                            Vector256<float>* a = accp + g * 12;
+                            for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
+                            Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a, kc == 0);
+                            if (!last) continue;
+                            var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
+                            if (k8 == k)
                             {
-                                // Fetch what these rows need next (their next chunk, or the next panel's first one).
-                                if (kc + ChunkK < k) PrefetchRows(jp, kc + ChunkK);
-                                else if (jp + 4 * PanelGroups + 4 <= end) PrefetchRows(jp + 4 * PanelGroups, 0);
-                                wc = (float*)w.Data + (long)jp * k + kc;
-                                ws = k;
+                                Sums4(a, group, y + (long)t * n + j, n, b4);
+                                continue;
                             }
-                            else
+                            for (int r = 0; r < group; r++)
                             {
-                                wc = panel0 + 4 * p * packStride + kc;
-                                ws = packStride;
-                            }
-                            for (int t = 0, g = 0; t < rows; t += GroupSize(rows - t), g++)
-                            {
-                                int group = GroupSize(rows - t);
-                                Vector256<float>* a = accp + (p * groups + g) * 12;
-                                // A slice of the next panel's bytes, spread over the tiles: a burst of prefetches would stall.
-                                for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
-                                Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a, kc == 0);
-                                if (!last) continue;
-                                var b4 = bias != null ? Vector128.Create(bias, jp) : Vector128<float>.Zero;
-                                if (k8 == k)
+                                float* xr = x + (long)(t + r) * k;
+                                for (int c = 0; c < 4; c++)
                                 {
-                                    Sums4(a, group, y + (long)t * n + jp, n, b4);
-                                    continue;
-                                }
-                                for (int r = 0; r < group; r++)
-                                {
-                                    float* xr = x + (long)(t + r) * k;
-                                    for (int c = 0; c < 4; c++)
-                                    {
-                                        float s = Vector256.Sum(a[c * 3 + r]);
-                                        for (int i = k8; i < k; i++) s += wc[c * ws + i - kc] * xr[i];
-                                        y[(long)(t + r) * n + jp + c] = s + (bias != null ? bias[jp + c] : 0f);
-                                    }
+                                    float s = Vector256.Sum(a[c * 3 + r]);
+                                    for (int i = k8; i < k; i++) s += wc[c * ws + i - kc] * xr[i];
+                                    y[(long)(t + r) * n + j + c] = s + (bias != null ? bias[j + c] : 0f);
                                 }
                             }
                         }
@@ -279,22 +264,19 @@ public static unsafe class MatMul
                 }
             }
             ArrayPool<Vector256<float>>.Shared.Return(acc);
-            if (pack != null) ArrayPool<float>.Shared.Return(pack);
+            if (converted != null) ArrayPool<float>.Shared.Return(converted);
         }
 
         /// <summary>
-        /// Columns [from, from + count) of weight row <paramref name="row"/> as fp32 for the tiles: F16 in the paired
-        /// column order of x (fields when x is prescaled) over the first <paramref name="vector"/> columns, values in
-        /// the scalar tail after them.
+        /// Weight row <paramref name="row"/> as fp32 for the tiles: F16 in the paired column order of x (fields when x is
+        /// prescaled), other stored forms converted in place.
         /// </summary>
-        private void ConvertRow(int row, int from, int count, int vector, float* destination)
+        private void ConvertRow(int row, float* destination)
         {
-            long at = (long)row * k + from;
-            int pairs = Math.Min(count, (k & ~15) - from) & ~15;
-            if (paired != null && prescaled) DTypeConvert.FiniteHalfFieldsPaired((ushort*)w.Data + at, destination, pairs, vector, count);
-            else if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, destination, pairs, count);
-            else if (w.DType == TensorDType.F16 && w.AllFinite) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, destination, count);
-            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(destination, count));
+            long at = (long)row * k;
+            if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, destination, k & ~15, k, prescaled);
+            else if (w.DType == TensorDType.F16 && w.AllFinite) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, destination, k);
+            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(destination, k));
         }
 
         /// <summary>Prefetches columns [from, from + ChunkK) of weight rows j..j+3 (F32 weights, read in place).</summary>
