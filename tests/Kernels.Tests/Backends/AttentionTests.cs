@@ -120,65 +120,84 @@ public unsafe class AttentionTests
     }
 
     [Test]
-    public void TiledHalfKernelsGiveTheBitsOfTheRowByRowOnes()
+    public void ScoreTilesGiveTheBitsOfOneDotAtATime()
     {
-        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) Assert.Ignore("the tiled kernels need AVX2 + FMA");
         var rng = new Random(3);
-        foreach (int d in new[] { 8, 24, 64, 128 })
+        foreach (int d in new[] { 8, 12, 24, 40, 64, 128 })
+        foreach (int rows in new[] { 1, 2, 3, 4, 5, 7 })
         foreach (int n in new[] { 1, 3, 4, 7, 16 })
         {
             int stride = d + 16; // rows of a block hold other kv heads between them
-            var halves = Enumerable.Range(0, n * stride).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 4 - 2))).ToArray();
-            var q = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-            var w = Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble()).ToArray();
-            var o0 = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-            var wide = new float[n * d];
-            var scores = new float[n];
-            var tiled = (float[])o0.Clone();
-            var rowByRow = (float[])o0.Clone();
-            fixed (ushort* hp = halves)
-            fixed (float* qp = q, wp = w, widep = wide, sp = scores, tp = tiled, rp = rowByRow)
+            var keys = Enumerable.Range(0, n * stride).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            var q = Enumerable.Range(0, rows * 2 * d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var scores = new float[rows * (n + 5)];
+            fixed (float* kp = keys, qp = q, sp = scores)
             {
-                Attention.Widen(hp, stride, n, d, widep);
-                Attention.KeyScores(qp, widep, n, d, 0.125f, sp);
-                Attention.AccumulateRows(wp, widep, n, d, tp);
-                for (int i = 0; i < n; i++)
-                {
-                    Assert.That(scores[i], Is.EqualTo(Simd.DotHalf(qp, hp + i * stride, d) * 0.125f), $"d={d} n={n} key {i}");
-                    Simd.AxpyHalfInPlace(w[i], hp + i * stride, rp, d);
-                }
+                // query rows 2d apart, score rows n + 5 apart: any addresses work
+                nint q0 = (nint)qp, s0 = (nint)sp;
+                var qa = Enumerable.Range(0, rows).Select(r => q0 + r * 2 * d * sizeof(float)).ToArray();
+                var sa = Enumerable.Range(0, rows).Select(r => s0 + r * (n + 5) * sizeof(float)).ToArray();
+                fixed (nint* qap = qa, sap = sa)
+                    Attention.ScoreRows(qap, sap, rows, kp, stride, n, d);
+                for (int r = 0; r < rows; r++)
+                    for (int i = 0; i < n; i++)
+                    {
+                        float one = Attention.Dot(qp + r * 2 * d, kp + i * stride, d);
+                        Assert.That(scores[r * (n + 5) + i], Is.EqualTo(one), $"d={d} rows={rows} n={n} row {r} key {i}");
+                        double exact = 0;
+                        for (int c = 0; c < d; c++) exact += (double)q[r * 2 * d + c] * keys[i * stride + c];
+                        Assert.That(one, Is.EqualTo(exact).Within(1e-4 * d), $"d={d}: the dot itself");
+                    }
             }
-            Assert.That(tiled, Is.EqualTo(rowByRow), $"d={d} n={n}");
         }
     }
 
     [Test]
-    public void TiledSingleKernelsGiveTheBitsOfTheRowByRowOnes()
+    public void ValueTilesAddEachValueInOrderWithOneFusedMultiplyAdd()
     {
-        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) Assert.Ignore("the tiled kernels need AVX2 + FMA");
         var rng = new Random(4);
-        foreach (int d in new[] { 32, 40, 64, 128 })
-        foreach (int n in new[] { 1, 3, 4, 7, 16 })
+        foreach (int d in new[] { 8, 12, 40, 64, 128 })
+        foreach (int rows in new[] { 1, 2, 3, 4, 7 })
+        foreach (int n in new[] { 1, 3, 16 })
         {
             int stride = d + 16;
-            var rows = Enumerable.Range(0, n * stride).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
-            var q = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
-            var w = Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble()).ToArray();
-            var o0 = Enumerable.Range(0, d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
-            var scores = new float[n];
+            var values = Enumerable.Range(0, n * stride).Select(_ => (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            var p = Enumerable.Range(0, rows * n).Select(_ => (float)rng.NextDouble()).ToArray();
+            var o0 = Enumerable.Range(0, rows * d).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
             var tiled = (float[])o0.Clone();
-            var rowByRow = (float[])o0.Clone();
-            fixed (float* kp = rows, qp = q, wp = w, sp = scores, tp = tiled, rp = rowByRow)
+            fixed (float* vp = values, pp = p, op = tiled)
             {
-                Attention.KeyScoresSingle(qp, kp, stride, n, d, 0.125f, sp);
-                Attention.AccumulateSingleRows(wp, kp, stride, n, d, tp);
-                for (int i = 0; i < n; i++)
-                {
-                    Assert.That(scores[i], Is.EqualTo(Simd.Dot(qp, kp + i * stride, d) * 0.125f), $"d={d} n={n} key {i}");
-                    Simd.AxpyInPlace(w[i], kp + i * stride, rp, d);
-                }
+                nint p0 = (nint)pp, q0 = (nint)op;
+                var pa = Enumerable.Range(0, rows).Select(r => p0 + r * n * sizeof(float)).ToArray();
+                var oa = Enumerable.Range(0, rows).Select(r => q0 + r * d * sizeof(float)).ToArray();
+                fixed (nint* pap = pa, oap = oa)
+                    Attention.AccumulateRows(pap, oap, rows, vp, stride, n, d);
             }
-            Assert.That(tiled, Is.EqualTo(rowByRow), $"d={d} n={n}");
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < d; c++)
+                {
+                    float expected = o0[r * d + c];
+                    for (int i = 0; i < n; i++) expected = MathF.FusedMultiplyAdd(p[r * n + i], values[i * stride + c], expected);
+                    Assert.That(tiled[r * d + c], Is.EqualTo(expected), $"d={d} rows={rows} n={n} row {r} column {c}");
+                }
+        }
+    }
+
+    [Test]
+    public void HalfRowsWidenExactly()
+    {
+        var rng = new Random(5);
+        foreach (int d in new[] { 6, 8, 20, 64 })
+        {
+            int n = 5, stride = d + 4;
+            var halves = Enumerable.Range(0, n * stride).Select(_ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 8 - 4))).ToArray();
+            var wide = new float[n * d];
+            fixed (ushort* hp = halves)
+            fixed (float* wp = wide)
+                Attention.Widen(hp, stride, n, d, wp);
+            for (int i = 0; i < n; i++)
+                for (int c = 0; c < d; c++)
+                    Assert.That(wide[i * d + c], Is.EqualTo((float)BitConverter.UInt16BitsToHalf(halves[i * stride + c])), $"d={d} row {i} column {c}");
         }
     }
 }

@@ -11,8 +11,10 @@ namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>
 /// Shapes: q and the output o are [rows, heads * d]; lse is [rows, heads]; a layer's keys and values live in blocks
-/// of [block_size, kv_heads * d] (CpuKvStorage). Scores are q.k / sqrt(d); softmax subtracts the row max; lse is
-/// natural-log. Query head h reads kv head h / (heads / kv_heads).
+/// of [block_size, kv_heads * d] (CpuKvStorage). Scores are q.k / sqrt(d): the dots are summed unscaled in one order
+/// (<see cref="Dot"/>) whatever tile computes them, and softmax subtracts the row max, then scales; lse is
+/// natural-log. Values are added key by key with one fused multiply-add per element, so a row's result does not
+/// depend on which other rows, heads or sequences share its tiles. Query head h reads kv head h / (heads / kv_heads).
 /// <para>
 /// KIVI: a query row at position p reads keys before <see cref="Layer.QuantizedEnd"/> in their quantized form and the
 /// rest (its full-precision window) as fp16 rows. The boundary depends only on p (blocks ending at or before
@@ -51,261 +53,222 @@ public static unsafe class Attention
             _window < 0 ? 0 : Math.Max(compactBlocks, Math.Max(0, pos + 1 - _window) / BlockSize) * BlockSize;
     }
 
-    /// <summary>Scaled scores of one query row against keys [from, to) of kv head <paramref name="kvh"/> into sp[0, to - from).</summary>
-    private static void Scores(in Layer kv, int[] blocks, int kvh, float* q, int from, int to, bool quantized, float* sp)
+    /// <summary>Whether the tiled kernels run: AVX2 + FMA (otherwise every dot and update is scalar, in the same order).</summary>
+    private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
+
+    /// <summary>fp16 key or value rows widened per tile: up to 16, at most 4096 floats of stack.</summary>
+    private static int WideRows(int d) => Math.Clamp(4096 / d, 1, 16);
+
+    /// <summary>
+    /// The score of a query row and a key, unscaled: one 8-lane fused multiply-add accumulator over the columns in
+    /// order, Vector256.Sum, then the d % 8 tail (DotTile's order, so a tile of scores gives these bits).
+    /// </summary>
+    internal static float Dot(float* q, float* k, int d)
     {
-        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride;
-        float scale = kv.Scale;
-        float* wide = stackalloc float[kv.HalfRows && Tiled(d) ? KeyTile * d : 0];
-        for (int j = from; j < to;)
+        float s = 0;
+        int c = 0;
+        if (Vectorized)
         {
-            int b = j / bs, end = Math.Min(to, (b + 1) * bs);
-            if (quantized) // whole blocks: the quantized part always is
+            var a = Vector256<float>.Zero;
+            for (; c + 8 <= d; c += 8) a = Fma.MultiplyAdd(Avx.LoadVector256(k + c), Avx.LoadVector256(q + c), a);
+            s = Vector256.Sum(a);
+        }
+        for (; c < d; c++) s += k[c] * q[c];
+        return s;
+    }
+
+    /// <summary>
+    /// s_r[i] = q_r . key_i (unscaled, <see cref="Dot"/>) for <paramref name="rows"/> query rows (q_r and s_r given by
+    /// address) and n keys <paramref name="keyStride"/> floats apart: 4 keys x 3 rows per register tile.
+    /// </summary>
+    internal static void ScoreRows(nint* q, nint* s, int rows, float* keys, int keyStride, int n, int d)
+    {
+        if (!Vectorized || d % 8 != 0)
+        {
+            for (int r = 0; r < rows; r++)
+                for (int i = 0; i < n; i++) ((float*)s[r])[i] = Dot((float*)q[r], keys + (long)i * keyStride, d);
+            return;
+        }
+        var a = stackalloc Vector256<float>[12];
+        for (int r = 0; r < rows;)
+        {
+            int g = DotTile.Rows(rows - r);
+            float* q0 = (float*)q[r], q1 = (float*)q[r + g / 2], q2 = (float*)q[r + g - 1];
+            float* s0 = (float*)s[r], s1 = (float*)s[r + g / 2], s2 = (float*)s[r + g - 1];
+            int i = 0;
+            for (; i + 4 <= n; i += 4)
             {
-                float* s = sp + (j - from);
-                Kivi.KeyScores(kv.Codes(blocks[b]), kv.Scales(blocks[b]), kv.Mins(blocks[b]), stride, bs, kv.Bits, kvh * d, d, q, s);
-                for (int i = 0; i < bs; i++) s[i] *= scale;
-                j = end;
+                DotTile.Accumulate(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, a, true);
+                DotTile.Sums(a, g, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
             }
-            else if (kv.HalfRows && Tiled(d))
-            {
-                ushort* kb = kv.BlockKeysHalf(blocks[b], kvh) - (long)b * bs * stride; // indexed by absolute position
-                for (; j < end; j += KeyTile)
-                {
-                    int n = Math.Min(KeyTile, end - j);
-                    Widen(kb + (long)j * stride, stride, n, d, wide);
-                    KeyScores(q, wide, n, d, scale, sp + (j - from));
-                }
-            }
-            else if (kv.HalfRows)
-            {
-                ushort* kb = kv.BlockKeysHalf(blocks[b], kvh) - (long)b * bs * stride;
-                for (; j < end; j++) sp[j - from] = Simd.DotHalf(q, kb + (long)j * stride, d) * scale;
-            }
-            else if (TiledSingle(d))
-            {
-                float* kb = kv.BlockKeys(blocks[b], kvh) - (long)b * bs * stride;
-                KeyScoresSingle(q, kb + (long)j * stride, stride, end - j, d, scale, sp + (j - from));
-                j = end;
-            }
-            else
-            {
-                float* kb = kv.BlockKeys(blocks[b], kvh) - (long)b * bs * stride;
-                for (; j < end; j++) sp[j - from] = Simd.Dot(q, kb + (long)j * stride, d) * scale;
-            }
+            for (; i < n; i++)
+                for (int t = r; t < r + g; t++) ((float*)s[t])[i] = Dot((float*)q[t], keys + (long)i * keyStride, d);
+            r += g;
         }
     }
 
-    /// <summary>o += sum_j w[j - from] v_j over values [from, to) of kv head <paramref name="kvh"/>.</summary>
-    private static void Accumulate(in Layer kv, int[] blocks, int kvh, float* w, int from, int to, bool quantized, float* o)
+    /// <summary>
+    /// o_r += sum_i p_r[i] value_i for <paramref name="rows"/> rows (p_r and o_r given by address) over n value rows
+    /// <paramref name="valueStride"/> floats apart: per element, value by value in order, one fused multiply-add each;
+    /// 3 rows x 32 columns of o held in registers.
+    /// </summary>
+    internal static void AccumulateRows(nint* p, nint* o, int rows, float* values, int valueStride, int n, int d)
     {
-        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride;
-        float* wide = stackalloc float[kv.HalfRows && Tiled(d) ? KeyTile * d : 0];
-        for (int j = from; j < to;)
+        int d8 = Vectorized ? d & ~7 : 0;
+        int r = 0;
+        for (; r + 3 <= rows && d8 >= 32; r += 3)
         {
-            int b = j / bs, end = Math.Min(to, (b + 1) * bs);
-            if (quantized)
+            float* p0 = (float*)p[r], p1 = (float*)p[r + 1], p2 = (float*)p[r + 2];
+            float* o0 = (float*)o[r], o1 = (float*)o[r + 1], o2 = (float*)o[r + 2];
+            int c = 0;
+            for (; c + 32 <= d8; c += 32)
             {
-                Kivi.AccumulateValues(kv.Codes(blocks[b]), kv.Scales(blocks[b]), kv.Mins(blocks[b]), stride, bs, kv.Bits, kvh * d, d, w + (j - from), o);
-                j = end;
-            }
-            else if (kv.HalfRows && Tiled(d))
-            {
-                ushort* vb = kv.BlockValuesHalf(blocks[b], kvh) - (long)b * bs * stride;
-                for (; j < end; j += KeyTile)
+                var a00 = Avx.LoadVector256(o0 + c); var a01 = Avx.LoadVector256(o0 + c + 8); var a02 = Avx.LoadVector256(o0 + c + 16); var a03 = Avx.LoadVector256(o0 + c + 24);
+                var a10 = Avx.LoadVector256(o1 + c); var a11 = Avx.LoadVector256(o1 + c + 8); var a12 = Avx.LoadVector256(o1 + c + 16); var a13 = Avx.LoadVector256(o1 + c + 24);
+                var a20 = Avx.LoadVector256(o2 + c); var a21 = Avx.LoadVector256(o2 + c + 8); var a22 = Avx.LoadVector256(o2 + c + 16); var a23 = Avx.LoadVector256(o2 + c + 24);
+                for (int i = 0; i < n; i++)
                 {
-                    int n = Math.Min(KeyTile, end - j);
-                    Widen(vb + (long)j * stride, stride, n, d, wide);
-                    AccumulateRows(w + (j - from), wide, n, d, o);
+                    float* v = values + (long)i * valueStride + c;
+                    var v0 = Avx.LoadVector256(v); var v1 = Avx.LoadVector256(v + 8); var v2 = Avx.LoadVector256(v + 16); var v3 = Avx.LoadVector256(v + 24);
+                    var w = Vector256.Create(p0[i]);
+                    a00 = Fma.MultiplyAdd(w, v0, a00); a01 = Fma.MultiplyAdd(w, v1, a01); a02 = Fma.MultiplyAdd(w, v2, a02); a03 = Fma.MultiplyAdd(w, v3, a03);
+                    w = Vector256.Create(p1[i]);
+                    a10 = Fma.MultiplyAdd(w, v0, a10); a11 = Fma.MultiplyAdd(w, v1, a11); a12 = Fma.MultiplyAdd(w, v2, a12); a13 = Fma.MultiplyAdd(w, v3, a13);
+                    w = Vector256.Create(p2[i]);
+                    a20 = Fma.MultiplyAdd(w, v0, a20); a21 = Fma.MultiplyAdd(w, v1, a21); a22 = Fma.MultiplyAdd(w, v2, a22); a23 = Fma.MultiplyAdd(w, v3, a23);
                 }
+                Avx.Store(o0 + c, a00); Avx.Store(o0 + c + 8, a01); Avx.Store(o0 + c + 16, a02); Avx.Store(o0 + c + 24, a03);
+                Avx.Store(o1 + c, a10); Avx.Store(o1 + c + 8, a11); Avx.Store(o1 + c + 16, a12); Avx.Store(o1 + c + 24, a13);
+                Avx.Store(o2 + c, a20); Avx.Store(o2 + c + 8, a21); Avx.Store(o2 + c + 16, a22); Avx.Store(o2 + c + 24, a23);
             }
-            else if (kv.HalfRows)
-            {
-                ushort* vb = kv.BlockValuesHalf(blocks[b], kvh) - (long)b * bs * stride;
-                for (; j < end; j++) Simd.AxpyHalfInPlace(w[j - from], vb + (long)j * stride, o, d);
-            }
-            else if (TiledSingle(d))
-            {
-                float* vb = kv.BlockValues(blocks[b], kvh) - (long)b * bs * stride;
-                AccumulateSingleRows(w + (j - from), vb + (long)j * stride, stride, end - j, d, o);
-                j = end;
-            }
-            else
-            {
-                float* vb = kv.BlockValues(blocks[b], kvh) - (long)b * bs * stride;
-                for (; j < end; j++) Simd.AxpyInPlace(w[j - from], vb + (long)j * stride, o, d);
-            }
+            AccumulateColumns(p0, o0, values, valueStride, n, c, d);
+            AccumulateColumns(p1, o1, values, valueStride, n, c, d);
+            AccumulateColumns(p2, o2, values, valueStride, n, c, d);
         }
+        for (; r < rows; r++) AccumulateColumns((float*)p[r], (float*)o[r], values, valueStride, n, 0, d);
     }
 
-    /// <summary>fp16 key and value rows are widened this many at a time, then used from L1 by every query row.</summary>
-    private const int KeyTile = 16;
-
-    /// <summary>Whether the tiled fp16 kernels apply: AVX2 + FMA and a head dimension of whole 8-lane vectors.</summary>
-    private static bool Tiled(int d) => Fma.IsSupported && Avx2.IsSupported && d % 8 == 0 && d <= Models.ModelConfig.MaxHeadDim;
+    /// <summary>Columns [c, d) of one row of <see cref="AccumulateRows"/>: 8 at a time where AVX2 allows, then one by one.</summary>
+    private static void AccumulateColumns(float* p, float* o, float* values, int valueStride, int n, int c, int d)
+    {
+        if (Vectorized)
+        {
+            for (; c + 32 <= d; c += 32)
+            {
+                var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
+                var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
+                for (int i = 0; i < n; i++)
+                {
+                    var w = Vector256.Create(p[i]);
+                    float* v = values + (long)i * valueStride + c;
+                    a0 = Fma.MultiplyAdd(w, Avx.LoadVector256(v), a0); a1 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 8), a1);
+                    a2 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 16), a2); a3 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 24), a3);
+                }
+                Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
+            }
+            for (; c + 8 <= d; c += 8)
+            {
+                var a0 = Avx.LoadVector256(o + c);
+                for (int i = 0; i < n; i++) a0 = Fma.MultiplyAdd(Vector256.Create(p[i]), Avx.LoadVector256(values + (long)i * valueStride + c), a0);
+                Avx.Store(o + c, a0);
+            }
+        }
+        for (; c < d; c++)
+        {
+            float acc = o[c];
+            for (int i = 0; i < n; i++) acc = MathF.FusedMultiplyAdd(p[i], values[(long)i * valueStride + c], acc);
+            o[c] = acc;
+        }
+    }
 
     /// <summary>n fp16 rows (<paramref name="stride"/> halves apart) of d values to fp32 rows d apart (exact).</summary>
     internal static void Widen(ushort* rows, int stride, int n, int d, float* destination)
     {
         for (int i = 0; i < n; i++)
-            for (int c = 0; c < d; c += 8)
-                Avx.Store(destination + i * d + c, DTypeConvert.HalfToSingle8(rows + (long)i * stride + c));
-    }
-
-    /// <summary>
-    /// s[i] = (q . keys_i) * scale for n fp32 key rows d apart, four keys per pass with one horizontal-add reduction.
-    /// Each dot is summed exactly as <see cref="Simd.DotHalf"/> sums it (two accumulators over 16-column steps, an
-    /// 8-column remainder into the first, then Vector256.Sum of their sum), so the scores are that function's bits.
-    /// </summary>
-    internal static void KeyScores(float* q, float* keys, int n, int d, float scale, float* s)
-    {
-        int i = 0;
-        var sv = Vector128.Create(scale);
-        for (; i + 4 <= n; i += 4)
         {
-            float* k0 = keys + i * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d;
-            var a0 = Vector256<float>.Zero; var b0 = a0; var a1 = a0; var b1 = a0; var a2 = a0; var b2 = a0; var a3 = a0; var b3 = a0;
+            ushort* h = rows + (long)i * stride;
+            float* f = destination + i * d;
             int c = 0;
-            for (; c + 16 <= d; c += 16)
-            {
-                var ql = Avx.LoadVector256(q + c);
-                var qh = Avx.LoadVector256(q + c + 8);
-                a0 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k0 + c), a0); b0 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k0 + c + 8), b0);
-                a1 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k1 + c), a1); b1 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k1 + c + 8), b1);
-                a2 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k2 + c), a2); b2 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k2 + c + 8), b2);
-                a3 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k3 + c), a3); b3 = Fma.MultiplyAdd(qh, Avx.LoadVector256(k3 + c + 8), b3);
-            }
-            if (c < d)
-            {
-                var ql = Avx.LoadVector256(q + c);
-                a0 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k0 + c), a0);
-                a1 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k1 + c), a1);
-                a2 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k2 + c), a2);
-                a3 = Fma.MultiplyAdd(ql, Avx.LoadVector256(k3 + c), a3);
-            }
-            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a0 + b0, a1 + b1), Avx.HorizontalAdd(a2 + b2, a3 + b3));
-            ((g.GetLower() + g.GetUpper()) * sv).Store(s + i);
-        }
-        for (; i < n; i++)
-        {
-            float* k0 = keys + i * d;
-            var a = Vector256<float>.Zero; var b = a;
-            int c = 0;
-            for (; c + 16 <= d; c += 16)
-            {
-                a = Fma.MultiplyAdd(Avx.LoadVector256(q + c), Avx.LoadVector256(k0 + c), a);
-                b = Fma.MultiplyAdd(Avx.LoadVector256(q + c + 8), Avx.LoadVector256(k0 + c + 8), b);
-            }
-            if (c < d) a = Fma.MultiplyAdd(Avx.LoadVector256(q + c), Avx.LoadVector256(k0 + c), a);
-            s[i] = Vector256.Sum(a + b) * scale;
+            if (Avx2.IsSupported)
+                for (; c + 8 <= d; c += 8) Avx.Store(f + c, DTypeConvert.HalfToSingle8(h + c));
+            for (; c < d; c++) f[c] = (float)BitConverter.UInt16BitsToHalf(h[c]);
         }
     }
 
     /// <summary>
-    /// o += sum_i w[i] values_i over n fp32 value rows d apart, in row order per element with fused multiply-adds: the
-    /// bits of <see cref="Simd.AxpyHalfInPlace"/> applied row by row, with each 8-lane slice of o held in a register.
+    /// Full-precision scores of <paramref name="rows"/> query rows (q_r, s_r by address) against keys [from, to) of kv
+    /// head <paramref name="kvh"/>: s_r[j - from]. fp32 blocks are read in place, fp16 ones widened a tile at a time
+    /// (once for all the rows).
     /// </summary>
-    internal static void AccumulateRows(float* w, float* values, int n, int d, float* o)
+    private static void FullScores(in Layer kv, int[] blocks, int kvh, nint* q, nint* s, int rows, int from, int to)
     {
-        int c = 0;
-        for (; c + 32 <= d; c += 32) // four independent chains
+        if (rows == 0) return; // (KIVI: every row reads these keys quantized; compact blocks have no full rows)
+        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride, tile = WideRows(d);
+        float* wide = stackalloc float[kv.HalfRows ? tile * d : 0];
+        nint* at = stackalloc nint[rows];
+        for (int j = from; j < to;)
         {
-            var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
-            var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
-            for (int i = 0; i < n; i++)
+            int b = j / bs, n = Math.Min(to, (b + 1) * bs) - j, offset = j - b * bs;
+            float* keys = wide;
+            int keyStride = d;
+            if (kv.HalfRows)
             {
-                var wi = Vector256.Create(w[i]);
-                float* v = values + i * d + c;
-                a0 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v), a0);
-                a1 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 8), a1);
-                a2 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 16), a2);
-                a3 = Fma.MultiplyAdd(wi, Avx.LoadVector256(v + 24), a3);
+                n = Math.Min(n, tile);
+                Widen(kv.BlockKeysHalf(blocks[b], kvh) + (long)offset * stride, stride, n, d, wide);
             }
-            Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
-        }
-        for (; c < d; c += 8)
-        {
-            var acc = Avx.LoadVector256(o + c);
-            for (int i = 0; i < n; i++) acc = Fma.MultiplyAdd(Vector256.Create(w[i]), Avx.LoadVector256(values + i * d + c), acc);
-            Avx.Store(o + c, acc);
-        }
-    }
-
-    /// <summary>Whether the fp32 tiled kernels apply: AVX2 + FMA and d of whole 8-lane vectors, at least 32 (Simd.Dot's FMA form).</summary>
-    private static bool TiledSingle(int d) => Fma.IsSupported && Avx2.IsSupported && d % 8 == 0 && d >= 32;
-
-    /// <summary>
-    /// s[i] = (q . keys_i) * scale for n fp32 key rows <paramref name="stride"/> floats apart, summed exactly as
-    /// <see cref="Simd.Dot"/> sums them for d >= 32 (four accumulators over 32-column steps, 8-column remainders into
-    /// the first, Vector256.Sum((s0 + s1) + (s2 + s3))): two keys per pass over q, four reduced by horizontal adds.
-    /// </summary>
-    internal static void KeyScoresSingle(float* q, float* keys, int stride, int n, int d, float scale, float* s)
-    {
-        int i = 0;
-        var sv = Vector128.Create(scale);
-        for (; i + 4 <= n; i += 4)
-        {
-            float* k0 = keys + (long)i * stride;
-            var (v0, v1) = DotPair(q, k0, k0 + stride, d);
-            var (v2, v3) = DotPair(q, k0 + 2 * stride, k0 + 3 * stride, d);
-            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(v0, v1), Avx.HorizontalAdd(v2, v3));
-            ((g.GetLower() + g.GetUpper()) * sv).Store(s + i);
-        }
-        for (; i < n; i++) s[i] = Simd.Dot(q, keys + (long)i * stride, d) * scale;
-    }
-
-    /// <summary>Lane sums ((s0 + s1) + (s2 + s3)) of Simd.Dot's four accumulators for q against two keys.</summary>
-    private static (Vector256<float>, Vector256<float>) DotPair(float* q, float* ka, float* kb, int d)
-    {
-        var a0 = Vector256<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
-        var b0 = a0; var b1 = a0; var b2 = a0; var b3 = a0;
-        int c = 0;
-        for (; c + 32 <= d; c += 32)
-        {
-            var q0 = Avx.LoadVector256(q + c); var q1 = Avx.LoadVector256(q + c + 8);
-            var q2 = Avx.LoadVector256(q + c + 16); var q3 = Avx.LoadVector256(q + c + 24);
-            a0 = Fma.MultiplyAdd(q0, Avx.LoadVector256(ka + c), a0); b0 = Fma.MultiplyAdd(q0, Avx.LoadVector256(kb + c), b0);
-            a1 = Fma.MultiplyAdd(q1, Avx.LoadVector256(ka + c + 8), a1); b1 = Fma.MultiplyAdd(q1, Avx.LoadVector256(kb + c + 8), b1);
-            a2 = Fma.MultiplyAdd(q2, Avx.LoadVector256(ka + c + 16), a2); b2 = Fma.MultiplyAdd(q2, Avx.LoadVector256(kb + c + 16), b2);
-            a3 = Fma.MultiplyAdd(q3, Avx.LoadVector256(ka + c + 24), a3); b3 = Fma.MultiplyAdd(q3, Avx.LoadVector256(kb + c + 24), b3);
-        }
-        for (; c < d; c += 8)
-        {
-            var qc = Avx.LoadVector256(q + c);
-            a0 = Fma.MultiplyAdd(qc, Avx.LoadVector256(ka + c), a0);
-            b0 = Fma.MultiplyAdd(qc, Avx.LoadVector256(kb + c), b0);
-        }
-        return ((a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3));
-    }
-
-    /// <summary>
-    /// o += sum_i w[i] values_i over n fp32 value rows <paramref name="stride"/> floats apart: per element, row by row, a
-    /// multiply then an add (the bits of <see cref="Simd.AxpyInPlace"/> applied row by row), each 8-lane slice of o in a register.
-    /// </summary>
-    internal static void AccumulateSingleRows(float* w, float* values, int stride, int n, int d, float* o)
-    {
-        int c = 0;
-        for (; c + 32 <= d; c += 32)
-        {
-            var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
-            var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
-            for (int i = 0; i < n; i++)
+            else
             {
-                var wi = Vector256.Create(w[i]);
-                float* v = values + (long)i * stride + c;
-                a0 = Avx.Add(a0, Avx.Multiply(wi, Avx.LoadVector256(v)));
-                a1 = Avx.Add(a1, Avx.Multiply(wi, Avx.LoadVector256(v + 8)));
-                a2 = Avx.Add(a2, Avx.Multiply(wi, Avx.LoadVector256(v + 16)));
-                a3 = Avx.Add(a3, Avx.Multiply(wi, Avx.LoadVector256(v + 24)));
+                keys = kv.BlockKeys(blocks[b], kvh) + (long)offset * stride;
+                keyStride = stride;
             }
-            Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
+            for (int r = 0; r < rows; r++) at[r] = s[r] + (j - from) * sizeof(float);
+            ScoreRows(q, at, rows, keys, keyStride, n, d);
+            j += n;
         }
-        for (; c < d; c += 8)
+    }
+
+    /// <summary>o_r += sum_j p_r[j - from] v_j over values [from, to) of kv head <paramref name="kvh"/> (as <see cref="FullScores"/>).</summary>
+    private static void FullValues(in Layer kv, int[] blocks, int kvh, nint* p, nint* o, int rows, int from, int to)
+    {
+        if (rows == 0) return; // (KIVI: every row reads these keys quantized; compact blocks have no full rows)
+        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride, tile = WideRows(d);
+        float* wide = stackalloc float[kv.HalfRows ? tile * d : 0];
+        nint* at = stackalloc nint[rows];
+        for (int j = from; j < to;)
         {
-            var acc = Avx.LoadVector256(o + c);
-            for (int i = 0; i < n; i++) acc = Avx.Add(acc, Avx.Multiply(Vector256.Create(w[i]), Avx.LoadVector256(values + (long)i * stride + c)));
-            Avx.Store(o + c, acc);
+            int b = j / bs, n = Math.Min(to, (b + 1) * bs) - j, offset = j - b * bs;
+            float* values = wide;
+            int valueStride = d;
+            if (kv.HalfRows)
+            {
+                n = Math.Min(n, tile);
+                Widen(kv.BlockValuesHalf(blocks[b], kvh) + (long)offset * stride, stride, n, d, wide);
+            }
+            else
+            {
+                values = kv.BlockValues(blocks[b], kvh) + (long)offset * stride;
+                valueStride = stride;
+            }
+            for (int r = 0; r < rows; r++) at[r] = p[r] + (j - from) * sizeof(float);
+            AccumulateRows(at, o, rows, values, valueStride, n, d);
+            j += n;
         }
+    }
+
+    /// <summary>KIVI: unscaled scores of one query row against the quantized keys [from, to) (whole blocks).</summary>
+    private static void QuantizedScores(in Layer kv, int[] blocks, int kvh, float* q, int from, int to, float* sp)
+    {
+        int bs = kv.BlockSize;
+        for (int j = from; j < to; j += bs)
+            Kivi.KeyScores(kv.Codes(blocks[j / bs]), kv.Scales(blocks[j / bs]), kv.Mins(blocks[j / bs]), kv.KvStride, bs, kv.Bits, kvh * kv.HeadDim, kv.HeadDim, q, sp + (j - from));
+    }
+
+    /// <summary>KIVI: o += sum_j w[j - from] v_j over the quantized values [from, to) (whole blocks).</summary>
+    private static void QuantizedValues(in Layer kv, int[] blocks, int kvh, float* w, int from, int to, float* o)
+    {
+        int bs = kv.BlockSize;
+        for (int j = from; j < to; j += bs)
+            Kivi.AccumulateValues(kv.Codes(blocks[j / bs]), kv.Scales(blocks[j / bs]), kv.Mins(blocks[j / bs]), kv.KvStride, bs, kv.Bits, kvh * kv.HeadDim, kv.HeadDim, w + (j - from), o);
     }
 
     /// <summary>
@@ -316,22 +279,29 @@ public static unsafe class Attention
         float* sp, float* pp, float* o, ref float lse)
     {
         if (from >= to) return;
-        Scores(kv, blocks, kvh, q, from, to, quantized, sp);
-        float rowLse = Softmax(new Span<float>(sp, to - from));
+        nint qa = (nint)q, sa = (nint)sp, pa = (nint)pp;
+        if (quantized) QuantizedScores(kv, blocks, kvh, q, from, to, sp);
+        else FullScores(kv, blocks, kvh, &qa, &sa, 1, from, to);
+        float rowLse = Softmax(new Span<float>(sp, to - from), kv.Scale);
         new Span<float>(pp, kv.HeadDim).Clear();
-        Accumulate(kv, blocks, kvh, sp, from, to, quantized, pp);
+        if (quantized) QuantizedValues(kv, blocks, kvh, sp, from, to, pp);
+        else FullValues(kv, blocks, kvh, &sa, &pa, 1, from, to);
         AttentionState.Merge(new Span<float>(o, kv.HeadDim), ref lse, new ReadOnlySpan<float>(pp, kv.HeadDim), rowLse);
     }
 
-    /// <summary>Scores to probabilities in place (max subtracted, vector exp); returns the log-sum-exp of the scores.</summary>
-    private static float Softmax(Span<float> row)
+    /// <summary>
+    /// Unscaled scores to probabilities of the scaled scores in place (max subtracted, then scaled, vector exp);
+    /// returns the log-sum-exp of the scaled scores.
+    /// </summary>
+    private static float Softmax(Span<float> row, float scale)
     {
         float max = TensorPrimitives.Max(row);
         TensorPrimitives.Subtract(row, max, row);
+        TensorPrimitives.Multiply(row, scale, row);
         TensorPrimitives.Exp(row, row);
         float sum = TensorPrimitives.Sum(row);
         TensorPrimitives.Multiply(row, 1f / sum, row);
-        return max + MathF.Log(sum);
+        return max * scale + MathF.Log(sum);
     }
 
     /// <summary>
@@ -386,19 +356,13 @@ public static unsafe class Attention
         Level(kv, blocks, first, pos + 1, kvh, rows, q, o, lse, scores, partial);
     }
 
-    /// <summary>Whether any row reads the block ending at <paramref name="blockEnd"/> in full precision (KIVI: not quantized).</summary>
-    private static bool ReadsFull(ReadOnlySpan<LevelRow> rows, int blockEnd)
-    {
-        foreach (var row in rows) if (blockEnd > row.QuantizedEnd) return true;
-        return false;
-    }
-
     /// <summary>A query row of a shared level: where its query, output and lse live, and where its quantized keys end.</summary>
     public readonly record struct LevelRow(int Row, int Head, int QuantizedEnd = 0);
 
     /// <summary>
-    /// Non-causal partial over keys [start, end) shared by every listed (row, head): each key and value vector is
-    /// loaded once and used for all of them (the matrix-matrix form of Hydragen's prefix attention). All heads in
+    /// Non-causal partial over keys [start, end) shared by every listed (row, head): keys and values are read a tile at
+    /// a time for all of them, 4 keys x 3 query rows per register tile for the scores and 3 rows x 32 columns for the
+    /// values (the matrix-matrix form of Hydragen's prefix attention). All heads in
     /// <paramref name="rows"/> read kv head <paramref name="kvh"/>. Levels are whole blocks; a block is read quantized
     /// by the rows whose QuantizedEnd lies past it.
     /// </summary>
@@ -409,46 +373,50 @@ public static unsafe class Attention
         fixed (float* sp = scoresBuffer)
         fixed (float* pp = partialBuffer)
         {
-            // fp16 rows are widened once per tile of keys for all the level's rows (rows reading a block quantized
-            // take the quantized path); the per-row functions would widen them once per row.
-            bool tiled = kv.HalfRows && Tiled(d);
-            int stride = kv.KvStride;
-            float* wide = stackalloc float[tiled ? KeyTile * d : 0];
-            for (int j = start; j < end;)
-            {
-                int b = j / bs, blockEnd = Math.Min(end, (b + 1) * bs);
-                for (int jt = j; tiled && ReadsFull(rows, blockEnd) && jt < blockEnd; jt += KeyTile)
-                {
-                    int count = Math.Min(KeyTile, blockEnd - jt);
-                    Widen(kv.BlockKeysHalf(blocks[b], kvh) + (long)(jt - b * bs) * stride, stride, count, d, wide);
-                    for (int r = 0; r < n; r++)
-                        if (blockEnd > rows[r].QuantizedEnd)
-                            KeyScores(q + (long)rows[r].Row * qStride + rows[r].Head * d, wide, count, d, kv.Scale, sp + (long)r * keys + (jt - start));
-                }
-                for (int r = 0; r < n; r++)
-                    if (!tiled || blockEnd <= rows[r].QuantizedEnd)
-                        Scores(kv, blocks, kvh, q + (long)rows[r].Row * qStride + rows[r].Head * d, j, blockEnd,
-                            blockEnd <= rows[r].QuantizedEnd, sp + (long)r * keys + (j - start));
-                j = blockEnd;
-            }
+            // Per row: its query, scores and partial output by address; the full-precision rows of a block are listed
+            // together so each key and value tile is loaded (and widened) once for all of them.
+            var addresses = n <= 128 ? stackalloc nint[5 * n] : new nint[5 * n];
             Span<float> lseLevel = n <= 256 ? stackalloc float[n] : new float[n];
-            for (int r = 0; r < n; r++) lseLevel[r] = Softmax(new Span<float>(sp + (long)r * keys, keys));
-            new Span<float>(pp, n * d).Clear();
-            for (int j = start; j < end;)
+            fixed (nint* ap = addresses)
             {
-                int b = j / bs, blockEnd = Math.Min(end, (b + 1) * bs);
-                for (int jt = j; tiled && ReadsFull(rows, blockEnd) && jt < blockEnd; jt += KeyTile)
-                {
-                    int count = Math.Min(KeyTile, blockEnd - jt);
-                    Widen(kv.BlockValuesHalf(blocks[b], kvh) + (long)(jt - b * bs) * stride, stride, count, d, wide);
-                    for (int r = 0; r < n; r++)
-                        if (blockEnd > rows[r].QuantizedEnd)
-                            AccumulateRows(sp + (long)r * keys + (jt - start), wide, count, d, pp + (long)r * d);
-                }
+                nint* qa = ap, sa = ap + n, pa = ap + 2 * n, f1 = ap + 3 * n, f2 = ap + 4 * n;
                 for (int r = 0; r < n; r++)
-                    if (!tiled || blockEnd <= rows[r].QuantizedEnd)
-                        Accumulate(kv, blocks, kvh, sp + (long)r * keys + (j - start), j, blockEnd, blockEnd <= rows[r].QuantizedEnd, pp + (long)r * d);
-                j = blockEnd;
+                {
+                    qa[r] = (nint)(q + (long)rows[r].Row * qStride + rows[r].Head * d);
+                    sa[r] = (nint)(sp + (long)r * keys);
+                    pa[r] = (nint)(pp + (long)r * d);
+                }
+                bool anyQuantized = false;
+                foreach (var row in rows) anyQuantized |= row.QuantizedEnd > start;
+                // KIVI: block by block, the rows reading it quantized go one at a time, the others together.
+                if (!anyQuantized) FullScores(kv, blocks, kvh, qa, sa, n, start, end);
+                else
+                    for (int j = start, blockEnd; j < end; j = blockEnd)
+                    {
+                        blockEnd = Math.Min(end, (j / bs + 1) * bs);
+                        int m = 0;
+                        for (int r = 0; r < n; r++)
+                        {
+                            if (blockEnd <= rows[r].QuantizedEnd) QuantizedScores(kv, blocks, kvh, (float*)qa[r], j, blockEnd, (float*)sa[r] + (j - start));
+                            else { f1[m] = qa[r]; f2[m++] = sa[r] + (j - start) * sizeof(float); }
+                        }
+                        FullScores(kv, blocks, kvh, f1, f2, m, j, blockEnd);
+                    }
+                for (int r = 0; r < n; r++) lseLevel[r] = Softmax(new Span<float>(sp + (long)r * keys, keys), kv.Scale);
+                new Span<float>(pp, n * d).Clear();
+                if (!anyQuantized) FullValues(kv, blocks, kvh, sa, pa, n, start, end);
+                else
+                    for (int j = start, blockEnd; j < end; j = blockEnd)
+                    {
+                        blockEnd = Math.Min(end, (j / bs + 1) * bs);
+                        int m = 0;
+                        for (int r = 0; r < n; r++)
+                        {
+                            if (blockEnd <= rows[r].QuantizedEnd) QuantizedValues(kv, blocks, kvh, (float*)sa[r] + (j - start), j, blockEnd, (float*)pa[r]);
+                            else { f1[m] = sa[r] + (j - start) * sizeof(float); f2[m++] = pa[r]; }
+                        }
+                        FullValues(kv, blocks, kvh, f1, f2, m, j, blockEnd);
+                    }
             }
             for (int r = 0; r < n; r++)
                 AttentionState.Merge(new Span<float>(o + (long)rows[r].Row * qStride + rows[r].Head * d, d), ref lse[rows[r].Row * kv.Heads + rows[r].Head],

@@ -234,17 +234,19 @@ public static unsafe class MatMul
                             wc = (float*)w.Data + (long)j * k + kc;
                         }
                         else wc = rows4 + kc;
-                        for (int t = 0, g = 0; t < rows; t += GroupSize(rows - t), g++)
+                        for (int t = 0, g = 0; t < rows; t += DotTile.Rows(rows - t), g++)
                         {
-                            int group = GroupSize(rows - t);
+                            int group = DotTile.Rows(rows - t);
                             Vector256<float>* a = accp + g * 12;
                             for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
-                            Chunk4(wc, ws, xk + (long)t * k + kc, k, group, len, a, kc == 0);
+                            float* x0 = xk + (long)t * k + kc;
+                            DotTile.Accumulate(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, a, kc == 0);
                             if (!last) continue;
                             var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
                             if (k8 == k)
                             {
-                                Sums4(a, group, y + (long)t * n + j, n, b4);
+                                float* y0 = y + (long)t * n + j;
+                                DotTile.Sums(a, group, y0, y0 + n, y0 + 2 * n, b4);
                                 continue;
                             }
                             for (int r = 0; r < group; r++)
@@ -363,97 +365,6 @@ public static unsafe class MatMul
                 t += group;
             }
         }
-    }
-
-    /// <summary>
-    /// y[r * n + c] = Sum(a[c * 3 + r]) + bias[c] for the tile's 4 weight rows c and <paramref name="group"/> x rows r,
-    /// eight (or four) sums at a time through horizontal adds. Each sum is added up exactly as Vector256.Sum does it,
-    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), so the bits match the one-at-a-time paths.
-    /// </summary>
-    private static void Sums4(Vector256<float>* a, int group, float* y, int n, Vector128<float> bias)
-    {
-        int r = 0;
-        for (; r + 2 <= group; r += 2)
-        {
-            var g0 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
-            var g1 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r + 1], a[4 + r]), Avx.HorizontalAdd(a[7 + r], a[10 + r]));
-            var s = Avx.Permute2x128(g0, g1, 0x20) + Avx.Permute2x128(g0, g1, 0x31);
-            (s.GetLower() + bias).Store(y + (long)r * n);
-            (s.GetUpper() + bias).Store(y + (long)(r + 1) * n);
-        }
-        if (r < group)
-        {
-            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
-            (g.GetLower() + g.GetUpper() + bias).Store(y + (long)r * n);
-        }
-    }
-
-    /// <summary>
-    /// x rows taken by the next tile when <paramref name="remaining"/> are left: 3, but never a lone row after a group
-    /// (4 left go as 2 + 2), since a 4x1 tile does 4 FMAs per 5 loads.
-    /// </summary>
-    private static int GroupSize(int remaining) => remaining == 4 ? 2 : Math.Min(3, remaining);
-
-    /// <summary>
-    /// 4 fp32 weight rows (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) x rows over
-    /// <paramref name="len"/> (a multiple of 8) columns, continuing the accumulators a[c * 3 + r].
-    /// </summary>
-    private static void Chunk4(float* w, int ws, float* x, int xs, int group, int len, Vector256<float>* a, bool first)
-    {
-        if (first) // the first chunk starts the accumulators
-            for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
-        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
-        if (group == 1)
-        {
-            var b0 = a[0]; var b1 = a[3]; var b2 = a[6]; var b3 = a[9];
-            for (int i = 0; i < len; i += 8)
-            {
-                var v = Avx.LoadVector256(x + i);
-                b0 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v, b0);
-                b1 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v, b1);
-                b2 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, b2);
-                b3 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, b3);
-            }
-            a[0] = b0; a[3] = b1; a[6] = b2; a[9] = b3;
-            return;
-        }
-        if (group == 2)
-        {
-            float* y0 = x, y1 = x + xs;
-            var b00 = a[0]; var b01 = a[1]; var b10 = a[3]; var b11 = a[4];
-            var b20 = a[6]; var b21 = a[7]; var b30 = a[9]; var b31 = a[10];
-            for (int i = 0; i < len; i += 8)
-            {
-                var v0 = Avx.LoadVector256(y0 + i);
-                var v1 = Avx.LoadVector256(y1 + i);
-                var c0 = Avx.LoadVector256(w0 + i); b00 = Fma.MultiplyAdd(c0, v0, b00); b01 = Fma.MultiplyAdd(c0, v1, b01);
-                var c1 = Avx.LoadVector256(w1 + i); b10 = Fma.MultiplyAdd(c1, v0, b10); b11 = Fma.MultiplyAdd(c1, v1, b11);
-                var c2 = Avx.LoadVector256(w2 + i); b20 = Fma.MultiplyAdd(c2, v0, b20); b21 = Fma.MultiplyAdd(c2, v1, b21);
-                var c3 = Avx.LoadVector256(w3 + i); b30 = Fma.MultiplyAdd(c3, v0, b30); b31 = Fma.MultiplyAdd(c3, v1, b31);
-            }
-            a[0] = b00; a[1] = b01; a[3] = b10; a[4] = b11;
-            a[6] = b20; a[7] = b21; a[9] = b30; a[10] = b31;
-            return;
-        }
-        float* x0 = x, x1 = x + xs, x2 = x + 2 * xs;
-        var a00 = a[0]; var a01 = a[1]; var a02 = a[2];
-        var a10 = a[3]; var a11 = a[4]; var a12 = a[5];
-        var a20 = a[6]; var a21 = a[7]; var a22 = a[8];
-        var a30 = a[9]; var a31 = a[10]; var a32 = a[11];
-        for (int i = 0; i < len; i += 8)
-        {
-            var v0 = Avx.LoadVector256(x0 + i);
-            var v1 = Avx.LoadVector256(x1 + i);
-            var v2 = Avx.LoadVector256(x2 + i);
-            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
-            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
-            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
-            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
-        }
-        a[0] = a00; a[1] = a01; a[2] = a02;
-        a[3] = a10; a[4] = a11; a[5] = a12;
-        a[6] = a20; a[7] = a21; a[8] = a22;
-        a[9] = a30; a[10] = a31; a[11] = a32;
     }
 
     /// <summary>4 weight rows x <paramref name="group"/> (1..3) x rows; d[c * 3 + r] = w_c . x_r (the unblocked path: converted rows, tiny K, or no AVX2).</summary>

@@ -1,0 +1,104 @@
+// The register-blocked dot-product tile shared by the CPU matmul and attention: 4 rows of one operand against up to
+// 3 rows of the other, 8 columns per fused multiply-add, 12 accumulators in registers (7 loads per 12 FMAs).
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Kernels.Runtime.Backends.Cpu;
+
+/// <summary>
+/// Every dot product a tile computes is summed in one fixed order: one 8-lane accumulator over the columns in order,
+/// then Vector256.Sum's reduction. A dot computed one at a time the same way gives the same bits, so a result never
+/// depends on how rows were grouped into tiles. Needs AVX2 and FMA.
+/// </summary>
+internal static unsafe class DotTile
+{
+    /// <summary>
+    /// y_r[c] = Sum(a[c * 3 + r]) + bias[c] for the tile's 4 rows c and <paramref name="group"/> rows r (y_r: y0, y1,
+    /// y2), eight (or four) sums at a time through horizontal adds. Each sum is added up exactly as Vector256.Sum does it,
+    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), so the bits match the one-at-a-time paths.
+    /// </summary>
+    public static void Sums(Vector256<float>* a, int group, float* y0, float* y1, float* y2, Vector128<float> bias)
+    {
+        if (group >= 2)
+        {
+            var g0 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[0], a[3]), Avx.HorizontalAdd(a[6], a[9]));
+            var g1 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[1], a[4]), Avx.HorizontalAdd(a[7], a[10]));
+            var s = Avx.Permute2x128(g0, g1, 0x20) + Avx.Permute2x128(g0, g1, 0x31);
+            (s.GetLower() + bias).Store(y0);
+            (s.GetUpper() + bias).Store(y1);
+        }
+        if (group != 2)
+        {
+            int r = group - 1;
+            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
+            (g.GetLower() + g.GetUpper() + bias).Store(r == 0 ? y0 : y2);
+        }
+    }
+
+    /// <summary>
+    /// Rows taken by the next tile when <paramref name="remaining"/> are left: 3, but never a lone row after a group
+    /// (4 left go as 2 + 2), since a 4x1 tile does 4 FMAs per 5 loads.
+    /// </summary>
+    public static int Rows(int remaining) => remaining == 4 ? 2 : Math.Min(3, remaining);
+
+    /// <summary>
+    /// 4 fp32 rows w_c (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) rows x0, x1, x2 over
+    /// <paramref name="len"/> (a multiple of 8) columns, continuing the accumulators a[c * 3 + r]: a[c * 3 + r] +=
+    /// w_c[i..i+8] * x_r[i..i+8] for i = 0, 8, ... in order, one fused multiply-add each.
+    /// </summary>
+    public static void Accumulate(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, Vector256<float>* a, bool first)
+    {
+        if (first) // the first chunk starts the accumulators
+            for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
+        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        if (group == 1)
+        {
+            var b0 = a[0]; var b1 = a[3]; var b2 = a[6]; var b3 = a[9];
+            for (int i = 0; i < len; i += 8)
+            {
+                var v = Avx.LoadVector256(x0 + i);
+                b0 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v, b0);
+                b1 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v, b1);
+                b2 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, b2);
+                b3 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, b3);
+            }
+            a[0] = b0; a[3] = b1; a[6] = b2; a[9] = b3;
+            return;
+        }
+        if (group == 2)
+        {
+            var b00 = a[0]; var b01 = a[1]; var b10 = a[3]; var b11 = a[4];
+            var b20 = a[6]; var b21 = a[7]; var b30 = a[9]; var b31 = a[10];
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(x0 + i);
+                var v1 = Avx.LoadVector256(x1 + i);
+                var c0 = Avx.LoadVector256(w0 + i); b00 = Fma.MultiplyAdd(c0, v0, b00); b01 = Fma.MultiplyAdd(c0, v1, b01);
+                var c1 = Avx.LoadVector256(w1 + i); b10 = Fma.MultiplyAdd(c1, v0, b10); b11 = Fma.MultiplyAdd(c1, v1, b11);
+                var c2 = Avx.LoadVector256(w2 + i); b20 = Fma.MultiplyAdd(c2, v0, b20); b21 = Fma.MultiplyAdd(c2, v1, b21);
+                var c3 = Avx.LoadVector256(w3 + i); b30 = Fma.MultiplyAdd(c3, v0, b30); b31 = Fma.MultiplyAdd(c3, v1, b31);
+            }
+            a[0] = b00; a[1] = b01; a[3] = b10; a[4] = b11;
+            a[6] = b20; a[7] = b21; a[9] = b30; a[10] = b31;
+            return;
+        }
+        var a00 = a[0]; var a01 = a[1]; var a02 = a[2];
+        var a10 = a[3]; var a11 = a[4]; var a12 = a[5];
+        var a20 = a[6]; var a21 = a[7]; var a22 = a[8];
+        var a30 = a[9]; var a31 = a[10]; var a32 = a[11];
+        for (int i = 0; i < len; i += 8)
+        {
+            var v0 = Avx.LoadVector256(x0 + i);
+            var v1 = Avx.LoadVector256(x1 + i);
+            var v2 = Avx.LoadVector256(x2 + i);
+            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
+            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
+            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
+            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
+        }
+        a[0] = a00; a[1] = a01; a[2] = a02;
+        a[3] = a10; a[4] = a11; a[5] = a12;
+        a[6] = a20; a[7] = a21; a[8] = a22;
+        a[9] = a30; a[10] = a31; a[11] = a32;
+    }
+}
