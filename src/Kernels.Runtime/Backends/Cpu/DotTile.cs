@@ -1,5 +1,6 @@
 // The register-blocked dot-product tile shared by the CPU matmul and attention: 4 rows of one operand against up to
 // 3 rows of the other, 8 columns per fused multiply-add, 12 accumulators in registers (7 loads per 12 FMAs).
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -19,20 +20,81 @@ internal static unsafe class DotTile
     /// </summary>
     public static void Sums(Vector256<float>* a, int group, float* y0, float* y1, float* y2, Vector128<float> bias)
     {
-        if (group >= 2)
+        if (group >= 2) SumPair(a[0], a[3], a[6], a[9], a[1], a[4], a[7], a[10], y0, y1, bias);
+        if (group == 1) SumOne(a[0], a[3], a[6], a[9], y0, bias);
+        if (group == 3) SumOne(a[2], a[5], a[8], a[11], y2, bias);
+    }
+
+    /// <summary>y0[c] = Sum(r_c) + bias[c] and y1[c] = Sum(s_c) + bias[c] for c = 0..3, in Vector256.Sum's order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SumPair(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3,
+        Vector256<float> s0, Vector256<float> s1, Vector256<float> s2, Vector256<float> s3, float* y0, float* y1, Vector128<float> bias)
+    {
+        var g0 = Avx.HorizontalAdd(Avx.HorizontalAdd(r0, r1), Avx.HorizontalAdd(r2, r3));
+        var g1 = Avx.HorizontalAdd(Avx.HorizontalAdd(s0, s1), Avx.HorizontalAdd(s2, s3));
+        var s = Avx.Permute2x128(g0, g1, 0x20) + Avx.Permute2x128(g0, g1, 0x31);
+        (s.GetLower() + bias).Store(y0);
+        (s.GetUpper() + bias).Store(y1);
+    }
+
+    /// <summary>y[c] = Sum(r_c) + bias[c] for c = 0..3, in Vector256.Sum's order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SumOne(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3, float* y, Vector128<float> bias)
+    {
+        var g = Avx.HorizontalAdd(Avx.HorizontalAdd(r0, r1), Avx.HorizontalAdd(r2, r3));
+        (g.GetLower() + g.GetUpper() + bias).Store(y);
+    }
+
+    /// <summary>
+    /// <see cref="Accumulate"/> from zero over all <paramref name="len"/> columns, then <see cref="Sums"/>, the
+    /// accumulators never leaving registers (for dots short enough to need no chunking: attention's head dimension,
+    /// matmul rows of up to a chunk).
+    /// </summary>
+    public static void Dots(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, float* y0, float* y1, float* y2, Vector128<float> bias)
+    {
+        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00;
+        if (group == 1)
         {
-            var g0 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[0], a[3]), Avx.HorizontalAdd(a[6], a[9]));
-            var g1 = Avx.HorizontalAdd(Avx.HorizontalAdd(a[1], a[4]), Avx.HorizontalAdd(a[7], a[10]));
-            var s = Avx.Permute2x128(g0, g1, 0x20) + Avx.Permute2x128(g0, g1, 0x31);
-            (s.GetLower() + bias).Store(y0);
-            (s.GetUpper() + bias).Store(y1);
+            for (int i = 0; i < len; i += 8)
+            {
+                var v = Avx.LoadVector256(x0 + i);
+                a00 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v, a00);
+                a10 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v, a10);
+                a20 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, a20);
+                a30 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, a30);
+            }
+            SumOne(a00, a10, a20, a30, y0, bias);
+            return;
         }
-        if (group != 2)
+        var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00;
+        if (group == 2)
         {
-            int r = group - 1;
-            var g = Avx.HorizontalAdd(Avx.HorizontalAdd(a[r], a[3 + r]), Avx.HorizontalAdd(a[6 + r], a[9 + r]));
-            (g.GetLower() + g.GetUpper() + bias).Store(r == 0 ? y0 : y2);
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(x0 + i);
+                var v1 = Avx.LoadVector256(x1 + i);
+                var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01);
+                var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11);
+                var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21);
+                var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31);
+            }
+            SumPair(a00, a10, a20, a30, a01, a11, a21, a31, y0, y1, bias);
+            return;
         }
+        var a02 = a00; var a12 = a00; var a22 = a00; var a32 = a00;
+        for (int i = 0; i < len; i += 8)
+        {
+            var v0 = Avx.LoadVector256(x0 + i);
+            var v1 = Avx.LoadVector256(x1 + i);
+            var v2 = Avx.LoadVector256(x2 + i);
+            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
+            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
+            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
+            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
+        }
+        SumPair(a00, a10, a20, a30, a01, a11, a21, a31, y0, y1, bias);
+        SumOne(a02, a12, a22, a32, y2, bias);
     }
 
     /// <summary>
