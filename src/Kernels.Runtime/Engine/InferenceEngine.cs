@@ -114,6 +114,9 @@ public sealed class InferenceEngine : IDisposable
     /// </summary>
     public async IAsyncEnumerable<GenerationEvent> GenerateAsync(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellation = default)
     {
+        // A token cancelled before the call never submits (otherwise a short request could finish before the
+        // cancellation reached the engine loop, and the caller would get a response instead of the exception).
+        cancellation.ThrowIfCancellationRequested();
         var sub = Submit(request);
         using var registration = cancellation.Register(() => Cancel(sub.Id));
         bool completed = false;
