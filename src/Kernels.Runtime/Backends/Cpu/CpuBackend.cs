@@ -151,6 +151,7 @@ public sealed unsafe class CpuBackend : IBackend
             for (int t = 0; t < batch[s].Tokens.Length; t++) positions[rowStart[s] + t] = start[s] + t;
         }
 
+        var (ropeCos, ropeSin) = Rope.Angles(positions, _invFreq.AsSpan(0, c.HeadDim / 2)); // once for every layer
         var x = new float[rows * h];
         var xn = new float[rows * h];
         var q = new float[rows * qd];
@@ -168,8 +169,8 @@ public sealed unsafe class CpuBackend : IBackend
             var w = _weights.Layers[l];
             RmsNorm.Apply(x, _attnNorm[l], (float)c.RmsNormEps, xn, rows);
             ProjectShared(xn, rows, (w.Wq, q, w.Bq), (w.Wk, k, w.Bk), (w.Wv, v, w.Bv));
-            Rope.Apply(q, rows, c.NumHeads, c.HeadDim, positions, _invFreq);
-            Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, positions, _invFreq);
+            Rope.Apply(q, rows, c.NumHeads, c.HeadDim, ropeCos, ropeSin);
+            Rope.Apply(k, rows, c.NumKvHeads, c.HeadDim, ropeCos, ropeSin);
             for (int s = 0; s < batch.Count; s++)
             {
                 for (int r = rowStart[s]; r < rowStart[s + 1]; r++)
@@ -185,7 +186,7 @@ public sealed unsafe class CpuBackend : IBackend
             ResidualAdd.Apply(x, proj);
             RmsNorm.Apply(x, _ffnNorm[l], (float)c.RmsNormEps, xn, rows);
             ProjectShared(xn, rows, (w.Gate, gate, null), (w.Up, up, null));
-            SwiGlu.Apply(gate, up, gate);
+            RowsInParallel(rows, ff, r => SwiGlu.Apply(gate.AsSpan(r * ff, ff), up.AsSpan(r * ff, ff), gate.AsSpan(r * ff, ff)));
             Project(gate, rows, w.Down, proj);
             ResidualAdd.Apply(x, proj);
         }
@@ -213,16 +214,35 @@ public sealed unsafe class CpuBackend : IBackend
         MatMul.Multiply(normed, logitRows.Count, _weights.LmHead, logits);
 
         var result = new float[batch.Count][];
-        int at = 0;
-        for (int s = 0; s < batch.Count; s++)
+        var firstRow = new int[batch.Count + 1];
+        for (int s = 0; s < batch.Count; s++) firstRow[s + 1] = firstRow[s] + (batch[s].AllLogits ? rowStart[s + 1] - rowStart[s] : 1);
+        WorkerTeam.For(batch.Count, s =>
         {
-            int n = batch[s].AllLogits ? rowStart[s + 1] - rowStart[s] : 1;
+            int n = firstRow[s + 1] - firstRow[s];
             result[s] = GC.AllocateUninitializedArray<float>(n * c.VocabSize);
-            logits.AsSpan(at * c.VocabSize, n * c.VocabSize).CopyTo(result[s]);
-            at += n;
-        }
+            logits.AsSpan(firstRow[s] * c.VocabSize, n * c.VocabSize).CopyTo(result[s]);
+        });
         ArrayPool<float>.Shared.Return(logits);
         return result;
+    }
+
+    /// <summary>
+    /// body(r) for every row r of a [rows, width] elementwise op, spread over the cores when there is enough of it (a
+    /// row is always processed whole by one call, so its values do not depend on the batch).
+    /// </summary>
+    private static void RowsInParallel(int rows, int width, Action<int> body)
+    {
+        const int MinPerTask = 8192; // below this a fork costs more than it saves
+        int tasks = (int)Math.Clamp((long)rows * width / MinPerTask, 1, Math.Min(rows, 2 * Environment.ProcessorCount));
+        if (tasks == 1)
+        {
+            for (int r = 0; r < rows; r++) body(r);
+            return;
+        }
+        WorkerTeam.For(tasks, task =>
+        {
+            for (int r = (int)((long)rows * task / tasks), end = (int)((long)rows * (task + 1) / tasks); r < end; r++) body(r);
+        });
     }
 
     /// <summary>

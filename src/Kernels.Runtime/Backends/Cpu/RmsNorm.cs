@@ -1,4 +1,5 @@
 // RMSNorm, reference for kernels/ops rms_norm: y[t, i] = x[t, i] / sqrt(mean(x[t, :]^2) + eps) * w[i].
+using System.Runtime.Intrinsics;
 using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
@@ -15,7 +16,13 @@ public static unsafe class RmsNorm
             float sumSq;
             fixed (float* p = xr) sumSq = Simd.Dot(p, p, d);
             float scale = 1f / MathF.Sqrt(sumSq / d + eps);
-            for (int i = 0; i < d; i++) yr[i] = xr[i] * scale * weight[i];
+            int i = 0;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var sv = Vector256.Create(scale);
+                for (; i + 8 <= d; i += 8) (Vector256.Create(xr.Slice(i, 8)) * sv * Vector256.Create(weight.Slice(i, 8))).CopyTo(yr.Slice(i, 8));
+            }
+            for (; i < d; i++) yr[i] = xr[i] * scale * weight[i];
         }
     }
 }

@@ -4,30 +4,50 @@ namespace Kernels.Runtime.Backends.Cpu;
 public static class Rope
 {
     /// <summary>
-    /// Rotates every head of <paramref name="x"/> [rows, heads, d] in place; row t is at positions[t]. The angle is
-    /// (float)pos * invFreq[i] in fp32 and cos/sin are fp32 (MathF), the numeric contract the CUDA kernel follows.
+    /// The cos and sin of every row's angles, [rows, d/2] each: (float)pos * invFreq[i] in fp32 and cos/sin in fp32
+    /// (MathF), the numeric contract the CUDA kernel follows. A step computes them once for all its layers.
     /// </summary>
-    public static void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, ReadOnlySpan<float> invFreq)
+    public static (float[] Cos, float[] Sin) Angles(ReadOnlySpan<int> positions, ReadOnlySpan<float> invFreq)
     {
-        int half = headDim / 2;
-        Span<float> cos = stackalloc float[half], sin = stackalloc float[half];
-        for (int t = 0; t < rows; t++)
+        int half = invFreq.Length;
+        var cos = new float[positions.Length * half];
+        var sin = new float[positions.Length * half];
+        for (int t = 0; t < positions.Length; t++)
         {
             float pos = positions[t];
             for (int i = 0; i < half; i++)
             {
                 float angle = pos * invFreq[i];
-                cos[i] = MathF.Cos(angle);
-                sin[i] = MathF.Sin(angle);
+                cos[t * half + i] = MathF.Cos(angle);
+                sin[t * half + i] = MathF.Sin(angle);
             }
+        }
+        return (cos, sin);
+    }
+
+    /// <summary>Rotates every head of <paramref name="x"/> [rows, heads, d] in place; row t is at positions[t].</summary>
+    public static void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<int> positions, ReadOnlySpan<float> invFreq)
+    {
+        var (cos, sin) = Angles(positions[..rows], invFreq[..(headDim / 2)]);
+        Apply(x, rows, heads, headDim, cos, sin);
+    }
+
+    /// <summary>Rotates every head of <paramref name="x"/> [rows, heads, d] in place by the angles of <see cref="Angles"/>.</summary>
+    public static void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int half = headDim / 2;
+        for (int t = 0; t < rows; t++)
+        {
+            var c = cos.Slice(t * half, half);
+            var s = sin.Slice(t * half, half);
             for (int h = 0; h < heads; h++)
             {
                 var v = x.Slice((t * heads + h) * headDim, headDim);
                 for (int i = 0; i < half; i++)
                 {
                     float a = v[i], b = v[i + half];
-                    v[i] = a * cos[i] - b * sin[i];
-                    v[i + half] = b * cos[i] + a * sin[i];
+                    v[i] = a * c[i] - b * s[i];
+                    v[i + half] = b * c[i] + a * s[i];
                 }
             }
         }
