@@ -1,5 +1,6 @@
 // The one (o, lse) merge: combines normalized partial attention results over disjoint key sets exactly.
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 
 namespace Kernels.Runtime.Numerics;
 
@@ -25,7 +26,15 @@ public static class AttentionState
         float a = MathF.Exp(lse - m), b = MathF.Exp(otherLse - m);
         float inv = 1f / (a + b);
         float wa = a * inv, wb = b * inv;
-        for (int i = 0; i < o.Length; i++) o[i] = wa * o[i] + wb * other[i];
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated) // the same two products and sum per element, 8 at a time
+        {
+            var va = Vector256.Create(wa);
+            var vb = Vector256.Create(wb);
+            for (; i + 8 <= o.Length; i += 8)
+                (va * Vector256.Create(o.Slice(i, 8)) + vb * Vector256.Create(other.Slice(i, 8))).CopyTo(o.Slice(i, 8));
+        }
+        for (; i < o.Length; i++) o[i] = wa * o[i] + wb * other[i];
         lse = m + MathF.Log(a + b);
     }
 }

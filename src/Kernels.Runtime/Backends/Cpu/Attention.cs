@@ -290,12 +290,38 @@ public static unsafe class Attention
     /// </summary>
     private static float Softmax(Span<float> row, float scale)
     {
+        // Three passes over a row of tens to hundreds of scores: max; exp of the scaled differences, summed; the
+        // normalization (one loop each, not six library calls: per-call overhead dominated rows this short).
         float max = TensorPrimitives.Max(row);
-        TensorPrimitives.Subtract(row, max, row);
-        TensorPrimitives.Multiply(row, scale, row);
-        TensorPrimitives.Exp(row, row);
-        float sum = TensorPrimitives.Sum(row);
-        TensorPrimitives.Multiply(row, 1f / sum, row);
+        int n = row.Length, i = 0;
+        float sum = 0;
+        fixed (float* p = row)
+        {
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var m = Vector256.Create(max);
+                var sc = Vector256.Create(scale);
+                var acc = Vector256<float>.Zero;
+                for (; i + 8 <= n; i += 8)
+                {
+                    var e = Vector256.Exp((Vector256.Load(p + i) - m) * sc);
+                    e.Store(p + i);
+                    acc += e;
+                }
+                sum = Vector256.Sum(acc);
+            }
+            for (; i < n; i++)
+            {
+                float e = MathF.Exp((p[i] - max) * scale);
+                p[i] = e;
+                sum += e;
+            }
+            float inv = 1f / sum;
+            i = 0;
+            if (Vector256.IsHardwareAccelerated)
+                for (var v = Vector256.Create(inv); i + 8 <= n; i += 8) (Vector256.Load(p + i) * v).Store(p + i);
+            for (; i < n; i++) p[i] *= inv;
+        }
         return max * scale + MathF.Log(sum);
     }
 
