@@ -1,4 +1,6 @@
 // Rotary embedding (rotate-half convention), reference for kernels/ops rope: pairs (i, i + d/2) turned by pos * inv_freq[i].
+using System.Runtime.Intrinsics;
+
 namespace Kernels.Runtime.Backends.Cpu;
 
 public static class Rope
@@ -43,7 +45,18 @@ public static class Rope
             for (int h = 0; h < heads; h++)
             {
                 var v = x.Slice((t * heads + h) * headDim, headDim);
-                for (int i = 0; i < half; i++)
+                int i = 0;
+                if (Vector256.IsHardwareAccelerated) // the same products and sums per element, 8 pairs at a time
+                    for (; i + 8 <= half; i += 8)
+                    {
+                        var a = Vector256.Create(v.Slice(i, 8));
+                        var b = Vector256.Create(v.Slice(i + half, 8));
+                        var ci = Vector256.Create(c.Slice(i, 8));
+                        var si = Vector256.Create(s.Slice(i, 8));
+                        (a * ci - b * si).CopyTo(v.Slice(i, 8));
+                        (b * ci + a * si).CopyTo(v.Slice(i + half, 8));
+                    }
+                for (; i < half; i++)
                 {
                     float a = v[i], b = v[i + half];
                     v[i] = a * c[i] - b * s[i];
