@@ -95,7 +95,7 @@ public static unsafe class Attention
             float* q0 = (float*)q[r], q1 = (float*)q[r + g / 2], q2 = (float*)q[r + g - 1];
             float* s0 = (float*)s[r], s1 = (float*)s[r + g / 2], s2 = (float*)s[r + g - 1];
             int i = 0;
-            for (; i + 4 <= n; i += 4) DotTile.Dots(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
+            for (; i + 4 <= n; i += 4) DotTile.Dots(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, null, false, false, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
             for (; i < n; i++)
                 for (int t = r; t < r + g; t++) ((float*)s[t])[i] = Dot((float*)q[t], keys + (long)i * keyStride, d);
             r += g;

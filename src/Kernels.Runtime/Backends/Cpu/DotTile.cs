@@ -13,18 +13,6 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// </summary>
 internal static unsafe class DotTile
 {
-    /// <summary>
-    /// y_r[c] = Sum(a[c * 3 + r]) + bias[c] for the tile's 4 rows c and <paramref name="group"/> rows r (y_r: y0, y1,
-    /// y2), eight (or four) sums at a time through horizontal adds. Each sum is added up exactly as Vector256.Sum does it,
-    /// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), so the bits match the one-at-a-time paths.
-    /// </summary>
-    public static void Sums(Vector256<float>* a, int group, float* y0, float* y1, float* y2, Vector128<float> bias)
-    {
-        if (group >= 2) SumPair(a[0], a[3], a[6], a[9], a[1], a[4], a[7], a[10], y0, y1, bias);
-        if (group == 1) SumOne(a[0], a[3], a[6], a[9], y0, bias);
-        if (group == 3) SumOne(a[2], a[5], a[8], a[11], y2, bias);
-    }
-
     /// <summary>y0[c] = Sum(r_c) + bias[c] and y1[c] = Sum(s_c) + bias[c] for c = 0..3, in Vector256.Sum's order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void SumPair(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3,
@@ -46,14 +34,25 @@ internal static unsafe class DotTile
     }
 
     /// <summary>
-    /// <see cref="Accumulate"/> from zero over all <paramref name="len"/> columns, then <see cref="Sums"/>, the
-    /// accumulators never leaving registers (for dots short enough to need no chunking: attention's head dimension,
-    /// matmul rows of up to a chunk).
+    /// 4 fp32 rows w_c (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) rows x0, x1, x2 over
+    /// <paramref name="len"/> (a multiple of 8) columns: acc[c][r] += w_c[i..i+8] * x_r[i..i+8] for i = 0, 8, ... in
+    /// order, one fused multiply-add each, the 12 accumulators in registers. They start from zero, or from
+    /// carry[c * 3 + r] with <paramref name="carryIn"/> (a later chunk of K); they end in carry with
+    /// <paramref name="carryOut"/>, else as y_r[c] = Sum(acc[c][r]) + bias[c] in Vector256.Sum's order (y_r: y0, y1, y2).
     /// </summary>
-    public static void Dots(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, float* y0, float* y1, float* y2, Vector128<float> bias)
+    public static void Dots(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, Vector256<float>* carry, bool carryIn, bool carryOut,
+        float* y0, float* y1, float* y2, Vector128<float> bias)
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00;
+        var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00;
+        var a02 = a00; var a12 = a00; var a22 = a00; var a32 = a00;
+        if (carryIn)
+        {
+            a00 = carry[0]; a10 = carry[3]; a20 = carry[6]; a30 = carry[9];
+            if (group >= 2) { a01 = carry[1]; a11 = carry[4]; a21 = carry[7]; a31 = carry[10]; }
+            if (group == 3) { a02 = carry[2]; a12 = carry[5]; a22 = carry[8]; a32 = carry[11]; }
+        }
         if (group == 1)
         {
             for (int i = 0; i < len; i += 8)
@@ -64,11 +63,8 @@ internal static unsafe class DotTile
                 a20 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, a20);
                 a30 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, a30);
             }
-            SumOne(a00, a10, a20, a30, y0, bias);
-            return;
         }
-        var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00;
-        if (group == 2)
+        else if (group == 2)
         {
             for (int i = 0; i < len; i += 8)
             {
@@ -79,22 +75,30 @@ internal static unsafe class DotTile
                 var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21);
                 var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31);
             }
-            SumPair(a00, a10, a20, a30, a01, a11, a21, a31, y0, y1, bias);
+        }
+        else
+        {
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(x0 + i);
+                var v1 = Avx.LoadVector256(x1 + i);
+                var v2 = Avx.LoadVector256(x2 + i);
+                var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
+                var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
+                var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
+                var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
+            }
+        }
+        if (carryOut)
+        {
+            carry[0] = a00; carry[3] = a10; carry[6] = a20; carry[9] = a30;
+            carry[1] = a01; carry[4] = a11; carry[7] = a21; carry[10] = a31;
+            carry[2] = a02; carry[5] = a12; carry[8] = a22; carry[11] = a32;
             return;
         }
-        var a02 = a00; var a12 = a00; var a22 = a00; var a32 = a00;
-        for (int i = 0; i < len; i += 8)
-        {
-            var v0 = Avx.LoadVector256(x0 + i);
-            var v1 = Avx.LoadVector256(x1 + i);
-            var v2 = Avx.LoadVector256(x2 + i);
-            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
-            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
-            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
-            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
-        }
-        SumPair(a00, a10, a20, a30, a01, a11, a21, a31, y0, y1, bias);
-        SumOne(a02, a12, a22, a32, y2, bias);
+        if (group == 1) SumOne(a00, a10, a20, a30, y0, bias);
+        else SumPair(a00, a10, a20, a30, a01, a11, a21, a31, y0, y1, bias);
+        if (group == 3) SumOne(a02, a12, a22, a32, y2, bias);
     }
 
     /// <summary>
@@ -102,65 +106,4 @@ internal static unsafe class DotTile
     /// (4 left go as 2 + 2), since a 4x1 tile does 4 FMAs per 5 loads.
     /// </summary>
     public static int Rows(int remaining) => remaining == 4 ? 2 : Math.Min(3, remaining);
-
-    /// <summary>
-    /// 4 fp32 rows w_c (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..3) rows x0, x1, x2 over
-    /// <paramref name="len"/> (a multiple of 8) columns, continuing the accumulators a[c * 3 + r]: a[c * 3 + r] +=
-    /// w_c[i..i+8] * x_r[i..i+8] for i = 0, 8, ... in order, one fused multiply-add each.
-    /// </summary>
-    public static void Accumulate(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, Vector256<float>* a, bool first)
-    {
-        if (first) // the first chunk starts the accumulators
-            for (int i = 0; i < 12; i++) a[i] = Vector256<float>.Zero;
-        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
-        if (group == 1)
-        {
-            var b0 = a[0]; var b1 = a[3]; var b2 = a[6]; var b3 = a[9];
-            for (int i = 0; i < len; i += 8)
-            {
-                var v = Avx.LoadVector256(x0 + i);
-                b0 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v, b0);
-                b1 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v, b1);
-                b2 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v, b2);
-                b3 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v, b3);
-            }
-            a[0] = b0; a[3] = b1; a[6] = b2; a[9] = b3;
-            return;
-        }
-        if (group == 2)
-        {
-            var b00 = a[0]; var b01 = a[1]; var b10 = a[3]; var b11 = a[4];
-            var b20 = a[6]; var b21 = a[7]; var b30 = a[9]; var b31 = a[10];
-            for (int i = 0; i < len; i += 8)
-            {
-                var v0 = Avx.LoadVector256(x0 + i);
-                var v1 = Avx.LoadVector256(x1 + i);
-                var c0 = Avx.LoadVector256(w0 + i); b00 = Fma.MultiplyAdd(c0, v0, b00); b01 = Fma.MultiplyAdd(c0, v1, b01);
-                var c1 = Avx.LoadVector256(w1 + i); b10 = Fma.MultiplyAdd(c1, v0, b10); b11 = Fma.MultiplyAdd(c1, v1, b11);
-                var c2 = Avx.LoadVector256(w2 + i); b20 = Fma.MultiplyAdd(c2, v0, b20); b21 = Fma.MultiplyAdd(c2, v1, b21);
-                var c3 = Avx.LoadVector256(w3 + i); b30 = Fma.MultiplyAdd(c3, v0, b30); b31 = Fma.MultiplyAdd(c3, v1, b31);
-            }
-            a[0] = b00; a[1] = b01; a[3] = b10; a[4] = b11;
-            a[6] = b20; a[7] = b21; a[9] = b30; a[10] = b31;
-            return;
-        }
-        var a00 = a[0]; var a01 = a[1]; var a02 = a[2];
-        var a10 = a[3]; var a11 = a[4]; var a12 = a[5];
-        var a20 = a[6]; var a21 = a[7]; var a22 = a[8];
-        var a30 = a[9]; var a31 = a[10]; var a32 = a[11];
-        for (int i = 0; i < len; i += 8)
-        {
-            var v0 = Avx.LoadVector256(x0 + i);
-            var v1 = Avx.LoadVector256(x1 + i);
-            var v2 = Avx.LoadVector256(x2 + i);
-            var c0 = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c0, v0, a00); a01 = Fma.MultiplyAdd(c0, v1, a01); a02 = Fma.MultiplyAdd(c0, v2, a02);
-            var c1 = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c1, v0, a10); a11 = Fma.MultiplyAdd(c1, v1, a11); a12 = Fma.MultiplyAdd(c1, v2, a12);
-            var c2 = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c2, v0, a20); a21 = Fma.MultiplyAdd(c2, v1, a21); a22 = Fma.MultiplyAdd(c2, v2, a22);
-            var c3 = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c3, v0, a30); a31 = Fma.MultiplyAdd(c3, v1, a31); a32 = Fma.MultiplyAdd(c3, v2, a32);
-        }
-        a[0] = a00; a[1] = a01; a[2] = a02;
-        a[3] = a10; a[4] = a11; a[5] = a12;
-        a[6] = a20; a[7] = a21; a[8] = a22;
-        a[9] = a30; a[10] = a31; a[11] = a32;
-    }
 }

@@ -241,18 +241,10 @@ public static unsafe class MatMul
                             for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
                             float* x0 = xk + (long)t * k + kc, y0 = y + (long)t * n + j;
                             var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
-                            if (k8 == k && k <= ChunkK) // one chunk: the accumulators stay in registers
-                            {
-                                DotTile.Dots(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, y0, y0 + n, y0 + 2 * n, b4);
-                                continue;
-                            }
-                            DotTile.Accumulate(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, a, kc == 0);
-                            if (!last) continue;
-                            if (k8 == k)
-                            {
-                                DotTile.Sums(a, group, y0, y0 + n, y0 + 2 * n, b4);
-                                continue;
-                            }
+                            // The accumulators stay in registers over a chunk; between chunks, and for a scalar tail, they wait in a.
+                            bool keep = !last || k8 != k;
+                            DotTile.Dots(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, a, kc > 0, keep, y0, y0 + n, y0 + 2 * n, b4);
+                            if (!last || !keep) continue;
                             for (int r = 0; r < group; r++)
                             {
                                 float* xr = x + (long)(t + r) * k;
