@@ -231,13 +231,6 @@ public static class Peer
     // ---------------------------------------------------------------------------------------------------------------
     // llama.cpp
 
-    private static int ArgMax(ReadOnlySpan<float> logits)
-    {
-        int best = 0;
-        for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
-        return best;
-    }
-
     private static void Check(DecodeResult r)
     {
         if (r != DecodeResult.Ok) throw new InvalidOperationException($"llama_decode failed: {r}");
@@ -251,7 +244,7 @@ public static class Peer
         for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
         var clock = Stopwatch.StartNew();
         Check(ctx.Decode(batch));
-        int next = ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
+        int next = Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
         double prefill = clock.Elapsed.TotalSeconds;
         var tokens = new int[g];
         clock.Restart();
@@ -261,7 +254,7 @@ public static class Peer
             batch.Clear();
             batch.Add(next, prompt.Length + i, LLamaSeqId.Zero, true);
             Check(ctx.Decode(batch));
-            next = ArgMax(ctx.NativeHandle.GetLogitsIth(0));
+            next = Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(0));
         }
         return new Timing(prefill, clock.Elapsed.TotalSeconds, tokens);
     }
@@ -279,7 +272,7 @@ public static class Peer
         for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
         var clock = Stopwatch.StartNew();
         Check(ctx.Decode(batch));
-        int first = ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
+        int first = Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
         for (int s = 1; s < n; s++) ctx.NativeHandle.MemorySequenceCopy(LLamaSeqId.Zero, (LLamaSeqId)s, -1, -1);
         double prefill = clock.Elapsed.TotalSeconds;
         var next = Enumerable.Repeat(first, n).ToArray();
@@ -289,7 +282,7 @@ public static class Peer
             batch.Clear();
             for (int s = 0; s < n; s++) batch.Add(next[s], prompt.Length + step, (LLamaSeqId)s, true);
             Check(ctx.Decode(batch));
-            for (int s = 0; s < n; s++) next[s] = ArgMax(ctx.NativeHandle.GetLogitsIth(s));
+            for (int s = 0; s < n; s++) next[s] = Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(s));
         }
         return new Timing(prefill, clock.Elapsed.TotalSeconds, []);
     }

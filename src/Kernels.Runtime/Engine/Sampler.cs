@@ -1,4 +1,7 @@
 // Picks the next token from logits: repetition penalty, then greedy, or temperature -> top-k -> top-p -> min-p -> draw.
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
 namespace Kernels.Runtime.Engine;
 
 public static class Sampler
@@ -70,18 +73,33 @@ public static class Sampler
         return candidates[^1];
     }
 
+    /// <summary>
+    /// The first index of the largest value, NaNs ignored (0 when nothing exceeds -inf): a vector pass for the maximum,
+    /// then one for its first position (a 32k-vocabulary row per sequence per step).
+    /// </summary>
     public static int ArgMax(ReadOnlySpan<float> v)
     {
-        int best = 0;
-        float bestValue = float.NegativeInfinity;
-        for (int i = 0; i < v.Length; i++)
+        int i = 0;
+        float max = float.NegativeInfinity;
+        if (Avx.IsSupported && v.Length >= 16)
         {
-            if (v[i] > bestValue)
+            var m = Vector256.Create(float.NegativeInfinity);
+            for (; i + 8 <= v.Length; i += 8) m = Avx.Max(Vector256.Create(v.Slice(i, 8)), m); // maxps keeps m when the value is NaN
+            for (int l = 0; l < 8; l++) if (m.GetElement(l) > max) max = m.GetElement(l);
+        }
+        for (; i < v.Length; i++) if (v[i] > max) max = v[i];
+        if (max == float.NegativeInfinity) return 0;
+        i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var target = Vector256.Create(max);
+            for (; i + 8 <= v.Length; i += 8)
             {
-                bestValue = v[i];
-                best = i;
+                uint hits = Vector256.Equals(Vector256.Create(v.Slice(i, 8)), target).ExtractMostSignificantBits();
+                if (hits != 0) return i + System.Numerics.BitOperations.TrailingZeroCount(hits);
             }
         }
-        return best;
+        for (; i < v.Length; i++) if (v[i] == max) return i;
+        return 0;
     }
 }

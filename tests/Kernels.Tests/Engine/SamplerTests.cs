@@ -15,6 +15,26 @@ public class SamplerTests
     }
 
     [Test]
+    public void ArgMaxIsTheFirstLargestIgnoringNaNAtEveryLength()
+    {
+        var rng = new Random(7);
+        foreach (int n in new[] { 1, 2, 7, 8, 9, 15, 16, 17, 33, 100, 32000 })
+            for (int trial = 0; trial < 20; trial++)
+            {
+                // few distinct values, so ties are common; some NaN and -inf
+                var v = Enumerable.Range(0, n).Select(_ => rng.Next(10) switch { 0 => float.NaN, 1 => float.NegativeInfinity, int x => (float)(x % 4) }).ToArray();
+                int expected = 0;
+                float best = float.NegativeInfinity;
+                for (int i = 0; i < n; i++) if (v[i] > best) (best, expected) = (v[i], i);
+                Assert.That(Sampler.ArgMax(v), Is.EqualTo(expected), $"n={n} trial {trial}");
+            }
+        Assert.That(Sampler.ArgMax(Enumerable.Repeat(float.NaN, 20).ToArray()), Is.EqualTo(0), "nothing above -inf");
+        var late = new float[40];
+        late[37] = 1f;
+        Assert.That(Sampler.ArgMax(late), Is.EqualTo(37), "the maximum in the scalar tail");
+    }
+
+    [Test]
     public void TopKOfOneIsGreedyForEveryCoin()
     {
         var o = new SamplingOptions { Temperature = 1, TopK = 1 };
