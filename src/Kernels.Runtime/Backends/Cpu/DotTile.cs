@@ -102,6 +102,61 @@ internal static unsafe class DotTile
     }
 
     /// <summary>
+    /// 6 fp32 rows w_c (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1 or 2) rows x0, x1 over
+    /// <paramref name="len"/> (a multiple of 8) columns from zero, accumulators in registers, then y_r[c] =
+    /// Sum(acc[c][r]) + bias[c] for c = 0..5 (<paramref name="bias"/> null: none): the same dots as <see cref="Dots"/>
+    /// with 2 x loads per 12 fused multiply-adds instead of 3 (x streams from L2, the 6 rows sit in L1).
+    /// </summary>
+    public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, float* y0, float* y1, float* bias)
+    {
+        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;
+        var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
+        var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
+        if (group == 2)
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(x0 + i);
+                var v1 = Avx.LoadVector256(x1 + i);
+                var c = Avx.LoadVector256(w0 + i); a00 = Fma.MultiplyAdd(c, v0, a00); a01 = Fma.MultiplyAdd(c, v1, a01);
+                c = Avx.LoadVector256(w1 + i); a10 = Fma.MultiplyAdd(c, v0, a10); a11 = Fma.MultiplyAdd(c, v1, a11);
+                c = Avx.LoadVector256(w2 + i); a20 = Fma.MultiplyAdd(c, v0, a20); a21 = Fma.MultiplyAdd(c, v1, a21);
+                c = Avx.LoadVector256(w3 + i); a30 = Fma.MultiplyAdd(c, v0, a30); a31 = Fma.MultiplyAdd(c, v1, a31);
+                c = Avx.LoadVector256(w4 + i); a40 = Fma.MultiplyAdd(c, v0, a40); a41 = Fma.MultiplyAdd(c, v1, a41);
+                c = Avx.LoadVector256(w5 + i); a50 = Fma.MultiplyAdd(c, v0, a50); a51 = Fma.MultiplyAdd(c, v1, a51);
+            }
+        else
+            for (int i = 0; i < len; i += 8)
+            {
+                var v0 = Avx.LoadVector256(x0 + i);
+                a00 = Fma.MultiplyAdd(Avx.LoadVector256(w0 + i), v0, a00);
+                a10 = Fma.MultiplyAdd(Avx.LoadVector256(w1 + i), v0, a10);
+                a20 = Fma.MultiplyAdd(Avx.LoadVector256(w2 + i), v0, a20);
+                a30 = Fma.MultiplyAdd(Avx.LoadVector256(w3 + i), v0, a30);
+                a40 = Fma.MultiplyAdd(Avx.LoadVector256(w4 + i), v0, a40);
+                a50 = Fma.MultiplyAdd(Avx.LoadVector256(w5 + i), v0, a50);
+            }
+        var b0 = bias != null ? Vector128.Load(bias) : Vector128<float>.Zero;
+        var b4 = bias != null ? Vector128.Create(bias[4], bias[5], 0f, 0f) : Vector128<float>.Zero;
+        SumOne(a00, a10, a20, a30, y0, b0);
+        Sum2(a40, a50, y0 + 4, b4);
+        if (group == 2)
+        {
+            SumOne(a01, a11, a21, a31, y1, b0);
+            Sum2(a41, a51, y1 + 4, b4);
+        }
+    }
+
+    /// <summary>y[c] = Sum(r_c) + bias[c] for c = 0, 1, in Vector256.Sum's order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Sum2(Vector256<float> r0, Vector256<float> r1, float* y, Vector128<float> bias)
+    {
+        var g = Avx.HorizontalAdd(Avx.HorizontalAdd(r0, r1), Avx.HorizontalAdd(r0, r1));
+        var s = g.GetLower() + g.GetUpper() + bias;
+        y[0] = s.GetElement(0);
+        y[1] = s.GetElement(1);
+    }
+
+    /// <summary>
     /// Rows taken by the next tile when <paramref name="remaining"/> are left: 3, but never a lone row after a group
     /// (4 left go as 2 + 2), since a 4x1 tile does 4 FMAs per 5 loads.
     /// </summary>

@@ -9,10 +9,11 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>
-/// Register-blocked: 4 weight rows x 3 (or 2) activation rows per micro-kernel (12 accumulators; 7 loads per 12 FMAs),
-/// over K in L1-sized chunks, with the weights converted to fp32 four rows at a time. One activation row
-/// (decode) streams the weights instead: BF16 and F16 rows are widened in registers, other stored forms converted 4
-/// rows at a time.
+/// Register-blocked (<see cref="DotTile"/>): 4 weight rows x 3 (or 2) activation rows per micro-kernel (12
+/// accumulators; 7 loads per 12 FMAs) over K in L1-sized chunks, or from 8 activation rows and K up to 768, 6 weight
+/// rows x 2 (8 loads, 2 of them from L2), with the weights converted to fp32 a panel at a time. One activation row
+/// (decode) streams the weights instead: F32, BF16 and F16 rows are widened in registers, other stored forms
+/// converted 4 rows at a time.
 /// Batch invariance: every dot product, in every micro-kernel shape, is summed the same way (one 8-lane
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
@@ -29,6 +30,15 @@ public static unsafe class MatMul
     /// 16 and 64 x rows, the same for 2-8.
     /// </summary>
     private const int ChunkK = 1024;
+
+    /// <summary>Widest K the six-row panels take (6 x 768 fp32 = 18 KiB, with two x rows 24 KiB of L1).</summary>
+    private const int SixRowsMaxK = 768;
+
+    /// <summary>
+    /// Fewest x rows for the six-row panels: below it a step is bound by the weight stream, and the larger panel's
+    /// prefetch bursts (its bytes over fewer tiles) cost more than the loads saved (measured 5 % slower at 4 rows).
+    /// </summary>
+    private const int SixRowsMinX = 8;
 
     /// <summary>
     /// How far ahead of its reads a decode row prefetches (bytes). One x row streams the weights one row at a time,
@@ -186,8 +196,9 @@ public static unsafe class MatMul
         }
 
         /// <summary>
-        /// Two or more x rows. The weights go four rows at a time: their (contiguous) bytes are converted to fp32 whole,
-        /// front to back, having been prefetched a slice per tile while the previous four rows were summed. K goes in
+        /// Two or more x rows. The weights go four rows at a time (six from <see cref="SixRowsMinX"/> x rows when K fits
+        /// one pass): their (contiguous) bytes are converted to fp32 whole, front to back, having been prefetched a slice
+        /// per tile while the previous rows were summed. K goes in
         /// chunks of <see cref="ChunkK"/>: the four rows' chunk stays in L1 while the x rows pass over it, each tile's
         /// accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the bits
         /// of the unchunked kernel. F32 weights are read in place.
@@ -199,13 +210,32 @@ public static unsafe class MatMul
             var acc = ArrayPool<Vector256<float>>.Shared.Rent(groups * 12);
             bool inPlace = w.DType == TensorDType.F32;
             int ws = inPlace ? k : (k + 7) & ~7; // floats between the rows the tiles read
-            var converted = inPlace ? null : ArrayPool<float>.Shared.Rent(4 * ws + 8);
+            var converted = inPlace ? null : ArrayPool<float>.Shared.Rent(6 * ws + 8);
             int tiles = (k8 + ChunkK - 1) / ChunkK * groups;
+            // Six rows at a time where they fit L1 in one pass (K up to 768, no scalar tail): 6 weight rows x 2 x rows
+            // per micro-kernel load 2 x vectors per 12 FMAs instead of 3 (x streams from L2).
+            bool six = !inPlace && rows >= SixRowsMinX && k8 == k && k <= SixRowsMaxK;
             fixed (Vector256<float>* accp = acc)
             fixed (float* cp = converted)
+            fixed (float* biasPtr = bias)
             {
-                float* rows4 = (float*)(((nint)cp + 31) & ~(nint)31);
+                float* panel = (float*)(((nint)cp + 31) & ~(nint)31);
                 int j = start;
+                for (; six && j + 6 <= end; j += 6)
+                {
+                    for (int r = 0; r < 6; r++) ConvertRow(j + r, panel + r * ws);
+                    // The next rows' bytes (six, or the four the 4-row loop takes next), a slice per tile.
+                    int remaining = end - j - 6, next = remaining >= 6 ? 6 : remaining >= 4 ? 4 : 0;
+                    byte* ahead = w.Data + w.DType.ByteCount((long)(j + 6) * k), aheadEnd = ahead + w.DType.ByteCount((long)next * k);
+                    int tiles6 = (rows + 1) / 2;
+                    long perTile = ((aheadEnd - ahead) / 64 + tiles6 - 1) / tiles6 * 64;
+                    for (int t = 0; t < rows; t += 2)
+                    {
+                        for (byte* stop = ahead + perTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
+                        float* x0 = xk + (long)t * k;
+                        DotTile.Dots6(panel, ws, x0, x0 + k, Math.Min(2, rows - t), k, y + (long)t * n + j, y + (long)(t + 1) * n + j, bias != null ? biasPtr + j : null);
+                    }
+                }
                 for (; j + 4 <= end; j += 4)
                 {
                     // The next four rows' bytes, prefetched a slice per tile (a burst of prefetches would stall).
@@ -213,7 +243,7 @@ public static unsafe class MatMul
                     long aheadPerTile = 0;
                     if (!inPlace)
                     {
-                        for (int r = 0; r < 4; r++) ConvertRow(j + r, rows4 + r * ws);
+                        for (int r = 0; r < 4; r++) ConvertRow(j + r, panel + r * ws);
                         if (j + 8 <= end)
                         {
                             ahead = w.Data + w.DType.ByteCount((long)(j + 4) * k);
@@ -233,7 +263,7 @@ public static unsafe class MatMul
                             else if (j + 8 <= end) PrefetchRows(j + 4, 0);
                             wc = (float*)w.Data + (long)j * k + kc;
                         }
-                        else wc = rows4 + kc;
+                        else wc = panel + kc;
                         for (int t = 0, g = 0; t < rows; t += DotTile.Rows(rows - t), g++)
                         {
                             int group = DotTile.Rows(rows - t);
@@ -258,7 +288,6 @@ public static unsafe class MatMul
                         }
                     }
                 }
-                j = start + (end - start) / 4 * 4;
                 if (j < end) // the last 1-3 rows of the range, one at a time
                 {
                     var rowBuffer = ArrayPool<float>.Shared.Rent(k);
