@@ -53,6 +53,35 @@ public static unsafe class Attention
             _window < 0 ? 0 : Math.Max(compactBlocks, Math.Max(0, pos + 1 - _window) / BlockSize) * BlockSize;
     }
 
+    /// <summary>Positions a decode row's suffix fetches ahead (64: 64 KiB of fp32 keys and values for 4 kv heads of 64).</summary>
+    private const int PrefetchPositions = 64;
+
+    /// <summary>
+    /// Fetches the full-precision key and value rows (every kv head) of the first positions of [from, to): a block
+    /// holds them contiguously, so a sequence's suffix is requested as a few sequential runs before its heads read it
+    /// 256 bytes per row at a time (the rows come cold from DRAM each step: the weights evict them; measured ~13 % less
+    /// suffix time in a 16-sequence step). Nothing for KIVI caches (their blocks may be compact).
+    /// </summary>
+    public static void PrefetchRows(in Layer kv, int[] blocks, int from, int to)
+    {
+        if (kv.Bits != 0) return;
+        to = Math.Min(to, from + PrefetchPositions);
+        int bs = kv.BlockSize, rowBytes = kv.KvStride * (kv.HalfRows ? 2 : 4);
+        for (int j = from; j < to;)
+        {
+            int b = j / bs, end = Math.Min(to, (b + 1) * bs);
+            long offset = (long)(j - b * bs) * rowBytes, bytes = (long)(end - j) * rowBytes;
+            byte* keys = kv.HalfRows ? (byte*)kv.BlockKeysHalf(blocks[b], 0) : (byte*)kv.BlockKeys(blocks[b], 0);
+            byte* values = kv.HalfRows ? (byte*)kv.BlockValuesHalf(blocks[b], 0) : (byte*)kv.BlockValues(blocks[b], 0);
+            for (long o = offset; o < offset + bytes; o += 64)
+            {
+                Sse.Prefetch0(keys + o);
+                Sse.Prefetch0(values + o);
+            }
+            j = end;
+        }
+    }
+
     /// <summary>Whether the tiled kernels run: AVX2 + FMA (otherwise every dot and update is scalar, in the same order).</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 

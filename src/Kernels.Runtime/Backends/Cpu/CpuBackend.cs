@@ -322,6 +322,8 @@ public sealed unsafe class CpuBackend : IBackend
                 var partial = ArrayPool<float>.Shared.Rent(kv.Group * c.HeadDim);
                 float* qr = qs + (long)r0 * c.QueryDim, or = os + (long)r0 * c.QueryDim, lr = ls + (long)r0 * c.NumHeads;
                 int firstHead = task % tasksPerSeq * headsPerTask;
+                if (rows == 1 && headsPerTask == c.NumHeads) // the whole sequence's suffix, fetched up front
+                    Attention.PrefetchRows(kv, tables[s], Math.Max(plan.SuffixStart[s], c.SlidingWindow is int sw ? start[s] - sw + 1 : 0), start[s] + 1);
                 if (rows == 1) // decode: the heads of a kv group read its keys and values together
                     for (int kvh = firstHead / kv.Group, lastKv = (firstHead + headsPerTask) / kv.Group; kvh < lastKv; kvh++)
                         Attention.SuffixRow(kv, tables[s], qr, or, lr, start[s], plan.SuffixStart[s], kvh, c.SlidingWindow, scores, partial, compactBefore[s]);
