@@ -220,62 +220,55 @@ public static unsafe class Attention
     }
 
     /// <summary>
+    /// Full-precision key (or value) rows of kv head <paramref name="kvh"/> from position <paramref name="j"/> on, up to
+    /// <paramref name="to"/> and the end of j's block: fp32 rows read in place, fp16 ones widened into
+    /// <paramref name="wide"/> (at most <see cref="WideRows"/> of them). Returns how many, with their address and stride.
+    /// </summary>
+    private static int FullRows(in Layer kv, int[] blocks, int kvh, bool values, int j, int to, float* wide, out float* rows, out int stride)
+    {
+        int d = kv.HeadDim, bs = kv.BlockSize, b = j / bs, n = Math.Min(to, (b + 1) * bs) - j;
+        long offset = (long)(j - b * bs) * kv.KvStride;
+        if (!kv.HalfRows)
+        {
+            rows = (values ? kv.BlockValues(blocks[b], kvh) : kv.BlockKeys(blocks[b], kvh)) + offset;
+            stride = kv.KvStride;
+            return n;
+        }
+        n = Math.Min(n, WideRows(d));
+        Widen((values ? kv.BlockValuesHalf(blocks[b], kvh) : kv.BlockKeysHalf(blocks[b], kvh)) + offset, kv.KvStride, n, d, wide);
+        rows = wide;
+        stride = d;
+        return n;
+    }
+
+    /// <summary>
     /// Full-precision scores of <paramref name="rows"/> query rows (q_r, s_r by address) against keys [from, to) of kv
-    /// head <paramref name="kvh"/>: s_r[j - from]. fp32 blocks are read in place, fp16 ones widened a tile at a time
-    /// (once for all the rows).
+    /// head <paramref name="kvh"/>: s_r[j - from], each key tile loaded (or widened) once for all the rows.
     /// </summary>
     private static void FullScores(in Layer kv, int[] blocks, int kvh, nint* q, nint* s, int rows, int from, int to)
     {
         if (rows == 0) return; // (KIVI: every row reads these keys quantized; compact blocks have no full rows)
-        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride, tile = WideRows(d);
-        float* wide = stackalloc float[kv.HalfRows ? tile * d : 0];
+        float* wide = stackalloc float[kv.HalfRows ? WideRows(kv.HeadDim) * kv.HeadDim : 0];
         nint* at = stackalloc nint[rows];
-        for (int j = from; j < to;)
+        for (int j = from, n; j < to; j += n)
         {
-            int b = j / bs, n = Math.Min(to, (b + 1) * bs) - j, offset = j - b * bs;
-            float* keys = wide;
-            int keyStride = d;
-            if (kv.HalfRows)
-            {
-                n = Math.Min(n, tile);
-                Widen(kv.BlockKeysHalf(blocks[b], kvh) + (long)offset * stride, stride, n, d, wide);
-            }
-            else
-            {
-                keys = kv.BlockKeys(blocks[b], kvh) + (long)offset * stride;
-                keyStride = stride;
-            }
+            n = FullRows(kv, blocks, kvh, values: false, j, to, wide, out float* keys, out int stride);
             for (int r = 0; r < rows; r++) at[r] = s[r] + (j - from) * sizeof(float);
-            ScoreRows(q, at, rows, keys, keyStride, n, d);
-            j += n;
+            ScoreRows(q, at, rows, keys, stride, n, kv.HeadDim);
         }
     }
 
     /// <summary>o_r += sum_j p_r[j - from] v_j over values [from, to) of kv head <paramref name="kvh"/> (as <see cref="FullScores"/>).</summary>
     private static void FullValues(in Layer kv, int[] blocks, int kvh, nint* p, nint* o, int rows, int from, int to)
     {
-        if (rows == 0) return; // (KIVI: every row reads these keys quantized; compact blocks have no full rows)
-        int d = kv.HeadDim, bs = kv.BlockSize, stride = kv.KvStride, tile = WideRows(d);
-        float* wide = stackalloc float[kv.HalfRows ? tile * d : 0];
+        if (rows == 0) return;
+        float* wide = stackalloc float[kv.HalfRows ? WideRows(kv.HeadDim) * kv.HeadDim : 0];
         nint* at = stackalloc nint[rows];
-        for (int j = from; j < to;)
+        for (int j = from, n; j < to; j += n)
         {
-            int b = j / bs, n = Math.Min(to, (b + 1) * bs) - j, offset = j - b * bs;
-            float* values = wide;
-            int valueStride = d;
-            if (kv.HalfRows)
-            {
-                n = Math.Min(n, tile);
-                Widen(kv.BlockValuesHalf(blocks[b], kvh) + (long)offset * stride, stride, n, d, wide);
-            }
-            else
-            {
-                values = kv.BlockValues(blocks[b], kvh) + (long)offset * stride;
-                valueStride = stride;
-            }
+            n = FullRows(kv, blocks, kvh, values: true, j, to, wide, out float* values, out int stride);
             for (int r = 0; r < rows; r++) at[r] = p[r] + (j - from) * sizeof(float);
-            AccumulateRows(at, o, rows, values, valueStride, n, d);
-            j += n;
+            AccumulateRows(at, o, rows, values, stride, n, kv.HeadDim);
         }
     }
 

@@ -170,18 +170,10 @@ public static unsafe class MatMul
             if (rows == 1 && direct && Vectorized)
             {
                 // Decode: F32, BF16 and F16 rows (those with infinities too) streamed and widened in registers.
-                WarmRange(start);
-                for (int j = start; j < end; j++)
-                {
-                    byte* row = w.Data + w.DType.ByteCount((long)j * k);
-                    float d = w.DType switch
-                    {
-                        TensorDType.F32 => DotStreaming<F32Rows>(row, x, k),
-                        TensorDType.BF16 => DotStreaming<Bf16Rows>(row, x, k),
-                        _ => finite ? DotStreaming<FiniteF16Rows>(row, x, k) : DotStreaming<F16Rows>(row, x, k),
-                    };
-                    y[j] = d + (bias != null ? bias[j] : 0f);
-                }
+                if (w.DType == TensorDType.F32) StreamRows<F32Rows>(start, end);
+                else if (w.DType == TensorDType.BF16) StreamRows<Bf16Rows>(start, end);
+                else if (finite) StreamRows<FiniteF16Rows>(start, end);
+                else StreamRows<F16Rows>(start, end);
                 return;
             }
             // No AVX2, or other stored forms: converted 4 rows at a time into a buffer.
@@ -198,9 +190,8 @@ public static unsafe class MatMul
         /// <summary>
         /// Two or more x rows. The weights go four rows at a time (six from <see cref="SixRowsMinX"/> x rows when K fits
         /// one pass): their (contiguous) bytes are converted to fp32 whole, front to back, having been prefetched a slice
-        /// per tile while the previous rows were summed. K goes in
-        /// chunks of <see cref="ChunkK"/>: the four rows' chunk stays in L1 while the x rows pass over it, each tile's
-        /// accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the bits
+        /// per tile while the previous rows were summed. K goes in chunks of <see cref="ChunkK"/>: the four rows' chunk
+        /// stays in L1 while the x rows pass over it, each tile's accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the bits
         /// of the unchunked kernel. F32 weights are read in place.
         /// </summary>
         private void Blocked(int start, int end)
@@ -339,6 +330,14 @@ public static unsafe class MatMul
                 byte* row = w.Data + w.DType.ByteCount((long)(j + c) * k + from);
                 for (long b = 0; b < bytes; b += 64) Sse.Prefetch0(row + b);
             }
+        }
+
+        /// <summary>One x row against weight rows start..end, each streamed through <see cref="DotStreaming{L}"/>.</summary>
+        private void StreamRows<L>(int start, int end) where L : IRowLoad
+        {
+            WarmRange(start);
+            int rowBytes = (int)w.DType.ByteCount(k);
+            for (int j = start; j < end; j++) y[j] = DotStreaming<L>(w.Data + (long)j * rowBytes, x, k) + (bias != null ? bias[j] : 0f);
         }
 
         /// <summary>One x row against finite F16 weights, with x paired (and prescaled when <typeparamref name="S"/> says so).</summary>
