@@ -4,7 +4,7 @@ using System.Text;
 
 namespace Kernels.Runtime.Models;
 
-public sealed unsafe class GgufFile : IDisposable
+public sealed unsafe class GgufFile : ITensorStorage, IDisposable
 {
     public sealed record TensorInfo(string Name, long[] Shape, int GgmlType, ulong Offset);
 
@@ -48,16 +48,25 @@ public sealed unsafe class GgufFile : IDisposable
 
     public static bool HasMagic(ReadOnlySpan<byte> head) => head.Length >= 4 && BinaryPrimitives.ReadUInt32LittleEndian(head) == Magic;
 
+    /// <summary>Largest general.alignment accepted: real files use 32; a forged 2^30 would put the data past any file.</summary>
+    public const uint MaxAlignment = 1 << 20;
+
     private static GgufFile Parse(MappedFile file)
     {
+        string path = file.Path;
         var r = new Reader(file);
         uint magic = r.U32();
-        if (magic != Magic) throw new ModelFormatException(file.Path, $"not a GGUF file: bad magic 0x{magic:X8} (expected 'GGUF')");
+        if (magic != Magic) throw new ModelFormatException(path, $"not a GGUF file: bad magic 0x{magic:X8} (expected 'GGUF')");
         uint version = r.U32();
-        if (version is not (2 or 3)) throw new ModelFormatException(file.Path, $"unsupported GGUF version {version}; supported: 2, 3");
+        if (version is not (2 or 3)) throw new ModelFormatException(path, $"unsupported GGUF version {version}; supported: 2, 3");
         ulong tensorCount = r.U64(), kvCount = r.U64();
-        if (tensorCount > 1_000_000 || kvCount > 1_000_000)
-            throw new ModelFormatException(file.Path, $"corrupt GGUF header: {tensorCount} tensors, {kvCount} metadata entries");
+        // Bounded by what the rest of the file can hold (a metadata entry takes at least 13 bytes, a tensor entry 32),
+        // before any loop runs on them.
+        ulong rest = (ulong)(file.Length - r.Position);
+        if (kvCount > rest / MinMetadataEntryBytes)
+            throw new ModelFormatException(path, $"corrupt GGUF header: metadata count {kvCount} cannot fit in the {rest} bytes after the header");
+        if (tensorCount > rest / MinTensorEntryBytes)
+            throw new ModelFormatException(path, $"corrupt GGUF header: tensor count {tensorCount} cannot fit in the {rest} bytes after the header");
 
         var metadata = new Dictionary<string, object>(StringComparer.Ordinal);
         for (ulong i = 0; i < kvCount; i++)
@@ -72,37 +81,80 @@ public sealed unsafe class GgufFile : IDisposable
         {
             string name = r.Str();
             uint nDims = r.U32();
-            if (nDims is 0 or > 4) throw new ModelFormatException(file.Path, $"tensor '{name}': {nDims} dimensions");
+            if (nDims is 0 or > 4) throw new ModelFormatException(path, $"tensor '{name}': {nDims} dimensions (expected 1 to 4)");
             var ne = new long[nDims];
-            for (int d = 0; d < nDims; d++) ne[d] = checked((long)r.U64());
+            for (int d = 0; d < nDims; d++)
+            {
+                ulong extent = r.U64();
+                if (extent is 0 or > long.MaxValue)
+                    throw new ModelFormatException(path, $"tensor '{name}': dimension {d} is {extent} (expected 1 to {long.MaxValue})");
+                ne[d] = (long)extent;
+            }
             Array.Reverse(ne); // GGML lists the fastest dimension first; we keep row-major order
             int ggmlType = (int)r.U32();
             ulong offset = r.U64();
-            tensors[name] = new TensorInfo(name, ne, ggmlType, offset);
+            if (!tensors.TryAdd(name, new TensorInfo(name, ne, ggmlType, offset)))
+                throw new ModelFormatException(path, $"tensor '{name}' is listed twice");
         }
 
-        long alignment = metadata.TryGetValue("general.alignment", out var a) ? a switch
-        {
-            uint u => u,
-            int i => i,
-            ulong u => u <= 1 << 20 ? (long)u : -1,
-            long l => l,
-            _ => throw new ModelFormatException(file.Path, $"general.alignment is a {a.GetType().Name}, expected an integer"),
-        } : 32;
-        if (alignment <= 0 || (alignment & (alignment - 1)) != 0) throw new ModelFormatException(file.Path, $"general.alignment {alignment} is not a power of two");
-        long dataStart = (r.Position + alignment - 1) / alignment * alignment;
-        var result = new GgufFile(file, version, metadata, tensors, dataStart);
+        uint alignment = Alignment(metadata, path);
+        // All in unsigned 64-bit arithmetic: the header ends inside the file, so the aligned start cannot overflow,
+        // but it may lie past the end when the header ends unaligned at the end of the file.
+        ulong headerEnd = (ulong)r.Position, fileLength = (ulong)file.Length;
+        ulong dataStart = (headerEnd + alignment - 1) / alignment * alignment;
+        if (tensors.Count > 0 && dataStart > fileLength)
+            throw new ModelFormatException(path, $"truncated GGUF file: tensor data would start at byte {dataStart} (the header ends at {headerEnd}, " +
+                                                 $"aligned to {alignment}), past the end of the file ({fileLength} bytes)");
+        ulong available = dataStart <= fileLength ? fileLength - dataStart : 0;
         foreach (var t in tensors.Values)
         {
-            var dtype = DTypeOf(t.GgmlType);
-            if (dtype == null) continue; // reported when the tensor is used
-            long available = file.Length - dataStart;
-            long elements = t.Shape.Aggregate(1L, (x, y) => checked(x * y)); // overflow: a corrupt shape, reported above
-            long bytes = checked(dtype.Value.ByteCount(elements));
-            if (t.Offset > (ulong)available || bytes > available - (long)t.Offset)
-                throw new ModelFormatException(file.Path, $"truncated GGUF file: tensor '{t.Name}' ({bytes} bytes at data offset {t.Offset}) ends past the end of the file ({file.Length} bytes)");
+            if (t.Offset % alignment != 0)
+                throw new ModelFormatException(path, $"tensor '{t.Name}': data offset {t.Offset} is not a multiple of general.alignment {alignment}");
+            if (t.Offset > available)
+                throw new ModelFormatException(path, $"truncated or corrupt GGUF file: tensor '{t.Name}' has data offset {t.Offset}, beyond the {available}-byte data section");
+            if (DTypeOf(t.GgmlType) is not { } dtype) continue; // the size of an unknown type is unknown: reported when the tensor is used
+            ulong bytes = ByteCount(t, dtype, path);
+            if (bytes > available - t.Offset)
+                throw new ModelFormatException(path, $"truncated GGUF file: tensor '{t.Name}' ({bytes} bytes at data offset {t.Offset}) ends past the end of " +
+                                                     $"the {available}-byte data section (file {fileLength} bytes)");
         }
-        return result;
+        return new GgufFile(file, version, metadata, tensors, (long)dataStart);
+    }
+
+    private const ulong MinMetadataEntryBytes = 8 + 4 + 1; // key length, value type, a one-byte value
+    private const ulong MinTensorEntryBytes = 8 + 4 + 8 + 4 + 8; // name length, dimension count, one dimension, type, offset
+
+    /// <summary>general.alignment: an unsigned or signed integer, a power of two in 1..<see cref="MaxAlignment"/>; 32 when absent.</summary>
+    private static uint Alignment(Dictionary<string, object> metadata, string path)
+    {
+        const string Key = "general.alignment";
+        if (!metadata.TryGetValue(Key, out var a)) return 32;
+        ulong value = a switch
+        {
+            byte or ushort or uint or ulong => Convert.ToUInt64(a),
+            sbyte or short or int or long when Convert.ToInt64(a) >= 0 => (ulong)Convert.ToInt64(a),
+            sbyte or short or int or long => 0,
+            _ => throw new ModelFormatException(path, $"metadata '{Key}' is a {a.GetType().Name} ({a}), expected an integer"),
+        };
+        if (value == 0 || value > MaxAlignment || (value & (value - 1)) != 0)
+            throw new ModelFormatException(path, $"metadata '{Key}' = {a} is not a power of two between 1 and {MaxAlignment}");
+        return (uint)value;
+    }
+
+    /// <summary>The tensor's byte size, every multiplication checked: a shape whose size overflows 64 bits is corrupt.</summary>
+    private static ulong ByteCount(TensorInfo t, TensorDType dtype, string path)
+    {
+        try
+        {
+            long elements = 1;
+            foreach (long d in t.Shape) elements = checked(elements * d);
+            return (ulong)dtype.ByteCount(elements);
+        }
+        catch (OverflowException)
+        {
+            throw new ModelFormatException(path, $"corrupt GGUF file: tensor '{t.Name}' of shape [{string.Join(", ", t.Shape)}] {dtype.Name()} " +
+                                                 "has more bytes than a 64-bit size can count");
+        }
     }
 
     private static TensorDType? DTypeOf(int ggmlType) => ggmlType switch
@@ -124,7 +176,10 @@ public sealed unsafe class GgufFile : IDisposable
         return new WeightTensor(name, dtype, t.Shape, _file.Pointer + _dataStart + (long)t.Offset);
     }
 
-    public string? GetString(string key) => Metadata.TryGetValue(key, out var v) ? v as string : null;
+    /// <summary>A string metadata value; a value of another type is an error naming the key.</summary>
+    public string? GetString(string key) => Metadata.TryGetValue(key, out var v)
+        ? v as string ?? throw new ModelFormatException(Path, $"metadata '{key}' is a {v.GetType().Name} ({v}), expected a string")
+        : null;
 
     /// <summary>An integer metadata value of any width; a value of another type or beyond the long range is an error.</summary>
     public long? GetInteger(string key)
@@ -138,7 +193,19 @@ public sealed unsafe class GgufFile : IDisposable
         };
     }
 
-    public double? GetReal(string key) => Metadata.TryGetValue(key, out var v) && v is float or double or int or uint or long or ulong ? Convert.ToDouble(v) : null;
+    /// <summary>A real (or integer) metadata value; a value of another type is an error naming the key.</summary>
+    public double? GetReal(string key)
+    {
+        if (!Metadata.TryGetValue(key, out var v)) return null;
+        return v switch
+        {
+            float or double or byte or sbyte or ushort or short or uint or int or long or ulong => Convert.ToDouble(v),
+            _ => throw new ModelFormatException(Path, $"metadata '{key}' is a {v.GetType().Name} ({v}), expected a number"),
+        };
+    }
+
+    /// <summary>Whether [start, start + length) lies inside the mapped file.</summary>
+    public bool Holds(byte* start, long length) => _file.Holds(start, length);
 
     public void Dispose() => _file.Dispose();
 

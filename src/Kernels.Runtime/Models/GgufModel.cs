@@ -13,42 +13,66 @@ public static class GgufModel
             "qwen2" => ModelArchitecture.Qwen2,
             _ => throw new ModelFormatException(path, $"unknown architecture '{arch}'; supported: llama, qwen2"),
         };
-        long Req(string key) => gguf.GetInteger($"{arch}.{key}") ?? throw new ModelFormatException(path, $"metadata has no {arch}.{key}");
+        // Every count is checked against its bound before anything is sized by it.
+        int Count(string key, long max, long? fallback = null)
+        {
+            string full = $"{arch}.{key}";
+            long value = gguf.GetInteger(full) ?? fallback ?? throw new ModelFormatException(path, $"metadata has no {full}");
+            if (value < 1 || value > max) throw new ModelFormatException(path, $"metadata '{full}' = {value} is outside 1..{max}");
+            return (int)value;
+        }
+        double Real(string key, double fallback)
+        {
+            string full = $"{arch}.{key}";
+            double value = gguf.GetReal(full) ?? fallback;
+            if (!double.IsFinite(value) || value <= 0)
+                throw new ModelFormatException(path, $"metadata '{full}' = {FieldValues.Format(value)} must be a positive finite number");
+            return value;
+        }
+        int? TokenId(string key)
+        {
+            long? id = gguf.GetInteger(key);
+            if (id is null or < 0) return null; // absent, or llama.cpp's -1 for "none"
+            if (id >= ModelConfig.MaxVocab) throw new ModelFormatException(path, $"metadata '{key}' = {id} is outside the vocabulary");
+            return (int)id;
+        }
 
-        int hidden = checked((int)Req("embedding_length"));
-        int heads = checked((int)Req("attention.head_count"));
+        int blocks = Count("block_count", ModelConfig.MaxLayers);
+        if ((long)blocks * ModelLoader.MinTensorsPerLayer > gguf.Tensors.Count)
+            throw new ModelFormatException(path, $"metadata '{arch}.block_count' = {blocks} needs at least {(long)blocks * ModelLoader.MinTensorsPerLayer} tensors; the file has {gguf.Tensors.Count}");
+        int hidden = Count("embedding_length", ModelConfig.MaxWidth);
+        int heads = Count("attention.head_count", ModelConfig.MaxWidth);
         var embd = gguf.Tensors.TryGetValue("token_embd.weight", out var e) ? e : throw new ModelFormatException(path, "missing tensor 'token_embd.weight'");
-        int vocab = checked((int)(gguf.GetInteger($"{arch}.vocab_size") ?? embd.Shape[0]));
+        int vocab = Count("vocab_size", ModelConfig.MaxVocab, embd.Shape[0]);
         string? scalingType = gguf.GetString($"{arch}.rope.scaling.type");
-        double scalingFactor = gguf.GetReal($"{arch}.rope.scaling.factor") ?? 1.0;
         var scaling = scalingType switch
         {
             null or "none" => new RopeScaling(RopeScalingType.None),
-            "linear" => new RopeScaling(RopeScalingType.Linear, scalingFactor),
-            _ => throw new ModelFormatException(path, $"unsupported rope scaling type '{scalingType}'"),
+            "linear" => new RopeScaling(RopeScalingType.Linear, Real("rope.scaling.factor", 1.0)),
+            _ => throw new ModelFormatException(path, $"metadata '{arch}.rope.scaling.type' = '{scalingType}' is not supported; supported: none, linear"),
         };
         var owners = new List<IDisposable> { gguf };
-        var factors = gguf.TryGetWeight("rope_freqs.weight", "rope_freqs.weight")?.ToFloatArray();
+        var factors = RopeFactors(gguf);
 
         var config = new ModelConfig
         {
             Architecture = architecture,
             HiddenSize = hidden,
-            IntermediateSize = checked((int)Req("feed_forward_length")),
-            NumLayers = checked((int)Req("block_count")),
+            IntermediateSize = Count("feed_forward_length", ModelConfig.MaxWidth),
+            NumLayers = blocks,
             NumHeads = heads,
-            NumKvHeads = checked((int)(gguf.GetInteger($"{arch}.attention.head_count_kv") ?? heads)),
-            HeadDim = checked((int)(gguf.GetInteger($"{arch}.attention.key_length") ?? (heads > 0 ? hidden / heads : 0))),
+            NumKvHeads = Count("attention.head_count_kv", heads, heads),
+            HeadDim = Count("attention.key_length", ModelConfig.MaxHeadDim, hidden / heads),
             VocabSize = vocab,
-            MaxPositions = checked((int)(gguf.GetInteger($"{arch}.context_length") ?? 2048)),
-            RmsNormEps = gguf.GetReal($"{arch}.attention.layer_norm_rms_epsilon") ?? 1e-5,
-            RopeTheta = gguf.GetReal($"{arch}.rope.freq_base") ?? 10000.0,
+            MaxPositions = Count("context_length", ModelConfig.MaxContext, 2048),
+            RmsNormEps = Real("attention.layer_norm_rms_epsilon", 1e-5),
+            RopeTheta = Real("rope.freq_base", 10000.0),
             RopeScaling = scaling,
             RopeFrequencyFactors = factors,
             TieWordEmbeddings = !gguf.Tensors.ContainsKey("output.weight"),
             AttentionBias = architecture == ModelArchitecture.Qwen2,
-            BosTokenId = (int?)gguf.GetInteger("tokenizer.ggml.bos_token_id"),
-            EosTokenIds = gguf.GetInteger("tokenizer.ggml.eos_token_id") is long eos ? [(int)eos] : [],
+            BosTokenId = TokenId("tokenizer.ggml.bos_token_id"),
+            EosTokenIds = TokenId("tokenizer.ggml.eos_token_id") is int eos ? [eos] : [],
         };
         config.Validate(path);
 
@@ -100,5 +124,19 @@ public static class GgufModel
             foreach (var o in owners.Skip(1)) o.Dispose(); // the caller disposes the GGUF file itself
             throw;
         }
+    }
+
+    /// <summary>llama.cpp's per-frequency RoPE divisors (Llama 3.1): a 1-D tensor of positive finite values, checked here by name.</summary>
+    private static float[]? RopeFactors(GgufFile gguf)
+    {
+        const string Name = "rope_freqs.weight";
+        if (gguf.TryGetWeight(Name, Name) is not { } t) return null;
+        if (t.Shape.Length != 1 || t.ElementCount > ModelConfig.MaxHeadDim / 2)
+            throw new ModelFormatException(gguf.Path, $"tensor '{Name}' has shape {t.ShapeText}, expected [head_dim / 2]");
+        var factors = t.ToFloatArray();
+        for (int i = 0; i < factors.Length; i++)
+            if (!float.IsFinite(factors[i]) || factors[i] <= 0)
+                throw new ModelFormatException(gguf.Path, $"tensor '{Name}' [{i}] = {FieldValues.Format(factors[i])} must be a positive finite divisor");
+        return factors;
     }
 }

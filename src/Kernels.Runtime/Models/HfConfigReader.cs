@@ -8,80 +8,69 @@ public static class HfConfigReader
     public static ModelConfig Read(string configPath)
     {
         if (!File.Exists(configPath)) throw new ModelFormatException(configPath, "config.json not found");
-        JsonDocument doc;
-        try
-        {
-            doc = JsonDocument.Parse(File.ReadAllBytes(configPath), new JsonDocumentOptions { AllowTrailingCommas = true });
-        }
-        catch (JsonException e)
-        {
-            throw new ModelFormatException(configPath, $"malformed JSON: {e.Message}", e);
-        }
-        using (doc)
-        {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new ModelFormatException(configPath, "expected a JSON object");
-            var config = Parse(root, configPath);
-            config.Validate(configPath);
-            return config;
-        }
+        using var doc = JsonFields.ParseFile(configPath);
+        var config = Parse(new JsonFields(doc.RootElement, configPath), configPath);
+        config.Validate(configPath);
+        return config;
     }
 
-    private static ModelConfig Parse(JsonElement root, string path)
+    private static ModelConfig Parse(JsonFields root, string path)
     {
         var arch = ParseArchitecture(root, path);
-        int hidden = Int(root, "hidden_size", path);
-        int heads = Int(root, "num_attention_heads", path);
-        int? headDimOpt = OptInt(root, "head_dim");
-        int headDim = headDimOpt ?? (heads > 0 ? hidden / heads : 0);
+        // Every size is bounded here, under its own name, before anything is sized by it.
+        int hidden = root.RequireInt("hidden_size", 1, ModelConfig.MaxWidth);
+        int heads = root.RequireInt("num_attention_heads", 1, ModelConfig.MaxWidth);
+        int headDim = root.Int("head_dim", 1, ModelConfig.MaxHeadDim) ?? hidden / heads;
 
         // transformers 5 writes rope_theta/rope_type/scaling under rope_parameters; older configs use the top level
         // (rope_theta) and rope_scaling. Read both, rope_parameters winning.
-        JsonElement? ropeParams = root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object ? rp : null;
-        JsonElement? ropeScaling = root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object ? rs : null;
-        double theta = (ropeParams is { } p1 ? OptDouble(p1, "rope_theta") : null) ?? OptDouble(root, "rope_theta") ?? 10000.0;
-        var scaling = ParseScaling(ropeParams, path) is { Type: not RopeScalingType.None } a ? a : ParseScaling(ropeScaling, path);
+        var ropeParams = root.Object("rope_parameters");
+        var ropeScaling = root.Object("rope_scaling");
+        double theta = ropeParams?.Positive("rope_theta") ?? root.Positive("rope_theta") ?? 10000.0;
+        var scaling = ParseScaling(ropeParams) is { Type: not RopeScalingType.None } a ? a : ParseScaling(ropeScaling);
 
         bool isQwen = arch == ModelArchitecture.Qwen2;
-        bool? useSliding = root.TryGetProperty("use_sliding_window", out var us) && us.ValueKind is JsonValueKind.True or JsonValueKind.False ? us.GetBoolean() : null;
-        int? sliding = OptInt(root, "sliding_window");
-        if (useSliding == false) sliding = null;
+        int? sliding = root.Int("sliding_window", 1, int.MaxValue);
+        if (root.Bool("use_sliding_window") == false) sliding = null;
 
         return new ModelConfig
         {
             Architecture = arch,
             HiddenSize = hidden,
-            IntermediateSize = Int(root, "intermediate_size", path),
-            NumLayers = Int(root, "num_hidden_layers", path),
+            IntermediateSize = root.RequireInt("intermediate_size", 1, ModelConfig.MaxWidth),
+            NumLayers = root.RequireInt("num_hidden_layers", 1, ModelConfig.MaxLayers),
             NumHeads = heads,
-            NumKvHeads = OptInt(root, "num_key_value_heads") ?? heads,
+            NumKvHeads = root.Int("num_key_value_heads", 1, heads) ?? heads,
             HeadDim = headDim,
-            VocabSize = Int(root, "vocab_size", path),
-            MaxPositions = OptInt(root, "max_position_embeddings") ?? 2048,
-            RmsNormEps = OptDouble(root, "rms_norm_eps") ?? 1e-6,
+            VocabSize = root.RequireInt("vocab_size", 1, ModelConfig.MaxVocab),
+            MaxPositions = root.Int("max_position_embeddings", 1, ModelConfig.MaxContext) ?? 2048,
+            RmsNormEps = root.Positive("rms_norm_eps") ?? 1e-6,
             RopeTheta = theta,
             RopeScaling = scaling,
-            TieWordEmbeddings = root.TryGetProperty("tie_word_embeddings", out var tie) ? tie.ValueKind == JsonValueKind.True : isQwen,
-            AttentionBias = isQwen || (root.TryGetProperty("attention_bias", out var ab) && ab.ValueKind == JsonValueKind.True),
+            TieWordEmbeddings = root.Bool("tie_word_embeddings") ?? isQwen,
+            AttentionBias = isQwen || root.Bool("attention_bias") == true,
             SlidingWindow = sliding,
-            RopeInvFreqDType = ((root.TryGetProperty("dtype", out var dt) ? dt.GetString() : null)
-                                ?? (root.TryGetProperty("torch_dtype", out var tdt) ? tdt.GetString() : null)) switch
+            RopeInvFreqDType = (root.String("dtype") ?? root.String("torch_dtype")) switch
             {
                 "bfloat16" => TensorDType.BF16,
                 "float16" => TensorDType.F16,
                 _ => TensorDType.F32,
             },
-            BosTokenId = OptInt(root, "bos_token_id"),
+            BosTokenId = root.Int("bos_token_id", 0, ModelConfig.MaxVocab - 1),
             EosTokenIds = IntList(root, "eos_token_id"),
         };
     }
 
-    private static ModelArchitecture ParseArchitecture(JsonElement root, string path)
+    private static ModelArchitecture ParseArchitecture(JsonFields root, string path)
     {
         string? name = null;
-        if (root.TryGetProperty("architectures", out var archs) && archs.ValueKind == JsonValueKind.Array && archs.GetArrayLength() > 0)
-            name = archs[0].GetString();
-        string? modelType = root.TryGetProperty("model_type", out var mt) ? mt.GetString() : null;
+        if (root.Raw("architectures") is { } archs)
+        {
+            if (archs.ValueKind != JsonValueKind.Array) throw root.Wrong("architectures", archs, "an array of class names");
+            if (archs.GetArrayLength() > 0)
+                name = archs[0].ValueKind == JsonValueKind.String ? root.Text(archs[0], "architectures[0]") : throw root.Wrong("architectures[0]", archs[0], "a class name string");
+        }
+        string? modelType = root.String("model_type");
         return (name, modelType) switch
         {
             ("LlamaForCausalLM", _) or (null, "llama") => ModelArchitecture.Llama,
@@ -92,41 +81,28 @@ public static class HfConfigReader
         };
     }
 
-    private static RopeScaling ParseScaling(JsonElement? element, string path)
+    private static RopeScaling ParseScaling(JsonFields? element)
     {
         if (element is not { } e) return new RopeScaling(RopeScalingType.None);
-        string? type = (e.TryGetProperty("rope_type", out var t) ? t.GetString() : null)
-                       ?? (e.TryGetProperty("type", out var t2) ? t2.GetString() : null);
-        double factor = OptDouble(e, "factor") ?? 1.0;
+        string? type = e.String("rope_type") ?? e.String("type");
         return type switch
         {
             null or "default" => new RopeScaling(RopeScalingType.None),
-            "linear" => new RopeScaling(RopeScalingType.Linear, factor),
-            "llama3" => new RopeScaling(RopeScalingType.Llama3, factor,
-                OptDouble(e, "low_freq_factor") ?? 1.0,
-                OptDouble(e, "high_freq_factor") ?? 4.0,
-                OptInt(e, "original_max_position_embeddings") ?? 8192),
-            _ => throw new ModelFormatException(path, $"unsupported rope scaling type '{type}'; supported: default, linear, llama3"),
+            "linear" => new RopeScaling(RopeScalingType.Linear, e.Positive("factor") ?? 1.0),
+            "llama3" => new RopeScaling(RopeScalingType.Llama3, e.Positive("factor") ?? 1.0,
+                e.Positive("low_freq_factor") ?? 1.0,
+                e.Positive("high_freq_factor") ?? 4.0,
+                e.Int("original_max_position_embeddings", 1, ModelConfig.MaxContext) ?? 8192),
+            _ => throw new ModelFormatException(e.Path, $"unsupported rope scaling type '{type}' in '{e.Prefix}'; supported: default, linear, llama3"),
         };
     }
 
-    private static int Int(JsonElement e, string name, string path) =>
-        OptInt(e, name) ?? throw new ModelFormatException(path, $"missing integer field '{name}'");
-
-    private static int? OptInt(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int i) ? i : null;
-
-    private static double? OptDouble(JsonElement e, string name) =>
-        e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
-
-    private static IReadOnlyList<int> IntList(JsonElement e, string name)
+    /// <summary>An id or a list of ids (eos_token_id may be either); each a token id.</summary>
+    private static IReadOnlyList<int> IntList(JsonFields e, string name)
     {
-        if (!e.TryGetProperty(name, out var v)) return [];
-        return v.ValueKind switch
-        {
-            JsonValueKind.Number => v.TryGetInt32(out int one) ? [one] : [],
-            JsonValueKind.Array => v.EnumerateArray().Where(x => x.ValueKind == JsonValueKind.Number && x.TryGetInt32(out _)).Select(x => x.GetInt32()).ToArray(),
-            _ => [],
-        };
+        if (e.Raw(name) is not { } v) return [];
+        if (v.ValueKind == JsonValueKind.Array)
+            return v.EnumerateArray().Select((x, i) => e.Int(x, $"{name}[{i}]", 0, ModelConfig.MaxVocab - 1)).ToArray();
+        return [e.Int(v, name, 0, ModelConfig.MaxVocab - 1)];
     }
 }

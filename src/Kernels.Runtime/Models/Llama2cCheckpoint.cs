@@ -24,9 +24,20 @@ public static unsafe class Llama2cCheckpoint
             int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kvHeads = h[4], vocabRaw = h[5], seqLen = h[6];
             bool shared = vocabRaw > 0;
             int vocab = vocabRaw == int.MinValue ? 0 : Math.Abs(vocabRaw); // 0 is rejected just below
-            if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kvHeads <= 0 || vocab == 0 || seqLen <= 0
-                || dim % heads != 0 || dim > 1 << 16 || hidden > 1 << 18 || layers > 1024 || vocab > 1 << 22)
-                throw new ModelFormatException(path, $"not a llama2.c checkpoint: implausible header (dim {dim}, hidden {hidden}, layers {layers}, heads {heads}, kv_heads {kvHeads}, vocab {vocabRaw}, seq_len {seqLen})");
+            // Each header field within its bound, named, before any size is computed from it.
+            void Field(string name, long value, long max)
+            {
+                if (value < 1 || value > max)
+                    throw new ModelFormatException(path, $"not a llama2.c checkpoint: header field {name} = {value} is outside 1..{max}");
+            }
+            Field("dim", dim, 1 << 16);
+            Field("hidden_dim", hidden, 1 << 18);
+            Field("n_layers", layers, ModelConfig.MaxLayers);
+            Field("n_heads", heads, dim);
+            Field("n_kv_heads", kvHeads, heads);
+            Field("vocab_size (absolute value)", vocab, 1 << 22);
+            Field("seq_len", seqLen, ModelConfig.MaxContext);
+            if (dim % heads != 0) throw new ModelFormatException(path, $"not a llama2.c checkpoint: dim = {dim} is not a multiple of n_heads = {heads}");
             int headDim = dim / heads;
             var config = new ModelConfig
             {

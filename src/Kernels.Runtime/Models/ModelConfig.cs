@@ -54,31 +54,67 @@ public sealed record ModelConfig
     public int? BosTokenId { get; init; }
     public IReadOnlyList<int> EosTokenIds { get; init; } = [];
 
-    /// <summary>Limits far above any real model, so that corrupt headers cannot overflow sizes computed from them.</summary>
+    /// <summary>
+    /// Limits far above any real model, so that corrupt headers cannot overflow sizes computed from them nor make a
+    /// loader allocate by a forged count (the largest real models: ~128 layers, 256K vocabulary, 10M context).
+    /// </summary>
     public const int MaxHeadDim = 1024;
     public const int MaxWidth = 1 << 20;
+    public const int MaxLayers = 1024;
+    public const int MaxVocab = 1 << 24;
+    public const int MaxContext = 1 << 24;
 
     public int QueryDim => NumHeads * HeadDim;
     public int KvDim => NumKvHeads * HeadDim;
     public int GqaGroup => NumHeads / NumKvHeads;
 
-    /// <summary>Throws a <see cref="ModelFormatException"/> naming <paramref name="source"/> when the shape is inconsistent.</summary>
+    /// <summary>
+    /// Throws a <see cref="ModelFormatException"/> naming <paramref name="source"/>, the field (by its Hugging Face
+    /// name) and its value when the shape is inconsistent or a number the math needs positive and finite is not.
+    /// Readers check their own fields under their own names first; this is the backstop every format shares.
+    /// </summary>
     public void Validate(string source)
     {
         void Require(bool ok, string problem)
         {
             if (!ok) throw new ModelFormatException(source, problem);
         }
-        Require(HiddenSize > 0 && IntermediateSize > 0 && NumLayers > 0 && VocabSize > 0, "hidden, intermediate, layer and vocab sizes must be positive");
-        Require(NumHeads > 0 && NumKvHeads > 0, "head counts must be positive");
+        void Range(string field, long value, long min, long max) =>
+            Require(value >= min && value <= max, $"{field} = {value} is outside {min}..{max}");
+        void PositiveFinite(string field, double value) =>
+            Require(double.IsFinite(value) && value > 0, $"{field} = {FieldValues.Format(value)} must be a positive finite number");
+
+        Range("hidden_size", HiddenSize, 1, MaxWidth);
+        Range("intermediate_size", IntermediateSize, 1, MaxWidth);
+        Range("num_hidden_layers", NumLayers, 1, MaxLayers);
+        Range("vocab_size", VocabSize, 1, MaxVocab);
+        Range("num_attention_heads", NumHeads, 1, MaxWidth);
+        Range("num_key_value_heads", NumKvHeads, 1, NumHeads);
         Require(NumHeads % NumKvHeads == 0, $"num_attention_heads ({NumHeads}) is not a multiple of num_key_value_heads ({NumKvHeads})");
-        Require(HeadDim > 0 && HeadDim % 2 == 0 && HeadDim <= MaxHeadDim, $"head_dim ({HeadDim}) must be even, between 2 and {MaxHeadDim}");
-        Require((long)NumHeads * HeadDim <= MaxWidth && (long)NumKvHeads * HeadDim <= MaxWidth && HiddenSize <= MaxWidth && IntermediateSize <= MaxWidth,
-            $"layer widths (hidden {HiddenSize}, intermediate {IntermediateSize}, heads x head_dim {(long)NumHeads * HeadDim}) exceed {MaxWidth}");
-        Require(SlidingWindow is null or > 0, $"sliding_window ({SlidingWindow}) must be positive");
-        Require(MaxPositions > 0, "max_position_embeddings must be positive");
-        Require(RmsNormEps > 0, "rms_norm_eps must be positive");
-        Require(RopeTheta > 0, "rope_theta must be positive");
+        Require(HeadDim > 0 && HeadDim % 2 == 0 && HeadDim <= MaxHeadDim, $"head_dim = {HeadDim} must be even, between 2 and {MaxHeadDim}");
+        Require((long)NumHeads * HeadDim <= MaxWidth && (long)NumKvHeads * HeadDim <= MaxWidth,
+            $"layer widths (heads x head_dim = {(long)NumHeads * HeadDim}) exceed {MaxWidth}");
+        Require(SlidingWindow is null or > 0, $"sliding_window = {SlidingWindow} must be positive");
+        Range("max_position_embeddings", MaxPositions, 1, MaxContext);
+        PositiveFinite("rms_norm_eps", RmsNormEps);
+        PositiveFinite("rope_theta", RopeTheta);
+        var s = RopeScaling;
+        if (s.Type != RopeScalingType.None) PositiveFinite("rope_scaling.factor", s.Factor);
+        if (s.Type == RopeScalingType.Llama3)
+        {
+            // transformers divides by (high - low) and by both factors: each must be positive, high above low.
+            PositiveFinite("rope_scaling.low_freq_factor", s.LowFreqFactor);
+            PositiveFinite("rope_scaling.high_freq_factor", s.HighFreqFactor);
+            Require(s.HighFreqFactor > s.LowFreqFactor,
+                $"rope_scaling.high_freq_factor = {FieldValues.Format(s.HighFreqFactor)} must exceed low_freq_factor = {FieldValues.Format(s.LowFreqFactor)}");
+            Range("rope_scaling.original_max_position_embeddings", s.OriginalMaxPositions, 1, MaxContext);
+        }
+        if (RopeFrequencyFactors is { } factors)
+        {
+            Require(factors.Length == HeadDim / 2, $"rope frequency factors: {factors.Length} of them, head_dim / 2 is {HeadDim / 2}");
+            for (int i = 0; i < factors.Length; i++)
+                Require(float.IsFinite(factors[i]) && factors[i] > 0, $"rope frequency factor [{i}] = {FieldValues.Format(factors[i])} must be a positive finite number");
+        }
     }
 
     public long ParameterCount =>

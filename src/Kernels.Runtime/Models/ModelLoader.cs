@@ -13,6 +13,9 @@ public sealed record ModelLoadOptions
 
 public static class ModelLoader
 {
+    /// <summary>Tensors every layer has at least (two norms, seven projections): what bounds a layer count by the files.</summary>
+    public const int MinTensorsPerLayer = 9;
+
     public static LoadedModel Load(string model, ModelLoadOptions? options = null)
     {
         options ??= new ModelLoadOptions();
@@ -41,6 +44,9 @@ public static class ModelLoader
         try
         {
             var lookup = OpenSafetensors(dir, files);
+            long tensors = files.Sum(f => (long)f.Entries.Count);
+            if ((long)config.NumLayers * MinTensorsPerLayer > tensors)
+                throw new ModelFormatException(configPath, $"num_hidden_layers = {config.NumLayers} needs at least {(long)config.NumLayers * MinTensorsPerLayer} tensors; the safetensors files hold {tensors}");
             var weights = ModelWeights.Build(config, lookup, dir, files, quantization);
             return new LoadedModel(dir, ModelFormat.HuggingFace, config, weights,
                 () => options.TokenizerPath != null ? TokenizerFromFile(options.TokenizerPath) : TokenizerLoader.ForModelDirectory(dir))
@@ -68,23 +74,19 @@ public static class ModelLoader
         if (!File.Exists(index))
             throw new ModelFormatException(dir, "no model.safetensors or model.safetensors.index.json in the model directory");
 
-        Dictionary<string, string> weightMap;
-        try
+        var weightMap = new Dictionary<string, string>();
+        using (var doc = JsonFields.ParseFile(index))
         {
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(index));
-            weightMap = new Dictionary<string, string>();
-            foreach (var p in doc.RootElement.GetProperty("weight_map").EnumerateObject())
+            var root = new JsonFields(doc.RootElement, index);
+            var map = root.Object("weight_map") ?? throw new ModelFormatException(index, "malformed index: no \"weight_map\" object");
+            foreach (var p in map.Element.EnumerateObject())
             {
-                string shard = p.Value.GetString() ?? throw new ModelFormatException(index, $"tensor '{p.Name}' has no shard file");
+                string shard = map.String(p.Name) ?? throw new ModelFormatException(index, $"tensor '{p.Name}' has no shard file");
                 // Shards live in the model directory: no absolute paths, no climbing out of it.
                 if (shard.Length == 0 || Path.IsPathRooted(shard) || shard.Split('/', '\\').Contains(".."))
                     throw new ModelFormatException(index, $"shard '{shard}' of tensor '{p.Name}' is not a file name inside the model directory");
                 if (!weightMap.TryAdd(p.Name, shard)) throw new ModelFormatException(index, $"tensor '{p.Name}' is listed twice");
             }
-        }
-        catch (Exception e) when (e is System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException)
-        {
-            throw new ModelFormatException(index, $"malformed index: {e.Message}", e);
         }
         var shards = new Dictionary<string, SafetensorsFile>();
         foreach (var shard in weightMap.Values.Distinct())
@@ -149,20 +151,23 @@ public static class ModelLoader
     private static string? ReadChatTemplate(string path)
     {
         if (!File.Exists(path)) return null;
-        try
+        using var doc = JsonFields.ParseFile(path);
+        var root = new JsonFields(doc.RootElement, path);
+        const string Key = "chat_template";
+        if (root.Raw(Key) is not { } t) return null;
+        if (t.ValueKind == System.Text.Json.JsonValueKind.String) return root.Text(t, Key);
+        if (t.ValueKind != System.Text.Json.JsonValueKind.Array) throw root.Wrong(Key, t, "a string or a list of {\"name\", \"template\"} objects");
+        int i = 0;
+        foreach (var named in t.EnumerateArray())
         {
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(path));
-            if (!doc.RootElement.TryGetProperty("chat_template", out var t)) return null;
-            if (t.ValueKind == System.Text.Json.JsonValueKind.String) return t.GetString();
-            if (t.ValueKind == System.Text.Json.JsonValueKind.Array)
-                foreach (var named in t.EnumerateArray())
-                    if (named.TryGetProperty("name", out var n) && n.GetString() == "default" && named.TryGetProperty("template", out var tt)) return tt.GetString();
-            return null;
+            if (named.ValueKind != System.Text.Json.JsonValueKind.Object) throw root.Wrong($"{Key}[{i}]", named, "a {\"name\", \"template\"} object");
+            var entry = new JsonFields(named, path, $"{Key}[{i}].");
+            string? name = entry.String("name");
+            string? template = entry.String("template");
+            if (name == "default") return template;
+            i++;
         }
-        catch (System.Text.Json.JsonException e)
-        {
-            throw new ModelFormatException(path, $"malformed JSON: {e.Message}", e);
-        }
+        return null;
     }
 
     /// <summary>A tokenizer file named explicitly; its kind is told by its name.</summary>

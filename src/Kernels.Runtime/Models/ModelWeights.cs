@@ -98,7 +98,33 @@ public sealed class ModelWeights : IDisposable
         var norm = Get("model.norm.weight", h);
         // Some tied checkpoints still carry lm_head.weight; an untied one must.
         var head = config.TieWordEmbeddings ? Optional("lm_head.weight", v, h) ?? embedding : Get("lm_head.weight", v, h);
-        return new ModelWeights(embedding, layers, norm, head, quantization, owners);
+        var weights = new ModelWeights(embedding, layers, norm, head, quantization, owners);
+        weights.CheckStorage(source);
+        return weights;
+    }
+
+    /// <summary>
+    /// Every tensor's bytes [Data, Data + ByteLength) lie inside one of the owners (a mapped file, owned memory): the
+    /// readers check sizes and offsets as they parse, and this catches any path that would still point elsewhere
+    /// before a kernel reads there.
+    /// </summary>
+    private unsafe void CheckStorage(string source)
+    {
+        var storages = _owners.OfType<ITensorStorage>().ToArray();
+        foreach (var t in All())
+        {
+            long bytes;
+            try
+            {
+                bytes = t.ByteLength;
+            }
+            catch (OverflowException)
+            {
+                throw new ModelFormatException(source, $"tensor '{t.Name}' {t.DType.Name()} {t.ShapeText} has more bytes than a 64-bit size can count");
+            }
+            if (!storages.Any(s => s.Holds(t.Data, bytes)))
+                throw new ModelFormatException(source, $"tensor '{t.Name}' ({bytes} bytes) does not lie inside its file or the model's memory");
+        }
     }
 
     /// <summary>Every stored tensor (quantized layers contribute all of theirs), each once.</summary>

@@ -4,12 +4,28 @@ using System.Runtime.InteropServices;
 
 namespace Kernels.Runtime.Models;
 
+/// <summary>
+/// What holds a model's tensor bytes (a mapped file, owned memory, a file reader over a mapping): every tensor a
+/// loader hands out must lie inside one of its owners, which <see cref="ModelWeights.Build"/> checks.
+/// </summary>
+public unsafe interface ITensorStorage
+{
+    /// <summary>Whether [start, start + length) lies inside this storage.</summary>
+    bool Holds(byte* start, long length);
+}
+
 /// <summary>A pinned, unmanaged byte range that stays valid until the storage is disposed.</summary>
-public abstract unsafe class NativeStorage : IDisposable
+public abstract unsafe class NativeStorage : ITensorStorage, IDisposable
 {
     public abstract byte* Pointer { get; }
     public abstract long Length { get; }
     public abstract void Dispose();
+
+    public bool Holds(byte* start, long length)
+    {
+        byte* p = Pointer;
+        return length >= 0 && start >= p && (ulong)(start - p) <= (ulong)Length && (ulong)length <= (ulong)Length - (ulong)(start - p);
+    }
 }
 
 /// <summary>A whole file mapped read-only; nothing is copied into managed memory.</summary>
@@ -62,7 +78,7 @@ public sealed unsafe class MappedFile : NativeStorage
 
     public ReadOnlySpan<byte> Span(long offset, int length)
     {
-        if (offset < 0 || length < 0 || offset + length > Length)
+        if (offset < 0 || length < 0 || offset > Length - length)
             throw new ModelFormatException(Path, $"read of {length} bytes at offset {offset} runs past the end of the file ({Length} bytes)");
         return new ReadOnlySpan<byte>(Pointer + offset, length);
     }

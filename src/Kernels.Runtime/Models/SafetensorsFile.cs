@@ -4,7 +4,7 @@ using System.Text.Json;
 
 namespace Kernels.Runtime.Models;
 
-public sealed unsafe class SafetensorsFile : IDisposable
+public sealed unsafe class SafetensorsFile : ITensorStorage, IDisposable
 {
     public sealed record Entry(string Name, string DType, long[] Shape, long Begin, long End);
 
@@ -63,26 +63,75 @@ public sealed unsafe class SafetensorsFile : IDisposable
                             metadata[m.Name] = m.Value.ValueKind == JsonValueKind.String ? m.Value.GetString()! : m.Value.GetRawText();
                     continue;
                 }
-                var v = prop.Value;
-                string dtype = v.GetProperty("dtype").GetString() ?? "";
-                long[] shape = v.GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()).ToArray();
-                var offs = v.GetProperty("data_offsets");
-                long begin = offs[0].GetInt64(), end = offs[1].GetInt64();
-                long elements = shape.Aggregate(1L, (a, b) => a * b);
-                int elemSize = ElementSize(dtype);
-                if (begin < 0 || end < begin || end > dataLength)
-                    throw new ModelFormatException(path, $"tensor '{prop.Name}': data_offsets [{begin}, {end}] lie outside the data section of {dataLength} bytes (file truncated or header corrupt)");
-                if (elemSize > 0 && end - begin != elements * elemSize)
-                    throw new ModelFormatException(path, $"tensor '{prop.Name}': data_offsets span {end - begin} bytes but {dtype} {FormatShape(shape)} needs {elements * elemSize}");
-                entries[prop.Name] = new Entry(prop.Name, dtype, shape, begin, end);
+                entries[prop.Name] = ParseEntry(prop.Name, prop.Value, dataLength, path);
             }
         }
-        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException or IndexOutOfRangeException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException or ArgumentException)
         {
             throw new ModelFormatException(path, $"corrupt safetensors header: {e.Message}", e);
         }
         return new SafetensorsFile(file, dataStart, entries, metadata);
     }
+
+    /// <summary>
+    /// One tensor of the header: {"dtype": string, "shape": [non-negative integers], "data_offsets": [begin, end]},
+    /// with begin &lt;= end within the data section and, for a known dtype, end - begin = elements x element size
+    /// (counted with checked 64-bit arithmetic: a shape whose size overflows is corrupt, not a small tensor).
+    /// </summary>
+    private static Entry ParseEntry(string name, JsonElement v, long dataLength, string path)
+    {
+        ModelFormatException Bad(string field, JsonElement value, string expected) =>
+            new(path, $"tensor '{name}': {field} is {Truncated(value.GetRawText())}, expected {expected}");
+        if (v.ValueKind != JsonValueKind.Object) throw Bad("the entry", v, "an object");
+        if (!v.TryGetProperty("dtype", out var dtypeJson) || dtypeJson.ValueKind != JsonValueKind.String)
+            throw new ModelFormatException(path, $"tensor '{name}': dtype is missing or not a string");
+        string dtype = dtypeJson.GetString()!;
+        if (!v.TryGetProperty("shape", out var shapeJson) || shapeJson.ValueKind != JsonValueKind.Array)
+            throw new ModelFormatException(path, $"tensor '{name}': shape is missing or not an array");
+        if (shapeJson.GetArrayLength() > MaxDimensions) throw Bad("shape", shapeJson, $"at most {MaxDimensions} dimensions");
+        var shape = new long[shapeJson.GetArrayLength()];
+        int d = 0;
+        foreach (var x in shapeJson.EnumerateArray())
+        {
+            if (x.ValueKind != JsonValueKind.Number || !x.TryGetInt64(out long extent) || extent < 0)
+                throw Bad($"shape[{d}]", x, $"an integer in 0..{long.MaxValue}");
+            shape[d++] = extent;
+        }
+        if (!v.TryGetProperty("data_offsets", out var offs) || offs.ValueKind != JsonValueKind.Array || offs.GetArrayLength() != 2
+            || !Integer(offs[0], out long begin) || !Integer(offs[1], out long end))
+            throw new ModelFormatException(path, $"tensor '{name}': data_offsets must be two integers [begin, end]");
+        if (begin < 0 || end < begin || end > dataLength)
+            throw new ModelFormatException(path, $"tensor '{name}': data_offsets [{begin}, {end}] lie outside the data section of {dataLength} bytes (file truncated or header corrupt)");
+        int elemSize = ElementSize(dtype);
+        if (elemSize > 0)
+        {
+            ulong bytes = 1;
+            bool overflow = false;
+            foreach (long extent in shape)
+                if (!overflow) overflow = !TryMultiply(bytes, (ulong)extent, out bytes);
+            if (overflow || !TryMultiply(bytes, (ulong)elemSize, out bytes))
+                throw new ModelFormatException(path, $"tensor '{name}': {dtype} {FormatShape(shape)} has more bytes than a 64-bit size can count");
+            if ((ulong)(end - begin) != bytes)
+                throw new ModelFormatException(path, $"tensor '{name}': data_offsets span {end - begin} bytes but {dtype} {FormatShape(shape)} needs {bytes}");
+        }
+        return new Entry(name, dtype, shape, begin, end);
+    }
+
+    private const int MaxDimensions = 8;
+
+    private static bool Integer(JsonElement e, out long value)
+    {
+        value = 0;
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out value);
+    }
+
+    private static bool TryMultiply(ulong a, ulong b, out ulong product)
+    {
+        product = unchecked(a * b);
+        return b == 0 || a <= ulong.MaxValue / b;
+    }
+
+    private static string Truncated(string s) => s.Length <= 40 ? s : s[..40] + "...";
 
     private static string FormatShape(long[] shape) => "[" + string.Join(", ", shape) + "]";
 
@@ -123,7 +172,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
 
     public long[] ReadInt64(string name)
     {
-        var e = Entries[name];
+        var e = Entries.TryGetValue(name, out var x) ? x : throw new ModelFormatException(Path, $"tensor '{name}' not found");
         if (e.DType != "I64") throw new ModelFormatException(Path, $"tensor '{name}' is {e.DType}, not I64");
         return System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(RawBytes(name)).ToArray();
     }
@@ -133,6 +182,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
         var w = GetWeight(name);
         return w.ToFloatArray();
     }
+
+    /// <summary>Whether [start, start + length) lies inside the mapped file.</summary>
+    public bool Holds(byte* start, long length) => _file.Holds(start, length);
 
     public void Dispose() => _file.Dispose();
 }

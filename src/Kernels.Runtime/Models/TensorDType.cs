@@ -19,16 +19,23 @@ public static class TensorDTypeInfo
     public const int Q8_0BlockSize = 32;
     public const int Q8_0BlockBytes = 34;
 
-    /// <summary>Bytes taken by <paramref name="elements"/> values of this type (elements must fill whole blocks).</summary>
-    public static long ByteCount(this TensorDType type, long elements) => type switch
+    /// <summary>
+    /// Bytes taken by <paramref name="elements"/> values of this type (elements must fill whole blocks). Checked: a
+    /// count whose size overflows 64 bits throws <see cref="OverflowException"/> (readers turn it into a format error).
+    /// </summary>
+    public static long ByteCount(this TensorDType type, long elements)
     {
-        TensorDType.F32 => elements * 4,
-        TensorDType.F16 or TensorDType.BF16 => elements * 2,
-        TensorDType.Q8_0 => elements / Q8_0BlockSize * Q8_0BlockBytes,
-        TensorDType.I8 or TensorDType.U8 => elements,
-        TensorDType.I32 => elements * 4,
-        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype"),
-    };
+        ArgumentOutOfRangeException.ThrowIfNegative(elements);
+        return type switch
+        {
+            TensorDType.F32 => checked(elements * 4),
+            TensorDType.F16 or TensorDType.BF16 => checked(elements * 2),
+            TensorDType.Q8_0 => checked(elements / Q8_0BlockSize * Q8_0BlockBytes),
+            TensorDType.I8 or TensorDType.U8 => elements,
+            TensorDType.I32 => checked(elements * 4),
+            _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype"),
+        };
+    }
 
     public static string Name(this TensorDType type) => type switch
     {

@@ -22,7 +22,7 @@ public sealed unsafe class WeightTensor
         Shape = shape;
         Data = data;
         long n = 1;
-        foreach (long d in shape) n *= d;
+        foreach (long d in shape) n = checked(n * d); // readers check shapes; a wrap here would silently shrink the tensor
         ElementCount = n;
     }
 
