@@ -38,7 +38,13 @@ function Pack-Runtime {
 switch ($Command) {
     "build" { Build-All }
     "kernels" { Build-Kernels }
-    "test" { Build-All; Invoke-Checked dotnet (@("test", "tests/Kernels.Tests", "-c", $Config, "--no-build") + $Rest) }
+    "test" {
+        Build-All
+        $summary = "tests/Kernels.Tests/bin/$Config/net10.0/fuzz-summary.txt" # the model-file fuzz suite's case counts
+        Remove-Item -Force -ErrorAction SilentlyContinue $summary
+        try { Invoke-Checked dotnet (@("test", "tests/Kernels.Tests", "-c", $Config, "--no-build") + $Rest) }
+        finally { if (Test-Path $summary) { Get-Content $summary } }
+    }
     "run" {
         Build-All
         if (-not $Rest) { $Rest = @("generate", "--model", "synthetic:small", "--n", "2", "--max-tokens", "32", "--temperature", "0.8", "--top-p", "0.95", "--seed", "7") }

@@ -49,7 +49,12 @@ case "$cmd" in
   test)
     build
     echo "==> dotnet test"
-    dotnet test tests/Kernels.Tests -c "$CONFIG" --no-build "$@"
+    summary="tests/Kernels.Tests/bin/$CONFIG/net10.0/fuzz-summary.txt" # the model-file fuzz suite's case counts
+    rm -f "$summary"
+    status=0
+    dotnet test tests/Kernels.Tests -c "$CONFIG" --no-build "$@" || status=$?
+    if [ -f "$summary" ]; then cat "$summary"; awk -F'[:,]' '{split($2, a, " "); n += a[1]} END {print "fuzz: " n " model-file cases in all"}' "$summary"; fi
+    exit $status
     ;;
   run)
     build

@@ -103,6 +103,9 @@ public sealed class ModelWeights : IDisposable
         return weights;
     }
 
+    /// <summary>The native memory the tensors live in: mapped files and memory the model owns.</summary>
+    public IEnumerable<NativeStorage> Storage => _owners.OfType<ITensorStorage>().Select(s => s.Memory);
+
     /// <summary>
     /// Every tensor's bytes [Data, Data + ByteLength) lie inside one of the owners (a mapped file, owned memory): the
     /// readers check sizes and offsets as they parse, and this catches any path that would still point elsewhere
@@ -110,7 +113,7 @@ public sealed class ModelWeights : IDisposable
     /// </summary>
     private unsafe void CheckStorage(string source)
     {
-        var storages = _owners.OfType<ITensorStorage>().ToArray();
+        var storages = Storage.ToArray();
         foreach (var t in All())
         {
             long bytes;

@@ -8,10 +8,10 @@ namespace Kernels.Runtime.Models;
 /// What holds a model's tensor bytes (a mapped file, owned memory, a file reader over a mapping): every tensor a
 /// loader hands out must lie inside one of its owners, which <see cref="ModelWeights.Build"/> checks.
 /// </summary>
-public unsafe interface ITensorStorage
+public interface ITensorStorage
 {
-    /// <summary>Whether [start, start + length) lies inside this storage.</summary>
-    bool Holds(byte* start, long length);
+    /// <summary>The native memory holding the bytes (the mapping of a file, or owned memory).</summary>
+    NativeStorage Memory { get; }
 }
 
 /// <summary>A pinned, unmanaged byte range that stays valid until the storage is disposed.</summary>
@@ -21,6 +21,9 @@ public abstract unsafe class NativeStorage : ITensorStorage, IDisposable
     public abstract long Length { get; }
     public abstract void Dispose();
 
+    public NativeStorage Memory => this;
+
+    /// <summary>Whether [start, start + length) lies inside this storage.</summary>
     public bool Holds(byte* start, long length)
     {
         byte* p = Pointer;

@@ -183,8 +183,8 @@ public sealed unsafe class SafetensorsFile : ITensorStorage, IDisposable
         return w.ToFloatArray();
     }
 
-    /// <summary>Whether [start, start + length) lies inside the mapped file.</summary>
-    public bool Holds(byte* start, long length) => _file.Holds(start, length);
+    /// <summary>The mapped file the tensors point into.</summary>
+    public NativeStorage Memory => _file;
 
     public void Dispose() => _file.Dispose();
 }

@@ -44,6 +44,24 @@ public sealed record SentencePieceVocabulary(
             if (Pieces[i].Length == 0)
                 throw new ModelFormatException(source, $"token {i} is an empty piece");
         }
+        if (ByteFallback) CheckBytePieces(source);
+    }
+
+    /// <summary>
+    /// Byte fallback encodes byte b as the id of "&lt;0x00&gt;" plus b (sentencepiece's layout, which ML.Tokenizers
+    /// relies on): the 256 byte pieces must all be there, in order, or encoding would emit ids of other tokens or
+    /// beyond the vocabulary.
+    /// </summary>
+    private void CheckBytePieces(string source)
+    {
+        int first = -1;
+        for (int i = 0; i < Pieces.Count && first < 0; i++)
+            if (Pieces[i] == "<0x00>") first = i;
+        if (first < 0 || first > Pieces.Count - 256)
+            throw new ModelFormatException(source, $"byte fallback needs the 256 pieces <0x00>..<0xFF> in order; {(first < 0 ? "<0x00> is missing" : $"<0x00> is token {first} of {Pieces.Count}")}");
+        for (int b = 0; b < 256; b++)
+            if (Pieces[first + b] != $"<0x{b:X2}>" || Types[first + b] != SentencePieceTokenType.Byte)
+                throw new ModelFormatException(source, $"byte fallback needs the 256 pieces <0x00>..<0xFF> in order; token {first + b} is '{Pieces[first + b]}' ({Types[first + b]}), expected byte <0x{b:X2}>");
     }
 
     private void CheckId(string source, string what, int id)

@@ -1,6 +1,7 @@
 // Small, valid model files the hostile-input tests start from: a GGUF of synthetic:tiny with a SentencePiece
 // vocabulary, an HF directory (golden tiny Llama), a SqueezeLLM-quantized directory and a llama2.c checkpoint.
 using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
@@ -70,15 +71,44 @@ public static unsafe class TestModelFiles
         return (tokens.ToArray(), scores, types.ToArray());
     }
 
-    /// <summary>A copy of the golden tiny Llama (config.json + model.safetensors) in <paramref name="dir"/>, with a tokenizer_config.json.</summary>
-    public static string HfDirectory(string dir)
+    /// <summary>
+    /// A copy of the golden tiny Llama (config.json + model.safetensors) in <paramref name="dir"/>, with a
+    /// tokenizer_config.json and, when <paramref name="withTokenizer"/>, a byte-level BPE tokenizer.json (256 byte
+    /// symbols, a few merges, &lt;s&gt; and &lt;/s&gt;) so the model also runs from text.
+    /// </summary>
+    public static string HfDirectory(string dir, bool withTokenizer = false)
     {
         Directory.CreateDirectory(dir);
         foreach (var f in Directory.GetFiles(TestPaths.Golden("tiny-llama-f32")))
             if (!f.EndsWith("golden.safetensors")) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
         File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"),
             """{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true, "chat_template": "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"}""");
+        if (withTokenizer) File.WriteAllText(Path.Combine(dir, "tokenizer.json"), ByteLevelTokenizerJson());
         return dir;
+    }
+
+    private static string ByteLevelTokenizerJson()
+    {
+        var vocab = new JsonObject();
+        for (int b = 0; b < 256; b++) vocab[ByteLevelSymbols.Symbol((byte)b).ToString()] = b;
+        string space = ByteLevelSymbols.Symbol((byte)' ').ToString();
+        var merges = new JsonArray();
+        int id = 256;
+        foreach (string pair in new[] { "t h", "th e", $"{space} t", $"{space}t h", "o n", "a n" })
+        {
+            merges.Add(pair);
+            vocab[pair.Replace(" ", "")] = id++;
+        }
+        var root = new JsonObject
+        {
+            ["model"] = new JsonObject { ["type"] = "BPE", ["vocab"] = vocab, ["merges"] = merges },
+            ["added_tokens"] = new JsonArray(
+                new JsonObject { ["id"] = 300, ["content"] = "<s>", ["special"] = true },
+                new JsonObject { ["id"] = 301, ["content"] = "</s>", ["special"] = true }),
+            ["pre_tokenizer"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["use_regex"] = true },
+            ["decoder"] = new JsonObject { ["type"] = "ByteLevel" },
+        };
+        return root.ToJsonString();
     }
 
     /// <summary>synthetic:tiny quantized with SqueezeLLM (3 shards) into <paramref name="dir"/>.</summary>
