@@ -33,15 +33,19 @@ public sealed record InferenceEngineOptions
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
+    /// <summary>One caller's submission: one or several prompts (each with N samples), one scheduler group, one stream.</summary>
     private sealed class Submission
     {
-        public required int Id;
-        public required GenerationRequest Request;
-        public required int[] Prompt;
+        public required int Group;
+        public required GenerationRequest[] Requests;
+        public required int[][] Prompts;
+        public required StopStrings[] Stops;
+        public required int[] SchedulerIds;    // per request: its id in the scheduler
         public required Channel<GenerationEvent> Events;
         public required long SubmittedAt;
-        public int Remaining;          // samples not finished yet
-        public long[] LastTokenAt = []; // per sample, Stopwatch ticks of the last token (for TPOT)
+        public required int[] Remaining;       // per request: samples not finished yet
+        public required long[][] LastTokenAt;  // per request and sample, Stopwatch ticks of the last token (for TPOT)
+        public int Unfinished;                 // requests with samples still running
     }
 
     private readonly LoadedModel _model;
@@ -51,11 +55,14 @@ public sealed class InferenceEngine : IDisposable
     private readonly Thread _loop;
     private readonly object _gate = new();
     private readonly Queue<Submission> _incoming = new();
-    private readonly HashSet<int> _cancels = new();
-    private readonly Dictionary<int, Submission> _running = new();
+    private readonly HashSet<Submission> _cancels = new();
+    private readonly Dictionary<int, (Submission Sub, int Index)> _running = new(); // by scheduler id
     private int _nextId;
     private bool _stopping;
     private Exception? _fault;
+    private int _released;  // 1 once the backend and model are disposed
+    private bool _abandoned; // Shutdown timed out during a step: the loop releases the resources when it ends
+    private bool _loopEnded;
 
     public string ModelName { get; }
     public ModelConfig Config => _model.Config;
@@ -109,28 +116,48 @@ public sealed class InferenceEngine : IDisposable
     public int[] PromptIds(GenerationRequest request) => _scheduler.PromptIds(request);
 
     /// <summary>
+    /// Encodes and checks several requests meant to run as one submission, including that together they fit the KV
+    /// memory (throws <see cref="RequestValidationException"/> or <see cref="KvCacheExhaustedException"/>).
+    /// </summary>
+    public int[][] PromptIds(IReadOnlyList<GenerationRequest> requests)
+    {
+        var prompts = requests.Select(_scheduler.PromptIds).ToArray();
+        if (requests.Count > 1) _scheduler.CheckMemory(requests.Select((r, i) => (r, prompts[i].Length)).ToArray());
+        return prompts;
+    }
+
+    /// <summary>
     /// Streams the events of every sample of <paramref name="request"/> (Request = 0, Sample = 0..n-1) as they are
     /// generated. Cancellation ends the stream with Cancelled events and frees the request's memory.
     /// </summary>
-    public async IAsyncEnumerable<GenerationEvent> GenerateAsync(GenerationRequest request, [EnumeratorCancellation] CancellationToken cancellation = default)
+    public IAsyncEnumerable<GenerationEvent> GenerateAsync(GenerationRequest request, CancellationToken cancellation = default) =>
+        GenerateManyAsync([request], cancellation);
+
+    /// <summary>
+    /// Runs several requests as one submission and streams all their events (Request = index in the list). They are
+    /// one group for the scheduler's fairness (together they get one client's share of each step) and one
+    /// cancellation: cancelling the token ends every one of them at the next step.
+    /// </summary>
+    public async IAsyncEnumerable<GenerationEvent> GenerateManyAsync(IReadOnlyList<GenerationRequest> requests,
+        [EnumeratorCancellation] CancellationToken cancellation = default)
     {
         // A token cancelled before the call never submits (otherwise a short request could finish before the
         // cancellation reached the engine loop, and the caller would get a response instead of the exception).
         cancellation.ThrowIfCancellationRequested();
-        var sub = Submit(request);
-        using var registration = cancellation.Register(() => Cancel(sub.Id));
+        var sub = Submit(requests);
+        using var registration = cancellation.Register(() => Cancel(sub));
         bool completed = false;
         try
         {
             await foreach (var e in sub.Events.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
             {
-                yield return e with { Request = 0 };
+                yield return e;
             }
             completed = true;
         }
         finally
         {
-            if (!completed) Cancel(sub.Id); // the caller stopped reading: free the request
+            if (!completed) Cancel(sub); // the caller stopped reading: free the requests
         }
         if (_fault != null) throw new InvalidOperationException("the engine loop failed", _fault);
     }
@@ -138,27 +165,29 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>Runs several requests together and returns every sample's result (Request = index in the list).</summary>
     public async Task<IReadOnlyList<GenerationResult>> GenerateAsync(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
-        var prompts = requests.Select(PromptIds).ToArray();
+        var prompts = PromptIds(requests);
         var collector = new GenerationResultCollector(prompts);
-        await Task.WhenAll(requests.Select(async (r, i) =>
-        {
-            await foreach (var e in GenerateAsync(r, cancellation).ConfigureAwait(false)) collector.Add(e, request: i);
-        })).ConfigureAwait(false);
+        await foreach (var e in GenerateManyAsync(requests, cancellation).ConfigureAwait(false)) collector.Add(e);
         return collector.Results;
     }
 
-    private Submission Submit(GenerationRequest request)
+    private Submission Submit(IReadOnlyList<GenerationRequest> requests)
     {
-        var prompt = _scheduler.PromptIds(request); // validation errors surface in the caller's thread
+        if (requests.Count == 0) throw new ArgumentException("no requests given", nameof(requests));
+        var prompts = PromptIds(requests); // validation errors surface in the caller's thread
+        int group = Interlocked.Increment(ref _nextId);
         var sub = new Submission
         {
-            Id = Interlocked.Increment(ref _nextId),
-            Request = request,
-            Prompt = prompt,
+            Group = group,
+            Requests = requests.ToArray(),
+            Prompts = prompts,
+            Stops = requests.Select(r => new StopStrings(r.Stop)).ToArray(), // compiled here, off the engine thread
+            SchedulerIds = requests.Select(_ => Interlocked.Increment(ref _nextId)).ToArray(),
             Events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true }),
             SubmittedAt = Stopwatch.GetTimestamp(),
-            Remaining = request.N,
-            LastTokenAt = new long[request.N],
+            Remaining = requests.Select(r => r.N).ToArray(),
+            LastTokenAt = requests.Select(r => new long[r.N]).ToArray(),
+            Unfinished = requests.Count,
         };
         lock (_gate)
         {
@@ -167,16 +196,19 @@ public sealed class InferenceEngine : IDisposable
             _incoming.Enqueue(sub);
             Monitor.Pulse(_gate);
         }
-        Metrics.RequestSubmitted();
-        Metrics.PromptTokens(prompt.Length);
+        foreach (var prompt in prompts)
+        {
+            Metrics.RequestSubmitted();
+            Metrics.PromptTokens(prompt.Length);
+        }
         return sub;
     }
 
-    private void Cancel(int id)
+    private void Cancel(Submission sub)
     {
         lock (_gate)
         {
-            _cancels.Add(id);
+            _cancels.Add(sub);
             Monitor.Pulse(_gate);
         }
     }
@@ -193,10 +225,14 @@ public sealed class InferenceEngine : IDisposable
                     if (_stopping) break;
                     while (_incoming.TryDequeue(out var sub))
                     {
-                        _running[sub.Id] = sub;
-                        _scheduler.Submit(sub.Id, sub.Request, sub.Prompt);
+                        for (int i = 0; i < sub.Requests.Length; i++)
+                        {
+                            _running[sub.SchedulerIds[i]] = (sub, i);
+                            _scheduler.Submit(sub.SchedulerIds[i], sub.Requests[i], sub.Prompts[i], sub.Group, sub.Stops[i]);
+                        }
                     }
-                    foreach (int id in _cancels) _scheduler.Cancel(id);
+                    foreach (var sub in _cancels)
+                        foreach (int id in sub.SchedulerIds) _scheduler.Cancel(id);
                     _cancels.Clear();
                 }
                 List<GenerationEvent> events;
@@ -227,15 +263,24 @@ public sealed class InferenceEngine : IDisposable
             _scheduler.Clear();
             lock (_gate)
             {
-                foreach (var sub in _running.Values.Concat(_incoming))
+                // Every sample still running ends with Cancelled: the engine is stopping (or its loop failed).
+                foreach (var sub in _running.Values.Select(r => r.Sub).Concat(_incoming).Distinct())
                 {
-                    for (int n = 0; n < sub.Request.N; n++)
-                        sub.Events.Writer.TryWrite(new GenerationEvent(sub.Id, n, null, "", FinishReason.Cancelled, new Usage(sub.Prompt.Length, 0)));
+                    for (int i = 0; i < sub.Requests.Length; i++)
+                        for (int n = 0; n < sub.Requests[i].N && sub.Remaining[i] > 0; n++)
+                            sub.Events.Writer.TryWrite(new GenerationEvent(i, n, null, "", FinishReason.Cancelled, new Usage(sub.Prompts[i].Length, 0)));
                     sub.Events.Writer.TryComplete(_fault);
                 }
                 _running.Clear();
                 _incoming.Clear();
             }
+            bool release;
+            lock (_gate)
+            {
+                _loopEnded = true;
+                release = _abandoned; // Shutdown stopped waiting for this step: the resources are ours to release
+            }
+            if (release) ReleaseResources();
         }
     }
 
@@ -247,43 +292,73 @@ public sealed class InferenceEngine : IDisposable
     {
         _log.LogError(error, "A step failed; the {Count} request(s) in flight end with its error", _running.Count);
         _scheduler.Clear();
-        foreach (var sub in _running.Values)
+        foreach (var (sub, index) in _running.Values)
         {
             sub.Events.Writer.TryComplete(new InvalidOperationException($"generation failed: {error.Message}", error));
-            Metrics.RequestFinished(cancelled: false);
+            if (sub.Remaining[index] > 0) Metrics.RequestFinished(cancelled: false);
         }
         _running.Clear();
     }
 
     private void Deliver(GenerationEvent e, long now)
     {
-        if (!_running.TryGetValue(e.Request, out var sub)) return;
+        if (!_running.TryGetValue(e.Request, out var entry)) return;
+        var (sub, index) = entry;
         if (e.Token != null)
         {
             Metrics.TokenGenerated();
-            long last = sub.LastTokenAt[e.Sample];
+            long last = sub.LastTokenAt[index][e.Sample];
             if (last == 0) Metrics.TimeToFirstToken.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
             else Metrics.TimePerOutputToken.Observe(Stopwatch.GetElapsedTime(last, now).TotalSeconds);
-            sub.LastTokenAt[e.Sample] = now;
+            sub.LastTokenAt[index][e.Sample] = now;
         }
-        sub.Events.Writer.TryWrite(e);
-        if (e.Finish != null && --sub.Remaining == 0)
+        sub.Events.Writer.TryWrite(e with { Request = index });
+        if (e.Finish != null && --sub.Remaining[index] == 0)
         {
-            sub.Events.Writer.TryComplete();
-            _running.Remove(sub.Id);
+            _running.Remove(e.Request);
             Metrics.RequestFinished(e.Finish == FinishReason.Cancelled);
+            if (--sub.Unfinished == 0) sub.Events.Writer.TryComplete();
         }
     }
 
-    public void Dispose()
+    /// <summary>Stops the loop (requests still running end with Cancelled) and releases the model; waits as long as it takes.</summary>
+    public void Dispose() => Shutdown(Timeout.InfiniteTimeSpan);
+
+    /// <summary>
+    /// Stops the engine: no new requests, every running one ends with <see cref="FinishReason.Cancelled"/> after the
+    /// step in progress. Waits up to <paramref name="timeout"/> for that step; returns true when the engine stopped
+    /// and released its backend and model within it. When a step outlasts the timeout, returns false at once and the
+    /// loop releases them itself when the step ends (nothing is freed while a step still reads it).
+    /// </summary>
+    public bool Shutdown(TimeSpan timeout)
     {
         lock (_gate)
         {
-            if (_stopping) return;
-            _stopping = true;
-            Monitor.Pulse(_gate);
+            if (!_stopping)
+            {
+                _stopping = true;
+                Monitor.Pulse(_gate);
+            }
         }
-        _loop.Join();
+        if (_loop.Join(timeout))
+        {
+            ReleaseResources();
+            return true;
+        }
+        bool release;
+        lock (_gate)
+        {
+            _abandoned = true;
+            release = _loopEnded; // it ended just now, before it could see the flag
+        }
+        if (release) ReleaseResources();
+        _log.LogWarning("The engine's step outlasted the shutdown timeout of {Timeout}; it releases the model when the step ends", timeout);
+        return false;
+    }
+
+    private void ReleaseResources()
+    {
+        if (Interlocked.Exchange(ref _released, 1) != 0) return;
         _backend.Dispose();
         _model.Dispose();
     }

@@ -16,16 +16,34 @@ public sealed record GeneratorOptions
     /// step for all sharers (Hydragen). Off: every sequence holds and attends to its own copy (the baseline).
     /// </summary>
     public bool PrefixSharing { get; init; } = true;
+
+    /// <summary>
+    /// Most sequences (samples, prefills) in one step, as vLLM's max_num_seqs: bounds a step's time, and is what
+    /// admission shares fairly between groups of requests (see <see cref="Scheduler"/>).
+    /// </summary>
+    public int MaxBatchSequences { get; init; } = 256;
 }
 
 /// <summary>
 /// Owns the running set; not thread-safe (one thread submits, cancels and steps, e.g. the engine's loop).
 /// Each <see cref="Step"/> is one forward over every live sample's next token plus prompt chunks up to the budget.
-/// Admission is in submission order, when the blocks the request needs now fit next to a one-block-per-sample
-/// reserve for the running ones. When a step cannot get its blocks, the most recently admitted request is
-/// preempted: its blocks are freed and it goes back to the head of the queue, to be recomputed (its prompt, and each
-/// sample's tokens so far) with its sampler and text state kept, so its output is exactly what it would have been.
-/// Sequences in a sample's lifecycle: Waiting -> Prefilling -> Decoding -> Finished (or Preempted -> Waiting).
+/// <para>
+/// Requests belong to groups (one per client submission: the prompts x n samples of one HTTP request are one group).
+/// With S = <see cref="GeneratorOptions.MaxBatchSequences"/> and G groups with work, each group's fair share is
+/// f = max(1, S / G) sequences. Admission takes the waiting group that runs the fewest sequences first (FIFO within a
+/// group); a group already at its share waits while others do; a request that fits its group's share but not the
+/// step (sequences or KV blocks, next to a one-block-per-sequence reserve counting all of its samples) preempts the
+/// newest request of the group furthest over its share. The prefill budget B is split the same way: each group with
+/// prompt tokens to prefill gets at least ceil(B / k) of them per step (k groups prefilling), the rest goes FIFO.
+/// The bound that gives (tested): a request whose samples fit its share, with a prompt of P tokens, produces its first
+/// token within ceil(P / ceil(B / G)) steps of its arrival (one step when P &lt;= B / G), however large the other
+/// groups' fan-outs, as long as the KV memory holds every group's share.
+/// </para>
+/// <para>
+/// A preempted request's blocks are freed and it goes back to the head of the queue, to be recomputed (its prompt,
+/// and each sample's tokens so far) with its sampler and text state kept, so its output is exactly what it would have
+/// been. Sequences in a sample's lifecycle: Waiting -> Prefilling -> Decoding -> Finished (or Preempted -> Waiting).
+/// </para>
 /// </summary>
 public sealed class Scheduler
 {
@@ -37,8 +55,10 @@ public sealed class Scheduler
     private sealed class RequestState
     {
         public required int Id;
+        public required int Group;
         public required GenerationRequest Request;
         public required int[] Prompt;
+        public required StopStrings Stops;
         public ulong Seed;
         public List<Sample>? Samples; // null until the prompt's prefill completes
         public long AdmittedAt = -1;
@@ -81,6 +101,7 @@ public sealed class Scheduler
         _tokenizer = tokenizer;
         _options = options ?? new GeneratorOptions();
         ArgumentOutOfRangeException.ThrowIfLessThan(_options.PrefillTokenBudget, 1, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfLessThan(_options.MaxBatchSequences, 1, nameof(options));
         _usableVocab = Math.Min(tokenizer.VocabSize, backend.Config.VocabSize);
     }
 
@@ -102,6 +123,8 @@ public sealed class Scheduler
     public int[] PromptIds(GenerationRequest request)
     {
         if (request.N < 1) throw new RequestValidationException("n", $"must be at least 1, got {request.N}");
+        if (request.N > _options.MaxBatchSequences)
+            throw new RequestValidationException("n", $"must be at most {_options.MaxBatchSequences} (the most sequences in one step), got {request.N}");
         if (request.MaxNewTokens < 0) throw new RequestValidationException("max-tokens", $"must be >= 0, got {request.MaxNewTokens}");
         request.Sampling.Validate();
         int[] ids = request.PromptIds?.ToArray()
@@ -114,18 +137,43 @@ public sealed class Scheduler
         foreach (int id in ids)
             if ((uint)id >= (uint)_usableVocab)
                 throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
-        int need = WorstCaseBlocks(request, ids.Length);
-        if (need > KvPool.Capacity || WorstCaseUnits(request, ids.Length) > KvPool.BudgetUnits)
-            throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +
-                $"the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
+        CheckMemory([(request, ids.Length)]);
         return ids;
     }
 
-    /// <summary>Queues a request under <paramref name="id"/> (the Request field of its events).</summary>
-    public void Submit(int id, GenerationRequest request, int[]? promptIds = null)
+    /// <summary>
+    /// Throws <see cref="KvCacheExhaustedException"/> when these requests together (all the prompts and samples of one
+    /// submission) could need more KV memory than the pool has: admitted one by one they could only preempt each other.
+    /// </summary>
+    public void CheckMemory(IReadOnlyList<(GenerationRequest Request, int PromptLength)> requests)
+    {
+        long blocks = 0, units = 0;
+        foreach (var (request, promptLength) in requests)
+        {
+            blocks += WorstCaseBlocks(request, promptLength);
+            units += WorstCaseUnits(request, promptLength);
+        }
+        if (blocks > KvPool.Capacity || units > KvPool.BudgetUnits)
+        {
+            string what = requests.Count == 1
+                ? $"the request needs up to {blocks} KV blocks ({requests[0].PromptLength} prompt tokens, {requests[0].Request.N} x {requests[0].Request.MaxNewTokens} new)"
+                : $"the {requests.Count} prompts need up to {blocks} KV blocks together ({requests.Sum(r => (long)r.Request.N)} samples)";
+            throw new KvCacheExhaustedException($"{what}, the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
+        }
+    }
+
+    /// <summary>
+    /// Queues a request under <paramref name="id"/> (the Request field of its events) in <paramref name="group"/>
+    /// (default: a group of its own); <paramref name="stops"/> is its compiled stop strings when the caller built them.
+    /// </summary>
+    public void Submit(int id, GenerationRequest request, int[]? promptIds = null, int? group = null, StopStrings? stops = null)
     {
         var prompt = promptIds ?? PromptIds(request);
-        var state = new RequestState { Id = id, Request = request, Prompt = prompt, Seed = request.Sampling.Seed ?? (ulong)Random.Shared.NextInt64() };
+        var state = new RequestState
+        {
+            Id = id, Group = group ?? id, Request = request, Prompt = prompt, Stops = stops ?? new StopStrings(request.Stop),
+            Seed = request.Sampling.Seed ?? (ulong)Random.Shared.NextInt64(),
+        };
         _requests.Add(id, state);
         _waiting.AddLast((state, null));
     }
@@ -147,7 +195,7 @@ public sealed class Scheduler
         var (batch, decodes, chunks) = BuildBatch();
         while (!Fits(batch))
         {
-            if (!PreemptNewest()) throw new KvCacheExhaustedException($"KV cache exhausted: the step needs more blocks than the pool's {KvPool.Capacity}");
+            if (!PreemptLargest()) throw new KvCacheExhaustedException($"KV cache exhausted: the step needs more blocks than the pool's {KvPool.Capacity}");
             (batch, decodes, chunks) = BuildBatch();
             if (batch.Count == 0) return events;
         }
@@ -180,54 +228,139 @@ public sealed class Scheduler
 
     private void ProcessCancellations(List<GenerationEvent> events)
     {
-        foreach (var r in _requests.Values.Where(r => r.Cancelled).ToArray())
+        // One pass over each list whatever the number of cancelled requests (a client's disconnect may cancel many).
+        var cancelled = _requests.Values.Where(r => r.Cancelled).ToList();
+        if (cancelled.Count == 0) return;
+        foreach (var p in _prefills.Where(p => p.Owner.Cancelled)) p.Cache.Dispose();
+        _prefills.RemoveAll(p => p.Owner.Cancelled);
+        for (var node = _waiting.First; node != null;)
         {
-            foreach (var p in _prefills.Where(p => p.Owner == r).ToArray())
-            {
-                p.Cache.Dispose();
-                _prefills.Remove(p);
-            }
-            for (var node = _waiting.First; node != null;)
-            {
-                var next = node.Next;
-                if (node.Value.Owner == r) _waiting.Remove(node);
-                node = next;
-            }
+            var next = node.Next;
+            if (node.Value.Owner.Cancelled) _waiting.Remove(node);
+            node = next;
+        }
+        foreach (var r in cancelled)
+        {
             if (r.Samples == null)
                 for (int n = 0; n < r.Request.N; n++)
                     events.Add(new GenerationEvent(r.Id, n, null, "", FinishReason.Cancelled, new Usage(r.Prompt.Length, 0)));
             else
                 foreach (var s in r.Samples.Where(s => s.Finish == null)) events.Add(Finish(s, FinishReason.Cancelled, null));
-            _live.RemoveAll(s => s.Owner == r);
             _requests.Remove(r.Id);
+        }
+        _live.RemoveAll(s => s.Owner.Cancelled);
+    }
+
+    /// <summary>
+    /// Admits waiting work, least-served group first (see the class summary): a group at its fair share waits; a
+    /// request within its share that does not fit preempts the group furthest over its share, else admission stops
+    /// (so a large request is not starved by small ones queued behind it).
+    /// </summary>
+    private void Admit()
+    {
+        if (_waiting.Count == 0) return;
+        var pool = KvPool;
+        var running = RunningByGroup();
+        int total = running.Values.Sum();
+        int share = FairShare(running);
+        var passed = new HashSet<int>(); // groups that wait this step (at their share, or behind a prefix being prefilled)
+        while (NextWaiting(running, passed) is { } head)
+        {
+            var (owner, resume) = head.Value;
+            int group = owner.Group, mine = running.GetValueOrDefault(group);
+            var tokenLists = resume == null ? [owner.Prompt] : resume.Select(s => History(s)).ToList();
+            int sequences = resume?.Count ?? owner.Request.N;
+            bool withinShare = mine + sequences <= share;
+            if (!withinShare && mine > 0)
+            {
+                passed.Add(group);
+                continue;
+            }
+            if (Sharing && resume == null && _prefills.Any(p => p.Resume == null && CommonPrefix(p.Tokens, owner.Prompt) >= pool.BlockSize))
+            {
+                passed.Add(group); // the shared part is being prefilled: take it from the prefix tree next step
+                continue;
+            }
+            while (true)
+            {
+                var matches = tokenLists.Select(t => Sharing ? pool.Prefixes.Match(t, t.Length - 1) : (IReadOnlyList<int>)[]).ToList();
+                int need = 0;
+                for (int i = 0; i < tokenLists.Count; i++) need += pool.BlocksFor(tokenLists[i].Length) - matches[i].Count;
+                // One block of growth per running sequence, and per sample of this request (all of them will grow).
+                int reserve = _live.Count + _prefills.Count + sequences;
+                bool idle = _live.Count == 0 && _prefills.Count == 0;
+                if (idle || (total + sequences <= _options.MaxBatchSequences && need + reserve <= pool.AvailableBlocks(Sharing)))
+                {
+                    _waiting.Remove(head);
+                    owner.AdmittedAt = ++_admissions;
+                    for (int i = 0; i < tokenLists.Count; i++)
+                    {
+                        var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();
+                        _prefills.Add(new Prefill { Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length });
+                    }
+                    running[group] = mine + sequences;
+                    total += sequences;
+                    break;
+                }
+                // Room is made only for a request within its share, and only from a group over its own.
+                if (!withinShare || PreemptOverShare(running, share, group) is not { } freed) return;
+                total -= freed;
+            }
         }
     }
 
-    /// <summary>Admits waiting work in order while the blocks it needs now fit next to the running sequences' reserve.</summary>
-    private void Admit()
+    /// <summary>Running sequences (prefilling or decoding) per group.</summary>
+    private Dictionary<int, int> RunningByGroup()
     {
-        var pool = KvPool;
-        while (_waiting.First is { } head)
+        var running = new Dictionary<int, int>();
+        foreach (var p in _prefills) running[p.Owner.Group] = running.GetValueOrDefault(p.Owner.Group) + 1;
+        foreach (var s in _live) running[s.Owner.Group] = running.GetValueOrDefault(s.Owner.Group) + 1;
+        return running;
+    }
+
+    /// <summary>S / G: the step's sequences shared by the groups with work (running or waiting), at least one each.</summary>
+    private int FairShare(Dictionary<int, int> running)
+    {
+        var groups = new HashSet<int>(running.Keys);
+        foreach (var (owner, _) in _waiting) groups.Add(owner.Group);
+        return Math.Max(1, _options.MaxBatchSequences / Math.Max(1, groups.Count));
+    }
+
+    /// <summary>The first waiting entry of the group running the fewest sequences (ties: the entry queued first).</summary>
+    private LinkedListNode<(RequestState Owner, List<Sample>? Resume)>? NextWaiting(Dictionary<int, int> running, HashSet<int> passed)
+    {
+        LinkedListNode<(RequestState Owner, List<Sample>? Resume)>? best = null;
+        int bestRunning = int.MaxValue;
+        var seen = new HashSet<int>();
+        for (var node = _waiting.First; node != null; node = node.Next)
         {
-            var (owner, resume) = head.Value;
-            var tokenLists = resume == null ? [owner.Prompt] : resume.Select(s => History(s)).ToList();
-            if (Sharing && resume == null && _prefills.Any(p => p.Resume == null && CommonPrefix(p.Tokens, owner.Prompt) >= pool.BlockSize))
-                return; // the shared part is being prefilled: take it from the prefix tree next step
-            var matches = tokenLists.Select(t => Sharing ? pool.Prefixes.Match(t, t.Length - 1) : (IReadOnlyList<int>)[]).ToList();
-            int need = 0;
-            for (int i = 0; i < tokenLists.Count; i++) need += pool.BlocksFor(tokenLists[i].Length) - matches[i].Count;
-            int reserve = _live.Count + _prefills.Count + tokenLists.Count; // one block of growth per running sequence
-            long available = pool.AvailableBlocks(Sharing);
-            bool idle = _live.Count == 0 && _prefills.Count == 0;
-            if (need + reserve > available && !idle) return;
-            _waiting.RemoveFirst();
-            owner.AdmittedAt = ++_admissions;
-            for (int i = 0; i < tokenLists.Count; i++)
+            int group = node.Value.Owner.Group;
+            if (passed.Contains(group) || !seen.Add(group)) continue;
+            int r = running.GetValueOrDefault(group);
+            if (r < bestRunning)
             {
-                var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();
-                _prefills.Add(new Prefill { Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length });
+                best = node;
+                bestRunning = r;
+                if (r == 0) break; // nobody runs fewer
             }
         }
+        return best;
+    }
+
+    /// <summary>
+    /// Preempts the newest request of the group furthest over <paramref name="share"/> (never <paramref name="except"/>);
+    /// returns the sequences it freed, or null when no group is over its share.
+    /// </summary>
+    private int? PreemptOverShare(Dictionary<int, int> running, int share, int except)
+    {
+        int victimGroup = 0, count = 0;
+        foreach (var (g, n) in running)
+            if (g != except && n > share && n > count) (victimGroup, count) = (g, n);
+        if (count == 0) return null;
+        var victim = _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Where(r => r.Group == victimGroup).MaxBy(r => r.AdmittedAt)!;
+        int freed = Preempt(victim);
+        running[victimGroup] = count - freed;
+        return freed;
     }
 
     /// <summary>What a preempted sample recomputes: its prompt and every generated token but the last (still to be fed).</summary>
@@ -243,16 +376,47 @@ public sealed class Scheduler
             decodes.Add(s);
         }
         var chunks = new List<(Prefill, int)>();
+        var take = PrefillShares();
+        foreach (var p in _prefills)
+        {
+            int n = take.GetValueOrDefault(p);
+            if (n <= 0) continue;
+            batch.Add(new SequenceStep(p.Cache, p.Tokens.AsMemory(p.Done, n)));
+            chunks.Add((p, n));
+        }
+        return (batch, decodes, chunks);
+    }
+
+    /// <summary>
+    /// Prompt tokens per prefill this step: each group prefilling gets up to ceil(B / k) of the budget B (k groups),
+    /// spent on its prefills in order; what is left goes to all prefills in order.
+    /// </summary>
+    private Dictionary<Prefill, int> PrefillShares()
+    {
+        var take = new Dictionary<Prefill, int>();
         int budget = _options.PrefillTokenBudget;
+        if (_prefills.Count == 0) return take;
+        int groups = _prefills.Select(p => p.Owner.Group).Distinct().Count();
+        int quota = (budget + groups - 1) / groups;
+        var spent = new Dictionary<int, int>();
+        foreach (var p in _prefills)
+        {
+            int group = p.Owner.Group;
+            int n = Math.Min(Math.Min(quota - spent.GetValueOrDefault(group), budget), p.Tokens.Length - p.Done);
+            if (n <= 0) continue;
+            take[p] = n;
+            spent[group] = spent.GetValueOrDefault(group) + n;
+            budget -= n;
+        }
         foreach (var p in _prefills)
         {
             if (budget == 0) break;
-            int take = Math.Min(budget, p.Tokens.Length - p.Done);
-            batch.Add(new SequenceStep(p.Cache, p.Tokens.AsMemory(p.Done, take)));
-            chunks.Add((p, take));
-            budget -= take;
+            int n = Math.Min(budget, p.Tokens.Length - p.Done - take.GetValueOrDefault(p));
+            if (n <= 0) continue;
+            take[p] = take.GetValueOrDefault(p) + n;
+            budget -= n;
         }
-        return (batch, decodes, chunks);
+        return take;
     }
 
     /// <summary>Whether the pool can give every sequence of the batch the blocks its new tokens need.</summary>
@@ -269,12 +433,22 @@ public sealed class Scheduler
         return need <= pool.AvailableBlocks(Sharing);
     }
 
-    /// <summary>Frees the blocks of the most recently admitted running request and queues it first; false if none runs.</summary>
-    private bool PreemptNewest()
+    /// <summary>
+    /// Frees the blocks of the most recently admitted request of the group running the most sequences and queues it
+    /// first; false when only one request runs (alone it always fits: Submit checked its worst case against the pool).
+    /// </summary>
+    private bool PreemptLargest()
     {
         var running = _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Distinct().ToList();
-        if (running.Count <= 1) return false; // alone it always fits: Submit checked its worst case against the pool
-        var victim = running.MaxBy(r => r.AdmittedAt)!;
+        if (running.Count <= 1) return false;
+        int group = RunningByGroup().MaxBy(g => g.Value).Key; // non-empty: requests are running
+        Preempt(running.Where(r => r.Group == group).MaxBy(r => r.AdmittedAt)!);
+        return true;
+    }
+
+    /// <summary>Frees every block of <paramref name="victim"/> and queues it first to be recomputed; returns the sequences it ran.</summary>
+    private int Preempt(RequestState victim)
+    {
         int sequences = 0;
         foreach (var p in _prefills.Where(p => p.Owner == victim).ToArray())
         {
@@ -294,17 +468,17 @@ public sealed class Scheduler
         var toResume = victim.Samples?.Where(s => s.Finish == null && s.Cache == null).ToList();
         _waiting.AddFirst((victim, victim.Samples == null ? null : toResume));
         Preemptions += sequences;
-        return true;
+        return sequences;
     }
 
-    private int FinalLength(GenerationRequest request, int promptLength) => Math.Min(promptLength + request.MaxNewTokens, _backend.Config.MaxPositions);
+    private int FinalLength(GenerationRequest request, int promptLength) => (int)Math.Min((long)promptLength + request.MaxNewTokens, _backend.Config.MaxPositions);
 
     /// <summary>The most blocks a request can hold at once: per sample its final length, the prompt's full blocks shared.</summary>
-    private int WorstCaseBlocks(GenerationRequest request, int promptLength)
+    private long WorstCaseBlocks(GenerationRequest request, int promptLength)
     {
         int total = KvPool.BlocksFor(FinalLength(request, promptLength));
         int shared = Sharing ? promptLength / KvPool.BlockSize : 0;
-        return total + (request.N - 1) * (total - shared);
+        return total + (request.N - 1L) * (total - shared);
     }
 
     /// <summary>
@@ -347,7 +521,7 @@ public sealed class Scheduler
                 Rng = new SamplerRng(r.Seed, (ulong)n),
                 // A continuation keeps its leading space; text decoded from BOS drops the dummy prefix.
                 Text = new TokenTextStream(_tokenizer, atStart: promptIsControlOnly),
-                Stops = new StopStringMatcher(r.Request.Stop),
+                Stops = new StopStringMatcher(r.Stops), // one automaton per request, walked by each sample
                 Seen = r.Request.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(r.Prompt) : [],
             };
             r.Samples.Add(s);
