@@ -12,7 +12,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Kernels.Server;
 
-internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
+internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits limits, ServerShutdown shutdown, ILogger log)
 {
     public async Task HandleAsync(HttpContext http, ApiEndpoint endpoint)
     {
@@ -27,7 +27,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
         try
         {
             using var body = await ServerApp.ReadJsonAsync(http.Request).ConfigureAwait(false);
-            request = OpenAiRequest.Parse(body.RootElement, endpoint, engine);
+            request = OpenAiRequest.Parse(body.RootElement, endpoint, engine, limits);
         }
         catch (ApiException e)
         {
@@ -36,11 +36,14 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
             return;
         }
 
-        var outcome = new Outcome(request.Requests.Count * request.N);
+        var outcome = new Outcome(request.Requests.Count * request.N, shutdown.Track(id, route, request.Stream));
+        // The generation ends when the client goes, or when the shutdown deadline comes (the response then ends with
+        // an error, which needs the connection: so the deadline cancels the generation, not the writes).
+        using var generation = CancellationTokenSource.CreateLinkedTokenSource(aborted, shutdown.Deadline);
         try
         {
-            if (request.Stream) await StreamAsync(http, request, id, outcome, aborted).ConfigureAwait(false);
-            else await RespondAsync(http, request, id, outcome, aborted).ConfigureAwait(false);
+            if (request.Stream) await StreamAsync(http, request, id, outcome, generation.Token, aborted).ConfigureAwait(false);
+            else await RespondAsync(http, request, id, outcome, generation.Token, aborted).ConfigureAwait(false);
         }
         catch (Exception e) when (aborted.IsCancellationRequested && e is OperationCanceledException or IOException)
         {
@@ -51,36 +54,60 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
             log.LogError(e, "{RequestId} {Route} failed", id, route);
             var error = e as ApiException ?? new ApiException(StatusCodes.Status500InternalServerError, $"generation failed: {e.Message}", type: "server_error");
             await error.WriteAsync(http.Response).ConfigureAwait(false);
+            shutdown.Finish(outcome.Tracked, RequestOutcome.Failed);
             return;
         }
         if (aborted.IsCancellationRequested) outcome.Disconnected = true;
+        shutdown.Finish(outcome.Tracked, outcome.Disconnected ? RequestOutcome.ClientDisconnected : outcome.CutOff ? RequestOutcome.CutOffAtDeadline : RequestOutcome.Completed);
 
         double ms = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
         if (outcome.Disconnected)
-            log.LogInformation("{RequestId} {Route} cancelled: client disconnected after {CompletionTokens} tokens, {Elapsed:F0} ms", id, route, outcome.CompletionTokens, ms);
+            log.LogInformation("{RequestId} {Route} cancelled: client disconnected after {CompletionTokens} tokens, {Elapsed:F0} ms", id, route, outcome.Tokens, ms);
+        else if (outcome.CutOff)
+            log.LogInformation("{RequestId} {Route} ended by the shutdown deadline after {CompletionTokens} tokens, {Elapsed:F0} ms", id, route, outcome.Tokens, ms);
         else
             log.LogInformation("{RequestId} {Route} n={N} stream={Stream} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} finish={Finish} {Elapsed:F0} ms",
                 id, route, request.N, request.Stream, request.PromptTokens.Sum(), outcome.CompletionTokens, string.Join(',', outcome.Finish.Distinct()), ms);
     }
 
     /// <summary>What one request produced, for the response and the log line.</summary>
-    private sealed class Outcome(int choices)
+    private sealed class Outcome(int choices, ServerShutdown.InFlight tracked)
     {
         public readonly StringBuilder[] Text = Enumerable.Range(0, choices).Select(_ => new StringBuilder()).ToArray();
         public readonly string?[] Finish = new string?[choices];
+        public readonly ServerShutdown.InFlight Tracked = tracked;
         public int CompletionTokens;
         public bool Disconnected;
+        /// <summary>Ended by the shutdown deadline before every choice finished.</summary>
+        public bool CutOff;
+
+        /// <summary>Tokens generated so far (streamed or not), for the logs.</summary>
+        public int Tokens => Tracked.Tokens;
     }
+
+    /// <summary>The error a response ends with when the shutdown deadline cuts it off.</summary>
+    private static ApiException ShuttingDown() =>
+        new(StatusCodes.Status503ServiceUnavailable, "The server is shutting down: the request was ended before it finished", type: "server_error", code: "server_shutting_down");
 
     // ---------------------------------------------------------------- one JSON body
 
-    private async Task RespondAsync(HttpContext http, OpenAiRequest request, string id, Outcome outcome, CancellationToken aborted)
+    private async Task RespondAsync(HttpContext http, OpenAiRequest request, string id, Outcome outcome, CancellationToken generation, CancellationToken aborted)
     {
-        await foreach (var (choice, e) in Events(request, aborted).ConfigureAwait(false))
+        try
         {
-            if (aborted.IsCancellationRequested) return;
-            outcome.Text[choice].Append(e.Text);
-            if (e.Finish is { } f) Finished(outcome, choice, f, e);
+            await foreach (var (choice, e) in Events(request, generation).ConfigureAwait(false))
+            {
+                if (aborted.IsCancellationRequested) return;
+                outcome.Text[choice].Append(e.Text);
+                if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
+                if (e.Finish is { } f) Finished(outcome, choice, f, e);
+            }
+        }
+        catch (OperationCanceledException) when (shutdown.Deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
+        {
+            outcome.CutOff = true;
+            await ShuttingDown().WriteAsync(http.Response).ConfigureAwait(false);
+            return;
         }
         if (aborted.IsCancellationRequested) return;
 
@@ -103,7 +130,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
 
     // ---------------------------------------------------------------- server-sent events
 
-    private async Task StreamAsync(HttpContext http, OpenAiRequest request, string id, Outcome outcome, CancellationToken aborted)
+    private async Task StreamAsync(HttpContext http, OpenAiRequest request, string id, Outcome outcome, CancellationToken generation, CancellationToken aborted)
     {
         bool chat = request.Endpoint == ApiEndpoint.ChatCompletions;
         var response = http.Response;
@@ -142,13 +169,20 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
             for (int c = 0; c < outcome.Text.Length; c++) await Send(Chunk(c, "", null, role: true)).ConfigureAwait(false);
         try
         {
-            await foreach (var (choice, e) in Events(request, aborted).ConfigureAwait(false))
+            await foreach (var (choice, e) in Events(request, generation).ConfigureAwait(false))
             {
                 if (aborted.IsCancellationRequested) return;
                 outcome.Text[choice].Append(e.Text);
+                if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
                 if (e.Finish is { } f) Finished(outcome, choice, f, e);
                 if (e.Text.Length > 0 || e.Finish != null) await Send(Chunk(choice, e.Text, outcome.Finish[choice])).ConfigureAwait(false);
             }
+        }
+        catch (OperationCanceledException) when (shutdown.Deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
+        {
+            // The shutdown deadline: the stream ends in band, with OpenAI's error object, then [DONE].
+            outcome.CutOff = true;
+            await Send(ShuttingDown().ToJson()).ConfigureAwait(false);
         }
         catch (Exception e) when (!aborted.IsCancellationRequested)
         {
@@ -170,11 +204,14 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
 
     // ---------------------------------------------------------------- shared pieces
 
-    private static void Finished(Outcome outcome, int choice, FinishReason finish, GenerationEvent e)
+    private void Finished(Outcome outcome, int choice, FinishReason finish, GenerationEvent e)
     {
-        // Cancelled without a client disconnect means the engine is shutting down: no honest finish_reason exists.
+        // Cancelled without a client disconnect means the server is shutting down: no honest finish_reason exists.
         if (finish == FinishReason.Cancelled)
+        {
+            if (shutdown.Deadline.IsCancellationRequested) throw new OperationCanceledException(shutdown.Deadline); // the deadline's cut-off path
             throw new ApiException(StatusCodes.Status503ServiceUnavailable, "the server is shutting down; the request was not completed", type: "server_error");
+        }
         outcome.Finish[choice] = finish == FinishReason.Length ? "length" : "stop"; // EOS and stop strings are both "stop"
         outcome.CompletionTokens += e.Usage?.CompletionTokens ?? 0;
     }
@@ -198,31 +235,28 @@ internal sealed class CompletionHandler(InferenceEngine engine, ILogger log)
         };
     }
 
-    /// <summary>Every sample of every prompt as (choice index, event), as the engine produces them.</summary>
-    private async IAsyncEnumerable<(int Choice, GenerationEvent Event)> Events(OpenAiRequest request, [EnumeratorCancellation] CancellationToken aborted)
+    /// <summary>
+    /// Every sample of every prompt as (choice index, event), as the engine produces them. All prompts are one engine
+    /// submission (one group for the scheduler's fairness, one cancellation). The engine's stream is pumped into a
+    /// channel read with <paramref name="cancellation"/>, so the caller stops waiting at once when it is cancelled
+    /// (the engine ends the requests at its next step, however long the step in progress takes).
+    /// </summary>
+    private async IAsyncEnumerable<(int Choice, GenerationEvent Event)> Events(OpenAiRequest request, [EnumeratorCancellation] CancellationToken cancellation)
     {
-        // The client's disconnect cancels the engine request, which frees its KV blocks at the next step.
-        if (request.Requests.Count == 1)
+        var events = Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        _ = Task.Run(async () =>
         {
-            await foreach (var e in engine.GenerateAsync(request.Requests[0], aborted).ConfigureAwait(false)) yield return (e.Sample, e);
-            yield break;
-        }
-        // Several prompts run as concurrent engine requests (batched together by the scheduler), merged here.
-        var merged = Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true });
-        var stop = CancellationTokenSource.CreateLinkedTokenSource(aborted);
-        var pumps = request.Requests.Select(async (r, i) =>
-        {
-            await foreach (var e in engine.GenerateAsync(r, stop.Token).ConfigureAwait(false))
-                await merged.Writer.WriteAsync((i * request.N + e.Sample, e), CancellationToken.None).ConfigureAwait(false);
-        }).ToArray();
-        _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
-        try
-        {
-            await foreach (var item in merged.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false)) yield return item;
-        }
-        finally
-        {
-            stop.Cancel(); // the reader stopped early (error, disconnect): end the other prompts too
-        }
+            try
+            {
+                await foreach (var e in engine.GenerateManyAsync(request.Requests, cancellation).ConfigureAwait(false))
+                    events.Writer.TryWrite((e.Request * request.N + e.Sample, e));
+                events.Writer.TryComplete();
+            }
+            catch (Exception e)
+            {
+                events.Writer.TryComplete(e);
+            }
+        }, CancellationToken.None);
+        await foreach (var item in events.Reader.ReadAllAsync(cancellation).ConfigureAwait(false)) yield return item;
     }
 }

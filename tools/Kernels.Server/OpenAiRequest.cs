@@ -32,8 +32,9 @@ public sealed record OpenAiRequest(
     /// Parses and validates <paramref name="body"/> (including the engine's own checks: prompt length, KV room), so
     /// that every refusal happens before a response starts. Throws <see cref="ApiException"/> naming the parameter.
     /// </summary>
-    public static OpenAiRequest Parse(JsonElement body, ApiEndpoint endpoint, InferenceEngine engine)
+    public static OpenAiRequest Parse(JsonElement body, ApiEndpoint endpoint, InferenceEngine engine, RequestLimits? limits = null)
     {
+        limits ??= new RequestLimits();
         if (body.ValueKind != JsonValueKind.Object) throw new ApiException(StatusCodes.Status400BadRequest, "the request body must be a JSON object");
         var fields = new Fields(body);
 
@@ -64,7 +65,7 @@ public sealed record OpenAiRequest(
         if (sampling.Temperature < 0) throw ApiException.BadRequest("temperature", $"must be >= 0, got {sampling.Temperature}");
         if (!(sampling.TopP > 0 && sampling.TopP <= 1)) throw ApiException.BadRequest("top_p", $"must be in (0, 1], got {sampling.TopP}");
 
-        var stop = fields.StopList("stop");
+        var stop = fields.StopList("stop", limits);
         bool stream = fields.Bool("stream") ?? false;
         bool includeUsage = false;
         if (fields.Object("stream_options") is { } so) includeUsage = new Fields(so, "stream_options.").Bool("include_usage") ?? false;
@@ -80,7 +81,7 @@ public sealed record OpenAiRequest(
         if (endpoint == ApiEndpoint.Completions)
         {
             template = template with { Stop = stop };
-            requests = CompletionPrompts(fields).Select(p => p.Text != null ? template with { Prompt = p.Text } : template with { PromptIds = p.Ids }).ToList();
+            requests = CompletionPrompts(fields, n, limits).Select(p => p.Text != null ? template with { Prompt = p.Text } : template with { PromptIds = p.Ids }).ToList();
         }
         else
         {
@@ -95,19 +96,39 @@ public sealed record OpenAiRequest(
                 throw ApiException.BadRequest("messages", e.Message[(e.Argument.Length + 2)..]);
             }
             // The template's end-of-turn markers end the reply and, as stop strings, never reach the text.
+            if (n > limits.MaxChoices) throw TooManyChoices(1, n, limits);
             requests = [template with { Prompt = prompt, Stop = [.. stop, .. engine.ChatTemplate.StopStrings.Where(s => !stop.Contains(s))] }];
         }
 
-        var promptTokens = requests.Select(r => Validate(r, engine, endpoint, maxParam)).ToArray();
-        return new OpenAiRequest(endpoint, requests, promptTokens, n, stream, includeUsage);
+        var prompts = Validate(requests, engine, endpoint, maxParam);
+        // The work the whole fan-out may queue: every prompt once, every sample up to its max_tokens (or the context).
+        long asked = 0;
+        int context = engine.Config.MaxPositions;
+        for (int i = 0; i < requests.Count; i++)
+            asked += prompts[i].Length + (long)n * Math.Min(maxTokens, context - prompts[i].Length);
+        if (asked > limits.MaxRequestTokens)
+            throw new ApiException(StatusCodes.Status400BadRequest,
+                $"{maxParam}: {requests.Count} prompt(s) x n = {n} x {maxParam} ask for up to {asked} tokens; this server allows {limits.MaxRequestTokens} per request (lower n or {maxParam})",
+                maxParam, "request_too_large");
+        // Tokenized once here: the engine runs the ids as they are (BOS included).
+        requests = requests.Select((r, i) => r with { Prompt = null, PromptIds = prompts[i] }).ToList();
+        return new OpenAiRequest(endpoint, requests, prompts.Select(p => p.Length).ToArray(), n, stream, includeUsage);
     }
 
-    /// <summary>The engine's checks (prompt within the context, KV room, sampling ranges) as 400s; returns the prompt's token count.</summary>
-    private static int Validate(GenerationRequest request, InferenceEngine engine, ApiEndpoint endpoint, string maxParam)
+    private static ApiException TooManyChoices(int prompts, int n, RequestLimits limits) =>
+        new(StatusCodes.Status400BadRequest,
+            $"{(prompts > 1 ? $"prompt: {prompts} prompts x n = {n}" : $"n: {n}")} choices exceed this server's limit of {limits.MaxChoices} per request",
+            prompts > 1 ? "prompt" : "n", "too_many_choices");
+
+    /// <summary>
+    /// The engine's checks (prompt within the context, KV room for the whole fan-out, sampling ranges) as 400s;
+    /// returns each prompt's token ids.
+    /// </summary>
+    private static int[][] Validate(IReadOnlyList<GenerationRequest> requests, InferenceEngine engine, ApiEndpoint endpoint, string maxParam)
     {
         try
         {
-            return engine.PromptIds(request).Length;
+            return engine.PromptIds(requests);
         }
         catch (RequestValidationException e)
         {
@@ -150,21 +171,28 @@ public sealed record OpenAiRequest(
         if (f.Object("logit_bias") is { } bias && bias.EnumerateObject().Any()) throw ApiException.NotSupported("logit_bias", "logit_bias");
     }
 
-    private static List<(string? Text, int[]? Ids)> CompletionPrompts(Fields f)
+    private static List<(string? Text, int[]? Ids)> CompletionPrompts(Fields f, int n, RequestLimits limits)
     {
         var prompt = f.Raw("prompt") ?? throw ApiException.BadRequest("prompt", "is required");
         const string Shape = "must be a string, an array of strings, an array of token ids or an array of token-id arrays";
         switch (prompt.ValueKind)
         {
             case JsonValueKind.String:
-                return [((string?)prompt.GetString()!, (int[]?)null)];
+                if (n > limits.MaxChoices) throw TooManyChoices(1, n, limits);
+                return [(f.Text(prompt, "prompt"), (int[]?)null)];
             case JsonValueKind.Array when prompt.GetArrayLength() == 0:
                 throw ApiException.BadRequest("prompt", "is an empty array");
             case JsonValueKind.Array:
             {
                 var items = prompt.EnumerateArray().ToArray();
-                if (items.All(i => i.ValueKind == JsonValueKind.String)) return items.Select(i => ((string? Text, int[]? Ids))(i.GetString()!, null)).ToList();
-                if (items.All(i => i.ValueKind == JsonValueKind.Number)) return [(null, TokenIds(prompt))];
+                if (items.All(i => i.ValueKind == JsonValueKind.Number))
+                {
+                    if (n > limits.MaxChoices) throw TooManyChoices(1, n, limits);
+                    return [(null, TokenIds(prompt))];
+                }
+                // Several prompts: the fan-out is bounded before any of them is read further.
+                if ((long)items.Length * n > limits.MaxChoices) throw TooManyChoices(items.Length, n, limits);
+                if (items.All(i => i.ValueKind == JsonValueKind.String)) return items.Select((i, k) => ((string? Text, int[]? Ids))(f.Text(i, $"prompt[{k}]"), null)).ToList();
                 if (items.All(i => i.ValueKind == JsonValueKind.Array)) return items.Select(i => ((string?)null, (int[]?)TokenIds(i))).ToList();
                 throw ApiException.BadRequest("prompt", Shape);
             }
@@ -197,16 +225,22 @@ public sealed record OpenAiRequest(
 
         static string Content(JsonElement? content, int i)
         {
+            var mf = new Fields(default, $"messages[{i}].");
             if (content is not { } c) return "";
-            if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
+            if (c.ValueKind == JsonValueKind.String) return mf.Text(c, "content");
             if (c.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("messages", $"[{i}].content must be a string or an array of text parts");
             var sb = new System.Text.StringBuilder();
+            int j = 0;
             foreach (var part in c.EnumerateArray())
             {
-                var pf = new Fields(part, $"messages[{i}].content.");
+                // A part is {"type": "text", "text": "..."}; anything else is refused, never read as "".
+                if (part.ValueKind != JsonValueKind.Object)
+                    throw ApiException.BadRequest("messages", $"[{i}].content[{j}] must be a {{\"type\": \"text\", \"text\": ...}} object, got {Fields.Truncate(part.GetRawText())}");
+                var pf = new Fields(part, $"messages[{i}].content[{j}].");
                 string type = pf.String("type") ?? "text";
                 if (type != "text") throw ApiException.NotSupported("messages", $"content of type '{type}'");
-                sb.Append(pf.String("text") ?? "");
+                sb.Append(pf.String("text") ?? throw ApiException.BadRequest("messages", $"[{i}].content[{j}].text is required"));
+                j++;
             }
             return sb.ToString();
         }
@@ -223,10 +257,26 @@ public sealed record OpenAiRequest(
         private ApiException Wrong(string name, string expected, JsonElement v) =>
             ApiException.BadRequest(prefix + name, $"must be {expected}, got {Truncate(v.GetRawText())}");
 
-        private static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
+        public static string Truncate(string s) => s.Length <= 40 ? s : s[..40] + "...";
 
         public string? String(string name) => Raw(name) is not { } v ? null
-            : v.ValueKind == JsonValueKind.String ? v.GetString() : throw Wrong(name, "a string", v);
+            : v.ValueKind == JsonValueKind.String ? Text(v, name) : throw Wrong(name, "a string", v);
+
+        /// <summary>
+        /// The text of a JSON string; invalid UTF-8 or an unpaired surrogate escape ("\ud800") is a 400 naming the
+        /// field, not an exception later (System.Text.Json only finds it when the string is read).
+        /// </summary>
+        public string Text(JsonElement v, string name)
+        {
+            try
+            {
+                return v.GetString()!;
+            }
+            catch (InvalidOperationException)
+            {
+                throw ApiException.BadRequest(prefix + name, "is not valid Unicode text (invalid UTF-8 or an unpaired surrogate)");
+            }
+        }
 
         public bool? Bool(string name) => Raw(name) is not { } v ? null
             : v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw Wrong(name, "true or false", v);
@@ -245,16 +295,20 @@ public sealed record OpenAiRequest(
         public JsonElement? Object(string name) => Raw(name) is not { } v ? null
             : v.ValueKind == JsonValueKind.Object ? v : throw Wrong(name, "an object", v);
 
-        public List<string> StopList(string name)
+        public List<string> StopList(string name, RequestLimits limits)
         {
             if (Raw(name) is not { } v) return [];
+            if (v.ValueKind == JsonValueKind.Array && v.GetArrayLength() > limits.MaxStopStrings)
+                throw ApiException.BadRequest(prefix + name, $"{v.GetArrayLength()} stop strings exceed this server's limit of {limits.MaxStopStrings}");
             var list = v.ValueKind switch
             {
-                JsonValueKind.String => [v.GetString()!],
-                JsonValueKind.Array => v.EnumerateArray().Select(s => s.ValueKind == JsonValueKind.String ? s.GetString()! : throw Wrong(name, "a string or an array of strings", v)).ToList(),
+                JsonValueKind.String => [Text(v, name)],
+                JsonValueKind.Array => v.EnumerateArray().Select((s, i) => s.ValueKind == JsonValueKind.String ? Text(s, $"{name}[{i}]") : throw Wrong(name, "a string or an array of strings", v)).ToList(),
                 _ => throw Wrong(name, "a string or an array of strings", v),
             };
             if (list.Any(s => s.Length == 0)) throw ApiException.BadRequest(prefix + name, "stop strings must not be empty");
+            if (list.FirstOrDefault(s => s.Length > limits.MaxStopLength) is { } tooLong)
+                throw ApiException.BadRequest(prefix + name, $"a stop string of {tooLong.Length} characters exceeds this server's limit of {limits.MaxStopLength}");
             return list;
         }
     }

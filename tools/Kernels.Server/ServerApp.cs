@@ -9,6 +9,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace Kernels.Server;
@@ -34,14 +35,23 @@ public static class ServerApp
         {
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            ErrorResponses.ConfigureKestrelLimits(kestrel.Limits, options.Limits);
             Listen(kestrel, options);
         });
+        // Signals drain (ServerShutdown) instead of stopping at once; a host stopped from code waits for the handlers,
+        // which end by the drain deadline.
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton<ServerShutdown>();
+        if (options.DrainOnSignals) builder.Services.AddSingleton<IHostLifetime, SignalLifetime>();
+        builder.Services.Configure<HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout + TimeSpan.FromSeconds(1));
 
         var app = builder.Build();
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Kernels.Server");
-        var completions = new CompletionHandler(engine, log);
+        var shutdown = app.Services.GetRequiredService<ServerShutdown>();
+        var completions = new CompletionHandler(engine, options.Limits, shutdown, log);
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
+        ErrorResponses.Use(app, options.Limits, shutdown, log);
         if (options.ApiKey is { } key) app.Use(RequireApiKey(key, log));
         else if (!options.IsLoopbackOnly) log.LogWarning("Listening on {Host} without --api-key: anyone who can reach this port can run the model", options.Host);
 
@@ -61,10 +71,12 @@ public static class ServerApp
             http.Response.ContentType = PrometheusContentType;
             await http.Response.WriteAsync(engine.Metrics.ToPrometheus()).ConfigureAwait(false);
         });
-        app.MapFallback("/v1/{**rest}", http =>
-            new ApiException(StatusCodes.Status404NotFound, $"unknown endpoint {http.Request.Method} {http.Request.Path}", code: "unknown_url").WriteAsync(http.Response));
+        // Unknown paths (404) and methods (405) get their OpenAI-shaped bodies from ErrorResponses.
         return app;
     }
+
+    /// <summary>The app's shutdown: <see cref="ServerShutdown.Begin"/> drains it as SIGTERM does.</summary>
+    public static ServerShutdown Shutdown(WebApplication app) => app.Services.GetRequiredService<ServerShutdown>();
 
     /// <summary>The address the started app listens on, e.g. http://127.0.0.1:8000 (the real port when Port was 0).</summary>
     public static Uri BaseAddress(WebApplication app) =>
@@ -103,13 +115,17 @@ public static class ServerApp
 
     private static Func<HttpContext, RequestDelegate, Task> RequireApiKey(string key, ILogger log)
     {
-        byte[] expected = Encoding.UTF8.GetBytes("Bearer " + key);
+        byte[] expected = Encoding.UTF8.GetBytes(key);
         return async (http, next) =>
         {
             if (http.Request.Path.StartsWithSegments("/v1"))
             {
-                byte[] given = Encoding.UTF8.GetBytes(http.Request.Headers.Authorization.ToString());
-                if (!CryptographicOperations.FixedTimeEquals(given, expected)) // no timing hint about the key
+                // "Bearer KEY": the scheme is case-insensitive (RFC 9110 11.1), the key is compared exactly.
+                string authorization = http.Request.Headers.Authorization.ToString();
+                int space = authorization.IndexOf(' ');
+                bool bearer = space > 0 && authorization.AsSpan(0, space).Equals("Bearer", StringComparison.OrdinalIgnoreCase);
+                byte[] given = Encoding.UTF8.GetBytes(bearer ? authorization[(space + 1)..].TrimStart(' ') : "");
+                if (!bearer | !CryptographicOperations.FixedTimeEquals(given, expected)) // no timing hint about the key
                 {
                     log.LogWarning("Refused {Method} {Path} from {Remote}: missing or wrong API key", http.Request.Method, http.Request.Path, http.Connection.RemoteIpAddress);
                     await new ApiException(StatusCodes.Status401Unauthorized, "Incorrect or missing API key: send 'Authorization: Bearer KEY'", code: "invalid_api_key")

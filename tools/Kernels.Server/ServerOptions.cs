@@ -14,6 +14,18 @@ public sealed record ServerOptions
     /// <summary>Larger request bodies are refused with 413 before they are read.</summary>
     public long MaxRequestBodyBytes { get; init; } = 4 << 20;
     public LogLevel MinimumLogLevel { get; init; } = LogLevel.Information;
+    /// <summary>What one request may ask for (fan-out, stop strings, tokens, headers).</summary>
+    public RequestLimits Limits { get; init; } = new();
+    /// <summary>
+    /// On SIGTERM / SIGINT (or <see cref="ServerShutdown.Begin"/>): how long running requests may go on finishing
+    /// while new ones get 503; at the deadline each stream still running ends with an error event and [DONE].
+    /// </summary>
+    public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// SIGTERM, SIGINT and SIGQUIT start the drain (what `kernels serve` does). Off for servers inside another
+    /// process (tests, benchmarks), where the host's own console lifetime keeps handling signals.
+    /// </summary>
+    public bool DrainOnSignals { get; init; }
 
     public bool IsLoopbackOnly => Host == "localhost" || (System.Net.IPAddress.TryParse(Host, out var ip) && System.Net.IPAddress.IsLoopback(ip));
 
@@ -25,5 +37,8 @@ public sealed record ServerOptions
             throw new ArgumentException($"--host: '{Host}' is not an IP address, localhost, 0.0.0.0 or *");
         if (ApiKey is { Length: 0 }) throw new ArgumentException("--api-key: is empty");
         if (MaxRequestBodyBytes < 1) throw new ArgumentException($"max request body: must be positive, got {MaxRequestBodyBytes}");
+        if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromHours(1))
+            throw new ArgumentException($"--shutdown-timeout: must be between 0 and 3600 seconds, got {ShutdownTimeout.TotalSeconds}");
+        Limits.Validate();
     }
 }

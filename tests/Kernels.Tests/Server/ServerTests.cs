@@ -196,17 +196,8 @@ public class ServerTests
 
     // ---------------------------------------------------------------- errors
 
-    private static void AssertError(HttpResponseMessage response, JsonNode? body, HttpStatusCode status, string? param, string? code = null)
-    {
-        Assert.That(response.StatusCode, Is.EqualTo(status), body?.ToJsonString());
-        var error = body?["error"];
-        Assert.That(error, Is.Not.Null, "OpenAI-style {\"error\": {...}} body");
-        Assert.That(error!["message"]!.GetValue<string>(), Is.Not.Empty);
-        Assert.That(error["type"]!.GetValue<string>(), Is.Not.Empty);
-        Assert.That(error.AsObject().ContainsKey("param") && error.AsObject().ContainsKey("code"), "param and code are present (maybe null)");
-        Assert.That(error["param"]?.GetValue<string>(), Is.EqualTo(param));
-        if (code != null) Assert.That(error["code"]?.GetValue<string>(), Is.EqualTo(code));
-    }
+    private static void AssertError(HttpResponseMessage response, JsonNode? body, HttpStatusCode status, string? param, string? code = null) =>
+        TestServer.AssertError(response, body, status, param, code);
 
     [TestCase("{\"prompt\": \"abc\",", null)]
     [TestCase("not json at all", null)]

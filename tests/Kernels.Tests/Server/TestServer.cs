@@ -1,4 +1,5 @@
 // A real server on a free loopback port over synthetic:tiny, and helpers to call it and read its SSE streams.
+using System.Net;
 using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json.Nodes;
@@ -28,12 +29,17 @@ public sealed class TestServer : IAsyncDisposable
         Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
     }
 
-    public static async Task<TestServer> StartAsync()
+    /// <summary>
+    /// Starts a server over synthetic:tiny (or the engine <paramref name="engine"/> makes) with the test API key;
+    /// <paramref name="configure"/> may change the other options.
+    /// </summary>
+    public static async Task<TestServer> StartAsync(Func<ServerOptions, ServerOptions>? configure = null, Func<InferenceEngine>? engine = null)
     {
-        var engine = InferenceEngine.Create("synthetic:tiny");
-        var app = ServerApp.Build(engine, new ServerOptions { Port = 0, ApiKey = ApiKey, MinimumLogLevel = LogLevel.Warning });
+        var e = engine?.Invoke() ?? InferenceEngine.Create("synthetic:tiny");
+        var options = new ServerOptions { Port = 0, ApiKey = ApiKey, MinimumLogLevel = LogLevel.Warning };
+        var app = ServerApp.Build(e, configure?.Invoke(options) ?? options);
         await app.StartAsync();
-        return new TestServer(engine, app);
+        return new TestServer(e, app);
     }
 
     public async Task<(HttpResponseMessage Response, JsonNode? Body)> PostAsync(string path, object body)
@@ -75,6 +81,26 @@ public sealed class TestServer : IAsyncDisposable
     {
         var results = await Engine.GenerateAsync([request]);
         return results[0].Text;
+    }
+
+    /// <summary>The response has <paramref name="status"/> and OpenAI's error body naming <paramref name="param"/> (and <paramref name="code"/>).</summary>
+    public static void AssertError(HttpResponseMessage response, JsonNode? body, HttpStatusCode status, string? param, string? code = null)
+    {
+        Assert.That(response.StatusCode, Is.EqualTo(status), body?.ToJsonString());
+        var error = body?["error"];
+        Assert.That(error, Is.Not.Null, "OpenAI-style {\"error\": {...}} body");
+        Assert.That(error!["message"]!.GetValue<string>(), Is.Not.Empty);
+        Assert.That(error["type"]!.GetValue<string>(), Is.Not.Empty);
+        Assert.That(error.AsObject().ContainsKey("param") && error.AsObject().ContainsKey("code"), "param and code are present (maybe null)");
+        Assert.That(error["param"]?.GetValue<string>(), Is.EqualTo(param));
+        if (code != null) Assert.That(error["code"]?.GetValue<string>(), Is.EqualTo(code));
+    }
+
+    /// <summary>Reads a response's body as JSON (null when empty).</summary>
+    public static async Task<JsonNode?> BodyAsync(HttpResponseMessage response)
+    {
+        string text = await response.Content.ReadAsStringAsync();
+        return text.Length == 0 ? null : JsonNode.Parse(text);
     }
 
     public async ValueTask DisposeAsync()

@@ -17,17 +17,50 @@ public static class ServeCommand
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1/* (/health and /metrics stay open)" };
         var sharing = new Option<string>("--prefix-sharing") { Description = "Share the KV blocks and attention of common prompt prefixes (Hydragen)", DefaultValueFactory = _ => "on" };
         sharing.AcceptOnlyFromAmong("on", "off");
+        var defaults = new RequestLimits();
+        var shutdownTimeout = new Option<double>("--shutdown-timeout")
+        {
+            Description = "Seconds that running requests may go on after SIGTERM/Ctrl+C while new ones get 503; then each stream ends with an error event and [DONE]",
+            DefaultValueFactory = _ => new ServerOptions().ShutdownTimeout.TotalSeconds,
+        };
+        var maxChoices = new Option<int>("--max-choices") { Description = "Most choices (prompts x n) one request may ask for", DefaultValueFactory = _ => defaults.MaxChoices };
+        var maxStops = new Option<int>("--max-stop-strings") { Description = "Most stop strings one request may give", DefaultValueFactory = _ => defaults.MaxStopStrings };
+        var maxStopLength = new Option<int>("--max-stop-length") { Description = "Longest stop string, in characters", DefaultValueFactory = _ => defaults.MaxStopLength };
+        var maxTokens = new Option<long>("--max-request-tokens")
+        {
+            Description = "Most tokens one request may ask for: its prompts' tokens plus n x max_tokens for each prompt",
+            DefaultValueFactory = _ => defaults.MaxRequestTokens,
+        };
+        var maxSequences = new Option<int>("--max-batch-sequences")
+        {
+            Description = "Most sequences decoded in one step, shared fairly between requests",
+            DefaultValueFactory = _ => new GeneratorOptions().MaxBatchSequences,
+        };
 
         var command = new Command("serve", "Serve a model over HTTP: OpenAI-compatible /v1/completions, /v1/chat/completions, /v1/models; /health, /metrics");
         model.AddTo(command);
-        foreach (var o in new Option[] { host, port, apiKey, sharing }) command.Options.Add(o);
+        foreach (var o in new Option[] { host, port, apiKey, sharing, shutdownTimeout, maxChoices, maxStops, maxStopLength, maxTokens, maxSequences }) command.Options.Add(o);
         command.SetAction(parse =>
         {
+            double seconds = parse.GetValue(shutdownTimeout);
+            if (!double.IsFinite(seconds) || seconds < 0 || seconds > 3600)
+                throw new CliUsageException($"--shutdown-timeout: must be between 0 and 3600 seconds, got {seconds}");
+            int sequences = parse.GetValue(maxSequences);
+            if (sequences < 1) throw new CliUsageException($"--max-batch-sequences: must be at least 1, got {sequences}");
             var options = new ServerOptions
             {
                 Host = parse.GetValue(host) ?? "127.0.0.1",
                 Port = parse.GetValue(port),
                 ApiKey = parse.GetValue(apiKey),
+                ShutdownTimeout = TimeSpan.FromSeconds(seconds),
+                DrainOnSignals = true,
+                Limits = new RequestLimits
+                {
+                    MaxChoices = parse.GetValue(maxChoices),
+                    MaxStopStrings = parse.GetValue(maxStops),
+                    MaxStopLength = parse.GetValue(maxStopLength),
+                    MaxRequestTokens = parse.GetValue(maxTokens),
+                },
             };
             try
             {
@@ -39,24 +72,37 @@ public static class ServeCommand
             }
 
             using var logging = ServerApp.CreateLoggerFactory(options);
-            using var engine = ModelOptions.WithKvOptionErrors(() => InferenceEngine.Create(parse.GetValue(model.Model) ?? ModelOptions.DefaultModel, new InferenceEngineOptions
+            var engine = ModelOptions.WithKvOptionErrors(() => InferenceEngine.Create(parse.GetValue(model.Model) ?? ModelOptions.DefaultModel, new InferenceEngineOptions
             {
                 Load = new ModelLoadOptions { TokenizerPath = parse.GetValue(model.Tokenizer) },
                 Cpu = model.CpuOptions(parse),
-                Scheduling = new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" },
+                Scheduling = new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off", MaxBatchSequences = sequences },
                 LoggerFactory = logging,
                 Backend = BackendSelector.Parse(parse.GetValue(model.Backend) ?? "auto"),
             }));
-            var app = ServerApp.Build(engine, options);
+            bool stopped;
             try
             {
-                app.Run(); // until Ctrl+C / SIGTERM (ASP.NET's console lifetime), then requests in flight drain
+                var app = ServerApp.Build(engine, options);
+                var shutdown = ServerApp.Shutdown(app);
+                try
+                {
+                    app.Run(); // until SIGTERM / Ctrl+C: drains (new requests 503) for up to --shutdown-timeout, then stops
+                }
+                finally
+                {
+                    ((IDisposable)app).Dispose();
+                }
+                // The engine stops within what is left of the timeout (at least a moment), even in a long step: then
+                // its loop releases the model when the step ends, and the process exits without waiting for it.
+                stopped = engine.Shutdown(shutdown.Remaining > TimeSpan.FromMilliseconds(100) ? shutdown.Remaining : TimeSpan.FromMilliseconds(100));
             }
-            finally
+            catch
             {
-                ((IDisposable)app).Dispose();
+                engine.Shutdown(TimeSpan.FromSeconds(1));
+                throw;
             }
-            io.Error.WriteLine("server stopped");
+            io.Error.WriteLine(stopped ? "server stopped" : "server stopped (the engine's last step was still running; it was abandoned)");
             return 0;
         });
         return command;
