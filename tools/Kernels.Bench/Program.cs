@@ -43,6 +43,19 @@ public static class Program
         foreach (var o in new Option[] { latencyModel, clients, requestCount, latencyTokens, words, rate, json }) latency.Options.Add(o);
         latency.SetAction((p, _) => ServingLatency.Run(p.GetValue(latencyModel)!, p.GetValue(clients), p.GetValue(requestCount), p.GetValue(latencyTokens),
             p.GetValue(words), p.GetValue(rate), p.GetValue(json)));
+        var hostileModel = new Option<string>("--model")
+        {
+            DefaultValueFactory = _ => StoriesOrTiny(),
+            Description = "Model to serve (default: ../shared/models/stories260K/stories260K.bin when present, else synthetic:tiny)",
+        };
+        var hostileClients = new Option<int>("--clients") { DefaultValueFactory = _ => 32, Description = "Steady closed-loop streaming clients" };
+        var hostileSeconds = new Option<double>("--phase-seconds") { DefaultValueFactory = _ => 20, Description = "Length of each phase (no attacker, then each hostile client)" };
+        var hostileTokens = new Option<int>("--max-tokens") { DefaultValueFactory = _ => 16, Description = "max_tokens of the steady requests" };
+        var hostileKernels = new Option<string?>("--kernels") { Description = "kernels.dll to serve with (default: found next to this program or in the repository's build output)" };
+        var hostile = new Command("hostile", "Steady clients' TTFT p99 against `kernels serve` alone and with each hostile client of issue 21 (fan-out, huge stop list, bad Unicode)");
+        foreach (var o in new Option[] { hostileModel, hostileClients, hostileSeconds, hostileTokens, hostileKernels, json }) hostile.Options.Add(o);
+        hostile.SetAction((p, _) => HostileLoad.Run(p.GetValue(hostileModel)!, p.GetValue(hostileClients), p.GetValue(hostileSeconds), p.GetValue(hostileTokens),
+            p.GetValue(hostileKernels), p.GetValue(json)));
         var verifyJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
         var fatbin = new Option<string?>("--fatbin") { Description = "Verify this fatbin (e.g. one the GPU machine's nvcc built) instead of the embedded one" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234, Description = "Seed of the random inputs" };
@@ -108,7 +121,7 @@ public static class Program
         var allOut = new Option<string>("--out") { DefaultValueFactory = _ => "bench-results", Description = "Folder for the suites' JSON files" };
         var allQuick = new Option<bool>("--quick") { Description = "Tiny shapes (CI): checks the suites run, the numbers mean nothing" };
         var allPeer = new Option<string>("--peer-models") { DefaultValueFactory = _ => "stories260K", Description = "GGUF files for the llama.cpp comparison (see `peer --models`)" };
-        var all = new Command("all", "Every CPU suite (decode, prefix, throughput, latency, peer) into one folder of JSON files, with progress");
+        var all = new Command("all", "Every CPU suite (decode, prefix, throughput, latency, hostile, peer) into one folder of JSON files, with progress");
         foreach (var o in new Option[] { allOut, allQuick, allPeer }) all.Options.Add(o);
         all.SetAction((p, _) => Suites.RunCpu(p.GetValue(allOut)!, p.GetValue(allQuick), p.GetValue(allPeer)!));
         var reportResults = new Option<string>("--results") { DefaultValueFactory = _ => "bench-results", Description = "Folder of suite JSON files (from `all`, or copied from the GPU machine)" };
@@ -126,6 +139,7 @@ public static class Program
         root.Subcommands.Add(quick);
         root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
+        root.Subcommands.Add(hostile);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
@@ -135,6 +149,17 @@ public static class Program
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());
         return root.Parse(args).Invoke();
+    }
+
+    /// <summary>stories260K from ../shared (beside the repository or the working directory) when present, else synthetic:tiny.</summary>
+    internal static string StoriesOrTiny()
+    {
+        for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir != null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "shared", "models", "stories260K", "stories260K.bin");
+            if (File.Exists(candidate)) return candidate;
+        }
+        return "synthetic:tiny";
     }
 
     private static int Help(RootCommand root)

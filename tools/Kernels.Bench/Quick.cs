@@ -45,6 +45,7 @@ public static class Quick
                     ["prefix"] = JsonNode.Parse(File.ReadAllText(Part("prefix"))),
                     ["throughput"] = JsonNode.Parse(File.ReadAllText(Part("throughput"))),
                     ["latency"] = JsonNode.Parse(File.ReadAllText(Part("latency"))),
+                    ["hostile"] = JsonNode.Parse(File.ReadAllText(Part("hostile"))),
                     ["kernels"] = JsonNode.Parse(File.ReadAllText(Part("kernels"))),
                 },
             };

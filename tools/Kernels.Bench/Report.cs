@@ -1,5 +1,5 @@
 // `kernels-bench report`: turns a folder of suite results (decode.json, prefix.json, throughput.json, latency.json,
-// peer.json, verify.json, e2e.json, kernels.json, squeeze.json, run.json) into BENCHMARKS.md tables and PNG charts.
+// hostile.json, peer.json, verify.json, e2e.json, kernels.json, squeeze.json, run.json) into BENCHMARKS.md tables and PNG charts.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -110,6 +110,24 @@ public static class Report
             md.AppendLine().AppendLine($"{Num(latency["requestsPerSecond"]):F1} requests/s, {Num(latency["outputTokensPerSecond"]):F0} output tokens/s.").AppendLine();
         }
 
+        if (Load("hostile") is { } hostile)
+        {
+            sections++;
+            md.AppendLine($"## Hostile clients ({Path.GetFileName(Text(hostile["model"]))}, `kernels serve` on loopback, CPU)").AppendLine();
+            md.AppendLine($"{Num(hostile["clients"])} steady closed-loop streaming clients (max_tokens {Num(hostile["maxTokens"])}); phases of {Num(hostile["phaseSeconds"])} s, " +
+                          "each hostile phase right after one without an attacker (the ratio compares the two); one hostile client sending back to back. " +
+                          $"Machine: {Text(hostile["machine"])}, shared with other work.").AppendLine();
+            md.AppendLine("| phase | hostile client | steady requests | TTFT p50 ms | p90 ms | p99 ms | p99 vs the phase before | attacker's requests |")
+                .AppendLine("|---|---|---:|---:|---:|---:|---:|---|");
+            foreach (var r in Array(hostile["phases"]))
+            {
+                bool attacked = Text(r["attack"]) != "-";
+                md.AppendLine($"| {Text(r["phase"])} | {Text(r["attack"])} | {Num(r["steadyRequests"])} | {Num(r["ttftMs"]?["p50"]):F1} | {Num(r["ttftMs"]?["p90"]):F1} | " +
+                              $"{Num(r["ttftMs"]?["p99"]):F1} | {(attacked ? $"{Num(r["ratioP99"]):F2}x" : "-")} | {(attacked ? $"{Num(r["attackRequests"])} ({Text(r["attackStatuses"])})" : "-")} |");
+            }
+            md.AppendLine().AppendLine($"Acceptance (p99 within 2x with every hostile client, no steady request failed): {(hostile["pass"]?.GetValue<bool>() == true ? "holds" : "does not hold")}.").AppendLine();
+        }
+
         if (Load("peer") is { } peer)
         {
             sections++;
@@ -201,7 +219,7 @@ public static class Report
             md.AppendLine($"![{title}]({Chart(chart)})").AppendLine();
         }
 
-        if (sections == 0) throw new FileNotFoundException($"--results: {resultsDirectory} holds no suite results (decode.json, prefix.json, throughput.json, latency.json, peer.json, verify.json, e2e.json, kernels.json, squeeze.json)");
+        if (sections == 0) throw new FileNotFoundException($"--results: {resultsDirectory} holds no suite results (decode.json, prefix.json, throughput.json, latency.json, hostile.json, peer.json, verify.json, e2e.json, kernels.json, squeeze.json)");
         File.WriteAllText(markdownPath, md.ToString());
         Console.WriteLine($"wrote {markdownPath} ({sections} sections, charts in {chartDirectory})");
         return 0;

@@ -26,7 +26,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
         OpenAiRequest request;
         try
         {
-            using var body = await ServerApp.ReadJsonAsync(http.Request).ConfigureAwait(false);
+            using var body = await ServerApp.ReadJsonAsync(http.Request, bytes => OpenAiRequest.Prescan(bytes, limits)).ConfigureAwait(false);
             request = OpenAiRequest.Parse(body.RootElement, endpoint, engine, limits);
         }
         catch (ApiException e)

@@ -39,7 +39,7 @@ public class HostileRequestTests
         long before = _server.Engine.Metrics.RequestsTotal;
         var (response, body) = await PostText("/v1/completions", $"{{\"prompt\": [{prompts}], \"n\": 128, \"max_tokens\": 16}}");
         TestServer.AssertError(response, body, HttpStatusCode.BadRequest, "prompt", "too_many_choices");
-        Assert.That(body!["error"]!["message"]!.GetValue<string>(), Does.Contain("20000 prompts x n = 128").And.Contain("128"));
+        Assert.That(body!["error"]!["message"]!.GetValue<string>(), Does.Contain("limit of 128"));
         Assert.That(_server.Engine.Metrics.RequestsTotal, Is.EqualTo(before), "nothing reached the engine");
     }
 
@@ -72,7 +72,7 @@ public class HostileRequestTests
         string stops = string.Join(",", Enumerable.Repeat("\"a\"", 800_000));
         (response, body) = await PostText("/v1/completions", $"{{\"prompt\": \"abc\", \"n\": 128, \"stop\": [{stops}]}}");
         TestServer.AssertError(response, body, HttpStatusCode.BadRequest, "stop");
-        Assert.That(body!["error"]!["message"]!.GetValue<string>(), Does.Contain("800000"));
+        Assert.That(body!["error"]!["message"]!.GetValue<string>(), Does.Contain("limit of 16"));
         // At the limits it runs.
         (response, body) = await _server.PostAsync("/v1/completions", new { prompt = "abc", max_tokens = 3, stop = Enumerable.Range(0, 16).Select(i => new string((char)('A' + i), 256)).ToArray() });
         Assert.That(response.StatusCode, Is.EqualTo(HttpStatusCode.OK), body?.ToJsonString());

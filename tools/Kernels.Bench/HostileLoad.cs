@@ -1,0 +1,265 @@
+// `kernels-bench hostile`: steady streaming clients against `kernels serve` on loopback, first alone, then with one
+// hostile client per phase (issue 21's fan-out, huge stop list and bad Unicode, refused; the largest fan-out and stop
+// list the limits allow, served). Reports each phase's time-to-first-token percentiles of the steady clients and the
+// p99 ratio to the phase without an attacker; acceptance: within 2x.
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Kernels.Bench;
+
+public static class HostileLoad
+{
+    /// <summary>A hostile client: a name, what it sends (a JSON body, or raw bytes for invalid UTF-8), and whether it streams.</summary>
+    private sealed record Attack(string Name, string Description, Func<int, byte[]> Body, bool Stream);
+
+    private sealed record PhaseResult(string Phase, string Attack, int SteadyRequests, int SteadyFailures, double P50, double P90, double P99,
+        int AttackRequests, string AttackStatuses, double RatioP99);
+
+    public static async Task<int> Run(string model, int clients, double phaseSeconds, int maxTokens, string? kernelsDll, string? jsonPath)
+    {
+        string dll = FindKernels(kernelsDll);
+        Console.WriteLine($"# hostile clients vs steady ones, {model} served by `kernels serve` ({dll}) on loopback");
+        Console.WriteLine($"# machine: {Report.Machine()} (shared: other builds and tests run on it too)");
+        Console.WriteLine($"# {clients} closed-loop streaming clients (8-word prompts, max_tokens {maxTokens}, temperature 0, ignore_eos); " +
+                          $"phases of {phaseSeconds:F0} s; one hostile client per phase, sending back to back");
+        using var server = await ServerProcess.StartAsync(dll, model);
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients + 8 }) { BaseAddress = server.Address, Timeout = TimeSpan.FromMinutes(5) };
+
+        // A phase without an attacker before each hostile one: the machine is shared and its speed drifts over minutes,
+        // so each ratio compares two phases run back to back. One phase of warm-up first (JIT tiers, connections).
+        var phases = new List<(string Name, Attack? Attack)>();
+        foreach (var a in Attacks())
+        {
+            phases.Add(("no attacker", null));
+            phases.Add((a.Name, a));
+        }
+        await SteadyPhase(http, clients, phaseSeconds, maxTokens, null);
+        var results = new List<PhaseResult>();
+        double baselineP99 = 0;
+        foreach (var (name, attack) in phases)
+        {
+            var (ttft, failures, attackCount, statuses) = await SteadyPhase(http, clients, phaseSeconds, maxTokens, attack);
+            double p99 = Percentile(ttft, .99);
+            if (attack == null) baselineP99 = p99;
+            results.Add(new PhaseResult(name, attack?.Description ?? "-", ttft.Count, failures, Percentile(ttft, .5), Percentile(ttft, .9), p99,
+                attackCount, statuses, baselineP99 > 0 ? p99 / baselineP99 : 0));
+            Console.Error.WriteLine($"  {name}: {ttft.Count} steady requests, p99 TTFT {p99:F1} ms; attacker {attackCount} requests ({statuses})");
+        }
+        server.Stop();
+
+        Console.WriteLine();
+        Console.WriteLine("| phase | hostile client | steady requests | TTFT p50 ms | p90 ms | p99 ms | p99 vs the phase before (no attacker) | attacker's requests (statuses) |");
+        Console.WriteLine("|---|---|---:|---:|---:|---:|---:|---|");
+        foreach (var r in results)
+            Console.WriteLine($"| {r.Phase} | {r.Attack} | {r.SteadyRequests}{(r.SteadyFailures > 0 ? $" ({r.SteadyFailures} failed)" : "")} | {r.P50:F1} | {r.P90:F1} | {r.P99:F1} | " +
+                              $"{(r.Attack == "-" ? "-" : $"{r.RatioP99:F2}x")} | {(r.AttackRequests > 0 ? $"{r.AttackRequests} ({r.AttackStatuses})" : "-")} |");
+        bool pass = results.All(r => r.RatioP99 <= 2.0 && r.SteadyFailures == 0);
+        Console.WriteLine();
+        Console.WriteLine($"acceptance (with each hostile client, the steady clients' p99 TTFT within 2x of the phase without one just before; no steady request failed): {(pass ? "holds" : "does NOT hold")}");
+        if (jsonPath != null)
+            await File.WriteAllTextAsync(jsonPath, new JsonObject
+            {
+                ["model"] = model, ["clients"] = clients, ["phaseSeconds"] = phaseSeconds, ["maxTokens"] = maxTokens,
+                ["machine"] = Report.Machine(), ["pass"] = pass,
+                ["phases"] = new JsonArray(results.Select(r => (JsonNode)new JsonObject
+                {
+                    ["phase"] = r.Phase, ["attack"] = r.Attack, ["steadyRequests"] = r.SteadyRequests, ["steadyFailures"] = r.SteadyFailures,
+                    ["ttftMs"] = new JsonObject { ["p50"] = r.P50, ["p90"] = r.P90, ["p99"] = r.P99 },
+                    ["attackRequests"] = r.AttackRequests, ["attackStatuses"] = r.AttackStatuses, ["ratioP99"] = r.RatioP99,
+                }).ToArray()),
+            }.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        return 0;
+    }
+
+    /// <summary>The hostile clients: issue 21's requests (refused by the limits) and the largest the limits let through.</summary>
+    private static List<Attack> Attacks()
+    {
+        byte[] Json(object body) => JsonSerializer.SerializeToUtf8Bytes(body);
+        // 20,000 prompts x n = 128 (80 KB): what stalled the engine for 15 minutes.
+        string fanOut = "{\"prompt\": [" + string.Join(",", Enumerable.Repeat("[1]", 20_000)) + "], \"n\": 128, \"max_tokens\": 16}";
+        // 800,000 stop strings x n = 128 (4 MB with the JSON around them: under the body limit).
+        string stops = "{\"prompt\": \"Once upon a time\", \"n\": 128, \"max_tokens\": 16, \"stop\": [" + string.Join(",", Enumerable.Repeat("\"zq\"", 800_000)) + "]}";
+        var fanOutBytes = Encoding.UTF8.GetBytes(fanOut);
+        var stopsBytes = Encoding.UTF8.GetBytes(stops);
+        // Invalid text in turn in each field: lone surrogates (valid JSON escapes) and invalid UTF-8 bytes.
+        var badUnicode = new[]
+        {
+            Encoding.UTF8.GetBytes("""{"prompt": "a\ud800b", "max_tokens": 4}"""),
+            Encoding.UTF8.GetBytes("""{"prompt": "abc", "stop": ["\udc00"], "max_tokens": 4}"""),
+            Encoding.UTF8.GetBytes("""{"prompt": "abc", "model": "\ud83d", "max_tokens": 4}"""),
+            [.. Encoding.UTF8.GetBytes("{\"prompt\": \"a"), 0xFF, 0xC3, .. Encoding.UTF8.GetBytes("b\", \"max_tokens\": 4}")],
+            [.. Encoding.UTF8.GetBytes("{\"prompt\": \"a"), 0xED, 0xA0, 0x80, .. Encoding.UTF8.GetBytes("\", \"max_tokens\": 4}")],
+        };
+        return
+        [
+            new("fan-out", "20,000 prompts x n 128 (issue 21; refused)", _ => fanOutBytes, false),
+            new("huge stop list", "800,000 stop strings x n 128 (issue 21; refused)", _ => stopsBytes, false),
+            new("bad Unicode", "lone surrogates / invalid UTF-8 in prompt, stop, model (refused)", i => badUnicode[i % badUnicode.Length], false),
+            new("fan-out at the limit", "32 prompts x n 4 = 128 choices, max_tokens 64, streamed (served)",
+                _ => Json(new { prompt = Enumerable.Range(0, 32).Select(i => $"Tell me story {i}").ToArray(), n = 4, max_tokens = 64, ignore_eos = true, stream = true }), true),
+            new("stop list at the limit", "16 stop strings of 256 characters x n 128, max_tokens 64, streamed (served)",
+                _ => Json(new { prompt = "Once upon a time", n = 128, max_tokens = 64, ignore_eos = true, stream = true,
+                    stop = Enumerable.Range(0, 16).Select(i => new string((char)('a' + i), 255) + "!").ToArray() }), true),
+        ];
+    }
+
+    /// <summary>Runs the steady clients (and the attacker, if any) for <paramref name="seconds"/>; returns the steady TTFTs in ms.</summary>
+    private static async Task<(List<double> Ttft, int Failures, int AttackRequests, string AttackStatuses)> SteadyPhase(
+        HttpClient http, int clients, double seconds, int maxTokens, Attack? attack)
+    {
+        var ttft = new List<double>();
+        int failures = 0, sequence = 0;
+        var clock = Stopwatch.StartNew();
+        var end = TimeSpan.FromSeconds(seconds);
+        async Task Client(int client)
+        {
+            while (clock.Elapsed < end)
+            {
+                int i = Interlocked.Increment(ref sequence);
+                string prompt = string.Join(' ', Enumerable.Range(0, 8).Select(w => $"word{(i * 31 + w) % 97}"));
+                var body = JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, stream = true, ignore_eos = true });
+                long start = Stopwatch.GetTimestamp();
+                double first = -1;
+                try
+                {
+                    using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+                    using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+                    response.EnsureSuccessStatusCode();
+                    using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+                    bool done = false;
+                    while (await reader.ReadLineAsync() is { } line)
+                    {
+                        if (!line.StartsWith("data: ")) continue;
+                        if (line == "data: [DONE]") { done = true; continue; }
+                        if (first < 0) first = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+                        if (line.Contains("\"error\"")) throw new InvalidOperationException(line);
+                    }
+                    if (!done || first < 0) throw new InvalidOperationException("the stream ended without tokens or [DONE]");
+                    lock (ttft) ttft.Add(first);
+                }
+                catch (Exception e) when (e is HttpRequestException or InvalidOperationException or IOException)
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+        }
+
+        var statuses = new Dictionary<int, int>();
+        int attackRequests = 0;
+        async Task Attacker()
+        {
+            while (clock.Elapsed < end)
+            {
+                var content = new ByteArrayContent(attack!.Body(attackRequests));
+                content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+                try
+                {
+                    using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = content };
+                    using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+                    await response.Content.CopyToAsync(Stream.Null); // read it all, as a real client would (a stream to its end)
+                    lock (statuses) statuses[(int)response.StatusCode] = statuses.GetValueOrDefault((int)response.StatusCode) + 1;
+                }
+                catch (Exception e) when (e is HttpRequestException or IOException)
+                {
+                    lock (statuses) statuses[0] = statuses.GetValueOrDefault(0) + 1;
+                }
+                attackRequests++;
+            }
+        }
+
+        var tasks = Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))).ToList();
+        if (attack != null) tasks.Add(Task.Run(Attacker));
+        await Task.WhenAll(tasks);
+        string statusText = string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{(s.Key == 0 ? "connection error" : s.Key.ToString())} x{s.Value}"));
+        return (ttft, failures, attackRequests, statusText);
+    }
+
+    private static double Percentile(List<double> values, double q)
+    {
+        if (values.Count == 0) return 0;
+        var sorted = values.Order().ToArray();
+        return sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+    }
+
+    /// <summary>
+    /// kernels.dll: the --kernels path, else next to this program (the test output carries it), else the CLI's build
+    /// output in the repository this program was built from.
+    /// </summary>
+    private static string FindKernels(string? given)
+    {
+        if (given != null) return File.Exists(given) ? Path.GetFullPath(given) : throw new FileNotFoundException($"--kernels: {given}: no such file", given);
+        string beside = Path.Combine(AppContext.BaseDirectory, "kernels.dll");
+        if (File.Exists(beside)) return beside;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+            foreach (string config in new[] { "Release", "Debug" })
+            {
+                string candidate = Path.Combine(dir.FullName, "tools", "Kernels.Cli", "bin", config, "net10.0", "kernels.dll");
+                if (File.Exists(candidate)) return candidate;
+            }
+        throw new FileNotFoundException("kernels.dll not found: build the CLI (./build.sh build) or pass --kernels PATH");
+    }
+
+    /// <summary>`dotnet kernels.dll serve --port 0` as a child process, until <see cref="Stop"/> (SIGTERM, then its drain).</summary>
+    private sealed class ServerProcess : IDisposable
+    {
+        private readonly Process _process;
+        public Uri Address { get; }
+
+        private ServerProcess(Process process, Uri address)
+        {
+            _process = process;
+            Address = address;
+        }
+
+        public static async Task<ServerProcess> StartAsync(string dll, string model)
+        {
+            var start = new ProcessStartInfo("dotnet", [dll, "serve", "--model", model, "--port", "0", "--shutdown-timeout", "5"])
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+            };
+            var process = Process.Start(start) ?? throw new InvalidOperationException("could not start dotnet");
+            var listening = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var errors = new StringBuilder();
+            void Read(string? line)
+            {
+                if (line == null) return;
+                int at = line.IndexOf("Now listening on: ", StringComparison.Ordinal);
+                if (at >= 0) listening.TrySetResult(new Uri(line[(at + "Now listening on: ".Length)..].Trim()));
+                if (line.StartsWith("error:")) lock (errors) errors.AppendLine(line);
+            }
+            process.OutputDataReceived += (_, e) => Read(e.Data);
+            process.ErrorDataReceived += (_, e) => Read(e.Data);
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
+            process.EnableRaisingEvents = true;
+            process.Exited += (_, _) => listening.TrySetException(new InvalidOperationException($"kernels serve exited with {process.ExitCode}: {errors}"));
+            try
+            {
+                return new ServerProcess(process, await listening.Task.WaitAsync(TimeSpan.FromMinutes(2)));
+            }
+            catch
+            {
+                if (!process.HasExited) process.Kill();
+                process.Dispose();
+                throw;
+            }
+        }
+
+        public void Stop()
+        {
+            if (_process.HasExited) return;
+            using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString()])) kill?.WaitForExit();
+            if (!_process.WaitForExit(TimeSpan.FromSeconds(15))) _process.Kill();
+        }
+
+        public void Dispose()
+        {
+            if (!_process.HasExited) _process.Kill();
+            _process.Dispose();
+        }
+    }
+}
