@@ -26,8 +26,8 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
         OpenAiRequest request;
         try
         {
-            using var body = await ServerApp.ReadJsonAsync(http.Request, bytes => OpenAiRequest.Prescan(bytes, limits)).ConfigureAwait(false);
-            request = OpenAiRequest.Parse(body.RootElement, endpoint, engine, limits);
+            using var body = await RequestBody.ReadAsync(http.Request, limits).ConfigureAwait(false);
+            request = OpenAiRequest.Parse(body.Document.RootElement, endpoint, engine, limits);
         }
         catch (ApiException e)
         {

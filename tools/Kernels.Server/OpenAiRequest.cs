@@ -115,47 +115,6 @@ public sealed record OpenAiRequest(
         return new OpenAiRequest(endpoint, requests, prompts.Select(p => p.Length).ToArray(), n, stream, includeUsage);
     }
 
-    /// <summary>
-    /// A pass over the raw body before it is parsed into a document: the top-level "prompt" and "stop" arrays are
-    /// counted as they are read, and a count over its limit is refused there (a 4 MB list of stop strings costs a few
-    /// of its tokens, not a parse of all of them). Malformed JSON is left to the parser, which names the problem.
-    /// </summary>
-    public static void Prescan(ReadOnlySpan<byte> body, RequestLimits limits)
-    {
-        var reader = new Utf8JsonReader(body, new JsonReaderOptions { MaxDepth = 64 });
-        try
-        {
-            if (!reader.Read() || reader.TokenType != JsonTokenType.StartObject) return;
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
-            {
-                int limit = reader.ValueTextEquals("stop"u8) ? limits.MaxStopStrings : reader.ValueTextEquals("prompt"u8) ? limits.MaxChoices : -1;
-                string name = reader.ValueTextEquals("stop"u8) ? "stop" : "prompt";
-                if (!reader.Read()) return;
-                if (limit < 0 || reader.TokenType != JsonTokenType.StartArray)
-                {
-                    reader.Skip();
-                    continue;
-                }
-                int items = 0;
-                while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
-                {
-                    // An array of token ids is one prompt, however long: only its nesting counts for "prompt".
-                    if (name == "prompt" && reader.TokenType == JsonTokenType.Number) { reader.Skip(); continue; }
-                    if (++items > limit)
-                        throw name == "stop"
-                            ? ApiException.BadRequest("stop", $"holds more stop strings than this server's limit of {limits.MaxStopStrings}")
-                            : new ApiException(StatusCodes.Status400BadRequest, $"prompt: holds more prompts than this server's limit of {limits.MaxChoices} choices per request",
-                                "prompt", "too_many_choices");
-                    reader.Skip();
-                }
-            }
-        }
-        catch (JsonException)
-        {
-            // Malformed (or cut short): the parser reports it with its position.
-        }
-    }
-
     private static ApiException TooManyChoices(int prompts, int n, RequestLimits limits) =>
         new(StatusCodes.Status400BadRequest,
             $"{(prompts > 1 ? $"prompt: {prompts} prompts x n = {n}" : $"n: {n}")} choices exceed this server's limit of {limits.MaxChoices} per request",
@@ -259,15 +218,14 @@ public sealed record OpenAiRequest(
             var mf = new Fields(m, $"messages[{i}].");
             string role = mf.String("role") ?? throw ApiException.BadRequest("messages", $"[{i}].role is required");
             if (role == "developer") role = "system"; // OpenAI's newer name for the system role
-            turns.Add(new ChatTurn(role, Content(mf.Raw("content"), i)));
+            turns.Add(new ChatTurn(role, Content(mf, i)));
             i++;
         }
         return turns;
 
-        static string Content(JsonElement? content, int i)
+        static string Content(Fields mf, int i)
         {
-            var mf = new Fields(default, $"messages[{i}].");
-            if (content is not { } c) return "";
+            if (mf.Raw("content") is not { } c) return "";
             if (c.ValueKind == JsonValueKind.String) return mf.Text(c, "content");
             if (c.ValueKind != JsonValueKind.Array) throw ApiException.BadRequest("messages", $"[{i}].content must be a string or an array of text parts");
             var sb = new System.Text.StringBuilder();

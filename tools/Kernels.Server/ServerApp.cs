@@ -149,44 +149,6 @@ public static class ServerApp
     private static ApiException ModelNotFound(string model, InferenceEngine engine) =>
         new(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{engine.ModelName}'", "model", "model_not_found");
 
-    /// <summary>
-    /// Reads a JSON request body: over the size limit is 413, anything that does not parse is 400. The whole body is
-    /// buffered (it is at most the limit) and <paramref name="prescan"/> sees its bytes before the document is built,
-    /// so a body that is over a request limit is refused after reading a few of its tokens, not after parsing megabytes.
-    /// </summary>
-    internal static async Task<JsonDocument> ReadJsonAsync(HttpRequest request, Action<ReadOnlySpan<byte>>? prescan = null)
-    {
-        long limit = request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize ?? long.MaxValue;
-        if (request.ContentLength > limit) throw TooLarge(limit);
-        ReadOnlyMemory<byte> body;
-        try
-        {
-            var buffer = new MemoryStream(request.ContentLength is long n and > 0 ? (int)n : 4096);
-            await request.Body.CopyToAsync(buffer, request.HttpContext.RequestAborted).ConfigureAwait(false);
-            body = buffer.GetBuffer().AsMemory(0, (int)buffer.Length);
-        }
-        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
-        {
-            throw TooLarge(limit);
-        }
-        catch (BadHttpRequestException e)
-        {
-            throw new ApiException(e.StatusCode, $"bad request: {e.Message}");
-        }
-        try
-        {
-            prescan?.Invoke(body.Span);
-            return JsonDocument.Parse(body);
-        }
-        catch (JsonException e)
-        {
-            throw new ApiException(StatusCodes.Status400BadRequest, $"the request body is not valid JSON: {e.Message}", code: "invalid_json");
-        }
-
-        static ApiException TooLarge(long limit) =>
-            new(StatusCodes.Status413PayloadTooLarge, $"the request body is larger than the server's limit of {limit} bytes", code: "request_too_large");
-    }
-
     internal static async Task WriteJsonAsync(HttpResponse response, JsonNode body, int status = StatusCodes.Status200OK)
     {
         response.StatusCode = status;

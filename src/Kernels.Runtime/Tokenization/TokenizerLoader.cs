@@ -52,10 +52,16 @@ public static class TokenizerLoader
         throw new ModelFormatException(dir, "no tokenizer found: expected tokenizer.json or tokenizer.model");
     }
 
+    /// <summary>Largest tokenizer file read (real ones are at most tens of megabytes); a larger one is refused before it is read.</summary>
+    public const long MaxFileBytes = 256L << 20;
+
     internal static byte[] ReadFile(string path, string what)
     {
         try
         {
+            long length = new FileInfo(path).Length;
+            if (length > MaxFileBytes)
+                throw new ModelFormatException(path, $"the {what} is {length} bytes; at most {MaxFileBytes} are read");
             return File.ReadAllBytes(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or ArgumentException)
