@@ -98,9 +98,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
             await foreach (var (choice, e) in Events(request, generation).ConfigureAwait(false))
             {
                 if (aborted.IsCancellationRequested) return;
-                outcome.Text[choice].Append(e.Text);
-                if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
-                if (e.Finish is { } f) Finished(outcome, choice, f, e);
+                Record(outcome, choice, e);
             }
         }
         catch (OperationCanceledException) when (shutdown.Deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
@@ -172,9 +170,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
             await foreach (var (choice, e) in Events(request, generation).ConfigureAwait(false))
             {
                 if (aborted.IsCancellationRequested) return;
-                outcome.Text[choice].Append(e.Text);
-                if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
-                if (e.Finish is { } f) Finished(outcome, choice, f, e);
+                Record(outcome, choice, e);
                 if (e.Text.Length > 0 || e.Finish != null) await Send(Chunk(choice, e.Text, outcome.Finish[choice])).ConfigureAwait(false);
             }
         }
@@ -203,6 +199,14 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
     }
 
     // ---------------------------------------------------------------- shared pieces
+
+    /// <summary>Adds an event to its choice's text, the token count and, on its last event, the finish reason.</summary>
+    private void Record(Outcome outcome, int choice, GenerationEvent e)
+    {
+        outcome.Text[choice].Append(e.Text);
+        if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
+        if (e.Finish is { } f) Finished(outcome, choice, f, e);
+    }
 
     private void Finished(Outcome outcome, int choice, FinishReason finish, GenerationEvent e)
     {

@@ -58,22 +58,12 @@ public class BadInputTests
     {
         string model = CopyGoldenModel();
         string file = Path.Combine(model, "model.safetensors");
-        var bytes = File.ReadAllBytes(file);
-        int headerLen = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-        var header = JsonNode.Parse(Encoding.UTF8.GetString(bytes, 8, headerLen))!.AsObject();
-        var entry = header["model.norm.weight"]!.AsObject();
-        var offsets = entry["data_offsets"]!.AsArray();
-        long begin = (long)offsets[0]!;
-        entry["data_offsets"] = new JsonArray(begin, begin + 4 * 64 + 8); // 8 bytes more than [64] F32 holds
-        var newHeader = Encoding.UTF8.GetBytes(header.ToJsonString());
-        using (var f = File.Create(file))
+        File.WriteAllBytes(file, Models.Hostile.TestModelFiles.EditSafetensorsHeader(File.ReadAllBytes(file), header =>
         {
-            var len = new byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)newHeader.Length);
-            f.Write(len);
-            f.Write(newHeader);
-            f.Write(bytes.AsSpan(8 + headerLen));
-        }
+            var entry = header["model.norm.weight"]!.AsObject();
+            long begin = (long)entry["data_offsets"]![0]!;
+            entry["data_offsets"] = new JsonArray(begin, begin + 4 * 64 + 8); // 8 bytes more than [64] F32 holds
+        }));
         AssertOneClearError(Kernels("logits", "--model", model, "--ids", "1,2"), file, "model.norm.weight", "data_offsets");
     }
 

@@ -1,6 +1,5 @@
 // The crafted model files of issue 21, each rebuilt from a small valid file: the regression cases that the library
 // (ModelFormatException) and the CLI (one `error:` line) must both refuse, naming the file, the field and the value.
-using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json.Nodes;
 
@@ -144,25 +143,16 @@ public static class CraftedModelFiles
             string model = TestModelFiles.SqueezeLlmDirectory(Path.Combine(dir, "model"));
             string target = "model.layers.0.mlp.up_proj.";
             string shard = Directory.GetFiles(model, "*.safetensors").Single(f => File.ReadAllText(f).Contains(target + "outlier_cols"));
-            var bytes = File.ReadAllBytes(shard);
-            int headerLen = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-            var header = JsonNode.Parse(Encoding.UTF8.GetString(bytes, 8, headerLen))!.AsObject();
-            foreach (string suffix in new[] { "outlier_cols", "outlier_values" })
+            File.WriteAllBytes(shard, TestModelFiles.EditSafetensorsHeader(File.ReadAllBytes(shard), header =>
             {
-                var entry = header[target + suffix]!.AsObject();
-                long begin = (long)entry["data_offsets"]![0]!;
-                entry["shape"] = new JsonArray(nnz);
-                entry["data_offsets"] = new JsonArray(begin, begin + 204);
-            }
-            var newHeader = Encoding.UTF8.GetBytes(header.ToJsonString());
-            using (var f = File.Create(shard))
-            {
-                var len = new byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)newHeader.Length);
-                f.Write(len);
-                f.Write(newHeader);
-                f.Write(bytes.AsSpan(8 + headerLen));
-            }
+                foreach (string suffix in new[] { "outlier_cols", "outlier_values" })
+                {
+                    var entry = header[target + suffix]!.AsObject();
+                    long begin = (long)entry["data_offsets"]![0]!;
+                    entry["shape"] = new JsonArray(nnz);
+                    entry["data_offsets"] = new JsonArray(begin, begin + 204);
+                }
+            }));
             return (model, shard);
         }, "outlier_", nnz.ToString());
     }

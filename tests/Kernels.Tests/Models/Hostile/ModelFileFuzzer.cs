@@ -128,11 +128,12 @@ public static unsafe class ModelFileFuzzer
         {
             case < 5:
             {
-                var header = JsonNode.Parse(Encoding.UTF8.GetString(source, 8, headerLen))!.AsObject();
+                string name = "", what = "";
+                var edited = TestModelFiles.EditSafetensorsHeader(source, header =>
+                {
                 var names = header.Select(p => p.Key).Where(k => k != "__metadata__").ToArray();
-                string name = names[rng.Next(names.Length)];
+                name = names[rng.Next(names.Length)];
                 var entry = header[name]!.AsObject();
-                string what;
                 switch (rng.Next(6))
                 {
                     case 0:
@@ -186,7 +187,8 @@ public static unsafe class ModelFileFuzzer
                         break;
                     }
                 }
-                return (WithHeader(source, headerLen, Encoding.UTF8.GetBytes(header.ToJsonString())), $"tensor '{name}': {what}");
+                });
+                return (edited, $"tensor '{name}': {what}");
             }
             case 5:
             {
@@ -200,15 +202,6 @@ public static unsafe class ModelFileFuzzer
             default:
                 return Truncate(source, rng, 8 + headerLen, 8, 8 + headerLen, source.Length - 1);
         }
-    }
-
-    private static byte[] WithHeader(byte[] source, int oldLength, byte[] header)
-    {
-        var result = new byte[8 + header.Length + source.Length - 8 - oldLength];
-        BitConverter.TryWriteBytes(result.AsSpan(0, 8), (ulong)header.Length);
-        header.CopyTo(result, 8);
-        source.AsSpan(8 + oldLength).CopyTo(result.AsSpan(8 + header.Length));
-        return result;
     }
 
     /// <summary>A boundary value as JSON: an integer (2^64 - 1 included, beyond long), a negative one, or a huge real.</summary>

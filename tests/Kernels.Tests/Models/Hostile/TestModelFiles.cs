@@ -111,6 +111,20 @@ public static unsafe class TestModelFiles
         return root.ToJsonString();
     }
 
+    /// <summary>A safetensors file's bytes with its JSON header changed by <paramref name="edit"/> (the data section unchanged).</summary>
+    public static byte[] EditSafetensorsHeader(byte[] file, Action<JsonObject> edit)
+    {
+        int headerLength = (int)BitConverter.ToUInt64(file, 0);
+        var header = JsonNode.Parse(System.Text.Encoding.UTF8.GetString(file, 8, headerLength))!.AsObject();
+        edit(header);
+        var newHeader = System.Text.Encoding.UTF8.GetBytes(header.ToJsonString());
+        var result = new byte[8 + newHeader.Length + file.Length - 8 - headerLength];
+        BitConverter.TryWriteBytes(result.AsSpan(0, 8), (ulong)newHeader.Length);
+        newHeader.CopyTo(result, 8);
+        file.AsSpan(8 + headerLength).CopyTo(result.AsSpan(8 + newHeader.Length));
+        return result;
+    }
+
     /// <summary>synthetic:tiny quantized with SqueezeLLM (3 shards) into <paramref name="dir"/>.</summary>
     public static string SqueezeLlmDirectory(string dir)
     {
