@@ -3,7 +3,7 @@ using System.Globalization;
 
 namespace Kernels.Runtime.Models;
 
-public static class FieldValues
+internal static class FieldValues
 {
     /// <summary>A real as a reader's error shows it: "inf", "-inf", "nan", else the shortest round-trip form.</summary>
     public static string Format(double value) =>

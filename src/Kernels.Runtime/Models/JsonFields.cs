@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Models;
 /// The fields of one JSON object in <see cref="Path"/>; <see cref="Prefix"/> names nested objects in messages
 /// ("rope_scaling."). JSON null reads as absent everywhere, as transformers treats it.
 /// </summary>
-public readonly struct JsonFields(JsonElement obj, string path, string prefix = "")
+internal readonly struct JsonFields(JsonElement obj, string path, string prefix = "")
 {
     /// <summary>Largest JSON file a model directory may carry here (real config files are kilobytes, chat templates tens of kilobytes).</summary>
     public const int MaxFileBytes = 16 << 20;
