@@ -46,8 +46,9 @@ public static class HfTokenizerJson
         var byId = new Dictionary<int, string>();
         foreach (JsonProperty entry in vocabJson.EnumerateObject())
         {
-            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0)
-                throw new ModelFormatException(path, $"model.vocab['{entry.Name}'] is not a non-negative integer id");
+            // Ids index the token table, which is sized by the largest: bounded before anything is allocated by it.
+            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0 || id >= ModelConfig.MaxVocab)
+                throw new ModelFormatException(path, $"model.vocab['{entry.Name}'] = {entry.Value.GetRawText()} is not a token id in 0..{ModelConfig.MaxVocab - 1}");
             if (!byId.TryAdd(id, entry.Name))
                 throw new ModelFormatException(path, $"model.vocab gives id {id} to both '{byId[id]}' and '{entry.Name}'");
         }
@@ -67,6 +68,8 @@ public static class HfTokenizerJson
                 if (Property(t, "id") is not { ValueKind: JsonValueKind.Number } idJson || !idJson.TryGetInt32(out int id)
                     || Property(t, "content") is not { ValueKind: JsonValueKind.String } contentJson)
                     throw new ModelFormatException(path, $"added_tokens[{added.Count}] lacks an integer id or a string content");
+                if (id < 0 || id >= ModelConfig.MaxVocab)
+                    throw new ModelFormatException(path, $"added_tokens[{added.Count}].id = {id} is not a token id in 0..{ModelConfig.MaxVocab - 1}");
                 bool special = Property(t, "special") is { ValueKind: JsonValueKind.True };
                 added.Add(new AddedToken(id, contentJson.GetString()!, special));
             }

@@ -40,6 +40,28 @@ public class CraftedModelTests
         TestContext.Out.WriteLine(error.Message);
     }
 
+    /// <summary>A tokenizer.json token id sizes the token table: 2,000,000,000 would have allocated 16 GB when the tokenizer loads.</summary>
+    [Test]
+    public void ATokenIdBeyondAnyVocabularyIsRefusedByNameWhenTheTokenizerLoads()
+    {
+        string model = TestModelFiles.HfDirectory(Path.Combine(_dir, "model"), withTokenizer: true);
+        string file = Path.Combine(model, "tokenizer.json");
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))!.AsObject();
+        json["model"]!["vocab"]!["zz"] = 2_000_000_000;
+        File.WriteAllText(file, json.ToJsonString());
+
+        using var loaded = ModelLoader.Load(model);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var error = Assert.Throws<ModelFormatException>(() => _ = loaded.Tokenizer);
+        Assert.That(GC.GetAllocatedBytesForCurrentThread() - before, Is.LessThan(AllocationBound));
+        Assert.That(error!.Message, Does.Contain(file).And.Contain("model.vocab['zz']").And.Contain("2000000000"));
+
+        var (code, _, stderr) = CliRunner.Run("generate", "--model", model, "--prompt", "the", "--max-tokens", "2");
+        Assert.That(code, Is.Not.EqualTo(0), stderr);
+        Assert.That(stderr.Split('\n').Count(l => l.StartsWith("error:") && l.Contains("model.vocab['zz']")), Is.EqualTo(1), stderr);
+        Assert.That(stderr, Does.Not.Contain("   at "));
+    }
+
     [TestCaseSource(nameof(Cases))]
     [TestCaseSource(nameof(StoriesCases))]
     public void CliPrintsOneErrorLine(CraftedModel crafted)

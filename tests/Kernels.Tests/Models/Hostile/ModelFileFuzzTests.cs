@@ -96,17 +96,18 @@ public class ModelFileFuzzTests
             var tokenizer = File.ReadAllBytes(Path.Combine(golden, "tokenizer.json"));
             string[] configExtras = ["head_dim", "sliding_window", "use_sliding_window", "rope_theta", "eos_token_id", "bos_token_id", "tie_word_embeddings", "quantization_config"];
             string[] tokenizerExtras = ["chat_template", "bos_token", "eos_token", "add_bos_token"];
-            RunAll("HF directory (safetensors + config.json + tokenizer_config.json)", 1200, Seed + 3, rng =>
+            RunAll("HF directory (safetensors + config.json + tokenizer_config.json + tokenizer.json)", 1200, Seed + 3, rng =>
             {
-                byte[] w = weights, c = config, t = tokenizerConfig;
+                byte[] w = weights, c = config, t = tokenizerConfig, j = tokenizer;
                 string what;
-                switch (rng.Next(10))
+                switch (rng.Next(12))
                 {
                     case < 5: (w, what) = ModelFileFuzzer.Safetensors(weights, rng); what = "model.safetensors: " + what; break;
                     case < 8: (c, what) = ModelFileFuzzer.Json(config, rng, configExtras); what = "config.json: " + what; break;
-                    default: (t, what) = ModelFileFuzzer.Json(tokenizerConfig, rng, tokenizerExtras); what = "tokenizer_config.json: " + what; break;
+                    case < 10: (t, what) = ModelFileFuzzer.Json(tokenizerConfig, rng, tokenizerExtras); what = "tokenizer_config.json: " + what; break;
+                    default: (j, what) = ModelFileFuzzer.TokenizerJson(tokenizer, rng); what = "tokenizer.json: " + what; break;
                 }
-                return new FuzzCase(what, [("model.safetensors", w), ("config.json", c), ("tokenizer_config.json", t), ("tokenizer.json", tokenizer)], "");
+                return new FuzzCase(what, [("model.safetensors", w), ("config.json", c), ("tokenizer_config.json", t), ("tokenizer.json", j)], "");
             }, new FuzzCase("original", [("model.safetensors", weights), ("config.json", config), ("tokenizer_config.json", tokenizerConfig), ("tokenizer.json", tokenizer)], ""));
         }
         finally

@@ -274,6 +274,33 @@ public static unsafe class ModelFileFuzzer
         }
     }
 
+    /// <summary>A tokenizer.json mutant: a vocabulary id or added token set to a boundary, a top-level part of the wrong kind, or damaged text.</summary>
+    public static (byte[], string) TokenizerJson(byte[] source, Random rng)
+    {
+        var root = JsonNode.Parse(source)!.AsObject();
+        switch (rng.Next(4))
+        {
+            case 0:
+            {
+                var vocab = root["model"]!["vocab"]!.AsObject();
+                string key = vocab.ElementAt(rng.Next(vocab.Count)).Key;
+                var value = BoundaryJson(rng);
+                vocab[key] = value;
+                return (Encoding.UTF8.GetBytes(root.ToJsonString()), $"model.vocab['{key}'] = {value.ToJsonString()}");
+            }
+            case 1:
+            {
+                var value = BoundaryJson(rng);
+                root["added_tokens"]!.AsArray()[rng.Next(2)]!["id"] = value;
+                return (Encoding.UTF8.GetBytes(root.ToJsonString()), $"added_tokens id = {value.ToJsonString()}");
+            }
+            case 2:
+                return Json(source, rng, ["model", "added_tokens", "pre_tokenizer", "decoder", "normalizer", "post_processor"]);
+            default:
+                return FlipBits(source, rng, source.Length);
+        }
+    }
+
     /// <summary>A llama2.c checkpoint mutant: a header int set to a boundary value, bits flipped, or cut.</summary>
     public static (byte[], string) Llama2c(byte[] source, Random rng)
     {
