@@ -1,4 +1,4 @@
-// GGUF v2/v3 reader: typed metadata, tensor directory, data views into the mapped file (F32, F16, BF16, Q8_0).
+// GGUF v2/v3 reader: typed metadata, tensor directory, data views into the mapped file (the types GgmlTypes lists).
 using System.Buffers.Binary;
 using System.Text;
 
@@ -94,7 +94,7 @@ public sealed unsafe class GgufFile : IDisposable
         var result = new GgufFile(file, version, metadata, tensors, dataStart);
         foreach (var t in tensors.Values)
         {
-            var dtype = DTypeOf(t.GgmlType);
+            var dtype = GgmlTypes.ToDType(t.GgmlType);
             if (dtype == null) continue; // reported when the tensor is used
             long available = file.Length - dataStart;
             long elements = t.Shape.Aggregate(1L, (x, y) => checked(x * y)); // overflow: a corrupt shape, reported above
@@ -105,22 +105,13 @@ public sealed unsafe class GgufFile : IDisposable
         return result;
     }
 
-    private static TensorDType? DTypeOf(int ggmlType) => ggmlType switch
-    {
-        0 => TensorDType.F32,
-        1 => TensorDType.F16,
-        8 => TensorDType.Q8_0,
-        30 => TensorDType.BF16,
-        _ => null,
-    };
-
     public WeightTensor? TryGetWeight(string ggufName, string name)
     {
         if (!Tensors.TryGetValue(ggufName, out var t)) return null;
-        var dtype = DTypeOf(t.GgmlType)
-            ?? throw new ModelFormatException(Path, $"tensor '{ggufName}' has GGML type {t.GgmlType}; supported: F32, F16, BF16, Q8_0");
-        if (dtype == TensorDType.Q8_0 && t.Shape[^1] % TensorDTypeInfo.Q8_0BlockSize != 0)
-            throw new ModelFormatException(Path, $"tensor '{ggufName}': Q8_0 rows of {t.Shape[^1]} are not whole blocks");
+        var dtype = GgmlTypes.ToDType(t.GgmlType)
+            ?? throw new ModelFormatException(Path, $"tensor '{ggufName}' is stored as {GgmlTypes.Name(t.GgmlType)}, which this engine does not read; supported: {GgmlTypes.Supported}");
+        if (t.Shape[^1] % dtype.BlockSize() != 0)
+            throw new ModelFormatException(Path, $"tensor '{ggufName}': {dtype.Name()} rows of {t.Shape[^1]} values are not whole blocks of {dtype.BlockSize()}");
         return new WeightTensor(name, dtype, t.Shape, _file.Pointer + _dataStart + (long)t.Offset);
     }
 

@@ -1,4 +1,4 @@
-// Conversion of stored weight elements (F32, F16, BF16, Q8_0; raw integers by value) to fp32, vectorized where the CPU allows.
+// Conversion of stored weight elements (F32, F16, BF16, GGML blocks; raw integers by value) to fp32, vectorized where the CPU allows.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -22,9 +22,6 @@ public static unsafe class DTypeConvert
             case TensorDType.BF16:
                 BFloat16ToSingle(new ReadOnlySpan<ushort>(source, destination.Length), destination);
                 break;
-            case TensorDType.Q8_0:
-                Q8_0ToSingle(source, destination);
-                break;
             case TensorDType.I8:
                 for (int i = 0; i < destination.Length; i++) destination[i] = ((sbyte*)source)[i];
                 break;
@@ -35,7 +32,9 @@ public static unsafe class DTypeConvert
                 for (int i = 0; i < destination.Length; i++) destination[i] = ((int*)source)[i];
                 break;
             default:
-                throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
+                if (!type.IsBlockQuantized()) throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
+                GgmlBlocks.Dequantize(type, source, destination);
+                break;
         }
     }
 
@@ -193,20 +192,5 @@ public static unsafe class DTypeConvert
         if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x40);
         uint rounding = 0x7FFF + ((bits >> 16) & 1);
         return (ushort)((bits + rounding) >> 16);
-    }
-
-    private static void Q8_0ToSingle(byte* source, Span<float> destination)
-    {
-        int n = destination.Length;
-        if (n % TensorDTypeInfo.Q8_0BlockSize != 0)
-            throw new ArgumentException($"Q8_0 rows must be a multiple of {TensorDTypeInfo.Q8_0BlockSize} elements, got {n}");
-        for (int b = 0; b < n / TensorDTypeInfo.Q8_0BlockSize; b++)
-        {
-            byte* block = source + b * TensorDTypeInfo.Q8_0BlockBytes;
-            float scale = (float)Unsafe.ReadUnaligned<Half>(block);
-            sbyte* q = (sbyte*)(block + 2);
-            for (int j = 0; j < TensorDTypeInfo.Q8_0BlockSize; j++)
-                destination[b * TensorDTypeInfo.Q8_0BlockSize + j] = q[j] * scale;
-        }
     }
 }
