@@ -74,6 +74,7 @@ public static unsafe class MatMul
     {
         if (products.Length == 0) return;
         int k = products[0].Weight.Columns;
+        var keepAlive = new List<Q8Rows>();
         if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed for {products[0].Weight.Name}");
         foreach (var p in products)
         {
@@ -86,6 +87,15 @@ public static unsafe class MatMul
         bool anyPaired = false;
         foreach (var p in products) anyPaired |= PairedHalves(p.Weight, k);
         float[]? paired = anyPaired ? ArrayPool<float>.Shared.Rent(rows * k) : null;
+        // GGML block weights multiply int8 activations: x quantized once per activation format the products need.
+        var quantized = new Dictionary<Q8Format, GgmlDot.Activation[]>();
+        foreach (var p in products)
+            if (p.Weight.DType.IsBlockQuantized() && !quantized.ContainsKey(Q8Rows.FormatFor(p.Weight.DType)))
+            {
+                var q = Q8Rows.Quantize(Q8Rows.FormatFor(p.Weight.DType), x, rows, k);
+                quantized[q.Format] = Enumerable.Range(0, rows).Select(q.Row).ToArray();
+                keepAlive.Add(q);
+            }
         var jobs = new Job[products.Length];
         var firstTask = new int[products.Length + 1];
         fixed (float* xp = x)
@@ -102,7 +112,8 @@ public static unsafe class MatMul
             {
                 var w = products[i].Weight;
                 bool pairedHere = PairedHalves(w, k);
-                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled);
+                var activations = w.DType.IsBlockQuantized() ? quantized[Q8Rows.FormatFor(w.DType)] : null;
+                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
                 firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
             }
             WorkerTeam.For(firstTask[^1], task =>
@@ -114,6 +125,7 @@ public static unsafe class MatMul
             });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
+        GC.KeepAlive(keepAlive);
     }
 
     private static bool PairedHalves(WeightTensor w, int k) => Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
@@ -147,12 +159,18 @@ public static unsafe class MatMul
         for (; i < k; i++) destination[i] = x[i] * scale;
     }
 
-    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled)
+    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled,
+        GgmlDot.Activation[]? activations)
     {
         public int N => n;
 
         public void Run(int start, int end)
         {
+            if (activations != null)
+            {
+                GgmlRows(start, end);
+                return;
+            }
             if (rows == 1 && paired != null)
             {
                 if (prescaled) PairedDecode<PrescaledX>(start, end);
@@ -185,6 +203,14 @@ public static unsafe class MatMul
                 for (; j < end; j++) Group(j, 1, f16Direct, finite, buf);
             }
             if (buffer != null) ArrayPool<float>.Shared.Return(buffer);
+        }
+
+        /// <summary>GGML block weights against the quantized x rows, in integers (GgmlDot.Multiply).</summary>
+        private void GgmlRows(int start, int end)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(GgmlDot.UnpackedBytes(w.DType, k) + 64);
+            GgmlDot.Multiply(w.DType, w.Data, k, start, end, activations!, y, n, bias, buffer);
+            ArrayPool<byte>.Shared.Return(buffer);
         }
 
         /// <summary>
