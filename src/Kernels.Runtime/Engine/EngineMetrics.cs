@@ -4,7 +4,7 @@ using System.Text;
 
 namespace Kernels.Runtime.Engine;
 
-public sealed class EngineMetrics
+public sealed partial class EngineMetrics
 {
     /// <summary>A cumulative histogram (Prometheus semantics): counts of observations at or below each bound.</summary>
     public sealed class Histogram(params double[] bounds)
@@ -29,17 +29,32 @@ public sealed class EngineMetrics
             }
         }
 
-        internal void Write(StringBuilder sb, string name)
+        /// <summary>Writes the series; <paramref name="labels"/> (e.g. <c>model_name="m",engine="0"</c>) go on every line.</summary>
+        internal void Write(StringBuilder sb, string name, string labels = "")
         {
+            string prefix = labels.Length == 0 ? "" : labels + ",";
+            string own = labels.Length == 0 ? "" : "{" + labels + "}";
             lock (_counts)
             {
                 long cumulative = 0;
                 for (int i = 0; i < bounds.Length; i++)
                 {
                     cumulative += _counts[i];
-                    sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{le=\"{bounds[i]:G}\"}} {cumulative}\n");
+                    sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{prefix}le=\"{bounds[i]:G}\"}} {cumulative}\n");
                 }
-                sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{le=\"+Inf\"}} {_count}\n{name}_sum {_sum:G}\n{name}_count {_count}\n");
+                sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{prefix}le=\"+Inf\"}} {_count}\n{name}_sum{own} {_sum:G}\n{name}_count{own} {_count}\n");
+            }
+        }
+
+        /// <summary>Observations at or below each bound, cumulative (the +Inf bucket is <see cref="Count"/>).</summary>
+        public long[] CumulativeCounts()
+        {
+            lock (_counts)
+            {
+                var cumulative = new long[bounds.Length];
+                long sum = 0;
+                for (int i = 0; i < bounds.Length; i++) cumulative[i] = sum += _counts[i];
+                return cumulative;
             }
         }
     }
