@@ -24,7 +24,7 @@ public sealed class RoundRobinPolicy : IRoutingPolicy
 {
     private long _next = -1;
 
-    public (Replica, RoutingDecision) Pick(string promptText, IReadOnlyList<Replica> candidates) =>
+    public (Replica Replica, RoutingDecision Why) Pick(string promptText, IReadOnlyList<Replica> candidates) =>
         (candidates[(int)((ulong)Interlocked.Increment(ref _next) % (ulong)candidates.Count)], RoutingDecision.RoundRobin);
 
     public void ReplicaChanged(Replica replica, bool down) { }
@@ -41,7 +41,7 @@ public sealed class CacheAwarePolicy(RouterOptions options) : IRoutingPolicy
 {
     private readonly PrefixAffinityTree<Replica> _tree = new(options.MaxTreeChars);
 
-    public (Replica, RoutingDecision) Pick(string promptText, IReadOnlyList<Replica> candidates)
+    public (Replica Replica, RoutingDecision Why) Pick(string promptText, IReadOnlyList<Replica> candidates)
     {
         var byLoad = candidates.OrderBy(r => r.InFlight).ThenBy(r => r.Address.ToString(), StringComparer.Ordinal).ToList();
         int min = byLoad[0].InFlight, max = byLoad[^1].InFlight;

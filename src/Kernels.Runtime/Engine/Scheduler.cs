@@ -43,6 +43,7 @@ public sealed class Scheduler
         public List<Sample>? Samples; // null until the prompt's prefill completes
         public long AdmittedAt = -1;
         public bool Cancelled;
+        public bool PrefixLookupCounted; // the prefix-cache metrics count a request's first admission only
     }
 
     private sealed class Sample
@@ -94,7 +95,7 @@ public sealed class Scheduler
     public long Preemptions { get; private set; }
     /// <summary>Requests with a sequence being prefilled or decoded (a request with n samples counts once).</summary>
     public int RunningRequests => _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Distinct().Count();
-    /// <summary>Prompt tokens of the requests admitted so far (vLLM's prefix-cache queries; recomputes after preemption not counted).</summary>
+    /// <summary>Prompt tokens of the requests admitted so far (vLLM's prefix-cache queries; a request counts at its first admission only).</summary>
     public long PrefixCacheQueries { get; private set; }
     /// <summary>Of <see cref="PrefixCacheQueries"/>, the tokens found in the prefix tree (whole blocks) instead of prefilled.</summary>
     public long PrefixCacheHits { get; private set; }
@@ -231,8 +232,9 @@ public sealed class Scheduler
             if (need + reserve > available && !idle) return;
             _waiting.RemoveFirst();
             owner.AdmittedAt = ++_admissions;
-            if (resume == null)
+            if (resume == null && !owner.PrefixLookupCounted)
             {
+                owner.PrefixLookupCounted = true;
                 PrefixCacheQueries += owner.Prompt.Length;
                 PrefixCacheHits += matches[0].Count * pool.BlockSize;
             }
