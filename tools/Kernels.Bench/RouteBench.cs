@@ -80,7 +80,7 @@ public static class RouteBench
 {
     public sealed record Settings(string Model, int Replicas, int Prompts, int SystemTokens, int Requests, int Clients, int MaxTokens, int KvBlocks, int Seed);
 
-    private sealed record Outcome(bool Completed, bool ErrorEvent, bool GotBytes, string? Failure, int Chunks);
+    private sealed record Outcome(bool Completed, bool ErrorEvent, bool GotBytes, string? Failure, int Tokens);
 
     public sealed record PhaseResult(string Name, int Replicas, string Policy, double Seconds, double RequestsPerSecond, double TokensPerSecond,
         long PrefixQueries, long PrefixHits, int Completed, int ErrorEvents, int Lost, long Retries, long RouterStreamsBroken)
@@ -210,7 +210,7 @@ public static class RouteBench
         }
         int completed = outcomes.Count(o => o.Completed), errorEvents = outcomes.Count(o => o.ErrorEvent);
         int lost = outcomes.Count(o => !o.Completed && !o.ErrorEvent);
-        int tokens = outcomes.Sum(o => o.Completed ? o.Chunks : 0);
+        int tokens = outcomes.Sum(o => o.Completed ? o.Tokens : 0);
         var result = new PhaseResult(name, replicas, policy == RoutingPolicyKind.CacheAware ? "cache_aware" : "round_robin", watch.Elapsed.TotalSeconds,
             completed / watch.Elapsed.TotalSeconds, tokens / watch.Elapsed.TotalSeconds, queries, hits, completed, errorEvents, lost,
             router.Metrics.Retries, router.Metrics.StreamsBroken);
@@ -237,7 +237,7 @@ public static class RouteBench
     /// <summary>One streaming completion: completed ([DONE], no error chunk), ended by an error event, or failed (with whether bytes had come).</summary>
     private static async Task<Outcome> OneRequest(HttpClient http, string prompt, int maxTokens)
     {
-        var body = JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, stream = true, ignore_eos = true });
+        var body = JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, stream = true, ignore_eos = true, stream_options = new { include_usage = true } });
         bool gotBytes = false;
         try
         {
@@ -245,17 +245,18 @@ public static class RouteBench
             using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
             if (!response.IsSuccessStatusCode) return new(false, false, false, $"{(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}", 0);
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
-            int chunks = 0;
+            int tokens = 0;
             bool error = false, doneSeen = false;
             while (await reader.ReadLineAsync() is { } line)
             {
                 if (!line.StartsWith("data: ", StringComparison.Ordinal)) continue;
                 gotBytes = true;
                 if (line == "data: [DONE]") { doneSeen = true; continue; }
-                if (JsonNode.Parse(line["data: ".Length..])?["error"] != null) error = true;
-                else chunks++;
+                var chunk = JsonNode.Parse(line["data: ".Length..]);
+                if (chunk?["error"] != null) error = true;
+                else if (chunk?["usage"]?["completion_tokens"] is { } used) tokens = used.GetValue<int>();
             }
-            return new(doneSeen && !error, error, gotBytes, doneSeen ? null : "the stream ended without [DONE]", chunks);
+            return new(doneSeen && !error, error, gotBytes, doneSeen ? null : "the stream ended without [DONE]", tokens);
         }
         catch (Exception e) when (e is HttpRequestException or IOException)
         {
