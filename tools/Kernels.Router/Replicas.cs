@@ -17,6 +17,9 @@ public sealed class Replica(Uri address)
     /// <summary>Requests (attempts) sent to it so far.</summary>
     public long Requests => Interlocked.Read(ref _requests);
     public bool Healthy => _healthy;
+    /// <summary>Health probes failed in a row (reset by one that answers).</summary>
+    internal int ProbeFailures;
+
     /// <summary>Bumped every time the replica goes down, so a policy can tell a returned replica (empty cache) from the old one.</summary>
     public int Generation { get; private set; }
 
@@ -45,8 +48,8 @@ public sealed class Replica(Uri address)
 
 /// <summary>
 /// The set of replicas and the health loop: every <see cref="RouterOptions.HealthInterval"/> each replica's GET /health
-/// is probed; a failed probe or a request that could not reach it marks it down (the policy forgets what it cached),
-/// the first successful probe readmits it.
+/// is probed; <see cref="RouterOptions.HealthFailures"/> failed probes in a row, or one request that could not reach it,
+/// mark it down (the policy forgets what it cached); the first successful probe readmits it.
 /// </summary>
 public sealed class ReplicaSet : IAsyncDisposable
 {
@@ -108,8 +111,13 @@ public sealed class ReplicaSet : IAsyncDisposable
             ok = false;
         }
         if (_stop.IsCancellationRequested) return;
-        if (ok) MarkUp(replica);
-        else MarkDown(replica, "its /health probe failed");
+        if (ok)
+        {
+            replica.ProbeFailures = 0;
+            MarkUp(replica);
+        }
+        else if (++replica.ProbeFailures >= _options.HealthFailures)
+            MarkDown(replica, $"{replica.ProbeFailures} /health probes in a row failed");
     }
 
     /// <summary>Takes a replica out of rotation (a probe or a request failed); the next successful probe readmits it.</summary>

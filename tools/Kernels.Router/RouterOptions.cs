@@ -32,6 +32,8 @@ public sealed record RouterOptions
     /// <summary>How often each replica's GET /health is probed (a dead one is readmitted by the first probe that succeeds).</summary>
     public TimeSpan HealthInterval { get; init; } = TimeSpan.FromSeconds(1);
     public TimeSpan HealthTimeout { get; init; } = TimeSpan.FromSeconds(2);
+    /// <summary>Consecutive failed probes that take a replica out (a busy replica may miss one); a request that cannot reach it takes it out at once.</summary>
+    public int HealthFailures { get; init; } = 3;
     /// <summary>Most replicas one request is sent to when the earlier ones fail before answering a byte.</summary>
     public int MaxAttempts { get; init; } = 3;
     /// <summary>Longest silence from a replica while it answers (a non-streamed completion is silent until it is done).</summary>
@@ -53,6 +55,7 @@ public sealed record RouterOptions
         if (BalanceRelThreshold < 1) throw new ArgumentException($"--balance-rel-threshold: must be >= 1, got {BalanceRelThreshold}");
         if (MaxTreeChars < 1) throw new ArgumentException($"--max-tree-chars: must be positive, got {MaxTreeChars}");
         if (HealthInterval <= TimeSpan.Zero) throw new ArgumentException($"--health-interval-ms: must be positive, got {HealthInterval.TotalMilliseconds}");
+        if (HealthFailures < 1) throw new ArgumentException($"--health-failures: must be at least 1, got {HealthFailures}");
         if (MaxAttempts < 1) throw new ArgumentException($"--max-attempts: must be at least 1, got {MaxAttempts}");
     }
 

@@ -19,10 +19,11 @@ public static class RouteCommand
         var relThreshold = new Option<double>("--balance-rel-threshold") { Description = "... and max exceeds min times this: then the least loaded replica is used", DefaultValueFactory = _ => 1.5 };
         var treeChars = new Option<int>("--max-tree-chars") { Description = "Prompt characters remembered per replica", DefaultValueFactory = _ => 1 << 24 };
         var health = new Option<int>("--health-interval-ms") { Description = "How often each replica's /health is probed", DefaultValueFactory = _ => 1000 };
+        var healthFailures = new Option<int>("--health-failures") { Description = "Failed probes in a row that take a replica out (a failed request takes it out at once)", DefaultValueFactory = _ => 3 };
         var attempts = new Option<int>("--max-attempts") { Description = "Replicas one request may be tried on when they fail before answering", DefaultValueFactory = _ => 3 };
 
         var command = new Command("route", "Route OpenAI requests over several replicas (kernels serve or any OpenAI-compatible server): cache-aware or round-robin, health-checked, retried");
-        foreach (var o in new Option[] { workers, policy, host, port, threshold, absThreshold, relThreshold, treeChars, health, attempts }) command.Options.Add(o);
+        foreach (var o in new Option[] { workers, policy, host, port, threshold, absThreshold, relThreshold, treeChars, health, healthFailures, attempts }) command.Options.Add(o);
         command.SetAction(async (parse, cancellation) =>
         {
             RouterOptions options;
@@ -39,6 +40,7 @@ public static class RouteCommand
                     BalanceRelThreshold = parse.GetValue(relThreshold),
                     MaxTreeChars = parse.GetValue(treeChars),
                     HealthInterval = TimeSpan.FromMilliseconds(parse.GetValue(health)),
+                    HealthFailures = parse.GetValue(healthFailures),
                     MaxAttempts = parse.GetValue(attempts),
                 };
                 options.Validate();
