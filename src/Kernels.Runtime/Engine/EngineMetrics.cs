@@ -46,17 +46,6 @@ public sealed partial class EngineMetrics
             }
         }
 
-        /// <summary>Observations at or below each bound, cumulative (the +Inf bucket is <see cref="Count"/>).</summary>
-        public long[] CumulativeCounts()
-        {
-            lock (_counts)
-            {
-                var cumulative = new long[bounds.Length];
-                long sum = 0;
-                for (int i = 0; i < bounds.Length; i++) cumulative[i] = sum += _counts[i];
-                return cumulative;
-            }
-        }
     }
 
     private long _requests, _finished, _cancelled, _promptTokens, _generatedTokens, _preemptions;
