@@ -59,7 +59,8 @@ public static class ServerApp
         app.MapGet("/metrics", async http =>
         {
             http.Response.ContentType = PrometheusContentType;
-            await http.Response.WriteAsync(engine.Metrics.ToPrometheus()).ConfigureAwait(false);
+            // Ours, then the same state under vLLM's names for the routers that read those (docs/deploy.md).
+            await http.Response.WriteAsync(engine.Metrics.ToPrometheus() + engine.Metrics.ToVllmPrometheus(engine.ModelName, engine.CacheInfo)).ConfigureAwait(false);
         });
         app.MapFallback("/v1/{**rest}", http =>
             new ApiException(StatusCodes.Status404NotFound, $"unknown endpoint {http.Request.Method} {http.Request.Path}", code: "unknown_url").WriteAsync(http.Response));

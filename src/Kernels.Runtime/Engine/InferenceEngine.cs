@@ -23,6 +23,8 @@ public sealed record InferenceEngineOptions
     public Backends.Cuda.CudaBackendOptions? Cuda { get; init; }
     public GeneratorOptions Scheduling { get; init; } = new();
     public ILoggerFactory? LoggerFactory { get; init; }
+    /// <summary>Publish the prefix cache's changes as vLLM-style KV events after every step; null (default): off.</summary>
+    public KvEventOptions? KvEvents { get; init; }
 }
 
 /// <summary>
@@ -42,6 +44,8 @@ public sealed class InferenceEngine : IDisposable
         public required long SubmittedAt;
         public int Remaining;          // samples not finished yet
         public long[] LastTokenAt = []; // per sample, Stopwatch ticks of the last token (for TPOT)
+        public long[] FirstTokenAt = [];
+        public int[] Tokens = [];
     }
 
     private readonly LoadedModel _model;
@@ -54,6 +58,8 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<int> _cancels = new();
     private readonly Dictionary<int, Submission> _running = new();
     private int _nextId;
+    private readonly IKvEventSink? _kvSink;
+    private readonly List<KvCacheEvent> _kvEvents = new(); // this step's, published after it
     private bool _stopping;
     private Exception? _fault;
 
@@ -67,6 +73,9 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>The KV memory of the engine's backend (blocks in use, capacity, cached prefixes).</summary>
     public KvBlockPool KvPool => _backend.KvPool;
 
+    /// <summary>The KV cache's shape as vllm:cache_config_info reports it.</summary>
+    public KvCacheInfo CacheInfo { get; }
+
     private InferenceEngine(LoadedModel model, IBackend backend, string backendDescription, InferenceEngineOptions options)
     {
         _model = model;
@@ -77,6 +86,17 @@ public sealed class InferenceEngine : IDisposable
         ModelName = SyntheticModels.IsSynthetic(model.Source) ? model.Source : Path.GetFileName(model.Source.TrimEnd('/', '\\'));
         ChatTemplate = ChatTemplate.ForModel(model);
         Metrics.KvBlocksTotal = backend.KvPool.Capacity;
+        CacheInfo = new KvCacheInfo(backend.KvPool.BlockSize, backend.KvPool.Capacity,
+            options.Scheduling.PrefixSharing && backend.Config.SlidingWindow == null);
+        _scheduler.BeforeForward = PublishState;
+        if (options.KvEvents is { } kvEvents)
+        {
+            _kvSink = kvEvents.Sink;
+            backend.KvPool.Prefixes.Hasher = new VllmBlockHasher(kvEvents.HashSeed);
+            backend.KvPool.Prefixes.Observer = _kvEvents.Add;
+            _kvEvents.Add(new KvAllBlocksCleared()); // a subscriber that knew an earlier run at this address starts over
+            PublishKvEvents();
+        }
         _loop = new Thread(Loop) { IsBackground = true, Name = "kernels-engine" };
         _loop.Start();
     }
@@ -159,6 +179,8 @@ public sealed class InferenceEngine : IDisposable
             SubmittedAt = Stopwatch.GetTimestamp(),
             Remaining = request.N,
             LastTokenAt = new long[request.N],
+            FirstTokenAt = new long[request.N],
+            Tokens = new int[request.N],
         };
         lock (_gate)
         {
@@ -211,10 +233,8 @@ public sealed class InferenceEngine : IDisposable
                 }
                 long now = Stopwatch.GetTimestamp();
                 foreach (var e in events) Deliver(e, now);
-                Metrics.QueueLength = _scheduler.Waiting;
-                Metrics.RunningSequences = _scheduler.RunningSequences;
-                Metrics.KvBlocksUsed = _backend.KvPool.Capacity - _backend.KvPool.FreeBlocks;
-                Metrics.Preempted((int)(_scheduler.Preemptions - Metrics.Preemptions));
+                PublishState();
+                PublishKvEvents();
             }
         }
         catch (Exception e)
@@ -225,6 +245,11 @@ public sealed class InferenceEngine : IDisposable
         finally
         {
             _scheduler.Clear();
+            if (_kvSink != null)
+            {
+                _kvEvents.Add(new KvAllBlocksCleared()); // the engine and its cache are going away
+                PublishKvEvents();
+            }
             lock (_gate)
             {
                 foreach (var sub in _running.Values.Concat(_incoming))
@@ -236,6 +261,39 @@ public sealed class InferenceEngine : IDisposable
                 _running.Clear();
                 _incoming.Clear();
             }
+        }
+    }
+
+    /// <summary>The scheduler's state into the metrics (after admission, before each forward, and after each step).</summary>
+    private void PublishState()
+    {
+        int incoming;
+        lock (_gate) incoming = _incoming.Count;
+        var pool = _backend.KvPool;
+        Metrics.QueueLength = _scheduler.Waiting;
+        Metrics.RunningSequences = _scheduler.RunningSequences;
+        Metrics.KvBlocksUsed = pool.Capacity - pool.FreeBlocks;
+        Metrics.Preempted((int)(_scheduler.Preemptions - Metrics.Preemptions));
+        Metrics.RequestsWaiting = _scheduler.Waiting + incoming;
+        Metrics.RequestsRunning = _scheduler.RunningRequests;
+        Metrics.KvCacheUsage = pool.ActiveUsage;
+        Metrics.PrefixCacheQueries = _scheduler.PrefixCacheQueries;
+        Metrics.PrefixCacheHits = _scheduler.PrefixCacheHits;
+    }
+
+    /// <summary>This step's prefix-cache changes as one batch to the KV event sink (nothing when off or unchanged).</summary>
+    private void PublishKvEvents()
+    {
+        if (_kvSink == null || _kvEvents.Count == 0) return;
+        var batch = new KvEventBatch(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0, _kvEvents.ToArray());
+        _kvEvents.Clear();
+        try
+        {
+            _kvSink.Publish(batch);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            _log.LogError(e, "Publishing KV events failed; generation goes on");
         }
     }
 
@@ -262,16 +320,35 @@ public sealed class InferenceEngine : IDisposable
         {
             Metrics.TokenGenerated();
             long last = sub.LastTokenAt[e.Sample];
-            if (last == 0) Metrics.TimeToFirstToken.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
-            else Metrics.TimePerOutputToken.Observe(Stopwatch.GetElapsedTime(last, now).TotalSeconds);
+            if (last == 0)
+            {
+                double ttft = Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds;
+                Metrics.TimeToFirstToken.Observe(ttft);
+                Metrics.VllmTimeToFirstToken.Observe(ttft);
+                sub.FirstTokenAt[e.Sample] = now;
+            }
+            else
+            {
+                double gap = Stopwatch.GetElapsedTime(last, now).TotalSeconds;
+                Metrics.TimePerOutputToken.Observe(gap);
+                Metrics.InterTokenLatency.Observe(gap);
+            }
             sub.LastTokenAt[e.Sample] = now;
+            sub.Tokens[e.Sample]++;
         }
         sub.Events.Writer.TryWrite(e);
+        if (e.Finish is { } finish)
+        {
+            Metrics.SampleFinished(finish);
+            if (sub.Tokens[e.Sample] > 1)
+                Metrics.RequestTimePerOutputToken.Observe(Stopwatch.GetElapsedTime(sub.FirstTokenAt[e.Sample], sub.LastTokenAt[e.Sample]).TotalSeconds / (sub.Tokens[e.Sample] - 1));
+        }
         if (e.Finish != null && --sub.Remaining == 0)
         {
             sub.Events.Writer.TryComplete();
             _running.Remove(sub.Id);
             Metrics.RequestFinished(e.Finish == FinishReason.Cancelled);
+            Metrics.EndToEndLatency.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
         }
     }
 
