@@ -9,6 +9,7 @@ namespace Kernels.Runtime.Numerics;
 public static unsafe class DTypeConvert
 {
     /// <summary>Converts destination.Length elements starting at <paramref name="source"/> to fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ToSingle(TensorDType type, byte* source, Span<float> destination)
     {
         switch (type)
@@ -97,6 +98,7 @@ public static unsafe class DTypeConvert
     /// part (the first n &amp; ~7 halves) stays fp32 fields, without the 2^112 multiply, for products with an x prescaled
     /// by 2^112 (exact, the same bits); the scalar tail is always converted to values. Needs AVX2.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FiniteHalfToSinglePaired(ushort* source, float* destination, int paired, int n, bool fields)
     {
         int i = 0;
@@ -124,6 +126,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>n finite halves (see <see cref="FiniteHalfToSingle8"/>) to fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FiniteHalfToSingle(ushort* source, float* destination, int n)
     {
         int i = 0;
@@ -133,6 +136,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>Whether no half in the span is an infinity or NaN (exponent field all ones).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static bool AllFiniteHalves(ReadOnlySpan<ushort> halves)
     {
         int i = 0;
@@ -150,6 +154,7 @@ public static unsafe class DTypeConvert
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void HalfToSingle(ushort* source, Span<float> destination)
     {
         int n = destination.Length, i = 0;
@@ -162,6 +167,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>bf16 is the top half of an fp32: widen and shift, 8 lanes at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BFloat16ToSingle(ReadOnlySpan<ushort> source, Span<float> destination)
     {
         int n = source.Length, i = 0;

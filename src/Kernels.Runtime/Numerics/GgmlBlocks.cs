@@ -32,6 +32,7 @@ public static unsafe class GgmlBlocks
     /// <paramref name="source"/> to fp32: the reference, scalar and in the operation order of llama.cpp's own
     /// dequantize_row_* (a product then a difference, each rounded to fp32).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dequantize(TensorDType type, byte* source, Span<float> destination)
     {
         int block = type.BlockSize(), bytes = type.BlockBytes();
@@ -76,6 +77,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q4_1(byte* x, float* y)
     {
         float d = Half(x), m = Half(x + 2);
@@ -87,6 +89,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q5_0(byte* x, float* y)
     {
         float d = Half(x);
@@ -100,6 +103,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q5_1(byte* x, float* y)
     {
         float d = Half(x), m = Half(x + 2);
@@ -113,6 +117,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q8_0(byte* x, float* y)
     {
         float d = Half(x);
@@ -120,6 +125,7 @@ public static unsafe class GgmlBlocks
         for (int j = 0; j < 32; j++) y[j] = qs[j] * d;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q2_K(byte* x, float* y)
     {
         byte* scales = x, q = x + 16;
@@ -134,6 +140,7 @@ public static unsafe class GgmlBlocks
                 }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q3_K(byte* x, float* y)
     {
         byte* hmask = x, q = x + 32;
@@ -159,6 +166,7 @@ public static unsafe class GgmlBlocks
     /// groups 0-7 are the low nibbles of bytes 0-7, those of groups 8-15 the high nibbles; the top 2 bits of group g
     /// are bits 2 (g / 4) of byte 8 + g % 4.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Q3_KScales(byte* s, Span<int> sc)
     {
         for (int g = 0; g < 16; g++)
@@ -189,6 +197,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q4_K(byte* x, float* y)
     {
         float d = Half(x), min = Half(x + 2);
@@ -203,6 +212,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q5_K(byte* x, float* y)
     {
         float d = Half(x), min = Half(x + 2);
@@ -217,6 +227,7 @@ public static unsafe class GgmlBlocks
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Q6_K(byte* x, float* y)
     {
         byte* ql = x, qh = x + 128;

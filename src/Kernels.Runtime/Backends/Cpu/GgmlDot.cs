@@ -40,6 +40,7 @@ public static unsafe class GgmlDot
         (type.BlockSize() == 256 ? k + k + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
 
     /// <summary>Unpacks one weight row of <paramref name="k"/> values at <paramref name="row"/> into <paramref name="destination"/> (64-byte aligned).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Unpack(TensorDType type, byte* row, int k, byte* destination)
     {
         int bytes = type.BlockBytes();
@@ -85,6 +86,7 @@ public static unsafe class GgmlDot
     }
 
     /// <summary>16 bytes of nibbles to 32 codes (low nibbles first) plus <paramref name="offset"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Nibbles(byte* q, byte* c, int offset)
     {
         for (int j = 0; j < 16; j++)
@@ -95,6 +97,7 @@ public static unsafe class GgmlDot
     }
 
     /// <summary>Adds 16 x bit j of <paramref name="qh"/> to code j (Q5_0 / Q5_1's fifth bits; before or after the offset alike).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FifthBits(uint qh, byte* c)
     {
         for (int j = 0; j < 32; j++) c[j] += (byte)(((qh >> j) & 1) << 4);
@@ -107,6 +110,7 @@ public static unsafe class GgmlDot
         for (int i = 0; i < 8; i++) { s[i] = (short)first; s[i + 8] = (short)second; }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackQ2_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
     {
         byte* scales = x, qs = x + 16;
@@ -128,6 +132,7 @@ public static unsafe class GgmlDot
         for (int l = 0; l < 32; l++) c[l] = (byte)((q[l] >> shift) & 3);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackQ3_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
     {
         byte* hmask = x, qs = x + 32;
@@ -146,6 +151,7 @@ public static unsafe class GgmlDot
         for (int g = 0; g < 16; g++) e[g] = (short)(4 * (sc[g] - 32));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackQ45_K(byte* x, byte* c, short* s, short* e, out float d, out float f, bool five)
     {
         d = GgmlBlocks.Half(x);
@@ -169,6 +175,7 @@ public static unsafe class GgmlDot
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackQ6_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
     {
         sbyte* sc = (sbyte*)(x + 192);
@@ -241,6 +248,7 @@ public static unsafe class GgmlDot
     {
         private float Bias(int j) => bias != null ? bias[j] : 0f;
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void KQuant<F, O>(int start, int end) where F : struct, IKQuant where O : struct, IOps
         {
             if (x.Length == 1)
@@ -258,6 +266,7 @@ public static unsafe class GgmlDot
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Legacy<L, O>(int start, int end) where L : struct, ILegacyQuant where O : struct, IOps
         {
             if (x.Length == 1)
@@ -275,6 +284,7 @@ public static unsafe class GgmlDot
             }
         }
 
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Scalar(TensorDType type, int start, int end)
         {
             for (int j = start; j < end; j++)
@@ -401,6 +411,7 @@ public static unsafe class GgmlDot
         return Fma.MultiplyAdd(Vector256.Create(-(dx * dmin)), Avx.ConvertToVector256Single(g), acc);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float FusedKQuant<F, O>(byte* row, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int n = k / 256;
@@ -424,6 +435,7 @@ public static unsafe class GgmlDot
         return Vector256.Sum(acc);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackKQuant<F>(byte* row, int k, byte* u) where F : struct, IKQuant
     {
         int n = k / 256;
@@ -446,6 +458,7 @@ public static unsafe class GgmlDot
     }
 
     /// <summary>One unpacked row against activation rows t..t+3: each weight chunk loaded once for the four.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileKQuant<F, O>(byte* u, int k, Activation[] x, int t, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
@@ -481,6 +494,7 @@ public static unsafe class GgmlDot
         y[3 * n] = Vector256.Sum(a3) + bias;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float TileKQuant1<F, O>(byte* u, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
@@ -504,6 +518,7 @@ public static unsafe class GgmlDot
     private static Vector256<int> LegacyBlock<L, O>(Vector256<byte> codes, sbyte* x, int* laneSums) where L : struct, ILegacyQuant where O : struct, IOps =>
         L.Signed ? O.SignedBlock(codes.AsSByte(), Vector256.Load(x), laneSums) : O.UnsignedBlock(codes, Vector256.Load(x));
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float FusedLegacy<L, O>(byte* row, int k, in Activation x) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int n = k / 32;
@@ -521,6 +536,7 @@ public static unsafe class GgmlDot
         return Vector256.Sum(acc) + mins;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void UnpackLegacy<L>(byte* row, int k, byte* u) where L : struct, ILegacyQuant
     {
         int n = k / 32;
@@ -534,6 +550,7 @@ public static unsafe class GgmlDot
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileLegacy<L, O>(byte* u, int k, Activation[] x, int t, float* y, int n, float bias) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int nb = k / 32;
@@ -563,6 +580,7 @@ public static unsafe class GgmlDot
         y[3 * n] = Vector256.Sum(a3) + m3 + bias;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float TileLegacy1<L, O>(byte* u, int k, in Activation x) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int nb = k / 32;
@@ -583,6 +601,7 @@ public static unsafe class GgmlDot
 
     private static bool HasMin(TensorDType type) => type is TensorDType.Q2_K or TensorDType.Q4_K or TensorDType.Q5_K;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float KQuantScalar(TensorDType type, byte* u, int k, in Activation x)
     {
         int n = k / 256;
@@ -614,6 +633,7 @@ public static unsafe class GgmlDot
         return Sum8(acc);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float LegacyScalar(TensorDType type, byte* u, int k, in Activation x)
     {
         bool signed = type is TensorDType.Q4_0 or TensorDType.Q5_0 or TensorDType.Q8_0;

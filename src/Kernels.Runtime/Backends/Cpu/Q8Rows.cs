@@ -71,6 +71,7 @@ public sealed unsafe class Q8Rows
     };
 
     /// <summary>Quantizes <paramref name="rows"/> rows of <paramref name="k"/> values (k a multiple of the format's block).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static Q8Rows Quantize(Q8Format format, ReadOnlySpan<float> x, int rows, int k)
     {
         int block = format == Q8Format.Q8_K ? 256 : 32;
@@ -98,6 +99,7 @@ public sealed unsafe class Q8Rows
     /// llama.cpp's x86 quantize_row_q8_0 / q8_1: d = max|x| / 127 (stored fp16), codes round-half-even(x * 127 / max|x|);
     /// Q8_1 also keeps fp16(d * sum of codes) with d unrounded.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Quantize32(float* x, sbyte* codes, int index)
     {
         float max = 0;
@@ -119,6 +121,7 @@ public sealed unsafe class Q8Rows
     /// llama.cpp's quantize_row_q8_K: the value of largest magnitude (first one) sets iscale = -127 / max, codes
     /// min(127, round-half-even(iscale * x)), d = 1 / iscale; an all-zero block gets d = 0 and zero codes.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void QuantizeK(float* x, sbyte* codes, int index)
     {
         float max = 0, amax = 0;
