@@ -415,7 +415,7 @@ public static unsafe class GgmlDot
     private static float FusedKQuant<F, O>(byte* row, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int n = k / 256;
-        long bytes = F.Type.BlockBytes();
+        long bytes = F.BlockBytes;
         var acc = Vector256<float>.Zero;
         for (int b = 0; b < n; b++)
         {
@@ -439,7 +439,7 @@ public static unsafe class GgmlDot
     private static void UnpackKQuant<F>(byte* row, int k, byte* u) where F : struct, IKQuant
     {
         int n = k / 256;
-        long bytes = F.Type.BlockBytes();
+        long bytes = F.BlockBytes;
         short* scales = (short*)(u + k), e = scales + k / 2;
         float* d = (float*)(e + 16 * n), f = d + n;
         for (int b = 0; b < n; b++)
@@ -522,7 +522,7 @@ public static unsafe class GgmlDot
     private static float FusedLegacy<L, O>(byte* row, int k, in Activation x) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int n = k / 32;
-        long bytes = L.Type.BlockBytes();
+        long bytes = L.BlockBytes;
         var acc = Vector256<float>.Zero;
         float mins = 0;
         for (int b = 0; b < n; b++)
@@ -540,7 +540,7 @@ public static unsafe class GgmlDot
     private static void UnpackLegacy<L>(byte* row, int k, byte* u) where L : struct, ILegacyQuant
     {
         int n = k / 32;
-        long bytes = L.Type.BlockBytes();
+        long bytes = L.BlockBytes;
         float* d = (float*)(u + k), m = d + n;
         for (int b = 0; b < n; b++)
         {

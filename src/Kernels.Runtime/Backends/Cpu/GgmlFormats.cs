@@ -15,6 +15,8 @@ namespace Kernels.Runtime.Backends.Cpu;
 internal unsafe interface IKQuant
 {
     static abstract TensorDType Type { get; }
+    /// <summary>Bytes per super-block (a constant the JIT folds; TensorDTypeInfo.BlockBytes is a switch).</summary>
+    static abstract int BlockBytes { get; }
     /// <summary>Whether the group term is a minimum with its own scale (Q2_K, Q4_K, Q5_K) rather than an offset times d (Q3_K, Q6_K).</summary>
     static abstract bool HasMin { get; }
     /// <summary>Decodes the super-block header: d, dmin (or 0), the per-group scales in the format's own layout, and e.</summary>
@@ -27,6 +29,8 @@ internal unsafe interface IKQuant
 internal unsafe interface ILegacyQuant
 {
     static abstract TensorDType Type { get; }
+    /// <summary>Bytes per block.</summary>
+    static abstract int BlockBytes { get; }
     /// <summary>Signed codes (w = d q) rather than unsigned ones with a block minimum (w = d q + m).</summary>
     static abstract bool Signed { get; }
     static abstract void Header(byte* block, out float d, out float m);
@@ -139,6 +143,7 @@ internal static unsafe class GgmlFormats
 internal readonly unsafe struct Q2K : IKQuant
 {
     public static TensorDType Type => TensorDType.Q2_K;
+    public static int BlockBytes => 84;
     public static bool HasMin => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -161,6 +166,7 @@ internal readonly unsafe struct Q2K : IKQuant
 internal readonly unsafe struct Q3K : IKQuant
 {
     public static TensorDType Type => TensorDType.Q3_K;
+    public static int BlockBytes => 110;
     public static bool HasMin => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -189,6 +195,7 @@ internal readonly unsafe struct Q3K : IKQuant
 internal readonly unsafe struct Q4K : IKQuant
 {
     public static TensorDType Type => TensorDType.Q4_K;
+    public static int BlockBytes => 144;
     public static bool HasMin => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -215,6 +222,7 @@ internal readonly unsafe struct Q4K : IKQuant
 internal readonly unsafe struct Q5K : IKQuant
 {
     public static TensorDType Type => TensorDType.Q5_K;
+    public static int BlockBytes => 176;
     public static bool HasMin => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -238,6 +246,7 @@ internal readonly unsafe struct Q5K : IKQuant
 internal readonly unsafe struct Q6K : IKQuant
 {
     public static TensorDType Type => TensorDType.Q6_K;
+    public static int BlockBytes => 210;
     public static bool HasMin => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -270,6 +279,7 @@ internal readonly unsafe struct Q6K : IKQuant
 internal readonly unsafe struct Q40 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q4_0;
+    public static int BlockBytes => 18;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -282,6 +292,7 @@ internal readonly unsafe struct Q40 : ILegacyQuant
 internal readonly unsafe struct Q41 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q4_1;
+    public static int BlockBytes => 20;
     public static bool Signed => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -294,6 +305,7 @@ internal readonly unsafe struct Q41 : ILegacyQuant
 internal readonly unsafe struct Q50 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q5_0;
+    public static int BlockBytes => 22;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -306,6 +318,7 @@ internal readonly unsafe struct Q50 : ILegacyQuant
 internal readonly unsafe struct Q51 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q5_1;
+    public static int BlockBytes => 24;
     public static bool Signed => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -318,6 +331,7 @@ internal readonly unsafe struct Q51 : ILegacyQuant
 internal readonly unsafe struct Q80 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q8_0;
+    public static int BlockBytes => 34;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

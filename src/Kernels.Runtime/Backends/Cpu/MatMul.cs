@@ -93,7 +93,7 @@ public static unsafe class MatMul
         foreach (var p in products)
             if (p.Weight.DType.IsBlockQuantized() && !quantized.ContainsKey(Q8Rows.FormatFor(p.Weight.DType)))
             {
-                var q = Q8Rows.Quantize(Q8Rows.FormatFor(p.Weight.DType), x, rows, k);
+                var q = Q8Rows.QuantizeReused(Q8Rows.FormatFor(p.Weight.DType), x, rows, k);
                 quantized[q.Format] = Enumerable.Range(0, rows).Select(q.Row).ToArray();
                 keepAlive.Add(q);
             }
