@@ -130,6 +130,19 @@ public static class Program
         var report = new Command("report", "Tables and PNG charts (Markdown) from a folder of suite results");
         foreach (var o in new Option[] { reportResults, reportOut, reportCharts }) report.Options.Add(o);
         report.SetAction(p => Report.Run(p.GetValue(reportResults)!, p.GetValue(reportOut)!, p.GetValue(reportCharts)!));
+        var routeModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:tiny", Description = "Model every replica serves" };
+        var routeReplicas = new Option<int>("--replicas") { DefaultValueFactory = _ => 3, Description = "Replicas behind the router" };
+        var routePrompts = new Option<int>("--prompts") { DefaultValueFactory = _ => 8, Description = "Distinct system prompts" };
+        var routeSystem = new Option<int>("--system-tokens") { DefaultValueFactory = _ => 448, Description = "Tokens per system prompt (synthetic:tiny's context is 512)" };
+        var routeRequests = new Option<int>("--requests") { DefaultValueFactory = _ => 500, Description = "Requests per phase" };
+        var routeClients = new Option<int>("--clients") { DefaultValueFactory = _ => 32, Description = "Concurrent streaming clients" };
+        var routeTokens = new Option<int>("--max-tokens") { DefaultValueFactory = _ => 16, Description = "max_tokens per request" };
+        var routeBlocks = new Option<int>("--kv-blocks") { DefaultValueFactory = _ => 128, Description = "KV blocks (16 tokens) per replica; the single-replica reference gets replicas x this" };
+        var routeSeed = new Option<int>("--seed") { DefaultValueFactory = _ => 11, Description = "Seed of the prompts and their order" };
+        var route = new Command("route", "Replicas behind `kernels route`: prefix-cache hit rate and throughput, cache-aware vs round-robin (single replica as reference), then a replica killed mid-run");
+        foreach (var o in new Option[] { routeModel, routeReplicas, routePrompts, routeSystem, routeRequests, routeClients, routeTokens, routeBlocks, routeSeed, json }) route.Options.Add(o);
+        route.SetAction((p, _) => RouteBench.Run(new RouteBench.Settings(p.GetValue(routeModel)!, p.GetValue(routeReplicas), p.GetValue(routePrompts), p.GetValue(routeSystem),
+            p.GetValue(routeRequests), p.GetValue(routeClients), p.GetValue(routeTokens), p.GetValue(routeBlocks), p.GetValue(routeSeed)), p.GetValue(json)));
         var root = new RootCommand("kernels-bench: kernel and engine benchmarks");
         var rootQuick = new Option<bool>("--quick") { Description = "Same as `quick`: every suite on tiny shapes, bench-quick.json" };
         root.Options.Add(rootQuick);
@@ -140,6 +153,7 @@ public static class Program
         root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
         root.Subcommands.Add(hostile);
+        root.Subcommands.Add(route);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
         root.Subcommands.Add(verify);
@@ -148,6 +162,7 @@ public static class Program
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());
+        root.Subcommands.Add(MatMulBench.CreateCommand());
         return root.Parse(args).Invoke();
     }
 

@@ -1,4 +1,4 @@
-// `kernels`: the command-line front end (generate, logits, info, perplexity, export, quantize, serve); errors become one clear line and exit 1.
+// `kernels`: the command-line front end (generate, logits, info, perplexity, export, quantize, serve, route); errors become one clear line and exit 1.
 using System.CommandLine;
 using Kernels.Cli.Commands;
 using Kernels.Runtime.Engine;
@@ -22,6 +22,7 @@ public static class Program
         root.Subcommands.Add(ExportCommand.Create(io));
         root.Subcommands.Add(QuantizeCommand.Create(io));
         root.Subcommands.Add(ServeCommand.Create(io));
+        root.Subcommands.Add(RouteCommand.Create(io));
         var parsed = root.Parse(args);
         try
         {

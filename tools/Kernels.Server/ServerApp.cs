@@ -69,7 +69,8 @@ public static class ServerApp
         app.MapGet("/metrics", async http =>
         {
             http.Response.ContentType = PrometheusContentType;
-            await http.Response.WriteAsync(engine.Metrics.ToPrometheus()).ConfigureAwait(false);
+            // Ours, then the same state under vLLM's names for the routers that read those (docs/deploy.md).
+            await http.Response.WriteAsync(engine.Metrics.ToPrometheus() + engine.Metrics.ToVllmPrometheus(engine.ModelName, engine.CacheInfo)).ConfigureAwait(false);
         });
         // Unknown paths (404) and methods (405) get their OpenAI-shaped bodies from ErrorResponses.
         return app;

@@ -4,7 +4,7 @@ using System.Text;
 
 namespace Kernels.Runtime.Engine;
 
-public sealed class EngineMetrics
+public sealed partial class EngineMetrics
 {
     /// <summary>A cumulative histogram (Prometheus semantics): counts of observations at or below each bound.</summary>
     public sealed class Histogram(params double[] bounds)
@@ -29,19 +29,23 @@ public sealed class EngineMetrics
             }
         }
 
-        internal void Write(StringBuilder sb, string name)
+        /// <summary>Writes the series; <paramref name="labels"/> (e.g. <c>model_name="m",engine="0"</c>) go on every line.</summary>
+        internal void Write(StringBuilder sb, string name, string labels = "")
         {
+            string prefix = labels.Length == 0 ? "" : labels + ",";
+            string own = labels.Length == 0 ? "" : "{" + labels + "}";
             lock (_counts)
             {
                 long cumulative = 0;
                 for (int i = 0; i < bounds.Length; i++)
                 {
                     cumulative += _counts[i];
-                    sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{le=\"{bounds[i]:G}\"}} {cumulative}\n");
+                    sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{prefix}le=\"{bounds[i]:G}\"}} {cumulative}\n");
                 }
-                sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{le=\"+Inf\"}} {_count}\n{name}_sum {_sum:G}\n{name}_count {_count}\n");
+                sb.Append(CultureInfo.InvariantCulture, $"{name}_bucket{{{prefix}le=\"+Inf\"}} {_count}\n{name}_sum{own} {_sum:G}\n{name}_count{own} {_count}\n");
             }
         }
+
     }
 
     private long _requests, _finished, _cancelled, _promptTokens, _generatedTokens, _preemptions;

@@ -23,6 +23,8 @@ public sealed record InferenceEngineOptions
     public Backends.Cuda.CudaBackendOptions? Cuda { get; init; }
     public GeneratorOptions Scheduling { get; init; } = new();
     public ILoggerFactory? LoggerFactory { get; init; }
+    /// <summary>Publish the prefix cache's changes as vLLM-style KV events after every step; null (default): off.</summary>
+    public KvEventOptions? KvEvents { get; init; }
 }
 
 /// <summary>
@@ -45,6 +47,8 @@ public sealed class InferenceEngine : IDisposable
         public required long SubmittedAt;
         public required int[] Remaining;       // per request: samples not finished yet
         public required long[][] LastTokenAt;  // per request and sample, Stopwatch ticks of the last token (for TPOT)
+        public required long[][] FirstTokenAt; // per request and sample, Stopwatch ticks of the first token
+        public required int[][] Tokens;        // per request and sample, tokens generated
         public int Unfinished;                 // requests with samples still running
     }
 
@@ -58,6 +62,8 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<Submission> _cancels = new();
     private readonly Dictionary<int, (Submission Sub, int Index)> _running = new(); // by scheduler id
     private int _nextId;
+    private readonly IKvEventSink? _kvSink;
+    private readonly List<KvCacheEvent> _kvEvents = new(); // this step's, published after it
     private bool _stopping;
     private Exception? _fault;
     private int _released;  // 1 once the backend and model are disposed
@@ -74,6 +80,9 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>The KV memory of the engine's backend (blocks in use, capacity, cached prefixes).</summary>
     public KvBlockPool KvPool => _backend.KvPool;
 
+    /// <summary>The KV cache's shape as vllm:cache_config_info reports it.</summary>
+    public KvCacheInfo CacheInfo { get; }
+
     private InferenceEngine(LoadedModel model, IBackend backend, string backendDescription, InferenceEngineOptions options)
     {
         _model = model;
@@ -84,6 +93,17 @@ public sealed class InferenceEngine : IDisposable
         ModelName = SyntheticModels.IsSynthetic(model.Source) ? model.Source : Path.GetFileName(model.Source.TrimEnd('/', '\\'));
         ChatTemplate = ChatTemplate.ForModel(model);
         Metrics.KvBlocksTotal = backend.KvPool.Capacity;
+        CacheInfo = new KvCacheInfo(backend.KvPool.BlockSize, backend.KvPool.Capacity,
+            options.Scheduling.PrefixSharing && backend.Config.SlidingWindow == null);
+        _scheduler.BeforeForward = PublishState;
+        if (options.KvEvents is { } kvEvents)
+        {
+            _kvSink = kvEvents.Sink;
+            backend.KvPool.Prefixes.Hasher = new VllmBlockHasher(kvEvents.HashSeed);
+            backend.KvPool.Prefixes.Observer = _kvEvents.Add;
+            _kvEvents.Add(new KvAllBlocksCleared()); // a subscriber that knew an earlier run at this address starts over
+            PublishKvEvents();
+        }
         _loop = new Thread(Loop) { IsBackground = true, Name = "kernels-engine" };
         _loop.Start();
     }
@@ -187,6 +207,8 @@ public sealed class InferenceEngine : IDisposable
             SubmittedAt = Stopwatch.GetTimestamp(),
             Remaining = requests.Select(r => r.N).ToArray(),
             LastTokenAt = requests.Select(r => new long[r.N]).ToArray(),
+            FirstTokenAt = requests.Select(r => new long[r.N]).ToArray(),
+            Tokens = requests.Select(r => new int[r.N]).ToArray(),
             Unfinished = requests.Count,
         };
         lock (_gate)
@@ -247,10 +269,8 @@ public sealed class InferenceEngine : IDisposable
                 }
                 long now = Stopwatch.GetTimestamp();
                 foreach (var e in events) Deliver(e, now);
-                Metrics.QueueLength = _scheduler.Waiting;
-                Metrics.RunningSequences = _scheduler.RunningSequences;
-                Metrics.KvBlocksUsed = _backend.KvPool.Capacity - _backend.KvPool.FreeBlocks;
-                Metrics.Preempted((int)(_scheduler.Preemptions - Metrics.Preemptions));
+                PublishState();
+                PublishKvEvents();
             }
         }
         catch (Exception e)
@@ -261,6 +281,11 @@ public sealed class InferenceEngine : IDisposable
         finally
         {
             _scheduler.Clear();
+            if (_kvSink != null)
+            {
+                _kvEvents.Add(new KvAllBlocksCleared()); // the engine and its cache are going away
+                PublishKvEvents();
+            }
             lock (_gate)
             {
                 // Every sample still running ends with Cancelled: the engine is stopping (or its loop failed).
@@ -281,6 +306,39 @@ public sealed class InferenceEngine : IDisposable
                 release = _abandoned; // Shutdown stopped waiting for this step: the resources are ours to release
             }
             if (release) ReleaseResources();
+        }
+    }
+
+    /// <summary>The scheduler's state into the metrics (after admission, before each forward, and after each step).</summary>
+    private void PublishState()
+    {
+        int incoming;
+        lock (_gate) incoming = _incoming.Count;
+        var pool = _backend.KvPool;
+        Metrics.QueueLength = _scheduler.Waiting;
+        Metrics.RunningSequences = _scheduler.RunningSequences;
+        Metrics.KvBlocksUsed = pool.Capacity - pool.FreeBlocks;
+        Metrics.Preempted((int)(_scheduler.Preemptions - Metrics.Preemptions));
+        Metrics.RequestsWaiting = _scheduler.Waiting + incoming;
+        Metrics.RequestsRunning = _scheduler.RunningRequests;
+        Metrics.KvCacheUsage = pool.ActiveUsage;
+        Metrics.PrefixCacheQueries = _scheduler.PrefixCacheQueries;
+        Metrics.PrefixCacheHits = _scheduler.PrefixCacheHits;
+    }
+
+    /// <summary>This step's prefix-cache changes as one batch to the KV event sink (nothing when off or unchanged).</summary>
+    private void PublishKvEvents()
+    {
+        if (_kvSink == null || _kvEvents.Count == 0) return;
+        var batch = new KvEventBatch(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0, _kvEvents.ToArray());
+        _kvEvents.Clear();
+        try
+        {
+            _kvSink.Publish(batch);
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            _log.LogError(e, "Publishing KV events failed; generation goes on");
         }
     }
 
@@ -308,15 +366,35 @@ public sealed class InferenceEngine : IDisposable
         {
             Metrics.TokenGenerated();
             long last = sub.LastTokenAt[index][e.Sample];
-            if (last == 0) Metrics.TimeToFirstToken.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
-            else Metrics.TimePerOutputToken.Observe(Stopwatch.GetElapsedTime(last, now).TotalSeconds);
+            if (last == 0)
+            {
+                double ttft = Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds;
+                Metrics.TimeToFirstToken.Observe(ttft);
+                Metrics.VllmTimeToFirstToken.Observe(ttft);
+                sub.FirstTokenAt[index][e.Sample] = now;
+            }
+            else
+            {
+                double gap = Stopwatch.GetElapsedTime(last, now).TotalSeconds;
+                Metrics.TimePerOutputToken.Observe(gap);
+                Metrics.InterTokenLatency.Observe(gap);
+            }
             sub.LastTokenAt[index][e.Sample] = now;
+            sub.Tokens[index][e.Sample]++;
         }
         sub.Events.Writer.TryWrite(e with { Request = index });
+        if (e.Finish is { } finish)
+        {
+            Metrics.SampleFinished(finish);
+            if (sub.Tokens[index][e.Sample] > 1)
+                Metrics.RequestTimePerOutputToken.Observe(
+                    Stopwatch.GetElapsedTime(sub.FirstTokenAt[index][e.Sample], sub.LastTokenAt[index][e.Sample]).TotalSeconds / (sub.Tokens[index][e.Sample] - 1));
+        }
         if (e.Finish != null && --sub.Remaining[index] == 0)
         {
             _running.Remove(e.Request);
             Metrics.RequestFinished(e.Finish == FinishReason.Cancelled);
+            Metrics.EndToEndLatency.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
             if (--sub.Unfinished == 0) sub.Events.Writer.TryComplete();
         }
     }

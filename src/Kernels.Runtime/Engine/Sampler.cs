@@ -1,4 +1,5 @@
 // Picks the next token from logits: repetition penalty, then greedy, or temperature -> top-k -> top-p -> min-p -> draw.
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -10,6 +11,7 @@ public static class Sampler
     /// Chooses a token. <paramref name="logits"/> is modified (penalties, temperature). <paramref name="coin"/> is a
     /// uniform draw in [0, 1) that decides among the kept tokens (unused when greedy). Ties go to the lowest id.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int Sample(Span<float> logits, SamplingOptions options, IReadOnlySet<int>? seen, double coin)
     {
         if (options.RepetitionPenalty != 1f && seen != null)
@@ -77,6 +79,7 @@ public static class Sampler
     /// The first index of the largest value, NaNs ignored (0 when nothing exceeds -inf): a vector pass for the maximum,
     /// then one for its first position (a 32k-vocabulary row per sequence per step).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static int ArgMax(ReadOnlySpan<float> v)
     {
         int i = 0;

@@ -63,6 +63,7 @@ public sealed class Scheduler
         public List<Sample>? Samples; // null until the prompt's prefill completes
         public long AdmittedAt = -1;
         public bool Cancelled;
+        public bool PrefixLookupCounted; // the prefix-cache metrics count a request's first admission only
     }
 
     private sealed class Sample
@@ -113,6 +114,14 @@ public sealed class Scheduler
     public int DecodingSequences => _live.Count;
     /// <summary>Sequences preempted so far (each is recomputed later).</summary>
     public long Preemptions { get; private set; }
+    /// <summary>Requests with a sequence being prefilled or decoded (a request with n samples counts once).</summary>
+    public int RunningRequests => _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Distinct().Count();
+    /// <summary>Prompt tokens of the requests admitted so far (vLLM's prefix-cache queries; a request counts at its first admission only).</summary>
+    public long PrefixCacheQueries { get; private set; }
+    /// <summary>Of <see cref="PrefixCacheQueries"/>, the tokens found in the prefix tree (whole blocks) instead of prefilled.</summary>
+    public long PrefixCacheHits { get; private set; }
+    /// <summary>Called once per step after admission, right before the forward (the state metrics should show).</summary>
+    public Action? BeforeForward { get; set; }
 
     private bool Sharing => _options.PrefixSharing && _backend.Config.SlidingWindow == null;
 
@@ -200,6 +209,7 @@ public sealed class Scheduler
             if (batch.Count == 0) return events;
         }
         var plan = Sharing ? AttentionPlanner.Build(batch) : null;
+        BeforeForward?.Invoke();
         var logits = _backend.Forward(batch, plan);
 
         for (int i = 0; i < decodes.Count; i++) Advance(decodes[i], logits[i], events);
@@ -293,6 +303,12 @@ public sealed class Scheduler
                 {
                     _waiting.Remove(head);
                     owner.AdmittedAt = ++_admissions;
+                    if (resume == null && !owner.PrefixLookupCounted)
+                    {
+                        owner.PrefixLookupCounted = true;
+                        PrefixCacheQueries += owner.Prompt.Length;
+                        PrefixCacheHits += matches[0].Count * pool.BlockSize;
+                    }
                     for (int i = 0; i < tokenLists.Count; i++)
                     {
                         var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();

@@ -92,6 +92,19 @@ public sealed class KvBlockPool
         return (int)Math.Min(_free.Count + Capacity - _neverUsed + blocks, (_freeUnits + units) / Costs.FullBytes);
     }
 
+    /// <summary>
+    /// Share of the budget that sequences hold, 0..1 (vLLM's kv_cache_usage_perc): blocks only the prefix tree holds
+    /// count as free, as vLLM counts its cached blocks nobody references, because they are evicted on demand.
+    /// </summary>
+    public double ActiveUsage
+    {
+        get
+        {
+            long evictable = _prefixes?.EvictableCost().Units ?? 0;
+            return Math.Clamp(1.0 - (double)(_freeUnits + evictable) / BudgetUnits, 0, 1);
+        }
+    }
+
     /// <summary>Units one held block costs now.</summary>
     public long Cost(int block) => _compact[block] ? Costs.CompactBytes : Costs.FullBytes;
 

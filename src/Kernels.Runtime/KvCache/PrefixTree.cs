@@ -16,20 +16,28 @@ namespace Kernels.Runtime.KvCache;
 /// </summary>
 public sealed class PrefixTree
 {
-    private sealed class Node(int block, int[] tokens, Node? parent)
+    private sealed class Node(int block, int[] tokens, Node? parent, byte[]? hash)
     {
         public readonly int Block = block;
         public readonly int[] Tokens = tokens;
         public readonly Node? Parent = parent;
+        /// <summary>vLLM's chained block hash of the prefix ending with this block (null for the root).</summary>
+        public readonly byte[]? Hash = hash;
         public readonly Dictionary<int[], Node> Children = new(TokenBlockComparer.Instance);
         public long LastUsed;
     }
 
     private readonly KvBlockPool _pool;
-    private readonly Node _root = new(-1, [], null);
+    private readonly Node _root = new(-1, [], null, null);
     private long _clock;
 
     public int CachedBlocks { get; private set; }
+
+    /// <summary>Names cached blocks for KV events (vLLM's hash, see <see cref="VllmBlockHasher"/>); set it before the first Insert.</summary>
+    public VllmBlockHasher Hasher { get; set; } = VllmBlockHasher.Default;
+
+    /// <summary>Told of every block that enters or leaves the tree (on the thread that changes the tree); null: nobody listens.</summary>
+    public Action<KvCacheEvent>? Observer { get; set; }
 
     /// <summary>Made by <see cref="KvBlockPool.Prefixes"/>: one tree per pool.</summary>
     internal PrefixTree(KvBlockPool pool)
@@ -63,19 +71,43 @@ public sealed class PrefixTree
         int bs = _pool.BlockSize;
         var node = _root;
         long now = ++_clock;
+        List<Node>? added = null; // new nodes are always the tail of the chain: a new node has no children yet
         for (int i = 0; (i + 1) * bs <= tokens.Length && i < blocks.Count; i++)
         {
             var key = tokens.Slice(i * bs, bs).ToArray();
             if (!node.Children.TryGetValue(key, out var child))
             {
-                child = new Node(blocks[i], key, node);
+                child = new Node(blocks[i], key, node, Hasher.Hash(node.Hash, key));
                 node.Children[key] = child;
                 _pool.Retain(blocks[i]);
                 CachedBlocks++;
+                (added ??= new()).Add(child);
             }
             child.LastUsed = now;
             node = child;
         }
+        if (added != null && Observer is { } observer)
+        {
+            var parent = added[0].Parent!.Hash;
+            observer(new KvBlockStored(added.Select(n => VllmBlockHasher.External(n.Hash!)).ToArray(),
+                parent == null ? null : VllmBlockHasher.External(parent), added.SelectMany(n => n.Tokens).ToArray(), bs));
+        }
+    }
+
+    /// <summary>Every cached block with its parent's hash and its tokens (read it while no step runs).</summary>
+    public IReadOnlyList<CachedBlock> Blocks()
+    {
+        var all = new List<CachedBlock>();
+        void Walk(Node n)
+        {
+            foreach (var c in n.Children.Values)
+            {
+                all.Add(new CachedBlock(VllmBlockHasher.External(c.Hash!), n.Hash == null ? null : VllmBlockHasher.External(n.Hash), c.Tokens));
+                Walk(c);
+            }
+        }
+        Walk(_root);
+        return all;
     }
 
     /// <summary>
@@ -106,6 +138,7 @@ public sealed class PrefixTree
     public int Evict(int blocks)
     {
         int freed = 0;
+        List<ulong>? removed = Observer == null ? null : new();
         while (freed < blocks)
         {
             Node? victim = null;
@@ -126,7 +159,9 @@ public sealed class PrefixTree
             _pool.Release(victim.Block);
             CachedBlocks--;
             freed++;
+            removed?.Add(VllmBlockHasher.External(victim.Hash!));
         }
+        if (removed is { Count: > 0 }) Observer?.Invoke(new KvBlockRemoved(removed));
         return freed;
     }
 

@@ -1,4 +1,4 @@
-// GGUF v2/v3 reader: typed metadata, tensor directory, data views into the mapped file (F32, F16, BF16, Q8_0).
+// GGUF v2/v3 reader: typed metadata, tensor directory, data views into the mapped file (the types GgmlTypes lists).
 using System.Buffers.Binary;
 using System.Text;
 
@@ -112,7 +112,7 @@ public sealed unsafe class GgufFile : ITensorStorage, IDisposable
                 throw new ModelFormatException(path, $"tensor '{t.Name}': data offset {t.Offset} is not a multiple of general.alignment {alignment}");
             if (t.Offset > available)
                 throw new ModelFormatException(path, $"truncated or corrupt GGUF file: tensor '{t.Name}' has data offset {t.Offset}, beyond the {available}-byte data section");
-            if (DTypeOf(t.GgmlType) is not { } dtype) continue; // the size of an unknown type is unknown: reported when the tensor is used
+            if (GgmlTypes.ToDType(t.GgmlType) is not { } dtype) continue; // the size of an unknown type is unknown: reported when the tensor is used
             ulong bytes = ByteCount(t, dtype, path);
             if (bytes > available - t.Offset)
                 throw new ModelFormatException(path, $"truncated GGUF file: tensor '{t.Name}' ({bytes} bytes at data offset {t.Offset}) ends past the end of " +
@@ -157,22 +157,13 @@ public sealed unsafe class GgufFile : ITensorStorage, IDisposable
         }
     }
 
-    private static TensorDType? DTypeOf(int ggmlType) => ggmlType switch
-    {
-        0 => TensorDType.F32,
-        1 => TensorDType.F16,
-        8 => TensorDType.Q8_0,
-        30 => TensorDType.BF16,
-        _ => null,
-    };
-
     public WeightTensor? TryGetWeight(string ggufName, string name)
     {
         if (!Tensors.TryGetValue(ggufName, out var t)) return null;
-        var dtype = DTypeOf(t.GgmlType)
-            ?? throw new ModelFormatException(Path, $"tensor '{ggufName}' has GGML type {t.GgmlType}; supported: F32, F16, BF16, Q8_0");
-        if (dtype == TensorDType.Q8_0 && t.Shape[^1] % TensorDTypeInfo.Q8_0BlockSize != 0)
-            throw new ModelFormatException(Path, $"tensor '{ggufName}': Q8_0 rows of {t.Shape[^1]} are not whole blocks");
+        var dtype = GgmlTypes.ToDType(t.GgmlType)
+            ?? throw new ModelFormatException(Path, $"tensor '{ggufName}' is stored as {GgmlTypes.Name(t.GgmlType)}, which this engine does not read; supported: {GgmlTypes.Supported}");
+        if (t.Shape[^1] % dtype.BlockSize() != 0)
+            throw new ModelFormatException(Path, $"tensor '{ggufName}': {dtype.Name()} rows of {t.Shape[^1]} values are not whole blocks of {dtype.BlockSize()}");
         return new WeightTensor(name, dtype, t.Shape, _file.Pointer + _dataStart + (long)t.Offset);
     }
 

@@ -49,7 +49,7 @@ public sealed class GgufWriter
             WriteString(f, t.Name);
             f.Write((uint)t.Shape.Length);
             for (int d = t.Shape.Length - 1; d >= 0; d--) f.Write((ulong)t.Shape[d]);
-            f.Write(GgmlType(t.DType));
+            f.Write(GgmlTypes.ToId(t.DType));
             f.Write((ulong)offset);
             offset = Align(offset + t.Data.Length);
         }
@@ -68,15 +68,6 @@ public sealed class GgufWriter
         long pos = f.BaseStream.Position;
         f.Write(new byte[Align(pos) - pos]);
     }
-
-    private static uint GgmlType(TensorDType t) => t switch
-    {
-        TensorDType.F32 => 0,
-        TensorDType.F16 => 1,
-        TensorDType.Q8_0 => 8,
-        TensorDType.BF16 => 30,
-        _ => throw new ArgumentOutOfRangeException(nameof(t), t, "no GGML type"),
-    };
 
     private static void WriteString(BinaryWriter f, string s)
     {

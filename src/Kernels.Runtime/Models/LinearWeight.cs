@@ -33,7 +33,7 @@ public abstract class LinearWeight
     public override string ToString() => $"{Name} {Format} [{OutFeatures}, {InFeatures}]";
 }
 
-/// <summary>A dense weight in its stored dtype (F32, F16, BF16, Q8_0).</summary>
+/// <summary>A weight stored as one tensor in its dtype (F32, F16, BF16, or a GGML block type such as Q4_K).</summary>
 public sealed class DenseLinear : LinearWeight
 {
     public WeightTensor Weight { get; }

@@ -71,7 +71,7 @@ public sealed class ModelWeights : IDisposable
             if (dense is null && method is not null) return method.Load(name, outFeatures, inFeatures, lookup, quantization!, source);
             if (dense is null) throw new ModelFormatException(source, $"missing tensor '{name}.weight'");
             Check(dense, [outFeatures, inFeatures]);
-            if (!dense.DType.IsNumeric()) throw new ModelFormatException(source, $"tensor '{dense.Name}' is {dense.DType.Name()}; a dense weight must be F32, F16, BF16 or Q8_0");
+            if (!dense.DType.IsNumeric()) throw new ModelFormatException(source, $"tensor '{dense.Name}' is {dense.DType.Name()}; a dense weight must be F32, F16, BF16 or a GGML block type ({GgmlTypes.Supported})");
             return new DenseLinear(name, dense);
         }
 

@@ -7,7 +7,7 @@ public static unsafe class RopeLayout
     /// llama2.c and GGML rotate pairs (2i, 2i+1) of each head; transformers rotates (i, i + d/2). Reordering the rows
     /// of Wq/Wk (and their bias) within each head from [0,1,2,3,...] to [0,2,4,...,1,3,5,...] makes one compute
     /// exactly what the other does (q.k is unchanged because both sides are permuted the same way). Rows are copied
-    /// byte for byte in the stored dtype (a Q8_0 row is whole blocks) into new owned storage.
+    /// byte for byte in the stored dtype (a row of a GGML block type is whole blocks) into new owned storage.
     /// </summary>
     public static WeightTensor AdjacentPairsToHalves(WeightTensor w, int heads, int headDim, List<IDisposable> owners)
     {
@@ -15,8 +15,8 @@ public static unsafe class RopeLayout
         int rows = vector ? (int)w.ElementCount : w.Rows;
         if ((long)rows != (long)heads * headDim)
             throw new ModelFormatException(w.Name, $"has {rows} rows, expected heads*head_dim = {(long)heads * headDim}");
-        if (vector && w.DType == TensorDType.Q8_0)
-            throw new ModelFormatException(w.Name, "a Q8_0 bias vector cannot be reordered element by element");
+        if (vector && w.DType.IsBlockQuantized())
+            throw new ModelFormatException(w.Name, $"a {w.DType.Name()} bias vector cannot be reordered element by element");
         long rowBytes = w.DType.ByteCount(vector ? 1 : w.Columns);
         var storage = new OwnedStorage(rowBytes * rows);
         owners.Add(storage);

@@ -9,7 +9,8 @@ public static unsafe class SyntheticModels
     public const string Prefix = "synthetic:";
 
     /// <summary>
-    /// The named shapes: tiny mirrors the golden test models; small is a ~100M-parameter Llama; llama3-8b is Llama 3
+    /// The named shapes: tiny mirrors the golden test models; mini has every matrix dimension a multiple of 256 (GGML k-quants);
+    /// small is a ~100M-parameter Llama; llama3-8b is Llama 3
     /// 8B's shape in F16 for GPU throughput (see <see cref="SharedLayerShapes"/>).
     /// </summary>
     public static IReadOnlyDictionary<string, ModelConfig> Shapes { get; } = new Dictionary<string, ModelConfig>
@@ -18,6 +19,14 @@ public static unsafe class SyntheticModels
         {
             Architecture = ModelArchitecture.Llama, HiddenSize = 64, IntermediateSize = 176, NumLayers = 2, NumHeads = 4,
             NumKvHeads = 2, HeadDim = 16, VocabSize = 512, MaxPositions = 512, BosTokenId = SyntheticVocabulary.Bos,
+            EosTokenIds = [SyntheticVocabulary.Eos],
+        },
+        // Every matrix dimension a multiple of 256, so llama.cpp's k-quants apply to all of them (tiny's 64 are not):
+        // the model the GGUF-format tests quantize.
+        ["mini"] = new()
+        {
+            Architecture = ModelArchitecture.Llama, HiddenSize = 256, IntermediateSize = 768, NumLayers = 4, NumHeads = 4,
+            NumKvHeads = 2, HeadDim = 64, VocabSize = 512, MaxPositions = 512, BosTokenId = SyntheticVocabulary.Bos,
             EosTokenIds = [SyntheticVocabulary.Eos],
         },
         ["small"] = new()

@@ -1,4 +1,4 @@
-// Conversion of stored weight elements (F32, F16, BF16, Q8_0; raw integers by value) to fp32, vectorized where the CPU allows.
+// Conversion of stored weight elements (F32, F16, BF16, GGML blocks; raw integers by value) to fp32, vectorized where the CPU allows.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -9,6 +9,7 @@ namespace Kernels.Runtime.Numerics;
 public static unsafe class DTypeConvert
 {
     /// <summary>Converts destination.Length elements starting at <paramref name="source"/> to fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void ToSingle(TensorDType type, byte* source, Span<float> destination)
     {
         switch (type)
@@ -22,9 +23,6 @@ public static unsafe class DTypeConvert
             case TensorDType.BF16:
                 BFloat16ToSingle(new ReadOnlySpan<ushort>(source, destination.Length), destination);
                 break;
-            case TensorDType.Q8_0:
-                Q8_0ToSingle(source, destination);
-                break;
             case TensorDType.I8:
                 for (int i = 0; i < destination.Length; i++) destination[i] = ((sbyte*)source)[i];
                 break;
@@ -35,7 +33,9 @@ public static unsafe class DTypeConvert
                 for (int i = 0; i < destination.Length; i++) destination[i] = ((int*)source)[i];
                 break;
             default:
-                throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
+                if (!type.IsBlockQuantized()) throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
+                GgmlBlocks.Dequantize(type, source, destination);
+                break;
         }
     }
 
@@ -98,6 +98,7 @@ public static unsafe class DTypeConvert
     /// part (the first n &amp; ~7 halves) stays fp32 fields, without the 2^112 multiply, for products with an x prescaled
     /// by 2^112 (exact, the same bits); the scalar tail is always converted to values. Needs AVX2.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FiniteHalfToSinglePaired(ushort* source, float* destination, int paired, int n, bool fields)
     {
         int i = 0;
@@ -125,6 +126,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>n finite halves (see <see cref="FiniteHalfToSingle8"/>) to fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void FiniteHalfToSingle(ushort* source, float* destination, int n)
     {
         int i = 0;
@@ -134,6 +136,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>Whether no half in the span is an infinity or NaN (exponent field all ones).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static bool AllFiniteHalves(ReadOnlySpan<ushort> halves)
     {
         int i = 0;
@@ -151,6 +154,7 @@ public static unsafe class DTypeConvert
         return true;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void HalfToSingle(ushort* source, Span<float> destination)
     {
         int n = destination.Length, i = 0;
@@ -163,6 +167,7 @@ public static unsafe class DTypeConvert
     }
 
     /// <summary>bf16 is the top half of an fp32: widen and shift, 8 lanes at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BFloat16ToSingle(ReadOnlySpan<ushort> source, Span<float> destination)
     {
         int n = source.Length, i = 0;
@@ -193,20 +198,5 @@ public static unsafe class DTypeConvert
         if (float.IsNaN(value)) return (ushort)((bits >> 16) | 0x40);
         uint rounding = 0x7FFF + ((bits >> 16) & 1);
         return (ushort)((bits + rounding) >> 16);
-    }
-
-    private static void Q8_0ToSingle(byte* source, Span<float> destination)
-    {
-        int n = destination.Length;
-        if (n % TensorDTypeInfo.Q8_0BlockSize != 0)
-            throw new ArgumentException($"Q8_0 rows must be a multiple of {TensorDTypeInfo.Q8_0BlockSize} elements, got {n}");
-        for (int b = 0; b < n / TensorDTypeInfo.Q8_0BlockSize; b++)
-        {
-            byte* block = source + b * TensorDTypeInfo.Q8_0BlockBytes;
-            float scale = (float)Unsafe.ReadUnaligned<Half>(block);
-            sbyte* q = (sbyte*)(block + 2);
-            for (int j = 0; j < TensorDTypeInfo.Q8_0BlockSize; j++)
-                destination[b * TensorDTypeInfo.Q8_0BlockSize + j] = q[j] * scale;
-        }
     }
 }

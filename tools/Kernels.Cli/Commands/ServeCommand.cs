@@ -3,7 +3,9 @@ using System.CommandLine;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.KvCache;
 using Kernels.Server;
+using Kernels.Server.KvEvents;
 
 namespace Kernels.Cli.Commands;
 
@@ -36,10 +38,17 @@ public static class ServeCommand
             Description = "Most sequences decoded in one step, shared fairly between requests",
             DefaultValueFactory = _ => new GeneratorOptions().MaxBatchSequences,
         };
+        var kvEvents = new Option<string?>("--kv-events") { Description = "Publish prefix-cache changes as vLLM KV events on this ZeroMQ PUB address (tcp://*:5557 binds); off by default" };
+        var kvReplay = new Option<string?>("--kv-events-replay") { Description = "ROUTER address answering KV event replay requests (e.g. tcp://*:5558)" };
+        var kvTopic = new Option<string>("--kv-events-topic") { Description = "Topic frame of every KV event message", DefaultValueFactory = _ => "" };
+        var kvSeed = new Option<string>("--kv-events-hash-seed") { Description = "Seed of the block hashes (vLLM's PYTHONHASHSEED; its default for sha256_cbor)", DefaultValueFactory = _ => VllmBlockHasher.DefaultSeed };
+        var kvLayout = new Option<string>("--kv-events-encoding") { Description = "Event layout: array (vLLM <= 0.23, read by every consumer) or map (newer vLLM)", DefaultValueFactory = _ => "array" };
+        kvLayout.AcceptOnlyFromAmong("array", "map");
 
         var command = new Command("serve", "Serve a model over HTTP: OpenAI-compatible /v1/completions, /v1/chat/completions, /v1/models; /health, /metrics");
         model.AddTo(command);
-        foreach (var o in new Option[] { host, port, apiKey, sharing, shutdownTimeout, maxChoices, maxStops, maxStopLength, maxTokens, maxSequences }) command.Options.Add(o);
+        foreach (var o in new Option[] { host, port, apiKey, sharing, shutdownTimeout, maxChoices, maxStops, maxStopLength, maxTokens, maxSequences, kvEvents, kvReplay, kvTopic, kvSeed, kvLayout })
+            command.Options.Add(o);
         command.SetAction(parse =>
         {
             double seconds = parse.GetValue(shutdownTimeout);
@@ -72,6 +81,8 @@ public static class ServeCommand
             }
 
             using var logging = ServerApp.CreateLoggerFactory(options);
+            using var publisher = KvEventsPublisher(parse.GetValue(kvEvents), parse.GetValue(kvReplay), parse.GetValue(kvTopic) ?? "",
+                parse.GetValue(kvLayout) == "map" ? KvEventLayout.Map : KvEventLayout.Array, logging);
             var engine = ModelOptions.WithKvOptionErrors(() => InferenceEngine.Create(parse.GetValue(model.Model) ?? ModelOptions.DefaultModel, new InferenceEngineOptions
             {
                 Load = new ModelLoadOptions { TokenizerPath = parse.GetValue(model.Tokenizer) },
@@ -79,6 +90,7 @@ public static class ServeCommand
                 Scheduling = new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off", MaxBatchSequences = sequences },
                 LoggerFactory = logging,
                 Backend = BackendSelector.Parse(parse.GetValue(model.Backend) ?? "auto"),
+                KvEvents = publisher == null ? null : new KvEventOptions(publisher) { HashSeed = parse.GetValue(kvSeed) ?? VllmBlockHasher.DefaultSeed },
             }));
             bool stopped;
             try
@@ -106,5 +118,28 @@ public static class ServeCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>The KV event publisher --kv-events asks for (null without it); bad or busy addresses are usage errors.</summary>
+    private static ZmqKvEventPublisher? KvEventsPublisher(string? endpoint, string? replay, string topic, KvEventLayout layout, Microsoft.Extensions.Logging.ILoggerFactory logging)
+    {
+        if (endpoint == null)
+        {
+            if (replay != null) throw new CliUsageException("--kv-events-replay: needs --kv-events (the PUB address)");
+            return null;
+        }
+        var options = new KvEventPublisherOptions { Endpoint = endpoint, ReplayEndpoint = replay, Topic = topic, Layout = layout };
+        try
+        {
+            return new ZmqKvEventPublisher(options, logging.CreateLogger("Kernels.KvEvents"));
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliUsageException(e.Message);
+        }
+        catch (NetMQ.NetMQException e)
+        {
+            throw new CliUsageException($"--kv-events: cannot open {endpoint}{(replay == null ? "" : $" / {replay}")}: {e.Message}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 // Attention over paged KV blocks, as partial (o, lse) states merged exactly: shared prefix levels (Hydragen: the
 // keys read once for every query row of the level) and each sequence's causal suffix. Blocks are fp32, fp16 or KIVI
 // (quantized, dequantized inside the dot products). Reference for the GPU kernels.
+using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -62,6 +63,7 @@ public static unsafe class Attention
     /// 256 bytes per row at a time (the rows come cold from DRAM each step: the weights evict them; measured ~13 % less
     /// suffix time in a 16-sequence step). Nothing for KIVI caches (their blocks may be compact).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PrefetchRows(in Layer kv, int[] blocks, int from, int to)
     {
         if (kv.Bits != 0) return;
@@ -92,6 +94,7 @@ public static unsafe class Attention
     /// The score of a query row and a key, unscaled: one 8-lane fused multiply-add accumulator over the columns in
     /// order, Vector256.Sum, then the d % 8 tail (DotTile's order, so a tile of scores gives these bits).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float Dot(float* q, float* k, int d)
     {
         float s = 0;
@@ -110,6 +113,7 @@ public static unsafe class Attention
     /// s_r[i] = q_r . key_i (unscaled, <see cref="Dot"/>) for <paramref name="rows"/> query rows (q_r and s_r given by
     /// address) and n keys <paramref name="keyStride"/> floats apart: 4 keys x 3 rows per register tile.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void ScoreRows(nint* q, nint* s, int rows, float* keys, int keyStride, int n, int d)
     {
         if (!Vectorized || d % 8 != 0)
@@ -136,6 +140,7 @@ public static unsafe class Attention
     /// <paramref name="valueStride"/> floats apart: per element, value by value in order, one fused multiply-add each;
     /// 3 rows x 32 columns of o held in registers.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void AccumulateRows(nint* p, nint* o, int rows, float* values, int valueStride, int n, int d)
     {
         int d8 = Vectorized ? d & ~7 : 0;
@@ -173,6 +178,7 @@ public static unsafe class Attention
     }
 
     /// <summary>Columns [c, d) of one row of <see cref="AccumulateRows"/>: 8 at a time where AVX2 allows, then one by one.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void AccumulateColumns(float* p, float* o, float* values, int valueStride, int n, int c, int d)
     {
         if (Vectorized)
@@ -206,6 +212,7 @@ public static unsafe class Attention
     }
 
     /// <summary>n fp16 rows (<paramref name="stride"/> halves apart) of d values to fp32 rows d apart (exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void Widen(ushort* rows, int stride, int n, int d, float* destination)
     {
         for (int i = 0; i < n; i++)
@@ -245,6 +252,7 @@ public static unsafe class Attention
     /// Full-precision scores of <paramref name="rows"/> query rows (q_r, s_r by address) against keys [from, to) of kv
     /// head <paramref name="kvh"/>: s_r[j - from], each key tile loaded (or widened) once for all the rows.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FullScores(in Layer kv, int[] blocks, int kvh, nint* q, nint* s, int rows, int from, int to)
     {
         if (rows == 0) return; // (KIVI: every row reads these keys quantized; compact blocks have no full rows)
@@ -259,6 +267,7 @@ public static unsafe class Attention
     }
 
     /// <summary>o_r += sum_j p_r[j - from] v_j over values [from, to) of kv head <paramref name="kvh"/> (as <see cref="FullScores"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FullValues(in Layer kv, int[] blocks, int kvh, nint* p, nint* o, int rows, int from, int to)
     {
         if (rows == 0) return;
@@ -273,6 +282,7 @@ public static unsafe class Attention
     }
 
     /// <summary>KIVI: unscaled scores of one query row against the quantized keys [from, to) (whole blocks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void QuantizedScores(in Layer kv, int[] blocks, int kvh, float* q, int from, int to, float* sp)
     {
         int bs = kv.BlockSize;
@@ -281,6 +291,7 @@ public static unsafe class Attention
     }
 
     /// <summary>KIVI: o += sum_j w[j - from] v_j over the quantized values [from, to) (whole blocks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void QuantizedValues(in Layer kv, int[] blocks, int kvh, float* w, int from, int to, float* o)
     {
         int bs = kv.BlockSize;
@@ -310,6 +321,7 @@ public static unsafe class Attention
     /// Unscaled scores to probabilities of the scaled scores in place (max subtracted, then scaled, vector exp);
     /// returns the log-sum-exp of the scaled scores.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Softmax(Span<float> row, float scale)
     {
         // Three passes over a row of tens to hundreds of scores: max; exp of the scaled differences, summed; the
@@ -353,6 +365,7 @@ public static unsafe class Attention
     /// before the row's <see cref="Layer.QuantizedEnd"/> (<paramref name="compactBlocks"/>: the sequence's leading
     /// blocks compacted before this step) are a separate quantized partial.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Suffix(in Layer kv, int[] blocks, float* q, float* o, float* lse, int rows, int start, int from,
         int head, int? window, Span<float> scores, Span<float> partial, int compactBlocks = 0)
     {
@@ -383,6 +396,7 @@ public static unsafe class Attention
     /// <see cref="Suffix"/> head by head. <paramref name="scores"/> holds Group x (pos + 1 - from) floats,
     /// <paramref name="partial"/> Group x HeadDim.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void SuffixRow(in Layer kv, int[] blocks, float* q, float* o, float* lse, int pos, int from, int kvh,
         int? window, float[] scores, float[] partial, int compactBlocks = 0)
     {
@@ -409,6 +423,7 @@ public static unsafe class Attention
     /// <paramref name="rows"/> read kv head <paramref name="kvh"/>. Levels are whole blocks; a block is read quantized
     /// by the rows whose QuantizedEnd lies past it.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Level(in Layer kv, int[] blocks, int start, int end, int kvh, ReadOnlySpan<LevelRow> rows,
         float* q, float* o, float* lse, float[] scoresBuffer, float[] partialBuffer)
     {

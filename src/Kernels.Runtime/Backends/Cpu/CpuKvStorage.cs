@@ -61,11 +61,13 @@ public sealed unsafe class CpuKvStorage : IKvStorage
     /// <summary>Bytes of one block's compact form (every layer), 0 when the format does not compact.</summary>
     public long CompactBlockBytes => Format.IsKivi ? _layers * Kivi.BlockBytes(_kvDim, _blockSize, Format.Bits) : 0;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Grow<T>(List<T[]> chunks, int chunk, int length)
     {
         while (chunks.Count <= chunk) chunks.Add(GC.AllocateUninitializedArray<T>(length, pinned: true));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Prepare(int block)
     {
         int slot = block;
@@ -150,6 +152,7 @@ public sealed unsafe class CpuKvStorage : IKvStorage
     public float* Mins(int layer, int block) => (float*)Unsafe.AsPointer(ref _mins[layer][block / BlocksPerChunk][block % BlocksPerChunk * ParamCount]);
 
     /// <summary>Writes one position's keys and values (kv_heads * head_dim each) into row <paramref name="row"/> of a full-precision block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void WriteRow(int layer, int block, int row, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         if (!HalfRows)
@@ -168,6 +171,7 @@ public sealed unsafe class CpuKvStorage : IKvStorage
     }
 
     /// <summary>Quantizes one layer of a full block from its fp16 rows into its compact form (the rows stay until Compact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Quantize(int layer, int block)
     {
         if (!Format.IsKivi) throw new InvalidOperationException($"the {Format} cache does not quantize");
@@ -185,6 +189,7 @@ public sealed unsafe class CpuKvStorage : IKvStorage
             Kivi.QuantizeBlock(kp, vp, _kvDim, _blockSize, Format.Bits, Codes(layer, block), Scales(layer, block), Mins(layer, block));
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void CopyBlock(int source, int destination, int tokens)
     {
         int n = tokens * _kvDim;

@@ -40,6 +40,7 @@ internal static unsafe class DotTile
     /// carry[c * 3 + r] with <paramref name="carryIn"/> (a later chunk of K); they end in carry with
     /// <paramref name="carryOut"/>, else as y_r[c] = Sum(acc[c][r]) + bias[c] in Vector256.Sum's order (y_r: y0, y1, y2).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dots(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, Vector256<float>* carry, bool carryIn, bool carryOut,
         float* y0, float* y1, float* y2, Vector128<float> bias)
     {
@@ -107,6 +108,7 @@ internal static unsafe class DotTile
     /// Sum(acc[c][r]) + bias[c] for c = 0..5 (<paramref name="bias"/> null: none): the same dots as <see cref="Dots"/>
     /// with 2 x loads per 12 fused multiply-adds instead of 3 (x streams from L2, the 6 rows sit in L1).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, float* y0, float* y1, float* bias)
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;

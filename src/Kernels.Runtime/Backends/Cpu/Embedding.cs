@@ -1,10 +1,12 @@
 // Embedding gather, reference for kernels/ops embedding_gather: out[t, :] = table[ids[t], :] as fp32.
+using System.Runtime.CompilerServices;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
 public static class Embedding
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Gather(WeightTensor table, ReadOnlySpan<int> ids, Span<float> output)
     {
         int d = table.Columns;

@@ -51,6 +51,7 @@ public static unsafe class LutMatMul
 
     private readonly struct Job(float* x, float* y, int rows, SqueezeLlmLinear w, float[]? bias)
     {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Run<TW>(int start, int end) where TW : SqueezeLlmCodes.IWidth
         {
             int k = w.InFeatures;
@@ -96,6 +97,7 @@ public static unsafe class LutMatMul
         }
 
         /// <summary>Rows j and j+1 against the one x row, decoded in registers, each summed exactly as Dot sums it.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Decode2<TW>(int j) where TW : SqueezeLlmCodes.IWidth
         {
             int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
@@ -119,6 +121,7 @@ public static unsafe class LutMatMul
         }
 
         /// <summary>Row j against the one x row, decoded in registers.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private float Dot<TW>(int j) where TW : SqueezeLlmCodes.IWidth
         {
             int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
@@ -144,6 +147,7 @@ public static unsafe class LutMatMul
         }
 
         /// <summary>Row j's weights (without outliers, which Store adds) into buf[0..K).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Dequantize<TW>(int j, float* buf) where TW : SqueezeLlmCodes.IWidth
         {
             int k = w.InFeatures, bits = TW.Bits, size = 1 << TW.Bits;
@@ -163,6 +167,7 @@ public static unsafe class LutMatMul
     }
 
     /// <summary>d[r] = buf . x_r for <paramref name="group"/> (1..4) x rows, each summed like Dot: one accumulator, in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void DotRows(float* buf, float* x, int group, int k, Span<float> d)
     {
         if (!Vectorized)

@@ -70,10 +70,12 @@ public static unsafe class MatMul
     /// Several weights against the same x (the q, k and v projections; gate and up): x is prepared once and every
     /// weight's row ranges are tasks of one parallel loop, so the cores meet once instead of once per weight.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Multiply(ReadOnlySpan<float> x, int rows, ReadOnlySpan<Product> products)
     {
         if (products.Length == 0) return;
         int k = products[0].Weight.Columns;
+        var keepAlive = new List<Q8Rows>();
         if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed for {products[0].Weight.Name}");
         foreach (var p in products)
         {
@@ -86,6 +88,15 @@ public static unsafe class MatMul
         bool anyPaired = false;
         foreach (var p in products) anyPaired |= PairedHalves(p.Weight, k);
         float[]? paired = anyPaired ? ArrayPool<float>.Shared.Rent(rows * k) : null;
+        // GGML block weights multiply int8 activations: x quantized once per activation format the products need.
+        var quantized = new Dictionary<Q8Format, GgmlDot.Activation[]>();
+        foreach (var p in products)
+            if (p.Weight.DType.IsBlockQuantized() && !quantized.ContainsKey(Q8Rows.FormatFor(p.Weight.DType)))
+            {
+                var q = Q8Rows.QuantizeReused(Q8Rows.FormatFor(p.Weight.DType), x, rows, k);
+                quantized[q.Format] = Enumerable.Range(0, rows).Select(q.Row).ToArray();
+                keepAlive.Add(q);
+            }
         var jobs = new Job[products.Length];
         var firstTask = new int[products.Length + 1];
         fixed (float* xp = x)
@@ -102,7 +113,10 @@ public static unsafe class MatMul
             {
                 var w = products[i].Weight;
                 bool pairedHere = PairedHalves(w, k);
-                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled);
+                var activations = w.DType.IsBlockQuantized() ? quantized[Q8Rows.FormatFor(w.DType)] : null;
+                var subnormals = w.Subnormals;
+                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
+                    products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
                 firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
             }
             WorkerTeam.For(firstTask[^1], task =>
@@ -114,6 +128,7 @@ public static unsafe class MatMul
             });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
+        GC.KeepAlive(keepAlive);
     }
 
     private static bool PairedHalves(WeightTensor w, int k) => Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
@@ -121,6 +136,7 @@ public static unsafe class MatMul
     /// <summary>Below this magnitude an x value times 2^112 stays finite (fp32 tops out near 2^128).</summary>
     private const float PrescaleLimit = 32768f;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float MaxAbs(float* x, int k)
     {
         var m = Vector256<float>.Zero;
@@ -133,6 +149,7 @@ public static unsafe class MatMul
     }
 
     /// <summary>x in the column order of FiniteHalfFields16 for every whole 16-block, the rest in place; times <paramref name="scale"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void PairColumns(float* x, float* destination, int k, float scale)
     {
         var s = Vector256.Create(scale);
@@ -147,12 +164,29 @@ public static unsafe class MatMul
         for (; i < k; i++) destination[i] = x[i] * scale;
     }
 
-    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, float[]? bias, float* paired, bool prescaled)
+    /// <summary>
+    /// One weight's rows against x. <paramref name="data"/> is what the kernels read: the weight's bytes, or for F16 with
+    /// subnormal halves their flushed copy, whose fix-ups (<paramref name="subnormals"/>) are added to each finished dot.
+    /// </summary>
+    private readonly struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, byte* data, F16Subnormals? subnormals, float[]? bias,
+        float* paired, bool prescaled, GgmlDot.Activation[]? activations)
     {
         public int N => n;
 
         public void Run(int start, int end)
         {
+            Dots(start, end);
+            subnormals?.Apply(start, end, x, rows, k, y, n);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void Dots(int start, int end)
+        {
+            if (activations != null)
+            {
+                GgmlRows(start, end);
+                return;
+            }
             if (rows == 1 && paired != null)
             {
                 if (prescaled) PairedDecode<PrescaledX>(start, end);
@@ -187,6 +221,14 @@ public static unsafe class MatMul
             if (buffer != null) ArrayPool<float>.Shared.Return(buffer);
         }
 
+        /// <summary>GGML block weights against the quantized x rows, in integers (GgmlDot.Multiply).</summary>
+        private void GgmlRows(int start, int end)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(GgmlDot.UnpackedBytes(w.DType, k) + 64);
+            GgmlDot.Multiply(w.DType, data, k, start, end, activations!, y, n, bias, buffer);
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+
         /// <summary>
         /// Two or more x rows. The weights go four rows at a time (six from <see cref="SixRowsMinX"/> x rows when K fits
         /// one pass): their (contiguous) bytes are converted to fp32 whole, front to back, having been prefetched a slice
@@ -194,6 +236,7 @@ public static unsafe class MatMul
         /// stays in L1 while the x rows pass over it, each tile's accumulators kept in memory between chunks. Each lane still sums its k's in order, so the result is the bits
         /// of the unchunked kernel. F32 weights are read in place.
         /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Blocked(int start, int end)
         {
             int k8 = k & ~7, groups = (rows + 2) / 3;
@@ -217,7 +260,7 @@ public static unsafe class MatMul
                     for (int r = 0; r < 6; r++) ConvertRow(j + r, panel + r * ws);
                     // The next rows' bytes (six, or the four the 4-row loop takes next), a slice per tile.
                     int remaining = end - j - 6, next = remaining >= 6 ? 6 : remaining >= 4 ? 4 : 0;
-                    byte* ahead = w.Data + w.DType.ByteCount((long)(j + 6) * k), aheadEnd = ahead + w.DType.ByteCount((long)next * k);
+                    byte* ahead = data + w.DType.ByteCount((long)(j + 6) * k), aheadEnd = ahead + w.DType.ByteCount((long)next * k);
                     int tiles6 = (rows + 1) / 2;
                     long perTile = ((aheadEnd - ahead) / 64 + tiles6 - 1) / tiles6 * 64;
                     for (int t = 0; t < rows; t += 2)
@@ -237,7 +280,7 @@ public static unsafe class MatMul
                         for (int r = 0; r < 4; r++) ConvertRow(j + r, panel + r * ws);
                         if (j + 8 <= end)
                         {
-                            ahead = w.Data + w.DType.ByteCount((long)(j + 4) * k);
+                            ahead = data + w.DType.ByteCount((long)(j + 4) * k);
                             aheadEnd = ahead + w.DType.ByteCount(4L * k);
                             aheadPerTile = ((aheadEnd - ahead) / 64 + tiles - 1) / tiles * 64;
                         }
@@ -252,7 +295,7 @@ public static unsafe class MatMul
                             // Fetch what these rows need next (their next chunk, or the next rows' first one).
                             if (kc + ChunkK < k) PrefetchRows(j, kc + ChunkK);
                             else if (j + 8 <= end) PrefetchRows(j + 4, 0);
-                            wc = (float*)w.Data + (long)j * k + kc;
+                            wc = (float*)data + (long)j * k + kc;
                         }
                         else wc = panel + kc;
                         for (int t = 0, g = 0; t < rows; t += DotTile.Rows(rows - t), g++)
@@ -288,7 +331,7 @@ public static unsafe class MatMul
                         {
                             if (paired != null)
                             {
-                                ushort* row = (ushort*)w.Data + (long)j * k;
+                                ushort* row = (ushort*)data + (long)j * k;
                                 for (int t = 0; t < rows; t++)
                                 {
                                     long xo = (long)t * k;
@@ -297,7 +340,7 @@ public static unsafe class MatMul
                                 }
                                 continue;
                             }
-                            DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(wr, k));
+                            DTypeConvert.ToSingle(w.DType, data + w.DType.ByteCount((long)j * k), new Span<float>(wr, k));
                             for (int t = 0; t < rows; t++)
                                 y[(long)t * n + j] = Dot<F32Rows>((byte*)wr, xk + (long)t * k, k) + (bias != null ? bias[j] : 0f);
                         }
@@ -316,34 +359,37 @@ public static unsafe class MatMul
         private void ConvertRow(int row, float* destination)
         {
             long at = (long)row * k;
-            if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)w.Data + at, destination, k & ~15, k, prescaled);
-            else if (w.DType == TensorDType.F16 && w.AllFinite) DTypeConvert.FiniteHalfToSingle((ushort*)w.Data + at, destination, k);
-            else DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount(at), new Span<float>(destination, k));
+            if (paired != null) DTypeConvert.FiniteHalfToSinglePaired((ushort*)data + at, destination, k & ~15, k, prescaled);
+            else if (w.DType == TensorDType.F16 && w.AllFinite) DTypeConvert.FiniteHalfToSingle((ushort*)data + at, destination, k);
+            else DTypeConvert.ToSingle(w.DType, data + w.DType.ByteCount(at), new Span<float>(destination, k));
         }
 
         /// <summary>Prefetches columns [from, from + ChunkK) of weight rows j..j+3 (F32 weights, read in place).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void PrefetchRows(int j, int from)
         {
             long bytes = w.DType.ByteCount(Math.Min(ChunkK, k - from));
             for (int c = 0; c < 4; c++)
             {
-                byte* row = w.Data + w.DType.ByteCount((long)(j + c) * k + from);
+                byte* row = data + w.DType.ByteCount((long)(j + c) * k + from);
                 for (long b = 0; b < bytes; b += 64) Sse.Prefetch0(row + b);
             }
         }
 
         /// <summary>One x row against weight rows start..end, each streamed through <see cref="DotStreaming{L}"/>.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void StreamRows<L>(int start, int end) where L : IRowLoad
         {
             WarmRange(start);
             int rowBytes = (int)w.DType.ByteCount(k);
-            for (int j = start; j < end; j++) y[j] = DotStreaming<L>(w.Data + (long)j * rowBytes, x, k) + (bias != null ? bias[j] : 0f);
+            for (int j = start; j < end; j++) y[j] = DotStreaming<L>(data + (long)j * rowBytes, x, k) + (bias != null ? bias[j] : 0f);
         }
 
         /// <summary>One x row against finite F16 weights, with x paired (and prescaled when <typeparamref name="S"/> says so).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void PairedDecode<S>(int start, int end) where S : struct, IScaling
         {
-            ushort* w16 = (ushort*)w.Data;
+            ushort* w16 = (ushort*)data;
             WarmRange(start);
             for (int j = start; j < end; j++) y[j] = DotPaired<S>(w16 + (long)j * k, k, paired, x) + (bias != null ? bias[j] : 0f);
         }
@@ -352,28 +398,30 @@ public static unsafe class MatMul
         /// A decode task's first <see cref="DecodeLead"/> bytes, fetched before its rows stream (a task starts where
         /// no earlier read prefetched; measured 2-3 % on the step).
         /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void WarmRange(int start)
         {
-            byte* first = w.Data + w.DType.ByteCount((long)start * k);
+            byte* first = data + w.DType.ByteCount((long)start * k);
             for (int b = 0; b < DecodeLead; b += 64) Sse.Prefetch0(first + b);
         }
 
         /// <summary>Weight rows j..j+count through the row loader their dtype calls for (or converted into buf).</summary>
         private void Group(int j, int count, bool f16Direct, bool finite, float* buf)
         {
-            byte* rows16 = w.Data + (long)j * k * 2;
-            if (w.DType == TensorDType.F32) Rows<F32Rows>(j, count, (byte*)((float*)w.Data + (long)j * k), k * 4);
+            byte* rows16 = data + (long)j * k * 2;
+            if (w.DType == TensorDType.F32) Rows<F32Rows>(j, count, (byte*)((float*)data + (long)j * k), k * 4);
             else if (w.DType == TensorDType.BF16) Rows<Bf16Rows>(j, count, rows16, k * 2);
             else if (f16Direct && finite) Rows<FiniteF16Rows>(j, count, rows16, k * 2);
             else if (f16Direct) Rows<F16Rows>(j, count, rows16, k * 2);
             else
             {
-                DTypeConvert.ToSingle(w.DType, w.Data + w.DType.ByteCount((long)j * k), new Span<float>(buf, count * k));
+                DTypeConvert.ToSingle(w.DType, data + w.DType.ByteCount((long)j * k), new Span<float>(buf, count * k));
                 Rows<F32Rows>(j, count, (byte*)buf, k * 4);
             }
         }
 
         /// <summary>Weight rows j..j+count (count 4 or 1) starting at <paramref name="wr"/>, rowBytes apart, against every x row.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         private void Rows<L>(int j, int count, byte* wr, int rowBytes) where L : IRowLoad
         {
             Span<float> d = stackalloc float[12];
@@ -392,6 +440,7 @@ public static unsafe class MatMul
     }
 
     /// <summary>4 weight rows x <paramref name="group"/> (1..3) x rows; d[c * 3 + r] = w_c . x_r (the unblocked path: converted rows, tiny K, or no AVX2).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Kernel4<L>(byte* w, int rowBytes, float* x, int group, int k, Span<float> d) where L : IRowLoad
     {
         for (int c = 0; c < 4; c++)
@@ -403,6 +452,7 @@ public static unsafe class MatMul
     /// step in place and the scalar tail: the order of the blocked kernel over FiniteHalfToSinglePaired rows. Streams:
     /// each 64-byte line of weights is fetched <see cref="DecodeLead"/> bytes ahead.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotPaired<S>(ushort* w, int k, float* xp, float* x) where S : struct, IScaling
     {
         var a = Vector256<float>.Zero;
@@ -429,6 +479,7 @@ public static unsafe class MatMul
     private readonly struct UnscaledX : IScaling { public static bool Prescaled => false; }
 
     /// <summary>One dot product in the same order as every lane of Kernel4.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Dot<L>(byte* w, float* x, int k) where L : IRowLoad
     {
         if (!Vectorized)
@@ -444,6 +495,7 @@ public static unsafe class MatMul
     }
 
     /// <summary><see cref="Dot{L}"/> for a decode row: each 64-byte line of weights fetched <see cref="DecodeLead"/> bytes ahead.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotStreaming<L>(byte* w, float* x, int k) where L : IRowLoad
     {
         var a = Vector256<float>.Zero;

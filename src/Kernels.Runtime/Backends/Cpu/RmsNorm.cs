@@ -1,4 +1,5 @@
 // RMSNorm, reference for kernels/ops rms_norm: y[t, i] = x[t, i] / sqrt(mean(x[t, :]^2) + eps) * w[i].
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Kernels.Runtime.Numerics;
 
@@ -6,6 +7,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 
 public static unsafe class RmsNorm
 {
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Apply(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> y, int rows)
     {
         int d = weight.Length;

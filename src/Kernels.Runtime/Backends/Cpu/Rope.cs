@@ -1,4 +1,5 @@
 // Rotary embedding (rotate-half convention), reference for kernels/ops rope: pairs (i, i + d/2) turned by pos * inv_freq[i].
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Kernels.Runtime.Backends.Cpu;
@@ -35,6 +36,7 @@ public static class Rope
     }
 
     /// <summary>Rotates every head of <paramref name="x"/> [rows, heads, d] in place by the angles of <see cref="Angles"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Apply(Span<float> x, int rows, int heads, int headDim, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         int half = headDim / 2;

@@ -1,4 +1,5 @@
 // SwiGLU, reference for kernels/ops swiglu: out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)).
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Kernels.Runtime.Backends.Cpu;
@@ -6,6 +7,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 public static class SwiGlu
 {
     /// <summary>8 lanes at a time with the runtime's vector exp (within an ulp or two of MathF.Exp), the rest scalar.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Apply(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
     {
         int n = output.Length, i = 0;

@@ -36,6 +36,7 @@ public static unsafe class W4A8Gemm
         .Select(p => (byte)(16 * ((p >> 3) & 1) + 4 * (2 * (p >> 5) + ((p >> 4) & 1)) + (p & 3))).ToArray();
 
     /// <summary>The W4A8 linear: quantizes the rows of x (Int8Activations), multiplies, scales, adds the bias.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Multiply(ReadOnlySpan<float> x, int rows, W4A8Linear w, Span<float> y, WeightTensor? bias = null)
     {
         int n = w.OutFeatures, k = w.InFeatures;
@@ -73,6 +74,7 @@ public static unsafe class W4A8Gemm
     /// acc[T, N] = sum_k x_q[t,k] * w8[n,k] - zc[n] * sum_k x_q[t,k], exactly; <paramref name="codes"/> is [T, PaddedIn]
     /// int8 with zero padding.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Accumulate(ReadOnlySpan<sbyte> codes, int rows, W4A8Linear w, Span<int> acc)
     {
         int n = w.OutFeatures, kPadded = w.PaddedIn, tiles = kPadded / W4A8Layout.Tile, groups = w.Groups;
@@ -109,6 +111,7 @@ public static unsafe class W4A8Gemm
 
     private readonly struct Job(W4A8Linear w, sbyte* x, int[] sums, int rows, int* acc)
     {
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         public void Run(int firstBlock, int endBlock)
         {
             int n = w.OutFeatures, tiles = w.PaddedIn / W4A8Layout.Tile, groups = w.Groups;
@@ -149,6 +152,7 @@ public static unsafe class W4A8Gemm
     /// dots[i] = sum_g s1[g, 32nt+i] * sum_{k in g} q[32nt+i, k] * x_q[k] for one 32-channel block and one token (x0),
     /// or two (x0 and x1, results in dots[32..63]) sharing each unpacked weight register.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void BlockDots<T>(byte* block, sbyte* x0, sbyte* x1, int tiles, int tilesPerGroup, byte* groupScales, int nPadded, int nt, Span<int> dots)
         where T : ITokenCount
     {
@@ -231,6 +235,7 @@ public static unsafe class W4A8Gemm
     }
 
     /// <summary>BlockDots without AVX2, element by element from the same layout.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void BlockDotsScalar(byte* block, sbyte* x, int tiles, int tilesPerGroup, byte* groupScales, int nPadded, int nt, Span<int> dots)
     {
         dots.Clear();

@@ -171,7 +171,7 @@ public static unsafe class ModelFileFuzzer
                     case 4:
                     {
                         string field = new[] { "dtype", "shape", "data_offsets" }[rng.Next(3)];
-                        JsonNode value = WrongKind(rng);
+                        JsonNode? value = WrongKind(rng);
                         entry[field] = value;
                         what = $"{field} = {value?.ToJsonString() ?? "null"}";
                         break;

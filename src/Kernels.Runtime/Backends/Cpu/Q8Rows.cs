@@ -1,0 +1,258 @@
+// fp32 activation rows quantized to int8 the way llama.cpp's x86 build does it before multiplying them with GGML
+// block-quantized weights: Q8_0 (blocks of 32, fp16 scale; for Q4_0, Q5_0, Q8_0 weights), Q8_1 (Q8_0 plus the
+// block's scaled sum; for Q4_1, Q5_1) and Q8_K (blocks of 256, fp32 scale, sums of 16; for the k-quants).
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Kernels.Runtime.Models;
+
+namespace Kernels.Runtime.Backends.Cpu;
+
+/// <summary>Which int8 form a weight type's dot products take their activations in (llama.cpp's vec_dot_type).</summary>
+public enum Q8Format
+{
+    Q8_0,
+    Q8_1,
+    Q8_K,
+}
+
+/// <summary>
+/// Rows x K activations as int8 codes (row-major, K per row) with, per block, the scale the codes are multiplied by:
+/// value ~ Scales[block] * Codes[i]. Q8_1 adds <see cref="Sums"/> (fp16(d * sum of the block's codes), as llama.cpp
+/// stores it); Q8_K adds <see cref="GroupSums"/> (the exact sum of every 16 codes). <see cref="LaneSums"/> holds
+/// -128 x the sum of every 4 codes (the offset the VNNI kernels fold into their accumulators).
+/// </summary>
+public sealed unsafe class Q8Rows
+{
+    public Q8Format Format { get; }
+    public int Rows { get; private set; }
+    public int K { get; private set; }
+    public int Block { get; }
+    public sbyte[] Codes { get; private set; } = [];
+    public float[] Scales { get; private set; } = [];
+    public float[] Sums { get; private set; } = [];
+    public short[] GroupSums { get; private set; } = [];
+    public int[] LaneSums { get; private set; } = [];
+
+    private Q8Rows(Q8Format format)
+    {
+        Format = format;
+        Block = format == Q8Format.Q8_K ? 256 : 32;
+    }
+
+    /// <summary>Sizes the arrays for rows x k (growing them when needed; pinned, so the kernels take their addresses once).</summary>
+    private void Resize(int rows, int k)
+    {
+        Rows = rows;
+        K = k;
+        long n = (long)rows * k;
+        if (Codes.Length < n)
+        {
+            Codes = GC.AllocateUninitializedArray<sbyte>(checked((int)n), pinned: true);
+            Scales = GC.AllocateUninitializedArray<float>((int)(n / Block), pinned: true);
+            if (Format == Q8Format.Q8_1) Sums = GC.AllocateUninitializedArray<float>((int)(n / 32), pinned: true);
+            if (Format == Q8Format.Q8_K) GroupSums = GC.AllocateUninitializedArray<short>((int)(n / 16), pinned: true);
+            else LaneSums = GC.AllocateUninitializedArray<int>((int)(n / 4), pinned: true);
+        }
+    }
+
+    private static T* Address<T>(T[] array) where T : unmanaged =>
+        array.Length == 0 ? null : (T*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(array));
+
+    /// <summary>Row <paramref name="t"/> as the pointers the dot products read (valid while this object lives: its arrays are pinned).</summary>
+    public GgmlDot.Activation Row(int t)
+    {
+        if ((uint)t >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(t), $"row {t} of {Rows}");
+        float* sums = Address(Sums);
+        short* groupSums = Address(GroupSums);
+        int* laneSums = Address(LaneSums);
+        return new GgmlDot.Activation(Address(Codes) + (long)t * K, Address(Scales) + (long)t * (K / Block),
+            sums == null ? null : sums + (long)t * (K / 32), groupSums == null ? null : groupSums + (long)t * (K / 16),
+            laneSums == null ? null : laneSums + (long)t * (K / 4));
+    }
+
+    /// <summary>The activation form GGML pairs with weights of <paramref name="type"/>.</summary>
+    public static Q8Format FormatFor(TensorDType type) => type switch
+    {
+        TensorDType.Q4_0 or TensorDType.Q5_0 or TensorDType.Q8_0 => Q8Format.Q8_0,
+        TensorDType.Q4_1 or TensorDType.Q5_1 => Q8Format.Q8_1,
+        TensorDType.Q2_K or TensorDType.Q3_K or TensorDType.Q4_K or TensorDType.Q5_K or TensorDType.Q6_K => Q8Format.Q8_K,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type"),
+    };
+
+    /// <summary>Quantizes <paramref name="rows"/> rows of <paramref name="k"/> values (k a multiple of the format's block) into new arrays.</summary>
+    public static Q8Rows Quantize(Q8Format format, ReadOnlySpan<float> x, int rows, int k) => new Q8Rows(format).Fill(x, rows, k, Avx2.IsSupported);
+
+    /// <summary><see cref="Quantize"/> on the scalar path even where AVX2 is present (the tests compare both).</summary>
+    internal static Q8Rows QuantizeScalar(Q8Format format, ReadOnlySpan<float> x, int rows, int k) => new Q8Rows(format).Fill(x, rows, k, vector: false);
+
+    [ThreadStatic] private static Q8Rows?[]? _reused;
+
+    /// <summary>
+    /// <see cref="Quantize"/> into this thread's buffers for the format (valid until the thread's next call for it):
+    /// what one matmul call uses, so a decode step allocates nothing.
+    /// </summary>
+    internal static Q8Rows QuantizeReused(Q8Format format, ReadOnlySpan<float> x, int rows, int k)
+    {
+        var cache = _reused ??= new Q8Rows?[3];
+        return (cache[(int)format] ??= new Q8Rows(format)).Fill(x, rows, k, Avx2.IsSupported);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private Q8Rows Fill(ReadOnlySpan<float> x, int rows, int k, bool vector)
+    {
+        if (k % Block != 0) throw new ArgumentException($"{Format} activations need rows of whole {Block}-value blocks, got {k}", nameof(k));
+        if (x.Length < (long)rows * k) throw new ArgumentException($"x holds {x.Length} values, {rows}x{k} needed", nameof(x));
+        Resize(rows, k);
+        fixed (float* xp = x)
+        {
+            sbyte* c = Address(Codes);
+            for (int r = 0; r < rows; r++)
+                for (int b = 0; b < k / Block; b++)
+                {
+                    long at = (long)r * k + (long)b * Block;
+                    int index = r * (k / Block) + b;
+                    if (Format == Q8Format.Q8_K)
+                    {
+                        if (vector) QuantizeKVector(xp + at, c + at, index);
+                        else QuantizeK(xp + at, c + at, index);
+                    }
+                    else if (vector) Quantize32Vector(xp + at, c + at, index);
+                    else Quantize32(xp + at, c + at, index);
+                }
+            if (Format != Q8Format.Q8_K)
+            {
+                int* lanes = Address(LaneSums);
+                long quads = (long)rows * k / 4, i = 0;
+                if (vector)
+                    for (; i + 8 <= quads; i += 8)
+                    {
+                        var pairs = Avx2.MultiplyAddAdjacent(Vector256.Create((byte)1), Vector256.Load(c + 4 * i));
+                        (Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1)) * -128).Store(lanes + i);
+                    }
+                for (; i < quads; i++) lanes[i] = -128 * (c[4 * i] + c[4 * i + 1] + c[4 * i + 2] + c[4 * i + 3]);
+            }
+        }
+        return this;
+    }
+
+    /// <summary>
+    /// llama.cpp's x86 quantize_row_q8_0 / q8_1: d = max|x| / 127 (stored fp16), codes round-half-even(x * 127 / max|x|);
+    /// Q8_1 also keeps fp16(d * sum of codes) with d unrounded.
+    /// </summary>
+    private void Quantize32(float* x, sbyte* codes, int index)
+    {
+        float max = 0;
+        for (int i = 0; i < 32; i++) max = MathF.Max(max, MathF.Abs(x[i]));
+        float d = max / 127f;
+        Scales[index] = (float)(Half)d;
+        float id = max != 0 ? 127f / max : 0f;
+        int sum = 0;
+        for (int i = 0; i < 32; i++)
+        {
+            int v = (int)MathF.Round(x[i] * id, MidpointRounding.ToEven);
+            codes[i] = (sbyte)Math.Clamp(v, -128, 127);
+            sum += codes[i];
+        }
+        if (Format == Q8Format.Q8_1) Sums[index] = (float)(Half)(d * sum);
+    }
+
+    /// <summary>32 values to codes with vroundps (nearest, ties to even) and saturating packs: <see cref="Quantize32"/>'s results.</summary>
+    private void Quantize32Vector(float* x, sbyte* codes, int index)
+    {
+        Vector256<float> v0 = Vector256.Load(x), v1 = Vector256.Load(x + 8), v2 = Vector256.Load(x + 16), v3 = Vector256.Load(x + 24);
+        var m = Vector256.Max(Vector256.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Vector256.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
+        float max = HorizontalMax(m);
+        float d = max / 127f;
+        Scales[index] = (float)(Half)d;
+        var id = Vector256.Create(max != 0 ? 127f / max : 0f);
+        var i0 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v0 * id));
+        var i1 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v1 * id));
+        var i2 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v2 * id));
+        var i3 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v3 * id));
+        Pack(i0, i1, i2, i3).Store(codes);
+        if (Format == Q8Format.Q8_1) Sums[index] = (float)(Half)(d * Vector256.Sum(i0 + i1 + i2 + i3));
+    }
+
+    /// <summary>Four vectors of 8 int32 (elements 0-31 in order) as 32 saturated bytes in order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<sbyte> Pack(Vector256<int> i0, Vector256<int> i1, Vector256<int> i2, Vector256<int> i3)
+    {
+        var b = Avx2.PackSignedSaturate(Avx2.PackSignedSaturate(i0, i1), Avx2.PackSignedSaturate(i2, i3));
+        return Avx2.PermuteVar8x32(b.AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float HorizontalMax(Vector256<float> m)
+    {
+        var h = Vector128.Max(m.GetLower(), m.GetUpper());
+        h = Vector128.Max(h, Sse.MoveHighToLow(h, h));
+        return MathF.Max(h.ToScalar(), h.GetElement(1));
+    }
+
+    /// <summary>
+    /// llama.cpp's quantize_row_q8_K: the value of largest magnitude (first one) sets iscale = -127 / max, codes
+    /// min(127, round-half-even(iscale * x)), d = 1 / iscale; an all-zero block gets d = 0 and zero codes.
+    /// </summary>
+    private void QuantizeK(float* x, sbyte* codes, int index)
+    {
+        float max = 0, amax = 0;
+        for (int i = 0; i < 256; i++)
+        {
+            float a = MathF.Abs(x[i]);
+            if (a > amax) { amax = a; max = x[i]; }
+        }
+        short* sums = Address(GroupSums) + index * 16;
+        if (amax == 0)
+        {
+            Scales[index] = 0;
+            new Span<sbyte>(codes, 256).Clear();
+            new Span<short>(sums, 16).Clear();
+            return;
+        }
+        float iscale = -127f / max;
+        for (int i = 0; i < 256; i++) codes[i] = (sbyte)Math.Min(127, (int)MathF.Round(iscale * x[i], MidpointRounding.ToEven));
+        for (int g = 0; g < 16; g++)
+        {
+            int s = 0;
+            for (int i = 0; i < 16; i++) s += codes[16 * g + i];
+            sums[g] = (short)s;
+        }
+        Scales[index] = 1 / iscale;
+    }
+
+    /// <summary><see cref="QuantizeK"/> 32 values at a time (the first value of largest magnitude found by comparing to the maximum).</summary>
+    private void QuantizeKVector(float* x, sbyte* codes, int index)
+    {
+        var m = Vector256<float>.Zero;
+        for (int i = 0; i < 256; i += 8) m = Vector256.Max(m, Vector256.Abs(Vector256.Load(x + i)));
+        float amax = HorizontalMax(m);
+        short* sums = Address(GroupSums) + index * 16;
+        if (amax == 0 || float.IsNaN(amax))
+        {
+            QuantizeK(x, codes, index);
+            return;
+        }
+        float max = 0;
+        var target = Vector256.Create(amax);
+        for (int i = 0; i < 256; i += 8)
+        {
+            uint hits = Vector256.Equals(Vector256.Abs(Vector256.Load(x + i)), target).ExtractMostSignificantBits();
+            if (hits != 0) { max = x[i + System.Numerics.BitOperations.TrailingZeroCount(hits)]; break; }
+        }
+        float iscale = -127f / max;
+        var s = Vector256.Create(iscale);
+        for (int i = 0; i < 256; i += 32)
+        {
+            var i0 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(Vector256.Load(x + i) * s));
+            var i1 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(Vector256.Load(x + i + 8) * s));
+            var i2 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(Vector256.Load(x + i + 16) * s));
+            var i3 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(Vector256.Load(x + i + 24) * s));
+            Pack(i0, i1, i2, i3).Store(codes + i);
+            sums[i / 16] = (short)Vector256.Sum(i0 + i1);
+            sums[i / 16 + 1] = (short)Vector256.Sum(i2 + i3);
+        }
+        Scales[index] = 1 / iscale;
+    }
+}
