@@ -136,15 +136,11 @@ public sealed class InferenceEngine : IDisposable
     public int[] PromptIds(GenerationRequest request) => _scheduler.PromptIds(request);
 
     /// <summary>
-    /// Encodes and checks several requests meant to run as one submission, including that together they fit the KV
-    /// memory (throws <see cref="RequestValidationException"/> or <see cref="KvCacheExhaustedException"/>).
+    /// Encodes and checks each of several requests (throws <see cref="RequestValidationException"/> or
+    /// <see cref="KvCacheExhaustedException"/> for the first that cannot run). Together they may need more KV memory
+    /// than there is: the scheduler then runs them as memory frees up.
     /// </summary>
-    public int[][] PromptIds(IReadOnlyList<GenerationRequest> requests)
-    {
-        var prompts = requests.Select(_scheduler.PromptIds).ToArray();
-        if (requests.Count > 1) _scheduler.CheckMemory(requests.Select((r, i) => (r, prompts[i].Length)).ToArray());
-        return prompts;
-    }
+    public int[][] PromptIds(IReadOnlyList<GenerationRequest> requests) => requests.Select(_scheduler.PromptIds).ToArray();
 
     /// <summary>
     /// Streams the events of every sample of <paramref name="request"/> (Request = 0, Sample = 0..n-1) as they are
@@ -155,8 +151,9 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>
     /// Runs several requests as one submission and streams all their events (Request = index in the list). They are
-    /// one group for the scheduler's fairness (together they get one client's share of each step) and one
-    /// cancellation: cancelling the token ends every one of them at the next step.
+    /// one group for the scheduler's fairness (together they get one client's share of each step; those that do not fit
+    /// the KV memory at once wait for it) and one cancellation: cancelling the token ends every one of them at the
+    /// next step.
     /// </summary>
     public async IAsyncEnumerable<GenerationEvent> GenerateManyAsync(IReadOnlyList<GenerationRequest> requests,
         [EnumeratorCancellation] CancellationToken cancellation = default)

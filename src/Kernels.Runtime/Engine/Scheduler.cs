@@ -146,29 +146,11 @@ public sealed class Scheduler
         foreach (int id in ids)
             if ((uint)id >= (uint)_usableVocab)
                 throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
-        CheckMemory([(request, ids.Length)]);
+        long need = WorstCaseBlocks(request, ids.Length);
+        if (need > KvPool.Capacity || WorstCaseUnits(request, ids.Length) > KvPool.BudgetUnits)
+            throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +
+                $"the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
         return ids;
-    }
-
-    /// <summary>
-    /// Throws <see cref="KvCacheExhaustedException"/> when these requests together (all the prompts and samples of one
-    /// submission) could need more KV memory than the pool has: admitted one by one they could only preempt each other.
-    /// </summary>
-    public void CheckMemory(IReadOnlyList<(GenerationRequest Request, int PromptLength)> requests)
-    {
-        long blocks = 0, units = 0;
-        foreach (var (request, promptLength) in requests)
-        {
-            blocks += WorstCaseBlocks(request, promptLength);
-            units += WorstCaseUnits(request, promptLength);
-        }
-        if (blocks > KvPool.Capacity || units > KvPool.BudgetUnits)
-        {
-            string what = requests.Count == 1
-                ? $"the request needs up to {blocks} KV blocks ({requests[0].PromptLength} prompt tokens, {requests[0].Request.N} x {requests[0].Request.MaxNewTokens} new)"
-                : $"the {requests.Count} prompts need up to {blocks} KV blocks together ({requests.Sum(r => (long)r.Request.N)} samples)";
-            throw new KvCacheExhaustedException($"{what}, the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
-        }
     }
 
     /// <summary>
