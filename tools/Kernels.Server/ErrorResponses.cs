@@ -22,6 +22,9 @@ internal static class ErrorResponses
         kestrel.MaxRequestHeadersTotalSize = limits.MaxHeaderBytes * KestrelHeadroom;
         kestrel.MaxRequestHeaderCount = limits.MaxHeaderCount * KestrelHeadroom;
         kestrel.MaxRequestLineSize = limits.MaxTargetLength * KestrelHeadroom;
+        // What Kestrel reads ahead of the handler (1 MB by default): just enough for the headers, so that a body refused
+        // after its first bytes (RequestBody) has not been copied in by the megabyte first.
+        kestrel.MaxRequestBufferSize = Math.Max(kestrel.MaxRequestHeadersTotalSize, kestrel.MaxRequestLineSize) + (64 << 10);
     }
 
     /// <summary>The first middleware: limits, draining, unexpected exceptions, and bodies for bodiless error statuses.</summary>

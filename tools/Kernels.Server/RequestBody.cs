@@ -67,7 +67,17 @@ internal sealed class RequestBody : IDisposable
                 chunk.CopyTo(buffer.AsSpan(length));
                 length += (int)chunk.Length;
                 pipe.AdvanceTo(chunk.End);
-                scan.Scan(buffer.AsSpan(0, length), read.IsCompleted);
+                try
+                {
+                    scan.Scan(buffer.AsSpan(0, length), read.IsCompleted);
+                }
+                catch (ApiException) when (!read.IsCompleted)
+                {
+                    // Refused with most of the body still to come: close the connection after the 400 rather than
+                    // receive (and discard) the rest, which an attacker can make megabytes per request.
+                    request.HttpContext.Response.Headers.Connection = "close";
+                    throw;
+                }
                 if (read.IsCompleted) break;
             }
             JsonDocument document;
