@@ -152,34 +152,101 @@ public static class HostileLoad
             }
         }
 
+        // The attacker is a process of its own, started and warmed up before the phase: inside this one it would take
+        // the steady clients' thread pool and GC, and their measured TTFT would include the attacker's own work.
+        using var attacker = attack == null ? null : await AttackerProcess.StartAsync(http.BaseAddress!, attack.Name, seconds);
+        clock.Restart();
+        attacker?.Go();
+        var tasks = Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))).ToList();
+        await Task.WhenAll(tasks);
+        var (attackRequests, statusText) = attacker == null ? (0, "") : await attacker.ResultAsync();
+        return (ttft, failures, attackRequests, statusText);
+    }
+
+    /// <summary>
+    /// `kernels-bench hostile-attack`: one hostile client, run by <see cref="SteadyPhase"/> as a child process. It builds
+    /// its requests, says "ready", waits for a line on stdin, sends back to back for <paramref name="seconds"/> (each
+    /// response read to its end), then prints "requests N statuses TEXT".
+    /// </summary>
+    public static async Task<int> RunAttacker(string server, string name, double seconds)
+    {
+        var attack = Attacks().SingleOrDefault(a => a.Name == name) ?? throw new ArgumentException($"--attack: unknown '{name}'");
+        using var http = new HttpClient { BaseAddress = new Uri(server), Timeout = TimeSpan.FromMinutes(5) };
+        _ = attack.Body(0);
+        Console.WriteLine("ready");
+        await Console.In.ReadLineAsync();
         var statuses = new Dictionary<int, int>();
-        int attackRequests = 0;
-        async Task Attacker()
+        int requests = 0;
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed.TotalSeconds < seconds)
         {
-            while (clock.Elapsed < end)
+            var content = new ByteArrayContent(attack.Body(requests));
+            content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            int status;
+            try
             {
-                var content = new ByteArrayContent(attack!.Body(attackRequests));
-                content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
-                try
-                {
-                    using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = content };
-                    using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-                    await response.Content.CopyToAsync(Stream.Null); // read it all, as a real client would (a stream to its end)
-                    lock (statuses) statuses[(int)response.StatusCode] = statuses.GetValueOrDefault((int)response.StatusCode) + 1;
-                }
-                catch (Exception e) when (e is HttpRequestException or IOException)
-                {
-                    lock (statuses) statuses[0] = statuses.GetValueOrDefault(0) + 1;
-                }
-                attackRequests++;
+                using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = content };
+                using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+                await response.Content.CopyToAsync(Stream.Null); // read it all, as a real client would (a stream to its end)
+                status = (int)response.StatusCode;
             }
+            catch (Exception e) when (e is HttpRequestException or IOException)
+            {
+                status = 0;
+            }
+            statuses[status] = statuses.GetValueOrDefault(status) + 1;
+            requests++;
+        }
+        string text = string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{(s.Key == 0 ? "connection error" : s.Key.ToString())} x{s.Value}"));
+        Console.WriteLine($"requests {requests} statuses {text}");
+        return 0;
+    }
+
+    /// <summary>The child process of one hostile client (see <see cref="RunAttacker"/>).</summary>
+    private sealed class AttackerProcess : IDisposable
+    {
+        private readonly Process _process;
+        private readonly TaskCompletionSource<string> _result = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        private AttackerProcess(Process process) => _process = process;
+
+        public static async Task<AttackerProcess> StartAsync(Uri server, string name, double seconds)
+        {
+            string self = typeof(HostileLoad).Assembly.Location;
+            var start = new ProcessStartInfo("dotnet", [self, "hostile-attack", "--server", server.ToString(), "--attack", name, "--seconds",
+                seconds.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            {
+                RedirectStandardInput = true,
+                RedirectStandardOutput = true,
+            };
+            var attacker = new AttackerProcess(Process.Start(start) ?? throw new InvalidOperationException("could not start the attacker"));
+            var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            attacker._process.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data == "ready") ready.TrySetResult();
+                else if (e.Data?.StartsWith("requests ") == true) attacker._result.TrySetResult(e.Data);
+                else if (e.Data == null) attacker._result.TrySetResult("");
+            };
+            attacker._process.BeginOutputReadLine();
+            await ready.Task.WaitAsync(TimeSpan.FromMinutes(1));
+            return attacker;
         }
 
-        var tasks = Enumerable.Range(0, clients).Select(c => Task.Run(() => Client(c))).ToList();
-        if (attack != null) tasks.Add(Task.Run(Attacker));
-        await Task.WhenAll(tasks);
-        string statusText = string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{(s.Key == 0 ? "connection error" : s.Key.ToString())} x{s.Value}"));
-        return (ttft, failures, attackRequests, statusText);
+        public void Go() => _process.StandardInput.WriteLine("go");
+
+        public async Task<(int Requests, string Statuses)> ResultAsync()
+        {
+            string line = await _result.Task.WaitAsync(TimeSpan.FromMinutes(5));
+            await _process.WaitForExitAsync();
+            var parts = line.Split(' ', 4);
+            return parts.Length == 4 ? (int.Parse(parts[1]), parts[3]) : (0, "no result");
+        }
+
+        public void Dispose()
+        {
+            if (!_process.HasExited) _process.Kill();
+            _process.Dispose();
+        }
     }
 
     private static double Percentile(List<double> values, double q)

@@ -56,6 +56,12 @@ public static class Program
         foreach (var o in new Option[] { hostileModel, hostileClients, hostileSeconds, hostileTokens, hostileKernels, json }) hostile.Options.Add(o);
         hostile.SetAction((p, _) => HostileLoad.Run(p.GetValue(hostileModel)!, p.GetValue(hostileClients), p.GetValue(hostileSeconds), p.GetValue(hostileTokens),
             p.GetValue(hostileKernels), p.GetValue(json)));
+        var attackServer = new Option<string>("--server") { Required = true, Description = "Base address of the server to attack" };
+        var attackName = new Option<string>("--attack") { Required = true, Description = "Which hostile client (a phase name of `hostile`)" };
+        var attackSeconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 20, Description = "How long to attack after the go line" };
+        var hostileAttack = new Command("hostile-attack", "One hostile client of `hostile`, run by it as a process of its own (waits for a line on stdin)") { Hidden = true };
+        foreach (var o in new Option[] { attackServer, attackName, attackSeconds }) hostileAttack.Options.Add(o);
+        hostileAttack.SetAction((p, _) => HostileLoad.RunAttacker(p.GetValue(attackServer)!, p.GetValue(attackName)!, p.GetValue(attackSeconds)));
         var verifyJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
         var fatbin = new Option<string?>("--fatbin") { Description = "Verify this fatbin (e.g. one the GPU machine's nvcc built) instead of the embedded one" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234, Description = "Seed of the random inputs" };
@@ -153,6 +159,7 @@ public static class Program
         root.Subcommands.Add(throughput);
         root.Subcommands.Add(latency);
         root.Subcommands.Add(hostile);
+        root.Subcommands.Add(hostileAttack);
         root.Subcommands.Add(route);
         root.Subcommands.Add(decode);
         root.Subcommands.Add(prefix);
