@@ -49,19 +49,19 @@ public static class Program
             Description = "Model to serve (default: ../shared/models/stories260K/stories260K.bin when present, else synthetic:tiny)",
         };
         var hostileClients = new Option<int>("--clients") { DefaultValueFactory = _ => 32, Description = "Steady closed-loop streaming clients" };
-        var hostileSeconds = new Option<double>("--phase-seconds") { DefaultValueFactory = _ => 20, Description = "Length of each phase (no attacker, then each hostile client)" };
+        var hostileSeconds = new Option<double>("--phase-seconds") { DefaultValueFactory = _ => 40, Description = "Seconds per hostile client, half of them with it on" };
+        var hostileWindow = new Option<double>("--window-seconds") { DefaultValueFactory = _ => 2.5, Description = "Length of each window with or without the hostile client (they alternate)" };
         var hostileTokens = new Option<int>("--max-tokens") { DefaultValueFactory = _ => 16, Description = "max_tokens of the steady requests" };
         var hostileKernels = new Option<string?>("--kernels") { Description = "kernels.dll to serve with (default: found next to this program or in the repository's build output)" };
         var hostile = new Command("hostile", "Steady clients' TTFT p99 against `kernels serve` alone and with each hostile client of issue 21 (fan-out, huge stop list, bad Unicode)");
-        foreach (var o in new Option[] { hostileModel, hostileClients, hostileSeconds, hostileTokens, hostileKernels, json }) hostile.Options.Add(o);
-        hostile.SetAction((p, _) => HostileLoad.Run(p.GetValue(hostileModel)!, p.GetValue(hostileClients), p.GetValue(hostileSeconds), p.GetValue(hostileTokens),
-            p.GetValue(hostileKernels), p.GetValue(json)));
+        foreach (var o in new Option[] { hostileModel, hostileClients, hostileSeconds, hostileWindow, hostileTokens, hostileKernels, json }) hostile.Options.Add(o);
+        hostile.SetAction((p, _) => HostileLoad.Run(p.GetValue(hostileModel)!, p.GetValue(hostileClients), p.GetValue(hostileSeconds), p.GetValue(hostileWindow),
+            p.GetValue(hostileTokens), p.GetValue(hostileKernels), p.GetValue(json)));
         var attackServer = new Option<string>("--server") { Required = true, Description = "Base address of the server to attack" };
         var attackName = new Option<string>("--attack") { Required = true, Description = "Which hostile client (a phase name of `hostile`)" };
-        var attackSeconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 20, Description = "How long to attack after the go line" };
-        var hostileAttack = new Command("hostile-attack", "One hostile client of `hostile`, run by it as a process of its own (waits for a line on stdin)") { Hidden = true };
-        foreach (var o in new Option[] { attackServer, attackName, attackSeconds }) hostileAttack.Options.Add(o);
-        hostileAttack.SetAction((p, _) => HostileLoad.RunAttacker(p.GetValue(attackServer)!, p.GetValue(attackName)!, p.GetValue(attackSeconds)));
+        var hostileAttack = new Command("hostile-attack", "One hostile client of `hostile`, run by it as a process of its own (attacks on each \"go SECONDS\" line of stdin)") { Hidden = true };
+        foreach (var o in new Option[] { attackServer, attackName }) hostileAttack.Options.Add(o);
+        hostileAttack.SetAction((p, _) => HostileLoad.RunAttacker(p.GetValue(attackServer)!, p.GetValue(attackName)!));
         var verifyJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
         var fatbin = new Option<string?>("--fatbin") { Description = "Verify this fatbin (e.g. one the GPU machine's nvcc built) instead of the embedded one" };
         var seed = new Option<int>("--seed") { DefaultValueFactory = _ => 1234, Description = "Seed of the random inputs" };

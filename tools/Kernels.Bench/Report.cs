@@ -114,10 +114,11 @@ public static class Report
         {
             sections++;
             md.AppendLine($"## Hostile clients ({Path.GetFileName(Text(hostile["model"]))}, `kernels serve` on loopback, CPU)").AppendLine();
-            md.AppendLine($"{Num(hostile["clients"])} steady closed-loop streaming clients (max_tokens {Num(hostile["maxTokens"])}); phases of {Num(hostile["phaseSeconds"])} s, " +
-                          "each hostile phase right after one without an attacker (the ratio compares the two); one hostile client sending back to back. " +
+            md.AppendLine($"{Num(hostile["clients"])} steady closed-loop streaming clients (max_tokens {Num(hostile["maxTokens"])}); for each hostile client " +
+                          $"{Num(hostile["phaseSeconds"])} s in which it is switched on and off in alternating windows of {Num(hostile["windowSeconds"])} s " +
+                          "(so both sides of each ratio see the same shared, drifting machine); the hostile client sends back to back from a process of its own. " +
                           $"Machine: {Text(hostile["machine"])}, shared with other work.").AppendLine();
-            md.AppendLine("| phase | hostile client | steady requests | TTFT p50 ms | p90 ms | p99 ms | p99 vs the phase before | attacker's requests |")
+            md.AppendLine("| phase | hostile client | steady requests | TTFT p50 ms | p90 ms | p99 ms | p99 with / without it | attacker's requests |")
                 .AppendLine("|---|---|---:|---:|---:|---:|---:|---|");
             foreach (var r in Array(hostile["phases"]))
             {

@@ -22,7 +22,7 @@ public static class Suites
                 new("throughput", p => Task.FromResult(Throughput.Run("synthetic:tiny", "random,system-prompt,few-shot,samples", requests: 4, inputLength: 8,
                     outputLength: 4, prefixLength: 32, samples: 2, sharing: "both", p))),
                 new("latency", p => ServingLatency.Run("synthetic:tiny", clients: 4, requests: 16, maxTokens: 4, promptWords: 4, rate: null, p)),
-                new("hostile", p => HostileLoad.Run("synthetic:tiny", clients: 4, phaseSeconds: 1, maxTokens: 4, kernelsDll: null, p)),
+                new("hostile", p => HostileLoad.Run("synthetic:tiny", clients: 4, phaseSeconds: 2, windowSeconds: 0.5, maxTokens: 4, kernelsDll: null, p)),
             }
             : new List<Suite>
             {
@@ -31,7 +31,7 @@ public static class Suites
                 new("throughput", p => Task.FromResult(Throughput.Run("synthetic:small", "random,system-prompt,few-shot,samples", requests: 32, inputLength: 32,
                     outputLength: 32, prefixLength: 512, samples: 8, sharing: "both", p))),
                 new("latency", p => ServingLatency.Run("synthetic:tiny", clients: 32, requests: 500, maxTokens: 16, promptWords: 24, rate: null, p)),
-                new("hostile", p => HostileLoad.Run(Program.StoriesOrTiny(), clients: 32, phaseSeconds: 20, maxTokens: 16, kernelsDll: null, p)),
+                new("hostile", p => HostileLoad.Run(Program.StoriesOrTiny(), clients: 32, phaseSeconds: 40, windowSeconds: 2.5, maxTokens: 16, kernelsDll: null, p)),
                 new("peer", p => Task.FromResult(Peer.Run(peerModels, prompt: 64, storiesPrompt: 32, generate: 64, sequences: 16, reps: 7, sharedReps: 7, llamaThreads: 0, p))),
             };
         var run = new JsonObject
