@@ -105,8 +105,8 @@ public static class HostileLoad
             new("fan-out", "20,000 prompts x n 128 (issue 21; refused)", _ => fanOutBytes, false, true),
             new("huge stop list", "800,000 stop strings x n 128 (issue 21; refused)", _ => stopsBytes, false, true),
             new("bad Unicode", "lone surrogates / invalid UTF-8 in prompt, stop, model (refused)", i => badUnicode[i % badUnicode.Length], false, true),
-            // Control: the same 4 MB requests sent to a sink in the attacker's own process, which answers 400 after the
-            // headers and closes, as the server does: what the attacker's traffic alone costs the shared machine.
+            // Control: the same 4 MB requests sent to a sink in the attacker's own process, which takes each whole, does
+            // nothing with it and answers 400: what the attacker's traffic alone costs the shared machine.
             new("huge stop list to a sink", "control: the 800,000-stop requests sent to a do-nothing sink, not the server", _ => stopsBytes, false, false, ToSink: true),
             new("fan-out at the limit", "32 prompts x n 4 = 128 choices, max_tokens 64, streamed (served)",
                 _ => Json(new { prompt = Enumerable.Range(0, 32).Select(i => $"Tell me story {i}").ToArray(), n = 4, max_tokens = 64, ignore_eos = true, stream = true }), true, false),
@@ -225,8 +225,8 @@ public static class HostileLoad
     }
 
     /// <summary>
-    /// A do-nothing HTTP endpoint on loopback: reads a request's headers and first bytes, answers 400 and closes (what
-    /// the server does with an over-limit body), for the control phase.
+    /// A do-nothing HTTP endpoint on loopback for the control phase: reads each request whole (headers, then as many
+    /// bytes as Content-Length says, discarded), answers 400 and closes: the attacker's traffic with no work behind it.
     /// </summary>
     private sealed class Sink : IDisposable
     {
@@ -258,8 +258,18 @@ public static class HostileLoad
                             try
                             {
                                 var stream = client.GetStream();
-                                var buffer = new byte[16 << 10];
-                                await stream.ReadAtLeastAsync(buffer, 4096, throwOnEndOfStream: false);
+                                var buffer = new byte[64 << 10];
+                                int read = 0, headerEnd = -1;
+                                while (headerEnd < 0 && read < buffer.Length && await stream.ReadAsync(buffer.AsMemory(read)) is var n and > 0)
+                                {
+                                    read += n;
+                                    headerEnd = buffer.AsSpan(0, read).IndexOf("\r\n\r\n"u8);
+                                }
+                                if (headerEnd < 0) return;
+                                string headers = Encoding.ASCII.GetString(buffer, 0, headerEnd);
+                                var length = System.Text.RegularExpressions.Regex.Match(headers, @"Content-Length:\s*(\d+)", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
+                                long left = (length.Success ? long.Parse(length.Groups[1].Value) : 0) - (read - headerEnd - 4);
+                                while (left > 0 && await stream.ReadAsync(buffer) is var m and > 0) left -= m;
                                 await stream.WriteAsync(Answer);
                             }
                             catch (IOException)

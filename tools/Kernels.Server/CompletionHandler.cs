@@ -14,6 +14,8 @@ namespace Kernels.Server;
 
 internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits limits, ServerShutdown shutdown, ILogger log)
 {
+    private readonly RefusalLog refusals = new();
+
     public async Task HandleAsync(HttpContext http, ApiEndpoint endpoint)
     {
         long started = Stopwatch.GetTimestamp();
@@ -31,7 +33,9 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
         }
         catch (ApiException e)
         {
-            log.LogInformation("{RequestId} {Route} refused with {Status}: {Message}", id, route, e.Status, e.Message);
+            if (refusals.TryLog(out int suppressed))
+                log.LogInformation("{RequestId} {Route} refused with {Status}: {Message}{Suppressed}", id, route, e.Status, e.Message,
+                    suppressed > 0 ? $" ({suppressed} more refusals not logged)" : "");
             await e.WriteAsync(http.Response).ConfigureAwait(false);
             return;
         }

@@ -30,11 +30,14 @@ internal static class ErrorResponses
     /// <summary>The first middleware: limits, draining, unexpected exceptions, and bodies for bodiless error statuses.</summary>
     public static void Use(WebApplication app, RequestLimits limits, ServerShutdown shutdown, ILogger log)
     {
+        var refusals = new RefusalLog();
         app.Use(async (http, next) =>
         {
             if (LimitExceeded(http.Request, limits) is { } refusal)
             {
-                log.LogInformation("Refused {Method} from {Remote} with {Status}: {Message}", http.Request.Method, http.Connection.RemoteIpAddress, refusal.Status, refusal.Message);
+                if (refusals.TryLog(out int suppressed))
+                    log.LogInformation("Refused {Method} from {Remote} with {Status}: {Message}{Suppressed}", http.Request.Method, http.Connection.RemoteIpAddress,
+                        refusal.Status, refusal.Message, suppressed > 0 ? $" ({suppressed} more refusals not logged)" : "");
                 http.Response.Headers.Connection = "close";
                 await refusal.WriteAsync(http.Response).ConfigureAwait(false);
                 return;
