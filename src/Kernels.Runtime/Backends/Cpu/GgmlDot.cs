@@ -449,11 +449,16 @@ public static unsafe class GgmlDot
             F.Header(w, out d[b], out float dmin, out var s, out var eb);
             f[b] = F.HasMin ? dmin : d[b];
             eb.Store(e + 16 * b);
-            for (int ch = 0; ch < 8; ch++)
-            {
-                F.Codes(w, ch).Store(c + 32 * ch);
-                F.ChunkScales(s, ch).Store(sc + 16 * ch);
-            }
+            // Unrolled so each chunk index is a constant: the decoders' shuffle masks and shifts fold (a chunk index in a
+            // loop variable made the JIT build a 32-byte shuffle mask lane by lane, half the time of a 16-row matmul).
+            F.Codes(w, 0).Store(c); F.ChunkScales(s, 0).Store(sc);
+            F.Codes(w, 1).Store(c + 32); F.ChunkScales(s, 1).Store(sc + 16);
+            F.Codes(w, 2).Store(c + 64); F.ChunkScales(s, 2).Store(sc + 32);
+            F.Codes(w, 3).Store(c + 96); F.ChunkScales(s, 3).Store(sc + 48);
+            F.Codes(w, 4).Store(c + 128); F.ChunkScales(s, 4).Store(sc + 64);
+            F.Codes(w, 5).Store(c + 160); F.ChunkScales(s, 5).Store(sc + 80);
+            F.Codes(w, 6).Store(c + 192); F.ChunkScales(s, 6).Store(sc + 96);
+            F.Codes(w, 7).Store(c + 224); F.ChunkScales(s, 7).Store(sc + 112);
         }
     }
 
