@@ -30,7 +30,8 @@ public static class Suites
                 new("throughput", p => Task.FromResult(Throughput.Run("synthetic:small", "random,system-prompt,few-shot,samples", requests: 32, inputLength: 32,
                     outputLength: 32, prefixLength: 512, samples: 8, sharing: "both", p))),
                 new("latency", p => ServingLatency.Run("synthetic:tiny", clients: 32, requests: 500, maxTokens: 16, promptWords: 24, rate: null, p)),
-                new("peer", p => Task.FromResult(Peer.Run(peerModels, prompt: 64, storiesPrompt: 32, generate: 64, sequences: 16, reps: 7, sharedReps: 7, llamaThreads: 0, p))),
+                new("peer", p => Task.FromResult(Peer.Run(peerModels, prompt: 64, storiesPrompt: 32, generate: 64, sequences: 16, reps: 7, sharedReps: 7, llamaThreads: 0, p,
+                    Peer.Paths.Both, Path.Combine(directory, "models")))),
             };
         var run = new JsonObject
         {
