@@ -116,7 +116,7 @@ public static unsafe partial class MatMul
                 var activations = w.DType.IsBlockQuantized() ? quantized[Q8Rows.FormatFor(w.DType)] : null;
                 // The AVX2 kernels widen F16 through fp32 fields that a subnormal half would make denormal: they read a
                 // flushed copy plus fix-ups. The AVX-512 ones convert exactly in integers and read the data as stored.
-                var subnormals = WideDense(w) ? null : w.Subnormals;
+                var subnormals = WideDense(w) || !F16Subnormals.Needed ? null : F16Subnormals.For(w);
                 jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
                     products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
                 firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
