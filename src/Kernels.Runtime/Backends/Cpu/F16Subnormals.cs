@@ -37,9 +37,10 @@ internal sealed unsafe class F16Subnormals
     }
 
     /// <summary>
-    /// Whether this CPU takes a microcode assist on a multiply with a denormal operand (Intel cores do: measured ~10x
-    /// on an FMA loop on a Xeon, an F16 matmul of 64 rows 4x slower with 0.17 % subnormal halves). AMD cores handle
-    /// denormal operands at full speed, so the AVX2 kernels read F16 data as stored there.
+    /// Whether to split on this CPU: Intel cores take a microcode assist on a multiply with a denormal operand
+    /// (measured on this project's Xeon: an FMA loop ~10x slower per denormal, an F16 matmul of 64 rows 4x slower with
+    /// 0.17 % subnormal halves). Elsewhere (AMD) the AVX2 kernels read F16 data as stored, as they did when the 2-core
+    /// EPYC measurements of BENCHMARKS.md were made; whether Zen pays for denormal operands was not measured here.
     /// </summary>
     public static bool Needed { get; } = System.Runtime.Intrinsics.X86.X86Base.IsSupported && Vendor() == "GenuineIntel";
 
