@@ -86,7 +86,7 @@ public static class Peer
     }
 
     /// <summary>Our instruction paths here: the dense matmul's and the GGML integer dot products'.</summary>
-    private static string OursPath() => $"dense matmul {MatMul.DensePath}, GGML int8 dots {GgmlDot.Best switch { GgmlDot.Path.AvxVnni => "AVX-VNNI", GgmlDot.Path.Avx2 => "AVX2", _ => "scalar" }}";
+    private static string OursPath() => CpuBackend.InstructionPaths;
 
     /// <summary>
     /// The same comparison on the AVX2 path of both engines, in a child process (the runtime's instruction sets are fixed
