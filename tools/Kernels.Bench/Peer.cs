@@ -1,6 +1,10 @@
 // `kernels-bench peer`: side-by-side CPU comparison with llama.cpp (through LLamaSharp + LLamaSharp.Backend.Cpu) on
 // the same GGUF file, same thread count: single-sequence prompt processing and generation (llama-bench's pp/tg), and
 // 16 sequences decoding after one shared prompt (llama-batched-bench -pps: the prompt decoded once, its KV shared).
+// Models are files or names that build them: small:F16 (synthetic:small exported by us), small:Q8_0, small:Q4_K_M
+// (any llama.cpp file type, made from the F16 file by llama.cpp's own quantizer). --paths both runs everything a second
+// time in a child process on the AVX2 path of both engines (ours: DOTNET_EnableAVX512=0, DOTNET_EnableAVXVNNI=0;
+// llama.cpp: its avx2 build) after the native one.
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text.Json;
@@ -20,44 +24,56 @@ public static class Peer
     public sealed record Row(string Workload, double Ours, double LlamaCpp, double Ratio, string Unit, double[] OursRuns, double[] LlamaCppRuns);
 
     public sealed record ModelResult(string Model, string Path, double ParametersM, int VocabSize, int Prompt, int Generate, int Sequences,
-        int Repetitions, int GreedyTokensCompared, int GreedyTokensMatching, List<Row> Rows, double OursSharedTotalS, double LlamaSharedTotalS);
+        int Repetitions, int GreedyTokensCompared, int GreedyTokensMatching, List<Row> Rows, double OursSharedTotalS, double LlamaSharedTotalS,
+        string InstructionPath = "", string OursPath = "", string LlamaPath = "");
 
     private sealed record Timing(double PrefillS, double DecodeS, int[] Tokens);
 
-    public static int Run(string models, int prompt, int storiesPrompt, int generate, int sequences, int reps, int sharedReps, int llamaThreads, string? jsonPath)
+    /// <summary>What `peer` and `all` compare by default: stories260K and the 100M model as F16, Q8_0 and Q4_K_M.</summary>
+    public const string DefaultModels = "stories260K,small:F16,small:Q8_0,small:Q4_K_M";
+
+    /// <summary>Which instruction paths to compare: the best this CPU runs, AVX2 on both sides, or both in turn.</summary>
+    public enum Paths { Native, Avx2, Both }
+
+    public static int Run(string models, int prompt, int storiesPrompt, int generate, int sequences, int reps, int sharedReps, int llamaThreads, string? jsonPath,
+        Paths paths = Paths.Native, string? cacheDirectory = null)
     {
-        NativeLibraryConfig.All.WithLogCallback((_, _) => { }); // llama.cpp logs every load to stderr otherwise
+        bool avx2 = paths == Paths.Avx2;
+        LlamaCpp.Configure(avx2 ? AvxLevel.Avx2 : null);
         int threads = Environment.ProcessorCount;
         _llamaThreads = llamaThreads > 0 ? llamaThreads : threads;
         string date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'");
-        Console.WriteLine($"# CPU peer comparison: Kernels.Runtime CpuBackend vs llama.cpp (LLamaSharp 0.30.0, LLamaSharp.Backend.Cpu), {date}");
-        Console.WriteLine($"# machine: {threads} cores, {RuntimeInformation.ProcessArchitecture}, AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}, " +
-                          $"AVX-512F {System.Runtime.Intrinsics.X86.Avx512F.IsSupported}; ours {threads} threads, llama.cpp {_llamaThreads}; {RuntimeInformation.FrameworkDescription}; " +
+        string ours = OursPath();
+        if (avx2 && (MatMul.DensePath == "AVX-512" || GgmlDot.Best == GgmlDot.Path.AvxVnni))
+            Console.WriteLine("# warning: --paths avx2 without DOTNET_EnableAVX512=0 DOTNET_EnableAVXVNNI=0: ours still runs " + ours);
+        string pathName = avx2 ? "AVX2" : "native";
+        Console.WriteLine($"# CPU peer comparison ({pathName} path): Kernels.Runtime CpuBackend vs llama.cpp (LLamaSharp 0.30.0, LLamaSharp.Backend.Cpu), {date}");
+        Console.WriteLine($"# CPU: {Report.CpuName()}; {threads} cores, {RuntimeInformation.ProcessArchitecture}; ours {threads} threads, llama.cpp {_llamaThreads}; {RuntimeInformation.FrameworkDescription}; " +
                           $"OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset)"}; load average {LoadAverage()}");
+        Console.WriteLine($"# ours: {ours}");
         Console.WriteLine("# same GGUF file on both sides; prompt = random token ids (a fresh prompt per repetition, so no prefix-cache hits); greedy decoding");
         Console.WriteLine($"# single sequence: pp = P prompt tokens in one batch, tg = G one-token decode steps; median of {reps} repetitions after a warm-up");
         Console.WriteLine($"# {sequences} sequences: the prompt decoded once, its KV shared by all ({sequences} forks in ours, memory seq_cp in llama.cpp), " +
                           $"then G steps of {sequences} tokens; tok/s = {sequences} x G / decode time; median of {sharedReps}");
-        Console.WriteLine("# timings are wall clock on a shared 2-core machine: other processes add noise, hence medians");
+        Console.WriteLine("# timings are wall clock on a shared machine: other processes add noise, hence medians");
         var results = new List<ModelResult>();
+        string cache = cacheDirectory ?? Path.Combine(Path.GetTempPath(), "kernels-peer-models");
         foreach (string spec in models.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
-            string path = spec;
-            if (spec == "stories260K")
-            {
-                path = FindShared("models/stories260K/stories260K.gguf") ?? "";
-                if (path == "") { Console.WriteLine("\n## stories260K: skipped, ../shared/models/stories260K/stories260K.gguf not found"); continue; }
-            }
-            else if (!File.Exists(path)) { Console.WriteLine($"\n## {spec}: skipped, file not found"); continue; }
+            string? path = ResolveModel(spec, cache);
+            if (path == null) { Console.WriteLine($"\n## {spec}: skipped, not found (a GGUF file, stories260K, or small:<F16|Q8_0|Q4_K_M|...>)"); continue; }
             int p = Path.GetFileName(path).Contains("stories", StringComparison.OrdinalIgnoreCase) ? storiesPrompt : prompt;
-            results.Add(RunModel(Path.GetFileNameWithoutExtension(path), path, p, generate, sequences, reps, sharedReps, threads));
+            var r = RunModel(Path.GetFileNameWithoutExtension(path), path, p, generate, sequences, reps, sharedReps, threads);
+            results.Add(r with { InstructionPath = pathName, OursPath = ours, LlamaPath = $"{LlamaCpp.LoadedCpuLibrary()} ({LlamaCpp.SystemInfo()})" });
         }
+        if (paths == Paths.Both) results.AddRange(RunAvx2Child(models, prompt, storiesPrompt, generate, sequences, reps, sharedReps, llamaThreads, cache));
         if (jsonPath != null)
         {
             var doc = new
             {
                 date,
-                machine = new { cores = threads, arch = RuntimeInformation.ProcessArchitecture.ToString(), avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported, runtime = RuntimeInformation.FrameworkDescription },
+                machine = new { cores = threads, cpu = Report.CpuName(), arch = RuntimeInformation.ProcessArchitecture.ToString(), avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported,
+                    avx512 = System.Runtime.Intrinsics.X86.Avx512F.IsSupported, runtime = RuntimeInformation.FrameworkDescription },
                 peer = "llama.cpp via LLamaSharp 0.30.0 + LLamaSharp.Backend.Cpu",
                 threads,
                 llamaThreads = _llamaThreads,
@@ -67,6 +83,65 @@ public static class Peer
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
         }
         return 0;
+    }
+
+    /// <summary>Our instruction paths here: the dense matmul's and the GGML integer dot products'.</summary>
+    private static string OursPath() => CpuBackend.InstructionPaths;
+
+    /// <summary>
+    /// The same comparison on the AVX2 path of both engines, in a child process (the runtime's instruction sets are fixed
+    /// at start-up): ours with AVX-512 and AVX-VNNI disabled, llama.cpp's avx2 build.
+    /// </summary>
+    private static List<ModelResult> RunAvx2Child(string models, int prompt, int storiesPrompt, int generate, int sequences, int reps, int sharedReps, int llamaThreads, string cache)
+    {
+        string json = Path.Combine(Path.GetTempPath(), $"kernels-peer-avx2-{Environment.ProcessId}.json");
+        var start = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") start.ArgumentList.Add(typeof(Peer).Assembly.Location);
+        foreach (var a in new[] { "peer", "--models", models, "--prompt", prompt.ToString(), "--stories-prompt", storiesPrompt.ToString(), "--generate", generate.ToString(),
+                     "--sequences", sequences.ToString(), "--reps", reps.ToString(), "--shared-reps", sharedReps.ToString(), "--llama-threads", llamaThreads.ToString(),
+                     "--paths", "avx2", "--cache", cache, "--json", json })
+            start.ArgumentList.Add(a);
+        start.Environment["DOTNET_EnableAVX512"] = "0";
+        start.Environment["DOTNET_EnableAVXVNNI"] = "0";
+        Console.WriteLine();
+        Console.WriteLine("# ---- the same on the AVX2 path (child process: DOTNET_EnableAVX512=0 DOTNET_EnableAVXVNNI=0, llama.cpp avx2 build) ----");
+        Console.Out.Flush();
+        using var child = Process.Start(start)!;
+        child.WaitForExit();
+        if (child.ExitCode != 0 || !File.Exists(json)) throw new InvalidOperationException($"the AVX2 pass failed (exit {child.ExitCode})");
+        var doc = JsonSerializer.Deserialize<JsonElement>(File.ReadAllText(json));
+        File.Delete(json);
+        return doc.GetProperty("results").Deserialize<List<ModelResult>>() ?? [];
+    }
+
+    /// <summary>
+    /// A GGUF path for <paramref name="spec"/>: an existing file; "stories260K" (../shared); "small:F16" (synthetic:small
+    /// exported by us into <paramref name="cache"/>); "small:TYPE" for any llama.cpp file type (Q8_0, Q4_K_M, ...: made
+    /// from the F16 file by llama.cpp's quantizer). Null when it cannot be found or made.
+    /// </summary>
+    public static string? ResolveModel(string spec, string cache)
+    {
+        if (spec == "stories260K") return FindShared("models/stories260K/stories260K.gguf");
+        if (File.Exists(spec)) return spec;
+        int colon = spec.IndexOf(':');
+        if (colon < 0 || spec[..colon] != "small") return null;
+        string type = spec[(colon + 1)..].ToUpperInvariant();
+        Directory.CreateDirectory(cache);
+        string f16 = Path.Combine(cache, "small-f16.gguf");
+        if (!File.Exists(f16))
+        {
+            using var model = ModelLoader.Load("synthetic:small");
+            GgufExport.Write(model, f16 + ".tmp", TensorDType.F16);
+            File.Move(f16 + ".tmp", f16);
+        }
+        if (type == "F16") return f16;
+        string path = Path.Combine(cache, $"small-{type.ToLowerInvariant()}.gguf");
+        if (!File.Exists(path))
+        {
+            LlamaCpp.Quantize(f16, path + ".tmp", type);
+            File.Move(path + ".tmp", path);
+        }
+        return path;
     }
 
     internal static string? FindShared(string relative)
@@ -84,8 +159,9 @@ public static class Peer
         using var backend = new CpuBackend(model);
         int vocab = model.Config.VocabSize;
         long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
+        string types = string.Join(", ", model.Weights.All().Where(t => t.Shape.Length == 2).GroupBy(t => t.DType).Select(g => $"{g.Key.Name()} x {g.Count()}"));
         Console.WriteLine();
-        Console.WriteLine($"## {name}: {model.Config.ParameterCount / 1e6:F1}M parameters, vocab {vocab}, {new FileInfo(path).Length / 1e6:F1} MB file, " +
+        Console.WriteLine($"## {name}: {model.Config.ParameterCount / 1e6:F1}M parameters, vocab {vocab}, {new FileInfo(path).Length / 1e6:F1} MB file ({types}), " +
                           $"ours holds {weightBytes / 1e6:F1} MB of weights; P = {p}, G = {g}, {n} sequences");
 
         var single = new ModelParams(path) { ContextSize = (uint)(p + g + 16), BatchSize = (uint)Math.Max(p, 512), Threads = _llamaThreads, BatchThreads = _llamaThreads, GpuLayerCount = 0 };
@@ -101,10 +177,8 @@ public static class Peer
         if (!_printedNative)
         {
             _printedNative = true;
-            string lib = File.ReadLines("/proc/self/maps").Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries).LastOrDefault() ?? "")
-                .FirstOrDefault(l => l.EndsWith("libggml-cpu.so", StringComparison.Ordinal)) ?? "?";
-            Console.WriteLine($"# llama.cpp native library: {Path.GetRelativePath(AppContext.BaseDirectory, lib)}; threads {ctx1.GenerationThreads}/{ctx1.BatchThreads} (decode/batch); " +
-                              $"flash attention {single.FlashAttention?.ToString() ?? "default (auto)"}; system info: {SystemInfo()}");
+            Console.WriteLine($"# llama.cpp native library: {LlamaCpp.LoadedCpuLibrary()}; threads {ctx1.GenerationThreads}/{ctx1.BatchThreads} (decode/batch); " +
+                              $"flash attention {single.FlashAttention?.ToString() ?? "default (auto)"}; system info: {LlamaCpp.SystemInfo()}");
         }
 
         var rng = new Random(42);
@@ -171,12 +245,6 @@ public static class Peer
     private static int _llamaThreads;
 
     private static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "?";
-
-    private static string SystemInfo()
-    {
-        object info = typeof(NativeApi).GetMethod("llama_print_system_info")!.Invoke(null, null)!;
-        return (info is IntPtr ptr ? Marshal.PtrToStringAnsi(ptr) : info.ToString())?.Trim() ?? "";
-    }
 
     private static double Median(double[] xs)
     {

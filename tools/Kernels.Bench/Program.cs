@@ -80,7 +80,10 @@ public static class Program
         var e2e = new Command("e2e", "CUDA backend end to end: logits parity with the CPU backend, create/dispose leak check, llama3-8b decode throughput vs roofline; exit 2 without CUDA");
         foreach (var o in new Option[] { e2eJson, e2eQuick, fatbin, ordinal }) e2e.Options.Add(o);
         e2e.SetAction(p => EndToEnd.Run(p.GetValue(fatbin), p.GetValue(e2eJson), p.GetValue(ordinal), p.GetValue(e2eQuick)));
-        var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => "stories260K", Description = "Comma-separated GGUF files; `stories260K` = ../shared/models/stories260K/stories260K.gguf (skipped when absent)" };
+        var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => Peer.DefaultModels,
+            Description = "Comma-separated GGUF files or names: stories260K (../shared/models, skipped when absent); small:F16 (synthetic:small exported by us), small:Q8_0, small:Q4_K_M, ... (made from it by llama.cpp's quantizer)" };
+        var peerPaths = new Option<Peer.Paths>("--paths") { DefaultValueFactory = _ => Peer.Paths.Native, Description = "Native (the best this CPU runs on both sides), Avx2 (both on AVX2), Both (native, then AVX2 in a child process)" };
+        var peerCache = new Option<string?>("--cache") { Description = "Folder for the GGUF files small:... names build (default: the temp folder)" };
         var peerPrompt = new Option<int>("--prompt") { DefaultValueFactory = _ => 64, Description = "Prompt tokens P" };
         var peerStoriesPrompt = new Option<int>("--stories-prompt") { DefaultValueFactory = _ => 32, Description = "Prompt tokens P for stories260K (its context is 512)" };
         var peerGenerate = new Option<int>("--generate") { DefaultValueFactory = _ => 64, Description = "New tokens G per sequence" };
@@ -89,9 +92,9 @@ public static class Program
         var peerSharedReps = new Option<int>("--shared-reps") { DefaultValueFactory = _ => 3, Description = "Repetitions of the shared-prompt runs (median)" };
         var peerLlamaThreads = new Option<int>("--llama-threads") { DefaultValueFactory = _ => 0, Description = "llama.cpp threads (0 = Environment.ProcessorCount, the same as ours)" };
         var peer = new Command("peer", "CPU side by side with llama.cpp (LLamaSharp) on the same GGUF: 1-sequence pp/tg and N sequences sharing a prompt");
-        foreach (var o in new Option[] { peerModels, peerPrompt, peerStoriesPrompt, peerGenerate, peerSequences, peerReps, peerSharedReps, peerLlamaThreads, json }) peer.Options.Add(o);
+        foreach (var o in new Option[] { peerModels, peerPrompt, peerStoriesPrompt, peerGenerate, peerSequences, peerReps, peerSharedReps, peerLlamaThreads, peerPaths, peerCache, json }) peer.Options.Add(o);
         peer.SetAction(p => Peer.Run(p.GetValue(peerModels)!, p.GetValue(peerPrompt), p.GetValue(peerStoriesPrompt), p.GetValue(peerGenerate),
-            p.GetValue(peerSequences), p.GetValue(peerReps), p.GetValue(peerSharedReps), p.GetValue(peerLlamaThreads), p.GetValue(json)));
+            p.GetValue(peerSequences), p.GetValue(peerReps), p.GetValue(peerSharedReps), p.GetValue(peerLlamaThreads), p.GetValue(json), p.GetValue(peerPaths), p.GetValue(peerCache)));
         var tpModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to run" };
         var tpWorkloads = new Option<string>("--workload") { DefaultValueFactory = _ => "random,system-prompt,few-shot,samples", Description = "Comma-separated: random, system-prompt, few-shot, samples" };
         var tpRequests = new Option<int>("--requests") { DefaultValueFactory = _ => 32, Description = "Requests per workload" };
@@ -126,7 +129,7 @@ public static class Program
         quick.SetAction((p, _) => Quick.Run(p.GetValue(quickJson)!));
         var allOut = new Option<string>("--out") { DefaultValueFactory = _ => "bench-results", Description = "Folder for the suites' JSON files" };
         var allQuick = new Option<bool>("--quick") { Description = "Tiny shapes (CI): checks the suites run, the numbers mean nothing" };
-        var allPeer = new Option<string>("--peer-models") { DefaultValueFactory = _ => "stories260K", Description = "GGUF files for the llama.cpp comparison (see `peer --models`)" };
+        var allPeer = new Option<string>("--peer-models") { DefaultValueFactory = _ => Peer.DefaultModels, Description = "GGUF files or names for the llama.cpp comparison (see `peer --models`)" };
         var all = new Command("all", "Every CPU suite (decode, prefix, throughput, latency, hostile, peer) into one folder of JSON files, with progress");
         foreach (var o in new Option[] { allOut, allQuick, allPeer }) all.Options.Add(o);
         all.SetAction((p, _) => Suites.RunCpu(p.GetValue(allOut)!, p.GetValue(allQuick), p.GetValue(allPeer)!));

@@ -32,7 +32,8 @@ public static class Suites
                     outputLength: 32, prefixLength: 512, samples: 8, sharing: "both", p))),
                 new("latency", p => ServingLatency.Run("synthetic:tiny", clients: 32, requests: 500, maxTokens: 16, promptWords: 24, rate: null, p)),
                 new("hostile", p => HostileLoad.Run(Program.StoriesOrTiny(), clients: 32, phaseSeconds: 40, windowSeconds: 2.5, maxTokens: 16, kernelsDll: null, p)),
-                new("peer", p => Task.FromResult(Peer.Run(peerModels, prompt: 64, storiesPrompt: 32, generate: 64, sequences: 16, reps: 7, sharedReps: 7, llamaThreads: 0, p))),
+                new("peer", p => Task.FromResult(Peer.Run(peerModels, prompt: 64, storiesPrompt: 32, generate: 64, sequences: 16, reps: 7, sharedReps: 7, llamaThreads: 0, p,
+                    Peer.Paths.Both, Path.Combine(directory, "models")))),
             };
         var run = new JsonObject
         {

@@ -80,7 +80,6 @@ public static class BackendSelector
             }
         }
         var backend = new CpuBackend(model, cpu);
-        string simd = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? "AVX2" : System.Numerics.Vector.IsHardwareAccelerated ? "SIMD" : "scalar";
-        return (backend, $"cpu ({Environment.ProcessorCount} cores, {simd}); {cudaNote}; GPU kernels {KernelImage.Describe()}");
+        return (backend, $"cpu ({Environment.ProcessorCount} cores; {CpuBackend.InstructionPaths}); {cudaNote}; GPU kernels {KernelImage.Describe()}");
     }
 }

@@ -83,7 +83,7 @@ public unsafe class CpuOpsTests
             int n = 70;
             var (w, rounded, storage) = Tensor(Random(n * k, k, scale), n, k, dtype);
             using var _ = storage;
-            if (dtype == TensorDType.F16 && scale < 1) Assert.That(w.Subnormals, Is.Not.Null, "the F16 weights were meant to hold subnormal halves");
+            if (dtype == TensorDType.F16 && scale < 1) Assert.That(F16Subnormals.For(w), Is.Not.Null, "the F16 weights were meant to hold subnormal halves");
             var x = Random(rows * k, k + 2);
             if (huge >= 0) for (int i = 0; i < k; i++) x[huge * k + i] *= 1e5f;
             var batched = new float[rows * n];
@@ -104,6 +104,48 @@ public unsafe class CpuOpsTests
                     Assert.That(single[j], Is.EqualTo(expected).Within(1e-6 * magnitude + 1e-6), $"k={k} row={t} col={j}");
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// The AVX-512 and AVX2 paths sum in different orders (16 lanes folded to 8, against 8), so they agree to fp32
+    /// rounding of a k-term sum: within 1e-6 of the sum of the terms' magnitudes (about 2^-20; fp32 accumulation of a
+    /// few hundred terms in two orders differs by far less). Each path is batch invariant on its own (the test above
+    /// runs whichever this host takes).
+    /// </summary>
+    [Test]
+    public void MatMulAvx512AndAvx2PathsAgreeToRounding([Values(TensorDType.F32, TensorDType.F16, TensorDType.BF16)] TensorDType dtype,
+        [Values(1f, 0.002f)] float scale)
+    {
+        if (!MatMul.Wide) Assert.Ignore("this host has no AVX-512 path (or DOTNET_EnableAVX512=0): only the AVX2 path runs here");
+        try
+        {
+            foreach (int rows in new[] { 1, 3, 4, 7, 16 })
+            foreach (int k in new[] { 16, 40, 264, 768, 1100, 2056 })
+            {
+                int n = 70;
+                var (w, rounded, storage) = Tensor(Random(n * k, k, scale), n, k, dtype);
+                using var _ = storage;
+                var x = Random(rows * k, k + 3);
+                var wide = new float[rows * n];
+                var narrow = new float[rows * n];
+                MatMul.Wide = true;
+                MatMul.Multiply(x, rows, w, wide);
+                MatMul.Wide = false;
+                MatMul.Multiply(x, rows, w, narrow);
+                MatMul.Wide = true;
+                for (int t = 0; t < rows; t++)
+                    for (int j = 0; j < n; j++)
+                    {
+                        double magnitude = 0;
+                        for (int i = 0; i < k; i++) magnitude += Math.Abs((double)x[t * k + i] * rounded[j * k + i]);
+                        Assert.That(wide[t * n + j], Is.EqualTo(narrow[t * n + j]).Within(1e-6 * magnitude + 1e-30), $"{dtype} k={k} row={t} col={j}");
+                    }
+            }
+        }
+        finally
+        {
+            MatMul.Wide = true;
         }
     }
 

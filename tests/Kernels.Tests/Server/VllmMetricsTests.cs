@@ -41,6 +41,15 @@ public class VllmMetricsTests
         public void Dispose() => inner.Dispose();
     }
 
+    private sealed class Unfreeze(SteppingBackend stepping) : IDisposable
+    {
+        public void Dispose()
+        {
+            stepping.Paused = false;
+            stepping.Release.Release(2);
+        }
+    }
+
     private static double Value(Dictionary<string, double> m, string name) =>
         m.TryGetValue(name, out var v) ? v : throw new AssertionException($"/metrics has no {name}");
 
@@ -50,6 +59,8 @@ public class VllmMetricsTests
         var model = ModelLoader.Load("synthetic:tiny");
         var stepping = new SteppingBackend(new CpuBackend(model, new CpuBackendOptions { KvCacheBytes = 24 * 8192 })); // 24 blocks of 16 tokens
         using var engine = InferenceEngine.Create(model, stepping);
+        // Whatever happens below, the engine thread is let go before the engine is disposed (it waits for that thread).
+        using var unfreeze = new Unfreeze(stepping);
         await using var app = ServerApp.Build(engine, new ServerOptions { Port = 0, MinimumLogLevel = LogLevel.Warning });
         await app.StartAsync();
         var address = ServerApp.BaseAddress(app);

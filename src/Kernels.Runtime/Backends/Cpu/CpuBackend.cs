@@ -31,6 +31,10 @@ public sealed unsafe class CpuBackend : IBackend
     private readonly ILinearInputObserver? _linearInputs;
 
     public string Name => "cpu";
+
+    /// <summary>The instruction paths the kernels take on this machine, e.g. "matmul AVX-512, GGML int8 dots AVX-VNNI".</summary>
+    public static string InstructionPaths =>
+        $"matmul {MatMul.DensePath}, GGML int8 dots {GgmlDot.Best switch { GgmlDot.Path.AvxVnni => "AVX-VNNI", GgmlDot.Path.Avx2 => "AVX2", _ => "scalar" }}";
     public ModelConfig Config { get; }
     public KvBlockPool KvPool { get; }
 

@@ -27,7 +27,7 @@ internal static unsafe class DotTile
 
     /// <summary>y[c] = Sum(r_c) + bias[c] for c = 0..3, in Vector256.Sum's order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void SumOne(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3, float* y, Vector128<float> bias)
+    internal static void SumOne(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3, float* y, Vector128<float> bias)
     {
         var g = Avx.HorizontalAdd(Avx.HorizontalAdd(r0, r1), Avx.HorizontalAdd(r2, r3));
         (g.GetLower() + g.GetUpper() + bias).Store(y);

@@ -39,21 +39,27 @@ internal unsafe interface ILegacyQuant
 
 internal static unsafe class GgmlFormats
 {
+    /// <summary>Every fp16 value as fp32 (256 KiB), exact: the block scales are converted by one load each.</summary>
+    private static readonly float[] HalfTable = CreateHalfTable();
+    /// <summary>The table's address. GgmlDot reads it in its static constructor, so this class is initialized before any
+    /// kernel is compiled and the JIT folds the address into the code as a constant (no class-init check in the loops).</summary>
+    internal static readonly float* HalfTablePointer = (float*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(HalfTable));
+
+    private static float[] CreateHalfTable()
+    {
+        var table = GC.AllocateUninitializedArray<float>(65536, pinned: true);
+        for (int h = 0; h < 65536; h++) table[h] = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+        return table;
+    }
+
     /// <summary>
-    /// fp16 to fp32, exact for every value, without ever handing the FPU a denormal: normal halves are rebiased in
-    /// integers, subnormal ones converted from their integer mantissa (m x 2^-24). (The shorter "shift the bits, times
-    /// 2^112" multiplies a denormal for every subnormal half; on Intel cores each such multiply takes a microcode assist
-    /// of ~100 cycles, and the scales of Q6_K super-blocks are often fp16 subnormals.)
+    /// fp16 to fp32 by table: exact for every value, and never a denormal multiply (the shorter "shift the bits, times
+    /// 2^112" multiplies a denormal for every subnormal half, a ~100-cycle microcode assist on Intel cores; the scales
+    /// of Q6_K super-blocks are often fp16 subnormals). One load replaces the ~8 integer operations of converting in
+    /// registers, which mattered for the 32-value formats (a conversion per 32 weights).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Half(byte* p)
-    {
-        uint h = Unsafe.ReadUnaligned<ushort>(p);
-        uint magnitude = h & 0x7FFF;
-        float value = magnitude < 0x400 ? (int)magnitude * 5.9604645e-8f // 2^-24
-            : BitConverter.UInt32BitsToSingle(magnitude >= 0x7C00 ? (magnitude << 13) | 0x7F800000 : (magnitude << 13) + (112u << 23));
-        return BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(value) | (h & 0x8000) << 16);
-    }
+    public static float Half(byte* p) => HalfTablePointer[Unsafe.ReadUnaligned<ushort>(p)];
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static uint U32(byte* p) => Unsafe.ReadUnaligned<uint>(p);

@@ -18,7 +18,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
 /// </summary>
-public static unsafe class MatMul
+public static unsafe partial class MatMul
 {
     /// <summary>Rows of W handed to one task: big enough to amortize scheduling, small enough to balance cores.</summary>
     private const int RowsPerTask = 64;
@@ -114,7 +114,9 @@ public static unsafe class MatMul
                 var w = products[i].Weight;
                 bool pairedHere = PairedHalves(w, k);
                 var activations = w.DType.IsBlockQuantized() ? quantized[Q8Rows.FormatFor(w.DType)] : null;
-                var subnormals = w.Subnormals;
+                // The AVX2 kernels widen F16 through fp32 fields that a subnormal half would make denormal: they read a
+                // flushed copy plus fix-ups. The AVX-512 ones convert exactly in integers and read the data as stored.
+                var subnormals = WideDense(w) || !F16Subnormals.Needed ? null : F16Subnormals.For(w);
                 jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
                     products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
                 firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
@@ -131,7 +133,7 @@ public static unsafe class MatMul
         GC.KeepAlive(keepAlive);
     }
 
-    private static bool PairedHalves(WeightTensor w, int k) => Vectorized && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
+    private static bool PairedHalves(WeightTensor w, int k) => Vectorized && !WideDense(w) && w.DType == TensorDType.F16 && k >= 16 && w.AllFinite;
 
     /// <summary>Below this magnitude an x value times 2^112 stays finite (fp32 tops out near 2^128).</summary>
     private const float PrescaleLimit = 32768f;
@@ -185,6 +187,11 @@ public static unsafe class MatMul
             if (activations != null)
             {
                 GgmlRows(start, end);
+                return;
+            }
+            if (WideDense(w))
+            {
+                WideRows(w, data, x, rows, k, n, start, end, y, bias);
                 return;
             }
             if (rows == 1 && paired != null)

@@ -6,7 +6,7 @@ using Kernels.Runtime.Models;
 namespace Kernels.Runtime.Backends.Cuda;
 
 /// <summary>
-/// Memory: one arena for the weights (uploaded once; F16 matrices as stored, BF16 ones as F16 when that is exact, F32 and Q8_0 matrices converted to F16,
+/// Memory: one arena for the weights (uploaded once; F16 matrices as stored, BF16 ones as F16 when that is exact, F32 and GGML block (Q4_0..Q8_0, Q2_K..Q6_K) matrices converted to F16,
 /// or to BF16 when a value exceeds F16's range; norm vectors F32/F16/BF16 as stored; a bias in its matrix's dtype), one
 /// scratch arena for the activations of <see cref="CudaBackendOptions.MaxTokensPerStep"/> token rows, and the paged KV
 /// pool (<see cref="CudaKvStorage"/>), sized by <see cref="CudaMemoryPlan"/> from the free memory.
@@ -61,7 +61,7 @@ public sealed unsafe class CudaBackend : IBackend
         foreach (var layer in model.Weights.Layers)
             foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.Gate, layer.Up, layer.Down })
                 if (w is not DenseLinear)
-                    return $"{w.Name} is {w.Format}: quantized linear layers are not implemented on the CUDA backend yet (dense F32/F16/BF16/Q8_0 only)";
+                    return $"{w.Name} is {w.Format}: quantized linear layers are not implemented on the CUDA backend yet (F32/F16/BF16 and GGML block types only)";
         return null;
     }
 
@@ -165,7 +165,7 @@ public sealed unsafe class CudaBackend : IBackend
     /// <summary>
     /// F16 matrices as stored. BF16 matrices become F16 when every value converts exactly (BF16's 8-bit significand fits
     /// F16's 11 bits inside F16's range): the weights are unchanged, but the tensor-core GEMM rounds x to the weight's
-    /// dtype, and f16 rounding (2^-11) is 8x finer than bf16 (2^-8). F32/Q8_0 become F16 when every value fits F16's
+    /// dtype, and f16 rounding (2^-11) is 8x finer than bf16 (2^-8). F32 and GGML blocks (dequantized) become F16 when every value fits F16's
     /// range (|w| &lt;= 65504), else BF16.
     /// </summary>
     internal static TensorDType MatrixTarget(WeightTensor t)
@@ -187,7 +187,7 @@ public sealed unsafe class CudaBackend : IBackend
         return max <= (float)Half.MaxValue ? TensorDType.F16 : TensorDType.BF16;
     }
 
-    /// <summary>Norm weights and the embedding table: F32/F16/BF16 as stored (kernels exist for all three); Q8_0 as a matrix.</summary>
+    /// <summary>Norm weights and the embedding table: F32/F16/BF16 as stored (kernels exist for all three); GGML blocks as a matrix.</summary>
     internal static TensorDType VectorTarget(WeightTensor t) =>
         t.DType is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16 ? t.DType : MatrixTarget(t);
 

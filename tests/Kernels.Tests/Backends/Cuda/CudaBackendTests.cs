@@ -22,6 +22,28 @@ public class CudaBackendTests
         Assert.Throws<ArgumentOutOfRangeException>(() => CudaMemoryPlan.KvBlockBytes(Llama8B, 16, TensorDType.Q8_0));
     }
 
+    /// <summary>
+    /// A GGUF file of GGML block types runs on the CUDA backend dequantized to F16 on upload (the conversion reads rows
+    /// through GgmlBlocks, tested against llama.cpp): no refusal, F16 targets for its matrices and its embedding.
+    /// </summary>
+    [Test]
+    public unsafe void GgmlBlockMatricesAreUploadedAsF16()
+    {
+        Kernels.Tests.Numerics.GgmlNative.Require();
+        var values = new float[4 * 256];
+        for (int i = 0; i < values.Length; i++) values[i] = MathF.Sin(i) * 0.05f;
+        foreach (var type in new[] { TensorDType.Q4_K, TensorDType.Q6_K, TensorDType.Q4_0, TensorDType.Q8_0 })
+        {
+            var bytes = Kernels.Tests.Numerics.GgmlNative.Quantize(type, values, 4, 256);
+            fixed (byte* p = bytes)
+            {
+                var t = new WeightTensor("w", type, [4, 256], p);
+                Assert.That(CudaBackend.MatrixTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
+                Assert.That(CudaBackend.VectorTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
+            }
+        }
+    }
+
     [Test]
     public void PlanGivesTheKvPoolItsFractionOfWhatIsLeft()
     {

@@ -1,0 +1,301 @@
+// The dense matmul (F32, F16, BF16 weights) on AVX-512: 16-lane fused multiply-adds, register tiles of 4 weight rows x
+// up to 4 x rows (16 accumulators of 32), F16 widened 16 at a time to exact values in integer registers.
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Runtime.Backends.Cpu;
+
+/// <summary>
+/// The AVX-512 path sums every dot product in one fixed order, whatever the tile or the number of x rows: one 16-lane
+/// accumulator over the first k &amp; ~15 columns in order, folded to 8 lanes (low half + high half), one more 8-lane
+/// step when k % 16 >= 8, Vector256.Sum's reduction, then the scalar tail. (The AVX2 path has no 16-lane part; the two
+/// differ by float rounding, tested within bounds, and each is batch invariant on its own.)
+/// </summary>
+public static unsafe partial class MatMul
+{
+    /// <summary>
+    /// Whether dense matmuls take the AVX-512 path: AVX-512F present and the runtime accelerating Vector512 (it does not
+    /// where DOTNET_EnableAVX512F=0, which forces the AVX2 path). Tests switch it to compare the two.
+    /// </summary>
+    internal static bool Wide { get; set; } = Avx512F.IsSupported && Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Fma.IsSupported && Avx2.IsSupported;
+
+    /// <summary>The instruction path dense matmuls take here, for reports: "AVX-512", "AVX2" or "scalar".</summary>
+    public static string DensePath => Wide ? "AVX-512" : Vectorized ? "AVX2" : "scalar";
+
+    /// <summary>K columns per chunk of the wide tile: 4 converted weight rows of it (16 KiB) stay in L1 while x rows pass.</summary>
+    private const int WideChunkK = 1024;
+
+    /// <summary>Whether <paramref name="w"/>'s rows are read by the wide kernels (the quantized ones have their own).</summary>
+    private static bool WideDense(WeightTensor w) => Wide && w.DType is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16;
+
+    /// <summary>How a wide kernel reads 16 (or 8) elements of a weight row as fp32.</summary>
+    private interface IWideLoad
+    {
+        static abstract int ElementBytes { get; }
+        static abstract Vector512<float> Load16(byte* row, int i);
+        static abstract Vector256<float> Load8(byte* row, int i);
+        static abstract float LoadScalar(byte* row, int i);
+    }
+
+    private readonly struct WideF32 : IWideLoad
+    {
+        public static int ElementBytes => 4;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) => Vector512.Load((float*)row + i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(byte* row, int i) => Vector256.Load((float*)row + i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => ((float*)row)[i];
+    }
+
+    private readonly struct WideBf16 : IWideLoad
+    {
+        public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) =>
+            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load((ushort*)row + i)), 16).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(byte* row, int i) => Bf16Rows.Load(row, i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => DTypeConvert.BFloat16ToSingle(((ushort*)row)[i]);
+    }
+
+    /// <summary>
+    /// Finite fp16 as exact fp32 values from integer operations only, so no denormal ever reaches the FPU: a normal
+    /// half is rebiased (exponent + 112) in place, a subnormal one (|h| &lt; 2^-14) converted from its integer mantissa
+    /// times 2^-24 under a mask. 9 operations per 16 halves; the data is read as stored (no flushed copy, no fix-ups).
+    /// </summary>
+    private readonly struct WideF16 : IWideLoad
+    {
+        public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i)
+        {
+            var h = Avx512F.ConvertToVector512Int32(Vector256.Load((ushort*)row + i));
+            var magnitude = h & Vector512.Create(0x7FFF);
+            var normal = Avx512F.ShiftLeftLogical(magnitude, 13) + Vector512.Create(112 << 23);
+            var subnormal = Avx512F.ConvertToVector512Single(magnitude) * Vector512.Create(5.9604645e-8f); // 2^-24
+            var value = Vector512.ConditionalSelect(Vector512.LessThan(magnitude, Vector512.Create(0x400)).AsSingle(), subnormal, normal.AsSingle());
+            return (value.AsInt32() | Avx512F.ShiftLeftLogical(h & Vector512.Create(0x8000), 16)).AsSingle();
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(byte* row, int i)
+        {
+            var h = Avx2.ConvertToVector256Int32((ushort*)row + i);
+            var magnitude = h & Vector256.Create(0x7FFF);
+            var normal = Avx2.ShiftLeftLogical(magnitude, 13) + Vector256.Create(112 << 23);
+            var subnormal = Avx.ConvertToVector256Single(magnitude) * Vector256.Create(5.9604645e-8f);
+            var value = Vector256.ConditionalSelect(Vector256.LessThan(magnitude, Vector256.Create(0x400)).AsSingle(), subnormal, normal.AsSingle());
+            return (value.AsInt32() | Avx2.ShiftLeftLogical(h & Vector256.Create(0x8000), 16)).AsSingle();
+        }
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
+    }
+
+    /// <summary>fp16 with infinities or NaNs: exact, 8 at a time through DTypeConvert.HalfToSingle8.</summary>
+    private readonly struct WideF16Any : IWideLoad
+    {
+        public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) =>
+            Vector512.Create(DTypeConvert.HalfToSingle8((ushort*)row + i), DTypeConvert.HalfToSingle8((ushort*)row + i + 8));
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(byte* row, int i) => DTypeConvert.HalfToSingle8((ushort*)row + i);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
+    }
+
+    /// <summary>
+    /// The end of every wide dot product: the 16-lane accumulator folded to 8 lanes, the 8-column step at k16 when
+    /// there is one, Vector256.Sum, the scalar tail, the bias.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float WideFinish<L>(Vector512<float> acc, byte* row, float* x, int k, float bias) where L : IWideLoad
+    {
+        int k16 = k & ~15, k8 = k & ~7;
+        var a = acc.GetLower() + acc.GetUpper();
+        if (k8 > k16) a = Fma.MultiplyAdd(L.Load8(row, k16), Vector256.Load(x + k16), a);
+        float s = Vector256.Sum(a);
+        for (int i = k8; i < k; i++) s += L.LoadScalar(row, i) * x[i];
+        return s + bias;
+    }
+
+    /// <summary>One x row against weight rows [start, end): each row streamed front to back, a 64-byte line prefetched <see cref="DecodeLead"/> bytes ahead.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WideDecode<L>(byte* data, float* x, int k, int start, int end, float* y, float[]? bias) where L : IWideLoad
+    {
+        long rowBytes = (long)k * L.ElementBytes;
+        int k16 = k & ~15, line = 64 / L.ElementBytes;
+        for (int b = 0; b < DecodeLead; b += 64) Sse.Prefetch0(data + start * rowBytes + b);
+        for (int j = start; j < end; j++)
+        {
+            byte* row = data + j * rowBytes;
+            var a0 = Vector512<float>.Zero;
+            for (int i = 0; i < k16; i += 16)
+            {
+                if ((i & (line - 1)) == 0) Sse.Prefetch0(row + i * L.ElementBytes + DecodeLead);
+                a0 = Avx512F.FusedMultiplyAdd(L.Load16(row, i), Vector512.Load(x + i), a0);
+            }
+            y[j] = WideFinish<L>(a0, row, x, k, bias != null ? bias[j] : 0f);
+        }
+    }
+
+    /// <summary>
+    /// Two or more x rows: the weights four rows at a time, converted to fp32 (the F16 ones as fields when x is prescaled),
+    /// K in chunks of <see cref="WideChunkK"/> that stay in L1 while every x row passes, 4 x rows per tile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WideBlocked<L>(byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias) where L : IWideLoad
+    {
+        long rowBytes = (long)k * L.ElementBytes;
+        int k16 = k & ~15;
+        int ws = (k16 + 15) & ~15;
+        var panelBuffer = ArrayPool<float>.Shared.Rent(4 * ws + 16);
+        int tiles = (rows + 3) / 4;
+        var carryBuffer = ArrayPool<Vector512<float>>.Shared.Rent(Math.Max(1, tiles * 16));
+        fixed (float* p0 = panelBuffer)
+        fixed (Vector512<float>* carry = carryBuffer)
+        {
+            float* panel = (float*)(((nint)p0 + 63) & ~(nint)63);
+            int j = start;
+            for (; j + 4 <= end; j += 4)
+            {
+                byte* w0 = data + j * rowBytes;
+                for (int c = 0; c < 4; c++)
+                {
+                    byte* r = w0 + c * rowBytes;
+                    float* dst = panel + c * ws;
+                    for (int i = 0; i < k16; i += 16) L.Load16(r, i).Store(dst + i);
+                }
+                if (j + 8 <= end)
+                    for (long b = 0; b < 4 * rowBytes; b += 64) Sse.Prefetch1(w0 + 4 * rowBytes + b);
+                for (int kc = 0; kc < k16; kc += WideChunkK)
+                {
+                    int len = Math.Min(WideChunkK, k16 - kc);
+                    for (int t = 0, g = 0; t < rows; t += 4, g++)
+                        WideTile(panel + kc, ws, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0);
+                }
+                var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
+                for (int t = 0, g = 0; t < rows; t += 4, g++)
+                    for (int r = 0; r < Math.Min(4, rows - t); r++)
+                    {
+                        Vector512<float>* a = carry + 16 * g + r;
+                        if ((k & 15) == 0 && k16 > 0)
+                        {
+                            // The four sums of a row at once, in Vector256.Sum's order (DotTile.SumOne).
+                            DotTile.SumOne(a[0].GetLower() + a[0].GetUpper(), a[4].GetLower() + a[4].GetUpper(), a[8].GetLower() + a[8].GetUpper(),
+                                a[12].GetLower() + a[12].GetUpper(), y + (long)(t + r) * n + j, b4);
+                            continue;
+                        }
+                        for (int c = 0; c < 4; c++)
+                            y[(long)(t + r) * n + j + c] = WideFinish<L>(k16 > 0 ? a[4 * c] : default, w0 + c * rowBytes, x + (long)(t + r) * k, k,
+                                bias != null ? bias[j + c] : 0f);
+                    }
+            }
+            for (; j < end; j++) // the last 1-3 rows of the range: streamed like decode, for every x row
+                for (int t = 0; t < rows; t++) WideDecode<L>(data, x + (long)t * k, k, j, j + 1, y + (long)t * n, bias);
+        }
+        ArrayPool<float>.Shared.Return(panelBuffer);
+        ArrayPool<Vector512<float>>.Shared.Return(carryBuffer);
+    }
+
+    /// <summary>
+    /// 4 fp32 panel rows (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..4) x rows (<paramref name="xs"/>
+    /// floats apart) over <paramref name="len"/> (a multiple of 16) columns: acc[c][r] += w_c[i..i+16] * x_r[i..i+16] in
+    /// order, 16 accumulators in registers, starting from <paramref name="carry"/>[4c + r] when <paramref name="carryIn"/>
+    /// (a later chunk of K) and ending there.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WideTile(float* w, int ws, float* x, int xs, int group, int len, Vector512<float>* carry, bool carryIn)
+    {
+        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        float* x0 = x, x1 = x + xs, x2 = x + 2 * xs, x3 = x + 3 * xs;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
+        if (carryIn)
+        {
+            a00 = carry[0]; a01 = carry[1]; a02 = carry[2]; a03 = carry[3];
+            a10 = carry[4]; a11 = carry[5]; a12 = carry[6]; a13 = carry[7];
+            a20 = carry[8]; a21 = carry[9]; a22 = carry[10]; a23 = carry[11];
+            a30 = carry[12]; a31 = carry[13]; a32 = carry[14]; a33 = carry[15];
+        }
+        switch (group)
+        {
+            case 4:
+                for (int i = 0; i < len; i += 16)
+                {
+                    var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i); var v3 = Vector512.Load(x3 + i);
+                    var c = Vector512.Load(w0 + i);
+                    a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02); a03 = Avx512F.FusedMultiplyAdd(c, v3, a03);
+                    c = Vector512.Load(w1 + i);
+                    a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12); a13 = Avx512F.FusedMultiplyAdd(c, v3, a13);
+                    c = Vector512.Load(w2 + i);
+                    a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21); a22 = Avx512F.FusedMultiplyAdd(c, v2, a22); a23 = Avx512F.FusedMultiplyAdd(c, v3, a23);
+                    c = Vector512.Load(w3 + i);
+                    a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31); a32 = Avx512F.FusedMultiplyAdd(c, v2, a32); a33 = Avx512F.FusedMultiplyAdd(c, v3, a33);
+                }
+                break;
+            case 3:
+                for (int i = 0; i < len; i += 16)
+                {
+                    var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i);
+                    var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02);
+                    c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12);
+                    c = Vector512.Load(w2 + i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21); a22 = Avx512F.FusedMultiplyAdd(c, v2, a22);
+                    c = Vector512.Load(w3 + i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31); a32 = Avx512F.FusedMultiplyAdd(c, v2, a32);
+                }
+                break;
+            case 2:
+                for (int i = 0; i < len; i += 16)
+                {
+                    var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i);
+                    var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01);
+                    c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11);
+                    c = Vector512.Load(w2 + i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21);
+                    c = Vector512.Load(w3 + i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31);
+                }
+                break;
+            default:
+                for (int i = 0; i < len; i += 16)
+                {
+                    var v0 = Vector512.Load(x0 + i);
+                    a00 = Avx512F.FusedMultiplyAdd(Vector512.Load(w0 + i), v0, a00);
+                    a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(w1 + i), v0, a10);
+                    a20 = Avx512F.FusedMultiplyAdd(Vector512.Load(w2 + i), v0, a20);
+                    a30 = Avx512F.FusedMultiplyAdd(Vector512.Load(w3 + i), v0, a30);
+                }
+                break;
+        }
+        carry[0] = a00; carry[1] = a01; carry[2] = a02; carry[3] = a03;
+        carry[4] = a10; carry[5] = a11; carry[6] = a12; carry[7] = a13;
+        carry[8] = a20; carry[9] = a21; carry[10] = a22; carry[11] = a23;
+        carry[12] = a30; carry[13] = a31; carry[14] = a32; carry[15] = a33;
+    }
+
+    /// <summary>The wide kernels for one job's rows [start, end): decode or blocked, with the row loader the dtype and x call for.</summary>
+    private static void WideRows(WeightTensor w, byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias)
+    {
+        bool one = rows == 1;
+        switch (w.DType)
+        {
+            case TensorDType.F32:
+                if (one) WideDecode<WideF32>(data, x, k, start, end, y, bias); else WideBlocked<WideF32>(data, x, rows, k, n, start, end, y, bias);
+                break;
+            case TensorDType.BF16:
+                if (one) WideDecode<WideBf16>(data, x, k, start, end, y, bias); else WideBlocked<WideBf16>(data, x, rows, k, n, start, end, y, bias);
+                break;
+            case TensorDType.F16 when !w.AllFinite:
+                if (one) WideDecode<WideF16Any>(data, x, k, start, end, y, bias); else WideBlocked<WideF16Any>(data, x, rows, k, n, start, end, y, bias);
+                break;
+            case TensorDType.F16:
+                if (one) WideDecode<WideF16>(data, x, k, start, end, y, bias); else WideBlocked<WideF16>(data, x, rows, k, n, start, end, y, bias);
+                break;
+            default:
+                throw new ArgumentOutOfRangeException(nameof(w), w.DType, "not a dense dtype");
+        }
+    }
+}
