@@ -439,8 +439,10 @@ public sealed class Scheduler
     {
         var running = _prefills.Select(p => p.Owner).Concat(_live.Select(s => s.Owner)).Distinct().ToList();
         if (running.Count <= 1) return false;
-        int group = RunningByGroup().MaxBy(g => g.Value).Key; // non-empty: requests are running
-        Preempt(running.Where(r => r.Group == group).MaxBy(r => r.AdmittedAt)!);
+        // The group running the most sequences gives way; among equals (every client with one request), the newest
+        // request, as before groups existed.
+        var byGroup = RunningByGroup();
+        Preempt(running.MaxBy(r => ((long)byGroup[r.Group] << 32) + r.AdmittedAt)!);
         return true;
     }
 
