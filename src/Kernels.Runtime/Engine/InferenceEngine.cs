@@ -379,7 +379,7 @@ public sealed class InferenceEngine : IDisposable
             sub.LastTokenAt[index][e.Sample] = now;
             sub.Tokens[index][e.Sample]++;
         }
-        sub.Events.Writer.TryWrite(e with { Request = index });
+        // The metrics first, the event after: a client that has its last event and reads /metrics finds it counted.
         if (e.Finish is { } finish)
         {
             Metrics.SampleFinished(finish);
@@ -387,13 +387,15 @@ public sealed class InferenceEngine : IDisposable
                 Metrics.RequestTimePerOutputToken.Observe(
                     Stopwatch.GetElapsedTime(sub.FirstTokenAt[index][e.Sample], sub.LastTokenAt[index][e.Sample]).TotalSeconds / (sub.Tokens[index][e.Sample] - 1));
         }
-        if (e.Finish != null && --sub.Remaining[index] == 0)
+        bool requestDone = e.Finish != null && --sub.Remaining[index] == 0;
+        if (requestDone)
         {
             _running.Remove(e.Request);
             Metrics.RequestFinished(e.Finish == FinishReason.Cancelled);
             Metrics.EndToEndLatency.Observe(Stopwatch.GetElapsedTime(sub.SubmittedAt, now).TotalSeconds);
-            if (--sub.Unfinished == 0) sub.Events.Writer.TryComplete();
         }
+        sub.Events.Writer.TryWrite(e with { Request = index });
+        if (requestDone && --sub.Unfinished == 0) sub.Events.Writer.TryComplete();
     }
 
     /// <summary>Stops the loop (requests still running end with Cancelled) and releases the model; waits as long as it takes.</summary>

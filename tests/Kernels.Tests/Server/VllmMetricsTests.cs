@@ -78,7 +78,9 @@ public class VllmMetricsTests
 
         var m = await RouteBench.ScrapeAsync(address);
         int running = stepping.BatchSequences; // n = 1 each: one sequence per running request
-        Assert.That(running, Is.InRange(2, prompts.Length - 1), "the pool admits some requests, not all (the test needs both states)");
+        // How many the scheduler admits by step 2 depends on when the HTTP requests reached it (1 to 5 seen); the test needs
+        // requests both running and waiting, and the gauges equal to whatever the step holds.
+        Assert.That(running, Is.InRange(1, prompts.Length - 1), $"requests both running and waiting at step 2 (the test needs both states): the step ran {running} sequences, {engine.Metrics.RequestsTotal} submitted");
         Assert.That(Value(m, "vllm:num_requests_running"), Is.EqualTo(running));
         Assert.That(Value(m, "vllm:num_requests_waiting"), Is.EqualTo(prompts.Length - running), "nothing has finished by step 2");
         Assert.That(Value(m, "vllm:kv_cache_usage_perc"), Is.EqualTo((double)stepping.ReferencedBlocks / 24).Within(1e-12));
