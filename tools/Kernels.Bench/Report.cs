@@ -287,7 +287,9 @@ public static class Report
                 double shown = Math.Min(values[i], cap);
                 var bar = new ScottPlot.Bar { Position = y, Value = shown, Size = 0.8, FillColor = palette.GetColor(g), Orientation = ScottPlot.Orientation.Horizontal };
                 plot.Add.Bars(new List<ScottPlot.Bar> { bar });
-                var text = plot.Add.Text(values[i] > cap ? $"{values[i]:F1}x >" : $"{values[i]:F2}x", shown, y);
+                // A value just under parity is written right of the dashed line, not across it.
+                double labelX = (shown < 1.0 && shown > 0.7 ? 1.0 : shown) + 0.03 * cap;
+                var text = plot.Add.Text(values[i] > cap ? $"{values[i]:F1}x >" : $"{values[i]:F2}x", labelX, y);
                 text.LabelFontSize = 11;
                 text.LabelAlignment = ScottPlot.Alignment.MiddleLeft;
                 ticks.Add(new ScottPlot.Tick(y, $"{name}: {labels[i]}"));
