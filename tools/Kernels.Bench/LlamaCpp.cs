@@ -65,12 +65,7 @@ public static class LlamaCpp
     {
         Configure();
         var p = new LLama.Common.ModelParams(model) { ContextSize = (uint)(prompt.Length + count + 8), BatchSize = (uint)Math.Max(prompt.Length, 64), GpuLayerCount = 0 };
-        if (fp32Attention)
-        {
-            p.TypeK = GGMLType.GGML_TYPE_F32;
-            p.TypeV = GGMLType.GGML_TYPE_F32;
-            p.FlashAttention = false;
-        }
+        if (fp32Attention) UseFp32Attention(p);
         using var weights = LLamaWeights.LoadFromFile(p);
         using var ctx = weights.CreateContext(p);
         var batch = new LLamaBatch();
@@ -89,6 +84,14 @@ public static class LlamaCpp
         return tokens;
     }
 
+    /// <summary>K/V stored in fp32 and the flash-attention kernel off: llama.cpp's attention in fp32, as ours.</summary>
+    private static void UseFp32Attention(LLama.Common.ModelParams p)
+    {
+        p.TypeK = GGMLType.GGML_TYPE_F32;
+        p.TypeV = GGMLType.GGML_TYPE_F32;
+        p.FlashAttention = false;
+    }
+
     /// <summary>
     /// llama.cpp's logits after every prefix of <paramref name="ids"/> (one batch, teacher-forced): row t scores the
     /// token after ids[0..t]. <paramref name="fp32Attention"/> as in <see cref="Greedy"/>.
@@ -97,12 +100,7 @@ public static class LlamaCpp
     {
         Configure();
         var p = new LLama.Common.ModelParams(model) { ContextSize = (uint)(ids.Length + 8), BatchSize = (uint)ids.Length, UBatchSize = (uint)ids.Length, GpuLayerCount = 0 };
-        if (fp32Attention)
-        {
-            p.TypeK = GGMLType.GGML_TYPE_F32;
-            p.TypeV = GGMLType.GGML_TYPE_F32;
-            p.FlashAttention = false;
-        }
+        if (fp32Attention) UseFp32Attention(p);
         using var weights = LLamaWeights.LoadFromFile(p);
         using var ctx = weights.CreateContext(p);
         int vocab = weights.Vocab.Count;

@@ -32,36 +32,10 @@ public static unsafe partial class MatMul
     /// <summary>Whether <paramref name="w"/>'s rows are read by the wide kernels (the quantized ones have their own).</summary>
     private static bool WideDense(WeightTensor w) => Wide && w.DType is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16;
 
-    /// <summary>How a wide kernel reads 16 (or 8) elements of a weight row as fp32.</summary>
-    private interface IWideLoad
+    /// <summary>How a wide kernel reads 16 elements of a weight row as fp32 (8 and 1 at the ends, as IRowLoad).</summary>
+    private interface IWideLoad : IRowLoad
     {
-        static abstract int ElementBytes { get; }
         static abstract Vector512<float> Load16(byte* row, int i);
-        static abstract Vector256<float> Load8(byte* row, int i);
-        static abstract float LoadScalar(byte* row, int i);
-    }
-
-    private readonly struct WideF32 : IWideLoad
-    {
-        public static int ElementBytes => 4;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* row, int i) => Vector512.Load((float*)row + i);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* row, int i) => Vector256.Load((float*)row + i);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float LoadScalar(byte* row, int i) => ((float*)row)[i];
-    }
-
-    private readonly struct WideBf16 : IWideLoad
-    {
-        public static int ElementBytes => 2;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* row, int i) =>
-            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load((ushort*)row + i)), 16).AsSingle();
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* row, int i) => Bf16Rows.Load(row, i);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float LoadScalar(byte* row, int i) => DTypeConvert.BFloat16ToSingle(((ushort*)row)[i]);
     }
 
     /// <summary>
@@ -83,7 +57,7 @@ public static unsafe partial class MatMul
             return (value.AsInt32() | Avx512F.ShiftLeftLogical(h & Vector512.Create(0x8000), 16)).AsSingle();
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* row, int i)
+        public static Vector256<float> Load(byte* row, int i)
         {
             var h = Avx2.ConvertToVector256Int32((ushort*)row + i);
             var magnitude = h & Vector256.Create(0x7FFF);
@@ -92,19 +66,6 @@ public static unsafe partial class MatMul
             var value = Vector256.ConditionalSelect(Vector256.LessThan(magnitude, Vector256.Create(0x400)).AsSingle(), subnormal, normal.AsSingle());
             return (value.AsInt32() | Avx2.ShiftLeftLogical(h & Vector256.Create(0x8000), 16)).AsSingle();
         }
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
-    }
-
-    /// <summary>fp16 with infinities or NaNs: exact, 8 at a time through DTypeConvert.HalfToSingle8.</summary>
-    private readonly struct WideF16Any : IWideLoad
-    {
-        public static int ElementBytes => 2;
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* row, int i) =>
-            Vector512.Create(DTypeConvert.HalfToSingle8((ushort*)row + i), DTypeConvert.HalfToSingle8((ushort*)row + i + 8));
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load8(byte* row, int i) => DTypeConvert.HalfToSingle8((ushort*)row + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
     }
@@ -118,7 +79,7 @@ public static unsafe partial class MatMul
     {
         int k16 = k & ~15, k8 = k & ~7;
         var a = acc.GetLower() + acc.GetUpper();
-        if (k8 > k16) a = Fma.MultiplyAdd(L.Load8(row, k16), Vector256.Load(x + k16), a);
+        if (k8 > k16) a = Fma.MultiplyAdd(L.Load(row, k16), Vector256.Load(x + k16), a);
         float s = Vector256.Sum(a);
         for (int i = k8; i < k; i++) s += L.LoadScalar(row, i) * x[i];
         return s + bias;
@@ -283,13 +244,13 @@ public static unsafe partial class MatMul
         switch (w.DType)
         {
             case TensorDType.F32:
-                if (one) WideDecode<WideF32>(data, x, k, start, end, y, bias); else WideBlocked<WideF32>(data, x, rows, k, n, start, end, y, bias);
+                if (one) WideDecode<F32Rows>(data, x, k, start, end, y, bias); else WideBlocked<F32Rows>(data, x, rows, k, n, start, end, y, bias);
                 break;
             case TensorDType.BF16:
-                if (one) WideDecode<WideBf16>(data, x, k, start, end, y, bias); else WideBlocked<WideBf16>(data, x, rows, k, n, start, end, y, bias);
+                if (one) WideDecode<Bf16Rows>(data, x, k, start, end, y, bias); else WideBlocked<Bf16Rows>(data, x, rows, k, n, start, end, y, bias);
                 break;
             case TensorDType.F16 when !w.AllFinite:
-                if (one) WideDecode<WideF16Any>(data, x, k, start, end, y, bias); else WideBlocked<WideF16Any>(data, x, rows, k, n, start, end, y, bias);
+                if (one) WideDecode<F16Rows>(data, x, k, start, end, y, bias); else WideBlocked<F16Rows>(data, x, rows, k, n, start, end, y, bias);
                 break;
             case TensorDType.F16:
                 if (one) WideDecode<WideF16>(data, x, k, start, end, y, bias); else WideBlocked<WideF16>(data, x, rows, k, n, start, end, y, bias);

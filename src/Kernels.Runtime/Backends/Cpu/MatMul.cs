@@ -532,9 +532,11 @@ public static unsafe partial class MatMul
         static abstract float LoadScalar(byte* row, int i);
     }
 
-    private readonly struct F32Rows : IRowLoad
+    private readonly struct F32Rows : IWideLoad
     {
         public static int ElementBytes => 4;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) => Vector512.Load((float*)row + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load(byte* row, int i) => Avx.LoadVector256((float*)row + i);
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -542,9 +544,12 @@ public static unsafe partial class MatMul
     }
 
     /// <summary>bf16 is the top half of an fp32: zero-extend 8 lanes to 32 bits and shift left by 16.</summary>
-    private readonly struct Bf16Rows : IRowLoad
+    private readonly struct Bf16Rows : IWideLoad
     {
         public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) =>
+            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load((ushort*)row + i)), 16).AsSingle();
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load(byte* row, int i) =>
             Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((ushort*)row + i), 16).AsSingle();
@@ -564,9 +569,12 @@ public static unsafe partial class MatMul
     }
 
     /// <summary>fp16 rows widened in registers (DTypeConvert.HalfToSingle8: exact, including subnormals, inf, NaN).</summary>
-    private readonly struct F16Rows : IRowLoad
+    private readonly struct F16Rows : IWideLoad
     {
         public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) =>
+            Vector512.Create(DTypeConvert.HalfToSingle8((ushort*)row + i), DTypeConvert.HalfToSingle8((ushort*)row + i + 8));
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load(byte* row, int i) => DTypeConvert.HalfToSingle8((ushort*)row + i);
 
