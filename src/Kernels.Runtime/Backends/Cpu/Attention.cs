@@ -61,12 +61,13 @@ public static unsafe class Attention
     /// Fetches the full-precision key and value rows (every kv head) of the first positions of [from, to): a block
     /// holds them contiguously, so a sequence's suffix is requested as a few sequential runs before its heads read it
     /// 256 bytes per row at a time (the rows come cold from DRAM each step: the weights evict them; measured ~13 % less
-    /// suffix time in a 16-sequence step). Nothing for KIVI caches (their blocks may be compact).
+    /// suffix time in a 16-sequence step). Nothing for KIVI caches (their blocks may be compact), nor where the runtime
+    /// has no SSE (ARM64, or DOTNET_EnableHWIntrinsic=0).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PrefetchRows(in Layer kv, int[] blocks, int from, int to)
     {
-        if (kv.Bits != 0) return;
+        if (kv.Bits != 0 || !Sse.IsSupported) return;
         to = Math.Min(to, from + PrefetchPositions);
         int bs = kv.BlockSize, rowBytes = kv.KvStride * (kv.HalfRows ? 2 : 4);
         for (int j = from; j < to;)
