@@ -1,4 +1,4 @@
-// sample_tokens: logits -> one token id per row on the GPU (greedy, or temperature -> min-p -> top-k -> top-p -> draw),
+// sample_tokens: logits -> one token id per row on the GPU (greedy, or temperature -> top-k -> top-p -> min-p -> draw),
 // with a per-row SplitMix64 state, so only token ids cross to the host. Mirrors Engine/Sampler.Sample (without the
 // repetition penalty, which needs the host's per-sequence seen set: apply it to the logits before this kernel).
 //
@@ -6,9 +6,11 @@
 //   best  = argmax_i logits[i], ties to the lowest index, NaN never wins; best = 0 when no logit is > -inf
 //   greedy (temperature[r] <= 0) or a non-finite max: token = best
 //   p_i   = exp((logits[i] - max) / T) (fp32; NaN logits -> 0); p_best = 1 exactly, so min-p is relative to it
-//   kept  = { i : p_i > 0 and p_i >= min_p[r] }
+//   kept  = { i : p_i > 0 }
 //   top-k (top_k[r] > 0): the k largest p of kept, ties broken by lower index (the CPU's sort order)
-//   top-p (top_p[r] < 1): walking kept in that order, the shortest prefix whose mass reaches top_p * (kept mass)
+//   top-p (top_p[r] < 1): walking what top-k kept in that order, the shortest prefix whose mass reaches
+//         top_p * (its mass); the token that crosses is kept
+//   min-p (min_p[r] > 0): of what top-p kept, the i with p_i >= min_p (Hugging Face's order: top-k, top-p, min-p)
 //   draw:  coin = SplitMix64 -> (z >> 11) * 2^-53 in [0, 1); r = coin * (mass of kept); the token is the first kept i
 //          in INDEX order whose running mass exceeds r (the last kept index if rounding leaves r uncovered)
 // Pointers:
@@ -75,14 +77,14 @@ struct SampleRow
         const float x = logits[i];
         return isnan(x) ? 0.f : expf((x - max) * inv_t);
     }
-    __device__ __forceinline__ bool kept0(float p) const { return p > 0.f && p >= min_p; }
+    __device__ __forceinline__ bool kept0(float p) const { return p > 0.f; }
     __device__ __forceinline__ bool kept1(int i, float p) const
     {
         return kept0(p) && (p > k_value || (p == k_value && i < k_index));
     }
     __device__ __forceinline__ bool kept2(int i, float p) const
     {
-        return kept1(i, p) && (p > p_value || (p == p_value && i < p_index));
+        return kept1(i, p) && (p > p_value || (p == p_value && i < p_index)) && p >= min_p;
     }
 };
 

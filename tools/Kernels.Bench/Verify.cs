@@ -158,7 +158,8 @@ internal static unsafe partial class Verify
             }
             yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
             yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
-            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000));
+            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0f));
+            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 min-p=0.05 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0.05f));
             foreach (var kivi in KiviCases()) yield return kivi; // Verify.Kivi.cs
             foreach (var c in W4A8Cases()) yield return c; // Verify.W4A8.cs
         }
@@ -552,15 +553,15 @@ internal static unsafe partial class Verify
         }
 
         /// <summary>
-        /// Top-k + top-p walk kept tokens in a different order on the two sides, so the check is distributional: every
+        /// Top-k + top-p (+ min-p, applied last on both sides) walk kept tokens in a different order on the two sides, so the check is distributional: every
         /// GPU draw must lie in the CPU's kept set, and the total variation distance between the GPU's empirical
         /// distribution and the CPU's (from a fine grid of coins) must stay below 0.06 (expected ~0.03 for ~40 kept
         /// tokens and 8192 draws).
         /// </summary>
-        private CaseResult SampleDistributionCase(int draws, int vocab)
+        private CaseResult SampleDistributionCase(int draws, int vocab, float minP)
         {
             var row = Normal(vocab, 2f);
-            var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 1f, TopK = 50, TopP = 0.9f };
+            var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 1f, TopK = 50, TopP = 0.9f, MinP = minP };
             const int Grid = 200_000;
             var cpu = new double[vocab];
             for (int j = 0; j < Grid; j++)
@@ -568,7 +569,7 @@ internal static unsafe partial class Verify
             var logits = new float[draws * vocab];
             for (int r = 0; r < draws; r++) row.CopyTo(logits, r * vocab);
             var gpu = Sample(logits, draws, vocab, Enumerable.Repeat(1f, draws).ToArray(), Enumerable.Repeat(50, draws).ToArray(),
-                Enumerable.Repeat(0.9f, draws).ToArray(), new float[draws], 7);
+                Enumerable.Repeat(0.9f, draws).ToArray(), Enumerable.Repeat(minP, draws).ToArray(), 7);
             var freq = new double[vocab];
             int outside = 0;
             foreach (int t in gpu)
@@ -579,7 +580,8 @@ internal static unsafe partial class Verify
             double tv = 0.5 * Enumerable.Range(0, vocab).Sum(i => Math.Abs(freq[i] - cpu[i]));
             const double Limit = 0.06;
             bool pass = outside == 0 && tv < Limit;
-            return new CaseResult("sample_tokens_f32", $"T=1 top-k=50 top-p=0.9 V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
+            string filters = minP > 0 ? $"top-k=50 top-p=0.9 min-p={minP}" : "top-k=50 top-p=0.9";
+            return new CaseResult("sample_tokens_f32", $"T=1 {filters} V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
                 "distributional: total variation vs the CPU sampler's distribution; draws outside the CPU's kept set count as mismatches",
                 outside, 0, true, pass, null);
         }

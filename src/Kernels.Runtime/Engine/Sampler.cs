@@ -1,4 +1,5 @@
-// Picks the next token from logits: repetition penalty, then greedy, or temperature -> top-k -> top-p -> min-p -> draw.
+// Picks the next token from logits: repetition penalty, then greedy, or temperature -> top-k -> top-p -> min-p -> draw
+// (Hugging Face's order: each filter sees what the one before it kept).
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -31,37 +32,8 @@ public static class Sampler
         if (!float.IsFinite(max)) return best;
         float invT = 1f / options.Temperature;
         var probs = new float[logits.Length];
-        double sum = 0;
-        for (int i = 0; i < logits.Length; i++)
-        {
-            float p = float.IsNaN(logits[i]) ? 0f : MathF.Exp((logits[i] - max) * invT);
-            probs[i] = p;
-            sum += p;
-        }
-        // probs of the best token is exactly 1 before normalization; min-p is relative to it.
-        var candidates = new List<int>(64);
-        float minKeep = options.MinP > 0 ? options.MinP : 0f;
-        for (int i = 0; i < probs.Length; i++)
-            if (probs[i] > 0 && probs[i] >= minKeep) candidates.Add(i);
-
-        bool sortNeeded = options.TopK > 0 || options.TopP < 1f;
-        if (sortNeeded)
-        {
-            candidates.Sort((a, b) => probs[b] != probs[a] ? probs[b].CompareTo(probs[a]) : a.CompareTo(b));
-            if (options.TopK > 0 && candidates.Count > options.TopK) candidates.RemoveRange(options.TopK, candidates.Count - options.TopK);
-            if (options.TopP < 1f)
-            {
-                double keptMass = candidates.Sum(i => (double)probs[i]);
-                double target = options.TopP * keptMass, acc = 0;
-                int keep = 0;
-                while (keep < candidates.Count)
-                {
-                    acc += probs[candidates[keep++]];
-                    if (acc >= target) break;
-                }
-                candidates.RemoveRange(keep, candidates.Count - keep);
-            }
-        }
+        for (int i = 0; i < logits.Length; i++) probs[i] = float.IsNaN(logits[i]) ? 0f : MathF.Exp((logits[i] - max) * invT);
+        var candidates = Keep(probs, options);
         if (candidates.Count == 0) return best;
 
         double total = 0;
@@ -73,6 +45,54 @@ public static class Sampler
             if (r < run) return i;
         }
         return candidates[^1];
+    }
+
+    /// <summary>
+    /// The tokens the filters keep, in the order the draw walks them (most likely first when top-k or top-p is on,
+    /// by id otherwise). <paramref name="probs"/>: unnormalized probabilities, the most likely exactly 1 (as
+    /// exp(logit - max) gives); zeros are never kept.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static List<int> Keep(float[] probs, SamplingOptions options)
+    {
+        // The filters in Hugging Face's order: top-k, then top-p over what top-k left, then min-p over what top-p left.
+        // probs of the best token is exactly 1 before normalization, and no filter drops it, so min-p is relative to it
+        // whatever was dropped before (a ratio to the top does not change when the rest is renormalized).
+        var candidates = new List<int>(64);
+        bool sortNeeded = options.TopK > 0 || options.TopP < 1f;
+        if (sortNeeded)
+        {
+            // Most likely first, ties to the lower id: one key per token, sorted as integers (positive floats order as
+            // their bits).
+            int count = 0;
+            for (int i = 0; i < probs.Length; i++) if (probs[i] > 0) count++;
+            var keys = new long[count];
+            count = 0;
+            for (int i = 0; i < probs.Length; i++)
+                if (probs[i] > 0) keys[count++] = ((long)(0x7FFFFFFF - BitConverter.SingleToInt32Bits(probs[i])) << 32) | (uint)i;
+            Array.Sort(keys);
+            int kept = options.TopK > 0 ? Math.Min(options.TopK, keys.Length) : keys.Length;
+            if (options.TopP < 1f)
+            {
+                double keptMass = 0;
+                for (int c = 0; c < kept; c++) keptMass += probs[(int)keys[c]];
+                double target = options.TopP * keptMass, acc = 0;
+                int keep = 0;
+                while (keep < kept)
+                {
+                    acc += probs[(int)keys[keep++]];
+                    if (acc >= target) break; // the token that crosses P is kept
+                }
+                kept = keep;
+            }
+            for (int c = 0; c < kept; c++) candidates.Add((int)keys[c]);
+        }
+        else
+        {
+            for (int i = 0; i < probs.Length; i++) if (probs[i] > 0) candidates.Add(i);
+        }
+        if (options.MinP > 0) candidates.RemoveAll(i => probs[i] < options.MinP);
+        return candidates;
     }
 
     /// <summary>

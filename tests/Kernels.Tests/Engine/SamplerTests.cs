@@ -69,6 +69,109 @@ public class SamplerTests
     }
 
     [Test]
+    public void FiltersRunInHuggingFacesOrder()
+    {
+        // Issue 22's case: probabilities [.5, .3, .1, .1]. top-p 0.6 alone keeps {0, 1}; min-p 0.25 alone keeps
+        // {0, 1}; together (top-p first, then min-p over what it kept) still {0, 1}. min-p applied first would leave
+        // {0, 1} with mass .8, of which top-p 0.6 keeps {0} only.
+        var probs = new[] { 1f, 0.6f, 0.2f, 0.2f }; // relative to the top, as the sampler holds them
+        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopP = 0.6f }), Is.EquivalentTo(new[] { 0, 1 }));
+        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, MinP = 0.25f }), Is.EquivalentTo(new[] { 0, 1 }));
+        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }), Is.EquivalentTo(new[] { 0, 1 }));
+        // top-p is over what top-k left: top-k 2 leaves {0, 1} (mass .8); top-p 0.6 of that is .48, reached by 0 alone.
+        // Over the whole distribution it would keep {0, 1}.
+        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopK = 2, TopP = 0.6f }), Is.EquivalentTo(new[] { 0 }));
+        var logits = probs.Select(p => MathF.Log(p)).ToArray();
+        var seen = Enumerable.Range(0, 400).Select(i => Sampler.Sample(logits.ToArray(), new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }, null, i / 400.0)).ToHashSet();
+        Assert.That(seen, Is.EquivalentTo(new[] { 0, 1 }), "Sample draws from what Keep keeps");
+    }
+
+    /// <summary>
+    /// Hugging Face's logits warpers, written from their definitions (transformers' TopKLogitsWarper,
+    /// TopPLogitsWarper, MinPLogitsWarper, in generate's order) in double precision: the set of tokens left with a
+    /// finite score.
+    /// </summary>
+    private static HashSet<int> HuggingFaceKept(double[] scores, int topK, double topP, double minP)
+    {
+        var s = (double[])scores.Clone();
+        int n = s.Length;
+        if (topK > 0 && topK < n)
+        {
+            double kth = s.OrderByDescending(v => v).ElementAt(topK - 1);
+            for (int i = 0; i < n; i++) if (s[i] < kth) s[i] = double.NegativeInfinity;
+        }
+        if (topP < 1)
+        {
+            // sort ascending, cumulative softmax, remove where cumsum <= 1 - top_p, always keep the last (the top)
+            var order = Enumerable.Range(0, n).OrderBy(i => s[i]).ToArray();
+            var p = Softmax(order.Select(i => s[i]).ToArray());
+            double cum = 0;
+            for (int j = 0; j < n - 1; j++)
+            {
+                cum += p[j];
+                if (cum <= 1 - topP) s[order[j]] = double.NegativeInfinity;
+            }
+        }
+        if (minP > 0)
+        {
+            var p = Softmax(s);
+            double top = p.Max();
+            for (int i = 0; i < n; i++) if (p[i] < minP * top) s[i] = double.NegativeInfinity;
+        }
+        return Enumerable.Range(0, n).Where(i => !double.IsNegativeInfinity(s[i])).ToHashSet();
+    }
+
+    private static double[] Softmax(double[] s)
+    {
+        double max = s.Max();
+        var e = s.Select(v => double.IsNegativeInfinity(v) ? 0 : Math.Exp(v - max)).ToArray();
+        double sum = e.Sum();
+        return e.Select(v => v / sum).ToArray();
+    }
+
+    [Test]
+    public void KeptSetsMatchHuggingFacesWarpersOnCombinedFilters()
+    {
+        var rng = new Random(22);
+        int compared = 0, differentFromMinPFirst = 0;
+        for (int trial = 0; trial < 3000; trial++)
+        {
+            int n = rng.Next(2, 40);
+            var logits = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 6 - 3)).ToArray();
+            float t = (float)(0.5 + rng.NextDouble());
+            var o = new SamplingOptions
+            {
+                Temperature = t,
+                TopK = rng.Next(3) == 0 ? 0 : rng.Next(1, n + 2),
+                TopP = rng.Next(3) == 0 ? 1f : (float)(0.05 + 0.9 * rng.NextDouble()),
+                MinP = rng.Next(3) == 0 ? 0f : (float)(0.3 * rng.NextDouble()),
+            };
+            float max = logits.Max();
+            var probs = logits.Select(l => MathF.Exp((l - max) / t)).ToArray();
+            var scores = logits.Select(l => (double)l / t).ToArray();
+            // Skip draws within rounding of a filter's boundary (fp32 here, fp64 in the reference).
+            var sorted = probs.OrderByDescending(p => p).ToArray();
+            if (sorted.Distinct().Count() < n) continue;
+            int k = o.TopK > 0 ? Math.Min(o.TopK, n) : n;
+            double mass = sorted.Take(k).Sum(p => (double)p), run = 0;
+            bool nearTopP = false;
+            for (int j = 0; j < k && o.TopP < 1; j++) { run += sorted[j]; if (Math.Abs(run - o.TopP * mass) < 1e-5 * mass) nearTopP = true; }
+            if (nearTopP || probs.Any(p => Math.Abs(p - o.MinP) < 1e-5)) continue;
+
+            var ours = Sampler.Keep(probs, o).ToHashSet();
+            var reference = HuggingFaceKept(scores, o.TopK, o.TopP, o.MinP);
+            Assert.That(ours, Is.EquivalentTo(reference), $"trial {trial}: n={n} T={t} top-k={o.TopK} top-p={o.TopP} min-p={o.MinP}");
+            compared++;
+            // The old order (min-p first) would have given another set here: the test can tell the two apart.
+            var minPFirst = Sampler.Keep(probs.Select(p => p >= o.MinP ? p : 0f).ToArray(), o with { MinP = 0 }).ToHashSet();
+            if (!minPFirst.SetEquals(reference)) differentFromMinPFirst++;
+        }
+        TestContext.Out.WriteLine($"{compared} of 3000 random cases compared (the rest within rounding of a boundary), {differentFromMinPFirst} of them where min-p first would differ");
+        Assert.That(compared, Is.GreaterThan(2900), "enough random cases away from the boundaries");
+        Assert.That(differentFromMinPFirst, Is.GreaterThan(100), "cases where the filters' order changes the kept set");
+    }
+
+    [Test]
     public void RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits()
     {
         var logits = Logits();
