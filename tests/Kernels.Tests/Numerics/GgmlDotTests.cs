@@ -105,7 +105,8 @@ public sealed unsafe class GgmlDotTests
     [TestCaseSource(nameof(BlockTypes))]
     public void EveryPathAndBatchSizeGivesTheSameBits(TensorDType type)
     {
-        const int k = 1024, rows = 3, xRows = 6;
+        // k-quant batches: a tile of 8 rows, a tile of 4, a single row; one activation row: weight rows two at a time, then the last alone
+        const int k = 1024, rows = 7, xRows = 13;
         var rng = new Random(7 + (int)type);
         var paths = new List<GgmlDot.Path> { GgmlDot.Path.Scalar };
         if (System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported) paths.Add(GgmlDot.Path.Avx2);
@@ -126,11 +127,14 @@ public sealed unsafe class GgmlDotTests
             for (int t = 0; t < xRows; t++) Activations(k, 10 * trial + t).CopyTo(xf, t * k);
             var x = Q8Rows.Quantize(format, xf, xRows, k);
             var batched = new float[xRows * rows];
+            var single = new float[xRows * rows];
             var acts = Enumerable.Range(0, xRows).Select(x.Row).ToArray();
             fixed (byte* src = weights)
             fixed (float* y = batched)
+            fixed (float* y1 = single)
             {
                 GgmlDot.Multiply(type, src, k, 0, rows, acts, y, rows, null, new byte[unpackedBytes + 64]);
+                for (int t = 0; t < xRows; t++) GgmlDot.Multiply(type, src, k, 0, rows, [acts[t]], y1 + t * rows, rows, null, new byte[unpackedBytes + 64]);
                 for (int j = 0; j < rows; j++)
                     fixed (byte* u0 = unpacked)
                     fixed (byte* v0 = vectorUnpacked)
@@ -154,6 +158,7 @@ public sealed unsafe class GgmlDotTests
                                     Assert.That(Bits(GgmlDot.FusedDot(type, src + j * rowBytes, k, acts[t], p)), Is.EqualTo(reference), $"{type} trial {trial}: {p} fused");
                             }
                             Assert.That(Bits(batched[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows}");
+                            Assert.That(Bits(single[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: weight row {j} against one activation row");
                         }
                     }
             }

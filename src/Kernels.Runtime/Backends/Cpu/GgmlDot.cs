@@ -7,14 +7,16 @@
 //     s[b,l] = sum w_i x_i over the lane, exactly (w the signed code: q - 8, q - 16, q; Q4_1 / Q5_1: q)
 //     acc[l] = fma(dw[b] * dx[b], (float)s[b,l], acc[l]) in block order;  m += mw[b] * sx[b] (Q4_1, Q5_1)
 //     dot = Sum8(acc) + m
-//   k-quants (super-blocks of 256, activations Q8_K), per super-block b and lane l (values 32u + 4l.. for u = 0..7):
-//     I[b,l] = sum sc_i c_i x_i over the lane, exactly (c the unsigned code, sc its group's integer scale)
-//     E[b]   = sum over the 16-value groups g of e_g * bsum_g (e = offset * sc for Q3_K / Q6_K, the minimum for
-//              Q2_K / Q4_K / Q5_K), exactly
-//     acc[l] = fma(dx[b] * d[b], (float)I[b,l], acc[l]);  t = fma(dx[b] * f[b], (float)E[b], t)   (f = d or dmin)
-//     dot = Sum8(acc) - t
-// Sum8 is Vector256.Sum's fixed order. The integer parts are what llama.cpp's kernels compute; the float parts follow
-// its per-lane AVX2 accumulation, so results agree with it to float rounding.
+//   k-quants (super-blocks of 256, activations Q8_K), per super-block b:
+//     I[b] = sum over its 256 values of sc_i c_i x_i, exactly (c the unsigned code, sc its group's integer scale)
+//     E[b] = sum over the 16-value groups g of e_g * bsum_g (e = offset * sc for Q3_K / Q6_K, the minimum for
+//            Q2_K / Q4_K / Q5_K), exactly
+//     acc = fma(dx[b] * d[b], (float)I[b], acc);  acc = fma(dx[b] * -dmin[b], (float)E[b], acc)   (Q2_K, Q4_K, Q5_K)
+//     acc = fma(dx[b] * d[b], (float)(I[b] - E[b]), acc)                                          (Q3_K, Q6_K)
+//     dot = acc, in super-block order
+// A super-block's integers are summed whole before the float step, so the batched kernel can finish a super-block for
+// eight activation rows in one vector (one row per lane). The integer parts are what llama.cpp's kernels compute; the
+// float parts differ from its per-lane accumulation by float rounding only.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -239,15 +241,24 @@ public static unsafe class GgmlDot
         }
     }
 
-    /// <summary>One activation row of a <see cref="Q8Rows"/> (Sums and GroupSums null where the format has none).</summary>
-    public readonly struct Activation(sbyte* codes, float* scales, float* sums, short* groupSums, int* laneSums)
+    /// <summary>
+    /// One activation row of a <see cref="Q8Rows"/> (Sums, GroupSums and the tile pointers null where the format has
+    /// none). TileScales and TileGroupSums point at the row's group of <see cref="TileRows"/> (Q8_K): per super-block,
+    /// the group's scales [8] and its group sums as 8 pairs of 16-value groups [8][8 x 2].
+    /// </summary>
+    public readonly struct Activation(sbyte* codes, float* scales, float* sums, short* groupSums, int* laneSums, float* tileScales = null, short* tileGroupSums = null)
     {
         public readonly sbyte* Codes = codes;
         public readonly float* Scales = scales;
         public readonly float* Sums = sums;
         public readonly short* GroupSums = groupSums;
         public readonly int* LaneSums = laneSums;
+        public readonly float* TileScales = tileScales;
+        public readonly short* TileGroupSums = tileGroupSums;
     }
+
+    /// <summary>Activation rows the batched k-quant kernel takes at once (its rows' scales and sums come transposed by Q8Rows).</summary>
+    public const int TileRows = 8;
 
     private readonly struct Rows(byte* weights, long rowBytes, int k, Activation[] x, float* y, int n, float[]? bias, byte* u)
     {
@@ -259,16 +270,34 @@ public static unsafe class GgmlDot
             if (x.Length == 1)
             {
                 var x0 = x[0];
-                for (int j = start; j < end; j++) y[j] = FusedKQuant<F, O>(weights + j * rowBytes, k, x0) + Bias(j);
+                int r = start;
+                for (; r + 2 <= end; r += 2)
+                {
+                    FusedKQuant2<F, O>(weights + r * rowBytes, rowBytes, k, x0, y + r);
+                    if (bias != null) { y[r] += bias[r]; y[r + 1] += bias[r + 1]; }
+                }
+                for (; r < end; r++) y[r] = FusedKQuant<F, O>(weights + r * rowBytes, k, x0) + Bias(r);
                 return;
             }
+            // The activation rows' code pointers, read by the tiles without going through the array of structs.
+            nint[]? heap = x.Length > 1024 ? GC.AllocateUninitializedArray<nint>(x.Length, pinned: true) : null;
+            nint* onStack = stackalloc nint[heap == null ? x.Length : 0];
+            sbyte** codes = heap == null ? (sbyte**)onStack : (sbyte**)Unsafe.AsPointer(ref heap[0]);
+            for (int t = 0; t < x.Length; t++) codes[t] = x[t].Codes;
             for (int j = start; j < end; j++)
             {
                 UnpackKQuant<F>(weights + j * rowBytes, k, u);
                 int t = 0;
-                for (; t + 4 <= x.Length; t += 4) TileKQuant<F, O>(u, k, x, t, y + (long)t * n + j, n, Bias(j));
+                for (; t + TileRows <= x.Length; t += TileRows)
+                    TileKQuant8<F, O>(u, k, codes + t, x[t].TileScales, x[t].TileGroupSums, y + (long)t * n + j, n, Bias(j));
+                if (x.Length - t >= 4)
+                {
+                    TileKQuant4<F, O>(u, k, codes + t, x[t].TileScales, x[t].TileGroupSums, y + (long)t * n + j, n, Bias(j));
+                    t += 4;
+                }
                 for (; t < x.Length; t++) y[(long)t * n + j] = TileKQuant1<F, O>(u, k, x[t]) + Bias(j);
             }
+            GC.KeepAlive(heap);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -370,6 +399,8 @@ public static unsafe class GgmlDot
         static abstract Vector256<int> SignedBlock(Vector256<sbyte> w, Vector256<sbyte> x, int* offset);
         /// <summary>Per lane of 4: sum of unsigned codes x activations.</summary>
         static abstract Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x);
+        /// <summary>acc + the pairwise products of int16 lanes a x b, summed in pairs (vpmaddwd).</summary>
+        static abstract Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b);
     }
 
     private readonly struct Avx2Ops : IOps
@@ -385,6 +416,9 @@ public static unsafe class GgmlDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x) =>
             Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c, x), Vector256.Create((short)1));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => Avx2.Add(acc, Avx2.MultiplyAddAdjacent(a, b));
     }
 
     private readonly struct VnniOps : IOps
@@ -401,19 +435,73 @@ public static unsafe class GgmlDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x) =>
             AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, c, x);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => AvxVnni.MultiplyWideningAndAdd(acc, a, b);
     }
 
     // ---------------------------------------------------------------------------------------------------------------
     // k-quants. The unpacked super-block is read as: codes[256] | chunk scales [8][16] | e[16] | d | f.
 
-    /// <summary>The float step of one super-block: acc + its integer lanes times dx d, less its group term times dx dmin (or folded in).</summary>
+    /// <summary>
+    /// The float step of one super-block for one activation row: acc + dx d I - dx dmin E (Q2_K, Q4_K, Q5_K), or
+    /// acc + dx d (I - E) (Q3_K, Q6_K, whose group term is an offset in d's units).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Finish<F>(Vector256<float> acc, Vector256<int> s, Vector256<short> e, short* groupSums, float dx, float d, float dmin) where F : struct, IKQuant
+    private static float Step<F>(float acc, int i, int e, float dx, float d, float f) where F : struct, IKQuant
     {
-        var g = Avx2.MultiplyAddAdjacent(e, Vector256.Load(groupSums));
-        if (!F.HasMin) return Fma.MultiplyAdd(Vector256.Create(dx * d), Avx.ConvertToVector256Single(s - g), acc);
-        acc = Fma.MultiplyAdd(Vector256.Create(dx * d), Avx.ConvertToVector256Single(s), acc);
-        return Fma.MultiplyAdd(Vector256.Create(-(dx * dmin)), Avx.ConvertToVector256Single(g), acc);
+        if (!F.HasMin) return MathF.FusedMultiplyAdd(dx * d, i - e, acc);
+        acc = MathF.FusedMultiplyAdd(dx * d, i, acc);
+        return MathF.FusedMultiplyAdd(dx * -f, e, acc);
+    }
+
+    /// <summary><see cref="Step{F}"/> for the eight rows of a tile at once, lane r for row r (the same operations per lane).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Step8<F>(Vector256<float> acc, Vector256<int> i, Vector256<int> e, Vector256<float> dx, float d, float f) where F : struct, IKQuant
+    {
+        if (!F.HasMin) return Fma.MultiplyAdd(dx * Vector256.Create(d), Avx.ConvertToVector256Single(i - e), acc);
+        acc = Fma.MultiplyAdd(dx * Vector256.Create(d), Avx.ConvertToVector256Single(i), acc);
+        return Fma.MultiplyAdd(dx * Vector256.Create(-f), Avx.ConvertToVector256Single(e), acc);
+    }
+
+    /// <summary>The super-block's I (the lanes of <paramref name="s"/>) and E (those of <paramref name="g"/>), summed exactly.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Totals(Vector256<int> s, Vector256<int> g, out int i, out int e)
+    {
+        var h = Partials(s, g);
+        h = Ssse3.HorizontalAdd(h, h); // I E I E
+        i = h.ToScalar();
+        e = h.GetElement(1);
+    }
+
+    /// <summary>Eight vectors to the vector of their lane sums (exact integers), lane r from <c>v_r</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> LaneSums8(Vector256<int> v0, Vector256<int> v1, Vector256<int> v2, Vector256<int> v3,
+        Vector256<int> v4, Vector256<int> v5, Vector256<int> v6, Vector256<int> v7)
+    {
+        var u0 = Avx2.HorizontalAdd(Avx2.HorizontalAdd(v0, v1), Avx2.HorizontalAdd(v2, v3)); // rows 0-3, low | high halves
+        var u1 = Avx2.HorizontalAdd(Avx2.HorizontalAdd(v4, v5), Avx2.HorizontalAdd(v6, v7));
+        return Avx2.Permute2x128(u0, u1, 0x20) + Avx2.Permute2x128(u0, u1, 0x31);
+    }
+
+    /// <summary>
+    /// E of super-block <paramref name="b"/> for a tile's eight rows: the weight row's 16 group terms (pairs broadcast)
+    /// against the rows' transposed group sums, 8 pair products.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> TileGroupTerm<O>(short* e, short* tileSums) where O : struct, IOps
+    {
+        int* ep = (int*)e;
+        // Two chains of four, so the eight dependent pair products do not serialize on one register.
+        var g = O.PairProducts(Vector256<int>.Zero, Vector256.Create(ep[0]).AsInt16(), Vector256.Load(tileSums));
+        var h = O.PairProducts(Vector256<int>.Zero, Vector256.Create(ep[1]).AsInt16(), Vector256.Load(tileSums + 16));
+        g = O.PairProducts(g, Vector256.Create(ep[2]).AsInt16(), Vector256.Load(tileSums + 32));
+        h = O.PairProducts(h, Vector256.Create(ep[3]).AsInt16(), Vector256.Load(tileSums + 48));
+        g = O.PairProducts(g, Vector256.Create(ep[4]).AsInt16(), Vector256.Load(tileSums + 64));
+        h = O.PairProducts(h, Vector256.Create(ep[5]).AsInt16(), Vector256.Load(tileSums + 80));
+        g = O.PairProducts(g, Vector256.Create(ep[6]).AsInt16(), Vector256.Load(tileSums + 96));
+        h = O.PairProducts(h, Vector256.Create(ep[7]).AsInt16(), Vector256.Load(tileSums + 112));
+        return g + h;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -424,23 +512,93 @@ public static unsafe class GgmlDot
         sbyte* codes = x.Codes;
         float* xScales = x.Scales;
         short* groupSums = x.GroupSums;
-        var acc = Vector256<float>.Zero;
+        float acc = 0;
         for (int b = 0; b < n; b++)
         {
-            byte* w = row + b * bytes;
-            F.Header(w, out float d, out float dmin, out var scales, out var e);
-            sbyte* xc = codes + 256 * b;
-            var s = O.ScaledChunk(Vector256<int>.Zero, F.Codes(w, 0), Vector256.Load(xc), F.ChunkScales(scales, 0));
-            s = O.ScaledChunk(s, F.Codes(w, 1), Vector256.Load(xc + 32), F.ChunkScales(scales, 1));
-            s = O.ScaledChunk(s, F.Codes(w, 2), Vector256.Load(xc + 64), F.ChunkScales(scales, 2));
-            s = O.ScaledChunk(s, F.Codes(w, 3), Vector256.Load(xc + 96), F.ChunkScales(scales, 3));
-            s = O.ScaledChunk(s, F.Codes(w, 4), Vector256.Load(xc + 128), F.ChunkScales(scales, 4));
-            s = O.ScaledChunk(s, F.Codes(w, 5), Vector256.Load(xc + 160), F.ChunkScales(scales, 5));
-            s = O.ScaledChunk(s, F.Codes(w, 6), Vector256.Load(xc + 192), F.ChunkScales(scales, 6));
-            s = O.ScaledChunk(s, F.Codes(w, 7), Vector256.Load(xc + 224), F.ChunkScales(scales, 7));
-            acc = Finish<F>(acc, s, e, groupSums + 16 * b, xScales[b], d, dmin);
+            var s = SuperBlock<F, O>(row + b * bytes, codes + 256 * b, Vector256.Load(groupSums + 16 * b), out var g, out float d, out float f);
+            int i, e = 0;
+            if (F.HasMin) Totals(s, g, out i, out e);
+            else i = Vector256.Sum(s); // I - E: SuperBlock folded E into the lanes
+            acc = Step<F>(acc, i, e, xScales[b], d, f);
         }
-        return Vector256.Sum(acc);
+        return acc;
+    }
+
+    /// <summary>
+    /// <see cref="FusedKQuant{F, O}"/> for two consecutive weight rows (decode): each row's super-block summed as in the
+    /// one-row kernel (two independent chains the core overlaps), then the two rows' sums reduced together and their
+    /// float steps done in the lanes of one vector (lanes 0 and 2 row 0, 1 and 3 row 1: the one-row kernel's operations
+    /// per lane). Two rows, not four: the shuffles of the reduction share port 5 with the decoders', and four rows'
+    /// temporaries spill on AVX2's 16 registers (measured slower on both paths, docs/gguf.md).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FusedKQuant2<F, O>(byte* row, long rowBytes, int k, in Activation x, float* y) where F : struct, IKQuant where O : struct, IOps
+    {
+        int n = k / 256;
+        long bytes = F.BlockBytes;
+        sbyte* codes = x.Codes;
+        float* xScales = x.Scales;
+        short* groupSums = x.GroupSums;
+        var acc = Vector128<float>.Zero;
+        for (int b = 0; b < n; b++)
+        {
+            sbyte* xc = codes + 256 * b;
+            var gs = Vector256.Load(groupSums + 16 * b);
+            var s0 = SuperBlock<F, O>(row + b * bytes, xc, gs, out var g0, out float d0, out float f0);
+            var s1 = SuperBlock<F, O>(row + rowBytes + b * bytes, xc, gs, out var g1, out float d1, out float f1);
+            var dx = Vector128.Create(xScales[b]);
+            if (!F.HasMin)
+            {
+                // Only I - E is needed, and SuperBlock already folded E into the lanes: half the shuffles.
+                var u = Avx2.HorizontalAdd(s0, s1);
+                var v = u.GetLower() + u.GetUpper();
+                var w = Ssse3.HorizontalAdd(v, v); // (I-E)0 (I-E)1 (I-E)0 (I-E)1
+                acc = Fma.MultiplyAdd(dx * Vector128.Create(d0, d1, d0, d1), Sse2.ConvertToVector128Single(w), acc);
+                continue;
+            }
+            var t = Avx2.HorizontalAdd(Avx2.HorizontalAdd(s0, g0), Avx2.HorizontalAdd(s1, g1));
+            var q = (t.GetLower() + t.GetUpper()).AsSingle(); // I0 E0 I1 E1
+            var i = Sse.Shuffle(q, q, 0b10_00_10_00).AsInt32(); // I0 I1 I0 I1
+            var e = Sse.Shuffle(q, q, 0b11_01_11_01).AsInt32(); // E0 E1 E0 E1
+            var d = dx * Vector128.Create(d0, d1, d0, d1);
+            if (!F.HasMin) acc = Fma.MultiplyAdd(d, Sse2.ConvertToVector128Single(i - e), acc);
+            else
+            {
+                acc = Fma.MultiplyAdd(d, Sse2.ConvertToVector128Single(i), acc);
+                acc = Fma.MultiplyAdd(dx * -Vector128.Create(f0, f1, f0, f1), Sse2.ConvertToVector128Single(e), acc);
+            }
+        }
+        y[0] = acc.ToScalar();
+        y[1] = acc.GetElement(1);
+    }
+
+    /// <summary>A super-block's chunk-sum lanes and group-term lanes folded to partial sums (I_a, I_b, E_a, E_b): I = I_a + I_b, E = E_a + E_b, exactly.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> Partials(Vector256<int> s, Vector256<int> g)
+    {
+        var t = Avx2.HorizontalAdd(s, g);
+        return t.GetLower() + t.GetUpper();
+    }
+
+    /// <summary>
+    /// One raw super-block against its 256 activation codes: the chunk sums' lanes, the group term's lanes, d and f. For
+    /// Q3_K and Q6_K, which use I - E only, the group term starts the chunk sums and g is zero.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> SuperBlock<F, O>(byte* w, sbyte* xc, Vector256<short> groupSums, out Vector256<int> g, out float d, out float f) where F : struct, IKQuant where O : struct, IOps
+    {
+        F.Header(w, out d, out f, out var scales, out var e);
+        if (!F.HasMin) f = d;
+        g = Avx2.MultiplyAddAdjacent(e, groupSums);
+        var s = O.ScaledChunk(F.HasMin ? Vector256<int>.Zero : -g, F.Codes(w, 0), Vector256.Load(xc), F.ChunkScales(scales, 0));
+        s = O.ScaledChunk(s, F.Codes(w, 1), Vector256.Load(xc + 32), F.ChunkScales(scales, 1));
+        s = O.ScaledChunk(s, F.Codes(w, 2), Vector256.Load(xc + 64), F.ChunkScales(scales, 2));
+        s = O.ScaledChunk(s, F.Codes(w, 3), Vector256.Load(xc + 96), F.ChunkScales(scales, 3));
+        s = O.ScaledChunk(s, F.Codes(w, 4), Vector256.Load(xc + 128), F.ChunkScales(scales, 4));
+        s = O.ScaledChunk(s, F.Codes(w, 5), Vector256.Load(xc + 160), F.ChunkScales(scales, 5));
+        s = O.ScaledChunk(s, F.Codes(w, 6), Vector256.Load(xc + 192), F.ChunkScales(scales, 6));
+        if (!F.HasMin) g = Vector256<int>.Zero;
+        return O.ScaledChunk(s, F.Codes(w, 7), Vector256.Load(xc + 224), F.ChunkScales(scales, 7));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -470,18 +628,61 @@ public static unsafe class GgmlDot
         }
     }
 
-    /// <summary>One unpacked row against activation rows t..t+3: each weight chunk loaded once for the four.</summary>
+    /// <summary>
+    /// One unpacked row against the eight activation rows of a tile (t a multiple of <see cref="TileRows"/>): each weight
+    /// chunk loaded once for the eight; eight independent integer chains, so the loop is bound by the multiply ports
+    /// rather than by one chain's latency; the super-block's float step done for the eight rows in one vector (their
+    /// I by a transposing reduction, their E from the transposed group sums).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileKQuant<F, O>(byte* u, int k, Activation[] x, int t, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
+    private static void TileKQuant8<F, O>(byte* u, int k, sbyte** codes, float* dx, short* sums, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
         short* scales = (short*)(u + k), e = scales + k / 2;
         float* d = (float*)(e + 16 * nb), f = d + nb;
-        // The four rows' pointers as locals (a 5-pointer struct is not kept in registers).
-        sbyte* c0 = x[t].Codes, c1 = x[t + 1].Codes, c2 = x[t + 2].Codes, c3 = x[t + 3].Codes;
-        float* d0 = x[t].Scales, d1 = x[t + 1].Scales, d2 = x[t + 2].Scales, d3 = x[t + 3].Scales;
-        short* g0 = x[t].GroupSums, g1 = x[t + 1].GroupSums, g2 = x[t + 2].GroupSums, g3 = x[t + 3].GroupSums;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        // The rows' pointers as locals (read through memory, the JIT reloads them every chunk).
+        sbyte* c0 = codes[0], c1 = codes[1], c2 = codes[2], c3 = codes[3], c4 = codes[4], c5 = codes[5], c6 = codes[6], c7 = codes[7];
+        var acc = Vector256<float>.Zero;
+        for (int b = 0; b < nb; b++)
+        {
+            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
+            byte* c = u + 256 * b;
+            short* sc = scales + 128 * b;
+            int at = 256 * b;
+            for (int ch = 0; ch < 8; ch++)
+            {
+                var w = Vector256.Load(c + 32 * ch);
+                var m = Vector256.Load(sc + 16 * ch);
+                int o = at + 32 * ch;
+                s0 = O.ScaledChunk(s0, w, Vector256.Load(c0 + o), m);
+                s1 = O.ScaledChunk(s1, w, Vector256.Load(c1 + o), m);
+                s2 = O.ScaledChunk(s2, w, Vector256.Load(c2 + o), m);
+                s3 = O.ScaledChunk(s3, w, Vector256.Load(c3 + o), m);
+                s4 = O.ScaledChunk(s4, w, Vector256.Load(c4 + o), m);
+                s5 = O.ScaledChunk(s5, w, Vector256.Load(c5 + o), m);
+                s6 = O.ScaledChunk(s6, w, Vector256.Load(c6 + o), m);
+                s7 = O.ScaledChunk(s7, w, Vector256.Load(c7 + o), m);
+            }
+            var i = LaneSums8(s0, s1, s2, s3, s4, s5, s6, s7);
+            acc = Step8<F>(acc, i, TileGroupTerm<O>(e + 16 * b, sums + 128 * b), Vector256.Load(dx + 8 * b), d[b], f[b]);
+        }
+        float* results = stackalloc float[8];
+        (acc + Vector256.Create(bias)).Store(results);
+        for (int r = 0; r < 8; r++) y[(long)r * n] = results[r];
+    }
+
+    /// <summary>
+    /// <see cref="TileKQuant8"/> for the first four rows of a tile (a batch's last, partial tile): four chains, the float
+    /// step in lanes 0-3 (lanes 4-7 carry nothing used).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileKQuant4<F, O>(byte* u, int k, sbyte** codes, float* dx, short* sums, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
+    {
+        int nb = k / 256;
+        short* scales = (short*)(u + k), e = scales + k / 2;
+        float* d = (float*)(e + 16 * nb), f = d + nb;
+        sbyte* c0 = codes[0], c1 = codes[1], c2 = codes[2], c3 = codes[3];
+        var acc = Vector256<float>.Zero;
         for (int b = 0; b < nb; b++)
         {
             Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
@@ -491,24 +692,20 @@ public static unsafe class GgmlDot
             for (int ch = 0; ch < 8; ch++)
             {
                 var w = Vector256.Load(c + 32 * ch);
-                var s = Vector256.Load(sc + 16 * ch);
+                var m = Vector256.Load(sc + 16 * ch);
                 int o = at + 32 * ch;
-                s0 = O.ScaledChunk(s0, w, Vector256.Load(c0 + o), s);
-                s1 = O.ScaledChunk(s1, w, Vector256.Load(c1 + o), s);
-                s2 = O.ScaledChunk(s2, w, Vector256.Load(c2 + o), s);
-                s3 = O.ScaledChunk(s3, w, Vector256.Load(c3 + o), s);
+                s0 = O.ScaledChunk(s0, w, Vector256.Load(c0 + o), m);
+                s1 = O.ScaledChunk(s1, w, Vector256.Load(c1 + o), m);
+                s2 = O.ScaledChunk(s2, w, Vector256.Load(c2 + o), m);
+                s3 = O.ScaledChunk(s3, w, Vector256.Load(c3 + o), m);
             }
-            var eb = Vector256.Load(e + 16 * b);
-            float db = d[b], fb = f[b];
-            a0 = Finish<F>(a0, s0, eb, g0 + 16 * b, d0[b], db, fb);
-            a1 = Finish<F>(a1, s1, eb, g1 + 16 * b, d1[b], db, fb);
-            a2 = Finish<F>(a2, s2, eb, g2 + 16 * b, d2[b], db, fb);
-            a3 = Finish<F>(a3, s3, eb, g3 + 16 * b, d3[b], db, fb);
+            var z = Vector256<int>.Zero;
+            var i = LaneSums8(s0, s1, s2, s3, z, z, z, z);
+            acc = Step8<F>(acc, i, TileGroupTerm<O>(e + 16 * b, sums + 128 * b), Vector256.Load(dx + 8 * b), d[b], f[b]);
         }
-        y[0] = Vector256.Sum(a0) + bias;
-        y[n] = Vector256.Sum(a1) + bias;
-        y[2 * n] = Vector256.Sum(a2) + bias;
-        y[3 * n] = Vector256.Sum(a3) + bias;
+        float* results = stackalloc float[8];
+        (acc + Vector256.Create(bias)).Store(results);
+        for (int r = 0; r < 4; r++) y[(long)r * n] = results[r];
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -517,15 +714,16 @@ public static unsafe class GgmlDot
         int nb = k / 256;
         short* scales = (short*)(u + k), e = scales + k / 2;
         float* d = (float*)(e + 16 * nb), f = d + nb;
-        var a = Vector256<float>.Zero;
+        float acc = 0;
         for (int b = 0; b < nb; b++)
         {
             var s = Vector256<int>.Zero;
             for (int ch = 0; ch < 8; ch++)
                 s = O.ScaledChunk(s, Vector256.Load(u + 256 * b + 32 * ch), Vector256.Load(x.Codes + 256 * b + 32 * ch), Vector256.Load(scales + 128 * b + 16 * ch));
-            a = Finish<F>(a, s, Vector256.Load(e + 16 * b), x.GroupSums + 16 * b, x.Scales[b], d[b], f[b]);
+            Totals(s, Avx2.MultiplyAddAdjacent(Vector256.Load(e + 16 * b), Vector256.Load(x.GroupSums + 16 * b)), out int i, out int g);
+            acc = Step<F>(acc, i, g, x.Scales[b], d[b], f[b]);
         }
-        return Vector256.Sum(a);
+        return acc;
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -658,30 +856,25 @@ public static unsafe class GgmlDot
         int n = k / 256;
         short* scales = (short*)(u + k), e = scales + k / 2;
         float* d = (float*)(e + 16 * n), f = d + n;
-        Span<float> acc = stackalloc float[8];
-        acc.Clear();
+        float acc = 0;
         for (int b = 0; b < n; b++)
         {
-            float dx = x.Scales[b], dd = dx * d[b];
-            for (int l = 0; l < 8; l++)
+            int i = 0, g = 0;
+            for (int v = 0; v < 256; v++)
             {
-                int s = 0;
-                for (int ch = 0; ch < 8; ch++)
-                    for (int i = 4 * l; i < 4 * l + 4; i++)
-                    {
-                        int at = 256 * b + 32 * ch + i;
-                        s += scales[128 * b + 16 * ch + i / 2] * u[at] * x.Codes[at];
-                    }
-                int g = e[16 * b + 2 * l] * x.GroupSums[16 * b + 2 * l] + e[16 * b + 2 * l + 1] * x.GroupSums[16 * b + 2 * l + 1];
-                if (HasMin(type))
-                {
-                    acc[l] = MathF.FusedMultiplyAdd(dd, s, acc[l]);
-                    acc[l] = MathF.FusedMultiplyAdd(-(dx * f[b]), g, acc[l]);
-                }
-                else acc[l] = MathF.FusedMultiplyAdd(dd, s - g, acc[l]);
+                int at = 256 * b + v;
+                i += scales[128 * b + 16 * (v / 32) + (v % 32) / 2] * u[at] * x.Codes[at];
             }
+            for (int grp = 0; grp < 16; grp++) g += e[16 * b + grp] * x.GroupSums[16 * b + grp];
+            float dx = x.Scales[b];
+            if (HasMin(type))
+            {
+                acc = MathF.FusedMultiplyAdd(dx * d[b], i, acc);
+                acc = MathF.FusedMultiplyAdd(dx * -f[b], g, acc);
+            }
+            else acc = MathF.FusedMultiplyAdd(dx * d[b], i - g, acc);
         }
-        return Sum8(acc);
+        return acc;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -21,7 +21,9 @@ public enum Q8Format
 /// Rows x K activations as int8 codes (row-major, K per row) with, per block, the scale the codes are multiplied by:
 /// value ~ Scales[block] * Codes[i]. Q8_1 adds <see cref="Sums"/> (fp16(d * sum of the block's codes), as llama.cpp
 /// stores it); Q8_K adds <see cref="GroupSums"/> (the exact sum of every 16 codes). <see cref="LaneSums"/> holds
-/// -128 x the sum of every 4 codes (the offset the VNNI kernels fold into their accumulators).
+/// -128 x the sum of every 4 codes (the offset the VNNI kernels fold into their accumulators). Q8_K rows also come in
+/// groups of <see cref="GgmlDot.TileRows"/> with their scales and group sums transposed (<see cref="TileScales"/>,
+/// <see cref="TileGroupSums"/>), so the batched k-quant kernel finishes a super-block for the whole group in one vector.
 /// </summary>
 public sealed unsafe class Q8Rows
 {
@@ -34,6 +36,10 @@ public sealed unsafe class Q8Rows
     public float[] Sums { get; private set; } = [];
     public short[] GroupSums { get; private set; } = [];
     public int[] LaneSums { get; private set; } = [];
+    /// <summary>Q8_K: per group of 8 rows and super-block, the 8 rows' scales (zeros past the last row).</summary>
+    public float[] TileScales { get; private set; } = [];
+    /// <summary>Q8_K: per group of 8 rows, super-block and pair h of 16-value groups, the 8 rows' sums of groups 2h, 2h + 1 (interleaved).</summary>
+    public short[] TileGroupSums { get; private set; } = [];
 
     private Q8Rows(Q8Format format)
     {
@@ -55,6 +61,15 @@ public sealed unsafe class Q8Rows
             if (Format == Q8Format.Q8_K) GroupSums = GC.AllocateUninitializedArray<short>((int)(n / 16), pinned: true);
             else LaneSums = GC.AllocateUninitializedArray<int>((int)(n / 4), pinned: true);
         }
+        if (Format == Q8Format.Q8_K)
+        {
+            long groups = (rows + GgmlDot.TileRows - 1) / GgmlDot.TileRows, blocks = groups * (k / 256);
+            if (TileScales.Length < blocks * GgmlDot.TileRows)
+            {
+                TileScales = GC.AllocateUninitializedArray<float>(checked((int)(blocks * GgmlDot.TileRows)), pinned: true);
+                TileGroupSums = GC.AllocateUninitializedArray<short>(checked((int)(blocks * GgmlDot.TileRows * 16)), pinned: true);
+            }
+        }
     }
 
     private static T* Address<T>(T[] array) where T : unmanaged =>
@@ -67,9 +82,12 @@ public sealed unsafe class Q8Rows
         float* sums = Address(Sums);
         short* groupSums = Address(GroupSums);
         int* laneSums = Address(LaneSums);
+        long group = t / GgmlDot.TileRows, groupBlocks = group * (K / 256);
         return new GgmlDot.Activation(Address(Codes) + (long)t * K, Address(Scales) + (long)t * (K / Block),
             sums == null ? null : sums + (long)t * (K / 32), groupSums == null ? null : groupSums + (long)t * (K / 16),
-            laneSums == null ? null : laneSums + (long)t * (K / 4));
+            laneSums == null ? null : laneSums + (long)t * (K / 4),
+            Format == Q8Format.Q8_K ? Address(TileScales) + groupBlocks * GgmlDot.TileRows : null,
+            Format == Q8Format.Q8_K ? Address(TileGroupSums) + groupBlocks * GgmlDot.TileRows * 16 : null);
     }
 
     /// <summary>The activation form GGML pairs with weights of <paramref name="type"/>.</summary>
@@ -121,7 +139,8 @@ public sealed unsafe class Q8Rows
                     else if (vector) Quantize32Vector(xp + at, c + at, index);
                     else Quantize32(xp + at, c + at, index);
                 }
-            if (Format != Q8Format.Q8_K)
+            if (Format == Q8Format.Q8_K) Transpose();
+            else
             {
                 int* lanes = Address(LaneSums);
                 long quads = (long)rows * k / 4, i = 0;
@@ -135,6 +154,30 @@ public sealed unsafe class Q8Rows
             }
         }
         return this;
+    }
+
+    /// <summary>Fills <see cref="TileScales"/> and <see cref="TileGroupSums"/> from the rows' scales and group sums.</summary>
+    private void Transpose()
+    {
+        const int R = GgmlDot.TileRows;
+        int nb = K / 256, groups = (Rows + R - 1) / R;
+        for (int g = 0; g < groups; g++)
+            for (int b = 0; b < nb; b++)
+            {
+                int tile = g * nb + b;
+                for (int r = 0; r < R; r++)
+                {
+                    int row = g * R + r;
+                    bool real = row < Rows;
+                    TileScales[tile * R + r] = real ? Scales[row * nb + b] : 0f;
+                    for (int h = 0; h < 8; h++)
+                    {
+                        int at = (tile * 8 + h) * 2 * R + 2 * r, from = (row * nb + b) * 16 + 2 * h;
+                        TileGroupSums[at] = real ? GroupSums[from] : (short)0;
+                        TileGroupSums[at + 1] = real ? GroupSums[from + 1] : (short)0;
+                    }
+                }
+            }
     }
 
     /// <summary>
