@@ -15,19 +15,20 @@ public sealed unsafe partial class OpsLauncher
     public static string DenseGemmKernel(string suffix, int m, int k) => OpsLaunchPlans.DenseGemmKernel(suffix, m, k);
 
     public void DenseGemmF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> w, DeviceBuffer<Half>? bias, int m, int n, int k) =>
-        DenseGemm("f16", y, x, w, bias, m, n, k);
+        DenseGemm(y, x, w, bias, m, n, k);
 
     public void DenseGemmBF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<ushort> w, DeviceBuffer<ushort>? bias, int m, int n, int k) =>
-        DenseGemm("bf16", y, x, w, bias, m, n, k);
+        DenseGemm(y, x, w, bias, m, n, k);
 
-    private void DenseGemm<T>(string suffix, DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> w, DeviceBuffer<T>? bias, int m, int n, int k)
+    /// <summary>The typed forms above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void DenseGemm<T>(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> w, DeviceBuffer<T>? bias, int m, int n, int k)
         where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(y);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(w);
         if (ReferenceEquals(y, x)) throw new ArgumentException("dense_gemm cannot run in place: y must not overlap x", nameof(y));
-        if (OpsLaunchPlans.DenseGemm(suffix, y.Length, x.Length, w.Length, bias?.Length ?? -1, m, n, k) is not { } plan) return;
+        if (OpsLaunchPlans.DenseGemm(DeviceElement<T>.Suffix, y.Length, x.Length, w.Length, bias?.Length ?? -1, m, n, k) is not { } plan) return;
         SameDevice(y, nameof(y));
         SameDevice(x, nameof(x));
         SameDevice(w, nameof(w));
@@ -55,28 +56,29 @@ public sealed unsafe partial class OpsLauncher
     /// </summary>
     public int PagedDecodeAttentionF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<Half> kv, DeviceBuffer<float>? workspace,
         int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
-        PagedDecodeAttention("f16", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+        PagedDecodeAttention(o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
 
     public int PagedDecodeAttentionBF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<ushort> kv, DeviceBuffer<float>? workspace,
         int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
-        PagedDecodeAttention("bf16", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+        PagedDecodeAttention(o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
 
     public int PagedDecodeAttentionF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<float> kv, DeviceBuffer<float>? workspace,
         int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) =>
-        PagedDecodeAttention("f32", o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
+        PagedDecodeAttention(o, lse, q, kv, workspace, numSeqs, numHeads, numKvHeads, headDim, maxSeqLen);
 
     /// <summary>Workspace floats that allow the most splits this device would use for the shape.</summary>
     public int DecodeWorkspaceFloats(int numSeqs, int numHeads, int headDim) =>
         checked((int)OpsLaunchPlans.DecodeWorkspaceFloats(numSeqs, numHeads, headDim, OpsLaunchPlans.DecodeMaxSplits));
 
-    private int PagedDecodeAttention<T>(string suffix, DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
+    /// <summary>The typed forms above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal int PagedDecodeAttention<T>(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
         DeviceBuffer<float>? workspace, int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(o);
         ArgumentNullException.ThrowIfNull(lse);
         ArgumentNullException.ThrowIfNull(q);
         ArgumentNullException.ThrowIfNull(kv);
-        if (OpsLaunchPlans.PagedDecodeAttention(suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
+        if (OpsLaunchPlans.PagedDecodeAttention(DeviceElement<T>.Suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
                 kv.SeqLens.Length, workspace?.Length ?? -1, numSeqs, numHeads, numKvHeads, headDim, kv.BlockSize, kv.MaxBlocksPerSeq, kv.NumBlocks,
                 maxSeqLen, _module.Device.MultiprocessorCount) is not { } plan) return 0;
         SameDevice(o, nameof(o));
@@ -133,17 +135,18 @@ public sealed unsafe partial class OpsLauncher
     /// </summary>
     public void PagedPrefillAttentionF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<Half> kv, DeviceBuffer<int> qStarts,
         int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
-        PagedPrefillAttention("f16", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+        PagedPrefillAttention(o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
 
     public void PagedPrefillAttentionBF16(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<ushort> kv, DeviceBuffer<int> qStarts,
         int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
-        PagedPrefillAttention("bf16", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+        PagedPrefillAttention(o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
 
     public void PagedPrefillAttentionF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<float> kv, DeviceBuffer<int> qStarts,
         int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) =>
-        PagedPrefillAttention("f32", o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
+        PagedPrefillAttention(o, lse, q, kv, qStarts, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim);
 
-    private void PagedPrefillAttention<T>(string suffix, DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
+    /// <summary>The typed forms above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void PagedPrefillAttention<T>(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
         DeviceBuffer<int> qStarts, int numSeqs, int numTokens, int maxQueryLen, int numHeads, int numKvHeads, int headDim) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(o);
@@ -151,7 +154,7 @@ public sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(q);
         ArgumentNullException.ThrowIfNull(kv);
         ArgumentNullException.ThrowIfNull(qStarts);
-        if (OpsLaunchPlans.PagedPrefillAttention(suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
+        if (OpsLaunchPlans.PagedPrefillAttention(DeviceElement<T>.Suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
                 kv.SeqLens.Length, qStarts.Length, numSeqs, numTokens, maxQueryLen, numHeads, numKvHeads, headDim, kv.BlockSize, kv.MaxBlocksPerSeq,
                 kv.NumBlocks) is not { } plan) return;
         SameDevice(o, nameof(o));
@@ -178,15 +181,16 @@ public sealed unsafe partial class OpsLauncher
     /// negative slot writes nothing.
     /// </summary>
     public void KvAppendF16(DeviceBuffer<Half> kCache, DeviceBuffer<Half> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
-        int numTokens, int kvDim, int numSlots) => KvAppend("f16", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+        int numTokens, int kvDim, int numSlots) => KvAppend(kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
 
     public void KvAppendBF16(DeviceBuffer<ushort> kCache, DeviceBuffer<ushort> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
-        int numTokens, int kvDim, int numSlots) => KvAppend("bf16", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+        int numTokens, int kvDim, int numSlots) => KvAppend(kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
 
     public void KvAppendF32(DeviceBuffer<float> kCache, DeviceBuffer<float> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v, DeviceBuffer<int> slots,
-        int numTokens, int kvDim, int numSlots) => KvAppend("f32", kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
+        int numTokens, int kvDim, int numSlots) => KvAppend(kCache, vCache, k, v, slots, numTokens, kvDim, numSlots);
 
-    private void KvAppend<T>(string suffix, DeviceBuffer<T> kCache, DeviceBuffer<T> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v,
+    /// <summary>The typed forms above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void KvAppend<T>(DeviceBuffer<T> kCache, DeviceBuffer<T> vCache, DeviceBuffer<float> k, DeviceBuffer<float> v,
         DeviceBuffer<int> slots, int numTokens, int kvDim, int numSlots) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(kCache);
@@ -194,7 +198,7 @@ public sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(k);
         ArgumentNullException.ThrowIfNull(v);
         ArgumentNullException.ThrowIfNull(slots);
-        if (OpsLaunchPlans.KvAppend(suffix, kCache.Length, vCache.Length, k.Length, v.Length, slots.Length, numTokens, kvDim, numSlots) is not { } plan) return;
+        if (OpsLaunchPlans.KvAppend(DeviceElement<T>.Suffix, kCache.Length, vCache.Length, k.Length, v.Length, slots.Length, numTokens, kvDim, numSlots) is not { } plan) return;
         SameDevice(kCache, nameof(kCache));
         SameDevice(vCache, nameof(vCache));
         SameDevice(k, nameof(k));

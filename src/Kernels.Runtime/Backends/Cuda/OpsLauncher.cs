@@ -21,23 +21,32 @@ public sealed unsafe partial class OpsLauncher
         _stream = stream;
     }
 
+    /// <summary>Entry names of the kernels compiled per element type, built once per T (a launch allocates no name).</summary>
+    private static class ElementKernels<T> where T : unmanaged
+    {
+        public static readonly string EmbeddingGather = "embedding_gather_" + DeviceElement<T>.Suffix;
+        public static readonly string RmsNorm = "rms_norm_" + DeviceElement<T>.Suffix;
+    }
+
     // ---- embedding_gather_{f32,f16,bf16} ----------------------------------------------------------------------------
     // out [numTokens, dim] fp32 <- table [vocab, dim] rows ids[t]. Ids must be validated by the caller on the host
     // (they come from the tokenizer/sampler); an out-of-range id gives a zero row on the GPU instead of a fault.
 
     public void EmbeddingGatherF32(DeviceBuffer<float> output, DeviceBuffer<float> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
-        EmbeddingGather("embedding_gather_f32", output, table, ids, numTokens, dim, vocab);
+        EmbeddingGather(output, table, ids, numTokens, dim, vocab);
 
     public void EmbeddingGatherF16(DeviceBuffer<float> output, DeviceBuffer<Half> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
-        EmbeddingGather("embedding_gather_f16", output, table, ids, numTokens, dim, vocab);
+        EmbeddingGather(output, table, ids, numTokens, dim, vocab);
 
     /// <summary>bf16 table as raw ushort bits.</summary>
     public void EmbeddingGatherBF16(DeviceBuffer<float> output, DeviceBuffer<ushort> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab) =>
-        EmbeddingGather("embedding_gather_bf16", output, table, ids, numTokens, dim, vocab);
+        EmbeddingGather(output, table, ids, numTokens, dim, vocab);
 
-    private void EmbeddingGather<T>(string kernel, DeviceBuffer<float> output, DeviceBuffer<T> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab)
+    /// <summary>The three above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void EmbeddingGather<T>(DeviceBuffer<float> output, DeviceBuffer<T> table, DeviceBuffer<int> ids, int numTokens, int dim, int vocab)
         where T : unmanaged
     {
+        string kernel = ElementKernels<T>.EmbeddingGather;
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(table);
         ArgumentNullException.ThrowIfNull(ids);
@@ -55,18 +64,20 @@ public sealed unsafe partial class OpsLauncher
     // y [numTokens, dim] = x / sqrt(mean(x^2) + eps) * weight; y may be x.
 
     public void RmsNormF32(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<float> weight, int numTokens, int dim, float eps) =>
-        RmsNorm("rms_norm_f32", y, x, weight, numTokens, dim, eps);
+        RmsNorm(y, x, weight, numTokens, dim, eps);
 
     public void RmsNormF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<Half> weight, int numTokens, int dim, float eps) =>
-        RmsNorm("rms_norm_f16", y, x, weight, numTokens, dim, eps);
+        RmsNorm(y, x, weight, numTokens, dim, eps);
 
     /// <summary>bf16 weight as raw ushort bits.</summary>
     public void RmsNormBF16(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<ushort> weight, int numTokens, int dim, float eps) =>
-        RmsNorm("rms_norm_bf16", y, x, weight, numTokens, dim, eps);
+        RmsNorm(y, x, weight, numTokens, dim, eps);
 
-    private void RmsNorm<T>(string kernel, DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> weight, int numTokens, int dim, float eps)
+    /// <summary>The three above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void RmsNorm<T>(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> weight, int numTokens, int dim, float eps)
         where T : unmanaged
     {
+        string kernel = ElementKernels<T>.RmsNorm;
         ArgumentNullException.ThrowIfNull(y);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(weight);

@@ -38,8 +38,8 @@ public class CudaBackendTests
             fixed (byte* p = bytes)
             {
                 var t = new WeightTensor("w", type, [4, 256], p);
-                Assert.That(CudaBackend.MatrixTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
-                Assert.That(CudaBackend.VectorTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
+                Assert.That(DeviceWeights.MatrixTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
+                Assert.That(DeviceWeights.VectorTarget(t), Is.EqualTo(TensorDType.F16), type.Name());
             }
         }
     }

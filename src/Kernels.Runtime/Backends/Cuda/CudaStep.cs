@@ -1,0 +1,295 @@
+// The CUDA backend's step: the activation scratch, the paged KV storage and the pinned staging of one internal step
+// of at most MaxTokensPerStep rows, and the forward pass over them (kernel by kernel, or replayed as a CUDA graph).
+using Kernels.Interop;
+using Kernels.Runtime.KvCache;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>
+/// A step: embedding gather; per layer rms_norm, q/k/v GEMM (+ Qwen2 bias), RoPE, kv_append into the paged blocks,
+/// attention (paged_decode_attention with split-K when every sequence brings one token, else paged_prefill_attention),
+/// o GEMM, residual, rms_norm, gate/up GEMM, SwiGLU, down GEMM, residual; then the final norm and LM head for the rows
+/// whose logits are asked for, copied to pinned host memory once per step. Every launch whose kernel depends on a
+/// dtype (a weight's, the KV cache's) is written once as a generic action and dispatched by <see cref="DeviceDType"/>.
+/// A decode step (one token per sequence, every sequence's logits asked for) is captured as a CUDA graph once per
+/// (sequences, block-table width bucket) and replayed after the step's inputs are copied to the device
+/// (<see cref="DecodeGraphCache"/>); other steps, and every step when graphs are off or a capture failed, launch
+/// kernels one by one.
+/// </summary>
+internal sealed unsafe class CudaStep : IDisposable
+{
+    /// <summary>A run of one sequence's new tokens inside one internal step.</summary>
+    public readonly record struct Piece(int Seq, int Offset, int Count, int Start);
+
+    private readonly CudaDevice _device;
+    private readonly CuStreamHandle _stream;
+    private readonly OpsLauncher _ops;
+    private readonly ModelConfig _config;
+    private readonly CudaBackendOptions _options;
+    private readonly DeviceWeights _weights;
+    private readonly DecodeGraphCache _graphs;
+    private readonly DeviceBuffer<float> _invFreq;
+    private readonly ScratchLayout _layout;
+    private readonly DeviceBuffer<byte> _scratch;
+    private readonly CudaKvStorage _kv;
+    private readonly PinnedHostHandle _pinnedLogits, _pinnedInts;
+    private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
+    private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
+
+    /// <summary>
+    /// Allocates, in this order, the RoPE frequencies, the scratch arena, the KV storage of <paramref name="kvBlocks"/>
+    /// blocks and the pinned staging; on failure releases what it allocated and rethrows.
+    /// </summary>
+    public CudaStep(CudaDevice device, CuStreamHandle stream, OpsLauncher ops, ModelConfig config, CudaBackendOptions options, DeviceWeights weights,
+        int kvBlocks)
+    {
+        (_device, _stream, _ops, _config, _options, _weights) = (device, stream, ops, config, options, weights);
+        var c = config;
+        try
+        {
+            _graphs = new DecodeGraphCache(options.UseCudaGraphs);
+            _invFreq = DeviceBuffer<float>.From(_device, RopeFrequencies.Compute(c));
+
+            _layout = new ScratchLayout(c, options.MaxTokensPerStep, options.KvBlockSize);
+            _scratch = DeviceBuffer<byte>.Allocate(_device, _layout.Bytes);
+            DeviceBuffer<float> F((long Offset, long Floats) s) => _scratch.View<float>(s.Offset, s.Floats);
+            DeviceBuffer<int> I((long Offset, long Ints) s) => _scratch.View<int>(s.Offset, s.Ints);
+            (_x, _xn, _q, _k, _v, _attn, _lse) = (F(_layout.X), F(_layout.Xn), F(_layout.Q), F(_layout.K), F(_layout.V), F(_layout.Attn), F(_layout.Lse));
+            (_proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace) =
+                (F(_layout.Proj), F(_layout.Gate), F(_layout.Up), F(_layout.Selected), F(_layout.SelectedNorm), F(_layout.Logits), F(_layout.Workspace));
+            (_ids, _positions, _slots, _qStarts) = (I(_layout.Ids), I(_layout.Positions), I(_layout.Slots), I(_layout.QStarts));
+
+            _kv = new CudaKvStorage(_device, _stream, c, kvBlocks, options.KvBlockSize, options.KvDType);
+            _pinnedLogits = _device.AllocatePinned((long)options.MaxTokensPerStep * c.VocabSize * sizeof(float));
+            _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The paged KV memory the step appends to and attends over (the backend's KvBlockPool hands out its blocks).</summary>
+    public CudaKvStorage Kv => _kv;
+
+    /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
+    public string GraphStatus => _graphs.Describe();
+
+    // ---- the step ---------------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// One internal step of at most MaxTokensPerStep rows: stages the pieces' inputs, runs the forward (replaying a
+    /// captured graph for a decode step where it can) and copies the selected rows' logits into <paramref name="result"/>.
+    /// </summary>
+    public void Run(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, float[][] result)
+    {
+        var c = _config;
+        int bs = _options.KvBlockSize;
+        int numSeqs = pieces.Count, rows = 0, width = 1, maxCount = 0, maxSeqLen = 0;
+        bool decode = true, everyRowSelected = true;
+        foreach (var p in pieces)
+        {
+            int len = p.Start + p.Offset + p.Count;
+            width = Math.Max(width, (len + bs - 1) / bs);
+            maxCount = Math.Max(maxCount, p.Count);
+            maxSeqLen = Math.Max(maxSeqLen, len);
+            decode &= p.Count == 1;
+            everyRowSelected &= batch[p.Seq].AllLogits || p.Offset + p.Count == batch[p.Seq].Tokens.Length;
+            rows += p.Count;
+        }
+        // A graph step: one token per sequence and the logits of every row, in row order (what the capture recorded).
+        // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
+        // arguments hold for every step of the key.
+        bool graph = decode && everyRowSelected && _graphs.Enabled;
+        if (graph)
+        {
+            width = DecodeGraphCache.BucketBlocks(width, _layout.MaxBlocksPerSeq);
+            maxSeqLen = width * bs;
+        }
+
+        // Step inputs: staged in pinned memory with the scratch's int layout, then one host-to-device copy.
+        var ints = _pinnedInts.AsSpan<int>();
+        long baseOffset = _layout.Ids.Offset;
+        int At((long Offset, long Ints) s) => (int)((s.Offset - baseOffset) / 4);
+        var ids = ints.Slice(At(_layout.Ids), checked((int)(rows)));
+        var positions = ints.Slice(At(_layout.Positions), checked((int)(rows)));
+        var slots = ints.Slice(At(_layout.Slots), checked((int)(rows)));
+        var seqLens = ints.Slice(At(_layout.SeqLens), checked((int)(numSeqs)));
+        var qStarts = ints.Slice(At(_layout.QStarts), checked((int)(numSeqs + 1)));
+        var tables = ints.Slice(At(_layout.BlockTables), checked((int)((long)numSeqs * width)));
+        int row = 0;
+        var logitRows = new List<(int Row, int Seq, int Index)>();
+        for (int i = 0; i < numSeqs; i++)
+        {
+            var p = pieces[i];
+            var blocks = seqs[p.Seq].Blocks;
+            var tokens = batch[p.Seq].Tokens.Span;
+            qStarts[i] = row;
+            seqLens[i] = p.Start + p.Offset + p.Count;
+            for (int t = 0; t < p.Count; t++, row++)
+            {
+                int pos = p.Start + p.Offset + t;
+                ids[row] = tokens[p.Offset + t];
+                positions[row] = pos;
+                slots[row] = blocks[pos / bs] * bs + pos % bs;
+                int index = p.Offset + t;
+                if (batch[p.Seq].AllLogits) logitRows.Add((row, p.Seq, index));
+                else if (index == tokens.Length - 1) logitRows.Add((row, p.Seq, 0));
+            }
+            int used = (seqLens[i] + bs - 1) / bs;
+            var table = tables.Slice(i * width, width);
+            for (int j = 0; j < width; j++) table[j] = j < used ? blocks[j] : 0;
+        }
+        qStarts[numSeqs] = row;
+        long copyInts = (_layout.BlockTables.Offset - baseOffset) / 4 + (long)numSeqs * width;
+        IntPtr stream = _stream.DangerousGetHandle();
+        _device.MakeCurrent();
+        Cu.Check(CuApi.cuMemcpyHtoDAsync(_scratch.Pointer + (ulong)baseOffset, (void*)_pinnedInts.DangerousGetHandle(), (nuint)(copyInts * 4), stream),
+            _device.Ordinal);
+        var seqLensBuffer = _scratch.View<int>(_layout.SeqLens.Offset, numSeqs);
+        var tablesBuffer = _scratch.View<int>(_layout.BlockTables.Offset, (long)numSeqs * width);
+
+        int selected = logitRows.Count;
+        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows);
+        if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width), _device, _stream, Enqueue) is { } exec)
+            _device.LaunchGraph(exec, _stream);
+        else
+            Enqueue();
+        if (selected > 0)
+            Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)_pinnedLogits.DangerousGetHandle(), _logits.Pointer, (nuint)((long)selected * c.VocabSize * 4), stream),
+                _device.Ordinal);
+        // Every step ends synchronized: the pinned staging is reused by the next step, and kernel faults surface here.
+        Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal);
+        var logits = _pinnedLogits.AsSpan<float>();
+        for (int i = 0; i < selected; i++)
+        {
+            var (_, s, index) = logitRows[i];
+            logits.Slice(i * c.VocabSize, c.VocabSize).CopyTo(result[s].AsSpan(index * c.VocabSize, c.VocabSize));
+        }
+    }
+
+    /// <summary>
+    /// The device work of a step after its inputs are on the device, up to the logits of the selected rows in _logits:
+    /// launches and device-to-device copies on the stream only (no host synchronization), so it can be captured.
+    /// </summary>
+    private void EnqueueForward(int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode, DeviceBuffer<int> seqLensBuffer,
+        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows)
+    {
+        var c = _config;
+        int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
+        IntPtr stream = _stream.DangerousGetHandle();
+        Embed(rows);
+        float eps = (float)c.RmsNormEps;
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            var w = _weights.Layers[l];
+            Norm(_xn, _x, w.AttentionNorm, rows, eps);
+            Gemm(_q, _xn, w.Wq, w.Bq, rows, qd, h);
+            Gemm(_k, _xn, w.Wk, w.Bk, rows, kvd, h);
+            Gemm(_v, _xn, w.Wv, w.Bv, rows, kvd, h);
+            _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
+            AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer);
+            Gemm(_proj, _attn, w.Wo, null, rows, h, qd);
+            _ops.ResidualAddF32(_x, _proj, rows * h);
+            Norm(_xn, _x, w.FfnNorm, rows, eps);
+            Gemm(_gate, _xn, w.Gate, null, rows, ff, h);
+            Gemm(_up, _xn, w.Up, null, rows, ff, h);
+            _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
+            Gemm(_proj, _gate, w.Down, null, rows, h, ff);
+            _ops.ResidualAddF32(_x, _proj, rows * h);
+        }
+
+        int selected = logitRows.Count;
+        if (selected > 0)
+        {
+            // Gather the selected rows (runs of consecutive rows in one copy each), final norm, LM head.
+            for (int i = 0; i < selected;)
+            {
+                int j = i + 1;
+                while (j < selected && logitRows[j].Row == logitRows[j - 1].Row + 1) j++;
+                Cu.Check(CuApi.cuMemcpyDtoDAsync(_selected.Pointer + (ulong)((long)i * h * 4), _x.Pointer + (ulong)((long)logitRows[i].Row * h * 4),
+                    (nuint)((long)(j - i) * h * 4), stream), _device.Ordinal);
+                i = j;
+            }
+            Norm(_selectedNorm, _selected, _weights.FinalNorm, selected, eps);
+            Gemm(_logits, _selectedNorm, _weights.LmHead, null, selected, c.VocabSize, h);
+        }
+    }
+
+    // ---- dtype dispatch: one generic action per launch, T from the tensor's device dtype ----------------------------
+
+    private void Embed(int rows)
+    {
+        var embed = new EmbedAction(this, rows);
+        DeviceDType.Dispatch(_weights.Embedding.DType, ref embed, _weights.Embedding.Name, "embedding in");
+    }
+
+    private readonly struct EmbedAction(CudaStep s, int rows) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged =>
+            s._ops.EmbeddingGather(s._x, s._weights.Embedding.View<T>(), s._ids, rows, s._config.HiddenSize, s._config.VocabSize);
+    }
+
+    private void Norm(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int rows, float eps)
+    {
+        var norm = new NormAction(this, y, x, w, rows, eps);
+        DeviceDType.Dispatch(w.DType, ref norm, w.Name, "norm weight in");
+    }
+
+    private readonly struct NormAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int rows, float eps) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged => s._ops.RmsNorm(y, x, w.View<T>(), rows, s._config.HiddenSize, eps);
+    }
+
+    private void Gemm(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, GpuTensor? bias, int m, int n, int k)
+    {
+        // The GEMM kernels exist for F16 and BF16 weights (DeviceWeights.MatrixTarget never places an F32 matrix).
+        if (w.DType == TensorDType.F32) throw new NotSupportedException($"{w.Name}: GEMM weight in {w.DType.Name()}");
+        var gemm = new GemmAction(this, y, x, w, bias, m, n, k);
+        DeviceDType.Dispatch(w.DType, ref gemm, w.Name, "GEMM weight in");
+    }
+
+    private readonly struct GemmAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, GpuTensor? bias, int m, int n, int k)
+        : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged => s._ops.DenseGemm(y, x, w.View<T>(), bias?.View<T>(), m, n, k);
+    }
+
+    private void AppendAndAttend(int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
+        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables)
+    {
+        var attend = new AttendAction(this, layer, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLens, tables);
+        DeviceDType.Dispatch(_kv.DType, ref attend, null, "KV cache dtype");
+    }
+
+    /// <summary>kv_append of the step's k and v into one layer's blocks, then decode or prefill attention over them.</summary>
+    private readonly struct AttendAction(CudaStep s, int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
+        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged
+        {
+            var c = s._config;
+            var store = s._kv;
+            var kv = new OpsLauncher.PagedKv<T>(store.Keys<T>(layer), store.Values<T>(layer), tables, seqLens, store.NumBlocks, store.BlockSize, width);
+            s._ops.KvAppend(kv.KCache, kv.VCache, s._k, s._v, s._slots, rows, c.KvDim, store.NumSlots);
+            if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen);
+            else s._ops.PagedPrefillAttention(s._attn, s._lse, s._q, kv, s._qStarts, numSeqs, rows, maxCount, c.NumHeads, c.NumKvHeads, c.HeadDim);
+        }
+    }
+
+    // ---- lifetime ---------------------------------------------------------------------------------------------------
+
+    /// <summary>Frees what the step allocated (graphs, staging, KV, scratch, frequencies); the caller has synchronized the stream.</summary>
+    public void Dispose()
+    {
+        _graphs?.Dispose();
+        _pinnedInts?.Dispose();
+        _pinnedLogits?.Dispose();
+        _kv?.Dispose();
+        _scratch?.Dispose();
+        _invFreq?.Dispose();
+    }
+}

@@ -1,0 +1,198 @@
+// The CUDA backend's weights on the device: which dtype each tensor takes there, their places in one arena, the upload.
+using Kernels.Interop;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Runtime.Backends.Cuda;
+
+/// <summary>
+/// One arena for every weight, uploaded once: F16 matrices as stored, BF16 ones as F16 when that is exact, F32 and GGML
+/// block (Q4_0..Q8_0, Q2_K..Q6_K) matrices converted to F16, or to BF16 when a value exceeds F16's range
+/// (<see cref="MatrixTarget"/>); norm vectors and the embedding F32/F16/BF16 as stored (<see cref="VectorTarget"/>); a
+/// bias in its matrix's dtype. Two phases, because the memory plan needs the arena's size before anything is
+/// allocated: <see cref="Place"/> decides dtypes and offsets (no driver call), <see cref="Upload"/> allocates the
+/// arena, binds each tensor's typed view and copies the data.
+/// </summary>
+internal sealed unsafe class DeviceWeights : IDisposable
+{
+    private readonly List<(WeightTensor Source, TensorDType Target, long Offset)> _uploads;
+    private readonly Dictionary<(WeightTensor, TensorDType), GpuTensor> _placed;
+    private DeviceBuffer<byte>? _arena;
+
+    public GpuTensor Embedding { get; }
+    public GpuTensor LmHead { get; }
+    public GpuTensor FinalNorm { get; }
+    public IReadOnlyList<GpuLayer> Layers { get; }
+    /// <summary>Bytes the arena takes (each tensor aligned to <see cref="CudaMemoryPlan.Alignment"/>).</summary>
+    public long ArenaBytes { get; }
+    /// <summary>The weight dtypes on the device, e.g. "F16 x 225" (what was converted shows here).</summary>
+    public string Formats { get; }
+
+    private DeviceWeights(List<(WeightTensor, TensorDType, long)> uploads, Dictionary<(WeightTensor, TensorDType), GpuTensor> placed, long arenaBytes,
+        GpuTensor embedding, GpuTensor lmHead, GpuTensor finalNorm, GpuLayer[] layers)
+    {
+        _uploads = uploads;
+        _placed = placed;
+        ArenaBytes = arenaBytes;
+        (Embedding, LmHead, FinalNorm, Layers) = (embedding, lmHead, finalNorm, layers);
+        Formats = string.Join(", ", placed.Values.GroupBy(g => g.DType).Select(g => $"{g.Key.Name()} x {g.Count()}"));
+    }
+
+    /// <summary>Decides every tensor's device dtype and place in the arena (reads the weights; no driver call).</summary>
+    public static DeviceWeights Place(LoadedModel model)
+    {
+        var c = model.Config;
+        var uploads = new List<(WeightTensor Source, TensorDType Target, long Offset)>();
+        var placed = new Dictionary<(WeightTensor, TensorDType), GpuTensor>(ReferenceEqualityPair.Instance);
+        long arena = 0;
+        GpuTensor Place(WeightTensor t, TensorDType target)
+        {
+            if (placed.TryGetValue((t, target), out var g)) return g;
+            g = new GpuTensor(t.Name, target, arena, t.ElementCount);
+            uploads.Add((t, target, arena));
+            arena += CudaMemoryPlan.Align(target.ByteCount(t.ElementCount));
+            placed[(t, target)] = g;
+            return g;
+        }
+        var w = model.Weights;
+        var embedding = Place(w.Embedding, VectorTarget(w.Embedding));
+        var layers = new GpuLayer[c.NumLayers];
+        for (int l = 0; l < c.NumLayers; l++)
+        {
+            var lw = w.Layers[l];
+            GpuTensor M(LinearWeight lin) => Place(((DenseLinear)lin).Weight, MatrixTarget(((DenseLinear)lin).Weight));
+            var wq = M(lw.Wq);
+            var wk = M(lw.Wk);
+            var wv = M(lw.Wv);
+            layers[l] = new GpuLayer(Place(lw.AttentionNorm, VectorTarget(lw.AttentionNorm)), wq, wk, wv,
+                lw.Bq == null ? null : Place(lw.Bq, wq.DType), lw.Bk == null ? null : Place(lw.Bk, wk.DType), lw.Bv == null ? null : Place(lw.Bv, wv.DType),
+                M(lw.Wo), Place(lw.FfnNorm, VectorTarget(lw.FfnNorm)), M(lw.Gate), M(lw.Up), M(lw.Down));
+        }
+        var finalNorm = Place(w.FinalNorm, VectorTarget(w.FinalNorm));
+        var lmHead = Place(w.LmHead, MatrixTarget(w.LmHead));
+        return new DeviceWeights(uploads, placed, arena, embedding, lmHead, finalNorm, layers);
+    }
+
+    /// <summary>Allocates the arena on <paramref name="device"/>, binds every tensor's view and copies the weights (converted where placed so).</summary>
+    public void Upload(CudaDevice device)
+    {
+        if (_arena != null) throw new InvalidOperationException("the weights are already on the device");
+        _arena = DeviceBuffer<byte>.Allocate(device, Math.Max(ArenaBytes, CudaMemoryPlan.Alignment));
+        foreach (var g in _placed.Values) g.Bind(_arena);
+        foreach (var (source, target, offset) in _uploads) Upload(device, source, target, _arena.Pointer + (ulong)offset);
+    }
+
+    public void Dispose() => _arena?.Dispose();
+
+    // ---- dtype policy -----------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// F16 matrices as stored. BF16 matrices become F16 when every value converts exactly (BF16's 8-bit significand fits
+    /// F16's 11 bits inside F16's range): the weights are unchanged, but the tensor-core GEMM rounds x to the weight's
+    /// dtype, and f16 rounding (2^-11) is 8x finer than bf16 (2^-8). F32 and GGML blocks (dequantized) become F16 when every value fits F16's
+    /// range (|w| &lt;= 65504), else BF16.
+    /// </summary>
+    internal static TensorDType MatrixTarget(WeightTensor t)
+    {
+        if (t.DType == TensorDType.F16) return t.DType;
+        if (!t.DType.IsNumeric()) throw new NotSupportedException($"{t.Name} is {t.DType.Name()}: not a floating-point weight");
+        bool exact = t.DType == TensorDType.BF16;
+        float max = 0;
+        var row = new float[t.Columns];
+        for (int r = 0; r < t.Rows; r++)
+        {
+            t.ReadRow(r, row);
+            foreach (float v in row)
+            {
+                max = Math.Max(max, Math.Abs(v));
+                if (exact && (float)(Half)v != v) return TensorDType.BF16;
+            }
+        }
+        return max <= (float)Half.MaxValue ? TensorDType.F16 : TensorDType.BF16;
+    }
+
+    /// <summary>Norm weights and the embedding table: F32/F16/BF16 as stored (kernels exist for all three); GGML blocks as a matrix.</summary>
+    internal static TensorDType VectorTarget(WeightTensor t) =>
+        t.DType is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16 ? t.DType : MatrixTarget(t);
+
+    // ---- upload -----------------------------------------------------------------------------------------------------
+
+    private static void Upload(CudaDevice device, WeightTensor t, TensorDType target, ulong destination)
+    {
+        const long Chunk = 64L << 20;
+        device.MakeCurrent();
+        if (t.DType == target)
+        {
+            long bytes = t.ByteLength;
+            for (long at = 0; at < bytes; at += Chunk)
+                Cu.Check(CuApi.cuMemcpyHtoD(destination + (ulong)at, t.Data + at, (nuint)Math.Min(Chunk, bytes - at)), device.Ordinal);
+            return;
+        }
+        int cols = t.Columns, rowBytes = checked((int)target.ByteCount(cols));
+        int rowsPerChunk = Math.Max(1, (int)(Chunk / rowBytes));
+        var row = new float[cols];
+        var staging = new byte[(long)rowsPerChunk * rowBytes];
+        for (int r0 = 0; r0 < t.Rows; r0 += rowsPerChunk)
+        {
+            int n = Math.Min(rowsPerChunk, t.Rows - r0);
+            for (int i = 0; i < n; i++)
+            {
+                t.ReadRow(r0 + i, row);
+                var dst = staging.AsSpan(i * rowBytes, rowBytes);
+                switch (target)
+                {
+                    case TensorDType.F32:
+                        System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(dst);
+                        break;
+                    case TensorDType.F16:
+                        var h = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(dst);
+                        for (int j = 0; j < cols; j++) h[j] = (Half)row[j];
+                        break;
+                    case TensorDType.BF16:
+                        var b = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(dst);
+                        for (int j = 0; j < cols; j++) b[j] = DTypeConvert.SingleToBFloat16(row[j]);
+                        break;
+                    default:
+                        throw new NotSupportedException($"{t.Name}: no conversion to {target.Name()}");
+                }
+            }
+            fixed (byte* p = staging)
+                Cu.Check(CuApi.cuMemcpyHtoD(destination + (ulong)((long)r0 * rowBytes), p, (nuint)((long)n * rowBytes)), device.Ordinal);
+        }
+    }
+
+    /// <summary>Tensors are keyed by identity (the tied LM head is the embedding object) and target dtype.</summary>
+    private sealed class ReferenceEqualityPair : IEqualityComparer<(WeightTensor, TensorDType)>
+    {
+        public static readonly ReferenceEqualityPair Instance = new();
+        public bool Equals((WeightTensor, TensorDType) a, (WeightTensor, TensorDType) b) => ReferenceEquals(a.Item1, b.Item1) && a.Item2 == b.Item2;
+        public int GetHashCode((WeightTensor, TensorDType) k) => HashCode.Combine(System.Runtime.CompilerServices.RuntimeHelpers.GetHashCode(k.Item1), k.Item2);
+    }
+}
+
+/// <summary>A weight in the arena: its device dtype and, once bound, the typed view the launchers take.</summary>
+internal sealed class GpuTensor(string name, TensorDType dtype, long offset, long elements)
+{
+    private readonly long _offset = offset, _elements = elements;
+    private object? _view;
+
+    public string Name { get; } = name;
+    public TensorDType DType { get; } = dtype;
+
+    /// <summary>The bound view as <typeparamref name="T"/>, the element type of <see cref="DType"/> (<see cref="DeviceElement{T}"/>).</summary>
+    public DeviceBuffer<T> View<T>() where T : unmanaged => (DeviceBuffer<T>)(_view ?? throw new InvalidOperationException($"{Name} is not on the device yet"));
+
+    public void Bind(DeviceBuffer<byte> arena)
+    {
+        var bind = new BindView(this, arena);
+        DeviceDType.Dispatch(DType, ref bind, Name, "device dtype");
+    }
+
+    private readonly struct BindView(GpuTensor tensor, DeviceBuffer<byte> arena) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged => tensor._view = arena.View<T>(tensor._offset, tensor._elements);
+    }
+}
+
+internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuTensor Wq, GpuTensor Wk, GpuTensor Wv, GpuTensor? Bq, GpuTensor? Bk, GpuTensor? Bv,
+    GpuTensor Wo, GpuTensor FfnNorm, GpuTensor Gate, GpuTensor Up, GpuTensor Down);
