@@ -1,6 +1,8 @@
 // Attention over paged KV blocks, as partial (o, lse) states merged exactly: shared prefix levels (Hydragen: the
 // keys read once for every query row of the level) and each sequence's causal suffix. Blocks are fp32, fp16 or KIVI
 // (quantized, dequantized inside the dot products). Reference for the GPU kernels.
+// This file is the algorithm (partials over key ranges, suffix, shared levels); Attention.Kernels.cs holds the
+// micro-kernels it runs on (scores, value accumulation, fp16 widening, softmax).
 using System.Runtime.CompilerServices;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
@@ -24,7 +26,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// both (the same math: the level is one partial either way).
 /// </para>
 /// </summary>
-public static unsafe class Attention
+public static unsafe partial class Attention
 {
     /// <summary>One layer's KV blocks and the attention shape.</summary>
     public readonly struct Layer(CpuKvStorage storage, int layer, int blockSize, int heads, int kvHeads, int headDim)
@@ -85,147 +87,8 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary>Whether the tiled kernels run: AVX2 + FMA (otherwise every dot and update is scalar, in the same order).</summary>
-    private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
-
     /// <summary>fp16 key or value rows widened per tile: up to 16, at most 4096 floats of stack.</summary>
     private static int WideRows(int d) => Math.Clamp(4096 / d, 1, 16);
-
-    /// <summary>
-    /// The score of a query row and a key, unscaled: one 8-lane fused multiply-add accumulator over the columns in
-    /// order, Vector256.Sum, then the d % 8 tail (DotTile's order, so a tile of scores gives these bits).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static float Dot(float* q, float* k, int d)
-    {
-        float s = 0;
-        int c = 0;
-        if (Vectorized)
-        {
-            var a = Vector256<float>.Zero;
-            for (; c + 8 <= d; c += 8) a = Fma.MultiplyAdd(Avx.LoadVector256(k + c), Avx.LoadVector256(q + c), a);
-            s = Vector256.Sum(a);
-        }
-        for (; c < d; c++) s += k[c] * q[c];
-        return s;
-    }
-
-    /// <summary>
-    /// s_r[i] = q_r . key_i (unscaled, <see cref="Dot"/>) for <paramref name="rows"/> query rows (q_r and s_r given by
-    /// address) and n keys <paramref name="keyStride"/> floats apart: 4 keys x 3 rows per register tile.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void ScoreRows(nint* q, nint* s, int rows, float* keys, int keyStride, int n, int d)
-    {
-        if (!Vectorized || d % 8 != 0)
-        {
-            for (int r = 0; r < rows; r++)
-                for (int i = 0; i < n; i++) ((float*)s[r])[i] = Dot((float*)q[r], keys + (long)i * keyStride, d);
-            return;
-        }
-        for (int r = 0; r < rows;)
-        {
-            int g = DotTile.Rows(rows - r);
-            float* q0 = (float*)q[r], q1 = (float*)q[r + g / 2], q2 = (float*)q[r + g - 1];
-            float* s0 = (float*)s[r], s1 = (float*)s[r + g / 2], s2 = (float*)s[r + g - 1];
-            int i = 0;
-            for (; i + 4 <= n; i += 4) DotTile.Dots(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, null, false, false, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
-            for (; i < n; i++)
-                for (int t = r; t < r + g; t++) ((float*)s[t])[i] = Dot((float*)q[t], keys + (long)i * keyStride, d);
-            r += g;
-        }
-    }
-
-    /// <summary>
-    /// o_r += sum_i p_r[i] value_i for <paramref name="rows"/> rows (p_r and o_r given by address) over n value rows
-    /// <paramref name="valueStride"/> floats apart: per element, value by value in order, one fused multiply-add each;
-    /// 3 rows x 32 columns of o held in registers.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void AccumulateRows(nint* p, nint* o, int rows, float* values, int valueStride, int n, int d)
-    {
-        int d8 = Vectorized ? d & ~7 : 0;
-        int r = 0;
-        for (; r + 3 <= rows && d8 >= 32; r += 3)
-        {
-            float* p0 = (float*)p[r], p1 = (float*)p[r + 1], p2 = (float*)p[r + 2];
-            float* o0 = (float*)o[r], o1 = (float*)o[r + 1], o2 = (float*)o[r + 2];
-            int c = 0;
-            for (; c + 32 <= d8; c += 32)
-            {
-                var a00 = Avx.LoadVector256(o0 + c); var a01 = Avx.LoadVector256(o0 + c + 8); var a02 = Avx.LoadVector256(o0 + c + 16); var a03 = Avx.LoadVector256(o0 + c + 24);
-                var a10 = Avx.LoadVector256(o1 + c); var a11 = Avx.LoadVector256(o1 + c + 8); var a12 = Avx.LoadVector256(o1 + c + 16); var a13 = Avx.LoadVector256(o1 + c + 24);
-                var a20 = Avx.LoadVector256(o2 + c); var a21 = Avx.LoadVector256(o2 + c + 8); var a22 = Avx.LoadVector256(o2 + c + 16); var a23 = Avx.LoadVector256(o2 + c + 24);
-                for (int i = 0; i < n; i++)
-                {
-                    float* v = values + (long)i * valueStride + c;
-                    var v0 = Avx.LoadVector256(v); var v1 = Avx.LoadVector256(v + 8); var v2 = Avx.LoadVector256(v + 16); var v3 = Avx.LoadVector256(v + 24);
-                    var w = Vector256.Create(p0[i]);
-                    a00 = Fma.MultiplyAdd(w, v0, a00); a01 = Fma.MultiplyAdd(w, v1, a01); a02 = Fma.MultiplyAdd(w, v2, a02); a03 = Fma.MultiplyAdd(w, v3, a03);
-                    w = Vector256.Create(p1[i]);
-                    a10 = Fma.MultiplyAdd(w, v0, a10); a11 = Fma.MultiplyAdd(w, v1, a11); a12 = Fma.MultiplyAdd(w, v2, a12); a13 = Fma.MultiplyAdd(w, v3, a13);
-                    w = Vector256.Create(p2[i]);
-                    a20 = Fma.MultiplyAdd(w, v0, a20); a21 = Fma.MultiplyAdd(w, v1, a21); a22 = Fma.MultiplyAdd(w, v2, a22); a23 = Fma.MultiplyAdd(w, v3, a23);
-                }
-                Avx.Store(o0 + c, a00); Avx.Store(o0 + c + 8, a01); Avx.Store(o0 + c + 16, a02); Avx.Store(o0 + c + 24, a03);
-                Avx.Store(o1 + c, a10); Avx.Store(o1 + c + 8, a11); Avx.Store(o1 + c + 16, a12); Avx.Store(o1 + c + 24, a13);
-                Avx.Store(o2 + c, a20); Avx.Store(o2 + c + 8, a21); Avx.Store(o2 + c + 16, a22); Avx.Store(o2 + c + 24, a23);
-            }
-            AccumulateColumns(p0, o0, values, valueStride, n, c, d);
-            AccumulateColumns(p1, o1, values, valueStride, n, c, d);
-            AccumulateColumns(p2, o2, values, valueStride, n, c, d);
-        }
-        for (; r < rows; r++) AccumulateColumns((float*)p[r], (float*)o[r], values, valueStride, n, 0, d);
-    }
-
-    /// <summary>Columns [c, d) of one row of <see cref="AccumulateRows"/>: 8 at a time where AVX2 allows, then one by one.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AccumulateColumns(float* p, float* o, float* values, int valueStride, int n, int c, int d)
-    {
-        if (Vectorized)
-        {
-            for (; c + 32 <= d; c += 32)
-            {
-                var a0 = Avx.LoadVector256(o + c); var a1 = Avx.LoadVector256(o + c + 8);
-                var a2 = Avx.LoadVector256(o + c + 16); var a3 = Avx.LoadVector256(o + c + 24);
-                for (int i = 0; i < n; i++)
-                {
-                    var w = Vector256.Create(p[i]);
-                    float* v = values + (long)i * valueStride + c;
-                    a0 = Fma.MultiplyAdd(w, Avx.LoadVector256(v), a0); a1 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 8), a1);
-                    a2 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 16), a2); a3 = Fma.MultiplyAdd(w, Avx.LoadVector256(v + 24), a3);
-                }
-                Avx.Store(o + c, a0); Avx.Store(o + c + 8, a1); Avx.Store(o + c + 16, a2); Avx.Store(o + c + 24, a3);
-            }
-            for (; c + 8 <= d; c += 8)
-            {
-                var a0 = Avx.LoadVector256(o + c);
-                for (int i = 0; i < n; i++) a0 = Fma.MultiplyAdd(Vector256.Create(p[i]), Avx.LoadVector256(values + (long)i * valueStride + c), a0);
-                Avx.Store(o + c, a0);
-            }
-        }
-        for (; c < d; c++)
-        {
-            float acc = o[c];
-            for (int i = 0; i < n; i++) acc = MathF.FusedMultiplyAdd(p[i], values[(long)i * valueStride + c], acc);
-            o[c] = acc;
-        }
-    }
-
-    /// <summary>n fp16 rows (<paramref name="stride"/> halves apart) of d values to fp32 rows d apart (exact).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void Widen(ushort* rows, int stride, int n, int d, float* destination)
-    {
-        for (int i = 0; i < n; i++)
-        {
-            ushort* h = rows + (long)i * stride;
-            float* f = destination + i * d;
-            int c = 0;
-            if (Avx2.IsSupported)
-                for (; c + 8 <= d; c += 8) Avx.Store(f + c, DTypeConvert.HalfToSingle8(h + c));
-            for (; c < d; c++) f[c] = (float)BitConverter.UInt16BitsToHalf(h[c]);
-        }
-    }
 
     /// <summary>
     /// Full-precision key (or value) rows of kv head <paramref name="kvh"/> from position <paramref name="j"/> on, up to
@@ -316,48 +179,6 @@ public static unsafe class Attention
         if (quantized) QuantizedValues(kv, blocks, kvh, sp, from, to, pp);
         else FullValues(kv, blocks, kvh, &sa, &pa, 1, from, to);
         AttentionState.Merge(new Span<float>(o, kv.HeadDim), ref lse, new ReadOnlySpan<float>(pp, kv.HeadDim), rowLse);
-    }
-
-    /// <summary>
-    /// Unscaled scores to probabilities of the scaled scores in place (max subtracted, then scaled, vector exp);
-    /// returns the log-sum-exp of the scaled scores.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Softmax(Span<float> row, float scale)
-    {
-        // Three passes over a row of tens to hundreds of scores: max; exp of the scaled differences, summed; the
-        // normalization (one loop each, not six library calls: per-call overhead dominated rows this short).
-        float max = TensorPrimitives.Max(row);
-        int n = row.Length, i = 0;
-        float sum = 0;
-        fixed (float* p = row)
-        {
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var m = Vector256.Create(max);
-                var sc = Vector256.Create(scale);
-                var acc = Vector256<float>.Zero;
-                for (; i + 8 <= n; i += 8)
-                {
-                    var e = Vector256.Exp((Vector256.Load(p + i) - m) * sc);
-                    e.Store(p + i);
-                    acc += e;
-                }
-                sum = Vector256.Sum(acc);
-            }
-            for (; i < n; i++)
-            {
-                float e = MathF.Exp((p[i] - max) * scale);
-                p[i] = e;
-                sum += e;
-            }
-            float inv = 1f / sum;
-            i = 0;
-            if (Vector256.IsHardwareAccelerated)
-                for (var v = Vector256.Create(inv); i + 8 <= n; i += 8) (Vector256.Load(p + i) * v).Store(p + i);
-            for (; i < n; i++) p[i] *= inv;
-        }
-        return max * scale + MathF.Log(sum);
     }
 
     /// <summary>
