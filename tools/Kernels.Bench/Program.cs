@@ -1,12 +1,8 @@
-// kernels-bench: micro-benchmarks. `verify` checks the GPU kernels against the CPU reference (Verify.cs). `decode` times CPU decode steps for given batch sizes against a measured
-// memory-bandwidth roofline (every decode step must stream all weights once).
+// kernels-bench: the command line only: every command's options and what it runs. The harness (device and fatbin,
+// CPU and GPU rooflines, verify's runner and judge) is in Harness/, verify's cases in Verify/, the timing suites in
+// Suites/, the llama.cpp comparison in Peer/, the tables and charts in Report/.
 using System.CommandLine;
-using System.Diagnostics;
-using System.Text.Json;
-using Kernels.Runtime.Backends;
-using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.KvCache;
-using Kernels.Runtime.Models;
 
 namespace Kernels.Bench;
 
@@ -23,7 +19,7 @@ public static class Program
         kvCache.AcceptOnlyFromAmong("fp32", "fp16", "kivi2", "kivi4");
         var decode = new Command("decode", "CPU decode throughput: tokens/s per batch size, and the weight-streaming roofline");
         foreach (var o in new Option[] { model, batches, steps, context, kvCache, json }) decode.Options.Add(o);
-        decode.SetAction(p => Decode(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json),
+        decode.SetAction(p => CpuDecode.Run(p.GetValue(model)!, p.GetValue(batches)!, p.GetValue(steps), p.GetValue(context), p.GetValue(json),
             new KvCacheFormat { Kind = KvCacheFormat.ParseKind(p.GetValue(kvCache)!) }));
         var prefixModel = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model to time" };
         var prefixBatches = new Option<string>("--batch") { DefaultValueFactory = _ => "16,64", Description = "Comma-separated batch sizes" };
@@ -191,111 +187,5 @@ public static class Program
     {
         root.Parse("--help").Invoke();
         return 1;
-    }
-
-    /// <summary>RooflineMs = max(weights / bandwidth, 2 * parameters * batch / peak FLOP rate), both measured here.</summary>
-    private sealed record DecodeResult(int Batch, int Steps, double MsPerStep, double TokensPerSecond, double WeightGBps, double Gflops, double RooflineMs, double RooflineFraction);
-
-    internal static int Decode(string modelName, string batchList, int steps, int context, string? jsonPath, KvCacheFormat? kvCache = null)
-    {
-        using var model = ModelLoader.Load(modelName);
-        using var backend = new CpuBackend(model, new CpuBackendOptions { KvCache = kvCache ?? KvCacheFormat.Fp32 });
-        long weightBytes = model.Weights.All().Sum(t => t.ByteLength);
-        double bandwidth = MeasureBandwidthGBps();
-        double peakGflops = MeasureFmaGflops();
-        Console.WriteLine($"# CPU decode, {modelName}: {model.Config.ParameterCount / 1e6:F1}M parameters, {weightBytes / 1e6:F1} MB of weights per step");
-        Console.WriteLine($"# machine: {Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture}, " +
-                          $"AVX2 {System.Runtime.Intrinsics.X86.Avx2.IsSupported}; measured copy bandwidth {bandwidth:F1} GB/s (read + write), FMA peak {peakGflops:F0} GFLOP/s");
-        Console.WriteLine("# roofline per step = max(weight bytes / bandwidth, 2 x parameters x batch / FMA peak)");
-        Console.WriteLine($"# KV context {context} tokens per sequence, KV cache {backend.KvFormat}; median of {steps} timed steps after 3 warm-up steps");
-        Console.WriteLine();
-        Console.WriteLine("| batch | ms/step | tokens/s | weight GB/s | GFLOP/s | roofline ms/step | of roofline |");
-        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
-        var results = new List<DecodeResult>();
-        foreach (int batch in batchList.Split(',').Select(int.Parse))
-        {
-            var caches = Enumerable.Range(0, batch).Select(_ => backend.CreateCache()).ToArray();
-            var rng = new Random(batch);
-            // Prefill every sequence with `context` random tokens (one batched forward).
-            backend.Forward(caches.Select(c => new SequenceStep(c, Enumerable.Range(0, context).Select(_ => rng.Next(3, model.Config.VocabSize)).ToArray())).ToArray());
-            var next = caches.Select(_ => new[] { rng.Next(3, model.Config.VocabSize) }).ToArray();
-            for (int w = 0; w < 3; w++) Step(backend, caches, next);
-            // Median of per-step times: robust to the other process on a 2-core machine.
-            var times = new double[steps];
-            for (int s = 0; s < steps; s++)
-            {
-                var clock = Stopwatch.StartNew();
-                Step(backend, caches, next);
-                times[s] = clock.Elapsed.TotalSeconds;
-            }
-            Array.Sort(times);
-            double seconds = times[steps / 2] * steps;
-            foreach (var c in caches) c.Dispose();
-            double stepMs = seconds / steps * 1e3;
-            double gbps = weightBytes / (seconds / steps) / 1e9;
-            double flops = 2.0 * model.Config.ParameterCount * batch;
-            double rooflineMs = Math.Max(weightBytes / (bandwidth * 1e9), flops / (peakGflops * 1e9)) * 1e3;
-            var r = new DecodeResult(batch, steps, stepMs, batch * steps / seconds, gbps, flops / (stepMs * 1e6), rooflineMs, rooflineMs / stepMs);
-            results.Add(r);
-            Console.WriteLine($"| {batch} | {r.MsPerStep:F1} | {r.TokensPerSecond:F1} | {r.WeightGBps:F1} | {r.Gflops:F1} | {r.RooflineMs:F1} | {r.RooflineFraction:P0} |");
-        }
-        if (jsonPath != null)
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(new { model = modelName, weightBytes, bandwidthGBps = bandwidth, peakGflops, results }, new JsonSerializerOptions { WriteIndented = true }));
-        return 0;
-    }
-
-    private static void Step(IBackend backend, IKvCache[] caches, int[][] next)
-    {
-        var logits = backend.Forward(caches.Select((c, i) => new SequenceStep(c, next[i])).ToArray());
-        for (int i = 0; i < next.Length; i++) next[i][0] = Kernels.Runtime.Engine.Sampler.ArgMax(logits[i]);
-    }
-
-    /// <summary>fp32 FMA rate of all cores: 8 independent Vector256 FMA chains per thread, best of 3 (FLOPs = 2 per lane).</summary>
-    private static double MeasureFmaGflops()
-    {
-        if (!System.Runtime.Intrinsics.X86.Fma.IsSupported) return 1;
-        const int iterations = 20_000_000;
-        double best = 0;
-        for (int rep = 0; rep < 3; rep++)
-        {
-            var clock = Stopwatch.StartNew();
-            Parallel.For(0, Environment.ProcessorCount, _ => FmaChains(iterations));
-            best = Math.Max(best, Environment.ProcessorCount * (double)iterations * 8 * 8 * 2 / clock.Elapsed.TotalSeconds / 1e9);
-        }
-        return best;
-    }
-
-    private static float FmaChains(int iterations)
-    {
-        var m = System.Runtime.Intrinsics.Vector256.Create(0.999f);
-        var a = System.Runtime.Intrinsics.Vector256.Create(1e-3f);
-        var c0 = a; var c1 = a; var c2 = a; var c3 = a; var c4 = a; var c5 = a; var c6 = a; var c7 = a;
-        for (int i = 0; i < iterations; i++)
-        {
-            c0 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c0, m, a); c1 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c1, m, a);
-            c2 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c2, m, a); c3 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c3, m, a);
-            c4 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c4, m, a); c5 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c5, m, a);
-            c6 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c6, m, a); c7 = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(c7, m, a);
-        }
-        return System.Runtime.Intrinsics.Vector256.Sum(((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)));
-    }
-
-    /// <summary>Copy bandwidth of a 256 MB buffer on all cores, best of 5 (bytes read + written, like the GPU figure).</summary>
-    private static double MeasureBandwidthGBps()
-    {
-        const int bytes = 256 << 20;
-        var a = GC.AllocateUninitializedArray<byte>(bytes);
-        var b = GC.AllocateUninitializedArray<byte>(bytes);
-        a.AsSpan().Fill(1);
-        b.AsSpan().Fill(2);
-        int parts = Environment.ProcessorCount * 4, chunk = bytes / parts;
-        double best = double.MaxValue;
-        for (int rep = 0; rep < 5; rep++)
-        {
-            var clock = Stopwatch.StartNew();
-            Parallel.For(0, parts, i => a.AsSpan(i * chunk, chunk).CopyTo(b.AsSpan(i * chunk, chunk)));
-            best = Math.Min(best, clock.Elapsed.TotalSeconds);
-        }
-        return 2.0 * bytes / best / 1e9;
     }
 }

@@ -17,7 +17,7 @@ public static class Suites
         var suites = quick
             ? new List<Suite>
             {
-                new("decode", p => Task.FromResult(Program.Decode("synthetic:tiny", "1,4", steps: 4, context: 16, p))),
+                new("decode", p => Task.FromResult(CpuDecode.Run("synthetic:tiny", "1,4", steps: 4, context: 16, p))),
                 new("prefix", p => Task.FromResult(SharedPrefix.Run("synthetic:tiny", "4", "64", suffix: 8, steps: 2, p))),
                 new("throughput", p => Task.FromResult(Throughput.Run("synthetic:tiny", "random,system-prompt,few-shot,samples", requests: 4, inputLength: 8,
                     outputLength: 4, prefixLength: 32, samples: 2, sharing: "both", p))),
@@ -26,7 +26,7 @@ public static class Suites
             }
             : new List<Suite>
             {
-                new("decode", p => Task.FromResult(Program.Decode("synthetic:small", "1,4,16,64", steps: 16, context: 64, p))),
+                new("decode", p => Task.FromResult(CpuDecode.Run("synthetic:small", "1,4,16,64", steps: 16, context: 64, p))),
                 new("prefix", p => Task.FromResult(SharedPrefix.Run("synthetic:small", "16,64", "256,512,1536", suffix: 32, steps: 4, p))),
                 new("throughput", p => Task.FromResult(Throughput.Run("synthetic:small", "random,system-prompt,few-shot,samples", requests: 32, inputLength: 32,
                     outputLength: 32, prefixLength: 512, samples: 8, sharing: "both", p))),

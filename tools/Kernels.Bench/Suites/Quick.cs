@@ -1,5 +1,5 @@
 // `kernels-bench quick`: every suite on tiny shapes on the CPU (minutes, for CI), gathered into one JSON document
-// that follows bench-results.schema.json (kept next to this file and copied to the output).
+// that follows bench-results.schema.json (kept at the project root and copied to the output).
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Kernels.Interop;
