@@ -1,4 +1,4 @@
-// kernels-bench squeeze-gpu: the SqueezeLLM LUT GEMV (ILGPU, Backends/Ilgpu/SqueezeLlmLutGemv.cs) on ILGPU's CUDA
+// kernels-bench squeeze-gpu: the SqueezeLLM LUT GEMV (ILGPU, src/Kernels.Runtime.Ilgpu/SqueezeLlmLutGemv.cs) on ILGPU's CUDA
 // accelerator. (a) verify: layers made by the real quantizer (3 and 4 bits, 0.45% CSR outliers), M = 1, 4, 8, the GPU
 // result vs LutMatMul on the CPU; (b) timings at the four Llama-3-8B layer shapes (N x K = 6144x4096, 4096x4096,
 // 28672x4096, 4096x14336; --quick: 28672x4096 only) for M = 1, 4, 8: ILGPU profiling markers (CUDA events) around each
