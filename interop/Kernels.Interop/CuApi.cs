@@ -5,8 +5,8 @@
 // Entry points: where cuda.h #defines a name to a versioned symbol (cuMemAlloc -> cuMemAlloc_v2, ...), the import
 // binds the versioned symbol, because the unversioned one is the legacy 32-bit-pointer ABI kept for old binaries
 // (`nm -D libcuda.so.1` lists both). The library is resolved on the first call, not at type load: a process
-// without a driver only sees a DllNotFoundException when it actually calls in, which CudaDevice.TryOpen turns into
-// a reason string.
+// without a driver only sees a DllNotFoundException when it actually calls in, which CudaDriverProbe (and so
+// CudaDevice.WhyUnavailable) turns into a reason string.
 using System.Runtime.InteropServices;
 
 namespace Kernels.Interop;

@@ -1,5 +1,5 @@
-// One CUDA device with its retained primary context: the entry point (TryOpen) that never crashes a process without a
-// driver, and the typed operations that create the SafeHandle-owned resources.
+// One CUDA device with its retained primary context: the query (WhyUnavailable) that never crashes a process without a
+// driver, the entry point (Open), and the typed operations that create the SafeHandle-owned resources.
 using System.Runtime.InteropServices;
 using System.Text;
 
@@ -36,41 +36,39 @@ public sealed unsafe class CudaDevice : IDisposable
     // ---- opening ---------------------------------------------------------------------------------------------------
 
     /// <summary>
-    /// Opens device <paramref name="ordinal"/> (cuInit, retain and make current its primary context), or returns null
-    /// with <paramref name="why"/> saying why CUDA is unusable here: no driver library, a stub library, no device, a
-    /// bad ordinal. Never throws for those; the caller prints "CUDA unavailable: {why}".
+    /// Null when device <paramref name="ordinal"/> can be opened here; otherwise why not, in one sentence: no driver
+    /// library, a stub library, an init failure, no device, a bad ordinal. Never throws for those, and opens nothing
+    /// (cuInit and the device count only). This is how the codebase says "cannot run": a Why... query (null: it can)
+    /// that the caller decides on and shows, beside the acting call (<see cref="Open"/>, a backend's constructor) that
+    /// throws with the same sentence when asked anyway.
     /// </summary>
-    public static CudaDevice? TryOpen(int ordinal, out string? why)
+    public static string? WhyUnavailable(int ordinal)
     {
-        why = null;
-        if (!NativeLibrary.TryLoad(CuApi.Library, out var library))
-        {
-            why = $"{CuApi.Library} not found (no NVIDIA driver on this machine)";
-            return null;
-        }
-        NativeLibrary.Free(library);
+        if (CudaDriverProbe.WhyUnavailable(out int count, out _) is { } why) return why;
+        return ordinal < 0 || ordinal >= count ? $"device {ordinal} does not exist: the driver reports {count} device(s)" : null;
+    }
+
+    /// <summary>
+    /// Opens device <paramref name="ordinal"/> (cuInit, retain and make current its primary context). Throws
+    /// InvalidOperationException("CUDA unavailable: ...") with <see cref="WhyUnavailable"/>'s sentence, or the driver's
+    /// error when opening fails past that check.
+    /// </summary>
+    public static CudaDevice Open(int ordinal)
+    {
+        if (WhyUnavailable(ordinal) is { } why) throw new InvalidOperationException($"CUDA unavailable: {why}");
         try
         {
             return OpenCore(ordinal);
         }
-        catch (CudaException e)
+        catch (Exception e) when (e is CudaException or ArgumentOutOfRangeException)
         {
-            why = e.Message;
-        }
-        catch (ArgumentOutOfRangeException e)
-        {
-            why = e.Message;
+            throw new InvalidOperationException($"CUDA unavailable: {e.Message}", e);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {
-            why = $"{CuApi.Library} could not be used: {e.Message}";
+            throw new InvalidOperationException($"CUDA unavailable: {CuApi.Library} could not be used: {e.Message}", e);
         }
-        return null;
     }
-
-    /// <summary>Like <see cref="TryOpen"/>, but throws InvalidOperationException("CUDA unavailable: ...").</summary>
-    public static CudaDevice Open(int ordinal) =>
-        TryOpen(ordinal, out string? why) ?? throw new InvalidOperationException($"CUDA unavailable: {why}");
 
     private static CudaDevice OpenCore(int ordinal)
     {

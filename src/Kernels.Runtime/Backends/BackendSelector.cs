@@ -1,4 +1,13 @@
 // Chooses the compute backend for a model and says why the others are not in use.
+//
+// How "cannot run" is said, everywhere (interop, backends, bench, tests): a pure query named Why... returns null when
+// the thing can run and otherwise one sentence in library terms (CudaDriverProbe.WhyUnavailable,
+// CudaDevice.WhyUnavailable, CudaBackend.WhyUnsupported). Callers decide on it and show it: fall back to the CPU, skip
+// a test or a bench case, exit 2. The acting call (CudaDevice.Open, the CudaBackend constructor, Create below with an
+// explicit kind) runs the same checks and throws a documented exception carrying that sentence
+// (InvalidOperationException "CUDA unavailable: ...", NotSupportedException, BackendUnavailableException). Chosen
+// because every caller wants the reason as data before it acts, and only an explicit request that cannot be honoured
+// is exceptional; no Try...(out why) pairs.
 using Kernels.Interop;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Backends.Cuda;

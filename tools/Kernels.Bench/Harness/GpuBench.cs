@@ -14,10 +14,14 @@ internal static class GpuBench
     /// </summary>
     public static (CudaDevice Device, byte[] Image)? Open(string? fatbinPath, int ordinal)
     {
-        var device = CudaDevice.TryOpen(ordinal, out string? why);
-        if (device == null)
+        CudaDevice device;
+        try
         {
-            Console.WriteLine($"CUDA unavailable: {why}");
+            device = CudaDevice.Open(ordinal);
+        }
+        catch (InvalidOperationException e) // "CUDA unavailable: <why>" (CudaDevice.WhyUnavailable, or the driver's error past it)
+        {
+            Console.WriteLine(e.Message);
             return null;
         }
         byte[]? image = fatbinPath != null ? File.ReadAllBytes(fatbinPath) : KernelImage.Load();

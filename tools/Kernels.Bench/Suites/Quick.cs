@@ -19,13 +19,10 @@ public static class Quick
             string Part(string name) => Path.Combine(dir, name + ".json");
             await Suites.RunCpu(dir, quick: true, peerModels: "");
 
-            using (var device = CudaDevice.TryOpen(0, out string? why))
-            {
-                var kernels = device == null
-                    ? new JsonObject { ["status"] = "skipped", ["reason"] = $"CUDA unavailable: {why}" }
-                    : new JsonObject { ["status"] = "skipped", ["reason"] = "quick mode runs on the CPU; run `kernels-bench verify` on the GPU" };
-                File.WriteAllText(Part("kernels"), kernels.ToJsonString());
-            }
+            var kernels = CudaDevice.WhyUnavailable(0) is { } why
+                ? new JsonObject { ["status"] = "skipped", ["reason"] = $"CUDA unavailable: {why}" }
+                : new JsonObject { ["status"] = "skipped", ["reason"] = "quick mode runs on the CPU; run `kernels-bench verify` on the GPU" };
+            File.WriteAllText(Part("kernels"), kernels.ToJsonString());
 
             var document = new JsonObject
             {

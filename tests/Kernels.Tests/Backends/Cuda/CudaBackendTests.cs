@@ -144,8 +144,7 @@ public class CudaBackendTests
     [Test]
     public void MatchesTheCpuBackendOnAGpu()
     {
-        using var device = CudaDevice.TryOpen(0, out string? why);
-        if (device == null) Assert.Ignore($"no CUDA device: {why}");
+        if (CudaDevice.WhyUnavailable(0) is { } why) Assert.Ignore($"no CUDA device: {why}");
         if (KernelImage.Load() == null) Assert.Ignore($"no kernels: {KernelImage.Describe()}");
         using var model = SyntheticModels.Create("synthetic:small");
         using var cpu = new CpuBackend(model);
@@ -164,8 +163,7 @@ public class CudaBackendTests
     [Test]
     public void DecodeGraphsReplayTheDirectLaunchesOnAGpu()
     {
-        using var device = CudaDevice.TryOpen(0, out string? why);
-        if (device == null) Assert.Ignore($"no CUDA device: {why}");
+        if (CudaDevice.WhyUnavailable(0) is { } why) Assert.Ignore($"no CUDA device: {why}");
         if (KernelImage.Load() == null) Assert.Ignore($"no kernels: {KernelImage.Describe()}");
         using var model = SyntheticModels.Create("synthetic:tiny");
         var options = new CudaBackendOptions { KvCacheBytes = 16L << 20, MaxTokensPerStep = 16 };

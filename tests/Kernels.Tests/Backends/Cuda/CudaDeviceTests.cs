@@ -8,7 +8,7 @@ namespace Kernels.Tests.Backends.Cuda;
 public class CudaDeviceTests
 {
     private static CudaDevice OpenOrIgnore() =>
-        CudaDevice.TryOpen(0, out string? why) ?? throw new IgnoreException($"no CUDA device: {why}");
+        CudaDevice.WhyUnavailable(0) is { } why ? throw new IgnoreException($"no CUDA device: {why}") : CudaDevice.Open(0);
 
     [Test]
     public void EmbeddedFatbinLoadsAndEveryExportResolves()
