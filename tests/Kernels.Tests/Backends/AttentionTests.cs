@@ -119,6 +119,62 @@ public unsafe class AttentionTests
         Assert.That(lse, Is.EqualTo(0.5f + MathF.Log(2)).Within(1e-6f));
     }
 
+    /// <summary>The partial state of one query over a key set, from its definition in double: o = softmax(s) . V, lse = ln sum e^s.</summary>
+    private static (double[] O, double Lse) Partial(double[] scores, double[][] values)
+    {
+        double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
+        var o = new double[values[0].Length];
+        for (int j = 0; j < scores.Length; j++)
+            for (int i = 0; i < o.Length; i++) o[i] += Math.Exp(scores[j] - max) / sum * values[j][i];
+        return (o, max + Math.Log(sum));
+    }
+
+    // Head dims 1..17 put elements in the scalar tail (every dim that is not a multiple of 8), 8/16/64 only in the
+    // vector body; the two halves get different key counts and score offsets, so their weights are far from 1/2 each
+    // and a swapped pair of weights moves every element (the equal-halves case above cannot see a swap).
+    [TestCase(1)]
+    [TestCase(3)]
+    [TestCase(7)]
+    [TestCase(8)]
+    [TestCase(9)]
+    [TestCase(16)]
+    [TestCase(17)]
+    [TestCase(64)]
+    [TestCase(67)]
+    public void MergeOfUnequalHalvesIsTheSoftmaxOverTheUnion(int d)
+    {
+        var rng = new Random(d);
+        foreach (var (countA, countB, offsetB) in new[] { (3, 11, 0.0), (5, 2, 2.5), (1, 1, -4.0), (20, 7, 60.0) })
+        {
+            int n = countA + countB;
+            var scores = new double[n];
+            var values = new double[n][];
+            for (int j = 0; j < n; j++)
+            {
+                // Scores of B shifted by offsetB (60: one half holds essentially all the mass, the max-subtraction must work).
+                scores[j] = (float)(rng.NextDouble() * 4 - 2 + (j >= countA ? offsetB : 0));
+                values[j] = Enumerable.Range(0, d).Select(_ => (double)(float)(rng.NextDouble() * 2 - 1)).ToArray();
+            }
+            var a = Partial(scores[..countA], values[..countA]);
+            var b = Partial(scores[countA..], values[countA..]);
+            var union = Partial(scores, values);
+
+            var o = a.O.Select(x => (float)x).ToArray();
+            float lse = (float)a.Lse;
+            AttentionState.Merge(o, ref lse, b.O.Select(x => (float)x).ToArray(), (float)b.Lse);
+            string what = $"d={d}, halves of {countA} and {countB} keys, offset {offsetB}";
+            Assert.That(lse, Is.EqualTo(union.Lse).Within(1e-5 * (1 + Math.Abs(union.Lse))), what + ": lse");
+            // fp32 inputs and weights: a few ulp of |o| <= 1 per element.
+            for (int i = 0; i < d; i++) Assert.That(o[i], Is.EqualTo(union.O[i]).Within(2e-6), $"{what}: element {i}");
+
+            // The merge is symmetric: B first, then A, gives the same state.
+            var o2 = b.O.Select(x => (float)x).ToArray();
+            float lse2 = (float)b.Lse;
+            AttentionState.Merge(o2, ref lse2, a.O.Select(x => (float)x).ToArray(), (float)a.Lse);
+            for (int i = 0; i < d; i++) Assert.That(o2[i], Is.EqualTo(union.O[i]).Within(2e-6), $"{what}: element {i}, B merged with A");
+        }
+    }
+
     [Test]
     public void ScoreTilesGiveTheBitsOfOneDotAtATime()
     {
