@@ -59,6 +59,75 @@ public unsafe class KiviQuantizerTests
         Assert.That((float)q.Scales[5], Is.GreaterThanOrEqualTo((hi - lo) / Kivi.MaxCode(bits)).And.LessThan((hi - lo) / Kivi.MaxCode(bits) * 1.001f));
     }
 
+    /// <summary>
+    /// x = lo + (k + 1/2) * range / (2^B - 1) for every k: the half-steps of the exact fp32 scale. The stored scale is
+    /// the fp16 one, rounded up, so these sit just below a half-step of it and round down; a quantizer dividing by the
+    /// unrounded fp32 scale lands on the half-step itself (round-half-even then rounds k = 1 up).
+    /// </summary>
+    private static float[] HalfSteps(float lo, float range, int bits, int count)
+    {
+        int max = Kivi.MaxCode(bits);
+        var xs = new float[count];
+        for (int j = 0; j < count; j++)
+            xs[j] = j == 0 ? lo : j == 1 ? lo + range : lo + (j - 2) % max * (range / max) + range / max / 2;
+        return xs;
+    }
+
+    [TestCase(2)]
+    [TestCase(4)]
+    public void CodesAreTheRoundedStepsOfTheStoredFp16ScaleAndMin(int bits)
+    {
+        // From the definition: z = min of the group (fp32), s = the smallest fp16 >= (max - min) / (2^B - 1),
+        // q = clamp(round-half-even((x - z) / s), 0, 2^B - 1) with the fp32 quotient: the GPU quantizer computes the same.
+        const int group = 32;
+        var rng = new Random(bits);
+        var keys = new float[group * Kvd];
+        var values = new float[group * Kvd];
+        for (int i = 0; i < keys.Length; i++) { keys[i] = (float)(rng.NextDouble() * 2 - 1); values[i] = (float)(rng.NextDouble() * 6 - 3); }
+        // Key channels 0..3 and value token 0's groups: ranges whose step is not an fp16 number, filled with half-steps.
+        float[] ranges = [1f, 0.7f, 3f, 1e-3f];
+        for (int c = 0; c < ranges.Length; c++)
+        {
+            var xs = HalfSteps(-0.25f * c, ranges[c], bits, group);
+            for (int j = 0; j < group; j++) keys[j * Kvd + c] = xs[j];
+        }
+        values.AsSpan(0, group).Clear();
+        HalfSteps(0.5f, 1f, bits, group).CopyTo(values, 0);
+        var q = Quantize(keys, values, group, bits);
+
+        int per = 32 / bits, kWords = group / per, vWords = Kvd / per, groups = Kvd / group;
+        uint mask = (uint)Kivi.MaxCode(bits);
+        void Check(float[] xs, Half scale, float min, Func<int, uint> code, string what)
+        {
+            float lo = xs.Min(), hi = xs.Max(), exact = (hi - lo) / Kivi.MaxCode(bits);
+            Assert.That(min, Is.EqualTo(lo), $"{what}: z is the group's min");
+            if (hi == lo) Assert.That((float)scale, Is.EqualTo(1f), $"{what}: a constant group's scale");
+            else
+            {
+                Assert.That((float)scale, Is.GreaterThanOrEqualTo(exact), $"{what}: s >= range / (2^B - 1)");
+                Assert.That((float)Half.BitDecrement(scale), Is.LessThan(exact), $"{what}: s is the smallest such fp16");
+            }
+            for (int j = 0; j < xs.Length; j++)
+            {
+                double expected = Math.Clamp(Math.Round((double)((xs[j] - min) / (float)scale), MidpointRounding.ToEven), 0, Kivi.MaxCode(bits));
+                Assert.That(code(j), Is.EqualTo((uint)expected), $"{what}, element {j} = {xs[j]:R}");
+            }
+        }
+        for (int c = 0; c < Kvd; c++)
+        {
+            var xs = Enumerable.Range(0, group).Select(j => keys[j * Kvd + c]).ToArray();
+            Check(xs, q.Scales[c], q.Mins[c], j => (q.Codes[c * kWords + j / per] >> (bits * (j % per))) & mask, $"key channel {c}");
+        }
+        for (int j = 0; j < group; j++)
+            for (int g = 0; g < groups; g++)
+            {
+                var xs = values.AsSpan(j * Kvd + g * group, group).ToArray();
+                int p = Kvd + j * groups + g;
+                Check(xs, q.Scales[p], q.Mins[p], c => (q.Codes[Kvd * kWords + j * vWords + (g * group + c) / per] >> (bits * ((g * group + c) % per))) & mask,
+                    $"value token {j} group {g}");
+            }
+    }
+
     [TestCase(2)]
     [TestCase(4)]
     public void ConstantGroupsReconstructExactlyWithoutNaN(int bits)
