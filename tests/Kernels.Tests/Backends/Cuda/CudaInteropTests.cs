@@ -155,10 +155,32 @@ public class CudaInteropTests
     }
 
     [Test]
-    public void DriverProbeStillAnswers()
+    public void DriverProbeAgreesWithOpeningADevice()
     {
-        string? why = null;
-        Assert.DoesNotThrow(() => why = CudaDriverProbe.WhyUnavailable(out _, out _));
-        if (why != null) Assert.That(why, Is.Not.Empty);
+        // The probe (what `kernels info` and backend selection ask) must say "usable" exactly when device 0 opens.
+        string? why = CudaDriverProbe.WhyUnavailable(out int count, out int version);
+        CudaDevice? device = null;
+        string? openWhy = null;
+        try
+        {
+            device = CudaDevice.Open(0);
+        }
+        catch (InvalidOperationException e)
+        {
+            openWhy = e.Message;
+        }
+        using var _ = device;
+        if (why == null)
+        {
+            Assert.That(count, Is.GreaterThanOrEqualTo(1), "usable: the driver counts a device");
+            Assert.That(version, Is.GreaterThan(0), "usable: the driver reported its version (1000 * major + 10 * minor)");
+            Assert.That(device, Is.Not.Null, $"the probe says usable but device 0 did not open: {openWhy}");
+        }
+        else
+        {
+            Assert.That(why, Does.Contain("not found").Or.Contain("failed").Or.Contain("no CUDA device").Or.Contain("could not be used"));
+            Assert.That(device, Is.Null, $"the probe says '{why}' but device 0 opened");
+            if (why.Contains("not found")) Assert.That((count, version), Is.EqualTo((0, 0)), "no driver library: nothing was queried");
+        }
     }
 }
