@@ -456,8 +456,12 @@ public unsafe class SqueezeLlmTests
     /// <summary>
     /// The README's accuracy table: stories260K perplexity on story.txt, dense and every SqueezeLLM variant (bits,
     /// with and without the sparse part, sensitivity-weighted and plain k-means), calibrated on the model's own samples.
+    /// Besides printing it, it holds what the README says of it: fewer bits never help (3-bit is worse than 4-bit for
+    /// every sparsity and weighting: 8 centroids per row are a subset of what 16 can fit), damped E[x^2] weighting is
+    /// better than undamped everywhere, and every variant stays inside the table's bands (4-bit: measured +2.6..+5.2%,
+    /// held to +8%; 3-bit: +26.9..+33.2%, held to +45%; neither ever below dense by more than noise, 1%).
     /// </summary>
-    [Test, Explicit("prints the README table; about a minute")]
+    [Test, Explicit("the README table; about a minute")]
     public void Stories260KAccuracyTable()
     {
         string path = SharedData.Require("models/stories260K/stories260K.bin");
@@ -468,6 +472,7 @@ public unsafe class SqueezeLlmTests
         double dense = Ppl(model);
         TestContext.Out.WriteLine($"{ids.Length} tokens; dense {dense:F4}");
         var moments = InputSecondMoments.Collect(model, null, 1234);
+        var table = new Dictionary<(int Bits, double Sparsity, SensitivityWeighting Weighting), double>();
         foreach (int bits in new[] { 4, 3 })
             foreach (double sparsity in new[] { 0.45, 0.0 })
                 foreach (var weighting in new[] { SensitivityWeighting.DampedSecondMoment, SensitivityWeighting.SecondMoment, SensitivityWeighting.None })
@@ -477,26 +482,21 @@ public unsafe class SqueezeLlmTests
                     using (var q = ModelLoader.Load(dir))
                     {
                         double p = Ppl(q);
+                        table[(bits, sparsity, weighting)] = p;
                         TestContext.Out.WriteLine($"| {bits}-bit | {sparsity}% | {weighting} | {p:F4} | {100 * (p / dense - 1):+0.0;-0.0}% |");
                     }
                     Directory.Delete(dir, true);
                 }
-    }
-
-    [Test, Explicit("timing, prints only")]
-    public void LutKernelTiming()
-    {
-        int n = 2048, k = 768;
-        foreach (int bits in new[] { 4, 3 })
+        Assert.Multiple(() =>
         {
-            var (q, original, _) = Quantize(n, k, bits, 0.45);
-            var bf = Tensor("bf", TensorDType.BF16, [n, k], MemoryMarshal.AsBytes(original.Select(Kernels.Runtime.Numerics.DTypeConvert.SingleToBFloat16).ToArray().AsSpan()));
-            var x = new float[k];
-            var y = new float[n];
-            for (int i = 0; i < k; i++) x[i] = i % 7 - 3;
-            double Time(Action a) { for (int i = 0; i < 20; i++) a(); var sw = System.Diagnostics.Stopwatch.StartNew(); int r = 0; while (sw.ElapsedMilliseconds < 500) { a(); r++; } return sw.Elapsed.TotalMilliseconds * 1000 / r; }
-            for (int round = 0; round < 2; round++)
-                TestContext.Out.WriteLine($"{bits}-bit M=1: lut {Time(() => LutMatMul.Multiply(x, 1, q, y)):F1} us, bf16 {Time(() => MatMul.Multiply(x, 1, bf, y)):F1} us");
-        }
+            foreach (var ((bits, sparsity, weighting), p) in table)
+            {
+                string what = $"{bits}-bit, {sparsity}%, {weighting}";
+                Assert.That(p / dense, Is.InRange(0.99, bits == 4 ? 1.08 : 1.45), what);
+                if (bits == 3) Assert.That(p, Is.GreaterThan(table[(4, sparsity, weighting)]), what + ": worse than 4-bit");
+                if (weighting == SensitivityWeighting.DampedSecondMoment)
+                    Assert.That(p, Is.LessThan(table[(bits, sparsity, SensitivityWeighting.SecondMoment)]), what + ": better than undamped");
+            }
+        });
     }
 }
