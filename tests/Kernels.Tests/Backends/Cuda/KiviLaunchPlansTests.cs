@@ -2,6 +2,7 @@
 // shape validation and grids as kernels/ops/kivi.cuh states them; no GPU needed.
 using Kernels.Runtime.Backends.Cuda;
 using Kernels.Runtime.Quantization;
+using static Kernels.Tests.Backends.Cuda.LaunchProperties;
 
 namespace Kernels.Tests.Backends.Cuda;
 
@@ -28,9 +29,17 @@ public class KiviLaunchPlansTests
 
     [TestCase(2)]
     [TestCase(4)]
-    public void QuantizeRunsABlockOf256ThreadsPerKvBlock(int bits)
+    public void QuantizeRunsOneCtaPerKvBlock(int bits)
     {
-        Assert.That(Quantize(bits, 16), Is.EqualTo(new KernelLaunch("kivi_quantize_block_f32", 16, 1, 256)));
+        // kivi.cuh: CTA b quantizes block_ids[b], one thread per packed word of codes (any block size).
+        foreach (int blocks in new[] { 1, 16, 99, 100 })
+        {
+            var p = Quantize(bits, blocks)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("kivi_quantize_block_f32"));
+            WithinLimits(p);
+            Tiles(p.GridX, blocks, 1, $"{blocks} KV blocks");
+            Assert.That((p.GridY, p.GridZ), Is.EqualTo((1u, 1u)));
+        }
         Assert.That(Quantize(bits, 0), Is.Null, "no block: no launch");
     }
 
@@ -60,10 +69,20 @@ public class KiviLaunchPlansTests
 
     [TestCase(2)]
     [TestCase(4)]
-    public void DecodeRunsOneBlockOfGThreadsPerSequenceHeadAndKvBlock(int bits)
+    public void DecodeRunsOneCtaOfGThreadsPerSequenceHeadAndKvBlock(int bits)
     {
-        Assert.That(Decode(bits, 16, 128), Is.EqualTo(new KernelLaunch("kivi_decode_attention_f32", 16, 32, 32, 128)));
-        Assert.That(Decode(bits, 3, 5, heads: 8, kvHeads: 2, d: 64, group: 64), Is.EqualTo(new KernelLaunch("kivi_decode_attention_f32", 3, 8, 64, 5)));
+        // kivi.cuh: CTA (s, h, b) scores block b of sequence s for query head h, one thread per token of the block
+        // (so blockDim.x = G), writing split b of the partials that kivi_merge_partials folds.
+        foreach (var (seqs, maxBlocks, heads, kvHeads, d, group) in new[] { (16, 128, Heads, KvHeads, D, G), (3, 5, 8, 2, 64, 64), (1, 1, 4, 4, 32, 128) })
+        {
+            var p = Decode(bits, seqs, maxBlocks, heads, kvHeads, d, group)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("kivi_decode_attention_f32"));
+            WithinLimits(p);
+            Tiles(p.GridX, seqs, 1, "sequences");
+            Tiles(p.GridY, heads, 1, "query heads");
+            Tiles(p.GridZ, maxBlocks, 1, "KV blocks (splits)");
+            Assert.That(p.BlockX, Is.EqualTo((uint)group), "one thread per token of a block");
+        }
         Assert.That(Decode(bits, 0, 5), Is.Null, "no sequence: no launch");
     }
 
@@ -89,8 +108,12 @@ public class KiviLaunchPlansTests
     [Test]
     public void MergeRunsOneBlockPerSequenceAndHead()
     {
-        Assert.That(OpsLaunchPlans.KiviMergePartials(16 * 32 * 128, 16 * 32, 16L * 32 * 7 * 128, 16 * 32 * 7, 16, 32, 7, 128),
-            Is.EqualTo(new KernelLaunch("kivi_merge_partials_f32", 16, 32, 128)));
+        // kivi.cuh: CTA (s, h) folds every split of row (s, h) into (o, lse), threads over head_dim.
+        var p = OpsLaunchPlans.KiviMergePartials(16 * 32 * 128, 16 * 32, 16L * 32 * 7 * 128, 16 * 32 * 7, 16, 32, 7, 128)!.Value;
+        Assert.That(p.Kernel, Is.EqualTo("kivi_merge_partials_f32"));
+        WithinLimits(p);
+        Tiles(p.GridX, 16, 1, "sequences");
+        Tiles(p.GridY, 32, 1, "heads");
         Assert.That(OpsLaunchPlans.KiviMergePartials(0, 0, 0, 0, 0, 32, 7, 128), Is.Null);
         ThrowsFor("o", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64 - 1, 8, 2 * 4 * 3 * 64, 24, 2, 4, 3, 64));
         ThrowsFor("lse", () => OpsLaunchPlans.KiviMergePartials(2 * 4 * 64, 7, 2 * 4 * 3 * 64, 24, 2, 4, 3, 64));

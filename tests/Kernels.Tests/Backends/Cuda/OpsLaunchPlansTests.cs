@@ -1,5 +1,8 @@
 // The launchers' validation and grid/block choice (OpsLaunchPlans), which runs before any driver call: no GPU needed.
+// Grids are checked by the properties of LaunchProperties over swept shapes, against the mapping each kernel's header
+// states, not against numbers copied from the planner.
 using Kernels.Runtime.Backends.Cuda;
+using static Kernels.Tests.Backends.Cuda.LaunchProperties;
 
 namespace Kernels.Tests.Backends.Cuda;
 
@@ -14,12 +17,18 @@ public class OpsLaunchPlansTests
     // ---- embedding_gather -------------------------------------------------------------------------------------------
 
     [Test]
-    public void EmbeddingGatherLaunchesOneBlockPerTokenCappedAt65535()
+    public void EmbeddingGatherStridesOverEveryTokenRow()
     {
-        var p = OpsLaunchPlans.EmbeddingGather("embedding_gather_f16", 7 * 64, 1000 * 64, 7, 7, 64, 1000)!.Value;
-        Assert.That(p, Is.EqualTo(new KernelLaunch("embedding_gather_f16", 7, 1, 256)));
-        var big = OpsLaunchPlans.EmbeddingGather("embedding_gather_f32", 100_000L * 8, 8, 100_000, 100_000, 8, 1)!.Value;
-        Assert.That(big.GridX, Is.EqualTo(65535u));
+        // embedding_gather.cuh: one block per token row, grid-stride over rows (grid x), threads over the dim columns.
+        foreach (int tokens in Counts(1))
+            foreach (int dim in new[] { 1, 64, 4096 })
+            {
+                var p = OpsLaunchPlans.EmbeddingGather("embedding_gather_f16", (long)tokens * dim, 10L * dim, tokens, tokens, dim, 10)!.Value;
+                Assert.That(p.Kernel, Is.EqualTo("embedding_gather_f16"));
+                WithinLimits(p);
+                Strides(p.GridX, tokens, MaxGridYZ, $"{tokens} tokens");
+                Assert.That((p.GridY, p.GridZ), Is.EqualTo((1u, 1u)));
+            }
     }
 
     [Test]
@@ -51,11 +60,26 @@ public class OpsLaunchPlansTests
     // ---- rms_norm ---------------------------------------------------------------------------------------------------
 
     [Test]
-    public void RmsNormBlockIsAFixedFunctionOfDim()
+    public void RmsNormStridesOverRowsWithABlockThatDependsOnlyOnDim()
     {
-        Assert.That(OpsLaunchPlans.RmsNorm("rms_norm_bf16", 64 * 4096, 64 * 4096, 4096, 64, 4096, 1e-5f)!.Value,
-            Is.EqualTo(new KernelLaunch("rms_norm_bf16", 64, 1, 256)));
-        Assert.That(OpsLaunchPlans.RmsNorm("rms_norm_f32", 8192, 8192, 8192, 1, 8192, 1e-5f)!.Value.BlockX, Is.EqualTo(1024u));
+        // rms_norm.cuh: one block per row, grid-stride; block_reduce needs whole warps up to 1024. The block sets the
+        // summation order, so it must not depend on how many rows a step has (batch invariance) and must be the one
+        // rms_norm_quant_int8 takes for the same dim (W4A8's fused norm reduces the sum of squares identically).
+        foreach (int dim in new[] { 1, 64, 4095, 4096, 8191, 8192, 14336, 65536 })
+        {
+            uint? block = null;
+            foreach (int tokens in Counts(1).Where(t => (long)t * ((dim + 31) / 32 * 32) <= int.MaxValue))
+            {
+                var p = OpsLaunchPlans.RmsNorm("rms_norm_bf16", (long)tokens * dim, (long)tokens * dim, dim, tokens, dim, 1e-5f)!.Value;
+                WithinLimits(p);
+                Strides(p.GridX, tokens, MaxGridYZ, $"{tokens} rows of {dim}");
+                block ??= p.BlockX;
+                Assert.That(p.BlockX, Is.EqualTo(block), $"dim {dim}: the same block for {tokens} rows as for 1");
+                int padded = (dim + 31) / 32 * 32;
+                var fused = OpsLaunchPlans.RmsNormQuantInt8("rms_norm_quant_int8_bf16", (long)tokens * padded, tokens, tokens, (long)tokens * dim, dim, tokens, dim, padded, 1e-5f)!.Value;
+                Assert.That(fused.BlockX, Is.EqualTo(p.BlockX), $"dim {dim}: rms_norm_quant_int8 reduces in rms_norm's order");
+            }
+        }
     }
 
     [TestCase(0f)]
@@ -78,9 +102,16 @@ public class OpsLaunchPlansTests
     // ---- rope -------------------------------------------------------------------------------------------------------
 
     [Test]
-    public void RopeLaunchesOneBlockOf128PerToken()
+    public void RopeStridesOverEveryToken()
     {
-        Assert.That(OpsLaunchPlans.Rope(7 * 32 * 128, 7 * 8 * 128, 7, 64, 7, 32, 8, 128)!.Value, Is.EqualTo(new KernelLaunch("rope_f32", 7, 1, 128)));
+        // rope.cuh: one block per token, grid-stride over tokens; threads over the head pairs.
+        foreach (int tokens in Counts(1))
+        {
+            var p = OpsLaunchPlans.Rope((long)tokens * 32 * 128, (long)tokens * 8 * 128, tokens, 64, tokens, 32, 8, 128)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("rope_f32"));
+            WithinLimits(p);
+            Strides(p.GridX, tokens, MaxGridYZ, $"{tokens} tokens");
+        }
         Assert.That(OpsLaunchPlans.Rope(7 * 4 * 64, -1, 7, 32, 7, 4, 0, 64), Is.Not.Null, "k may be absent when there are no kv heads");
     }
 
@@ -106,13 +137,22 @@ public class OpsLaunchPlansTests
     // ---- swiglu -----------------------------------------------------------------------------------------------------
 
     [Test]
-    public void SwiGluGridCoversColumnsInXAndTokensInY()
+    public void SwiGluGridTilesColumnsInXAndStridesOverTokensInY()
     {
-        Assert.That(OpsLaunchPlans.SwiGlu(64 * 14336, 64 * 14336, 64 * 14336, 64, 14336)!.Value,
-            Is.EqualTo(new KernelLaunch("swiglu_f32", 56, 64, 256)));
-        Assert.That(OpsLaunchPlans.SwiGluFused(7 * 100, 7 * 200, false, 7, 100)!.Value,
-            Is.EqualTo(new KernelLaunch("swiglu_fused_f32", 1, 7, 256)));
-        Assert.That(OpsLaunchPlans.SwiGlu(70_000L * 64, 70_000L * 64, 70_000L * 64, 70_000, 64)!.Value.GridY, Is.EqualTo(65535u));
+        // swiglu.cuh: blockIdx.x covers columns, one element per thread (blockDim.x columns a block); blockIdx.y
+        // grid-strides over rows.
+        foreach (int tokens in new[] { 1, 7, 64, 65535, 70_000 })
+            foreach (int inter in new[] { 1, 100, 255, 256, 257, 14336 })
+            {
+                long n = (long)tokens * inter;
+                if (2 * n > int.MaxValue) continue;
+                foreach (var p in new[] { OpsLaunchPlans.SwiGlu(n, n, n, tokens, inter)!.Value, OpsLaunchPlans.SwiGluFused(n, 2 * n, false, tokens, inter)!.Value })
+                {
+                    WithinLimits(p);
+                    Tiles(p.GridX, inter, p.BlockX, $"{p.Kernel}: {inter} columns");
+                    Strides(p.GridY, tokens, MaxGridYZ, $"{p.Kernel}: {tokens} rows");
+                }
+            }
     }
 
     [Test]
@@ -128,14 +168,22 @@ public class OpsLaunchPlansTests
 
     // ---- residual_add -----------------------------------------------------------------------------------------------
 
-    [TestCase(1, 1u)]
-    [TestCase(1024, 1u)]
-    [TestCase(1025, 2u)]
-    [TestCase(64 * 4096, 256u)]
-    [TestCase(int.MaxValue, 65535u)]
-    public void ResidualAddGridCountsFloat4Steps(int n, uint grid)
+    [TestCase(1)]
+    [TestCase(3)]
+    [TestCase(4)]
+    [TestCase(1024)]
+    [TestCase(1025)]
+    [TestCase(64 * 4096)]
+    [TestCase(int.MaxValue)]
+    public void ResidualAddStridesOverFloat4Steps(int n)
     {
-        Assert.That(OpsLaunchPlans.ResidualAdd(n, n, n)!.Value, Is.EqualTo(new KernelLaunch("residual_add_f32", grid, 1, 256)));
+        // residual_add.cuh: each thread step adds 4 floats (the scalar tail aside), the whole grid strides over the
+        // steps, so a block takes blockDim.x steps per pass: no block may start past the last step.
+        var p = OpsLaunchPlans.ResidualAdd(n, n, n)!.Value;
+        Assert.That(p.Kernel, Is.EqualTo("residual_add_f32"));
+        WithinLimits(p);
+        long steps = (n + 3L) / 4, blocksOfSteps = (steps + p.BlockX - 1) / p.BlockX;
+        Strides(p.GridX, blocksOfSteps, MaxGridYZ, $"{steps} float4 steps in blocks of {p.BlockX}");
     }
 
     [Test]

@@ -1,5 +1,6 @@
 // Launch plans of W4A8 (w4a8_gemm_*, rms_norm_quant_int8_*): shape validation and grid choice, no GPU needed.
 using Kernels.Runtime.Backends.Cuda;
+using static Kernels.Tests.Backends.Cuda.LaunchProperties;
 
 namespace Kernels.Tests.Backends.Cuda;
 
@@ -20,14 +21,21 @@ public class W4A8LaunchPlansTests
     }
 
     [Test]
-    public void GemmPicksThe16RowCtaUpTo16RowsAndThe64RowCtaAbove()
+    public void GemmTilesEveryOutputChannelAndRowWithThe16RowCtaUpTo16Rows()
     {
-        Assert.That(Gemm(1, 28672, 4096, 128), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m16", 224, 1, 128)));
-        Assert.That(Gemm(16, 4096, 14336, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m16", 32, 1, 128)));
-        Assert.That(Gemm(17, 6144, 4096, 128), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m64", 48, 1, 128)));
-        Assert.That(Gemm(4096, 4096, 4096, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m64", 32, 64, 128)));
-        Assert.That(Gemm(100, 100, 176, 0), Is.EqualTo(new KernelLaunch("w4a8_gemm_channel_m64", 1, 2, 128)), "N pads to 128, M rounds up");
-        Assert.That(Gemm(5, 160, 64, 32), Is.EqualTo(new KernelLaunch("w4a8_gemm_group_m16", 2, 1, 128)));
+        // w4a8_gemm.cuh: a CTA of 4 warps (128 threads) computes 128 padded output channels (grid x) for CTA_M rows
+        // (grid y), CTA_M = 16 in the _m16 entries and 64 in _m64; _group when the weights carry group scales.
+        foreach (int m in new[] { 1, 5, 15, 16, 17, 63, 64, 65, 100, 4096 })
+            foreach (var (n, k, group) in new[] { (28672, 4096, 128), (4096, 14336, 0), (6144, 4096, 128), (100, 176, 0), (160, 64, 32), (127, 64, 0), (129, 64, 0) })
+            {
+                var p = Gemm(m, n, k, group)!.Value;
+                int ctaM = m <= 16 ? 16 : 64;
+                Assert.That(p.Kernel, Is.EqualTo($"w4a8_gemm_{(group > 0 ? "group" : "channel")}_m{ctaM}"), $"M {m}, group {group}");
+                WithinLimits(p);
+                Assert.That(p.BlockX, Is.EqualTo(128u), "4 warps: the kernel's warp-to-channel map assumes it");
+                Tiles(p.GridX, OpsLaunchPlans.W4A8Padded(n), OpsLaunchPlans.W4A8CtaN, $"{n} channels (padded to 32)");
+                Tiles(p.GridY, m, ctaM, $"{m} rows");
+            }
     }
 
     [Test]
@@ -94,11 +102,17 @@ public class W4A8LaunchPlansTests
         OpsLaunchPlans.RmsNormQuantInt8("rms_norm_quant_int8_f16", xq ?? (long)t * dp, xs ?? t, xsum ?? t, x ?? (long)t * d, w ?? d, t, d, dp, eps);
 
     [Test]
-    public void NormQuantUsesRmsNormsBlockAndOneBlockPerRow()
+    public void NormQuantStridesOverRows()
     {
-        Assert.That(NormQuant(7, 4096, 4096), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 7, 1, 256)));
-        Assert.That(NormQuant(3, 14336, 14336), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 3, 1, 1024)));
-        Assert.That(NormQuant(100000, 67, 96), Is.EqualTo(new KernelLaunch("rms_norm_quant_int8_f16", 65535, 1, 256)), "grid-stride over rows");
+        // rms_norm_quant.cuh: as rms_norm, one block per row, grid-stride (its block equals rms_norm's for the same
+        // dim: OpsLaunchPlansTests.RmsNormStridesOverRowsWithABlockThatDependsOnlyOnDim).
+        foreach (var (t, d, dp) in new[] { (7, 4096, 4096), (3, 14336, 14336), (100_000, 67, 96), (65535, 64, 64), (1, 1, 32) })
+        {
+            var p = NormQuant(t, d, dp)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("rms_norm_quant_int8_f16"));
+            WithinLimits(p);
+            Strides(p.GridX, t, MaxGridYZ, $"{t} rows");
+        }
         Assert.That(NormQuant(0, 64, 64), Is.Null);
     }
 
