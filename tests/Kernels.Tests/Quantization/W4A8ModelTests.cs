@@ -38,11 +38,17 @@ public class W4A8ModelTests
         return maxDiff / scale;
     }
 
-    // Tolerances: about twice the max relative logit error measured on the 2-core dev box (noted per case), so a broken
-    // kernel or layout (uncorrelated logits: errors of order 100%) fails while ordinary 4-bit rounding passes. The
-    // golden and synthetic models have random weights, the worst case for 4-bit per-channel rounding.
-    [TestCase("synthetic:tiny", null, "W4A8 per-channel", 0.25)] // measured 10.9%
-    [TestCase("synthetic:tiny", 32, "W4A8 g32", 0.25)]            // measured 10.1%
+    // Tolerances rest on measurements, not on a derivation: the max |dlogit| / max |logit| each case prints, measured
+    // on the 2-core dev box (Xeon, AVX-512) at issue 22's branch (noted per case; the integer GEMM is exact, so the
+    // number depends only on the quantizer and the fp32 forward pass, not on the machine). What a bound must reject is
+    // a broken kernel or layout: its logits are uncorrelated with the dense ones, and two uncorrelated logit vectors
+    // of the same scale differ by about their max magnitude (100%) or more. Each bound sits between the two: under half
+    // of that level and well above the measurement, so a quantizer change of a few points does not trip it. The golden and
+    // synthetic models have random weights, the worst case for 4-bit per-channel rounding (16 levels over a random
+    // row's range leave about 7-10% relative RMS error per layer, which the forward pass amplifies about 3x into the
+    // logits' RMS).
+    [TestCase("synthetic:tiny", null, "W4A8 per-channel", 0.25)] // measured 10.9% (rms ratio 8.9%)
+    [TestCase("synthetic:tiny", 32, "W4A8 g32", 0.25)]            // measured 10.1% (rms ratio 10.6%)
     public void SyntheticModelQuantizedLogitsAreCloseToDense(string source, int? group, string expectedFormat, double tolerance)
     {
         using var dense = ModelLoader.Load(source);
@@ -80,9 +86,9 @@ public class W4A8ModelTests
         }
     }
 
-    [TestCase("tiny-llama-f32", 0.5)]  // measured 29.1%
-    [TestCase("tiny-llama-bf16", 0.5)] // measured 26.1%
-    [TestCase("tiny-qwen2-f16", 0.5)]  // measured 26.9%
+    [TestCase("tiny-llama-f32", 0.45)]  // measured 29.1% (rms ratio 23.7%)
+    [TestCase("tiny-llama-bf16", 0.45)] // measured 26.1% (rms ratio 22.3%)
+    [TestCase("tiny-qwen2-f16", 0.45)]  // measured 26.9% (rms ratio 26.5%)
     public void GoldenModelQuantizedPerChannelLogitsAreCloseToDense(string name, double tolerance)
     {
         using var dense = ModelLoader.Load(TestPaths.Golden(name));
@@ -100,6 +106,12 @@ public class W4A8ModelTests
         }
     }
 
+    /// <summary>
+    /// Measured: dense 2.998, W4A8 per channel 3.201 (+6.8%) on story.txt; held to +-15%. Where that sits: SqueezeLLM's
+    /// 4-bit variants cost +2.6..5.2% on the same text (README), a broken layer sends perplexity toward the vocabulary
+    /// size (512), and W4A8 adds int8 activations to a 4-bit per-channel (coarser than SqueezeLLM's 16 centroids per
+    /// row) weight rounding, so a few points above SqueezeLLM is expected and twice that is a regression to look at.
+    /// </summary>
     [Test]
     public void Stories260KPerplexityIsWithin15PercentOfDense()
     {
