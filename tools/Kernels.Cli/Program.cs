@@ -2,7 +2,7 @@
 using System.CommandLine;
 using Kernels.Cli.Commands;
 using Kernels.Runtime.Engine;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Cli;
 

@@ -1,5 +1,7 @@
 // GGML's tensor type ids (ggml.h enum ggml_type) and the ones this engine reads: the one table GGUF reading and
 // writing share.
+using Kernels.Runtime.Numerics;
+
 namespace Kernels.Runtime.Models;
 
 public static class GgmlTypes

@@ -1,6 +1,7 @@
 // GGUF v2/v3 reader: typed metadata, tensor directory, data views into the mapped file (the types GgmlTypes lists).
 using System.Buffers.Binary;
 using System.Text;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

@@ -1,4 +1,6 @@
 // Maps a GGUF file (llama.cpp naming, "llama" and "qwen2" architectures) onto ModelConfig and Hugging Face tensor names.
+using Kernels.Runtime.Numerics;
+
 namespace Kernels.Runtime.Models;
 
 public static class GgufModel

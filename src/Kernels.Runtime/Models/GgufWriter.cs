@@ -1,5 +1,6 @@
 // Writes GGUF v3 files: typed metadata, then tensor infos, then 32-byte-aligned data (F32, F16, Q8_0).
 using System.Text;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

@@ -1,5 +1,6 @@
 // Reads a Hugging Face config.json (Llama, Mistral, Qwen2) into a ModelConfig; RoPE settings from either place.
 using System.Text.Json;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

@@ -1,6 +1,7 @@
 // Writes a ModelConfig as a Hugging Face config.json that HfConfigReader (and transformers) read back to the same model.
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

@@ -2,6 +2,7 @@
 // quantizing its linear layers on the way: the output of `kernels quantize` and `kernels export --format hf`.
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
 

@@ -1,6 +1,7 @@
 // Typed reads of the JSON files a model directory carries (config.json, tokenizer_config.json, the shard index): a
 // field of the wrong kind or out of range is a ModelFormatException naming the file, the field and the value.
 using System.Text.Json;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

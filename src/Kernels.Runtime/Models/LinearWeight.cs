@@ -1,4 +1,6 @@
 // A linear layer's weight W[out, in] in whatever form it is stored: dense (one tensor) or quantized (codes + scales).
+using Kernels.Runtime.Numerics;
+
 namespace Kernels.Runtime.Models;
 
 /// <summary>

@@ -1,5 +1,6 @@
 // llama2.c checkpoints (legacy .bin): a 7-int header, then float32 arrays in a fixed order; RoPE on adjacent pairs.
 using System.Runtime.InteropServices;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

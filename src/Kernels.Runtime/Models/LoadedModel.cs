@@ -1,4 +1,5 @@
 // A model ready to run: its config, weights (owning the mapped files) and, when one was found, its tokenizer.
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;

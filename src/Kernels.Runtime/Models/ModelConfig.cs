@@ -1,4 +1,7 @@
 // The shape and hyper-parameters of a Llama-family model, independent of the file format it came from.
+using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Tokenization;
+
 namespace Kernels.Runtime.Models;
 
 public enum ModelArchitecture
@@ -61,7 +64,7 @@ public sealed record ModelConfig
     public const int MaxHeadDim = 1024;
     public const int MaxWidth = 1 << 20;
     public const int MaxLayers = 1024;
-    public const int MaxVocab = 1 << 24;
+    public const int MaxVocab = ITextTokenizer.MaxVocab;
     public const int MaxContext = 1 << 24;
 
     public int QueryDim => NumHeads * HeadDim;

@@ -1,4 +1,5 @@
 // The weights of a Llama-family model under Hugging Face names, shape-checked against the config, owning their storage.
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 
 namespace Kernels.Runtime.Models;

@@ -1,6 +1,7 @@
 // Where tensor bytes live: a read-only memory-mapped file, or native memory we own (converted or permuted weights).
 using System.IO.MemoryMappedFiles;
 using System.Runtime.InteropServices;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

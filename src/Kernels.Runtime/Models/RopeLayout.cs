@@ -1,4 +1,6 @@
 // The one place that converts adjacent-pair RoPE weights (llama2.c, GGUF llama) to Hugging Face's rotate-half order.
+using Kernels.Runtime.Numerics;
+
 namespace Kernels.Runtime.Models;
 
 public static unsafe class RopeLayout

@@ -1,6 +1,7 @@
 // The safetensors format: u64 header length, a JSON header {name: {dtype, shape, data_offsets}}, then raw data.
 using System.Buffers.Binary;
 using System.Text.Json;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 

@@ -2,7 +2,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Numerics;
 

@@ -18,7 +18,6 @@
 // In the k-quants the codes of a 128-value half are interleaved: byte l of a 32-byte run holds value l of four groups
 // (2-bit codes at shifts 0, 2, 4, 6; 4-bit codes low then high nibble), see Dequantize below.
 using System.Runtime.CompilerServices;
-using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Numerics;
 

@@ -2,6 +2,7 @@
 // loads that format back (at model load).
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization;
 

@@ -1,7 +1,7 @@
 // ITextTokenizer for byte-level BPE vocabularies (Llama 3, Qwen2), encoding through ML.Tokenizers' BpeTokenizer.
 using System.Text;
 using System.Text.RegularExpressions;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Microsoft.ML.Tokenizers;
 
 namespace Kernels.Runtime.Tokenization;

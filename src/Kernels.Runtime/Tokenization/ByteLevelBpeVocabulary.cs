@@ -1,5 +1,5 @@
 // An in-memory byte-level BPE vocabulary (tokens, merges, added tokens, regex, special ids) and its checks.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

@@ -1,5 +1,5 @@
 // Builds a tokenizer from GGUF metadata (tokenizer.ggml.*), for both "llama" and "gpt2" vocabularies.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

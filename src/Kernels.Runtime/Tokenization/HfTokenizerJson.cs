@@ -1,6 +1,6 @@
 // Reader for Hugging Face tokenizer.json (byte-level BPE) and the sibling configs that name BOS, EOS and add_bos.
 using System.Text.Json;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 
@@ -47,8 +47,8 @@ public static class HfTokenizerJson
         foreach (JsonProperty entry in vocabJson.EnumerateObject())
         {
             // Ids index the token table, which is sized by the largest: bounded before anything is allocated by it.
-            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0 || id >= ModelConfig.MaxVocab)
-                throw new ModelFormatException(path, $"model.vocab['{entry.Name}'] = {entry.Value.GetRawText()} is not a token id in 0..{ModelConfig.MaxVocab - 1}");
+            if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0 || id >= ITextTokenizer.MaxVocab)
+                throw new ModelFormatException(path, $"model.vocab['{entry.Name}'] = {entry.Value.GetRawText()} is not a token id in 0..{ITextTokenizer.MaxVocab - 1}");
             if (!byId.TryAdd(id, entry.Name))
                 throw new ModelFormatException(path, $"model.vocab gives id {id} to both '{byId[id]}' and '{entry.Name}'");
         }
@@ -68,8 +68,8 @@ public static class HfTokenizerJson
                 if (Property(t, "id") is not { ValueKind: JsonValueKind.Number } idJson || !idJson.TryGetInt32(out int id)
                     || Property(t, "content") is not { ValueKind: JsonValueKind.String } contentJson)
                     throw new ModelFormatException(path, $"added_tokens[{added.Count}] lacks an integer id or a string content");
-                if (id < 0 || id >= ModelConfig.MaxVocab)
-                    throw new ModelFormatException(path, $"added_tokens[{added.Count}].id = {id} is not a token id in 0..{ModelConfig.MaxVocab - 1}");
+                if (id < 0 || id >= ITextTokenizer.MaxVocab)
+                    throw new ModelFormatException(path, $"added_tokens[{added.Count}].id = {id} is not a token id in 0..{ITextTokenizer.MaxVocab - 1}");
                 bool special = Property(t, "special") is { ValueKind: JsonValueKind.True };
                 added.Add(new AddedToken(id, contentJson.GetString()!, special));
             }

@@ -3,6 +3,12 @@ namespace Kernels.Runtime.Tokenization;
 
 public interface ITextTokenizer
 {
+    /// <summary>
+    /// The most ids a vocabulary may hold, far above the largest real one (256K): a file that claims more is corrupt,
+    /// and nothing is allocated by its count. The model's vocabulary has the same bound (ModelConfig.MaxVocab).
+    /// </summary>
+    public const int MaxVocab = 1 << 24;
+
     /// <summary>Number of ids the tokenizer can produce (may be smaller than the model's vocab, never larger).</summary>
     int VocabSize { get; }
 

@@ -1,7 +1,7 @@
 // Reader for llama2.c's tok*.bin tokenizer files, producing a SentencePieceVocabulary that encodes like run.c.
 using System.Buffers.Binary;
 using System.Text;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

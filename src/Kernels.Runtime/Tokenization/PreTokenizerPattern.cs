@@ -1,5 +1,5 @@
 // The regexes byte-level BPE tokenizers split text with before merging, and the GGUF names that select them.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

@@ -1,7 +1,7 @@
 // The sentencepiece ModelProto wire format: a minimal protobuf reader and writer for the fields the engine needs.
 using System.Buffers.Binary;
 using System.Text;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

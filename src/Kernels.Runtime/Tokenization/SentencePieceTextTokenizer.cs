@@ -1,7 +1,7 @@
 // ITextTokenizer for SentencePiece BPE vocabularies (Llama 1/2, TinyStories), encoding through ML.Tokenizers.
 using System.Globalization;
 using System.Text;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Microsoft.ML.Tokenizers;
 
 namespace Kernels.Runtime.Tokenization;

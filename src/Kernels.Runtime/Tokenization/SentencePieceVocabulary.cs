@@ -1,5 +1,5 @@
 // An in-memory SentencePiece BPE vocabulary (pieces, scores, types, special ids, normalizer flags) and its checks.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

@@ -1,5 +1,5 @@
 // The one entry point that turns tokenizer files or GGUF metadata into an ITextTokenizer.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Tokenization;
 

@@ -3,7 +3,7 @@
 using System.Text.RegularExpressions;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cuda;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Backends;
 

@@ -1,6 +1,7 @@
 // config.json reading (RoPE settings at the top level or under rope_parameters) and RoPE frequency scaling.
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Models;
 

@@ -1,6 +1,7 @@
 // Forged GGUF headers (offsets, counts, shapes chosen to overflow) end in ModelFormatException, never a crash.
 using System.Text;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Models;
 

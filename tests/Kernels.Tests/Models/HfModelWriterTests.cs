@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 
 namespace Kernels.Tests.Models;

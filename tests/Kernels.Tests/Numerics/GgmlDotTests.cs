@@ -2,7 +2,6 @@
 // llama.cpp's x86 ones, the dot products against llama.cpp's vec_dot_* (to fp32 rounding: the sums are summed in
 // another order), and every instruction path of ours against the others bit for bit.
 using Kernels.Runtime.Backends.Cpu;
-using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Numerics;

@@ -3,6 +3,7 @@
 // must reproduce. Tests skip with a message where the library or AVX2 is absent.
 using System.Runtime.InteropServices;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Numerics;
 

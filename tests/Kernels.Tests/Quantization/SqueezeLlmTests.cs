@@ -5,6 +5,7 @@ using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Quantization.SqueezeLlm;
 using ILGPU.Runtime.CPU;

@@ -2,6 +2,7 @@
 // the integer GEMM against a scalar reference that does the GPU's byte arithmetic, bit for bit.
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization.W4A8;
 
 namespace Kernels.Tests.Quantization;

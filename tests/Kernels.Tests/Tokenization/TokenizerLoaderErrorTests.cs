@@ -1,5 +1,5 @@
 // Bad inputs to every loader: each must fail with ModelFormatException naming the source and the problem.
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Tokenization;
 using NUnit.Framework;
 

@@ -12,6 +12,7 @@ using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using LLama;
 using LLama.Common;
 using LLama.Native;

@@ -8,6 +8,7 @@ using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Backends.Cuda;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Bench;
 

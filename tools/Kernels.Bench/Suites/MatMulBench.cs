@@ -7,6 +7,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Bench;
 

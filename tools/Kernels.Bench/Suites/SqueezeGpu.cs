@@ -21,6 +21,7 @@ using ILGPU.Runtime.Cuda;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Backends.Ilgpu;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization.SqueezeLlm;
 
 namespace Kernels.Bench;

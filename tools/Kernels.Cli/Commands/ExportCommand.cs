@@ -2,6 +2,7 @@
 // Hugging Face directory for transformers and for `kernels quantize` inputs that must stay editable).
 using System.CommandLine;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Cli.Commands;
 

@@ -1,6 +1,7 @@
 // `kernels info`: the model's configuration, tensors' dtypes and the backend that would run it.
 using System.CommandLine;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Cli.Commands;
 

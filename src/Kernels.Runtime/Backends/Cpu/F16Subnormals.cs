@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 

@@ -20,7 +20,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
-using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;

@@ -2,6 +2,7 @@
 using Kernels.Interop;
 using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cuda;
 

@@ -1,6 +1,7 @@
 // How the CUDA backend divides device memory: weights arena, activation scratch for a maximum step, paged KV pool. Pure
 // functions of the model shape, the options and the free memory, so they are tested without a GPU.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cuda;
 

@@ -1,6 +1,7 @@
 // Chat prompt formats of the common model families, chosen from the model's files: Llama 3, ChatML (Qwen2), Llama 2,
 // Mistral, and a plain "role: text" format for base models that have none.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Engine.Chat;

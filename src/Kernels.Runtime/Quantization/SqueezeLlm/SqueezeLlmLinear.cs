@@ -1,5 +1,6 @@
 // A SqueezeLLM dense-and-sparse linear layer: packed 3/4-bit codes into a per-row fp16 lookup table, plus CSR outliers.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization.SqueezeLlm;
 

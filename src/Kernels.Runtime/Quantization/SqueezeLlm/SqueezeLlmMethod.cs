@@ -1,6 +1,7 @@
 // `--method squeezellm`: the offline quantizer (outliers out, weighted k-means per row, pack) and the loader.
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization.SqueezeLlm;
 

@@ -2,6 +2,7 @@
 // 4-bit per group with 8-bit integer scales) and the per-channel 4-bit variant, one dense layer at a time.
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization.W4A8;
 

@@ -1,6 +1,7 @@
 // A linear layer stored in QServe's W4A8 format (4-bit codes in the GPU tile layout, per-channel fp16 scales, per-group
 // 8-bit scales and zeros or per-channel integer zeros), with the tables the CPU kernel reads.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization.W4A8;
 

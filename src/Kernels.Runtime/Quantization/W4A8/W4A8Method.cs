@@ -1,6 +1,7 @@
 // The "w4a8" quantization method (QServe/QoQ): its config keys, which layers get groups, and its quantizer and loader.
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Quantization.W4A8;
 

@@ -5,6 +5,7 @@ using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Backends.Cuda;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using NUnit.Framework;
 
 namespace Kernels.Tests.Backends.Cuda;

@@ -2,6 +2,7 @@
 // naming the file, the field and the value, allocating little (no buffer sized by a forged count), and the CLI prints
 // one `error:` line with a non-zero exit and no stack trace.
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Tests.Cli;
 
 namespace Kernels.Tests.Models.Hostile;

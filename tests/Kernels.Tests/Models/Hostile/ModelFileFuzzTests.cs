@@ -3,7 +3,7 @@
 // Each must end in a ModelFormatException or a normal load and run, in bounded time and memory, every tensor inside
 // the model's memory. Counts and outcomes are printed; a failure names the seed, the case and the mutation.
 using System.Text;
-using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Models.Hostile;
 

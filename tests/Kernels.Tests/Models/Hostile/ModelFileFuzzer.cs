@@ -6,6 +6,7 @@ using System.Text.Json.Nodes;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 
 namespace Kernels.Tests.Models.Hostile;
 

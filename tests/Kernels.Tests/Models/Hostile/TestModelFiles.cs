@@ -3,6 +3,7 @@
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
 

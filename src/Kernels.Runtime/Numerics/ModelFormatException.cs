@@ -1,5 +1,5 @@
 // The one exception type for bad model input: it names the file (or argument) and the problem.
-namespace Kernels.Runtime.Models;
+namespace Kernels.Runtime.Numerics;
 
 public sealed class ModelFormatException : Exception
 {

@@ -1,6 +1,6 @@
 // Element types of stored weights, and their sizes; everything else about a dtype lives next to its converter
 // (DTypeConvert for the float types, Numerics/GgmlBlocks for GGML's block-quantized types).
-namespace Kernels.Runtime.Models;
+namespace Kernels.Runtime.Numerics;
 
 public enum TensorDType
 {
