@@ -4,19 +4,6 @@ using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends;
 
-/// <summary>The keys and values a sequence has accumulated, in the backend's memory.</summary>
-public interface IKvCache : IDisposable
-{
-    /// <summary>Tokens held; the next token appended sits at this position.</summary>
-    int Length { get; }
-
-    /// <summary>A copy that continues independently (n samples of one prompt); full blocks are shared, not copied.</summary>
-    IKvCache Fork();
-
-    /// <summary>Drops every token at position >= <paramref name="length"/>.</summary>
-    void Truncate(int length);
-}
-
 /// <summary>One sequence's part of a step: new tokens appended at cache.Length onward.</summary>
 public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, bool AllLogits = false);
 

@@ -1,6 +1,4 @@
 // One sequence's view of the KV cache: its block table (block ids in position order) and how many tokens it holds.
-using Kernels.Runtime.Backends;
-
 namespace Kernels.Runtime.KvCache;
 
 /// <summary>

@@ -3,6 +3,7 @@
 // changes no output (preempted work is recomputed exactly).
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Engine;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Tests.Engine;
@@ -123,7 +124,7 @@ public class FairSchedulingTests
         public string Name => inner.Name;
         public ModelConfig Config => inner.Config;
         public Kernels.Runtime.KvCache.KvBlockPool KvPool => inner.KvPool;
-        public Kernels.Runtime.Backends.IKvCache CreateCache() => inner.CreateCache();
+        public Kernels.Runtime.KvCache.IKvCache CreateCache() => inner.CreateCache();
         public float[][] Forward(IReadOnlyList<Kernels.Runtime.Backends.SequenceStep> batch, Kernels.Runtime.Backends.AttentionPlan? attention = null)
         {
             MostSequences = Math.Max(MostSequences, batch.Count);

@@ -1,6 +1,7 @@
 // The engine under concurrent load: many requests over a KV pool too small for all of them, cancellation, dispose.
 using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Engine;
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 
 namespace Kernels.Tests.Engine;
@@ -129,7 +130,7 @@ public class InferenceEngineFailureTests
         public string Name => inner.Name;
         public ModelConfig Config => inner.Config;
         public Kernels.Runtime.KvCache.KvBlockPool KvPool => inner.KvPool;
-        public Kernels.Runtime.Backends.IKvCache CreateCache() => inner.CreateCache();
+        public Kernels.Runtime.KvCache.IKvCache CreateCache() => inner.CreateCache();
         public float[][] Forward(IReadOnlyList<Kernels.Runtime.Backends.SequenceStep> batch, Kernels.Runtime.Backends.AttentionPlan? attention = null)
         {
             if (FailNext)

@@ -1,7 +1,5 @@
 // The per-row RNG state of sample_tokens_f32 (kernels/ops/sample_tokens.cuh): the SplitMix64 state SamplerRng keeps,
 // so the GPU draws the same coins as the CPU engine for the same seed and stream.
-using Kernels.Runtime.Engine;
-
 namespace Kernels.Runtime.Backends.Cuda;
 
 public static class GpuSamplerState
@@ -23,7 +21,4 @@ public static class GpuSamplerState
         z ^= z >> 31;
         return (z >> 11) * (1.0 / (1UL << 53));
     }
-
-    /// <summary>A CPU RNG positioned where <see cref="Initial"/> starts (for side-by-side checks).</summary>
-    public static SamplerRng CpuTwin(ulong seed, ulong stream = 0) => new(seed, stream);
 }
