@@ -28,8 +28,11 @@ public interface IQuantizationMethod
     /// <summary>The "quant_method" name in config.json and the `--method` value of `kernels quantize`.</summary>
     string Name { get; }
 
-    /// <summary>Prepares quantization of <paramref name="model"/> (calibration runs here); throws ArgumentException naming a bad option.</summary>
-    ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model);
+    /// <summary>
+    /// Prepares quantization of <paramref name="model"/>; a method that calibrates has <paramref name="calibration"/>
+    /// run the model here (Calibration.CpuCalibrationRunner in the engine). Throws ArgumentException naming a bad option.
+    /// </summary>
+    ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration);
 
     /// <summary>
     /// Loads layer <paramref name="name"/> (tensors named name + "." + suffix) stored by this method; missing or

@@ -3,6 +3,7 @@
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Calibration;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
@@ -94,7 +95,7 @@ public class HfModelWriterTests
     {
         public string Name => "test-row-int8";
 
-        public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model) => new Quantizer();
+        public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration) => new Quantizer();
 
         public LinearWeight Load(string name, int outFeatures, int inFeatures, Func<string, WeightTensor?> lookup, QuantizationConfig config, string source)
         {
@@ -148,7 +149,7 @@ public class HfModelWriterTests
         string dir = TempDir();
         try
         {
-            var quantizer = QuantizationMethods.Find("test-row-int8", "test").CreateQuantizer(new QuantizeOptions { Method = "test-row-int8" }, original);
+            var quantizer = QuantizationMethods.Find("test-row-int8", "test").CreateQuantizer(new QuantizeOptions { Method = "test-row-int8" }, original, new CpuCalibrationRunner());
             HfModelWriter.Write(original, dir, quantizer);
             using var written = ModelLoader.Load(dir);
             Assert.That(written.Weights.Quantization?.Method, Is.EqualTo("test-row-int8"));

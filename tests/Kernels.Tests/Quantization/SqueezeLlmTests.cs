@@ -3,6 +3,7 @@
 using System.Runtime.InteropServices;
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Calibration;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
@@ -225,7 +226,7 @@ public unsafe class SqueezeLlmTests
     {
         using var model = ModelLoader.Load("synthetic:tiny");
         var method = QuantizationMethods.Find("squeezellm", "test");
-        byte[] Bytes(int seed) => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 3, Seed = seed }, model)
+        byte[] Bytes(int seed) => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 3, Seed = seed }, model, new CpuCalibrationRunner())
             .Quantize((DenseLinear)model.Weights.Layers[1].Down).SelectMany(t => t.Data.ToArray()).ToArray();
         Assert.That(Bytes(5), Is.EqualTo(Bytes(5)), "same seed: same calibration samples, same bytes");
         Assert.That(Bytes(5), Is.Not.EqualTo(Bytes(6)), "the seed draws the calibration samples, so it matters");
@@ -346,7 +347,7 @@ public unsafe class SqueezeLlmTests
         string dir = TempDir();
         try
         {
-            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm" }, model);
+            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm" }, model, new CpuCalibrationRunner());
             HfModelWriter.Write(model, dir, quantizer);
             string shard = Path.Combine(dir, "model-00001-of-00003.safetensors");
             var kept = new List<SafetensorsWriter.Tensor>();
@@ -372,8 +373,8 @@ public unsafe class SqueezeLlmTests
     {
         using var model = ModelLoader.Load("synthetic:tiny");
         var method = QuantizationMethods.Find("squeezellm", "test");
-        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 2 }, model), Throws.ArgumentException.With.Message.Contains("--bits"));
-        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", GroupSize = 128 }, model), Throws.ArgumentException.With.Message.Contains("--group"));
+        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 2 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Message.Contains("--bits"));
+        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", GroupSize = 128 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Message.Contains("--group"));
     }
 
     // -------------------------------------------------------------------------------------------------------------
@@ -394,7 +395,7 @@ public unsafe class SqueezeLlmTests
         string dir = TempDir();
         try
         {
-            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = bits }, model);
+            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = bits }, model, new CpuCalibrationRunner());
             HfModelWriter.Write(model, dir, quantizer);
             using var quantized = ModelLoader.Load(dir);
             Assert.That(quantized.Weights.Quantization?.Method, Is.EqualTo("squeezellm"));
@@ -440,7 +441,7 @@ public unsafe class SqueezeLlmTests
         string dir = TempDir();
         try
         {
-            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 4 }, model);
+            var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 4 }, model, new CpuCalibrationRunner());
             HfModelWriter.Write(model, dir, quantizer);
             using var quantized = ModelLoader.Load(dir);
             using var backend = new CpuBackend(quantized);
@@ -472,7 +473,7 @@ public unsafe class SqueezeLlmTests
         double Ppl(LoadedModel m) { using var b = new CpuBackend(m); return Perplexity.Compute(b, ids).Perplexity; }
         double dense = Ppl(model);
         TestContext.Out.WriteLine($"{ids.Length} tokens; dense {dense:F4}");
-        var moments = InputSecondMoments.Collect(model, null, 1234);
+        var moments = InputSecondMoments.Collect(model, new CpuCalibrationRunner(), null, 1234);
         var table = new Dictionary<(int Bits, double Sparsity, SensitivityWeighting Weighting), double>();
         foreach (int bits in new[] { 4, 3 })
             foreach (double sparsity in new[] { 0.45, 0.0 })

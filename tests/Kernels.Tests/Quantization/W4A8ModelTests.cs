@@ -2,6 +2,7 @@
 // model's (synthetic, golden, stories260K perplexity), and a damaged quantized directory is a clear format error.
 using Kernels.Runtime.Backends;
 using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Calibration;
 using Kernels.Runtime.Engine;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
@@ -17,7 +18,7 @@ public class W4A8ModelTests
     private static void Quantize(LoadedModel model, string dir, int? group)
     {
         var options = new QuantizeOptions { Method = W4A8Method.MethodName, GroupSize = group };
-        HfModelWriter.Write(model, dir, QuantizationMethods.Find(W4A8Method.MethodName, "test").CreateQuantizer(options, model));
+        HfModelWriter.Write(model, dir, QuantizationMethods.Find(W4A8Method.MethodName, "test").CreateQuantizer(options, model, new CpuCalibrationRunner()));
     }
 
     private static float[] Logits(LoadedModel model, int[] ids)

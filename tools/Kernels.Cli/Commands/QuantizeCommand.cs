@@ -1,6 +1,7 @@
 // `kernels quantize`: writes a model directory whose linear layers are quantized (W4A8, SqueezeLLM); every command
 // loads the output like any other model.
 using System.CommandLine;
+using Kernels.Runtime.Calibration;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Quantization;
 
@@ -43,7 +44,7 @@ public static class QuantizeCommand
             ILinearQuantizer quantizer;
             try
             {
-                quantizer = QuantizationMethods.Find(name, "--method").CreateQuantizer(options, loaded);
+                quantizer = QuantizationMethods.Find(name, "--method").CreateQuantizer(options, loaded, new CpuCalibrationRunner());
             }
             catch (ArgumentException e)
             {

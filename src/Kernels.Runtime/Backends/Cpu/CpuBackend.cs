@@ -2,6 +2,7 @@
 using System.Buffers;
 using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
+using Kernels.Runtime.Quantization;
 
 namespace Kernels.Runtime.Backends.Cpu;
 

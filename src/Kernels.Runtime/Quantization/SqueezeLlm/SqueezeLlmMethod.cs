@@ -39,14 +39,14 @@ public sealed class SqueezeLlmMethod : IQuantizationMethod
 
     public string Name => MethodName;
 
-    public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model)
+    public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration)
     {
         if (options.GroupSize is not null) throw new ArgumentException("--group: squeezellm has one lookup table per output row; it takes no group size");
         int bits = options.Bits ?? 4;
         if (bits is not (3 or 4)) throw new ArgumentException($"--bits: squeezellm supports 3 or 4 bits, not {bits}");
         double sparsity = options.SparsityPercent ?? SqueezeLlmSettings.DefaultSparsityPercent;
         if (sparsity is < 0 or >= 100 || double.IsNaN(sparsity)) throw new ArgumentException($"--sparsity: {sparsity}% is not in [0, 100)");
-        var moments = InputSecondMoments.Collect(model, options.CalibrationFile, options.Seed, options.Progress);
+        var moments = InputSecondMoments.Collect(model, calibration, options.CalibrationFile, options.Seed, options.Progress);
         return new SqueezeLlmQuantizer(new SqueezeLlmSettings(bits, sparsity), moments, options.Seed);
     }
 

@@ -17,7 +17,7 @@ public sealed class W4A8Method : IQuantizationMethod
 
     public string Name => MethodName;
 
-    public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model)
+    public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration)
     {
         if (options.Bits is { } bits && bits != 4) throw new ArgumentException($"--bits: w4a8 weights are 4-bit, got {bits}");
         if (options.SparsityPercent is not null) throw new ArgumentException("--sparsity: w4a8 keeps no sparse outliers");

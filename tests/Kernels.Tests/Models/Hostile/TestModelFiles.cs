@@ -2,6 +2,7 @@
 // vocabulary, an HF directory (golden tiny Llama), a SqueezeLLM-quantized directory and a llama2.c checkpoint.
 using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
+using Kernels.Runtime.Calibration;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 using Kernels.Runtime.Quantization;
@@ -130,7 +131,7 @@ public static unsafe class TestModelFiles
     public static string SqueezeLlmDirectory(string dir)
     {
         using var model = ModelLoader.Load("synthetic:tiny");
-        var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 3 }, model);
+        var quantizer = QuantizationMethods.Find("squeezellm", "test").CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 3 }, model, new CpuCalibrationRunner());
         HfModelWriter.Write(model, dir, quantizer);
         return dir;
     }
