@@ -3,7 +3,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Kernels.Runtime.Numerics;
-using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;

@@ -1,6 +1,5 @@
 // Detects a model's format (HF directory, GGUF, llama2.c .bin, synthetic:NAME) and loads config, weights and tokenizer.
 using Kernels.Runtime.Numerics;
-using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;

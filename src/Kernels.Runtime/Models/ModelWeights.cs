@@ -1,6 +1,5 @@
 // The weights of a Llama-family model under Hugging Face names, shape-checked against the config, owning their storage.
 using Kernels.Runtime.Numerics;
-using Kernels.Runtime.Quantization;
 
 namespace Kernels.Runtime.Models;
 
@@ -47,7 +46,7 @@ public sealed class ModelWeights : IDisposable
     public static ModelWeights Build(ModelConfig config, Func<string, WeightTensor?> lookup, string source, IReadOnlyList<IDisposable> owners,
         QuantizationConfig? quantization = null)
     {
-        var method = quantization is null ? null : QuantizationMethods.Find(quantization.Method, source);
+        var format = quantization is null ? null : LinearFormats.Find(quantization.Method, source);
         WeightTensor Get(string name, params long[] shape)
         {
             var t = lookup(name) ?? throw new ModelFormatException(source, $"missing tensor '{name}'");
@@ -69,7 +68,7 @@ public sealed class ModelWeights : IDisposable
         LinearWeight Linear(string name, int outFeatures, int inFeatures)
         {
             var dense = lookup(name + ".weight");
-            if (dense is null && method is not null) return method.Load(name, outFeatures, inFeatures, lookup, quantization!, source);
+            if (dense is null && format is not null) return format.Load(name, outFeatures, inFeatures, lookup, quantization!, source);
             if (dense is null) throw new ModelFormatException(source, $"missing tensor '{name}.weight'");
             Check(dense, [outFeatures, inFeatures]);
             if (!dense.DType.IsNumeric()) throw new ModelFormatException(source, $"tensor '{dense.Name}' is {dense.DType.Name()}; a dense weight must be F32, F16, BF16 or a GGML block type ({GgmlTypes.Supported})");

@@ -1,6 +1,6 @@
 // The weight quantization methods the engine knows: each turns dense linear layers into its format (offline) and
 // loads that format back (at model load).
-using System.Text.Json.Nodes;
+using System.Runtime.CompilerServices;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 
@@ -23,59 +23,38 @@ public sealed record QuantizeOptions
     public Action<string>? Progress { get; init; }
 }
 
-public interface IQuantizationMethod
+/// <summary>A format that also quantizes: reads its layers back (<see cref="ILinearFormat"/>) and writes them from dense ones.</summary>
+public interface IQuantizationMethod : ILinearFormat
 {
-    /// <summary>The "quant_method" name in config.json and the `--method` value of `kernels quantize`.</summary>
-    string Name { get; }
-
     /// <summary>
     /// Prepares quantization of <paramref name="model"/>; a method that calibrates has <paramref name="calibration"/>
     /// run the model here (Calibration.CpuCalibrationRunner in the engine). Throws ArgumentException naming a bad option.
     /// </summary>
     ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration);
-
-    /// <summary>
-    /// Loads layer <paramref name="name"/> (tensors named name + "." + suffix) stored by this method; missing or
-    /// misshapen tensors are a <see cref="ModelFormatException"/> naming <paramref name="source"/>.
-    /// </summary>
-    LinearWeight Load(string name, int outFeatures, int inFeatures, Func<string, WeightTensor?> lookup, QuantizationConfig config, string source);
 }
 
-/// <summary>Quantizes one dense linear layer at a time, so a model larger than RAM streams through it.</summary>
-public interface ILinearQuantizer
-{
-    /// <summary>The quantization_config to write into config.json ("quant_method" included).</summary>
-    JsonObject Config { get; }
-
-    /// <summary>The tensors that replace <c>weight.Name + ".weight"</c>, named <c>weight.Name + "." + suffix</c>.</summary>
-    IReadOnlyList<SafetensorsWriter.Tensor> Quantize(DenseLinear weight);
-}
-
+/// <summary>The quantization methods, kept in <see cref="LinearFormats"/> so that the model loader finds their formats.</summary>
 public static class QuantizationMethods
 {
-    /// <summary>The methods every process knows.</summary>
-    private static readonly IQuantizationMethod[] BuiltIn = [new W4A8.W4A8Method(), new SqueezeLlm.SqueezeLlmMethod()];
-
-    private static readonly Dictionary<string, IQuantizationMethod> Known = BuiltIn.ToDictionary(m => m.Name, StringComparer.Ordinal);
-
-    public static IReadOnlyCollection<string> Names
+    // The built-in methods are registered as the assembly loads: a model stored in their format then loads through
+    // ModelLoader (in Models, which cannot name them) before anything touches this class.
+#pragma warning disable CA2255 // a library's module initializer: registering its own formats is what it is for
+    [ModuleInitializer]
+#pragma warning restore CA2255
+    internal static void RegisterBuiltIn()
     {
-        get { lock (Known) return Known.Keys.Order().ToArray(); }
+        Register(new W4A8.W4A8Method());
+        Register(new SqueezeLlm.SqueezeLlmMethod());
     }
+
+    /// <summary>The names of the registered methods that can quantize.</summary>
+    public static IReadOnlyCollection<string> Names => LinearFormats.All.OfType<IQuantizationMethod>().Select(m => m.Name).ToArray();
 
     /// <summary>Adds a method beyond the built-in ones (or replaces one of the same name).</summary>
-    public static void Register(IQuantizationMethod method)
-    {
-        lock (Known) Known[method.Name] = method;
-    }
+    public static void Register(IQuantizationMethod method) => LinearFormats.Register(method);
 
     /// <summary>The method called <paramref name="name"/>; an unknown one is a format error naming <paramref name="source"/>.</summary>
-    public static IQuantizationMethod Find(string name, string source)
-    {
-        lock (Known)
-        {
-            if (Known.TryGetValue(name, out var m)) return m;
-            throw new ModelFormatException(source, $"unknown quantization method '{name}'; supported: {(Known.Count == 0 ? "none" : string.Join(", ", Known.Keys.Order()))}");
-        }
-    }
+    public static IQuantizationMethod Find(string name, string source) =>
+        LinearFormats.Find(name, source) as IQuantizationMethod
+        ?? throw new ModelFormatException(source, $"quantization method '{name}' can load models but not quantize them; methods that quantize: {string.Join(", ", Names)}");
 }

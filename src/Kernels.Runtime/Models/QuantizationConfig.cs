@@ -1,10 +1,9 @@
 // config.json's "quantization_config" of a quantized model directory: which method, and its parameters.
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
 
-namespace Kernels.Runtime.Quantization;
+namespace Kernels.Runtime.Models;
 
 /// <summary>
 /// The method name ("quant_method", as Hugging Face spells it) and the method's own parameters (group size, bits...),
