@@ -6,7 +6,7 @@ namespace Kernels.Runtime.Quantization;
 
 /// <summary>
 /// Runs calibration tokens through a model with every linear layer's inputs handed to an observer. Formats and
-/// quantizers sit below the backends and the engine (docs/architecture.md), so the step that executes the model lives
+/// quantizers sit below the backends and the engine (README.md, Layout), so the step that executes the model lives
 /// above them and comes in through this interface.
 /// </summary>
 public interface ICalibrationRunner
