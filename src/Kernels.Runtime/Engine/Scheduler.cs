@@ -6,24 +6,6 @@ using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Engine;
 
-public sealed record GeneratorOptions
-{
-    /// <summary>Most prompt tokens run through one forward step (bounds activation memory; longer prompts are chunked).</summary>
-    public int PrefillTokenBudget { get; init; } = 2048;
-
-    /// <summary>
-    /// Share KV blocks of common prompt prefixes (prefill once, cached across requests) and attend to them once per
-    /// step for all sharers (Hydragen). Off: every sequence holds and attends to its own copy (the baseline).
-    /// </summary>
-    public bool PrefixSharing { get; init; } = true;
-
-    /// <summary>
-    /// Most sequences (samples, prefills) in one step, as vLLM's max_num_seqs: bounds a step's time, and is what
-    /// admission shares fairly between groups of requests (see <see cref="Scheduler"/>).
-    /// </summary>
-    public int MaxBatchSequences { get; init; } = 256;
-}
-
 /// <summary>
 /// Owns the running set; not thread-safe (one thread submits, cancels and steps, e.g. the engine's loop).
 /// Each <see cref="Step"/> is one forward over every live sample's next token plus prompt chunks up to the budget.
@@ -42,7 +24,7 @@ public sealed record GeneratorOptions
 /// <para>
 /// A preempted request's blocks are freed and it goes back to the head of the queue, to be recomputed (its prompt,
 /// and each sample's tokens so far) with its sampler and text state kept, so its output is exactly what it would have
-/// been. Sequences in a sample's lifecycle: Waiting -> Prefilling -> Decoding -> Finished (or Preempted -> Waiting).
+/// been. A sample's lifecycle is <see cref="SampleState"/>.
 /// </para>
 /// </summary>
 public sealed class Scheduler
@@ -66,6 +48,23 @@ public sealed class Scheduler
         public bool PrefixLookupCounted; // the prefix-cache metrics count a request's first admission only
     }
 
+    /// <summary>
+    /// Where a sample stands. It is born <see cref="Decoding"/> once its request's prompt is in the cache (the prompt's
+    /// prefill belongs to the request); then Decoding -> Finished, or when preempted Decoding | Prefilling -> Waiting
+    /// -> Prefilling -> Decoding, and a cancelled sample goes to Finished from any state.
+    /// </summary>
+    private enum SampleState
+    {
+        /// <summary>In <c>_live</c>: one token per step from its own cache.</summary>
+        Decoding,
+        /// <summary>Preempted: no cache, queued in <c>_waiting</c> with its request to recompute its history.</summary>
+        Waiting,
+        /// <summary>Its history being recomputed into a new cache (a <see cref="Prefill"/> whose Resume it is).</summary>
+        Prefilling,
+        /// <summary>Done (<see cref="Sample.Finish"/> says why), its cache released.</summary>
+        Finished,
+    }
+
     private sealed class Sample
     {
         public required RequestState Owner;
@@ -77,7 +76,24 @@ public sealed class Scheduler
         public readonly List<int> Tokens = new();
         public required HashSet<int> Seen;
         public int LastToken;
+        public SampleState State { get; private set; } = SampleState.Decoding;
+        /// <summary>Why the sample finished; set with <see cref="SampleState.Finished"/>.</summary>
         public FinishReason? Finish;
+
+        /// <summary>Moves along an arrow of <see cref="SampleState"/>'s lifecycle; any other move is a scheduler bug.</summary>
+        public void MoveTo(SampleState next)
+        {
+            bool legal = (State, next) switch
+            {
+                (SampleState.Decoding or SampleState.Prefilling, SampleState.Waiting) => true, // preempted
+                (SampleState.Waiting, SampleState.Prefilling) => true,                          // admitted again
+                (SampleState.Prefilling, SampleState.Decoding) => true,                         // history recomputed
+                (not SampleState.Finished, SampleState.Finished) => true,
+                _ => false,
+            };
+            if (!legal) throw new InvalidOperationException($"request {Owner.Id} sample {Index}: {State} -> {next} is not a step of a sample's lifecycle");
+            State = next;
+        }
     }
 
     /// <summary>Tokens to get into a cache: a request's prompt (then its samples start) or a preempted sample's history.</summary>
@@ -204,13 +220,14 @@ public sealed class Scheduler
             if (p.Resume is { } resumed)
             {
                 resumed.Cache = p.Cache; // its last sampled token is still to be fed: decoding continues from there
+                resumed.MoveTo(SampleState.Decoding);
                 _live.Add(resumed);
             }
             else StartSamples(p, logits[decodes.Count + i], events);
         }
-        _live.RemoveAll(s => s.Finish != null);
+        _live.RemoveAll(s => s.State == SampleState.Finished);
         foreach (var e in events)
-            if (e.Finish != null && _requests.TryGetValue(e.Request, out var r) && r.Samples != null && r.Samples.All(s => s.Finish != null))
+            if (e.Finish != null && _requests.TryGetValue(e.Request, out var r) && r.Samples != null && r.Samples.All(s => s.State == SampleState.Finished))
                 _requests.Remove(e.Request);
         return events;
     }
@@ -237,7 +254,7 @@ public sealed class Scheduler
                 for (int n = 0; n < r.Request.N; n++)
                     events.Add(new GenerationEvent(r.Id, n, null, "", FinishReason.Cancelled, new Usage(r.Prompt.Length, 0)));
             else
-                foreach (var s in r.Samples.Where(s => s.Finish == null)) events.Add(Finish(s, FinishReason.Cancelled, null));
+                foreach (var s in r.Samples.Where(s => s.State != SampleState.Finished)) events.Add(Finish(s, FinishReason.Cancelled, null));
             _requests.Remove(r.Id);
         }
         _live.RemoveAll(s => s.Owner.Cancelled);
@@ -294,6 +311,7 @@ public sealed class Scheduler
                     for (int i = 0; i < tokenLists.Count; i++)
                     {
                         var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();
+                        resume?[i].MoveTo(SampleState.Prefilling);
                         _prefills.Add(new Prefill { Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length });
                     }
                     running[group] = mine + sequences;
@@ -456,17 +474,17 @@ public sealed class Scheduler
             _prefills.Remove(p);
             sequences++;
         }
-        var resumed = _live.Where(s => s.Owner == victim).ToList();
-        foreach (var s in resumed)
+        foreach (var s in _live.Where(s => s.Owner == victim))
         {
             s.Cache!.Dispose();
             s.Cache = null;
             sequences++;
         }
         _live.RemoveAll(s => s.Owner == victim);
-        // Samples waiting for their own recompute were in _prefills (dropped above): collect them again.
-        var toResume = victim.Samples?.Where(s => s.Finish == null && s.Cache == null).ToList();
-        _waiting.AddFirst((victim, victim.Samples == null ? null : toResume));
+        // Every unfinished sample, decoding or recomputing its history (its prefill dropped above), waits to recompute.
+        var toResume = victim.Samples?.Where(s => s.State != SampleState.Finished).ToList();
+        foreach (var s in toResume ?? []) s.MoveTo(SampleState.Waiting);
+        _waiting.AddFirst((victim, toResume));
         Preemptions += sequences;
         return sequences;
     }
@@ -557,6 +575,7 @@ public sealed class Scheduler
         if (stopped)
         {
             s.Finish = FinishReason.Stop;
+            s.MoveTo(SampleState.Finished);
             s.Cache?.Dispose();
             events.Add(new GenerationEvent(s.Owner.Id, s.Index, token, release, FinishReason.Stop, new Usage(s.Owner.Prompt.Length, s.Tokens.Count)));
             return;
@@ -579,6 +598,7 @@ public sealed class Scheduler
         var (release, stopped) = s.Stops.Push(s.Text.Flush());
         string text = stopped ? release : release + s.Stops.Flush();
         s.Finish = stopped ? FinishReason.Stop : reason;
+        s.MoveTo(SampleState.Finished);
         s.Cache?.Dispose();
         return new GenerationEvent(s.Owner.Id, s.Index, token, text, s.Finish, new Usage(s.Owner.Prompt.Length, s.Tokens.Count));
     }
