@@ -47,11 +47,4 @@ public sealed class QuantizationConfig
         Parameters[key] is JsonValue v && v.TryGetValue(out int i)
             ? i
             : throw new ModelFormatException(source, $"quantization_config.{key} must be an integer");
-
-    public string RequireString(string key, string source) =>
-        Parameters[key] is JsonValue v && v.TryGetValue(out string? s)
-            ? s
-            : throw new ModelFormatException(source, $"quantization_config.{key} must be a string");
-
-    public double? OptionalDouble(string key) => Parameters[key] is JsonValue v && v.TryGetValue(out double d) ? d : null;
 }

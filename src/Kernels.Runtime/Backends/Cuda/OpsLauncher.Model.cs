@@ -8,9 +8,6 @@ public sealed unsafe partial class OpsLauncher
     // y [m, n] fp32 = x [m, k] fp32 (rounded to the weight dtype on load) . w [n, k]^T (+ bias [n]); K % 8 == 0.
     // m <= 16 takes the decode tile, larger m the prefill tile. y must not overlap x.
 
-    /// <summary>Rows up to which dense_gemm_small_m (the decode tile) runs; above it dense_gemm.</summary>
-    public const int GemmSmallMMax = OpsLaunchPlans.GemmSmallMMax;
-
     /// <summary>The entry DenseGemmF16/BF16 launches for <paramref name="m"/> rows and inner size <paramref name="k"/> ("f16" or "bf16" suffix).</summary>
     public static string DenseGemmKernel(string suffix, int m, int k) => OpsLaunchPlans.DenseGemmKernel(suffix, m, k);
 
@@ -106,25 +103,6 @@ public sealed unsafe partial class OpsLauncher
             Launch(merge, margs);
         }
         return plan.NumSplits;
-    }
-
-    /// <summary>(o, lse) [rows, headDim], [rows] = merge of numSplits partial states per row (attention_merge_f32).</summary>
-    public void AttentionMergeF32(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> oPartial, DeviceBuffer<float> lsePartial,
-        int rows, int numSplits, int headDim)
-    {
-        ArgumentNullException.ThrowIfNull(o);
-        ArgumentNullException.ThrowIfNull(lse);
-        ArgumentNullException.ThrowIfNull(oPartial);
-        ArgumentNullException.ThrowIfNull(lsePartial);
-        if (OpsLaunchPlans.AttentionMerge(o.Length, lse.Length, oPartial.Length, lsePartial.Length, rows, numSplits, headDim) is not { } plan) return;
-        SameDevice(o, nameof(o));
-        SameDevice(lse, nameof(lse));
-        SameDevice(oPartial, nameof(oPartial));
-        SameDevice(lsePartial, nameof(lsePartial));
-        ulong mo = o.Pointer, ml = lse.Pointer, po = oPartial.Pointer, pl = lsePartial.Pointer;
-        int r = rows, s = numSplits, d = headDim;
-        void** args = stackalloc void*[] { &mo, &ml, &po, &pl, &r, &s, &d };
-        Launch(plan, args);
     }
 
     // ---- paged_prefill_attention_{f32,f16,bf16} ---------------------------------------------------------------------
