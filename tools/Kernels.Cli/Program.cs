@@ -39,10 +39,10 @@ public static class Program
     /// <summary>The user-facing message for errors caused by input; null lets programming errors crash loudly.</summary>
     private static string? Describe(Exception e) => e switch
     {
-        ModelFormatException m => m.Message,
+        ModelFormatException m => CliUsageException.WithFlags(m.Message),
         RequestValidationException r => $"--{r.Argument}: {r.Message[(r.Argument.Length + 2)..]}",
         CliUsageException u => u.Message,
-        Kernels.Runtime.Backends.BackendUnavailableException b => b.Message,
+        Kernels.Runtime.Backends.BackendUnavailableException b => $"--backend cuda: {b.Message}", // only an explicit choice throws
         Kernels.Runtime.KvCache.KvCacheExhaustedException k => k.Message,
         FileNotFoundException f => $"{f.FileName}: file not found",
         DirectoryNotFoundException d => d.Message,
@@ -58,4 +58,17 @@ public static class Program
 public sealed record CliIo(TextWriter Out, TextWriter Error);
 
 /// <summary>A bad argument; the message names it.</summary>
-public sealed class CliUsageException(string message) : Exception(message);
+public sealed class CliUsageException(string message) : Exception(message)
+{
+    /// <summary>
+    /// The usage error for a library ArgumentException whose ParamName (the library's own name for the setting) has a
+    /// flag in <paramref name="flags"/>: the flag, then the message without .NET's " (Parameter 'X')"; null otherwise.
+    /// </summary>
+    public static CliUsageException? FromArgument(ArgumentException e, IReadOnlyDictionary<string, string> flags) =>
+        e.ParamName is { } name && flags.TryGetValue(name, out var flag)
+            ? new CliUsageException($"{flag}: {e.Message.Replace($" (Parameter '{name}')", "")}")
+            : null;
+
+    /// <summary>Library text with the load options it points to named by their flags.</summary>
+    public static string WithFlags(string text) => text.Replace("ModelLoadOptions.TokenizerPath", "--tokenizer");
+}

@@ -38,7 +38,7 @@ public static class BackendSelector
     /// </summary>
     public const bool AutoPicksCuda = false;
 
-    /// <summary>Parses a --backend value (cpu, cuda, auto), naming the accepted values when it is none of them.</summary>
+    /// <summary>Parses a backend's name (cpu, cuda, auto), naming the accepted values when it is none of them.</summary>
     public static BackendKind Parse(string value) => value.Trim().ToLowerInvariant() switch
     {
         "auto" => BackendKind.Auto,
@@ -53,27 +53,27 @@ public static class BackendSelector
         string cudaNote;
         if (kind == BackendKind.Cpu)
         {
-            cudaNote = "CUDA not tried (--backend cpu)";
+            cudaNote = "CUDA not tried (the CPU backend was asked for)";
         }
         else if (kind == BackendKind.Auto && !AutoPicksCuda)
         {
             cudaNote = CudaDriverProbe.WhyUnavailable(out int found, out _) is { } none
                 ? $"CUDA unavailable: {none}"
-                : $"CUDA: {found} device(s); the CUDA backend is opt-in (--backend cuda) until it has been verified on a GPU";
+                : $"CUDA: {found} device(s); the CUDA backend is opt-in (BackendKind.Cuda) until it has been verified on a GPU";
         }
         else if (CudaDriverProbe.WhyUnavailable(out int devices, out _) is { } why)
         {
-            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: CUDA unavailable: {why}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"CUDA unavailable: {why}");
             cudaNote = $"CUDA unavailable: {why}";
         }
         else if (KernelImage.Load() == null && cuda?.KernelImage == null)
         {
-            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {devices} device(s), but no kernels: {KernelImage.Describe()}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"{devices} device(s), but no kernels: {KernelImage.Describe()}");
             cudaNote = $"CUDA: {devices} device(s), but no kernels: {KernelImage.Describe()}";
         }
         else if (CudaBackend.WhyUnsupported(model) is { } unsupported)
         {
-            if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"--backend cuda: {unsupported}");
+            if (kind == BackendKind.Cuda) throw new BackendUnavailableException(unsupported);
             cudaNote = $"CUDA not used: {unsupported}";
         }
         else

@@ -39,7 +39,7 @@ public sealed class CpuCalibrationRunner : ICalibrationRunner
         {
             var ids = model.Tokenizer.Encode(File.ReadAllText(calibrationFile), addBos: true);
             if (ids.Length > MaxFileTokens) ids = ids[..MaxFileTokens];
-            if (ids.Length == 0) throw new ArgumentException($"--calib: {calibrationFile} has no tokens");
+            if (ids.Length == 0) throw new ArgumentException($"{calibrationFile} has no tokens", nameof(calibrationFile));
             for (int start = 0; start < ids.Length; start += context)
             {
                 using var cache = backend.CreateCache();

@@ -35,27 +35,30 @@ public sealed record KvCacheFormat
     /// <summary>Bits per quantized code (0 for the unquantized kinds).</summary>
     public int Bits => Kind switch { KvCacheKind.Kivi2 => 2, KvCacheKind.Kivi4 => 4, _ => 0 };
 
-    /// <summary>The kind named by a CLI/config string: fp32, fp16, kivi2 or kivi4.</summary>
-    public static KvCacheKind ParseKind(string name, string argument = "kv-cache") => name.ToLowerInvariant() switch
+    /// <summary>The kind named by a string: fp32, fp16, kivi2 or kivi4 (any other is an ArgumentException for <see cref="Kind"/>).</summary>
+    public static KvCacheKind ParseKind(string name) => name.ToLowerInvariant() switch
     {
         "fp32" => KvCacheKind.Fp32,
         "fp16" => KvCacheKind.Fp16,
         "kivi2" => KvCacheKind.Kivi2,
         "kivi4" => KvCacheKind.Kivi4,
-        _ => throw new ArgumentException($"unknown KV cache format '{name}': expected fp32, fp16, kivi2 or kivi4", argument),
+        _ => throw new ArgumentException($"unknown KV cache format '{name}': expected fp32, fp16, kivi2 or kivi4", nameof(Kind)),
     };
 
-    /// <summary>Throws when the format cannot store a model with <paramref name="kvDim"/> = kv_heads * head_dim channels.</summary>
+    /// <summary>
+    /// Throws an ArgumentException naming the property at fault (<see cref="Kind"/>, <see cref="Group"/> or
+    /// <see cref="Window"/>) when the format cannot store a model with <paramref name="kvDim"/> = kv_heads * head_dim channels.
+    /// </summary>
     public void Validate(int kvDim, int headDim)
     {
         if (!IsKivi) return;
         if (Group < 16 || Group % 16 != 0)
-            throw new ArgumentException($"the KIVI group must be a positive multiple of 16 (codes pack 32 bits at a time), got {Group}", "kv-group");
+            throw new ArgumentException($"the KIVI group must be a positive multiple of 16 (codes pack 32 bits at a time), got {Group}", nameof(Group));
         if (kvDim % Group != 0)
-            throw new ArgumentException($"the KIVI group {Group} must divide the model's kv_heads * head_dim = {kvDim} (value groups are G channels)", "kv-group");
+            throw new ArgumentException($"the KIVI group {Group} must divide the model's kv_heads * head_dim = {kvDim} (value groups are G channels)", nameof(Group));
         if (headDim % 8 != 0)
-            throw new ArgumentException($"KIVI needs a head_dim that is a multiple of 8, the model has {headDim}", "kv-cache");
-        if (Window < 0) throw new ArgumentException($"the KIVI window must be >= 0 tokens, got {Window}", "kv-window");
+            throw new ArgumentException($"KIVI needs a head_dim that is a multiple of 8, the model has {headDim}", nameof(Kind));
+        if (Window < 0) throw new ArgumentException($"the KIVI window must be >= 0 tokens, got {Window}", nameof(Window));
     }
 
     public override string ToString() => IsKivi ? $"{Kind.ToString().ToLowerInvariant()} (G={Group}, R={Window})" : Kind.ToString().ToLowerInvariant();

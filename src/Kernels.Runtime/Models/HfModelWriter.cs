@@ -112,12 +112,12 @@ public static unsafe class HfModelWriter
         }
         catch (ModelFormatException e)
         {
-            progress?.Invoke($"note: no tokenizer written ({e.Message}); pass --tokenizer when running the output");
+            progress?.Invoke($"note: no tokenizer written ({e.Message}); the output needs one given at load (ModelLoadOptions.TokenizerPath)");
             return;
         }
         if (tokenizer is not SentencePieceTextTokenizer sp)
         {
-            progress?.Invoke("note: no tokenizer written (only SentencePiece vocabularies of non-Hugging Face sources are converted); pass --tokenizer when running the output");
+            progress?.Invoke("note: no tokenizer written (only SentencePiece vocabularies of non-Hugging Face sources are converted); the output needs one given at load (ModelLoadOptions.TokenizerPath)");
             return;
         }
         File.WriteAllBytes(Path.Combine(directory, "tokenizer.model"), SentencePieceModelProto.Write(sp.Vocabulary));

@@ -142,7 +142,7 @@ public static class ModelLoader
             string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
             string[] candidates = [Path.Combine(dir, "tokenizer.bin"), Path.Combine(dir, $"tok{config.VocabSize}.bin"), Path.Combine(dir, "tokenizer.model")];
             var found = candidates.FirstOrDefault(File.Exists)
-                ?? throw new ModelFormatException(path, $"missing tokenizer: none of {string.Join(", ", candidates.Select(Path.GetFileName))} next to the checkpoint; pass --tokenizer FILE");
+                ?? throw new ModelFormatException(path, $"missing tokenizer: none of {string.Join(", ", candidates.Select(Path.GetFileName))} next to the checkpoint; point ModelLoadOptions.TokenizerPath at one");
             return TokenizerFromFile(found);
         });
     }

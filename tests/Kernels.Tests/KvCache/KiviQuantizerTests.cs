@@ -160,11 +160,11 @@ public unsafe class KiviQuantizerTests
     public void UnknownFormatsAndBadGroupsNameTheirArgument()
     {
         var e = Assert.Throws<ArgumentException>(() => KvCacheFormat.ParseKind("kivi3"));
-        Assert.That(e!.ParamName, Is.EqualTo("kv-cache"));
+        Assert.That(e!.ParamName, Is.EqualTo(nameof(KvCacheFormat.Kind)));
         e = Assert.Throws<ArgumentException>(() => new KvCacheFormat { Kind = KvCacheKind.Kivi2, Group = 24 }.Validate(Kvd, D));
-        Assert.That(e!.ParamName, Is.EqualTo("kv-group"));
+        Assert.That(e!.ParamName, Is.EqualTo(nameof(KvCacheFormat.Group)));
         e = Assert.Throws<ArgumentException>(() => new KvCacheFormat { Kind = KvCacheKind.Kivi2, Group = 64 }.Validate(Kvd, D));
-        Assert.That(e!.ParamName, Is.EqualTo("kv-group"));
+        Assert.That(e!.ParamName, Is.EqualTo(nameof(KvCacheFormat.Group)));
     }
 
     private static ModelConfig Config => new()

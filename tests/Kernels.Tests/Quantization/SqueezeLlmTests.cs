@@ -373,8 +373,8 @@ public unsafe class SqueezeLlmTests
     {
         using var model = ModelLoader.Load("synthetic:tiny");
         var method = QuantizationMethods.Find("squeezellm", "test");
-        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 2 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Message.Contains("--bits"));
-        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", GroupSize = 128 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Message.Contains("--group"));
+        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", Bits = 2 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Property("ParamName").EqualTo(nameof(QuantizeOptions.Bits)));
+        Assert.That(() => method.CreateQuantizer(new QuantizeOptions { Method = "squeezellm", GroupSize = 128 }, model, new CpuCalibrationRunner()), Throws.ArgumentException.With.Property("ParamName").EqualTo(nameof(QuantizeOptions.GroupSize)));
     }
 
     // -------------------------------------------------------------------------------------------------------------

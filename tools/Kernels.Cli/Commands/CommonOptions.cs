@@ -74,6 +74,14 @@ public sealed class ModelOptions
         },
     };
 
+    /// <summary>The flags of KvCacheFormat's properties, which its ArgumentExceptions name.</summary>
+    private static readonly Dictionary<string, string> KvFlags = new(StringComparer.Ordinal)
+    {
+        [nameof(KvCacheFormat.Kind)] = "--kv-cache",
+        [nameof(KvCacheFormat.Group)] = "--kv-group",
+        [nameof(KvCacheFormat.Window)] = "--kv-window",
+    };
+
     /// <summary>Runs <paramref name="create"/>, turning a KV-format error into a usage error that names the option.</summary>
     public static T WithKvOptionErrors<T>(Func<T> create)
     {
@@ -81,9 +89,9 @@ public sealed class ModelOptions
         {
             return create();
         }
-        catch (ArgumentException e) when (e.ParamName is "kv-cache" or "kv-group" or "kv-window")
+        catch (ArgumentException e) when (CliUsageException.FromArgument(e, KvFlags) is { } usage)
         {
-            throw new CliUsageException($"--{e.ParamName}: {e.Message.Replace($" (Parameter '{e.ParamName}')", "")}");
+            throw usage;
         }
     }
 
@@ -100,7 +108,7 @@ public sealed class ModelOptions
     public IBackend CreateBackend(LoadedModel model, ParseResult parse, CliIo io)
     {
         var kind = BackendSelector.Parse(parse.GetValue(Backend) ?? "auto");
-        var cpu = CpuOptions(parse);
+        var cpu = WithKvOptionErrors(() => CpuOptions(parse));
         var (backend, description) = WithKvOptionErrors(() => BackendSelector.Create(model, cpu, kind));
         io.Error.WriteLine($"backend: {description}; kv cache {cpu.KvCache}");
         return backend;

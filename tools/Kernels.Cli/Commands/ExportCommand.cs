@@ -33,7 +33,7 @@ public static class ExportCommand
             if (parse.GetValue(format) == "hf")
             {
                 if (parse.GetResult(dtype) is { Implicit: false }) throw new CliUsageException("--dtype applies to --format gguf; hf keeps each tensor's stored dtype");
-                HfModelWriter.Write(loaded, path, progress: line => io.Error.WriteLine(line));
+                HfModelWriter.Write(loaded, path, progress: line => io.Error.WriteLine(CliUsageException.WithFlags(line)));
                 long bytes = Directory.EnumerateFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length);
                 io.Error.WriteLine($"wrote {path} ({bytes / 1e6:F1} MB of safetensors) in {clock.Elapsed.TotalSeconds:F1} s");
                 return 0;

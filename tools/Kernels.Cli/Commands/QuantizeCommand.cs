@@ -9,6 +9,18 @@ namespace Kernels.Cli.Commands;
 
 public static class QuantizeCommand
 {
+    /// <summary>
+    /// The flags of QuantizeOptions' properties, which the methods' ArgumentExceptions name (the calibration runner's
+    /// calibrationFile parameter too, hence ignoring case).
+    /// </summary>
+    private static readonly Dictionary<string, string> OptionFlags = new(StringComparer.OrdinalIgnoreCase)
+    {
+        [nameof(QuantizeOptions.Bits)] = "--bits",
+        [nameof(QuantizeOptions.GroupSize)] = "--group",
+        [nameof(QuantizeOptions.SparsityPercent)] = "--sparsity",
+        [nameof(QuantizeOptions.CalibrationFile)] = "--calib",
+    };
+
     public static Command Create(CliIo io)
     {
         var model = new ModelOptions();
@@ -35,7 +47,7 @@ public static class QuantizeCommand
                 SparsityPercent = ParsePercent(parse.GetValue(sparsity)),
                 CalibrationFile = parse.GetValue(calib),
                 Seed = parse.GetValue(seed),
-                Progress = line => io.Error.WriteLine(line),
+                Progress = line => io.Error.WriteLine(CliUsageException.WithFlags(line)),
             };
             if (options.CalibrationFile is { } file && !File.Exists(file)) throw new CliUsageException($"--calib: {file}: file not found");
             string path = parse.GetValue(output)!;
@@ -48,7 +60,7 @@ public static class QuantizeCommand
             }
             catch (ArgumentException e)
             {
-                throw new CliUsageException(e.Message);
+                throw CliUsageException.FromArgument(e, OptionFlags) ?? new CliUsageException(e.Message);
             }
             HfModelWriter.Write(loaded, path, quantizer, options.Progress);
             long bytes = Directory.EnumerateFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length);

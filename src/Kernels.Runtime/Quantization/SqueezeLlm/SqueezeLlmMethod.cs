@@ -41,11 +41,11 @@ public sealed class SqueezeLlmMethod : IQuantizationMethod
 
     public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration)
     {
-        if (options.GroupSize is not null) throw new ArgumentException("--group: squeezellm has one lookup table per output row; it takes no group size");
+        if (options.GroupSize is not null) throw new ArgumentException("squeezellm has one lookup table per output row; it takes no group size", nameof(options.GroupSize));
         int bits = options.Bits ?? 4;
-        if (bits is not (3 or 4)) throw new ArgumentException($"--bits: squeezellm supports 3 or 4 bits, not {bits}");
+        if (bits is not (3 or 4)) throw new ArgumentException($"squeezellm supports 3 or 4 bits, not {bits}", nameof(options.Bits));
         double sparsity = options.SparsityPercent ?? SqueezeLlmSettings.DefaultSparsityPercent;
-        if (sparsity is < 0 or >= 100 || double.IsNaN(sparsity)) throw new ArgumentException($"--sparsity: {sparsity}% is not in [0, 100)");
+        if (sparsity is < 0 or >= 100 || double.IsNaN(sparsity)) throw new ArgumentException($"{sparsity}% is not in [0, 100)", nameof(options.SparsityPercent));
         var moments = InputSecondMoments.Collect(model, calibration, options.CalibrationFile, options.Seed, options.Progress);
         return new SqueezeLlmQuantizer(new SqueezeLlmSettings(bits, sparsity), moments, options.Seed);
     }

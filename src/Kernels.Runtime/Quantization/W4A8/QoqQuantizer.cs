@@ -34,7 +34,7 @@ public sealed class QoqQuantizer : ILinearQuantizer
     public QoqQuantizer(int groupSize)
     {
         if (groupSize < 0 || groupSize % W4A8Layout.Tile != 0)
-            throw new ArgumentException($"--group: w4a8 groups must be a positive multiple of {W4A8Layout.Tile} input channels or 'channel', got {groupSize}");
+            throw new ArgumentException($"w4a8 groups must be a positive multiple of {W4A8Layout.Tile} input channels (or per channel), got {groupSize}", nameof(QuantizeOptions.GroupSize));
         _groupSize = groupSize;
     }
 

@@ -19,9 +19,9 @@ public sealed class W4A8Method : IQuantizationMethod
 
     public ILinearQuantizer CreateQuantizer(QuantizeOptions options, LoadedModel model, ICalibrationRunner calibration)
     {
-        if (options.Bits is { } bits && bits != 4) throw new ArgumentException($"--bits: w4a8 weights are 4-bit, got {bits}");
-        if (options.SparsityPercent is not null) throw new ArgumentException("--sparsity: w4a8 keeps no sparse outliers");
-        if (options.CalibrationFile is not null) throw new ArgumentException("--calib: w4a8 quantizes from the weights alone (no calibration)");
+        if (options.Bits is { } bits && bits != 4) throw new ArgumentException($"w4a8 weights are 4-bit, got {bits}", nameof(options.Bits));
+        if (options.SparsityPercent is not null) throw new ArgumentException("w4a8 keeps no sparse outliers", nameof(options.SparsityPercent));
+        if (options.CalibrationFile is not null) throw new ArgumentException("w4a8 quantizes from the weights alone (no calibration)", nameof(options.CalibrationFile));
         return new QoqQuantizer(options.GroupSize ?? QoqQuantizer.DefaultGroupSize);
     }
 
