@@ -36,11 +36,25 @@ public static class Program
         }
     }
 
+    /// <summary>The flags of what a RequestValidationException names (GenerationRequest's and SamplingOptions' properties, Perplexity's window).</summary>
+    private static readonly Dictionary<string, string> RequestFlags = new(StringComparer.Ordinal)
+    {
+        [nameof(GenerationRequest.Prompt)] = "--prompt",
+        [nameof(GenerationRequest.N)] = "--n",
+        [nameof(GenerationRequest.MaxNewTokens)] = "--max-tokens",
+        [nameof(SamplingOptions.Temperature)] = "--temperature",
+        [nameof(SamplingOptions.TopK)] = "--top-k",
+        [nameof(SamplingOptions.TopP)] = "--top-p",
+        [nameof(SamplingOptions.MinP)] = "--min-p",
+        [nameof(SamplingOptions.RepetitionPenalty)] = "--repetition-penalty",
+        ["window"] = "--window",
+    };
+
     /// <summary>The user-facing message for errors caused by input; null lets programming errors crash loudly.</summary>
     private static string? Describe(Exception e) => e switch
     {
         ModelFormatException m => CliUsageException.WithFlags(m.Message),
-        RequestValidationException r => $"--{r.Argument}: {r.Message[(r.Argument.Length + 2)..]}",
+        RequestValidationException r => $"{RequestFlags.GetValueOrDefault(r.Argument, r.Argument)}: {r.Reason}",
         CliUsageException u => u.Message,
         Kernels.Runtime.Backends.BackendUnavailableException b => $"--backend cuda: {b.Message}", // only an explicit choice throws
         Kernels.Runtime.KvCache.KvCacheExhaustedException k => k.Message,

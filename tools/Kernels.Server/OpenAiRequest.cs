@@ -93,7 +93,7 @@ public sealed record OpenAiRequest(
             }
             catch (RequestValidationException e)
             {
-                throw ApiException.BadRequest("messages", e.Message[(e.Argument.Length + 2)..]);
+                throw ApiException.BadRequest("messages", e.Reason);
             }
             // The template's end-of-turn markers end the reply and, as stop strings, never reach the text.
             if (n > limits.MaxChoices) throw TooManyChoices(1, n, limits);
@@ -132,14 +132,14 @@ public sealed record OpenAiRequest(
         }
         catch (RequestValidationException e)
         {
-            string message = e.Message[(e.Argument.Length + 2)..];
+            string message = e.Reason;
             string param = e.Argument switch
             {
-                "prompt" => endpoint == ApiEndpoint.ChatCompletions ? "messages" : "prompt",
-                "max-tokens" => maxParam,
-                var other => other.Replace('-', '_'),
+                nameof(GenerationRequest.Prompt) => endpoint == ApiEndpoint.ChatCompletions ? "messages" : "prompt",
+                nameof(GenerationRequest.MaxNewTokens) => maxParam,
+                var other => SnakeCase(other), // TopP -> top_p, as OpenAI (and vLLM's extra parameters) spell them
             };
-            string? code = e.Argument == "prompt" && message.Contains("context") ? "context_length_exceeded" : null;
+            string? code = e.Argument == nameof(GenerationRequest.Prompt) && message.Contains("context") ? "context_length_exceeded" : null;
             throw new ApiException(StatusCodes.Status400BadRequest, $"{param}: {message}", param, code);
         }
         catch (KvCacheExhaustedException e)
@@ -147,6 +147,9 @@ public sealed record OpenAiRequest(
             throw new ApiException(StatusCodes.Status400BadRequest, $"{maxParam}: {e.Message}", maxParam, "context_length_exceeded");
         }
     }
+
+    private static string SnakeCase(string name) =>
+        string.Concat(name.Select((c, i) => char.IsUpper(c) ? (i > 0 ? "_" : "") + char.ToLowerInvariant(c) : c.ToString()));
 
     private static void RejectUnsupported(Fields f, ApiEndpoint endpoint)
     {

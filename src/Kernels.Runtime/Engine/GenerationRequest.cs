@@ -72,5 +72,13 @@ public sealed class GenerationResultCollector(IReadOnlyList<int[]> prompts)
 /// <summary>A request that cannot run as given (prompt beyond the context, bad options); the message says why.</summary>
 public sealed class RequestValidationException(string argument, string message) : Exception($"{argument}: {message}")
 {
+    /// <summary>
+    /// What is wrong, by the library's name: a property of <see cref="GenerationRequest"/> or <see cref="SamplingOptions"/>
+    /// ("Prompt", "TopP"), or a method's parameter ("messages", "window"). Front ends map it to theirs (a CLI flag, an
+    /// OpenAI field).
+    /// </summary>
     public string Argument { get; } = argument;
+
+    /// <summary>The message without the "Argument: " in front, for a front end that names the argument its own way.</summary>
+    public string Reason => Message[(Argument.Length + 2)..];
 }

@@ -18,8 +18,8 @@ public static class Perplexity
     public static PerplexityResult Compute(IBackend backend, IReadOnlyList<int> ids, int? window = null)
     {
         int w = Math.Min(window ?? backend.Config.MaxPositions, backend.Config.MaxPositions);
-        if (w < 2) throw new RequestValidationException("window", $"must be at least 2 tokens, got {w}");
-        if (ids.Count < 2) throw new RequestValidationException("text", $"needs at least 2 tokens to score, got {ids.Count}");
+        if (w < 2) throw new RequestValidationException(nameof(window), $"must be at least 2 tokens, got {w}");
+        if (ids.Count < 2) throw new RequestValidationException(nameof(ids), $"needs at least 2 tokens to score, got {ids.Count}");
         int vocab = backend.Config.VocabSize;
         double nll = 0;
         int scored = 0, windows = 0;

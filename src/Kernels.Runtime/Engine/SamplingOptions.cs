@@ -23,10 +23,10 @@ public sealed record SamplingOptions
     /// <summary>Throws RequestValidationException naming the option when a value is out of range.</summary>
     public void Validate()
     {
-        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new RequestValidationException("temperature", $"must be >= 0, got {Temperature}");
-        if (TopK < 0) throw new RequestValidationException("top-k", $"must be >= 0, got {TopK}");
-        if (!(TopP > 0 && TopP <= 1)) throw new RequestValidationException("top-p", $"must be in (0, 1], got {TopP}");
-        if (!(MinP >= 0 && MinP <= 1)) throw new RequestValidationException("min-p", $"must be in [0, 1], got {MinP}");
-        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty)) throw new RequestValidationException("repetition-penalty", $"must be > 0, got {RepetitionPenalty}");
+        if (!(Temperature >= 0) || float.IsInfinity(Temperature)) throw new RequestValidationException(nameof(Temperature), $"must be >= 0, got {Temperature}");
+        if (TopK < 0) throw new RequestValidationException(nameof(TopK), $"must be >= 0, got {TopK}");
+        if (!(TopP > 0 && TopP <= 1)) throw new RequestValidationException(nameof(TopP), $"must be in (0, 1], got {TopP}");
+        if (!(MinP >= 0 && MinP <= 1)) throw new RequestValidationException(nameof(MinP), $"must be in [0, 1], got {MinP}");
+        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty)) throw new RequestValidationException(nameof(RepetitionPenalty), $"must be > 0, got {RepetitionPenalty}");
     }
 }

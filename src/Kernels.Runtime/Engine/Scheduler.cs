@@ -147,21 +147,21 @@ public sealed class Scheduler
     /// <summary>Tokenizes and checks a request; throws <see cref="RequestValidationException"/> when it cannot run.</summary>
     public int[] PromptIds(GenerationRequest request)
     {
-        if (request.N < 1) throw new RequestValidationException("n", $"must be at least 1, got {request.N}");
+        if (request.N < 1) throw new RequestValidationException(nameof(GenerationRequest.N), $"must be at least 1, got {request.N}");
         if (request.N > _options.MaxBatchSequences)
-            throw new RequestValidationException("n", $"must be at most {_options.MaxBatchSequences} (the most sequences in one step), got {request.N}");
-        if (request.MaxNewTokens < 0) throw new RequestValidationException("max-tokens", $"must be >= 0, got {request.MaxNewTokens}");
+            throw new RequestValidationException(nameof(GenerationRequest.N), $"must be at most {_options.MaxBatchSequences} (the most sequences in one step), got {request.N}");
+        if (request.MaxNewTokens < 0) throw new RequestValidationException(nameof(GenerationRequest.MaxNewTokens), $"must be >= 0, got {request.MaxNewTokens}");
         request.Sampling.Validate();
         int[] ids = request.PromptIds?.ToArray()
-                    ?? _tokenizer.Encode(request.Prompt ?? throw new RequestValidationException("prompt", "no prompt given"),
+                    ?? _tokenizer.Encode(request.Prompt ?? throw new RequestValidationException(nameof(GenerationRequest.Prompt), "no prompt given"),
                         request.AddBos ?? _tokenizer.AddBosByDefault);
-        if (ids.Length == 0) throw new RequestValidationException("prompt", "is empty and the tokenizer adds no BOS");
+        if (ids.Length == 0) throw new RequestValidationException(nameof(GenerationRequest.Prompt), "is empty and the tokenizer adds no BOS");
         int context = _backend.Config.MaxPositions;
         if (ids.Length >= context)
-            throw new RequestValidationException("prompt", $"is {ids.Length} tokens, the model's context is {context}: no room to generate");
+            throw new RequestValidationException(nameof(GenerationRequest.Prompt), $"is {ids.Length} tokens, the model's context is {context}: no room to generate");
         foreach (int id in ids)
             if ((uint)id >= (uint)_usableVocab)
-                throw new RequestValidationException("prompt", $"token id {id} is outside the vocabulary of {_usableVocab}");
+                throw new RequestValidationException(nameof(GenerationRequest.Prompt), $"token id {id} is outside the vocabulary of {_usableVocab}");
         long need = WorstCaseBlocks(request, ids.Length);
         if (need > KvPool.Capacity || WorstCaseUnits(request, ids.Length) > KvPool.BudgetUnits)
             throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +

@@ -236,7 +236,7 @@ public class ChatClientTests
     public void BadValuesAreArgumentExceptions()
     {
         var e = Assert.ThrowsAsync<ArgumentException>(() => _client.GetResponseAsync(Conversation, new ChatOptions { TopP = 2f }));
-        Assert.That(e!.Message, Does.Contain("top-p"));
+        Assert.That(e!.Message, Does.Contain(nameof(ChatOptions.TopP)));
         Assert.That(e.InnerException, Is.TypeOf<RequestValidationException>());
         Assert.ThrowsAsync<ArgumentException>(() => _client.GetResponseAsync(Conversation, new ChatOptions { MaxOutputTokens = 0 }));
         Assert.ThrowsAsync<ArgumentException>(() => _client.GetResponseAsync(Conversation,

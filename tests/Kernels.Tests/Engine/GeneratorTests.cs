@@ -23,7 +23,7 @@ public class GeneratorTests
         }]);
         Assert.That(results.SelectMany(r => r.Tokens), Has.All.LessThan(300));
         var e = Assert.Throws<RequestValidationException>(() => generator.PromptIds(new GenerationRequest { PromptIds = [1, 400] }));
-        Assert.That(e!.Argument, Is.EqualTo("prompt"));
+        Assert.That(e!.Argument, Is.EqualTo(nameof(GenerationRequest.Prompt)));
     }
 
     [Test]

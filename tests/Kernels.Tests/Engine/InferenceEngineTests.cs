@@ -96,7 +96,7 @@ public class InferenceEngineTests
     {
         using var engine = InferenceEngine.Create("synthetic:tiny");
         var e = Assert.Throws<RequestValidationException>(() => engine.GenerateAsync(new GenerationRequest { Prompt = new string('x', 600) }).GetAsyncEnumerator().MoveNextAsync().AsTask().GetAwaiter().GetResult());
-        Assert.That(e!.Argument, Is.EqualTo("prompt"));
+        Assert.That(e!.Argument, Is.EqualTo(nameof(GenerationRequest.Prompt)));
     }
 
     [Test]

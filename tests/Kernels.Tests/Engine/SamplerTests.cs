@@ -201,10 +201,10 @@ public class SamplerTests
         Assert.That(sa, Has.All.InRange(0.0, 1.0));
     }
 
-    [TestCase(-1f, 1f, 0f, 1f, "temperature")]
-    [TestCase(0f, 0f, 0f, 1f, "top-p")]
-    [TestCase(0f, 1f, 2f, 1f, "min-p")]
-    [TestCase(0f, 1f, 0f, 0f, "repetition-penalty")]
+    [TestCase(-1f, 1f, 0f, 1f, nameof(SamplingOptions.Temperature))]
+    [TestCase(0f, 0f, 0f, 1f, nameof(SamplingOptions.TopP))]
+    [TestCase(0f, 1f, 2f, 1f, nameof(SamplingOptions.MinP))]
+    [TestCase(0f, 1f, 0f, 0f, nameof(SamplingOptions.RepetitionPenalty))]
     public void BadOptionsAreRejectedByName(float t, float p, float minP, float rep, string name)
     {
         var o = new SamplingOptions { Temperature = t, TopP = p, MinP = minP, RepetitionPenalty = rep };

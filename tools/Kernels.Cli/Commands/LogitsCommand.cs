@@ -23,10 +23,10 @@ public static class LogitsCommand
             var tokens = ParseIds(parse.GetValue(ids)!);
             using var loaded = model.Load(parse, io);
             if (tokens.Length > loaded.Config.MaxPositions)
-                throw new RequestValidationException("ids", $"{tokens.Length} tokens exceed the model's context of {loaded.Config.MaxPositions}");
+                throw new CliUsageException($"--ids: {tokens.Length} tokens exceed the model's context of {loaded.Config.MaxPositions}");
             foreach (int t in tokens)
                 if ((uint)t >= (uint)loaded.Config.VocabSize)
-                    throw new RequestValidationException("ids", $"token id {t} is outside the vocabulary of {loaded.Config.VocabSize}");
+                    throw new CliUsageException($"--ids: token id {t} is outside the vocabulary of {loaded.Config.VocabSize}");
             using var backend = model.CreateBackend(loaded, parse, io);
             using var cache = backend.CreateCache();
             var logits = backend.Forward([new SequenceStep(cache, tokens)])[0];
@@ -40,8 +40,8 @@ public static class LogitsCommand
     private static int[] ParseIds(string text)
     {
         var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        if (parts.Length == 0) throw new RequestValidationException("ids", "no token ids given");
+        if (parts.Length == 0) throw new CliUsageException("--ids: no token ids given");
         return parts.Select(p => int.TryParse(p, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v)
-            ? v : throw new RequestValidationException("ids", $"'{p}' is not an integer token id")).ToArray();
+            ? v : throw new CliUsageException($"--ids: '{p}' is not an integer token id")).ToArray();
     }
 }

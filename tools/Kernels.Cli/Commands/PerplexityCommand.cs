@@ -24,7 +24,15 @@ public static class PerplexityCommand
             var ids = loaded.Tokenizer.Encode(content, loaded.Tokenizer.AddBosByDefault);
             using var backend = model.CreateBackend(loaded, parse, io);
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            var result = Perplexity.Compute(backend, ids, parse.GetValue(window));
+            PerplexityResult result;
+            try
+            {
+                result = Perplexity.Compute(backend, ids, parse.GetValue(window));
+            }
+            catch (RequestValidationException e) when (e.Argument == "ids") // Compute's token ids: the text's
+            {
+                throw new CliUsageException($"--text: {e.Reason}");
+            }
             io.Out.WriteLine($"perplexity: {result.Perplexity:F4}");
             io.Error.WriteLine($"scored {result.Tokens} tokens in {result.Windows} window(s), mean NLL {result.MeanNll:F5} nats, {clock.Elapsed.TotalSeconds:F2} s");
             return 0;

@@ -115,7 +115,7 @@ public sealed class InferenceChatClient(InferenceEngine engine) : IChatClient
                 }
                 catch (RequestValidationException x)
                 {
-                    throw new ArgumentException(x.Message, x.Argument == "prompt" ? "messages" : "options", x);
+                    throw new ArgumentException(x.Message, x.Argument == nameof(GenerationRequest.Prompt) ? "messages" : "options", x);
                 }
                 if (e.Finish == FinishReason.Cancelled)
                 {
