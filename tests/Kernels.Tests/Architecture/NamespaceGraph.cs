@@ -1,5 +1,5 @@
-// Which layers of Kernels.Runtime use which: read from the compiled assembly's metadata and IL, plus the `using`
-// directives of its sources (a constant or a nameof leaves no trace in IL).
+// Which layers of Kernels.Runtime use which: read from the compiled assemblies' metadata and IL, plus the `using`
+// directives of their sources (a constant or a nameof leaves no trace in IL).
 using System.Collections.Immutable;
 using System.Reflection.Metadata;
 using System.Reflection.Metadata.Ecma335;
@@ -19,10 +19,11 @@ public sealed record LayerEdge(string From, string To, string Evidence)
 }
 
 /// <summary>
-/// The layer graph of one assembly. A type uses another when its base type, interfaces, generic constraints, field,
-/// method or local signatures, custom attributes (typeof arguments included) or any token in its method bodies (calls,
-/// field accesses, newobj, ldtoken, casts, ...) name it. Compiler-generated nested types (lambdas' closures, iterator
-/// and async state machines) count as their outermost declaring type.
+/// The layer graph of the assemblies added (Kernels.Runtime and Kernels.Runtime.Ilgpu, whose namespaces share one
+/// root). A type uses another when its base type, interfaces, generic constraints, field, method or local signatures,
+/// custom attributes (typeof arguments included) or any token in its method bodies (calls, field accesses, newobj,
+/// ldtoken, casts, ...) name it, in its own assembly or another. Compiler-generated nested types (lambdas' closures,
+/// iterator and async state machines) count as their outermost declaring type.
 /// </summary>
 public sealed partial class NamespaceGraph
 {
@@ -175,9 +176,27 @@ public sealed partial class NamespaceGraph
         new AssemblyScanner(pe.GetMetadataReader(), pe, this).Run();
     }
 
+    /// <summary>The name and namespace of the outermost type declaring <paramref name="handle"/> (itself when not nested).</summary>
+    private static (string Name, string Namespace) OutermostOf(MetadataReader reader, TypeDefinitionHandle handle)
+    {
+        var def = reader.GetTypeDefinition(handle);
+        while (!def.GetDeclaringType().IsNil)
+            def = reader.GetTypeDefinition(def.GetDeclaringType());
+        return (reader.GetString(def.Name), reader.GetString(def.Namespace));
+    }
+
+    /// <summary>The same for a reference to another assembly's type (a nested one is scoped by its declaring type).</summary>
+    private static (string Name, string Namespace) OutermostOf(MetadataReader reader, TypeReferenceHandle handle)
+    {
+        var t = reader.GetTypeReference(handle);
+        while (t.ResolutionScope.Kind == HandleKind.TypeReference)
+            t = reader.GetTypeReference((TypeReferenceHandle)t.ResolutionScope);
+        return (reader.GetString(t.Name), reader.GetString(t.Namespace));
+    }
+
     private sealed class AssemblyScanner(MetadataReader reader, PEReader pe, NamespaceGraph graph)
     {
-        private readonly HashSet<TypeDefinitionHandle> _found = [];
+        private readonly HashSet<(string Name, string Namespace)> _found = [];
         private readonly SignatureCollector _signatures = new(reader);
 
         public void Run()
@@ -194,9 +213,8 @@ public sealed partial class NamespaceGraph
                 graph._layers.Add(layer);
                 _found.Clear();
                 CollectType(handle);
-                foreach (var used in _found)
+                foreach (var (usedName, usedNs) in _found)
                 {
-                    var (usedName, usedNs) = Outermost(used);
                     if (graph.LayerOf(usedNs) is { } usedLayer)
                         graph.Add(layer, usedLayer, $"{ns}.{name}{NestedSuffix(handle)} uses {usedNs}.{usedName}");
                 }
@@ -209,13 +227,7 @@ public sealed partial class NamespaceGraph
             return def.GetDeclaringType().IsNil ? "" : "+" + reader.GetString(def.Name);
         }
 
-        private (string Name, string Namespace) Outermost(TypeDefinitionHandle handle)
-        {
-            var def = reader.GetTypeDefinition(handle);
-            while (!def.GetDeclaringType().IsNil)
-                def = reader.GetTypeDefinition(def.GetDeclaringType());
-            return (reader.GetString(def.Name), reader.GetString(def.Namespace));
-        }
+        private (string Name, string Namespace) Outermost(TypeDefinitionHandle handle) => OutermostOf(reader, handle);
 
         private void CollectType(TypeDefinitionHandle handle)
         {
@@ -295,16 +307,19 @@ public sealed partial class NamespaceGraph
             switch (handle.Kind)
             {
                 case HandleKind.TypeDefinition:
-                    _found.Add((TypeDefinitionHandle)handle);
+                    _found.Add(Outermost((TypeDefinitionHandle)handle));
+                    break;
+                case HandleKind.TypeReference: // a type of another assembly (Kernels.Runtime's, seen from Kernels.Runtime.Ilgpu)
+                    _found.Add(OutermostOf(reader, (TypeReferenceHandle)handle));
                     break;
                 case HandleKind.TypeSpecification:
                     reader.GetTypeSpecification((TypeSpecificationHandle)handle).DecodeSignature(_signatures, null);
                     break;
                 case HandleKind.MethodDefinition:
-                    _found.Add(reader.GetMethodDefinition((MethodDefinitionHandle)handle).GetDeclaringType());
+                    _found.Add(Outermost(reader.GetMethodDefinition((MethodDefinitionHandle)handle).GetDeclaringType()));
                     break;
                 case HandleKind.FieldDefinition:
-                    _found.Add(reader.GetFieldDefinition((FieldDefinitionHandle)handle).GetDeclaringType());
+                    _found.Add(Outermost(reader.GetFieldDefinition((FieldDefinitionHandle)handle).GetDeclaringType()));
                     break;
                 case HandleKind.MemberReference:
                     var member = reader.GetMemberReference((MemberReferenceHandle)handle);
@@ -368,14 +383,14 @@ public sealed partial class NamespaceGraph
     }
 
     /// <summary>
-    /// Decodes signatures (and custom attribute values) for their side effect: every type definition of this assembly
-    /// they name is recorded. A decoded type is its full name, which custom attribute decoding needs to recognise
+    /// Decodes signatures (and custom attribute values) for their side effect: every type they name (this assembly's or
+    /// another's) is recorded as its outermost type. A decoded type is its full name, which custom attribute decoding needs to recognise
     /// System.Type arguments and to size enums.
     /// </summary>
     private sealed class SignatureCollector(MetadataReader reader)
         : ISignatureTypeProvider<string, object?>, ICustomAttributeTypeProvider<string>
     {
-        private readonly List<TypeDefinitionHandle> _pending = [];
+        private readonly List<(string Name, string Namespace)> _pending = [];
         private readonly Dictionary<string, TypeDefinitionHandle> _byFullName =
             reader.TypeDefinitions.ToDictionary(h => FullName(reader, h), h => h);
 
@@ -396,7 +411,7 @@ public sealed partial class NamespaceGraph
             return ns.Length == 0 ? r.GetString(t.Name) : ns + "." + r.GetString(t.Name);
         }
 
-        public void Drain(HashSet<TypeDefinitionHandle> into)
+        public void Drain(HashSet<(string Name, string Namespace)> into)
         {
             into.UnionWith(_pending);
             _pending.Clear();
@@ -404,11 +419,15 @@ public sealed partial class NamespaceGraph
 
         public string GetTypeFromDefinition(MetadataReader r, TypeDefinitionHandle handle, byte rawTypeKind)
         {
-            _pending.Add(handle);
+            _pending.Add(OutermostOf(r, handle));
             return FullName(r, handle);
         }
 
-        public string GetTypeFromReference(MetadataReader r, TypeReferenceHandle handle, byte rawTypeKind) => FullName(r, handle);
+        public string GetTypeFromReference(MetadataReader r, TypeReferenceHandle handle, byte rawTypeKind)
+        {
+            _pending.Add(OutermostOf(r, handle));
+            return FullName(r, handle);
+        }
 
         public string GetTypeFromSpecification(MetadataReader r, object? context, TypeSpecificationHandle handle, byte rawTypeKind) =>
             r.GetTypeSpecification(handle).DecodeSignature(this, context);
@@ -417,7 +436,9 @@ public sealed partial class NamespaceGraph
         public string GetTypeFromSerializedName(string name)
         {
             string plain = name.Split(',')[0].Split('[')[0].Trim();
-            if (_byFullName.TryGetValue(plain, out var handle)) _pending.Add(handle);
+            if (_byFullName.TryGetValue(plain, out var handle)) _pending.Add(OutermostOf(reader, handle));
+            else if (plain.Split('+')[0] is var outer && outer.LastIndexOf('.') is var dot and > 0)
+                _pending.Add((outer[(dot + 1)..], outer[..dot])); // a type of another assembly
             return plain;
         }
 

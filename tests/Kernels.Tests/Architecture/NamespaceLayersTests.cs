@@ -1,4 +1,5 @@
 // The runtime's namespaces form layers without cycles, each using only the layers below it (README.md, Layout).
+using Kernels.Runtime.Backends.Ilgpu;
 using Kernels.Runtime.Engine;
 
 namespace Kernels.Tests.Architecture;
@@ -17,7 +18,8 @@ public class NamespaceLayersTests
     {
         var graph = new NamespaceGraph("Kernels.Runtime");
         graph.AddAssembly(typeof(InferenceEngine).Assembly.Location);
-        graph.AddUsingDirectives(Path.Combine(RepositoryRoot(), "src", "Kernels.Runtime"));
+        graph.AddAssembly(typeof(SqueezeLlmLutGemv).Assembly.Location);
+        graph.AddUsingDirectives(Path.Combine(RepositoryRoot(), "src"));
         return graph;
     });
 
@@ -57,6 +59,15 @@ public class NamespaceLayersTests
     public void RuntimeGraphSeesTheDesignedDependencies(string from, string to) =>
         Assert.That(Runtime.Value.Edges.ContainsKey((from, to)), Is.True,
             $"expected {from} -> {to}; edges seen:\n{NamespaceGraph.Describe(Runtime.Value.Edges.Values.OrderBy(e => e.From).ThenBy(e => e.To))}");
+
+    /// <summary>References into another assembly count: Kernels.Runtime.Ilgpu's kernel (Backends) reads SqueezeLLM's codes.</summary>
+    [Test]
+    public void ScannerSeesReferencesIntoAnotherAssembly()
+    {
+        var graph = new NamespaceGraph("Kernels.Runtime");
+        graph.AddAssembly(typeof(SqueezeLlmLutGemv).Assembly.Location);
+        Assert.That(graph.Edges.ContainsKey(("Backends", "Quantization")), Is.True, $"edges: {string.Join(", ", graph.Edges.Keys)}");
+    }
 
     // ---------------------------------------------------------------- the scanner, on fixture namespaces of this assembly
 
