@@ -18,7 +18,7 @@ namespace Kernels.Runtime.Backends.Ilgpu;
 /// Verified on an H200 (kernels-bench squeeze-gpu, 18 of 18 checks, 2026-11-26) but ~45x off its roofline there; the
 /// tests run it on ILGPU's CPU accelerator against LutMatMul.
 /// </summary>
-public sealed class SqueezeLlmLutGemv : IDisposable
+internal sealed class SqueezeLlmLutGemv : IDisposable
 {
     public const int MaxRows = 8;
     /// <summary>Output rows (warps) per group, sharing one group's shared-memory tables.</summary>

@@ -6,14 +6,14 @@ namespace Kernels.Runtime.Backends;
 /// (indices into the step's batch), all of them before the step's new tokens: every member's query rows attend to
 /// them without a causal mask.
 /// </summary>
-public sealed record SharedLevel(int Start, int End, int[] Sequences);
+internal sealed record SharedLevel(int Start, int End, int[] Sequences);
 
 /// <summary>
 /// Levels of a prefix tree, parents before children; for each sequence the levels it belongs to tile [0,
 /// SuffixStart[s]), and its own keys from SuffixStart[s] to its end are attended causally per sequence. The partial
 /// results are merged exactly through their log-sum-exp (natural log).
 /// </summary>
-public sealed record AttentionPlan(IReadOnlyList<SharedLevel> Levels, int[] SuffixStart)
+internal sealed record AttentionPlan(IReadOnlyList<SharedLevel> Levels, int[] SuffixStart)
 {
     public static AttentionPlan None(int sequences) => new([], new int[sequences]);
 }

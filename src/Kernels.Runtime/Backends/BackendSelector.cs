@@ -30,7 +30,7 @@ public enum BackendKind
 /// <summary>An explicitly chosen backend cannot run here; the message says why (no device, no kernels, unsupported model).</summary>
 public sealed class BackendUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
 
-public static class BackendSelector
+internal static class BackendSelector
 {
     /// <summary>
     /// Whether Auto may choose the CUDA backend. False until the backend has passed `kernels-bench verify` and `e2e` on

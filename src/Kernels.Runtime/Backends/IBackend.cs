@@ -5,9 +5,9 @@ using Kernels.Runtime.Models;
 namespace Kernels.Runtime.Backends;
 
 /// <summary>One sequence's part of a step: new tokens appended at cache.Length onward.</summary>
-public sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, bool AllLogits = false);
+internal sealed record SequenceStep(IKvCache Cache, ReadOnlyMemory<int> Tokens, bool AllLogits = false);
 
-public interface IBackend : IDisposable
+internal interface IBackend : IDisposable
 {
     string Name { get; }
     ModelConfig Config { get; }

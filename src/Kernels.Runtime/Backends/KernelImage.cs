@@ -1,7 +1,7 @@
 // The CUDA fatbin built from kernels/ and embedded in this assembly (absent when nvcc was not present at build time).
 namespace Kernels.Runtime.Backends;
 
-public static class KernelImage
+internal static class KernelImage
 {
     private const string ResourceName = "Kernels.fatbin";
     /// <summary>The fatbin container header magic (fatbinary.h: FATBIN_MAGIC).</summary>

@@ -12,7 +12,7 @@ namespace Kernels.Runtime.Calibration;
 /// The <see cref="ICalibrationRunner"/> the engine ships: the CPU backend (the only one with the
 /// <see cref="CpuBackendOptions.LinearInputs"/> hook), one sequence at a time.
 /// </summary>
-public sealed class CpuCalibrationRunner : ICalibrationRunner
+internal sealed class CpuCalibrationRunner : ICalibrationRunner
 {
     /// <summary>Default calibration: this many sequences of up to <see cref="SampledTokens"/> tokens sampled from the model.</summary>
     public const int SampledSequences = 4;

@@ -5,7 +5,7 @@ using Kernels.Runtime.KvCache;
 
 namespace Kernels.Runtime.Engine;
 
-public static class AttentionPlanner
+internal static class AttentionPlanner
 {
     private sealed class TrieNode
     {

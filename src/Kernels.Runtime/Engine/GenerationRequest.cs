@@ -45,7 +45,7 @@ public sealed record GenerationResult(int Request, int Sample, IReadOnlyList<int
 /// Folds streamed events into one <see cref="GenerationResult"/> per sample (for callers that want whole results).
 /// Thread-safe: several request streams may feed one collector.
 /// </summary>
-public sealed class GenerationResultCollector(IReadOnlyList<int[]> prompts)
+internal sealed class GenerationResultCollector(IReadOnlyList<int[]> prompts)
 {
     private readonly Dictionary<(int, int), (List<int> Tokens, System.Text.StringBuilder Text)> _samples = new();
     private readonly List<GenerationResult> _results = new();

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Engine;
 /// Request field is the request's index. Each sample has its own sampler state seeded by (request seed, sample
 /// index), so outputs do not depend on the batch.
 /// </summary>
-public sealed class Generator(IBackend backend, ITextTokenizer tokenizer, GeneratorOptions? options = null)
+internal sealed class Generator(IBackend backend, ITextTokenizer tokenizer, GeneratorOptions? options = null)
 {
     private readonly GeneratorOptions _options = Validate(options ?? new GeneratorOptions());
 

@@ -78,7 +78,7 @@ public sealed class InferenceEngine : IDisposable
     public string BackendDescription { get; }
 
     /// <summary>The KV memory of the engine's backend (blocks in use, capacity, cached prefixes).</summary>
-    public KvBlockPool KvPool => _backend.KvPool;
+    internal KvBlockPool KvPool => _backend.KvPool;
 
     /// <summary>The KV cache's shape as vllm:cache_config_info reports it.</summary>
     public KvCacheInfo CacheInfo { get; }

@@ -3,9 +3,9 @@ using Kernels.Runtime.Backends;
 
 namespace Kernels.Runtime.Engine;
 
-public sealed record PerplexityResult(double Perplexity, double MeanNll, int Tokens, int Windows);
+internal sealed record PerplexityResult(double Perplexity, double MeanNll, int Tokens, int Windows);
 
-public static class Perplexity
+internal static class Perplexity
 {
     /// <summary>Tokens per forward step inside a window (bounds the logits buffer: PieceTokens x vocab floats).</summary>
     private const int PieceTokens = 256;

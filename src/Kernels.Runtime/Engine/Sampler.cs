@@ -6,7 +6,7 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Kernels.Runtime.Engine;
 
-public static class Sampler
+internal static class Sampler
 {
     /// <summary>
     /// Chooses a token. <paramref name="logits"/> is modified (penalties, temperature). <paramref name="coin"/> is a

@@ -3,7 +3,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Engine;
 
-public sealed class SamplerRng
+internal sealed class SamplerRng
 {
     private ulong _state;
 

@@ -27,7 +27,7 @@ namespace Kernels.Runtime.Engine;
 /// been. A sample's lifecycle is <see cref="SampleState"/>.
 /// </para>
 /// </summary>
-public sealed class Scheduler
+internal sealed class Scheduler
 {
     private readonly IBackend _backend;
     private readonly ITextTokenizer _tokenizer;

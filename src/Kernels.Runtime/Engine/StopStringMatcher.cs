@@ -6,7 +6,7 @@ namespace Kernels.Runtime.Engine;
 /// held back is exactly the automaton state's string (the longest tail that may still become a stop string), so a
 /// push costs time in proportion to the new text, whatever the number of stop strings.
 /// </summary>
-public sealed class StopStringMatcher
+internal sealed class StopStringMatcher
 {
     private readonly StopStrings _stops;
     private int _node;

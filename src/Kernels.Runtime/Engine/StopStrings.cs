@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Engine;
 /// in time and memory linear in the total length of the strings; immutable afterwards, so any number of
 /// <see cref="StopStringMatcher"/>s (one per sample) may walk it from any thread.
 /// </summary>
-public sealed class StopStrings
+internal sealed class StopStrings
 {
     public static readonly StopStrings None = new([]);
 

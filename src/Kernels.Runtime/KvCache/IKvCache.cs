@@ -3,7 +3,7 @@
 namespace Kernels.Runtime.KvCache;
 
 /// <summary>The keys and values a sequence has accumulated, in the backend's memory.</summary>
-public interface IKvCache : IDisposable
+internal interface IKvCache : IDisposable
 {
     /// <summary>Tokens held; the next token appended sits at this position.</summary>
     int Length { get; }

@@ -2,7 +2,7 @@
 namespace Kernels.Runtime.KvCache;
 
 /// <summary>Where a backend keeps the data of KV blocks (CPU arrays, GPU memory).</summary>
-public interface IKvStorage
+internal interface IKvStorage
 {
     /// <summary>Makes block <paramref name="block"/> addressable in its full-precision form; called each time the pool hands it out.</summary>
     void Prepare(int block);
@@ -22,7 +22,7 @@ public interface IKvStorage
 /// compact (quantized; immutable). <see cref="WindowBlocks"/>: the most blocks one sequence keeps full precision once it
 /// is longer than its window (KIVI: ceil(R / block) + 1 for the partly filled tail).
 /// </summary>
-public sealed record KvBlockCosts(long FullBytes, long CompactBytes, int WindowBlocks)
+internal sealed record KvBlockCosts(long FullBytes, long CompactBytes, int WindowBlocks)
 {
     /// <summary>Every block costs one unit and never compacts (fp32, fp16).</summary>
     public static readonly KvBlockCosts Uniform = new(1, 1, int.MaxValue);
@@ -40,7 +40,7 @@ public sealed class KvCacheExhaustedException(string message) : Exception(messag
 /// Full/Compact times more tokens of long sequences, and the scheduler (which asks for full blocks: <see cref="FreeBlocks"/>)
 /// admits proportionally more of them. Capacity (ids) is budget / CompactBytes.
 /// </summary>
-public sealed class KvBlockPool
+internal sealed class KvBlockPool
 {
     private readonly int[] _refs;
     private readonly bool[] _compact;

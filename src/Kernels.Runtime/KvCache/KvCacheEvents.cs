@@ -29,7 +29,7 @@ public interface IKvEventSink
 }
 
 /// <summary>A cached block as the prefix tree holds it, for comparing a consumer's view with the engine's.</summary>
-public sealed record CachedBlock(ulong Hash, ulong? ParentHash, int[] TokenIds);
+internal sealed record CachedBlock(ulong Hash, ulong? ParentHash, int[] TokenIds);
 
 /// <summary>Turns KV events on for an engine: where they go and the seed of the block hashes (see <see cref="VllmBlockHasher"/>).</summary>
 public sealed record KvEventOptions(IKvEventSink Sink)

@@ -6,7 +6,7 @@ namespace Kernels.Runtime.KvCache;
 /// other sequences and the prefix tree (copy-on-write: a shared block is copied before this sequence writes into it).
 /// Compact (quantized) blocks are always full and immutable, so they are shared as they are and never written again.
 /// </summary>
-public sealed class KvSequence : IKvCache
+internal sealed class KvSequence : IKvCache
 {
     private readonly KvBlockPool _pool;
     private readonly List<int> _blocks;

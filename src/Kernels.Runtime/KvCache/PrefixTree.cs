@@ -14,7 +14,7 @@ namespace Kernels.Runtime.KvCache;
 /// would need those fp16 rows kept while the prefix is cached, which is the memory KIVI exists to save.
 /// </para>
 /// </summary>
-public sealed class PrefixTree
+internal sealed class PrefixTree
 {
     private sealed class Node(int block, int[] tokens, Node? parent, byte[]? hash)
     {

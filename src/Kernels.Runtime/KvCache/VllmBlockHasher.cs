@@ -14,7 +14,7 @@ namespace Kernels.Runtime.KvCache;
 /// a hash is its last 8 bytes read big-endian as an unsigned 64-bit integer (vLLM's VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES,
 /// on by default). Extra keys (LoRA name, multimodal hashes, cache salt) are always None here: the engine has none of them.
 /// </summary>
-public sealed class VllmBlockHasher
+internal sealed class VllmBlockHasher
 {
     /// <summary>vLLM's NONE_HASH seed for cryptographic hash algorithms when PYTHONHASHSEED is not set.</summary>
     public const string DefaultSeed = "vllm-none-hash";

@@ -4,7 +4,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static class GgmlTypes
+internal static class GgmlTypes
 {
     /// <summary>The dtype stored under GGML type id <paramref name="id"/>, or null for a type this engine does not read.</summary>
     public static TensorDType? ToDType(int id) => id switch

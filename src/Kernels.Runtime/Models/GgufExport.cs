@@ -5,7 +5,7 @@ using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;
 
-public static class GgufExport
+internal static class GgufExport
 {
     /// <summary>
     /// Writes <paramref name="model"/> to <paramref name="path"/>. 2-D weights take <paramref name="dtype"/>; norms and

@@ -5,7 +5,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public sealed unsafe class GgufFile : ITensorStorage, IDisposable
+internal sealed unsafe class GgufFile : ITensorStorage, IDisposable
 {
     public sealed record TensorInfo(string Name, long[] Shape, int GgmlType, ulong Offset);
 

@@ -3,7 +3,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static class GgufModel
+internal static class GgufModel
 {
     public static (ModelConfig Config, ModelWeights Weights) Load(GgufFile gguf)
     {

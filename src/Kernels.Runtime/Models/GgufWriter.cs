@@ -4,7 +4,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public sealed class GgufWriter
+internal sealed class GgufWriter
 {
     public const int Alignment = 32;
 

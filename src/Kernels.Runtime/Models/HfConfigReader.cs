@@ -4,7 +4,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static class HfConfigReader
+internal static class HfConfigReader
 {
     public static ModelConfig Read(string configPath)
     {

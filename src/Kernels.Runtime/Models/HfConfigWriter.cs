@@ -5,7 +5,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static class HfConfigWriter
+internal static class HfConfigWriter
 {
     /// <summary>The config.json object; <paramref name="quantization"/> becomes "quantization_config".</summary>
     public static JsonObject ToJson(ModelConfig c, JsonObject? quantization = null)

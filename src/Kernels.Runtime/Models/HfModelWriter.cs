@@ -7,7 +7,7 @@ using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;
 
-public static unsafe class HfModelWriter
+internal static unsafe class HfModelWriter
 {
     /// <summary>
     /// Writes <paramref name="model"/> into <paramref name="directory"/> (created; existing model files in it are

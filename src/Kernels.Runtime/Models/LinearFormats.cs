@@ -7,7 +7,7 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Models;
 
 /// <summary>Reads back the linear layers of a model quantized by one method.</summary>
-public interface ILinearFormat
+internal interface ILinearFormat
 {
     /// <summary>The "quant_method" name in config.json.</summary>
     string Name { get; }
@@ -20,7 +20,7 @@ public interface ILinearFormat
 }
 
 /// <summary>Quantizes one dense linear layer at a time, so a model larger than RAM streams through it (<see cref="HfModelWriter"/>).</summary>
-public interface ILinearQuantizer
+internal interface ILinearQuantizer
 {
     /// <summary>The quantization_config to write into config.json ("quant_method" included).</summary>
     JsonObject Config { get; }
@@ -33,7 +33,7 @@ public interface ILinearQuantizer
 /// The linear formats this process can load, by "quant_method". Quantization.QuantizationMethods registers the built-in
 /// ones when the assembly loads; a host adds its own through <see cref="Register"/>.
 /// </summary>
-public static class LinearFormats
+internal static class LinearFormats
 {
     private static readonly Dictionary<string, ILinearFormat> Known = new(StringComparer.Ordinal);
 

@@ -7,7 +7,7 @@ namespace Kernels.Runtime.Models;
 /// y = x . W^T for a linear layer of <see cref="OutFeatures"/> x <see cref="InFeatures"/>. Backends multiply through
 /// it (Backends/Cpu/Linear.cs dispatches on the concrete type); formats live in Quantization/.
 /// </summary>
-public abstract class LinearWeight
+internal abstract class LinearWeight
 {
     /// <summary>The layer's Hugging Face name without the ".weight" suffix, e.g. "model.layers.0.self_attn.q_proj".</summary>
     public string Name { get; }
@@ -36,7 +36,7 @@ public abstract class LinearWeight
 }
 
 /// <summary>A weight stored as one tensor in its dtype (F32, F16, BF16, or a GGML block type such as Q4_K).</summary>
-public sealed class DenseLinear : LinearWeight
+internal sealed class DenseLinear : LinearWeight
 {
     public WeightTensor Weight { get; }
 

@@ -4,7 +4,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static unsafe class Llama2cCheckpoint
+internal static unsafe class Llama2cCheckpoint
 {
     private const int HeaderBytes = 7 * sizeof(int);
 

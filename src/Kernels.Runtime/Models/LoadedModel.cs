@@ -19,12 +19,12 @@ public sealed class LoadedModel : IDisposable
     public string Source { get; }
     public ModelFormat Format { get; }
     public ModelConfig Config { get; }
-    public ModelWeights Weights { get; }
+    internal ModelWeights Weights { get; }
 
     /// <summary>The Jinja chat template the model's files carry (tokenizer_config.json, GGUF tokenizer.chat_template), if any.</summary>
     public string? ChatTemplateText { get; init; }
 
-    public LoadedModel(string source, ModelFormat format, ModelConfig config, ModelWeights weights, Func<ITextTokenizer> tokenizer)
+    internal LoadedModel(string source, ModelFormat format, ModelConfig config, ModelWeights weights, Func<ITextTokenizer> tokenizer)
     {
         Source = source;
         Format = format;

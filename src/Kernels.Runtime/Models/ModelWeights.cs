@@ -3,7 +3,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public sealed record LayerWeights(
+internal sealed record LayerWeights(
     WeightTensor AttentionNorm,   // [hidden]
     LinearWeight Wq,              // [heads * head_dim, hidden]
     LinearWeight Wk,              // [kv_heads * head_dim, hidden]
@@ -17,7 +17,7 @@ public sealed record LayerWeights(
     LinearWeight Up,              // [intermediate, hidden]
     LinearWeight Down);           // [hidden, intermediate]
 
-public sealed class ModelWeights : IDisposable
+internal sealed class ModelWeights : IDisposable
 {
     public WeightTensor Embedding { get; }       // [vocab, hidden]
     public IReadOnlyList<LayerWeights> Layers { get; }

@@ -9,14 +9,14 @@ namespace Kernels.Runtime.Models;
 /// What holds a model's tensor bytes (a mapped file, owned memory, a file reader over a mapping): every tensor a
 /// loader hands out must lie inside one of its owners, which <see cref="ModelWeights.Build"/> checks.
 /// </summary>
-public interface ITensorStorage
+internal interface ITensorStorage
 {
     /// <summary>The native memory holding the bytes (the mapping of a file, or owned memory).</summary>
     NativeStorage Memory { get; }
 }
 
 /// <summary>A pinned, unmanaged byte range that stays valid until the storage is disposed.</summary>
-public abstract unsafe class NativeStorage : ITensorStorage, IDisposable
+internal abstract unsafe class NativeStorage : ITensorStorage, IDisposable
 {
     public abstract byte* Pointer { get; }
     public abstract long Length { get; }
@@ -33,7 +33,7 @@ public abstract unsafe class NativeStorage : ITensorStorage, IDisposable
 }
 
 /// <summary>A whole file mapped read-only; nothing is copied into managed memory.</summary>
-public sealed unsafe class MappedFile : NativeStorage
+internal sealed unsafe class MappedFile : NativeStorage
 {
     private readonly MemoryMappedFile _map;
     private readonly MemoryMappedViewAccessor _view;
@@ -120,7 +120,7 @@ internal sealed unsafe class AlignedMemoryHandle : SafeHandle
 }
 
 /// <summary>Native memory owned by the model (64-byte aligned for SIMD loads).</summary>
-public sealed unsafe class OwnedStorage : NativeStorage
+internal sealed unsafe class OwnedStorage : NativeStorage
 {
     private readonly AlignedMemoryHandle _memory;
     public override long Length { get; }

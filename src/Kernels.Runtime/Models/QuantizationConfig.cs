@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Models;
 /// The method name ("quant_method", as Hugging Face spells it) and the method's own parameters (group size, bits...),
 /// kept as JSON so each method owns the meaning of its keys.
 /// </summary>
-public sealed class QuantizationConfig
+internal sealed class QuantizationConfig
 {
     public string Method { get; }
     public JsonObject Parameters { get; }

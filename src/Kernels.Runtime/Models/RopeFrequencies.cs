@@ -3,7 +3,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static class RopeFrequencies
+internal static class RopeFrequencies
 {
     /// <summary>
     /// inv_freq[i] = theta^(-2i/d) for i in [0, d/2), then scaled as the config says. Computed in double and rounded

@@ -3,7 +3,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public static unsafe class RopeLayout
+internal static unsafe class RopeLayout
 {
     /// <summary>
     /// llama2.c and GGML rotate pairs (2i, 2i+1) of each head; transformers rotates (i, i + d/2). Reordering the rows

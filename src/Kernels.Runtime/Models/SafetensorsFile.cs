@@ -5,7 +5,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public sealed unsafe class SafetensorsFile : ITensorStorage, IDisposable
+internal sealed unsafe class SafetensorsFile : ITensorStorage, IDisposable
 {
     public sealed record Entry(string Name, string DType, long[] Shape, long Begin, long End);
 

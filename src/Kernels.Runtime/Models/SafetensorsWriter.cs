@@ -5,7 +5,7 @@ using System.Text.Json;
 
 namespace Kernels.Runtime.Models;
 
-public static class SafetensorsWriter
+internal static class SafetensorsWriter
 {
     public sealed record Tensor(string Name, string DType, long[] Shape, ReadOnlyMemory<byte> Data);
 

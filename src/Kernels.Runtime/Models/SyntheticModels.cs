@@ -4,7 +4,7 @@ using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;
 
-public static unsafe class SyntheticModels
+internal static unsafe class SyntheticModels
 {
     public const string Prefix = "synthetic:";
 

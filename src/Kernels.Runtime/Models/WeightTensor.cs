@@ -5,7 +5,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Models;
 
-public sealed unsafe class WeightTensor
+internal sealed unsafe class WeightTensor
 {
     public string Name { get; }
     public TensorDType DType { get; }

@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Numerics;
 /// (natural log). The empty state is (o = 0, lse = -inf). Merging with it is the identity, so shared levels,
 /// suffixes and splits all go through this one routine (Hydragen, split-K decode, KIVI's two parts).
 /// </summary>
-public static class AttentionState
+internal static class AttentionState
 {
     /// <summary>(o, lse) := merge((o, lse), (other, otherLse)).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

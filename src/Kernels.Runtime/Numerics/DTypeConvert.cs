@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Kernels.Runtime.Numerics;
 
-public static unsafe class DTypeConvert
+internal static unsafe class DTypeConvert
 {
     /// <summary>Converts destination.Length elements starting at <paramref name="source"/> to fp32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -21,7 +21,7 @@ using System.Runtime.CompilerServices;
 
 namespace Kernels.Runtime.Numerics;
 
-public static unsafe class GgmlBlocks
+internal static unsafe class GgmlBlocks
 {
     /// <summary>Values per super-block of the k-quants.</summary>
     public const int QK_K = 256;

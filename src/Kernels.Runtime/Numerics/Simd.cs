@@ -7,7 +7,7 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Kernels.Runtime.Numerics;
 
-public static unsafe class Simd
+internal static unsafe class Simd
 {
     /// <summary>sum_i a[i] * b[i], fp32 with four independent accumulators (hides FMA latency).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

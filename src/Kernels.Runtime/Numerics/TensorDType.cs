@@ -33,7 +33,7 @@ public enum TensorDType
     Q6_K,
 }
 
-public static class TensorDTypeInfo
+internal static class TensorDTypeInfo
 {
     public const int Q8_0BlockSize = 32;
     public const int Q8_0BlockBytes = 34;

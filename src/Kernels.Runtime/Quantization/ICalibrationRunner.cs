@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Quantization;
 /// quantizers sit below the backends and the engine (README.md, Layout), so the step that executes the model lives
 /// above them and comes in through this interface.
 /// </summary>
-public interface ICalibrationRunner
+internal interface ICalibrationRunner
 {
     /// <summary>
     /// Runs <paramref name="calibrationFile"/>'s text through <paramref name="model"/>, or without one, text the
@@ -20,4 +20,4 @@ public interface ICalibrationRunner
 }
 
 /// <summary>What a calibration ran: <paramref name="Tokens"/> tokens observed, from <paramref name="Source"/> (for quantization_config).</summary>
-public sealed record CalibrationRun(long Tokens, string Source);
+internal sealed record CalibrationRun(long Tokens, string Source);

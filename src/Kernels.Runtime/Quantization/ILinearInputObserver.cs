@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Quantization;
 /// to watch x[rows, InFeatures] of each q/k/v/o/gate/up/down multiply (not the LM head). Quantizers collect activation
 /// statistics through it (SqueezeLLM's input second moments); it must not keep the span, which the backend reuses.
 /// </summary>
-public interface ILinearInputObserver
+internal interface ILinearInputObserver
 {
     void Observe(LinearWeight weight, ReadOnlySpan<float> input, int rows);
 }

@@ -25,7 +25,7 @@ namespace Kernels.Runtime.Quantization;
 /// 2 bits + (16 + 32) / G bits per element: 3.5 bits at G = 32 (4-bit: 5.5).
 /// </para>
 /// </summary>
-public static unsafe class Kivi
+internal static unsafe class Kivi
 {
     public static int MaxCode(int bits) => (1 << bits) - 1;
 

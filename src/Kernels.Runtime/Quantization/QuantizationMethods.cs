@@ -7,7 +7,7 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Quantization;
 
 /// <summary>What `kernels quantize` was asked for; each method reads the settings it uses and rejects the rest.</summary>
-public sealed record QuantizeOptions
+internal sealed record QuantizeOptions
 {
     public required string Method { get; init; }
     /// <summary>Input channels per quantization group; 0 = one group per output channel (per-channel); null = the method's default.</summary>
@@ -24,7 +24,7 @@ public sealed record QuantizeOptions
 }
 
 /// <summary>A format that also quantizes: reads its layers back (<see cref="ILinearFormat"/>) and writes them from dense ones.</summary>
-public interface IQuantizationMethod : ILinearFormat
+internal interface IQuantizationMethod : ILinearFormat
 {
     /// <summary>
     /// Prepares quantization of <paramref name="model"/>; a method that calibrates has <paramref name="calibration"/>
@@ -34,7 +34,7 @@ public interface IQuantizationMethod : ILinearFormat
 }
 
 /// <summary>The quantization methods, kept in <see cref="LinearFormats"/> so that the model loader finds their formats.</summary>
-public static class QuantizationMethods
+internal static class QuantizationMethods
 {
     // The built-in methods are registered as the assembly loads: a model stored in their format then loads through
     // ModelLoader (in Models, which cannot name them) before anything touches this class.

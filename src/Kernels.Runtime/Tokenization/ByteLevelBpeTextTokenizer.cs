@@ -12,7 +12,7 @@ namespace Kernels.Runtime.Tokenization;
 /// (ByteLevel = true). The first two steps are done here rather than by ML.Tokenizers so that "ignore_merges"
 /// (Llama 3: a piece that is itself a vocabulary entry is taken whole) can be honoured between them.
 /// </summary>
-public sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
+internal sealed class ByteLevelBpeTextTokenizer : ITextTokenizer
 {
     private readonly BpeTokenizer _bpe;
     private readonly Regex _preTokenizer;

@@ -5,14 +5,14 @@ namespace Kernels.Runtime.Tokenization;
 
 /// <summary>A token that is matched verbatim in the input before BPE runs (Hugging Face "added_tokens").</summary>
 /// <param name="Special">Control tokens (BOS, EOS, chat markers): they decode to nothing.</param>
-public sealed record AddedToken(int Id, string Content, bool Special);
+internal sealed record AddedToken(int Id, string Content, bool Special);
 
 /// <summary>
 /// What <see cref="ByteLevelBpeTextTokenizer"/> needs, whether read from tokenizer.json or a GGUF "gpt2" vocabulary.
 /// <paramref name="Tokens"/> is indexed by id and spelled in <see cref="ByteLevelSymbols"/> form; ids with no entry
 /// are null (Hugging Face vocabularies may leave gaps), and the ids of added tokens may be null there too.
 /// </summary>
-public sealed record ByteLevelBpeVocabulary(
+internal sealed record ByteLevelBpeVocabulary(
     IReadOnlyList<string?> Tokens,
     IReadOnlyList<(string Left, string Right)> Merges,
     IReadOnlyList<AddedToken> AddedTokens,

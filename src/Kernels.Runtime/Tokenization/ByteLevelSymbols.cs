@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Tokenization;
 /// one in GPT-2's encoder.py <c>bytes_to_unicode</c>, which every byte-level tokenizer.json and GGUF "gpt2" vocabulary
 /// shares.
 /// </summary>
-public static class ByteLevelSymbols
+internal static class ByteLevelSymbols
 {
     private static readonly char[] ByteToChar = BuildTable();
     private static readonly Dictionary<char, byte> CharToByte =

@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Tokenization;
 /// accessors here accept any integer width, because writers differ (token_type is int32 in llama.cpp's files, some
 /// tools write uint32; ids are uint32 or int32).
 /// </summary>
-public static class GgufTokenizerMetadata
+internal static class GgufTokenizerMetadata
 {
     public const string ModelKey = "tokenizer.ggml.model";
     public const string TokensKey = "tokenizer.ggml.tokens";

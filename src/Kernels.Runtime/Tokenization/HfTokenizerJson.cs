@@ -12,7 +12,7 @@ namespace Kernels.Runtime.Tokenization;
 /// generation_config.json and config.json (bos_token_id, eos_token_id, which may be a list), then the
 /// TemplateProcessing post-processor (which is how Llama 3's tokenizer.json alone says "prepend BOS").
 /// </summary>
-public static class HfTokenizerJson
+internal static class HfTokenizerJson
 {
     /// <summary>True when the file is a BPE model with a ByteLevel pre-tokenizer or decoder.</summary>
     public static bool IsByteLevelBpe(string path)

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Tokenization;
 /// <c>float32 score, int32 byte_length, bytes</c>, little-endian, until the end of the file. The file has no header
 /// for the vocabulary size, types or special ids: run.c hard-codes BOS = 1, EOS = 2, byte fallback at id + 3.
 /// </summary>
-public static class Llama2cTokenizerFile
+internal static class Llama2cTokenizerFile
 {
     private const int BosId = 1, EosId = 2;
 

@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Tokenization;
 /// carries only a name (<c>tokenizer.ggml.pre</c>), which <see cref="FromGgufName"/> maps to the regex llama.cpp
 /// uses for it.
 /// </summary>
-public static class PreTokenizerPattern
+internal static class PreTokenizerPattern
 {
     /// <summary>GPT-2's (also ByteLevel's default when <c>use_regex</c> is true).</summary>
     public const string Gpt2 =

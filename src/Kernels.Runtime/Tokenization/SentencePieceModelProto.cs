@@ -20,7 +20,7 @@ namespace Kernels.Runtime.Tokenization;
 /// point takes a serialized model. Reading recovers the token types, which ML.Tokenizers does not expose but
 /// <see cref="ITextTokenizer.TokenBytes"/> needs.
 /// </summary>
-public static class SentencePieceModelProto
+internal static class SentencePieceModelProto
 {
     private const int ModelTypeBpe = 2;
 

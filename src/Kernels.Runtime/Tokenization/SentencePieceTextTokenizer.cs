@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Tokenization;
 /// Encodes with ML.Tokenizers' <see cref="LlamaTokenizer"/> (sentencepiece's BPE with byte fallback); decodes from the
 /// vocabulary's own pieces and types, so streaming and whole decoding follow one rule (<see cref="TokenDecoding"/>).
 /// </summary>
-public sealed class SentencePieceTextTokenizer : ITextTokenizer
+internal sealed class SentencePieceTextTokenizer : ITextTokenizer
 {
     // sentencepiece decodes an unknown piece as " ⁇ " (TrainerSpec.unk_surface's default), keeping it visible.
     private static readonly byte[] UnknownSurface = Encoding.UTF8.GetBytes(" \u2047 ");

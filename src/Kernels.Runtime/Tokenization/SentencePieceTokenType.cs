@@ -5,7 +5,7 @@ namespace Kernels.Runtime.Tokenization;
 /// Token kinds. The values are the wire values of sentencepiece's <c>SentencePiece.Type</c>, which GGUF reuses for
 /// <c>tokenizer.ggml.token_type</c> for every vocabulary kind, so one enum serves both formats without a mapping table.
 /// </summary>
-public enum SentencePieceTokenType
+internal enum SentencePieceTokenType
 {
     Normal = 1,
     Unknown = 2,

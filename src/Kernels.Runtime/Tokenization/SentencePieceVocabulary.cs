@@ -7,7 +7,7 @@ namespace Kernels.Runtime.Tokenization;
 /// Everything the SentencePiece BPE encoder needs, independent of where it came from (tokenizer.model, GGUF "llama"
 /// vocabulary, llama2.c tok*.bin). Pieces use U+2581 (▁) for spaces, as sentencepiece stores them.
 /// </summary>
-public sealed record SentencePieceVocabulary(
+internal sealed record SentencePieceVocabulary(
     IReadOnlyList<string> Pieces,
     IReadOnlyList<float> Scores,
     IReadOnlyList<SentencePieceTokenType> Types,

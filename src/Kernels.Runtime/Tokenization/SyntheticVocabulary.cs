@@ -2,7 +2,7 @@
 // and load in llama.cpp), with byte tokens for any text and generated word pieces for the rest of the ids.
 namespace Kernels.Runtime.Tokenization;
 
-public static class SyntheticVocabulary
+internal static class SyntheticVocabulary
 {
     public const int Unknown = 0, Bos = 1, Eos = 2, FirstByte = 3;
 

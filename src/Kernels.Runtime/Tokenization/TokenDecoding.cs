@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Tokenization;
 /// <see cref="ITextTokenizer.Decode"/> and <see cref="TokenTextStream"/> cannot disagree: both are "concatenate the
 /// bytes, decode UTF-8 (invalid bytes become U+FFFD), strip one leading space if the tokenizer adds a dummy prefix".
 /// </summary>
-public static class TokenDecoding
+internal static class TokenDecoding
 {
     public static string Decode(ITextTokenizer tokenizer, IReadOnlyList<int> ids)
     {

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Tokenization;
 /// character. The concatenation of everything returned by <see cref="Append"/> and <see cref="Flush"/> equals
 /// <see cref="ITextTokenizer.Decode"/> of the same ids.
 /// </summary>
-public sealed class TokenTextStream
+internal sealed class TokenTextStream
 {
     private readonly ITextTokenizer _tokenizer;
     private readonly List<byte> _pending = new();

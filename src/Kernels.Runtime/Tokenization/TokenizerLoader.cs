@@ -7,7 +7,7 @@ namespace Kernels.Runtime.Tokenization;
 /// Picks the tokenizer implementation from the input's format. Every bad input (missing file, malformed content,
 /// unsupported tokenizer kind) surfaces as <see cref="ModelFormatException"/> naming the file or source.
 /// </summary>
-public static class TokenizerLoader
+internal static class TokenizerLoader
 {
     /// <summary>A sentencepiece <c>tokenizer.model</c> (serialized ModelProto, BPE).</summary>
     public static ITextTokenizer FromSentencePieceModel(string path)

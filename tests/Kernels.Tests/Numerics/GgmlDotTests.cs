@@ -19,14 +19,16 @@ public sealed unsafe class GgmlDotTests
         return x;
     }
 
-    [TestCase(Q8Format.Q8_0, "q8_0", 34, 32, false)]
-    [TestCase(Q8Format.Q8_1, "q8_1", 36, 32, false)]
-    [TestCase(Q8Format.Q8_K, "q8_K", 292, 256, false)]
-    [TestCase(Q8Format.Q8_0, "q8_0", 34, 32, true)]
-    [TestCase(Q8Format.Q8_1, "q8_1", 36, 32, true)]
-    [TestCase(Q8Format.Q8_K, "q8_K", 292, 256, true)]
-    public void ActivationQuantizationMatchesLlamaCpp(Q8Format format, string name, int blockBytes, int block, bool scalar)
+    [TestCase((int)Q8Format.Q8_0, "q8_0", 34, 32, false)]
+    [TestCase((int)Q8Format.Q8_1, "q8_1", 36, 32, false)]
+    [TestCase((int)Q8Format.Q8_K, "q8_K", 292, 256, false)]
+    [TestCase((int)Q8Format.Q8_0, "q8_0", 34, 32, true)]
+    [TestCase((int)Q8Format.Q8_1, "q8_1", 36, 32, true)]
+    [TestCase((int)Q8Format.Q8_K, "q8_K", 292, 256, true)]
+    public void ActivationQuantizationMatchesLlamaCpp(int formatValue, string name, int blockBytes, int block, bool scalar)
     {
+        var format = (Q8Format)formatValue; // Q8Format is internal: a public test method cannot take it
+
         GgmlNative.Require();
         const int k = 1024;
         var x = Activations(k, 3);

@@ -105,7 +105,7 @@ public sealed class ModelOptions
         return loaded;
     }
 
-    public IBackend CreateBackend(LoadedModel model, ParseResult parse, CliIo io)
+    internal IBackend CreateBackend(LoadedModel model, ParseResult parse, CliIo io)
     {
         var kind = BackendSelector.Parse(parse.GetValue(Backend) ?? "auto");
         var cpu = WithKvOptionErrors(() => CpuOptions(parse));

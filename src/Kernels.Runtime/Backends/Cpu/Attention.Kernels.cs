@@ -10,7 +10,7 @@ using Kernels.Runtime.Quantization;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe partial class Attention
+internal static unsafe partial class Attention
 {
     /// <summary>Whether the tiled kernels run: AVX2 + FMA (otherwise every dot and update is scalar, in the same order).</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;

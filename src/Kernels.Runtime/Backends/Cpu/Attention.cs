@@ -26,7 +26,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// both (the same math: the level is one partial either way).
 /// </para>
 /// </summary>
-public static unsafe partial class Attention
+internal static unsafe partial class Attention
 {
     /// <summary>One layer's KV blocks and the attention shape.</summary>
     public readonly struct Layer(CpuKvStorage storage, int layer, int blockSize, int heads, int kvHeads, int headDim)

@@ -13,13 +13,13 @@ public sealed record CpuBackendOptions
     /// <summary>Most memory the KV cache may take (allocated as it is used).</summary>
     public long KvCacheBytes { get; init; } = 4L << 30;
     /// <summary>Sees the input of every transformer linear layer (calibration); null in normal runs.</summary>
-    public ILinearInputObserver? LinearInputs { get; init; }
+    internal ILinearInputObserver? LinearInputs { get; init; }
 
     /// <summary>How keys and values are stored: fp32 (default, exact), fp16, or KIVI 2/4-bit with a full-precision window.</summary>
     public KvCacheFormat KvCache { get; init; } = KvCacheFormat.Fp32;
 }
 
-public sealed unsafe class CpuBackend : IBackend
+internal sealed unsafe class CpuBackend : IBackend
 {
     /// <summary>Query rows (row x head) per task of a shared level: bounds its score buffer and spreads the work.</summary>
     private const int LevelRowsPerTask = 64;

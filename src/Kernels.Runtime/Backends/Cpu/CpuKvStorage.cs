@@ -12,7 +12,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// a full-precision fp16 slot only while it is full precision: slots are handed out on <see cref="Prepare"/> and taken
 /// back on <see cref="Compact"/> or release, so full-precision memory follows the pool's accounting.
 /// </summary>
-public sealed unsafe class CpuKvStorage : IKvStorage
+internal sealed unsafe class CpuKvStorage : IKvStorage
 {
     /// <summary>Blocks per allocation: memory grows with use, in steps of this many blocks.</summary>
     private const int BlocksPerChunk = 64;

@@ -4,7 +4,7 @@ using Kernels.Runtime.Models;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class Embedding
+internal static class Embedding
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Gather(WeightTensor table, ReadOnlySpan<int> ids, Span<float> output)

@@ -24,7 +24,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe class GgmlDot
+internal static unsafe class GgmlDot
 {
     static GgmlDot()
     {

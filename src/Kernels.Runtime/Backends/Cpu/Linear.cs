@@ -6,7 +6,7 @@ using Kernels.Runtime.Quantization.W4A8;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class Linear
+internal static class Linear
 {
     public static void Multiply(ReadOnlySpan<float> x, int rows, LinearWeight w, Span<float> y, WeightTensor? bias = null)
     {

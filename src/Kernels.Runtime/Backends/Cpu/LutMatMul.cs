@@ -19,7 +19,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// tail, then the outliers in order; both paths produce identical weights, so a row's result does not depend on
 /// which other rows share the call.
 /// </summary>
-public static unsafe class LutMatMul
+internal static unsafe class LutMatMul
 {
     /// <summary>Output rows per task: as MatMul, enough work to amortize scheduling and few enough to balance cores.</summary>
     private const int RowsPerTask = 64;

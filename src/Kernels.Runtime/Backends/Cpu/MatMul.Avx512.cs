@@ -15,7 +15,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// step when k % 16 >= 8, Vector256.Sum's reduction, then the scalar tail. (The AVX2 path has no 16-lane part; the two
 /// differ by float rounding, tested within bounds, and each is batch invariant on its own.)
 /// </summary>
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     /// <summary>
     /// Whether dense matmuls take the AVX-512 path: AVX-512F present and the runtime accelerating Vector512 (it does not

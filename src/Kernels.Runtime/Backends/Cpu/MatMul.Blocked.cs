@@ -9,7 +9,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     /// <summary>
     /// Columns per chunk of the blocked (2+ x rows) kernel: 4 converted weight rows of it (16 KiB) stay in L1 while every

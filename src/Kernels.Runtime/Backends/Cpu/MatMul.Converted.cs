@@ -9,7 +9,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     private readonly partial struct Job
     {

@@ -9,7 +9,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     /// <summary>
     /// How far ahead of its reads a decode row prefetches (bytes). One x row streams the weights one row at a time,

@@ -9,7 +9,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     /// <summary>One dot product in the same order as every lane of Kernel4.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

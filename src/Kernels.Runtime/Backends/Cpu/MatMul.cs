@@ -23,7 +23,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
 /// which other rows share the call.
 /// </summary>
-public static unsafe partial class MatMul
+internal static unsafe partial class MatMul
 {
     /// <summary>Rows of W handed to one task: big enough to amortize scheduling, small enough to balance cores.</summary>
     private const int RowsPerTask = 64;

@@ -10,7 +10,7 @@ using Kernels.Runtime.Numerics;
 namespace Kernels.Runtime.Backends.Cpu;
 
 /// <summary>Which int8 form a weight type's dot products take their activations in (llama.cpp's vec_dot_type).</summary>
-public enum Q8Format
+internal enum Q8Format
 {
     Q8_0,
     Q8_1,
@@ -25,7 +25,7 @@ public enum Q8Format
 /// groups of <see cref="GgmlDot.TileRows"/> with their scales and group sums transposed (<see cref="TileScales"/>,
 /// <see cref="TileGroupSums"/>), so the batched k-quant kernel finishes a super-block for the whole group in one vector.
 /// </summary>
-public sealed unsafe class Q8Rows
+internal sealed unsafe class Q8Rows
 {
     public Q8Format Format { get; }
     public int Rows { get; private set; }

@@ -3,7 +3,7 @@ using System.Numerics.Tensors;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class ResidualAdd
+internal static class ResidualAdd
 {
     public static void Apply(Span<float> x, ReadOnlySpan<float> y) => TensorPrimitives.Add(x, y, x);
 }

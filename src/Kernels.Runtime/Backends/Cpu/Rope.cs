@@ -4,7 +4,7 @@ using System.Runtime.Intrinsics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class Rope
+internal static class Rope
 {
     /// <summary>
     /// The cos and sin of every row's angles, [rows, d/2] each: (float)pos * invFreq[i] in fp32 and cos/sin in fp32

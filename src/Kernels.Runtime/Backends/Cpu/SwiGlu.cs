@@ -4,7 +4,7 @@ using System.Runtime.Intrinsics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class SwiGlu
+internal static class SwiGlu
 {
     /// <summary>8 lanes at a time with the runtime's vector exp (within an ulp or two of MathF.Exp), the rest scalar.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

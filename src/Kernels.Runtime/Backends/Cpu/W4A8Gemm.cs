@@ -24,7 +24,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// products and even/odd lanes separate the two channels at the end.
 /// </para>
 /// </summary>
-public static unsafe class W4A8Gemm
+internal static unsafe class W4A8Gemm
 {
     /// <summary>32-channel blocks handed to one task (64 output channels, as MatMul's RowsPerTask).</summary>
     private const int BlocksPerTask = 2;

@@ -6,7 +6,7 @@ using System.Runtime.ExceptionServices;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-public static class WorkerTeam
+internal static class WorkerTeam
 {
     /// <summary>How long an idle worker keeps spinning for the next loop before it sleeps (the gap between two loops of one step is microseconds).</summary>
     private static readonly long SpinTicks = Stopwatch.Frequency / 2000; // 0.5 ms

@@ -22,7 +22,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// reading shared keys once. Decode steps are replayed as CUDA graphs (<see cref="DecodeGraphCache"/>) unless
 /// <see cref="CudaBackendOptions.UseCudaGraphs"/> is false or a capture failed.
 /// </summary>
-public sealed class CudaBackend : IBackend
+internal sealed class CudaBackend : IBackend
 {
     /// <summary>Head dims both attention kernels are compiled for (one entry per head dim).</summary>
     public static IReadOnlyList<int> SupportedHeadDims => OpsLaunchPlans.AttentionHeadDims;

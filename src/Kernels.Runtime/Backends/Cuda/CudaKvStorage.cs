@@ -12,7 +12,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// allocated up front (sized by <see cref="CudaMemoryPlan"/>), so <see cref="Prepare"/> has nothing to do.
 /// <see cref="CopyBlock"/> queues device-to-device copies on the backend's stream, ahead of the step that reads them.
 /// </summary>
-public sealed unsafe class CudaKvStorage : IKvStorage, IDisposable
+internal sealed unsafe class CudaKvStorage : IKvStorage, IDisposable
 {
     private readonly DeviceBuffer<byte> _memory;
     private readonly CuStreamHandle _stream;

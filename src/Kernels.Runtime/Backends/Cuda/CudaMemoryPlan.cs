@@ -38,7 +38,7 @@ public sealed record CudaBackendOptions
 }
 
 /// <summary>The device memory a <see cref="CudaBackend"/> allocates, in bytes, with the counts they come from.</summary>
-public sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long KvBytes, int KvBlocks, long KvBytesPerBlock,
+internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long KvBytes, int KvBlocks, long KvBytesPerBlock,
     long FreeBytes, long ReserveBytes, int MaxTokensPerStep)
 {
     /// <summary>Device allocations are aligned to this (the driver gives 256-byte-aligned pointers; tensors keep it).</summary>
@@ -107,7 +107,7 @@ public sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long Kv
 /// Byte offsets of the per-step buffers in the scratch arena (each aligned to <see cref="CudaMemoryPlan.Alignment"/>),
 /// for at most <see cref="MaxTokens"/> token rows (every row may be a sequence, and every row may want logits).
 /// </summary>
-public sealed class ScratchLayout
+internal sealed class ScratchLayout
 {
     public int MaxTokens { get; }
     public long Bytes { get; }

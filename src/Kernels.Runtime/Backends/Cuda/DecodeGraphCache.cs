@@ -8,14 +8,14 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// block-table width, the attention split plan) follows from it, so a graph captured for a key replays any step of
 /// that key after the step's ids, positions, slots, lengths and block tables are copied to the device.
 /// </summary>
-public readonly record struct DecodeGraphKey(int NumSeqs, int BlocksPerSeq);
+internal readonly record struct DecodeGraphKey(int NumSeqs, int BlocksPerSeq);
 
 /// <summary>
 /// Graphs of decode steps by <see cref="DecodeGraphKey"/>, captured on first use and replayed afterwards. A failed
 /// capture turns graphs off for the backend's lifetime (<see cref="DisabledReason"/> says why) and the step runs with
 /// direct launches. At most <see cref="Capacity"/> graphs are kept; a new key beyond that drops them all.
 /// </summary>
-public sealed class DecodeGraphCache : IDisposable
+internal sealed class DecodeGraphCache : IDisposable
 {
     private readonly Dictionary<DecodeGraphKey, CuGraphExecHandle> _graphs = new();
 

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// (<see cref="View{U}"/>) owns nothing: it addresses part of another buffer's memory (an arena), keeps that buffer
 /// reachable, and fails with ObjectDisposedException once the owner is disposed.
 /// </summary>
-public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
+internal sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 {
     private readonly DeviceAllocationHandle? _allocation;
     private readonly IDeviceMemoryOwner? _owner; // set for views only

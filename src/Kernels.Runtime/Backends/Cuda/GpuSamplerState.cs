@@ -4,7 +4,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cuda;
 
-public static class GpuSamplerState
+internal static class GpuSamplerState
 {
     /// <summary>
     /// The state <c>new SamplerRng(seed, stream)</c> holds once its constructor has run (it XORs the stream in and

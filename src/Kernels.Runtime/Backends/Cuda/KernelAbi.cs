@@ -1,7 +1,7 @@
 // The C# side of kernels/include/abi.h: the ABI version the launchers in this folder were written against.
 namespace Kernels.Runtime.Backends.Cuda;
 
-public static class KernelAbi
+internal static class KernelAbi
 {
     /// <summary>Mirrors KERNELS_ABI_VERSION; KernelModule.Load refuses a fatbin whose kernels_abi_version differs.</summary>
     public const int Version = 2;

@@ -4,7 +4,7 @@ using Kernels.Interop;
 
 namespace Kernels.Runtime.Backends.Cuda;
 
-public sealed class KernelModule : IDisposable
+internal sealed class KernelModule : IDisposable
 {
     private readonly CuModuleHandle _module;
     private readonly ConcurrentDictionary<string, IntPtr> _functions = new(StringComparer.Ordinal);

@@ -2,7 +2,7 @@
 // compact block, and the merge of those splits into (o, lse). Layout: src/Kernels.Runtime/Quantization/Kivi.cs.
 namespace Kernels.Runtime.Backends.Cuda;
 
-public sealed unsafe partial class OpsLauncher
+internal sealed unsafe partial class OpsLauncher
 {
     /// <summary>
     /// One layer's compact KIVI pool: <paramref name="NumIds"/> block ids, each Kivi.CodeWords(KvDim, Group, Bits)

@@ -2,7 +2,7 @@
 // bf16 buffers are raw ushort bits, f16 buffers Half, as in OpsLauncher.cs.
 namespace Kernels.Runtime.Backends.Cuda;
 
-public sealed unsafe partial class OpsLauncher
+internal sealed unsafe partial class OpsLauncher
 {
     // ---- dense_gemm_{f16,bf16}, dense_gemm_small_m_{f16,bf16} --------------------------------------------------------
     // y [m, n] fp32 = x [m, k] fp32 (rounded to the weight dtype on load) . w [n, k]^T (+ bias [n]); K % 8 == 0.

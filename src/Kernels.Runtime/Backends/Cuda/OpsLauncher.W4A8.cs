@@ -2,7 +2,7 @@
 // Byte tensors are DeviceBuffer<byte> (qweight, scales2, zeros as W4A8Linear stores them), int8 activations <sbyte>.
 namespace Kernels.Runtime.Backends.Cuda;
 
-public sealed unsafe partial class OpsLauncher
+internal sealed unsafe partial class OpsLauncher
 {
     // ---- w4a8_gemm_{group,channel}_{m16,m64} ------------------------------------------------------------------------
     // y [m, n] fp32 = ((acc * xScale[m]) * wScale[n]) with acc the exact int32 sum_k xq * w8 - zc[n] * xSum[m]

@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// ArgumentException naming the argument, skips the launch when there is nothing to compute, and returns once the
 /// launch is queued: kernel faults surface at the next synchronizing call. Buffers hold at least what the shape needs.
 /// </summary>
-public sealed unsafe partial class OpsLauncher
+internal sealed unsafe partial class OpsLauncher
 {
     private readonly KernelModule _module;
     private readonly CuStreamHandle? _stream;

@@ -11,7 +11,7 @@ namespace Kernels.Runtime.Quantization.SqueezeLlm;
 /// Collected through <see cref="ILinearInputObserver"/> while an <see cref="ICalibrationRunner"/> runs the model, keyed
 /// by layer name.
 /// </summary>
-public sealed class InputSecondMoments : ILinearInputObserver
+internal sealed class InputSecondMoments : ILinearInputObserver
 {
     private readonly Dictionary<string, (double[] Sum, long Rows)> _layers = new(StringComparer.Ordinal);
 

@@ -14,7 +14,7 @@ namespace Kernels.Runtime.Quantization.SqueezeLlm;
 /// 24-bit field straddling words with code 8g+i in its bits [3i, 3i+2]. One byte-aligned group per 8 codes is what
 /// the AVX2 kernel decodes with one broadcast, one variable shift and one mask.
 /// </summary>
-public static unsafe class SqueezeLlmCodes
+internal static unsafe class SqueezeLlmCodes
 {
     public const int BlockCodes = 32;
 

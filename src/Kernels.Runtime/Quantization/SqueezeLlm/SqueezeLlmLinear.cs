@@ -13,7 +13,7 @@ namespace Kernels.Runtime.Quantization.SqueezeLlm;
 ///   outlier_cols   I32 [nnz]                      column of each outlier, strictly increasing within a row
 ///   outlier_values F32 [nnz]                      the original weight (not a correction: see <see cref="Delta"/>)
 /// </summary>
-public sealed unsafe class SqueezeLlmLinear : LinearWeight
+internal sealed unsafe class SqueezeLlmLinear : LinearWeight
 {
     public const string CodesSuffix = "qweight", TableSuffix = "lookup_table";
     public const string OutlierRowsSuffix = "outlier_rows", OutlierColsSuffix = "outlier_cols", OutlierValuesSuffix = "outlier_values";

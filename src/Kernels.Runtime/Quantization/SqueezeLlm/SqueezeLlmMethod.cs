@@ -9,7 +9,7 @@ namespace Kernels.Runtime.Quantization.SqueezeLlm;
 /// <param name="Bits">Code width: 3 or 4 (8 or 16 centroids per output row).</param>
 /// <param name="SparsityPercent">Share of each layer's weights, largest magnitudes first, kept exactly in CSR.</param>
 /// <param name="Weighting">The k-means weight of each element (README table: all three measured).</param>
-public sealed record SqueezeLlmSettings(int Bits = 4, double SparsityPercent = SqueezeLlmSettings.DefaultSparsityPercent,
+internal sealed record SqueezeLlmSettings(int Bits = 4, double SparsityPercent = SqueezeLlmSettings.DefaultSparsityPercent,
     SensitivityWeighting Weighting = SensitivityWeighting.DampedSecondMoment)
 {
     public bool UsesCalibration => Weighting != SensitivityWeighting.None;
@@ -19,7 +19,7 @@ public sealed record SqueezeLlmSettings(int Bits = 4, double SparsityPercent = S
 }
 
 /// <summary>How much each element of a row counts in its k-means fit.</summary>
-public enum SensitivityWeighting
+internal enum SensitivityWeighting
 {
     /// <summary>Plain k-means: every element alike.</summary>
     None,
@@ -33,7 +33,7 @@ public enum SensitivityWeighting
     DampedSecondMoment,
 }
 
-public sealed class SqueezeLlmMethod : IQuantizationMethod
+internal sealed class SqueezeLlmMethod : IQuantizationMethod
 {
     public const string MethodName = "squeezellm";
 
@@ -67,7 +67,7 @@ public sealed class SqueezeLlmMethod : IQuantizationMethod
 /// and every element takes the code of its nearest rounded centroid (ties to the lower code), an outlier the code of
 /// the centroid nearest 0. Rows are independent, so the result is the same however many threads run them.
 /// </summary>
-public sealed class SqueezeLlmQuantizer : ILinearQuantizer
+internal sealed class SqueezeLlmQuantizer : ILinearQuantizer
 {
     private readonly SqueezeLlmSettings _settings;
     private readonly InputSecondMoments? _moments;

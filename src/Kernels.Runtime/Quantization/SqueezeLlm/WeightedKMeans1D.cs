@@ -11,7 +11,7 @@ namespace Kernels.Runtime.Quantization.SqueezeLlm;
 /// There is no random start, so the fit is a pure function of its inputs. Values with weight 0 (extracted outliers)
 /// pull no centroid; if every weight is 0 the values count equally (as SqueezeLLM's nuq.py does).
 /// </summary>
-public static class WeightedKMeans1D
+internal static class WeightedKMeans1D
 {
     /// <summary>Ascending centroids (repeated values when the row has no more distinct values than clusters).</summary>
     public static double[] Fit(ReadOnlySpan<float> values, ReadOnlySpan<float> weights, int clusters)

@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Quantization.W4A8;
 /// sides produce the same bytes from the same fp32 row. -128 is never produced: the CPU's sign trick and the
 /// per-channel zero term rely on |x_q| &lt;= 127. An all-zero row has scale 0 and codes 0.
 /// </summary>
-public static class Int8Activations
+internal static class Int8Activations
 {
     /// <summary>Quantizes one row into <paramref name="codes"/> (at least x.Length long) and returns its scale.</summary>
     public static float QuantizeRow(ReadOnlySpan<float> x, Span<sbyte> codes)

@@ -22,7 +22,7 @@ namespace Kernels.Runtime.Quantization.W4A8;
 /// the token's sum of int8 activations (see W4A8Linear). Layers whose K is not a multiple of the group use this form.
 /// </para>
 /// </summary>
-public sealed class QoqQuantizer : ILinearQuantizer
+internal sealed class QoqQuantizer : ILinearQuantizer
 {
     /// <summary>Level-0 int8 codes stay inside [-119, 119] so level 1 can never leave int8 (see the class summary).</summary>
     public const int ProtectiveRange = 119;

@@ -16,7 +16,7 @@ namespace Kernels.Runtime.Quantization.W4A8;
 /// channel 32*nt + 8j + c, so the four bytes a lane reads at 4c are the values for its four subtiles.
 /// </para>
 /// </summary>
-public static class W4A8Layout
+internal static class W4A8Layout
 {
     public const int Tile = 32;
     public const int TileBytes = Tile * Tile / 2;

@@ -20,7 +20,7 @@ namespace Kernels.Runtime.Quantization.W4A8;
 /// weight row (smaller error, and the GPU reproduces it bit for bit whatever its reduction order).
 /// </para>
 /// </summary>
-public sealed unsafe class W4A8Linear : LinearWeight
+internal sealed unsafe class W4A8Linear : LinearWeight
 {
     // Tensor names: the layer name + "." + one of these.
     public const string QWeight = "qweight";          // I8 [Npad, Kpad/2], W4A8Layout tiles

@@ -10,7 +10,7 @@ namespace Kernels.Runtime.Quantization.W4A8;
 /// "activations": "int8 per token"}. A layer whose K is not a multiple of group_size is stored per channel (the models
 /// with K = 64 or 176); loading derives each layer's form the same way, so the config needs no per-layer list.
 /// </summary>
-public sealed class W4A8Method : IQuantizationMethod
+internal sealed class W4A8Method : IQuantizationMethod
 {
     public const string MethodName = "w4a8";
     public const string Layout = "qserve-tile32";
