@@ -83,7 +83,7 @@ public class KernelVerifyTests
     [TestCaseSource(nameof(Cases))]
     public void KernelMatchesItsCpuReference(int index, string kernel, string shape)
     {
-        if (_module == null) Assert.Ignore(_why);
+        if (_module == null) Assert.Ignore(_why ?? throw new InvalidOperationException("no kernel module and no reason recorded"));
         // A fresh harness from the fixed seed for each case: its inputs do not depend on which cases ran before (they
         // differ from a whole `kernels-bench verify` run, which draws every case's inputs from one stream).
         var cases = VerifyHarness.Cases(_device, new OpsLauncher(_module!));
