@@ -559,13 +559,8 @@ internal static unsafe class GgmlDot
             var q = (t.GetLower() + t.GetUpper()).AsSingle(); // I0 E0 I1 E1
             var i = Sse.Shuffle(q, q, 0b10_00_10_00).AsInt32(); // I0 I1 I0 I1
             var e = Sse.Shuffle(q, q, 0b11_01_11_01).AsInt32(); // E0 E1 E0 E1
-            var d = dx * Vector128.Create(d0, d1, d0, d1);
-            if (!F.HasMin) acc = Fma.MultiplyAdd(d, Sse2.ConvertToVector128Single(i - e), acc);
-            else
-            {
-                acc = Fma.MultiplyAdd(d, Sse2.ConvertToVector128Single(i), acc);
-                acc = Fma.MultiplyAdd(dx * -Vector128.Create(f0, f1, f0, f1), Sse2.ConvertToVector128Single(e), acc);
-            }
+            acc = Fma.MultiplyAdd(dx * Vector128.Create(d0, d1, d0, d1), Sse2.ConvertToVector128Single(i), acc);
+            acc = Fma.MultiplyAdd(dx * -Vector128.Create(f0, f1, f0, f1), Sse2.ConvertToVector128Single(e), acc);
         }
         y[0] = acc.ToScalar();
         y[1] = acc.GetElement(1);
