@@ -207,8 +207,9 @@ internal static unsafe class GgmlDot
 
     /// <summary>
     /// y[t, j] = row j of the weights . activation row t (+ bias[j]) for j in [start, end) and every t: one activation
-    /// row streams the weight rows through the fused kernels; more unpack each weight row once into
-    /// <paramref name="buffer"/> (at least <see cref="UnpackedBytes"/> + 64 bytes) and dot it with four rows at a time.
+    /// row streams the weight rows through the fused kernels (two weight rows at a time for k-quants); more unpack each
+    /// weight row once into <paramref name="buffer"/> (at least <see cref="UnpackedBytes"/> + 64 bytes) and dot it with
+    /// eight activation rows at a time (k-quants; four for the 32-value types).
     /// </summary>
     public static void Multiply(TensorDType type, byte* weights, int k, int start, int end, Activation[] x, float* y, int n, float[]? bias, byte[] buffer)
     {
@@ -222,21 +223,7 @@ internal static unsafe class GgmlDot
                 job.Scalar(type, start, end);
                 return;
             }
-            bool vnni = path == Path.AvxVnni;
-            switch (type)
-            {
-                case TensorDType.Q2_K: if (vnni) job.KQuant<Q2K, VnniOps>(start, end); else job.KQuant<Q2K, Avx2Ops>(start, end); break;
-                case TensorDType.Q3_K: if (vnni) job.KQuant<Q3K, VnniOps>(start, end); else job.KQuant<Q3K, Avx2Ops>(start, end); break;
-                case TensorDType.Q4_K: if (vnni) job.KQuant<Q4K, VnniOps>(start, end); else job.KQuant<Q4K, Avx2Ops>(start, end); break;
-                case TensorDType.Q5_K: if (vnni) job.KQuant<Q5K, VnniOps>(start, end); else job.KQuant<Q5K, Avx2Ops>(start, end); break;
-                case TensorDType.Q6_K: if (vnni) job.KQuant<Q6K, VnniOps>(start, end); else job.KQuant<Q6K, Avx2Ops>(start, end); break;
-                case TensorDType.Q4_0: if (vnni) job.Legacy<Q40, VnniOps>(start, end); else job.Legacy<Q40, Avx2Ops>(start, end); break;
-                case TensorDType.Q4_1: if (vnni) job.Legacy<Q41, VnniOps>(start, end); else job.Legacy<Q41, Avx2Ops>(start, end); break;
-                case TensorDType.Q5_0: if (vnni) job.Legacy<Q50, VnniOps>(start, end); else job.Legacy<Q50, Avx2Ops>(start, end); break;
-                case TensorDType.Q5_1: if (vnni) job.Legacy<Q51, VnniOps>(start, end); else job.Legacy<Q51, Avx2Ops>(start, end); break;
-                case TensorDType.Q8_0: if (vnni) job.Legacy<Q80, VnniOps>(start, end); else job.Legacy<Q80, Avx2Ops>(start, end); break;
-                default: throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type");
-            }
+            Dispatch<MultiplyCall, bool>(type, path == Path.AvxVnni, new MultiplyCall(job, start, end));
         }
     }
 
@@ -332,61 +319,70 @@ internal static unsafe class GgmlDot
     public static float Dot(TensorDType type, byte* unpacked, int k, in Activation x, Path path)
     {
         if (path == Path.Scalar) return type.BlockSize() == 256 ? KQuantScalar(type, unpacked, k, x) : LegacyScalar(type, unpacked, k, x);
-        bool vnni = path == Path.AvxVnni;
-        return type switch
-        {
-            TensorDType.Q2_K => vnni ? TileKQuant1<Q2K, VnniOps>(unpacked, k, x) : TileKQuant1<Q2K, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q3_K => vnni ? TileKQuant1<Q3K, VnniOps>(unpacked, k, x) : TileKQuant1<Q3K, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q4_K => vnni ? TileKQuant1<Q4K, VnniOps>(unpacked, k, x) : TileKQuant1<Q4K, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q5_K => vnni ? TileKQuant1<Q5K, VnniOps>(unpacked, k, x) : TileKQuant1<Q5K, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q6_K => vnni ? TileKQuant1<Q6K, VnniOps>(unpacked, k, x) : TileKQuant1<Q6K, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q4_0 => vnni ? TileLegacy1<Q40, VnniOps>(unpacked, k, x) : TileLegacy1<Q40, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q4_1 => vnni ? TileLegacy1<Q41, VnniOps>(unpacked, k, x) : TileLegacy1<Q41, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q5_0 => vnni ? TileLegacy1<Q50, VnniOps>(unpacked, k, x) : TileLegacy1<Q50, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q5_1 => vnni ? TileLegacy1<Q51, VnniOps>(unpacked, k, x) : TileLegacy1<Q51, Avx2Ops>(unpacked, k, x),
-            TensorDType.Q8_0 => vnni ? TileLegacy1<Q80, VnniOps>(unpacked, k, x) : TileLegacy1<Q80, Avx2Ops>(unpacked, k, x),
-            _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type"),
-        };
+        return Dispatch<DotCall, float>(type, path == Path.AvxVnni, new DotCall(unpacked, k, x));
     }
 
     /// <summary>The dot product of raw weight row <paramref name="row"/> with one activation row, through the fused (decode) kernel of <paramref name="path"/>.</summary>
     public static float FusedDot(TensorDType type, byte* row, int k, in Activation x, Path path)
     {
-        bool vnni = path == Path.AvxVnni;
         if (path == Path.Scalar) throw new ArgumentException("the scalar path has no fused kernel", nameof(path));
-        return type switch
-        {
-            TensorDType.Q2_K => vnni ? FusedKQuant<Q2K, VnniOps>(row, k, x) : FusedKQuant<Q2K, Avx2Ops>(row, k, x),
-            TensorDType.Q3_K => vnni ? FusedKQuant<Q3K, VnniOps>(row, k, x) : FusedKQuant<Q3K, Avx2Ops>(row, k, x),
-            TensorDType.Q4_K => vnni ? FusedKQuant<Q4K, VnniOps>(row, k, x) : FusedKQuant<Q4K, Avx2Ops>(row, k, x),
-            TensorDType.Q5_K => vnni ? FusedKQuant<Q5K, VnniOps>(row, k, x) : FusedKQuant<Q5K, Avx2Ops>(row, k, x),
-            TensorDType.Q6_K => vnni ? FusedKQuant<Q6K, VnniOps>(row, k, x) : FusedKQuant<Q6K, Avx2Ops>(row, k, x),
-            TensorDType.Q4_0 => vnni ? FusedLegacy<Q40, VnniOps>(row, k, x) : FusedLegacy<Q40, Avx2Ops>(row, k, x),
-            TensorDType.Q4_1 => vnni ? FusedLegacy<Q41, VnniOps>(row, k, x) : FusedLegacy<Q41, Avx2Ops>(row, k, x),
-            TensorDType.Q5_0 => vnni ? FusedLegacy<Q50, VnniOps>(row, k, x) : FusedLegacy<Q50, Avx2Ops>(row, k, x),
-            TensorDType.Q5_1 => vnni ? FusedLegacy<Q51, VnniOps>(row, k, x) : FusedLegacy<Q51, Avx2Ops>(row, k, x),
-            TensorDType.Q8_0 => vnni ? FusedLegacy<Q80, VnniOps>(row, k, x) : FusedLegacy<Q80, Avx2Ops>(row, k, x),
-            _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type"),
-        };
+        return Dispatch<FusedDotCall, float>(type, path == Path.AvxVnni, new FusedDotCall(row, k, x));
     }
 
     /// <summary>Unpacks one weight row with the vector format decoders (what the batched kernels read; the same bytes as <see cref="Unpack"/>).</summary>
     public static void UnpackVector(TensorDType type, byte* row, int k, byte* destination)
     {
-        switch (type)
-        {
-            case TensorDType.Q2_K: UnpackKQuant<Q2K>(row, k, destination); break;
-            case TensorDType.Q3_K: UnpackKQuant<Q3K>(row, k, destination); break;
-            case TensorDType.Q4_K: UnpackKQuant<Q4K>(row, k, destination); break;
-            case TensorDType.Q5_K: UnpackKQuant<Q5K>(row, k, destination); break;
-            case TensorDType.Q6_K: UnpackKQuant<Q6K>(row, k, destination); break;
-            case TensorDType.Q4_0: UnpackLegacy<Q40>(row, k, destination); break;
-            case TensorDType.Q4_1: UnpackLegacy<Q41>(row, k, destination); break;
-            case TensorDType.Q5_0: UnpackLegacy<Q50>(row, k, destination); break;
-            case TensorDType.Q5_1: UnpackLegacy<Q51>(row, k, destination); break;
-            case TensorDType.Q8_0: UnpackLegacy<Q80>(row, k, destination); break;
-            default: throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type");
-        }
+        Dispatch<UnpackCall, bool>(type, vnni: false, new UnpackCall(row, k, destination));
+    }
+
+    /// <summary>
+    /// What runs once the block type and the instruction path are known: a k-quant or a 32-value kernel, specialized by
+    /// the JIT for each format and ops struct (<see cref="Dispatch{TCall, TResult}"/> is the one place a type picks them).
+    /// </summary>
+    private interface IKernelCall<TResult>
+    {
+        TResult KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps;
+        TResult Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps;
+    }
+
+    private static TResult Dispatch<TCall, TResult>(TensorDType type, bool vnni, TCall call) where TCall : struct, IKernelCall<TResult> => type switch
+    {
+        TensorDType.Q2_K => vnni ? call.KQuant<Q2K, VnniOps>() : call.KQuant<Q2K, Avx2Ops>(),
+        TensorDType.Q3_K => vnni ? call.KQuant<Q3K, VnniOps>() : call.KQuant<Q3K, Avx2Ops>(),
+        TensorDType.Q4_K => vnni ? call.KQuant<Q4K, VnniOps>() : call.KQuant<Q4K, Avx2Ops>(),
+        TensorDType.Q5_K => vnni ? call.KQuant<Q5K, VnniOps>() : call.KQuant<Q5K, Avx2Ops>(),
+        TensorDType.Q6_K => vnni ? call.KQuant<Q6K, VnniOps>() : call.KQuant<Q6K, Avx2Ops>(),
+        TensorDType.Q4_0 => vnni ? call.Legacy<Q40, VnniOps>() : call.Legacy<Q40, Avx2Ops>(),
+        TensorDType.Q4_1 => vnni ? call.Legacy<Q41, VnniOps>() : call.Legacy<Q41, Avx2Ops>(),
+        TensorDType.Q5_0 => vnni ? call.Legacy<Q50, VnniOps>() : call.Legacy<Q50, Avx2Ops>(),
+        TensorDType.Q5_1 => vnni ? call.Legacy<Q51, VnniOps>() : call.Legacy<Q51, Avx2Ops>(),
+        TensorDType.Q8_0 => vnni ? call.Legacy<Q80, VnniOps>() : call.Legacy<Q80, Avx2Ops>(),
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "not a GGML block type"),
+    };
+
+    private readonly struct MultiplyCall(Rows job, int start, int end) : IKernelCall<bool>
+    {
+        public bool KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps { job.KQuant<F, O>(start, end); return true; }
+        public bool Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps { job.Legacy<L, O>(start, end); return true; }
+    }
+
+    private readonly struct DotCall(byte* unpacked, int k, Activation x) : IKernelCall<float>
+    {
+        public float KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps => TileKQuant1<F, O>(unpacked, k, x);
+        public float Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps => TileLegacy1<L, O>(unpacked, k, x);
+    }
+
+    private readonly struct FusedDotCall(byte* row, int k, Activation x) : IKernelCall<float>
+    {
+        public float KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps => FusedKQuant<F, O>(row, k, x);
+        public float Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps => FusedLegacy<L, O>(row, k, x);
+    }
+
+    /// <summary>The vector unpackers depend on the format only (O is whichever the dispatch passes).</summary>
+    private readonly struct UnpackCall(byte* row, int k, byte* destination) : IKernelCall<bool>
+    {
+        public bool KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps { UnpackKQuant<F>(row, k, destination); return true; }
+        public bool Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps { UnpackLegacy<L>(row, k, destination); return true; }
     }
 
     /// <summary>The integer steps that differ between instruction sets (the JIT specializes per struct).</summary>

@@ -36,9 +36,9 @@ internal sealed unsafe class Q8Rows
     public float[] Sums { get; private set; } = [];
     public short[] GroupSums { get; private set; } = [];
     public int[] LaneSums { get; private set; } = [];
-    /// <summary>Q8_K: per group of 8 rows and super-block, the 8 rows' scales (zeros past the last row).</summary>
+    /// <summary>Q8_K, two rows or more: per group of 8 rows and super-block, the 8 rows' scales (zeros past the last row).</summary>
     public float[] TileScales { get; private set; } = [];
-    /// <summary>Q8_K: per group of 8 rows, super-block and pair h of 16-value groups, the 8 rows' sums of groups 2h, 2h + 1 (interleaved).</summary>
+    /// <summary>Q8_K, two rows or more: per group of 8 rows, super-block and pair h of 16-value groups, the 8 rows' sums of groups 2h, 2h + 1 (interleaved).</summary>
     public short[] TileGroupSums { get; private set; } = [];
 
     private Q8Rows(Q8Format format)
@@ -139,7 +139,12 @@ internal sealed unsafe class Q8Rows
                     else if (vector) Quantize32Vector(xp + at, c + at, index);
                     else Quantize32(xp + at, c + at, index);
                 }
-            if (Format == Q8Format.Q8_K) Transpose();
+            if (Format == Q8Format.Q8_K)
+            {
+                // One row goes through the decode kernels, which read the row-major scales and sums: no transposed
+                // copy on the decode path.
+                if (rows > 1) Transpose();
+            }
             else
             {
                 int* lanes = Address(LaneSums);
