@@ -162,7 +162,10 @@ public class GracefulShutdownTests
             var exitedAfter = clock.Elapsed;
             TestContext.Out.WriteLine($"exited {exitedAfter.TotalSeconds:F2} s after SIGTERM (timeout {timeout} s), code {process.ExitCode}");
             Assert.That(process.ExitCode, Is.EqualTo(0), string.Join("\n", log));
-            Assert.That(exitedAfter, Is.LessThan(TimeSpan.FromSeconds(timeout + 0.5)), "exits within the timeout (plus process teardown)");
+            // The drain ends at timeout - Reserve (1.5 s here) and the process exits ~0.1 s later on an idle host (measured
+            // 1.59-1.63 s); the bound leaves a second for runtime teardown on a loaded CI machine. A server that ignored
+            // the timeout would stream its 48,000 tokens for many seconds more.
+            Assert.That(exitedAfter, Is.LessThan(TimeSpan.FromSeconds(timeout + 1)), "exits within the timeout (plus process teardown)");
 
             // What each request's log line says must match what its client saw: cut off, or finished (during the drain,
             // or before it began: those have no shutdown line).
