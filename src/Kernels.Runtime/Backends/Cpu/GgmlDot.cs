@@ -580,15 +580,17 @@ internal static unsafe class GgmlDot
         F.Header(w, out d, out f, out var scales, out var e);
         if (!F.HasMin) f = d;
         g = Avx2.MultiplyAddAdjacent(e, groupSums);
+        // Four chains (chunk mod 4), so a row's eight multiply-accumulates are not one dependency chain of eight
+        // latencies; integer sums, so the same bits.
         var s = O.ScaledChunk(F.HasMin ? Vector256<int>.Zero : -g, F.Codes(w, 0), Vector256.Load(xc), F.ChunkScales(scales, 0));
-        s = O.ScaledChunk(s, F.Codes(w, 1), Vector256.Load(xc + 32), F.ChunkScales(scales, 1));
-        s = O.ScaledChunk(s, F.Codes(w, 2), Vector256.Load(xc + 64), F.ChunkScales(scales, 2));
-        s = O.ScaledChunk(s, F.Codes(w, 3), Vector256.Load(xc + 96), F.ChunkScales(scales, 3));
+        var t = O.ScaledChunk(Vector256<int>.Zero, F.Codes(w, 1), Vector256.Load(xc + 32), F.ChunkScales(scales, 1));
+        var u = O.ScaledChunk(Vector256<int>.Zero, F.Codes(w, 2), Vector256.Load(xc + 64), F.ChunkScales(scales, 2));
+        var v = O.ScaledChunk(Vector256<int>.Zero, F.Codes(w, 3), Vector256.Load(xc + 96), F.ChunkScales(scales, 3));
         s = O.ScaledChunk(s, F.Codes(w, 4), Vector256.Load(xc + 128), F.ChunkScales(scales, 4));
-        s = O.ScaledChunk(s, F.Codes(w, 5), Vector256.Load(xc + 160), F.ChunkScales(scales, 5));
-        s = O.ScaledChunk(s, F.Codes(w, 6), Vector256.Load(xc + 192), F.ChunkScales(scales, 6));
+        t = O.ScaledChunk(t, F.Codes(w, 5), Vector256.Load(xc + 160), F.ChunkScales(scales, 5));
+        u = O.ScaledChunk(u, F.Codes(w, 6), Vector256.Load(xc + 192), F.ChunkScales(scales, 6));
         if (!F.HasMin) g = Vector256<int>.Zero;
-        return O.ScaledChunk(s, F.Codes(w, 7), Vector256.Load(xc + 224), F.ChunkScales(scales, 7));
+        return (s + t) + (u + O.ScaledChunk(v, F.Codes(w, 7), Vector256.Load(xc + 224), F.ChunkScales(scales, 7)));
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -89,11 +89,13 @@ internal static unsafe class GgmlFormats
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ScalesAndMinsK4(byte* s)
     {
-        uint a0 = U32(s), a1 = U32(s + 4), a2 = U32(s + 8);
-        uint sc0 = a0 & 0x3F3F3F3F, mn0 = a1 & 0x3F3F3F3F;
-        uint sc1 = (a2 & 0x0F0F0F0F) | ((a0 >> 6) & 0x03030303) << 4;
-        uint mn1 = ((a2 >> 4) & 0x0F0F0F0F) | ((a1 >> 6) & 0x03030303) << 4;
-        return Avx2.ConvertToVector256Int16(Vector128.Create(sc0, sc1, mn0, mn1).AsByte());
+        // In vector lanes: a = (a0, a1) the first two words, b = (a2, a2 >> 4); lane 0 gives the scales, lane 1 the
+        // minimums: (a & 0x3F) for groups 0-3, (b & 0x0F) | the top two bits of a's bytes for groups 4-7.
+        var a = Vector128.CreateScalar(Unsafe.ReadUnaligned<ulong>(s)).AsUInt32();
+        var b = Avx2.ShiftRightLogicalVariable(Vector128.Create(U32(s + 8)), Vector128.Create(0u, 4, 0, 0)) & Vector128.Create(0x0F0F0F0Fu);
+        var low = a & Vector128.Create(0x3F3F3F3Fu);
+        var high = b | (Vector128.ShiftRightLogical(a, 2) & Vector128.Create(0x30303030u));
+        return Avx2.ConvertToVector256Int16(Sse2.UnpackLow(low, high).AsByte());
     }
 
     /// <summary>Lanes 8-15 of <paramref name="s"/> (the minimums) each twice: the coefficient of every 16-value group sum.</summary>
@@ -116,10 +118,21 @@ internal static unsafe class GgmlFormats
         return Avx2.ConvertToVector256Int16(Vector128.Create(b0, b1, b2, b3).AsByte()) - Vector256.Create((short)32);
     }
 
+    /// <summary>
+    /// The bytes of <paramref name="v"/> with bit <paramref name="from"/> moved to bit <paramref name="to"/>: one 16-bit
+    /// shift, or none when they are equal (both constants after inlining). Bits crossing into the neighbouring byte
+    /// are the caller's to mask off.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> MoveBits(Vector256<byte> v, int from, int to) =>
+        to > from ? Vector256.ShiftLeft(v.AsUInt16(), to - from).AsByte()
+        : to < from ? Vector256.ShiftRightLogical(v.AsUInt16(), from - to).AsByte()
+        : v;
+
     /// <summary>32 codes of 2 bits at <paramref name="shift"/> of 32 bytes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<byte> TwoBits(byte* q, int shift) =>
-        Vector256.ShiftRightLogical(Vector256.Load(q).AsUInt16(), shift).AsByte() & Vector256.Create((byte)3);
+        MoveBits(Vector256.Load(q), shift, 0) & Vector256.Create((byte)3);
 
     /// <summary>16 bytes of nibbles as 32 codes, low nibbles first.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -189,8 +202,7 @@ internal readonly unsafe struct Q3K : IKQuant
     {
         int h = c / 4, j = c % 4;
         var low = GgmlFormats.TwoBits(x + 32 + 32 * h, 2 * j);
-        var high = Vector256.ShiftRightLogical(Vector256.Load(x).AsUInt16(), 4 * h + j).AsByte() & Vector256.Create((byte)1);
-        return low | Vector256.ShiftLeft(high.AsUInt16(), 2).AsByte();
+        return low | GgmlFormats.MoveBits(Vector256.Load(x), 4 * h + j, 2) & Vector256.Create((byte)4);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -240,8 +252,7 @@ internal readonly unsafe struct Q5K : IKQuant
     {
         var v = Vector256.Load(x + 48 + 32 * (c / 2));
         var low = (c & 1) == 0 ? v & Vector256.Create((byte)0xF) : Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & Vector256.Create((byte)0xF);
-        var high = Vector256.ShiftRightLogical(Vector256.Load(x + 16).AsUInt16(), c).AsByte() & Vector256.Create((byte)1);
-        return low | Vector256.ShiftLeft(high.AsUInt16(), 4).AsByte();
+        return low | GgmlFormats.MoveBits(Vector256.Load(x + 16), c, 4) & Vector256.Create((byte)0x10);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -270,8 +281,7 @@ internal readonly unsafe struct Q6K : IKQuant
         int h = c / 4, j = c % 4;
         var ql = Vector256.Load(x + 64 * h + 32 * (j & 1));
         var low = j < 2 ? ql & Vector256.Create((byte)0xF) : Vector256.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() & Vector256.Create((byte)0xF);
-        var high = Vector256.ShiftRightLogical(Vector256.Load(x + 128 + 32 * h).AsUInt16(), 2 * j).AsByte() & Vector256.Create((byte)3);
-        return low | Vector256.ShiftLeft(high.AsUInt16(), 4).AsByte();
+        return low | GgmlFormats.MoveBits(Vector256.Load(x + 128 + 32 * h), 2 * j, 4) & Vector256.Create((byte)0x30);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
