@@ -292,7 +292,13 @@ internal static unsafe class GgmlDot
             if (x.Length == 1)
             {
                 var x0 = x[0];
-                for (int j = start; j < end; j++) y[j] = FusedLegacy<L, O>(weights + j * rowBytes, k, x0) + Bias(j);
+                int r = start;
+                for (; r + 2 <= end; r += 2)
+                {
+                    FusedLegacy2<L, O>(weights + r * rowBytes, rowBytes, k, x0, y + r);
+                    if (bias != null) { y[r] += bias[r]; y[r + 1] += bias[r + 1]; }
+                }
+                for (; r < end; r++) y[r] = FusedLegacy<L, O>(weights + r * rowBytes, k, x0) + Bias(r);
                 return;
             }
             for (int j = start; j < end; j++)
@@ -746,6 +752,41 @@ internal static unsafe class GgmlDot
             if (!L.Signed) mins += m * sums[b];
         }
         return Vector256.Sum(acc) + mins;
+    }
+
+    /// <summary>
+    /// <see cref="FusedLegacy{L, O}"/> for two consecutive weight rows (decode), block by block: two independent
+    /// accumulator chains, so a block's multiply-add waits on the other row's rather than on its own row's previous one.
+    /// Each row's operations are the one-row kernel's, so the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void FusedLegacy2<L, O>(byte* row, long rowBytes, int k, in Activation x, float* y) where L : struct, ILegacyQuant where O : struct, IOps
+    {
+        int n = k / 32;
+        long bytes = L.BlockBytes;
+        sbyte* codes = x.Codes;
+        float* scales = x.Scales, sums = x.Sums;
+        int* lanes = x.LaneSums;
+        Vector256<float> acc0 = default, acc1 = default;
+        float mins0 = 0, mins1 = 0;
+        for (int b = 0; b < n; b++)
+        {
+            byte* w0 = row + b * bytes, w1 = w0 + rowBytes;
+            L.Header(w0, out float d0, out float m0);
+            L.Header(w1, out float d1, out float m1);
+            float dx = scales[b];
+            var s0 = LegacyBlock<L, O>(L.Codes(w0), codes + 32 * b, lanes + 8 * b);
+            var s1 = LegacyBlock<L, O>(L.Codes(w1), codes + 32 * b, lanes + 8 * b);
+            acc0 = Fma.MultiplyAdd(Vector256.Create(d0 * dx), Avx.ConvertToVector256Single(s0), acc0);
+            acc1 = Fma.MultiplyAdd(Vector256.Create(d1 * dx), Avx.ConvertToVector256Single(s1), acc1);
+            if (!L.Signed)
+            {
+                mins0 += m0 * sums[b];
+                mins1 += m1 * sums[b];
+            }
+        }
+        y[0] = Vector256.Sum(acc0) + mins0;
+        y[1] = Vector256.Sum(acc1) + mins1;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
