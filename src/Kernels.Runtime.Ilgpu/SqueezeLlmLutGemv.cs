@@ -9,14 +9,17 @@ namespace Kernels.Runtime.Backends.Ilgpu;
 /// Math: y[m, n] = sum_k table[n, code(n, k)] x[m, k] + sum_{e in CSR row n} delta[e] x[m, cols[e]], fp32 accumulate.
 /// Pointers: codes I32 [N, WordsPerRow] (layout in <see cref="SqueezeLlmCodes"/>), table fp32 [N, 2^bits],
 /// rowStart [N + 1], cols/delta [nnz] (<see cref="SqueezeLlmLinear"/>: delta = outlier - table[code]), x [M, K],
-/// y [M, N]. Mapping: one warp per output row, <see cref="RowsPerGroup"/> warps per group; lane l takes the 32-code
-/// blocks l, l + warp, ... of its row, so the row's codes are read once per launch whatever M (M accumulators per
-/// lane in local memory), then the row's outliers spread over the lanes, then a shuffle-down reduction per x row.
-/// The row's table sits in shared memory, 16 consecutive floats per warp: 16 distinct banks, so a warp's lookups
-/// never conflict (equal codes broadcast). Preconditions: 1 &lt;= M &lt;= 8; bits 3 or 4. Not yet done: x is read from
-/// global memory with a 32-float stride across lanes (L1-cached, not staged in shared memory).
-/// Verified on an H200 (kernels-bench squeeze-gpu, 18 of 18 checks, 2026-11-26) but ~45x off its roofline there; the
-/// tests run it on ILGPU's CPU accelerator against LutMatMul.
+/// y [M, N]. Mapping: one warp per output row, <see cref="RowsPerGroup"/> warps per group. Lanes take consecutive
+/// groups of 8 codes (lane l of step t: codes 8(32t + l) .. + 7, the `bits` bytes at byte bits(32t + l) of the row), so
+/// a warp's code loads are one contiguous run per step and its x loads walk x in order (x[m, 8g + i] for lane g: the
+/// eight loads of a step cover 256 consecutive floats, cached in L1 for the group's other warps). M (1..8) and the
+/// code width (3 or 4) are specialized at compile time (SpecializedValue), so the M accumulators are registers and
+/// the decoding has constant shifts. The row's table sits in shared memory, 16 consecutive floats per warp: 16
+/// distinct banks, so a warp's lookups never conflict (equal codes broadcast). Then the row's outliers spread over
+/// the lanes, then a shuffle-down reduction per x row.
+/// History: the first version (verified on an H200, 2026-11-26, ~45x off its roofline) gave lane l the 32-code block
+/// l, so lanes read x 128 bytes apart, with the M accumulators in local memory and the width decided at run time.
+/// The tests run it on ILGPU's CPU accelerator against LutMatMul; its GPU timing is `kernels-bench squeeze-gpu`.
 /// </summary>
 internal sealed class SqueezeLlmLutGemv : IDisposable
 {
@@ -34,7 +37,8 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
     private readonly SqueezeLlmLinear _weight;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _codes, _rowStart, _cols;
     private readonly MemoryBuffer1D<float, Stride1D.Dense> _table, _delta;
-    private readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Shape> _kernel;
+    private readonly Action<KernelConfig, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Shape,
+        SpecializedValue<int>, SpecializedValue<int>> _kernel;
 
     /// <summary>Uploads <paramref name="weight"/> to <paramref name="accelerator"/> and compiles the kernel.</summary>
     public unsafe SqueezeLlmLutGemv(Accelerator accelerator, SqueezeLlmLinear weight)
@@ -48,7 +52,8 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
         // Zero-length buffers are not allowed everywhere: pad the (possibly empty) CSR arrays by one unused entry.
         _cols = accelerator.Allocate1D(weight.Cols.Append(0).ToArray());
         _delta = accelerator.Allocate1D(weight.Delta.Append(0f).ToArray());
-        _kernel = accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Shape>(Kernel);
+        _kernel = accelerator.LoadStreamKernel<ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, Shape,
+            SpecializedValue<int>, SpecializedValue<int>>(Kernel);
     }
 
     /// <summary>y[rows, N] = x[rows, K] . W^T for 1..8 rows.</summary>
@@ -78,50 +83,80 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
         int warp = _accelerator.WarpSize;
         var config = new KernelConfig((n + RowsPerGroup - 1) / RowsPerGroup, warp * RowsPerGroup);
         var shape = new Shape(n, k, _weight.Bits, SqueezeLlmCodes.WordsPerRow(k, _weight.Bits), rows);
-        _kernel(config, _codes.View, _table.View, _rowStart.View, _cols.View, _delta.View, x, y, shape);
+        _kernel(config, _codes.View, _table.View, _rowStart.View, _cols.View, _delta.View, x, y, shape,
+            SpecializedValue.New(rows), SpecializedValue.New(_weight.Bits));
     }
 
     private static void Kernel(ArrayView<int> codes, ArrayView<float> table, ArrayView<int> rowStart, ArrayView<int> cols,
-        ArrayView<float> delta, ArrayView<float> x, ArrayView<float> y, Shape s)
+        ArrayView<float> delta, ArrayView<float> x, ArrayView<float> y, Shape s, SpecializedValue<int> rowCount, SpecializedValue<int> codeBits)
     {
+        int rows = rowCount.Value, bits = codeBits.Value;
         var lut = SharedMemory.Allocate<float>(RowsPerGroup * TableStride);
         int lane = Warp.LaneIdx, width = Warp.WarpSize, warp = Group.IdxX / width;
         int row = Grid.IdxX * RowsPerGroup + warp;
-        int size = 1 << s.Bits;
+        int size = 1 << bits;
         if (row < s.N)
             for (int i = lane; i < size; i += width) lut[warp * TableStride + i] = table[row * size + i];
         Group.Barrier();
         if (row >= s.N) return;
 
-        var acc = LocalMemory.Allocate<float>(MaxRows);
-        for (int m = 0; m < MaxRows; m++) acc[m] = 0f;
-        int blocks = (s.K + SqueezeLlmCodes.BlockCodes - 1) / SqueezeLlmCodes.BlockCodes;
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
         long rowBase = (long)row * s.WordsPerRow;
-        uint mask = (uint)(size - 1);
-        for (int b = lane; b < blocks; b += width)
+        int lutBase = warp * TableStride, groups = (s.K + 7) / 8;
+        ulong mask = (ulong)(size - 1);
+        for (int g = lane; g < groups; g += width)
         {
-            long at = rowBase + (long)b * s.Bits;
-            uint w0 = (uint)codes[at], w1 = (uint)codes[at + 1], w2 = (uint)codes[at + 2], w3 = s.Bits == 4 ? (uint)codes[at + 3] : 0u;
-            int first = b * SqueezeLlmCodes.BlockCodes;
-            int count = Math.Min(SqueezeLlmCodes.BlockCodes, s.K - first);
-            for (int i = 0; i < count; i++)
+            // The group's 8 x bits bits: 4-bit, word g; 3-bit, 24 bits from bit 24g, crossing into the next word when
+            // they start past bit 8 of a word (never past the row's last word: a 32-code block ends on a word boundary).
+            int bit = g * 8 * bits, shift = bit & 31;
+            long word = rowBase + (bit >> 5);
+            ulong window = (uint)codes[word];
+            if (shift + 8 * bits > 32) window |= (ulong)(uint)codes[word + 1] << 32;
+            window >>= shift;
+            int k0 = 8 * g;
+            for (int i = 0; i < 8; i++)
             {
-                int bit = i * s.Bits, word = bit >> 5, shift = bit & 31;
-                uint lo = word == 0 ? w0 : word == 1 ? w1 : word == 2 ? w2 : w3;
-                uint code = lo >> shift;
-                if (shift + s.Bits > 32) code |= (word == 0 ? w1 : w2) << (32 - shift); // a 3-bit code straddling words
-                float weight = lut[warp * TableStride + (int)(code & mask)];
-                for (int m = 0; m < s.Rows; m++) acc[m] += weight * x[m * s.K + first + i];
+                int k = k0 + i;
+                if (k >= s.K) break;
+                float w = lut[lutBase + (int)((window >> (bits * i)) & mask)];
+                a0 += w * x[k];
+                if (rows > 1) a1 += w * x[s.K + k];
+                if (rows > 2) a2 += w * x[2 * s.K + k];
+                if (rows > 3) a3 += w * x[3 * s.K + k];
+                if (rows > 4) a4 += w * x[4 * s.K + k];
+                if (rows > 5) a5 += w * x[5 * s.K + k];
+                if (rows > 6) a6 += w * x[6 * s.K + k];
+                if (rows > 7) a7 += w * x[7 * s.K + k];
             }
         }
         for (int e = rowStart[row] + lane; e < rowStart[row + 1]; e += width)
-            for (int m = 0; m < s.Rows; m++) acc[m] += delta[e] * x[m * s.K + cols[e]];
-        for (int m = 0; m < s.Rows; m++)
         {
-            float v = acc[m];
-            for (int offset = width / 2; offset > 0; offset /= 2) v += Warp.ShuffleDown(v, offset);
-            if (lane == 0) y[m * s.N + row] = v;
+            float d = delta[e];
+            int c = cols[e];
+            a0 += d * x[c];
+            if (rows > 1) a1 += d * x[s.K + c];
+            if (rows > 2) a2 += d * x[2 * s.K + c];
+            if (rows > 3) a3 += d * x[3 * s.K + c];
+            if (rows > 4) a4 += d * x[4 * s.K + c];
+            if (rows > 5) a5 += d * x[5 * s.K + c];
+            if (rows > 6) a6 += d * x[6 * s.K + c];
+            if (rows > 7) a7 += d * x[7 * s.K + c];
         }
+        Store(y, s.N, row, 0, lane, width, a0);
+        if (rows > 1) Store(y, s.N, row, 1, lane, width, a1);
+        if (rows > 2) Store(y, s.N, row, 2, lane, width, a2);
+        if (rows > 3) Store(y, s.N, row, 3, lane, width, a3);
+        if (rows > 4) Store(y, s.N, row, 4, lane, width, a4);
+        if (rows > 5) Store(y, s.N, row, 5, lane, width, a5);
+        if (rows > 6) Store(y, s.N, row, 6, lane, width, a6);
+        if (rows > 7) Store(y, s.N, row, 7, lane, width, a7);
+    }
+
+    /// <summary>The warp's sum of <paramref name="v"/> (a shuffle-down tree), written by lane 0 to y[m, row].</summary>
+    private static void Store(ArrayView<float> y, int n, int row, int m, int lane, int width, float v)
+    {
+        for (int offset = width / 2; offset > 0; offset /= 2) v += Warp.ShuffleDown(v, offset);
+        if (lane == 0) y[(long)m * n + row] = v;
     }
 
     public void Dispose()
