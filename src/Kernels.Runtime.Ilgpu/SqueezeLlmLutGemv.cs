@@ -87,7 +87,7 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
             SpecializedValue.New(rows), SpecializedValue.New(_weight.Bits));
     }
 
-    private static void Kernel(ArrayView<int> codes, ArrayView<float> table, ArrayView<int> rowStart, ArrayView<int> cols,
+    internal static void Kernel(ArrayView<int> codes, ArrayView<float> table, ArrayView<int> rowStart, ArrayView<int> cols,
         ArrayView<float> delta, ArrayView<float> x, ArrayView<float> y, Shape s, SpecializedValue<int> rowCount, SpecializedValue<int> codeBits)
     {
         int rows = rowCount.Value, bits = codeBits.Value;
