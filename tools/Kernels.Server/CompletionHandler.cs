@@ -15,6 +15,7 @@ namespace Kernels.Server;
 internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits limits, ServerShutdown shutdown, ILogger log)
 {
     private readonly RefusalLog refusals = new();
+    private readonly LogprobsJson logprobs = new(engine.Tokenizer);
 
     public async Task HandleAsync(HttpContext http, ApiEndpoint endpoint)
     {
@@ -79,6 +80,12 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
     {
         public readonly StringBuilder[] Text = Enumerable.Range(0, choices).Select(_ => new StringBuilder()).ToArray();
         public readonly string?[] Finish = new string?[choices];
+        /// <summary>Per choice, its tokens' log-probabilities and its prompt's (when the request asked for them).</summary>
+        public readonly List<TokenLogprobs>[] Logprobs = Enumerable.Range(0, choices).Select(_ => new List<TokenLogprobs>()).ToArray();
+        public readonly IReadOnlyList<TokenLogprobs?>?[] PromptLogprobs = new IReadOnlyList<TokenLogprobs?>?[choices];
+        /// <summary>Per choice, whether a streamed chunk went out (the echoed prompt goes first) and the text_offset reached.</summary>
+        public readonly bool[] Started = new bool[choices];
+        public readonly int[] Offset = new int[choices];
         public readonly ServerShutdown.InFlight Tracked = tracked;
         public int CompletionTokens;
         public bool Disconnected;
@@ -118,9 +125,19 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
         for (int c = 0; c < outcome.Text.Length; c++)
         {
             var item = new JsonObject { ["index"] = c };
+            string echoed = request.Echo ? request.PromptTexts[c / request.N] : "";
             if (chat) item["message"] = new JsonObject { ["role"] = "assistant", ["content"] = outcome.Text[c].ToString() };
-            else item["text"] = outcome.Text[c].ToString();
-            item["logprobs"] = null;
+            else item["text"] = echoed + outcome.Text[c].ToString();
+            JsonObject? scores = null;
+            if (request.Logprobs != null && chat) scores = new JsonObject { ["content"] = logprobs.Chat(outcome.Logprobs[c]) };
+            else if (request.Logprobs != null)
+            {
+                scores = new JsonObject();
+                if (request.Echo && outcome.PromptLogprobs[c] is { } prompt) logprobs.AppendCompletion(scores, request.Requests[c / request.N].PromptIds!, prompt, 0);
+                var generated = outcome.Logprobs[c];
+                logprobs.AppendCompletion(scores, generated.Select(t => t.Token).ToArray(), generated, echoed.Length);
+            }
+            item["logprobs"] = scores;
             item["finish_reason"] = outcome.Finish[c];
             choices.Add(item);
         }
@@ -148,7 +165,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
             await response.Body.FlushAsync(aborted).ConfigureAwait(false);
         }
 
-        JsonObject Chunk(int choice, string text, string? finish, bool role = false)
+        JsonObject Chunk(int choice, string text, string? finish, bool role = false, JsonNode? scores = null)
         {
             var item = new JsonObject { ["index"] = choice };
             if (chat)
@@ -159,7 +176,7 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
                 item["delta"] = delta;
             }
             else item["text"] = text;
-            item["logprobs"] = null;
+            item["logprobs"] = scores;
             item["finish_reason"] = finish;
             var chunk = Envelope(id, chat ? "chat.completion.chunk" : "text_completion");
             chunk["choices"] = new JsonArray(item);
@@ -175,7 +192,30 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
             {
                 if (aborted.IsCancellationRequested) return;
                 Record(outcome, choice, e);
-                if (e.Text.Length > 0 || e.Finish != null) await Send(Chunk(choice, e.Text, outcome.Finish[choice])).ConfigureAwait(false);
+                if (request.Echo && !outcome.Started[choice])
+                {
+                    // The prompt first, with its log-probabilities when asked (they come with the choice's first event).
+                    string prompt = request.PromptTexts[choice / request.N];
+                    JsonObject? promptScores = null;
+                    if (request.Logprobs != null && e.PromptLogprobs is { } lp)
+                        logprobs.AppendCompletion(promptScores = new JsonObject(), request.Requests[choice / request.N].PromptIds!, lp, 0);
+                    outcome.Offset[choice] = prompt.Length;
+                    await Send(Chunk(choice, prompt, null, scores: promptScores)).ConfigureAwait(false);
+                }
+                outcome.Started[choice] = true;
+                JsonNode? scores = null;
+                if (e.Logprobs is { } token)
+                {
+                    if (chat) scores = new JsonObject { ["content"] = logprobs.Chat([token]) };
+                    else
+                    {
+                        var completion = new JsonObject();
+                        outcome.Offset[choice] = logprobs.AppendCompletion(completion, [token.Token], [token], outcome.Offset[choice]);
+                        scores = completion;
+                    }
+                }
+                if (e.Text.Length > 0 || e.Finish != null || scores != null)
+                    await Send(Chunk(choice, e.Text, outcome.Finish[choice], scores: scores)).ConfigureAwait(false);
             }
         }
         catch (OperationCanceledException) when (shutdown.Deadline.IsCancellationRequested && !aborted.IsCancellationRequested)
@@ -208,6 +248,8 @@ internal sealed class CompletionHandler(InferenceEngine engine, RequestLimits li
     private void Record(Outcome outcome, int choice, GenerationEvent e)
     {
         outcome.Text[choice].Append(e.Text);
+        if (e.Logprobs != null) outcome.Logprobs[choice].Add(e.Logprobs);
+        if (e.PromptLogprobs != null) outcome.PromptLogprobs[choice] = e.PromptLogprobs;
         if (e.Token != null) Interlocked.Increment(ref outcome.Tracked.Tokens);
         if (e.Finish is { } f) Finished(outcome, choice, f, e);
     }

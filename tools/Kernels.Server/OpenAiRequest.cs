@@ -29,6 +29,18 @@ public sealed record OpenAiRequest(
     public const int MaxN = 128;
 
     /// <summary>
+    /// Log-probabilities asked for each generated token: completions' <c>logprobs</c> (N alternatives), chat's
+    /// <c>top_logprobs</c> (0 when only <c>logprobs: true</c>); null = none.
+    /// </summary>
+    public int? Logprobs { get; init; }
+
+    /// <summary>Completions' <c>echo</c>: each choice's text starts with its prompt (and its logprobs with the prompt's, when asked).</summary>
+    public bool Echo { get; init; }
+
+    /// <summary>Each prompt's text as echoed: the string sent, or the decoded ids.</summary>
+    public IReadOnlyList<string> PromptTexts { get; init; } = [];
+
+    /// <summary>
     /// Parses and validates <paramref name="body"/> (including the engine's own checks: prompt length, KV room), so
     /// that every refusal happens before a response starts. Throws <see cref="ApiException"/> naming the parameter.
     /// </summary>
@@ -65,6 +77,7 @@ public sealed record OpenAiRequest(
         if (sampling.Temperature < 0) throw ApiException.BadRequest("temperature", $"must be >= 0, got {sampling.Temperature}");
         if (!(sampling.TopP > 0 && sampling.TopP <= 1)) throw ApiException.BadRequest("top_p", $"must be in (0, 1], got {sampling.TopP}");
 
+        var (logprobs, echo) = LogprobsAsked(fields, endpoint);
         var stop = fields.StopList("stop", limits);
         bool stream = fields.Bool("stream") ?? false;
         bool includeUsage = false;
@@ -75,6 +88,8 @@ public sealed record OpenAiRequest(
             MaxNewTokens = maxTokens,
             Sampling = sampling,
             IgnoreEos = fields.Bool("ignore_eos") ?? false,
+            Logprobs = logprobs,
+            PromptLogprobs = echo ? logprobs : null,
         };
 
         List<GenerationRequest> requests;
@@ -111,8 +126,12 @@ public sealed record OpenAiRequest(
                 $"{maxParam}: {requests.Count} prompt(s) x n = {n} x {maxParam} ask for up to {asked} tokens; this server allows {limits.MaxRequestTokens} per request (lower n or {maxParam})",
                 maxParam, "request_too_large");
         // Tokenized once here: the engine runs the ids as they are (BOS included).
+        var texts = echo ? requests.Select((r, i) => r.Prompt ?? engine.Tokenizer.Decode(prompts[i])).ToArray() : [];
         requests = requests.Select((r, i) => r with { Prompt = null, PromptIds = prompts[i] }).ToList();
-        return new OpenAiRequest(endpoint, requests, prompts.Select(p => p.Length).ToArray(), n, stream, includeUsage);
+        return new OpenAiRequest(endpoint, requests, prompts.Select(p => p.Length).ToArray(), n, stream, includeUsage)
+        {
+            Logprobs = logprobs, Echo = echo, PromptTexts = texts,
+        };
     }
 
     private static ApiException TooManyChoices(int prompts, int n, RequestLimits limits) =>
@@ -151,19 +170,35 @@ public sealed record OpenAiRequest(
     private static string SnakeCase(string name) =>
         string.Concat(name.Select((c, i) => char.IsUpper(c) ? (i > 0 ? "_" : "") + char.ToLowerInvariant(c) : c.ToString()));
 
+    /// <summary>
+    /// What log-probabilities are asked: completions take <c>logprobs</c> (an integer) and <c>echo</c>; chat takes
+    /// <c>logprobs</c> (a boolean) and <c>top_logprobs</c>, which needs it. At most 20 alternatives, as vLLM allows.
+    /// </summary>
+    private static (int? Logprobs, bool Echo) LogprobsAsked(Fields f, ApiEndpoint endpoint)
+    {
+        const int Max = GenerationRequest.MaxLogprobs;
+        if (endpoint == ApiEndpoint.Completions)
+        {
+            int? n = f.Int("logprobs");
+            if (n is int k && (k < 0 || k > Max)) throw ApiException.BadRequest("logprobs", $"must be in [0, {Max}], got {k}");
+            return (n, f.Bool("echo") ?? false);
+        }
+        bool wanted = f.Bool("logprobs") ?? false;
+        int? top = f.Int("top_logprobs");
+        if (top is int t && (t < 0 || t > Max)) throw ApiException.BadRequest("top_logprobs", $"must be in [0, {Max}], got {t}");
+        if (top != null && !wanted) throw ApiException.BadRequest("top_logprobs", "needs \"logprobs\": true");
+        return (wanted ? top ?? 0 : null, false);
+    }
+
     private static void RejectUnsupported(Fields f, ApiEndpoint endpoint)
     {
         // Not faked: a client asking for these would silently get something other than what it asked for.
         if (endpoint == ApiEndpoint.Completions)
         {
-            if (f.Has("logprobs")) throw ApiException.NotSupported("logprobs", "logprobs");
-            if (f.Bool("echo") == true) throw ApiException.NotSupported("echo", "echo");
             if (f.String("suffix") is { Length: > 0 }) throw ApiException.NotSupported("suffix", "suffix");
         }
         else
         {
-            if (f.Bool("logprobs") == true) throw ApiException.NotSupported("logprobs", "logprobs");
-            if (f.Has("top_logprobs")) throw ApiException.NotSupported("top_logprobs", "top_logprobs");
             if (f.Raw("tools") is { ValueKind: JsonValueKind.Array } tools && tools.GetArrayLength() > 0) throw ApiException.NotSupported("tools", "tool calling");
             if (f.Raw("functions") is { ValueKind: JsonValueKind.Array } fns && fns.GetArrayLength() > 0) throw ApiException.NotSupported("functions", "function calling");
             if (f.Object("response_format") is { } rf && new Fields(rf, "response_format.").String("type") is { } type && type != "text")

@@ -62,7 +62,7 @@ internal sealed class CpuCalibrationRunner : ICalibrationRunner
                 {
                     var logits = backend.Forward([new SequenceStep(cache, new[] { token })])[0];
                     tokens++;
-                    token = Sampler.Sample(logits, sampling, null, rng.NextDouble());
+                    token = Sampler.Sample(logits, sampling.Choice(null, rng.NextDouble()));
                     if (eos.Contains(token)) break;
                 }
             }

@@ -64,7 +64,7 @@ internal sealed class Generator(IBackend backend, ITextTokenizer tokenizer, Gene
     public IReadOnlyList<GenerationResult> Generate(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
         var prompts = requests.Select(PromptIds).ToArray();
-        var collector = new GenerationResultCollector(prompts);
+        var collector = new GenerationResultCollector(requests, prompts);
         foreach (var e in Run(requests, prompts, cancellation)) collector.Add(e);
         return collector.Results;
     }

@@ -183,7 +183,7 @@ public sealed class InferenceEngine : IDisposable
     public async Task<IReadOnlyList<GenerationResult>> GenerateAsync(IReadOnlyList<GenerationRequest> requests, CancellationToken cancellation = default)
     {
         var prompts = PromptIds(requests);
-        var collector = new GenerationResultCollector(prompts);
+        var collector = new GenerationResultCollector(requests, prompts);
         await foreach (var e in GenerateManyAsync(requests, cancellation).ConfigureAwait(false)) collector.Add(e);
         return collector.Results;
     }

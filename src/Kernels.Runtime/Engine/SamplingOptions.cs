@@ -20,6 +20,13 @@ public sealed record SamplingOptions
 
     public bool IsGreedy => Temperature <= 0f;
 
+    /// <summary>This step's draw for a backend: these options with the coin, the penalized tokens and what to score.</summary>
+    internal Backends.TokenChoice Choice(IReadOnlySet<int>? seen, double coin, int vocab = 0, int logprobs = -1) => new()
+    {
+        Temperature = Temperature, TopK = TopK, TopP = TopP, MinP = MinP, RepetitionPenalty = RepetitionPenalty,
+        Seen = seen, Coin = coin, Vocab = vocab, Logprobs = logprobs,
+    };
+
     /// <summary>Throws RequestValidationException naming the option when a value is out of range.</summary>
     public void Validate()
     {

@@ -104,6 +104,11 @@ internal sealed class Scheduler
         public required IKvCache Cache;
         public required int[] Tokens;
         public int Done;
+        /// <summary>The prompt's log-probabilities so far (the first token's null), when its request asked for them.</summary>
+        public List<TokenLogprobs?>? PromptLogprobs;
+        /// <summary>The samples' random streams and penalized tokens, made when the step that draws their first tokens is built.</summary>
+        public SamplerRng[]? Rngs;
+        public HashSet<int>[]? Seen;
     }
 
     private readonly LinkedList<(RequestState Owner, List<Sample>? Resume)> _waiting = new();
@@ -152,6 +157,9 @@ internal sealed class Scheduler
             throw new RequestValidationException(nameof(GenerationRequest.N), $"must be at most {_options.MaxBatchSequences} (the most sequences in one step), got {request.N}");
         if (request.MaxNewTokens < 0) throw new RequestValidationException(nameof(GenerationRequest.MaxNewTokens), $"must be >= 0, got {request.MaxNewTokens}");
         request.Sampling.Validate();
+        foreach (var (name, value) in new[] { (nameof(GenerationRequest.Logprobs), request.Logprobs), (nameof(GenerationRequest.PromptLogprobs), request.PromptLogprobs) })
+            if (value is int n && (n < 0 || n > GenerationRequest.MaxLogprobs))
+                throw new RequestValidationException(name, $"must be in [0, {GenerationRequest.MaxLogprobs}], got {n}");
         int[] ids = request.PromptIds?.ToArray()
                     ?? _tokenizer.Encode(request.Prompt ?? throw new RequestValidationException(nameof(GenerationRequest.Prompt), "no prompt given"),
                         request.AddBos ?? _tokenizer.AddBosByDefault);
@@ -206,14 +214,17 @@ internal sealed class Scheduler
             (batch, decodes, chunks) = BuildBatch();
             if (batch.Count == 0) return events;
         }
+        batch = Decide(batch, decodes, chunks);
         var plan = Sharing ? AttentionPlanner.Build(batch) : null;
         BeforeForward?.Invoke();
-        var logits = _backend.Forward(batch, plan);
+        var outputs = _backend.Step(batch, plan);
 
-        for (int i = 0; i < decodes.Count; i++) Advance(decodes[i], logits[i], events);
+        for (int i = 0; i < decodes.Count; i++) Advance(decodes[i], outputs[i], 0, events);
         for (int i = 0; i < chunks.Count; i++)
         {
             var (p, take) = chunks[i];
+            if (p.PromptLogprobs != null)
+                foreach (var t in outputs[decodes.Count + i].Targets ?? []) p.PromptLogprobs.Add(Public(t));
             p.Done += take;
             if (p.Done < p.Tokens.Length) continue;
             _prefills.Remove(p);
@@ -223,7 +234,7 @@ internal sealed class Scheduler
                 resumed.MoveTo(SampleState.Decoding);
                 _live.Add(resumed);
             }
-            else StartSamples(p, logits[decodes.Count + i], events);
+            else StartSamples(p, outputs[decodes.Count + i], events);
         }
         _live.RemoveAll(s => s.State == SampleState.Finished);
         foreach (var e in events)
@@ -285,14 +296,16 @@ internal sealed class Scheduler
                 passed.Add(group);
                 continue;
             }
-            if (Sharing && resume == null && _prefills.Any(p => p.Resume == null && CommonPrefix(p.Tokens, owner.Prompt) >= pool.BlockSize))
+            // A prompt scored whole (its log-probabilities asked for) neither waits for nor takes cached blocks.
+            bool scored = resume == null && owner.Request.PromptLogprobs != null;
+            if (Sharing && !scored && resume == null && _prefills.Any(p => p.Resume == null && CommonPrefix(p.Tokens, owner.Prompt) >= pool.BlockSize))
             {
                 passed.Add(group); // the shared part is being prefilled: take it from the prefix tree next step
                 continue;
             }
             while (true)
             {
-                var matches = tokenLists.Select(t => Sharing ? pool.Prefixes.Match(t, t.Length - 1) : (IReadOnlyList<int>)[]).ToList();
+                var matches = tokenLists.Select(t => Sharing && !scored ? pool.Prefixes.Match(t, t.Length - 1) : (IReadOnlyList<int>)[]).ToList();
                 int need = 0;
                 for (int i = 0; i < tokenLists.Count; i++) need += pool.BlocksFor(tokenLists[i].Length) - matches[i].Count;
                 // One block of growth per running sequence, and per sample of this request (all of them will grow).
@@ -312,7 +325,11 @@ internal sealed class Scheduler
                     {
                         var cache = matches[i].Count > 0 ? new KvSequence(pool, matches[i], matches[i].Count * pool.BlockSize) : _backend.CreateCache();
                         resume?[i].MoveTo(SampleState.Prefilling);
-                        _prefills.Add(new Prefill { Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length });
+                        _prefills.Add(new Prefill
+                        {
+                            Owner = owner, Resume = resume?[i], Cache = cache, Tokens = tokenLists[i], Done = cache.Length,
+                            PromptLogprobs = scored ? [null] : null,
+                        });
                     }
                     running[group] = mine + sequences;
                     total += sequences;
@@ -401,6 +418,57 @@ internal sealed class Scheduler
             chunks.Add((p, n));
         }
         return (batch, decodes, chunks);
+    }
+
+    /// <summary>
+    /// What the step answers besides the new keys, once its batch is settled (each draw takes a coin): a decoding
+    /// sample's next token, a prompt's first tokens (one draw per sample) when its last chunk runs, a scored prompt's
+    /// log-probabilities.
+    /// </summary>
+    private List<SequenceStep> Decide(List<SequenceStep> batch, List<Sample> decodes, List<(Prefill, int)> chunks)
+    {
+        for (int i = 0; i < decodes.Count; i++)
+        {
+            var s = decodes[i];
+            batch[i] = batch[i] with { Choose = [Choice(s.Owner.Request, s.Seen, s.Rng)] };
+        }
+        for (int i = 0; i < chunks.Count; i++)
+        {
+            var (p, take) = chunks[i];
+            var step = batch[decodes.Count + i];
+            if (p.PromptLogprobs != null)
+            {
+                var targets = p.Tokens.AsMemory(p.Done + 1, Math.Min(take, p.Tokens.Length - p.Done - 1));
+                step = step with { AllLogits = true, Score = new TargetScoring(targets, p.Owner.Request.PromptLogprobs ?? 0, _usableVocab) };
+            }
+            var r = p.Owner;
+            if (p.Resume == null && p.Done + take == p.Tokens.Length && r.Request.MaxNewTokens > 0)
+            {
+                p.Rngs = new SamplerRng[r.Request.N];
+                p.Seen = new HashSet<int>[r.Request.N];
+                var choices = new TokenChoice[r.Request.N];
+                for (int n = 0; n < r.Request.N; n++)
+                {
+                    p.Rngs[n] = new SamplerRng(r.Seed, (ulong)n);
+                    p.Seen[n] = r.Request.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(r.Prompt) : [];
+                    choices[n] = Choice(r.Request, p.Seen[n], p.Rngs[n]);
+                }
+                step = step with { Choose = choices };
+            }
+            batch[decodes.Count + i] = step;
+        }
+        return batch;
+    }
+
+    /// <summary>A sample's next draw: its request's options, its penalized tokens and the next coin of its stream.</summary>
+    private TokenChoice Choice(GenerationRequest request, HashSet<int> seen, SamplerRng rng) =>
+        request.Sampling.Choice(request.Sampling.RepetitionPenalty != 1f ? seen : null, rng.NextDouble(), _usableVocab, request.Logprobs ?? -1);
+
+    private static TokenLogprobs Public(ScoredToken t)
+    {
+        var top = new TokenLogprob[t.TopIds.Length];
+        for (int i = 0; i < top.Length; i++) top[i] = new TokenLogprob(t.TopIds[i], t.TopLogprobs[i]);
+        return new TokenLogprobs(t.Token, t.Logprob, top);
     }
 
     /// <summary>
@@ -523,7 +591,7 @@ internal sealed class Scheduler
     // Samples
 
     /// <summary>The prompt is in the cache: cache its full blocks, fork the samples, sample their first tokens.</summary>
-    private void StartSamples(Prefill p, float[] lastLogits, List<GenerationEvent> events)
+    private void StartSamples(Prefill p, StepOutput output, List<GenerationEvent> events)
     {
         var r = p.Owner;
         if (Sharing && p.Cache is KvSequence seq) KvPool.Prefixes.Insert(r.Prompt, seq.Blocks);
@@ -536,31 +604,44 @@ internal sealed class Scheduler
                 Owner = r,
                 Index = n,
                 Cache = n == 0 ? p.Cache : Fork(p.Cache),
-                Rng = new SamplerRng(r.Seed, (ulong)n),
+                Rng = p.Rngs?[n] ?? new SamplerRng(r.Seed, (ulong)n),
                 // A continuation keeps its leading space; text decoded from BOS drops the dummy prefix.
                 Text = new TokenTextStream(_tokenizer, atStart: promptIsControlOnly),
                 Stops = new StopStringMatcher(r.Stops), // one automaton per request, walked by each sample
-                Seen = r.Request.Sampling.RepetitionPenalty != 1f ? new HashSet<int>(r.Prompt) : [],
+                Seen = p.Seen?[n] ?? [],
             };
             r.Samples.Add(s);
             _live.Add(s);
         }
-        foreach (var s in r.Samples) Advance(s, (float[])lastLogits.Clone(), events);
+        for (int n = 0; n < r.Samples.Count; n++) Advance(r.Samples[n], output, n, events, p.PromptLogprobs);
     }
 
     /// <summary>A sample's own cache: shared blocks (sharing on) or a full private copy (the baseline).</summary>
     private IKvCache Fork(IKvCache prompt) => Sharing || prompt is not KvSequence seq ? prompt.Fork() : seq.Copy();
 
-    private void Advance(Sample s, float[] logits, List<GenerationEvent> events)
+    /// <summary>
+    /// Takes draw <paramref name="choice"/> of <paramref name="output"/> as the sample's next token and emits its
+    /// event, with the token's log-probabilities and, on a sample's first event, the prompt's when asked.
+    /// </summary>
+    private void Advance(Sample s, StepOutput output, int choice, List<GenerationEvent> events, IReadOnlyList<TokenLogprobs?>? prompt = null)
     {
         var req = s.Owner.Request;
         if (req.MaxNewTokens == 0)
         {
-            events.Add(Finish(s, FinishReason.Length, null));
+            events.Add(Finish(s, FinishReason.Length, null) with { PromptLogprobs = prompt });
             return;
         }
-        if (_usableVocab < logits.Length) logits.AsSpan(_usableVocab).Fill(float.NegativeInfinity);
-        int token = Sampler.Sample(logits, req.Sampling, s.Seen, s.Rng.NextDouble());
+        int token = output.Tokens[choice];
+        var logprobs = output.Chosen[choice] is { } scored ? Public(scored) : null;
+        int first = events.Count;
+        Emit(s, token, events);
+        for (int e = first; e < events.Count; e++) events[e] = events[e] with { Logprobs = logprobs, PromptLogprobs = prompt };
+    }
+
+    /// <summary>The events of a sample's new token: its text, or its end (EOS, a stop string, the length).</summary>
+    private void Emit(Sample s, int token, List<GenerationEvent> events)
+    {
+        var req = s.Owner.Request;
         s.Tokens.Add(token);
         s.LastToken = token;
         if (req.Sampling.RepetitionPenalty != 1f) s.Seen.Add(token);

@@ -1,4 +1,5 @@
 // The sampler's filters and penalties, with explicit coins (randomness is an argument).
+using Kernels.Runtime.Backends;
 using Kernels.Runtime.Engine;
 
 namespace Kernels.Tests.Engine;
@@ -10,8 +11,8 @@ public class SamplerTests
     [Test]
     public void GreedyPicksTheLargestAndTiesGoToTheLowestId()
     {
-        Assert.That(Sampler.Sample(Logits(), SamplingOptions.Greedy, null, 0.99), Is.EqualTo(1));
-        Assert.That(Sampler.Sample(new float[] { 0, 5, 5 }, SamplingOptions.Greedy, null, 0.5), Is.EqualTo(1));
+        Assert.That(Sampler.Sample(Logits(), SamplingOptions.Greedy.Choice(null, 0.99)), Is.EqualTo(1));
+        Assert.That(Sampler.Sample(new float[] { 0, 5, 5 }, SamplingOptions.Greedy.Choice(null, 0.5)), Is.EqualTo(1));
     }
 
     [Test]
@@ -38,7 +39,7 @@ public class SamplerTests
     public void TopKOfOneIsGreedyForEveryCoin()
     {
         var o = new SamplingOptions { Temperature = 1, TopK = 1 };
-        foreach (double coin in new[] { 0.0, 0.3, 0.999999 }) Assert.That(Sampler.Sample(Logits(), o, null, coin), Is.EqualTo(1));
+        foreach (double coin in new[] { 0.0, 0.3, 0.999999 }) Assert.That(Sampler.Sample(Logits(), o.Choice(null, coin)), Is.EqualTo(1));
     }
 
     [Test]
@@ -46,8 +47,8 @@ public class SamplerTests
     {
         // Without filters every token can come out; coin 0 gives the first id with mass, coin ~1 the last.
         var o = new SamplingOptions { Temperature = 1 };
-        Assert.That(Sampler.Sample(Logits(), o, null, 0.0), Is.EqualTo(0));
-        Assert.That(Sampler.Sample(Logits(), o, null, 0.999999), Is.EqualTo(4));
+        Assert.That(Sampler.Sample(Logits(), o.Choice(null, 0.0)), Is.EqualTo(0));
+        Assert.That(Sampler.Sample(Logits(), o.Choice(null, 0.999999)), Is.EqualTo(4));
     }
 
     [Test]
@@ -55,7 +56,7 @@ public class SamplerTests
     {
         // softmax([1,3,2,-1,2.5]) ~ [.063,.464,.171,.009,.282]; p = 0.7 keeps ids 1 (.464) and 4 (.282).
         var o = new SamplingOptions { Temperature = 1, TopP = 0.7f };
-        var seen = Enumerable.Range(0, 200).Select(i => Sampler.Sample(Logits(), o, null, i / 200.0)).ToHashSet();
+        var seen = Enumerable.Range(0, 200).Select(i => Sampler.Sample(Logits(), o.Choice(null, i / 200.0))).ToHashSet();
         Assert.That(seen, Is.EquivalentTo(new[] { 1, 4 }));
     }
 
@@ -64,7 +65,7 @@ public class SamplerTests
     {
         // relative to the top (e^3): id 2 is e^-1 = .37, id 4 e^-.5 = .61, id 0 e^-2 = .135; min-p .3 keeps 1, 2, 4.
         var o = new SamplingOptions { Temperature = 1, MinP = 0.3f };
-        var seen = Enumerable.Range(0, 200).Select(i => Sampler.Sample(Logits(), o, null, i / 200.0)).ToHashSet();
+        var seen = Enumerable.Range(0, 200).Select(i => Sampler.Sample(Logits(), o.Choice(null, i / 200.0))).ToHashSet();
         Assert.That(seen, Is.EquivalentTo(new[] { 1, 2, 4 }));
     }
 
@@ -75,14 +76,14 @@ public class SamplerTests
         // {0, 1}; together (top-p first, then min-p over what it kept) still {0, 1}. min-p applied first would leave
         // {0, 1} with mass .8, of which top-p 0.6 keeps {0} only.
         var probs = new[] { 1f, 0.6f, 0.2f, 0.2f }; // relative to the top, as the sampler holds them
-        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopP = 0.6f }), Is.EquivalentTo(new[] { 0, 1 }));
-        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, MinP = 0.25f }), Is.EquivalentTo(new[] { 0, 1 }));
-        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }), Is.EquivalentTo(new[] { 0, 1 }));
+        Assert.That(Sampler.Keep(probs, (new SamplingOptions { Temperature = 1, TopP = 0.6f }).Choice(null, 0)), Is.EquivalentTo(new[] { 0, 1 }));
+        Assert.That(Sampler.Keep(probs, (new SamplingOptions { Temperature = 1, MinP = 0.25f }).Choice(null, 0)), Is.EquivalentTo(new[] { 0, 1 }));
+        Assert.That(Sampler.Keep(probs, (new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }).Choice(null, 0)), Is.EquivalentTo(new[] { 0, 1 }));
         // top-p is over what top-k left: top-k 2 leaves {0, 1} (mass .8); top-p 0.6 of that is .48, reached by 0 alone.
         // Over the whole distribution it would keep {0, 1}.
-        Assert.That(Sampler.Keep(probs, new SamplingOptions { Temperature = 1, TopK = 2, TopP = 0.6f }), Is.EquivalentTo(new[] { 0 }));
+        Assert.That(Sampler.Keep(probs, (new SamplingOptions { Temperature = 1, TopK = 2, TopP = 0.6f }).Choice(null, 0)), Is.EquivalentTo(new[] { 0 }));
         var logits = probs.Select(p => MathF.Log(p)).ToArray();
-        var seen = Enumerable.Range(0, 400).Select(i => Sampler.Sample(logits.ToArray(), new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }, null, i / 400.0)).ToHashSet();
+        var seen = Enumerable.Range(0, 400).Select(i => Sampler.Sample(logits.ToArray(), (new SamplingOptions { Temperature = 1, TopP = 0.6f, MinP = 0.25f }).Choice(null, i / 400.0))).ToHashSet();
         Assert.That(seen, Is.EquivalentTo(new[] { 0, 1 }), "Sample draws from what Keep keeps");
     }
 
@@ -158,12 +159,12 @@ public class SamplerTests
             for (int j = 0; j < k && o.TopP < 1; j++) { run += sorted[j]; if (Math.Abs(run - o.TopP * mass) < 1e-5 * mass) nearTopP = true; }
             if (nearTopP || probs.Any(p => Math.Abs(p - o.MinP) < 1e-5)) continue;
 
-            var ours = Sampler.Keep(probs, o).ToHashSet();
+            var ours = Sampler.Keep(probs, o.Choice(null, 0)).ToHashSet();
             var reference = HuggingFaceKept(scores, o.TopK, o.TopP, o.MinP);
             Assert.That(ours, Is.EquivalentTo(reference), $"trial {trial}: n={n} T={t} top-k={o.TopK} top-p={o.TopP} min-p={o.MinP}");
             compared++;
             // The old order (min-p first) would have given another set here: the test can tell the two apart.
-            var minPFirst = Sampler.Keep(probs.Select(p => p >= o.MinP ? p : 0f).ToArray(), o with { MinP = 0 }).ToHashSet();
+            var minPFirst = Sampler.Keep(probs.Select(p => p >= o.MinP ? p : 0f).ToArray(), (o with { MinP = 0 }).Choice(null, 0)).ToHashSet();
             if (!minPFirst.SetEquals(reference)) differentFromMinPFirst++;
         }
         TestContext.Out.WriteLine($"{compared} of 3000 random cases compared (the rest within rounding of a boundary), {differentFromMinPFirst} of them where min-p first would differ");
@@ -176,7 +177,7 @@ public class SamplerTests
     {
         var logits = Logits();
         var o = new SamplingOptions { RepetitionPenalty = 2f };
-        int pick = Sampler.Sample(logits, o, new HashSet<int> { 1, 3 }, 0);
+        int pick = Sampler.Sample(logits, o.Choice(new HashSet<int> { 1, 3 }, 0));
         Assert.That(logits[1], Is.EqualTo(1.5f));
         Assert.That(logits[3], Is.EqualTo(-2f));
         Assert.That(pick, Is.EqualTo(4));
@@ -186,7 +187,7 @@ public class SamplerTests
     public void HugeNegativeLogitsDoNotProduceNaN()
     {
         var logits = new float[] { -500f, -300f, -1000f };
-        Assert.That(Sampler.Sample(logits, new SamplingOptions { Temperature = 0.7f }, null, 0.5), Is.EqualTo(1));
+        Assert.That(Sampler.Sample(logits, (new SamplingOptions { Temperature = 0.7f }).Choice(null, 0.5)), Is.EqualTo(1));
     }
 
     [Test]

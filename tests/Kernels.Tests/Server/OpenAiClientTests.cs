@@ -50,6 +50,34 @@ public class OpenAiClientTests
     }
 
     [Test]
+    public void ChatLogprobsReachTheClientStreamedOrNot()
+    {
+        var options = new ChatCompletionOptions { MaxOutputTokenCount = 8, Temperature = 0, IncludeLogProbabilities = true, TopLogProbabilityCount = 2 };
+        ChatCompletion completion = Client().CompleteChat(Conversation, options);
+        var tokens = completion.ContentTokenLogProbabilities;
+        Assert.That(tokens, Has.Count.EqualTo(completion.Usage.OutputTokenCount));
+        foreach (var t in tokens)
+        {
+            Assert.That(t.LogProbability, Is.LessThanOrEqualTo(0f));
+            Assert.That(t.TopLogProbabilities, Has.Count.EqualTo(2));
+            Assert.That(t.TopLogProbabilities[0].LogProbability, Is.EqualTo(t.LogProbability).Within(1e-6), "greedy: the chosen token is the most likely");
+            Assert.That(t.TopLogProbabilities[0].LogProbability, Is.GreaterThanOrEqualTo(t.TopLogProbabilities[1].LogProbability));
+            Assert.That(LogprobsServerTests.Bytes(t.Token), Is.EqualTo(t.Utf8Bytes!.Value.ToArray()), "token text and bytes agree");
+        }
+        var bytes = tokens.SelectMany(t => t.Utf8Bytes!.Value.ToArray()).ToArray();
+        Assert.That(System.Text.Encoding.UTF8.GetString(bytes), Does.StartWith(string.Concat(completion.Content.Select(p => p.Text))),
+            "the tokens' bytes spell the reply (an end-of-turn token may follow it)");
+
+        var streamed = new List<ChatTokenLogProbabilityDetails>();
+        foreach (StreamingChatCompletionUpdate update in Client().CompleteChatStreaming(Conversation, options)) streamed.AddRange(update.ContentTokenLogProbabilities);
+        Assert.That(streamed.Select(t => t.Token), Is.EqualTo(tokens.Select(t => t.Token)));
+        Assert.That(streamed.Select(t => t.LogProbability), Is.EqualTo(tokens.Select(t => t.LogProbability)));
+
+        ChatCompletion without = Client().CompleteChat(Conversation, new ChatCompletionOptions { MaxOutputTokenCount = 8, Temperature = 0 });
+        Assert.That(without.ContentTokenLogProbabilities, Is.Empty, "not asked, not given");
+    }
+
+    [Test]
     public async Task AsyncStreamingWithASeedRepeats()
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 8, Temperature = 0.9f, TopP = 0.95f };

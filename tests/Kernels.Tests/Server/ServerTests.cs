@@ -216,8 +216,10 @@ public class ServerTests
     [TestCase("{\"prompt\": \"abc\", \"repetition_penalty\": 0}", "repetition_penalty")]
     [TestCase("{\"prompt\": \"abc\", \"stop\": 7}", "stop")]
     [TestCase("{\"prompt\": \"abc\", \"stop\": [\"\"]}", "stop")]
-    [TestCase("{\"prompt\": \"abc\", \"logprobs\": 2}", "logprobs")]
-    [TestCase("{\"prompt\": \"abc\", \"echo\": true}", "echo")]
+    [TestCase("{\"prompt\": \"abc\", \"logprobs\": 21}", "logprobs")]
+    [TestCase("{\"prompt\": \"abc\", \"logprobs\": -1}", "logprobs")]
+    [TestCase("{\"prompt\": \"abc\", \"logprobs\": true}", "logprobs")]
+    [TestCase("{\"prompt\": \"abc\", \"echo\": 1}", "echo")]
     [TestCase("{\"prompt\": \"abc\", \"presence_penalty\": 0.5}", "presence_penalty")]
     [TestCase("{\"prompt\": [1, 100000]}", "prompt")]
     public async Task BadCompletionRequestsAre400sNamingTheParameter(string json, string? param)
@@ -231,8 +233,9 @@ public class ServerTests
     [TestCase("{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}", "messages")]
     [TestCase("{\"messages\": [{\"content\": \"hi\"}]}", "messages")]
     [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_completion_tokens\": -3}", "max_completion_tokens")]
-    [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"logprobs\": true}", "logprobs")]
+    [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"logprobs\": 2}", "logprobs")]
     [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_logprobs\": 2}", "top_logprobs")]
+    [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs")]
     [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": \"function\"}]}", "tools")]
     [TestCase("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", "messages")]
     public async Task BadChatRequestsAre400sNamingTheParameter(string json, string param)

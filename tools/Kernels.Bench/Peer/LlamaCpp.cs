@@ -72,14 +72,14 @@ public static class LlamaCpp
         for (int i = 0; i < prompt.Length; i++) batch.Add(prompt[i], i, LLamaSeqId.Zero, i == prompt.Length - 1);
         Check(ctx.Decode(batch));
         var tokens = new int[count];
-        int next = Kernels.Runtime.Engine.Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
+        int next = Kernels.Runtime.Backends.Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(batch.TokenCount - 1));
         for (int i = 0; i < count; i++)
         {
             tokens[i] = next;
             batch.Clear();
             batch.Add(next, prompt.Length + i, LLamaSeqId.Zero, true);
             Check(ctx.Decode(batch));
-            next = Kernels.Runtime.Engine.Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(0));
+            next = Kernels.Runtime.Backends.Sampler.ArgMax(ctx.NativeHandle.GetLogitsIth(0));
         }
         return tokens;
     }

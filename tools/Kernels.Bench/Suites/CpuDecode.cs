@@ -65,6 +65,6 @@ internal static class CpuDecode
     private static void Step(IBackend backend, IKvCache[] caches, int[][] next)
     {
         var logits = backend.Forward(caches.Select((c, i) => new SequenceStep(c, next[i])).ToArray());
-        for (int i = 0; i < next.Length; i++) next[i][0] = Kernels.Runtime.Engine.Sampler.ArgMax(logits[i]);
+        for (int i = 0; i < next.Length; i++) next[i][0] = Kernels.Runtime.Backends.Sampler.ArgMax(logits[i]);
     }
 }

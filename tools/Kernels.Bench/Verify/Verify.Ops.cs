@@ -461,7 +461,7 @@ internal static unsafe partial class Verify
             var gpu = Sample(logits, Rows, vocab, new float[Rows], new int[Rows], Enumerable.Repeat(1f, Rows).ToArray(), new float[Rows], 1);
             int bad = 0;
             for (int r = 0; r < Rows; r++)
-                if (gpu[r] != Kernels.Runtime.Engine.Sampler.ArgMax(logits.AsSpan(r * vocab, vocab))) bad++;
+                if (gpu[r] != Kernels.Runtime.Backends.Sampler.ArgMax(logits.AsSpan(r * vocab, vocab))) bad++;
             return TokenResult($"greedy rows={Rows} V={vocab} (ties, -inf, NaN)", bad, Rows, SamplingExact);
         }
 
@@ -476,8 +476,8 @@ internal static unsafe partial class Verify
             for (int r = 0; r < rows; r++)
             {
                 var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = temperature[r], MinP = minP[r] };
-                int cpu = Kernels.Runtime.Engine.Sampler.Sample(logits.AsSpan(r * vocab, vocab).ToArray(), options, null,
-                    new Kernels.Runtime.Engine.SamplerRng(Seed, (ulong)r).NextDouble());
+                int cpu = Kernels.Runtime.Backends.Sampler.Sample(logits.AsSpan(r * vocab, vocab).ToArray(),
+                    options.Choice(null, new Kernels.Runtime.Engine.SamplerRng(Seed, (ulong)r).NextDouble()));
                 if (cpu != gpu[r]) bad++;
             }
             return TokenResult($"T=0.7 min-p rows={rows} V={vocab} same coins", bad, rows, SamplingExact);
@@ -496,7 +496,7 @@ internal static unsafe partial class Verify
             const int Grid = 200_000;
             var cpu = new double[vocab];
             for (int j = 0; j < Grid; j++)
-                cpu[Kernels.Runtime.Engine.Sampler.Sample(row.ToArray(), options, null, (j + 0.5) / Grid)] += 1.0 / Grid;
+                cpu[Kernels.Runtime.Backends.Sampler.Sample(row.ToArray(), options.Choice(null, (j + 0.5) / Grid))] += 1.0 / Grid;
             var logits = new float[draws * vocab];
             for (int r = 0; r < draws; r++) row.CopyTo(logits, r * vocab);
             var gpu = Sample(logits, draws, vocab, Enumerable.Repeat(1f, draws).ToArray(), Enumerable.Repeat(50, draws).ToArray(),

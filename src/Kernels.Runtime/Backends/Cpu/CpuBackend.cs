@@ -113,6 +113,46 @@ internal sealed unsafe class CpuBackend : IBackend
 
     public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
     {
+        var (logits, firstRow) = Run(batch, attention);
+        int vocab = Config.VocabSize;
+        var result = new float[batch.Count][];
+        WorkerTeam.For(batch.Count, s =>
+        {
+            int n = firstRow[s + 1] - firstRow[s];
+            result[s] = GC.AllocateUninitializedArray<float>(n * vocab);
+            logits.AsSpan(firstRow[s] * vocab, n * vocab).CopyTo(result[s]);
+        });
+        ArrayPool<float>.Shared.Return(logits);
+        return result;
+    }
+
+    /// <summary>The tokens are chosen from the LM head's output where it lies, a sequence per worker (no copies).</summary>
+    public StepOutput[] Step(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
+    {
+        var (logits, firstRow) = Run(batch, attention);
+        int vocab = Config.VocabSize;
+        var outputs = new StepOutput[batch.Count];
+        try
+        {
+            WorkerTeam.For(batch.Count, s =>
+            {
+                int n = firstRow[s + 1] - firstRow[s];
+                outputs[s] = TokenChooser.Choose(batch[s], logits.AsSpan(firstRow[s] * vocab, n * vocab), n, vocab);
+            });
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(logits);
+        }
+        return outputs;
+    }
+
+    /// <summary>
+    /// The forward pass: returns the logits of the rows asked for (a pooled array the caller returns), sequence s's
+    /// rows from firstRow[s] to firstRow[s + 1].
+    /// </summary>
+    private (float[] Logits, int[] FirstRow) Run(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention)
+    {
         var c = Config;
         int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize, bs = KvPool.BlockSize;
         var plan = attention ?? AttentionPlan.None(batch.Count);
@@ -209,26 +249,11 @@ internal sealed unsafe class CpuBackend : IBackend
         for (int i = 0; i < logitRows.Count; i++) x.AsSpan(logitRows[i] * h, h).CopyTo(selected.AsSpan(i * h));
         var normed = new float[selected.Length];
         RmsNorm.Apply(selected, _finalNorm, (float)c.RmsNormEps, normed, logitRows.Count);
-        if (batch.Count == 1 && logitRows.Count == 1) // one decode row: the LM head writes the caller's array
-        {
-            var row = GC.AllocateUninitializedArray<float>(c.VocabSize);
-            MatMul.Multiply(normed, 1, _weights.LmHead, row);
-            return [row];
-        }
-        var logits = ArrayPool<float>.Shared.Rent(checked(logitRows.Count * c.VocabSize)); // written by the LM head, copied out below
+        var logits = ArrayPool<float>.Shared.Rent(checked(logitRows.Count * c.VocabSize)); // written by the LM head
         MatMul.Multiply(normed, logitRows.Count, _weights.LmHead, logits);
-
-        var result = new float[batch.Count][];
         var firstRow = new int[batch.Count + 1];
         for (int s = 0; s < batch.Count; s++) firstRow[s + 1] = firstRow[s] + (batch[s].AllLogits ? rowStart[s + 1] - rowStart[s] : 1);
-        WorkerTeam.For(batch.Count, s =>
-        {
-            int n = firstRow[s + 1] - firstRow[s];
-            result[s] = GC.AllocateUninitializedArray<float>(n * c.VocabSize);
-            logits.AsSpan(firstRow[s] * c.VocabSize, n * c.VocabSize).CopyTo(result[s]);
-        });
-        ArrayPool<float>.Shared.Return(logits);
-        return result;
+        return (logits, firstRow);
     }
 
     /// <summary>

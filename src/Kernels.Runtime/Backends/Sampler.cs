@@ -1,20 +1,23 @@
 // Picks the next token from logits: repetition penalty, then greedy, or temperature -> top-k -> top-p -> min-p -> draw
-// (Hugging Face's order: each filter sees what the one before it kept).
+// (Hugging Face's order: each filter sees what the one before it kept); and scores tokens by their log-probability.
+// The host side of a step's token choice (TokenChooser), the reference the GPU's sample_tokens kernel is checked on.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
-namespace Kernels.Runtime.Engine;
+namespace Kernels.Runtime.Backends;
 
 internal static class Sampler
 {
     /// <summary>
-    /// Chooses a token. <paramref name="logits"/> is modified (penalties, temperature). <paramref name="coin"/> is a
-    /// uniform draw in [0, 1) that decides among the kept tokens (unused when greedy). Ties go to the lowest id.
+    /// Chooses a token from <paramref name="logits"/> (the usable vocabulary only: the caller slices off the rest),
+    /// which is modified (penalties). Ties go to the lowest id.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static int Sample(Span<float> logits, SamplingOptions options, IReadOnlySet<int>? seen, double coin)
+    public static int Sample(Span<float> logits, TokenChoice options)
     {
+        var seen = options.Seen;
+        double coin = options.Coin;
         if (options.RepetitionPenalty != 1f && seen != null)
         {
             foreach (int id in seen)
@@ -53,7 +56,7 @@ internal static class Sampler
     /// exp(logit - max) gives); zeros are never kept.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static List<int> Keep(float[] probs, SamplingOptions options)
+    internal static List<int> Keep(float[] probs, TokenChoice options)
     {
         // The filters in Hugging Face's order: top-k, then top-p over what top-k left, then min-p over what top-p left.
         // probs of the best token is exactly 1 before normalization, and no filter drops it, so min-p is relative to it
@@ -124,5 +127,47 @@ internal static class Sampler
         }
         for (; i < v.Length; i++) if (v[i] == max) return i;
         return 0;
+    }
+
+    /// <summary>
+    /// <paramref name="token"/>'s log-probability in <paramref name="logits"/> (the usable vocabulary; NaN counts as
+    /// -inf) and the <paramref name="top"/> most likely tokens with theirs, best first, ties to the lower id: the
+    /// log-softmax of the raw logits, max subtracted, the partition summed in double.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static ScoredToken Score(ReadOnlySpan<float> logits, int token, int top)
+    {
+        if ((uint)token >= (uint)logits.Length) throw new ArgumentOutOfRangeException(nameof(token), token, $"outside the usable vocabulary [0, {logits.Length})");
+        int n = Math.Min(Math.Max(top, 0), logits.Length);
+        var ids = new int[n];
+        var values = new float[n];
+        int held = 0;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float l = logits[i];
+            if (!(l > float.NegativeInfinity)) continue; // -inf and NaN: no probability
+            if (l > max) max = l;
+            if (n == 0 || (held == n && !(l > values[n - 1]))) continue; // equal to the last kept: the lower id stays
+            int at = held < n ? held++ : n - 1;
+            while (at > 0 && l > values[at - 1])
+            {
+                values[at] = values[at - 1];
+                ids[at] = ids[at - 1];
+                at--;
+            }
+            values[at] = l;
+            ids[at] = i;
+        }
+        if (max == float.NegativeInfinity) // nothing has probability: every log-probability is -inf
+            return new ScoredToken(token, float.NegativeInfinity, ids[..held], values[..held]);
+        double sum = 0;
+        for (int i = 0; i < logits.Length; i++)
+            if (logits[i] > float.NegativeInfinity) sum += Math.Exp(logits[i] - max);
+        double logZ = max + Math.Log(sum);
+        float LogProb(float l) => l > float.NegativeInfinity ? (float)(l - logZ) : float.NegativeInfinity;
+        var topLogprobs = new float[held];
+        for (int j = 0; j < held; j++) topLogprobs[j] = LogProb(values[j]);
+        return new ScoredToken(token, LogProb(logits[token]), ids[..held], topLogprobs);
     }
 }
