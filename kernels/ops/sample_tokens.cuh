@@ -1,6 +1,6 @@
 // sample_tokens: logits -> one token id per row on the GPU (greedy, or temperature -> top-k -> top-p -> min-p -> draw),
-// with a per-row SplitMix64 state, so only token ids cross to the host. Mirrors Engine/Sampler.Sample (without the
-// repetition penalty, which needs the host's per-sequence seen set: apply it to the logits before this kernel).
+// with the engine's coin per row, so only token ids cross to the host. Mirrors Backends/Sampler.Sample (without the
+// repetition penalty, which needs the host's per-sequence seen set: such rows are chosen on the host).
 //
 // Math (row r, V = vocab):
 //   best  = argmax_i logits[i], ties to the lowest index, NaN never wins; best = 0 when no logit is > -inf
@@ -11,26 +11,23 @@
 //   top-p (top_p[r] < 1): walking what top-k kept in that order, the shortest prefix whose mass reaches
 //         top_p * (its mass); the token that crosses is kept
 //   min-p (min_p[r] > 0): of what top-p kept, the i with p_i >= min_p (Hugging Face's order: top-k, top-p, min-p)
-//   draw:  coin = SplitMix64 -> (z >> 11) * 2^-53 in [0, 1); r = coin * (mass of kept); the token is the first kept i
+//   draw:  coin = coins[r] in [0, 1); r = coin * (mass of kept); the token is the first kept i
 //          in INDEX order whose running mass exceeds r (the last kept index if rounding leaves r uncovered)
 // Pointers:
 //   tokens      [rows]  int32, written
-//   rng_state   [rows]  uint64, read and written: SplitMix64 state, advanced once per call for every row (greedy rows
-//                       too), exactly like one SamplerRng.NextDouble() per step in the engine's scheduler. Seeded from
-//                       the host with the state SamplerRng(seed, stream) holds after its constructor, so the GPU's
-//                       coins are bit-identical to the CPU's for the same seed and stream.
-//   logits      [rows, V]  fp32, read (not modified: temperature and masks are applied on the fly)
+//   coins       [rows]  fp64, read: the uniform draw in [0, 1) the engine took for the row (TokenChoice.Coin: one
+//                       SamplerRng.NextDouble() per sample per step, greedy rows too), so the GPU uses the CPU's coins
+//   logits      [rows, logits_stride]  fp32, read (not modified: temperature and masks are applied on the fly); only
+//                       the first V of each row are candidates (V <= logits_stride: a tokenizer smaller than the LM head)
 //   temperature, top_p, min_p [rows] fp32; top_k [rows] int32; read. Off values: top_k 0, top_p 1, min_p 0.
 // Grid:    rows (one block per row; gridDim.x = rows, <= 2^31 - 1); Block: 512 threads (1024 spills under the 64-register cap).
 // Cost:    top-k and top-p thresholds are found by binary search over the fp32 bit patterns of p (31 passes over
 //          the row, each a block reduction; ~17 more over indices for ties), the draw by an ordered block scan.
 //          Without top-k/top-p: three passes. Meant for one call per decode step.
-// Equality with the CPU sampler: greedy is exact (same argmax and tie rule). Random sampling draws from the same
-//          distribution with the same coins, but the CPU walks kept tokens in sorted order when top-k or top-p is
-//          on and in index order otherwise, while this kernel always walks in index order: without top-k/top-p the
-//          same coin gives the same token (up to fp rounding of the running sums at a boundary); with them the kept
-//          set is the same (up to fp rounding of the top-p mass at its boundary) and the token distribution is
-//          equal. Masses are summed in fp64 as on the CPU, in a different order.
+// Equality with the CPU sampler: greedy is exact (same argmax and tie rule). A random draw walks the kept tokens in
+//          index order on both sides (Backends/Sampler.Keep sorts its kept set by id), so the same coin gives the same
+//          token up to fp rounding: the kept set at a top-p boundary and the running mass at the coin's boundary (masses
+//          are summed in fp64 on both sides, in different orders).
 // Empty:   rows == 0 launches nothing; V >= 1 (launcher-checked).
 #pragma once
 
@@ -109,30 +106,13 @@ __device__ int tie_cutoff(const SampleRow& s, float value, int need, Kept kept)
     return lo;
 }
 
-__device__ __forceinline__ double splitmix_coin(unsigned long long& state)
-{
-    unsigned long long z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return static_cast<double>(z >> 11) * (1.0 / 9007199254740992.0); // 2^-53
-}
-
-__device__ void sample_tokens(int* tokens, unsigned long long* rng_state, const float* logits, const float* temperature,
+__device__ void sample_tokens(int* tokens, const double* coins, const float* logits, int logits_stride, const float* temperature,
                               const int* top_k, const float* top_p, const float* min_p, int rows, int vocab)
 {
     const int row = blockIdx.x;
     if (row >= rows) return;
-    const float* lr = logits + static_cast<int64_t>(row) * vocab;
-
-    // The coin is drawn first and for every row, so the state advances once per call whatever the options.
-    __shared__ double s_coin;
-    if (threadIdx.x == 0)
-    {
-        unsigned long long st = rng_state[row];
-        s_coin = splitmix_coin(st);
-        rng_state[row] = st;
-    }
+    const float* lr = logits + static_cast<int64_t>(row) * logits_stride;
+    const double s_coin = coins[row];
 
     // ---- argmax, lowest index on ties ----
     float bv = -INFINITY;
@@ -308,8 +288,8 @@ __device__ void sample_tokens(int* tokens, unsigned long long* rng_state, const 
 } // namespace ops
 
 extern "C" __global__ void __launch_bounds__(ops::kSampleThreads)
-    sample_tokens_f32(int* tokens, unsigned long long* rng_state, const float* logits, const float* temperature,
+    sample_tokens_f32(int* tokens, const double* coins, const float* logits, int logits_stride, const float* temperature,
                       const int* top_k, const float* top_p, const float* min_p, int rows, int vocab)
 {
-    ops::sample_tokens(tokens, rng_state, logits, temperature, top_k, top_p, min_p, rows, vocab);
+    ops::sample_tokens(tokens, coins, logits, logits_stride, temperature, top_k, top_p, min_p, rows, vocab);
 }

@@ -51,8 +51,10 @@ internal static class Sampler
     }
 
     /// <summary>
-    /// The tokens the filters keep, in the order the draw walks them (most likely first when top-k or top-p is on,
-    /// by id otherwise). <paramref name="probs"/>: unnormalized probabilities, the most likely exactly 1 (as
+    /// The tokens the filters keep, in increasing id order: the order the draw walks them, here and in the GPU's
+    /// sample_tokens kernel, so the same coin picks the same token on both (any fixed order draws the same distribution;
+    /// this one makes a step's tokens independent of which side chose them). <paramref name="probs"/>: unnormalized
+    /// probabilities, the most likely exactly 1 (as
     /// exp(logit - max) gives); zeros are never kept.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -89,6 +91,7 @@ internal static class Sampler
                 kept = keep;
             }
             for (int c = 0; c < kept; c++) candidates.Add((int)keys[c]);
+            candidates.Sort();
         }
         else
         {

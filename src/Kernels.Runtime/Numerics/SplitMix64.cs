@@ -1,6 +1,6 @@
-// SplitMix64 (Steele, Lea and Flood 2014, with Stafford's "mix13" finaliser): the random generator of sampling, on the
-// CPU (Engine/SamplerRng) and on the GPU (Backends/Cuda/GpuSamplerState, kernels/ops/sample_tokens.cuh's splitmix_coin),
-// written once here so the two draw the same coins for the same seed.
+// SplitMix64 (Steele, Lea and Flood 2014, with Stafford's "mix13" finaliser): the random generator of sampling
+// (Engine/SamplerRng). The engine draws every coin and hands it to the backend with the draw (TokenChoice.Coin), so
+// the CPU and the GPU sample with the same coins without a second generator.
 namespace Kernels.Runtime.Numerics;
 
 internal static class SplitMix64

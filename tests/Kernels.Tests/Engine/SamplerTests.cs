@@ -52,6 +52,18 @@ public class SamplerTests
     }
 
     [Test]
+    public void FilteredDrawsWalkTheKeptTokensInIdOrderAsTheGpuKernelDoes()
+    {
+        // top-k 2 of [2.5, 1, 3] keeps ids 2 (most likely) and 0; the walk goes 0 then 2, as sample_tokens_f32's does,
+        // so a small coin gives id 0 and a coin past p(0) = e^-0.5 / (1 + e^-0.5) ~ 0.378 gives id 2.
+        var o = new SamplingOptions { Temperature = 1, TopK = 2 };
+        Assert.That(Sampler.Sample(new float[] { 2.5f, 1f, 3f }, o.Choice(null, 0.0)), Is.EqualTo(0));
+        Assert.That(Sampler.Sample(new float[] { 2.5f, 1f, 3f }, o.Choice(null, 0.37)), Is.EqualTo(0));
+        Assert.That(Sampler.Sample(new float[] { 2.5f, 1f, 3f }, o.Choice(null, 0.39)), Is.EqualTo(2));
+        Assert.That(Sampler.Keep([MathF.Exp(-0.5f), MathF.Exp(-2f), 1f], o.Choice(null, 0)), Is.EqualTo(new[] { 0, 2 }));
+    }
+
+    [Test]
     public void TopPKeepsTheSmallestSetReachingP()
     {
         // softmax([1,3,2,-1,2.5]) ~ [.063,.464,.171,.009,.282]; p = 0.7 keeps ids 1 (.464) and 4 (.282).

@@ -218,12 +218,12 @@ internal static partial class KernelTimings
         {
             using var logits = DeviceBuffer<float>.From(device, Random((long)rows * vocab).Select(v => v * 10).ToArray());
             using var tokens = DeviceBuffer<int>.Allocate(device, rows);
-            using var state = DeviceBuffer<ulong>.From(device, Enumerable.Range(0, rows).Select(r => GpuSamplerState.Initial(1, (ulong)r)).ToArray());
+            using var coins = DeviceBuffer<double>.From(device, Enumerable.Range(0, rows).Select(r => (r + 0.5) / rows).ToArray());
             using var temperature = DeviceBuffer<float>.From(device, Enumerable.Repeat(filtered ? 0.8f : 0f, rows).ToArray());
             using var topK = DeviceBuffer<int>.From(device, Enumerable.Repeat(filtered ? 50 : 0, rows).ToArray());
             using var topP = DeviceBuffer<float>.From(device, Enumerable.Repeat(filtered ? 0.9f : 1f, rows).ToArray());
             using var minP = DeviceBuffer<float>.From(device, new float[rows]);
-            return Median(() => ops.SampleTokensF32(tokens, state, logits, temperature, topK, topP, minP, rows, vocab));
+            return Median(() => ops.SampleTokensF32(tokens, coins, logits, vocab, temperature, topK, topP, minP, rows, vocab));
         }
     }
 }

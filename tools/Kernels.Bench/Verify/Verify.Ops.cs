@@ -25,7 +25,7 @@ internal static unsafe partial class Verify
     private static readonly Tolerance GemvTol = new(2e-5, "dense_gemv keeps x in fp32 and widens w exactly: only the summation order differs from the CPU's (a few ulp of the largest partial sums)");
     private static readonly Tolerance GemmBF16Tol = new(8e-3, "x rounded to bf16 on load (2^-8 relative per product): the same argument as f16 with 8x the unit roundoff");
     private static readonly Tolerance AttentionTol = new(1e-4, "fp32 from the same DT-rounded K/V: only summation order and online-softmax rescaling differ (~1 ulp per rescale, a few hundred sequential rescales at 5000 keys)");
-    private static readonly Tolerance SamplingExact = new(0, "same coins (GpuSamplerState = SamplerRng): greedy and index-order draws pick the same token");
+    private static readonly Tolerance SamplingExact = new(0, "same coins (SamplerRng's, uploaded): greedy and index-order draws pick the same token");
 
     private static readonly int[] TokenCounts = [1, 7, 64];
     private static readonly int[] Dims = [64, 4096, 67]; // 67: not a multiple of the 128-bit vector width -> scalar paths
@@ -89,6 +89,7 @@ internal static unsafe partial class Verify
             }
             yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
             yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
+            yield return new Case("sample_tokens_f32", "T=0.8 top-k=50 top-p=0.9 rows=64 V=32000 stride 32064 same coins", () => SampleFilteredSameCoinsCase(64, 32000, 32064));
             yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0f));
             yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 min-p=0.05 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0.05f));
             foreach (var kivi in KiviCases()) yield return kivi; // Verify.Kivi.cs
@@ -430,18 +431,18 @@ internal static unsafe partial class Verify
             return ro with { Shape = shape, MaxAbsError = Math.Max(ro.MaxAbsError, rl.MaxAbsError), MeanRelativeError = Math.Max(ro.MeanRelativeError, rl.MeanRelativeError) };
         }
 
-        /// <summary>Runs sample_tokens_f32 on <paramref name="logits"/> [rows, vocab]; row r's RNG is (seed, stream r).</summary>
+        /// <summary>Runs sample_tokens_f32 on <paramref name="logits"/> [rows, vocab]; row r's coin is the first draw of SamplerRng(seed, r).</summary>
         private int[] Sample(float[] logits, int rows, int vocab, float[] temperature, int[] topK, float[] topP, float[] minP, ulong seed)
         {
             using var tokens = DeviceBuffer<int>.Allocate(device, rows);
-            using var state = DeviceBuffer<ulong>.From(device, Enumerable.Range(0, rows).Select(r => GpuSamplerState.Initial(seed, (ulong)r)).ToArray());
+            using var coins = DeviceBuffer<double>.From(device, Enumerable.Range(0, rows).Select(r => new Kernels.Runtime.Engine.SamplerRng(seed, (ulong)r).NextDouble()).ToArray());
             using var dl = DeviceBuffer<float>.From(device, logits);
             using var dt = DeviceBuffer<float>.From(device, temperature);
             using var dk = DeviceBuffer<int>.From(device, topK);
             using var dp = DeviceBuffer<float>.From(device, topP);
             using var dm = DeviceBuffer<float>.From(device, minP);
             tokens.FillBytes(0xFF);
-            ops.SampleTokensF32(tokens, state, dl, dt, dk, dp, dm, rows, vocab);
+            ops.SampleTokensF32(tokens, coins, dl, vocab, dt, dk, dp, dm, rows, vocab);
             device.Synchronize();
             return tokens.ToArray();
         }
@@ -484,7 +485,35 @@ internal static unsafe partial class Verify
         }
 
         /// <summary>
-        /// Top-k + top-p (+ min-p, applied last on both sides) walk kept tokens in a different order on the two sides, so the check is distributional: every
+        /// Top-k + top-p with the engine's coins, rows laid <paramref name="stride"/> apart with only the first
+        /// <paramref name="vocab"/> candidates (a tokenizer smaller than the LM head; the padding holds the row's
+        /// largest logits, which must never be picked): both sides walk the kept set in id order, so each row gives the CPU's token.
+        /// </summary>
+        private CaseResult SampleFilteredSameCoinsCase(int rows, int vocab, int stride)
+        {
+            var logits = Normal(rows * stride, 2f);
+            for (int r = 0; r < rows; r++) logits.AsSpan(r * stride + vocab, stride - vocab).Fill(40f);
+            using var tokens = DeviceBuffer<int>.Allocate(device, rows);
+            var coinValues = Enumerable.Range(0, rows).Select(r => new Kernels.Runtime.Engine.SamplerRng(5, (ulong)r).NextDouble()).ToArray();
+            using var coins = DeviceBuffer<double>.From(device, coinValues);
+            using var dl = DeviceBuffer<float>.From(device, logits);
+            using var dt = DeviceBuffer<float>.From(device, Enumerable.Repeat(0.8f, rows).ToArray());
+            using var dk = DeviceBuffer<int>.From(device, Enumerable.Repeat(50, rows).ToArray());
+            using var dp = DeviceBuffer<float>.From(device, Enumerable.Repeat(0.9f, rows).ToArray());
+            using var dm = DeviceBuffer<float>.From(device, new float[rows]);
+            tokens.FillBytes(0xFF);
+            ops.SampleTokensF32(tokens, coins, dl, stride, dt, dk, dp, dm, rows, vocab);
+            device.Synchronize();
+            var gpu = tokens.ToArray();
+            var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 0.8f, TopK = 50, TopP = 0.9f };
+            int bad = 0;
+            for (int r = 0; r < rows; r++)
+                if (gpu[r] != Kernels.Runtime.Backends.Sampler.Sample(logits.AsSpan(r * stride, vocab).ToArray(), options.Choice(null, coinValues[r]))) bad++;
+            return TokenResult($"T=0.8 top-k=50 top-p=0.9 rows={rows} V={vocab} stride {stride} same coins", bad, rows, SamplingExact);
+        }
+
+        /// <summary>
+        /// Top-k + top-p (+ min-p, applied last on both sides): besides the same-coin case above, a distributional check: every
         /// GPU draw must lie in the CPU's kept set, and the total variation distance between the GPU's empirical
         /// distribution and the CPU's (from a fine grid of coins) must stay below 0.06 (expected ~0.03 for ~40 kept
         /// tokens and 8192 draws).

@@ -131,6 +131,27 @@ internal sealed class CudaBackend : IBackend
 
     public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
     {
+        var result = new float[batch.Count][];
+        for (int s = 0; s < batch.Count; s++) result[s] = new float[(long)(batch[s].AllLogits ? batch[s].Tokens.Length : 1) * Config.VocabSize];
+        Run(batch, attention, result, null);
+        return result;
+    }
+
+    /// <summary>
+    /// Samples on the device when every draw of the step can be (<see cref="DeviceDraws.Plan"/>): only token ids come
+    /// back. Otherwise the logits are copied out and the host chooses, as any backend does.
+    /// </summary>
+    public StepOutput[] Step(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        if (DeviceDraws.Plan(batch, Config.VocabSize) is not { } plan) return TokenChooser.Choose(batch, Forward(batch, attention), Config.VocabSize);
+        var tokens = new int[batch.Count];
+        Run(batch, attention, null, new CudaStep.Sampling(plan.Draws, plan.Vocab, tokens));
+        return DeviceDraws.Outputs(batch, tokens);
+    }
+
+    private void Run(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention, float[][]? result, CudaStep.Sampling? sampling)
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentNullException.ThrowIfNull(batch);
         var c = Config;
@@ -158,8 +179,6 @@ internal sealed class CudaBackend : IBackend
                 if (level.End > start[s]) throw new ArgumentException($"a shared level ends at {level.End}, past sequence {s}'s cached keys ({start[s]})", nameof(attention));
         for (int s = 0; s < batch.Count; s++) seqs[s].Reserve(batch[s].Tokens.Length);
 
-        var result = new float[batch.Count][];
-        for (int s = 0; s < batch.Count; s++) result[s] = new float[(long)(batch[s].AllLogits ? batch[s].Tokens.Length : 1) * c.VocabSize];
 
         // Internal steps of at most MaxTokensPerStep rows; a sequence longer than what is left continues in the next.
         var pieces = new List<CudaStep.Piece>();
@@ -171,7 +190,7 @@ internal sealed class CudaBackend : IBackend
             {
                 if (rows == max)
                 {
-                    _step.Run(pieces, batch, seqs, result);
+                    _step.Run(pieces, batch, seqs, result, sampling);
                     pieces.Clear();
                     rows = 0;
                 }
@@ -181,9 +200,8 @@ internal sealed class CudaBackend : IBackend
                 offset += take;
             }
         }
-        if (pieces.Count > 0) _step.Run(pieces, batch, seqs, result);
+        if (pieces.Count > 0) _step.Run(pieces, batch, seqs, result, sampling);
         for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);
-        return result;
     }
 
     // ---- lifetime ---------------------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly ScratchLayout _layout;
     private readonly DeviceBuffer<byte> _scratch;
     private readonly CudaKvStorage _kv;
-    private readonly PinnedHostHandle _pinnedLogits, _pinnedInts;
+    private readonly PinnedHostHandle _pinnedLogits, _pinnedInts, _pinnedDraws;
+    /// <summary>sample_tokens_f32's per-row inputs and output, MaxTokensPerStep rows each, laid out as <see cref="DrawLayout"/>.</summary>
+    private readonly DeviceBuffer<byte> _draws;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
     private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
 
@@ -64,6 +66,8 @@ internal sealed unsafe class CudaStep : IDisposable
             _kv = new CudaKvStorage(_device, _stream, c, kvBlocks, options.KvBlockSize, options.KvDType);
             _pinnedLogits = _device.AllocatePinned((long)options.MaxTokensPerStep * c.VocabSize * sizeof(float));
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
+            _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
+            _pinnedDraws = _device.AllocatePinned(DrawLayout.Bytes(options.MaxTokensPerStep));
         }
         catch
         {
@@ -81,10 +85,30 @@ internal sealed unsafe class CudaStep : IDisposable
     // ---- the step ---------------------------------------------------------------------------------------------------
 
     /// <summary>
-    /// One internal step of at most MaxTokensPerStep rows: stages the pieces' inputs, runs the forward (replaying a
-    /// captured graph for a decode step where it can) and copies the selected rows' logits into <paramref name="result"/>.
+    /// sample_tokens_f32's arrays in one block (so one copy each way), M rows each: coins (fp64), temperature, top-k,
+    /// top-p, min-p, then the tokens it writes.
     /// </summary>
-    public void Run(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, float[][] result)
+    private static class DrawLayout
+    {
+        public static long Bytes(int m) => 28L * m;
+        public static long Coins(int m) => 0;
+        public static long Temperature(int m) => 8L * m;
+        public static long TopK(int m) => 12L * m;
+        public static long TopP(int m) => 16L * m;
+        public static long MinP(int m) => 20L * m;
+        public static long Tokens(int m) => 24L * m;
+    }
+
+    /// <summary>A step's draws on the device: per sequence its draw, the candidates per row, and where the tokens go.</summary>
+    public sealed record Sampling(DeviceDraw[] Draws, int Vocab, int[] Tokens);
+
+    /// <summary>
+    /// One internal step of at most MaxTokensPerStep rows: stages the pieces' inputs, runs the forward (replaying a
+    /// captured graph for a decode step where it can), then either copies the selected rows' logits into
+    /// <paramref name="result"/> or, with <paramref name="sampling"/>, samples each selected row on the device and
+    /// copies back only the token ids.
+    /// </summary>
+    public void Run(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, float[][]? result, Sampling? sampling = null)
     {
         var c = _config;
         int bs = _options.KvBlockSize;
@@ -158,17 +182,52 @@ internal sealed unsafe class CudaStep : IDisposable
             _device.LaunchGraph(exec, _stream);
         else
             Enqueue();
-        if (selected > 0)
+        if (selected > 0 && sampling != null) SampleOnDevice(sampling, logitRows, stream);
+        else if (selected > 0)
             Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)_pinnedLogits.DangerousGetHandle(), _logits.Pointer, (nuint)((long)selected * c.VocabSize * 4), stream),
                 _device.Ordinal);
         // Every step ends synchronized: the pinned staging is reused by the next step, and kernel faults surface here.
         Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal);
+        if (sampling != null)
+        {
+            var tokens = _pinnedDraws.AsSpan<byte>().Slice((int)DrawLayout.Tokens(_options.MaxTokensPerStep), selected * 4);
+            var sampled = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(tokens);
+            for (int i = 0; i < selected; i++) sampling.Tokens[logitRows[i].Seq] = sampled[i];
+            return;
+        }
+        if (result == null) throw new ArgumentNullException(nameof(result), "a step without device sampling returns logits");
         var logits = _pinnedLogits.AsSpan<float>();
         for (int i = 0; i < selected; i++)
         {
             var (_, s, index) = logitRows[i];
             logits.Slice(i * c.VocabSize, c.VocabSize).CopyTo(result[s].AsSpan(index * c.VocabSize, c.VocabSize));
         }
+    }
+
+    /// <summary>
+    /// Stages the selected rows' draws (in _logits' row order), copies them up, samples with sample_tokens_f32 and
+    /// queues the copy of the token ids back into the pinned staging; the caller synchronizes.
+    /// </summary>
+    private void SampleOnDevice(Sampling sampling, List<(int Row, int Seq, int Index)> logitRows, IntPtr stream)
+    {
+        int m = _options.MaxTokensPerStep, selected = logitRows.Count;
+        var staging = _pinnedDraws.AsSpan<byte>();
+        var coins = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, double>(staging.Slice((int)DrawLayout.Coins(m), 8 * m));
+        var temperature = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(staging.Slice((int)DrawLayout.Temperature(m), 4 * m));
+        var topK = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(staging.Slice((int)DrawLayout.TopK(m), 4 * m));
+        var topP = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(staging.Slice((int)DrawLayout.TopP(m), 4 * m));
+        var minP = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(staging.Slice((int)DrawLayout.MinP(m), 4 * m));
+        for (int i = 0; i < selected; i++)
+        {
+            var d = sampling.Draws[logitRows[i].Seq];
+            (coins[i], temperature[i], topK[i], topP[i], minP[i]) = (d.Coin, d.Temperature, d.TopK, d.TopP, d.MinP);
+        }
+        Cu.Check(CuApi.cuMemcpyHtoDAsync(_draws.Pointer, (void*)_pinnedDraws.DangerousGetHandle(), (nuint)DrawLayout.Tokens(m), stream), _device.Ordinal);
+        var tokens = _draws.View<int>(DrawLayout.Tokens(m), m);
+        _ops.SampleTokensF32(tokens, _draws.View<double>(DrawLayout.Coins(m), m), _logits, _config.VocabSize, _draws.View<float>(DrawLayout.Temperature(m), m),
+            _draws.View<int>(DrawLayout.TopK(m), m), _draws.View<float>(DrawLayout.TopP(m), m), _draws.View<float>(DrawLayout.MinP(m), m), selected, sampling.Vocab);
+        Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)(_pinnedDraws.DangerousGetHandle() + (nint)DrawLayout.Tokens(m)), tokens.Pointer, (nuint)(selected * 4), stream),
+            _device.Ordinal);
     }
 
     /// <summary>
@@ -286,6 +345,8 @@ internal sealed unsafe class CudaStep : IDisposable
     public void Dispose()
     {
         _graphs?.Dispose();
+        _pinnedDraws?.Dispose();
+        _draws?.Dispose();
         _pinnedInts?.Dispose();
         _pinnedLogits?.Dispose();
         _kv?.Dispose();

@@ -143,14 +143,16 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch(AttentionEntry("paged_prefill_attention", headDim, suffix), (uint)((maxQueryLen + 15) / 16), (uint)numHeads, 128, (uint)numSeqs);
     }
 
-    public static KernelLaunch? SampleTokens(long tokensLength, long rngStateLength, long logitsLength, long temperatureLength, long topKLength,
-        long topPLength, long minPLength, int rows, int vocab)
+    /// <summary>sample_tokens_f32: tokens [rows] from logits rows <paramref name="stride"/> apart, the first <paramref name="vocab"/> of each candidates.</summary>
+    public static KernelLaunch? SampleTokens(long tokensLength, long coinsLength, long logitsLength, long temperatureLength, long topKLength,
+        long topPLength, long minPLength, int rows, int vocab, int stride)
     {
         NonNegative(rows, "rows");
         if (vocab < 1) throw new ArgumentOutOfRangeException("vocab", vocab, "vocab must be >= 1");
+        if (stride < vocab) throw new ArgumentOutOfRangeException("stride", stride, $"the logits' row stride must be >= vocab ({vocab})");
         AtLeast(tokensLength, rows, "tokens", $"[rows={rows}]");
-        AtLeast(rngStateLength, rows, "rngState", $"[rows={rows}]");
-        AtLeast(logitsLength, Elements(rows, vocab, "logits"), "logits", $"[rows={rows}, vocab={vocab}]");
+        AtLeast(coinsLength, rows, "coins", $"[rows={rows}]");
+        if (rows > 0) AtLeast(logitsLength, Elements(rows - 1, stride, "logits") + vocab, "logits", $"[rows={rows}, stride={stride}]");
         AtLeast(temperatureLength, rows, "temperature", $"[rows={rows}]");
         AtLeast(topKLength, rows, "topK", $"[rows={rows}]");
         AtLeast(topPLength, rows, "topP", $"[rows={rows}]");

@@ -192,31 +192,31 @@ internal sealed unsafe partial class OpsLauncher
 
     /// <summary>
     /// tokens [rows] from logits [rows, vocab] with per-row options (temperature &lt;= 0: greedy; topK 0, topP 1, minP 0:
-    /// off). <paramref name="rngState"/> [rows] holds each row's SplitMix64 state (<see cref="GpuSamplerState"/>) and
-    /// advances once per call.
+    /// off). <paramref name="coins"/> [rows]: each row's uniform draw in [0, 1) (the engine's TokenChoice.Coin). Logits rows
+    /// lie <paramref name="logitsStride"/> apart; the first <paramref name="vocab"/> of each are candidates.
     /// </summary>
-    public void SampleTokensF32(DeviceBuffer<int> tokens, DeviceBuffer<ulong> rngState, DeviceBuffer<float> logits, DeviceBuffer<float> temperature,
-        DeviceBuffer<int> topK, DeviceBuffer<float> topP, DeviceBuffer<float> minP, int rows, int vocab)
+    public void SampleTokensF32(DeviceBuffer<int> tokens, DeviceBuffer<double> coins, DeviceBuffer<float> logits, int logitsStride,
+        DeviceBuffer<float> temperature, DeviceBuffer<int> topK, DeviceBuffer<float> topP, DeviceBuffer<float> minP, int rows, int vocab)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        ArgumentNullException.ThrowIfNull(rngState);
+        ArgumentNullException.ThrowIfNull(coins);
         ArgumentNullException.ThrowIfNull(logits);
         ArgumentNullException.ThrowIfNull(temperature);
         ArgumentNullException.ThrowIfNull(topK);
         ArgumentNullException.ThrowIfNull(topP);
         ArgumentNullException.ThrowIfNull(minP);
-        if (OpsLaunchPlans.SampleTokens(tokens.Length, rngState.Length, logits.Length, temperature.Length, topK.Length, topP.Length, minP.Length,
-                rows, vocab) is not { } plan) return;
+        if (OpsLaunchPlans.SampleTokens(tokens.Length, coins.Length, logits.Length, temperature.Length, topK.Length, topP.Length, minP.Length,
+                rows, vocab, logitsStride) is not { } plan) return;
         SameDevice(tokens, nameof(tokens));
-        SameDevice(rngState, nameof(rngState));
+        SameDevice(coins, nameof(coins));
         SameDevice(logits, nameof(logits));
         SameDevice(temperature, nameof(temperature));
         SameDevice(topK, nameof(topK));
         SameDevice(topP, nameof(topP));
         SameDevice(minP, nameof(minP));
-        ulong pt = tokens.Pointer, pr = rngState.Pointer, pl = logits.Pointer, pT = temperature.Pointer, pk = topK.Pointer, pp = topP.Pointer, pm = minP.Pointer;
-        int r = rows, v = vocab;
-        void** args = stackalloc void*[] { &pt, &pr, &pl, &pT, &pk, &pp, &pm, &r, &v };
+        ulong pt = tokens.Pointer, pc = coins.Pointer, pl = logits.Pointer, pT = temperature.Pointer, pk = topK.Pointer, pp = topP.Pointer, pm = minP.Pointer;
+        int r = rows, v = vocab, stride = logitsStride;
+        void** args = stackalloc void*[] { &pt, &pc, &pl, &stride, &pT, &pk, &pp, &pm, &r, &v };
         Launch(plan, args);
     }
 }

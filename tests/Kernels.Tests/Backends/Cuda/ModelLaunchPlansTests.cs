@@ -235,35 +235,18 @@ public class ModelLaunchPlansTests
     {
         foreach (int rows in new[] { 1, 4, 65536 })
         {
-            var p = OpsLaunchPlans.SampleTokens(rows, rows, rows * 1000L, rows, rows, rows, rows, rows, 1000)!.Value;
+            var p = OpsLaunchPlans.SampleTokens(rows, rows, rows * 1000L, rows, rows, rows, rows, rows, 1000, 1000)!.Value;
             Assert.That(p.Kernel, Is.EqualTo("sample_tokens_f32"));
             WithinLimits(p);
             Tiles(p.GridX, rows, 1, "rows"); // sample_tokens.cuh: one block per row, gridDim.x = rows
         }
-        ThrowsFor("vocab", () => OpsLaunchPlans.SampleTokens(4, 4, 4, 4, 4, 4, 4, 4, 0));
-        ThrowsFor("rngState", () => OpsLaunchPlans.SampleTokens(4, 3, 4000, 4, 4, 4, 4, 4, 1000));
-        ThrowsFor("logits", () => OpsLaunchPlans.SampleTokens(4, 4, 3999, 4, 4, 4, 4, 4, 1000));
-        Assert.That(OpsLaunchPlans.SampleTokens(0, 0, 0, 0, 0, 0, 0, 0, 1000), Is.Null);
-    }
-
-    [TestCase(0UL, 0UL)]
-    [TestCase(42UL, 0UL)]
-    [TestCase(42UL, 3UL)]
-    [TestCase(ulong.MaxValue, 7UL)]
-    public void GpuSamplerStateDrawsTheCoinsOfSamplerRng(ulong seed, ulong stream)
-    {
-        var cpu = new SamplerRng(seed, stream);
-        ulong state = GpuSamplerState.Initial(seed, stream);
-        for (int i = 0; i < 100; i++)
-            Assert.That(GpuSamplerState.NextCoin(ref state), Is.EqualTo(cpu.NextDouble()), $"draw {i}");
-    }
-
-    [Test]
-    public void TheSamplingKernelsSplitMixConstantsMatchTheCSharpTwin()
-    {
-        // sample_tokens.cuh's splitmix_coin must be the same function as GpuSamplerState.NextCoin (and SamplerRng).
-        string source = File.ReadAllText(KernelAbiTests.RepoFile("kernels/ops/sample_tokens.cuh"));
-        foreach (var constant in new[] { "0x9E3779B97F4A7C15ull", "0xBF58476D1CE4E5B9ull", "0x94D049BB133111EBull", "(z >> 11)", "9007199254740992.0" })
-            Assert.That(source, Does.Contain(constant));
+        ThrowsFor("vocab", () => OpsLaunchPlans.SampleTokens(4, 4, 4, 4, 4, 4, 4, 4, 0, 0));
+        ThrowsFor("stride", () => OpsLaunchPlans.SampleTokens(4, 4, 4000, 4, 4, 4, 4, 4, 1000, 999));
+        ThrowsFor("coins", () => OpsLaunchPlans.SampleTokens(4, 3, 4000, 4, 4, 4, 4, 4, 1000, 1000));
+        ThrowsFor("logits", () => OpsLaunchPlans.SampleTokens(4, 4, 3999, 4, 4, 4, 4, 4, 1000, 1000));
+        // A stride past vocab (a tokenizer smaller than the LM head): the last row needs only its vocab candidates.
+        Assert.That(OpsLaunchPlans.SampleTokens(4, 4, 3 * 1024 + 1000, 4, 4, 4, 4, 4, 1000, 1024), Is.Not.Null);
+        ThrowsFor("logits", () => OpsLaunchPlans.SampleTokens(4, 4, 3 * 1024 + 999, 4, 4, 4, 4, 4, 1000, 1024));
+        Assert.That(OpsLaunchPlans.SampleTokens(0, 0, 0, 0, 0, 0, 0, 0, 1000, 1000), Is.Null);
     }
 }
