@@ -2,7 +2,8 @@
 # One command on the GPU machine (see ../shared/GPU.md): build the kernels with the local nvcc, then verify every GPU
 # kernel against the CPU reference, twice: the fatbin embedded in the published bench (built where it was published,
 # nvcc 11.8 here) and the fatbin this machine's nvcc just built (--fatbin). Results go to $OUT (default
-# ./device-check-out): verify*.json, e2e.json (CUDA backend parity, leak check, llama3-8b decode), kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
+# ./device-check-out): verify*.json, e2e.json (CUDA backend parity, leak check, llama3-8b decode), torch_decode.json
+# (the PyTorch decode baseline of the same shapes), kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
 # the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
 #
 #   prepare (on the dev machine):  ./build.sh publish-device        -> .device/bench/kernels-bench
@@ -85,6 +86,17 @@ if [ -x "$BENCH" ]; then
   rc=${PIPESTATUS[0]}
   note "e2e exit $rc"
   [ "$status" -eq 0 ] && status=$rc
+fi
+
+# ---- the PyTorch decode baseline (tools/torch_decode_baseline.py): the same 8B shapes as e2e's decode table, random
+# fp16 weights, static KV cache, SDPA + cuBLAS, the step as a CUDA graph; batch 1/16/64/256 at context 1024 and the
+# prefill of one 2048-token prompt. Reported; the exit status is unchanged.
+if command -v python3 >/dev/null 2>&1; then
+  TORCH_ARGS=""; [ "$QUICK" = 1 ] && TORCH_ARGS="--batches 1,16 --iterations 10"
+  note "PyTorch decode baseline -> torch_decode.json"
+  timeout 150 python3 tools/torch_decode_baseline.py $TORCH_ARGS --json "$OUT/torch_decode.json" 2>&1 | tee "$OUT/torch_decode.log"
+  note "torch decode baseline exit ${PIPESTATUS[0]}"
+  grep -E "^(decode|prefill)" "$OUT/torch_decode.log" | tee -a "$OUT/summary.txt"
 fi
 
 # ---- timings: our kernels, then PyTorch baselines on the same shapes -------------------------------------------

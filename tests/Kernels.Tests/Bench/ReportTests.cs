@@ -44,6 +44,40 @@ public class ReportTests
     }
 
     [Test]
+    public void TheGpuDecodeTableCarriesThePyTorchBaselineOfTheSameRun()
+    {
+        // e2e.json as kernels-bench e2e writes it, torch_decode.json as tools/torch_decode_baseline.py writes it.
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-report-{Guid.NewGuid():N}");
+        try
+        {
+            Directory.CreateDirectory(Path.Combine(dir, "results"));
+            File.WriteAllText(Path.Combine(dir, "results", "e2e.json"), """
+                {"Device": "NVIDIA H200", "Parity": [], "ThroughputModel": "synthetic:llama3-8b", "CopyBandwidthGBps": 4000,
+                 "Throughput": [
+                   {"Batch": 1, "Context": 1024, "StepMs": 8.0, "TokensPerSecond": 125, "BytesPerStep": 1.6e10, "RooflineStepMs": 4.0, "FractionOfRoofline": 0.5, "SpeedupOverBatch1": 1},
+                   {"Batch": 16, "Context": 1024, "StepMs": 10.0, "TokensPerSecond": 1600, "BytesPerStep": 1.7e10, "RooflineStepMs": 4.3, "FractionOfRoofline": 0.43, "SpeedupOverBatch1": 12.8},
+                   {"Batch": 64, "Context": 1024, "StepMs": 20.0, "TokensPerSecond": 3200, "BytesPerStep": 2.0e10, "RooflineStepMs": 5.0, "FractionOfRoofline": 0.25, "SpeedupOverBatch1": 25.6}]}
+                """);
+            File.WriteAllText(Path.Combine(dir, "results", "torch_decode.json"), """
+                {"device": "NVIDIA H200", "torch": "2.5.1", "dtype": "float16",
+                 "decode": [{"batch": 1, "context": 1024, "ms": 6.0}, {"batch": 16, "context": 1024, "ms": 12.5}],
+                 "prefill": {"tokens": 2048, "ms": 95.0}}
+                """);
+            Assert.That(Report.Run(Path.Combine(dir, "results"), Path.Combine(dir, "BENCHMARKS.md"), Path.Combine(dir, "charts")), Is.EqualTo(0));
+            string md = File.ReadAllText(Path.Combine(dir, "BENCHMARKS.md"));
+            Assert.That(md, Does.Contain("| PyTorch ms/step | ours / PyTorch |"));
+            Assert.That(md, Does.Contain("| 6.00 | 0.75x |"), "batch 1: PyTorch 6 ms, ours 8 ms");
+            Assert.That(md, Does.Contain("| 12.50 | 1.25x |"), "batch 16: PyTorch 12.5 ms, ours 10 ms");
+            Assert.That(md, Does.Contain("| - | - |"), "batch 64 has no baseline row");
+            Assert.That(md, Does.Contain("PyTorch 2.5.1 on NVIDIA H200").And.Contain("2048-token prompt: 95.0 ms"));
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
     public void AFolderWithoutResultsIsAClearError()
     {
         string dir = Directory.CreateTempSubdirectory("kernels-report-empty").FullName;

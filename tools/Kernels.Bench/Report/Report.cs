@@ -197,11 +197,24 @@ public static class Report
             {
                 md.AppendLine($"Decode on {Text(e2e["ThroughputModel"])} (fp16 weights), copy bandwidth measured in the same run {Num(e2e["CopyBandwidthGBps"]):F0} GB/s; " +
                               "roofline = (weights + KV bytes per step) / bandwidth:").AppendLine();
-                md.AppendLine("| batch | context | ms/step | tokens/s | GB/step | roofline ms | of roofline | vs batch 1 |").AppendLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+                // The PyTorch decode baseline of the same run (tools/torch_decode_baseline.py -> torch_decode.json), matched by batch and context.
+                var torch = Load("torch_decode");
+                JsonNode? TorchRow(JsonNode r) => Array(torch?["decode"]).FirstOrDefault(t => Num(t!["batch"]) == Num(r["Batch"]) && Num(t!["context"]) == Num(r["Context"]));
+                md.AppendLine("| batch | context | ms/step | tokens/s | GB/step | roofline ms | of roofline | vs batch 1 |" + (torch != null ? " PyTorch ms/step | ours / PyTorch |" : ""))
+                  .AppendLine("|---:|---:|---:|---:|---:|---:|---:|---:|" + (torch != null ? "---:|---:|" : ""));
                 foreach (var r in rows)
+                {
+                    string baseline = torch == null ? "" : TorchRow(r) is { } t ? $" {Num(t["ms"]):F2} | {Num(t["ms"]) / Num(r["StepMs"]):F2}x |" : " - | - |";
                     md.AppendLine($"| {Num(r["Batch"])} | {Num(r["Context"])} | {Num(r["StepMs"]):F2} | {Num(r["TokensPerSecond"]):F0} | {Num(r["BytesPerStep"]) / 1e9:F2} | " +
-                                  $"{Num(r["RooflineStepMs"]):F2} | {Num(r["FractionOfRoofline"]):P0} | {Num(r["SpeedupOverBatch1"]):F1}x |");
+                                  $"{Num(r["RooflineStepMs"]):F2} | {Num(r["FractionOfRoofline"]):P0} | {Num(r["SpeedupOverBatch1"]):F1}x |" + baseline);
+                }
                 md.AppendLine();
+                if (torch != null)
+                {
+                    md.AppendLine($"PyTorch {Text(torch["torch"])} on {Text(torch["device"])} in the same device call: the same shapes, random {Text(torch["dtype"])} " +
+                                  "weights, static KV cache, SDPA + cuBLAS, the step as a CUDA graph; ours / PyTorch > 1 means ours is faster." +
+                                  (torch["prefill"] is { } pf ? $" PyTorch prefill of one {Num(pf["tokens"])}-token prompt: {Num(pf["ms"]):F1} ms." : "")).AppendLine();
+                }
                 Bars(Path.Combine(chartDirectory, "gpu-decode-speedup.png"), "CUDA decode throughput vs batch (8B shape)", "batch size", "speedup vs batch 1",
                     rows.Select(r => Num(r["Batch"]).ToString(CultureInfo.InvariantCulture)).ToArray(), [("tokens/s relative to batch 1", rows.Select(r => Num(r["SpeedupOverBatch1"])).ToArray())]);
                 md.AppendLine($"![GPU decode speedup]({Chart("gpu-decode-speedup.png")})").AppendLine();
