@@ -126,6 +126,20 @@ if [ -x "$BENCH" ]; then
   fi
 fi
 
+# ---- profile: Nsight Compute on one decode step (kernels-bench gpu-step: no graphs, inside cuProfilerStart/Stop) at
+# batch 1 and 64, context 1024: per kernel DRAM throughput (SpeedOfLight, MemoryWorkloadAnalysis), achieved occupancy
+# and warp stall reasons, summarised per kernel name. The first PROFILE_LAUNCHES launches of the step (embedding and
+# the first layers, which repeat) bound the replay time. Text to commit under docs/profiles/. PROFILE=0 skips it.
+if [ "${PROFILE:-1}" = 1 ] && [ -x "$BENCH" ] && command -v ncu >/dev/null 2>&1; then
+  for B in ${PROFILE_BATCHES:-1 64}; do
+    note "ncu: decode step, batch $B, context 1024 -> profile-decode-b$B.txt"
+    timeout "${PROFILE_TIMEOUT:-150}" ncu --profile-from-start off -c "${PROFILE_LAUNCHES:-60}" --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section Occupancy --section WarpStateStats --print-summary per-kernel \
+      "$BENCH" gpu-step --batch "$B" --context 1024 ${FATBIN:+--fatbin "$FATBIN"} > "$OUT/profile-decode-b$B.txt" 2>&1
+    note "ncu batch $B exit $?"
+  done
+fi
+
 note "exit $status"
 tar czf /tmp/device-check.tar.gz -C "$OUT" . && mv /tmp/device-check.tar.gz "$OUT/device-check.tar.gz"
 exit "$status"

@@ -94,6 +94,10 @@ public static unsafe partial class CuApi
     [LibraryImport(Library, EntryPoint = "cuMemcpyDtoDAsync_v2")] public static partial CuResult cuMemcpyDtoDAsync(ulong destination, ulong source, nuint bytes, IntPtr stream);
     [LibraryImport(Library, EntryPoint = "cuMemsetD8_v2")] public static partial CuResult cuMemsetD8(ulong destination, byte value, nuint count);
 
+    // ---- profiler (cudaProfiler.h): the range a profiler started with --profile-from-start off records ------------
+    [LibraryImport(Library)] public static partial CuResult cuProfilerStart();
+    [LibraryImport(Library)] public static partial CuResult cuProfilerStop();
+
     // ---- streams and events ----------------------------------------------------------------------------------------
     [LibraryImport(Library)] public static partial CuResult cuStreamCreate(out IntPtr stream, uint flags);
     [LibraryImport(Library, EntryPoint = "cuStreamDestroy_v2")] public static partial CuResult cuStreamDestroy(IntPtr stream);

@@ -76,6 +76,12 @@ public static class Program
         var e2e = new Command("e2e", "CUDA backend end to end: logits parity with the CPU backend, create/dispose leak check, llama3-8b decode throughput vs roofline; exit 2 without CUDA");
         foreach (var o in new Option[] { e2eJson, e2eQuick, fatbin, ordinal }) e2e.Options.Add(o);
         e2e.SetAction(p => EndToEnd.Run(p.GetValue(fatbin), p.GetValue(e2eJson), p.GetValue(ordinal), p.GetValue(e2eQuick)));
+        var stepBatch = new Option<int>("--batch") { DefaultValueFactory = _ => 1, Description = "Sequences decoding together" };
+        var stepContext = new Option<int>("--context") { DefaultValueFactory = _ => 1024, Description = "Cached keys per sequence" };
+        var stepSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 1, Description = "Decode steps inside the profiled range" };
+        var gpuStep = new Command("gpu-step", "Decode steps of synthetic:llama3-8b on the CUDA backend, no graphs, inside cuProfilerStart/Stop: for ncu --profile-from-start off; exit 2 without CUDA");
+        foreach (var o in new Option[] { stepBatch, stepContext, stepSteps, fatbin, ordinal }) gpuStep.Options.Add(o);
+        gpuStep.SetAction(p => EndToEnd.ProfileSteps(p.GetValue(fatbin), p.GetValue(ordinal), p.GetValue(stepBatch), p.GetValue(stepContext), p.GetValue(stepSteps)));
         var peerModels = new Option<string>("--models") { DefaultValueFactory = _ => Peer.DefaultModels,
             Description = "Comma-separated GGUF files or names: stories260K (../shared/models, skipped when absent); small:F16 (synthetic:small exported by us), small:Q8_0, small:Q4_K_M, ... (made from it by llama.cpp's quantizer)" };
         var peerPaths = new Option<Peer.Paths>("--paths") { DefaultValueFactory = _ => Peer.Paths.Native, Description = "Native (the best this CPU runs on both sides), Avx2 (both on AVX2), Both (native, then AVX2 in a child process)" };
@@ -165,6 +171,7 @@ public static class Program
         root.Subcommands.Add(verify);
         root.Subcommands.Add(kernelsCmd);
         root.Subcommands.Add(e2e);
+        root.Subcommands.Add(gpuStep);
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());

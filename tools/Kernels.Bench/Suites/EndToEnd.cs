@@ -127,6 +127,7 @@ internal static class EndToEnd
             using var cuda = new CudaBackend(model, options);
             var (cpuLogits, cpuTokens) = Greedy(cpu, prompt);
             var (cudaLogits, cudaTokens) = Greedy(cuda, prompt);
+            var deviceTokens = DeviceGreedy(cuda, prompt);
             double max = 0, scale = 1;
             // Logits are compared while both continuations agree (after a divergence they see different tokens).
             for (int i = 0; i < Math.Min(cpuLogits.Count, cudaLogits.Count); i++)
@@ -139,10 +140,13 @@ internal static class EndToEnd
                 }
                 if (i > 0 && cpuTokens[i - 1] != cudaTokens[i - 1]) break;
             }
-            bool equal = cpuTokens.SequenceEqual(cudaTokens);
+            bool deviceEqual = deviceTokens.SequenceEqual(cudaTokens);
+            bool equal = cpuTokens.SequenceEqual(cudaTokens) && deviceEqual;
             double tolerance = cuda.WeightFormats.Contains("BF16", StringComparison.Ordinal) ? Bf16LogitTolerance : LogitTolerance;
             string status = max <= tolerance * scale && equal ? "PASS" : "FAIL";
-            return new ParityResult(name, kv, status, max, tolerance, equal, cpuTokens, cudaTokens, $"{cuda.WeightFormats}; {cuda.GraphStatus}", scale);
+            string sampled = deviceEqual ? "greedy sampled on the device: the same tokens"
+                : $"greedy sampled on the device DIFFERS: {string.Join(' ', deviceTokens)}";
+            return new ParityResult(name, kv, status, max, tolerance, equal, cpuTokens, cudaTokens, $"{cuda.WeightFormats}; {cuda.GraphStatus}; {sampled}", scale);
         }
         catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException)
         {
@@ -169,6 +173,20 @@ internal static class EndToEnd
             row = next;
         }
         return (logits, tokens);
+    }
+
+    /// <summary>The same greedy continuation through IBackend.Step: the tokens are chosen by sample_tokens_f32 on the device.</summary>
+    private static int[] DeviceGreedy(IBackend backend, int[] prompt)
+    {
+        using var cache = backend.CreateCache();
+        var tokens = new int[GreedyTokens];
+        var step = new SequenceStep(cache, prompt) { Choose = [TokenChoice.Greedy] };
+        for (int i = 0; i < GreedyTokens; i++)
+        {
+            tokens[i] = backend.Step([step])[0].Tokens[0];
+            step = new SequenceStep(cache, new[] { tokens[i] }) { Choose = [TokenChoice.Greedy] };
+        }
+        return tokens;
     }
 
     private static int ArgMax(ReadOnlySpan<float> row)
@@ -227,49 +245,109 @@ internal static class EndToEnd
         using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch) });
         Console.WriteLine($"# backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
 
-        // One prefilled prompt; every sequence of a batch is a private copy of its blocks (distinct memory, as B real
-        // sequences would read), so no KV read is served from L2 thanks to sharing.
-        using var prompt = backend.CreateCache();
-        var ids = Enumerable.Range(0, context).Select(i => (i * 7919 + 11) % config.VocabSize).ToArray();
-        backend.Forward([new SequenceStep(prompt, ids)]);
+        using var prompt = Prompt(backend, context);
 
         // Bytes one decode step must move: every matrix once (the embedding gathers only B rows) plus each sequence's keys and values.
         long weightBytes = model.Weights.All().Where(t => !ReferenceEquals(t, model.Weights.Embedding) || ReferenceEquals(t, model.Weights.LmHead)).Sum(t => t.ByteLength);
         double batch1 = 0;
         foreach (int b in batches)
         {
-            var seqs = Enumerable.Range(0, b).Select(_ => ((Kernels.Runtime.KvCache.KvSequence)prompt).Copy()).ToArray();
-            try
+            using var batch = new DecodeBatch(backend, prompt, b);
+            var seqs = batch.Sequences;
+            for (int w = 0; w < Warmup; w++) batch.Step();
+            long kvRead = 0;
+            var timer = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
             {
-                var step = new SequenceStep[b];
-                for (int w = 0; w < Warmup; w++)
-                {
-                    for (int s = 0; s < b; s++) step[s] = new SequenceStep(seqs[s], new[] { (s * 31 + w) % config.VocabSize });
-                    backend.Forward(step);
-                }
-                long kvRead = 0;
-                var timer = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++)
-                {
-                    for (int s = 0; s < b; s++) step[s] = new SequenceStep(seqs[s], new[] { (s * 31 + i) % config.VocabSize });
-                    kvRead += seqs.Sum(q => (long)(q.Length + 1)) * backend.KvBytesPerToken;
-                    backend.Forward(step);
-                }
-                double stepMs = timer.Elapsed.TotalMilliseconds / steps;
-                long bytes = weightBytes + kvRead / steps;
-                double rooflineMs = bytes / (bwGBps * 1e9) * 1e3;
-                double tps = b / (stepMs / 1e3);
-                if (b == 1) batch1 = tps;
-                var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN);
-                rows.Add(row);
-                Console.WriteLine($"batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
-                                  $"{row.FractionOfRoofline:P0} of roofline  {row.SpeedupOverBatch1:F1}x batch 1");
+                kvRead += seqs.Sum(q => (long)(q.Length + 1)) * backend.KvBytesPerToken;
+                batch.Step();
             }
-            finally
-            {
-                foreach (var s in seqs) s.Dispose();
-            }
+            double stepMs = timer.Elapsed.TotalMilliseconds / steps;
+            long bytes = weightBytes + kvRead / steps;
+            double rooflineMs = bytes / (bwGBps * 1e9) * 1e3;
+            double tps = b / (stepMs / 1e3);
+            if (b == 1) batch1 = tps;
+            var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN);
+            rows.Add(row);
+            Console.WriteLine($"batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
+                              $"{row.FractionOfRoofline:P0} of roofline  {row.SpeedupOverBatch1:F1}x batch 1");
         }
         Console.WriteLine($"# {backend.GraphStatus}");
+    }
+
+    /// <summary>A <paramref name="context"/>-token prompt prefilled once (its blocks are copied per sequence).</summary>
+    private static Kernels.Runtime.KvCache.KvSequence Prompt(CudaBackend backend, int context)
+    {
+        var prompt = (Kernels.Runtime.KvCache.KvSequence)backend.CreateCache();
+        var ids = Enumerable.Range(0, context).Select(i => (i * 7919 + 11) % backend.Config.VocabSize).ToArray();
+        backend.Forward([new SequenceStep(prompt, ids)]);
+        return prompt;
+    }
+
+    /// <summary>
+    /// B sequences decoding greedily, each a private copy of the prompt's blocks (distinct memory, as B real sequences
+    /// would read, so no KV read is served from L2 thanks to sharing): a step is what the engine runs, tokens chosen
+    /// on the device and fed back.
+    /// </summary>
+    private sealed class DecodeBatch : IDisposable
+    {
+        private readonly IBackend _backend;
+        private readonly SequenceStep[] _step;
+        private readonly int[] _next;
+        public readonly Kernels.Runtime.KvCache.KvSequence[] Sequences;
+
+        public DecodeBatch(IBackend backend, Kernels.Runtime.KvCache.KvSequence prompt, int b)
+        {
+            _backend = backend;
+            Sequences = Enumerable.Range(0, b).Select(_ => prompt.Copy()).ToArray();
+            _step = new SequenceStep[b];
+            _next = Enumerable.Range(0, b).Select(s => (s * 31) % backend.Config.VocabSize).ToArray();
+        }
+
+        public void Step()
+        {
+            for (int s = 0; s < _step.Length; s++) _step[s] = new SequenceStep(Sequences[s], new[] { _next[s] }) { Choose = [TokenChoice.Greedy] };
+            var outputs = _backend.Step(_step);
+            for (int s = 0; s < _step.Length; s++) _next[s] = outputs[s].Tokens[0];
+        }
+
+        public void Dispose()
+        {
+            foreach (var s in Sequences) s.Dispose();
+        }
+    }
+
+    // ---- one decode step for a profiler -----------------------------------------------------------------------------
+
+    /// <summary>
+    /// kernels-bench gpu-step: <paramref name="steps"/> decode steps of synthetic:llama3-8b at batch B and context C,
+    /// without CUDA graphs (each kernel its own launch), bracketed by cuProfilerStart/Stop so that
+    /// <c>ncu --profile-from-start off</c> records exactly those steps' kernels (the prompt's prefill and the warm-up
+    /// step are outside). Prints each step's wall time. Exit 2 without CUDA.
+    /// </summary>
+    public static int ProfileSteps(string? fatbinPath, int ordinal, int b, int context, int steps)
+    {
+        if (GpuBench.Open(fatbinPath, ordinal) is not var (device, image)) return 2;
+        using var owned = device;
+        using var model = SyntheticModels.Create("synthetic:llama3-8b");
+        var config = model.Config;
+        var baseOptions = new CudaBackendOptions { Device = ordinal, KernelImage = image, UseCudaGraphs = false };
+        int bs = baseOptions.KvBlockSize;
+        long kvBytes = (b + 1L) * ((context + steps + 2 + bs - 1) / bs + 1) * CudaMemoryPlan.KvBlockBytes(config, bs, baseOptions.KvDType);
+        using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, b) });
+        using var prompt = Prompt(backend, context);
+        using var batch = new DecodeBatch(backend, prompt, b);
+        batch.Step(); // warm-up: lazy module loads, first launches
+        device.Synchronize();
+        Cu.Check(CuApi.cuProfilerStart(), ordinal);
+        for (int i = 0; i < steps; i++)
+        {
+            var timer = Stopwatch.StartNew();
+            batch.Step();
+            Console.WriteLine($"decode step {i}: batch {b}, context {context}: {timer.Elapsed.TotalMilliseconds:F2} ms (no graph)");
+        }
+        device.Synchronize();
+        Cu.Check(CuApi.cuProfilerStop(), ordinal);
+        return 0;
     }
 }

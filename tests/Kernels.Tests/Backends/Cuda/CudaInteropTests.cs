@@ -79,6 +79,8 @@ public class CudaInteropTests
             ["cuGraphLaunch"] = "cuGraphLaunch",
             ["cuGraphExecDestroy"] = "cuGraphExecDestroy",
             ["cuGraphDestroy"] = "cuGraphDestroy",
+            ["cuProfilerStart"] = "cuProfilerStart", // cudaProfiler.h, unversioned
+            ["cuProfilerStop"] = "cuProfilerStop",
         };
         foreach (var (method, symbol) in expected)
         {
