@@ -91,13 +91,15 @@ internal static partial class KernelTimings
             KiviRecords(t, quick, Add); // ---- KIVI decode attention (KernelTimings.Kivi.cs) ----
 
             // ---- sampling ----
-            foreach (int rows in quick ? new[] { 1 } : new[] { 1, 64, 256 })
-                foreach (bool filtered in new[] { false, true })
-                {
-                    double us = t.Sample(rows, 128256, filtered);
-                    Add("sample_tokens_f32", $"rows={rows} V=128256 {(filtered ? "T=0.8 top-k=50 top-p=0.9" : "greedy")}", us, rows * 128256.0 * 4, 0,
-                        new() { ["Rows"] = rows, ["V"] = 128256, ["Filtered"] = filtered ? 1 : 0 });
-                }
+            // Both samplers (bisection cuts, radix cuts: CudaBackendOptions.RadixSampling chooses), greedy and filtered.
+            foreach (bool radix in new[] { false, true })
+                foreach (int rows in quick ? new[] { 1 } : new[] { 1, 64, 256 })
+                    foreach (bool filtered in new[] { false, true })
+                    {
+                        double us = t.Sample(rows, 128256, filtered, radix);
+                        Add(radix ? "sample_tokens_radix_f32" : "sample_tokens_f32", $"rows={rows} V=128256 {(filtered ? "T=0.8 top-k=50 top-p=0.9" : "greedy")}", us,
+                            rows * 128256.0 * 4, 0, new() { ["Rows"] = rows, ["V"] = 128256, ["Filtered"] = filtered ? 1 : 0 });
+                    }
 
             records.AddRange(W4A8Records(t, quick, bw, device.Name)); // KernelTimings.W4A8.cs
 
@@ -214,7 +216,7 @@ internal static partial class KernelTimings
             }
         }
 
-        public double Sample(int rows, int vocab, bool filtered)
+        public double Sample(int rows, int vocab, bool filtered, bool radix)
         {
             using var logits = DeviceBuffer<float>.From(device, Random((long)rows * vocab).Select(v => v * 10).ToArray());
             using var tokens = DeviceBuffer<int>.Allocate(device, rows);
@@ -223,7 +225,7 @@ internal static partial class KernelTimings
             using var topK = DeviceBuffer<int>.From(device, Enumerable.Repeat(filtered ? 50 : 0, rows).ToArray());
             using var topP = DeviceBuffer<float>.From(device, Enumerable.Repeat(filtered ? 0.9f : 1f, rows).ToArray());
             using var minP = DeviceBuffer<float>.From(device, new float[rows]);
-            return Median(() => ops.SampleTokensF32(tokens, coins, logits, vocab, temperature, topK, topP, minP, rows, vocab));
+            return Median(() => ops.SampleTokensF32(tokens, coins, logits, vocab, temperature, topK, topP, minP, rows, vocab, radix));
         }
     }
 }

@@ -87,11 +87,16 @@ internal static unsafe partial class Verify
                 yield return new Case($"kv_append_{Suffix(dtype)}", "T=37 kv_dim=1024 slots=64x16 (one padded row)", () => KvAppendCase(dtype, 37, 1024, 64 * 16));
                 yield return new Case($"kv_append_{Suffix(dtype)}", "T=1 kv_dim=128 slots=4x16", () => KvAppendCase(dtype, 1, 128, 4 * 16));
             }
-            yield return new Case("sample_tokens_f32", "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256));
-            yield return new Case("sample_tokens_f32", "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000));
-            yield return new Case("sample_tokens_f32", "T=0.8 top-k=50 top-p=0.9 rows=64 V=32000 stride 32064 same coins", () => SampleFilteredSameCoinsCase(64, 32000, 32064));
-            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0f));
-            yield return new Case("sample_tokens_f32", "T=1 top-k=50 top-p=0.9 min-p=0.05 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0.05f));
+            foreach (bool radix in new[] { false, true })
+            {
+                string entry = radix ? "sample_tokens_radix_f32" : "sample_tokens_f32";
+                yield return new Case(entry, "greedy rows=6 V=128256 (ties, -inf, NaN)", () => SampleGreedyCase(128256, radix));
+                yield return new Case(entry, "T=0.7 min-p rows=64 V=32000 same coins", () => SampleSameCoinsCase(64, 32000, radix));
+                yield return new Case(entry, "T=0.8 top-k=50 top-p=0.9 rows=64 V=32000 stride 32064 same coins", () => SampleFilteredSameCoinsCase(64, 32000, 32064, radix));
+                yield return new Case(entry, "T=1 top-k=40 top-p=0.8 rows=64 V=4096 tied logits same coins", () => SampleTiedCase(64, 4096, radix));
+                yield return new Case(entry, "T=1 top-k=50 top-p=0.9 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0f, radix));
+                yield return new Case(entry, "T=1 top-k=50 top-p=0.9 min-p=0.05 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0.05f, radix));
+            }
             foreach (var kivi in KiviCases()) yield return kivi; // Verify.Kivi.cs
             foreach (var c in W4A8Cases()) yield return c; // Verify.W4A8.cs
         }
@@ -432,7 +437,7 @@ internal static unsafe partial class Verify
         }
 
         /// <summary>Runs sample_tokens_f32 on <paramref name="logits"/> [rows, vocab]; row r's coin is the first draw of SamplerRng(seed, r).</summary>
-        private int[] Sample(float[] logits, int rows, int vocab, float[] temperature, int[] topK, float[] topP, float[] minP, ulong seed)
+        private int[] Sample(float[] logits, int rows, int vocab, float[] temperature, int[] topK, float[] topP, float[] minP, ulong seed, bool radix)
         {
             using var tokens = DeviceBuffer<int>.Allocate(device, rows);
             using var coins = DeviceBuffer<double>.From(device, Enumerable.Range(0, rows).Select(r => new Kernels.Runtime.Engine.SamplerRng(seed, (ulong)r).NextDouble()).ToArray());
@@ -442,15 +447,15 @@ internal static unsafe partial class Verify
             using var dp = DeviceBuffer<float>.From(device, topP);
             using var dm = DeviceBuffer<float>.From(device, minP);
             tokens.FillBytes(0xFF);
-            ops.SampleTokensF32(tokens, coins, dl, vocab, dt, dk, dp, dm, rows, vocab);
+            ops.SampleTokensF32(tokens, coins, dl, vocab, dt, dk, dp, dm, rows, vocab, radix);
             device.Synchronize();
             return tokens.ToArray();
         }
 
-        private static CaseResult TokenResult(string shape, int mismatches, int rows, Tolerance tol) =>
-            new("sample_tokens_f32", shape, mismatches, (double)mismatches / rows, tol.Relative, tol.Source, mismatches, 0, true, mismatches == 0, null);
+        private static CaseResult TokenResult(bool radix, string shape, int mismatches, int rows, Tolerance tol) =>
+            new(radix ? "sample_tokens_radix_f32" : "sample_tokens_f32", shape, mismatches, (double)mismatches / rows, tol.Relative, tol.Source, mismatches, 0, true, mismatches == 0, null);
 
-        private CaseResult SampleGreedyCase(int vocab)
+        private CaseResult SampleGreedyCase(int vocab, bool radix)
         {
             const int Rows = 6;
             var logits = Normal(Rows * vocab, 3f);
@@ -459,20 +464,20 @@ internal static unsafe partial class Verify
             logits[3 * vocab + vocab - 1] = 1e30f;
             logits[4 * vocab + 5] = float.NaN; // NaN never wins
             for (int i = 0; i < vocab; i++) logits[5 * vocab + i] -= 300f; // logits far below zero
-            var gpu = Sample(logits, Rows, vocab, new float[Rows], new int[Rows], Enumerable.Repeat(1f, Rows).ToArray(), new float[Rows], 1);
+            var gpu = Sample(logits, Rows, vocab, new float[Rows], new int[Rows], Enumerable.Repeat(1f, Rows).ToArray(), new float[Rows], 1, radix);
             int bad = 0;
             for (int r = 0; r < Rows; r++)
                 if (gpu[r] != Kernels.Runtime.Backends.Sampler.ArgMax(logits.AsSpan(r * vocab, vocab))) bad++;
-            return TokenResult($"greedy rows={Rows} V={vocab} (ties, -inf, NaN)", bad, Rows, SamplingExact);
+            return TokenResult(radix, $"greedy rows={Rows} V={vocab} (ties, -inf, NaN)", bad, Rows, SamplingExact);
         }
 
-        private CaseResult SampleSameCoinsCase(int rows, int vocab)
+        private CaseResult SampleSameCoinsCase(int rows, int vocab, bool radix)
         {
             var logits = Normal(rows * vocab, 2f);
             var temperature = Enumerable.Repeat(0.7f, rows).ToArray();
             var minP = Enumerable.Range(0, rows).Select(r => r % 2 == 0 ? 0.05f : 0f).ToArray();
             const ulong Seed = 2024;
-            var gpu = Sample(logits, rows, vocab, temperature, new int[rows], Enumerable.Repeat(1f, rows).ToArray(), minP, Seed);
+            var gpu = Sample(logits, rows, vocab, temperature, new int[rows], Enumerable.Repeat(1f, rows).ToArray(), minP, Seed, radix);
             int bad = 0;
             for (int r = 0; r < rows; r++)
             {
@@ -481,7 +486,7 @@ internal static unsafe partial class Verify
                     options.Choice(null, new Kernels.Runtime.Engine.SamplerRng(Seed, (ulong)r).NextDouble()));
                 if (cpu != gpu[r]) bad++;
             }
-            return TokenResult($"T=0.7 min-p rows={rows} V={vocab} same coins", bad, rows, SamplingExact);
+            return TokenResult(radix, $"T=0.7 min-p rows={rows} V={vocab} same coins", bad, rows, SamplingExact);
         }
 
         /// <summary>
@@ -489,7 +494,7 @@ internal static unsafe partial class Verify
         /// <paramref name="vocab"/> candidates (a tokenizer smaller than the LM head; the padding holds the row's
         /// largest logits, which must never be picked): both sides walk the kept set in id order, so each row gives the CPU's token.
         /// </summary>
-        private CaseResult SampleFilteredSameCoinsCase(int rows, int vocab, int stride)
+        private CaseResult SampleFilteredSameCoinsCase(int rows, int vocab, int stride, bool radix)
         {
             var logits = Normal(rows * stride, 2f);
             for (int r = 0; r < rows; r++) logits.AsSpan(r * stride + vocab, stride - vocab).Fill(40f);
@@ -502,14 +507,31 @@ internal static unsafe partial class Verify
             using var dp = DeviceBuffer<float>.From(device, Enumerable.Repeat(0.9f, rows).ToArray());
             using var dm = DeviceBuffer<float>.From(device, new float[rows]);
             tokens.FillBytes(0xFF);
-            ops.SampleTokensF32(tokens, coins, dl, stride, dt, dk, dp, dm, rows, vocab);
+            ops.SampleTokensF32(tokens, coins, dl, stride, dt, dk, dp, dm, rows, vocab, radix);
             device.Synchronize();
             var gpu = tokens.ToArray();
             var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 0.8f, TopK = 50, TopP = 0.9f };
             int bad = 0;
             for (int r = 0; r < rows; r++)
                 if (gpu[r] != Kernels.Runtime.Backends.Sampler.Sample(logits.AsSpan(r * stride, vocab).ToArray(), options.Choice(null, coinValues[r]))) bad++;
-            return TokenResult($"T=0.8 top-k=50 top-p=0.9 rows={rows} V={vocab} stride {stride} same coins", bad, rows, SamplingExact);
+            return TokenResult(radix, $"T=0.8 top-k=50 top-p=0.9 rows={rows} V={vocab} stride {stride} same coins", bad, rows, SamplingExact);
+        }
+
+        /// <summary>
+        /// Logits on a grid of 0.25 (hundreds of tokens share each value): the top-k and top-p cuts fall inside runs of
+        /// equal probabilities, where the kept tokens are the lowest ids of the run; same coins, the CPU's tokens.
+        /// </summary>
+        private CaseResult SampleTiedCase(int rows, int vocab, bool radix)
+        {
+            var logits = Normal(rows * vocab, 2f).Select(x => MathF.Round(x * 4f) / 4f).ToArray();
+            var coinValues = Enumerable.Range(0, rows).Select(r => new Kernels.Runtime.Engine.SamplerRng(9, (ulong)r).NextDouble()).ToArray();
+            var gpu = Sample(logits, rows, vocab, Enumerable.Repeat(1f, rows).ToArray(), Enumerable.Repeat(40, rows).ToArray(),
+                Enumerable.Repeat(0.8f, rows).ToArray(), new float[rows], 9, radix);
+            var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 1f, TopK = 40, TopP = 0.8f };
+            int bad = 0;
+            for (int r = 0; r < rows; r++)
+                if (gpu[r] != Kernels.Runtime.Backends.Sampler.Sample(logits.AsSpan(r * vocab, vocab).ToArray(), options.Choice(null, coinValues[r]))) bad++;
+            return TokenResult(radix, $"T=1 top-k=40 top-p=0.8 rows={rows} V={vocab} tied logits same coins", bad, rows, SamplingExact);
         }
 
         /// <summary>
@@ -518,7 +540,7 @@ internal static unsafe partial class Verify
         /// distribution and the CPU's (from a fine grid of coins) must stay below 0.06 (expected ~0.03 for ~40 kept
         /// tokens and 8192 draws).
         /// </summary>
-        private CaseResult SampleDistributionCase(int draws, int vocab, float minP)
+        private CaseResult SampleDistributionCase(int draws, int vocab, float minP, bool radix)
         {
             var row = Normal(vocab, 2f);
             var options = new Kernels.Runtime.Engine.SamplingOptions { Temperature = 1f, TopK = 50, TopP = 0.9f, MinP = minP };
@@ -529,7 +551,7 @@ internal static unsafe partial class Verify
             var logits = new float[draws * vocab];
             for (int r = 0; r < draws; r++) row.CopyTo(logits, r * vocab);
             var gpu = Sample(logits, draws, vocab, Enumerable.Repeat(1f, draws).ToArray(), Enumerable.Repeat(50, draws).ToArray(),
-                Enumerable.Repeat(0.9f, draws).ToArray(), Enumerable.Repeat(minP, draws).ToArray(), 7);
+                Enumerable.Repeat(0.9f, draws).ToArray(), Enumerable.Repeat(minP, draws).ToArray(), 7, radix);
             var freq = new double[vocab];
             int outside = 0;
             foreach (int t in gpu)
@@ -541,7 +563,7 @@ internal static unsafe partial class Verify
             const double Limit = 0.06;
             bool pass = outside == 0 && tv < Limit;
             string filters = minP > 0 ? $"top-k=50 top-p=0.9 min-p={minP}" : "top-k=50 top-p=0.9";
-            return new CaseResult("sample_tokens_f32", $"T=1 {filters} V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
+            return new CaseResult(radix ? "sample_tokens_radix_f32" : "sample_tokens_f32", $"T=1 {filters} V={vocab} {draws} draws ({cpu.Count(p => p > 0)} kept)", tv, tv, Limit,
                 "distributional: total variation vs the CPU sampler's distribution; draws outside the CPU's kept set count as mismatches",
                 outside, 0, true, pass, null);
         }

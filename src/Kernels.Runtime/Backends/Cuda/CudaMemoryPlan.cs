@@ -33,6 +33,12 @@ public sealed record CudaBackendOptions
     /// launch every kernel directly. A failed capture falls back to direct launches (the backend description says why).
     /// </summary>
     public bool UseCudaGraphs { get; init; } = true;
+    /// <summary>
+    /// Sample on the device with sample_tokens_radix_f32 (top-k and top-p cuts by radix selection, a few passes over the
+    /// row) instead of sample_tokens_f32 (cuts by bisection, ~50 passes). Off until a GPU run has verified it; the same
+    /// contract and, on the same logits and coins, the same tokens.
+    /// </summary>
+    public bool RadixSampling { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }

@@ -225,7 +225,8 @@ internal sealed unsafe class CudaStep : IDisposable
         Cu.Check(CuApi.cuMemcpyHtoDAsync(_draws.Pointer, (void*)_pinnedDraws.DangerousGetHandle(), (nuint)DrawLayout.Tokens(m), stream), _device.Ordinal);
         var tokens = _draws.View<int>(DrawLayout.Tokens(m), m);
         _ops.SampleTokensF32(tokens, _draws.View<double>(DrawLayout.Coins(m), m), _logits, _config.VocabSize, _draws.View<float>(DrawLayout.Temperature(m), m),
-            _draws.View<int>(DrawLayout.TopK(m), m), _draws.View<float>(DrawLayout.TopP(m), m), _draws.View<float>(DrawLayout.MinP(m), m), selected, sampling.Vocab);
+            _draws.View<int>(DrawLayout.TopK(m), m), _draws.View<float>(DrawLayout.TopP(m), m), _draws.View<float>(DrawLayout.MinP(m), m), selected, sampling.Vocab,
+            _options.RadixSampling);
         Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)(_pinnedDraws.DangerousGetHandle() + (nint)DrawLayout.Tokens(m)), tokens.Pointer, (nuint)(selected * 4), stream),
             _device.Ordinal);
     }

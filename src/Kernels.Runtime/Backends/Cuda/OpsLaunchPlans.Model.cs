@@ -145,7 +145,7 @@ internal static partial class OpsLaunchPlans
 
     /// <summary>sample_tokens_f32: tokens [rows] from logits rows <paramref name="stride"/> apart, the first <paramref name="vocab"/> of each candidates.</summary>
     public static KernelLaunch? SampleTokens(long tokensLength, long coinsLength, long logitsLength, long temperatureLength, long topKLength,
-        long topPLength, long minPLength, int rows, int vocab, int stride)
+        long topPLength, long minPLength, int rows, int vocab, int stride, bool radix = false)
     {
         NonNegative(rows, "rows");
         if (vocab < 1) throw new ArgumentOutOfRangeException("vocab", vocab, "vocab must be >= 1");
@@ -158,7 +158,7 @@ internal static partial class OpsLaunchPlans
         AtLeast(topPLength, rows, "topP", $"[rows={rows}]");
         AtLeast(minPLength, rows, "minP", $"[rows={rows}]");
         if (rows == 0) return null;
-        return new KernelLaunch("sample_tokens_f32", (uint)rows, 1, SampleThreads);
+        return new KernelLaunch(radix ? "sample_tokens_radix_f32" : "sample_tokens_f32", (uint)rows, 1, SampleThreads);
     }
 
     /// <summary>kv_append: k, v [numTokens, kvDim] into the caches' rows slots[t] (kCache, vCache [numSlots, kvDim]).</summary>

@@ -193,10 +193,11 @@ internal sealed unsafe partial class OpsLauncher
     /// <summary>
     /// tokens [rows] from logits [rows, vocab] with per-row options (temperature &lt;= 0: greedy; topK 0, topP 1, minP 0:
     /// off). <paramref name="coins"/> [rows]: each row's uniform draw in [0, 1) (the engine's TokenChoice.Coin). Logits rows
-    /// lie <paramref name="logitsStride"/> apart; the first <paramref name="vocab"/> of each are candidates.
+    /// lie <paramref name="logitsStride"/> apart; the first <paramref name="vocab"/> of each are candidates. <paramref name="radix"/>:
+    /// sample_tokens_radix_f32 (the same contract, cuts by radix selection).
     /// </summary>
     public void SampleTokensF32(DeviceBuffer<int> tokens, DeviceBuffer<double> coins, DeviceBuffer<float> logits, int logitsStride,
-        DeviceBuffer<float> temperature, DeviceBuffer<int> topK, DeviceBuffer<float> topP, DeviceBuffer<float> minP, int rows, int vocab)
+        DeviceBuffer<float> temperature, DeviceBuffer<int> topK, DeviceBuffer<float> topP, DeviceBuffer<float> minP, int rows, int vocab, bool radix = false)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(coins);
@@ -206,7 +207,7 @@ internal sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(topP);
         ArgumentNullException.ThrowIfNull(minP);
         if (OpsLaunchPlans.SampleTokens(tokens.Length, coins.Length, logits.Length, temperature.Length, topK.Length, topP.Length, minP.Length,
-                rows, vocab, logitsStride) is not { } plan) return;
+                rows, vocab, logitsStride, radix) is not { } plan) return;
         SameDevice(tokens, nameof(tokens));
         SameDevice(coins, nameof(coins));
         SameDevice(logits, nameof(logits));

@@ -248,5 +248,6 @@ public class ModelLaunchPlansTests
         Assert.That(OpsLaunchPlans.SampleTokens(4, 4, 3 * 1024 + 1000, 4, 4, 4, 4, 4, 1000, 1024), Is.Not.Null);
         ThrowsFor("logits", () => OpsLaunchPlans.SampleTokens(4, 4, 3 * 1024 + 999, 4, 4, 4, 4, 4, 1000, 1024));
         Assert.That(OpsLaunchPlans.SampleTokens(0, 0, 0, 0, 0, 0, 0, 0, 1000, 1000), Is.Null);
+        Assert.That(OpsLaunchPlans.SampleTokens(4, 4, 4000, 4, 4, 4, 4, 4, 1000, 1000, radix: true)!.Value.Kernel, Is.EqualTo("sample_tokens_radix_f32"));
     }
 }
