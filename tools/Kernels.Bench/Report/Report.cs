@@ -209,6 +209,10 @@ public static class Report
                                   $"{Num(r["RooflineStepMs"]):F2} | {Num(r["FractionOfRoofline"]):P0} | {Num(r["SpeedupOverBatch1"]):F1}x |" + baseline);
                 }
                 md.AppendLine();
+                if (e2e["Host"] is { } host)
+                    md.AppendLine($"Host time per decode step at batch {Num(host["Batch"])}, context {Num(host["Context"])}, through the engine's scheduler: " +
+                                  $"{Num(host["HostMs"]):F3} ms of {Num(host["StepMs"]):F3} ms ({Num(host["HostFraction"]):P1}; the GPU busy {Num(host["GpuMs"]):F3} ms by CUDA events, " +
+                                  $"{Num(host["Steps"])} steps).").AppendLine();
                 if (torch != null)
                 {
                     md.AppendLine($"PyTorch {Text(torch["torch"])} on {Text(torch["device"])} in the same device call: the same shapes, random {Text(torch["dtype"])} " +

@@ -127,6 +127,9 @@ internal sealed class CudaBackend : IBackend
     /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
     public string GraphStatus => _step.GraphStatus;
 
+    /// <summary>Internal steps so far and the GPU's time over them (CUDA events around each step's device work).</summary>
+    internal (long Steps, double GpuMilliseconds) GpuTime => _step.GpuTime;
+
     // ---- forward ----------------------------------------------------------------------------------------------------
 
     public float[][] Forward(IReadOnlyList<SequenceStep> batch, AttentionPlan? attention = null)

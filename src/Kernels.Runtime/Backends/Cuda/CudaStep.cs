@@ -37,6 +37,8 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly PinnedHostHandle _pinnedLogits, _pinnedInts, _pinnedDraws;
     /// <summary>sample_tokens_f32's per-row inputs and output, MaxTokensPerStep rows each, laid out as <see cref="DrawLayout"/>.</summary>
     private readonly DeviceBuffer<byte> _draws;
+    /// <summary>Recorded on the stream before a step's first copy and after its last: the GPU's time per step.</summary>
+    private readonly CuEventHandle _stepStart, _stepEnd;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
     private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
 
@@ -68,6 +70,8 @@ internal sealed unsafe class CudaStep : IDisposable
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
             _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
             _pinnedDraws = _device.AllocatePinned(DrawLayout.Bytes(options.MaxTokensPerStep));
+            _stepStart = _device.CreateEvent();
+            _stepEnd = _device.CreateEvent();
         }
         catch
         {
@@ -81,6 +85,14 @@ internal sealed unsafe class CudaStep : IDisposable
 
     /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
     public string GraphStatus => _graphs.Describe();
+
+    /// <summary>
+    /// Internal steps run so far and the GPU's time over them (from before a step's input copy to after its output
+    /// copy, CUDA events): the rest of a step's wall time is the host's (scheduling, staging, launches, choosing).
+    /// </summary>
+    public (long Steps, double GpuMilliseconds) GpuTime => (_timedSteps, _gpuMilliseconds);
+    private long _timedSteps;
+    private double _gpuMilliseconds;
 
     // ---- the step ---------------------------------------------------------------------------------------------------
 
@@ -171,6 +183,7 @@ internal sealed unsafe class CudaStep : IDisposable
         long copyInts = (_layout.BlockTables.Offset - baseOffset) / 4 + (long)numSeqs * width;
         IntPtr stream = _stream.DangerousGetHandle();
         _device.MakeCurrent();
+        Cu.Check(CuApi.cuEventRecord(_stepStart.DangerousGetHandle(), stream), _device.Ordinal);
         Cu.Check(CuApi.cuMemcpyHtoDAsync(_scratch.Pointer + (ulong)baseOffset, (void*)_pinnedInts.DangerousGetHandle(), (nuint)(copyInts * 4), stream),
             _device.Ordinal);
         var seqLensBuffer = _scratch.View<int>(_layout.SeqLens.Offset, numSeqs);
@@ -186,8 +199,12 @@ internal sealed unsafe class CudaStep : IDisposable
         else if (selected > 0)
             Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)_pinnedLogits.DangerousGetHandle(), _logits.Pointer, (nuint)((long)selected * c.VocabSize * 4), stream),
                 _device.Ordinal);
+        Cu.Check(CuApi.cuEventRecord(_stepEnd.DangerousGetHandle(), stream), _device.Ordinal);
         // Every step ends synchronized: the pinned staging is reused by the next step, and kernel faults surface here.
         Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal);
+        Cu.Check(CuApi.cuEventElapsedTime(out float gpuMs, _stepStart.DangerousGetHandle(), _stepEnd.DangerousGetHandle()), _device.Ordinal);
+        _timedSteps++;
+        _gpuMilliseconds += gpuMs;
         if (sampling != null)
         {
             var tokens = _pinnedDraws.AsSpan<byte>().Slice((int)DrawLayout.Tokens(_options.MaxTokensPerStep), selected * 4);
@@ -345,6 +362,8 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Frees what the step allocated (graphs, staging, KV, scratch, frequencies); the caller has synchronized the stream.</summary>
     public void Dispose()
     {
+        _stepEnd?.Dispose();
+        _stepStart?.Dispose();
         _graphs?.Dispose();
         _pinnedDraws?.Dispose();
         _draws?.Dispose();
