@@ -95,7 +95,7 @@ def w4a8_baselines(r, p):
 for r in doc["results"]:
     p, k = r.get("Params", {}), r["Kernel"]
     try:
-        if k.startswith(("dense_gemm", "dense_gemv")):
+        if k.startswith(("dense_gemm", "dense_gemv", "cublaslt_gemm")):
             M, N, K = p["M"], p["N"], p["K"]
             if (N, K) not in weights:
                 weights.clear(); torch.cuda.empty_cache()

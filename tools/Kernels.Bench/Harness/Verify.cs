@@ -59,7 +59,7 @@ internal static unsafe partial class Verify
                 {
                     r = run.Run();
                 }
-                catch (Exception e) when (e is CudaException or ArgumentException or InvalidOperationException)
+                catch (Exception e) when (e is CudaException or ArgumentException or InvalidOperationException or CublasException or DllNotFoundException)
                 {
                     r = new CaseResult(run.Kernel, run.Shape, double.NaN, double.NaN, 0, "", 0, 0, false, false, e.Message);
                 }

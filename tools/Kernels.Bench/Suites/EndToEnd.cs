@@ -29,7 +29,7 @@ internal static class EndToEnd
         int[] CpuTokens, int[] CudaTokens, string? Note, double LogitScale = 1);
     private sealed record LeakResult(int Iterations, long FreeBefore, long FreeAfter, long Difference, long Tolerance, bool Pass, string? Error);
     private sealed record ThroughputRow(int Batch, int Context, int Steps, double StepMs, double TokensPerSecond, long BytesPerStep,
-        double RooflineStepMs, double FractionOfRoofline, double SpeedupOverBatch1);
+        double RooflineStepMs, double FractionOfRoofline, double SpeedupOverBatch1, string Gemm = "ours");
     /// <summary>A decode step through the engine (scheduler, staging, launches, choosing) against the GPU's time in it (CUDA events).</summary>
     private sealed record HostOverhead(int Batch, int Context, long Steps, double StepMs, double GpuMs, double HostMs, double HostFraction);
     private sealed record Report(string Device, string Fatbin, double CopyBandwidthGBps, List<ParityResult> Parity, LeakResult? Leak,
@@ -55,10 +55,11 @@ internal static class EndToEnd
         foreach (var (name, path) in models)
         {
             // F16 KV with and without CUDA graphs for the decode steps (a graph failure then shows apart from a kernel's).
-            foreach (var (kvType, graphs) in new[] { (TensorDType.F16, true), (TensorDType.F16, false), (TensorDType.F32, true) })
+            // And the GEMMs through cuBLASLt (CudaBackendOptions.UseCublasLt), graphs on.
+            foreach (var (kvType, graphs, lt) in new[] { (TensorDType.F16, true, false), (TensorDType.F16, false, false), (TensorDType.F32, true, false), (TensorDType.F16, true, true) })
             {
-                var r = Parity(graphs ? name : name + " nographs", path,
-                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs });
+                var r = Parity((graphs ? name : name + " nographs") + (lt ? " cublaslt" : ""), path,
+                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs, UseCublasLt = lt });
                 parity.Add(r);
                 if (r.Status == "FAIL") pass = false;
                 Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
@@ -79,9 +80,10 @@ internal static class EndToEnd
         HostOverhead? host = null;
         try
         {
-            host = Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows);
+            Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows, h => host = h);
         }
-        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or Kernels.Runtime.KvCache.KvCacheExhaustedException)
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or Kernels.Runtime.KvCache.KvCacheExhaustedException
+                                      or CublasException or DllNotFoundException)
         {
             note = $"{e.GetType().Name}: {e.Message}";
             Console.WriteLine($"FAIL  throughput: {note}");
@@ -151,7 +153,8 @@ internal static class EndToEnd
                 : $"greedy sampled on the device DIFFERS: {string.Join(' ', deviceTokens)}";
             return new ParityResult(name, kv, status, max, tolerance, equal, cpuTokens, cudaTokens, $"{cuda.WeightFormats}; {cuda.GraphStatus}; {sampled}", scale);
         }
-        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException)
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException
+                                       or CublasException or DllNotFoundException)
         {
             return new ParityResult(name, kv, "FAIL", double.NaN, LogitTolerance, false, [], [], $"{e.GetType().Name}: {e.Message}");
         }
@@ -233,7 +236,12 @@ internal static class EndToEnd
 
     // ---- throughput -------------------------------------------------------------------------------------------------
 
-    private static HostOverhead Throughput(CudaBackendOptions baseOptions, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows)
+    /// <summary>
+    /// The decode table with our GEMM kernels, then with cuBLASLt's (CudaBackendOptions.UseCublasLt); the host's share
+    /// of a step is measured with the first. A cuBLASLt failure propagates after our rows are in.
+    /// </summary>
+    private static void Throughput(CudaBackendOptions baseOptions, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows,
+        Action<HostOverhead> host)
     {
         const int Warmup = 3;
         int maxBatch = batches.Max();
@@ -244,9 +252,19 @@ internal static class EndToEnd
         int bs = baseOptions.KvBlockSize;
         int blocksPerSeq = (context + Warmup + steps + bs - 1) / bs + 1;
         long kvBytes = (maxBatch + 1L) * blocksPerSeq * CudaMemoryPlan.KvBlockBytes(config, bs, baseOptions.KvDType);
-        started.Restart();
-        using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch) });
-        Console.WriteLine($"# backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
+        foreach (bool lt in new[] { false, true })
+        {
+            started.Restart();
+            using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = lt });
+            Console.WriteLine($"# GEMMs: {(lt ? "cuBLASLt" : "ours")}; backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
+            DecodeTable(backend, model, batches, steps, context, bwGBps, rows, lt ? "cuBLASLt" : "ours");
+            if (!lt) host(EngineHostOverhead(backend, model, context, steps));
+        }
+    }
+
+    private static void DecodeTable(CudaBackend backend, LoadedModel model, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows, string gemm)
+    {
+        const int Warmup = 3;
 
         using var prompt = Prompt(backend, context);
 
@@ -270,13 +288,12 @@ internal static class EndToEnd
             double rooflineMs = bytes / (bwGBps * 1e9) * 1e3;
             double tps = b / (stepMs / 1e3);
             if (b == 1) batch1 = tps;
-            var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN);
+            var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN, gemm);
             rows.Add(row);
-            Console.WriteLine($"batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
+            Console.WriteLine($"{gemm,-8} batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
                               $"{row.FractionOfRoofline:P0} of roofline  {row.SpeedupOverBatch1:F1}x batch 1");
         }
         Console.WriteLine($"# {backend.GraphStatus}");
-        return EngineHostOverhead(backend, model, context, steps);
     }
 
     /// <summary>

@@ -67,6 +67,10 @@ internal static partial class KernelTimings
                     string kernel = OpsLauncher.DenseGemmKernel("f16", m, k);
                     Add(kernel, $"{layer} M={m} N={n} K={k}", us, 2.0 * n * k + 4.0 * m * k + 4.0 * m * n, 2.0 * m * n * k,
                         new() { ["M"] = m, ["N"] = n, ["K"] = k });
+                    // The same GEMM as the backend runs it with UseCublasLt: convert_f32_to_f16 of x, then cublasLtMatmul.
+                    if (t.CublasLtGemm(m, n, k) is double lt)
+                        Add("cublaslt_gemm_f16", $"{layer} M={m} N={n} K={k}", lt, 2.0 * n * k + 6.0 * m * k + 4.0 * m * n, 2.0 * m * n * k,
+                            new() { ["M"] = m, ["N"] = n, ["K"] = k });
                 }
 
             // ---- paged decode attention (fp16 KV): 32/8 heads, d 128, block 16 ----
@@ -116,7 +120,11 @@ internal static partial class KernelTimings
     /// <summary>Buffers and timing for one shape at a time; every launch is preceded by the L2 flush.</summary>
     private sealed unsafe partial class Timer(CudaDevice device, OpsLauncher ops, int iterations) : IDisposable
     {
-        public void Dispose() => _weights?.Dispose();
+        public void Dispose()
+        {
+            _weights?.Dispose();
+            _lt?.Dispose();
+        }
 
         private readonly Random _rng = new(1);
 
@@ -156,7 +164,7 @@ internal static partial class KernelTimings
         private DeviceBuffer<Half>? _weights;
         private (int N, int K) _weightShape;
 
-        public double Gemm(int m, int n, int k)
+        public double Gemm(int m, int n, int k, bool time = true)
         {
             if (_weights == null || _weightShape != (n, k))
             {
@@ -164,10 +172,43 @@ internal static partial class KernelTimings
                 _weights = DeviceBuffer<Half>.From(device, RandomHalf((long)n * k));
                 _weightShape = (n, k);
             }
+            if (!time) return 0; // only the weight of this shape was wanted
             var w = _weights;
             using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
             using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
             return Median(() => ops.DenseGemmF16(y, x, w, null, m, n, k));
+        }
+
+        private Kernels.Runtime.Backends.Cuda.CublasLtGemm? _lt;
+        private bool _ltTried;
+
+        /// <summary>convert_f32_to_f16 + cuBLASLt for y = x W^T (the backend's UseCublasLt path); null when cuBLASLt is absent or has no algorithm.</summary>
+        public double? CublasLtGemm(int m, int n, int k)
+        {
+            if (!_ltTried)
+            {
+                _ltTried = true;
+                try
+                {
+                    _lt = new Kernels.Runtime.Backends.Cuda.CublasLtGemm(device);
+                }
+                catch (Exception e) when (e is DllNotFoundException or CublasException)
+                {
+                    Console.WriteLine($"# cuBLASLt GEMM timings skipped: {e.Message}");
+                }
+            }
+            if (_lt == null) return null;
+            Gemm(m, n, k, time: false); // the weight of this shape
+            var w = _weights!;
+            using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
+            using var xh = DeviceBuffer<Half>.Allocate(device, (long)m * k);
+            using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            if (!_lt.TryRun(y, xh, w, m, n, k, false, IntPtr.Zero)) return null;
+            return Median(() =>
+            {
+                ops.ConvertFromF32(xh, x, m * k);
+                _lt.TryRun(y, xh, w, m, n, k, false, IntPtr.Zero);
+            });
         }
 
         private (OpsLauncher.PagedKv<Half> Kv, IDisposable[] Owned) Cache(int b, int len, int kvHeads, int d, int bs)

@@ -61,6 +61,13 @@ internal static unsafe partial class Verify
                              (7, 1000, 520, true), (16, 6144, 4096, false), (17, 1000, 264, true), (64, 4096, 4096, false), (256, 1024, 4096, false) })
                     yield return new Case(OpsLauncher.DenseGemmKernel(Suffix(dtype), m, k), $"M={m} N={n} K={k}{(bias ? " +bias" : "")}",
                         () => GemmCase(dtype, m, n, k, bias));
+            foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
+            {
+                yield return new Case($"convert_f32_to_{Suffix(dtype)}", "n=4099 (overflow, NaN, subnormals, a scalar tail)", () => ConvertCase(dtype, 4099));
+                foreach (var (m, n, k, accumulate) in new[] { (1, 4096, 4096, false), (16, 6144, 4096, false), (16, 4096, 14336, true), (64, 28672, 4096, false),
+                             (256, 4096, 4096, true), (7, 1000, 520, false), (12, 64, 172, true) })
+                    yield return new Case($"cublaslt_gemm_{Suffix(dtype)}", $"M={m} N={n} K={k}{(accumulate ? " y+=" : "")}", () => CublasLtCase(dtype, m, n, k, accumulate));
+            }
             foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
             {
                 string sfx = Suffix(dtype);
@@ -281,6 +288,84 @@ internal static unsafe partial class Verify
             }
             var tolerance = kernel.StartsWith("dense_gemv_", StringComparison.Ordinal) ? GemvTol : dtype == TensorDType.F16 ? GemmF16Tol : GemmBF16Tol;
             return Compare(kernel, $"M={m} N={n} K={k}{(withBias ? " +bias" : "")}", y, reference, tolerance);
+        }
+
+        /// <summary>
+        /// convert_f32_to_{f16,bf16}: bit-exact against (Half)x and DTypeConvert.SingleToBFloat16, on values that
+        /// overflow, NaN, subnormals of both types and n % 4 != 0 (the scalar tail).
+        /// </summary>
+        private CaseResult ConvertCase(TensorDType dtype, int n)
+        {
+            var x = Normal(n, 3f);
+            x[0] = 1e6f; x[1] = -7e4f; x[2] = float.NaN; x[3] = 1e-7f; x[4] = -3e-41f; x[5] = float.PositiveInfinity; x[n - 1] = 65519.9f;
+            using var dx = DeviceBuffer<float>.From(device, x);
+            string kernel = $"convert_f32_to_{Suffix(dtype)}";
+            ushort[] expected, got;
+            if (dtype == TensorDType.F16)
+            {
+                using var y = DeviceBuffer<Half>.Allocate(device, n);
+                ops.ConvertFromF32(y, dx, n);
+                device.Synchronize();
+                got = y.ToArray().Select(BitConverter.HalfToUInt16Bits).ToArray();
+                expected = x.Select(v => BitConverter.HalfToUInt16Bits((Half)v)).ToArray();
+            }
+            else
+            {
+                using var y = DeviceBuffer<ushort>.Allocate(device, n);
+                ops.ConvertFromF32(y, dx, n);
+                device.Synchronize();
+                got = y.ToArray();
+                expected = x.Select(DTypeConvert.SingleToBFloat16).ToArray();
+            }
+            // NaN payloads may differ: any NaN matches a NaN.
+            bool Same(ushort a, ushort b) => a == b || (dtype == TensorDType.F16
+                ? Half.IsNaN(BitConverter.UInt16BitsToHalf(a)) && Half.IsNaN(BitConverter.UInt16BitsToHalf(b))
+                : float.IsNaN(DTypeConvert.BFloat16ToSingle(a)) && float.IsNaN(DTypeConvert.BFloat16ToSingle(b)));
+            int bad = Enumerable.Range(0, n).Count(i => !Same(got[i], expected[i]));
+            return new CaseResult(kernel, $"n={n}", bad, (double)bad / n, 0, "bit-exact rounding to nearest even", bad, 0, true, bad == 0, null);
+        }
+
+        /// <summary>
+        /// The cuBLASLt GEMM path as the CUDA backend runs it: x rounded to W's type by convert_f32_to_*, then
+        /// cublasLtMatmul (y = x W^T, or y += x W^T onto a random residual); the reference is the CPU matmul of the fp32 x
+        /// (plus the residual), judged like our GEMM kernels (x rounded to 16 bits on the way in).
+        /// </summary>
+        private CaseResult CublasLtCase(TensorDType dtype, int m, int n, int k, bool accumulate)
+        {
+            var x = Normal(m * k, 1f);
+            var w32 = Normal(n * k, 0.05f);
+            var residual = accumulate ? Normal(m * n, 1f) : new float[m * n];
+            var reference = new float[m * n];
+            using var lt = new CublasLtGemm(device);
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var y = Output(m * n);
+            if (accumulate) y.CopyFrom(residual);
+            bool ran;
+            if (dtype == TensorDType.F16)
+            {
+                var w = w32.Select(v => (Half)v).ToArray();
+                fixed (Half* pw = w) Cpu.MatMul.Multiply(x, m, new WeightTensor("w", dtype, [n, k], (byte*)pw), reference);
+                using var dw = DeviceBuffer<Half>.From(device, w);
+                using var xh = DeviceBuffer<Half>.Allocate(device, m * k);
+                ops.ConvertFromF32(xh, dx, m * k);
+                device.Synchronize();
+                ran = lt.TryRun(y, xh, dw, m, n, k, accumulate, IntPtr.Zero);
+            }
+            else
+            {
+                var w = w32.Select(DTypeConvert.SingleToBFloat16).ToArray();
+                fixed (ushort* pw = w) Cpu.MatMul.Multiply(x, m, new WeightTensor("w", dtype, [n, k], (byte*)pw), reference);
+                using var dw = DeviceBuffer<ushort>.From(device, w);
+                using var xh = DeviceBuffer<ushort>.Allocate(device, m * k);
+                ops.ConvertFromF32(xh, dx, m * k);
+                device.Synchronize();
+                ran = lt.TryRun(y, xh, dw, m, n, k, accumulate, IntPtr.Zero);
+            }
+            device.Synchronize();
+            string kernel = $"cublaslt_gemm_{Suffix(dtype)}", shape = $"M={m} N={n} K={k}{(accumulate ? " y+=" : "")}";
+            if (!ran) return new CaseResult(kernel, shape, double.NaN, double.NaN, 0, "", 0, 0, true, false, "cuBLASLt offered no algorithm for this shape");
+            for (int i = 0; i < reference.Length; i++) reference[i] += residual[i];
+            return Compare(kernel, shape, y, reference, dtype == TensorDType.F16 ? GemmF16Tol : GemmBF16Tol);
         }
 
         /// <summary>One layer's paged K/V with random block placement; values already rounded to the storage dtype.</summary>

@@ -39,6 +39,13 @@ public sealed record CudaBackendOptions
     /// contract and, on the same logits and coins, the same tokens.
     /// </summary>
     public bool RadixSampling { get; init; }
+    /// <summary>
+    /// Dense GEMMs (bias-free projections and the LM head) through cuBLASLt: activations rounded to the weights' 16-bit
+    /// type, fp32 accumulation, the o and down projections' residual add folded in (beta = 1); a shape cuBLASLt has no
+    /// algorithm for keeps our kernel. Needs libcublasLt (CublasLtLibrary says where it looks). Off until a GPU run has
+    /// compared it with our kernels.
+    /// </summary>
+    public bool UseCublasLt { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }
@@ -69,6 +76,10 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// <summary>The activation scratch of one step, laid out by <see cref="ScratchLayout"/>.</summary>
     public static long ScratchBytesFor(ModelConfig config, int maxTokens, int blockSize) => new ScratchLayout(config, maxTokens, blockSize).Bytes;
 
+    /// <summary>What cuBLASLt adds when it is on: its workspace and the 16-bit copy of the widest GEMM input of a step.</summary>
+    public static long CublasLtBytes(ModelConfig config, int maxTokens) =>
+        CublasLtGemm.WorkspaceBytes + (long)maxTokens * Math.Max(Math.Max(config.HiddenSize, config.QueryDim), config.IntermediateSize) * 2;
+
     /// <summary>
     /// Plans the memory, or throws InvalidOperationException naming every size when weights + scratch + reserve + one
     /// KV block do not fit <paramref name="freeBytes"/>.
@@ -84,7 +95,8 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
             throw new ArgumentOutOfRangeException(nameof(options), options.KvMemoryFraction, "KvMemoryFraction must be in (0, 1]");
         if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
         long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
-        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize);
+        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize)
+                       + (options.UseCublasLt ? CublasLtBytes(config, options.MaxTokensPerStep) : 0);
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
         string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
                        $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +

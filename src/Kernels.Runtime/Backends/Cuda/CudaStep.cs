@@ -37,6 +37,11 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly PinnedHostHandle _pinnedLogits, _pinnedInts, _pinnedDraws;
     /// <summary>sample_tokens_f32's per-row inputs and output, MaxTokensPerStep rows each, laid out as <see cref="DrawLayout"/>.</summary>
     private readonly DeviceBuffer<byte> _draws;
+    /// <summary>cuBLASLt for the bias-free GEMMs (CudaBackendOptions.UseCublasLt), and the 16-bit copy of their input.</summary>
+    private readonly CublasLtGemm? _lt;
+    private readonly DeviceBuffer<byte>? _half;
+    private DeviceBuffer<float>? _halfFrom;
+    private TensorDType _halfType;
     /// <summary>Recorded on the stream before a step's first copy and after its last: the GPU's time per step.</summary>
     private readonly CuEventHandle _stepStart, _stepEnd;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
@@ -70,6 +75,11 @@ internal sealed unsafe class CudaStep : IDisposable
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
             _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
             _pinnedDraws = _device.AllocatePinned(DrawLayout.Bytes(options.MaxTokensPerStep));
+            if (options.UseCublasLt)
+            {
+                _lt = new CublasLtGemm(_device);
+                _half = DeviceBuffer<byte>.Allocate(_device, CudaMemoryPlan.CublasLtBytes(c, options.MaxTokensPerStep) - CublasLtGemm.WorkspaceBytes);
+            }
             _stepStart = _device.CreateEvent();
             _stepEnd = _device.CreateEvent();
         }
@@ -264,19 +274,17 @@ internal sealed unsafe class CudaStep : IDisposable
         {
             var w = _weights.Layers[l];
             Norm(_xn, _x, w.AttentionNorm, rows, eps);
-            Gemm(_q, _xn, w.Wq, w.Bq, rows, qd, h);
-            Gemm(_k, _xn, w.Wk, w.Bk, rows, kvd, h);
-            Gemm(_v, _xn, w.Wv, w.Bv, rows, kvd, h);
+            Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h);
+            Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
+            Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
             _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
             AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer);
-            Gemm(_proj, _attn, w.Wo, null, rows, h, qd);
-            _ops.ResidualAddF32(_x, _proj, rows * h);
+            LinearAdd(_x, _attn, w.Wo, rows, h, qd);
             Norm(_xn, _x, w.FfnNorm, rows, eps);
-            Gemm(_gate, _xn, w.Gate, null, rows, ff, h);
-            Gemm(_up, _xn, w.Up, null, rows, ff, h);
+            Linear(_gate, _xn, w.Gate, null, rows, ff, h);
+            Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
             _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
-            Gemm(_proj, _gate, w.Down, null, rows, h, ff);
-            _ops.ResidualAddF32(_x, _proj, rows * h);
+            LinearAdd(_x, _gate, w.Down, rows, h, ff);
         }
 
         int selected = logitRows.Count;
@@ -292,7 +300,7 @@ internal sealed unsafe class CudaStep : IDisposable
                 i = j;
             }
             Norm(_selectedNorm, _selected, _weights.FinalNorm, selected, eps);
-            Gemm(_logits, _selectedNorm, _weights.LmHead, null, selected, c.VocabSize, h);
+            Linear(_logits, _selectedNorm, _weights.LmHead, null, selected, c.VocabSize, h);
         }
     }
 
@@ -335,6 +343,58 @@ internal sealed unsafe class CudaStep : IDisposable
         public void Run<T>() where T : unmanaged => s._ops.DenseGemm(y, x, w.View<T>(), bias?.View<T>(), m, n, k);
     }
 
+    /// <summary>
+    /// y = x W^T (+ bias): through cuBLASLt when it is on and there is no bias (x rounded to W's type first, or the
+    /// copy of the previous call reused when <paramref name="reuse"/> and it holds the same x in the same type),
+    /// otherwise our GEMM kernels.
+    /// </summary>
+    private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, GpuTensor? bias, int m, int n, int k, bool reuse = false)
+    {
+        if (_lt == null || bias != null)
+        {
+            Gemm(y, x, w, bias, m, n, k);
+            return;
+        }
+        var lt = new LtAction(this, y, x, w, m, n, k, accumulate: false, convert: !(reuse && ReferenceEquals(_halfFrom, x) && _halfType == w.DType));
+        DeviceDType.Dispatch(w.DType, ref lt, w.Name, "GEMM weight in");
+    }
+
+    /// <summary>x += input W^T (a residual projection): one cuBLASLt GEMM with beta = 1, or our GEMM into _proj and residual_add.</summary>
+    private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)
+    {
+        if (_lt == null)
+        {
+            Gemm(_proj, input, w, null, m, n, k);
+            _ops.ResidualAddF32(x, _proj, m * n);
+            return;
+        }
+        var lt = new LtAction(this, x, input, w, m, n, k, accumulate: true, convert: true);
+        DeviceDType.Dispatch(w.DType, ref lt, w.Name, "GEMM weight in");
+    }
+
+    private readonly struct LtAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int m, int n, int k, bool accumulate, bool convert)
+        : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged
+        {
+            var half = s._half!.View<T>(0, (long)m * k);
+            if (convert)
+            {
+                s._ops.ConvertFromF32(half, x, m * k);
+                s._halfFrom = x;
+                s._halfType = w.DType;
+            }
+            if (s._lt!.TryRun(y, half, w.View<T>(), m, n, k, accumulate, s._stream.DangerousGetHandle())) return;
+            // No cuBLASLt algorithm for this shape: our kernel, from the fp32 input.
+            if (!accumulate) s._ops.DenseGemm(y, x, w.View<T>(), null, m, n, k);
+            else
+            {
+                s._ops.DenseGemm(s._proj, x, w.View<T>(), null, m, n, k);
+                s._ops.ResidualAddF32(y, s._proj, m * n);
+            }
+        }
+    }
+
     private void AppendAndAttend(int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
         DeviceBuffer<int> seqLens, DeviceBuffer<int> tables)
     {
@@ -364,6 +424,8 @@ internal sealed unsafe class CudaStep : IDisposable
     {
         _stepEnd?.Dispose();
         _stepStart?.Dispose();
+        _half?.Dispose();
+        _lt?.Dispose();
         _graphs?.Dispose();
         _pinnedDraws?.Dispose();
         _draws?.Dispose();

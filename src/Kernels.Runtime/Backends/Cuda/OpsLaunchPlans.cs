@@ -112,6 +112,19 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch("residual_add_f32", (uint)Math.Min((float4Steps + Block - 1) / Block, MaxGridRows), 1, Block);
     }
 
+    /// <summary>convert_f32_to_{f16,bf16}: n fp32 values rounded into dst (<paramref name="suffix"/> "f16" or "bf16").</summary>
+    public static KernelLaunch? ConvertFromF32(string suffix, long dstLength, long srcLength, int n)
+    {
+        if (suffix is not ("f16" or "bf16")) throw new ArgumentOutOfRangeException(nameof(suffix), suffix, "convert_f32_to_ writes f16 or bf16");
+        NonNegative(n, "n");
+        AtLeast(dstLength, n, "dst", $"[n={n}]");
+        AtLeast(srcLength, n, "src", $"[n={n}]");
+        if (n == 0) return null;
+        const int Block = 256;
+        long float4Steps = (n + 3L) / 4;
+        return new KernelLaunch("convert_f32_to_" + suffix, (uint)Math.Min((float4Steps + Block - 1) / Block, MaxGridRows), 1, Block);
+    }
+
     // ---- checks ----------------------------------------------------------------------------------------------------
 
     private static void NonNegative(int value, string argument)

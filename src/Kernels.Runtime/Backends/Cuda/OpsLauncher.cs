@@ -163,6 +163,22 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- convert_f32_to_{f16,bf16} ----------------------------------------------------------------------------------
+
+    /// <summary>dst[j] = src[j] rounded to nearest even in T (Half for f16, ushort bf16 bits) for j &lt; n.</summary>
+    internal void ConvertFromF32<T>(DeviceBuffer<T> dst, DeviceBuffer<float> src, int n) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(dst);
+        ArgumentNullException.ThrowIfNull(src);
+        if (OpsLaunchPlans.ConvertFromF32(DeviceElement<T>.Suffix, dst.Length, src.Length, n) is not { } plan) return;
+        SameDevice(dst, nameof(dst));
+        SameDevice(src, nameof(src));
+        ulong pd = dst.Pointer, ps = src.Pointer;
+        int count = n;
+        void** args = stackalloc void*[] { &pd, &ps, &count };
+        Launch(plan, args);
+    }
+
     // ---- launch -----------------------------------------------------------------------------------------------------
 
     private void SameDevice<T>(DeviceBuffer<T> buffer, string argument) where T : unmanaged

@@ -186,6 +186,26 @@ public class OpsLaunchPlansTests
         Strides(p.GridX, blocksOfSteps, MaxGridYZ, $"{steps} float4 steps in blocks of {p.BlockX}");
     }
 
+    [TestCase(1)]
+    [TestCase(4099)]
+    [TestCase(64 * 4096)]
+    [TestCase(int.MaxValue)]
+    public void ConvertStridesOverFloat4StepsAndWritesOnly16BitTypes(int n)
+    {
+        // convert.cuh: as residual_add, a thread step converts 4 floats and the grid strides over the steps.
+        foreach (string suffix in new[] { "f16", "bf16" })
+        {
+            var p = OpsLaunchPlans.ConvertFromF32(suffix, n, n, n)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("convert_f32_to_" + suffix));
+            WithinLimits(p);
+            long steps = (n + 3L) / 4, blocksOfSteps = (steps + p.BlockX - 1) / p.BlockX;
+            Strides(p.GridX, blocksOfSteps, MaxGridYZ, $"{steps} float4 steps in blocks of {p.BlockX}");
+        }
+        Assert.That(OpsLaunchPlans.ConvertFromF32("f16", 0, 0, 0), Is.Null);
+        Assert.Throws<ArgumentOutOfRangeException>(() => OpsLaunchPlans.ConvertFromF32("f32", n, n, n));
+        Assert.That(() => OpsLaunchPlans.ConvertFromF32("f16", n - 1, n, n), Throws.Exception.With.Message.Contains("dst"));
+    }
+
     [Test]
     public void ResidualAddRejectsShortBuffers()
     {
