@@ -23,6 +23,7 @@
 
 #include "attention_state.cuh"            // defines: AttnPartial, online-softmax add, (o, lse) merge
 #include "ops/paged_decode_attention.cuh" // defines: paged_decode_attention_{f32,f16,bf16}, attention_merge_f32
+#include "ops/paged_decode_attention_tiled.cuh" // defines: paged_decode_attention_tiled_hd{64,128}_{f16,bf16}
 #include "ops/paged_prefill_attention.cuh" // defines: paged_prefill_attention_{f32,f16,bf16}
 #include "ops/sample_tokens.cuh"           // defines: sample_tokens_f32, sample_tokens_radix_f32
 #include "ops/w4a8_gemm.cuh" // defines: w4a8_gemm_{group,channel}_{m16,m64}

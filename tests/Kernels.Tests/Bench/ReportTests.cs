@@ -57,9 +57,9 @@ public class ReportTests
                    {"Batch": 1, "Context": 1024, "StepMs": 8.0, "TokensPerSecond": 125, "BytesPerStep": 1.6e10, "RooflineStepMs": 4.0, "FractionOfRoofline": 0.5, "SpeedupOverBatch1": 1},
                    {"Batch": 16, "Context": 1024, "StepMs": 10.0, "TokensPerSecond": 1600, "BytesPerStep": 1.7e10, "RooflineStepMs": 4.3, "FractionOfRoofline": 0.43, "SpeedupOverBatch1": 12.8},
                    {"Batch": 64, "Context": 1024, "StepMs": 20.0, "TokensPerSecond": 3200, "BytesPerStep": 2.0e10, "RooflineStepMs": 5.0, "FractionOfRoofline": 0.25, "SpeedupOverBatch1": 25.6},
-                   {"Batch": 1, "Context": 1024, "StepMs": 5.0, "TokensPerSecond": 200, "BytesPerStep": 1.6e10, "RooflineStepMs": 4.0, "FractionOfRoofline": 0.8, "SpeedupOverBatch1": 1, "Gemm": "cuBLASLt"},
-                   {"Batch": 16, "Context": 1024, "StepMs": 6.0, "TokensPerSecond": 2667, "BytesPerStep": 1.7e10, "RooflineStepMs": 4.3, "FractionOfRoofline": 0.72, "SpeedupOverBatch1": 13.3, "Gemm": "cuBLASLt"},
-                   {"Batch": 64, "Context": 1024, "StepMs": 9.0, "TokensPerSecond": 7111, "BytesPerStep": 2.0e10, "RooflineStepMs": 5.0, "FractionOfRoofline": 0.55, "SpeedupOverBatch1": 35.6, "Gemm": "cuBLASLt"}],
+                   {"Batch": 1, "Context": 1024, "StepMs": 5.0, "TokensPerSecond": 200, "BytesPerStep": 1.6e10, "RooflineStepMs": 4.0, "FractionOfRoofline": 0.8, "SpeedupOverBatch1": 1, "Kernels": "cuBLASLt + tiled attention"},
+                   {"Batch": 16, "Context": 1024, "StepMs": 6.0, "TokensPerSecond": 2667, "BytesPerStep": 1.7e10, "RooflineStepMs": 4.3, "FractionOfRoofline": 0.72, "SpeedupOverBatch1": 13.3, "Kernels": "cuBLASLt + tiled attention"},
+                   {"Batch": 64, "Context": 1024, "StepMs": 9.0, "TokensPerSecond": 7111, "BytesPerStep": 2.0e10, "RooflineStepMs": 5.0, "FractionOfRoofline": 0.55, "SpeedupOverBatch1": 35.6, "Kernels": "cuBLASLt + tiled attention"}],
                  "Host": {"Batch": 1, "Context": 1024, "Steps": 16, "StepMs": 8.2, "GpuMs": 8.0, "HostMs": 0.2, "HostFraction": 0.0244}}
                 """);
             File.WriteAllText(Path.Combine(dir, "results", "torch_decode.json"), """
@@ -73,7 +73,7 @@ public class ReportTests
             Assert.That(md, Does.Contain("| 6.00 | 0.75x |"), "batch 1: PyTorch 6 ms, ours 8 ms");
             Assert.That(md, Does.Contain("| 12.50 | 1.25x |"), "batch 16: PyTorch 12.5 ms, ours 10 ms");
             Assert.That(md, Does.Contain("| - | - |"), "batch 64 has no baseline row");
-            Assert.That(md, Does.Contain("| ours | 16 | 1024 |").And.Contain("| cuBLASLt | 1 | 1024 | 5.00 |"), "a row per GEMM path");
+            Assert.That(md, Does.Contain("| default | 16 | 1024 |").And.Contain("| cuBLASLt + tiled attention | 1 | 1024 | 5.00 |"), "a row per kernel path");
             Assert.That(md, Does.Contain("| 6.00 | 1.20x |"), "cuBLASLt at batch 1 against the same PyTorch row");
             Assert.That(md, Does.Contain("PyTorch 2.5.1 on NVIDIA H200").And.Contain("2048-token prompt: 95.0 ms"));
             Assert.That(md, Does.Contain("Host time per decode step at batch 1, context 1024").And.Contain("0.200 ms of 8.200 ms (2.4 %"));

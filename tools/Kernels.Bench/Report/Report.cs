@@ -200,12 +200,12 @@ public static class Report
                 // The PyTorch decode baseline of the same run (tools/torch_decode_baseline.py -> torch_decode.json), matched by batch and context.
                 var torch = Load("torch_decode");
                 JsonNode? TorchRow(JsonNode r) => Array(torch?["decode"]).FirstOrDefault(t => Num(t!["batch"]) == Num(r["Batch"]) && Num(t!["context"]) == Num(r["Context"]));
-                md.AppendLine("| GEMM | batch | context | ms/step | tokens/s | GB/step | roofline ms | of roofline | vs batch 1 |" + (torch != null ? " PyTorch ms/step | ours / PyTorch |" : ""))
+                md.AppendLine("| kernels | batch | context | ms/step | tokens/s | GB/step | roofline ms | of roofline | vs batch 1 |" + (torch != null ? " PyTorch ms/step | ours / PyTorch |" : ""))
                   .AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + (torch != null ? "---:|---:|" : ""));
                 foreach (var r in rows)
                 {
                     string baseline = torch == null ? "" : TorchRow(r) is { } t ? $" {Num(t["ms"]):F2} | {Num(t["ms"]) / Num(r["StepMs"]):F2}x |" : " - | - |";
-                    md.AppendLine($"| {Text(r["Gemm"]) ?? "ours"} | {Num(r["Batch"])} | {Num(r["Context"])} | {Num(r["StepMs"]):F2} | {Num(r["TokensPerSecond"]):F0} | {Num(r["BytesPerStep"]) / 1e9:F2} | " +
+                    md.AppendLine($"| {Text(r["Kernels"]) ?? "default"} | {Num(r["Batch"])} | {Num(r["Context"])} | {Num(r["StepMs"]):F2} | {Num(r["TokensPerSecond"]):F0} | {Num(r["BytesPerStep"]) / 1e9:F2} | " +
                                   $"{Num(r["RooflineStepMs"]):F2} | {Num(r["FractionOfRoofline"]):P0} | {Num(r["SpeedupOverBatch1"]):F1}x |" + baseline);
                 }
                 md.AppendLine();
@@ -221,7 +221,7 @@ public static class Report
                 }
                 // One bar group per batch, one series per GEMM path.
                 var batchLabels = rows.Select(r => Num(r["Batch"])).Distinct().ToArray();
-                var series = rows.GroupBy(r => Text(r["Gemm"]) ?? "ours").Select(g => ($"GEMMs: {g.Key}",
+                var series = rows.GroupBy(r => Text(r["Kernels"]) ?? "default").Select(g => ($"kernels: {g.Key}",
                     batchLabels.Select(b => g.FirstOrDefault(r => Num(r["Batch"]) == b) is { } r ? Num(r["FractionOfRoofline"]) : double.NaN).ToArray())).ToArray();
                 Bars(Path.Combine(chartDirectory, "gpu-decode-speedup.png"), "CUDA decode step vs its roofline (8B shape, context 1024)", "batch size",
                     "roofline time / step time", batchLabels.Select(b => b.ToString(CultureInfo.InvariantCulture)).ToArray(), series,

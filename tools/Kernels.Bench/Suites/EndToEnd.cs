@@ -29,7 +29,7 @@ internal static class EndToEnd
         int[] CpuTokens, int[] CudaTokens, string? Note, double LogitScale = 1);
     private sealed record LeakResult(int Iterations, long FreeBefore, long FreeAfter, long Difference, long Tolerance, bool Pass, string? Error);
     private sealed record ThroughputRow(int Batch, int Context, int Steps, double StepMs, double TokensPerSecond, long BytesPerStep,
-        double RooflineStepMs, double FractionOfRoofline, double SpeedupOverBatch1, string Gemm = "ours");
+        double RooflineStepMs, double FractionOfRoofline, double SpeedupOverBatch1, string Kernels = "default");
     /// <summary>A decode step through the engine (scheduler, staging, launches, choosing) against the GPU's time in it (CUDA events).</summary>
     private sealed record HostOverhead(int Batch, int Context, long Steps, double StepMs, double GpuMs, double HostMs, double HostFraction);
     private sealed record Report(string Device, string Fatbin, double CopyBandwidthGBps, List<ParityResult> Parity, LeakResult? Leak,
@@ -55,11 +55,11 @@ internal static class EndToEnd
         foreach (var (name, path) in models)
         {
             // F16 KV with and without CUDA graphs for the decode steps (a graph failure then shows apart from a kernel's).
-            // And the GEMMs through cuBLASLt (CudaBackendOptions.UseCublasLt), graphs on.
+            // And the new paths (CudaBackendOptions.UseCublasLt, TiledDecodeAttention), graphs on.
             foreach (var (kvType, graphs, lt) in new[] { (TensorDType.F16, true, false), (TensorDType.F16, false, false), (TensorDType.F32, true, false), (TensorDType.F16, true, true) })
             {
-                var r = Parity((graphs ? name : name + " nographs") + (lt ? " cublaslt" : ""), path,
-                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs, UseCublasLt = lt });
+                var r = Parity((graphs ? name : name + " nographs") + (lt ? " cublaslt+tiled" : ""), path,
+                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs, UseCublasLt = lt, TiledDecodeAttention = lt });
                 parity.Add(r);
                 if (r.Status == "FAIL") pass = false;
                 Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
@@ -237,8 +237,9 @@ internal static class EndToEnd
     // ---- throughput -------------------------------------------------------------------------------------------------
 
     /// <summary>
-    /// The decode table with our GEMM kernels, then with cuBLASLt's (CudaBackendOptions.UseCublasLt); the host's share
-    /// of a step is measured with the first. A cuBLASLt failure propagates after our rows are in.
+    /// The decode table with the default kernels, then with the new paths (cuBLASLt GEMMs and tiled decode attention:
+    /// CudaBackendOptions.UseCublasLt, TiledDecodeAttention); the host's share of a step is measured with the first. A
+    /// failure of the new paths propagates after the first rows are in.
     /// </summary>
     private static void Throughput(CudaBackendOptions baseOptions, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows,
         Action<HostOverhead> host)
@@ -255,9 +256,13 @@ internal static class EndToEnd
         foreach (bool lt in new[] { false, true })
         {
             started.Restart();
-            using var backend = new CudaBackend(model, baseOptions with { KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = lt });
-            Console.WriteLine($"# GEMMs: {(lt ? "cuBLASLt" : "ours")}; backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
-            DecodeTable(backend, model, batches, steps, context, bwGBps, rows, lt ? "cuBLASLt" : "ours");
+            using var backend = new CudaBackend(model, baseOptions with
+            {
+                KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = lt, TiledDecodeAttention = lt,
+            });
+            string kernels = lt ? "cuBLASLt + tiled attention" : "default";
+            Console.WriteLine($"# kernels: {kernels}; backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
+            DecodeTable(backend, model, batches, steps, context, bwGBps, rows, kernels);
             if (!lt) host(EngineHostOverhead(backend, model, context, steps));
         }
     }
@@ -290,7 +295,7 @@ internal static class EndToEnd
             if (b == 1) batch1 = tps;
             var row = new ThroughputRow(b, context, steps, stepMs, tps, bytes, rooflineMs, rooflineMs / stepMs, batch1 > 0 ? tps / batch1 : double.NaN, gemm);
             rows.Add(row);
-            Console.WriteLine($"{gemm,-8} batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
+            Console.WriteLine($"{gemm,-26} batch {b,4}: {stepMs,8:F2} ms/step  {tps,9:F1} tok/s  {bytes / 1e9,6:F2} GB/step  roofline {rooflineMs,7:F2} ms  " +
                               $"{row.FractionOfRoofline:P0} of roofline  {row.SpeedupOverBatch1:F1}x batch 1");
         }
         Console.WriteLine($"# {backend.GraphStatus}");

@@ -74,14 +74,16 @@ internal static partial class KernelTimings
                 }
 
             // ---- paged decode attention (fp16 KV): 32/8 heads, d 128, block 16 ----
-            foreach (int b in quick ? new[] { 16 } : new[] { 1, 16, 64 })
-                foreach (int len in quick ? new[] { 1024 } : new[] { 1024, 4096 })
-                {
-                    var (us, splits) = t.Decode(b, len, 32, 8, 128, 16);
-                    double bytes = 2.0 * b * len * 8 * 128 * 2 + 2.0 * b * 32 * 128 * 4;
-                    Add("paged_decode_attention_hd128_f16", $"B={b} L={len} heads 32/8 d=128 splits={splits}", us, bytes, 4.0 * b * 32 * len * 128,
-                        new() { ["B"] = b, ["L"] = len, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
-                }
+            // The CUDA-core kernel and the tiled one (CudaBackendOptions.TiledDecodeAttention), the same shapes and plans.
+            foreach (bool tiled in new[] { false, true })
+                foreach (int b in quick ? new[] { 16 } : new[] { 1, 16, 64 })
+                    foreach (int len in quick ? new[] { 1024 } : new[] { 1024, 4096 })
+                    {
+                        var (us, splits) = t.Decode(b, len, 32, 8, 128, 16, tiled);
+                        double bytes = 2.0 * b * len * 8 * 128 * 2 + 2.0 * b * 32 * 128 * 4;
+                        Add(tiled ? "paged_decode_attention_tiled_hd128_f16" : "paged_decode_attention_hd128_f16", $"B={b} L={len} heads 32/8 d=128 splits={splits}", us,
+                            bytes, 4.0 * b * 32 * len * 128, new() { ["B"] = b, ["L"] = len, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
+                    }
 
             // ---- paged prefill attention (fp16 KV), causal, whole prompt ----
             foreach (var (b, n) in quick ? new[] { (1, 512) } : new[] { (1, 512), (1, 2048), (8, 512) })
@@ -221,7 +223,7 @@ internal static partial class KernelTimings
             return (new OpsLauncher.PagedKv<Half>(k, v, tables, lens, numBlocks, bs, perSeq), [k, v, tables, lens]);
         }
 
-        public (double Us, int Splits) Decode(int b, int len, int heads, int kvHeads, int d, int bs)
+        public (double Us, int Splits) Decode(int b, int len, int heads, int kvHeads, int d, int bs, bool tiled = false)
         {
             var (kv, owned) = Cache(b, len, kvHeads, d, bs);
             try
@@ -231,7 +233,7 @@ internal static partial class KernelTimings
                 using var lse = DeviceBuffer<float>.Allocate(device, (long)b * heads);
                 using var ws = DeviceBuffer<float>.Allocate(device, ops.DecodeWorkspaceFloats(b, heads, d));
                 int splits = 0;
-                double us = Median(() => splits = ops.PagedDecodeAttentionF16(o, lse, q, kv, ws, b, heads, kvHeads, d, len));
+                double us = Median(() => splits = ops.PagedDecodeAttention(o, lse, q, kv, ws, b, heads, kvHeads, d, len, tiled));
                 return (us, splits);
             }
             finally

@@ -74,6 +74,16 @@ internal static unsafe partial class Verify
                 string dec(int d) => $"paged_decode_attention_hd{d}_{sfx}";
                 string pre(int d) => $"paged_prefill_attention_hd{d}_{sfx}";
                 yield return new Case(dec(128), "lens 1,100,2000 heads 32/8 d=128 bs=16", () => DecodeCase(dtype, [1, 100, 2000], 32, 8, 128, 16));
+                if (dtype != TensorDType.F32)
+                {
+                    // The tiled entries: partial last tiles, an empty sequence, splits, chunks of 4 and 3 query heads, G = 1.
+                    string tiled(int d) => $"paged_decode_attention_tiled_hd{d}_{sfx}";
+                    yield return new Case(tiled(128), "lens 1,100,2000 heads 32/8 d=128 bs=16", () => DecodeCase(dtype, [1, 100, 2000], 32, 8, 128, 16, tiled: true));
+                    yield return new Case(tiled(128), "lens 5000 heads 28/4 d=128 bs=32 (split)", () => DecodeCase(dtype, [5000], 28, 4, 128, 32, tiled: true));
+                    yield return new Case(tiled(128), "lens 33,0,1025 heads 8/8 d=128 bs=16", () => DecodeCase(dtype, [33, 0, 1025], 8, 8, 128, 16, tiled: true));
+                    yield return new Case(tiled(64), "lens 17,300,0 heads 8/8 d=64 bs=16", () => DecodeCase(dtype, [17, 300, 0], 8, 8, 64, 16, tiled: true));
+                    yield return new Case(tiled(64), "lens 4100 heads 16/2 d=64 bs=8 (G=8, split)", () => DecodeCase(dtype, [4100], 16, 2, 64, 8, tiled: true));
+                }
                 yield return new Case(dec(128), "lens 5000 heads 28/4 d=128 bs=32 (split)", () => DecodeCase(dtype, [5000], 28, 4, 128, 32));
                 yield return new Case(dec(64), "lens 17,300,0 heads 8/8 d=64 bs=16", () => DecodeCase(dtype, [17, 300, 0], 8, 8, 64, 16));
                 yield return new Case(dec(256), "lens 33,700 heads 8/2 d=256 bs=8", () => DecodeCase(dtype, [33, 700], 8, 2, 256, 8));
@@ -434,7 +444,7 @@ internal static unsafe partial class Verify
             };
         }
 
-        private CaseResult DecodeCase(TensorDType dtype, int[] lens, int heads, int kvHeads, int d, int bs)
+        private CaseResult DecodeCase(TensorDType dtype, int[] lens, int heads, int kvHeads, int d, int bs, bool tiled = false)
         {
             int seqs = lens.Length;
             var c = MakeCache(dtype, lens, kvHeads, d, bs);
@@ -460,13 +470,13 @@ internal static unsafe partial class Verify
             int maxLen = lens.Max();
             int splits = WithCache(dtype, c, dLens, kv => kv switch
             {
-                OpsLauncher.PagedKv<Half> h => ops.PagedDecodeAttentionF16(o, lse, dq, h, ws, seqs, heads, kvHeads, d, maxLen),
-                OpsLauncher.PagedKv<ushort> b => ops.PagedDecodeAttentionBF16(o, lse, dq, b, ws, seqs, heads, kvHeads, d, maxLen),
+                OpsLauncher.PagedKv<Half> h => ops.PagedDecodeAttention(o, lse, dq, h, ws, seqs, heads, kvHeads, d, maxLen, tiled),
+                OpsLauncher.PagedKv<ushort> b => ops.PagedDecodeAttention(o, lse, dq, b, ws, seqs, heads, kvHeads, d, maxLen, tiled),
                 OpsLauncher.PagedKv<float> f => ops.PagedDecodeAttentionF32(o, lse, dq, f, ws, seqs, heads, kvHeads, d, maxLen),
                 _ => throw new InvalidOperationException(),
             });
             string shape = $"lens {string.Join(',', lens)} heads {heads}/{kvHeads} d={d} bs={bs} splits={splits}";
-            return Both($"paged_decode_attention_hd{d}_{Suffix(dtype)}", shape, o, refO, lse, refLse);
+            return Both($"paged_decode_attention{(tiled ? "_tiled" : "")}_hd{d}_{Suffix(dtype)}", shape, o, refO, lse, refLse);
         }
 
         private CaseResult PrefillCase(TensorDType dtype, (int New, int Len)[] seqsSpec, int heads, int kvHeads, int d, int bs)

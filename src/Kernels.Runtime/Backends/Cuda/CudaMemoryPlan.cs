@@ -46,6 +46,11 @@ public sealed record CudaBackendOptions
     /// compared it with our kernels.
     /// </summary>
     public bool UseCublasLt { get; init; }
+    /// <summary>
+    /// Decode attention with paged_decode_attention_tiled (K/V tiles through a two-stage cp.async pipeline) where it has
+    /// an entry (16-bit KV, head dim 64 or 128); off until a GPU run has verified and timed it.
+    /// </summary>
+    public bool TiledDecodeAttention { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }

@@ -412,7 +412,8 @@ internal sealed unsafe class CudaStep : IDisposable
             var store = s._kv;
             var kv = new OpsLauncher.PagedKv<T>(store.Keys<T>(layer), store.Values<T>(layer), tables, seqLens, store.NumBlocks, store.BlockSize, width);
             s._ops.KvAppend(kv.KCache, kv.VCache, s._k, s._v, s._slots, rows, c.KvDim, store.NumSlots);
-            if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen);
+            if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen,
+                s._options.TiledDecodeAttention);
             else s._ops.PagedPrefillAttention(s._attn, s._lse, s._q, kv, s._qStarts, numSeqs, rows, maxCount, c.NumHeads, c.NumKvHeads, c.HeadDim);
         }
     }

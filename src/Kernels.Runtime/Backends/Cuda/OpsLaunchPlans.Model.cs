@@ -30,6 +30,12 @@ internal static partial class OpsLaunchPlans
     /// <summary>The entry of an attention kernel for a head dim, e.g. paged_decode_attention_hd128_f16.</summary>
     public static string AttentionEntry(string op, int headDim, string suffix) => $"{op}_hd{headDim}_{suffix}";
 
+    /// <summary>
+    /// Whether paged_decode_attention_tiled has an entry for the KV dtype and head dim (16-bit KV, d 64 and 128); the
+    /// other shapes keep paged_decode_attention, whose contract it shares.
+    /// </summary>
+    public static bool TiledDecodeSupports(string suffix, int headDim) => suffix is "f16" or "bf16" && headDim is 64 or 128;
+
     /// <summary>Blocks per kv head of paged_decode_attention (grid x = numKvHeads * this): ceil(group / 4).</summary>
     public static int DecodeHeadChunks(int numHeads, int numKvHeads) =>
         (numHeads / numKvHeads + DecodeHeadsPerBlock - 1) / DecodeHeadsPerBlock;
@@ -79,7 +85,7 @@ internal static partial class OpsLaunchPlans
     /// </summary>
     public static DecodeAttentionPlan? PagedDecodeAttention(string suffix, long oLength, long lseLength, long qLength, long kCacheLength, long vCacheLength,
         long blockTablesLength, long seqLensLength, long workspaceLength, int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize,
-        int maxBlocksPerSeq, int numBlocks, int maxSeqLen, int multiprocessors)
+        int maxBlocksPerSeq, int numBlocks, int maxSeqLen, int multiprocessors, bool tiled = false)
     {
         CheckPagedShape(numSeqs, numHeads, numKvHeads, headDim, blockSize, maxBlocksPerSeq, numBlocks);
         NonNegative(maxSeqLen, "maxSeqLen");
@@ -102,7 +108,8 @@ internal static partial class OpsLaunchPlans
         while (splits > 1 && workspaceLength < DecodeWorkspaceFloats(numSeqs, numHeads, headDim, splits)) splits--;
         int tokensPerSplit = Math.Max(1, (maxSeqLen + splits - 1) / splits);
         if (splits > 1) splits = (maxSeqLen + tokensPerSplit - 1) / tokensPerSplit; // no empty trailing split
-        var attention = new KernelLaunch(AttentionEntry("paged_decode_attention", headDim, suffix), (uint)(numKvHeads * chunks), (uint)numSeqs, 128, (uint)splits);
+        string op = tiled && TiledDecodeSupports(suffix, headDim) ? "paged_decode_attention_tiled" : "paged_decode_attention";
+        var attention = new KernelLaunch(AttentionEntry(op, headDim, suffix), (uint)(numKvHeads * chunks), (uint)numSeqs, 128, (uint)splits);
         KernelLaunch? merge = splits > 1
             ? new KernelLaunch("attention_merge_f32", (uint)Math.Min((long)numSeqs * numHeads, MaxGridRows), 1, 128)
             : null;

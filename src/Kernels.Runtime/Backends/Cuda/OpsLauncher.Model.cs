@@ -69,7 +69,7 @@ internal sealed unsafe partial class OpsLauncher
 
     /// <summary>The typed forms above in one: T is float (F32), Half (F16) or ushort (BF16 bits), see <see cref="DeviceElement{T}"/>.</summary>
     internal int PagedDecodeAttention<T>(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv,
-        DeviceBuffer<float>? workspace, int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen) where T : unmanaged
+        DeviceBuffer<float>? workspace, int numSeqs, int numHeads, int numKvHeads, int headDim, int maxSeqLen, bool tiled = false) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(o);
         ArgumentNullException.ThrowIfNull(lse);
@@ -77,7 +77,7 @@ internal sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(kv);
         if (OpsLaunchPlans.PagedDecodeAttention(DeviceElement<T>.Suffix, o.Length, lse.Length, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
                 kv.SeqLens.Length, workspace?.Length ?? -1, numSeqs, numHeads, numKvHeads, headDim, kv.BlockSize, kv.MaxBlocksPerSeq, kv.NumBlocks,
-                maxSeqLen, _module.Device.MultiprocessorCount) is not { } plan) return 0;
+                maxSeqLen, _module.Device.MultiprocessorCount, tiled) is not { } plan) return 0;
         SameDevice(o, nameof(o));
         SameDevice(lse, nameof(lse));
         SameDevice(q, nameof(q));

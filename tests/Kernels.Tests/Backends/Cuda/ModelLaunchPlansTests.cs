@@ -81,6 +81,24 @@ public class ModelLaunchPlansTests
             (long)numBlocks * blockSize * kvHeads * d, (long)numBlocks * blockSize * kvHeads * d, (long)seqs * maxBlocks, seqs, workspace,
             seqs, heads, kvHeads, d, blockSize, maxBlocks, numBlocks, maxSeqLen, sms);
 
+    [Test]
+    public void TheTiledDecodeEntryTakesTheSamePlanWhereItExistsAndTheCudaCoreOneElsewhere()
+    {
+        // paged_decode_attention_tiled.cuh shares the contract: the same grid, block, splits and merge; only the entry differs.
+        foreach (string suffix in new[] { "f32", "f16", "bf16" })
+            foreach (int d in new[] { 32, 64, 128, 256 })
+            {
+                DecodeAttentionPlan Plan(bool tiled) => OpsLaunchPlans.PagedDecodeAttention(suffix, 4L * 32 * d, 4 * 32, 4L * 32 * d, 4096L * 16 * 8 * d,
+                    4096L * 16 * 8 * d, 4 * 512, 4, 1L << 30, 4, 32, 8, d, 16, 512, 4096, 3000, 132, tiled)!.Value;
+                var plain = Plan(false);
+                var tiled = Plan(true);
+                bool has = suffix != "f32" && d is 64 or 128;
+                Assert.That(OpsLaunchPlans.TiledDecodeSupports(suffix, d), Is.EqualTo(has));
+                Assert.That(tiled.Attention.Kernel, Is.EqualTo(has ? $"paged_decode_attention_tiled_hd{d}_{suffix}" : plain.Attention.Kernel), $"{suffix} d={d}");
+                Assert.That(tiled with { Attention = tiled.Attention with { Kernel = plain.Attention.Kernel } }, Is.EqualTo(plain), $"{suffix} d={d}: the same launch otherwise");
+            }
+    }
+
     /// <summary>
     /// What any decode plan must satisfy (paged_decode_attention.cuh): the grid covers every (kv head, chunk of 4 query
     /// heads) and sequence once; split z takes keys [z * tps, (z + 1) * tps), the last one up to L_s, so the splits
