@@ -129,8 +129,10 @@ fi
 # ---- profile: Nsight Compute on one decode step (kernels-bench gpu-step: no graphs, inside cuProfilerStart/Stop) at
 # batch 1 and 64, context 1024: per kernel DRAM throughput (SpeedOfLight, MemoryWorkloadAnalysis), achieved occupancy
 # and warp stall reasons, summarised per kernel name. The first PROFILE_LAUNCHES launches of the step (embedding and
-# the first layers, which repeat) bound the replay time. Text to commit under docs/profiles/. PROFILE=0 skips it.
-if [ "${PROFILE:-1}" = 1 ] && [ -x "$BENCH" ] && command -v ncu >/dev/null 2>&1; then
+# the first layers, which repeat) bound the replay time. Text to commit under docs/profiles/. PROFILE=0 skips it
+# (the default with QUICK=1).
+PROFILE=${PROFILE:-$([ "$QUICK" = 1 ] && echo 0 || echo 1)} # QUICK=1 leaves the profile out unless PROFILE=1 asks for it
+if [ "$PROFILE" = 1 ] && [ -x "$BENCH" ] && command -v ncu >/dev/null 2>&1; then
   for B in ${PROFILE_BATCHES:-1 64}; do
     note "ncu: decode step, batch $B, context 1024 -> profile-decode-b$B.txt"
     timeout "${PROFILE_TIMEOUT:-150}" ncu --profile-from-start off -c "${PROFILE_LAUNCHES:-60}" --section SpeedOfLight --section MemoryWorkloadAnalysis \
