@@ -113,6 +113,13 @@ if [ -x "$BENCH" ]; then
   fi
 fi
 
+# ---- the GPU's kernel choices (kernels-bench tune): a variant is taken where every verify case of it passed and its
+# timings beat the default's; tuning/<gpu>.json comes back, to commit under kernels/tuning/ (the runtime embeds it).
+if [ -x "$BENCH" ] && [ -f "$OUT/kernels.json" ]; then
+  note "tune: kernel choices for this GPU -> tuning/"
+  "$BENCH" tune --results "$OUT" --out "$OUT/tuning" 2>&1 | tee "$OUT/tune.log" | tee -a "$OUT/summary.txt"
+fi
+
 # ---- SqueezeLLM LUT GEMV (ILGPU's CUDA accelerator): verify vs the CPU + timings, then fp16 cuBLAS on the same shapes
 # (kernels-bench squeeze-gpu, SqueezeGpu.cs). Reported (squeeze-gpu exit 1 = a check FAILed), exit status unchanged.
 if [ -x "$BENCH" ]; then

@@ -175,6 +175,7 @@ public static class Program
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());
+        root.Subcommands.Add(Tune.CreateCommand());
         root.Subcommands.Add(MatMulBench.CreateCommand());
         return root.Parse(args).Invoke();
     }

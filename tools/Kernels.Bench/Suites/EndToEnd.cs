@@ -59,7 +59,11 @@ internal static class EndToEnd
             foreach (var (kvType, graphs, lt) in new[] { (TensorDType.F16, true, false), (TensorDType.F16, false, false), (TensorDType.F32, true, false), (TensorDType.F16, true, true) })
             {
                 var r = Parity((graphs ? name : name + " nographs") + (lt ? " cublaslt+tiled" : ""), path,
-                    options with { KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs, UseCublasLt = lt, TiledDecodeAttention = lt });
+                    options with
+                    {
+                        KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs,
+                        UseCublasLt = lt, TiledDecodeAttention = lt, RadixSampling = lt, // explicit either way: a tuning table does not move "default"
+                    });
                 parity.Add(r);
                 if (r.Status == "FAIL") pass = false;
                 Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
@@ -258,7 +262,7 @@ internal static class EndToEnd
             started.Restart();
             using var backend = new CudaBackend(model, baseOptions with
             {
-                KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = lt, TiledDecodeAttention = lt,
+                KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = lt, TiledDecodeAttention = lt, RadixSampling = lt,
             });
             string kernels = lt ? "cuBLASLt + tiled attention" : "default";
             Console.WriteLine($"# kernels: {kernels}; backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");

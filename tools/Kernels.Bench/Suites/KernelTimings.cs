@@ -112,7 +112,7 @@ internal static partial class KernelTimings
             t.Dispose();
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(new
             {
-                device = device.ToString(), bandwidthGBps = bw, peakTflops = peak, iterations, flushBytes = FlushBytes, results = records,
+                device = device.ToString(), deviceName = device.Name, bandwidthGBps = bw, peakTflops = peak, iterations, flushBytes = FlushBytes, results = records,
             }, new JsonSerializerOptions { WriteIndented = true }));
             Console.WriteLine($"# wrote {jsonPath} ({records.Count} records)");
         }

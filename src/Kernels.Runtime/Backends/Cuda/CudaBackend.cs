@@ -122,7 +122,8 @@ internal sealed class CudaBackend : IBackend
     public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * CudaMemoryPlan.ElementBytes(Options.KvDType);
 
     public override string ToString() =>
-        $"cuda ({_device}; weights {WeightFormats}; KV {Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}; {MemoryPlan}; {GraphStatus})";
+        $"cuda ({_device}; weights {WeightFormats}; KV {Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}; {MemoryPlan}; {GraphStatus}; " +
+        $"{_step.KernelChoices})";
 
     /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
     public string GraphStatus => _step.GraphStatus;

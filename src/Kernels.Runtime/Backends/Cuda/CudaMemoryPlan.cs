@@ -35,22 +35,23 @@ public sealed record CudaBackendOptions
     public bool UseCudaGraphs { get; init; } = true;
     /// <summary>
     /// Sample on the device with sample_tokens_radix_f32 (top-k and top-p cuts by radix selection, a few passes over the
-    /// row) instead of sample_tokens_f32 (cuts by bisection, ~50 passes). Off until a GPU run has verified it; the same
-    /// contract and, on the same logits and coins, the same tokens.
+    /// row) instead of sample_tokens_f32 (cuts by bisection, ~50 passes): the same contract and, on the same logits and
+    /// coins, the same tokens. null: as this GPU's tuning table says (kernels/tuning/; off without one).
     /// </summary>
-    public bool RadixSampling { get; init; }
+    public bool? RadixSampling { get; init; }
     /// <summary>
     /// Dense GEMMs (bias-free projections and the LM head) through cuBLASLt: activations rounded to the weights' 16-bit
     /// type, fp32 accumulation, the o and down projections' residual add folded in (beta = 1); a shape cuBLASLt has no
-    /// algorithm for keeps our kernel. Needs libcublasLt (CublasLtLibrary says where it looks). Off until a GPU run has
-    /// compared it with our kernels.
+    /// algorithm for keeps our kernel. Needs libcublasLt (CublasLtLibrary says where it looks). null: from the row count
+    /// this GPU's tuning table says cuBLASLt wins at (never without a table); the memory plan reserves its workspace
+    /// unless this is false.
     /// </summary>
-    public bool UseCublasLt { get; init; }
+    public bool? UseCublasLt { get; init; }
     /// <summary>
     /// Decode attention with paged_decode_attention_tiled (K/V tiles through a two-stage cp.async pipeline) where it has
-    /// an entry (16-bit KV, head dim 64 or 128); off until a GPU run has verified and timed it.
+    /// an entry (16-bit KV, head dim 64 or 128). null: as this GPU's tuning table says (off without one).
     /// </summary>
-    public bool TiledDecodeAttention { get; init; }
+    public bool? TiledDecodeAttention { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }
@@ -101,7 +102,7 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
         long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
         long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize)
-                       + (options.UseCublasLt ? CublasLtBytes(config, options.MaxTokensPerStep) : 0);
+                       + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0);
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
         string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
                        $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +

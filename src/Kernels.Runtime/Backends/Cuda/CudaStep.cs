@@ -39,6 +39,10 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly DeviceBuffer<byte> _draws;
     /// <summary>cuBLASLt for the bias-free GEMMs (CudaBackendOptions.UseCublasLt), and the 16-bit copy of their input.</summary>
     private readonly CublasLtGemm? _lt;
+    /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
+    private readonly bool _tiledDecode, _radixSampling;
+    private readonly int _ltMinRows;
+    public string KernelChoices { get; }
     private readonly DeviceBuffer<byte>? _half;
     private DeviceBuffer<float>? _halfFrom;
     private TensorDType _halfType;
@@ -75,7 +79,13 @@ internal sealed unsafe class CudaStep : IDisposable
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
             _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
             _pinnedDraws = _device.AllocatePinned(DrawLayout.Bytes(options.MaxTokensPerStep));
-            if (options.UseCublasLt)
+            var tuning = KernelTuning.For(device.Name);
+            _tiledDecode = options.TiledDecodeAttention ?? tuning.TiledDecodeAttention;
+            _radixSampling = options.RadixSampling ?? tuning.RadixSampling;
+            _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
+            KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
+                            $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")} ({tuning.Source})";
+            if (_ltMinRows != int.MaxValue)
             {
                 _lt = new CublasLtGemm(_device);
                 _half = DeviceBuffer<byte>.Allocate(_device, CudaMemoryPlan.CublasLtBytes(c, options.MaxTokensPerStep) - CublasLtGemm.WorkspaceBytes);
@@ -253,7 +263,7 @@ internal sealed unsafe class CudaStep : IDisposable
         var tokens = _draws.View<int>(DrawLayout.Tokens(m), m);
         _ops.SampleTokensF32(tokens, _draws.View<double>(DrawLayout.Coins(m), m), _logits, _config.VocabSize, _draws.View<float>(DrawLayout.Temperature(m), m),
             _draws.View<int>(DrawLayout.TopK(m), m), _draws.View<float>(DrawLayout.TopP(m), m), _draws.View<float>(DrawLayout.MinP(m), m), selected, sampling.Vocab,
-            _options.RadixSampling);
+            _radixSampling);
         Cu.Check(CuApi.cuMemcpyDtoHAsync((void*)(_pinnedDraws.DangerousGetHandle() + (nint)DrawLayout.Tokens(m)), tokens.Pointer, (nuint)(selected * 4), stream),
             _device.Ordinal);
     }
@@ -350,7 +360,7 @@ internal sealed unsafe class CudaStep : IDisposable
     /// </summary>
     private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, GpuTensor? bias, int m, int n, int k, bool reuse = false)
     {
-        if (_lt == null || bias != null)
+        if (_lt == null || bias != null || m < _ltMinRows)
         {
             Gemm(y, x, w, bias, m, n, k);
             return;
@@ -362,7 +372,7 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>x += input W^T (a residual projection): one cuBLASLt GEMM with beta = 1, or our GEMM into _proj and residual_add.</summary>
     private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)
     {
-        if (_lt == null)
+        if (_lt == null || m < _ltMinRows)
         {
             Gemm(_proj, input, w, null, m, n, k);
             _ops.ResidualAddF32(x, _proj, m * n);
@@ -413,7 +423,7 @@ internal sealed unsafe class CudaStep : IDisposable
             var kv = new OpsLauncher.PagedKv<T>(store.Keys<T>(layer), store.Values<T>(layer), tables, seqLens, store.NumBlocks, store.BlockSize, width);
             s._ops.KvAppend(kv.KCache, kv.VCache, s._k, s._v, s._slots, rows, c.KvDim, store.NumSlots);
             if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen,
-                s._options.TiledDecodeAttention);
+                s._tiledDecode);
             else s._ops.PagedPrefillAttention(s._attn, s._lse, s._q, kv, s._qStarts, numSeqs, rows, maxCount, c.NumHeads, c.NumKvHeads, c.HeadDim);
         }
     }

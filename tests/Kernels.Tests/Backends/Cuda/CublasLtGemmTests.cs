@@ -81,9 +81,11 @@ public class CublasLtGemmTests
     public void TheMemoryPlanCountsTheWorkspaceAndTheHalfInputWhenCublasLtIsOn()
     {
         var config = Kernels.Runtime.Models.SyntheticModels.Create("synthetic:small").Config;
-        var off = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30 });
+        var off = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30, UseCublasLt = false });
         var on = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30, UseCublasLt = true });
+        var byTable = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30 });
         long widest = Math.Max(Math.Max(config.HiddenSize, config.QueryDim), config.IntermediateSize);
         Assert.That(on.ScratchBytes - off.ScratchBytes, Is.EqualTo(CublasLtGemm.WorkspaceBytes + (long)off.MaxTokensPerStep * widest * 2));
+        Assert.That(byTable.ScratchBytes, Is.EqualTo(on.ScratchBytes), "unset: a tuning table may turn it on, so its memory is reserved");
     }
 }
