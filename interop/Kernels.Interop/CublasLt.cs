@@ -197,34 +197,39 @@ public static unsafe class CublasLtApi
     internal static CublasStatus DestroyPreference(IntPtr h) => T.PreferenceDestroy(h);
 }
 
-/// <summary>A cublasLtHandle_t, destroyed with cublasLtDestroy.</summary>
-public sealed class CublasLtHandle : SafeHandle
+/// <summary>A cuBLASLt object released by its destroy function (the status is the release's result).</summary>
+public abstract class CublasLtObject : SafeHandle
 {
-    internal CublasLtHandle(IntPtr h) : base(IntPtr.Zero, true) => SetHandle(h);
+    private protected CublasLtObject(IntPtr h) : base(IntPtr.Zero, true) => SetHandle(h);
     public override bool IsInvalid => handle == IntPtr.Zero;
-    protected override bool ReleaseHandle() => CublasLtApi.DestroyHandle(handle) == CublasStatus.Success;
+    private protected abstract CublasStatus Destroy(IntPtr h);
+    protected override bool ReleaseHandle() => Destroy(handle) == CublasStatus.Success;
+}
+
+/// <summary>A cublasLtHandle_t, destroyed with cublasLtDestroy.</summary>
+public sealed class CublasLtHandle : CublasLtObject
+{
+    internal CublasLtHandle(IntPtr h) : base(h) { }
+    private protected override CublasStatus Destroy(IntPtr h) => CublasLtApi.DestroyHandle(h);
 }
 
 /// <summary>A cublasLtMatmulDesc_t, destroyed with cublasLtMatmulDescDestroy.</summary>
-public sealed class CublasLtMatmulDescHandle : SafeHandle
+public sealed class CublasLtMatmulDescHandle : CublasLtObject
 {
-    internal CublasLtMatmulDescHandle(IntPtr h) : base(IntPtr.Zero, true) => SetHandle(h);
-    public override bool IsInvalid => handle == IntPtr.Zero;
-    protected override bool ReleaseHandle() => CublasLtApi.DestroyDesc(handle) == CublasStatus.Success;
+    internal CublasLtMatmulDescHandle(IntPtr h) : base(h) { }
+    private protected override CublasStatus Destroy(IntPtr h) => CublasLtApi.DestroyDesc(h);
 }
 
 /// <summary>A cublasLtMatrixLayout_t, destroyed with cublasLtMatrixLayoutDestroy.</summary>
-public sealed class CublasLtLayoutHandle : SafeHandle
+public sealed class CublasLtLayoutHandle : CublasLtObject
 {
-    internal CublasLtLayoutHandle(IntPtr h) : base(IntPtr.Zero, true) => SetHandle(h);
-    public override bool IsInvalid => handle == IntPtr.Zero;
-    protected override bool ReleaseHandle() => CublasLtApi.DestroyLayout(handle) == CublasStatus.Success;
+    internal CublasLtLayoutHandle(IntPtr h) : base(h) { }
+    private protected override CublasStatus Destroy(IntPtr h) => CublasLtApi.DestroyLayout(h);
 }
 
 /// <summary>A cublasLtMatmulPreference_t, destroyed with cublasLtMatmulPreferenceDestroy.</summary>
-public sealed class CublasLtPreferenceHandle : SafeHandle
+public sealed class CublasLtPreferenceHandle : CublasLtObject
 {
-    internal CublasLtPreferenceHandle(IntPtr h) : base(IntPtr.Zero, true) => SetHandle(h);
-    public override bool IsInvalid => handle == IntPtr.Zero;
-    protected override bool ReleaseHandle() => CublasLtApi.DestroyPreference(handle) == CublasStatus.Success;
+    internal CublasLtPreferenceHandle(IntPtr h) : base(h) { }
+    private protected override CublasStatus Destroy(IntPtr h) => CublasLtApi.DestroyPreference(h);
 }

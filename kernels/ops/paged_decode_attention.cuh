@@ -26,7 +26,7 @@
 //          memory. Block x handles query heads [c * 4, min(G, c * 4 + 4)) of kv head x / chunks (c = x % chunks,
 //          chunks = ceil_div(G, 4)): with G <= 4 one block covers the whole group, so each key and value row is read
 //          once for the group; larger groups re-read a kv head's rows once per chunk of 4 (from L2).
-//          Registers (nvcc 11.8, sm_80): 110 for f16/bf16 at every head dim, 64 for f32 up to d 128, 114 at d 256.
+//          Registers (nvcc 11.8, sm_80): 109-110 for f16/bf16 at every head dim, 64 for f32 up to d 128, 114 at d 256.
 //          A lane group of LPK = min(32, head_dim / (16 B / sizeof(DT))) lanes owns one key at a time (16-byte
 //          loads, head_dim / LPK elements per lane); 32 / LPK keys per warp are in flight per step, each lane group
 //          keeps its own online-softmax state per query head, and the states are merged across lane groups
@@ -216,6 +216,23 @@ __device__ __forceinline__ void paged_decode_attention(float* o_partial, float* 
     }
 }
 
+// The decode grid's contract, shared by paged_decode_attention and paged_decode_attention_tiled: checks the launch's
+// preconditions (false: the block writes nothing) and gives this block's kv head and its chunk of query heads
+// [h0, h0 + gh), gh <= kDecodeMaxHeadsPerBlock, from blockIdx.x = kv head * chunks + chunk.
+__device__ __forceinline__ bool decode_block_heads(int num_heads, int num_kv_heads, int block_size, int tokens_per_split,
+                                                   int& kvh, int& h0, int& gh)
+{
+    if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0 || tokens_per_split <= 0) return false;
+    const int group = num_heads / num_kv_heads;
+    const int chunks = ceil_div(group, kDecodeMaxHeadsPerBlock);
+    if (static_cast<int64_t>(gridDim.x) != static_cast<int64_t>(num_kv_heads) * chunks) return false;
+    kvh = blockIdx.x / chunks;
+    const int g0 = (blockIdx.x % chunks) * kDecodeMaxHeadsPerBlock;
+    gh = min(kDecodeMaxHeadsPerBlock, group - g0);
+    h0 = kvh * group + g0;
+    return true;
+}
+
 // One head dim: picks the chunk of query heads from blockIdx.x and the smallest GMAX that holds it.
 template <DType DT, int HEAD_DIM>
 __device__ __forceinline__ void paged_decode_attention_dispatch(
@@ -223,15 +240,8 @@ __device__ __forceinline__ void paged_decode_attention_dispatch(
     const int* block_tables, const int* seq_lens, int num_heads, int num_kv_heads, int head_dim, int block_size,
     int max_blocks_per_seq, int num_blocks, int tokens_per_split, float scale)
 {
-    if (head_dim != HEAD_DIM || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0 ||
-        tokens_per_split <= 0)
-        return;
-    const int group = num_heads / num_kv_heads;
-    const int chunks = ceil_div(group, kDecodeMaxHeadsPerBlock);
-    if (static_cast<int64_t>(gridDim.x) != static_cast<int64_t>(num_kv_heads) * chunks) return;
-    const int kvh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-    const int g0 = chunk * kDecodeMaxHeadsPerBlock, gh = min(kDecodeMaxHeadsPerBlock, group - g0);
-    const int h0 = kvh * group + g0;
+    int kvh, h0, gh;
+    if (head_dim != HEAD_DIM || !decode_block_heads(num_heads, num_kv_heads, block_size, tokens_per_split, kvh, h0, gh)) return;
     // Declared once here: __shared__ arrays inside each inlined instantiation would each get their own allocation.
     __shared__ float smem[2 * kDecodeWarps * kDecodeMaxHeadsPerBlock + kDecodeWarps * kDecodeMaxHeadsPerBlock * HEAD_DIM];
 #define DECODE_CASE(GM)                                                                                             \

@@ -203,18 +203,14 @@ __device__ __forceinline__ void paged_decode_attention_tiled_dispatch(
     const int* block_tables, const int* seq_lens, int num_heads, int num_kv_heads, int head_dim, int block_size,
     int max_blocks_per_seq, int num_blocks, int tokens_per_split, float scale)
 {
-    if (head_dim != HEAD_DIM || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0 ||
-        tokens_per_split <= 0 || blockDim.x != kTiledThreads)
+    int kvh, h0, gh;
+    if (head_dim != HEAD_DIM || blockDim.x != kTiledThreads ||
+        !decode_block_heads(num_heads, num_kv_heads, block_size, tokens_per_split, kvh, h0, gh))
         return;
-    const int group = num_heads / num_kv_heads;
-    const int chunks = ceil_div(group, kDecodeMaxHeadsPerBlock);
-    if (static_cast<int64_t>(gridDim.x) != static_cast<int64_t>(num_kv_heads) * chunks) return;
-    const int kvh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-    const int g0 = chunk * kDecodeMaxHeadsPerBlock, gh = min(kDecodeMaxHeadsPerBlock, group - g0);
     __shared__ __align__(16) TiledSmem<DT, HEAD_DIM> sm;
     paged_decode_attention_tiled<DT, HEAD_DIM>(o_partial, lse_partial, q, k_cache, v_cache, block_tables, seq_lens,
-                                               num_heads, num_kv_heads, kvh, kvh * group + g0, gh, block_size,
-                                               max_blocks_per_seq, num_blocks, tokens_per_split, scale, sm);
+                                               num_heads, num_kv_heads, kvh, h0, gh, block_size, max_blocks_per_seq,
+                                               num_blocks, tokens_per_split, scale, sm);
 }
 } // namespace ops
 
