@@ -41,6 +41,27 @@ public class CommandTests
     }
 
     [Test]
+    public void GenerateWithLogprobsListsEveryTokenWithItsAlternatives()
+    {
+        var r = Kernels("generate", "--model", "synthetic:tiny", "--prompt", "one", "--prompt", "two", "--max-tokens", "5", "--ignore-eos", "--logprobs", "2");
+        Assert.That(r.Code, Is.EqualTo(0), r.Error);
+        var lines = r.Out.Split('\n');
+        Assert.That(lines.Count(l => l.StartsWith("--- logprobs of prompt")), Is.EqualTo(2));
+        // After each header, 5 lines "id:\"text\" logprob   id:\"text\" logprob  id:\"text\" logprob" (greedy: the token is the first alternative).
+        var rows = lines.Where(l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^\d+:"".*"" -?\d+\.\d{4}   \d+:")).ToArray();
+        Assert.That(rows, Has.Length.EqualTo(10));
+        foreach (var row in rows)
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(row, @"^(\d+):.* (-?\d+\.\d{4})   (\d+):");
+            Assert.That(m.Groups[1].Value, Is.EqualTo(m.Groups[3].Value), $"greedy picks the most likely token: {row}");
+            Assert.That(double.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture), Is.LessThanOrEqualTo(0));
+        }
+        var bad = Kernels("generate", "--model", "synthetic:tiny", "--prompt", "one", "--logprobs", "21");
+        Assert.That(bad.Code, Is.Not.Zero);
+        Assert.That(bad.Error, Does.Contain("--logprobs").And.Contain("[0, 20]"));
+    }
+
+    [Test]
     public void InfoPrintsTheConfiguration()
     {
         var r = Kernels("info", "--model", TestPaths.Golden("tiny-qwen2-f16"));

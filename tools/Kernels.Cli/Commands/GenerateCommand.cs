@@ -31,12 +31,14 @@ public static class GenerateCommand
         var stop = new Option<string[]>("--stop") { Description = "Stop string; repeat for several" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep generating past end-of-sequence (benchmarks)" };
         var promptsFile = new Option<string?>("--prompts") { Description = "JSON lines file, one {\"prompt\": ...} per line (optional per-line n, max_tokens, temperature, top_p, seed, stop)" };
+        var logprobs = new Option<int?>("--logprobs") { Description = "After each sample, every generated token's log-probability and the N most likely alternatives (0-20)" };
         var sharing = new Option<string>("--prefix-sharing") { Description = "Share the KV blocks and attention of common prompt prefixes (Hydragen)", DefaultValueFactory = _ => "on" };
         sharing.AcceptOnlyFromAmong("on", "off");
 
         var command = new Command("generate", "Generate continuations of one or more prompts, streaming the text");
         model.AddTo(command);
-        foreach (var o in new Option[] { prompt, promptsFile, n, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, ignoreEos, sharing }) command.Options.Add(o);
+        foreach (var o in new Option[] { prompt, promptsFile, n, maxTokens, temperature, topK, topP, minP, repetition, seed, stop, ignoreEos, logprobs, sharing })
+            command.Options.Add(o);
         command.SetAction(parse =>
         {
             var sampling = new SamplingOptions
@@ -55,6 +57,7 @@ public static class GenerateCommand
                 Sampling = sampling,
                 Stop = parse.GetValue(stop) ?? [],
                 IgnoreEos = parse.GetValue(ignoreEos),
+                Logprobs = parse.GetValue(logprobs),
             };
             GenerationRequest[] requests;
             if (parse.GetValue(promptsFile) is { } file)
@@ -72,14 +75,25 @@ public static class GenerateCommand
             using var loaded = model.Load(parse, io);
             using var backend = model.CreateBackend(loaded, parse, io);
             var generator = new Generator(backend, loaded.Tokenizer, new GeneratorOptions { PrefixSharing = parse.GetValue(sharing) != "off" });
-            foreach (var r in requests) generator.PromptIds(r); // report bad requests before any work
-            return Run(generator, requests, prompts, io);
+            foreach (var r in requests)
+            {
+                try
+                {
+                    generator.PromptIds(r); // report bad requests before any work
+                }
+                catch (RequestValidationException e) when (e.Argument == nameof(GenerationRequest.Logprobs))
+                {
+                    throw new CliUsageException($"--logprobs: {e.Reason}");
+                }
+            }
+            return Run(generator, loaded.Tokenizer, requests, prompts, io);
         });
         return command;
     }
 
-    private static int Run(Generator generator, GenerationRequest[] requests, string[] prompts, CliIo io)
+    private static int Run(Generator generator, Kernels.Runtime.Tokenization.ITextTokenizer tokenizer, GenerationRequest[] requests, string[] prompts, CliIo io)
     {
+        var scores = new Dictionary<(int, int), List<TokenLogprobs>>();
         int sequences = requests.Sum(r => r.N);
         bool stream = sequences == 1;
         int promptTokens = requests.Sum(r => generator.PromptIds(r).Length);
@@ -104,6 +118,11 @@ public static class GenerateCommand
                 if (!texts.TryGetValue(key, out var sb)) texts[key] = sb = new();
                 sb.Append(e.Text);
             }
+            if (e.Logprobs is { } lp)
+            {
+                if (!scores.TryGetValue((e.Request, e.Sample), out var list)) scores[(e.Request, e.Sample)] = list = new();
+                list.Add(lp);
+            }
             if (e.Finish is FinishReason f) finishes[(e.Request, e.Sample)] = f;
         }
         double seconds = clock.Elapsed.TotalSeconds;
@@ -116,6 +135,12 @@ public static class GenerateCommand
                 io.Out.WriteLine(prompts[r] + sb);
             }
         }
+        foreach (var ((r, s), list) in scores.OrderBy(kv => kv.Key))
+        {
+            io.Out.WriteLine($"--- logprobs of prompt {r}, sample {s}: token, log-probability, then the most likely alternatives");
+            foreach (var t in list)
+                io.Out.WriteLine($"{Quote(tokenizer, t.Token)} {t.Logprob:F4}" + (t.Top.Count > 0 ? "   " + string.Join("  ", t.Top.Select(a => $"{Quote(tokenizer, a.Token)} {a.Logprob:F4}")) : ""));
+        }
         double decodeSeconds = seconds - (firstToken ?? 0);
         var pool = generator.KvPool;
         io.Error.WriteLine($"kv cache: {pool.Prefixes.CachedBlocks} cached prefix blocks of {pool.BlockSize} tokens; {pool.Capacity - pool.FreeBlocks} of {pool.Capacity} blocks held at the end");
@@ -124,6 +149,10 @@ public static class GenerateCommand
                            $"{Math.Max(generated - sequences, 0) / Math.Max(decodeSeconds, 1e-9):F1} tokens/s while decoding");
         return 0;
     }
+
+    /// <summary>A token as its id and its text, escaped and quoted (control tokens have no text).</summary>
+    private static string Quote(Kernels.Runtime.Tokenization.ITextTokenizer tokenizer, int id) =>
+        $"{id}:{System.Text.Json.JsonSerializer.Serialize(System.Text.Encoding.UTF8.GetString(tokenizer.TokenBytes(id)))}";
 
     private static string Describe(FinishReason f) => f switch
     {
