@@ -11,7 +11,7 @@
 #include "ops/residual_add.cuh"     // defines: residual_add_f32
 #include "ops/convert.cuh"          // defines: convert_f32_to_{f16,bf16}
 #include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
-#include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}
+#include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}, quantize_int8_f32
 #include "ops/rope.cuh"             // defines: rope_f32
 #include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32
 #include "ops/kv_append.cuh"        // defines: kv_append_{f32,f16,bf16}

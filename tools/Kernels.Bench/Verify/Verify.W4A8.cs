@@ -11,6 +11,7 @@ namespace Kernels.Bench;
 internal static unsafe partial class Verify
 {
     private static readonly Tolerance W4A8Exact = new(0, "bit-exact: exact int32 accumulation of the same int8 x int8 products, then the same two fp32 products in the same order (W4A8Linear)");
+    private static readonly Tolerance QuantizeExact = new(0, "the same fp32 rows: max, IEEE division and product, round to nearest even, as Int8Activations.QuantizeRow");
     private static readonly Tolerance NormQuantExact = new(0, "integer-valued x: the sum of squares is exact in any order, so the normalized row, codes, sum and scale match the CPU bit for bit");
     private static readonly Tolerance NormQuantTol = new(1e-5, "random x: the sum of squares rounds differently (RmsNormTol); codes may then differ by 1 where x*127/amax sits within ~1e-5 of a .5, the scale by RmsNormTol relative");
 
@@ -35,6 +36,46 @@ internal static unsafe partial class Verify
                     yield return new Case($"rms_norm_quant_int8_{Suffix(dtype)}", $"T={t} D={d} integer x", () => RmsNormQuantCase(dtype, t, d, integerX: true));
                     yield return new Case($"rms_norm_quant_int8_{Suffix(dtype)}", $"T={t} D={d} normal x", () => RmsNormQuantCase(dtype, t, d, integerX: false));
                 }
+            foreach (var (t, d) in new[] { (1, 4096), (7, 4096), (64, 67), (3, 14336) })
+                yield return new Case("quantize_int8_f32", $"T={t} D={d}", () => QuantizeCase(t, d));
+        }
+
+        /// <summary>
+        /// quantize_int8_f32 against Int8Activations.QuantizeRow on the same fp32 rows: codes (padding 0), scales and
+        /// sums bit-exact, with an all-zero row, a row scaled by 300 and exact ties at half a code.
+        /// </summary>
+        private CaseResult QuantizeCase(int t, int d)
+        {
+            int dp = W4A8Layout.Padded(d);
+            var x = Normal(t * d, 1f);
+            if (t > 2) Array.Clear(x, d, d);
+            if (t > 3) for (int i = 0; i < d; i++) x[3 * d + i] *= 300f;
+            if (t > 4) { x[4 * d] = 127f; x[4 * d + 1] = 0.5f; x[4 * d + 2] = -1.5f; } // inverse 1: ties round to even
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var xq = DeviceBuffer<sbyte>.Allocate(device, (long)t * dp + Guard);
+            using var xScale = Output(t);
+            using var xSum = DeviceBuffer<int>.Allocate(device, t + Guard);
+            xq.FillBytes(Sentinel);
+            xSum.FillBytes(Sentinel);
+            ops.QuantizeInt8F32(xq, xScale, xSum, dx, t, d, dp);
+            var refCodes = new sbyte[t * dp];
+            var refScales = new float[t];
+            var refSums = new int[t];
+            for (int r = 0; r < t; r++)
+            {
+                refScales[r] = Int8Activations.QuantizeRow(x.AsSpan(r * d, d), refCodes.AsSpan(r * dp, d));
+                for (int i = 0; i < d; i++) refSums[r] += refCodes[r * dp + i];
+            }
+            var scaleResult = Compare("quantize_int8_f32", $"T={t} D={d}", xScale, refScales, QuantizeExact);
+            device.Synchronize();
+            var codes = xq.ToArray();
+            var sums = xSum.ToArray();
+            bool guard = scaleResult.GuardIntact;
+            for (long i = (long)t * dp; i < codes.Length; i++) guard &= (byte)codes[i] == Sentinel;
+            for (int i = t; i < sums.Length; i++) guard &= (uint)sums[i] == 0xA5A5A5A5u;
+            long mismatches = scaleResult.Mismatches + Enumerable.Range(0, t * dp).Count(i => codes[i] != refCodes[i]) + Enumerable.Range(0, t).Count(r => sums[r] != refSums[r]);
+            return new CaseResult("quantize_int8_f32", $"T={t} D={d}", scaleResult.MaxAbsError, scaleResult.MeanRelativeError, 0, QuantizeExact.Source,
+                mismatches, scaleResult.NonFiniteMismatches, guard, mismatches == 0 && scaleResult.NonFiniteMismatches == 0 && guard, null);
         }
 
         // ---- w4a8_gemm ----------------------------------------------------------------------------------------------

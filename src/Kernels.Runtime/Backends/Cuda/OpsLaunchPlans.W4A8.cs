@@ -85,4 +85,11 @@ internal static partial class OpsLaunchPlans
         uint block = dim >= 8192 ? 1024u : 256u;
         return new KernelLaunch(kernel, (uint)Math.Min(numTokens, MaxGridRows), 1, block);
     }
+
+    /// <summary>
+    /// quantize_int8_f32: rms_norm_quant_int8's quantization of x itself (no norm, no weight), with its shape rules and
+    /// its block for the dim (the code sum reduces in the same order).
+    /// </summary>
+    public static KernelLaunch? QuantizeInt8(long xqLength, long xScaleLength, long xSumLength, long xLength, int numTokens, int dim, int dimPadded) =>
+        RmsNormQuantInt8("quantize_int8_f32", xqLength, xScaleLength, xSumLength, xLength, dim, numTokens, dim, dimPadded, 1f);
 }

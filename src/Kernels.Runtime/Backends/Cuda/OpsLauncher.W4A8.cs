@@ -89,6 +89,24 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    /// <summary>xq, xScale, xSum of x's rows (Int8Activations.QuantizeRow's bytes): the input of a W4A8 layer no RMSNorm produces.</summary>
+    public void QuantizeInt8F32(DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int> xSum, DeviceBuffer<float> x, int numTokens, int dim, int dimPadded)
+    {
+        ArgumentNullException.ThrowIfNull(xq);
+        ArgumentNullException.ThrowIfNull(xScale);
+        ArgumentNullException.ThrowIfNull(xSum);
+        ArgumentNullException.ThrowIfNull(x);
+        if (OpsLaunchPlans.QuantizeInt8(xq.Length, xScale.Length, xSum.Length, x.Length, numTokens, dim, dimPadded) is not { } plan) return;
+        SameDevice(xq, nameof(xq));
+        SameDevice(xScale, nameof(xScale));
+        SameDevice(xSum, nameof(xSum));
+        SameDevice(x, nameof(x));
+        ulong pq = xq.Pointer, ps = xScale.Pointer, pn = xSum.Pointer, px = x.Pointer;
+        int nt = numTokens, d = dim, dp = dimPadded;
+        void** args = stackalloc void*[] { &pq, &ps, &pn, &px, &nt, &d, &dp };
+        Launch(plan, args);
+    }
+
     private static void Aligned(ulong pointer, int bytes, string argument)
     {
         if (pointer % (ulong)bytes != 0)

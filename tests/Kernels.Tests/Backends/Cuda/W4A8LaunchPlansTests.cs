@@ -130,4 +130,19 @@ public class W4A8LaunchPlansTests
         ThrowsFor("x", () => NormQuant(2, 64, 64, x: 127));
         ThrowsFor("weight", () => NormQuant(2, 64, 64, w: 63));
     }
+
+    [Test]
+    public void QuantizeTakesTheNormQuantPlanForTheSameShape()
+    {
+        // quantize_int8_f32 shares rms_norm_quant_int8's quantization and must reduce its code sum the same way.
+        foreach (var (t, d, dp) in new[] { (7, 4096, 4096), (3, 14336, 14336), (100_000, 67, 96), (1, 1, 32) })
+        {
+            var p = OpsLaunchPlans.QuantizeInt8((long)t * dp, t, t, (long)t * d, t, d, dp)!.Value;
+            Assert.That(p.Kernel, Is.EqualTo("quantize_int8_f32"));
+            Assert.That(p with { Kernel = "rms_norm_quant_int8_f16" }, Is.EqualTo(NormQuant(t, d, dp)!.Value));
+        }
+        ThrowsFor("dimPadded", () => OpsLaunchPlans.QuantizeInt8(64, 1, 1, 67, 1, 67, 64));
+        ThrowsFor("x", () => OpsLaunchPlans.QuantizeInt8(128, 2, 2, 127, 2, 64, 64));
+        Assert.That(OpsLaunchPlans.QuantizeInt8(0, 0, 0, 0, 0, 64, 64), Is.Null);
+    }
 }
