@@ -21,6 +21,11 @@ internal static class EndToEnd
     /// bf16, whose unit roundoff is 8x f16's, so the fp16 bound is scaled by 8 (as verify's GEMM tolerances are).
     /// </summary>
     private const double Bf16LogitTolerance = 8 * LogitTolerance;
+    /// <summary>
+    /// W4A8 models: the int8 GEMM is bit-exact given the same int8 rows, but the rows come from the GPU's RMSNorm, whose
+    /// sum of squares rounds differently, so a code can differ by one (a change of s_x s_w in that product); 10x the fp16 bound.
+    /// </summary>
+    private const double W4A8LogitTolerance = 10 * LogitTolerance;
     private const int PromptTokens = 12, GreedyTokens = 16;
     private const long LeakToleranceBytes = 16L << 20;
 
@@ -51,6 +56,7 @@ internal static class EndToEnd
             models.Add((g, golden == null ? null : Path.Combine(golden, g)));
         models.Add(("stories260K", Peer.FindShared("models/stories260K/stories260K.gguf")));
         models.Add(("synthetic:small", "synthetic:small"));
+        models.Add(("synthetic:small w4a8", W4A8Model()));
         Console.WriteLine($"\n## parity: CUDA vs CPU logits (prompt {PromptTokens} tokens, all positions; then {GreedyTokens} greedy steps), tolerance {LogitTolerance} (f16 matrices), {Bf16LogitTolerance} (bf16 matrices) x max|logit| (at least 1)");
         foreach (var (name, path) in models)
         {
@@ -151,7 +157,8 @@ internal static class EndToEnd
             }
             bool deviceEqual = deviceTokens.SequenceEqual(cudaTokens);
             bool equal = cpuTokens.SequenceEqual(cudaTokens) && deviceEqual;
-            double tolerance = cuda.WeightFormats.Contains("BF16", StringComparison.Ordinal) ? Bf16LogitTolerance : LogitTolerance;
+            double tolerance = model.Weights.Layers[0].Wq is Kernels.Runtime.Quantization.W4A8.W4A8Linear ? W4A8LogitTolerance
+                : cuda.WeightFormats.Contains("BF16", StringComparison.Ordinal) ? Bf16LogitTolerance : LogitTolerance;
             string status = max <= tolerance * scale && equal ? "PASS" : "FAIL";
             string sampled = deviceEqual ? "greedy sampled on the device: the same tokens"
                 : $"greedy sampled on the device DIFFERS: {string.Join(' ', deviceTokens)}";
@@ -161,6 +168,26 @@ internal static class EndToEnd
                                        or CublasException or DllNotFoundException)
         {
             return new ParityResult(name, kv, "FAIL", double.NaN, LogitTolerance, false, [], [], $"{e.GetType().Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>synthetic:small quantized to W4A8 (per-group, the method's defaults) into a temporary directory, once per run.</summary>
+    private static string? W4A8Model()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "kernels-e2e-w4a8");
+        if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
+        try
+        {
+            using var dense = SyntheticModels.Create("synthetic:small");
+            var method = Kernels.Runtime.Quantization.QuantizationMethods.Find(Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName, "e2e");
+            var options = new Kernels.Runtime.Quantization.QuantizeOptions { Method = Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName };
+            HfModelWriter.Write(dense, dir, method.CreateQuantizer(options, dense, new Kernels.Runtime.Calibration.CpuCalibrationRunner()));
+            return dir;
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException or NotSupportedException)
+        {
+            Console.WriteLine($"# W4A8 model not made: {e.Message}");
+            return null;
         }
     }
 

@@ -52,9 +52,14 @@ internal sealed class CudaBackend : IBackend
         ArgumentNullException.ThrowIfNull(model);
         if (WhyUnsupported(model.Config) is { } why) return why;
         foreach (var layer in model.Weights.Layers)
+        {
             foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.Gate, layer.Up, layer.Down })
-                if (w is not DenseLinear)
-                    return $"{w.Name} is {w.Format}: quantized linear layers are not implemented on the CUDA backend yet (F32/F16/BF16 and GGML block types only)";
+                if (w is not (DenseLinear or Quantization.W4A8.W4A8Linear))
+                    return $"{w.Name} is {w.Format}: not implemented on the CUDA backend yet (F32/F16/BF16, GGML block types and W4A8 only)";
+            foreach (var (w, bias) in new[] { (layer.Wq, layer.Bq), (layer.Wk, layer.Bk), (layer.Wv, layer.Bv) })
+                if (w is Quantization.W4A8.W4A8Linear && bias != null)
+                    return $"{w.Name} is {w.Format} with a bias ({bias.Name}): W4A8 layers with a bias (Qwen2) are not implemented on the CUDA backend yet";
+        }
         return null;
     }
 
@@ -98,7 +103,7 @@ internal sealed class CudaBackend : IBackend
             _weights = DeviceWeights.Place(model);
             WeightFormats = _weights.Formats;
             var (free, _) = _device.GetMemoryInfo();
-            MemoryPlan = CudaMemoryPlan.Compute(c, _weights.ArenaBytes, free, options);
+            MemoryPlan = CudaMemoryPlan.Compute(c, _weights.ArenaBytes, free, options, _weights.W4A8ScratchBytes(options.MaxTokensPerStep));
             _weights.Upload(_device);
 
             _step = new CudaStep(_device, _stream, _ops, c, options, _weights, MemoryPlan.KvBlocks);

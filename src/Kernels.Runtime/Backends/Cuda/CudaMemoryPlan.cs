@@ -90,7 +90,7 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// Plans the memory, or throws InvalidOperationException naming every size when weights + scratch + reserve + one
     /// KV block do not fit <paramref name="freeBytes"/>.
     /// </summary>
-    public static CudaMemoryPlan Compute(ModelConfig config, long weightBytes, long freeBytes, CudaBackendOptions options)
+    public static CudaMemoryPlan Compute(ModelConfig config, long weightBytes, long freeBytes, CudaBackendOptions options, long extraScratchBytes = 0)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(options);
@@ -102,7 +102,7 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
         long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
         long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize)
-                       + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0);
+                       + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0) + extraScratchBytes;
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
         string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
                        $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +

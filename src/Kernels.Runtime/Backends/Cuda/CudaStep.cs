@@ -39,6 +39,12 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly DeviceBuffer<byte> _draws;
     /// <summary>cuBLASLt for the bias-free GEMMs (CudaBackendOptions.UseCublasLt), and the 16-bit copy of their input.</summary>
     private readonly CublasLtGemm? _lt;
+    /// <summary>W4A8 layers' int8 input (codes [rows, padded K], scales, sums) and the fp32 rows it was quantized from.</summary>
+    private readonly DeviceBuffer<sbyte>? _xq;
+    private readonly DeviceBuffer<float>? _xScale;
+    private readonly DeviceBuffer<int>? _xSum;
+    private DeviceBuffer<float>? _quantFrom;
+    private readonly GpuDense _lmHead;
     /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
     private readonly bool _tiledDecode, _radixSampling;
     private readonly int _ltMinRows;
@@ -59,6 +65,7 @@ internal sealed unsafe class CudaStep : IDisposable
         int kvBlocks)
     {
         (_device, _stream, _ops, _config, _options, _weights) = (device, stream, ops, config, options, weights);
+        _lmHead = new GpuDense(weights.LmHead);
         var c = config;
         try
         {
@@ -79,6 +86,12 @@ internal sealed unsafe class CudaStep : IDisposable
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
             _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
             _pinnedDraws = _device.AllocatePinned(DrawLayout.Bytes(options.MaxTokensPerStep));
+            if (weights.MaxW4A8PaddedIn > 0)
+            {
+                _xq = DeviceBuffer<sbyte>.Allocate(_device, (long)options.MaxTokensPerStep * weights.MaxW4A8PaddedIn);
+                _xScale = DeviceBuffer<float>.Allocate(_device, options.MaxTokensPerStep);
+                _xSum = DeviceBuffer<int>.Allocate(_device, options.MaxTokensPerStep);
+            }
             var tuning = KernelTuning.For(device.Name);
             _tiledDecode = options.TiledDecodeAttention ?? tuning.TiledDecodeAttention;
             _radixSampling = options.RadixSampling ?? tuning.RadixSampling;
@@ -310,7 +323,7 @@ internal sealed unsafe class CudaStep : IDisposable
                 i = j;
             }
             Norm(_selectedNorm, _selected, _weights.FinalNorm, selected, eps);
-            Linear(_logits, _selectedNorm, _weights.LmHead, null, selected, c.VocabSize, h);
+            Linear(_logits, _selectedNorm, _lmHead, null, selected, c.VocabSize, h);
         }
     }
 
@@ -358,8 +371,15 @@ internal sealed unsafe class CudaStep : IDisposable
     /// copy of the previous call reused when <paramref name="reuse"/> and it holds the same x in the same type),
     /// otherwise our GEMM kernels.
     /// </summary>
-    private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, GpuTensor? bias, int m, int n, int k, bool reuse = false)
+    private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuLinear linear, GpuTensor? bias, int m, int n, int k, bool reuse = false)
     {
+        if (linear is GpuW4A8 q)
+        {
+            // CudaBackend.WhyUnsupported refuses W4A8 layers with a bias.
+            W4A8(y, x, q, m, reuse);
+            return;
+        }
+        var w = ((GpuDense)linear).Weight;
         if (_lt == null || bias != null || m < _ltMinRows)
         {
             Gemm(y, x, w, bias, m, n, k);
@@ -370,8 +390,15 @@ internal sealed unsafe class CudaStep : IDisposable
     }
 
     /// <summary>x += input W^T (a residual projection): one cuBLASLt GEMM with beta = 1, or our GEMM into _proj and residual_add.</summary>
-    private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)
+    private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuLinear linear, int m, int n, int k)
     {
+        if (linear is GpuW4A8 q)
+        {
+            W4A8(_proj, input, q, m, reuse: false);
+            _ops.ResidualAddF32(x, _proj, m * n);
+            return;
+        }
+        var w = ((GpuDense)linear).Weight;
         if (_lt == null || m < _ltMinRows)
         {
             Gemm(_proj, input, w, null, m, n, k);
@@ -380,6 +407,21 @@ internal sealed unsafe class CudaStep : IDisposable
         }
         var lt = new LtAction(this, x, input, w, m, n, k, accumulate: true, convert: true);
         DeviceDType.Dispatch(w.DType, ref lt, w.Name, "GEMM weight in");
+    }
+
+    /// <summary>
+    /// y = x W^T for a W4A8 layer: x's rows quantized per token (quantize_int8_f32, Int8Activations' bytes; skipped when
+    /// <paramref name="reuse"/> and the codes already hold x at this padding), then w4a8_gemm (exact int32 accumulation).
+    /// </summary>
+    private void W4A8(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuW4A8 q, int m, bool reuse)
+    {
+        if (!(reuse && ReferenceEquals(_quantFrom, x)))
+        {
+            _ops.QuantizeInt8F32(_xq!, _xScale!, _xSum!, x, m, q.InFeatures, q.PaddedIn);
+            _quantFrom = x;
+        }
+        _ops.W4A8Gemm(y, _xq!, _xScale!, q.GroupSize > 0 ? null : _xSum, q.Codes.Bytes(), q.Scales.View<Half>(), q.GroupScales?.Bytes(), q.Zeros.Bytes(),
+            m, q.OutFeatures, q.InFeatures, q.GroupSize);
     }
 
     private readonly struct LtAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int m, int n, int k, bool accumulate, bool convert)
@@ -437,6 +479,9 @@ internal sealed unsafe class CudaStep : IDisposable
         _stepStart?.Dispose();
         _half?.Dispose();
         _lt?.Dispose();
+        _xSum?.Dispose();
+        _xScale?.Dispose();
+        _xq?.Dispose();
         _graphs?.Dispose();
         _pinnedDraws?.Dispose();
         _draws?.Dispose();

@@ -2,6 +2,7 @@
 using Kernels.Interop;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Quantization.W4A8;
 
 namespace Kernels.Runtime.Backends.Cuda;
 
@@ -9,7 +10,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// One arena for every weight, uploaded once: F16 matrices as stored, BF16 ones as F16 when that is exact, F32 and GGML
 /// block (Q4_0..Q8_0, Q2_K..Q6_K) matrices converted to F16, or to BF16 when a value exceeds F16's range
 /// (<see cref="MatrixTarget"/>); norm vectors and the embedding F32/F16/BF16 as stored (<see cref="VectorTarget"/>); a
-/// bias in its matrix's dtype. Two phases, because the memory plan needs the arena's size before anything is
+/// bias in its matrix's dtype; W4A8 layers' codes, scales and zeros byte for byte in the kernel's layout. Two phases, because the memory plan needs the arena's size before anything is
 /// allocated: <see cref="Place"/> decides dtypes and offsets (no driver call), <see cref="Upload"/> allocates the
 /// arena, binds each tensor's typed view and copies the data.
 /// </summary>
@@ -27,6 +28,11 @@ internal sealed unsafe class DeviceWeights : IDisposable
     public long ArenaBytes { get; }
     /// <summary>The weight dtypes on the device, e.g. "F16 x 225" (what was converted shows here).</summary>
     public string Formats { get; }
+    /// <summary>The widest padded input of the W4A8 layers (0: none): the int8 activations' row in the step's scratch.</summary>
+    public int MaxW4A8PaddedIn => Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).OfType<GpuW4A8>().Select(q => q.PaddedIn).DefaultIfEmpty(0).Max();
+
+    /// <summary>Bytes of the W4A8 activation scratch for <paramref name="maxTokens"/> rows: codes, scales, sums.</summary>
+    public long W4A8ScratchBytes(int maxTokens) => MaxW4A8PaddedIn == 0 ? 0 : (long)maxTokens * (MaxW4A8PaddedIn + 8) + 3 * CudaMemoryPlan.Alignment;
 
     private DeviceWeights(List<(WeightTensor, TensorDType, long)> uploads, Dictionary<(WeightTensor, TensorDType), GpuTensor> placed, long arenaBytes,
         GpuTensor embedding, GpuTensor lmHead, GpuTensor finalNorm, GpuLayer[] layers)
@@ -60,12 +66,19 @@ internal sealed unsafe class DeviceWeights : IDisposable
         for (int l = 0; l < c.NumLayers; l++)
         {
             var lw = w.Layers[l];
-            GpuTensor M(LinearWeight lin) => Place(((DenseLinear)lin).Weight, MatrixTarget(((DenseLinear)lin).Weight));
+            GpuLinear M(LinearWeight lin) => lin switch
+            {
+                DenseLinear d => new GpuDense(Place(d.Weight, MatrixTarget(d.Weight))),
+                W4A8Linear q => new GpuW4A8(q.Name, q.OutFeatures, q.InFeatures, q.GroupSize, q.PaddedIn, Place(q.Codes, q.Codes.DType), Place(q.Scales, q.Scales.DType),
+                    q.GroupScaleTensor is { } s2 ? Place(s2, s2.DType) : null, Place(q.ZeroTensor!, q.ZeroTensor!.DType)),
+                _ => throw new NotSupportedException($"{lin.Name} is {lin.Format}: not a format the CUDA backend runs (CudaBackend.WhyUnsupported)"),
+            };
             var wq = M(lw.Wq);
             var wk = M(lw.Wk);
             var wv = M(lw.Wv);
+            TensorDType BiasType(GpuLinear m) => m is GpuDense d ? d.Weight.DType : TensorDType.F32;
             layers[l] = new GpuLayer(Place(lw.AttentionNorm, VectorTarget(lw.AttentionNorm)), wq, wk, wv,
-                lw.Bq == null ? null : Place(lw.Bq, wq.DType), lw.Bk == null ? null : Place(lw.Bk, wk.DType), lw.Bv == null ? null : Place(lw.Bv, wv.DType),
+                lw.Bq == null ? null : Place(lw.Bq, BiasType(wq)), lw.Bk == null ? null : Place(lw.Bk, BiasType(wk)), lw.Bv == null ? null : Place(lw.Bv, BiasType(wv)),
                 M(lw.Wo), Place(lw.FfnNorm, VectorTarget(lw.FfnNorm)), M(lw.Gate), M(lw.Up), M(lw.Down));
         }
         var finalNorm = Place(w.FinalNorm, VectorTarget(w.FinalNorm));
@@ -182,8 +195,16 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
     /// <summary>The bound view as <typeparamref name="T"/>, the element type of <see cref="DType"/> (<see cref="DeviceElement{T}"/>).</summary>
     public DeviceBuffer<T> View<T>() where T : unmanaged => (DeviceBuffer<T>)(_view ?? throw new InvalidOperationException($"{Name} is not on the device yet"));
 
+    /// <summary>The bytes of a tensor kept as stored (W4A8's codes, zeros and group scales).</summary>
+    public DeviceBuffer<byte> Bytes() => _view as DeviceBuffer<byte> ?? throw new InvalidOperationException($"{Name} is not a byte tensor on the device");
+
     public void Bind(DeviceBuffer<byte> arena)
     {
+        if (DType is TensorDType.I8 or TensorDType.U8)
+        {
+            _view = arena.View<byte>(_offset, _elements);
+            return;
+        }
         var bind = new BindView(this, arena);
         DeviceDType.Dispatch(DType, ref bind, Name, "device dtype");
     }
@@ -194,5 +215,17 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
     }
 }
 
-internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuTensor Wq, GpuTensor Wk, GpuTensor Wv, GpuTensor? Bq, GpuTensor? Bk, GpuTensor? Bv,
-    GpuTensor Wo, GpuTensor FfnNorm, GpuTensor Gate, GpuTensor Up, GpuTensor Down);
+internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuLinear Wq, GpuLinear Wk, GpuLinear Wv, GpuTensor? Bq, GpuTensor? Bk, GpuTensor? Bv,
+    GpuLinear Wo, GpuTensor FfnNorm, GpuLinear Gate, GpuLinear Up, GpuLinear Down);
+
+/// <summary>A linear layer on the device: a dense matrix, or W4A8's packed codes and scales.</summary>
+internal abstract record GpuLinear;
+
+internal sealed record GpuDense(GpuTensor Weight) : GpuLinear;
+
+/// <summary>
+/// W4A8Linear's tensors as stored: codes [Npad, Kpad/2] in the tile layout, the fp16 channel scales, the per-group
+/// scales (null per channel) and zeros; the input is quantized per token to [M, PaddedIn] int8 first.
+/// </summary>
+internal sealed record GpuW4A8(string Name, int OutFeatures, int InFeatures, int GroupSize, int PaddedIn, GpuTensor Codes, GpuTensor Scales,
+    GpuTensor? GroupScales, GpuTensor Zeros) : GpuLinear;

@@ -1,0 +1,75 @@
+// W4A8 checkpoints on the CUDA backend, the part that needs no GPU: the support check accepts them (and still names
+// what it cannot run), and the device weights place their codes, scales and zeros byte for byte with the int8
+// activation scratch sized from the widest padded input.
+using Kernels.Runtime.Backends.Cpu;
+using Kernels.Runtime.Backends.Cuda;
+using Kernels.Runtime.Calibration;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Quantization;
+using Kernels.Runtime.Quantization.SqueezeLlm;
+using Kernels.Runtime.Quantization.W4A8;
+
+namespace Kernels.Tests.Backends.Cuda;
+
+public class W4A8DeviceWeightsTests
+{
+    private static LoadedModel Quantized(string method, string dir)
+    {
+        using var dense = ModelLoader.Load("synthetic:tiny");
+        var options = new QuantizeOptions { Method = method };
+        HfModelWriter.Write(dense, dir, QuantizationMethods.Find(method, "test").CreateQuantizer(options, dense, new CpuCalibrationRunner()));
+        return ModelLoader.Load(dir);
+    }
+
+    [Test]
+    public void W4A8LayersArePlacedAsStoredWithTheirActivationScratch()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-w4a8-cuda-{Guid.NewGuid():N}");
+        try
+        {
+            using var model = Quantized(W4A8Method.MethodName, dir);
+            Assert.That(CudaBackend.WhyUnsupported(model), Is.Null, "a bias-free W4A8 model runs on the CUDA backend");
+            using var weights = DeviceWeights.Place(model);
+            var c = model.Config;
+            foreach (var (layer, placed) in model.Weights.Layers.Zip(weights.Layers))
+                foreach (var (source, linear) in new[] { (layer.Wq, placed.Wq), (layer.Wo, placed.Wo), (layer.Down, placed.Down) })
+                {
+                    var q = (W4A8Linear)source;
+                    var g = linear as GpuW4A8;
+                    Assert.That(g, Is.Not.Null, $"{source.Name} is placed as W4A8");
+                    Assert.That((g!.OutFeatures, g.InFeatures, g.GroupSize, g.PaddedIn), Is.EqualTo((q.OutFeatures, q.InFeatures, q.GroupSize, W4A8Layout.Padded(q.InFeatures))));
+                    Assert.That((g.Codes.DType, g.Scales.DType, g.Zeros.DType), Is.EqualTo((q.Codes.DType, TensorDType.F16, q.ZeroTensor!.DType)), "as stored");
+                    Assert.That(g.GroupScales == null, Is.EqualTo(q.GroupScaleTensor == null));
+                }
+            long w4a8Bytes = model.Weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Sum(l => l.Tensors.Sum(t => t.ByteLength));
+            Assert.That(weights.ArenaBytes, Is.GreaterThan(w4a8Bytes));
+            Assert.That(weights.MaxW4A8PaddedIn, Is.EqualTo(W4A8Layout.Padded(Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize))));
+            Assert.That(weights.W4A8ScratchBytes(64), Is.GreaterThanOrEqualTo(64L * (weights.MaxW4A8PaddedIn + 8)));
+            Assert.That(weights.Formats, Does.Contain("I8").Or.Contain("U8"));
+
+            using var dense = ModelLoader.Load("synthetic:tiny");
+            using var denseWeights = DeviceWeights.Place(dense);
+            Assert.That((denseWeights.MaxW4A8PaddedIn, denseWeights.W4A8ScratchBytes(64)), Is.EqualTo((0, 0L)), "no W4A8 layer, no scratch");
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
+    public void SqueezeLlmLayersAreStillRefusedByName()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-squeeze-cuda-{Guid.NewGuid():N}");
+        try
+        {
+            using var model = Quantized(SqueezeLlmMethod.MethodName, dir);
+            Assert.That(CudaBackend.WhyUnsupported(model), Does.Contain(model.Weights.Layers[0].Wq.Name).And.Contain("not implemented on the CUDA backend"));
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+}
