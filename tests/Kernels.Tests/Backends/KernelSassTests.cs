@@ -32,6 +32,7 @@ public class KernelSassTests
         (new("^paged_decode_attention_hd(64|128|256)_(f16|bf16|f32)$"), ["LDG.128", "SHFL"], "16-byte K/V loads, warp reductions"),
         (new("^paged_decode_attention_tiled_hd(64|128)_(f16|bf16)$"), ["LDGSTS", "SHFL"], "K/V tiles through cp.async, warp-shuffle scores and softmax"),
         (new("^convert_f32_to_(f16|bf16)$"), ["LDG.128"], "16-byte loads"),
+        (new("^squeezellm_gemv_b(3|4)$"), ["SHFL"], "lookup table in lanes (shuffles), warp reductions"),
         (new("^(embedding_gather_(f16|bf16|f32)|residual_add_f32)$"), ["LDG.128"], "16-byte loads"),
     ];
 

@@ -56,7 +56,8 @@ internal static class EndToEnd
             models.Add((g, golden == null ? null : Path.Combine(golden, g)));
         models.Add(("stories260K", Peer.FindShared("models/stories260K/stories260K.gguf")));
         models.Add(("synthetic:small", "synthetic:small"));
-        models.Add(("synthetic:small w4a8", W4A8Model()));
+        models.Add(("synthetic:small w4a8", QuantizedModel("synthetic:small", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)));
+        models.Add(("synthetic:tiny squeezellm", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.SqueezeLlm.SqueezeLlmMethod.MethodName)));
         Console.WriteLine($"\n## parity: CUDA vs CPU logits (prompt {PromptTokens} tokens, all positions; then {GreedyTokens} greedy steps), tolerance {LogitTolerance} (f16 matrices), {Bf16LogitTolerance} (bf16 matrices) x max|logit| (at least 1)");
         foreach (var (name, path) in models)
         {
@@ -171,22 +172,22 @@ internal static class EndToEnd
         }
     }
 
-    /// <summary>synthetic:small quantized to W4A8 (per-group, the method's defaults) into a temporary directory, once per run.</summary>
-    private static string? W4A8Model()
+    /// <summary>A synthetic model quantized by <paramref name="method"/> (its defaults) into a temporary directory, once per machine.</summary>
+    private static string? QuantizedModel(string model, string method)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "kernels-e2e-w4a8");
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-e2e-{model.Replace(':', '-')}-{method}");
         if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
         try
         {
-            using var dense = SyntheticModels.Create("synthetic:small");
-            var method = Kernels.Runtime.Quantization.QuantizationMethods.Find(Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName, "e2e");
-            var options = new Kernels.Runtime.Quantization.QuantizeOptions { Method = Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName };
-            HfModelWriter.Write(dense, dir, method.CreateQuantizer(options, dense, new Kernels.Runtime.Calibration.CpuCalibrationRunner()));
+            using var dense = SyntheticModels.Create(model);
+            var quantization = Kernels.Runtime.Quantization.QuantizationMethods.Find(method, "e2e");
+            var options = new Kernels.Runtime.Quantization.QuantizeOptions { Method = method };
+            HfModelWriter.Write(dense, dir, quantization.CreateQuantizer(options, dense, new Kernels.Runtime.Calibration.CpuCalibrationRunner()));
             return dir;
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or NotSupportedException)
         {
-            Console.WriteLine($"# W4A8 model not made: {e.Message}");
+            Console.WriteLine($"# {model} {method} not made: {e.Message}");
             return null;
         }
     }

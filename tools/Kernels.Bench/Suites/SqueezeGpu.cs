@@ -183,7 +183,7 @@ internal static unsafe class SqueezeGpu
     }
 
     /// <summary>A layer through the real quantizer (weights like a trained layer: small values, 1 in 300 twenty times larger).</summary>
-    private static SqueezeLlmLinear QuantizedLayer(string name, int n, int k, int bits, int seed, List<IDisposable> storage)
+    internal static SqueezeLlmLinear QuantizedLayer(string name, int n, int k, int bits, int seed, List<IDisposable> storage)
     {
         var rng = new Random(seed);
         var w = new float[(long)n * k];

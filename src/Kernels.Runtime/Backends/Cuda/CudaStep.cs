@@ -373,10 +373,15 @@ internal sealed unsafe class CudaStep : IDisposable
     /// </summary>
     private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuLinear linear, GpuTensor? bias, int m, int n, int k, bool reuse = false)
     {
+        // CudaBackend.WhyUnsupported refuses quantized layers with a bias.
         if (linear is GpuW4A8 q)
         {
-            // CudaBackend.WhyUnsupported refuses W4A8 layers with a bias.
             W4A8(y, x, q, m, reuse);
+            return;
+        }
+        if (linear is GpuSqueeze sq)
+        {
+            Squeeze(y, x, sq, m);
             return;
         }
         var w = ((GpuDense)linear).Weight;
@@ -392,9 +397,9 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>x += input W^T (a residual projection): one cuBLASLt GEMM with beta = 1, or our GEMM into _proj and residual_add.</summary>
     private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuLinear linear, int m, int n, int k)
     {
-        if (linear is GpuW4A8 q)
+        if (linear is GpuW4A8 or GpuSqueeze)
         {
-            W4A8(_proj, input, q, m, reuse: false);
+            Linear(_proj, input, linear, null, m, n, k);
             _ops.ResidualAddF32(x, _proj, m * n);
             return;
         }
@@ -423,6 +428,11 @@ internal sealed unsafe class CudaStep : IDisposable
         _ops.W4A8Gemm(y, _xq!, _xScale!, q.GroupSize > 0 ? null : _xSum, q.Codes.Bytes(), q.Scales.View<Half>(), q.GroupScales?.Bytes(), q.Zeros.Bytes(),
             m, q.OutFeatures, q.InFeatures, q.GroupSize);
     }
+
+    /// <summary>y = x W^T for a SqueezeLLM layer: squeezellm_gemv (lookup-table codes plus CSR outliers), 8 rows per launch.</summary>
+    private void Squeeze(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuSqueeze s, int m) =>
+        _ops.SqueezeGemv(y, x, s.Bits, s.Codes.View<int>(), s.Table.View<Half>(), s.OutlierRows.View<int>(), s.OutlierCols.View<int>(),
+            s.OutlierValues.View<float>(), m, s.OutFeatures, s.InFeatures);
 
     private readonly struct LtAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int m, int n, int k, bool accumulate, bool convert)
         : IDeviceDTypeAction

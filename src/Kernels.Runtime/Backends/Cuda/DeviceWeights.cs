@@ -2,6 +2,7 @@
 using Kernels.Interop;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Quantization.SqueezeLlm;
 using Kernels.Runtime.Quantization.W4A8;
 
 namespace Kernels.Runtime.Backends.Cuda;
@@ -54,9 +55,11 @@ internal sealed unsafe class DeviceWeights : IDisposable
         GpuTensor Place(WeightTensor t, TensorDType target)
         {
             if (placed.TryGetValue((t, target), out var g)) return g;
-            g = new GpuTensor(t.Name, target, arena, t.ElementCount);
-            uploads.Add((t, target, arena));
-            arena += CudaMemoryPlan.Align(target.ByteCount(t.ElementCount));
+            // An empty tensor (a SqueezeLLM layer without outliers) gets a one-element slot and no upload: its view is a
+            // valid pointer that nothing reads.
+            g = new GpuTensor(t.Name, target, arena, Math.Max(1, t.ElementCount));
+            if (t.ElementCount > 0) uploads.Add((t, target, arena));
+            arena += CudaMemoryPlan.Align(target.ByteCount(Math.Max(1, t.ElementCount)));
             placed[(t, target)] = g;
             return g;
         }
@@ -71,6 +74,8 @@ internal sealed unsafe class DeviceWeights : IDisposable
                 DenseLinear d => new GpuDense(Place(d.Weight, MatrixTarget(d.Weight))),
                 W4A8Linear q => new GpuW4A8(q.Name, q.OutFeatures, q.InFeatures, q.GroupSize, q.PaddedIn, Place(q.Codes, q.Codes.DType), Place(q.Scales, q.Scales.DType),
                     q.GroupScaleTensor is { } s2 ? Place(s2, s2.DType) : null, Place(q.ZeroTensor!, q.ZeroTensor!.DType)),
+                SqueezeLlmLinear s => new GpuSqueeze(s.Name, s.OutFeatures, s.InFeatures, s.Bits, Place(s.Codes, s.Codes.DType), Place(s.LookupTable, s.LookupTable.DType),
+                    Place(s.OutlierRows, s.OutlierRows.DType), Place(s.OutlierCols, s.OutlierCols.DType), Place(s.OutlierValues, s.OutlierValues.DType)),
                 _ => throw new NotSupportedException($"{lin.Name} is {lin.Format}: not a format the CUDA backend runs (CudaBackend.WhyUnsupported)"),
             };
             var wq = M(lw.Wq);
@@ -205,6 +210,11 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
             _view = arena.View<byte>(_offset, _elements);
             return;
         }
+        if (DType == TensorDType.I32)
+        {
+            _view = arena.View<int>(_offset, _elements);
+            return;
+        }
         var bind = new BindView(this, arena);
         DeviceDType.Dispatch(DType, ref bind, Name, "device dtype");
     }
@@ -222,6 +232,10 @@ internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuLinear Wq, GpuLinear
 internal abstract record GpuLinear;
 
 internal sealed record GpuDense(GpuTensor Weight) : GpuLinear;
+
+/// <summary>SqueezeLlmLinear's tensors as stored: packed codes (I32), the fp16 lookup table, the CSR outliers.</summary>
+internal sealed record GpuSqueeze(string Name, int OutFeatures, int InFeatures, int Bits, GpuTensor Codes, GpuTensor Table, GpuTensor OutlierRows,
+    GpuTensor OutlierCols, GpuTensor OutlierValues) : GpuLinear;
 
 /// <summary>
 /// W4A8Linear's tensors as stored: codes [Npad, Kpad/2] in the tile layout, the fp16 channel scales, the per-group

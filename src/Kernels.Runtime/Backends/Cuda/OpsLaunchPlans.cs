@@ -112,6 +112,26 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch("residual_add_f32", (uint)Math.Min((float4Steps + Block - 1) / Block, MaxGridRows), 1, Block);
     }
 
+    /// <summary>The most rows one squeezellm_gemv launch takes (its accumulators are registers); more rows go in chunks.</summary>
+    public const int SqueezeMaxRows = 8;
+
+    /// <summary>squeezellm_gemv_b{bits}: y [m, n] = x [m, k] W^T, m &lt;= SqueezeMaxRows; a warp per output row, 4 per block.</summary>
+    public static KernelLaunch? SqueezeGemv(int bits, long yLength, long xLength, long codesLength, long tableLength, long rowsLength, int m, int n, int k)
+    {
+        if (bits is not (3 or 4)) throw new ArgumentOutOfRangeException("bits", bits, "SqueezeLLM codes are 3 or 4 bits");
+        NonNegative(m, "m");
+        NonNegative(n, "n");
+        if (m > SqueezeMaxRows) throw new ArgumentOutOfRangeException("m", m, $"at most {SqueezeMaxRows} rows per launch");
+        if (k < 1) throw new ArgumentOutOfRangeException("k", k, "k must be >= 1");
+        AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
+        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
+        AtLeast(codesLength, Elements(n, (k + 31L) / 32 * bits, "codes"), "codes", $"[n={n}, words]");
+        AtLeast(tableLength, Elements(n, 1L << bits, "table"), "table", $"[n={n}, 2^{bits}]");
+        AtLeast(rowsLength, n + 1L, "rows", $"[n + 1 = {n + 1}]");
+        if (m == 0 || n == 0) return null;
+        return new KernelLaunch($"squeezellm_gemv_b{bits}", (uint)((n + 3L) / 4), 1, 128);
+    }
+
     /// <summary>convert_f32_to_{f16,bf16}: n fp32 values rounded into dst (<paramref name="suffix"/> "f16" or "bf16").</summary>
     public static KernelLaunch? ConvertFromF32(string suffix, long dstLength, long srcLength, int n)
     {

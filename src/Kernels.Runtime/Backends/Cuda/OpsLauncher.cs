@@ -163,6 +163,39 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- squeezellm_gemv_b{3,4} -------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// y [m, n] = x [m, k] W^T for a SqueezeLLM layer on the device (codes, fp16 table, CSR outliers), in launches of at
+    /// most <see cref="OpsLaunchPlans.SqueezeMaxRows"/> rows.
+    /// </summary>
+    public void SqueezeGemv(DeviceBuffer<float> y, DeviceBuffer<float> x, int bits, DeviceBuffer<int> codes, DeviceBuffer<Half> table, DeviceBuffer<int> rows,
+        DeviceBuffer<int> cols, DeviceBuffer<float> values, int m, int n, int k)
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(codes);
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(rows);
+        ArgumentNullException.ThrowIfNull(cols);
+        ArgumentNullException.ThrowIfNull(values);
+        SameDevice(y, nameof(y));
+        SameDevice(x, nameof(x));
+        SameDevice(codes, nameof(codes));
+        ulong py = 0, px = 0, pc = codes.Pointer, pt = table.Pointer, pr = rows.Pointer, pcol = cols.Pointer, pv = values.Pointer;
+        int mm = 0, nn = n, kk = k;
+        void** args = stackalloc void*[] { &py, &px, &pc, &pt, &pr, &pcol, &pv, &mm, &nn, &kk };
+        for (int r0 = 0; r0 < m; r0 += OpsLaunchPlans.SqueezeMaxRows)
+        {
+            mm = Math.Min(OpsLaunchPlans.SqueezeMaxRows, m - r0);
+            if (OpsLaunchPlans.SqueezeGemv(bits, y.Length - (long)r0 * n, x.Length - (long)r0 * k, codes.Length, table.Length, rows.Length, mm, n, k)
+                is not { } plan) return;
+            py = y.Pointer + (ulong)((long)r0 * n * 4);
+            px = x.Pointer + (ulong)((long)r0 * k * 4);
+            Launch(plan, args);
+        }
+    }
+
     // ---- convert_f32_to_{f16,bf16} ----------------------------------------------------------------------------------
 
     /// <summary>dst[j] = src[j] rounded to nearest even in T (Half for f16, ushort bf16 bits) for j &lt; n.</summary>

@@ -268,4 +268,26 @@ public class ModelLaunchPlansTests
         Assert.That(OpsLaunchPlans.SampleTokens(0, 0, 0, 0, 0, 0, 0, 0, 1000, 1000), Is.Null);
         Assert.That(OpsLaunchPlans.SampleTokens(4, 4, 4000, 4, 4, 4, 4, 4, 1000, 1000, radix: true)!.Value.Kernel, Is.EqualTo("sample_tokens_radix_f32"));
     }
+
+    // ---- squeezellm_gemv ----------------------------------------------------------------------------------------------
+
+    [Test]
+    public void SqueezeGemvTakesAWarpPerOutputRowAndAtMostEightRows()
+    {
+        foreach (int bits in new[] { 3, 4 })
+            foreach (var (m, n, k) in new[] { (1, 4096, 4096), (8, 28672, 4096), (3, 301, 1000), (1, 1, 1) })
+            {
+                long words = (k + 31L) / 32 * bits;
+                var p = OpsLaunchPlans.SqueezeGemv(bits, (long)m * n, (long)m * k, n * words, n * (1L << bits), n + 1, m, n, k)!.Value;
+                Assert.That(p.Kernel, Is.EqualTo($"squeezellm_gemv_b{bits}"));
+                WithinLimits(p);
+                Assert.That(p.BlockX, Is.EqualTo(128u), "4 warps");
+                Tiles(p.GridX, n, 4, $"{n} output rows, a warp each");
+            }
+        ThrowsFor("m", () => OpsLaunchPlans.SqueezeGemv(4, 9 * 64, 9 * 64, 64 * 8, 64 * 16, 65, 9, 64, 64));
+        ThrowsFor("bits", () => OpsLaunchPlans.SqueezeGemv(2, 64, 64, 64 * 8, 64 * 16, 65, 1, 64, 64));
+        ThrowsFor("codes", () => OpsLaunchPlans.SqueezeGemv(3, 64, 64, 64 * 6 - 1, 64 * 8, 65, 1, 64, 64));
+        ThrowsFor("rows", () => OpsLaunchPlans.SqueezeGemv(4, 64, 64, 64 * 8, 64 * 16, 64, 1, 64, 64));
+        Assert.That(OpsLaunchPlans.SqueezeGemv(4, 0, 0, 64 * 8, 64 * 16, 65, 0, 64, 64), Is.Null);
+    }
 }

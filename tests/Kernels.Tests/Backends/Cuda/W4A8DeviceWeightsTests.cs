@@ -59,13 +59,45 @@ public class W4A8DeviceWeightsTests
     }
 
     [Test]
-    public void SqueezeLlmLayersAreStillRefusedByName()
+    public void SqueezeLlmLayersArePlacedAsStored()
     {
         string dir = Path.Combine(Path.GetTempPath(), $"kernels-squeeze-cuda-{Guid.NewGuid():N}");
         try
         {
             using var model = Quantized(SqueezeLlmMethod.MethodName, dir);
-            Assert.That(CudaBackend.WhyUnsupported(model), Does.Contain(model.Weights.Layers[0].Wq.Name).And.Contain("not implemented on the CUDA backend"));
+            Assert.That(CudaBackend.WhyUnsupported(model), Is.Null, "a bias-free SqueezeLLM model runs on the CUDA backend");
+            using var weights = DeviceWeights.Place(model);
+            foreach (var (layer, placed) in model.Weights.Layers.Zip(weights.Layers))
+                foreach (var (source, linear) in new[] { (layer.Wk, placed.Wk), (layer.Gate, placed.Gate) })
+                {
+                    var q = (SqueezeLlmLinear)source;
+                    var g = linear as GpuSqueeze;
+                    Assert.That(g, Is.Not.Null, $"{source.Name} is placed as SqueezeLLM");
+                    Assert.That((g!.Bits, g.OutFeatures, g.InFeatures), Is.EqualTo((q.Bits, q.OutFeatures, q.InFeatures)));
+                    Assert.That((g.Codes.DType, g.Table.DType, g.OutlierRows.DType, g.OutlierCols.DType, g.OutlierValues.DType),
+                        Is.EqualTo((TensorDType.I32, TensorDType.F16, TensorDType.I32, TensorDType.I32, TensorDType.F32)), "as stored");
+                }
+            Assert.That(weights.MaxW4A8PaddedIn, Is.Zero);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Test]
+    public void QuantizedLayersWithABiasAreRefusedByName()
+    {
+        string golden = TestPaths.Golden("tiny-qwen2-f16");
+        if (!Directory.Exists(golden)) Assert.Ignore($"{golden} is absent (../shared/golden)");
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-w4a8-qwen2-{Guid.NewGuid():N}");
+        try
+        {
+            using (var dense = ModelLoader.Load(golden))
+                HfModelWriter.Write(dense, dir, QuantizationMethods.Find(W4A8Method.MethodName, "test")
+                    .CreateQuantizer(new QuantizeOptions { Method = W4A8Method.MethodName }, dense, new CpuCalibrationRunner()));
+            using var model = ModelLoader.Load(dir);
+            Assert.That(CudaBackend.WhyUnsupported(model), Does.Contain(model.Weights.Layers[0].Wq.Name).And.Contain("with a bias"));
         }
         finally
         {
