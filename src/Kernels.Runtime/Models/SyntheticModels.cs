@@ -4,6 +4,12 @@ using Kernels.Runtime.Tokenization;
 
 namespace Kernels.Runtime.Models;
 
+/// <summary>
+/// Writes one synthetic linear layer [outFeatures, inFeatures] in a stored quantized format: the tensors under the layer's
+/// name ("name.suffix"), random but valid. Quantization methods supply it (Models cannot see their formats).
+/// </summary>
+internal delegate IReadOnlyList<WeightTensor> SyntheticLinearWriter(string name, int outFeatures, int inFeatures, Random rng, List<IDisposable> owners);
+
 internal static unsafe class SyntheticModels
 {
     public const string Prefix = "synthetic:";
@@ -52,7 +58,11 @@ internal static unsafe class SyntheticModels
 
     public static bool IsSynthetic(string model) => model.StartsWith(Prefix, StringComparison.Ordinal);
 
-    public static LoadedModel Create(string model, int seed = 1234)
+    /// <summary>
+    /// A synthetic model; with <paramref name="quantized"/>, its seven projections per layer come from the writer (in a
+    /// layer-shared shape, layer 0's tensors serve every layer, as the dense ones do) and load through the config's method.
+    /// </summary>
+    public static LoadedModel Create(string model, int seed = 1234, (SyntheticLinearWriter Writer, QuantizationConfig Config, string Name)? quantized = null)
     {
         string name = model[Prefix.Length..];
         if (!Shapes.TryGetValue(name, out var config))
@@ -87,24 +97,46 @@ internal static unsafe class SyntheticModels
         }
 
         int h = config.HiddenSize, ff = config.IntermediateSize;
+        var rng = new Random(seed);
+        void Linear(int layer, string suffix, int n, int k)
+        {
+            string name = $"model.layers.{layer}.{suffix}";
+            if (quantized is not { } q)
+            {
+                Add(name + ".weight", false, n, k);
+                return;
+            }
+            if (sharedLayers && layer > 0)
+            {
+                string first = $"model.layers.0.{suffix}";
+                foreach (var t in tensors.Where(kv => kv.Key.StartsWith(first + ".", StringComparison.Ordinal)).ToArray())
+                {
+                    string alias = name + t.Key[first.Length..];
+                    tensors[alias] = new WeightTensor(alias, t.Value.DType, t.Value.Shape, t.Value.Data);
+                }
+                return;
+            }
+            foreach (var t in q.Writer(name, n, k, rng, owners)) tensors[t.Name] = t;
+        }
         Add("model.embed_tokens.weight", false, config.VocabSize, h);
         for (int i = 0; i < config.NumLayers; i++)
         {
             string p = $"model.layers.{i}.";
             Add(p + "input_layernorm.weight", true, h);
-            Add(p + "self_attn.q_proj.weight", false, config.QueryDim, h);
-            Add(p + "self_attn.k_proj.weight", false, config.KvDim, h);
-            Add(p + "self_attn.v_proj.weight", false, config.KvDim, h);
-            Add(p + "self_attn.o_proj.weight", false, h, config.QueryDim);
+            Linear(i, "self_attn.q_proj", config.QueryDim, h);
+            Linear(i, "self_attn.k_proj", config.KvDim, h);
+            Linear(i, "self_attn.v_proj", config.KvDim, h);
+            Linear(i, "self_attn.o_proj", h, config.QueryDim);
             Add(p + "post_attention_layernorm.weight", true, h);
-            Add(p + "mlp.gate_proj.weight", false, ff, h);
-            Add(p + "mlp.up_proj.weight", false, ff, h);
-            Add(p + "mlp.down_proj.weight", false, h, ff);
+            Linear(i, "mlp.gate_proj", ff, h);
+            Linear(i, "mlp.up_proj", ff, h);
+            Linear(i, "mlp.down_proj", h, ff);
         }
         Add("model.norm.weight", true, h);
         if (!config.TieWordEmbeddings) Add("lm_head.weight", false, config.VocabSize, h);
-        var weights = ModelWeights.Build(config, n => tensors.GetValueOrDefault(n), model, owners);
-        return new LoadedModel(model, ModelFormat.Synthetic, config, weights, () => SyntheticVocabulary.Tokenizer(config.VocabSize));
+        string label = quantized is { } qz ? $"{model} ({qz.Name}, random)" : model;
+        var weights = ModelWeights.Build(config, n => tensors.GetValueOrDefault(n), label, owners, quantized?.Config);
+        return new LoadedModel(label, ModelFormat.Synthetic, config, weights, () => SyntheticVocabulary.Tokenizer(config.VocabSize));
     }
 
     /// <summary>Uniform values with the given standard deviation from a xorshift stream (same seed, same weights).</summary>

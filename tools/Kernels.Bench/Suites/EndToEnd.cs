@@ -297,6 +297,26 @@ internal static class EndToEnd
             DecodeTable(backend, model, batches, steps, context, bwGBps, rows, kernels);
             if (!lt) host(EngineHostOverhead(backend, model, context, steps));
         }
+
+        // The quantized formats at the same shape (issue 18's tables: W4A8 vs fp16 at every batch, SqueezeLLM at batch
+        // 1), random but valid stored tensors (SyntheticQuantizedModels), the default kernels otherwise.
+        var quantized = new (string Label, Func<LoadedModel> Make, int[] Batches)[]
+        {
+            ("W4A8 g128 weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), batches),
+            ("SqueezeLLM 4-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 4), [1]),
+            ("SqueezeLLM 3-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 3), [1]),
+        };
+        foreach (var (label, make, qBatches) in quantized)
+        {
+            started.Restart();
+            using var qModel = make();
+            using var backend = new CudaBackend(qModel, baseOptions with
+            {
+                KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = false, TiledDecodeAttention = false, RadixSampling = false,
+            });
+            Console.WriteLine($"# {label}: model and backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
+            DecodeTable(backend, qModel, qBatches, steps, context, bwGBps, rows, label);
+        }
     }
 
     private static void DecodeTable(CudaBackend backend, LoadedModel model, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows, string gemm)
