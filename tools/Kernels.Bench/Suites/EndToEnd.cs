@@ -89,9 +89,22 @@ internal static class EndToEnd
         var rows = new List<ThroughputRow>();
         string? note = null;
         HostOverhead? host = null;
+        // Written now and again after each throughput table: a run cut short by its time limit keeps what it measured.
+        void Save(bool final)
+        {
+            if (jsonPath == null) return;
+            var partial = new Report(device.ToString(), fatbinPath ?? "embedded", bw, parity, leak, "synthetic:llama3-8b",
+                final ? note : note ?? "partial: the throughput section had not finished", rows, host, pass);
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(partial, new JsonSerializerOptions
+            {
+                WriteIndented = true,
+                NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals, // NaN of skipped rows
+            }));
+        }
+        Save(false);
         try
         {
-            Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows, h => host = h);
+            Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows, h => host = h, quick, () => Save(false));
         }
         catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or Kernels.Runtime.KvCache.KvCacheExhaustedException
                                       or CublasException or DllNotFoundException)
@@ -101,16 +114,8 @@ internal static class EndToEnd
             pass = false;
         }
 
-        var report = new Report(device.ToString(), fatbinPath ?? "embedded", bw, parity, leak, "synthetic:llama3-8b", note, rows, host, pass);
-        if (jsonPath != null)
-        {
-            File.WriteAllText(jsonPath, JsonSerializer.Serialize(report, new JsonSerializerOptions
-            {
-                WriteIndented = true,
-                NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals, // NaN of skipped rows
-            }));
-            Console.WriteLine($"\nwrote {jsonPath}");
-        }
+        Save(true);
+        if (jsonPath != null) Console.WriteLine($"\nwrote {jsonPath}");
         Console.WriteLine(pass ? "e2e: PASS" : "e2e: FAIL");
         return pass ? 0 : 1;
     }
@@ -274,7 +279,7 @@ internal static class EndToEnd
     /// failure of the new paths propagates after the first rows are in.
     /// </summary>
     private static void Throughput(CudaBackendOptions baseOptions, int[] batches, int steps, int context, double bwGBps, List<ThroughputRow> rows,
-        Action<HostOverhead> host)
+        Action<HostOverhead> host, bool quick, Action tableDone)
     {
         const int Warmup = 3;
         int maxBatch = batches.Max();
@@ -296,16 +301,18 @@ internal static class EndToEnd
             Console.WriteLine($"# kernels: {kernels}; backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
             DecodeTable(backend, model, batches, steps, context, bwGBps, rows, kernels);
             if (!lt) host(EngineHostOverhead(backend, model, context, steps));
+            tableDone();
         }
 
         // The quantized formats at the same shape (issue 18's tables: W4A8 vs fp16 at every batch, SqueezeLLM at batch
         // 1), random but valid stored tensors (SyntheticQuantizedModels), the default kernels otherwise.
         var quantized = new (string Label, Func<LoadedModel> Make, int[] Batches)[]
         {
-            ("W4A8 g128 weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), batches),
+            ("W4A8 g128 weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), quick ? [1] : batches),
             ("SqueezeLLM 4-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 4), [1]),
             ("SqueezeLLM 3-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 3), [1]),
         };
+        if (quick) quantized = quantized[..1]; // a first look: W4A8 at batch 1 only
         foreach (var (label, make, qBatches) in quantized)
         {
             started.Restart();
@@ -316,6 +323,7 @@ internal static class EndToEnd
             });
             Console.WriteLine($"# {label}: model and backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
             DecodeTable(backend, qModel, qBatches, steps, context, bwGBps, rows, label);
+            tableDone();
         }
     }
 
