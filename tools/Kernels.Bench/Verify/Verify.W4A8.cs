@@ -58,14 +58,7 @@ internal static unsafe partial class Verify
             xq.FillBytes(Sentinel);
             xSum.FillBytes(Sentinel);
             ops.QuantizeInt8F32(xq, xScale, xSum, dx, t, d, dp);
-            var refCodes = new sbyte[t * dp];
-            var refScales = new float[t];
-            var refSums = new int[t];
-            for (int r = 0; r < t; r++)
-            {
-                refScales[r] = Int8Activations.QuantizeRow(x.AsSpan(r * d, d), refCodes.AsSpan(r * dp, d));
-                for (int i = 0; i < d; i++) refSums[r] += refCodes[r * dp + i];
-            }
+            var (refCodes, refScales, refSums) = QuantizeRows(x, t, d, dp);
             var scaleResult = Compare("quantize_int8_f32", $"T={t} D={d}", xScale, refScales, QuantizeExact);
             device.Synchronize();
             var codes = xq.ToArray();
@@ -76,6 +69,20 @@ internal static unsafe partial class Verify
             long mismatches = scaleResult.Mismatches + Enumerable.Range(0, t * dp).Count(i => codes[i] != refCodes[i]) + Enumerable.Range(0, t).Count(r => sums[r] != refSums[r]);
             return new CaseResult("quantize_int8_f32", $"T={t} D={d}", scaleResult.MaxAbsError, scaleResult.MeanRelativeError, 0, QuantizeExact.Source,
                 mismatches, scaleResult.NonFiniteMismatches, guard, mismatches == 0 && scaleResult.NonFiniteMismatches == 0 && guard, null);
+        }
+
+        /// <summary>The CPU's int8 rows (Int8Activations.QuantizeRow): codes [rows, kPad] zero-padded, scales, code sums.</summary>
+        private static (sbyte[] Codes, float[] Scales, int[] Sums) QuantizeRows(float[] x, int rows, int k, int kPad)
+        {
+            var codes = new sbyte[rows * kPad];
+            var scales = new float[rows];
+            var sums = new int[rows];
+            for (int r = 0; r < rows; r++)
+            {
+                scales[r] = Int8Activations.QuantizeRow(x.AsSpan(r * k, k), codes.AsSpan(r * kPad, k));
+                for (int i = 0; i < k; i++) sums[r] += codes[r * kPad + i];
+            }
+            return (codes, scales, sums);
         }
 
         // ---- w4a8_gemm ----------------------------------------------------------------------------------------------
@@ -93,14 +100,7 @@ internal static unsafe partial class Verify
                 if (m > 4) x[4 * k + k - 1] = 1000f; // one outlier in the last (padded tile's) column: most codes 0
 
                 // The GPU's inputs, as the fused producers write them: codes [m, Kpad] with zero padding, scales, sums.
-                var codes = new sbyte[m * kPad];
-                var scales = new float[m];
-                var sums = new int[m];
-                for (int t = 0; t < m; t++)
-                {
-                    scales[t] = Int8Activations.QuantizeRow(x.AsSpan(t * k, k), codes.AsSpan(t * kPad, k));
-                    for (int i = 0; i < k; i++) sums[t] += codes[t * kPad + i];
-                }
+                var (codes, scales, sums) = QuantizeRows(x, m, k, kPad);
                 var reference = new float[m * n];
                 Cpu.W4A8Gemm.Multiply(x, m, layer, reference);
 
@@ -191,14 +191,7 @@ internal static unsafe partial class Verify
             }
             var normed = new float[t * d];
             Cpu.RmsNorm.Apply(x, wRef, Eps, normed, t);
-            var refCodes = new sbyte[t * dp];
-            var refScales = new float[t];
-            var refSums = new int[t];
-            for (int r = 0; r < t; r++)
-            {
-                refScales[r] = Int8Activations.QuantizeRow(normed.AsSpan(r * d, d), refCodes.AsSpan(r * dp, d));
-                for (int i = 0; i < d; i++) refSums[r] += refCodes[r * dp + i];
-            }
+            var (refCodes, refScales, refSums) = QuantizeRows(normed, t, d, dp);
 
             string kernel = $"rms_norm_quant_int8_{Suffix(dtype)}", shape = $"T={t} D={d} {(integerX ? "integer" : "normal")} x";
             var tol = integerX ? NormQuantExact : NormQuantTol;
