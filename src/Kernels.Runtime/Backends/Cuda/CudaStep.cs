@@ -296,15 +296,17 @@ internal sealed unsafe class CudaStep : IDisposable
         for (int l = 0; l < c.NumLayers; l++)
         {
             var w = _weights.Layers[l];
-            Norm(_xn, _x, w.AttentionNorm, rows, eps);
-            Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h);
+            // A norm feeding only W4A8 layers is fused with their int8 quantization (rms_norm_quant_int8: the same
+            // normalized values, so the same codes as the norm and quantize_int8 apart); _xn is then not written.
+            bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv);
+            Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
             Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
             Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
             _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
             AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
-            Norm(_xn, _x, w.FfnNorm, rows, eps);
-            Linear(_gate, _xn, w.Gate, null, rows, ff, h);
+            fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
+            Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
             Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
             _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
             LinearAdd(_x, _gate, w.Down, rows, h, ff);
@@ -345,6 +347,29 @@ internal sealed unsafe class CudaStep : IDisposable
     {
         var norm = new NormAction(this, y, x, w, rows, eps);
         DeviceDType.Dispatch(w.DType, ref norm, w.Name, "norm weight in");
+    }
+
+    /// <summary>
+    /// RMSNorm of _x for the projections that read it: when they are all W4A8 (one padded K), fused with their int8
+    /// quantization into the W4A8 scratch (returns true: the codes stand for _xn); otherwise into _xn.
+    /// </summary>
+    private bool NormFor(GpuTensor norm, int rows, float eps, params GpuLinear[] readers)
+    {
+        if (_xq == null || !readers.All(r => r is GpuW4A8) || readers.Cast<GpuW4A8>().Select(q => q.PaddedIn).Distinct().Count() != 1)
+        {
+            Norm(_xn, _x, norm, rows, eps);
+            return false;
+        }
+        var fused = new NormQuantAction(this, norm, rows, eps, ((GpuW4A8)readers[0]).PaddedIn);
+        DeviceDType.Dispatch(norm.DType, ref fused, norm.Name, "norm weight in");
+        _quantFrom = _xn;
+        return true;
+    }
+
+    private readonly struct NormQuantAction(CudaStep s, GpuTensor w, int rows, float eps, int padded) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged =>
+            s._ops.RmsNormQuantInt8(s._xq!, s._xScale!, s._xSum!, s._x, w.View<T>(), rows, s._config.HiddenSize, padded, eps);
     }
 
     private readonly struct NormAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int rows, float eps) : IDeviceDTypeAction

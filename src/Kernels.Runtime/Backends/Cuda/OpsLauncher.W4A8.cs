@@ -67,6 +67,11 @@ internal sealed unsafe partial class OpsLauncher
         DeviceBuffer<ushort> weight, int numTokens, int dim, int dimPadded, float eps) =>
         RmsNormQuantInt8("rms_norm_quant_int8_bf16", xq, xScale, xSum, x, weight, numTokens, dim, dimPadded, eps);
 
+    /// <summary>The typed forms above in one: T is float, Half or ushort (bf16 bits), see <see cref="DeviceElement{T}"/>.</summary>
+    internal void RmsNormQuantInt8<T>(DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int> xSum, DeviceBuffer<float> x,
+        DeviceBuffer<T> weight, int numTokens, int dim, int dimPadded, float eps) where T : unmanaged =>
+        RmsNormQuantInt8("rms_norm_quant_int8_" + DeviceElement<T>.Suffix, xq, xScale, xSum, x, weight, numTokens, dim, dimPadded, eps);
+
     private void RmsNormQuantInt8<T>(string kernel, DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int> xSum, DeviceBuffer<float> x,
         DeviceBuffer<T> weight, int numTokens, int dim, int dimPadded, float eps) where T : unmanaged
     {
