@@ -283,18 +283,21 @@ __device__ __forceinline__ void attention_merge(float* o, float* lse, const floa
 }
 } // namespace ops
 
-#define PAGED_DECODE_ATTENTION_ENTRY_HD(suffix, DT, D)                                                              \
-    extern "C" __global__ void __launch_bounds__(ops::kDecodeWarps * 32) paged_decode_attention_hd##D##_##suffix(    \
+// One entry of the decode attention contract (the arguments every decode kernel takes): `op`_hd<D>_<suffix>, which runs
+// ops::`op`_dispatch<DT, D>. Kept defined for paged_decode_attention_tiled.cuh, which shares the contract.
+#define DECODE_ATTENTION_ENTRY(op, suffix, DT, D)                                                                   \
+    extern "C" __global__ void __launch_bounds__(ops::kDecodeWarps * 32) op##_hd##D##_##suffix(                     \
         float* o_partial, float* lse_partial, const float* q, const storage_t<DT>* k_cache,                          \
         const storage_t<DT>* v_cache, const int* block_tables, const int* seq_lens, int num_seqs, int num_heads,      \
         int num_kv_heads, int head_dim, int block_size, int max_blocks_per_seq, int num_blocks, int tokens_per_split, \
         float scale)                                                                                                  \
     {                                                                                                                 \
         if (static_cast<int>(blockIdx.y) >= num_seqs) return;                                                         \
-        ops::paged_decode_attention_dispatch<DT, D>(o_partial, lse_partial, q, k_cache, v_cache, block_tables,        \
-                                                    seq_lens, num_heads, num_kv_heads, head_dim, block_size,          \
-                                                    max_blocks_per_seq, num_blocks, tokens_per_split, scale);         \
+        ops::op##_dispatch<DT, D>(o_partial, lse_partial, q, k_cache, v_cache, block_tables, seq_lens, num_heads,     \
+                                  num_kv_heads, head_dim, block_size, max_blocks_per_seq, num_blocks,                 \
+                                  tokens_per_split, scale);                                                           \
     }
+#define PAGED_DECODE_ATTENTION_ENTRY_HD(suffix, DT, D) DECODE_ATTENTION_ENTRY(paged_decode_attention, suffix, DT, D)
 #define PAGED_DECODE_ATTENTION_ENTRY(suffix, DT) KERNELS_FOR_EACH_HEAD_DIM(PAGED_DECODE_ATTENTION_ENTRY_HD, suffix, DT)
 KERNELS_FOR_EACH_DTYPE(PAGED_DECODE_ATTENTION_ENTRY)
 #undef PAGED_DECODE_ATTENTION_ENTRY

@@ -11,8 +11,8 @@
 //          dims of the Llama family; other dims and dtypes keep paged_decode_attention_*.
 // Grid / block / arguments / preconditions / empty splits / guards: exactly paged_decode_attention's (block 128).
 // Per CTA: kv head kvh and query heads [h0, h0 + gh), gh <= 4 (the chunk), of sequence blockIdx.y, split blockIdx.z.
-// Shared memory (static): 2 stages x (K + V) x 32 keys x head_dim x 2 bytes (32 KiB at d 128) + scores [4][32] + the
-//          per-head running max, sum and tile rescale.
+// Shared memory (static): 2 stages x (K + V) x 32 keys x head_dim x 2 bytes (32 KiB at d 128) + scores [4][32] + each
+//          stage's key validity + the per-head running max, sum and tile rescale.
 // Threads: loading, each thread cp.asyncs (32 x head_dim / 8) / 128 16-byte chunks per matrix per tile (an invalid key
 //          - past the split, or a block id outside [0, num_blocks) - is zero-filled and scored -inf); scoring, a warp
 //          takes 8 keys, head_dim / 8 lanes per key (16-byte smem reads), shuffles reduce the dot; softmax, warp g for
@@ -35,6 +35,7 @@ struct TiledSmem
     storage_t<DT> k[2][kTiledKeys][HEAD_DIM];
     storage_t<DT> v[2][kTiledKeys][HEAD_DIM];
     float p[kDecodeMaxHeadsPerBlock][kTiledKeys]; // scores, then probabilities of the tile
+    bool valid[2][kTiledKeys];                    // whether key j of a stage is attended (written by the loads)
     float m[kDecodeMaxHeadsPerBlock], l[kDecodeMaxHeadsPerBlock], alpha[kDecodeMaxHeadsPerBlock];
 };
 
@@ -100,6 +101,7 @@ __device__ __forceinline__ void paged_decode_attention_tiled(float* o_partial, f
             const bool valid = row >= 0;
             cp_async16_zfill(&sm.k[stage][j][col], valid ? k_cache + row + col : k_cache, valid ? 16 : 0);
             cp_async16_zfill(&sm.v[stage][j][col], valid ? v_cache + row + col : v_cache, valid ? 16 : 0);
+            if (col == 0) sm.valid[stage][j] = valid; // read after the tile's barrier, like the rows
         }
         cp_async_commit();
     };
@@ -108,7 +110,7 @@ __device__ __forceinline__ void paged_decode_attention_tiled(float* o_partial, f
     if (tiles > 0) load_tile(0, 0);
     for (int tile = 0; tile < tiles; ++tile)
     {
-        const int stage = tile & 1, base = t_begin + tile * kTiledKeys;
+        const int stage = tile & 1;
         if (tile + 1 < tiles)
         {
             load_tile(tile + 1, stage ^ 1); // the stage the previous iteration finished with (its last barrier)
@@ -125,7 +127,7 @@ __device__ __forceinline__ void paged_decode_attention_tiled(float* o_partial, f
             const int j = warp * KEYS_PER_WARP + pass * KPW + lane / LPK;
             float kf[8];
             load128_as_float<DT>(&sm.k[stage][j][part * 8], kf);
-            const bool valid = row_of(base + j) >= 0;
+            const bool valid = sm.valid[stage][j];
 #pragma unroll
             for (int g = 0; g < kDecodeMaxHeadsPerBlock; ++g)
             {
@@ -214,20 +216,9 @@ __device__ __forceinline__ void paged_decode_attention_tiled_dispatch(
 }
 } // namespace ops
 
-#define PAGED_DECODE_ATTENTION_TILED_ENTRY(suffix, DT, D)                                                           \
-    extern "C" __global__ void __launch_bounds__(ops::kTiledThreads) paged_decode_attention_tiled_hd##D##_##suffix(  \
-        float* o_partial, float* lse_partial, const float* q, const storage_t<DT>* k_cache,                          \
-        const storage_t<DT>* v_cache, const int* block_tables, const int* seq_lens, int num_seqs, int num_heads,      \
-        int num_kv_heads, int head_dim, int block_size, int max_blocks_per_seq, int num_blocks, int tokens_per_split, \
-        float scale)                                                                                                  \
-    {                                                                                                                 \
-        if (static_cast<int>(blockIdx.y) >= num_seqs) return;                                                         \
-        ops::paged_decode_attention_tiled_dispatch<DT, D>(o_partial, lse_partial, q, k_cache, v_cache, block_tables,  \
-                                                          seq_lens, num_heads, num_kv_heads, head_dim, block_size,    \
-                                                          max_blocks_per_seq, num_blocks, tokens_per_split, scale);   \
-    }
-PAGED_DECODE_ATTENTION_TILED_ENTRY(f16, DType::F16, 64)
-PAGED_DECODE_ATTENTION_TILED_ENTRY(f16, DType::F16, 128)
-PAGED_DECODE_ATTENTION_TILED_ENTRY(bf16, DType::BF16, 64)
-PAGED_DECODE_ATTENTION_TILED_ENTRY(bf16, DType::BF16, 128)
-#undef PAGED_DECODE_ATTENTION_TILED_ENTRY
+// The same entry as paged_decode_attention's (kDecodeWarps * 32 == kTiledThreads threads).
+static_assert(ops::kDecodeWarps * 32 == ops::kTiledThreads, "the shared entry's launch bounds");
+DECODE_ATTENTION_ENTRY(paged_decode_attention_tiled, f16, DType::F16, 64)
+DECODE_ATTENTION_ENTRY(paged_decode_attention_tiled, f16, DType::F16, 128)
+DECODE_ATTENTION_ENTRY(paged_decode_attention_tiled, bf16, DType::BF16, 64)
+DECODE_ATTENTION_ENTRY(paged_decode_attention_tiled, bf16, DType::BF16, 128)

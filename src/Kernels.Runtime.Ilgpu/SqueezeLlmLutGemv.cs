@@ -100,7 +100,7 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
         Group.Barrier();
         if (row >= s.N) return;
 
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        var acc = new Rows8();
         long rowBase = (long)row * s.WordsPerRow;
         int lutBase = warp * TableStride, groups = (s.K + 7) / 8;
         ulong mask = (ulong)(size - 1);
@@ -118,38 +118,40 @@ internal sealed class SqueezeLlmLutGemv : IDisposable
             {
                 int k = k0 + i;
                 if (k >= s.K) break;
-                float w = lut[lutBase + (int)((window >> (bits * i)) & mask)];
-                a0 += w * x[k];
-                if (rows > 1) a1 += w * x[s.K + k];
-                if (rows > 2) a2 += w * x[2 * s.K + k];
-                if (rows > 3) a3 += w * x[3 * s.K + k];
-                if (rows > 4) a4 += w * x[4 * s.K + k];
-                if (rows > 5) a5 += w * x[5 * s.K + k];
-                if (rows > 6) a6 += w * x[6 * s.K + k];
-                if (rows > 7) a7 += w * x[7 * s.K + k];
+                acc.Add(rows, lut[lutBase + (int)((window >> (bits * i)) & mask)], x, s.K, k);
             }
         }
-        for (int e = rowStart[row] + lane; e < rowStart[row + 1]; e += width)
+        for (int e = rowStart[row] + lane; e < rowStart[row + 1]; e += width) acc.Add(rows, delta[e], x, s.K, cols[e]);
+        Store(y, s.N, row, 0, lane, width, acc.A0);
+        if (rows > 1) Store(y, s.N, row, 1, lane, width, acc.A1);
+        if (rows > 2) Store(y, s.N, row, 2, lane, width, acc.A2);
+        if (rows > 3) Store(y, s.N, row, 3, lane, width, acc.A3);
+        if (rows > 4) Store(y, s.N, row, 4, lane, width, acc.A4);
+        if (rows > 5) Store(y, s.N, row, 5, lane, width, acc.A5);
+        if (rows > 6) Store(y, s.N, row, 6, lane, width, acc.A6);
+        if (rows > 7) Store(y, s.N, row, 7, lane, width, acc.A7);
+    }
+
+    /// <summary>
+    /// The accumulators of up to 8 activation rows, as named fields (registers after inlining; an array would be local
+    /// memory): Add does a_m += w * x[m, k] for m &lt; rows, for the dense codes and the outliers alike.
+    /// </summary>
+    private struct Rows8
+    {
+        public float A0, A1, A2, A3, A4, A5, A6, A7;
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        public void Add(int rows, float w, ArrayView<float> x, int k, int col)
         {
-            float d = delta[e];
-            int c = cols[e];
-            a0 += d * x[c];
-            if (rows > 1) a1 += d * x[s.K + c];
-            if (rows > 2) a2 += d * x[2 * s.K + c];
-            if (rows > 3) a3 += d * x[3 * s.K + c];
-            if (rows > 4) a4 += d * x[4 * s.K + c];
-            if (rows > 5) a5 += d * x[5 * s.K + c];
-            if (rows > 6) a6 += d * x[6 * s.K + c];
-            if (rows > 7) a7 += d * x[7 * s.K + c];
+            A0 += w * x[col];
+            if (rows > 1) A1 += w * x[k + col];
+            if (rows > 2) A2 += w * x[2 * k + col];
+            if (rows > 3) A3 += w * x[3 * k + col];
+            if (rows > 4) A4 += w * x[4 * k + col];
+            if (rows > 5) A5 += w * x[5 * k + col];
+            if (rows > 6) A6 += w * x[6 * k + col];
+            if (rows > 7) A7 += w * x[7 * k + col];
         }
-        Store(y, s.N, row, 0, lane, width, a0);
-        if (rows > 1) Store(y, s.N, row, 1, lane, width, a1);
-        if (rows > 2) Store(y, s.N, row, 2, lane, width, a2);
-        if (rows > 3) Store(y, s.N, row, 3, lane, width, a3);
-        if (rows > 4) Store(y, s.N, row, 4, lane, width, a4);
-        if (rows > 5) Store(y, s.N, row, 5, lane, width, a5);
-        if (rows > 6) Store(y, s.N, row, 6, lane, width, a6);
-        if (rows > 7) Store(y, s.N, row, 7, lane, width, a7);
     }
 
     /// <summary>The warp's sum of <paramref name="v"/> (a shuffle-down tree), written by lane 0 to y[m, row].</summary>

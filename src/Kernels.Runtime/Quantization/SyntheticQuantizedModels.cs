@@ -11,8 +11,8 @@ namespace Kernels.Runtime.Quantization;
 
 internal static unsafe class SyntheticQuantizedModels
 {
-    /// <summary>SqueezeLLM's outlier share (the paper's 0.45 %), per row here.</summary>
-    public const double OutlierPercent = 0.45;
+    /// <summary>SqueezeLLM's default outlier share (the paper's 0.45 %), per row here.</summary>
+    public const double OutlierPercent = SqueezeLlmSettings.DefaultSparsityPercent;
 
     /// <summary><paramref name="model"/> ("synthetic:llama3-8b") with W4A8 projections (group <paramref name="groupSize"/>, 0 = per channel).</summary>
     public static LoadedModel W4A8(string model, int groupSize = QoqQuantizer.DefaultGroupSize, int seed = 1234) =>
@@ -21,6 +21,10 @@ internal static unsafe class SyntheticQuantizedModels
     /// <summary><paramref name="model"/> with SqueezeLLM <paramref name="bits"/>-bit projections and 0.45 % outliers per row.</summary>
     public static LoadedModel SqueezeLlm(string model, int bits, int seed = 1234) =>
         SyntheticModels.Create(model, seed, (SqueezeWriter(bits), Config(SqueezeLlmMethod.MethodName, ("bits", bits)), $"SqueezeLLM {bits}-bit"));
+
+    /// <summary>One random SqueezeLLM layer's stored tensors (also the squeeze-gpu timings' layers).</summary>
+    public static IReadOnlyList<WeightTensor> SqueezeLlmLayer(string name, int n, int k, int bits, Random rng, List<IDisposable> owners) =>
+        SqueezeWriter(bits)(name, n, k, rng, owners);
 
     private static QuantizationConfig Config(string method, (string Key, int Value) parameter) =>
         new(new JsonObject { ["quant_method"] = method, [parameter.Key] = parameter.Value }, "synthetic");

@@ -166,16 +166,21 @@ internal static partial class KernelTimings
         private DeviceBuffer<Half>? _weights;
         private (int N, int K) _weightShape;
 
-        public double Gemm(int m, int n, int k, bool time = true)
+        /// <summary>The random fp16 weight of an [n, k] layer: one per layer shape, reused for every M and both GEMM paths.</summary>
+        private DeviceBuffer<Half> Weight(int n, int k)
         {
             if (_weights == null || _weightShape != (n, k))
             {
-                _weights?.Dispose(); // one weight per layer shape, reused for every M
+                _weights?.Dispose();
                 _weights = DeviceBuffer<Half>.From(device, RandomHalf((long)n * k));
                 _weightShape = (n, k);
             }
-            if (!time) return 0; // only the weight of this shape was wanted
-            var w = _weights;
+            return _weights;
+        }
+
+        public double Gemm(int m, int n, int k)
+        {
+            var w = Weight(n, k);
             using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
             using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
             return Median(() => ops.DenseGemmF16(y, x, w, null, m, n, k));
@@ -200,8 +205,7 @@ internal static partial class KernelTimings
                 }
             }
             if (_lt == null) return null;
-            Gemm(m, n, k, time: false); // the weight of this shape
-            var w = _weights!;
+            var w = Weight(n, k);
             using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
             using var xh = DeviceBuffer<Half>.Allocate(device, (long)m * k);
             using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);

@@ -22,6 +22,7 @@ using Kernels.Runtime.Backends.Cpu;
 using Kernels.Runtime.Backends.Ilgpu;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Quantization;
 using Kernels.Runtime.Quantization.SqueezeLlm;
 
 namespace Kernels.Bench;
@@ -220,52 +221,11 @@ internal static unsafe class SqueezeGpu
     /// </summary>
     private static SqueezeLlmLinear RandomLayer(string name, int n, int k, int bits, Random rng, List<IDisposable> storage)
     {
-        int words = SqueezeLlmCodes.WordsPerRow(k, bits), size = 1 << bits;
-        var codes = new byte[(long)n * words * 4];
-        rng.NextBytes(codes);
-        if (k % SqueezeLlmCodes.BlockCodes != 0) // padding codes are 0, as Pack writes them
-        {
-            var row = new byte[k];
-            var packed = new int[words];
-            for (int r = 0; r < n; r++)
-            {
-                for (int c = 0; c < k; c++) row[c] = (byte)rng.Next(size);
-                SqueezeLlmCodes.Pack(row, bits, packed);
-                MemoryMarshal.AsBytes(packed.AsSpan()).CopyTo(codes.AsSpan(r * words * 4));
-            }
-        }
-        var table = new Half[n * size];
-        var entries = new float[size];
-        for (int r = 0; r < n; r++)
-        {
-            for (int i = 0; i < size; i++) entries[i] = (float)(rng.NextDouble() * 0.2 - 0.1);
-            Array.Sort(entries);
-            for (int i = 0; i < size; i++) table[r * size + i] = (Half)entries[i];
-        }
-        int perRow = (int)Math.Round(k * SparsityPercent / 100);
-        var rowStart = new int[n + 1];
-        var cols = new int[(long)n * perRow];
-        var values = new float[cols.Length];
-        var chosen = new SortedSet<int>();
-        for (int r = 0; r < n; r++)
-        {
-            chosen.Clear();
-            while (chosen.Count < perRow) chosen.Add(rng.Next(k));
-            int e = r * perRow;
-            foreach (int c in chosen)
-            {
-                cols[e] = c;
-                values[e++] = (float)(rng.NextDouble() * 2 - 1);
-            }
-            rowStart[r + 1] = e;
-        }
-        return new SqueezeLlmLinear(name, n, k, bits,
-            Native(name + ".qweight", TensorDType.I32, [n, words], codes, storage),
-            Native(name + ".lookup_table", TensorDType.F16, [n, size], MemoryMarshal.AsBytes(table.AsSpan()), storage),
-            Native(name + ".outlier_rows", TensorDType.I32, [n + 1L], MemoryMarshal.AsBytes(rowStart.AsSpan()), storage),
-            Native(name + ".outlier_cols", TensorDType.I32, [cols.LongLength], MemoryMarshal.AsBytes(cols.AsSpan()), storage),
-            Native(name + ".outlier_values", TensorDType.F32, [values.LongLength], MemoryMarshal.AsBytes(values.AsSpan()), storage),
-            "squeeze-gpu");
+        // SyntheticQuantizedModels writes the same random layers for the 8B decode tables (0.45 % outliers per row).
+        var tensors = SyntheticQuantizedModels.SqueezeLlmLayer(name, n, k, bits, rng, storage);
+        WeightTensor Get(string suffix) => tensors.Single(t => t.Name == name + "." + suffix);
+        return new SqueezeLlmLinear(name, n, k, bits, Get(SqueezeLlmLinear.CodesSuffix), Get(SqueezeLlmLinear.TableSuffix),
+            Get(SqueezeLlmLinear.OutlierRowsSuffix), Get(SqueezeLlmLinear.OutlierColsSuffix), Get(SqueezeLlmLinear.OutlierValuesSuffix), "squeeze-gpu");
     }
 
     private static (List<Record> Records, double BandwidthGBps, long FlushBytes, int Errors) TimeAll(Accelerator accelerator, bool quick, bool cpu, int iterations,

@@ -52,23 +52,56 @@ internal static unsafe partial class Verify
             if (t > 3) for (int i = 0; i < d; i++) x[3 * d + i] *= 300f;
             if (t > 4) { x[4 * d] = 127f; x[4 * d + 1] = 0.5f; x[4 * d + 2] = -1.5f; } // inverse 1: ties round to even
             using var dx = DeviceBuffer<float>.From(device, x);
-            using var xq = DeviceBuffer<sbyte>.Allocate(device, (long)t * dp + Guard);
-            using var xScale = Output(t);
-            using var xSum = DeviceBuffer<int>.Allocate(device, t + Guard);
+            var (xq, xScale, xSum) = QuantizedOutputs(t, dp);
+            using var ownCodes = xq;
+            using var ownScales = xScale;
+            using var ownSums = xSum;
+            ops.QuantizeInt8F32(xq, xScale, xSum, dx, t, d, dp);
+            return CompareQuantized("quantize_int8_f32", $"T={t} D={d}", xq, xScale, xSum, QuantizeRows(x, t, d, dp), t, d, dp, QuantizeExact, QuantizeExact, codeSlack: 0);
+        }
+
+        /// <summary>A kernel's int8 outputs for t rows of dp codes, each followed by a guard of sentinels.</summary>
+        private (DeviceBuffer<sbyte> Codes, DeviceBuffer<float> Scales, DeviceBuffer<int> Sums) QuantizedOutputs(int t, int dp)
+        {
+            var xq = DeviceBuffer<sbyte>.Allocate(device, (long)t * dp + Guard);
+            var xSum = DeviceBuffer<int>.Allocate(device, t + Guard);
             xq.FillBytes(Sentinel);
             xSum.FillBytes(Sentinel);
-            ops.QuantizeInt8F32(xq, xScale, xSum, dx, t, d, dp);
-            var (refCodes, refScales, refSums) = QuantizeRows(x, t, d, dp);
-            var scaleResult = Compare("quantize_int8_f32", $"T={t} D={d}", xScale, refScales, QuantizeExact);
+            return (xq, Output(t), xSum);
+        }
+
+        /// <summary>
+        /// A kernel's int8 rows against the CPU's: scales within <paramref name="scaleTol"/>, codes within
+        /// <paramref name="codeSlack"/> (padding always exact), each row's sum within the number of its differing codes
+        /// (exact when the slack is 0), the guards intact.
+        /// </summary>
+        private CaseResult CompareQuantized(string kernel, string shape, DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int> xSum,
+            (sbyte[] Codes, float[] Scales, int[] Sums) reference, int t, int d, int dp, Tolerance tol, Tolerance scaleTol, int codeSlack)
+        {
+            var scaleResult = Compare(kernel, shape, xScale, reference.Scales, scaleTol);
             device.Synchronize();
             var codes = xq.ToArray();
             var sums = xSum.ToArray();
             bool guard = scaleResult.GuardIntact;
             for (long i = (long)t * dp; i < codes.Length; i++) guard &= (byte)codes[i] == Sentinel;
             for (int i = t; i < sums.Length; i++) guard &= (uint)sums[i] == 0xA5A5A5A5u;
-            long mismatches = scaleResult.Mismatches + Enumerable.Range(0, t * dp).Count(i => codes[i] != refCodes[i]) + Enumerable.Range(0, t).Count(r => sums[r] != refSums[r]);
-            return new CaseResult("quantize_int8_f32", $"T={t} D={d}", scaleResult.MaxAbsError, scaleResult.MeanRelativeError, 0, QuantizeExact.Source,
-                mismatches, scaleResult.NonFiniteMismatches, guard, mismatches == 0 && scaleResult.NonFiniteMismatches == 0 && guard, null);
+            long mismatches = scaleResult.Mismatches;
+            int maxDiff = 0;
+            for (int r = 0; r < t; r++)
+            {
+                int differing = 0;
+                for (int i = 0; i < dp; i++)
+                {
+                    int diff = Math.Abs(codes[r * dp + i] - reference.Codes[r * dp + i]);
+                    maxDiff = Math.Max(maxDiff, diff);
+                    if (diff != 0) differing++;
+                    if (diff > (i >= d ? 0 : codeSlack)) mismatches++;
+                }
+                if (Math.Abs(sums[r] - reference.Sums[r]) > (codeSlack == 0 ? 0 : differing)) mismatches++;
+            }
+            bool pass = mismatches == 0 && scaleResult.NonFiniteMismatches == 0 && guard;
+            return new CaseResult(kernel, shape + $" (codes max diff {maxDiff})", Math.Max(scaleResult.MaxAbsError, maxDiff), scaleResult.MeanRelativeError,
+                tol.Relative, tol.Source, mismatches, scaleResult.NonFiniteMismatches, guard, pass, null);
         }
 
         /// <summary>The CPU's int8 rows (Int8Activations.QuantizeRow): codes [rows, kPad] zero-padded, scales, code sums.</summary>
@@ -157,11 +190,10 @@ internal static unsafe partial class Verify
             if (t > 3) for (int i = 0; i < d; i++) x[3 * d + i] *= 256f; // large activations (still exact squares for integers)
             var w32 = Normal(d, 0.1f).Select(v => 1f + v).ToArray();
             using var dx = DeviceBuffer<float>.From(device, x);
-            using var xq = DeviceBuffer<sbyte>.Allocate(device, (long)t * dp + Guard);
-            using var xScale = Output(t);
-            using var xSum = DeviceBuffer<int>.Allocate(device, t + Guard);
-            xq.FillBytes(Sentinel);
-            xSum.FillBytes(Sentinel);
+            var (xq, xScale, xSum) = QuantizedOutputs(t, dp);
+            using var ownCodes = xq;
+            using var ownScales = xScale;
+            using var ownSums = xSum;
             float[] wRef;
             switch (dtype)
             {
@@ -191,35 +223,11 @@ internal static unsafe partial class Verify
             }
             var normed = new float[t * d];
             Cpu.RmsNorm.Apply(x, wRef, Eps, normed, t);
-            var (refCodes, refScales, refSums) = QuantizeRows(normed, t, d, dp);
-
             string kernel = $"rms_norm_quant_int8_{Suffix(dtype)}", shape = $"T={t} D={d} {(integerX ? "integer" : "normal")} x";
             var tol = integerX ? NormQuantExact : NormQuantTol;
-            var scaleResult = Compare(kernel, shape, xScale, refScales, tol.Relative == 0 ? tol : RmsNormTol);
-            device.Synchronize();
-            var codes = xq.ToArray();
-            var sums = xSum.ToArray();
-            bool guard = scaleResult.GuardIntact;
-            for (long i = (long)t * dp; i < codes.Length; i++) guard &= (byte)codes[i] == Sentinel;
-            for (int i = t; i < sums.Length; i++) guard &= (uint)sums[i] == 0xA5A5A5A5u;
             // Codes: exact for integer x (padding included); else off by at most 1, and a row's sum off by at most its differing codes.
-            long mismatches = scaleResult.Mismatches;
-            int maxDiff = 0;
-            for (int r = 0; r < t; r++)
-            {
-                int differing = 0;
-                for (int i = 0; i < dp; i++)
-                {
-                    int diff = Math.Abs(codes[r * dp + i] - refCodes[r * dp + i]);
-                    maxDiff = Math.Max(maxDiff, diff);
-                    if (diff != 0) differing++;
-                    if (diff > (integerX || i >= d ? 0 : 1)) mismatches++;
-                }
-                if (Math.Abs(sums[r] - refSums[r]) > (integerX ? 0 : differing)) mismatches++;
-            }
-            bool pass = mismatches == 0 && scaleResult.NonFiniteMismatches == 0 && guard;
-            return new CaseResult(kernel, shape + $" (codes max diff {maxDiff})", Math.Max(scaleResult.MaxAbsError, maxDiff), scaleResult.MeanRelativeError,
-                tol.Relative, tol.Source, mismatches, scaleResult.NonFiniteMismatches, guard, pass, null);
+            return CompareQuantized(kernel, shape, xq, xScale, xSum, QuantizeRows(normed, t, d, dp), t, d, dp, tol,
+                tol.Relative == 0 ? tol : RmsNormTol, codeSlack: integerX ? 0 : 1);
         }
     }
 }

@@ -353,14 +353,17 @@ internal sealed unsafe class CudaStep : IDisposable
     /// RMSNorm of _x for the projections that read it: when they are all W4A8 (one padded K), fused with their int8
     /// quantization into the W4A8 scratch (returns true: the codes stand for _xn); otherwise into _xn.
     /// </summary>
-    private bool NormFor(GpuTensor norm, int rows, float eps, params GpuLinear[] readers)
+    private bool NormFor(GpuTensor norm, int rows, float eps, GpuLinear a, GpuLinear b, GpuLinear? c = null)
     {
-        if (_xq == null || !readers.All(r => r is GpuW4A8) || readers.Cast<GpuW4A8>().Select(q => q.PaddedIn).Distinct().Count() != 1)
+        // Fused when every reader is W4A8 with one padded K (checked without allocating: this runs per layer per step).
+        int padded = a is GpuW4A8 qa && b is GpuW4A8 qb && qb.PaddedIn == qa.PaddedIn && (c is null || c is GpuW4A8 qc && qc.PaddedIn == qa.PaddedIn)
+            ? qa.PaddedIn : 0;
+        if (_xq == null || padded == 0)
         {
             Norm(_xn, _x, norm, rows, eps);
             return false;
         }
-        var fused = new NormQuantAction(this, norm, rows, eps, ((GpuW4A8)readers[0]).PaddedIn);
+        var fused = new NormQuantAction(this, norm, rows, eps, padded);
         DeviceDType.Dispatch(norm.DType, ref fused, norm.Name, "norm weight in");
         _quantFrom = _xn;
         return true;
