@@ -2,7 +2,7 @@
 //
 // defines: DTypeTraits<DT>, storage_t<DT>, load_as_float<DT>, kVec128<DT>, load128_as_float<DT>, is_aligned16,
 //          load_float4, store_float4, ceil_div, SumOp, MaxOp, warp_reduce, block_reduce, block_reduce_sum,
-//          block_reduce_max
+//          block_reduce_max, KERNELS_DYNAMIC_SMEM
 #pragma once
 
 #include <cmath>
@@ -11,6 +11,12 @@
 #include <cuda_fp16.h>
 
 #include "abi.h"
+
+// A kernel's dynamic shared memory as 16-byte aligned bytes, declared through this one macro (an emulation on the
+// host, tests/kernels-emu, supplies its own definition).
+#ifndef KERNELS_DYNAMIC_SMEM
+#define KERNELS_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 // Element types

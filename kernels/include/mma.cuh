@@ -2,7 +2,7 @@
 // m16n8k16 with f16 or bf16 inputs and fp32 accumulators, and fp32 -> 16-bit packing. Written once, used by every
 // tensor-core kernel (STYLE habit 5).
 //
-// defines: cp_async16_zfill, cp_async_commit, cp_async_wait<N>, ldmatrix_x4, mma_m16n8k16<DT>, pack2<DT>,
+// defines: cp_async16_zfill, cp_async_commit, cp_async_wait<N>, ldmatrix_x4, ldmatrix_x4_trans, mma_m16n8k16<DT>, pack2<DT>,
 //          smem_u32
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = threadIdx.x % 32, g = lane / 4, c = lane % 4:
@@ -48,6 +48,15 @@ __device__ __forceinline__ void cp_async_wait()
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(row_address)));
+}
+
+// ldmatrix_x4 with .trans: each 8x8 matrix is transposed on the way, so lane l receives rows 2(l%4), 2(l%4)+1 of
+// column l/4 (a B fragment of mma.m16n8k16 read from a [k][n] row-major tile, e.g. V stored [key][dim]).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_address)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(row_address)));
 }

@@ -255,30 +255,40 @@ __device__ __forceinline__ void paged_decode_attention_dispatch(
 #undef DECODE_CASE
 }
 
+// The exact (o, lse) merge of n partial results of one (row, head): lse_at(z) and row_at(z) give partial z's lse and
+// its o row (head_dim floats). Threads of the block split the dimensions; the order over z is the list's.
+template <class LseAt, class RowAt>
+__device__ __forceinline__ void merge_partials(float* o, float* lse, int n, int head_dim, LseAt lse_at, RowAt row_at)
+{
+    float m = -INFINITY;
+    for (int z = 0; z < n; ++z) m = fmaxf(m, lse_at(z));
+    float sum = 0.f;
+    if (m != -INFINITY)
+        for (int z = 0; z < n; ++z) sum += expf(lse_at(z) - m);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+    {
+        float acc = 0.f;
+        if (m != -INFINITY)
+            for (int z = 0; z < n; ++z)
+            {
+                const float w = expf(lse_at(z) - m); // 0 for an empty partial, whose o is 0 anyway
+                acc = fmaf(w, row_at(z)[d], acc);
+            }
+        o[d] = acc * inv;
+    }
+    if (threadIdx.x == 0) *lse = sum > 0.f ? m + logf(sum) : -INFINITY;
+}
+
 __device__ __forceinline__ void attention_merge(float* o, float* lse, const float* o_partial, const float* lse_partial,
                                                 int rows, int num_splits, int head_dim)
 {
     for (int r = blockIdx.x; r < rows; r += gridDim.x)
     {
         const float* lp = lse_partial + static_cast<int64_t>(r) * num_splits;
-        float m = -INFINITY;
-        for (int z = 0; z < num_splits; ++z) m = fmaxf(m, lp[z]);
-        float sum = 0.f;
-        if (m != -INFINITY)
-            for (int z = 0; z < num_splits; ++z) sum += expf(lp[z] - m);
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-        {
-            float acc = 0.f;
-            if (m != -INFINITY)
-                for (int z = 0; z < num_splits; ++z)
-                {
-                    const float w = expf(lp[z] - m); // 0 for an empty split, whose o is 0 anyway
-                    acc = fmaf(w, o_partial[(static_cast<int64_t>(r) * num_splits + z) * head_dim + d], acc);
-                }
-            o[static_cast<int64_t>(r) * head_dim + d] = acc * inv;
-        }
-        if (threadIdx.x == 0) lse[r] = sum > 0.f ? m + logf(sum) : -INFINITY;
+        merge_partials(
+            o + static_cast<int64_t>(r) * head_dim, lse + r, num_splits, head_dim, [&](int z) { return lp[z]; },
+            [&](int z) { return o_partial + (static_cast<int64_t>(r) * num_splits + z) * head_dim; });
     }
 }
 } // namespace ops

@@ -13,7 +13,7 @@ public sealed class PublicApiTests
     public void PublicSurfaceMatchesTheBaseline()
     {
         var actual = Surface(typeof(InferenceEngine).Assembly);
-        string path = Path.Combine(RepoRoot(), "src", "Kernels.Runtime", "PublicAPI.txt");
+        string path = Path.Combine(TestPaths.RepoRoot(), "src", "Kernels.Runtime", "PublicAPI.txt");
         if (Environment.GetEnvironmentVariable("KERNELS_UPDATE_API_BASELINE") == "1")
         {
             File.WriteAllLines(path, actual);
@@ -94,12 +94,5 @@ public sealed class PublicApiTests
         if (!t.IsGenericType) return name;
         int tick = name.IndexOf('`');
         return (tick >= 0 ? name[..tick] : name) + "<" + string.Join(", ", t.GetGenericArguments().Select(Name)) + ">";
-    }
-
-    private static string RepoRoot()
-    {
-        for (var d = new DirectoryInfo(TestContext.CurrentContext.TestDirectory); d != null; d = d.Parent)
-            if (File.Exists(Path.Combine(d.FullName, "Kernels.sln"))) return d.FullName;
-        throw new DirectoryNotFoundException("Kernels.sln not found above " + TestContext.CurrentContext.TestDirectory);
     }
 }

@@ -31,6 +31,8 @@ public class KernelSassTests
         (new("^w4a8_gemm_(group|channel)_m(16|64)$"), ["IMMA", "LDGSTS"], "int8 tensor cores fed by cp.async"),
         (new("^paged_decode_attention_hd(64|128|256)_(f16|bf16|f32)$"), ["LDG.128", "SHFL"], "16-byte K/V loads, warp reductions"),
         (new("^paged_decode_attention_tiled_hd(64|128)_(f16|bf16)$"), ["LDGSTS", "SHFL"], "K/V tiles through cp.async, warp-shuffle scores and softmax"),
+        (new("^paged_attention_mma_hd(64|128)_k(32|64)_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"],
+            "FlashAttention-2: mma.sync for Q K^T and P V, K/V pages through cp.async, ldmatrix (.trans for V)"),
         (new("^convert_f32_to_(f16|bf16)$"), ["LDG.128"], "16-byte loads"),
         (new("^squeezellm_gemv_b(3|4)$"), ["SHFL"], "lookup table in lanes (shuffles), warp reductions"),
         (new("^(embedding_gather_(f16|bf16|f32)|residual_add_f32)$"), ["LDG.128"], "16-byte loads"),

@@ -1,0 +1,33 @@
+// The tensor-core kernels run on the host emulation of tests/kernels-emu (fibers for threads, the PTX ISA's fragment
+// layouts for ldmatrix and mma.sync) against double-precision references: a kernel that misplaces a fragment, a key
+// or a mask fails here on a machine without a GPU, before a device run (the device's verify is the final word).
+using System.Diagnostics;
+
+namespace Kernels.Tests.Backends;
+
+public class KernelEmulationTests
+{
+    [Test]
+    public void PagedAttentionMmaMatchesTheReferenceOnTheHostEmulation()
+    {
+        string root = TestPaths.RepoRoot();
+        string script = Path.Combine(root, "tests", "kernels-emu", "run.sh");
+        string output = Path.Combine(Path.GetTempPath(), $"kernels-emu-{Environment.ProcessId}");
+        var start = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = root };
+        foreach (string a in new[] { script, output }) start.ArgumentList.Add(a);
+        using var p = Process.Start(start)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        string stdout = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(600_000))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail("tests/kernels-emu/run.sh ran past 10 minutes");
+        }
+        try { Directory.Delete(output, recursive: true); } catch (IOException) { }
+        if (p.ExitCode == 2) Assert.Ignore("no C++ compiler (g++ or clang++) on this machine: " + stdout.Trim());
+        TestContext.Out.WriteLine(stdout);
+        Assert.That(p.ExitCode, Is.EqualTo(0), $"kernels-emu failed:\n{stdout}\n{stderr.Result}");
+        Assert.That(stdout, Does.Contain("PASS").And.Contain("ok   bf16  hd128 k64"), "the emulation ran no case");
+    }
+
+}
