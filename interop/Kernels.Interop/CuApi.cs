@@ -23,6 +23,13 @@ public enum CuDeviceAttribute
     ComputeCapabilityMinor = 76,
 }
 
+/// <summary>CUfunction_attribute values used here (cuda.h).</summary>
+public enum CuFunctionAttribute
+{
+    /// <summary>The most dynamic shared memory a launch may ask for; above 48 KiB it must be raised before launching.</summary>
+    MaxDynamicSharedSizeBytes = 8,
+}
+
 /// <summary>CUjit_option values used when loading a module (cuda.h).</summary>
 public enum CuJitOption
 {
@@ -79,6 +86,7 @@ public static unsafe partial class CuApi
     [LibraryImport(Library, EntryPoint = "cuModuleGetGlobal_v2", StringMarshalling = StringMarshalling.Utf8)]
     public static partial CuResult cuModuleGetGlobal(out ulong pointer, out nuint bytes, IntPtr module, string name);
     [LibraryImport(Library)] public static partial CuResult cuModuleUnload(IntPtr module);
+    [LibraryImport(Library)] public static partial CuResult cuFuncSetAttribute(IntPtr function, CuFunctionAttribute attribute, int value);
 
     // ---- memory ----------------------------------------------------------------------------------------------------
     [LibraryImport(Library, EntryPoint = "cuMemAlloc_v2")] public static partial CuResult cuMemAlloc(out ulong pointer, nuint bytes);

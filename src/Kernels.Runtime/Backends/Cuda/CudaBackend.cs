@@ -17,9 +17,11 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// A step (<see cref="CudaStep"/>): embedding gather; per layer rms_norm, q/k/v GEMM (+ Qwen2 bias), RoPE, kv_append
 /// into the paged blocks, attention (split-K decode when every sequence brings one token, else prefill), o GEMM,
 /// residual, rms_norm, gate/up GEMM, SwiGLU, down GEMM, residual; then the final norm and LM head for the rows whose
-/// logits are asked for. A Hydragen <see cref="AttentionPlan"/> is honoured by attending each sequence over its own
-/// block table, which holds the shared physical blocks: exact (the same keys, the same softmax), without the saving of
-/// reading shared keys once. Decode steps are replayed as CUDA graphs (<see cref="DecodeGraphCache"/>) unless
+/// logits are asked for. With the tensor-core attention on (<see cref="CudaBackendOptions.TensorCoreAttention"/>, or this
+/// GPU's tuning table), prefill and the shared levels of a Hydragen <see cref="AttentionPlan"/> run as paged_attention_mma
+/// work (<see cref="AttentionWork"/>: each level's keys read once for all its members' rows, suffixes causal, partial
+/// results merged through the log-sum-exp); otherwise the plan is honoured by attending each sequence over its own
+/// block table, which holds the shared physical blocks: exact, without the saving of reading shared keys once. Decode steps are replayed as CUDA graphs (<see cref="DecodeGraphCache"/>) unless
 /// <see cref="CudaBackendOptions.UseCudaGraphs"/> is false or a capture failed.
 /// </summary>
 internal sealed class CudaBackend : IBackend
@@ -199,7 +201,7 @@ internal sealed class CudaBackend : IBackend
             {
                 if (rows == max)
                 {
-                    _step.Run(pieces, batch, seqs, result, sampling);
+                    _step.Run(pieces, batch, seqs, plan, result, sampling);
                     pieces.Clear();
                     rows = 0;
                 }
@@ -209,7 +211,7 @@ internal sealed class CudaBackend : IBackend
                 offset += take;
             }
         }
-        if (pieces.Count > 0) _step.Run(pieces, batch, seqs, result, sampling);
+        if (pieces.Count > 0) _step.Run(pieces, batch, seqs, plan, result, sampling);
         for (int s = 0; s < batch.Count; s++) seqs[s].Advance(batch[s].Tokens.Length);
     }
 

@@ -52,6 +52,14 @@ public sealed record CudaBackendOptions
     /// an entry (16-bit KV, head dim 64 or 128). null: as this GPU's tuning table says (off without one).
     /// </summary>
     public bool? TiledDecodeAttention { get; init; }
+    /// <summary>
+    /// Prefill and shared-prefix (Hydragen) attention with paged_attention_mma, FlashAttention-2 on tensor cores for
+    /// 16-bit KV and head dim 64 or 128: a step's <see cref="AttentionPlan"/> levels are read once for all their members'
+    /// rows, each suffix and long range split over the GPU, partial results merged exactly. null: as this GPU's tuning
+    /// table says (off without one: the per-sequence kernels, exact, re-reading shared keys). The memory plan reserves
+    /// the partial results' workspace unless this is false.
+    /// </summary>
+    public bool? TensorCoreAttention { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }
@@ -86,6 +94,24 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     public static long CublasLtBytes(ModelConfig config, int maxTokens) =>
         CublasLtGemm.WorkspaceBytes + (long)maxTokens * Math.Max(Math.Max(config.HiddenSize, config.QueryDim), config.IntermediateSize) * 2;
 
+    /// <summary>Partial results per query row the tensor-core attention's workspace holds (levels, suffix, splits).</summary>
+    public const int AttentionSlotsPerRow = 4;
+
+    /// <summary>Floats of the tensor-core attention's partial (o, lse) rows for a step of <paramref name="maxTokens"/> rows.</summary>
+    public static long AttentionPartialFloats(ModelConfig config, int maxTokens) =>
+        (long)maxTokens * AttentionSlotsPerRow * config.NumHeads * (config.HeadDim + 1);
+
+    /// <summary>Ints of the work arrays such a step can need: items, row ids, slot starts and slots (AttentionWork's bounds).</summary>
+    public static long AttentionWorkInts(int maxTokens)
+    {
+        long partial = (long)maxTokens * AttentionSlotsPerRow; // each item has a row, each partial row one slot
+        return partial * AttentionWork.ItemInts + partial + (maxTokens + 1L) + partial;
+    }
+
+    /// <summary>What the tensor-core attention adds when it may be on: its partial rows and its work arrays.</summary>
+    public static long TensorCoreAttentionBytes(ModelConfig config, int maxTokens) =>
+        Align(AttentionPartialFloats(config, maxTokens) * sizeof(float)) + Align(AttentionWorkInts(maxTokens) * sizeof(int));
+
     /// <summary>
     /// Plans the memory, or throws InvalidOperationException naming every size when weights + scratch + reserve + one
     /// KV block do not fit <paramref name="freeBytes"/>.
@@ -102,7 +128,8 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
         long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
         long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize)
-                       + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0) + extraScratchBytes;
+                       + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0)
+                       + (options.TensorCoreAttention != false ? TensorCoreAttentionBytes(config, options.MaxTokensPerStep) : 0) + extraScratchBytes;
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
         string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
                        $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +

@@ -46,7 +46,12 @@ internal sealed unsafe class CudaStep : IDisposable
     private DeviceBuffer<float>? _quantFrom;
     private readonly GpuDense _lmHead;
     /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
-    private readonly bool _tiledDecode, _radixSampling;
+    private readonly bool _tiledDecode, _radixSampling, _mmaAttention;
+    private readonly int _attentionTileKeys;
+    /// <summary>paged_attention_mma's partial (o, lse) rows, and its work arrays (items, row ids, slot lists) with their pinned staging.</summary>
+    private readonly DeviceBuffer<float>? _attentionPartial;
+    private readonly DeviceBuffer<int>? _attentionInts;
+    private readonly PinnedHostHandle? _pinnedAttention;
     private readonly int _ltMinRows;
     public string KernelChoices { get; }
     private readonly DeviceBuffer<byte>? _half;
@@ -95,9 +100,19 @@ internal sealed unsafe class CudaStep : IDisposable
             var tuning = KernelTuning.For(device.Name);
             _tiledDecode = options.TiledDecodeAttention ?? tuning.TiledDecodeAttention;
             _radixSampling = options.RadixSampling ?? tuning.RadixSampling;
+            _mmaAttention = (options.TensorCoreAttention ?? tuning.TensorCoreAttention) &&
+                            OpsLaunchPlans.MmaAttentionSupports(options.KvDType switch { TensorDType.F16 => "f16", TensorDType.BF16 => "bf16", _ => "f32" }, c.HeadDim, c.NumHeads, c.NumKvHeads);
+            _attentionTileKeys = tuning.AttentionTileKeys;
             _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
             KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
-                            $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")} ({tuning.Source})";
+                            $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")}, " +
+                            $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")} ({tuning.Source})";
+            if (_mmaAttention)
+            {
+                _attentionPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.AttentionPartialFloats(c, options.MaxTokensPerStep));
+                _attentionInts = DeviceBuffer<int>.Allocate(_device, CudaMemoryPlan.AttentionWorkInts(options.MaxTokensPerStep));
+                _pinnedAttention = _device.AllocatePinned(CudaMemoryPlan.AttentionWorkInts(options.MaxTokensPerStep) * sizeof(int));
+            }
             if (_ltMinRows != int.MaxValue)
             {
                 _lt = new CublasLtGemm(_device);
@@ -153,7 +168,7 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <paramref name="result"/> or, with <paramref name="sampling"/>, samples each selected row on the device and
     /// copies back only the token ids.
     /// </summary>
-    public void Run(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, float[][]? result, Sampling? sampling = null)
+    public void Run(List<Piece> pieces, IReadOnlyList<SequenceStep> batch, KvSequence[] seqs, AttentionPlan plan, float[][]? result, Sampling? sampling = null)
     {
         var c = _config;
         int bs = _options.KvBlockSize;
@@ -172,7 +187,9 @@ internal sealed unsafe class CudaStep : IDisposable
         // A graph step: one token per sequence and the logits of every row, in row order (what the capture recorded).
         // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
         // arguments hold for every step of the key.
-        bool graph = decode && everyRowSelected && _graphs.Enabled;
+        // Attention through paged_attention_mma (prefill, and decode steps with shared levels), else the decode or prefill kernel.
+        var work = PlanAttention(pieces, plan, rows, decode, width); // with work the step is not a graph: the tables keep this width
+        bool graph = decode && everyRowSelected && _graphs.Enabled && work == null;
         if (graph)
         {
             width = DecodeGraphCache.BucketBlocks(width, _layout.MaxBlocksPerSeq);
@@ -219,11 +236,12 @@ internal sealed unsafe class CudaStep : IDisposable
         Cu.Check(CuApi.cuEventRecord(_stepStart.DangerousGetHandle(), stream), _device.Ordinal);
         Cu.Check(CuApi.cuMemcpyHtoDAsync(_scratch.Pointer + (ulong)baseOffset, (void*)_pinnedInts.DangerousGetHandle(), (nuint)(copyInts * 4), stream),
             _device.Ordinal);
+        var workBuffers = work == null ? null : UploadAttentionWork(work, stream);
         var seqLensBuffer = _scratch.View<int>(_layout.SeqLens.Offset, numSeqs);
         var tablesBuffer = _scratch.View<int>(_layout.BlockTables.Offset, (long)numSeqs * width);
 
         int selected = logitRows.Count;
-        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows);
+        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows, work, workBuffers);
         if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width), _device, _stream, Enqueue) is { } exec)
             _device.LaunchGraph(exec, _stream);
         else
@@ -286,7 +304,7 @@ internal sealed unsafe class CudaStep : IDisposable
     /// launches and device-to-device copies on the stream only (no host synchronization), so it can be captured.
     /// </summary>
     private void EnqueueForward(int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode, DeviceBuffer<int> seqLensBuffer,
-        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows)
+        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers)
     {
         var c = _config;
         int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
@@ -303,7 +321,7 @@ internal sealed unsafe class CudaStep : IDisposable
             Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
             Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
             _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
-            AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer);
+            AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
             fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
             Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
@@ -486,15 +504,15 @@ internal sealed unsafe class CudaStep : IDisposable
     }
 
     private void AppendAndAttend(int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
-        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables)
+        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers)
     {
-        var attend = new AttendAction(this, layer, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLens, tables);
+        var attend = new AttendAction(this, layer, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLens, tables, work, workBuffers);
         DeviceDType.Dispatch(_kv.DType, ref attend, null, "KV cache dtype");
     }
 
-    /// <summary>kv_append of the step's k and v into one layer's blocks, then decode or prefill attention over them.</summary>
+    /// <summary>kv_append of the step's k and v into one layer's blocks, then the tensor-core, decode or prefill attention over them.</summary>
     private readonly struct AttendAction(CudaStep s, int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
-        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables) : IDeviceDTypeAction
+        DeviceBuffer<int> seqLens, DeviceBuffer<int> tables, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers) : IDeviceDTypeAction
     {
         public void Run<T>() where T : unmanaged
         {
@@ -502,10 +520,70 @@ internal sealed unsafe class CudaStep : IDisposable
             var store = s._kv;
             var kv = new OpsLauncher.PagedKv<T>(store.Keys<T>(layer), store.Values<T>(layer), tables, seqLens, store.NumBlocks, store.BlockSize, width);
             s._ops.KvAppend(kv.KCache, kv.VCache, s._k, s._v, s._slots, rows, c.KvDim, store.NumSlots);
-            if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen,
+            if (work != null)
+                s._ops.PagedAttentionMma(s._attn, s._lse, s._q, kv, work, workBuffers!, s._attentionPartial, rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
+                    s._attentionTileKeys);
+            else if (decode) s._ops.PagedDecodeAttention(s._attn, s._lse, s._q, kv, s._workspace, numSeqs, c.NumHeads, c.NumKvHeads, c.HeadDim, maxSeqLen,
                 s._tiledDecode);
             else s._ops.PagedPrefillAttention(s._attn, s._lse, s._q, kv, s._qStarts, numSeqs, rows, maxCount, c.NumHeads, c.NumKvHeads, c.HeadDim);
         }
+    }
+
+    // ---- tensor-core attention: the step's work items ---------------------------------------------------------------
+
+    /// <summary>
+    /// The step's attention as paged_attention_mma work, or null for the decode or prefill kernel: off, or a decode step
+    /// without shared levels (the decode kernel, captured in graphs). The plan's levels whose members are in this internal
+    /// step are read once for them; when the partial results would not fit the workspace, the step attends without
+    /// levels (each sequence over its own table, exact).
+    /// </summary>
+    private AttentionWork? PlanAttention(List<Piece> pieces, AttentionPlan plan, int rows, bool decode, int width)
+    {
+        if (!_mmaAttention) return null;
+        var c = _config;
+        var pieceOf = new Dictionary<int, int>(pieces.Count);
+        for (int i = 0; i < pieces.Count; i++) pieceOf[pieces[i].Seq] = i;
+        var levels = new List<AttentionWork.Level>();
+        foreach (var level in plan.Levels)
+        {
+            var members = level.Sequences.Where(pieceOf.ContainsKey).Select(m => pieceOf[m]).ToArray();
+            if (members.Length > 0) levels.Add(new AttentionWork.Level(level.Start, level.End, members));
+        }
+        if (decode && levels.Count == 0) return null;
+        AttentionWork? Build(bool leveled)
+        {
+            var sequences = new AttentionWork.Sequence[pieces.Count];
+            for (int i = 0, row = 0; i < pieces.Count; row += pieces[i].Count, i++)
+            {
+                var p = pieces[i];
+                sequences[i] = new AttentionWork.Sequence(row, p.Count, p.Start + p.Offset, i * width, leveled ? plan.SuffixStart[p.Seq] : 0);
+            }
+            return AttentionWork.Build(sequences, leveled ? levels : [], rows, c.NumHeads / c.NumKvHeads, _attentionTileKeys, c.NumKvHeads,
+                2 * _device.MultiprocessorCount, _options.MaxTokensPerStep * CudaMemoryPlan.AttentionSlotsPerRow);
+        }
+        var work = levels.Count > 0 ? Build(true) : null;
+        if (work == null && decode) return null;
+        return work ?? Build(false);
+    }
+
+    /// <summary>Stages the work's arrays in pinned memory and queues one copy to the device; returns the device views.</summary>
+    private OpsLauncher.AttentionWorkBuffers UploadAttentionWork(AttentionWork work, IntPtr stream)
+    {
+        int total = work.Items.Length + work.RowIds.Length + work.SlotStarts.Length + work.Slots.Length;
+        if (total > _attentionInts!.Length)
+            throw new InvalidOperationException($"the step's attention work needs {total} ints, past the {_attentionInts.Length} reserved (AttentionWorkInts)");
+        var staging = _pinnedAttention!.AsSpan<int>();
+        var offsets = new long[4];
+        int at = 0, k = 0;
+        foreach (var values in new[] { work.Items, work.RowIds, work.SlotStarts, work.Slots })
+        {
+            values.CopyTo(staging.Slice(at, values.Length));
+            offsets[k++] = (long)at * sizeof(int);
+            at += values.Length;
+        }
+        Cu.Check(CuApi.cuMemcpyHtoDAsync(_attentionInts.Pointer, (void*)_pinnedAttention.DangerousGetHandle(), (nuint)(at * sizeof(int)), stream), _device.Ordinal);
+        return new OpsLauncher.AttentionWorkBuffers(_attentionInts.View<int>(offsets[0], work.Items.Length), _attentionInts.View<int>(offsets[1], work.RowIds.Length),
+            _attentionInts.View<int>(offsets[2], work.SlotStarts.Length), _attentionInts.View<int>(offsets[3], work.Slots.Length));
     }
 
     // ---- lifetime ---------------------------------------------------------------------------------------------------
@@ -513,6 +591,9 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Frees what the step allocated (graphs, staging, KV, scratch, frequencies); the caller has synchronized the stream.</summary>
     public void Dispose()
     {
+        _pinnedAttention?.Dispose();
+        _attentionInts?.Dispose();
+        _attentionPartial?.Dispose();
         _stepEnd?.Dispose();
         _stepStart?.Dispose();
         _half?.Dispose();

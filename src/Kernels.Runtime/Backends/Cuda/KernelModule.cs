@@ -70,6 +70,20 @@ internal sealed class KernelModule : IDisposable
         return _functions.GetOrAdd(name, n => Device.GetFunction(_module, n));
     }
 
+    private readonly ConcurrentDictionary<string, int> _sharedLimits = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Raises <paramref name="name"/>'s dynamic shared memory limit to at least <paramref name="bytes"/>
+    /// (cuFuncSetAttribute MAX_DYNAMIC_SHARED_SIZE_BYTES, once per function and size): launches above 48 KiB need it.
+    /// </summary>
+    public void AllowSharedBytes(string name, IntPtr function, int bytes)
+    {
+        if (_sharedLimits.TryGetValue(name, out int have) && have >= bytes) return;
+        Device.MakeCurrent();
+        Cu.Check(CuApi.cuFuncSetAttribute(function, CuFunctionAttribute.MaxDynamicSharedSizeBytes, bytes), Device.Ordinal);
+        _sharedLimits[name] = bytes;
+    }
+
     public void Dispose()
     {
         _functions.Clear();

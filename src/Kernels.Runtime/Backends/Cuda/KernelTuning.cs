@@ -8,8 +8,9 @@ using System.Text.Json.Serialization;
 namespace Kernels.Runtime.Backends.Cuda;
 
 /// <summary>
-/// One GPU's choices: tiled decode attention, the radix sampler, and the smallest GEMM row count from which cuBLASLt
-/// beats our kernels (int.MaxValue: never). <see cref="Source"/> says where the choices came from.
+/// One GPU's choices: tiled decode attention, the radix sampler, the smallest GEMM row count from which cuBLASLt
+/// beats our kernels (int.MaxValue: never), and the tensor-core attention (paged_attention_mma for prefill and
+/// Hydragen levels, with its keys per tile). <see cref="Source"/> says where the choices came from.
 /// </summary>
 internal sealed record KernelTuning(
     [property: JsonPropertyName("device")] string Device,
@@ -21,7 +22,15 @@ internal sealed record KernelTuning(
     [JsonIgnore]
     public string Source { get; init; } = "";
 
-    /// <summary>The verified defaults: the CUDA-core decode attention, the bisection sampler, our GEMMs.</summary>
+    /// <summary>paged_attention_mma for prefill and shared-prefix steps (absent from older tables: off).</summary>
+    [JsonPropertyName("tensorCoreAttention")]
+    public bool TensorCoreAttention { get; init; }
+
+    /// <summary>Keys per K/V tile of paged_attention_mma: 32 or 64.</summary>
+    [JsonPropertyName("attentionTileKeys")]
+    public int AttentionTileKeys { get; init; } = 64;
+
+    /// <summary>The verified defaults: the CUDA-core decode and prefill attention, the bisection sampler, our GEMMs.</summary>
     public static KernelTuning Defaults(string device) =>
         new(device, false, false, int.MaxValue, "no measurements") { Source = $"no tuning table for {device}: the verified defaults" };
 
@@ -41,6 +50,8 @@ internal sealed record KernelTuning(
         }
         if (t == null || string.IsNullOrWhiteSpace(t.Device)) throw new InvalidDataException($"{source}: the tuning table names no device");
         if (t.CublasLtMinRows < 1) throw new InvalidDataException($"{source}: cublasLtMinRows must be >= 1, got {t.CublasLtMinRows}");
+        if (Array.IndexOf(OpsLaunchPlans.MmaAttentionTileKeys, t.AttentionTileKeys) < 0)
+            throw new InvalidDataException($"{source}: attentionTileKeys must be {string.Join(" or ", OpsLaunchPlans.MmaAttentionTileKeys)}, got {t.AttentionTileKeys}");
         return t with { Evidence = t.Evidence ?? "", Source = source };
     }
 

@@ -150,6 +150,82 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch(AttentionEntry("paged_prefill_attention", headDim, suffix), (uint)((maxQueryLen + 15) / 16), (uint)numHeads, 128, (uint)numSeqs);
     }
 
+    /// <summary>Head dims, keys per tile and dtypes paged_attention_mma is compiled for.</summary>
+    internal static readonly int[] MmaAttentionHeadDims = [64, 128];
+    internal static readonly int[] MmaAttentionTileKeys = [32, 64];
+
+    public static bool MmaAttentionSupports(string suffix, int headDim, int numHeads, int numKvHeads) =>
+        suffix is "f16" or "bf16" && Array.IndexOf(MmaAttentionHeadDims, headDim) >= 0 && numKvHeads >= 1 && numHeads % numKvHeads == 0 &&
+        numHeads / numKvHeads <= AttentionWork.CtaPairs;
+
+    /// <summary>paged_attention_mma_smem_bytes: K and V tiles in two stages plus each stage's key validity.</summary>
+    public static int MmaAttentionSharedBytes(int headDim, int tileKeys) => 4 * tileKeys * headDim * 2 + 2 * tileKeys * 4;
+
+    public static string MmaAttentionKernel(string suffix, int headDim, int tileKeys) => $"paged_attention_mma_hd{headDim}_k{tileKeys}_{suffix}";
+
+    /// <summary>
+    /// paged_attention_mma over <paramref name="work"/>'s items: q [qRows, numHeads, headDim]; o, lse hold the step's
+    /// rows when the work is direct, else its partial rows. Checks every item against the buffers (row ids, out rows,
+    /// the table entries its keys need), so a wrong plan is an ArgumentException here, not a fault on the GPU.
+    /// </summary>
+    public static KernelLaunch? PagedAttentionMma(string suffix, long oLength, long lseLength, long qLength, long kCacheLength, long vCacheLength,
+        long tablesLength, long itemsLength, long rowIdsLength, AttentionWork work, int qRows, int numHeads, int numKvHeads, int headDim, int blockSize,
+        int numBlocks, int tileKeys)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        CheckPagedShape(0, numHeads, numKvHeads, headDim, blockSize, 1, numBlocks);
+        if (!MmaAttentionSupports(suffix, headDim, numHeads, numKvHeads))
+            throw new ArgumentOutOfRangeException("headDim", headDim,
+                $"paged_attention_mma is compiled for f16/bf16 caches, head_dim {{{string.Join(", ", MmaAttentionHeadDims)}}} and GQA groups up to {AttentionWork.CtaPairs} (got {suffix}, {numHeads}/{numKvHeads} heads)");
+        if (Array.IndexOf(MmaAttentionTileKeys, tileKeys) < 0)
+            throw new ArgumentOutOfRangeException("tileKeys", tileKeys, $"paged_attention_mma's tiles hold {string.Join(" or ", MmaAttentionTileKeys)} keys");
+        NonNegative(qRows, "qRows");
+        int outRows = work.Direct ? qRows : work.PartialRows;
+        AtLeast(qLength, Elements((long)qRows * numHeads, headDim, "q"), "q", $"[qRows={qRows}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(oLength, Elements((long)outRows * numHeads, headDim, "o"), "o", $"[outRows={outRows}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(lseLength, (long)outRows * numHeads, "lse", $"[outRows={outRows}, numHeads={numHeads}]");
+        long cache = (long)numBlocks * blockSize * numKvHeads * headDim;
+        AtLeast(kCacheLength, cache, "kCache", $"[numBlocks={numBlocks}, blockSize={blockSize}, numKvHeads*headDim={numKvHeads * headDim}]");
+        AtLeast(vCacheLength, cache, "vCache", $"[numBlocks={numBlocks}, blockSize={blockSize}, numKvHeads*headDim={numKvHeads * headDim}]");
+        AtLeast(itemsLength, work.Items.Length, "items", $"[{work.ItemCount} items x {AttentionWork.ItemInts}]");
+        AtLeast(rowIdsLength, work.RowIds.Length, "rowIds", $"[{work.RowIds.Length}]");
+        int group = numHeads / numKvHeads;
+        for (int i = 0; i < work.ItemCount; i++)
+        {
+            var it = work.Items.AsSpan(i * AttentionWork.ItemInts, AttentionWork.ItemInts);
+            int rowList = it[0], rows = it[1], table = it[2], begin = it[3], end = it[4], outRow = it[6];
+            if (rows < 0 || rows * group > AttentionWork.CtaPairs || rowList < 0 || rowList + rows > work.RowIds.Length)
+                throw new ArgumentException($"item {i}: {rows} rows at {rowList} (at most {AttentionWork.CtaPairs / group} a CTA, inside the {work.RowIds.Length} row ids)", "work");
+            for (int j = 0; j < rows; j++)
+                if ((uint)work.RowIds[rowList + j] >= (uint)qRows) throw new ArgumentException($"item {i}: q row {work.RowIds[rowList + j]} outside [0, {qRows})", "work");
+            if (outRow < 0 || outRow + rows > outRows) throw new ArgumentException($"item {i}: out rows [{outRow}, {outRow + rows}) outside [0, {outRows})", "work");
+            if (begin < 0 || end < begin) throw new ArgumentException($"item {i}: key range [{begin}, {end})", "work");
+            if (end > begin && (table < 0 || table + (end - 1L) / blockSize >= tablesLength))
+                throw new ArgumentException($"item {i}: keys up to {end} need table entries past the {tablesLength} given (table at {table})", "work");
+        }
+        if (work.ItemCount == 0) return null;
+        if (numKvHeads > MaxGridRows) throw new ArgumentOutOfRangeException("numKvHeads", numKvHeads, $"at most {MaxGridRows} kv heads (grid y)");
+        return new KernelLaunch(MmaAttentionKernel(suffix, headDim, tileKeys), (uint)work.ItemCount, (uint)numKvHeads, 128, 1,
+            (uint)MmaAttentionSharedBytes(headDim, tileKeys));
+    }
+
+    /// <summary>attention_merge_slots_f32: o, lse [rows, numHeads(, headDim)] from the partial rows each row's slot list names.</summary>
+    public static KernelLaunch? AttentionMergeSlots(long oLength, long lseLength, long oPartialLength, long lsePartialLength, long slotStartsLength,
+        long slotsLength, int rows, int partialRows, int numHeads, int headDim)
+    {
+        NonNegative(rows, "rows");
+        NonNegative(partialRows, "partialRows");
+        if (numHeads < 1) throw new ArgumentOutOfRangeException("numHeads", numHeads, "numHeads must be >= 1");
+        if (headDim < 1) throw new ArgumentOutOfRangeException("headDim", headDim, "headDim must be >= 1");
+        AtLeast(oLength, Elements((long)rows * numHeads, headDim, "o"), "o", $"[rows={rows}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(lseLength, (long)rows * numHeads, "lse", $"[rows={rows}, numHeads={numHeads}]");
+        AtLeast(oPartialLength, Elements((long)partialRows * numHeads, headDim, "oPartial"), "oPartial", $"[partialRows={partialRows}, numHeads={numHeads}, headDim={headDim}]");
+        AtLeast(lsePartialLength, (long)partialRows * numHeads, "lsePartial", $"[partialRows={partialRows}, numHeads={numHeads}]");
+        AtLeast(slotStartsLength, rows + 1L, "slotStarts", $"[rows + 1={rows + 1}]");
+        if (rows == 0) return null;
+        return new KernelLaunch("attention_merge_slots_f32", (uint)Math.Min((long)rows * numHeads, MaxGridRows), 1, 128);
+    }
+
     /// <summary>sample_tokens_f32: tokens [rows] from logits rows <paramref name="stride"/> apart, the first <paramref name="vocab"/> of each candidates.</summary>
     public static KernelLaunch? SampleTokens(long tokensLength, long coinsLength, long logitsLength, long temperatureLength, long topKLength,
         long topPLength, long minPLength, int rows, int vocab, int stride, bool radix = false)

@@ -2,8 +2,11 @@
 // launchers validate before touching the GPU and the checks are testable on a machine without one (STYLE habit 7).
 namespace Kernels.Runtime.Backends.Cuda;
 
-/// <summary>One launch: which exported kernel and its grid and block (y and z of the block are 1; no dynamic shared memory).</summary>
-internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint GridY, uint BlockX, uint GridZ = 1);
+/// <summary>
+/// One launch: which exported kernel, its grid and block (y and z of the block are 1) and its dynamic shared memory in
+/// bytes (above <see cref="OpsLaunchPlans.DefaultSharedBytes"/> the launcher raises the function's limit first).
+/// </summary>
+internal readonly record struct KernelLaunch(string Kernel, uint GridX, uint GridY, uint BlockX, uint GridZ = 1, uint SharedBytes = 0);
 
 /// <summary>
 /// Each method mirrors an OpsLauncher method: its arguments are the buffer lengths and scalars, named as the launcher
@@ -15,6 +18,8 @@ internal static partial class OpsLaunchPlans
 {
     /// <summary>gridDim.y and the grid-stride loops' row grid are capped at 65535 (gridDim.y's hardware limit).</summary>
     internal const int MaxGridRows = 65535;
+    /// <summary>Dynamic shared memory a launch gets without raising the function's limit (48 KiB on sm_80 and sm_90).</summary>
+    internal const int DefaultSharedBytes = 48 * 1024;
     /// <summary>ROPE_MAX_HEAD_DIM in kernels/ops/rope.cuh: the kernel's shared cos/sin tables hold head_dim / 2 floats.</summary>
     internal const int RopeMaxHeadDim = 512;
 

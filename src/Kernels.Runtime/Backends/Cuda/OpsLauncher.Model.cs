@@ -151,6 +151,63 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- paged_attention_mma_hd{64,128}_k{32,64}_{f16,bf16} (+ attention_merge_slots_f32) -----------------------------
+
+    /// <summary>An <see cref="AttentionWork"/>'s arrays on the device (the same values, uploaded by the caller).</summary>
+    public sealed record AttentionWorkBuffers(DeviceBuffer<int> Items, DeviceBuffer<int> RowIds, DeviceBuffer<int> SlotStarts, DeviceBuffer<int> Slots);
+
+    /// <summary>Floats of the partial results <paramref name="work"/> writes before its merge: o rows then lse.</summary>
+    public static long MmaAttentionPartialFloats(AttentionWork work, int numHeads, int headDim) => (long)work.PartialRows * numHeads * (headDim + 1);
+
+    /// <summary>
+    /// o [qRows, numHeads, headDim], lse [qRows, numHeads] (natural log) of the step's query rows q by paged_attention_mma
+    /// over <paramref name="work"/>'s items, tables kv.BlockTables (the items' table offsets index it). Direct work writes
+    /// o and lse; otherwise the items write their partial rows into <paramref name="partial"/> (at least
+    /// <see cref="MmaAttentionPartialFloats"/>) and attention_merge_slots_f32 merges each row's slots into o and lse.
+    /// </summary>
+    internal void PagedAttentionMma<T>(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> q, PagedKv<T> kv, AttentionWork work,
+        AttentionWorkBuffers buffers, DeviceBuffer<float>? partial, int qRows, int numHeads, int numKvHeads, int headDim, int tileKeys) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(kv);
+        ArgumentNullException.ThrowIfNull(work);
+        ArgumentNullException.ThrowIfNull(buffers);
+        long partialO = (long)work.PartialRows * numHeads * headDim;
+        if (!work.Direct && (partial == null || partial.Length < MmaAttentionPartialFloats(work, numHeads, headDim)))
+            throw new ArgumentException($"the work's {work.PartialRows} partial rows need {MmaAttentionPartialFloats(work, numHeads, headDim)} floats of workspace, " +
+                                        $"got {partial?.Length ?? 0}", nameof(partial));
+        long outO = work.Direct ? o.Length : partialO, outL = work.Direct ? lse.Length : (long)work.PartialRows * numHeads;
+        if (OpsLaunchPlans.PagedAttentionMma(DeviceElement<T>.Suffix, outO, outL, q.Length, kv.KCache.Length, kv.VCache.Length, kv.BlockTables.Length,
+                buffers.Items.Length, buffers.RowIds.Length, work, qRows, numHeads, numKvHeads, headDim, kv.BlockSize, kv.NumBlocks, tileKeys) is not { } plan)
+            return;
+        SameDevice(o, nameof(o));
+        SameDevice(lse, nameof(lse));
+        SameDevice(q, nameof(q));
+        SameDevice(kv.KCache, nameof(kv));
+        SameDevice(kv.VCache, nameof(kv));
+        SameDevice(kv.BlockTables, nameof(kv));
+        SameDevice(buffers.Items, nameof(buffers));
+        SameDevice(buffers.RowIds, nameof(buffers));
+        if (partial != null) SameDevice(partial, nameof(partial));
+        ulong po = work.Direct ? o.Pointer : partial!.Pointer, pl = work.Direct ? lse.Pointer : partial!.Pointer + (ulong)(partialO * sizeof(float));
+        ulong pq = q.Pointer, pk = kv.KCache.Pointer, pv = kv.VCache.Pointer, pi = buffers.Items.Pointer, pr = buffers.RowIds.Pointer, pt = kv.BlockTables.Pointer;
+        int ni = work.ItemCount, nh = numHeads, nkv = numKvHeads, hd = headDim, bs = kv.BlockSize, nb = kv.NumBlocks;
+        float scale = 1f / MathF.Sqrt(headDim); // the CPU reference's scale, bit for bit
+        void** args = stackalloc void*[] { &po, &pl, &pq, &pk, &pv, &pi, &pr, &pt, &ni, &nh, &nkv, &hd, &bs, &nb, &scale };
+        Launch(plan, args);
+        if (work.Direct) return;
+        if (OpsLaunchPlans.AttentionMergeSlots(o.Length, lse.Length, partialO, (long)work.PartialRows * numHeads, buffers.SlotStarts.Length, buffers.Slots.Length,
+                qRows, work.PartialRows, numHeads, headDim) is not { } merge) return;
+        SameDevice(buffers.SlotStarts, nameof(buffers));
+        SameDevice(buffers.Slots, nameof(buffers));
+        ulong mo = o.Pointer, ml = lse.Pointer, ss = buffers.SlotStarts.Pointer, sl = buffers.Slots.Pointer;
+        int rows = qRows, heads = numHeads, d = headDim;
+        void** margs = stackalloc void*[] { &mo, &ml, &po, &pl, &ss, &sl, &rows, &heads, &d };
+        Launch(merge, margs);
+    }
+
     // ---- kv_append_{f32,f16,bf16} ----------------------------------------------------------------------------------
 
     /// <summary>

@@ -226,8 +226,10 @@ internal sealed unsafe partial class OpsLauncher
         IntPtr function = _module.Function(plan.Kernel);
         device.MakeCurrent();
         IntPtr stream = _stream?.DangerousGetHandle() ?? IntPtr.Zero;
-        var result = CuApi.cuLaunchKernel(function, plan.GridX, plan.GridY, plan.GridZ, plan.BlockX, 1, 1, 0, stream, args, null);
+        if (plan.SharedBytes > OpsLaunchPlans.DefaultSharedBytes) _module.AllowSharedBytes(plan.Kernel, function, (int)plan.SharedBytes);
+        var result = CuApi.cuLaunchKernel(function, plan.GridX, plan.GridY, plan.GridZ, plan.BlockX, 1, 1, plan.SharedBytes, stream, args, null);
         if (result != CuResult.Success)
-            throw new CudaException(result, $"cuLaunchKernel({plan.Kernel}, grid ({plan.GridX}, {plan.GridY}, {plan.GridZ}), block {plan.BlockX})", device.Ordinal);
+            throw new CudaException(result, $"cuLaunchKernel({plan.Kernel}, grid ({plan.GridX}, {plan.GridY}, {plan.GridZ}), block {plan.BlockX}, " +
+                                            $"{plan.SharedBytes} bytes of dynamic shared memory)", device.Ordinal);
     }
 }

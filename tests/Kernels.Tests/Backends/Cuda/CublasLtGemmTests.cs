@@ -88,4 +88,15 @@ public class CublasLtGemmTests
         Assert.That(on.ScratchBytes - off.ScratchBytes, Is.EqualTo(CublasLtGemm.WorkspaceBytes + (long)off.MaxTokensPerStep * widest * 2));
         Assert.That(byTable.ScratchBytes, Is.EqualTo(on.ScratchBytes), "unset: a tuning table may turn it on, so its memory is reserved");
     }
+
+    [Test]
+    public void TheMemoryPlanCountsTheTensorCoreAttentionsPartialsAndWorkUnlessItIsOff()
+    {
+        var config = Kernels.Runtime.Models.SyntheticModels.Create("synthetic:small").Config;
+        var off = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30, TensorCoreAttention = false });
+        var byTable = CudaMemoryPlan.Compute(config, 1L << 30, 16L << 30, new CudaBackendOptions { KvCacheBytes = 1L << 30 });
+        long rows = (long)off.MaxTokensPerStep * CudaMemoryPlan.AttentionSlotsPerRow;
+        long floats = rows * config.NumHeads * (config.HeadDim + 1), ints = rows * (AttentionWork.ItemInts + 2) + off.MaxTokensPerStep + 1;
+        Assert.That(byTable.ScratchBytes - off.ScratchBytes, Is.EqualTo(CudaMemoryPlan.Align(floats * 4) + CudaMemoryPlan.Align(ints * 4)));
+    }
 }
