@@ -45,6 +45,28 @@ public class TuneTests
     }
 
     [Test]
+    public void TheTensorCoreAttentionIsChosenWithItsFasterTileWhenVerifiedAndFasterThanTheCudaCorePrefill()
+    {
+        var r = Timings(1, 1);
+        foreach (var shape in new[] { "B=1 N=L=512 heads 32/8 d=128", "B=8 N=L=512 heads 32/8 d=128" })
+        {
+            r.Add(("paged_prefill_attention_hd128_f16", shape, 1000));
+            r.Add(("paged_attention_mma_hd128_k32_f16", shape, 60));
+            r.Add(("paged_attention_mma_hd128_k64_f16", shape, 40));
+        }
+        var t = Tune.Decide("g", r, new HashSet<string>());
+        Assert.That((t.TensorCoreAttention, t.AttentionTileKeys), Is.EqualTo((true, 64)));
+        Assert.That(t.Evidence, Does.Contain("prefill attention tensor-core (64-key tiles) / CUDA-core: new / old time 0.04"));
+        var failing = Tune.Decide("g", r, new HashSet<string> { "attention_merge_slots_f32" });
+        Assert.That(failing.TensorCoreAttention, Is.False, "a failing merge case keeps the CUDA-core attention");
+        Assert.That(Tune.Decide("g", Timings(1, 1), new HashSet<string>()).TensorCoreAttention, Is.False, "not timed: not chosen");
+        Assert.That(() => KernelTuning.Parse("""{"device": "g", "cublasLtMinRows": 1, "attentionTileKeys": 48}""", "t.json"),
+            Throws.TypeOf<InvalidDataException>().With.Message.Contains("attentionTileKeys"));
+        var older = KernelTuning.Parse("""{"device": "g", "cublasLtMinRows": 1}""", "old.json");
+        Assert.That((older.TensorCoreAttention, older.AttentionTileKeys), Is.EqualTo((false, 64)), "a table from before the switch: off");
+    }
+
+    [Test]
     public void AFailedVerifyCaseKeepsTheVerifiedDefaultHoweverFast()
     {
         var failing = new HashSet<string> { "paged_decode_attention_tiled_hd64_bf16", "convert_f32_to_bf16" };

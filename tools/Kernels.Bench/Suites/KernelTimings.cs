@@ -94,6 +94,8 @@ internal static partial class KernelTimings
                     new() { ["B"] = b, ["L"] = n, ["Hq"] = 32, ["Hkv"] = 8, ["D"] = 128 });
             }
 
+            AttentionRecords(t, quick, Add); // ---- tensor-core prefill and Hydragen prefix attention (KernelTimings.Attention.cs) ----
+
             KiviRecords(t, quick, Add); // ---- KIVI decode attention (KernelTimings.Kivi.cs) ----
 
             // ---- sampling ----

@@ -64,7 +64,9 @@ internal static class Tune
         string outPath = Path.Combine(outputDirectory, KernelTuning.FileName(device));
         File.WriteAllText(outPath, table.ToJson() + "\n");
         Console.WriteLine($"{device}: decode attention {(table.TiledDecodeAttention ? "tiled" : "CUDA-core")}, sampler {(table.RadixSampling ? "radix" : "bisection")}, " +
-                          $"cuBLASLt from {(table.CublasLtMinRows == int.MaxValue ? "never" : table.CublasLtMinRows + " rows")}\n{table.Evidence}\nwrote {outPath}");
+                          $"cuBLASLt from {(table.CublasLtMinRows == int.MaxValue ? "never" : table.CublasLtMinRows + " rows")}, " +
+                          $"prefill and shared-prefix attention {(table.TensorCoreAttention ? $"tensor-core ({table.AttentionTileKeys}-key tiles)" : "CUDA-core")}" +
+                          $"\n{table.Evidence}\nwrote {outPath}");
         return 0;
     }
 
@@ -119,7 +121,15 @@ internal static class Tune
                 for (int i = byRows.Count - 1; i >= 0 && byRows[i].Ratio <= Margin; i--) minRows = byRows[i].M; // wins from here up
         }
         else evidence.Add("GEMMs cuBLASLt / ours: not timed");
-        return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence));
+
+        // Tensor-core attention: the faster tile of paged_attention_mma against the CUDA-core prefill kernel, prefill shapes.
+        bool mmaVerified = Verified("paged_attention_mma_", "tensor-core attention") & Verified("attention_merge_slots_", "tensor-core attention's merge");
+        var tiles = OpsLaunchPlans.MmaAttentionTileKeys
+            .Select(k => (Keys: k, C: Compare(x => x == "paged_prefill_attention_hd128_f16", OpsLaunchPlans.MmaAttentionKernel("f16", 128, k))))
+            .Where(x => x.C.Shapes > 0).OrderBy(x => x.C.Ratio).ToArray();
+        int tileKeys = tiles.Length > 0 ? tiles[0].Keys : 64;
+        bool mma = Choose($"prefill attention tensor-core ({tileKeys}-key tiles) / CUDA-core", tiles.Length > 0 ? tiles[0].C : (double.NaN, 0), mmaVerified);
+        return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence)) { TensorCoreAttention = mma, AttentionTileKeys = tileKeys };
     }
 
     private static int Rows(string shape) => Regex.Match(shape, @"\bM=(\d+)") is { Success: true } m ? int.Parse(m.Groups[1].Value) : 0;

@@ -115,6 +115,7 @@ internal static unsafe partial class Verify
                 yield return new Case(entry, "T=1 top-k=50 top-p=0.9 min-p=0.05 V=1000 8192 draws", () => SampleDistributionCase(8192, 1000, 0.05f, radix));
             }
             foreach (var kivi in KiviCases()) yield return kivi; // Verify.Kivi.cs
+            foreach (var mma in MmaAttentionCases()) yield return mma; // Verify.MmaAttention.cs
             foreach (var squeeze in SqueezeCases()) yield return squeeze; // Verify.Squeeze.cs
             foreach (var c in W4A8Cases()) yield return c; // Verify.W4A8.cs
         }
