@@ -2,7 +2,8 @@
 # One command on the GPU machine (see ../shared/GPU.md): build the kernels with the local nvcc, then verify every GPU
 # kernel against the CPU reference, twice: the fatbin embedded in the published bench (built where it was published,
 # nvcc 11.8 here) and the fatbin this machine's nvcc just built (--fatbin). Results go to $OUT (default
-# ./device-check-out): verify*.json, e2e.json (CUDA backend parity, leak check, llama3-8b decode), torch_decode.json
+# ./device-check-out): verify*.json, e2e.json (CUDA backend parity, leak check, llama3-8b decode), shared-gpu.json
+# (shared-prompt decode with and without Hydragen levels, prefill), torch_decode.json
 # (the PyTorch decode baseline of the same shapes), kernels.json (timings + PyTorch baselines from tools/kernel_baselines.py), logs,
 # the kernels manifest, nvidia-smi, and device-check.tar.gz with all of them.
 #
@@ -15,6 +16,7 @@
 # (e2e writes its JSON after parity and after each throughput table, so a cut-off run keeps what it measured).
 # E2E_QUICK=0 with QUICK=1: the timings stay quick but e2e runs in full (the decode table for batch 1..256).
 # LOCAL_NVCC=0: skip the build with this machine's nvcc (only the bench's embedded fatbin is verified and timed).
+# SHARED=0: skip the shared-prompt stage (SHARED_TIMEOUT: its limit, 150 s with QUICK=1, else 240 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=${QUICK:-0}
@@ -89,6 +91,17 @@ if [ -x "$BENCH" ]; then
   [ "$status" -eq 0 ] && status=$rc
 fi
 
+# ---- shared prefixes, 8B (kernels-bench shared-gpu, issue 17): 64 sequences (16 with QUICK=1) sharing a 4096-token
+# prompt, decode steps with Hydragen levels vs private copies, against (weights + KV read) / bandwidth; then a
+# 2048-token prefill with the tensor-core and the CUDA-core attention. Reported; the exit status is unchanged.
+if [ -x "$BENCH" ] && [ "${SHARED:-1}" = 1 ]; then
+  note "shared-gpu: shared-prompt decode and prefill -> shared-gpu.json"
+  timeout "${SHARED_TIMEOUT:-$([ "$QUICK" = 1 ] && echo 150 || echo 240)}" "$BENCH" shared-gpu $QUICK_ARG ${FATBIN:+--fatbin "$FATBIN"} \
+    --json "$OUT/shared-gpu.json" 2>&1 | tee "$OUT/shared-gpu.log"
+  note "shared-gpu exit ${PIPESTATUS[0]}"
+  grep -E "^(shared|private|prefill|FAIL)" "$OUT/shared-gpu.log" | tee -a "$OUT/summary.txt"
+fi
+
 # ---- the PyTorch decode baseline (tools/torch_decode_baseline.py): the same 8B shapes as e2e's decode table, random
 # fp16 weights, static KV cache, SDPA + cuBLAS, the step as a CUDA graph; batch 1/16/64/256 at context 1024 and the
 # prefill of one 2048-token prompt. Reported; the exit status is unchanged.
@@ -148,6 +161,13 @@ if [ "$PROFILE" = 1 ] && [ -x "$BENCH" ] && command -v ncu >/dev/null 2>&1; then
       "$BENCH" gpu-step --batch "$B" --context 1024 ${FATBIN:+--fatbin "$FATBIN"} > "$OUT/profile-decode-b$B.txt" 2>&1
     note "ncu batch $B exit $?"
   done
+  # The tensor-core attention's kernels (prefill and Hydragen prefix shapes of `kernels --quick`): compute and memory
+  # throughput, tensor pipe utilisation, occupancy, stalls.
+  note "ncu: paged_attention_mma (kernels --quick shapes) -> profile-attention-mma.txt"
+  timeout "${PROFILE_TIMEOUT:-150}" ncu -k regex:paged_attention_mma -c "${PROFILE_MMA_LAUNCHES:-8}" --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --print-summary per-kernel \
+    "$BENCH" kernels --quick --iterations 1 ${FATBIN:+--fatbin "$FATBIN"} --json /tmp/kernels-ncu.json > "$OUT/profile-attention-mma.txt" 2>&1
+  note "ncu attention exit $?"
 fi
 
 note "exit $status"

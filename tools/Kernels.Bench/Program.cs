@@ -76,6 +76,11 @@ public static class Program
         var e2e = new Command("e2e", "CUDA backend end to end: logits parity with the CPU backend, create/dispose leak check, llama3-8b decode throughput vs roofline; exit 2 without CUDA");
         foreach (var o in new Option[] { e2eJson, e2eQuick, fatbin, ordinal }) e2e.Options.Add(o);
         e2e.SetAction(p => EndToEnd.Run(p.GetValue(fatbin), p.GetValue(e2eJson), p.GetValue(ordinal), p.GetValue(e2eQuick)));
+        var sharedJson = new Option<string?>("--json") { Description = "Also write the results to this JSON file" };
+        var sharedQuick = new Option<bool>("--quick") { Description = "16 sequences instead of 64, fewer steps" };
+        var sharedGpu = new Command("shared-gpu", "CUDA backend, synthetic:llama3-8b: 64 sequences sharing a 4096-token prompt decoding with and without Hydragen levels vs roofline, and a 2048-token prefill with the tensor-core and CUDA-core attention; exit 2 without CUDA");
+        foreach (var o in new Option[] { sharedJson, sharedQuick, fatbin, ordinal }) sharedGpu.Options.Add(o);
+        sharedGpu.SetAction(p => EndToEnd.RunShared(p.GetValue(fatbin), p.GetValue(sharedJson), p.GetValue(ordinal), p.GetValue(sharedQuick)));
         var stepBatch = new Option<int>("--batch") { DefaultValueFactory = _ => 1, Description = "Sequences decoding together" };
         var stepContext = new Option<int>("--context") { DefaultValueFactory = _ => 1024, Description = "Cached keys per sequence" };
         var stepSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 1, Description = "Decode steps inside the profiled range" };
@@ -172,6 +177,7 @@ public static class Program
         root.Subcommands.Add(kernelsCmd);
         root.Subcommands.Add(e2e);
         root.Subcommands.Add(gpuStep);
+        root.Subcommands.Add(sharedGpu);
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());

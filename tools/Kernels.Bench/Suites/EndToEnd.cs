@@ -12,7 +12,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Bench;
 
-internal static class EndToEnd
+internal static partial class EndToEnd
 {
     /// <summary>The issue's acceptance bound for fp16 math: max |logit diff| between the CUDA and CPU backends.</summary>
     private const double LogitTolerance = 2e-3;
@@ -75,6 +75,17 @@ internal static class EndToEnd
                 if (r.Status == "FAIL") pass = false;
                 Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
             }
+        }
+
+        // ---- (a') shared prefixes: Hydragen levels through the tensor-core attention (EndToEnd.Hydragen.cs) ----------
+        Console.WriteLine($"\n## parity with shared prefixes: a {SharedPromptTokens}-token prompt forked {SharedForks} ways, finishing at different steps; " +
+                          "GPU levels vs CPU with the same plan (logits) and vs the GPU without levels (tokens)");
+        foreach (var (name, path) in models.Where(m => !m.Name.Contains(' ')).Append(("synthetic:mini", "synthetic:mini")))
+        {
+            var r = HydragenParity(name + " hydragen", path, options with { KvDType = TensorDType.F16, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64 });
+            parity.Add(r);
+            if (r.Status == "FAIL") pass = false;
+            Console.WriteLine($"{r.Status,-5} {r.Model,-27} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
         }
 
         // ---- (b) leak check --------------------------------------------------------------------------------------

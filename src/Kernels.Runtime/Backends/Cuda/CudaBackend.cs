@@ -135,6 +135,9 @@ internal sealed class CudaBackend : IBackend
     /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>
     public string GraphStatus => _step.GraphStatus;
 
+    /// <summary>The kernel variants this backend runs on its GPU and where the choice came from (options or tuning table).</summary>
+    public string KernelChoices => _step.KernelChoices;
+
     /// <summary>Internal steps so far and the GPU's time over them (CUDA events around each step's device work).</summary>
     internal (long Steps, double GpuMilliseconds) GpuTime => _step.GpuTime;
 
