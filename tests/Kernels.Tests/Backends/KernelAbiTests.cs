@@ -40,10 +40,11 @@ public class KernelAbiTests
     [Test]
     public void EveryExportedKernelIsComparedWithItsCpuReferenceByAVerifyCase()
     {
-        // STYLE habit 2: every kernel of the fatbin is checked against the CPU reference. Two kernels only run inside
+        // STYLE habit 2: every kernel of the fatbin is checked against the CPU reference. Three kernels only run inside
         // another's launch and are checked through it: attention_merge_f32 merges the splits of a split decode (the
         // verify case "lens 5000 ... (split)" asks for more than one split), kivi_merge_partials_f32 merges every KIVI
-        // decode's partials. The plans below show those launches really contain them.
+        // decode's partials, attention_merge_slots_f32 merges paged_attention_mma's levels and splits (its "decode tree"
+        // cases). The plans below show those launches really contain them.
         var exports = Exports();
         Assert.That(exports, Is.Not.Empty);
         var verified = VerifiedKernels();
@@ -54,6 +55,9 @@ public class KernelAbiTests
         {
             [split.Merge!.Value.Kernel] = split.Attention.Kernel,
             [OpsLaunchPlans.KiviMergePartials(4 * 128, 4, 4L * 3 * 128, 12, 1, 4, 3, 128)!.Value.Kernel] = "kivi_decode_attention_f32",
+            // A leveled or split AttentionWork merges its partial rows (the verify cases' decode trees have levels).
+            [OpsLaunchPlans.AttentionMergeSlots(10 * 32 * 128, 10 * 32, 40 * 32 * 128, 40 * 32, 11, 40, 10, 40, 32, 128)!.Value.Kernel] =
+                OpsLaunchPlans.MmaAttentionKernel("f16", 128, 64),
         };
         var unchecked_ = exports.Where(k => !verified.Contains(k) && !(insideOf.TryGetValue(k, out var outer) && verified.Contains(outer))).ToArray();
         Assert.That(unchecked_, Is.Empty, "exported kernels no verify case compares with the CPU reference");
