@@ -13,38 +13,21 @@
 #include "ops/paged_attention_mma.cuh"
 
 #include <algorithm>
-#include <random>
 #include <string>
+
+#include "emu_test.h"
 
 namespace
 {
-struct Rng
-{
-    std::mt19937 gen;
-    explicit Rng(unsigned seed) : gen(seed) {}
-    float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen); }
-    int below(int n) { return std::uniform_int_distribution<int>(0, n - 1)(gen); }
-};
-
-template <DType DT>
-uint16_t to_bits(float f)
-{
-    if constexpr (DT == DType::F16) return __float2half_rn(f).bits;
-    else return __float2bfloat16_rn(f).bits;
-}
-template <DType DT>
-float from_bits(uint16_t b)
-{
-    return emu::b16_to_float<DT>(b);
-}
+using emu_test::from_bits;
+using emu_test::Rng;
+using emu_test::to_bits;
 
 struct Item
 {
     std::vector<int> rows; // q row ids
     int table, key_begin, key_end, pos0, out_row;
 };
-
-int failures = 0;
 
 template <DType DT, int D, int KEYS>
 void run_case(const char* dtype, int num_heads, int num_kv_heads, int block_size, unsigned seed)
@@ -205,11 +188,9 @@ void run_case(const char* dtype, int num_heads, int num_kv_heads, int block_size
         }
     (void)empty_out;
     const bool ok = worst_o <= tol_o && worst_l <= 1e-4 && empty_bad == 0 && merge_o <= tol_o && merge_l <= 1e-4;
-    std::printf("%s %-5s hd%-3d k%-2d heads %2d/%d block %2d: items %3d, max |o - ref| %.2e (tol %.1e), max |lse - ref| %.2e, "
-                "split+merge vs whole %.2e / %.2e, empty rows bad %d\n",
-                ok ? "ok  " : "FAIL", dtype, D, KEYS, num_heads, num_kv_heads, block_size, num_items, worst_o, tol_o, worst_l,
-                merge_o, merge_l, empty_bad);
-    failures += !ok;
+    emu_test::report(ok, "%-5s hd%-3d k%-2d heads %2d/%d block %2d: items %3d, max |o - ref| %.2e (tol %.1e), max |lse - ref| %.2e, "
+                     "split+merge vs whole %.2e / %.2e, empty rows bad %d",
+                     dtype, D, KEYS, num_heads, num_kv_heads, block_size, num_items, worst_o, tol_o, worst_l, merge_o, merge_l, empty_bad);
 }
 
 template <int D, int KEYS>
@@ -233,6 +214,5 @@ int main(int argc, char** argv)
         run_case<DType::BF16, 64, 32>("bf16", 14, 2, 5, 12u); // G = 7, block size 5
         run_case<DType::F16, 64, 64>("f16", 28, 4, 7, 13u);   // G = 7 (Qwen2's 28 / 4), block size 7
     }
-    std::printf(failures == 0 ? "PASS\n" : "FAIL\n");
-    return failures == 0 ? 0 : 1;
+    return emu_test::finish();
 }

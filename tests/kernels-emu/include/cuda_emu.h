@@ -8,7 +8,8 @@
 // What it does not model: timing, memory ordering beyond barriers (cp.async copies at once; a missing wait is not
 // caught), bank conflicts, divergence within a warp at a collective (all 32 lanes must call it, as the kernels
 // require). Compile with -include cuda_emu.h -I tests/kernels-emu/include -I kernels/include (this folder first:
-// it replaces mma.cuh, cuda_fp16.h and cuda_bf16.h).
+// it replaces mma.cuh, cuda_fp16.h and cuda_bf16.h) and -fno-strict-aliasing (kernels read a uint4 through __half*,
+// which nvcc allows and g++ -O2 would miscompile).
 #pragma once
 
 #include <climits>
@@ -31,7 +32,7 @@
 #define __constant__
 #define __shared__ static
 #define __launch_bounds__(...)
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
 #define KERNELS_DYNAMIC_SMEM(name) unsigned char* name = emu::dynamic_smem()
 
