@@ -259,6 +259,56 @@ inline T __shfl_down_sync(unsigned, T v, int delta)
     return emu::exchange(v, src < 32 ? src : emu::lane_id());
 }
 
+template <class T>
+inline T __shfl_up_sync(unsigned, T v, int delta)
+{
+    const int src = emu::lane_id() - delta;
+    return emu::exchange(v, src >= 0 ? src : emu::lane_id());
+}
+inline unsigned __ballot_sync(unsigned, int predicate)
+{
+    const int lane = emu::lane_id();
+    const int mine = predicate != 0;
+    std::memcpy(emu::warp_exchange(lane), &mine, sizeof(int));
+    emu::arrive_and_wait(emu::warp_barrier());
+    unsigned bits = 0;
+    for (int l = 0; l < 32; ++l)
+    {
+        int p;
+        std::memcpy(&p, emu::warp_exchange(l), sizeof(int));
+        bits |= static_cast<unsigned>(p != 0) << l;
+    }
+    emu::arrive_and_wait(emu::warp_barrier());
+    return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline unsigned __float_as_uint(float f)
+{
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u)
+{
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// Fibers never interleave inside a statement, so read-modify-write is atomic here.
+template <class T>
+inline T atomicAdd(T* address, T value)
+{
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+inline int atomicMin(int* address, int value)
+{
+    const int old = *address;
+    *address = old < value ? old : value;
+    return old;
+}
+
 // ---- 16-bit floats: storage types and the conversions the kernels use (round to nearest even) ----
 struct __half
 {
