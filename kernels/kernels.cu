@@ -28,4 +28,4 @@
 #include "ops/paged_attention_mma.cuh"    // defines: paged_attention_mma_hd{64,128}_k{32,64}_{f16,bf16}, attention_merge_slots_f32
 #include "ops/sample_tokens.cuh"           // defines: sample_tokens_f32, sample_tokens_radix_f32
 #include "ops/squeezellm_gemv.cuh"        // defines: squeezellm_gemv_b{3,4}
-#include "ops/w4a8_gemm.cuh" // defines: w4a8_gemm_{group,channel}_{m16,m64}
+#include "ops/w4a8_gemm.cuh" // defines: w4a8_gemm_{group,channel}_{m16,m64,splitk}, w4a8_splitk_reduce

@@ -2,7 +2,8 @@
 // m16n8k16 with f16 or bf16 inputs and fp32 accumulators, and fp32 -> 16-bit packing. Written once, used by every
 // tensor-core kernel (STYLE habit 5).
 //
-// defines: cp_async16_zfill, cp_async_commit, cp_async_wait<N>, ldmatrix_x4, ldmatrix_x4_trans, mma_m16n8k16<DT>, pack2<DT>,
+// defines: cp_async16_zfill, cp_async_commit, cp_async_wait<N>, ldmatrix_x4, ldmatrix_x4_trans, mma_m16n8k16<DT>,
+//          mma_m16n8k32_s8, pack2<DT>,
 //          smem_u32
 //
 // Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = threadIdx.x % 32, g = lane / 4, c = lane % 4:
@@ -81,6 +82,17 @@ __device__ __forceinline__ void mma_m16n8k16<DType::BF16>(float (&d)[4], const u
                  "{%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// d += a * b for one 16x8x32 int8 tile, int32 accumulate (exact). Fragments (PTX ISA, m16n8k32 .s8), g = lane / 4,
+// c = lane % 4, four int8 per register, lowest k in the low byte: a0 (row g, k 4c..4c+3), a1 (row g+8, same k),
+// a2 (row g, k 16+4c..), a3 (row g+8, k 16+4c..); b0 (k 4c..4c+3, n = g), b1 (k 16+4c.., n = g); C as m16n8k16's.
+__device__ __forceinline__ void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Two fp32 values rounded to nearest-even into one 32-bit register of DT pairs (lo in the low half).

@@ -34,6 +34,7 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace gemm
 {
@@ -42,24 +43,10 @@ constexpr int kW4A8CtaN = 128;
 constexpr int kW4A8CtaK = 64;
 constexpr int kW4A8RowBytes = kW4A8CtaK + 16; // padded shared-memory row of A (bank-conflict-free fragments)
 
+// One 16-byte copy of a tile; an invalid source (rows past M, tiles past K) zero-fills without reading.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
 {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int src_bytes = valid ? 16 : 0; // 0: the 16 bytes are zero-filled (rows past M, tiles past K)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void mma_s8_16832(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    cp_async16_zfill(smem, gmem, valid ? 16 : 0);
 }
 
 // Four 4-bit codes (one per byte, already masked to 0x0F0F0F0F) -> four int8 weights: q*s1 lane-packed (q*s1 <= 255,
@@ -163,7 +150,7 @@ __device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* _
                 a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
                 a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * kW4A8RowBytes + 16);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) mma_s8_16832(acc[i][j], a, b[j][0], b[j][1]);
+                for (int j = 0; j < 4; ++j) mma_m16n8k32_s8(acc[i][j], a, b[j][0], b[j][1]);
             }
         }
         __syncthreads(); // the next iteration's cp.async overwrites this buffer
@@ -186,6 +173,149 @@ __device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* _
                     __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
             }
 }
+
+// ---- w4a8_gemm_{group,channel}_splitk: M <= 16 in the Marlin manner -------------------------------------------------
+// The same math, layouts and exactness as w4a8_gemm, for decode (M <= 16): K split over gridDim.y, so the grid fills
+// the GPU for every layer shape, and K tiles of 128 in a 4-stage cp.async pipeline (32 KiB of weights in flight per
+// CTA, against 8 KiB in the two-stage kernel). Split s covers k tiles [s T, min((s + 1) T, Kpad / 32)), T =
+// tiles_per_split. With one split the epilogue writes y; with several each CTA writes its exact int32 sums to
+// partial[s, m, n] and w4a8_splitk_reduce sums them in split order (integer: the same y bits whatever the split).
+//
+// w4a8_gemm_{group,channel}_splitk(y, xq, x_scale, x_sum, qweight, w_scale, scales2, zeros, M, N, K, group_size,
+//                                  partial, tiles_per_split):
+//   as w4a8_gemm, plus partial [gridDim.y, M, N] int32 (written when gridDim.y > 1; may be null otherwise).
+//   Grid (ceil(Npad / 128), splits); block 128. Preconditions as w4a8_gemm's, M <= 16, tiles_per_split >= 1.
+// w4a8_splitk_reduce(y, partial, x_scale, x_sum, w_scale, zeros, M, N, splits, group_size):
+//   y[m, n] = fl(fl(float(sum_s partial[s, m, n] - zc[n] x_sum[m]) x_scale[m]) w_scale[n]), zc = 0 per group.
+//   Grid ceil(M N / 256), block 256.
+constexpr int kSplitStages = 4;
+constexpr int kSplitTilesPerStage = 4; // k tiles of 32 per stage: CTA_K = 128
+constexpr int kSplitRowBytes = 32 * kSplitTilesPerStage + 16; // padded A row: 36 words, rows g land on banks 4g + tig
+
+template <bool kGroup>
+__device__ __forceinline__ void w4a8_gemm_splitk(float* __restrict__ y, const int8_t* __restrict__ xq, const float* __restrict__ x_scale,
+                                                 const int* __restrict__ x_sum, const uint8_t* __restrict__ qweight,
+                                                 const __half* __restrict__ w_scale, const uint8_t* __restrict__ scales2,
+                                                 const uint8_t* __restrict__ zeros, int M, int N, int K, int group_size,
+                                                 int* __restrict__ partial, int tiles_per_split)
+{
+    __shared__ __align__(16) uint8_t a_smem[kSplitStages][16 * kSplitRowBytes];
+    __shared__ __align__(16) uint8_t b_smem[kSplitStages][4 * kSplitTilesPerStage * 512]; // [warp][k tile][lane][16]
+
+    const int n_pad = (N + 31) / 32 * 32, k_pad = (K + 31) / 32 * 32, k_tiles = k_pad / 32, n_blocks = n_pad / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int group_id = lane >> 2, tig = lane & 3;
+    const int nb0 = blockIdx.x * 4, nb = nb0 + warp;
+    const int kt_begin = blockIdx.y * tiles_per_split;
+    const int kt_end = min(k_tiles, kt_begin + tiles_per_split);
+    const int stages = kt_end > kt_begin ? (kt_end - kt_begin + kSplitTilesPerStage - 1) / kSplitTilesPerStage : 0;
+
+    // Stage st: A rows 0..15 x k tiles kt_begin + 4 st .. + 3, B tiles of the CTA's 4 n-blocks for the same k tiles.
+    auto load_stage = [&](int st) {
+        const int buf = st % kSplitStages, kt0 = kt_begin + st * kSplitTilesPerStage;
+        for (int chunk = threadIdx.x; chunk < 16 * 2 * kSplitTilesPerStage; chunk += kW4A8Threads)
+        {
+            const int row = chunk / (2 * kSplitTilesPerStage), part = chunk % (2 * kSplitTilesPerStage); // 16-byte parts of 128 bytes
+            const int kt = kt0 + part / 2;
+            const bool valid = row < M && kt < kt_end;
+            const int8_t* src = valid ? xq + static_cast<int64_t>(row) * k_pad + kt * 32 + (part & 1) * 16 : xq;
+            cp_async16(&a_smem[buf][row * kSplitRowBytes + part * 16], src, valid);
+        }
+        for (int chunk = threadIdx.x; chunk < 4 * kSplitTilesPerStage * 32; chunk += kW4A8Threads)
+        {
+            const int w = chunk / (kSplitTilesPerStage * 32), t = (chunk / 32) % kSplitTilesPerStage, l = chunk & 31;
+            const int kt = kt0 + t;
+            const bool valid = nb0 + w < n_blocks && kt < kt_end;
+            const uint8_t* src = valid ? qweight + (static_cast<int64_t>(nb0 + w) * k_tiles + kt) * 512 + l * 16 : qweight;
+            cp_async16(&b_smem[buf][chunk * 16], src, valid);
+        }
+    };
+
+    int acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+
+#pragma unroll
+    for (int st = 0; st < kSplitStages - 1; ++st)
+    {
+        if (st < stages) load_stage(st);
+        cp_async_commit(); // one group per stage slot, empty or not: the wait below counts them
+    }
+    for (int st = 0; st < stages; ++st)
+    {
+        cp_async_wait<kSplitStages - 2>();
+        __syncthreads(); // stage st is in shared memory; the slot of stage st - 1 is free
+        if (st + kSplitStages - 1 < stages) load_stage(st + kSplitStages - 1);
+        cp_async_commit();
+        const int buf = st % kSplitStages;
+        if (nb >= n_blocks) continue; // uniform per warp (the barriers above are every thread's)
+#pragma unroll
+        for (int t = 0; t < kSplitTilesPerStage; ++t)
+        {
+            const int kt = kt_begin + st * kSplitTilesPerStage + t;
+            if (kt >= kt_end) break; // uniform
+            const uint4 raw = *reinterpret_cast<const uint4*>(&b_smem[buf][((warp * kSplitTilesPerStage + t) * 32 + lane) * 16]);
+            uint32_t s1 = 0x01010101u, zs = 0;
+            if constexpr (kGroup)
+            {
+                const int64_t col = static_cast<int64_t>(kt * 32 / group_size) * n_pad + nb * 32 + 4 * group_id;
+                s1 = __ldg(reinterpret_cast<const uint32_t*>(scales2 + col));
+                zs = __ldg(reinterpret_cast<const uint32_t*>(zeros + col));
+            }
+            uint32_t b[4][2];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+            {
+                const uint32_t scale = (s1 >> (8 * j)) & 0xFFu, zero4 = __byte_perm(zs, 0, 0x1111u * j);
+                const uint32_t k0 = (j & 1) ? raw.y : raw.x, k1 = (j & 1) ? raw.w : raw.z;
+                const int shift = (j >> 1) * 4;
+                b[j][0] = dequant4<kGroup>((k0 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+                b[j][1] = dequant4<kGroup>((k1 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+            }
+            const uint8_t* base = &a_smem[buf][group_id * kSplitRowBytes + t * 32 + tig * 4];
+            uint32_t a[4];
+            a[0] = *reinterpret_cast<const uint32_t*>(base);
+            a[1] = *reinterpret_cast<const uint32_t*>(base + 8 * kSplitRowBytes);
+            a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
+            a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * kSplitRowBytes + 16);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mma_m16n8k32_s8(acc[j], a, b[j][0], b[j][1]);
+        }
+    }
+    cp_async_wait<0>(); // nothing in flight when the block ends
+
+    const bool split = gridDim.y > 1;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+        {
+            const int m = group_id + (r >> 1) * 8;
+            const int n = nb * 32 + 8 * j + 2 * tig + (r & 1);
+            if (m >= M || n >= N || nb >= n_blocks) continue;
+            if (split)
+            {
+                partial[(static_cast<int64_t>(blockIdx.y) * M + m) * N + n] = acc[j][r];
+                continue;
+            }
+            int total = acc[j][r];
+            if constexpr (!kGroup) total -= static_cast<int>(zeros[n]) * x_sum[m];
+            y[static_cast<int64_t>(m) * N + n] = __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+        }
+}
+
+__device__ __forceinline__ void w4a8_splitk_reduce(float* __restrict__ y, const int* __restrict__ partial, const float* __restrict__ x_scale,
+                                                   const int* __restrict__ x_sum, const __half* __restrict__ w_scale,
+                                                   const uint8_t* __restrict__ zeros, int M, int N, int splits, int group_size)
+{
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= static_cast<int64_t>(M) * N) return;
+    const int m = static_cast<int>(i / N), n = static_cast<int>(i % N);
+    int total = 0;
+    for (int s = 0; s < splits; ++s) total += partial[static_cast<int64_t>(s) * M * N + i];
+    if (group_size == 0) total -= static_cast<int>(zeros[n]) * x_sum[m];
+    y[i] = __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+}
 } // namespace gemm
 
 #define W4A8_GEMM_ENTRY(name, GROUP, CTA_M)                                                                        \
@@ -202,3 +332,24 @@ W4A8_GEMM_ENTRY(w4a8_gemm_group_m64, true, 64)
 W4A8_GEMM_ENTRY(w4a8_gemm_channel_m16, false, 16)
 W4A8_GEMM_ENTRY(w4a8_gemm_channel_m64, false, 64)
 #undef W4A8_GEMM_ENTRY
+
+#define W4A8_SPLITK_ENTRY(name, GROUP)                                                                             \
+    extern "C" __global__ void __launch_bounds__(gemm::kW4A8Threads)                                              \
+        name(float* y, const int8_t* xq, const float* x_scale, const int* x_sum, const uint8_t* qweight,          \
+             const __half* w_scale, const uint8_t* scales2, const uint8_t* zeros, int M, int N, int K,            \
+             int group_size, int* partial, int tiles_per_split)                                                   \
+    {                                                                                                              \
+        if (M > 16 || tiles_per_split < 1) return;                                                                 \
+        gemm::w4a8_gemm_splitk<GROUP>(y, xq, x_scale, x_sum, qweight, w_scale, scales2, zeros, M, N, K,           \
+                                      group_size, partial, tiles_per_split);                                       \
+    }
+W4A8_SPLITK_ENTRY(w4a8_gemm_group_splitk, true)
+W4A8_SPLITK_ENTRY(w4a8_gemm_channel_splitk, false)
+#undef W4A8_SPLITK_ENTRY
+
+extern "C" __global__ void __launch_bounds__(256)
+    w4a8_splitk_reduce(float* y, const int* partial, const float* x_scale, const int* x_sum, const __half* w_scale,
+                       const uint8_t* zeros, int M, int N, int splits, int group_size)
+{
+    gemm::w4a8_splitk_reduce(y, partial, x_scale, x_sum, w_scale, zeros, M, N, splits, group_size);
+}

@@ -40,11 +40,11 @@ public class KernelAbiTests
     [Test]
     public void EveryExportedKernelIsComparedWithItsCpuReferenceByAVerifyCase()
     {
-        // STYLE habit 2: every kernel of the fatbin is checked against the CPU reference. Three kernels only run inside
+        // STYLE habit 2: every kernel of the fatbin is checked against the CPU reference. Four kernels only run inside
         // another's launch and are checked through it: attention_merge_f32 merges the splits of a split decode (the
         // verify case "lens 5000 ... (split)" asks for more than one split), kivi_merge_partials_f32 merges every KIVI
         // decode's partials, attention_merge_slots_f32 merges paged_attention_mma's levels and splits (its "decode tree"
-        // cases). The plans below show those launches really contain them.
+        // cases), w4a8_splitk_reduce adds a split-K W4A8 GEMM's sums. The plans below show those launches contain them.
         var exports = Exports();
         Assert.That(exports, Is.Not.Empty);
         var verified = VerifiedKernels();
@@ -56,6 +56,9 @@ public class KernelAbiTests
             [split.Merge!.Value.Kernel] = split.Attention.Kernel,
             [OpsLaunchPlans.KiviMergePartials(4 * 128, 4, 4L * 3 * 128, 12, 1, 4, 3, 128)!.Value.Kernel] = "kivi_decode_attention_f32",
             // A leveled or split AttentionWork merges its partial rows (the verify cases' decode trees have levels).
+            // A W4A8 layer of 4096 x 4096 at M = 1 splits K over 132 SMs; the verify cases run that shape.
+            [OpsLaunchPlans.W4A8GemmSplitK(4096, 4096, 1, -1, 4096L * 2048, 4096, 32L * 4096, 32L * 4096, 16L * 4096, 1, 4096, 4096, 128, 264)!.Value.Reduce!.Value.Kernel] =
+                "w4a8_gemm_group_splitk",
             [OpsLaunchPlans.AttentionMergeSlots(10 * 32 * 128, 10 * 32, 40 * 32 * 128, 40 * 32, 11, 40, 10, 40, 32, 128)!.Value.Kernel] =
                 OpsLaunchPlans.MmaAttentionKernel("f16", 128, 64),
         };

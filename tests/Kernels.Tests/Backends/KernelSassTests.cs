@@ -28,7 +28,7 @@ public class KernelSassTests
         (new("^dense_gemm_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"], "tensor-core tile fed by cp.async and ldmatrix"),
         (new("^dense_gemm_small_m_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"], "small-M tensor-core tile fed by cp.async and ldmatrix"),
         (new("^dense_gemv_(f16|bf16)$"), ["LDG.128", "SHFL"], "16-byte weight loads, warp-shuffle reductions"),
-        (new("^w4a8_gemm_(group|channel)_m(16|64)$"), ["IMMA", "LDGSTS"], "int8 tensor cores fed by cp.async"),
+        (new("^w4a8_gemm_(group|channel)_(m16|m64|splitk)$"), ["IMMA", "LDGSTS"], "int8 tensor cores fed by cp.async"),
         (new("^paged_decode_attention_hd(64|128|256)_(f16|bf16|f32)$"), ["LDG.128", "SHFL"], "16-byte K/V loads, warp reductions"),
         (new("^paged_decode_attention_tiled_hd(64|128)_(f16|bf16)$"), ["LDGSTS", "SHFL"], "K/V tiles through cp.async, warp-shuffle scores and softmax"),
         (new("^paged_attention_mma_hd(64|128)_k(32|64)_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"],

@@ -67,6 +67,21 @@ public class TuneTests
     }
 
     [Test]
+    public void TheSplitKW4A8GemmIsChosenWhenAllThreeOfItsKernelsVerifiedAndItIsFaster()
+    {
+        var r = Timings(1, 1);
+        foreach (var shape in new[] { "qkv M=1 N=6144 K=4096 g128", "down M=16 N=4096 K=14336 g128" })
+        {
+            r.Add(("w4a8_gemm_group_m16", shape, 60));
+            r.Add(("w4a8_gemm_group_splitk", shape, 20));
+        }
+        Assert.That(Tune.Decide("g", r, new HashSet<string>()).W4A8SplitK, Is.True);
+        Assert.That(Tune.Decide("g", r, new HashSet<string> { "w4a8_splitk_reduce" }).W4A8SplitK, Is.False, "its reduce failed verify");
+        Assert.That(Tune.Decide("g", Timings(1, 1), new HashSet<string>()).W4A8SplitK, Is.False, "not timed");
+        Assert.That(KernelTuning.Parse("""{"device": "g", "cublasLtMinRows": 1}""", "old.json").W4A8SplitK, Is.False);
+    }
+
+    [Test]
     public void AFailedVerifyCaseKeepsTheVerifiedDefaultHoweverFast()
     {
         var failing = new HashSet<string> { "paged_decode_attention_tiled_hd64_bf16", "convert_f32_to_bf16" };

@@ -282,6 +282,28 @@ inline unsigned __ballot_sync(unsigned, int predicate)
     return bits;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Byte i of the result is byte (s >> 4i) & 7 of the 8 bytes {x, y} (x's bytes 0-3, y's 4-7); no sign mode.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    const uint64_t both = static_cast<uint64_t>(y) << 32 | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((both >> (8 * ((s >> (4 * i)) & 7))) & 0xFF) << (8 * i);
+    return r;
+}
+// Per-byte sum modulo 256.
+inline unsigned __vadd4(unsigned a, unsigned b)
+{
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (((a >> (8 * i)) + (b >> (8 * i))) & 0xFFu) << (8 * i);
+    return r;
+}
+template <class T>
+inline T __ldg(const T* p)
+{
+    return *p;
+}
+inline float __int2float_rn(int v) { return static_cast<float>(v); } // round to nearest even, as the default mode
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline unsigned __float_as_uint(float f)
 {
     unsigned u;

@@ -3,6 +3,8 @@
 //   A 16x16: a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)      (row, col), low half first
 //   B 16x8:  b0 (k = 2c..2c+1, n = g), b1 (k = 2c+8..2c+9, n = g)
 //   C 16x8:  c0, c1 (g, 2c..2c+1), c2, c3 (g+8, 2c..2c+1)
+//   m16n8k32 .s8 (four int8 a register, lowest k in the low byte): a0 (g, 4c..4c+3), a1 (g+8, 4c..), a2 (g, 16+4c..),
+//            a3 (g+8, 16+4c..); b0 (k = 4c..4c+3, n = g), b1 (k = 16+4c.., n = g); C as above, int32
 //   ldmatrix: lanes 8j..8j+7 address the rows of matrix j; lane l gets row l/4, elements 2(l%4), 2(l%4)+1;
 //   with .trans it gets elements (2(l%4), l/4) and (2(l%4)+1, l/4).
 // Written independently of the kernels, from the ISA text, so a kernel that misplaces a fragment fails here.
@@ -117,6 +119,44 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
         const int row = g + 8 * (i / 2), col = 2 * c + i % 2;
         float sum = 0.f;
         for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+        d[i] += sum;
+    }
+}
+
+inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    struct Frag
+    {
+        uint32_t a[4], b[2];
+    };
+    const int l = emu::lane_id();
+    Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+    std::memcpy(emu::warp_exchange(l), &mine, sizeof(mine));
+    emu::arrive_and_wait(emu::warp_barrier());
+    int A[16][32], B[32][8];
+    auto byte = [](uint32_t reg, int i) { return static_cast<int>(static_cast<int8_t>(reg >> (8 * i))); };
+    for (int lane = 0; lane < 32; ++lane)
+    {
+        Frag f;
+        std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
+        const int g = lane / 4, c = lane % 4;
+        for (int i = 0; i < 4; ++i)
+        {
+            A[g][4 * c + i] = byte(f.a[0], i);
+            A[g + 8][4 * c + i] = byte(f.a[1], i);
+            A[g][16 + 4 * c + i] = byte(f.a[2], i);
+            A[g + 8][16 + 4 * c + i] = byte(f.a[3], i);
+            B[4 * c + i][g] = byte(f.b[0], i);
+            B[16 + 4 * c + i][g] = byte(f.b[1], i);
+        }
+    }
+    emu::arrive_and_wait(emu::warp_barrier());
+    const int g = l / 4, c = l % 4;
+    for (int i = 0; i < 4; ++i)
+    {
+        const int row = g + 8 * (i / 2), col = 2 * c + i % 2;
+        int sum = 0;
+        for (int k = 0; k < 32; ++k) sum += A[row][k] * B[k][col];
         d[i] += sum;
     }
 }

@@ -62,7 +62,8 @@ internal static partial class EndToEnd
         foreach (var (name, path) in models)
         {
             // F16 KV with and without CUDA graphs for the decode steps (a graph failure then shows apart from a kernel's).
-            // And the new paths (CudaBackendOptions.UseCublasLt, TiledDecodeAttention), graphs on.
+            // And the new paths (CudaBackendOptions.UseCublasLt, TiledDecodeAttention, RadixSampling, TensorCoreAttention for
+            // the prompt, W4A8SplitK), graphs on.
             foreach (var (kvType, graphs, lt) in new[] { (TensorDType.F16, true, false), (TensorDType.F16, false, false), (TensorDType.F32, true, false), (TensorDType.F16, true, true) })
             {
                 var r = Parity((graphs ? name : name + " nographs") + (lt ? " cublaslt+tiled" : ""), path,
@@ -70,6 +71,7 @@ internal static partial class EndToEnd
                     {
                         KvDType = kvType, KvCacheBytes = 256L << 20, MaxTokensPerStep = 64, UseCudaGraphs = graphs,
                         UseCublasLt = lt, TiledDecodeAttention = lt, RadixSampling = lt, // explicit either way: a tuning table does not move "default"
+                        TensorCoreAttention = lt, W4A8SplitK = lt,
                     });
                 parity.Add(r);
                 if (r.Status == "FAIL") pass = false;
@@ -317,20 +319,22 @@ internal static partial class EndToEnd
 
         // The quantized formats at the same shape (issue 18's tables: W4A8 vs fp16 at every batch, SqueezeLLM at batch
         // 1), random but valid stored tensors (SyntheticQuantizedModels), the default kernels otherwise.
-        var quantized = new (string Label, Func<LoadedModel> Make, int[] Batches)[]
+        var quantized = new (string Label, Func<LoadedModel> Make, int[] Batches, bool SplitK)[]
         {
-            ("W4A8 g128 weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), quick ? [1] : batches),
-            ("SqueezeLLM 4-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 4), [1]),
-            ("SqueezeLLM 3-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 3), [1]),
+            ("W4A8 g128 weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), quick ? [1] : batches, false),
+            ("W4A8 g128, split-K GEMM", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.W4A8("synthetic:llama3-8b"), quick ? [1] : [1, 16], true),
+            ("SqueezeLLM 4-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 4), [1], false),
+            ("SqueezeLLM 3-bit weights", () => Kernels.Runtime.Quantization.SyntheticQuantizedModels.SqueezeLlm("synthetic:llama3-8b", 3), [1], false),
         };
-        if (quick) quantized = quantized[..1]; // a first look: W4A8 at batch 1 only
-        foreach (var (label, make, qBatches) in quantized)
+        if (quick) quantized = quantized[..2]; // a first look: W4A8 at batch 1 only, both decode GEMMs
+        foreach (var (label, make, qBatches, splitK) in quantized)
         {
             started.Restart();
             using var qModel = make();
             using var backend = new CudaBackend(qModel, baseOptions with
             {
                 KvCacheBytes = kvBytes, MaxTokensPerStep = Math.Max(256, maxBatch), UseCublasLt = false, TiledDecodeAttention = false, RadixSampling = false,
+                W4A8SplitK = splitK,
             });
             Console.WriteLine($"# {label}: model and backend ready in {started.Elapsed.TotalSeconds:F1} s: {backend}");
             DecodeTable(backend, qModel, qBatches, steps, context, bwGBps, rows, label);

@@ -36,6 +36,14 @@ internal static partial class KernelTimings
                         bytes / (us * 1e-6) / 1e9, flops / (us * 1e-6) / 1e12, roof / us, new() { ["M"] = m, ["N"] = n, ["K"] = k, ["Group"] = group });
                     records.Add(r);
                     Console.WriteLine($"{kernel,-30} {r.Shape,-34} {us,9:F1} us  {r.GBps,7:F0} GB/s  {r.TFlops,7:F1} TOP/s   roofline {roof,8:F1} us ({r.RooflineFraction:P0}, 4-bit weights / int8 peak)");
+                    if (m > OpsLaunchPlans.W4A8SmallMMax) continue;
+                    // The split-K decode kernel on the same layer (CudaBackendOptions.W4A8SplitK), the same roofline.
+                    var (sus, splits) = t.W4A8GemmSplitK(m, n, k, group);
+                    string skernel = $"w4a8_gemm_{(group > 0 ? "group" : "channel")}_splitk";
+                    var sr = new Record(skernel, r.Shape, sus, null, null, roof, bytes, flops, bytes / (sus * 1e-6) / 1e9, flops / (sus * 1e-6) / 1e12, roof / sus,
+                        r.Params);
+                    records.Add(sr);
+                    Console.WriteLine($"{skernel,-30} {sr.Shape,-34} {sus,9:F1} us  {sr.GBps,7:F0} GB/s  {sr.TFlops,7:F1} TOP/s   roofline {roof,8:F1} us ({sr.RooflineFraction:P0}), splits {splits}");
                 }
         t.ReleaseW4A8();
         return records;
@@ -73,7 +81,11 @@ internal static partial class KernelTimings
         /// Median time of one w4a8_gemm (random 4-bit codes, s1 in 1..16 with zero terms 0: the values do not change the
         /// work), reusing one layer's weights for every M; xq random int8 with per-token scales and sums.
         /// </summary>
-        public double W4A8Gemm(int m, int n, int k, int group)
+        public double W4A8Gemm(int m, int n, int k, int group) => W4A8Time(m, n, k, group, splitK: false).Us;
+
+        public (double Us, int Splits) W4A8GemmSplitK(int m, int n, int k, int group) => W4A8Time(m, n, k, group, splitK: true);
+
+        private (double Us, int Splits) W4A8Time(int m, int n, int k, int group, bool splitK)
         {
             int nPad = (n + 31) / 32 * 32, kPad = (k + 31) / 32 * 32;
             if (_w4a8 == null || _w4a8.Shape != (n, k, group))
@@ -102,7 +114,11 @@ internal static partial class KernelTimings
             using var xScale = DeviceBuffer<float>.From(device, Enumerable.Repeat(0.01f, m).ToArray());
             using var xSum = DeviceBuffer<int>.From(device, new int[m]);
             using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
-            return Median(() => ops.W4A8Gemm(y, xq, xScale, group > 0 ? null : xSum, w.Codes, w.Scales, w.Scales2, w.Zeros, m, n, k, group));
+            if (!splitK) return (Median(() => ops.W4A8Gemm(y, xq, xScale, group > 0 ? null : xSum, w.Codes, w.Scales, w.Scales2, w.Zeros, m, n, k, group)), 1);
+            using var partial = DeviceBuffer<int>.Allocate(device, (long)OpsLaunchPlans.W4A8MaxSplits * m * n);
+            int splits = 0;
+            double us = Median(() => splits = ops.W4A8GemmSplitK(y, xq, xScale, group > 0 ? null : xSum, w.Codes, w.Scales, w.Scales2, w.Zeros, partial, m, n, k, group));
+            return (us, splits);
         }
     }
 }

@@ -65,7 +65,8 @@ internal static class Tune
         File.WriteAllText(outPath, table.ToJson() + "\n");
         Console.WriteLine($"{device}: decode attention {(table.TiledDecodeAttention ? "tiled" : "CUDA-core")}, sampler {(table.RadixSampling ? "radix" : "bisection")}, " +
                           $"cuBLASLt from {(table.CublasLtMinRows == int.MaxValue ? "never" : table.CublasLtMinRows + " rows")}, " +
-                          $"prefill and shared-prefix attention {(table.TensorCoreAttention ? $"tensor-core ({table.AttentionTileKeys}-key tiles)" : "CUDA-core")}" +
+                          $"prefill and shared-prefix attention {(table.TensorCoreAttention ? $"tensor-core ({table.AttentionTileKeys}-key tiles)" : "CUDA-core")}, " +
+                          $"W4A8 decode GEMM {(table.W4A8SplitK ? "split-K" : "two-stage")}" +
                           $"\n{table.Evidence}\nwrote {outPath}");
         return 0;
     }
@@ -129,7 +130,14 @@ internal static class Tune
             .Where(x => x.C.Shapes > 0).OrderBy(x => x.C.Ratio).ToArray();
         int tileKeys = tiles.Length > 0 ? tiles[0].Keys : 64;
         bool mma = Choose($"prefill attention tensor-core ({tileKeys}-key tiles) / CUDA-core", tiles.Length > 0 ? tiles[0].C : (double.NaN, 0), mmaVerified);
-        return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence)) { TensorCoreAttention = mma, AttentionTileKeys = tileKeys };
+        // W4A8 at M <= 16: the split-K kernel against the two-stage one on the same shapes.
+        bool splitK = Choose("W4A8 decode GEMM split-K / two-stage",
+            Compare(x => x is "w4a8_gemm_group_m16" or "w4a8_gemm_channel_m16", "w4a8_gemm_group_splitk"),
+            Verified("w4a8_gemm_group_splitk", "W4A8 split-K") & Verified("w4a8_gemm_channel_splitk", "W4A8 split-K") & Verified("w4a8_splitk_reduce", "W4A8 split-K"));
+        return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence))
+        {
+            TensorCoreAttention = mma, AttentionTileKeys = tileKeys, W4A8SplitK = splitK,
+        };
     }
 
     private static int Rows(string shape) => Regex.Match(shape, @"\bM=(\d+)") is { Success: true } m ? int.Parse(m.Groups[1].Value) : 0;

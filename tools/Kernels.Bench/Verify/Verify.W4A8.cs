@@ -28,8 +28,13 @@ internal static unsafe partial class Verify
         {
             foreach (var (n, k, group) in W4A8Shapes)
                 foreach (int m in W4A8Rows)
+                {
                     yield return new Case(OpsLauncher.W4A8GemmKernel(m, group), $"M={m} N={n} K={k} {(group > 0 ? $"g{group}" : "per-channel")}",
                         () => W4A8GemmCase(m, n, k, group));
+                    if (m <= OpsLaunchPlans.W4A8SmallMMax) // the split-K decode kernel on the same layers (split as the GPU's SM count asks)
+                        yield return new Case(W4A8SplitKernel(group), $"M={m} N={n} K={k} {(group > 0 ? $"g{group}" : "per-channel")}",
+                            () => W4A8GemmCase(m, n, k, group, splitK: true));
+                }
             foreach (var dtype in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
                 foreach (var (t, d) in new[] { (1, 4096), (7, 4096), (64, 67), (3, 14336) })
                 {
@@ -120,7 +125,9 @@ internal static unsafe partial class Verify
 
         // ---- w4a8_gemm ----------------------------------------------------------------------------------------------
 
-        private CaseResult W4A8GemmCase(int m, int n, int k, int group)
+        private static string W4A8SplitKernel(int group) => $"w4a8_gemm_{(group > 0 ? "group" : "channel")}_splitk";
+
+        private CaseResult W4A8GemmCase(int m, int n, int k, int group, bool splitK = false)
         {
             var owners = new List<IDisposable>();
             try
@@ -146,9 +153,15 @@ internal static unsafe partial class Verify
                 using var dz = Upload(layer.ZeroTensor!);
                 using var y = Output(m * n);
                 // Per group the sums are not needed: pass null there so the kernel's "may be null" is what runs.
-                ops.W4A8Gemm(y, dxq, dScale, group > 0 ? null : dSum, dq, dws, ds2, dz, m, n, k, layer.GroupSize);
-                return Compare(OpsLauncher.W4A8GemmKernel(m, layer.GroupSize), $"M={m} N={n} K={k} {(group > 0 ? $"g{group}" : "per-channel")}", y,
-                    reference, W4A8Exact);
+                string shape = $"M={m} N={n} K={k} {(group > 0 ? $"g{group}" : "per-channel")}";
+                if (!splitK)
+                {
+                    ops.W4A8Gemm(y, dxq, dScale, group > 0 ? null : dSum, dq, dws, ds2, dz, m, n, k, layer.GroupSize);
+                    return Compare(OpsLauncher.W4A8GemmKernel(m, layer.GroupSize), shape, y, reference, W4A8Exact);
+                }
+                using var partial = DeviceBuffer<int>.Allocate(device, (long)OpsLaunchPlans.W4A8MaxSplits * m * n);
+                int splits = ops.W4A8GemmSplitK(y, dxq, dScale, group > 0 ? null : dSum, dq, dws, ds2, dz, partial, m, n, k, layer.GroupSize);
+                return Compare(W4A8SplitKernel(layer.GroupSize), $"{shape} splits={splits}", y, reference, W4A8Exact);
             }
             finally
             {

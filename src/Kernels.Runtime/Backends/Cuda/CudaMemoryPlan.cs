@@ -60,6 +60,12 @@ public sealed record CudaBackendOptions
     /// the partial results' workspace unless this is false.
     /// </summary>
     public bool? TensorCoreAttention { get; init; }
+    /// <summary>
+    /// W4A8 layers at up to 16 rows (decode) through w4a8_gemm_*_splitk: K split over the GPU, a four-stage cp.async
+    /// pipeline, exact int32 partial sums added by w4a8_splitk_reduce, so the same bits as w4a8_gemm. null: as this
+    /// GPU's tuning table says (off without one).
+    /// </summary>
+    public bool? W4A8SplitK { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
 }

@@ -46,7 +46,9 @@ internal sealed unsafe class CudaStep : IDisposable
     private DeviceBuffer<float>? _quantFrom;
     private readonly GpuDense _lmHead;
     /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
-    private readonly bool _tiledDecode, _radixSampling, _mmaAttention;
+    private readonly bool _tiledDecode, _radixSampling, _mmaAttention, _w4a8SplitK;
+    /// <summary>w4a8_gemm_*_splitk's int32 partial sums (W4A8 models with the split-K decode GEMM on).</summary>
+    private readonly DeviceBuffer<int>? _w4a8Partial;
     private readonly int _attentionTileKeys;
     /// <summary>paged_attention_mma's partial (o, lse) rows, and its work arrays (items, row ids, slot lists) with their pinned staging.</summary>
     private readonly DeviceBuffer<float>? _attentionPartial;
@@ -103,10 +105,13 @@ internal sealed unsafe class CudaStep : IDisposable
             _mmaAttention = (options.TensorCoreAttention ?? tuning.TensorCoreAttention) &&
                             OpsLaunchPlans.MmaAttentionSupports(options.KvDType switch { TensorDType.F16 => "f16", TensorDType.BF16 => "bf16", _ => "f32" }, c.HeadDim, c.NumHeads, c.NumKvHeads);
             _attentionTileKeys = tuning.AttentionTileKeys;
+            _w4a8SplitK = weights.MaxW4A8PaddedIn > 0 && (options.W4A8SplitK ?? tuning.W4A8SplitK);
+            if (_w4a8SplitK) _w4a8Partial = DeviceBuffer<int>.Allocate(_device, weights.W4A8SplitKInts);
             _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
             KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
                             $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")}, " +
-                            $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")} ({tuning.Source})";
+                            $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}" +
+                            (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") + $" ({tuning.Source})";
             if (_mmaAttention)
             {
                 _attentionPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.AttentionPartialFloats(c, options.MaxTokensPerStep));
@@ -471,8 +476,12 @@ internal sealed unsafe class CudaStep : IDisposable
             _ops.QuantizeInt8F32(_xq!, _xScale!, _xSum!, x, m, q.InFeatures, q.PaddedIn);
             _quantFrom = x;
         }
-        _ops.W4A8Gemm(y, _xq!, _xScale!, q.GroupSize > 0 ? null : _xSum, q.Codes.Bytes(), q.Scales.View<Half>(), q.GroupScales?.Bytes(), q.Zeros.Bytes(),
-            m, q.OutFeatures, q.InFeatures, q.GroupSize);
+        if (_w4a8SplitK && m <= OpsLaunchPlans.W4A8SmallMMax)
+            _ops.W4A8GemmSplitK(y, _xq!, _xScale!, q.GroupSize > 0 ? null : _xSum, q.Codes.Bytes(), q.Scales.View<Half>(), q.GroupScales?.Bytes(), q.Zeros.Bytes(),
+                _w4a8Partial, m, q.OutFeatures, q.InFeatures, q.GroupSize);
+        else
+            _ops.W4A8Gemm(y, _xq!, _xScale!, q.GroupSize > 0 ? null : _xSum, q.Codes.Bytes(), q.Scales.View<Half>(), q.GroupScales?.Bytes(), q.Zeros.Bytes(),
+                m, q.OutFeatures, q.InFeatures, q.GroupSize);
     }
 
     /// <summary>y = x W^T for a SqueezeLLM layer: squeezellm_gemv (lookup-table codes plus CSR outliers), 8 rows per launch.</summary>
@@ -591,6 +600,7 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Frees what the step allocated (graphs, staging, KV, scratch, frequencies); the caller has synchronized the stream.</summary>
     public void Dispose()
     {
+        _w4a8Partial?.Dispose();
         _pinnedAttention?.Dispose();
         _attentionInts?.Dispose();
         _attentionPartial?.Dispose();

@@ -32,8 +32,15 @@ internal sealed unsafe class DeviceWeights : IDisposable
     /// <summary>The widest padded input of the W4A8 layers (0: none): the int8 activations' row in the step's scratch.</summary>
     public int MaxW4A8PaddedIn => Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).OfType<GpuW4A8>().Select(q => q.PaddedIn).DefaultIfEmpty(0).Max();
 
-    /// <summary>Bytes of the W4A8 activation scratch for <paramref name="maxTokens"/> rows: codes, scales, sums.</summary>
-    public long W4A8ScratchBytes(int maxTokens) => MaxW4A8PaddedIn == 0 ? 0 : (long)maxTokens * (MaxW4A8PaddedIn + 8) + 3 * CudaMemoryPlan.Alignment;
+    /// <summary>The most output channels of a W4A8 layer (0: none): the split-K partial sums' row.</summary>
+    public int MaxW4A8Out => Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).OfType<GpuW4A8>().Select(q => q.OutFeatures).DefaultIfEmpty(0).Max();
+
+    /// <summary>Ints of the split-K decode GEMM's partial sums: every split of 16 rows of the widest W4A8 layer.</summary>
+    public long W4A8SplitKInts => (long)OpsLaunchPlans.W4A8MaxSplits * OpsLaunchPlans.W4A8SmallMMax * MaxW4A8Out;
+
+    /// <summary>Bytes of the W4A8 activation scratch for <paramref name="maxTokens"/> rows (codes, scales, sums) and the split-K partials.</summary>
+    public long W4A8ScratchBytes(int maxTokens) =>
+        MaxW4A8PaddedIn == 0 ? 0 : (long)maxTokens * (MaxW4A8PaddedIn + 8) + W4A8SplitKInts * sizeof(int) + 4 * CudaMemoryPlan.Alignment;
 
     private DeviceWeights(List<(WeightTensor, TensorDType, long)> uploads, Dictionary<(WeightTensor, TensorDType), GpuTensor> placed, long arenaBytes,
         GpuTensor embedding, GpuTensor lmHead, GpuTensor finalNorm, GpuLayer[] layers)

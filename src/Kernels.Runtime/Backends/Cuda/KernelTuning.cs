@@ -26,6 +26,10 @@ internal sealed record KernelTuning(
     [JsonPropertyName("tensorCoreAttention")]
     public bool TensorCoreAttention { get; init; }
 
+    /// <summary>W4A8 layers at M &lt;= 16 through w4a8_gemm_*_splitk (absent from older tables: off).</summary>
+    [JsonPropertyName("w4a8SplitK")]
+    public bool W4A8SplitK { get; init; }
+
     /// <summary>Keys per K/V tile of paged_attention_mma: 32 or 64.</summary>
     [JsonPropertyName("attentionTileKeys")]
     public int AttentionTileKeys { get; init; } = 64;

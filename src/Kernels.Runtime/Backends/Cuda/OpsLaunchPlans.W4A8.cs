@@ -63,6 +63,36 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch(W4A8GemmKernel(m, groupSize), (uint)((nPad + W4A8CtaN - 1) / W4A8CtaN), (uint)gridY, 128);
     }
 
+    /// <summary>K tiles of 32 per pipeline stage of w4a8_gemm_*_splitk (kSplitTilesPerStage): split points fall on stages.</summary>
+    internal const int W4A8SplitTilesPerStage = 4;
+    internal const int W4A8MaxSplits = 16;
+
+    /// <summary>One w4a8_gemm_*_splitk launch: the kernel, and w4a8_splitk_reduce when K is split (its partials need Workspace ints).</summary>
+    internal readonly record struct W4A8SplitPlan(KernelLaunch Gemm, KernelLaunch? Reduce, int Splits, int TilesPerSplit, long WorkspaceInts);
+
+    /// <summary>
+    /// w4a8_gemm_{group,channel}_splitk for m &lt;= 16: the shape checks of <see cref="W4A8Gemm"/>, and K split so that
+    /// (Npad / 128) x splits CTAs reach <paramref name="targetCtas"/> (each split at least one 4-tile stage, at most
+    /// <see cref="W4A8MaxSplits"/>), fewer when <paramref name="workspaceInts"/> cannot hold splits x m x n partial sums.
+    /// </summary>
+    public static W4A8SplitPlan? W4A8GemmSplitK(long yLength, long xqLength, long xScaleLength, long xSumLength, long qweightLength, long wScaleLength,
+        long scales2Length, long zerosLength, long workspaceInts, int m, int n, int k, int groupSize, int targetCtas)
+    {
+        if (m > W4A8SmallMMax) throw new ArgumentOutOfRangeException("m", m, $"w4a8_gemm_*_splitk takes at most {W4A8SmallMMax} rows");
+        if (W4A8Gemm(yLength, xqLength, xScaleLength, xSumLength, qweightLength, wScaleLength, scales2Length, zerosLength, m, n, k, groupSize) is null)
+            return null;
+        int kTiles = W4A8Padded(k) / 32, ctas = (W4A8Padded(n) + W4A8CtaN - 1) / W4A8CtaN;
+        int stages = (kTiles + W4A8SplitTilesPerStage - 1) / W4A8SplitTilesPerStage;
+        int splits = Math.Clamp((targetCtas + ctas - 1) / ctas, 1, Math.Min(W4A8MaxSplits, stages));
+        while (splits > 1 && (long)splits * m * n > workspaceInts) splits--;
+        int tiles = (stages + splits - 1) / splits * W4A8SplitTilesPerStage;
+        splits = (kTiles + tiles - 1) / tiles; // no empty split
+        string kernel = $"w4a8_gemm_{(groupSize > 0 ? "group" : "channel")}_splitk";
+        var gemm = new KernelLaunch(kernel, (uint)ctas, (uint)splits, 128);
+        KernelLaunch? reduce = splits > 1 ? new KernelLaunch("w4a8_splitk_reduce", (uint)(((long)m * n + 255) / 256), 1, 256) : null;
+        return new W4A8SplitPlan(gemm, reduce, splits, tiles, splits > 1 ? (long)splits * m * n : 0);
+    }
+
     /// <summary>rms_norm_quant_int8_{f32,f16,bf16}: xq [numTokens, dimPadded], xScale, xSum [numTokens] from x [numTokens, dim].</summary>
     public static KernelLaunch? RmsNormQuantInt8(string kernel, long xqLength, long xScaleLength, long xSumLength, long xLength, long weightLength,
         int numTokens, int dim, int dimPadded, float eps)

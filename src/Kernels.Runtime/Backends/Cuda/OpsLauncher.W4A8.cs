@@ -51,6 +51,49 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- w4a8_gemm_{group,channel}_splitk (+ w4a8_splitk_reduce) -------------------------------------------------------
+
+    /// <summary>
+    /// <see cref="W4A8Gemm"/> for m &lt;= 16 by the split-K kernel (4-stage pipeline, K split to fill the GPU): the same
+    /// y bits. <paramref name="workspace"/> holds the splits' int32 partial sums (null: one split). Returns the splits.
+    /// </summary>
+    public int W4A8GemmSplitK(DeviceBuffer<float> y, DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int>? xSum, DeviceBuffer<byte> qweight,
+        DeviceBuffer<Half> wScale, DeviceBuffer<byte>? scales2, DeviceBuffer<byte> zeros, DeviceBuffer<int>? workspace, int m, int n, int k, int groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(xq);
+        ArgumentNullException.ThrowIfNull(xScale);
+        ArgumentNullException.ThrowIfNull(qweight);
+        ArgumentNullException.ThrowIfNull(wScale);
+        ArgumentNullException.ThrowIfNull(zeros);
+        if (OpsLaunchPlans.W4A8GemmSplitK(y.Length, xq.Length, xScale.Length, xSum?.Length ?? -1, qweight.Length, wScale.Length, scales2?.Length ?? -1,
+                zeros.Length, workspace?.Length ?? 0, m, n, k, groupSize, 2 * _module.Device.MultiprocessorCount) is not { } plan) return 0;
+        SameDevice(y, nameof(y));
+        SameDevice(xq, nameof(xq));
+        SameDevice(xScale, nameof(xScale));
+        if (xSum != null) SameDevice(xSum, nameof(xSum));
+        SameDevice(qweight, nameof(qweight));
+        SameDevice(wScale, nameof(wScale));
+        if (scales2 != null) SameDevice(scales2, nameof(scales2));
+        SameDevice(zeros, nameof(zeros));
+        if (workspace != null) SameDevice(workspace, nameof(workspace));
+        Aligned(xq.Pointer, 16, nameof(xq));
+        Aligned(qweight.Pointer, 16, nameof(qweight));
+        if (scales2 != null) Aligned(scales2.Pointer, 4, nameof(scales2));
+        if (groupSize > 0) Aligned(zeros.Pointer, 4, nameof(zeros));
+        ulong py = y.Pointer, pxq = xq.Pointer, pxs = xScale.Pointer, pxsum = xSum?.Pointer ?? 0, pq = qweight.Pointer, pws = wScale.Pointer,
+            ps2 = scales2?.Pointer ?? 0, pz = zeros.Pointer, pp = plan.Reduce != null ? workspace!.Pointer : 0;
+        int mm = m, nn = n, kk = k, g = groupSize, tiles = plan.TilesPerSplit, splits = plan.Splits;
+        void** args = stackalloc void*[] { &py, &pxq, &pxs, &pxsum, &pq, &pws, &ps2, &pz, &mm, &nn, &kk, &g, &pp, &tiles };
+        Launch(plan.Gemm, args);
+        if (plan.Reduce is { } reduce)
+        {
+            void** rargs = stackalloc void*[] { &py, &pp, &pxs, &pxsum, &pws, &pz, &mm, &nn, &splits, &g };
+            Launch(reduce, rargs);
+        }
+        return plan.Splits;
+    }
+
     // ---- rms_norm_quant_int8_{f32,f16,bf16} -------------------------------------------------------------------------
     // xq [numTokens, dimPadded] int8 (zero padding), xScale, xSum [numTokens] = Int8Activations of rms_norm(x, weight).
 

@@ -145,4 +145,43 @@ public class W4A8LaunchPlansTests
         ThrowsFor("x", () => OpsLaunchPlans.QuantizeInt8(128, 2, 2, 127, 2, 64, 64));
         Assert.That(OpsLaunchPlans.QuantizeInt8(0, 0, 0, 0, 0, 64, 64), Is.Null);
     }
+
+    // ---- w4a8_gemm_*_splitk ------------------------------------------------------------------------------------------
+
+    private static OpsLaunchPlans.W4A8SplitPlan? SplitK(int m, int n, int k, int group, long workspace, int target = 264)
+    {
+        int nPad = OpsLaunchPlans.W4A8Padded(n), kPad = OpsLaunchPlans.W4A8Padded(k);
+        long table = group > 0 ? (long)(k / group) * nPad : n;
+        return OpsLaunchPlans.W4A8GemmSplitK((long)m * n, (long)m * kPad, m, group > 0 ? -1 : m, (long)nPad * kPad / 2, n, group > 0 ? table : -1, table,
+            workspace, m, n, k, group, target);
+    }
+
+    [TestCase(6144, 4096, 48, 6)]    // qkv: 48 CTAs, K split 6 ways (32 stages of 4 tiles, 6 each but the last) to pass 264
+    [TestCase(4096, 14336, 32, 9)]   // down: 32 CTAs x 9 splits (112 stages, 13 each)
+    [TestCase(28672, 4096, 224, 2)]  // gate_up: 224 CTAs already, two splits reach 264
+    public void KIsSplitOnStageBoundariesUntilTheGridFillsTheGpu(int n, int k, int ctas, int splits)
+    {
+        var p = SplitK(1, n, k, 128, 1L << 30)!.Value;
+        Assert.That((p.Gemm.GridX, p.Gemm.GridY, p.Splits), Is.EqualTo(((uint)ctas, (uint)splits, splits)));
+        Assert.That(p.Gemm.Kernel, Is.EqualTo("w4a8_gemm_group_splitk"));
+        Assert.That(p.TilesPerSplit % OpsLaunchPlans.W4A8SplitTilesPerStage, Is.Zero, "splits start on a pipeline stage");
+        Assert.That((long)p.TilesPerSplit * (p.Splits - 1), Is.LessThan(k / 32), "no split is empty");
+        Assert.That((long)p.TilesPerSplit * p.Splits, Is.GreaterThanOrEqualTo(k / 32), "the splits cover K");
+        Assert.That(p.Reduce?.Kernel, Is.EqualTo("w4a8_splitk_reduce"));
+        Assert.That(p.WorkspaceInts, Is.EqualTo((long)splits * n));
+    }
+
+    [Test]
+    public void ASmallWorkspaceOrAShortKMeansFewerSplitsAndOneSplitNeedsNoReduce()
+    {
+        var tight = SplitK(16, 4096, 4096, 128, workspace: 2L * 16 * 4096)!.Value;
+        Assert.That(tight.Splits, Is.LessThanOrEqualTo(2));
+        var none = SplitK(16, 4096, 4096, 0, workspace: 0)!.Value;
+        Assert.That((none.Splits, none.Reduce, none.WorkspaceInts), Is.EqualTo((1, (KernelLaunch?)null, 0L)));
+        Assert.That(none.Gemm.Kernel, Is.EqualTo("w4a8_gemm_channel_splitk"));
+        var shortK = SplitK(1, 4096, 96, 32, 1L << 30)!.Value; // 3 k tiles: one stage, one split
+        Assert.That(shortK.Splits, Is.EqualTo(1));
+        ThrowsFor("m", () => SplitK(17, 4096, 4096, 128, 1L << 30));
+        Assert.That(SplitK(0, 4096, 4096, 128, 1L << 30), Is.Null);
+    }
 }
