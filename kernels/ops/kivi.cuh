@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "common.cuh"
+#include "mma.cuh" // cp_async16_zfill
 
 // Largest G the decode kernel takes (its block is G threads; OpsLaunchPlans.KiviMaxGroup mirrors it).
 #define KIVI_MAX_GROUP 1024
@@ -215,3 +216,227 @@ extern "C" __global__ void kivi_merge_partials_f32(float* o, float* lse, const f
 {
     if (blockIdx.x < num_seqs) ops::kivi_merge_partials(o, lse, partial_o, partial_lse, heads, max_blocks, head_dim);
 }
+
+// ---- kivi_decode_attention_split_b{2,4}_hd{64,128}: the FlashDecoding form ---------------------------------------------
+// The math and the partial layout of kivi_decode_attention_f32, with the partials per split of the compact blocks
+// instead of per block (so kivi_merge_partials_f32 merges `splits` of them, passed as its max_blocks), and one CTA per
+// (kv head, sequence, split) holding every query head of the GQA group: each code word is read once for the group.
+//   kivi_decode_attention_split_b<B>_hd<D>(partial_o, partial_lse, q, codes, scales, mins, block_tables, num_compact,
+//       num_seqs, max_blocks, heads, kv_heads, head_dim, group, blocks_per_split)
+//   partial_o [num_seqs, heads, splits, D], partial_lse [num_seqs, heads, splits] (splits = gridDim.z): split z covers
+//   compact blocks [z * blocks_per_split, min((z + 1) * blocks_per_split, num_compact[s])); an empty split writes the
+//   empty state. Grid (kv_heads, num_seqs, splits), block 128. Preconditions (launcher-checked): head_dim == D, G in
+//   {32, 64, 128}, blocks_per_split a multiple of 128 / G, heads / kv_heads <= 8.
+// Tiles of 128 tokens (128 / G blocks): the key and value code words go through a two-stage cp.async pipeline (16-byte
+// chunks: a block's key words for the head are contiguous, a token's value words too); scales and mins are read per
+// tile. Scores: thread t takes token t, sum_c q_c fmaf(s_c, code, z_c) in the reference's order (then x 1/sqrt(D)),
+// for every query head; softmax per head and tile by a warp; values: thread c takes channel c.
+// Numerics: the scores are the per-block kernel's bit for bit; the values accumulate online (one rescale per tile)
+// where the per-block kernel normalizes first: results differ by rounding (verify: KiviAttentionTol).
+namespace ops
+{
+constexpr int kKiviSplitThreads = 128, kKiviTileTokens = 128, kKiviMaxGqa = 8;
+
+template <int BITS, int D>
+struct KiviSplitSmem
+{
+    static constexpr int kPer = 32 / BITS;
+    static constexpr int kWords = kKiviTileTokens * D / kPer; // key (or value) code words of one tile for one kv head
+    uint32_t k[2][kWords];
+    uint32_t v[2][kWords];
+    __half ks[kKiviTileTokens / 32][D]; // per block of the tile (at most 4 blocks: G >= 32)
+    float km[kKiviTileTokens / 32][D];
+    __half vs[kKiviTileTokens][D / 32]; // per token, per group of G channels inside the head (at most D / 32 of them)
+    float vm[kKiviTileTokens][D / 32];
+    float q[kKiviMaxGqa][D];
+    float p[kKiviMaxGqa][kKiviTileTokens];
+    float m[kKiviMaxGqa], l[kKiviMaxGqa], alpha[kKiviMaxGqa];
+};
+
+template <int BITS, int D>
+__device__ __forceinline__ void kivi_decode_attention_split(float* partial_o, float* partial_lse, const float* q, const uint32_t* codes,
+                                                            const __half* scales, const float* mins, const int* block_tables,
+                                                            const int* num_compact, int max_blocks, int heads, int kv_heads, int group,
+                                                            int blocks_per_split, KiviSplitSmem<BITS, D>& sm)
+{
+    constexpr int PER = 32 / BITS, MASK = (1 << BITS) - 1;
+    const int kvh = blockIdx.x, seq = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int gq = heads / kv_heads, kvd = kv_heads * D, c0 = kvh * D;
+    const int tile_blocks = kKiviTileTokens / group, k_words = group / PER; // key words per channel of one block
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int b_begin = split * blocks_per_split;
+    const int b_end = min(num_compact[seq], b_begin + blocks_per_split);
+    const int tiles = b_end > b_begin ? (b_end - b_begin + tile_blocks - 1) / tile_blocks : 0;
+    const int* table = block_tables + static_cast<int64_t>(seq) * max_blocks;
+    const int64_t block_words = 2LL * kvd * k_words;
+    const float scale = 1.0f / sqrtf(static_cast<float>(D));
+
+    for (int i = tid; i < gq * D; i += kKiviSplitThreads)
+        sm.q[i / D][i % D] = q[(static_cast<int64_t>(seq) * heads + kvh * gq + i / D) * D + i % D];
+    if (tid < kKiviMaxGqa)
+    {
+        sm.m[tid] = -INFINITY;
+        sm.l[tid] = 0.f;
+    }
+
+    // Code words of tile `tile` into stage `st`: per block, its D * k_words key words (contiguous from channel c0) and
+    // each token's D / PER value words (contiguous from channel c0); blocks past b_end are zero-filled.
+    auto load_codes = [&](int tile, int st) {
+        constexpr int KCH = kKiviTileTokens * D / PER / 4; // 16-byte chunks of the tile's key words
+        for (int ch = tid; ch < KCH; ch += kKiviSplitThreads)
+        {
+            const int word = ch * 4, bi = word / (D * k_words), within = word % (D * k_words);
+            const int b = b_begin + tile * tile_blocks + bi;
+            const bool ok = b < b_end;
+            const uint32_t* src = ok ? codes + table[b] * block_words + static_cast<int64_t>(c0) * k_words + within : codes;
+            cp_async16_zfill(&sm.k[st][word], src, ok ? 16 : 0);
+        }
+        constexpr int VCH = kKiviTileTokens * D / PER / 4;
+        for (int ch = tid; ch < VCH; ch += kKiviSplitThreads)
+        {
+            const int word = ch * 4, t = word / (D / PER), within = word % (D / PER);
+            const int b = b_begin + tile * tile_blocks + t / group, j = t % group;
+            const bool ok = b < b_end;
+            const uint32_t* src = ok ? codes + table[b] * block_words + static_cast<int64_t>(kvd) * k_words + static_cast<int64_t>(j) * (kvd / PER) + c0 / PER + within
+                                     : codes;
+            cp_async16_zfill(&sm.v[st][word], src, ok ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+
+    float acc[kKiviMaxGqa];
+#pragma unroll
+    for (int h = 0; h < kKiviMaxGqa; ++h) acc[h] = 0.f;
+    const int groups_in_head = D >= group ? D / group : 1;
+
+    if (tiles > 0) load_codes(0, 0);
+    for (int tile = 0; tile < tiles; ++tile)
+    {
+        const int st = tile & 1;
+        __syncthreads(); // the previous tile is consumed: its scales and the other stage may be overwritten
+        // Scales and mins of the tile (plain loads; small next to the codes).
+        for (int i = tid; i < tile_blocks * D; i += kKiviSplitThreads)
+        {
+            const int bi = i / D, c = i % D, b = b_begin + tile * tile_blocks + bi;
+            const int64_t id = b < b_end ? table[b] : -1;
+            sm.ks[bi][c] = id >= 0 ? scales[id * 2 * kvd + c0 + c] : __float2half(0.f);
+            sm.km[bi][c] = id >= 0 ? mins[id * 2 * kvd + c0 + c] : 0.f;
+        }
+        for (int i = tid; i < kKiviTileTokens * groups_in_head; i += kKiviSplitThreads)
+        {
+            const int t = i / groups_in_head, g = i % groups_in_head, b = b_begin + tile * tile_blocks + t / group, j = t % group;
+            const int64_t id = b < b_end ? table[b] : -1;
+            const int64_t at = id * 2 * kvd + kvd + static_cast<int64_t>(j) * (kvd / group) + c0 / group + g;
+            sm.vs[t][g] = id >= 0 ? scales[at] : __float2half(0.f);
+            sm.vm[t][g] = id >= 0 ? mins[at] : 0.f;
+        }
+        if (tile + 1 < tiles)
+        {
+            load_codes(tile + 1, st ^ 1); // that stage was consumed before the barrier above
+            cp_async_wait<1>();
+        }
+        else
+            cp_async_wait<0>();
+        __syncthreads();
+
+        // ---- scores: thread t = token t of the tile ----
+        {
+            const int t = tid, bi = t / group, j = t % group;
+            const bool ok = b_begin + tile * tile_blocks + bi < b_end;
+            float s[kKiviMaxGqa];
+#pragma unroll
+            for (int h = 0; h < kKiviMaxGqa; ++h) s[h] = 0.f;
+            const uint32_t* kw = &sm.k[st][bi * D * k_words + j / PER];
+            const int shift = BITS * (j % PER);
+#pragma unroll 4
+            for (int c = 0; c < D; ++c)
+            {
+                const float code = static_cast<float>((kw[c * k_words] >> shift) & MASK);
+                const float x = fmaf(__half2float(sm.ks[bi][c]), code, sm.km[bi][c]);
+#pragma unroll
+                for (int h = 0; h < kKiviMaxGqa; ++h)
+                    if (h < gq) s[h] = fmaf(sm.q[h][c], x, s[h]);
+            }
+#pragma unroll
+            for (int h = 0; h < kKiviMaxGqa; ++h)
+                if (h < gq) sm.p[h][t] = ok ? s[h] * scale : -INFINITY;
+        }
+        __syncthreads();
+
+        // ---- softmax of the tile, warp w for heads w, w + 4 ----
+        for (int h = warp; h < gq; h += kKiviSplitThreads / 32)
+        {
+            float v[kKiviTileTokens / 32], tmax = -INFINITY;
+#pragma unroll
+            for (int e = 0; e < kKiviTileTokens / 32; ++e) tmax = fmaxf(tmax, v[e] = sm.p[h][lane + 32 * e]);
+            tmax = warp_reduce(tmax, MaxOp{});
+            const float m_old = sm.m[h], m_new = fmaxf(m_old, tmax);
+            float sum = 0.f;
+#pragma unroll
+            for (int e = 0; e < kKiviTileTokens / 32; ++e)
+            {
+                const float p = m_new == -INFINITY ? 0.f : expf(v[e] - m_new);
+                sm.p[h][lane + 32 * e] = p;
+                sum += p;
+            }
+            sum = warp_reduce(sum, SumOp{});
+            if (lane == 0)
+            {
+                const float a = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
+                sm.alpha[h] = a;
+                sm.l[h] = sm.l[h] * a + sum;
+                sm.m[h] = m_new;
+            }
+        }
+        __syncthreads();
+
+        // ---- values: thread c = channel c ----
+        if (tid < D)
+        {
+            const int c = tid, g = D >= group ? c / group : 0, shift = BITS * (c % PER);
+#pragma unroll
+            for (int h = 0; h < kKiviMaxGqa; ++h)
+                if (h < gq) acc[h] *= sm.alpha[h];
+            for (int t = 0; t < kKiviTileTokens; ++t)
+            {
+                const float code = static_cast<float>((sm.v[st][t * (D / PER) + c / PER] >> shift) & MASK);
+                const float x = fmaf(__half2float(sm.vs[t][g]), code, sm.vm[t][g]);
+#pragma unroll
+                for (int h = 0; h < kKiviMaxGqa; ++h)
+                    if (h < gq) acc[h] = fmaf(sm.p[h][t], x, acc[h]);
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < D)
+#pragma unroll
+        for (int h = 0; h < kKiviMaxGqa; ++h)
+        {
+            if (h >= gq) break;
+            const float l = tiles > 0 ? sm.l[h] : 0.f;
+            const int64_t row = (static_cast<int64_t>(seq) * heads + kvh * gq + h) * splits + split;
+            partial_o[row * D + tid] = l > 0.f ? acc[h] / l : 0.f;
+            if (tid == 0) partial_lse[row] = l > 0.f ? sm.m[h] + logf(l) : -INFINITY;
+        }
+}
+} // namespace ops
+
+#define KIVI_SPLIT_ENTRY(BITS, D)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(ops::kKiviSplitThreads) kivi_decode_attention_split_b##BITS##_hd##D(   \
+        float* partial_o, float* partial_lse, const float* q, const uint32_t* codes, const __half* scales, const float* mins, \
+        const int* block_tables, const int* num_compact, int num_seqs, int max_blocks, int heads, int kv_heads,          \
+        int head_dim, int group, int blocks_per_split)                                                                  \
+    {                                                                                                                   \
+        __shared__ __align__(16) ops::KiviSplitSmem<BITS, D> sm;                                                        \
+        if (static_cast<int>(blockIdx.y) >= num_seqs || head_dim != D || kv_heads <= 0 || heads % kv_heads != 0 ||      \
+            heads / kv_heads > ops::kKiviMaxGqa || !(group == 32 || group == 64 || group == 128) ||                      \
+            blocks_per_split % (ops::kKiviTileTokens / group) != 0 || blockDim.x != ops::kKiviSplitThreads)              \
+            return;                                                                                                     \
+        ops::kivi_decode_attention_split<BITS, D>(partial_o, partial_lse, q, codes, scales, mins, block_tables, num_compact, \
+                                                  max_blocks, heads, kv_heads, group, blocks_per_split, sm);            \
+    }
+KIVI_SPLIT_ENTRY(2, 64)
+KIVI_SPLIT_ENTRY(2, 128)
+KIVI_SPLIT_ENTRY(4, 64)
+KIVI_SPLIT_ENTRY(4, 128)
+#undef KIVI_SPLIT_ENTRY

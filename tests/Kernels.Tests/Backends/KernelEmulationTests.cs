@@ -1,7 +1,8 @@
 // The attention kernels run on the host emulation of tests/kernels-emu (fibers for threads, the PTX ISA's fragment
 // layouts for ldmatrix and mma.sync) against references written from their headers: paged_attention_mma, the tiled
-// decode kernel, squeezellm_gemv_b{3,4}, both samplers, the split-K W4A8 GEMM, and (as checks of the emulation itself)
-// the CUDA-core decode kernel and the two-stage W4A8 GEMM verified on an H200. A kernel that misplaces a
+// decode kernel, squeezellm_gemv_b{3,4}, both samplers, the split-K W4A8 GEMM, the split KIVI decode attention, and
+// (as checks of the emulation itself) the CUDA-core decode kernel, the two-stage W4A8 GEMM and the per-block KIVI
+// attention verified on an H200. A kernel that misplaces a
 // fragment, a key or a mask fails here on a machine without a GPU, before a device run (the device's verify is the
 // final word).
 using System.Diagnostics;
@@ -31,7 +32,8 @@ public class KernelEmulationTests
         TestContext.Out.WriteLine(stdout);
         Assert.That(p.ExitCode, Is.EqualTo(0), $"kernels-emu failed:\n{stdout}\n{stderr.Result}");
         foreach (string line in new[] { "ok   bf16  hd128 k64", "ok   tiled     bf16  hd128", "ok   squeezellm_gemv_b3 M 8", "ok   sample_tokens V 1500",
-                     "ok   w4a8_gemm_group_splitk M 16", "ok   w4a8_gemm_channel_m16" })
+                     "ok   w4a8_gemm_group_splitk M 16", "ok   w4a8_gemm_channel_m16",
+                     "ok   split     kivi4 hd128", "ok   per-block kivi2 hd128" })
             Assert.That(stdout, Does.Contain(line), $"the emulation did not pass the case starting \"{line}\"");
     }
 

@@ -33,6 +33,7 @@ public class KernelSassTests
         (new("^paged_decode_attention_tiled_hd(64|128)_(f16|bf16)$"), ["LDGSTS", "SHFL"], "K/V tiles through cp.async, warp-shuffle scores and softmax"),
         (new("^paged_attention_mma_hd(64|128)_k(32|64)_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"],
             "FlashAttention-2: mma.sync for Q K^T and P V, K/V pages through cp.async, ldmatrix (.trans for V)"),
+        (new("^kivi_decode_attention_split_b(2|4)_hd(64|128)$"), ["LDGSTS", "SHFL"], "code words through cp.async, warp softmax"),
         (new("^convert_f32_to_(f16|bf16)$"), ["LDG.128"], "16-byte loads"),
         (new("^squeezellm_gemv_b(3|4)$"), ["SHFL"], "lookup table in lanes (shuffles), warp reductions"),
         (new("^(embedding_gather_(f16|bf16|f32)|residual_add_f32)$"), ["LDG.128"], "16-byte loads"),

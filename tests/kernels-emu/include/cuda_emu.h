@@ -351,6 +351,8 @@ struct __nv_bfloat162
 
 inline __half __float2half_rn(float f) { return __half{static_cast<unsigned short>(_cvtss_sh(f, 0))}; }
 inline float __half2float(__half h) { return _cvtsh_ss(h.bits); }
+inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half __float2half_ru(float f) { return __half{static_cast<unsigned short>(_cvtss_sh(f, _MM_FROUND_TO_POS_INF))}; }
 inline __nv_bfloat16 __float2bfloat16_rn(float f)
 {
     uint32_t u;

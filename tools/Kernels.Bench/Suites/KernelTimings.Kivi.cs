@@ -21,8 +21,11 @@ internal static partial class KernelTimings
                 double us = t.KiviDecode(bits, b, len, Heads, KvHeads, D, G);
                 double kv = (double)b * (len / G) * Kivi.BlockBytes(KvHeads * D, G, bits);
                 double bytes = kv + 2.0 * b * Heads * D * 4;
-                add("kivi_decode_attention_f32", $"kivi{bits} B={b} L={len} heads 32/8 d=128 G=32 +merge", us, bytes, 4.0 * b * Heads * len * D,
-                    new() { ["B"] = b, ["L"] = len, ["Hq"] = Heads, ["Hkv"] = KvHeads, ["D"] = D, ["Bits"] = bits, ["G"] = G });
+                var prm = new Dictionary<string, int> { ["B"] = b, ["L"] = len, ["Hq"] = Heads, ["Hkv"] = KvHeads, ["D"] = D, ["Bits"] = bits, ["G"] = G };
+                add("kivi_decode_attention_f32", $"kivi{bits} B={b} L={len} heads 32/8 d=128 G=32 +merge", us, bytes, 4.0 * b * Heads * len * D, prm);
+                // The split kernel (a CTA per kv head and split, code words through cp.async), the same cache and merge.
+                double sus = t.KiviDecode(bits, b, len, Heads, KvHeads, D, G, split: true);
+                add($"kivi_decode_attention_split_b{bits}_hd128", $"kivi{bits} B={b} L={len} heads 32/8 d=128 G=32 +merge", sus, bytes, 4.0 * b * Heads * len * D, prm);
             }
     }
 
@@ -33,7 +36,7 @@ internal static partial class KernelTimings
         /// (len a multiple of G), contiguous block ids; codes random bits, scales and mins small random values. o and lse
         /// keep the previous launch's result (the merge's work does not depend on it).
         /// </summary>
-        public double KiviDecode(int bits, int b, int len, int heads, int kvHeads, int d, int group)
+        public double KiviDecode(int bits, int b, int len, int heads, int kvHeads, int d, int group, bool split = false)
         {
             int kvd = kvHeads * d, perSeq = len / group, numIds = b * perSeq;
             int words = Kivi.CodeWords(kvd, group, bits), param = 2 * kvd;
@@ -56,10 +59,12 @@ internal static partial class KernelTimings
             using var q = DeviceBuffer<float>.From(device, Random((long)b * heads * d));
             using var o = DeviceBuffer<float>.From(device, new float[(long)b * heads * d]);
             using var lse = DeviceBuffer<float>.From(device, Enumerable.Repeat(float.NegativeInfinity, b * heads).ToArray());
-            long splits = (long)b * heads * perSeq;
+            long splits = (long)b * heads * (split ? OpsLaunchPlans.KiviMaxSplits : perSeq);
             using var partialO = DeviceBuffer<float>.Allocate(device, splits * d);
             using var partialLse = DeviceBuffer<float>.Allocate(device, splits);
             var pool = new OpsLauncher.KiviPool(codes, dScales, dMins, numIds, kvd, group, bits);
+            if (split)
+                return Median(() => ops.KiviDecodeAttentionSplit(o, lse, partialO, partialLse, q, pool, tables, compact, b, perSeq, perSeq, heads, kvHeads, d));
             return Median(() =>
             {
                 ops.KiviDecodeAttentionF32(partialO, partialLse, q, pool, tables, compact, b, perSeq, heads, kvHeads, d);

@@ -27,6 +27,13 @@ internal static unsafe partial class Verify
                     () => KiviDecodeCase(bits, [1, 32, 100, 1041], 32, 8, 128, 32));
                 yield return new Case("kivi_decode_attention_f32", $"kivi{bits} lens 64,333 heads 8/2 d=64 G=32", () => KiviDecodeCase(bits, [64, 333], 8, 2, 64, 32));
                 yield return new Case("kivi_decode_attention_f32", $"kivi{bits} lens 200,4100 heads 28/4 d=128 G=64", () => KiviDecodeCase(bits, [200, 4100], 28, 4, 128, 64));
+                // The split kernel (a CTA per kv head and split of the blocks) on the same caches.
+                yield return new Case($"kivi_decode_attention_split_b{bits}_hd128", $"kivi{bits} lens 1,32,100,1041 heads 32/8 d=128 G=32",
+                    () => KiviDecodeCase(bits, [1, 32, 100, 1041], 32, 8, 128, 32, split: true));
+                yield return new Case($"kivi_decode_attention_split_b{bits}_hd64", $"kivi{bits} lens 64,333 heads 8/2 d=64 G=32",
+                    () => KiviDecodeCase(bits, [64, 333], 8, 2, 64, 32, split: true));
+                yield return new Case($"kivi_decode_attention_split_b{bits}_hd128", $"kivi{bits} lens 200,4100 heads 28/4 d=128 G=64",
+                    () => KiviDecodeCase(bits, [200, 4100], 28, 4, 128, 64, split: true));
             }
         }
 
@@ -131,7 +138,7 @@ internal static unsafe partial class Verify
             return new CaseResult("kivi_quantize_block_f32", shape, maxAbs, 0, 0, KiviExact.Source, mismatches, 0, untouched == 0, pass, error);
         }
 
-        private CaseResult KiviDecodeCase(int bits, int[] lens, int heads, int kvHeads, int d, int group)
+        private CaseResult KiviDecodeCase(int bits, int[] lens, int heads, int kvHeads, int d, int group, bool split = false)
         {
             int seqs = lens.Length, kvd = kvHeads * d;
             var compact = lens.Select(l => l / group).ToArray(); // full blocks: quantized; the last partial block: the fp16 window
@@ -235,7 +242,7 @@ internal static unsafe partial class Verify
             using var dq = DeviceBuffer<float>.From(device, q);
             using var dTables = DeviceBuffer<int>.From(device, tables);
             using var dCompact = DeviceBuffer<int>.From(device, compact);
-            long splits = (long)seqs * heads * maxBlocks;
+            long splits = (long)seqs * heads * (split ? OpsLaunchPlans.KiviMaxSplits : maxBlocks);
             using var partialO = DeviceBuffer<float>.Allocate(device, splits * d);
             using var partialLse = DeviceBuffer<float>.Allocate(device, splits);
             partialO.FillBytes(Sentinel); // every split is written, the empty ones included
@@ -243,11 +250,17 @@ internal static unsafe partial class Verify
             using var o = InPlace(o0);
             using var lse = InPlace(lse0);
             var pool = new OpsLauncher.KiviPool(codes, dScales, dMins, numIds, kvd, group, bits);
-            ops.KiviDecodeAttentionF32(partialO, partialLse, dq, pool, dTables, dCompact, seqs, maxBlocks, heads, kvHeads, d);
-            ops.KiviMergePartialsF32(o, lse, partialO, partialLse, seqs, heads, maxBlocks, d);
+            string kernel = split ? $"kivi_decode_attention_split_b{bits}_hd{d}" : "kivi_decode_attention_f32";
             string shape = $"kivi{bits} lens {string.Join(',', lens)} heads {heads}/{kvHeads} d={d} G={group}";
-            var ro = Compare("kivi_decode_attention_f32", shape + " (o)", o, refO, KiviAttentionTol);
-            var rl = Compare("kivi_decode_attention_f32", shape + " (lse)", lse, refLse, KiviAttentionTol);
+            if (split)
+                shape += $" splits={ops.KiviDecodeAttentionSplit(o, lse, partialO, partialLse, dq, pool, dTables, dCompact, seqs, maxBlocks, compact.Max(), heads, kvHeads, d)}";
+            else
+            {
+                ops.KiviDecodeAttentionF32(partialO, partialLse, dq, pool, dTables, dCompact, seqs, maxBlocks, heads, kvHeads, d);
+                ops.KiviMergePartialsF32(o, lse, partialO, partialLse, seqs, heads, maxBlocks, d);
+            }
+            var ro = Compare(kernel, shape + " (o)", o, refO, KiviAttentionTol);
+            var rl = Compare(kernel, shape + " (lse)", lse, refLse, KiviAttentionTol);
             if (!ro.Pass) return ro;
             if (!rl.Pass) return rl;
             return ro with { Shape = shape, MaxAbsError = Math.Max(ro.MaxAbsError, rl.MaxAbsError), MeanRelativeError = Math.Max(ro.MeanRelativeError, rl.MeanRelativeError) };

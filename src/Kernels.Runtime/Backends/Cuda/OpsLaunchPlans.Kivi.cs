@@ -81,6 +81,59 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch("kivi_decode_attention_f32", (uint)numSeqs, (uint)heads, (uint)group, (uint)maxBlocks);
     }
 
+    /// <summary>Head dims and groups kivi_decode_attention_split_* is compiled for, and its largest GQA group.</summary>
+    internal static readonly int[] KiviSplitHeadDims = [64, 128];
+    internal static readonly int[] KiviSplitGroups = [32, 64, 128];
+    internal const int KiviSplitMaxGqa = 8, KiviSplitTileTokens = 128, KiviMaxSplits = 64;
+
+    public static bool KiviSplitSupports(int heads, int kvHeads, int headDim, int group) =>
+        Array.IndexOf(KiviSplitHeadDims, headDim) >= 0 && Array.IndexOf(KiviSplitGroups, group) >= 0 && kvHeads >= 1 && heads % kvHeads == 0 &&
+        heads / kvHeads <= KiviSplitMaxGqa;
+
+    /// <summary>kivi_decode_attention_split_* then kivi_merge_partials_f32 over its splits.</summary>
+    internal readonly record struct KiviSplitPlan(KernelLaunch Attention, KernelLaunch Merge, int Splits, int BlocksPerSplit);
+
+    /// <summary>
+    /// kivi_decode_attention_split_b{bits}_hd{headDim}: a CTA per (kv head, sequence, split); the compact blocks of the
+    /// longest sequence (<paramref name="maxCompact"/>) split on tile boundaries (128 / G blocks) until kvHeads x
+    /// numSeqs x splits reaches <paramref name="targetCtas"/>, at most <see cref="KiviMaxSplits"/> and what the partial
+    /// buffers hold. numCompact[s] (on the device, unchecked) must be at most maxBlocks.
+    /// </summary>
+    public static KiviSplitPlan? KiviDecodeAttentionSplit(long partialOLength, long partialLseLength, long qLength, long codesLength, long scalesLength,
+        long minsLength, long blockTablesLength, long numCompactLength, long oLength, long lseLength, int numSeqs, int maxBlocks, int maxCompact, int numIds,
+        int heads, int kvHeads, int headDim, int group, int bits, int targetCtas)
+    {
+        NonNegative(numSeqs, "numSeqs");
+        if (kvHeads < 1) throw new ArgumentOutOfRangeException("kvHeads", kvHeads, "kvHeads must be >= 1");
+        if (!KiviSplitSupports(heads, kvHeads, headDim, group))
+            throw new ArgumentOutOfRangeException("headDim", headDim,
+                $"kivi_decode_attention_split is compiled for head_dim {{{string.Join(", ", KiviSplitHeadDims)}}}, G in {{{string.Join(", ", KiviSplitGroups)}}} " +
+                $"and up to {KiviSplitMaxGqa} query heads per kv head (got {heads}/{kvHeads} heads, G = {group})");
+        CheckKiviLayout(kvHeads * headDim, group, bits);
+        if (maxBlocks < 1) throw new ArgumentOutOfRangeException("maxBlocks", maxBlocks, "maxBlocks must be >= 1");
+        if (maxCompact < 0 || maxCompact > maxBlocks) throw new ArgumentOutOfRangeException("maxCompact", maxCompact, $"maxCompact must be in [0, maxBlocks = {maxBlocks}]");
+        CheckKiviPool(codesLength, scalesLength, minsLength, numIds, kvHeads * headDim, group, bits);
+        AtLeast(qLength, Elements((long)numSeqs * heads, headDim, "q"), "q", $"[numSeqs={numSeqs}, heads={heads}, headDim={headDim}]");
+        AtLeast(oLength, Elements((long)numSeqs * heads, headDim, "o"), "o", $"[numSeqs={numSeqs}, heads={heads}, headDim={headDim}]");
+        AtLeast(lseLength, (long)numSeqs * heads, "lse", $"[numSeqs={numSeqs}, heads={heads}]");
+        AtLeast(blockTablesLength, Elements(numSeqs, maxBlocks, "blockTables"), "blockTables", $"[numSeqs={numSeqs}, maxBlocks={maxBlocks}]");
+        AtLeast(numCompactLength, numSeqs, "numCompact", $"[numSeqs={numSeqs}]");
+        if (numSeqs == 0) return null;
+        if (numSeqs > MaxGridRows) throw new ArgumentOutOfRangeException("numSeqs", numSeqs, $"at most {MaxGridRows} sequences (grid y)");
+        int tile = KiviSplitTileTokens / group, tiles = Math.Max(1, (maxCompact + tile - 1) / tile);
+        long ctas = (long)kvHeads * numSeqs;
+        int splits = (int)Math.Clamp((targetCtas + ctas - 1) / ctas, 1, Math.Min(KiviMaxSplits, tiles));
+        long rows = (long)numSeqs * heads;
+        while (splits > 1 && (partialLseLength < rows * splits || partialOLength < rows * splits * headDim)) splits--;
+        int perSplit = (tiles + splits - 1) / splits * tile;
+        splits = Math.Max(1, (Math.Max(maxCompact, 1) + perSplit - 1) / perSplit);
+        AtLeast(partialOLength, Elements(rows * splits, headDim, "partialO"), "partialO", $"[numSeqs={numSeqs}, heads={heads}, splits={splits}, headDim={headDim}]");
+        AtLeast(partialLseLength, rows * splits, "partialLse", $"[numSeqs={numSeqs}, heads={heads}, splits={splits}]");
+        var attention = new KernelLaunch($"kivi_decode_attention_split_b{bits}_hd{headDim}", (uint)kvHeads, (uint)numSeqs, 128, (uint)splits);
+        var merge = new KernelLaunch("kivi_merge_partials_f32", (uint)numSeqs, (uint)heads, KiviMergeThreads);
+        return new KiviSplitPlan(attention, merge, splits, perSplit);
+    }
+
     /// <summary>kivi_merge_partials_f32: (o, lse) [numSeqs, heads, headDim] / [numSeqs, heads] merged in place with every split.</summary>
     public static KernelLaunch? KiviMergePartials(long oLength, long lseLength, long partialOLength, long partialLseLength, int numSeqs, int heads,
         int maxBlocks, int headDim)

@@ -91,6 +91,51 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    /// <summary>
+    /// (o, lse) [numSeqs, heads, headDim] / [numSeqs, heads] := their merge with the attention of each sequence's query
+    /// over its first numCompact[s] compact blocks (at most <paramref name="maxCompact"/>), by
+    /// kivi_decode_attention_split (a CTA per kv head and split of the blocks) and kivi_merge_partials_f32; the partials
+    /// go to partialO / partialLse (as many splits as they hold). Pass lse = -inf for "nothing yet", or the fp16
+    /// window's partial. Returns the splits.
+    /// </summary>
+    public int KiviDecodeAttentionSplit(DeviceBuffer<float> o, DeviceBuffer<float> lse, DeviceBuffer<float> partialO, DeviceBuffer<float> partialLse,
+        DeviceBuffer<float> q, KiviPool pool, DeviceBuffer<int> blockTables, DeviceBuffer<int> numCompact, int numSeqs, int maxBlocks, int maxCompact,
+        int heads, int kvHeads, int headDim)
+    {
+        ArgumentNullException.ThrowIfNull(o);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(partialO);
+        ArgumentNullException.ThrowIfNull(partialLse);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(pool);
+        ArgumentNullException.ThrowIfNull(blockTables);
+        ArgumentNullException.ThrowIfNull(numCompact);
+        if (pool.KvDim != kvHeads * headDim)
+            throw new ArgumentException($"the pool holds kvDim = {pool.KvDim} channels, the attention shape kvHeads * headDim = {kvHeads * headDim}", nameof(pool));
+        if (OpsLaunchPlans.KiviDecodeAttentionSplit(partialO.Length, partialLse.Length, q.Length, pool.Codes.Length, pool.Scales.Length, pool.Mins.Length,
+                blockTables.Length, numCompact.Length, o.Length, lse.Length, numSeqs, maxBlocks, maxCompact, pool.NumIds, heads, kvHeads, headDim, pool.Group,
+                pool.Bits, 2 * _module.Device.MultiprocessorCount) is not { } plan) return 0;
+        SameDevice(o, nameof(o));
+        SameDevice(lse, nameof(lse));
+        SameDevice(partialO, nameof(partialO));
+        SameDevice(partialLse, nameof(partialLse));
+        SameDevice(q, nameof(q));
+        SamePool(pool);
+        SameDevice(blockTables, nameof(blockTables));
+        SameDevice(numCompact, nameof(numCompact));
+        Aligned(pool.Codes.Pointer, 16, nameof(pool)); // cp.async copies 16-byte chunks of code words
+        ulong po = partialO.Pointer, pl = partialLse.Pointer, pq = q.Pointer, pc = pool.Codes.Pointer, ps = pool.Scales.Pointer, pm = pool.Mins.Pointer;
+        ulong pt = blockTables.Pointer, pn = numCompact.Pointer;
+        int ns = numSeqs, mb = maxBlocks, nh = heads, nkv = kvHeads, hd = headDim, g = pool.Group, bps = plan.BlocksPerSplit;
+        void** args = stackalloc void*[] { &po, &pl, &pq, &pc, &ps, &pm, &pt, &pn, &ns, &mb, &nh, &nkv, &hd, &g, &bps };
+        Launch(plan.Attention, args);
+        ulong mo = o.Pointer, ml = lse.Pointer;
+        int splits = plan.Splits;
+        void** margs = stackalloc void*[] { &mo, &ml, &po, &pl, &ns, &nh, &splits, &hd };
+        Launch(plan.Merge, margs);
+        return plan.Splits;
+    }
+
     private void SamePool(KiviPool pool)
     {
         SameDevice(pool.Codes, nameof(pool));

@@ -125,4 +125,42 @@ public class KiviLaunchPlansTests
     [Test]
     public void PartialFloatsCoverOAndLse() =>
         Assert.That(OpsLauncher.KiviPartialFloats(16, 32, 128, 128), Is.EqualTo(16L * 32 * 128 * 129));
+
+    // ---- kivi_decode_attention_split ----------------------------------------------------------------------------------
+
+    private static OpsLaunchPlans.KiviSplitPlan? Split(int seqs, int maxBlocks, int maxCompact, int heads = 32, int kvHeads = 8, int d = 128, int group = 32,
+        int bits = 2, long partialRows = 1L << 24, int target = 264)
+    {
+        int kvd = kvHeads * d, ids = seqs * maxBlocks + 1;
+        var (c, s, m) = Pool(bits, ids, kvd, group);
+        long rows = (long)seqs * heads;
+        return OpsLaunchPlans.KiviDecodeAttentionSplit(partialRows * d, partialRows, rows * d, c, s, m, (long)seqs * maxBlocks, seqs, rows * d, rows, seqs, maxBlocks,
+            maxCompact, ids, heads, kvHeads, d, group, bits, target);
+    }
+
+    [Test]
+    public void TheSplitKernelFillsTheGpuWithSplitsOnTileBoundaries()
+    {
+        // B = 16, L = 32K, G = 32: 1024 blocks a sequence, 8 x 16 = 128 CTAs before splitting: 3 splits reach 264.
+        var p = Split(16, 1024, 1024)!.Value;
+        Assert.That(p.Attention.Kernel, Is.EqualTo("kivi_decode_attention_split_b2_hd128"));
+        Assert.That((p.Attention.GridX, p.Attention.GridY, p.Attention.GridZ, p.Attention.BlockX), Is.EqualTo((8u, 16u, 3u, 128u)));
+        Assert.That(p.BlocksPerSplit % (128 / 32), Is.Zero, "splits start on a 128-token tile");
+        Assert.That((long)p.BlocksPerSplit * p.Splits, Is.GreaterThanOrEqualTo(1024));
+        Assert.That((p.Merge.Kernel, p.Merge.GridX, p.Merge.GridY), Is.EqualTo(("kivi_merge_partials_f32", 16u, 32u)));
+        // Partials for 2 splits only: 2 splits; no compact block yet: one (empty) split.
+        Assert.That(Split(16, 1024, 1024, partialRows: 16L * 32 * 2)!.Value.Splits, Is.EqualTo(2));
+        Assert.That(Split(4, 8, 0)!.Value.Splits, Is.EqualTo(1));
+        Assert.That(Split(0, 8, 0), Is.Null);
+    }
+
+    [Test]
+    public void ShapesTheSplitKernelLacksAreRefusedWithTheReason()
+    {
+        Assert.That(Assert.Catch<ArgumentException>(() => Split(2, 8, 8, group: 256))!.Message, Does.Contain("G in {32, 64, 128}"));
+        Assert.That(Assert.Catch<ArgumentException>(() => Split(2, 8, 8, heads: 32, kvHeads: 2))!.Message, Does.Contain("up to 8 query heads"));
+        Assert.That(Assert.Catch<ArgumentException>(() => Split(2, 8, 8, d: 96, heads: 8, kvHeads: 2))!.ParamName, Is.EqualTo("headDim"));
+        Assert.That(Assert.Catch<ArgumentException>(() => Split(2, 8, 9))!.ParamName, Is.EqualTo("maxCompact"));
+        Assert.That(Assert.Catch<ArgumentException>(() => Split(2, 8, 8, partialRows: 10))!.ParamName, Is.EqualTo("partialO"));
+    }
 }
