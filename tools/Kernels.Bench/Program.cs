@@ -81,6 +81,10 @@ public static class Program
         var sharedGpu = new Command("shared-gpu", "CUDA backend, synthetic:llama3-8b: 64 sequences sharing a 4096-token prompt decoding with and without Hydragen levels vs roofline, and a 2048-token prefill with the tensor-core and CUDA-core attention; exit 2 without CUDA");
         foreach (var o in new Option[] { sharedJson, sharedQuick, fatbin, ordinal }) sharedGpu.Options.Add(o);
         sharedGpu.SetAction(p => EndToEnd.RunShared(p.GetValue(fatbin), p.GetValue(sharedJson), p.GetValue(ordinal), p.GetValue(sharedQuick)));
+        var emulatedOnly = new Option<string?>("--only") { Description = "Run only the checks whose name contains this text" };
+        var e2eEmulated = new Command("e2e-emulated", "The CUDA backend vs the CPU backend on small models, under the CPU emulation of the CUDA driver (LD_LIBRARY_PATH at tests/kernels-emu/driver's libcuda.so.1); exit 2 without a driver");
+        e2eEmulated.Options.Add(emulatedOnly);
+        e2eEmulated.SetAction(p => EndToEnd.RunEmulated(p.GetValue(emulatedOnly)));
         var stepBatch = new Option<int>("--batch") { DefaultValueFactory = _ => 1, Description = "Sequences decoding together" };
         var stepContext = new Option<int>("--context") { DefaultValueFactory = _ => 1024, Description = "Cached keys per sequence" };
         var stepSteps = new Option<int>("--steps") { DefaultValueFactory = _ => 1, Description = "Decode steps inside the profiled range" };
@@ -178,6 +182,7 @@ public static class Program
         root.Subcommands.Add(e2e);
         root.Subcommands.Add(gpuStep);
         root.Subcommands.Add(sharedGpu);
+        root.Subcommands.Add(e2eEmulated);
         root.Subcommands.Add(peer);
         root.Subcommands.Add(kivi);
         root.Subcommands.Add(SqueezeGpu.CreateCommand());

@@ -52,6 +52,12 @@ struct alignas(16) uint4
 {
     unsigned x, y, z, w;
 };
+struct alignas(8) uint2
+{
+    unsigned x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 
 namespace emu
 {
@@ -84,6 +90,8 @@ struct Block
     std::vector<Barrier> warps;
     // Per warp: 32 lanes x 64 bytes of exchange (a shuffle's value, an ldmatrix address, an mma's fragments).
     std::vector<unsigned char> exchange;
+    // Per warp: an mma's 16 x 8 product, computed once by lane 0 and read by every lane.
+    std::vector<float> product;
     std::function<void()> body;
 };
 
@@ -148,6 +156,7 @@ inline void drop(Barrier& bar)
 
 inline int lane_id() { return static_cast<int>(threadIdx.x & 31); }
 inline Barrier& warp_barrier() { return current_block()->warps[threadIdx.x >> 5]; }
+inline float* warp_product() { return current_block()->product.data() + (threadIdx.x >> 5) * 128; }
 inline unsigned char* warp_exchange(int lane)
 {
     return current_block()->exchange.data() + ((threadIdx.x >> 5) * 32 + lane) * 64;
@@ -179,6 +188,7 @@ inline void launch(uint3 grid, uint3 block, size_t smem_bytes, const std::functi
                 b.warps.resize((threads + 31) / 32);
                 for (int w = 0; w < static_cast<int>(b.warps.size()); ++w) b.warps[w].expected = std::min(32, threads - 32 * w);
                 b.exchange.assign(b.warps.size() * 32 * 64, 0);
+                b.product.assign(b.warps.size() * 128, 0.f);
                 b.fibers.resize(threads);
                 current_block() = &b;
                 gridDim = grid;
@@ -304,6 +314,15 @@ inline T __ldg(const T* p)
 }
 inline float __int2float_rn(int v) { return static_cast<float>(v); } // round to nearest even, as the default mode
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline int __float2int_rn(float x) { return static_cast<int>(lrintf(x)); } // nearest even, as the default mode
+template <class T>
+inline T __ldcs(const T* p)
+{
+    return *p;
+}
 inline unsigned __float_as_uint(float f)
 {
     unsigned u;

@@ -85,6 +85,8 @@ inline float half_of(uint32_t reg, int which)
 inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) { emu::ldmatrix(r, row_address, false); }
 inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_address) { emu::ldmatrix(r, row_address, true); }
 
+// Every lane posts its fragments; lane 0 rebuilds A and B from them and computes the 16 x 8 product once for the
+// warp; each lane adds its four elements of it.
 template <DType DT>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
 {
@@ -96,31 +98,36 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
     Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
     std::memcpy(emu::warp_exchange(l), &mine, sizeof(mine));
     emu::arrive_and_wait(emu::warp_barrier());
-    float A[16][16], B[16][8];
-    for (int lane = 0; lane < 32; ++lane)
+    float* product = emu::warp_product();
+    if (l == 0)
     {
-        Frag f;
-        std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
-        const int g = lane / 4, c = lane % 4;
-        for (int h = 0; h < 2; ++h)
+        float A[16][16], B[16][8];
+        for (int lane = 0; lane < 32; ++lane)
         {
-            A[g][2 * c + h] = emu::half_of<DT>(f.a[0], h);
-            A[g + 8][2 * c + h] = emu::half_of<DT>(f.a[1], h);
-            A[g][2 * c + 8 + h] = emu::half_of<DT>(f.a[2], h);
-            A[g + 8][2 * c + 8 + h] = emu::half_of<DT>(f.a[3], h);
-            B[2 * c + h][g] = emu::half_of<DT>(f.b[0], h);
-            B[2 * c + 8 + h][g] = emu::half_of<DT>(f.b[1], h);
+            Frag f;
+            std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
+            const int g = lane / 4, c = lane % 4;
+            for (int h = 0; h < 2; ++h)
+            {
+                A[g][2 * c + h] = emu::half_of<DT>(f.a[0], h);
+                A[g + 8][2 * c + h] = emu::half_of<DT>(f.a[1], h);
+                A[g][2 * c + 8 + h] = emu::half_of<DT>(f.a[2], h);
+                A[g + 8][2 * c + 8 + h] = emu::half_of<DT>(f.a[3], h);
+                B[2 * c + h][g] = emu::half_of<DT>(f.b[0], h);
+                B[2 * c + 8 + h][g] = emu::half_of<DT>(f.b[1], h);
+            }
         }
+        for (int row = 0; row < 16; ++row)
+            for (int col = 0; col < 8; ++col)
+            {
+                float sum = 0.f;
+                for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+                product[row * 8 + col] = sum;
+            }
     }
     emu::arrive_and_wait(emu::warp_barrier());
     const int g = l / 4, c = l % 4;
-    for (int i = 0; i < 4; ++i)
-    {
-        const int row = g + 8 * (i / 2), col = 2 * c + i % 2;
-        float sum = 0.f;
-        for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
-        d[i] += sum;
-    }
+    for (int i = 0; i < 4; ++i) d[i] += product[(g + 8 * (i / 2)) * 8 + 2 * c + i % 2];
 }
 
 inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
@@ -133,32 +140,37 @@ inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, ui
     Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
     std::memcpy(emu::warp_exchange(l), &mine, sizeof(mine));
     emu::arrive_and_wait(emu::warp_barrier());
-    int A[16][32], B[32][8];
-    auto byte = [](uint32_t reg, int i) { return static_cast<int>(static_cast<int8_t>(reg >> (8 * i))); };
-    for (int lane = 0; lane < 32; ++lane)
+    int* product = reinterpret_cast<int*>(emu::warp_product());
+    if (l == 0)
     {
-        Frag f;
-        std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
-        const int g = lane / 4, c = lane % 4;
-        for (int i = 0; i < 4; ++i)
+        int A[16][32], B[32][8];
+        auto byte = [](uint32_t reg, int i) { return static_cast<int>(static_cast<int8_t>(reg >> (8 * i))); };
+        for (int lane = 0; lane < 32; ++lane)
         {
-            A[g][4 * c + i] = byte(f.a[0], i);
-            A[g + 8][4 * c + i] = byte(f.a[1], i);
-            A[g][16 + 4 * c + i] = byte(f.a[2], i);
-            A[g + 8][16 + 4 * c + i] = byte(f.a[3], i);
-            B[4 * c + i][g] = byte(f.b[0], i);
-            B[16 + 4 * c + i][g] = byte(f.b[1], i);
+            Frag f;
+            std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
+            const int g = lane / 4, c = lane % 4;
+            for (int i = 0; i < 4; ++i)
+            {
+                A[g][4 * c + i] = byte(f.a[0], i);
+                A[g + 8][4 * c + i] = byte(f.a[1], i);
+                A[g][16 + 4 * c + i] = byte(f.a[2], i);
+                A[g + 8][16 + 4 * c + i] = byte(f.a[3], i);
+                B[4 * c + i][g] = byte(f.b[0], i);
+                B[16 + 4 * c + i][g] = byte(f.b[1], i);
+            }
         }
+        for (int row = 0; row < 16; ++row)
+            for (int col = 0; col < 8; ++col)
+            {
+                int sum = 0;
+                for (int k = 0; k < 32; ++k) sum += A[row][k] * B[k][col];
+                product[row * 8 + col] = sum;
+            }
     }
     emu::arrive_and_wait(emu::warp_barrier());
     const int g = l / 4, c = l % 4;
-    for (int i = 0; i < 4; ++i)
-    {
-        const int row = g + 8 * (i / 2), col = 2 * c + i % 2;
-        int sum = 0;
-        for (int k = 0; k < 32; ++k) sum += A[row][k] * B[k][col];
-        d[i] += sum;
-    }
+    for (int i = 0; i < 4; ++i) d[i] += product[(g + 8 * (i / 2)) * 8 + 2 * c + i % 2];
 }
 
 template <DType DT>

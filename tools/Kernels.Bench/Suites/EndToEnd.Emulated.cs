@@ -1,0 +1,65 @@
+// kernels-bench e2e-emulated: the CUDA backend end to end on the CPU emulation of the driver
+// (tests/kernels-emu/driver: LD_LIBRARY_PATH pointing at its libcuda.so.1), on models small enough for it: logits and
+// greedy parity with the CPU backend for each kernel path (the defaults; tensor-core attention, tiled decode, radix
+// sampling; W4A8 with the split-K GEMM), and the shared-prefix parity (Hydragen levels vs the CPU's plan). It checks
+// the host side of the GPU engine (launch plans, argument order, scratch layout, work items, graphs) and the kernels
+// as the emulation runs them, with no GPU; timings mean nothing here. Exit 0 all PASS, 1 any FAIL, 2 no (emulated)
+// driver.
+using Kernels.Interop;
+using Kernels.Runtime.Backends.Cuda;
+using Kernels.Runtime.Models;
+using Kernels.Runtime.Numerics;
+
+namespace Kernels.Bench;
+
+internal static partial class EndToEnd
+{
+    public static int RunEmulated(string? only)
+    {
+        if (CudaDevice.WhyUnavailable(0) is { } why)
+        {
+            Console.WriteLine($"no CUDA driver: {why} (run with LD_LIBRARY_PATH at tests/kernels-emu/driver's libcuda.so.1)");
+            return 2;
+        }
+        using (var device = CudaDevice.Open(0))
+            Console.WriteLine($"# device: {device}");
+        var options = new CudaBackendOptions
+        {
+            KvCacheBytes = 8L << 20, MaxTokensPerStep = 32, UseCublasLt = false, KvDType = TensorDType.F16,
+        };
+        var variants = new (string Name, CudaBackendOptions Options)[]
+        {
+            ("default kernels", options with { TiledDecodeAttention = false, RadixSampling = false, TensorCoreAttention = false, W4A8SplitK = false }),
+            ("new kernels", options with { TiledDecodeAttention = true, RadixSampling = true, TensorCoreAttention = true, W4A8SplitK = true }),
+            ("new kernels, no graphs", options with { TiledDecodeAttention = true, RadixSampling = true, TensorCoreAttention = true, W4A8SplitK = true, UseCudaGraphs = false }),
+        };
+        var models = new (string Name, string? Path)[]
+        {
+            ("synthetic:tiny", "synthetic:tiny"),
+            ("synthetic:mini", "synthetic:mini"),
+            ("synthetic:mini w4a8", QuantizedModel("synthetic:mini", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
+        };
+        bool pass = true;
+        void Report(ParityResult r)
+        {
+            if (r.Status == "FAIL") pass = false;
+            Console.WriteLine($"{r.Status,-5} {r.Model,-45} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} " +
+                              $"greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
+        }
+        foreach (var (model, path) in models)
+            foreach (var (variant, o) in variants)
+            {
+                string name = $"{model}, {variant}";
+                if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+                Report(Parity(name, path, o));
+            }
+        foreach (var (model, path) in models.Where(m => !m.Name.Contains(' ')))
+        {
+            string name = $"{model} hydragen";
+            if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+            Report(HydragenParity(name, path, options));
+        }
+        Console.WriteLine(pass ? "e2e-emulated: PASS" : "e2e-emulated: FAIL");
+        return pass ? 0 : 1;
+    }
+}
