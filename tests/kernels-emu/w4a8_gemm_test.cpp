@@ -7,6 +7,7 @@
 #include "ops/w4a8_gemm.cuh"
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "emu_test.h"
@@ -150,6 +151,12 @@ int main(int argc, char** argv)
             run_case(Kernel::M64, group, 40, 136, k, 1, 4);
             run_case(Kernel::SplitK, group, 1, 300, k, 5, 5);
             run_case(Kernel::SplitK, group, 9, 96, k, 20, 6); // one k tile per split, a CTA with an idle warp
+        }
+        // synthetic:mini's layers (hidden 256, intermediate 768, kv 128) at decode and a 12-token prompt
+        for (auto [m, n, kk] : {std::tuple{1, 128, 256}, std::tuple{12, 768, 256}, std::tuple{1, 256, 768}, std::tuple{12, 256, 768}})
+        {
+            run_case(Kernel::M16, group, m, n, kk, 1, 7);
+            run_case(Kernel::SplitK, group, m, n, kk, 2, 8);
         }
     }
     return emu_test::finish();

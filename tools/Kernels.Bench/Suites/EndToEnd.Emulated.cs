@@ -30,6 +30,7 @@ internal static partial class EndToEnd
         var variants = new (string Name, CudaBackendOptions Options)[]
         {
             ("default kernels", options with { TiledDecodeAttention = false, RadixSampling = false, TensorCoreAttention = false, W4A8SplitK = false }),
+            ("default kernels, split-K W4A8", options with { TiledDecodeAttention = false, RadixSampling = false, TensorCoreAttention = false, W4A8SplitK = true }),
             ("new kernels", options with { TiledDecodeAttention = true, RadixSampling = true, TensorCoreAttention = true, W4A8SplitK = true }),
             ("new kernels, no graphs", options with { TiledDecodeAttention = true, RadixSampling = true, TensorCoreAttention = true, W4A8SplitK = true, UseCudaGraphs = false }),
         };
@@ -38,6 +39,7 @@ internal static partial class EndToEnd
             ("synthetic:tiny", "synthetic:tiny"),
             ("synthetic:mini", "synthetic:mini"),
             ("synthetic:mini w4a8", QuantizedModel("synthetic:mini", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
+            ("synthetic:tiny w4a8", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
         };
         bool pass = true;
         void Report(ParityResult r)
