@@ -1,6 +1,8 @@
 // paged_prefill_attention_hd{64,128} (the CUDA-core prefill kernel the CUDA backend runs by default) on the host
 // emulation against a double-precision reference of its header's math: each sequence's new rows at positions
-// L - n + i attend causally to keys [0, position]. Tolerance as the decode test's (fp32 throughout): 2e-5 x scale.
+// L - n + i attend causally to keys [0, position]. Tolerance: fp32 throughout, so 2e-5 x max|o| plus what fp32 scores
+// carry into the exponentials: an absolute score error of ~2^-22 max|score| is a relative error of the weights,
+// 2^-22 max|score| max|o| in o (it matters only for very peaked softmaxes: scores in the thousands).
 #include "ops/paged_prefill_attention.cuh"
 
 #include <algorithm>
@@ -46,7 +48,7 @@ void run_case(const char* dtype, int heads, int kv_heads, int bs, std::vector<st
         ops::paged_prefill_attention<DT, D>(o.data(), lse.data(), q.data(), kp, vp, tables.data(), lens.data(), q_starts.data(), heads, kv_heads, bs, width,
                                             num_blocks, scale, smem);
     });
-    double worst_o = 0, worst_l = 0, omax = 0;
+    double worst_o = 0, worst_l = 0, omax = 0, smax = 0;
     for (int s = 0; s < seqs; ++s)
         for (int i = 0; i < seqs_nl[s].first; ++i)
         {
@@ -64,6 +66,7 @@ void run_case(const char* dtype, int heads, int kv_heads, int bs, std::vector<st
                     sc.push_back(dot * scale);
                     at.push_back(row);
                     m = std::max(m, sc.back());
+                    smax = std::max(smax, std::abs(sc.back()));
                 }
                 double sum = 0;
                 for (double x : sc) sum += std::exp(x - m);
@@ -77,11 +80,12 @@ void run_case(const char* dtype, int heads, int kv_heads, int bs, std::vector<st
                 worst_l = std::max(worst_l, std::abs(m + std::log(sum) - lse[static_cast<size_t>(r) * heads + h]) / std::max(1.0, std::abs(m)));
             }
         }
-    const bool ok = worst_o <= 2e-5 * std::max(1.0, omax) && worst_l <= 2e-5;
+    const double tol = 2e-5 * std::max(1.0, omax) + std::ldexp(smax, -22) * omax;
+    const bool ok = worst_o <= tol && worst_l <= 2e-5;
     std::string shape;
     for (auto [n, l] : seqs_nl) shape += "(" + std::to_string(n) + "," + std::to_string(l) + ")";
-    emu_test::report(ok, "prefill %-5s hd%-3d heads %d/%d block %d (n,L) %s |x| <= %g: max |o - ref| %.2e (max |o| %.2e), max rel |lse - ref| %.2e", dtype, D, heads,
-                     kv_heads, bs, shape.c_str(), magnitude, worst_o, omax, worst_l);
+    emu_test::report(ok, "prefill %-5s hd%-3d heads %d/%d block %d (n,L) %s |x| <= %g: max |o - ref| %.2e (tol %.1e), max rel |lse - ref| %.2e", dtype, D, heads,
+                     kv_heads, bs, shape.c_str(), magnitude, worst_o, tol, worst_l);
 }
 } // namespace
 
