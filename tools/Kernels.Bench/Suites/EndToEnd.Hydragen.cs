@@ -55,7 +55,7 @@ internal static partial class EndToEnd
             string status = max <= tolerance * scale && equal ? "PASS" : "FAIL";
             return new ParityResult(name, Kv, status, max, tolerance, equal, cpuTokens, gpuTokens,
                 $"levels vs CPU with the same plan; without levels {(plainTokens.SequenceEqual(gpuTokens) ? "the same tokens" : "DIFFERENT: " + string.Join(' ', plainTokens))}; " +
-                levels.KernelChoices, scale);
+                levels.KernelChoices + "; " + levels.GraphStatus, scale);
         }
         catch (Exception e) when (e is Kernels.Interop.CudaException or InvalidOperationException or NotSupportedException or ArgumentException or ModelFormatException)
         {

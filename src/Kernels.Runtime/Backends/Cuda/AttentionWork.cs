@@ -44,6 +44,20 @@ internal sealed class AttentionWork
         (Items, RowIds, PartialRows, SlotStarts, Slots, Splits) = (items, rowIds, partialRows, slotStarts, slots, splits);
 
     /// <summary>
+    /// This work with empty items appended (no rows, no keys: their CTAs exit without a write) up to a multiple of
+    /// <paramref name="bucket"/> items, so a captured decode graph's grid holds for every step of its bucket.
+    /// </summary>
+    public AttentionWork Padded(int bucket)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bucket, 1);
+        int count = (ItemCount + bucket - 1) / bucket * bucket;
+        if (count == ItemCount) return this;
+        var items = new int[count * ItemInts];
+        Items.CopyTo(items, 0);
+        return new AttentionWork(items, RowIds, PartialRows, SlotStarts, Slots, Splits);
+    }
+
+    /// <summary>
     /// The items for <paramref name="sequences"/> (q rows 0 .. <paramref name="rows"/> - 1 between them) and
     /// <paramref name="levels"/> (parents before children; each member's levels tile [0, SuffixStart)). Key ranges are
     /// split by one factor, as many as <paramref name="targetCtas"/> CTAs ask for (at least

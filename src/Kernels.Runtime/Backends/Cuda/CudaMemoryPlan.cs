@@ -110,7 +110,7 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// <summary>Ints of the work arrays such a step can need: items, row ids, slot starts and slots (AttentionWork's bounds).</summary>
     public static long AttentionWorkInts(int maxTokens)
     {
-        long partial = (long)maxTokens * AttentionSlotsPerRow; // each item has a row, each partial row one slot
+        long partial = (long)maxTokens * AttentionSlotsPerRow; // each item has a row (padding items: within the bound), each partial row one slot
         return partial * AttentionWork.ItemInts + partial + (maxTokens + 1L) + partial;
     }
 

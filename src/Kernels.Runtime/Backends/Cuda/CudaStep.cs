@@ -192,14 +192,19 @@ internal sealed unsafe class CudaStep : IDisposable
         // A graph step: one token per sequence and the logits of every row, in row order (what the capture recorded).
         // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
         // arguments hold for every step of the key.
-        // Attention through paged_attention_mma (prefill, and decode steps with shared levels), else the decode or prefill kernel.
-        var work = PlanAttention(pieces, plan, rows, decode, width); // with work the step is not a graph: the tables keep this width
-        bool graph = decode && everyRowSelected && _graphs.Enabled && work == null;
+        // A graph step: one token per sequence and the logits of every row, in row order (what the capture recorded).
+        // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
+        // arguments hold for every step of the key. A decode step with shared levels is a graph too: its work items
+        // (in fixed device regions) are padded to a bucket of AttentionItemBucket, which joins the key.
+        bool graph = decode && everyRowSelected && _graphs.Enabled;
         if (graph)
         {
             width = DecodeGraphCache.BucketBlocks(width, _layout.MaxBlocksPerSeq);
             maxSeqLen = width * bs;
         }
+        // Attention through paged_attention_mma (prefill, and decode steps with shared levels), else the decode or prefill kernel.
+        var work = PlanAttention(pieces, plan, rows, decode, width);
+        if (graph && work != null) work = work.Padded(AttentionItemBucket);
 
         // Step inputs: staged in pinned memory with the scratch's int layout, then one host-to-device copy.
         var ints = _pinnedInts.AsSpan<int>();
@@ -247,7 +252,7 @@ internal sealed unsafe class CudaStep : IDisposable
 
         int selected = logitRows.Count;
         void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows, work, workBuffers);
-        if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width), _device, _stream, Enqueue) is { } exec)
+        if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width, work?.ItemCount ?? 0), _device, _stream, Enqueue) is { } exec)
             _device.LaunchGraph(exec, _stream);
         else
             Enqueue();
@@ -575,22 +580,33 @@ internal sealed unsafe class CudaStep : IDisposable
         return work ?? Build(false);
     }
 
-    /// <summary>Stages the work's arrays in pinned memory and queues one copy to the device; returns the device views.</summary>
+    /// <summary>Work items of a captured decode step are padded to a multiple of this (a graph per bucket).</summary>
+    private const int AttentionItemBucket = 32;
+
+    /// <summary>
+    /// Stages the work's arrays in pinned memory, each at the start of its fixed region (items, row ids, slot starts,
+    /// slots: the same device addresses every step, as a captured graph needs), and queues one copy to the device;
+    /// returns the device views.
+    /// </summary>
     private OpsLauncher.AttentionWorkBuffers UploadAttentionWork(AttentionWork work, IntPtr stream)
     {
-        int total = work.Items.Length + work.RowIds.Length + work.SlotStarts.Length + work.Slots.Length;
-        if (total > _attentionInts!.Length)
-            throw new InvalidOperationException($"the step's attention work needs {total} ints, past the {_attentionInts.Length} reserved (AttentionWorkInts)");
+        long partial = (long)_options.MaxTokensPerStep * CudaMemoryPlan.AttentionSlotsPerRow;
+        long[] capacity = [partial * AttentionWork.ItemInts, partial, _options.MaxTokensPerStep + 1L, partial];
+        int[][] arrays = [work.Items, work.RowIds, work.SlotStarts, work.Slots];
+        string[] names = ["items", "row ids", "slot starts", "slots"];
         var staging = _pinnedAttention!.AsSpan<int>();
         var offsets = new long[4];
-        int at = 0, k = 0;
-        foreach (var values in new[] { work.Items, work.RowIds, work.SlotStarts, work.Slots })
+        long at = 0;
+        for (int k = 0; k < 4; k++)
         {
-            values.CopyTo(staging.Slice(at, values.Length));
-            offsets[k++] = (long)at * sizeof(int);
-            at += values.Length;
+            if (arrays[k].Length > capacity[k])
+                throw new InvalidOperationException($"the step's attention work has {arrays[k].Length} {names[k]}, past the {capacity[k]} reserved (AttentionWorkInts)");
+            arrays[k].CopyTo(staging.Slice((int)at, arrays[k].Length));
+            offsets[k] = at * sizeof(int);
+            at += capacity[k];
         }
-        Cu.Check(CuApi.cuMemcpyHtoDAsync(_attentionInts.Pointer, (void*)_pinnedAttention.DangerousGetHandle(), (nuint)(at * sizeof(int)), stream), _device.Ordinal);
+        long used = offsets[3] / sizeof(int) + arrays[3].Length;
+        Cu.Check(CuApi.cuMemcpyHtoDAsync(_attentionInts!.Pointer, (void*)_pinnedAttention.DangerousGetHandle(), (nuint)(used * sizeof(int)), stream), _device.Ordinal);
         return new OpsLauncher.AttentionWorkBuffers(_attentionInts.View<int>(offsets[0], work.Items.Length), _attentionInts.View<int>(offsets[1], work.RowIds.Length),
             _attentionInts.View<int>(offsets[2], work.SlotStarts.Length), _attentionInts.View<int>(offsets[3], work.Slots.Length));
     }

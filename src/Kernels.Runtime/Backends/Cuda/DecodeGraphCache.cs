@@ -8,7 +8,7 @@ namespace Kernels.Runtime.Backends.Cuda;
 /// block-table width, the attention split plan) follows from it, so a graph captured for a key replays any step of
 /// that key after the step's ids, positions, slots, lengths and block tables are copied to the device.
 /// </summary>
-internal readonly record struct DecodeGraphKey(int NumSeqs, int BlocksPerSeq);
+internal readonly record struct DecodeGraphKey(int NumSeqs, int BlocksPerSeq, int AttentionItems = 0);
 
 /// <summary>
 /// Graphs of decode steps by <see cref="DecodeGraphKey"/>, captured on first use and replayed afterwards. A failed

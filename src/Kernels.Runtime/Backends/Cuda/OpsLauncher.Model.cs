@@ -156,7 +156,10 @@ internal sealed unsafe partial class OpsLauncher
     /// <summary>An <see cref="AttentionWork"/>'s arrays on the device (the same values, uploaded by the caller).</summary>
     public sealed record AttentionWorkBuffers(DeviceBuffer<int> Items, DeviceBuffer<int> RowIds, DeviceBuffer<int> SlotStarts, DeviceBuffer<int> Slots);
 
-    /// <summary>Floats of the partial results <paramref name="work"/> writes before its merge: o rows then lse.</summary>
+    /// <summary>
+    /// Floats of the partial results <paramref name="work"/> writes before its merge: o rows then lse rows (a buffer of
+    /// C x heads x (headDim + 1) floats holds C partial rows, o first, lse from C x heads x headDim on).
+    /// </summary>
     public static long MmaAttentionPartialFloats(AttentionWork work, int numHeads, int headDim) => (long)work.PartialRows * numHeads * (headDim + 1);
 
     /// <summary>
@@ -191,7 +194,10 @@ internal sealed unsafe partial class OpsLauncher
         SameDevice(buffers.Items, nameof(buffers));
         SameDevice(buffers.RowIds, nameof(buffers));
         if (partial != null) SameDevice(partial, nameof(partial));
-        ulong po = work.Direct ? o.Pointer : partial!.Pointer, pl = work.Direct ? lse.Pointer : partial!.Pointer + (ulong)(partialO * sizeof(float));
+        // The partials' lse rows start where the buffer's capacity of o rows ends (not where this work's end): the same
+        // address every step, so a captured graph's arguments hold.
+        long capacityO = work.Direct ? 0 : partial!.Length / ((long)numHeads * (headDim + 1)) * numHeads * headDim;
+        ulong po = work.Direct ? o.Pointer : partial!.Pointer, pl = work.Direct ? lse.Pointer : partial!.Pointer + (ulong)(capacityO * sizeof(float));
         ulong pq = q.Pointer, pk = kv.KCache.Pointer, pv = kv.VCache.Pointer, pi = buffers.Items.Pointer, pr = buffers.RowIds.Pointer, pt = kv.BlockTables.Pointer;
         int ni = work.ItemCount, nh = numHeads, nkv = numKvHeads, hd = headDim, bs = kv.BlockSize, nb = kv.NumBlocks;
         float scale = 1f / MathF.Sqrt(headDim); // the CPU reference's scale, bit for bit

@@ -182,6 +182,20 @@ public class AttentionWorkTests
     }
 
     [Test]
+    public void PaddingAddsEmptyItemsThatChangeNothing()
+    {
+        var batch = new Batch([100, 97, 130, 64, 80, 700], [1, 1, 1, 1, 1, 1], kvHeads: 2, group: 4, share: true, seed: 6);
+        var work = AttentionWork.Build(batch.Sequences, batch.Levels, batch.Rows, 4, 64, batch.KvHeads, 264, 1 << 20)!;
+        var padded = work.Padded(32);
+        Assert.That(padded.ItemCount % 32, Is.Zero);
+        Assert.That(padded.ItemCount, Is.GreaterThanOrEqualTo(work.ItemCount).And.LessThan(work.ItemCount + 32));
+        Assert.That(padded.Items.AsSpan(0, work.Items.Length).SequenceEqual(work.Items), Is.True, "the real items come first, unchanged");
+        Assert.That(padded.Items.Skip(work.Items.Length).All(v => v == 0), Is.True, "a padding item has no rows and no keys");
+        batch.AssertExact(padded);
+        Assert.That(padded.Padded(32), Is.SameAs(padded));
+    }
+
+    [Test]
     public void GroupsBeyondACtaAreRefused() =>
         Assert.Throws<ArgumentOutOfRangeException>(() => AttentionWork.Build([], [], 0, group: 65, 64, 1, 1, 0));
 }
