@@ -96,8 +96,7 @@ public static class Peer
     private static List<ModelResult> RunAvx2Child(string models, int prompt, int storiesPrompt, int generate, int sequences, int reps, int sharedReps, int llamaThreads, string cache)
     {
         string json = Path.Combine(Path.GetTempPath(), $"kernels-peer-avx2-{Environment.ProcessId}.json");
-        var start = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
-        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") start.ArgumentList.Add(typeof(Peer).Assembly.Location);
+        var start = SelfProcess.StartInfo();
         foreach (var a in new[] { "peer", "--models", models, "--prompt", prompt.ToString(), "--stories-prompt", storiesPrompt.ToString(), "--generate", generate.ToString(),
                      "--sequences", sequences.ToString(), "--reps", reps.ToString(), "--shared-reps", sharedReps.ToString(), "--llama-threads", llamaThreads.ToString(),
                      "--paths", "avx2", "--cache", cache, "--json", json })

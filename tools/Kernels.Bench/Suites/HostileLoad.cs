@@ -294,12 +294,9 @@ public static class HostileLoad
 
         public static async Task<AttackerProcess> StartAsync(Uri server, string name)
         {
-            string self = typeof(HostileLoad).Assembly.Location;
-            var start = new ProcessStartInfo("dotnet", [self, "hostile-attack", "--server", server.ToString(), "--attack", name])
-            {
-                RedirectStandardInput = true,
-                RedirectStandardOutput = true,
-            };
+            var start = SelfProcess.StartInfo("hostile-attack", "--server", server.ToString(), "--attack", name);
+            start.RedirectStandardInput = true;
+            start.RedirectStandardOutput = true;
             var attacker = new AttackerProcess(Process.Start(start) ?? throw new InvalidOperationException("could not start the attacker"));
             var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             attacker._process.OutputDataReceived += (_, e) =>
