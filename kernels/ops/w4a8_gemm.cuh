@@ -58,6 +58,49 @@ __device__ __forceinline__ uint32_t dequant4(uint32_t codes, uint32_t s1, uint32
     else return codes;
 }
 
+// The four 8-channel subtiles' B fragments of one 32 x 32 tile from a lane's 16 code bytes `raw` (x, z: subtiles 0/2 in
+// low/high nibbles; y, w: 1/3; z, w hold k + 16), dequantized with k tile kt's group scales and zeros (per group).
+template <bool kGroup>
+__device__ __forceinline__ void w4a8_b_fragments(uint32_t (&b)[4][2], uint4 raw, const uint8_t* scales2, const uint8_t* zeros, int kt,
+                                                 int group_size, int n_pad, int nb, int group_id)
+{
+    uint32_t s1 = 0x01010101u, zs = 0;
+    if constexpr (kGroup)
+    {
+        const int64_t col = static_cast<int64_t>(kt * 32 / group_size) * n_pad + nb * 32 + 4 * group_id;
+        s1 = __ldg(reinterpret_cast<const uint32_t*>(scales2 + col));
+        zs = __ldg(reinterpret_cast<const uint32_t*>(zeros + col));
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+    {
+        const uint32_t scale = (s1 >> (8 * j)) & 0xFFu, zero4 = __byte_perm(zs, 0, 0x1111u * j);
+        const uint32_t k0 = (j & 1) ? raw.y : raw.x, k1 = (j & 1) ? raw.w : raw.z; // b0: k half 0, b1: k + 16
+        const int shift = (j >> 1) * 4;
+        b[j][0] = dequant4<kGroup>((k0 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+        b[j][1] = dequant4<kGroup>((k1 >> shift) & 0x0F0F0F0Fu, scale, zero4);
+    }
+}
+
+// A fragment of m16n8k32 (row-major) from shared memory: `base` is row g, k 4 tig of the tile; a0/a1 rows g, g + 8,
+// a2/a3 the same at k + 16.
+__device__ __forceinline__ void w4a8_a_fragment(uint32_t (&a)[4], const uint8_t* base, int row_bytes)
+{
+    a[0] = *reinterpret_cast<const uint32_t*>(base);
+    a[1] = *reinterpret_cast<const uint32_t*>(base + 8 * row_bytes);
+    a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
+    a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * row_bytes + 16);
+}
+
+// y[m, n] from the exact int32 sum: the per-channel zero term, then (acc x s_x) x s_w in this order (the CPU's).
+template <bool kGroup>
+__device__ __forceinline__ float w4a8_epilogue(int acc, int m, int n, const float* x_scale, const int* x_sum, const __half* w_scale,
+                                               const uint8_t* zeros)
+{
+    if constexpr (!kGroup) acc -= static_cast<int>(zeros[n]) * x_sum[m];
+    return __fmul_rn(__fmul_rn(__int2float_rn(acc), x_scale[m]), __half2float(w_scale[n]));
+}
+
 template <bool kGroup, int CTA_M>
 __device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* __restrict__ xq, const float* __restrict__ x_scale,
                                           const int* __restrict__ x_sum, const uint8_t* __restrict__ qweight,
@@ -121,34 +164,13 @@ __device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* _
             const int kt = stage * 2 + half;
             if (kt >= k_tiles || nb >= n_blocks) continue; // uniform per warp: no mma with a partial warp
             const uint4 raw = *reinterpret_cast<const uint4*>(&b_smem[buf][((warp * 2 + half) * 32 + lane) * 16]);
-            uint32_t s1 = 0x01010101u, zs = 0;
-            if constexpr (kGroup)
-            {
-                const int64_t col = static_cast<int64_t>(kt * 32 / group_size) * n_pad + nb * 32 + 4 * group_id;
-                s1 = __ldg(reinterpret_cast<const uint32_t*>(scales2 + col));
-                zs = __ldg(reinterpret_cast<const uint32_t*>(zeros + col));
-            }
-            // Subtile j's B fragments: low nibbles of x, z (j = 0) and y, w (j = 1); high nibbles for j = 2, 3.
             uint32_t b[4][2];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-            {
-                const uint32_t scale = (s1 >> (8 * j)) & 0xFFu, zero4 = __byte_perm(zs, 0, 0x1111u * j);
-                const uint32_t k0 = (j & 1) ? raw.y : raw.x, k1 = (j & 1) ? raw.w : raw.z; // b0: k half 0, b1: k + 16
-                const int shift = (j >> 1) * 4;
-                b[j][0] = dequant4<kGroup>((k0 >> shift) & 0x0F0F0F0Fu, scale, zero4);
-                b[j][1] = dequant4<kGroup>((k1 >> shift) & 0x0F0F0F0Fu, scale, zero4);
-            }
+            w4a8_b_fragments<kGroup>(b, raw, scales2, zeros, kt, group_size, n_pad, nb, group_id);
 #pragma unroll
             for (int i = 0; i < MI; ++i)
             {
-                // A fragment of m16n8k32 (row-major): a0/a1 rows g, g+8 at k 4*tig.., a2/a3 the same at k + 16.
-                const uint8_t* base = &a_smem[buf][(i * 16 + group_id) * kW4A8RowBytes + half * 32 + tig * 4];
                 uint32_t a[4];
-                a[0] = *reinterpret_cast<const uint32_t*>(base);
-                a[1] = *reinterpret_cast<const uint32_t*>(base + 8 * kW4A8RowBytes);
-                a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
-                a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * kW4A8RowBytes + 16);
+                w4a8_a_fragment(a, &a_smem[buf][(i * 16 + group_id) * kW4A8RowBytes + half * 32 + tig * 4], kW4A8RowBytes);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) mma_m16n8k32_s8(acc[i][j], a, b[j][0], b[j][1]);
             }
@@ -167,10 +189,7 @@ __device__ __forceinline__ void w4a8_gemm(float* __restrict__ y, const int8_t* _
                 const int m = m0 + i * 16 + group_id + (r >> 1) * 8;
                 const int n = nb * 32 + 8 * j + 2 * tig + (r & 1);
                 if (m >= M || n >= N || nb >= n_blocks) continue;
-                int total = acc[i][j][r];
-                if constexpr (!kGroup) total -= static_cast<int>(zeros[n]) * x_sum[m];
-                y[static_cast<int64_t>(m) * N + n] =
-                    __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+                y[static_cast<int64_t>(m) * N + n] = w4a8_epilogue<kGroup>(acc[i][j][r], m, n, x_scale, x_sum, w_scale, zeros);
             }
 }
 
@@ -255,29 +274,9 @@ __device__ __forceinline__ void w4a8_gemm_splitk(float* __restrict__ y, const in
             const int kt = kt_begin + st * kSplitTilesPerStage + t;
             if (kt >= kt_end) break; // uniform
             const uint4 raw = *reinterpret_cast<const uint4*>(&b_smem[buf][((warp * kSplitTilesPerStage + t) * 32 + lane) * 16]);
-            uint32_t s1 = 0x01010101u, zs = 0;
-            if constexpr (kGroup)
-            {
-                const int64_t col = static_cast<int64_t>(kt * 32 / group_size) * n_pad + nb * 32 + 4 * group_id;
-                s1 = __ldg(reinterpret_cast<const uint32_t*>(scales2 + col));
-                zs = __ldg(reinterpret_cast<const uint32_t*>(zeros + col));
-            }
-            uint32_t b[4][2];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-            {
-                const uint32_t scale = (s1 >> (8 * j)) & 0xFFu, zero4 = __byte_perm(zs, 0, 0x1111u * j);
-                const uint32_t k0 = (j & 1) ? raw.y : raw.x, k1 = (j & 1) ? raw.w : raw.z;
-                const int shift = (j >> 1) * 4;
-                b[j][0] = dequant4<kGroup>((k0 >> shift) & 0x0F0F0F0Fu, scale, zero4);
-                b[j][1] = dequant4<kGroup>((k1 >> shift) & 0x0F0F0F0Fu, scale, zero4);
-            }
-            const uint8_t* base = &a_smem[buf][group_id * kSplitRowBytes + t * 32 + tig * 4];
-            uint32_t a[4];
-            a[0] = *reinterpret_cast<const uint32_t*>(base);
-            a[1] = *reinterpret_cast<const uint32_t*>(base + 8 * kSplitRowBytes);
-            a[2] = *reinterpret_cast<const uint32_t*>(base + 16);
-            a[3] = *reinterpret_cast<const uint32_t*>(base + 8 * kSplitRowBytes + 16);
+            uint32_t b[4][2], a[4];
+            w4a8_b_fragments<kGroup>(b, raw, scales2, zeros, kt, group_size, n_pad, nb, group_id);
+            w4a8_a_fragment(a, &a_smem[buf][group_id * kSplitRowBytes + t * 32 + tig * 4], kSplitRowBytes);
 #pragma unroll
             for (int j = 0; j < 4; ++j) mma_m16n8k32_s8(acc[j], a, b[j][0], b[j][1]);
         }
@@ -298,9 +297,7 @@ __device__ __forceinline__ void w4a8_gemm_splitk(float* __restrict__ y, const in
                 partial[(static_cast<int64_t>(blockIdx.y) * M + m) * N + n] = acc[j][r];
                 continue;
             }
-            int total = acc[j][r];
-            if constexpr (!kGroup) total -= static_cast<int>(zeros[n]) * x_sum[m];
-            y[static_cast<int64_t>(m) * N + n] = __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+            y[static_cast<int64_t>(m) * N + n] = w4a8_epilogue<kGroup>(acc[j][r], m, n, x_scale, x_sum, w_scale, zeros);
         }
 }
 
@@ -313,8 +310,8 @@ __device__ __forceinline__ void w4a8_splitk_reduce(float* __restrict__ y, const 
     const int m = static_cast<int>(i / N), n = static_cast<int>(i % N);
     int total = 0;
     for (int s = 0; s < splits; ++s) total += partial[static_cast<int64_t>(s) * M * N + i];
-    if (group_size == 0) total -= static_cast<int>(zeros[n]) * x_sum[m];
-    y[i] = __fmul_rn(__fmul_rn(__int2float_rn(total), x_scale[m]), __half2float(w_scale[n]));
+    y[i] = group_size > 0 ? w4a8_epilogue<true>(total, m, n, x_scale, x_sum, w_scale, zeros)
+                          : w4a8_epilogue<false>(total, m, n, x_scale, x_sum, w_scale, zeros);
 }
 } // namespace gemm
 

@@ -31,19 +31,7 @@ internal sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(zeros);
         if (OpsLaunchPlans.W4A8Gemm(y.Length, xq.Length, xScale.Length, xSum?.Length ?? -1, qweight.Length, wScale.Length, scales2?.Length ?? -1,
                 zeros.Length, m, n, k, groupSize) is not { } plan) return;
-        SameDevice(y, nameof(y));
-        SameDevice(xq, nameof(xq));
-        SameDevice(xScale, nameof(xScale));
-        if (xSum != null) SameDevice(xSum, nameof(xSum));
-        SameDevice(qweight, nameof(qweight));
-        SameDevice(wScale, nameof(wScale));
-        if (scales2 != null) SameDevice(scales2, nameof(scales2));
-        SameDevice(zeros, nameof(zeros));
-        // cp.async copies 16 bytes per instruction; the group tables are read as 32-bit words.
-        Aligned(xq.Pointer, 16, nameof(xq));
-        Aligned(qweight.Pointer, 16, nameof(qweight));
-        if (scales2 != null) Aligned(scales2.Pointer, 4, nameof(scales2));
-        if (groupSize > 0) Aligned(zeros.Pointer, 4, nameof(zeros));
+        CheckW4A8Buffers(y, xq, xScale, xSum, qweight, wScale, scales2, zeros, groupSize);
         ulong py = y.Pointer, pxq = xq.Pointer, pxs = xScale.Pointer, pxsum = xSum?.Pointer ?? 0, pq = qweight.Pointer, pws = wScale.Pointer,
             ps2 = scales2?.Pointer ?? 0, pz = zeros.Pointer;
         int mm = m, nn = n, kk = k, g = groupSize;
@@ -68,19 +56,8 @@ internal sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(zeros);
         if (OpsLaunchPlans.W4A8GemmSplitK(y.Length, xq.Length, xScale.Length, xSum?.Length ?? -1, qweight.Length, wScale.Length, scales2?.Length ?? -1,
                 zeros.Length, workspace?.Length ?? 0, m, n, k, groupSize, 2 * _module.Device.MultiprocessorCount) is not { } plan) return 0;
-        SameDevice(y, nameof(y));
-        SameDevice(xq, nameof(xq));
-        SameDevice(xScale, nameof(xScale));
-        if (xSum != null) SameDevice(xSum, nameof(xSum));
-        SameDevice(qweight, nameof(qweight));
-        SameDevice(wScale, nameof(wScale));
-        if (scales2 != null) SameDevice(scales2, nameof(scales2));
-        SameDevice(zeros, nameof(zeros));
+        CheckW4A8Buffers(y, xq, xScale, xSum, qweight, wScale, scales2, zeros, groupSize);
         if (workspace != null) SameDevice(workspace, nameof(workspace));
-        Aligned(xq.Pointer, 16, nameof(xq));
-        Aligned(qweight.Pointer, 16, nameof(qweight));
-        if (scales2 != null) Aligned(scales2.Pointer, 4, nameof(scales2));
-        if (groupSize > 0) Aligned(zeros.Pointer, 4, nameof(zeros));
         ulong py = y.Pointer, pxq = xq.Pointer, pxs = xScale.Pointer, pxsum = xSum?.Pointer ?? 0, pq = qweight.Pointer, pws = wScale.Pointer,
             ps2 = scales2?.Pointer ?? 0, pz = zeros.Pointer, pp = plan.Reduce != null ? workspace!.Pointer : 0;
         int mm = m, nn = n, kk = k, g = groupSize, tiles = plan.TilesPerSplit, splits = plan.Splits;
@@ -153,6 +130,24 @@ internal sealed unsafe partial class OpsLauncher
         int nt = numTokens, d = dim, dp = dimPadded;
         void** args = stackalloc void*[] { &pq, &ps, &pn, &px, &nt, &d, &dp };
         Launch(plan, args);
+    }
+
+    /// <summary>The W4A8 GEMMs' buffers on this device, aligned as they are read: cp.async copies 16 bytes per instruction, the group tables are 32-bit words.</summary>
+    private void CheckW4A8Buffers(DeviceBuffer<float> y, DeviceBuffer<sbyte> xq, DeviceBuffer<float> xScale, DeviceBuffer<int>? xSum, DeviceBuffer<byte> qweight,
+        DeviceBuffer<Half> wScale, DeviceBuffer<byte>? scales2, DeviceBuffer<byte> zeros, int groupSize)
+    {
+        SameDevice(y, nameof(y));
+        SameDevice(xq, nameof(xq));
+        SameDevice(xScale, nameof(xScale));
+        if (xSum != null) SameDevice(xSum, nameof(xSum));
+        SameDevice(qweight, nameof(qweight));
+        SameDevice(wScale, nameof(wScale));
+        if (scales2 != null) SameDevice(scales2, nameof(scales2));
+        SameDevice(zeros, nameof(zeros));
+        Aligned(xq.Pointer, 16, nameof(xq));
+        Aligned(qweight.Pointer, 16, nameof(qweight));
+        if (scales2 != null) Aligned(scales2.Pointer, 4, nameof(scales2));
+        if (groupSize > 0) Aligned(zeros.Pointer, 4, nameof(zeros));
     }
 
     private static void Aligned(ulong pointer, int bytes, string argument)
