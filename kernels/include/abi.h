@@ -23,7 +23,9 @@
 // 2: paged_{decode,prefill}_attention_{dtype} became one entry per head dim, paged_*_attention_hd<D>_{dtype}, and
 //    decode's grid x became num_kv_heads * ceil_div(G, 4) (any GQA group, 4 query heads per block).
 // 3: sample_tokens_f32 takes the engine's coins (fp64 per row) instead of SplitMix64 states, and a logits row stride.
-#define KERNELS_ABI_VERSION 3
+// 4: kivi_quantize_block_f32 takes `sources` after block_ids: block i is read from [sources[i], G, kvd] of keys and
+//    values (the paged full-precision slots), or from block i when sources is null.
+#define KERNELS_ABI_VERSION 4
 
 // Element type of a templated operand. Values match Kernels.Runtime.Models.TensorDType (F32 = 0, F16 = 1, BF16 = 2);
 // a C# test should assert that they stay equal (STYLE habit 6).

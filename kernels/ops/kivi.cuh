@@ -13,9 +13,9 @@
 // Quantizer: z = min, s = (max - min) / (2^bits - 1) rounded up to fp16 (1 for a constant group), q = clamp(rint((x -
 //   z) / s), 0, 2^bits - 1), x^ = q * s + z: the CPU's math (IEEE division, round-half-even), so codes should match.
 //
-// kivi_quantize_block_f32(codes, scales, mins, keys, values, block_ids, num_blocks, kvd, group, bits)
-//   keys, values fp16 [num_blocks, G, kvd]: the full-precision rows of the blocks to compact; block i is written to
-//   compact id block_ids[i]. Grid num_blocks, block 256 (any). Thread per packed word: no atomics.
+// kivi_quantize_block_f32(codes, scales, mins, keys, values, block_ids, sources, num_blocks, kvd, group, bits)
+//   keys, values fp16 [*, G, kvd]: the full-precision rows of the blocks to compact; block i is read from block
+//   sources[i] of them (the paged slots; i when sources is null) and written to compact id block_ids[i]. Grid num_blocks, block 256 (any). Thread per packed word: no atomics.
 // kivi_decode_attention_f32(partial_o, partial_lse, q, codes, scales, mins, block_tables, num_compact, num_seqs,
 //   max_blocks, heads, kv_heads, head_dim, group, bits)
 //   q fp32 [num_seqs, heads, head_dim] (one decode row per sequence); block_tables int [num_seqs, max_blocks];
@@ -61,12 +61,13 @@ __device__ __forceinline__ uint32_t kivi_encode(float x, float scale, float min,
 }
 
 __device__ void kivi_quantize_block(uint32_t* codes, __half* scales, float* mins, const __half* keys, const __half* values,
-                                    const int* block_ids, int i, int kvd, int group, int bits)
+                                    const int* block_ids, const int* sources, int i, int kvd, int group, int bits)
 {
     const int per = 32 / bits, k_words = group / per, v_words = kvd / per, groups = kvd / group;
     const int64_t id = block_ids[i];
-    const __half* k = keys + static_cast<int64_t>(i) * group * kvd;
-    const __half* v = values + static_cast<int64_t>(i) * group * kvd;
+    const int64_t source = sources != nullptr ? sources[i] : i; // which [group, kvd] block of keys / values
+    const __half* k = keys + source * group * kvd;
+    const __half* v = values + source * group * kvd;
     uint32_t* c_out = codes + id * (2 * kvd * k_words);
     __half* s_out = scales + id * 2 * kvd;
     float* m_out = mins + id * 2 * kvd;
@@ -195,10 +196,11 @@ __device__ void kivi_merge_partials(float* o, float* lse, const float* partial_o
 } // namespace ops
 
 extern "C" __global__ void kivi_quantize_block_f32(uint32_t* codes, __half* scales, float* mins, const __half* keys,
-                                                   const __half* values, const int* block_ids, int num_blocks, int kvd,
-                                                   int group, int bits)
+                                                   const __half* values, const int* block_ids, const int* sources,
+                                                   int num_blocks, int kvd, int group, int bits)
 {
-    if (blockIdx.x < num_blocks) ops::kivi_quantize_block(codes, scales, mins, keys, values, block_ids, blockIdx.x, kvd, group, bits);
+    if (blockIdx.x < num_blocks)
+        ops::kivi_quantize_block(codes, scales, mins, keys, values, block_ids, sources, blockIdx.x, kvd, group, bits);
 }
 
 extern "C" __global__ void kivi_decode_attention_f32(float* partial_o, float* partial_lse, const float* q, const uint32_t* codes,

@@ -23,6 +23,7 @@ internal static unsafe partial class Verify
             {
                 yield return new Case("kivi_quantize_block_f32", $"kivi{bits} 9 blocks G=32 kvd=1024 (constant groups)", () => KiviQuantizeCase(bits, 9, 32, 1024));
                 yield return new Case("kivi_quantize_block_f32", $"kivi{bits} 3 blocks G=64 kvd=128", () => KiviQuantizeCase(bits, 3, 64, 128));
+                yield return new Case("kivi_quantize_block_f32", $"kivi{bits} 5 blocks G=32 kvd=256 from paged slots", () => KiviQuantizeCase(bits, 5, 32, 256, paged: true));
                 yield return new Case("kivi_decode_attention_f32", $"kivi{bits} lens 1,32,100,1041 heads 32/8 d=128 G=32",
                     () => KiviDecodeCase(bits, [1, 32, 100, 1041], 32, 8, 128, 32));
                 yield return new Case("kivi_decode_attention_f32", $"kivi{bits} lens 64,333 heads 8/2 d=64 G=32", () => KiviDecodeCase(bits, [64, 333], 8, 2, 64, 32));
@@ -76,19 +77,24 @@ internal static unsafe partial class Verify
             }
         }
 
-        private CaseResult KiviQuantizeCase(int bits, int numBlocks, int group, int kvd)
+        /// <summary>
+        /// <paramref name="paged"/>: the blocks sit at scattered slots of a larger fp16 region and the kernel reads them
+        /// through its sources array (how the CUDA backend compacts its KIVI cache).
+        /// </summary>
+        private CaseResult KiviQuantizeCase(int bits, int numBlocks, int group, int kvd, bool paged = false)
         {
-            int numIds = numBlocks + 5;
+            int numIds = numBlocks + 5, numSlots = paged ? numBlocks + 7 : numBlocks;
             var ids = Enumerable.Range(0, numIds).OrderBy(_ => rng.Next()).Take(numBlocks).ToArray(); // scattered compact ids
-            var keys = new Half[numBlocks * group * kvd];
-            var values = new Half[numBlocks * group * kvd];
+            var sources = paged ? Enumerable.Range(0, numSlots).OrderBy(_ => rng.Next()).Take(numBlocks).ToArray() : Enumerable.Range(0, numBlocks).ToArray();
+            var keys = new Half[numSlots * group * kvd];
+            var values = new Half[numSlots * group * kvd];
             var storage = KiviStorage(bits, kvd / 64, kvd / 64, 64, group); // kvd a multiple of 64 here
             for (int i = 0; i < numBlocks; i++)
             {
                 var k = KiviRows(group, kvd, true, i % 3 == 2 ? 40f : 1f); // every third block spans a wide range
                 var v = KiviRows(group, kvd, true, 1f);
-                k.CopyTo(keys, i * group * kvd);
-                v.CopyTo(values, i * group * kvd);
+                k.CopyTo(keys, sources[i] * group * kvd);
+                v.CopyTo(values, sources[i] * group * kvd);
                 WriteBlock(storage, ids[i], k, v, group, kvd);
                 storage.Quantize(0, ids[i]);
             }
@@ -102,8 +108,9 @@ internal static unsafe partial class Verify
             using var dk = DeviceBuffer<Half>.From(device, keys);
             using var dv = DeviceBuffer<Half>.From(device, values);
             using var dIds = DeviceBuffer<int>.From(device, ids);
+            using var dSources = paged ? DeviceBuffer<int>.From(device, sources) : null;
             var pool = new OpsLauncher.KiviPool(codes, scales, mins, numIds, kvd, group, bits);
-            ops.KiviQuantizeBlockF32(pool, dk, dv, dIds, numBlocks);
+            ops.KiviQuantizeBlockF32(pool, dk, dv, dIds, numBlocks, dSources);
             device.Synchronize();
             var gCodes = codes.ToArray();
             var gScales = scales.ToArray();
@@ -133,7 +140,7 @@ internal static unsafe partial class Verify
                     for (int w = 0; w < words; w++) untouched += gCodes[(long)id * words + w] != 0xA5A5A5A5u ? 1 : 0;
             long mismatches = codeMismatches + scaleMismatches + minMismatches;
             bool pass = mismatches == 0 && untouched == 0;
-            string shape = $"kivi{bits} {numBlocks} blocks of {numIds} ids G={group} kvd={kvd}";
+            string shape = $"kivi{bits} {numBlocks} blocks of {numIds} ids G={group} kvd={kvd}{(paged ? $" from {numSlots} paged slots" : "")}";
             string? error = pass ? null : $"{codeMismatches} code words, {scaleMismatches} scales, {minMismatches} mins differ; {untouched} words of unlisted ids written";
             return new CaseResult("kivi_quantize_block_f32", shape, maxAbs, 0, 0, KiviExact.Source, mismatches, 0, untouched == 0, pass, error);
         }

@@ -32,21 +32,27 @@ internal static partial class OpsLaunchPlans
     }
 
     /// <summary>
-    /// kivi_quantize_block_f32: keys, values fp16 [numBlocks, G, kvd] into compact ids blockIds[0, numBlocks) of the
-    /// pool. The ids' values are not checked here (they live on the device): each must be in [0, numIds).
+    /// kivi_quantize_block_f32: keys, values fp16 [blocks, G, kvd] (<paramref name="sourceBlocks"/> of them, or
+    /// numBlocks when there is no sources array: sourcesLength &lt; 0); block i is read from block sources[i] (or i) and
+    /// written to compact id blockIds[i] of the pool. The ids' and sources' values are not checked here (they live on
+    /// the device): each id must be in [0, numIds), each source in [0, sourceBlocks).
     /// </summary>
     public static KernelLaunch? KiviQuantizeBlock(long codesLength, long scalesLength, long minsLength, long keysLength, long valuesLength,
-        long blockIdsLength, int numBlocks, int numIds, int kvDim, int group, int bits)
+        long blockIdsLength, int numBlocks, int numIds, int kvDim, int group, int bits, long sourcesLength = -1, int sourceBlocks = 0)
     {
         CheckKiviLayout(kvDim, group, bits);
         NonNegative(numBlocks, "numBlocks");
         CheckKiviPool(codesLength, scalesLength, minsLength, numIds, kvDim, group, bits);
-        long rows = Elements((long)numBlocks * group, kvDim, "keys");
-        AtLeast(keysLength, rows, "keys", $"[numBlocks={numBlocks}, group={group}, kvDim={kvDim}]");
-        AtLeast(valuesLength, rows, "values", $"[numBlocks={numBlocks}, group={group}, kvDim={kvDim}]");
+        int blocks = sourcesLength < 0 ? numBlocks : sourceBlocks;
+        NonNegative(blocks, "sourceBlocks");
+        long rows = Elements((long)blocks * group, kvDim, "keys");
+        AtLeast(keysLength, rows, "keys", $"[{(sourcesLength < 0 ? "numBlocks" : "sourceBlocks")}={blocks}, group={group}, kvDim={kvDim}]");
+        AtLeast(valuesLength, rows, "values", $"[{(sourcesLength < 0 ? "numBlocks" : "sourceBlocks")}={blocks}, group={group}, kvDim={kvDim}]");
         AtLeast(blockIdsLength, numBlocks, "blockIds", $"[numBlocks={numBlocks}]");
+        if (sourcesLength >= 0) AtLeast(sourcesLength, numBlocks, "sources", $"[numBlocks={numBlocks}]");
         if (numBlocks == 0) return null;
         if (numIds == 0) throw new ArgumentOutOfRangeException("numIds", numIds, "there is no compact id to write a block to");
+        if (sourcesLength >= 0 && sourceBlocks == 0) throw new ArgumentOutOfRangeException("sourceBlocks", sourceBlocks, "there is no source block to read");
         return new KernelLaunch("kivi_quantize_block_f32", (uint)numBlocks, 1, KiviQuantizeThreads);
     }
 

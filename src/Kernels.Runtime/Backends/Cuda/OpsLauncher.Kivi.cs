@@ -14,24 +14,29 @@ internal sealed unsafe partial class OpsLauncher
     public static long KiviPartialFloats(int numSeqs, int heads, int maxBlocks, int headDim) => (long)numSeqs * heads * maxBlocks * (headDim + 1);
 
     /// <summary>
-    /// Quantizes <paramref name="numBlocks"/> full blocks: keys, values fp16 [numBlocks, G, kvd]; block i goes to
-    /// compact id blockIds[i] (each in [0, pool.NumIds), distinct).
+    /// Quantizes <paramref name="numBlocks"/> full blocks of fp16 keys and values [blocks, G, kvd]: block sources[i]
+    /// (block i without <paramref name="sources"/>) goes to compact id blockIds[i] (each in [0, pool.NumIds), distinct).
     /// </summary>
-    public void KiviQuantizeBlockF32(KiviPool pool, DeviceBuffer<Half> keys, DeviceBuffer<Half> values, DeviceBuffer<int> blockIds, int numBlocks)
+    public void KiviQuantizeBlockF32(KiviPool pool, DeviceBuffer<Half> keys, DeviceBuffer<Half> values, DeviceBuffer<int> blockIds, int numBlocks,
+        DeviceBuffer<int>? sources = null)
     {
         ArgumentNullException.ThrowIfNull(pool);
         ArgumentNullException.ThrowIfNull(keys);
         ArgumentNullException.ThrowIfNull(values);
         ArgumentNullException.ThrowIfNull(blockIds);
+        long blockElements = (long)pool.Group * pool.KvDim;
         if (OpsLaunchPlans.KiviQuantizeBlock(pool.Codes.Length, pool.Scales.Length, pool.Mins.Length, keys.Length, values.Length, blockIds.Length,
-                numBlocks, pool.NumIds, pool.KvDim, pool.Group, pool.Bits) is not { } plan) return;
+                numBlocks, pool.NumIds, pool.KvDim, pool.Group, pool.Bits, sources?.Length ?? -1,
+                sources == null ? 0 : (int)Math.Min(Math.Min(keys.Length, values.Length) / Math.Max(1, blockElements), int.MaxValue)) is not { } plan) return;
         SamePool(pool);
         SameDevice(keys, nameof(keys));
         SameDevice(values, nameof(values));
         SameDevice(blockIds, nameof(blockIds));
+        if (sources != null) SameDevice(sources, nameof(sources));
         ulong pc = pool.Codes.Pointer, ps = pool.Scales.Pointer, pm = pool.Mins.Pointer, pk = keys.Pointer, pv = values.Pointer, pi = blockIds.Pointer;
+        ulong pr = sources?.Pointer ?? 0;
         int nb = numBlocks, kvd = pool.KvDim, g = pool.Group, bits = pool.Bits;
-        void** args = stackalloc void*[] { &pc, &ps, &pm, &pk, &pv, &pi, &nb, &kvd, &g, &bits };
+        void** args = stackalloc void*[] { &pc, &ps, &pm, &pk, &pv, &pi, &pr, &nb, &kvd, &g, &bits };
         Launch(plan, args);
     }
 

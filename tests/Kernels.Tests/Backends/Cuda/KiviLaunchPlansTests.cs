@@ -58,6 +58,19 @@ public class KiviLaunchPlansTests
         ThrowsFor("numIds", () => OpsLaunchPlans.KiviQuantizeBlock(0, 0, 0, 1L << 20, 1L << 20, 1, 1, 0, Kvd, G, 2));
     }
 
+    [Test]
+    public void QuantizeFromPagedSlotsChecksTheSlotsNotTheBlockCount()
+    {
+        // With sources, keys and values are the paged slots [sourceBlocks, G, kvd]: 3 blocks may come from 40 slots.
+        var (c, s, m) = Pool(2);
+        long slotRows = 40L * G * Kvd;
+        var p = OpsLaunchPlans.KiviQuantizeBlock(c, s, m, slotRows, slotRows, 3, 3, Ids, Kvd, G, 2, sourcesLength: 3, sourceBlocks: 40)!.Value;
+        Tiles(p.GridX, 3, 1, "3 blocks");
+        ThrowsFor("keys", () => OpsLaunchPlans.KiviQuantizeBlock(c, s, m, slotRows - 1, slotRows, 3, 3, Ids, Kvd, G, 2, sourcesLength: 3, sourceBlocks: 40));
+        ThrowsFor("sources", () => OpsLaunchPlans.KiviQuantizeBlock(c, s, m, slotRows, slotRows, 3, 3, Ids, Kvd, G, 2, sourcesLength: 2, sourceBlocks: 40));
+        ThrowsFor("sourceBlocks", () => OpsLaunchPlans.KiviQuantizeBlock(c, s, m, slotRows, slotRows, 3, 3, Ids, Kvd, G, 2, sourcesLength: 3, sourceBlocks: 0));
+    }
+
     private static KernelLaunch? Decode(int bits, int seqs, int maxBlocks, int heads = Heads, int kvHeads = KvHeads, int d = D, int group = G,
         long trimO = 0, long trimLse = 0, long trimQ = 0, long trimTables = 0, long trimCompact = 0)
     {
