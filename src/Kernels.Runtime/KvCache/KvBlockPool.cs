@@ -47,6 +47,7 @@ internal sealed class KvBlockPool
     private readonly Stack<int> _free = new();
     private int _neverUsed; // blocks [_neverUsed, Capacity) were never handed out
     private long _freeUnits;
+    private int _full;      // allocated blocks that are not compact (each holds a full-precision slot)
 
     public int BlockSize { get; }
     public int Capacity { get; }
@@ -54,6 +55,11 @@ internal sealed class KvBlockPool
     public KvBlockCosts Costs { get; }
     /// <summary>The budget, in the units of <see cref="Costs"/> (bytes; blocks for uniform pools).</summary>
     public long BudgetUnits { get; }
+    /// <summary>
+    /// The most blocks that can be full precision at once, whatever the budget says (the CUDA backend's KIVI cache has
+    /// a fixed number of fp16 slots beside its compact records); int.MaxValue when only the budget limits them.
+    /// </summary>
+    public int MaxFullBlocks { get; }
 
     private PrefixTree? _prefixes;
 
@@ -65,13 +71,20 @@ internal sealed class KvBlockPool
     {
     }
 
-    /// <summary>A pool of <paramref name="budgetUnits"/> units (bytes) whose blocks cost <paramref name="costs"/>.</summary>
-    public KvBlockPool(long budgetUnits, int blockSize, IKvStorage storage, KvBlockCosts costs)
+    /// <summary>
+    /// A pool of <paramref name="budgetUnits"/> units (bytes) whose blocks cost <paramref name="costs"/>, with at most
+    /// <paramref name="maxBlocks"/> block ids and <paramref name="maxFullBlocks"/> blocks full precision at once (storage
+    /// with fixed regions: compact records for every id, a number of full-precision slots).
+    /// </summary>
+    public KvBlockPool(long budgetUnits, int blockSize, IKvStorage storage, KvBlockCosts costs, int maxBlocks = int.MaxValue, int maxFullBlocks = int.MaxValue)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(costs.CompactBytes, 1, nameof(costs));
         ArgumentOutOfRangeException.ThrowIfLessThan(budgetUnits, costs.FullBytes, nameof(budgetUnits));
-        Capacity = (int)Math.Min(budgetUnits / costs.CompactBytes, int.MaxValue / 2);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocks, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxFullBlocks, 1);
+        Capacity = (int)Math.Min(Math.Min(budgetUnits / costs.CompactBytes, int.MaxValue / 2), maxBlocks);
+        MaxFullBlocks = maxFullBlocks;
         BudgetUnits = budgetUnits;
         _freeUnits = budgetUnits;
         BlockSize = blockSize;
@@ -82,14 +95,16 @@ internal sealed class KvBlockPool
     }
 
     /// <summary>Full-precision blocks that could be allocated now without evicting anything.</summary>
-    public int FreeBlocks => (int)Math.Min(_free.Count + Capacity - _neverUsed, _freeUnits / Costs.FullBytes);
+    public int FreeBlocks => (int)Math.Min(Math.Min(_free.Count + Capacity - _neverUsed, _freeUnits / Costs.FullBytes), (long)MaxFullBlocks - _full);
 
     /// <summary>Full-precision blocks that could be allocated now, evicting cached prefixes nobody else holds when asked to.</summary>
     public int AvailableBlocks(bool evictingCachedPrefixes)
     {
         if (!evictingCachedPrefixes || _prefixes == null) return FreeBlocks;
         var (blocks, units) = _prefixes.EvictableCost();
-        return (int)Math.Min(_free.Count + Capacity - _neverUsed + blocks, (_freeUnits + units) / Costs.FullBytes);
+        // Slots: evicted cached blocks may be compact, so they are not counted as freeing one (Allocate evicts them when
+        // it has to).
+        return (int)Math.Min(Math.Min(_free.Count + Capacity - _neverUsed + blocks, (_freeUnits + units) / Costs.FullBytes), (long)MaxFullBlocks - _full);
     }
 
     /// <summary>
@@ -125,13 +140,16 @@ internal sealed class KvBlockPool
         while (FreeBlocks == 0 && _prefixes != null && _prefixes.Evict(1) > 0) { }
         int block;
         if (FreeBlocks == 0)
-            throw new KvCacheExhaustedException($"KV cache exhausted: no room for another block of {BlockSize} tokens ({Capacity - _free.Count - (Capacity - _neverUsed)} blocks in use)");
+            throw new KvCacheExhaustedException(_full >= MaxFullBlocks
+                ? $"KV cache exhausted: all {MaxFullBlocks} full-precision slots are held (blocks inside their sequences' windows or being prefilled); give the full-precision share more memory or run fewer sequences at once"
+                : $"KV cache exhausted: no room for another block of {BlockSize} tokens ({Capacity - _free.Count - (Capacity - _neverUsed)} blocks in use)");
         if (_free.Count > 0) block = _free.Pop();
         else block = _neverUsed++;
         Storage.Prepare(block);
         _refs[block] = 1;
         _compact[block] = false;
         _freeUnits -= Costs.FullBytes;
+        _full++;
         return block;
     }
 
@@ -146,6 +164,7 @@ internal sealed class KvBlockPool
         if (_refs[block] <= 0) throw new InvalidOperationException($"KV block {block} released more often than retained");
         if (--_refs[block] > 0) return;
         _freeUnits += Cost(block);
+        if (!_compact[block]) _full--;
         _compact[block] = false;
         Storage.Release(block);
         _free.Push(block);
@@ -162,6 +181,7 @@ internal sealed class KvBlockPool
         if (!Costs.Compacts) throw new InvalidOperationException("this pool's format does not compact blocks");
         if (_compact[block]) return;
         _compact[block] = true;
+        _full--;
         _freeUnits += Costs.FullBytes - Costs.CompactBytes;
         Storage.Compact(block);
     }
