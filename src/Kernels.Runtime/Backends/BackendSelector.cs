@@ -47,9 +47,14 @@ internal static class BackendSelector
         _ => throw new ArgumentException($"unknown backend '{value}': expected auto, cpu or cuda", nameof(value)),
     };
 
+    /// <remarks>
+    /// A KIVI format in <paramref name="cpu"/>'s KvCache is the CUDA backend's too unless <paramref name="cuda"/> names its
+    /// own (the fp32/fp16 formats are the CPU's: the GPU keeps <see cref="CudaBackendOptions.KvDType"/> rows).
+    /// </remarks>
     public static (IBackend Backend, string Description) Create(LoadedModel model, CpuBackendOptions? cpu = null, BackendKind kind = BackendKind.Auto,
         CudaBackendOptions? cuda = null)
     {
+        if (cpu?.KvCache is { IsKivi: true } kivi && cuda?.Kivi == null) cuda = (cuda ?? new CudaBackendOptions()) with { Kivi = kivi };
         string cudaNote;
         if (kind == BackendKind.Cpu)
         {
@@ -71,7 +76,7 @@ internal static class BackendSelector
             if (kind == BackendKind.Cuda) throw new BackendUnavailableException($"{devices} device(s), but no kernels: {KernelImage.Describe()}");
             cudaNote = $"CUDA: {devices} device(s), but no kernels: {KernelImage.Describe()}";
         }
-        else if (CudaBackend.WhyUnsupported(model) is { } unsupported)
+        else if ((CudaBackend.WhyUnsupported(model) ?? CudaBackend.WhyUnsupported(model.Config, cuda?.Kivi, cuda?.KvDType ?? Numerics.TensorDType.F16)) is { } unsupported)
         {
             if (kind == BackendKind.Cuda) throw new BackendUnavailableException(unsupported);
             cudaNote = $"CUDA not used: {unsupported}";

@@ -14,6 +14,9 @@ namespace Kernels.Bench;
 
 internal static partial class EndToEnd
 {
+    /// <summary>The KIVI parity's prompt and greedy steps: long enough for blocks of 32 to leave a window of 16.</summary>
+    private const int KiviPromptTokens = 70, KiviGreedyTokens = 20;
+
     public static int RunEmulated(string? only)
     {
         if (CudaDevice.WhyUnavailable(0) is { } why)
@@ -55,6 +58,17 @@ internal static partial class EndToEnd
                 if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
                 Report(Parity(name, path, o));
             }
+        // KIVI (G 32, R 16) on the one model whose shape its split kernel takes (head_dim 64), 70 prompt tokens and 20
+        // greedy steps: blocks compact before a step (32-row steps; decode steps, as graphs) and inside one (a 128-row
+        // prefill quantizes the blocks it writes).
+        foreach (var (kind, rowsPerStep) in new[] { (Kernels.Runtime.KvCache.KvCacheKind.Kivi2, 32), (Kernels.Runtime.KvCache.KvCacheKind.Kivi4, 128) })
+        {
+            var kivi = new Kernels.Runtime.KvCache.KvCacheFormat { Kind = kind, Group = 32, Window = 16 };
+            string name = $"synthetic:mini {kivi}, {rowsPerStep}-row steps";
+            if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
+            Report(Parity(name, "synthetic:mini", options with { Kivi = kivi, MaxTokensPerStep = rowsPerStep, TiledDecodeAttention = kind == Kernels.Runtime.KvCache.KvCacheKind.Kivi4 },
+                KiviPromptTokens, KiviGreedyTokens));
+        }
         foreach (var (model, path) in models.Where(m => !m.Name.Contains(' ')))
         {
             string name = $"{model} hydragen";

@@ -26,6 +26,14 @@ internal static partial class EndToEnd
     /// sum of squares rounds differently, so a code can differ by one (a change of s_x s_w in that product); 10x the fp16 bound.
     /// </summary>
     private const double W4A8LogitTolerance = 10 * LogitTolerance;
+    /// <summary>
+    /// KIVI caches: the quantizer is bit-exact given the same fp16 rows, but a key or value row comes from the GPU's
+    /// projections (another summation order), so its fp16 rounding can differ by an ulp, and an element at a code's
+    /// rounding boundary, or a group's min or max, then moves by up to one quantization step (range / 3 at 2 bits);
+    /// 10x the fp16 bound, as W4A8's int8 codes. (Measured on the emulation, synthetic:mini: kivi2 1.2e-2, kivi4
+    /// 6.5e-3, the same model's fp16 cache 3.1e-3 x max|logit|.)
+    /// </summary>
+    private const double KiviLogitTolerance = 10 * LogitTolerance;
     private const int PromptTokens = 12, GreedyTokens = 16;
     private const long LeakToleranceBytes = 16L << 20;
 
@@ -78,6 +86,20 @@ internal static partial class EndToEnd
                 Console.WriteLine($"{r.Status,-5} {r.Model,-27} KV {r.KvDType,-4} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
             }
         }
+
+        // ---- (a'') KIVI: the same format on both sides, blocks compacted before steps and inside a prefill ------------
+        Console.WriteLine($"\n## parity with a KIVI cache (G 32, R 16; CPU in the same format): prompt {KiviPromptTokens} tokens, {KiviGreedyTokens} greedy steps");
+        foreach (var (name, path) in new[] { ("synthetic:mini", "synthetic:mini"), ("synthetic:small", "synthetic:small") })
+            foreach (var (kind, rowsPerStep) in new[] { (Kernels.Runtime.KvCache.KvCacheKind.Kivi2, 32), (Kernels.Runtime.KvCache.KvCacheKind.Kivi4, 128) })
+            {
+                var kivi = new Kernels.Runtime.KvCache.KvCacheFormat { Kind = kind, Group = 32, Window = 16 };
+                var r = Parity($"{name} {kivi}, {rowsPerStep}-row steps", path,
+                    options with { Kivi = kivi, KvCacheBytes = 256L << 20, MaxTokensPerStep = rowsPerStep, TiledDecodeAttention = kind == Kernels.Runtime.KvCache.KvCacheKind.Kivi4 },
+                    KiviPromptTokens, KiviGreedyTokens);
+                parity.Add(r);
+                if (r.Status == "FAIL") pass = false;
+                Console.WriteLine($"{r.Status,-5} {r.Model,-40} max|diff| {r.MaxAbsLogitDiff:E2} = {r.MaxAbsLogitDiff / r.LogitScale:E2} x max|logit| {r.LogitScale:F1} greedy {(r.GreedyEqual ? "equal" : "DIFFERENT")}{(r.Note != null ? $"  ({r.Note})" : "")}");
+            }
 
         // ---- (a') shared prefixes: Hydragen levels through the tensor-core attention (EndToEnd.Hydragen.cs) ----------
         Console.WriteLine($"\n## parity with shared prefixes: a {SharedPromptTokens}-token prompt forked {SharedForks} ways, finishing at different steps; " +
@@ -146,22 +168,27 @@ internal static partial class EndToEnd
 
     // ---- parity -----------------------------------------------------------------------------------------------------
 
-    private static ParityResult Parity(string name, string? path, CudaBackendOptions options)
+    /// <summary>
+    /// The CUDA backend against the CPU backend on one model: logits of a prompt of <paramref name="promptTokens"/> and of
+    /// <paramref name="greedyTokens"/> greedy steps, greedy texts, and the same greedy sampled on the device. A KIVI
+    /// cache (options.Kivi) runs on both sides (the CPU in the same format).
+    /// </summary>
+    private static ParityResult Parity(string name, string? path, CudaBackendOptions options, int promptTokens = PromptTokens, int greedyTokens = GreedyTokens)
     {
-        string kv = options.KvDType.Name();
+        string kv = options.Kivi?.ToString() ?? options.KvDType.Name();
         if (path == null || (!SyntheticModels.IsSynthetic(path) && !File.Exists(path) && !Directory.Exists(path)))
             return new ParityResult(name, kv, "SKIP", double.NaN, LogitTolerance, false, [], [], "model files not found");
         try
         {
             using var model = ModelLoader.Load(path);
-            if (CudaBackend.WhyUnsupported(model) is { } why)
+            if ((CudaBackend.WhyUnsupported(model) ?? CudaBackend.WhyUnsupported(model.Config, options.Kivi, options.KvDType)) is { } why)
                 return new ParityResult(name, kv, "SKIP", double.NaN, LogitTolerance, false, [], [], why);
-            var prompt = Enumerable.Range(0, PromptTokens).Select(i => (i * 37 + 5) % model.Config.VocabSize).ToArray();
-            using var cpu = new CpuBackend(model);
+            var prompt = Enumerable.Range(0, promptTokens).Select(i => (i * 37 + 5) % model.Config.VocabSize).ToArray();
+            using var cpu = new CpuBackend(model, options.Kivi is { } kivi ? new CpuBackendOptions { KvCache = kivi } : null);
             using var cuda = new CudaBackend(model, options);
-            var (cpuLogits, cpuTokens) = Greedy(cpu, prompt);
-            var (cudaLogits, cudaTokens) = Greedy(cuda, prompt);
-            var deviceTokens = DeviceGreedy(cuda, prompt);
+            var (cpuLogits, cpuTokens) = Greedy(cpu, prompt, greedyTokens);
+            var (cudaLogits, cudaTokens) = Greedy(cuda, prompt, greedyTokens);
+            var deviceTokens = DeviceGreedy(cuda, prompt, greedyTokens);
             double max = 0, scale = 1;
             // Logits are compared while both continuations agree: call i saw token i - 1, so it is compared only when the
             // tokens before it are the same on both sides (after a divergence the inputs differ).
@@ -179,10 +206,11 @@ internal static partial class EndToEnd
             }
             bool deviceEqual = deviceTokens.SequenceEqual(cudaTokens);
             double tolerance = model.Weights.Layers[0].Wq is Kernels.Runtime.Quantization.W4A8.W4A8Linear ? W4A8LogitTolerance
+                : options.Kivi is { IsKivi: true } ? KiviLogitTolerance
                 : cuda.WeightFormats.Contains("BF16", StringComparison.Ordinal) ? Bf16LogitTolerance : LogitTolerance;
             // Greedy texts agree, or part at a near tie: at the first differing step the CPU's own logits of the two
             // tokens are within the logit tolerance (a difference of rounding may pick either; after it the texts differ).
-            int step = Enumerable.Range(0, GreedyTokens).FirstOrDefault(i => cpuTokens[i] != cudaTokens[i], -1);
+            int step = Enumerable.Range(0, greedyTokens).FirstOrDefault(i => cpuTokens[i] != cudaTokens[i], -1);
             string? tie = null;
             if (step >= 0 && step < cpuLogits.Count)
             {
@@ -236,19 +264,19 @@ internal static partial class EndToEnd
     }
 
     /// <summary>Prefill with every position's logits, then greedy steps: the logits of each call and the chosen tokens.</summary>
-    private static (List<float[]> Logits, int[] Tokens) Greedy(IBackend backend, int[] prompt)
+    private static (List<float[]> Logits, int[] Tokens) Greedy(IBackend backend, int[] prompt, int greedyTokens = GreedyTokens)
     {
         using var cache = backend.CreateCache();
         var logits = new List<float[]>();
-        var tokens = new int[GreedyTokens];
+        var tokens = new int[greedyTokens];
         var last = backend.Forward([new SequenceStep(cache, prompt, AllLogits: true)])[0];
         logits.Add(last);
         int vocab = backend.Config.VocabSize;
         var row = last.AsSpan(last.Length - vocab);
-        for (int i = 0; i < GreedyTokens; i++)
+        for (int i = 0; i < greedyTokens; i++)
         {
             tokens[i] = ArgMax(row);
-            if (i == GreedyTokens - 1) break;
+            if (i == greedyTokens - 1) break;
             var next = backend.Forward([new SequenceStep(cache, new[] { tokens[i] })])[0];
             logits.Add(next);
             row = next;
@@ -257,12 +285,12 @@ internal static partial class EndToEnd
     }
 
     /// <summary>The same greedy continuation through IBackend.Step: the tokens are chosen by sample_tokens_f32 on the device.</summary>
-    private static int[] DeviceGreedy(IBackend backend, int[] prompt)
+    private static int[] DeviceGreedy(IBackend backend, int[] prompt, int greedyTokens = GreedyTokens)
     {
         using var cache = backend.CreateCache();
-        var tokens = new int[GreedyTokens];
+        var tokens = new int[greedyTokens];
         var step = new SequenceStep(cache, prompt) { Choose = [TokenChoice.Greedy] };
-        for (int i = 0; i < GreedyTokens; i++)
+        for (int i = 0; i < greedyTokens; i++)
         {
             tokens[i] = backend.Step([step])[0].Tokens[0];
             step = new SequenceStep(cache, new[] { tokens[i] }) { Choose = [TokenChoice.Greedy] };

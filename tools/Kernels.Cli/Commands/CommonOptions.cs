@@ -110,7 +110,8 @@ public sealed class ModelOptions
         var kind = BackendSelector.Parse(parse.GetValue(Backend) ?? "auto");
         var cpu = WithKvOptionErrors(() => CpuOptions(parse));
         var (backend, description) = WithKvOptionErrors(() => BackendSelector.Create(model, cpu, kind));
-        io.Error.WriteLine($"backend: {description}; kv cache {cpu.KvCache}");
+        // The CUDA backend's description names its own KV cache (a KIVI format, or its 16-bit rows).
+        io.Error.WriteLine(backend is Kernels.Runtime.Backends.Cpu.CpuBackend ? $"backend: {description}; kv cache {cpu.KvCache}" : $"backend: {description}");
         return backend;
     }
 }

@@ -48,11 +48,7 @@ internal sealed unsafe class CpuBackend : IBackend
         _attnNorm = _weights.Layers.Select(l => l.AttentionNorm.ToFloatArray()).ToArray();
         _ffnNorm = _weights.Layers.Select(l => l.FfnNorm.ToFloatArray()).ToArray();
         _finalNorm = _weights.FinalNorm.ToFloatArray();
-        _kv = new CpuKvStorage(Config, options.KvBlockSize);
         _linearInputs = options.LinearInputs;
-        long blockBytes = 2L * Config.NumLayers * options.KvBlockSize * Config.KvDim * sizeof(float);
-        KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / blockBytes, 1, int.MaxValue / 2), options.KvBlockSize, _kv);
-
         var format = options.KvCache;
         int blockSize = format.IsKivi ? format.Group : options.KvBlockSize;
         _kv = new CpuKvStorage(Config, blockSize, format);

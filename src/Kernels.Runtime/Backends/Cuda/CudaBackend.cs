@@ -77,6 +77,33 @@ internal sealed class CudaBackend : IBackend
         return null;
     }
 
+    /// <summary>
+    /// Why this backend cannot keep <paramref name="c"/>'s KV cache in <paramref name="kivi"/> (null: it can, or the
+    /// format is not KIVI). Pure: no driver call.
+    /// </summary>
+    public static string? WhyUnsupported(ModelConfig c, KvCacheFormat? kivi, TensorDType kvDType = TensorDType.F16)
+    {
+        ArgumentNullException.ThrowIfNull(c);
+        if (kivi is not { IsKivi: true }) return null;
+        try
+        {
+            kivi.Validate(c.KvDim, c.HeadDim);
+        }
+        catch (ArgumentException e)
+        {
+            return e.Message;
+        }
+        if (kvDType != TensorDType.F16)
+            return $"the {kivi} KV cache keeps its window in fp16; KvDType {kvDType.Name()} is not used with it";
+        if (kivi.Window < 1)
+            return $"the {kivi} KV cache on the CUDA backend needs a window of at least 1 token (--kv-window), so every query row reads its own key in fp16";
+        if (!OpsLaunchPlans.KiviSplitSupports(c.NumHeads, c.NumKvHeads, c.HeadDim, kivi.Group))
+            return $"the {kivi} KV cache on the CUDA backend runs kivi_decode_attention_split, compiled for head_dim " +
+                   $"{string.Join(", ", OpsLaunchPlans.KiviSplitHeadDims)}, G in {string.Join(", ", OpsLaunchPlans.KiviSplitGroups)} and up to " +
+                   $"{OpsLaunchPlans.KiviSplitMaxGqa} query heads per kv head (the model has head_dim {c.HeadDim}, {c.NumHeads}/{c.NumKvHeads} heads; G = {kivi.Group})";
+        return null;
+    }
+
     // ---- construction -----------------------------------------------------------------------------------------------
 
     /// <summary>
@@ -87,8 +114,8 @@ internal sealed class CudaBackend : IBackend
     public CudaBackend(LoadedModel model, CudaBackendOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        options ??= new CudaBackendOptions();
-        if (WhyUnsupported(model) is { } why) throw new NotSupportedException($"CUDA backend: {why}");
+        options = (options ?? new CudaBackendOptions()).Resolved();
+        if ((WhyUnsupported(model) ?? WhyUnsupported(model.Config, options.Kivi, options.KvDType)) is { } why) throw new NotSupportedException($"CUDA backend: {why}");
         Options = options;
         Config = model.Config;
         var c = Config;
@@ -108,8 +135,16 @@ internal sealed class CudaBackend : IBackend
             MemoryPlan = CudaMemoryPlan.Compute(c, _weights.ArenaBytes, free, options, _weights.W4A8ScratchBytes(options.MaxTokensPerStep));
             _weights.Upload(_device);
 
-            _step = new CudaStep(_device, _stream, _ops, c, options, _weights, MemoryPlan.KvBlocks);
-            KvPool = new KvBlockPool(MemoryPlan.KvBlocks, options.KvBlockSize, _step.Kv);
+            _step = new CudaStep(_device, _stream, _ops, c, options, _weights, MemoryPlan.KvBlocks, MemoryPlan.KiviSlots);
+            if (options.Kivi is { IsKivi: true } kivi)
+            {
+                // Fixed regions: a compact record per id, KiviSlots fp16 slots. A full block costs its slot and its record,
+                // so the budget in bytes is what the regions hold, and ids and slots bound the pool before it does.
+                long slot = MemoryPlan.KvBytesPerBlock, record = MemoryPlan.KiviRecordBytes;
+                var costs = new KvBlockCosts(slot + record, record, CudaMemoryPlan.KiviWindowBlocks(kivi));
+                KvPool = new KvBlockPool(MemoryPlan.KvBytes, options.KvBlockSize, _step.Kv, costs, MemoryPlan.KvBlocks, MemoryPlan.KiviSlots);
+            }
+            else KvPool = new KvBlockPool(MemoryPlan.KvBlocks, options.KvBlockSize, _step.Kv);
             _device.Synchronize();
         }
         catch
@@ -125,11 +160,13 @@ internal sealed class CudaBackend : IBackend
         return new KvSequence(KvPool);
     }
 
-    /// <summary>Bytes of KV memory one token takes in every layer (keys and values).</summary>
-    public long KvBytesPerToken => 2L * Config.NumLayers * Config.KvDim * CudaMemoryPlan.ElementBytes(Options.KvDType);
+    /// <summary>Bytes of KV memory one token takes in every layer (keys and values); KIVI: in its compact form.</summary>
+    public long KvBytesPerToken => Options.Kivi is { IsKivi: true }
+        ? MemoryPlan.KiviRecordBytes / Options.KvBlockSize
+        : 2L * Config.NumLayers * Config.KvDim * CudaMemoryPlan.ElementBytes(Options.KvDType);
 
     public override string ToString() =>
-        $"cuda ({_device}; weights {WeightFormats}; KV {Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}; {MemoryPlan}; {GraphStatus}; " +
+        $"cuda ({_device}; weights {WeightFormats}; KV {(Options.Kivi is { IsKivi: true } k ? $"{k}: {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}, {MemoryPlan.KiviSlots} fp16 slots" : $"{Options.KvDType.Name()} in {MemoryPlan.KvBlocks} blocks of {Options.KvBlockSize}")}; {MemoryPlan}; {GraphStatus}; " +
         $"{_step.KernelChoices})";
 
     /// <summary>Whether decode steps run as CUDA graphs, with counts, or why not.</summary>

@@ -1,7 +1,9 @@
 // How the CUDA backend divides device memory: weights arena, activation scratch for a maximum step, paged KV pool. Pure
 // functions of the model shape, the options and the free memory, so they are tested without a GPU.
+using Kernels.Runtime.KvCache;
 using Kernels.Runtime.Models;
 using Kernels.Runtime.Numerics;
+using Kernels.Runtime.Quantization;
 
 namespace Kernels.Runtime.Backends.Cuda;
 
@@ -68,12 +70,71 @@ public sealed record CudaBackendOptions
     public bool? W4A8SplitK { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
+    /// <summary>
+    /// A KIVI 2/4-bit KV cache (kivi2, kivi4: keys per channel, values per token, an fp16 window of the last R tokens),
+    /// or null for 16/32-bit rows (<see cref="KvDType"/>). KIVI blocks are G tokens (<see cref="KvBlockSize"/> is not
+    /// used) and the window is fp16. The pool is planned as fixed regions: a compact record for every block id and
+    /// a number of fp16 slots for the blocks still full precision (<see cref="KiviFullPrecisionShare"/>).
+    /// </summary>
+    public KvCacheFormat? Kivi { get; init; }
+    /// <summary>
+    /// KIVI: the share of the KV bytes given to fp16 slots (blocks inside a window or being prefilled). null: the share
+    /// at which sequences of the model's full context run out of slots and of compact records together (each holds
+    /// its window's blocks in slots and the rest compact), at least enough slots for a 2048-token prefill chunk. Raise
+    /// it for many short sequences (each holds its window full precision), lower it for few long ones.
+    /// </summary>
+    public double? KiviFullPrecisionShare { get; init; }
+
+    /// <summary>These options as the backend runs them: KIVI blocks of G tokens in fp16, or the options unchanged.</summary>
+    internal CudaBackendOptions Resolved() => Kivi is { IsKivi: true } k ? this with { KvBlockSize = k.Group } : this;
 }
 
 /// <summary>The device memory a <see cref="CudaBackend"/> allocates, in bytes, with the counts they come from.</summary>
 internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long KvBytes, int KvBlocks, long KvBytesPerBlock,
-    long FreeBytes, long ReserveBytes, int MaxTokensPerStep)
+    long FreeBytes, long ReserveBytes, int MaxTokensPerStep, int KiviSlots = 0, long KiviRecordBytes = 0)
 {
+    /// <summary>Tokens of prefill one engine step may carry by default (GeneratorOptions.PrefillTokenBudget): KIVI's slot floor.</summary>
+    public const int KiviPrefillChunkTokens = 2048;
+
+    /// <summary>KIVI: bytes of one block's compact record in every layer.</summary>
+    public static long KiviRecordBytesFor(ModelConfig config, KvCacheFormat format) =>
+        config.NumLayers * Kivi.BlockBytes(config.KvDim, format.Group, format.Bits);
+
+    /// <summary>
+    /// KIVI: floats of the quantized attention's partial (o, lse) rows: a row per (query row, head, split), the splits
+    /// kivi_decode_attention_split asks for to fill the GPU (rows x splits stays under rows + 2 x SMs / kv heads; 1024
+    /// covers 512 SMs) at every row count up to <paramref name="maxTokens"/>.
+    /// </summary>
+    public static long KiviPartialFloats(ModelConfig config, int maxTokens) => (2L * maxTokens + 1024) * config.NumHeads * (config.HeadDim + 1);
+
+    /// <summary>KIVI: blocks a sequence keeps full precision once settled (its window and the partly filled tail), as the CPU counts them.</summary>
+    public static int KiviWindowBlocks(KvCacheFormat format) => (format.Window + format.Group - 1) / format.Group + 1;
+
+    /// <summary>
+    /// KIVI: how <paramref name="kvBytes"/> divide into fp16 slots (<see cref="KvBlockBytes"/> of G fp16 rows each) and
+    /// compact records for every block id (<see cref="KiviRecordBytesFor"/>): the slots take
+    /// <paramref name="share"/> of the bytes (null: balanced at the model's context, see
+    /// CudaBackendOptions.KiviFullPrecisionShare), at least a prefill chunk and two windows' worth, at most as many as
+    /// ids; the ids take the rest. Throws InvalidOperationException when not even one slot and one id fit.
+    /// </summary>
+    public static (int Slots, int Ids) KiviRegions(ModelConfig config, KvCacheFormat format, long kvBytes, int maxTokensPerStep, double? share)
+    {
+        if (share is not null and not (> 0 and < 1))
+            throw new ArgumentOutOfRangeException(nameof(share), share, "KiviFullPrecisionShare must be in (0, 1)");
+        long slot = KvBlockBytes(config, format.Group, TensorDType.F16), record = KiviRecordBytesFor(config, format);
+        int window = KiviWindowBlocks(format), g = format.Group;
+        long context = (config.MaxPositions + (long)g - 1) / g;
+        double f = share ?? (double)window * slot / (window * slot + Math.Max(0, context - window) * (double)record);
+        long floor = (Math.Max(maxTokensPerStep, KiviPrefillChunkTokens) + g - 1) / g + 2L * window;
+        long slots = Math.Max(floor, (long)(f * kvBytes / slot));
+        slots = Math.Min(slots, kvBytes / (slot + record)); // every full block holds an id too
+        slots = Math.Min(slots, int.MaxValue / g);          // kv_append's rows are int32
+        if (slots < 1)
+            throw new InvalidOperationException($"the KIVI cache's {Mib(kvBytes)} hold no fp16 slot ({Mib(slot)}) with its compact record ({Mib(record)})");
+        long ids = Math.Min((kvBytes - slots * slot) / record, int.MaxValue / 2);
+        return ((int)slots, (int)ids);
+    }
+
     /// <summary>Device allocations are aligned to this (the driver gives 256-byte-aligned pointers; tensors keep it).</summary>
     public const int Alignment = 256;
 
@@ -94,7 +155,8 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         2L * config.NumLayers * blockSize * config.KvDim * ElementBytes(kvDType);
 
     /// <summary>The activation scratch of one step, laid out by <see cref="ScratchLayout"/>.</summary>
-    public static long ScratchBytesFor(ModelConfig config, int maxTokens, int blockSize) => new ScratchLayout(config, maxTokens, blockSize).Bytes;
+    public static long ScratchBytesFor(ModelConfig config, int maxTokens, int blockSize, KvCacheFormat? kivi = null) =>
+        new ScratchLayout(config, maxTokens, blockSize, kivi).Bytes;
 
     /// <summary>What cuBLASLt adds when it is on: its workspace and the 16-bit copy of the widest GEMM input of a step.</summary>
     public static long CublasLtBytes(ModelConfig config, int maxTokens) =>
@@ -132,20 +194,30 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         if (!(options.KvMemoryFraction is > 0 and <= 1))
             throw new ArgumentOutOfRangeException(nameof(options), options.KvMemoryFraction, "KvMemoryFraction must be in (0, 1]");
         if (options.KvCacheBytes is <= 0) throw new ArgumentOutOfRangeException(nameof(options), options.KvCacheBytes, "KvCacheBytes must be > 0");
-        long block = KvBlockBytes(config, options.KvBlockSize, options.KvDType);
-        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, options.KvBlockSize)
+        var kivi = options.Kivi is { IsKivi: true } k ? k : null;
+        int blockSize = kivi?.Group ?? options.KvBlockSize;
+        long block = KvBlockBytes(config, blockSize, kivi != null ? TensorDType.F16 : options.KvDType);
+        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, blockSize, kivi)
+                       + (kivi != null ? Align(KiviPartialFloats(config, options.MaxTokensPerStep) * sizeof(float)) + Align(16L * (2 * options.MaxTokensPerStep + 64)) : 0)
                        + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0)
                        + (options.TensorCoreAttention != false ? TensorCoreAttentionBytes(config, options.MaxTokensPerStep) : 0) + extraScratchBytes;
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;
         string sizes = $"weights {Mib(weightBytes)}, activation scratch for {options.MaxTokensPerStep} tokens per step {Mib(scratch)}, " +
-                       $"reserve {Mib(options.ReserveBytes)}, one KV block ({options.KvBlockSize} tokens x {config.NumLayers} layers, " +
-                       $"{options.KvDType.Name()}) {Mib(block)}; free device memory {Mib(freeBytes)}";
+                       $"reserve {Mib(options.ReserveBytes)}, one KV block ({blockSize} tokens x {config.NumLayers} layers, " +
+                       $"{(kivi != null ? "fp16" : options.KvDType.Name())}) {Mib(block)}; free device memory {Mib(freeBytes)}";
         long left = freeBytes - fixedBytes;
         long kv = options.KvCacheBytes ?? (long)(Math.Max(0, left) * options.KvMemoryFraction);
         if (left < block || kv > left)
             throw new InvalidOperationException(
                 $"CUDA out of memory for this model: {sizes}; the KV cache asked for {Mib(kv)} but {Mib(Math.Max(0, left))} is left " +
                 "(lower MaxTokensPerStep or KvCacheBytes, or use a smaller model)");
+        if (kivi != null)
+        {
+            var (slots, ids) = KiviRegions(config, kivi, kv, options.MaxTokensPerStep, options.KiviFullPrecisionShare);
+            long record = KiviRecordBytesFor(config, kivi);
+            return new CudaMemoryPlan(weightBytes, scratch, slots * block + ids * record, ids, block, freeBytes, options.ReserveBytes,
+                options.MaxTokensPerStep, slots, record);
+        }
         long maxBlocks = int.MaxValue / options.KvBlockSize; // slots (block * blockSize + row) are int32 in the kernels
         int blocks = (int)Math.Min(kv / block, maxBlocks);
         if (blocks < 1)
@@ -156,7 +228,8 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     private static string Mib(long bytes) => $"{bytes / (double)(1 << 20):N1} MiB";
 
     public override string ToString() =>
-        $"weights {Mib(WeightBytes)}, scratch {Mib(ScratchBytes)} ({MaxTokensPerStep} tokens/step), KV {KvBlocks} blocks = {Mib(KvBytes)}, " +
+        $"weights {Mib(WeightBytes)}, scratch {Mib(ScratchBytes)} ({MaxTokensPerStep} tokens/step), " +
+        (KiviSlots > 0 ? $"KV {KvBlocks} KIVI blocks + {KiviSlots} fp16 slots = {Mib(KvBytes)}, " : $"KV {KvBlocks} blocks = {Mib(KvBytes)}, ") +
         $"free before {Mib(FreeBytes)}";
 }
 
@@ -172,10 +245,19 @@ internal sealed class ScratchLayout
     public (long Offset, long Floats) X, Xn, Q, K, V, Attn, Lse, Proj, Gate, Up, Selected, SelectedNorm, Logits, Workspace;
     // int32 step inputs
     public (long Offset, long Ints) Ids, Positions, Slots, SeqLens, QStarts, BlockTables;
+    /// <summary>
+    /// KIVI (empty otherwise): per query row its window's slot table [MaxTokens, KiviWindowWidth] and length, and its
+    /// count of compact blocks. BlockTables then holds per query row its block ids [MaxTokens, width].
+    /// </summary>
+    public (long Offset, long Ints) WindowTables, WindowLens, NumCompact;
+    /// <summary>KIVI: the most blocks one row's window spans, ceil((R + G - 1) / G) (the window starts on a block boundary).</summary>
+    public int KiviWindowWidth { get; }
+    /// <summary>KIVI: the most blocks one step quantizes in its layers (its rows' blocks and one tail per sequence).</summary>
+    public int KiviCompactingCapacity { get; }
     /// <summary>Block-table width (entries per sequence) the scratch holds at full rows: the model's context in blocks.</summary>
     public int MaxBlocksPerSeq { get; }
 
-    public ScratchLayout(ModelConfig c, int maxTokens, int blockSize)
+    public ScratchLayout(ModelConfig c, int maxTokens, int blockSize, KvCacheFormat? kivi = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
@@ -208,6 +290,14 @@ internal sealed class ScratchLayout
         Slots = Take(t);
         SeqLens = Take(t);
         QStarts = Take(t + 1);
+        if (kivi is { IsKivi: true })
+        {
+            KiviWindowWidth = (kivi.Window + blockSize - 1 + blockSize - 1) / blockSize;
+            KiviCompactingCapacity = 2 * maxTokens + 64;
+        }
+        WindowTables = Take(t * KiviWindowWidth);
+        WindowLens = Take(kivi is { IsKivi: true } ? t : 0);
+        NumCompact = Take(kivi is { IsKivi: true } ? t : 0);
         // A step's table is packed with the step's own width (the most blocks one of its sequences holds), so the
         // largest table is bounded by the tokens the step's sequences hold: rows x width <= maxTokens x MaxBlocksPerSeq.
         BlockTables = Take(t * MaxBlocksPerSeq);

@@ -63,13 +63,18 @@ internal sealed unsafe class CudaStep : IDisposable
     private readonly CuEventHandle _stepStart, _stepEnd;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
     private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
+    /// <summary>KIVI: the format, the quantized attention's partial (o, lse) rows, and the lists of blocks a step compacts (device and pinned).</summary>
+    private readonly KvCacheFormat? _kivi;
+    private readonly DeviceBuffer<float>? _kiviPartial;
+    private readonly DeviceBuffer<int>? _kiviLists;
+    private readonly PinnedHostHandle? _pinnedKiviLists;
 
     /// <summary>
     /// Allocates, in this order, the RoPE frequencies, the scratch arena, the KV storage of <paramref name="kvBlocks"/>
     /// blocks and the pinned staging; on failure releases what it allocated and rethrows.
     /// </summary>
     public CudaStep(CudaDevice device, CuStreamHandle stream, OpsLauncher ops, ModelConfig config, CudaBackendOptions options, DeviceWeights weights,
-        int kvBlocks)
+        int kvBlocks, int kiviSlots = 0)
     {
         (_device, _stream, _ops, _config, _options, _weights) = (device, stream, ops, config, options, weights);
         _lmHead = new GpuDense(weights.LmHead);
@@ -79,7 +84,8 @@ internal sealed unsafe class CudaStep : IDisposable
             _graphs = new DecodeGraphCache(options.UseCudaGraphs);
             _invFreq = DeviceBuffer<float>.From(_device, RopeFrequencies.Compute(c));
 
-            _layout = new ScratchLayout(c, options.MaxTokensPerStep, options.KvBlockSize);
+            _kivi = options.Kivi is { IsKivi: true } kivi ? kivi : null;
+            _layout = new ScratchLayout(c, options.MaxTokensPerStep, options.KvBlockSize, _kivi);
             _scratch = DeviceBuffer<byte>.Allocate(_device, _layout.Bytes);
             DeviceBuffer<float> F((long Offset, long Floats) s) => _scratch.View<float>(s.Offset, s.Floats);
             DeviceBuffer<int> I((long Offset, long Ints) s) => _scratch.View<int>(s.Offset, s.Ints);
@@ -88,7 +94,13 @@ internal sealed unsafe class CudaStep : IDisposable
                 (F(_layout.Proj), F(_layout.Gate), F(_layout.Up), F(_layout.Selected), F(_layout.SelectedNorm), F(_layout.Logits), F(_layout.Workspace));
             (_ids, _positions, _slots, _qStarts) = (I(_layout.Ids), I(_layout.Positions), I(_layout.Slots), I(_layout.QStarts));
 
-            _kv = new CudaKvStorage(_device, _stream, c, kvBlocks, options.KvBlockSize, options.KvDType);
+            _kv = new CudaKvStorage(_device, _stream, c, kvBlocks, options.KvBlockSize, options.KvDType, _kivi, kiviSlots);
+            if (_kivi != null)
+            {
+                _kiviPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.KiviPartialFloats(c, options.MaxTokensPerStep));
+                _kiviLists = DeviceBuffer<int>.Allocate(_device, 4L * _layout.KiviCompactingCapacity);
+                _pinnedKiviLists = _device.AllocatePinned(4L * _layout.KiviCompactingCapacity * sizeof(int));
+            }
             _pinnedLogits = _device.AllocatePinned((long)options.MaxTokensPerStep * c.VocabSize * sizeof(float));
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
             _draws = DeviceBuffer<byte>.Allocate(_device, DrawLayout.Bytes(options.MaxTokensPerStep));
@@ -102,7 +114,7 @@ internal sealed unsafe class CudaStep : IDisposable
             var tuning = KernelTuning.For(device.Name);
             _tiledDecode = options.TiledDecodeAttention ?? tuning.TiledDecodeAttention;
             _radixSampling = options.RadixSampling ?? tuning.RadixSampling;
-            _mmaAttention = (options.TensorCoreAttention ?? tuning.TensorCoreAttention) &&
+            _mmaAttention = _kivi == null && (options.TensorCoreAttention ?? tuning.TensorCoreAttention) &&
                             OpsLaunchPlans.MmaAttentionSupports(options.KvDType switch { TensorDType.F16 => "f16", TensorDType.BF16 => "bf16", _ => "f32" }, c.HeadDim, c.NumHeads, c.NumKvHeads);
             _attentionTileKeys = tuning.AttentionTileKeys;
             _w4a8SplitK = weights.MaxW4A8PaddedIn > 0 && (options.W4A8SplitK ?? tuning.W4A8SplitK);
@@ -110,7 +122,8 @@ internal sealed unsafe class CudaStep : IDisposable
             _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
             KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
                             $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")}, " +
-                            $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}" +
+                            (_kivi != null ? $"KIVI attention (fp16 window per query row + kivi_decode_attention_split over the compact blocks; no Hydragen levels)"
+                                : $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}") +
                             (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") + $" ({tuning.Source})";
             if (_mmaAttention)
             {
@@ -196,7 +209,10 @@ internal sealed unsafe class CudaStep : IDisposable
         // Its tables are as wide as the bucket and its split plan is made for the bucket's capacity, so the captured
         // arguments hold for every step of the key. A decode step with shared levels is a graph too: its work items
         // (in fixed device regions) are padded to a bucket of AttentionItemBucket, which joins the key.
-        bool graph = decode && everyRowSelected && _graphs.Enabled;
+        // KIVI: the blocks this step compacts and each row's split between compact blocks and its fp16 window. A step that
+        // quantizes blocks its own rows write (a prefill) quantizes inside its layers, so it is not a graph.
+        var kivi = _kivi != null ? PlanKivi(pieces, seqs) : null;
+        bool graph = decode && everyRowSelected && _graphs.Enabled && (kivi == null || kivi.InLayer.Count == 0);
         if (graph)
         {
             width = DecodeGraphCache.BucketBlocks(width, _layout.MaxBlocksPerSeq);
@@ -215,7 +231,8 @@ internal sealed unsafe class CudaStep : IDisposable
         var slots = ints.Slice(At(_layout.Slots), checked((int)(rows)));
         var seqLens = ints.Slice(At(_layout.SeqLens), checked((int)(numSeqs)));
         var qStarts = ints.Slice(At(_layout.QStarts), checked((int)(numSeqs + 1)));
-        var tables = ints.Slice(At(_layout.BlockTables), checked((int)((long)numSeqs * width)));
+        int tableRows = kivi != null ? rows : numSeqs; // KIVI: a table of block ids per query row, else per sequence
+        var tables = ints.Slice(At(_layout.BlockTables), checked((int)((long)tableRows * width)));
         int row = 0;
         var logitRows = new List<(int Row, int Seq, int Index)>();
         for (int i = 0; i < numSeqs; i++)
@@ -230,28 +247,33 @@ internal sealed unsafe class CudaStep : IDisposable
                 int pos = p.Start + p.Offset + t;
                 ids[row] = tokens[p.Offset + t];
                 positions[row] = pos;
-                slots[row] = blocks[pos / bs] * bs + pos % bs;
+                slots[row] = _kv.Slot(blocks[pos / bs]) * bs + pos % bs;
                 int index = p.Offset + t;
                 if (batch[p.Seq].AllLogits) logitRows.Add((row, p.Seq, index));
                 else if (index == tokens.Length - 1) logitRows.Add((row, p.Seq, 0));
             }
+            if (kivi != null) continue;
             int used = (seqLens[i] + bs - 1) / bs;
             var table = tables.Slice(i * width, width);
             for (int j = 0; j < width; j++) table[j] = j < used ? blocks[j] : 0;
         }
         qStarts[numSeqs] = row;
-        long copyInts = (_layout.BlockTables.Offset - baseOffset) / 4 + (long)numSeqs * width;
+        if (kivi != null) StageKiviRows(kivi, pieces, seqs, width, tables, ints.Slice(At(_layout.WindowTables), rows * _layout.KiviWindowWidth),
+            ints.Slice(At(_layout.WindowLens), rows), ints.Slice(At(_layout.NumCompact), rows));
+        long copyInts = (_layout.BlockTables.Offset - baseOffset) / 4 + (long)tableRows * width;
         IntPtr stream = _stream.DangerousGetHandle();
         _device.MakeCurrent();
         Cu.Check(CuApi.cuEventRecord(_stepStart.DangerousGetHandle(), stream), _device.Ordinal);
+        if (kivi != null) QuantizeBeforeStep(kivi, stream);
         Cu.Check(CuApi.cuMemcpyHtoDAsync(_scratch.Pointer + (ulong)baseOffset, (void*)_pinnedInts.DangerousGetHandle(), (nuint)(copyInts * 4), stream),
             _device.Ordinal);
         var workBuffers = work == null ? null : UploadAttentionWork(work, stream);
         var seqLensBuffer = _scratch.View<int>(_layout.SeqLens.Offset, numSeqs);
-        var tablesBuffer = _scratch.View<int>(_layout.BlockTables.Offset, (long)numSeqs * width);
+        var tablesBuffer = _scratch.View<int>(_layout.BlockTables.Offset, (long)tableRows * width);
 
         int selected = logitRows.Count;
-        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows, work, workBuffers);
+        void Enqueue() => EnqueueForward(rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, logitRows, work, workBuffers,
+            kivi == null ? null : kivi with { MaxCompact = graph ? width : kivi.MaxCompact });
         if (graph && _graphs.GetOrCapture(new DecodeGraphKey(numSeqs, width, work?.ItemCount ?? 0), _device, _stream, Enqueue) is { } exec)
             _device.LaunchGraph(exec, _stream);
         else
@@ -266,6 +288,8 @@ internal sealed unsafe class CudaStep : IDisposable
         Cu.Check(CuApi.cuEventElapsedTime(out float gpuMs, _stepStart.DangerousGetHandle(), _stepEnd.DangerousGetHandle()), _device.Ordinal);
         _timedSteps++;
         _gpuMilliseconds += gpuMs;
+        if (kivi != null) // the compact records are written: the fp16 slots go back (the last rows that read them ran)
+            foreach (int block in kivi.Compacting) kivi.Pool.Compact(block);
         if (sampling != null)
         {
             var tokens = _pinnedDraws.AsSpan<byte>().Slice((int)DrawLayout.Tokens(_options.MaxTokensPerStep), selected * 4);
@@ -314,7 +338,8 @@ internal sealed unsafe class CudaStep : IDisposable
     /// launches and device-to-device copies on the stream only (no host synchronization), so it can be captured.
     /// </summary>
     private void EnqueueForward(int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode, DeviceBuffer<int> seqLensBuffer,
-        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers)
+        DeviceBuffer<int> tablesBuffer, List<(int Row, int Seq, int Index)> logitRows, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers,
+        KiviPlan? kivi)
     {
         var c = _config;
         int h = c.HiddenSize, qd = c.QueryDim, kvd = c.KvDim, ff = c.IntermediateSize;
@@ -331,7 +356,8 @@ internal sealed unsafe class CudaStep : IDisposable
             Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
             Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
             _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
-            AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
+            if (kivi != null) KiviAppendAndAttend(l, rows, width, tablesBuffer, kivi);
+            else AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
             fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
             Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
@@ -543,6 +569,143 @@ internal sealed unsafe class CudaStep : IDisposable
         }
     }
 
+    // ---- KIVI: compaction and attention per query row --------------------------------------------------------------
+
+    /// <summary>
+    /// A KIVI step: the blocks it compacts (all of them, for the pool at the end; those written before the step,
+    /// quantized before it; those its own rows write, quantized in each layer after kv_append), and the most compact
+    /// blocks a row reads.
+    /// </summary>
+    internal sealed record KiviPlan(KvBlockPool Pool, List<int> Compacting, List<int> Before, List<int> InLayer, int[] CompactBefore, int MaxCompact);
+
+    /// <summary>
+    /// As the CPU backend's CompactionOf, per internal step: for every piece, the blocks that end at or before its
+    /// length after the step minus R and are not compact yet (a block shared by several sequences once). The same rows
+    /// read the same blocks quantized as on the CPU: a row's boundary depends on its position and on the blocks that
+    /// were compact when its step began, and blocks compacted by an earlier internal step end before that boundary.
+    /// </summary>
+    private KiviPlan PlanKivi(List<Piece> pieces, KvSequence[] seqs)
+    {
+        var f = _kivi!;
+        int bs = _options.KvBlockSize;
+        var pool = seqs[pieces[0].Seq].Pool;
+        var all = new List<int>();
+        var before = new List<int>();
+        var inLayer = new List<int>();
+        var seen = new HashSet<int>();
+        var compactBefore = new int[pieces.Count];
+        int maxCompact = 0;
+        for (int i = 0; i < pieces.Count; i++)
+        {
+            var p = pieces[i];
+            var blocks = seqs[p.Seq].Blocks;
+            int cb = 0;
+            while (cb < blocks.Count && pool.IsCompact(blocks[cb])) cb++;
+            compactBefore[i] = cb;
+            int first = p.Start + p.Offset, end = first + p.Count;
+            int passed = Math.Max(0, end - f.Window) / bs;
+            for (int b = cb; b < passed; b++)
+            {
+                if (pool.IsCompact(blocks[b]) || !seen.Add(blocks[b])) continue;
+                all.Add(blocks[b]);
+                ((b + 1) * bs <= first ? before : inLayer).Add(blocks[b]);
+            }
+            maxCompact = Math.Max(maxCompact, QuantizedEnd(end - 1, cb) / bs);
+        }
+        if (inLayer.Count > _layout.KiviCompactingCapacity)
+            throw new InvalidOperationException($"the step compacts {inLayer.Count} blocks it writes, past the {_layout.KiviCompactingCapacity} reserved");
+        return new KiviPlan(pool, all, before, inLayer, compactBefore, maxCompact);
+    }
+
+    /// <summary>Where a query row at <paramref name="pos"/> stops reading keys quantized (Attention.Layer.QuantizedEnd).</summary>
+    private int QuantizedEnd(int pos, int compactBlocks)
+    {
+        int bs = _options.KvBlockSize;
+        return Math.Max(compactBlocks, Math.Max(0, pos + 1 - _kivi!.Window) / bs) * bs;
+    }
+
+    /// <summary>
+    /// Per query row: its block ids [rows, width] (the compact ones are read from there), its window's fp16 slots from
+    /// the quantized end on [rows, KiviWindowWidth] with the window's length, and its count of compact blocks.
+    /// </summary>
+    private void StageKiviRows(KiviPlan kivi, List<Piece> pieces, KvSequence[] seqs, int width, Span<int> ids, Span<int> window, Span<int> windowLens,
+        Span<int> numCompact)
+    {
+        int bs = _options.KvBlockSize, ww = _layout.KiviWindowWidth;
+        for (int i = 0, row = 0; i < pieces.Count; i++)
+        {
+            var p = pieces[i];
+            var blocks = seqs[p.Seq].Blocks;
+            for (int t = 0; t < p.Count; t++, row++)
+            {
+                int pos = p.Start + p.Offset + t, end = QuantizedEnd(pos, kivi.CompactBefore[i]), compact = end / bs;
+                numCompact[row] = compact;
+                windowLens[row] = pos + 1 - end;
+                var table = ids.Slice(row * width, width);
+                for (int j = 0; j < width; j++) table[j] = j < compact ? blocks[j] : 0;
+                var slots = window.Slice(row * ww, ww);
+                for (int j = 0; j < ww; j++) slots[j] = end + j * bs <= pos ? _kv.Slot(blocks[compact + j]) : 0;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Quantizes the blocks that were full before the step (every layer; their rows are not written by it), in batches
+    /// of the lists' capacity; the in-layer list goes up with them, for <see cref="KiviAppendAndAttend"/>.
+    /// </summary>
+    private void QuantizeBeforeStep(KiviPlan kivi, IntPtr stream)
+    {
+        if (kivi.Before.Count == 0 && kivi.InLayer.Count == 0) return;
+        int cap = _layout.KiviCompactingCapacity;
+        var staging = _pinnedKiviLists!.AsSpan<int>();
+        for (int i = 0; i < kivi.InLayer.Count; i++)
+        {
+            staging[2 * cap + i] = kivi.InLayer[i];
+            staging[3 * cap + i] = _kv.Slot(kivi.InLayer[i]);
+        }
+        for (int done = 0; done == 0 || done < kivi.Before.Count; done += cap)
+        {
+            int n = Math.Min(cap, kivi.Before.Count - done);
+            if (done > 0) Cu.Check(CuApi.cuStreamSynchronize(stream), _device.Ordinal); // the staging of the last batch was read
+            for (int i = 0; i < n; i++)
+            {
+                staging[i] = kivi.Before[done + i];
+                staging[cap + i] = _kv.Slot(kivi.Before[done + i]);
+            }
+            Cu.Check(CuApi.cuMemcpyHtoDAsync(_kiviLists!.Pointer, (void*)_pinnedKiviLists.DangerousGetHandle(), (nuint)(4L * cap * sizeof(int)), stream),
+                _device.Ordinal);
+            for (int l = 0; l < _config.NumLayers && n > 0; l++)
+                _ops.KiviQuantizeBlockF32(_kv.Pool(l), _kv.Keys<Half>(l), _kv.Values<Half>(l), _kiviLists.View<int>(0, n), n,
+                    _kiviLists.View<int>((long)cap * sizeof(int), n));
+        }
+    }
+
+    /// <summary>
+    /// kv_append into the fp16 slots, the step's own passed blocks quantized (this layer), then per query row: the
+    /// fp16 window through the decode kernel (rows as its sequences) and the compact blocks through
+    /// kivi_decode_attention_split, merged into (o, lse) through the LSE, as the CPU's two partials.
+    /// </summary>
+    private void KiviAppendAndAttend(int layer, int rows, int width, DeviceBuffer<int> ids, KiviPlan kivi)
+    {
+        var c = _config;
+        int bs = _options.KvBlockSize, ww = _layout.KiviWindowWidth, cap = _layout.KiviCompactingCapacity;
+        var keys = _kv.Keys<Half>(layer);
+        var values = _kv.Values<Half>(layer);
+        var pool = _kv.Pool(layer);
+        _ops.KvAppend(keys, values, _k, _v, _slots, rows, c.KvDim, _kv.NumSlots);
+        if (kivi.InLayer.Count > 0)
+            _ops.KiviQuantizeBlockF32(pool, keys, values, _kiviLists!.View<int>(2L * cap * sizeof(int), kivi.InLayer.Count), kivi.InLayer.Count,
+                _kiviLists.View<int>(3L * cap * sizeof(int), kivi.InLayer.Count));
+        var window = new OpsLauncher.PagedKv<Half>(keys, values, _scratch.View<int>(_layout.WindowTables.Offset, (long)rows * ww),
+            _scratch.View<int>(_layout.WindowLens.Offset, rows), _kv.FullBlocks, bs, ww);
+        _ops.PagedDecodeAttention(_attn, _lse, _q, window, _workspace, rows, c.NumHeads, c.NumKvHeads, c.HeadDim, ww * bs, _tiledDecode);
+        if (kivi.MaxCompact == 0) return;
+        long floats = _kiviPartial!.Length, lseFloats = floats / (c.HeadDim + 1);
+        _ops.KiviDecodeAttentionSplit(_attn, _lse, _kiviPartial.View<float>(0, lseFloats * c.HeadDim),
+            _kiviPartial.View<float>(lseFloats * c.HeadDim * sizeof(float), lseFloats), _q, pool, ids,
+            _scratch.View<int>(_layout.NumCompact.Offset, rows), rows, width, Math.Min(kivi.MaxCompact, width), c.NumHeads, c.NumKvHeads, c.HeadDim);
+    }
+
     // ---- tensor-core attention: the step's work items ---------------------------------------------------------------
 
     /// <summary>
@@ -616,6 +779,9 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Frees what the step allocated (graphs, staging, KV, scratch, frequencies); the caller has synchronized the stream.</summary>
     public void Dispose()
     {
+        _pinnedKiviLists?.Dispose();
+        _kiviLists?.Dispose();
+        _kiviPartial?.Dispose();
         _w4a8Partial?.Dispose();
         _pinnedAttention?.Dispose();
         _attentionInts?.Dispose();
