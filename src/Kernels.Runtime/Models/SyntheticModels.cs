@@ -41,12 +41,17 @@ internal static unsafe class SyntheticModels
             NumKvHeads = 4, HeadDim = 64, VocabSize = 32000, MaxPositions = 2048, TieWordEmbeddings = true,
             RopeTheta = 500000, BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
         },
-        ["llama3-8b"] = new()
-        {
-            Architecture = ModelArchitecture.Llama, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32, NumHeads = 32,
-            NumKvHeads = 8, HeadDim = 128, VocabSize = 128256, MaxPositions = 8192, RopeTheta = 500000,
-            BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
-        },
+        ["llama3-8b"] = Llama3_8B,
+        // The same shape with a 33K context (plain RoPE: not Llama 3.1's scaled one), for KV-bound throughput at 32K
+        // tokens (kernels-bench e2e's KIVI capacity table); random weights like every synthetic model.
+        ["llama3-8b-32k"] = Llama3_8B with { MaxPositions = 32768 + 512 },
+    };
+
+    private static ModelConfig Llama3_8B => new()
+    {
+        Architecture = ModelArchitecture.Llama, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32, NumHeads = 32,
+        NumKvHeads = 8, HeadDim = 128, VocabSize = 128256, MaxPositions = 8192, RopeTheta = 500000,
+        BosTokenId = SyntheticVocabulary.Bos, EosTokenIds = [SyntheticVocabulary.Eos],
     };
 
     /// <summary>
@@ -54,7 +59,7 @@ internal static unsafe class SyntheticModels
     /// llama3-8b) plus the embedding and LM head (2 GiB), not 16 GB, while a GPU backend still uploads 32 separate
     /// copies, so a decode step streams every layer's bytes as a real 8B model does. Values are random either way.
     /// </summary>
-    public static IReadOnlySet<string> SharedLayerShapes { get; } = new HashSet<string> { "llama3-8b" };
+    public static IReadOnlySet<string> SharedLayerShapes { get; } = new HashSet<string> { "llama3-8b", "llama3-8b-32k" };
 
     public static bool IsSynthetic(string model) => model.StartsWith(Prefix, StringComparison.Ordinal);
 

@@ -192,6 +192,18 @@ public static class Report
             if (e2e["Leak"] is { } leak)
                 md.AppendLine($"Leak check: {Num(leak["Iterations"])} create/step/dispose cycles, free memory {Num(leak["FreeBefore"]):N0} -> {Num(leak["FreeAfter"]):N0} bytes " +
                               $"({(leak["Pass"]?.GetValue<bool>() == true ? "PASS" : "FAIL")}).").AppendLine();
+            var kivi = Array(e2e["KiviCapacity"]);
+            if (kivi.Count > 0)
+            {
+                md.AppendLine($"KIVI capacity (issue 18): {Text(kivi[0]!["Model"])}, one KV budget of {Num(kivi[0]!["KvBudgetBytes"]) / (1L << 30):F0} GiB, " +
+                              $"context {Num(kivi[0]!["Context"])}; every sequence that fits decodes at once (KIVI G 32, R 128; targets kivi2 >= 4x the " +
+                              "sequences and >= 2x the tokens/s of fp16):").AppendLine();
+                md.AppendLine("| KV cache | sequences in flight | vs fp16 | ms/step | tokens/s | vs fp16 |").AppendLine("|---|---:|---:|---:|---:|---:|");
+                foreach (var r in kivi)
+                    md.AppendLine($"| {Text(r!["Cache"])} | {Num(r["Sequences"])} | {Num(r["SequencesVsFp16"]):F2}x | {Num(r["StepMs"]):F2} | {Num(r["TokensPerSecond"]):F0} | " +
+                                  $"{Num(r["TokensVsFp16"]):F2}x |");
+                md.AppendLine();
+            }
             var rows = Array(e2e["Throughput"]);
             if (rows.Count > 0)
             {

@@ -46,7 +46,8 @@ internal static partial class EndToEnd
     /// <summary>A decode step through the engine (scheduler, staging, launches, choosing) against the GPU's time in it (CUDA events).</summary>
     private sealed record HostOverhead(int Batch, int Context, long Steps, double StepMs, double GpuMs, double HostMs, double HostFraction);
     private sealed record Report(string Device, string Fatbin, double CopyBandwidthGBps, List<ParityResult> Parity, LeakResult? Leak,
-        string ThroughputModel, string? ThroughputNote, List<ThroughputRow> Throughput, HostOverhead? Host, bool Pass);
+        string ThroughputModel, string? ThroughputNote, List<ThroughputRow> Throughput, HostOverhead? Host, bool Pass,
+        List<KiviCapacityRow>? KiviCapacity = null);
 
     public static int Run(string? fatbinPath, string? jsonPath, int ordinal, bool quick)
     {
@@ -124,12 +125,13 @@ internal static partial class EndToEnd
         var rows = new List<ThroughputRow>();
         string? note = null;
         HostOverhead? host = null;
+        List<KiviCapacityRow>? kiviRows = null;
         // Written now and again after each throughput table: a run cut short by its time limit keeps what it measured.
         void Save(bool final)
         {
             if (jsonPath == null) return;
             var partial = new Report(device.ToString(), fatbinPath ?? "embedded", bw, parity, leak, "synthetic:llama3-8b",
-                final ? note : note ?? "partial: the throughput section had not finished", rows, host, pass);
+                final ? note : note ?? "partial: the throughput section had not finished", rows, host, pass, kiviRows);
             File.WriteAllText(jsonPath, JsonSerializer.Serialize(partial, new JsonSerializerOptions
             {
                 WriteIndented = true,
@@ -137,6 +139,23 @@ internal static partial class EndToEnd
             }));
         }
         Save(false);
+
+        // ---- (c') KIVI capacity: sequences in flight and tokens/s at one KV budget, 32K context (issue 18) -----------
+        var (free, _) = device.GetMemoryInfo();
+        long budget = Math.Min(32L << 30, (free - (24L << 30)) / (1L << 30) * (1L << 30)); // 8B fp16 weights + scratch beside it
+        Console.WriteLine($"\n## KIVI capacity: synthetic:llama3-8b-32k, KV budget {budget / (double)(1L << 30):F0} GiB, context 32768, all sequences that fit decoding");
+        try
+        {
+            if (budget < (8L << 30)) throw new InvalidOperationException($"{free / (double)(1L << 30):F1} GiB free: too little for the 8B weights and an 8 GiB KV budget");
+            kiviRows = KiviCapacity(options, budget, 32768, quick ? 4 : 16, 256);
+        }
+        catch (Exception e) when (e is CudaException or InvalidOperationException or NotSupportedException or Kernels.Runtime.KvCache.KvCacheExhaustedException)
+        {
+            Console.WriteLine($"FAIL  KIVI capacity: {e.GetType().Name}: {e.Message}");
+            pass = false;
+        }
+        Save(false);
+
         try
         {
             Throughput(options, quick ? [1, 16] : [1, 16, 64, 256], quick ? 4 : 16, 1024, bw, rows, h => host = h, quick, () => Save(false));
@@ -485,6 +504,15 @@ internal static partial class EndToEnd
         private readonly SequenceStep[] _step;
         private readonly int[] _next;
         public readonly Kernels.Runtime.KvCache.KvSequence[] Sequences;
+
+        /// <summary>Decodes the given sequences (owned from here: disposed with the batch).</summary>
+        public DecodeBatch(IBackend backend, Kernels.Runtime.KvCache.KvSequence[] sequences)
+        {
+            _backend = backend;
+            Sequences = sequences;
+            _step = new SequenceStep[sequences.Length];
+            _next = Enumerable.Range(0, sequences.Length).Select(s => (s * 31) % backend.Config.VocabSize).ToArray();
+        }
 
         public DecodeBatch(IBackend backend, Kernels.Runtime.KvCache.KvSequence prompt, int b)
         {

@@ -75,6 +75,8 @@ internal sealed unsafe class CudaKvStorage : IKvStorage, IDisposable
         _rowsBytes = CudaMemoryPlan.Align((long)FullBlocks * blockSize * KvDim * ElementBytes);
         _layerBytes = 2 * _rowsBytes + _codesBytes + _scalesBytes + _minsBytes;
         _memory = DeviceBuffer<byte>.Allocate(device, NumLayers * _layerBytes);
+        // Zeroed once: rows and records nobody wrote (a captured graph's padding entries, a fresh slot) read as valid zeros.
+        _memory.FillBytes(0);
     }
 
     /// <summary>Rows per layer that kv_append may write: slot * BlockSize + position % BlockSize.</summary>
