@@ -9,7 +9,7 @@
 #include "ops/embedding_gather.cuh" // defines: embedding_gather_{f32,f16,bf16}
 #include "ops/kivi.cuh"             // defines: kivi_quantize_block_f32, kivi_decode_attention_f32, kivi_merge_partials_f32,
                                     //          kivi_decode_attention_split_b{2,4}_hd{64,128}
-#include "ops/residual_add.cuh"     // defines: residual_add_f32
+#include "ops/residual_add.cuh"     // defines: residual_add_f32, bias_add_f32
 #include "ops/convert.cuh"          // defines: convert_f32_to_{f16,bf16}
 #include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
 #include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}, quantize_int8_f32

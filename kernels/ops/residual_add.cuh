@@ -10,6 +10,10 @@
 //          float4 (128-bit loads and store) and the n % 4 tail is scalar; otherwise every access is scalar.
 // Empty:   n == 0 writes nothing; the launcher skips the launch.
 // Aliasing: x and y must be equal or disjoint.
+//
+// bias_add_f32(y, bias, rows, n): y[r, j] += bias[j] for r < rows, j < n (one rounded fp32 add, as the CPU adds a
+//   quantized layer's bias after its GEMM). y [rows, n] fp32 read and written, bias [n] fp32 read, disjoint. Grid
+//   (ceil_div(n, blockDim.x), min(rows, 65535)), rows past gridDim.y by grid stride; any block (256).
 #pragma once
 
 #include "common.cuh"
@@ -38,9 +42,22 @@ __device__ __forceinline__ void residual_add(float* x, const float* y, int n)
     }
     for (int64_t j = scalar_from + start; j < n; j += stride) x[j] += y[j];
 }
+
+__device__ __forceinline__ void bias_add(float* y, const float* bias, int rows, int n)
+{
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const float b = bias[j];
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) y[static_cast<int64_t>(r) * n + j] += b;
+}
 } // namespace ops
 
 extern "C" __global__ void residual_add_f32(float* x, const float* y, int n)
 {
     ops::residual_add(x, y, n);
+}
+
+extern "C" __global__ void bias_add_f32(float* y, const float* bias, int rows, int n)
+{
+    ops::bias_add(y, bias, rows, n);
 }

@@ -44,6 +44,9 @@ internal static partial class EndToEnd
             ("synthetic:mini w4a8", QuantizedModel("synthetic:mini", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
             ("synthetic:tiny w4a8", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
         };
+        // W4A8 with q/k/v biases (Qwen2): the golden tiny-qwen2-f16, quantized here (skipped without ../shared/golden).
+        if (FindGolden() is { } golden && Directory.Exists(Path.Combine(golden, "tiny-qwen2-f16")))
+            models = [.. models, ("tiny-qwen2-f16 w4a8", QuantizedModel(Path.Combine(golden, "tiny-qwen2-f16"), Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName))];
         bool pass = true;
         void Report(ParityResult r)
         {

@@ -67,6 +67,8 @@ internal static partial class EndToEnd
         models.Add(("synthetic:small", "synthetic:small"));
         models.Add(("synthetic:small w4a8", QuantizedModel("synthetic:small", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)));
         models.Add(("synthetic:tiny squeezellm", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.SqueezeLlm.SqueezeLlmMethod.MethodName)));
+        if (golden != null) // W4A8 with q/k/v biases (Qwen2): bias_add_f32 after the int8 GEMM
+            models.Add(("tiny-qwen2-f16 w4a8", QuantizedModel(Path.Combine(golden, "tiny-qwen2-f16"), Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)));
         Console.WriteLine($"\n## parity: CUDA vs CPU logits (prompt {PromptTokens} tokens, all positions; then {GreedyTokens} greedy steps), tolerance {LogitTolerance} (f16 matrices), {Bf16LogitTolerance} (bf16 matrices) x max|logit| (at least 1)");
         foreach (var (name, path) in models)
         {
@@ -265,11 +267,12 @@ internal static partial class EndToEnd
     /// <summary>A synthetic model quantized by <paramref name="method"/> (its defaults) into a temporary directory, once per machine.</summary>
     private static string? QuantizedModel(string model, string method)
     {
-        string dir = Path.Combine(Path.GetTempPath(), $"kernels-e2e-{model.Replace(':', '-')}-{method}");
+        if (!SyntheticModels.IsSynthetic(model) && !Directory.Exists(model) && !File.Exists(model)) return null;
+        string dir = Path.Combine(Path.GetTempPath(), $"kernels-e2e-{Path.GetFileName(model.TrimEnd('/')).Replace(':', '-')}-{method}");
         if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
         try
         {
-            using var dense = SyntheticModels.Create(model);
+            using var dense = SyntheticModels.IsSynthetic(model) ? SyntheticModels.Create(model) : ModelLoader.Load(model);
             var quantization = Kernels.Runtime.Quantization.QuantizationMethods.Find(method, "e2e");
             var options = new Kernels.Runtime.Quantization.QuantizeOptions { Method = method };
             HfModelWriter.Write(dense, dir, quantization.CreateQuantizer(options, dense, new Kernels.Runtime.Calibration.CpuCalibrationRunner()));

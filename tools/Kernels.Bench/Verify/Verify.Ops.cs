@@ -55,7 +55,10 @@ internal static unsafe partial class Verify
                 }
             foreach (int t in TokenCounts)
                 foreach (int d in Dims)
+                {
                     yield return new Case("residual_add_f32", $"n={t}x{d}", () => ResidualAddCase(t * d));
+                    yield return new Case("bias_add_f32", $"rows={t} n={d}", () => BiasAddCase(t, d));
+                }
             foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
                 foreach (var (m, n, k, bias) in new[] { (1, 4096, 4096, false), (1, 6144, 4096, true), (3, 1001, 520, false), (4, 14336, 4096, false), (12, 172, 64, true), (12, 64, 172, false),
                              (7, 1000, 520, true), (16, 6144, 4096, false), (17, 1000, 264, true), (64, 4096, 4096, false), (256, 1024, 4096, false) })
@@ -261,6 +264,18 @@ internal static unsafe partial class Verify
             ops.ResidualAddF32(dx, dy, n);
             Cpu.ResidualAdd.Apply(x, y);
             return Compare("residual_add_f32", $"n={n}", dx, x, Exact);
+        }
+
+        private CaseResult BiasAddCase(int rows, int n)
+        {
+            var y = Normal(rows * n, 1f);
+            var bias = Normal(n, 1f);
+            using var dy = InPlace(y);
+            using var db = DeviceBuffer<float>.From(device, bias);
+            ops.BiasAddF32(dy, db, rows, n);
+            for (int r = 0; r < rows; r++)
+                for (int j = 0; j < n; j++) y[r * n + j] += bias[j]; // the CPU's add after a quantized GEMM (W4A8Gemm, LutMatMul)
+            return Compare("bias_add_f32", $"rows={rows} n={n}", dy, y, Exact);
         }
 
         // ---- model kernels: dense GEMM, paged attention, sampling ----------------------------------------------------

@@ -58,9 +58,6 @@ internal sealed class CudaBackend : IBackend
             foreach (var w in new[] { layer.Wq, layer.Wk, layer.Wv, layer.Wo, layer.Gate, layer.Up, layer.Down })
                 if (w is not (DenseLinear or Quantization.W4A8.W4A8Linear or Quantization.SqueezeLlm.SqueezeLlmLinear))
                     return $"{w.Name} is {w.Format}: not implemented on the CUDA backend yet (F32/F16/BF16, GGML block types, W4A8 and SqueezeLLM only)";
-            foreach (var (w, bias) in new[] { (layer.Wq, layer.Bq), (layer.Wk, layer.Bk), (layer.Wv, layer.Bv) })
-                if (w is not DenseLinear && bias != null)
-                    return $"{w.Name} is {w.Format} with a bias ({bias.Name}): quantized layers with a bias (Qwen2) are not implemented on the CUDA backend yet";
         }
         return null;
     }

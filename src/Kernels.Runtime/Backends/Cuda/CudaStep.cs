@@ -455,15 +455,17 @@ internal sealed unsafe class CudaStep : IDisposable
     /// </summary>
     private void Linear(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuLinear linear, GpuTensor? bias, int m, int n, int k, bool reuse = false)
     {
-        // CudaBackend.WhyUnsupported refuses quantized layers with a bias.
+        // A quantized layer's bias (Qwen2's q/k/v; fp32 on the device) is one fp32 add after its GEMM, as the CPU adds it.
         if (linear is GpuW4A8 q)
         {
             W4A8(y, x, q, m, reuse);
+            if (bias != null) _ops.BiasAddF32(y, bias.View<float>(), m, n);
             return;
         }
         if (linear is GpuSqueeze sq)
         {
             Squeeze(y, x, sq, m);
+            if (bias != null) _ops.BiasAddF32(y, bias.View<float>(), m, n);
             return;
         }
         var w = ((GpuDense)linear).Weight;

@@ -203,6 +203,8 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
 
     public string Name { get; } = name;
     public TensorDType DType { get; } = dtype;
+    /// <summary>Elements of the tensor (an empty one is placed as one element).</summary>
+    public long Elements => _elements;
 
     /// <summary>The bound view as <typeparamref name="T"/>, the element type of <see cref="DType"/> (<see cref="DeviceElement{T}"/>).</summary>
     public DeviceBuffer<T> View<T>() where T : unmanaged => (DeviceBuffer<T>)(_view ?? throw new InvalidOperationException($"{Name} is not on the device yet"));

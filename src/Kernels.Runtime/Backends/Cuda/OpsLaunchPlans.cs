@@ -117,6 +117,18 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch("residual_add_f32", (uint)Math.Min((float4Steps + Block - 1) / Block, MaxGridRows), 1, Block);
     }
 
+    /// <summary>bias_add_f32: y [rows, n] += bias [n] per row; grid (ceil_div(n, 256), min(rows, MaxGridRows)).</summary>
+    public static KernelLaunch? BiasAdd(long yLength, long biasLength, int rows, int n)
+    {
+        NonNegative(rows, "rows");
+        NonNegative(n, "n");
+        AtLeast(yLength, Elements(rows, n, "y"), "y", $"[rows={rows}, n={n}]");
+        AtLeast(biasLength, n, "bias", $"[n={n}]");
+        if (rows == 0 || n == 0) return null;
+        const int Block = 256;
+        return new KernelLaunch("bias_add_f32", (uint)((n + Block - 1) / Block), (uint)Math.Min(rows, MaxGridRows), Block);
+    }
+
     /// <summary>The most rows one squeezellm_gemv launch takes (its accumulators are registers); more rows go in chunks.</summary>
     public const int SqueezeMaxRows = 8;
 

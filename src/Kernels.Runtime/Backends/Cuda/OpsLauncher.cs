@@ -163,6 +163,22 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- bias_add_f32 -----------------------------------------------------------------------------------------------
+
+    /// <summary>y [rows, n] += bias [n] on every row (a quantized layer's bias, after its GEMM).</summary>
+    public void BiasAddF32(DeviceBuffer<float> y, DeviceBuffer<float> bias, int rows, int n)
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(bias);
+        if (OpsLaunchPlans.BiasAdd(y.Length, bias.Length, rows, n) is not { } plan) return;
+        SameDevice(y, nameof(y));
+        SameDevice(bias, nameof(bias));
+        ulong py = y.Pointer, pb = bias.Pointer;
+        int r = rows, count = n;
+        void** args = stackalloc void*[] { &py, &pb, &r, &count };
+        Launch(plan, args);
+    }
+
     // ---- squeezellm_gemv_b{3,4} -------------------------------------------------------------------------------------
 
     /// <summary>

@@ -186,31 +186,15 @@ public class OpsLaunchPlansTests
         Strides(p.GridX, blocksOfSteps, MaxGridYZ, $"{steps} float4 steps in blocks of {p.BlockX}");
     }
 
-    [TestCase(1)]
-    [TestCase(4099)]
-    [TestCase(64 * 4096)]
-    [TestCase(int.MaxValue)]
-    public void ConvertStridesOverFloat4StepsAndWritesOnly16BitTypes(int n)
-    {
-        // convert.cuh: as residual_add, a thread step converts 4 floats and the grid strides over the steps.
-        foreach (string suffix in new[] { "f16", "bf16" })
-        {
-            var p = OpsLaunchPlans.ConvertFromF32(suffix, n, n, n)!.Value;
-            Assert.That(p.Kernel, Is.EqualTo("convert_f32_to_" + suffix));
-            WithinLimits(p);
-            long steps = (n + 3L) / 4, blocksOfSteps = (steps + p.BlockX - 1) / p.BlockX;
-            Strides(p.GridX, blocksOfSteps, MaxGridYZ, $"{steps} float4 steps in blocks of {p.BlockX}");
-        }
-        Assert.That(OpsLaunchPlans.ConvertFromF32("f16", 0, 0, 0), Is.Null);
-        Assert.Throws<ArgumentOutOfRangeException>(() => OpsLaunchPlans.ConvertFromF32("f32", n, n, n));
-        Assert.That(() => OpsLaunchPlans.ConvertFromF32("f16", n - 1, n, n), Throws.Exception.With.Message.Contains("dst"));
-    }
-
     [Test]
-    public void ResidualAddRejectsShortBuffers()
+    public void BiasAddCoversEveryColumnAndRow()
     {
-        ThrowsFor("x", () => OpsLaunchPlans.ResidualAdd(9, 10, 10));
-        ThrowsFor("y", () => OpsLaunchPlans.ResidualAdd(10, 9, 10));
-        ThrowsFor("n", () => OpsLaunchPlans.ResidualAdd(10, 10, -1));
+        var p = OpsLaunchPlans.BiasAdd(70000L * 300, 300, 70000, 300)!.Value;
+        Assert.That(p.Kernel, Is.EqualTo("bias_add_f32"));
+        Assert.That(p.GridX * p.BlockX, Is.GreaterThanOrEqualTo(300u), "a thread per column");
+        Assert.That(p.GridY, Is.EqualTo(65535u), "rows past the grid's y limit by grid stride");
+        Assert.That(OpsLaunchPlans.BiasAdd(0, 300, 0, 300), Is.Null);
+        Assert.Throws<ArgumentException>(() => OpsLaunchPlans.BiasAdd(10L * 300 - 1, 300, 10, 300));
+        Assert.Throws<ArgumentException>(() => OpsLaunchPlans.BiasAdd(10L * 300, 299, 10, 300));
     }
 }
