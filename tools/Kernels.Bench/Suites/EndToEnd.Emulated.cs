@@ -63,16 +63,25 @@ internal static partial class EndToEnd
             }
         // KIVI (G 32, R 16) on the one model whose shape its split kernel takes (head_dim 64), 70 prompt tokens and 20
         // greedy steps: blocks compact before a step (32-row steps; decode steps, as graphs) and inside one (a 128-row
-        // prefill quantizes the blocks it writes).
-        foreach (var (kind, rowsPerStep) in new[] { (Kernels.Runtime.KvCache.KvCacheKind.Kivi2, 32), (Kernels.Runtime.KvCache.KvCacheKind.Kivi4, 128) })
+        // prefill quantizes the blocks it writes); with R 480 nothing is quantized and every row reads its fp16 window.
+        foreach (var (kind, rowsPerStep, window) in new[] { (Kernels.Runtime.KvCache.KvCacheKind.Kivi2, 32, 16), (Kernels.Runtime.KvCache.KvCacheKind.Kivi4, 128, 16), (Kernels.Runtime.KvCache.KvCacheKind.Kivi2, 32, 480) })
         {
-            var kivi = new Kernels.Runtime.KvCache.KvCacheFormat { Kind = kind, Group = 32, Window = 16 };
+            var kivi = new Kernels.Runtime.KvCache.KvCacheFormat { Kind = kind, Group = 32, Window = window };
             string name = $"synthetic:mini {kivi}, {rowsPerStep}-row steps";
             if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
             Report(Parity(name, "synthetic:mini", options with { Kivi = kivi, MaxTokensPerStep = rowsPerStep, TiledDecodeAttention = kind == Kernels.Runtime.KvCache.KvCacheKind.Kivi4 },
                 KiviPromptTokens, KiviGreedyTokens));
         }
-        foreach (var (model, path) in models.Where(m => !m.Name.Contains(' ')))
+        {
+            // Forks of a KIVI prompt (G 32, R 16), finishing at different steps, against the CPU in that format, 128-row
+            // steps: the prompt's first block quantized inside its prefill, the shared second one by the forks' first
+            // step (written before it), the longest fork's own third one before a decode step (a graph).
+            var kivi = new Kernels.Runtime.KvCache.KvCacheFormat { Kind = Kernels.Runtime.KvCache.KvCacheKind.Kivi2, Group = 32, Window = 16 };
+            string name = $"synthetic:mini {kivi} forks";
+            if (only == null || name.Contains(only, StringComparison.OrdinalIgnoreCase))
+                Report(HydragenParity(name, "synthetic:mini", options with { Kivi = kivi, MaxTokensPerStep = 128 }));
+        }
+        foreach (var (model, path) in models.Where(m => !m.Name.Contains(' ') && !m.Name.StartsWith("tiny-qwen2", StringComparison.Ordinal)))
         {
             string name = $"{model} hydragen";
             if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;

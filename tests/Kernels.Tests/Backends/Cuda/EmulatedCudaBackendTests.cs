@@ -19,7 +19,7 @@ public class EmulatedCudaBackendTests
     [TestCase("synthetic:mini w4a8, new kernels, no graphs")] // the split-K W4A8 GEMM
     [TestCase("synthetic:mini hydragen")]                     // shared-prefix levels through paged_attention_mma
     [TestCase("synthetic:tiny, default kernels")]             // decode steps as CUDA graphs (captured and replayed)
-    [TestCase("synthetic:mini kivi4 (G=32, R=16), 128-row steps")] // KIVI: blocks quantized inside a prefill and before decode graphs
+    [TestCase("synthetic:mini kivi2 (G=32, R=16) forks")]     // KIVI: forks of a quantized prompt; blocks quantized inside a prefill and before steps and graphs
     public void TheCudaBackendMatchesTheCpuBackendOnTheEmulatedDriver(string check)
     {
         foreach (string leg in new[] { "DOTNET_EnableAVX2", "DOTNET_EnableHWIntrinsic" })
