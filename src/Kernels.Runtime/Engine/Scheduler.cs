@@ -174,6 +174,10 @@ internal sealed class Scheduler
         if (need > KvPool.Capacity || WorstCaseUnits(request, ids.Length) > KvPool.BudgetUnits)
             throw new KvCacheExhaustedException($"the request needs up to {need} KV blocks ({ids.Length} prompt tokens, {request.N} x {request.MaxNewTokens} new), " +
                 $"the pool holds {KvPool.Capacity}; give the KV cache more memory or ask for fewer tokens");
+        if (WorstCaseFullBlocks(request, ids.Length) is var full && full > KvPool.MaxFullBlocks)
+            throw new KvCacheExhaustedException($"the request needs up to {full} full-precision KV blocks at once ({request.N} samples x their windows, or a " +
+                $"prefill chunk), the pool has {KvPool.MaxFullBlocks} full-precision slots; give them a larger share of the KV memory " +
+                "(CudaBackendOptions.KiviFullPrecisionShare) or ask for fewer samples");
         return ids;
     }
 
@@ -565,6 +569,21 @@ internal sealed class Scheduler
         int total = KvPool.BlocksFor(FinalLength(request, promptLength));
         int shared = Sharing ? promptLength / KvPool.BlockSize : 0;
         return total + (request.N - 1L) * (total - shared);
+    }
+
+    /// <summary>
+    /// The most blocks a request holds full precision at once, where the pool bounds them (a KIVI cache with fixed fp16
+    /// slots): each sample its window and the block it opens before the step that compacts the oldest, or the blocks
+    /// of one prefill chunk (at most the prefill budget) with the window before it.
+    /// </summary>
+    private long WorstCaseFullBlocks(GenerationRequest request, int promptLength)
+    {
+        var pool = KvPool;
+        if (pool.MaxFullBlocks == int.MaxValue) return 0;
+        int total = pool.BlocksFor(FinalLength(request, promptLength));
+        long perSample = Math.Min(total, (long)pool.Costs.WindowBlocks + 1);
+        long prefill = Math.Min(total, pool.BlocksFor(Math.Min(promptLength, _options.PrefillTokenBudget)) + (long)pool.Costs.WindowBlocks + 1);
+        return Math.Max(request.N * perSample, prefill);
     }
 
     /// <summary>

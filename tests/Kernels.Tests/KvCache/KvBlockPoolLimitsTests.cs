@@ -75,3 +75,36 @@ public class KvBlockPoolLimitsTests
         Assert.That((pool.Capacity, pool.FreeBlocks, pool.MaxFullBlocks), Is.EqualTo((8, 8, int.MaxValue)));
     }
 }
+
+/// <summary>The scheduler refuses, at submission and by name, a request that could never fit the pool's full-precision slots.</summary>
+public class SlotBoundSubmissionTests
+{
+    /// <summary>The CPU backend with a KIVI pool of 12 fp16 slots in its place (submission only: nothing runs forward).</summary>
+    private sealed class SlotBoundBackend(Kernels.Runtime.Backends.IBackend inner, KvBlockPool pool) : Kernels.Runtime.Backends.IBackend
+    {
+        public string Name => inner.Name;
+        public Kernels.Runtime.Models.ModelConfig Config => inner.Config;
+        public KvBlockPool KvPool => pool;
+        public IKvCache CreateCache() => new KvSequence(pool);
+        public float[][] Forward(IReadOnlyList<Kernels.Runtime.Backends.SequenceStep> batch, Kernels.Runtime.Backends.AttentionPlan? attention = null) =>
+            throw new InvalidOperationException("this test submits only");
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Test]
+    public void ARequestWhoseSamplesNeedMoreSlotsThanThereAreIsRefusedByName()
+    {
+        using var model = Kernels.Runtime.Models.ModelLoader.Load("synthetic:tiny");
+        var kivi = new KvCacheFormat { Kind = KvCacheKind.Kivi2, Group = 16, Window = 32 }; // 3 blocks of window + 1 each
+        using var cpu = new Kernels.Runtime.Backends.Cpu.CpuBackend(model, new Kernels.Runtime.Backends.Cpu.CpuBackendOptions { KvCache = kivi });
+        var costs = cpu.KvPool.Costs;
+        var pool = new KvBlockPool(1000 * costs.FullBytes, 16, cpu.KvPool.Storage, costs, maxBlocks: 1000, maxFullBlocks: 12);
+        var generator = new Kernels.Runtime.Engine.Generator(new SlotBoundBackend(cpu, pool), model.Tokenizer);
+        var request = new Kernels.Runtime.Engine.GenerationRequest { PromptIds = [1, 2, 3], N = 4, MaxNewTokens = 200, IgnoreEos = true };
+        // 4 samples x (window 3 + 1) = 16 full blocks at once > 12 slots, though 1000 ids would hold their tokens.
+        var e = Assert.Throws<KvCacheExhaustedException>(() => generator.Generate([request]))!;
+        Assert.That(e.Message, Does.Contain("full-precision").And.Contain("12"));
+        // Three samples need 12: accepted at submission (it then reaches Forward, which this backend refuses).
+        Assert.That(() => generator.Generate([request with { N = 3 }]), Throws.InstanceOf<InvalidOperationException>().With.Message.Contains("submits only"));
+    }
+}
