@@ -16,9 +16,9 @@ internal static partial class EndToEnd
 
     /// <summary>
     /// synthetic:llama3-8b-32k with an fp16 cache, kivi2 and kivi4 (G 32, R 128) at <paramref name="budget"/> bytes of KV:
-    /// one sequence of <paramref name="context"/> tokens is laid out (blocks allocated and, for KIVI, compacted as a
-    /// prefill would leave them; the device memory is zeroed, so the values are valid), copied until the pool is full
-    /// (keeping room for the decode steps' new blocks), and all of them decode <paramref name="steps"/> greedy steps.
+    /// sequences of <paramref name="context"/> tokens are laid out (blocks allocated and, for KIVI, compacted as a
+    /// prefill would leave them; the device memory is zeroed, so the values are valid) until the pool is full (keeping
+    /// room for the decode steps' new blocks), and all of them decode <paramref name="steps"/> greedy steps.
     /// The attention reads what a real cache of that length holds, so the step's time is the real one; the values are
     /// not a model's.
     /// </summary>
@@ -46,10 +46,11 @@ internal static partial class EndToEnd
             int perSequence = pool.BlocksFor(context + Warmup + steps) - pool.BlocksFor(context) + 1; // blocks a sequence adds while decoding
             try
             {
+                // Each laid out on its own (no device copies: the memory is zeroed, so every sequence reads zeros).
                 while (sequences.Count < maxSequences && pool.FreeBlocks > (sequences.Count + 1) * perSequence)
-                    sequences.Add(sequences[0].Copy());
+                    sequences.Add(LaidOut(backend, context, kivi));
             }
-            catch (KvCacheExhaustedException) { } // the copy that did not fit released what it took
+            catch (KvCacheExhaustedException) { } // the sequence that did not fit released what it took
             while (sequences.Count > 1 && pool.FreeBlocks < sequences.Count * perSequence) // room for every sequence's new blocks
             {
                 sequences[^1].Dispose();
@@ -81,14 +82,22 @@ internal static partial class EndToEnd
         var seq = (KvSequence)backend.CreateCache();
         var pool = backend.KvPool;
         int compacted = 0;
-        for (int length = 0; length < context;)
+        try
         {
-            int n = Math.Min(pool.BlockSize - length % pool.BlockSize, context - length);
-            seq.Reserve(n);
-            seq.Advance(n);
-            length += n;
-            if (kivi == null) continue;
-            for (int passed = Math.Max(0, length - kivi.Window) / pool.BlockSize; compacted < passed; compacted++) pool.Compact(seq.Blocks[compacted]);
+            for (int length = 0; length < context;)
+            {
+                int n = Math.Min(pool.BlockSize - length % pool.BlockSize, context - length);
+                seq.Reserve(n);
+                seq.Advance(n);
+                length += n;
+                if (kivi == null) continue;
+                for (int passed = Math.Max(0, length - kivi.Window) / pool.BlockSize; compacted < passed; compacted++) pool.Compact(seq.Blocks[compacted]);
+            }
+        }
+        catch
+        {
+            seq.Dispose();
+            throw;
         }
         return seq;
     }
