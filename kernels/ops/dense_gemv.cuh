@@ -27,6 +27,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "swiglu.cuh"
 
 namespace ops
 {
@@ -43,13 +44,15 @@ __device__ __forceinline__ void gemv_load_w(const storage_t<DT>* p, float (&out)
     for (int j = 0; j < 8; ++j) out[j] = DTypeTraits<DT>::to_float(e[j]);
 }
 
-template <DType DT>
-__device__ __forceinline__ void dense_gemv(float* __restrict__ y, const float* __restrict__ x, const storage_t<DT>* __restrict__ w,
-                                           const storage_t<DT>* __restrict__ bias, int M, int N, int K)
+// The block's 4 x 4 tile of sums: W rows n0 .. n0 + 3 (of N) against x rows m0 .. m0 + 3 (of M); store(m, r, sum) is
+// called once per valid (row m0 + m, feature n0 + r) by one thread, after the block's reduction. Every thread of the
+// block must call it (it synchronizes), and it ends with a barrier, so a block may run it again (dense_gemv_swiglu).
+template <DType DT, class Store>
+__device__ __forceinline__ void gemv_tile(const float* __restrict__ x, const storage_t<DT>* __restrict__ w, int n0, int m0, int M, int N, int K,
+                                          Store store)
 {
     __shared__ float partial[kGemvThreads / 32][kGemvN][kGemvM];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int n0 = blockIdx.x * kGemvN, m0 = blockIdx.y * kGemvM;
     if (n0 >= N || m0 >= M) return; // uniform per block
     const int nRows = min(kGemvN, N - n0), mRows = min(kGemvM, M - m0);
     const storage_t<DT>* wr[kGemvN];
@@ -118,10 +121,49 @@ __device__ __forceinline__ void dense_gemv(float* __restrict__ y, const float* _
             float sum = 0.0f;
 #pragma unroll
             for (int i = 0; i < kGemvThreads / 32; ++i) sum += partial[i][r][m];
-            const float b = bias != nullptr ? DTypeTraits<DT>::to_float(bias[n0 + r]) : 0.0f;
-            y[(int64_t)(m0 + m) * N + n0 + r] = sum + b;
+            store(m, r, sum);
         }
     }
+    __syncthreads(); // partial and what store wrote are settled before a second tile
+}
+
+// y = x W^T + bias: the tile of block (blockIdx.x - block_base, blockIdx.y).
+template <DType DT>
+__device__ __forceinline__ void dense_gemv(float* __restrict__ y, const float* __restrict__ x, const storage_t<DT>* __restrict__ w,
+                                           const storage_t<DT>* __restrict__ bias, int M, int N, int K, int block_base = 0)
+{
+    const int n0 = (blockIdx.x - block_base) * kGemvN, m0 = blockIdx.y * kGemvM;
+    gemv_tile<DT>(x, w, n0, m0, M, N, K, [&](int m, int r, float sum) {
+        const float b = bias != nullptr ? DTypeTraits<DT>::to_float(bias[n0 + r]) : 0.0f;
+        y[(int64_t)(m0 + m) * N + n0 + r] = sum + b;
+    });
+}
+
+// y += x W^T (the o and down projections into the residual stream): one rounded add of the same sum the plain GEMV
+// writes, so the same bits as dense_gemv into a scratch row and residual_add.
+template <DType DT>
+__device__ __forceinline__ void dense_gemv_residual(float* __restrict__ y, const float* __restrict__ x, const storage_t<DT>* __restrict__ w,
+                                                    int M, int N, int K)
+{
+    const int n0 = blockIdx.x * kGemvN, m0 = blockIdx.y * kGemvM;
+    gemv_tile<DT>(x, w, n0, m0, M, N, K, [&](int m, int r, float sum) {
+        float* out = y + (int64_t)(m0 + m) * N + n0 + r;
+        *out = *out + (sum + 0.0f); // + 0.0f: dense_gemv's bias-free sum + b, so -0 sums round alike
+    });
+}
+
+// out = silu(x Wg^T) * (x Wu^T) (a Llama MLP's gate and up, SwiGLU in the epilogue): the block's gate tile first,
+// kept in shared memory, then its up tile; the same sums as two dense_gemv launches and swiglu_f32, so the same bits.
+template <DType DT>
+__device__ __forceinline__ void dense_gemv_swiglu(float* __restrict__ out, const float* __restrict__ x, const storage_t<DT>* __restrict__ wg,
+                                                  const storage_t<DT>* __restrict__ wu, int M, int N, int K)
+{
+    __shared__ float gate[kGemvM][kGemvN];
+    const int n0 = blockIdx.x * kGemvN, m0 = blockIdx.y * kGemvM;
+    gemv_tile<DT>(x, wg, n0, m0, M, N, K, [&](int m, int r, float sum) { gate[m][r] = sum + 0.0f; });
+    gemv_tile<DT>(x, wu, n0, m0, M, N, K, [&](int m, int r, float sum) {
+        out[(int64_t)(m0 + m) * N + n0 + r] = __fmul_rn(silu(gate[m][r]), sum + 0.0f);
+    });
 }
 } // namespace ops
 
@@ -133,3 +175,42 @@ __device__ __forceinline__ void dense_gemv(float* __restrict__ y, const float* _
     }
 KERNELS_FOR_EACH_HALF_DTYPE(DENSE_GEMV_ENTRY)
 #undef DENSE_GEMV_ENTRY
+
+// dense_gemv_residual_{f16,bf16}(y, x, w, M, N, K): y [M, N] += x W^T (no bias). Grid and block as dense_gemv.
+#define DENSE_GEMV_RESIDUAL_ENTRY(suffix, DT)                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        dense_gemv_residual_##suffix(float* y, const float* x, const storage_t<DT>* w, int M, int N, int K)         \
+    {                                                                                                               \
+        ops::dense_gemv_residual<DT>(y, x, w, M, N, K);                                                             \
+    }
+KERNELS_FOR_EACH_HALF_DTYPE(DENSE_GEMV_RESIDUAL_ENTRY)
+#undef DENSE_GEMV_RESIDUAL_ENTRY
+
+// dense_gemv_qkv_{f16,bf16}(yq, yk, yv, x, wq, wk, wv, bq, bk, bv, M, Nq, Nkv, K): the three projections of one x in
+// one launch (biases may be null): grid x = ceil_div(Nq, 4) + 2 ceil_div(Nkv, 4) blocks, q's first, then k's, v's;
+// grid y and block as dense_gemv. Each output the same bits as its own dense_gemv.
+#define DENSE_GEMV_QKV_ENTRY(suffix, DT)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256) dense_gemv_qkv_##suffix(                                      \
+        float* yq, float* yk, float* yv, const float* x, const storage_t<DT>* wq, const storage_t<DT>* wk,          \
+        const storage_t<DT>* wv, const storage_t<DT>* bq, const storage_t<DT>* bk, const storage_t<DT>* bv, int M,  \
+        int Nq, int Nkv, int K)                                                                                      \
+    {                                                                                                               \
+        const int q_blocks = (Nq + ops::kGemvN - 1) / ops::kGemvN, kv_blocks = (Nkv + ops::kGemvN - 1) / ops::kGemvN; \
+        const int b = blockIdx.x;                                                                                   \
+        if (b < q_blocks) ops::dense_gemv<DT>(yq, x, wq, bq, M, Nq, K, 0);                                          \
+        else if (b < q_blocks + kv_blocks) ops::dense_gemv<DT>(yk, x, wk, bk, M, Nkv, K, q_blocks);                 \
+        else ops::dense_gemv<DT>(yv, x, wv, bv, M, Nkv, K, q_blocks + kv_blocks);                                   \
+    }
+KERNELS_FOR_EACH_HALF_DTYPE(DENSE_GEMV_QKV_ENTRY)
+#undef DENSE_GEMV_QKV_ENTRY
+
+// dense_gemv_swiglu_{f16,bf16}(out, x, wg, wu, M, N, K): out [M, N] = silu(x Wg^T) * (x Wu^T), no biases. Grid and
+// block as dense_gemv over N.
+#define DENSE_GEMV_SWIGLU_ENTRY(suffix, DT)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256) dense_gemv_swiglu_##suffix(                                   \
+        float* out, const float* x, const storage_t<DT>* wg, const storage_t<DT>* wu, int M, int N, int K)         \
+    {                                                                                                               \
+        ops::dense_gemv_swiglu<DT>(out, x, wg, wu, M, N, K);                                                        \
+    }
+KERNELS_FOR_EACH_HALF_DTYPE(DENSE_GEMV_SWIGLU_ENTRY)
+#undef DENSE_GEMV_SWIGLU_ENTRY

@@ -134,9 +134,11 @@ internal static class Tune
         bool splitK = Choose("W4A8 decode GEMM split-K / two-stage",
             Compare(x => x is "w4a8_gemm_group_m16" or "w4a8_gemm_channel_m16", "w4a8_gemm_group_splitk"),
             Verified("w4a8_gemm_group_splitk", "W4A8 split-K") & Verified("w4a8_gemm_channel_splitk", "W4A8 split-K") & Verified("w4a8_splitk_reduce", "W4A8 split-K"));
+        // The fused decode GEMVs: dense_gemv's tile code in fewer launches, the same bits; kept unless verify fails for one.
+        bool fusedGemv = Verified("dense_gemv_qkv_", "fused GEMVs") & Verified("dense_gemv_swiglu_", "fused GEMVs") & Verified("dense_gemv_residual_", "fused GEMVs");
         return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence))
         {
-            TensorCoreAttention = mma, AttentionTileKeys = tileKeys, W4A8SplitK = splitK,
+            TensorCoreAttention = mma, AttentionTileKeys = tileKeys, W4A8SplitK = splitK, FusedGemv = fusedGemv,
         };
     }
 

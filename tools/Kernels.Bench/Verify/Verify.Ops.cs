@@ -65,6 +65,10 @@ internal static unsafe partial class Verify
                     yield return new Case(OpsLauncher.DenseGemmKernel(Suffix(dtype), m, k), $"M={m} N={n} K={k}{(bias ? " +bias" : "")}",
                         () => GemmCase(dtype, m, n, k, bias));
             foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
+                foreach (var (m, n, k) in new[] { (1, 4096, 4096), (4, 1000, 520), (3, 14336, 4096), (2, 64, 172) })
+                    foreach (string fused in new[] { "qkv", "swiglu", "residual" })
+                        yield return new Case($"dense_gemv_{fused}_{Suffix(dtype)}", $"M={m} N={n} K={k}", () => FusedGemvCase(dtype, fused, m, n, k));
+            foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
             {
                 yield return new Case($"convert_f32_to_{Suffix(dtype)}", "n=4099 (overflow, NaN, subnormals, a scalar tail)", () => ConvertCase(dtype, 4099));
                 foreach (var (m, n, k, accumulate) in new[] { (1, 4096, 4096, false), (16, 6144, 4096, false), (16, 4096, 14336, true), (64, 28672, 4096, false),
@@ -315,6 +319,84 @@ internal static unsafe partial class Verify
             }
             var tolerance = kernel.StartsWith("dense_gemv_", StringComparison.Ordinal) ? GemvTol : dtype == TensorDType.F16 ? GemmF16Tol : GemmBF16Tol;
             return Compare(kernel, $"M={m} N={n} K={k}{(withBias ? " +bias" : "")}", y, reference, tolerance);
+        }
+
+        /// <summary>
+        /// The fused decode GEMVs against the launches they replace, bit for bit (their promise): dense_gemv_qkv against
+        /// three dense_gemv (q [m, n], k and v [m, n / 4], with biases); dense_gemv_swiglu against two dense_gemv and
+        /// swiglu_f32; dense_gemv_residual against dense_gemv into a scratch row and residual_add_f32. (dense_gemv itself
+        /// is checked against the CPU above.)
+        /// </summary>
+        private CaseResult FusedGemvCase(TensorDType dtype, string fused, int m, int n, int k) => dtype == TensorDType.F16
+            ? FusedGemvCase<Half>(fused, m, n, k, v => (Half)v)
+            : FusedGemvCase<ushort>(fused, m, n, k, DTypeConvert.SingleToBFloat16);
+
+        private CaseResult FusedGemvCase<T>(string fused, int m, int n, int k, Func<float, T> convert) where T : unmanaged
+        {
+            string kernel = $"dense_gemv_{fused}_{DeviceElement<T>.Suffix}", shape = $"M={m} N={n} K={k}";
+            int nkv = Math.Max(1, n / 4);
+            var x = Normal(m * k, 1f);
+            DeviceBuffer<T> W(int rows, float std) => DeviceBuffer<T>.From(device, Normal(rows * k, std).Select(convert).ToArray());
+            DeviceBuffer<T> B(int rows) => DeviceBuffer<T>.From(device, Normal(rows, 0.5f).Select(convert).ToArray());
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var w0 = W(n, 0.05f);
+            using var w1 = W(fused == "qkv" ? nkv : n, 0.05f);
+            using var w2 = W(nkv, 0.05f);
+            using var b0 = B(n);
+            using var b1 = B(nkv);
+            using var b2 = B(nkv);
+            using var y0 = Output(m * n);
+            using var y1 = Output(m * n);
+            using var y2 = Output(m * n);
+            using var r0 = Output(m * n);
+            using var r1 = Output(m * n);
+            using var r2 = Output(m * n);
+            float[] expected, got;
+            switch (fused)
+            {
+                case "qkv":
+                    ops.DenseGemm(r0, dx, w0, b0, m, n, k);
+                    ops.DenseGemm(r1, dx, w1, b1, m, nkv, k);
+                    ops.DenseGemm(r2, dx, w2, b2, m, nkv, k);
+                    ops.DenseGemvQkv(y0, y1, y2, dx, w0, w1, w2, b0, b1, b2, m, n, nkv, k);
+                    device.Synchronize();
+                    expected = [.. r0.ToArray().AsSpan(0, m * n), .. r1.ToArray().AsSpan(0, m * nkv), .. r2.ToArray().AsSpan(0, m * nkv)];
+                    got = [.. y0.ToArray().AsSpan(0, m * n), .. y1.ToArray().AsSpan(0, m * nkv), .. y2.ToArray().AsSpan(0, m * nkv)];
+                    break;
+                case "swiglu":
+                    ops.DenseGemm<T>(r0, dx, w0, null, m, n, k);
+                    ops.DenseGemm<T>(r1, dx, w1, null, m, n, k);
+                    ops.SwiGluF32(r2, r0, r1, m, n);
+                    ops.DenseGemvSwiGlu(y0, dx, w0, w1, m, n, k);
+                    device.Synchronize();
+                    expected = r2.ToArray()[..(m * n)];
+                    got = y0.ToArray()[..(m * n)];
+                    break;
+                default:
+                    var start = Normal(m * n, 1f);
+                    using (var seed = DeviceBuffer<float>.From(device, start))
+                    {
+                        ops.DenseGemm<T>(r0, dx, w0, null, m, n, k);
+                        ops.ResidualAddF32(seed, r0, m * n);
+                        using var acc = DeviceBuffer<float>.From(device, start);
+                        ops.DenseGemvResidual(acc, dx, w0, m, n, k);
+                        device.Synchronize();
+                        expected = seed.ToArray();
+                        got = acc.ToArray();
+                    }
+                    break;
+            }
+            long mismatches = 0;
+            double maxAbs = 0;
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (BitConverter.SingleToUInt32Bits(expected[i]) == BitConverter.SingleToUInt32Bits(got[i])) continue;
+                mismatches++;
+                maxAbs = Math.Max(maxAbs, Math.Abs(expected[i] - got[i]));
+            }
+            bool pass = mismatches == 0;
+            return new CaseResult(kernel, shape, maxAbs, 0, 0, "bit-exact: the same sums as the launches it fuses", mismatches, 0, true, pass,
+                pass ? null : $"{mismatches} of {expected.Length} outputs differ from the unfused launches");
         }
 
         /// <summary>

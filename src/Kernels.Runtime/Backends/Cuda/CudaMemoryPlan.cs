@@ -68,6 +68,13 @@ public sealed record CudaBackendOptions
     /// GPU's tuning table says (off without one).
     /// </summary>
     public bool? W4A8SplitK { get; init; }
+    /// <summary>
+    /// Decode rows (at most 4) of dense layers through the fused GEMVs: dense_gemv_qkv (q, k and v in one launch),
+    /// dense_gemv_swiglu (gate and up with the SwiGLU in the epilogue), dense_gemv_residual (o and down adding into the
+    /// residual stream); the same sums as one dense_gemv per projection, so the same bits, in six launches fewer per
+    /// layer. null: as this GPU's tuning table says (on without one: they are dense_gemv's tile code).
+    /// </summary>
+    public bool? FusedGemv { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
     /// <summary>

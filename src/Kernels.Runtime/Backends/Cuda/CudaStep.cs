@@ -46,7 +46,7 @@ internal sealed unsafe class CudaStep : IDisposable
     private DeviceBuffer<float>? _quantFrom;
     private readonly GpuDense _lmHead;
     /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
-    private readonly bool _tiledDecode, _radixSampling, _mmaAttention, _w4a8SplitK;
+    private readonly bool _tiledDecode, _radixSampling, _mmaAttention, _w4a8SplitK, _fusedGemv;
     /// <summary>w4a8_gemm_*_splitk's int32 partial sums (W4A8 models with the split-K decode GEMM on).</summary>
     private readonly DeviceBuffer<int>? _w4a8Partial;
     private readonly int _attentionTileKeys;
@@ -118,13 +118,15 @@ internal sealed unsafe class CudaStep : IDisposable
                             OpsLaunchPlans.MmaAttentionSupports(options.KvDType switch { TensorDType.F16 => "f16", TensorDType.BF16 => "bf16", _ => "f32" }, c.HeadDim, c.NumHeads, c.NumKvHeads);
             _attentionTileKeys = tuning.AttentionTileKeys;
             _w4a8SplitK = weights.MaxW4A8PaddedIn > 0 && (options.W4A8SplitK ?? tuning.W4A8SplitK);
+            _fusedGemv = options.FusedGemv ?? tuning.FusedGemv;
             if (_w4a8SplitK) _w4a8Partial = DeviceBuffer<int>.Allocate(_device, weights.W4A8SplitKInts);
             _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
             KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
                             $"GEMMs {(_ltMinRows == int.MaxValue ? "ours" : _ltMinRows <= 1 ? "cuBLASLt" : $"cuBLASLt from {_ltMinRows} rows")}, " +
                             (_kivi != null ? $"KIVI attention (fp16 window per query row + kivi_decode_attention_split over the compact blocks; no Hydragen levels)"
                                 : $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}") +
-                            (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") + $" ({tuning.Source})";
+                            (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") +
+                            $", decode GEMVs {(_fusedGemv ? "fused (q|k|v, gate|up + SwiGLU, residual adds)" : "one per projection")} ({tuning.Source})";
             if (_mmaAttention)
             {
                 _attentionPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.AttentionPartialFloats(c, options.MaxTokensPerStep));
@@ -352,17 +354,23 @@ internal sealed unsafe class CudaStep : IDisposable
             // A norm feeding only W4A8 layers is fused with their int8 quantization (rms_norm_quant_int8: the same
             // normalized values, so the same codes as the norm and quantize_int8 apart); _xn is then not written.
             bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv);
-            Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
-            Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
-            Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
+            if (!QkvGemv(w, rows))
+            {
+                Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
+                Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
+                Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
+            }
             _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
             if (kivi != null) KiviAppendAndAttend(l, rows, width, tablesBuffer, kivi);
             else AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
             fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
-            Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
-            Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
-            _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
+            if (!SwiGluGemv(w, rows))
+            {
+                Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
+                Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
+                _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
+            }
             LinearAdd(_x, _gate, w.Down, rows, h, ff);
         }
 
@@ -488,6 +496,12 @@ internal sealed unsafe class CudaStep : IDisposable
             return;
         }
         var w = ((GpuDense)linear).Weight;
+        if (FusedGemvRows(m))
+        {
+            var add = new ResidualGemvAction(this, x, input, w, m, n, k);
+            DeviceDType.Dispatch(w.DType, ref add, w.Name, "GEMM weight in");
+            return;
+        }
         if (_lt == null || m < _ltMinRows)
         {
             Gemm(_proj, input, w, null, m, n, k);
@@ -521,6 +535,54 @@ internal sealed unsafe class CudaStep : IDisposable
     private void Squeeze(DeviceBuffer<float> y, DeviceBuffer<float> x, GpuSqueeze s, int m) =>
         _ops.SqueezeGemv(y, x, s.Bits, s.Codes.View<int>(), s.Table.View<Half>(), s.OutlierRows.View<int>(), s.OutlierCols.View<int>(),
             s.OutlierValues.View<float>(), m, s.OutFeatures, s.InFeatures);
+
+    // ---- fused decode GEMVs ------------------------------------------------------------------------------------------
+
+    /// <summary>Whether an <paramref name="m"/>-row dense projection runs on our GEMV, fused where it can be (not cuBLASLt).</summary>
+    private bool FusedGemvRows(int m) => _fusedGemv && m <= OpsLaunchPlans.GemvMaxRows && (_lt == null || m < _ltMinRows);
+
+    /// <summary>The three dense projections of one dtype (biases all or none) in one dense_gemv_qkv launch; false: not fusable.</summary>
+    private bool QkvGemv(GpuLayer w, int rows)
+    {
+        if (!FusedGemvRows(rows) || w.Wq is not GpuDense q || w.Wk is not GpuDense k || w.Wv is not GpuDense v) return false;
+        var t = q.Weight.DType;
+        if (k.Weight.DType != t || v.Weight.DType != t || t is not (TensorDType.F16 or TensorDType.BF16)) return false;
+        if ((w.Bq == null) != (w.Bk == null) || (w.Bk == null) != (w.Bv == null)) return false;
+        var action = new QkvGemvAction(this, q.Weight, k.Weight, v.Weight, w.Bq, w.Bk, w.Bv, rows);
+        DeviceDType.Dispatch(t, ref action, q.Weight.Name, "GEMM weight in");
+        return true;
+    }
+
+    /// <summary>gate and up (dense, one dtype) with the SwiGLU in one dense_gemv_swiglu launch into _gate; false: not fusable.</summary>
+    private bool SwiGluGemv(GpuLayer w, int rows)
+    {
+        if (!FusedGemvRows(rows) || w.Gate is not GpuDense g || w.Up is not GpuDense u) return false;
+        var t = g.Weight.DType;
+        if (u.Weight.DType != t || t is not (TensorDType.F16 or TensorDType.BF16)) return false;
+        var action = new SwiGluGemvAction(this, g.Weight, u.Weight, rows);
+        DeviceDType.Dispatch(t, ref action, g.Weight.Name, "GEMM weight in");
+        return true;
+    }
+
+    private readonly struct QkvGemvAction(CudaStep s, GpuTensor wq, GpuTensor wk, GpuTensor wv, GpuTensor? bq, GpuTensor? bk, GpuTensor? bv, int m)
+        : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged =>
+            s._ops.DenseGemvQkv(s._q, s._k, s._v, s._xn, wq.View<T>(), wk.View<T>(), wv.View<T>(), bq?.View<T>(), bk?.View<T>(), bv?.View<T>(), m,
+                s._config.QueryDim, s._config.KvDim, s._config.HiddenSize);
+    }
+
+    private readonly struct SwiGluGemvAction(CudaStep s, GpuTensor wg, GpuTensor wu, int m) : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged =>
+            s._ops.DenseGemvSwiGlu(s._gate, s._xn, wg.View<T>(), wu.View<T>(), m, s._config.IntermediateSize, s._config.HiddenSize);
+    }
+
+    private readonly struct ResidualGemvAction(CudaStep s, DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)
+        : IDeviceDTypeAction
+    {
+        public void Run<T>() where T : unmanaged => s._ops.DenseGemvResidual(x, input, w.View<T>(), m, n, k);
+    }
 
     private readonly struct LtAction(CudaStep s, DeviceBuffer<float> y, DeviceBuffer<float> x, GpuTensor w, int m, int n, int k, bool accumulate, bool convert)
         : IDeviceDTypeAction

@@ -30,6 +30,14 @@ internal sealed record KernelTuning(
     [JsonPropertyName("w4a8SplitK")]
     public bool W4A8SplitK { get; init; }
 
+    /// <summary>
+    /// Decode rows' dense projections through the fused GEMVs (q|k|v in one launch, gate|up with the SwiGLU, the o and
+    /// down projections adding into the residual): the same tile code and bits as dense_gemv, six launches fewer per
+    /// layer. Absent from a table, and without one: on; `tune` turns it off when verify fails for one of them.
+    /// </summary>
+    [JsonPropertyName("fusedGemv")]
+    public bool FusedGemv { get; init; } = true;
+
     /// <summary>Keys per K/V tile of paged_attention_mma: 32 or 64.</summary>
     [JsonPropertyName("attentionTileKeys")]
     public int AttentionTileKeys { get; init; } = 64;

@@ -63,6 +63,68 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch(kernel, (uint)((n + 127) / 128), (uint)gridY, 256);
     }
 
+    /// <summary>The fused GEMV entries' shared grid: ceil_div(features, 4) blocks by ceil_div(m, 4) row groups, 256 threads.</summary>
+    private static KernelLaunch GemvGrid(string kernel, long featureBlocks, int m)
+    {
+        long rowGroups = (m + GemvRowsPerBlock - 1) / GemvRowsPerBlock;
+        if (rowGroups > MaxGridRows) throw new ArgumentOutOfRangeException("m", m, $"{kernel} covers at most {MaxGridRows * (long)GemvRowsPerBlock} rows per launch");
+        return new KernelLaunch(kernel, (uint)featureBlocks, (uint)rowGroups, 256);
+    }
+
+    private static long GemvBlocks(int n) => (n + GemvFeaturesPerBlock - 1L) / GemvFeaturesPerBlock;
+
+    /// <summary>dense_gemv_residual_{suffix}: y [m, n] += x [m, k] W^T [n, k] (the o and down projections into the residual).</summary>
+    public static KernelLaunch? DenseGemvResidual(string suffix, long yLength, long xLength, long wLength, int m, int n, int k)
+    {
+        NonNegative(m, "m");
+        NonNegative(n, "n");
+        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_residual needs K > 0");
+        AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
+        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
+        AtLeast(wLength, Elements(n, k, "w"), "w", $"[n={n}, k={k}]");
+        if (m == 0 || n == 0) return null;
+        return GemvGrid($"dense_gemv_residual_{suffix}", GemvBlocks(n), m);
+    }
+
+    /// <summary>
+    /// dense_gemv_qkv_{suffix}: q [m, nq], k and v [m, nkv] = x [m, k] times Wq^T, Wk^T, Wv^T (+ biases, each null or
+    /// all three given: lengths &lt; 0 for none) in one launch, q's feature blocks first.
+    /// </summary>
+    public static KernelLaunch? DenseGemvQkv(string suffix, long yqLength, long ykLength, long yvLength, long xLength, long wqLength, long wkLength,
+        long wvLength, long bqLength, long bkLength, long bvLength, int m, int nq, int nkv, int k)
+    {
+        NonNegative(m, "m");
+        NonNegative(nq, "nq");
+        NonNegative(nkv, "nkv");
+        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_qkv needs K > 0");
+        AtLeast(yqLength, Elements(m, nq, "yq"), "yq", $"[m={m}, nq={nq}]");
+        AtLeast(ykLength, Elements(m, nkv, "yk"), "yk", $"[m={m}, nkv={nkv}]");
+        AtLeast(yvLength, Elements(m, nkv, "yv"), "yv", $"[m={m}, nkv={nkv}]");
+        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
+        AtLeast(wqLength, Elements(nq, k, "wq"), "wq", $"[nq={nq}, k={k}]");
+        AtLeast(wkLength, Elements(nkv, k, "wk"), "wk", $"[nkv={nkv}, k={k}]");
+        AtLeast(wvLength, Elements(nkv, k, "wv"), "wv", $"[nkv={nkv}, k={k}]");
+        if (bqLength >= 0) AtLeast(bqLength, nq, "bq", $"[nq={nq}]");
+        if (bkLength >= 0) AtLeast(bkLength, nkv, "bk", $"[nkv={nkv}]");
+        if (bvLength >= 0) AtLeast(bvLength, nkv, "bv", $"[nkv={nkv}]");
+        if (m == 0 || nq + nkv == 0) return null;
+        return GemvGrid($"dense_gemv_qkv_{suffix}", GemvBlocks(nq) + 2 * GemvBlocks(nkv), m);
+    }
+
+    /// <summary>dense_gemv_swiglu_{suffix}: out [m, n] = silu(x Wg^T) * (x Wu^T), Wg and Wu [n, k], no biases.</summary>
+    public static KernelLaunch? DenseGemvSwiGlu(string suffix, long outLength, long xLength, long wgLength, long wuLength, int m, int n, int k)
+    {
+        NonNegative(m, "m");
+        NonNegative(n, "n");
+        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_swiglu needs K > 0");
+        AtLeast(outLength, Elements(m, n, "out"), "out", $"[m={m}, n={n}]");
+        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
+        AtLeast(wgLength, Elements(n, k, "wg"), "wg", $"[n={n}, k={k}]");
+        AtLeast(wuLength, Elements(n, k, "wu"), "wu", $"[n={n}, k={k}]");
+        if (m == 0 || n == 0) return null;
+        return GemvGrid($"dense_gemv_swiglu_{suffix}", GemvBlocks(n), m);
+    }
+
     /// <summary>
     /// The kernel a y = x W^T of <paramref name="m"/> rows runs: dense_gemv (CUDA cores, fp32 x, W streamed once) for
     /// m &lt;= <see cref="GemvMaxRows"/> and whenever K % 8 != 0 (the tensor-core tiles copy W in 16-byte chunks),

@@ -36,6 +36,69 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- the fused GEMVs (decode rows): dense_gemv_{residual,qkv,swiglu}_{f16,bf16} -----------------------------------
+
+    /// <summary>y [m, n] += x [m, k] W^T: the same bits as dense_gemv into a scratch row then residual_add_f32.</summary>
+    internal void DenseGemvResidual<T>(DeviceBuffer<float> y, DeviceBuffer<float> x, DeviceBuffer<T> w, int m, int n, int k) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(w);
+        if (ReferenceEquals(y, x)) throw new ArgumentException("dense_gemv_residual cannot run in place: y must not overlap x", nameof(y));
+        if (OpsLaunchPlans.DenseGemvResidual(DeviceElement<T>.Suffix, y.Length, x.Length, w.Length, m, n, k) is not { } plan) return;
+        SameDevice(y, nameof(y));
+        SameDevice(x, nameof(x));
+        SameDevice(w, nameof(w));
+        ulong py = y.Pointer, px = x.Pointer, pw = w.Pointer;
+        int mm = m, nn = n, kk = k;
+        void** args = stackalloc void*[] { &py, &px, &pw, &mm, &nn, &kk };
+        Launch(plan, args);
+    }
+
+    /// <summary>q, k, v = x times Wq^T, Wk^T, Wv^T (+ biases, all or none) in one launch: each the same bits as its own dense_gemv.</summary>
+    internal void DenseGemvQkv<T>(DeviceBuffer<float> yq, DeviceBuffer<float> yk, DeviceBuffer<float> yv, DeviceBuffer<float> x, DeviceBuffer<T> wq,
+        DeviceBuffer<T> wk, DeviceBuffer<T> wv, DeviceBuffer<T>? bq, DeviceBuffer<T>? bk, DeviceBuffer<T>? bv, int m, int nq, int nkv, int k) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(yq);
+        ArgumentNullException.ThrowIfNull(yk);
+        ArgumentNullException.ThrowIfNull(yv);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(wq);
+        ArgumentNullException.ThrowIfNull(wk);
+        ArgumentNullException.ThrowIfNull(wv);
+        if ((bq == null) != (bk == null) || (bk == null) != (bv == null)) throw new ArgumentException("give the three biases or none", nameof(bq));
+        if (OpsLaunchPlans.DenseGemvQkv(DeviceElement<T>.Suffix, yq.Length, yk.Length, yv.Length, x.Length, wq.Length, wk.Length, wv.Length,
+                bq?.Length ?? -1, bk?.Length ?? -1, bv?.Length ?? -1, m, nq, nkv, k) is not { } plan) return;
+        foreach (var (b, name) in new[] { (yq, nameof(yq)), (yk, nameof(yk)), (yv, nameof(yv)), (x, nameof(x)) }) SameDevice(b, name);
+        foreach (var (b, name) in new[] { (wq, nameof(wq)), (wk, nameof(wk)), (wv, nameof(wv)), (bq, nameof(bq)), (bk, nameof(bk)), (bv, nameof(bv)) })
+            if (b != null) SameDevice(b, name);
+        ulong pq = yq.Pointer, pk = yk.Pointer, pv = yv.Pointer, px = x.Pointer, wqp = wq.Pointer, wkp = wk.Pointer, wvp = wv.Pointer;
+        ulong bqp = bq?.Pointer ?? 0, bkp = bk?.Pointer ?? 0, bvp = bv?.Pointer ?? 0;
+        int mm = m, nqq = nq, nkk = nkv, kk = k;
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &px, &wqp, &wkp, &wvp, &bqp, &bkp, &bvp, &mm, &nqq, &nkk, &kk };
+        Launch(plan, args);
+    }
+
+    /// <summary>out [m, n] = silu(x Wg^T) * (x Wu^T): the same bits as two dense_gemv launches and swiglu_f32.</summary>
+    internal void DenseGemvSwiGlu<T>(DeviceBuffer<float> output, DeviceBuffer<float> x, DeviceBuffer<T> wg, DeviceBuffer<T> wu, int m, int n, int k)
+        where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(wg);
+        ArgumentNullException.ThrowIfNull(wu);
+        if (ReferenceEquals(output, x)) throw new ArgumentException("dense_gemv_swiglu cannot run in place: out must not overlap x", nameof(output));
+        if (OpsLaunchPlans.DenseGemvSwiGlu(DeviceElement<T>.Suffix, output.Length, x.Length, wg.Length, wu.Length, m, n, k) is not { } plan) return;
+        SameDevice(output, nameof(output));
+        SameDevice(x, nameof(x));
+        SameDevice(wg, nameof(wg));
+        SameDevice(wu, nameof(wu));
+        ulong po = output.Pointer, px = x.Pointer, pg = wg.Pointer, pu = wu.Pointer;
+        int mm = m, nn = n, kk = k;
+        void** args = stackalloc void*[] { &po, &px, &pg, &pu, &mm, &nn, &kk };
+        Launch(plan, args);
+    }
+
     // ---- paged_decode_attention_{f32,f16,bf16} (+ attention_merge_f32) ------------------------------------------------
 
     /// <summary>The KV cache of one layer and its paging, as the attention kernels read it.</summary>

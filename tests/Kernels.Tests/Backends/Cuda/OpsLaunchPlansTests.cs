@@ -197,4 +197,23 @@ public class OpsLaunchPlansTests
         Assert.Throws<ArgumentException>(() => OpsLaunchPlans.BiasAdd(10L * 300 - 1, 300, 10, 300));
         Assert.Throws<ArgumentException>(() => OpsLaunchPlans.BiasAdd(10L * 300, 299, 10, 300));
     }
+
+    [Test]
+    public void FusedGemvsCoverEveryFeatureOfEachMatrix()
+    {
+        // dense_gemv.cuh: a block per 4 output features and 4 x rows, 256 threads; q|k|v lays q's blocks, then k's, v's.
+        var qkv = OpsLaunchPlans.DenseGemvQkv("f16", 4096, 1024, 1024, 4096, 4096L * 4096, 1024L * 4096, 1024L * 4096, -1, -1, -1, 1, 4096, 1024, 4096)!.Value;
+        Assert.That((qkv.Kernel, qkv.GridX, qkv.GridY, qkv.BlockX), Is.EqualTo(("dense_gemv_qkv_f16", 1024u + 2 * 256u, 1u, 256u)));
+        var odd = OpsLaunchPlans.DenseGemvQkv("bf16", 6L * 1001, 6L * 3, 6L * 3, 6L * 520, 1001L * 520, 3L * 520, 3L * 520, 1001, 3, 3, 6, 1001, 3, 520)!.Value;
+        Assert.That((odd.GridX, odd.GridY), Is.EqualTo((251u + 2u, 2u)), "partial feature blocks and row groups round up");
+        var swiglu = OpsLaunchPlans.DenseGemvSwiGlu("f16", 14336, 4096, 14336L * 4096, 14336L * 4096, 1, 14336, 4096)!.Value;
+        Assert.That((swiglu.Kernel, swiglu.GridX), Is.EqualTo(("dense_gemv_swiglu_f16", 3584u)));
+        var residual = OpsLaunchPlans.DenseGemvResidual("bf16", 4L * 4096, 4L * 14336, 4096L * 14336, 4, 4096, 14336)!.Value;
+        Assert.That((residual.Kernel, residual.GridX, residual.GridY), Is.EqualTo(("dense_gemv_residual_bf16", 1024u, 1u)));
+        Assert.That(OpsLaunchPlans.DenseGemvSwiGlu("f16", 0, 0, 14336L * 4096, 14336L * 4096, 0, 14336, 4096), Is.Null, "no rows: no launch");
+        Assert.Throws<ArgumentException>(() => OpsLaunchPlans.DenseGemvQkv("f16", 4096, 1024, 1023, 4096, 4096L * 4096, 1024L * 4096, 1024L * 4096, -1, -1, -1, 1, 4096, 1024, 4096));
+        Assert.Throws<ArgumentException>(() => OpsLaunchPlans.DenseGemvQkv("f16", 4096, 1024, 1024, 4096, 4096L * 4096, 1024L * 4096, 1024L * 4096, 4096, 1024, 1023, 1, 4096, 1024, 4096));
+        Assert.Throws<ArgumentException>(() => OpsLaunchPlans.DenseGemvResidual("f16", 4096, 4095, 4096L * 4096, 1, 4096, 4096));
+        Assert.Throws<ArgumentOutOfRangeException>(() => OpsLaunchPlans.DenseGemvSwiGlu("f16", 1, 1, 1, 1, 1, 1, 0));
+    }
 }
