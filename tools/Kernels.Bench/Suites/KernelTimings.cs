@@ -73,6 +73,19 @@ internal static partial class KernelTimings
                             new() { ["M"] = m, ["N"] = n, ["K"] = k });
                 }
 
+            // ---- the fused decode GEMVs against the launches they replace (CudaBackendOptions.FusedGemv), 8B shapes ----
+            foreach (var (kind, n, k) in new[] { ("qkv", 6144, 4096), ("swiglu", 28672, 4096), ("residual", 4096, 14336) })
+                foreach (int m in quick ? new[] { 1 } : new[] { 1, 4 })
+                {
+                    var (fused, unfused) = t.FusedGemv(kind, m, n, k);
+                    string layer = kind switch { "qkv" => "qkv", "swiglu" => "gate_up", _ => "down" }, shape = $"{layer} M={m} N={n} K={k}";
+                    double bytes = 2.0 * n * k + 4.0 * m * k + 4.0 * m * n;
+                    var p = new Dictionary<string, int> { ["M"] = m, ["N"] = n, ["K"] = k };
+                    Add($"dense_gemv_{kind}_f16", shape, fused, bytes, 2.0 * m * n * k, p);
+                    Add(kind switch { "qkv" => "3 x dense_gemv_f16", "swiglu" => "2 x dense_gemv_f16 + swiglu_f32", _ => "dense_gemv_f16 + residual_add_f32" },
+                        shape, unfused, bytes, 2.0 * m * n * k, p);
+                }
+
             // ---- paged decode attention (fp16 KV): 32/8 heads, d 128, block 16 ----
             // The CUDA-core kernel and the tiled one (CudaBackendOptions.TiledDecodeAttention), the same shapes and plans.
             foreach (bool tiled in new[] { false, true })
@@ -186,6 +199,59 @@ internal static partial class KernelTimings
             using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
             using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
             return Median(() => ops.DenseGemmF16(y, x, w, null, m, n, k));
+        }
+
+        /// <summary>
+        /// A fused decode GEMV and the launches it replaces, on one [n, k] weight cut as the backend's matrices are: qkv
+        /// n = 4096 + 2 x 1024 rows (q, k, v), swiglu n = 2 x 14336 (gate, up: n / 2 outputs), residual n x k (down).
+        /// </summary>
+        public (double Fused, double Unfused) FusedGemv(string kind, int m, int n, int k)
+        {
+            var w = Weight(n, k);
+            using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
+            using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y1 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y2 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            DeviceBuffer<Half> Rows(int from, int count) => w.View<Half>((long)from * k * 2, (long)count * k);
+            switch (kind)
+            {
+                case "qkv":
+                {
+                    int nkv = (n - 4096) / 2;
+                    var (wq, wk, wv) = (Rows(0, 4096), Rows(4096, nkv), Rows(4096 + nkv, nkv));
+                    double fused = Median(() => ops.DenseGemvQkv<Half>(y, y1, y2, x, wq, wk, wv, null, null, null, m, 4096, nkv, k));
+                    double unfused = Median(() =>
+                    {
+                        ops.DenseGemm<Half>(y, x, wq, null, m, 4096, k);
+                        ops.DenseGemm<Half>(y1, x, wk, null, m, nkv, k);
+                        ops.DenseGemm<Half>(y2, x, wv, null, m, nkv, k);
+                    });
+                    return (fused, unfused);
+                }
+                case "swiglu":
+                {
+                    int half = n / 2;
+                    var (wg, wu) = (Rows(0, half), Rows(half, half));
+                    double fused = Median(() => ops.DenseGemvSwiGlu<Half>(y, x, wg, wu, m, half, k));
+                    double unfused = Median(() =>
+                    {
+                        ops.DenseGemm<Half>(y1, x, wg, null, m, half, k);
+                        ops.DenseGemm<Half>(y2, x, wu, null, m, half, k);
+                        ops.SwiGluF32(y, y1, y2, m, half);
+                    });
+                    return (fused, unfused);
+                }
+                default:
+                {
+                    double fused = Median(() => ops.DenseGemvResidual<Half>(y, x, w, m, n, k));
+                    double unfused = Median(() =>
+                    {
+                        ops.DenseGemm<Half>(y1, x, w, null, m, n, k);
+                        ops.ResidualAddF32(y, y1, m * n);
+                    });
+                    return (fused, unfused);
+                }
+            }
         }
 
         private Kernels.Runtime.Backends.Cuda.CublasLtGemm? _lt;
