@@ -61,5 +61,21 @@ public sealed record KvCacheFormat
         if (Window < 0) throw new ArgumentException($"the KIVI window must be >= 0 tokens, got {Window}", nameof(Window));
     }
 
+    /// <summary>
+    /// KIVI: whole blocks (of G tokens) that end at or before <paramref name="length"/> - R, i.e. have left the window of
+    /// a sequence of that length and are quantized; 0 for the unquantized kinds. The one statement of when a block compacts.
+    /// </summary>
+    internal int BlocksPassed(int length) => IsKivi ? Math.Max(0, length - Window) / Group : 0;
+
+    /// <summary>
+    /// KIVI: the position before which a query row at <paramref name="pos"/> reads keys quantized: the blocks it has
+    /// passed, and at least the sequence's first <paramref name="compactBlocks"/> (already compact, so without fp16 rows).
+    /// 0 for the unquantized kinds. The CPU attention and the CUDA step both draw the boundary here.
+    /// </summary>
+    internal int QuantizedEnd(int pos, int compactBlocks) => IsKivi ? Math.Max(compactBlocks, BlocksPassed(pos + 1)) * Group : 0;
+
+    /// <summary>KIVI: the most blocks one sequence keeps full precision once settled: ceil(R / G) and the partly filled tail.</summary>
+    internal int WindowBlocks => (Window + Group - 1) / Group + 1;
+
     public override string ToString() => IsKivi ? $"{Kind.ToString().ToLowerInvariant()} (G={Group}, R={Window})" : Kind.ToString().ToLowerInvariant();
 }

@@ -91,7 +91,7 @@ internal static partial class EndToEnd
                 seq.Advance(n);
                 length += n;
                 if (kivi == null) continue;
-                for (int passed = Math.Max(0, length - kivi.Window) / pool.BlockSize; compacted < passed; compacted++) pool.Compact(seq.Blocks[compacted]);
+                for (int passed = kivi.BlocksPassed(length); compacted < passed; compacted++) pool.Compact(seq.Blocks[compacted]);
             }
         }
         catch

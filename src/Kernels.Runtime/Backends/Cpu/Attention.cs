@@ -32,7 +32,6 @@ internal static unsafe partial class Attention
     public readonly struct Layer(CpuKvStorage storage, int layer, int blockSize, int heads, int kvHeads, int headDim)
     {
         public readonly int BlockSize = blockSize, Heads = heads, KvHeads = kvHeads, HeadDim = headDim;
-        private readonly int _window = storage.Format.IsKivi ? storage.Format.Window : -1;
         public int Group => Heads / KvHeads;
         public int KvStride => KvHeads * HeadDim;
         public float Scale => 1f / MathF.Sqrt(HeadDim);
@@ -52,8 +51,7 @@ internal static unsafe partial class Attention
         /// before pos + 1 - R, and at least the sequence's first <paramref name="compactBlocks"/> (already compacted,
         /// so they have no full-precision rows left). 0 when the format does not quantize.
         /// </summary>
-        public int QuantizedEnd(int pos, int compactBlocks) =>
-            _window < 0 ? 0 : Math.Max(compactBlocks, Math.Max(0, pos + 1 - _window) / BlockSize) * BlockSize;
+        public int QuantizedEnd(int pos, int compactBlocks) => storage.Format.QuantizedEnd(pos, compactBlocks);
     }
 
     /// <summary>Positions a decode row's suffix fetches ahead (64: 64 KiB of fp32 keys and values for 4 kv heads of 64).</summary>

@@ -56,7 +56,7 @@ internal sealed unsafe class CpuBackend : IBackend
         if (format.IsKivi)
         {
             // A full-precision KIVI block also owns its compact slot; compacting gives back the fp16 rows.
-            var costs = new KvBlockCosts(full + _kv.CompactBlockBytes, _kv.CompactBlockBytes, (format.Window + blockSize - 1) / blockSize + 1);
+            var costs = new KvBlockCosts(full + _kv.CompactBlockBytes, _kv.CompactBlockBytes, format.WindowBlocks);
             KvPool = new KvBlockPool(Math.Max(options.KvCacheBytes, costs.FullBytes), blockSize, _kv, costs);
         }
         else KvPool = new KvBlockPool((int)Math.Clamp(options.KvCacheBytes / full, 1, int.MaxValue / 2), blockSize, _kv);
@@ -288,7 +288,7 @@ internal sealed unsafe class CpuBackend : IBackend
         {
             var blocks = seqs[s].Blocks;
             while (before[s] < blocks.Count && KvPool.IsCompact(blocks[before[s]])) before[s]++;
-            int passed = Math.Max(0, seqs[s].Length + batch[s].Tokens.Length - _kv.Format.Window) / bs;
+            int passed = _kv.Format.BlocksPassed(seqs[s].Length + batch[s].Tokens.Length);
             for (int b = before[s]; b < passed; b++)
                 if (!KvPool.IsCompact(blocks[b]) && seen.Add(blocks[b])) compacting.Add(blocks[b]);
         }

@@ -138,7 +138,7 @@ internal sealed class CudaBackend : IBackend
                 // Fixed regions: a compact record per id, KiviSlots fp16 slots. A full block costs its slot and its record,
                 // so the budget in bytes is what the regions hold, and ids and slots bound the pool before it does.
                 long slot = MemoryPlan.KvBytesPerBlock, record = MemoryPlan.KiviRecordBytes;
-                var costs = new KvBlockCosts(slot + record, record, CudaMemoryPlan.KiviWindowBlocks(kivi));
+                var costs = new KvBlockCosts(slot + record, record, kivi.WindowBlocks);
                 KvPool = new KvBlockPool(MemoryPlan.KvBytes, options.KvBlockSize, _step.Kv, costs, MemoryPlan.KvBlocks, MemoryPlan.KiviSlots);
             }
             else KvPool = new KvBlockPool(MemoryPlan.KvBlocks, options.KvBlockSize, _step.Kv);

@@ -103,6 +103,9 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// <summary>Tokens of prefill one engine step may carry by default (GeneratorOptions.PrefillTokenBudget): KIVI's slot floor.</summary>
     public const int KiviPrefillChunkTokens = 2048;
 
+    /// <summary>KIVI: ints of the step's compaction lists (ids and slots, quantized before the step and inside it).</summary>
+    public static long KiviListsInts(ScratchLayout layout) => 4L * layout.KiviCompactingCapacity;
+
     /// <summary>KIVI: bytes of one block's compact record in every layer.</summary>
     public static long KiviRecordBytesFor(ModelConfig config, KvCacheFormat format) =>
         config.NumLayers * Kivi.BlockBytes(config.KvDim, format.Group, format.Bits);
@@ -114,8 +117,6 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// </summary>
     public static long KiviPartialFloats(ModelConfig config, int maxTokens) => (2L * maxTokens + 1024) * config.NumHeads * (config.HeadDim + 1);
 
-    /// <summary>KIVI: blocks a sequence keeps full precision once settled (its window and the partly filled tail), as the CPU counts them.</summary>
-    public static int KiviWindowBlocks(KvCacheFormat format) => (format.Window + format.Group - 1) / format.Group + 1;
 
     /// <summary>
     /// KIVI: how <paramref name="kvBytes"/> divide into fp16 slots (<see cref="KvBlockBytes"/> of G fp16 rows each) and
@@ -129,7 +130,7 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         if (share is not null and not (> 0 and < 1))
             throw new ArgumentOutOfRangeException(nameof(share), share, "KiviFullPrecisionShare must be in (0, 1)");
         long slot = KvBlockBytes(config, format.Group, TensorDType.F16), record = KiviRecordBytesFor(config, format);
-        int window = KiviWindowBlocks(format), g = format.Group;
+        int window = format.WindowBlocks, g = format.Group;
         long context = (config.MaxPositions + (long)g - 1) / g;
         double f = share ?? (double)window * slot / (window * slot + Math.Max(0, context - window) * (double)record);
         long floor = (Math.Max(maxTokensPerStep, KiviPrefillChunkTokens) + g - 1) / g + 2L * window;
@@ -160,10 +161,6 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
     /// <summary>Bytes of one KV block in every layer, keys and values: 2 * layers * blockSize * kvDim * element.</summary>
     public static long KvBlockBytes(ModelConfig config, int blockSize, TensorDType kvDType) =>
         2L * config.NumLayers * blockSize * config.KvDim * ElementBytes(kvDType);
-
-    /// <summary>The activation scratch of one step, laid out by <see cref="ScratchLayout"/>.</summary>
-    public static long ScratchBytesFor(ModelConfig config, int maxTokens, int blockSize, KvCacheFormat? kivi = null) =>
-        new ScratchLayout(config, maxTokens, blockSize, kivi).Bytes;
 
     /// <summary>What cuBLASLt adds when it is on: its workspace and the 16-bit copy of the widest GEMM input of a step.</summary>
     public static long CublasLtBytes(ModelConfig config, int maxTokens) =>
@@ -204,8 +201,9 @@ internal sealed record CudaMemoryPlan(long WeightBytes, long ScratchBytes, long 
         var kivi = options.Kivi is { IsKivi: true } k ? k : null;
         int blockSize = kivi?.Group ?? options.KvBlockSize;
         long block = KvBlockBytes(config, blockSize, kivi != null ? TensorDType.F16 : options.KvDType);
-        long scratch = ScratchBytesFor(config, options.MaxTokensPerStep, blockSize, kivi)
-                       + (kivi != null ? Align(KiviPartialFloats(config, options.MaxTokensPerStep) * sizeof(float)) + Align(16L * (2 * options.MaxTokensPerStep + 64)) : 0)
+        var layout = new ScratchLayout(config, options.MaxTokensPerStep, blockSize, kivi);
+        long scratch = layout.Bytes
+                       + (kivi != null ? Align(KiviPartialFloats(config, options.MaxTokensPerStep) * sizeof(float)) + Align(KiviListsInts(layout) * sizeof(int)) : 0)
                        + (options.UseCublasLt != false ? CublasLtBytes(config, options.MaxTokensPerStep) : 0)
                        + (options.TensorCoreAttention != false ? TensorCoreAttentionBytes(config, options.MaxTokensPerStep) : 0) + extraScratchBytes;
         long fixedBytes = Align(weightBytes) + scratch + options.ReserveBytes;

@@ -98,8 +98,8 @@ internal sealed unsafe class CudaStep : IDisposable
             if (_kivi != null)
             {
                 _kiviPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.KiviPartialFloats(c, options.MaxTokensPerStep));
-                _kiviLists = DeviceBuffer<int>.Allocate(_device, 4L * _layout.KiviCompactingCapacity);
-                _pinnedKiviLists = _device.AllocatePinned(4L * _layout.KiviCompactingCapacity * sizeof(int));
+                _kiviLists = DeviceBuffer<int>.Allocate(_device, CudaMemoryPlan.KiviListsInts(_layout));
+                _pinnedKiviLists = _device.AllocatePinned(CudaMemoryPlan.KiviListsInts(_layout) * sizeof(int));
             }
             _pinnedLogits = _device.AllocatePinned((long)options.MaxTokensPerStep * c.VocabSize * sizeof(float));
             _pinnedInts = _device.AllocatePinned(_layout.IntRegionInts * sizeof(int));
@@ -667,25 +667,18 @@ internal sealed unsafe class CudaStep : IDisposable
             while (cb < blocks.Count && pool.IsCompact(blocks[cb])) cb++;
             compactBefore[i] = cb;
             int first = p.Start + p.Offset, end = first + p.Count;
-            int passed = Math.Max(0, end - f.Window) / bs;
+            int passed = f.BlocksPassed(end);
             for (int b = cb; b < passed; b++)
             {
                 if (pool.IsCompact(blocks[b]) || !seen.Add(blocks[b])) continue;
                 all.Add(blocks[b]);
                 ((b + 1) * bs <= first ? before : inLayer).Add(blocks[b]);
             }
-            maxCompact = Math.Max(maxCompact, QuantizedEnd(end - 1, cb) / bs);
+            maxCompact = Math.Max(maxCompact, f.QuantizedEnd(end - 1, cb) / bs);
         }
         if (inLayer.Count > _layout.KiviCompactingCapacity)
             throw new InvalidOperationException($"the step compacts {inLayer.Count} blocks it writes, past the {_layout.KiviCompactingCapacity} reserved");
         return new KiviPlan(pool, all, before, inLayer, compactBefore, maxCompact);
-    }
-
-    /// <summary>Where a query row at <paramref name="pos"/> stops reading keys quantized (Attention.Layer.QuantizedEnd).</summary>
-    private int QuantizedEnd(int pos, int compactBlocks)
-    {
-        int bs = _options.KvBlockSize;
-        return Math.Max(compactBlocks, Math.Max(0, pos + 1 - _kivi!.Window) / bs) * bs;
     }
 
     /// <summary>
@@ -702,7 +695,7 @@ internal sealed unsafe class CudaStep : IDisposable
             var blocks = seqs[p.Seq].Blocks;
             for (int t = 0; t < p.Count; t++, row++)
             {
-                int pos = p.Start + p.Offset + t, end = QuantizedEnd(pos, kivi.CompactBefore[i]), compact = end / bs;
+                int pos = p.Start + p.Offset + t, end = _kivi!.QuantizedEnd(pos, kivi.CompactBefore[i]), compact = end / bs;
                 numCompact[row] = compact;
                 windowLens[row] = pos + 1 - end;
                 var table = ids.Slice(row * width, width);
@@ -736,7 +729,7 @@ internal sealed unsafe class CudaStep : IDisposable
                 staging[i] = kivi.Before[done + i];
                 staging[cap + i] = _kv.Slot(kivi.Before[done + i]);
             }
-            Cu.Check(CuApi.cuMemcpyHtoDAsync(_kiviLists!.Pointer, (void*)_pinnedKiviLists.DangerousGetHandle(), (nuint)(4L * cap * sizeof(int)), stream),
+            Cu.Check(CuApi.cuMemcpyHtoDAsync(_kiviLists!.Pointer, (void*)_pinnedKiviLists.DangerousGetHandle(), (nuint)(CudaMemoryPlan.KiviListsInts(_layout) * sizeof(int)), stream),
                 _device.Ordinal);
             for (int l = 0; l < _config.NumLayers && n > 0; l++)
                 _ops.KiviQuantizeBlockF32(_kv.Pool(l), _kv.Keys<Half>(l), _kv.Values<Half>(l), _kiviLists.View<int>(0, n), n,

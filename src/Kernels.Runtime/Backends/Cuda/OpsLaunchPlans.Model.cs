@@ -40,14 +40,23 @@ internal static partial class OpsLaunchPlans
     public static int DecodeHeadChunks(int numHeads, int numKvHeads) =>
         (numHeads / numKvHeads + DecodeHeadsPerBlock - 1) / DecodeHeadsPerBlock;
 
-    public static KernelLaunch? DenseGemm(string suffix, long yLength, long xLength, long wLength, long biasLength, int m, int n, int k)
+    /// <summary>
+    /// The checks every y = x W^T plan makes: m, n >= 0, K > 0, y [m, n], x [m, k] and W [n, k] long enough (named
+    /// <paramref name="y"/> and <paramref name="w"/> in the messages).
+    /// </summary>
+    private static void CheckLinear(string kernel, long yLength, long xLength, long wLength, int m, int n, int k, string y = "y", string w = "w")
     {
         NonNegative(m, "m");
         NonNegative(n, "n");
-        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemm needs K > 0");
-        AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
+        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, $"{kernel} needs K > 0");
+        AtLeast(yLength, Elements(m, n, y), y, $"[m={m}, n={n}]");
         AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
-        AtLeast(wLength, Elements(n, k, "w"), "w", $"[n={n}, k={k}]");
+        AtLeast(wLength, Elements(n, k, w), w, $"[n={n}, k={k}]");
+    }
+
+    public static KernelLaunch? DenseGemm(string suffix, long yLength, long xLength, long wLength, long biasLength, int m, int n, int k)
+    {
+        CheckLinear("dense_gemm", yLength, xLength, wLength, m, n, k);
         if (biasLength >= 0) AtLeast(biasLength, n, "bias", $"[n={n}]");
         if (m == 0 || n == 0) return null;
         string kernel = DenseGemmKernel(suffix, m, k);
@@ -76,12 +85,7 @@ internal static partial class OpsLaunchPlans
     /// <summary>dense_gemv_residual_{suffix}: y [m, n] += x [m, k] W^T [n, k] (the o and down projections into the residual).</summary>
     public static KernelLaunch? DenseGemvResidual(string suffix, long yLength, long xLength, long wLength, int m, int n, int k)
     {
-        NonNegative(m, "m");
-        NonNegative(n, "n");
-        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_residual needs K > 0");
-        AtLeast(yLength, Elements(m, n, "y"), "y", $"[m={m}, n={n}]");
-        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
-        AtLeast(wLength, Elements(n, k, "w"), "w", $"[n={n}, k={k}]");
+        CheckLinear("dense_gemv_residual", yLength, xLength, wLength, m, n, k);
         if (m == 0 || n == 0) return null;
         return GemvGrid($"dense_gemv_residual_{suffix}", GemvBlocks(n), m);
     }
@@ -93,15 +97,10 @@ internal static partial class OpsLaunchPlans
     public static KernelLaunch? DenseGemvQkv(string suffix, long yqLength, long ykLength, long yvLength, long xLength, long wqLength, long wkLength,
         long wvLength, long bqLength, long bkLength, long bvLength, int m, int nq, int nkv, int k)
     {
-        NonNegative(m, "m");
-        NonNegative(nq, "nq");
+        CheckLinear("dense_gemv_qkv", yqLength, xLength, wqLength, m, nq, k, "yq", "wq");
         NonNegative(nkv, "nkv");
-        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_qkv needs K > 0");
-        AtLeast(yqLength, Elements(m, nq, "yq"), "yq", $"[m={m}, nq={nq}]");
         AtLeast(ykLength, Elements(m, nkv, "yk"), "yk", $"[m={m}, nkv={nkv}]");
         AtLeast(yvLength, Elements(m, nkv, "yv"), "yv", $"[m={m}, nkv={nkv}]");
-        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
-        AtLeast(wqLength, Elements(nq, k, "wq"), "wq", $"[nq={nq}, k={k}]");
         AtLeast(wkLength, Elements(nkv, k, "wk"), "wk", $"[nkv={nkv}, k={k}]");
         AtLeast(wvLength, Elements(nkv, k, "wv"), "wv", $"[nkv={nkv}, k={k}]");
         if (bqLength >= 0) AtLeast(bqLength, nq, "bq", $"[nq={nq}]");
@@ -114,12 +113,7 @@ internal static partial class OpsLaunchPlans
     /// <summary>dense_gemv_swiglu_{suffix}: out [m, n] = silu(x Wg^T) * (x Wu^T), Wg and Wu [n, k], no biases.</summary>
     public static KernelLaunch? DenseGemvSwiGlu(string suffix, long outLength, long xLength, long wgLength, long wuLength, int m, int n, int k)
     {
-        NonNegative(m, "m");
-        NonNegative(n, "n");
-        if (k <= 0) throw new ArgumentOutOfRangeException("k", k, "dense_gemv_swiglu needs K > 0");
-        AtLeast(outLength, Elements(m, n, "out"), "out", $"[m={m}, n={n}]");
-        AtLeast(xLength, Elements(m, k, "x"), "x", $"[m={m}, k={k}]");
-        AtLeast(wgLength, Elements(n, k, "wg"), "wg", $"[n={n}, k={k}]");
+        CheckLinear("dense_gemv_swiglu", outLength, xLength, wgLength, m, n, k, "out", "wg");
         AtLeast(wuLength, Elements(n, k, "wu"), "wu", $"[n={n}, k={k}]");
         if (m == 0 || n == 0) return null;
         return GemvGrid($"dense_gemv_swiglu_{suffix}", GemvBlocks(n), m);

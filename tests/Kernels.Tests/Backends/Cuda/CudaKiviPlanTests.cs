@@ -29,7 +29,7 @@ public class CudaKiviPlanTests
         Assert.That(kv - (slots * slot + ids * record), Is.LessThan(slot + record), "the bytes are used");
 
         // Sequences of the full context (8192 tokens = 256 blocks): each holds W = 5 blocks in slots, 251 compact.
-        int window = CudaMemoryPlan.KiviWindowBlocks(f), blocks = 8192 / 32;
+        int window = f.WindowBlocks, blocks = 8192 / 32;
         Assert.That(window, Is.EqualTo(5));
         double bySlots = (double)slots / window, byIds = (double)ids / (blocks - window);
         Assert.That(bySlots / byIds, Is.EqualTo(1.0).Within(0.02), $"{slots} slots, {ids} ids: neither region is left over");
