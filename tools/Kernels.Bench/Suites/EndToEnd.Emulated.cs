@@ -1,7 +1,7 @@
 // kernels-bench e2e-emulated: the CUDA backend end to end on the CPU emulation of the driver
 // (tests/kernels-emu/driver: LD_LIBRARY_PATH pointing at its libcuda.so.1), on models small enough for it: logits and
 // greedy parity with the CPU backend for each kernel path (the defaults; tensor-core attention, tiled decode, radix
-// sampling; W4A8 with the split-K GEMM), and the shared-prefix parity (Hydragen levels vs the CPU's plan). It checks
+// sampling; W4A8 with the split-K GEMM; SqueezeLLM), and the shared-prefix parity (Hydragen levels vs the CPU's plan). It checks
 // the host side of the GPU engine (launch plans, argument order, scratch layout, work items, graphs) and the kernels
 // as the emulation runs them, with no GPU; timings mean nothing here. Exit 0 all PASS, 1 any FAIL, 2 no (emulated)
 // driver.
@@ -43,6 +43,7 @@ internal static partial class EndToEnd
             ("synthetic:mini", "synthetic:mini"),
             ("synthetic:mini w4a8", QuantizedModel("synthetic:mini", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
             ("synthetic:tiny w4a8", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)),
+            ("synthetic:mini squeezellm", QuantizedModel("synthetic:mini", Kernels.Runtime.Quantization.SqueezeLlm.SqueezeLlmMethod.MethodName)),
         };
         // W4A8 with q/k/v biases (Qwen2): the golden tiny-qwen2-f16, quantized here (skipped without ../shared/golden).
         if (FindGolden() is { } golden && Directory.Exists(Path.Combine(golden, "tiny-qwen2-f16")))

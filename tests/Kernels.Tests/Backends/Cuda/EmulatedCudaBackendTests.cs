@@ -2,7 +2,7 @@
 // CPU emulation of the driver (tests/kernels-emu/driver). It compares the CUDA backend with the CPU backend on small
 // synthetic models through the real launch plans, argument lists, scratch layouts, graphs and kernel sources, for the
 // kernel paths that have not yet run on a GPU (tensor-core attention with Hydragen levels, tiled decode, radix
-// sampling, the split-K W4A8 GEMM, the KIVI cache). Slow (minutes), so it runs in the default CI leg only.
+// sampling, the split-K W4A8 GEMM, the SqueezeLLM GEMV, the KIVI cache). Slow (minutes), so it runs in the default CI leg only.
 using System.Diagnostics;
 
 namespace Kernels.Tests.Backends.Cuda;
@@ -19,6 +19,7 @@ public class EmulatedCudaBackendTests
     [TestCase("synthetic:mini w4a8, new kernels, no graphs")] // the split-K W4A8 GEMM
     [TestCase("synthetic:mini hydragen")]                     // shared-prefix levels through paged_attention_mma
     [TestCase("synthetic:tiny, default kernels")]             // decode steps as CUDA graphs (captured and replayed)
+    [TestCase("synthetic:mini squeezellm, default kernels")]  // SqueezeLLM: squeezellm_gemv (LUT codes + CSR outliers) in prefill, decode and graphs
     [TestCase("synthetic:mini kivi2 (G=32, R=16) forks")]     // KIVI: forks of a quantized prompt; blocks quantized inside a prefill and before steps and graphs
     public void TheCudaBackendMatchesTheCpuBackendOnTheEmulatedDriver(string check)
     {
