@@ -11,11 +11,12 @@
                                     //          kivi_decode_attention_split_b{2,4}_hd{64,128}
 #include "ops/residual_add.cuh"     // defines: residual_add_f32, bias_add_f32
 #include "ops/convert.cuh"          // defines: convert_f32_to_{f16,bf16}
-#include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}
+#include "ops/rms_norm.cuh"         // defines: rms_norm_{f32,f16,bf16}, rms_norm_{f32,f16,bf16}_to_{f16,bf16}
 #include "ops/rms_norm_quant.cuh"   // defines: rms_norm_quant_int8_{f32,f16,bf16}, quantize_int8_f32
 #include "ops/rope.cuh"             // defines: rope_f32
-#include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32
+#include "ops/swiglu.cuh"           // defines: swiglu_f32, swiglu_fused_f32, swiglu_fused_f32_to_{f16,bf16}
 #include "ops/kv_append.cuh"        // defines: kv_append_{f32,f16,bf16}
+#include "ops/rope_kv_append.cuh"   // defines: rope_kv_append_{f32,f16,bf16}
 
 #include "mma.cuh" // defines: cp.async, ldmatrix, mma.sync m16n8k16 wrappers, fp32 -> f16/bf16 packing
 

@@ -33,27 +33,45 @@
 
 namespace ops
 {
+// cos/sin of one token's half angles, angle = pos * inv_freq[i] (one rounded fp32 product), into the block's shared
+// tables; the block's threads stride over i. Callers put a barrier before (the previous token's readers) and after.
+__device__ __forceinline__ void rope_tables(float* cos_half, float* sin_half, float pos, const float* inv_freq, int half)
+{
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    {
+        float s, c;
+        sincosf(__fmul_rn(pos, inv_freq[i]), &s, &c);
+        cos_half[i] = c;
+        sin_half[i] = s;
+    }
+}
+
+// The rotation of one pair (x0, x1) = (row[i], row[i + half]): each product rounded, then the sum (no FMA).
+__device__ __forceinline__ void rope_rotate(float x0, float x1, float c, float s, float& y0, float& y1)
+{
+    y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    y1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+}
+
+__device__ __forceinline__ bool rope_head_dim_ok(int head_dim)
+{
+    return head_dim >= 2 && head_dim <= ROPE_MAX_HEAD_DIM && head_dim % 2 == 0;
+}
+
 __device__ __forceinline__ void rope(float* q, float* k, const int* positions, const float* inv_freq, int num_tokens,
                                      int num_q_heads, int num_kv_heads, int head_dim)
 {
     __shared__ float cos_half[ROPE_MAX_HEAD_DIM / 2];
     __shared__ float sin_half[ROPE_MAX_HEAD_DIM / 2];
 
-    if (head_dim < 2 || head_dim > ROPE_MAX_HEAD_DIM || head_dim % 2 != 0) return; // uniform: whole block leaves
+    if (!rope_head_dim_ok(head_dim)) return; // uniform: whole block leaves
     const int half = head_dim / 2;
     const int pairs = (num_q_heads + num_kv_heads) * half;
 
     for (int t = blockIdx.x; t < num_tokens; t += gridDim.x)
     {
-        const float pos = static_cast<float>(positions[t]);
         __syncthreads(); // the previous token's readers are done with the tables
-        for (int i = threadIdx.x; i < half; i += blockDim.x)
-        {
-            float s, c;
-            sincosf(__fmul_rn(pos, inv_freq[i]), &s, &c);
-            cos_half[i] = c;
-            sin_half[i] = s;
-        }
+        rope_tables(cos_half, sin_half, static_cast<float>(positions[t]), inv_freq, half);
         __syncthreads();
 
         for (int p = threadIdx.x; p < pairs; p += blockDim.x)
@@ -63,12 +81,7 @@ __device__ __forceinline__ void rope(float* q, float* k, const int* positions, c
             float* row = h < num_q_heads
                 ? q + (static_cast<int64_t>(t) * num_q_heads + h) * head_dim
                 : k + (static_cast<int64_t>(t) * num_kv_heads + (h - num_q_heads)) * head_dim;
-            const float x0 = row[i];
-            const float x1 = row[i + half];
-            const float c = cos_half[i];
-            const float s = sin_half[i];
-            row[i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-            row[i + half] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+            rope_rotate(row[i], row[i + half], cos_half[i], sin_half[i], row[i], row[i + half]);
         }
     }
 }

@@ -21,6 +21,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "convert.cuh"
 
 namespace ops
 {
@@ -29,15 +30,19 @@ __device__ __forceinline__ float silu(float g)
     return g / (1.0f + expf(-g));
 }
 
+// out = silu(gate) * up; with OT a 16-bit type, also out16 = round_to<OT>(out) (convert_f32_to_*'s rounding).
+template <DType OT = DType::F32>
 __device__ __forceinline__ void swiglu(float* out, const float* gate, const float* up, int num_tokens, int inter,
-                                       int in_row_stride)
+                                       int in_row_stride, storage_t<OT>* out16 = nullptr)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= inter) return;
     for (int t = blockIdx.y; t < num_tokens; t += gridDim.y)
     {
-        const int64_t in = static_cast<int64_t>(t) * in_row_stride + i;
-        out[static_cast<int64_t>(t) * inter + i] = __fmul_rn(silu(gate[in]), up[in]);
+        const int64_t in = static_cast<int64_t>(t) * in_row_stride + i, at = static_cast<int64_t>(t) * inter + i;
+        const float v = __fmul_rn(silu(gate[in]), up[in]);
+        out[at] = v;
+        if constexpr (OT != DType::F32) out16[at] = round_to<OT>(v);
     }
 }
 } // namespace ops
@@ -50,4 +55,16 @@ extern "C" __global__ void swiglu_f32(float* out, const float* gate, const float
 extern "C" __global__ void swiglu_fused_f32(float* out, const float* gate_up, int num_tokens, int inter)
 {
     ops::swiglu(out, gate_up, gate_up + inter, num_tokens, inter, 2 * inter);
+}
+
+// swiglu_fused_f32_to_{f16,bf16}(out, out16, gate_up, num_tokens, inter): swiglu_fused_f32, and out16 [num_tokens,
+// inter] the same values rounded to the 16-bit type (the down projection's cuBLASLt input). Grid and block as swiglu.
+extern "C" __global__ void swiglu_fused_f32_to_f16(float* out, __half* out16, const float* gate_up, int num_tokens, int inter)
+{
+    ops::swiglu<DType::F16>(out, gate_up, gate_up + inter, num_tokens, inter, 2 * inter, out16);
+}
+
+extern "C" __global__ void swiglu_fused_f32_to_bf16(float* out, __nv_bfloat16* out16, const float* gate_up, int num_tokens, int inter)
+{
+    ops::swiglu<DType::BF16>(out, gate_up, gate_up + inter, num_tokens, inter, 2 * inter, out16);
 }

@@ -106,7 +106,10 @@ internal static class Tune
             Verified("sample_tokens_radix_", "radix sampler"));
 
         int minRows = int.MaxValue;
-        bool ltVerified = Verified("cublaslt_gemm_", "cuBLASLt GEMMs") & Verified("convert_f32_to_", "cuBLASLt GEMMs' input conversion");
+        // The path's feeders: convert_f32_to_*, and the norm and SwiGLU that write the GEMMs' 16-bit inputs themselves.
+        bool ltVerified = Verified("cublaslt_gemm_", "cuBLASLt GEMMs") & Verified("convert_f32_to_", "cuBLASLt GEMMs' input conversion") &
+                          Verified("rms_norm_f32_to_", "cuBLASLt GEMMs' 16-bit inputs") & Verified("rms_norm_f16_to_", "cuBLASLt GEMMs' 16-bit inputs") &
+                          Verified("rms_norm_bf16_to_", "cuBLASLt GEMMs' 16-bit inputs") & Verified("swiglu_fused_f32_to_", "cuBLASLt GEMMs' 16-bit inputs");
         var rowCounts = records.Where(r => r.Kernel == "cublaslt_gemm_f16").Select(r => Rows(r.Shape)).Where(m => m > 0).Distinct().Order().ToArray();
         var byRows = new List<(int M, double Ratio)>();
         foreach (int m in rowCounts)
@@ -136,9 +139,10 @@ internal static class Tune
             Verified("w4a8_gemm_group_splitk", "W4A8 split-K") & Verified("w4a8_gemm_channel_splitk", "W4A8 split-K") & Verified("w4a8_splitk_reduce", "W4A8 split-K"));
         // The fused decode GEMVs: dense_gemv's tile code in fewer launches, the same bits; kept unless verify fails for one.
         bool fusedGemv = Verified("dense_gemv_qkv_", "fused GEMVs") & Verified("dense_gemv_swiglu_", "fused GEMVs") & Verified("dense_gemv_residual_", "fused GEMVs");
+        bool fusedRope = Verified("rope_kv_append_", "RoPE fused with kv_append");
         return new KernelTuning(device, tiled, radix, minRows, string.Join("; ", evidence))
         {
-            TensorCoreAttention = mma, AttentionTileKeys = tileKeys, W4A8SplitK = splitK, FusedGemv = fusedGemv,
+            TensorCoreAttention = mma, AttentionTileKeys = tileKeys, W4A8SplitK = splitK, FusedGemv = fusedGemv, FusedRopeAppend = fusedRope,
         };
     }
 

@@ -42,6 +42,13 @@ internal static unsafe partial class Verify
                 foreach (int t in TokenCounts)
                     foreach (int d in Dims)
                         yield return new Case($"rms_norm_{Suffix(dtype)}", $"T={t} D={d}", () => RmsNormCase(dtype, t, d));
+            foreach (var weight in new[] { TensorDType.F32, TensorDType.F16, TensorDType.BF16 })
+                foreach (var output in new[] { TensorDType.F16, TensorDType.BF16 })
+                    foreach (var (t, d) in new[] { (7, 4096), (64, 67) })
+                        yield return new Case($"rms_norm_{Suffix(weight)}_to_{Suffix(output)}", $"T={t} D={d}", () => NormTo16Case(weight, output, t, d));
+            foreach (var output in new[] { TensorDType.F16, TensorDType.BF16 })
+                foreach (var (t, inter) in new[] { (7, 14336), (64, 67) })
+                    yield return new Case($"swiglu_fused_f32_to_{Suffix(output)}", $"T={t} I={inter}", () => SwiGluTo16Case(output, t, inter));
             foreach (int t in TokenCounts)
             {
                 yield return new Case("rope_f32", $"T={t} heads=32/8 d=128", () => RopeCase(t, 32, 8, 128));
@@ -110,6 +117,11 @@ internal static unsafe partial class Verify
             {
                 yield return new Case($"kv_append_{Suffix(dtype)}", "T=37 kv_dim=1024 slots=64x16 (one padded row)", () => KvAppendCase(dtype, 37, 1024, 64 * 16));
                 yield return new Case($"kv_append_{Suffix(dtype)}", "T=1 kv_dim=128 slots=4x16", () => KvAppendCase(dtype, 1, 128, 4 * 16));
+                string fused = $"rope_kv_append_{Suffix(dtype)}";
+                yield return new Case(fused, "T=37 heads=32/8 d=128 slots=64x16 (one padded row)", () => RopeKvAppendCase(dtype, 37, 32, 8, 128, 64 * 16, joined: false));
+                yield return new Case(fused, "T=37 heads=32/8 d=128 slots=64x16 (one padded row) q|k|v rows", () => RopeKvAppendCase(dtype, 37, 32, 8, 128, 64 * 16, joined: true));
+                yield return new Case(fused, "T=1 heads=32/8 d=128 slots=4x16", () => RopeKvAppendCase(dtype, 1, 32, 8, 128, 4 * 16, joined: false));
+                yield return new Case(fused, "T=5 heads=14/2 d=64 slots=8x16 (one padded row) q|k|v rows", () => RopeKvAppendCase(dtype, 5, 14, 2, 64, 8 * 16, joined: true));
             }
             foreach (bool radix in new[] { false, true })
             {
@@ -386,6 +398,79 @@ internal static unsafe partial class Verify
                     }
                     break;
             }
+            return SameBits(kernel, shape, expected, got, "bit-exact: the same sums as the launches it fuses");
+        }
+
+        /// <summary>
+        /// rms_norm_*_to_* against the launches it fuses (rms_norm, then convert_f32_to_*), bit for bit: the fp32 rows
+        /// and the 16-bit copy (widened exactly).
+        /// </summary>
+        private CaseResult NormTo16Case(TensorDType weight, TensorDType output, int t, int d)
+        {
+            var w32 = Normal(d, 1f);
+            return (weight, output) switch
+            {
+                (TensorDType.F32, TensorDType.F16) => NormTo16Case<float, Half>(t, d, w32, x => (float)x),
+                (TensorDType.F32, _) => NormTo16Case<float, ushort>(t, d, w32, DTypeConvert.BFloat16ToSingle),
+                (TensorDType.F16, TensorDType.F16) => NormTo16Case<Half, Half>(t, d, w32.Select(v => (Half)v).ToArray(), x => (float)x),
+                (TensorDType.F16, _) => NormTo16Case<Half, ushort>(t, d, w32.Select(v => (Half)v).ToArray(), DTypeConvert.BFloat16ToSingle),
+                (_, TensorDType.F16) => NormTo16Case<ushort, Half>(t, d, w32.Select(DTypeConvert.SingleToBFloat16).ToArray(), x => (float)x),
+                _ => NormTo16Case<ushort, ushort>(t, d, w32.Select(DTypeConvert.SingleToBFloat16).ToArray(), DTypeConvert.BFloat16ToSingle),
+            };
+        }
+
+        private CaseResult NormTo16Case<TW, TO>(int t, int d, TW[] weight, Func<TO, float> widen) where TW : unmanaged where TO : unmanaged
+        {
+            string kernel = $"rms_norm_{DeviceElement<TW>.Suffix}_to_{DeviceElement<TO>.Suffix}", shape = $"T={t} D={d}";
+            var x = Normal(t * d, 2f);
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var w = DeviceBuffer<TW>.From(device, weight);
+            float[] Run(bool fused)
+            {
+                using var y = DeviceBuffer<float>.Allocate(device, (long)t * d);
+                using var y16 = DeviceBuffer<TO>.Allocate(device, (long)t * d);
+                if (fused) ops.RmsNormTo16(y, y16, dx, w, t, d, 1e-5f);
+                else
+                {
+                    ops.RmsNorm(y, dx, w, t, d, 1e-5f);
+                    ops.ConvertFromF32(y16, y, t * d);
+                }
+                device.Synchronize();
+                return [.. y.ToArray(), .. y16.ToArray().Select(widen)];
+            }
+            return SameBits(kernel, shape, Run(fused: false), Run(fused: true), "bit-exact: rms_norm's and convert_f32_to_*'s operations in one launch");
+        }
+
+        /// <summary>swiglu_fused_f32_to_* against swiglu_fused_f32 then convert_f32_to_*, bit for bit (both outputs).</summary>
+        private CaseResult SwiGluTo16Case(TensorDType output, int t, int inter) => output == TensorDType.F16
+            ? SwiGluTo16Case<Half>(t, inter, x => (float)x)
+            : SwiGluTo16Case<ushort>(t, inter, DTypeConvert.BFloat16ToSingle);
+
+        private CaseResult SwiGluTo16Case<TO>(int t, int inter, Func<TO, float> widen) where TO : unmanaged
+        {
+            string kernel = $"swiglu_fused_f32_to_{DeviceElement<TO>.Suffix}", shape = $"T={t} I={inter}";
+            var gateUp = Normal(t * 2 * inter, 4f);
+            gateUp[0] = -100f; // silu -> -0
+            using var dg = DeviceBuffer<float>.From(device, gateUp);
+            float[] Run(bool fused)
+            {
+                using var y = DeviceBuffer<float>.Allocate(device, (long)t * inter);
+                using var y16 = DeviceBuffer<TO>.Allocate(device, (long)t * inter);
+                if (fused) ops.SwiGluFusedTo16(y, y16, dg, t, inter);
+                else
+                {
+                    ops.SwiGluFusedF32(y, dg, t, inter);
+                    ops.ConvertFromF32(y16, y, t * inter);
+                }
+                device.Synchronize();
+                return [.. y.ToArray(), .. y16.ToArray().Select(widen)];
+            }
+            return SameBits(kernel, shape, Run(fused: false), Run(fused: true), "bit-exact: swiglu_fused_f32's and convert_f32_to_*'s operations in one launch");
+        }
+
+        /// <summary>A fused kernel's outputs against the unfused launches' outputs, bit for bit.</summary>
+        private static CaseResult SameBits(string kernel, string shape, float[] expected, float[] got, string promise)
+        {
             long mismatches = 0;
             double maxAbs = 0;
             for (int i = 0; i < expected.Length; i++)
@@ -394,9 +479,72 @@ internal static unsafe partial class Verify
                 mismatches++;
                 maxAbs = Math.Max(maxAbs, Math.Abs(expected[i] - got[i]));
             }
-            bool pass = mismatches == 0;
-            return new CaseResult(kernel, shape, maxAbs, 0, 0, "bit-exact: the same sums as the launches it fuses", mismatches, 0, true, pass,
+            bool pass = mismatches == 0 && expected.Length == got.Length;
+            return new CaseResult(kernel, shape, maxAbs, 0, 0, promise, mismatches, 0, true, pass,
                 pass ? null : $"{mismatches} of {expected.Length} outputs differ from the unfused launches");
+        }
+
+        /// <summary>
+        /// rope_kv_append against rope_f32 then kv_append on the same inputs, bit for bit: the rotated q and both caches
+        /// (zeroed, distinct random slots, the last token's slot -1: padding writes no row). q, k and v come from
+        /// separate buffers (q rotated in place) or, <paramref name="joined"/>, as the columns of one q|k|v GEMM's rows.
+        /// </summary>
+        private CaseResult RopeKvAppendCase(TensorDType dtype, int t, int qHeads, int kvHeads, int headDim, int numSlots, bool joined) => dtype switch
+        {
+            TensorDType.F32 => RopeKvAppendCase<float>(t, qHeads, kvHeads, headDim, numSlots, joined, x => x),
+            TensorDType.F16 => RopeKvAppendCase<Half>(t, qHeads, kvHeads, headDim, numSlots, joined, x => (float)x),
+            _ => RopeKvAppendCase<ushort>(t, qHeads, kvHeads, headDim, numSlots, joined, DTypeConvert.BFloat16ToSingle),
+        };
+
+        private CaseResult RopeKvAppendCase<T>(int t, int qHeads, int kvHeads, int headDim, int numSlots, bool joined, Func<T, float> widen) where T : unmanaged
+        {
+            string kernel = $"rope_kv_append_{DeviceElement<T>.Suffix}";
+            string shape = $"T={t} heads={qHeads}/{kvHeads} d={headDim} slots={numSlots}{(joined ? " q|k|v rows" : "")}";
+            int qDim = qHeads * headDim, kvDim = kvHeads * headDim, stride = qDim + 2 * kvDim;
+            var invFreq = Enumerable.Range(0, headDim / 2).Select(i => (float)(1.0 / Math.Pow(500000, 2.0 * i / headDim))).ToArray();
+            var positions = Enumerable.Range(0, t).Select(i => i == 0 ? 0 : rng.Next(8192)).ToArray();
+            var slots = Enumerable.Range(0, numSlots).OrderBy(_ => rng.Next()).Take(t).ToArray();
+            if (t > 1) slots[^1] = -1;
+            var q = Normal(t * qDim, 1f);
+            var k = Normal(t * kvDim, 3f);
+            var v = Normal(t * kvDim, 3f);
+            var rows = new float[t * stride]; // the same values as one q|k|v GEMM's output rows
+            for (int r = 0; r < t; r++)
+            {
+                q.AsSpan(r * qDim, qDim).CopyTo(rows.AsSpan(r * stride));
+                k.AsSpan(r * kvDim, kvDim).CopyTo(rows.AsSpan(r * stride + qDim));
+                v.AsSpan(r * kvDim, kvDim).CopyTo(rows.AsSpan(r * stride + qDim + kvDim));
+            }
+            using var dPos = DeviceBuffer<int>.From(device, positions);
+            using var dFreq = DeviceBuffer<float>.From(device, invFreq);
+            using var dSlots = DeviceBuffer<int>.From(device, slots);
+            float[] Run(bool fused)
+            {
+                using var dq = DeviceBuffer<float>.From(device, q);
+                using var dk = DeviceBuffer<float>.From(device, k);
+                using var dv = DeviceBuffer<float>.From(device, v);
+                using var dRows = DeviceBuffer<float>.From(device, rows);
+                using var kc = DeviceBuffer<T>.Allocate(device, (long)numSlots * kvDim);
+                using var vc = DeviceBuffer<T>.Allocate(device, (long)numSlots * kvDim);
+                kc.FillBytes(0);
+                vc.FillBytes(0);
+                if (!fused)
+                {
+                    ops.RopeF32(dq, dk, dPos, dFreq, t, qHeads, kvHeads, headDim);
+                    ops.KvAppend(kc, vc, dk, dv, dSlots, t, kvDim, numSlots);
+                }
+                else if (!joined) ops.RopeKvAppend(dq, dq, dk, dv, qDim, kvDim, kc, vc, dPos, dFreq, dSlots, t, qHeads, kvHeads, headDim, numSlots);
+                else
+                {
+                    long floats = (long)t * stride;
+                    dq.FillBytes(0);
+                    ops.RopeKvAppend(dq, dRows.View<float>(0, floats), dRows.View<float>(qDim * 4L, floats - qDim), dRows.View<float>((qDim + kvDim) * 4L, floats - qDim - kvDim),
+                        stride, stride, kc, vc, dPos, dFreq, dSlots, t, qHeads, kvHeads, headDim, numSlots);
+                }
+                device.Synchronize();
+                return [.. dq.ToArray(), .. kc.ToArray().Select(widen), .. vc.ToArray().Select(widen)];
+            }
+            return SameBits(kernel, shape, Run(fused: false), Run(fused: true), "bit-exact: rope_f32's and kv_append's operations in one launch");
         }
 
         /// <summary>

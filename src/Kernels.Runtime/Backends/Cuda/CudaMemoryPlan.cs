@@ -75,6 +75,12 @@ public sealed record CudaBackendOptions
     /// layer. null: as this GPU's tuning table says (on without one: they are dense_gemv's tile code).
     /// </summary>
     public bool? FusedGemv { get; init; }
+    /// <summary>
+    /// RoPE and kv_append in one launch per layer (rope_kv_append: q and k rotated, the rotated k and v rows written
+    /// into the cache), the same arithmetic as rope_f32 and kv_append, so the same bits. null: as this GPU's tuning
+    /// table says (on without one).
+    /// </summary>
+    public bool? FusedRopeAppend { get; init; }
     /// <summary>A fatbin to load instead of the embedded one (the bench's --fatbin); null: the embedded image.</summary>
     public byte[]? KernelImage { get; init; }
     /// <summary>
@@ -247,6 +253,7 @@ internal sealed class ScratchLayout
     public int MaxTokens { get; }
     public long Bytes { get; }
     // fp32 activations
+    /// <summary>fp32 activations; Up holds [T, max(2 I, q_dim + 2 kv_dim)] floats: up's output, or the fused gate|up or q|k|v GEMM's.</summary>
     public (long Offset, long Floats) X, Xn, Q, K, V, Attn, Lse, Proj, Gate, Up, Selected, SelectedNorm, Logits, Workspace;
     // int32 step inputs
     public (long Offset, long Ints) Ids, Positions, Slots, SeqLens, QStarts, BlockTables;
@@ -283,7 +290,9 @@ internal sealed class ScratchLayout
         Lse = Take(t * c.NumHeads);
         Proj = Take(t * c.HiddenSize);
         Gate = Take(t * c.IntermediateSize);
-        Up = Take(t * c.IntermediateSize);
+        // up's output, or gate|up's [T, 2 I] output when the two projections run as one GEMM (GpuLayer.GateUp), or
+        // earlier in the layer q|k|v's [T, q_dim + 2 kv_dim] (GpuLayer.Qkv).
+        Up = Take(t * Math.Max(2L * c.IntermediateSize, c.QueryDim + 2L * c.KvDim));
         Selected = Take(t * c.HiddenSize);
         SelectedNorm = Take(t * c.HiddenSize);
         Logits = Take(t * c.VocabSize);

@@ -46,7 +46,9 @@ internal sealed unsafe class CudaStep : IDisposable
     private DeviceBuffer<float>? _quantFrom;
     private readonly GpuDense _lmHead;
     /// <summary>The kernel choices for this GPU (the tuning table, overridden by the options' switches).</summary>
-    private readonly bool _tiledDecode, _radixSampling, _mmaAttention, _w4a8SplitK, _fusedGemv;
+    private readonly bool _tiledDecode, _radixSampling, _mmaAttention, _w4a8SplitK, _fusedGemv, _fusedRope;
+    /// <summary>This layer's q, k, v are the columns of the q|k|v GEMM's rows in _up (QkvGemm), not _q, _k, _v.</summary>
+    private bool _qkvJoined;
     /// <summary>w4a8_gemm_*_splitk's int32 partial sums (W4A8 models with the split-K decode GEMM on).</summary>
     private readonly DeviceBuffer<int>? _w4a8Partial;
     private readonly int _attentionTileKeys;
@@ -119,6 +121,7 @@ internal sealed unsafe class CudaStep : IDisposable
             _attentionTileKeys = tuning.AttentionTileKeys;
             _w4a8SplitK = weights.MaxW4A8PaddedIn > 0 && (options.W4A8SplitK ?? tuning.W4A8SplitK);
             _fusedGemv = options.FusedGemv ?? tuning.FusedGemv;
+            _fusedRope = options.FusedRopeAppend ?? tuning.FusedRopeAppend;
             if (_w4a8SplitK) _w4a8Partial = DeviceBuffer<int>.Allocate(_device, weights.W4A8SplitKInts);
             _ltMinRows = options.UseCublasLt switch { true => 1, false => int.MaxValue, null => tuning.CublasLtMinRows };
             KernelChoices = $"decode attention {(_tiledDecode ? "tiled" : "CUDA-core")}, sampler {(_radixSampling ? "radix" : "bisection")}, " +
@@ -126,7 +129,8 @@ internal sealed unsafe class CudaStep : IDisposable
                             (_kivi != null ? $"KIVI attention (fp16 window per query row + kivi_decode_attention_split over the compact blocks; no Hydragen levels)"
                                 : $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}") +
                             (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") +
-                            $", decode GEMVs {(_fusedGemv ? "fused (q|k|v, gate|up + SwiGLU, residual adds)" : "one per projection")} ({tuning.Source})";
+                            $", decode GEMVs {(_fusedGemv ? "fused (q|k|v, gate|up + SwiGLU, residual adds)" : "one per projection")}" +
+                            $", RoPE {(_fusedRope ? "fused with kv_append" : "and kv_append apart")} ({tuning.Source})";
             if (_mmaAttention)
             {
                 _attentionPartial = DeviceBuffer<float>.Allocate(_device, CudaMemoryPlan.AttentionPartialFloats(c, options.MaxTokensPerStep));
@@ -353,25 +357,28 @@ internal sealed unsafe class CudaStep : IDisposable
             var w = _weights.Layers[l];
             // A norm feeding only W4A8 layers is fused with their int8 quantization (rms_norm_quant_int8: the same
             // normalized values, so the same codes as the norm and quantize_int8 apart); _xn is then not written.
-            bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv);
-            if (!QkvGemv(w, rows))
+            bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv, w.Bq);
+            _qkvJoined = false;
+            if (!QkvGemv(w, rows) && !QkvGemm(w, rows, fused))
             {
                 Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
                 Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
                 Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
             }
-            _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
+            // RoPE is applied with kv_append (AppendKv) when fused: one launch instead of two, the same bits.
+            if (!_fusedRope) _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
             if (kivi != null) KiviAppendAndAttend(l, rows, width, tablesBuffer, kivi);
             else AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
             fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
-            if (!SwiGluGemv(w, rows))
+            bool downInput16 = false;
+            if (!SwiGluGemv(w, rows) && !GateUpGemm(w, rows, fused, ref downInput16))
             {
                 Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
                 Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
                 _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
             }
-            LinearAdd(_x, _gate, w.Down, rows, h, ff);
+            LinearAdd(_x, _gate, w.Down, rows, h, ff, reuse: downInput16);
         }
 
         int selected = logitRows.Count;
@@ -413,15 +420,24 @@ internal sealed unsafe class CudaStep : IDisposable
 
     /// <summary>
     /// RMSNorm of _x for the projections that read it: when they are all W4A8 (one padded K), fused with their int8
-    /// quantization into the W4A8 scratch (returns true: the codes stand for _xn); otherwise into _xn.
+    /// quantization into the W4A8 scratch (returns true: the codes stand for _xn); when the first is dense and runs
+    /// through cuBLASLt (no bias <paramref name="aBias"/>), into _xn and its 16-bit copy in a's dtype (returns true: the
+    /// copy stands for _xn, so a's GEMM converts nothing); otherwise into _xn.
     /// </summary>
-    private bool NormFor(GpuTensor norm, int rows, float eps, GpuLinear a, GpuLinear b, GpuLinear? c = null)
+    private bool NormFor(GpuTensor norm, int rows, float eps, GpuLinear a, GpuLinear b, GpuLinear? c = null, GpuTensor? aBias = null)
     {
         // Fused when every reader is W4A8 with one padded K (checked without allocating: this runs per layer per step).
         int padded = a is GpuW4A8 qa && b is GpuW4A8 qb && qb.PaddedIn == qa.PaddedIn && (c is null || c is GpuW4A8 qc && qc.PaddedIn == qa.PaddedIn)
             ? qa.PaddedIn : 0;
         if (_xq == null || padded == 0)
         {
+            if (LtRows(rows) && aBias == null && a is GpuDense d && d.Weight.DType is TensorDType.F16 or TensorDType.BF16)
+            {
+                var to16 = new NormTo16Outer(this, norm, rows, eps);
+                DeviceDType.Dispatch(d.Weight.DType, ref to16, d.Weight.Name, "GEMM weight in");
+                (_halfFrom, _halfType) = (_xn, d.Weight.DType);
+                return true;
+            }
             Norm(_xn, _x, norm, rows, eps);
             return false;
         }
@@ -429,6 +445,31 @@ internal sealed unsafe class CudaStep : IDisposable
         DeviceDType.Dispatch(norm.DType, ref fused, norm.Name, "norm weight in");
         _quantFrom = _xn;
         return true;
+    }
+
+    /// <summary>Whether a dense projection without a bias runs through cuBLASLt at <paramref name="m"/> rows (its input rounded to 16 bits first).</summary>
+    private bool LtRows(int m) => _lt != null && m >= _ltMinRows;
+
+    /// <summary>rms_norm_*_to_* into _xn and _half as TO (the GEMM weight's type), dispatched on the norm weight's type inside.</summary>
+    private readonly struct NormTo16Outer(CudaStep s, GpuTensor w, int rows, float eps) : IDeviceDTypeAction
+    {
+        public void Run<TO>() where TO : unmanaged
+        {
+            var inner = new NormTo16Action<TO>(s, w, rows, eps);
+            DeviceDType.Dispatch(w.DType, ref inner, w.Name, "norm weight in");
+        }
+    }
+
+    private readonly struct NormTo16Action<TO>(CudaStep s, GpuTensor w, int rows, float eps) : IDeviceDTypeAction where TO : unmanaged
+    {
+        public void Run<TW>() where TW : unmanaged =>
+            s._ops.RmsNormTo16(s._xn, s._half!.View<TO>(0, (long)rows * s._config.HiddenSize), s._x, w.View<TW>(), rows, s._config.HiddenSize, eps);
+    }
+
+    private readonly struct SwiGluTo16Action(CudaStep s, int rows) : IDeviceDTypeAction
+    {
+        public void Run<TO>() where TO : unmanaged =>
+            s._ops.SwiGluFusedTo16(s._gate, s._half!.View<TO>(0, (long)rows * s._config.IntermediateSize), s._up, rows, s._config.IntermediateSize);
     }
 
     private readonly struct NormQuantAction(CudaStep s, GpuTensor w, int rows, float eps, int padded) : IDeviceDTypeAction
@@ -487,7 +528,7 @@ internal sealed unsafe class CudaStep : IDisposable
     }
 
     /// <summary>x += input W^T (a residual projection): one cuBLASLt GEMM with beta = 1, or our GEMM into _proj and residual_add.</summary>
-    private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuLinear linear, int m, int n, int k)
+    private void LinearAdd(DeviceBuffer<float> x, DeviceBuffer<float> input, GpuLinear linear, int m, int n, int k, bool reuse = false)
     {
         if (linear is GpuW4A8 or GpuSqueeze)
         {
@@ -508,7 +549,7 @@ internal sealed unsafe class CudaStep : IDisposable
             _ops.ResidualAddF32(x, _proj, m * n);
             return;
         }
-        var lt = new LtAction(this, x, input, w, m, n, k, accumulate: true, convert: true);
+        var lt = new LtAction(this, x, input, w, m, n, k, accumulate: true, convert: !(reuse && ReferenceEquals(_halfFrom, input) && _halfType == w.DType));
         DeviceDType.Dispatch(w.DType, ref lt, w.Name, "GEMM weight in");
     }
 
@@ -564,6 +605,43 @@ internal sealed unsafe class CudaStep : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// q, k and v as one GEMM over their adjacent rows (GpuLayer.Qkv) into _up's [rows, q_dim + 2 kv_dim], which
+    /// rope_kv_append reads in place of _q, _k, _v (so only with RoPE fused with kv_append, and without biases): two
+    /// launches fewer per layer and one wide GEMM instead of two narrow ones; false: not taken.
+    /// </summary>
+    private bool QkvGemm(GpuLayer w, int rows, bool reuse)
+    {
+        if (w.Qkv == null || !_fusedRope || w.Bq != null || w.Bk != null || w.Bv != null) return false;
+        var c = _config;
+        Linear(_up, _xn, w.Qkv, null, rows, c.QueryDim + 2 * c.KvDim, c.HiddenSize, reuse);
+        _qkvJoined = true;
+        return true;
+    }
+
+    /// <summary>
+    /// gate and up as one GEMM over their adjacent rows (GpuLayer.GateUp) into _up's [rows, 2 I], then swiglu_fused_f32
+    /// into _gate (and, when down runs through cuBLASLt, its 16-bit copy: <paramref name="downInput16"/>): one launch
+    /// fewer per layer and twice the output columns per GEMM (more CTAs at small M, one cuBLASLt call); false: not
+    /// adjacent (another format or dtype).
+    /// </summary>
+    private bool GateUpGemm(GpuLayer w, int rows, bool reuse, ref bool downInput16)
+    {
+        if (w.GateUp == null) return false;
+        int ff = _config.IntermediateSize;
+        Linear(_up, _xn, w.GateUp, null, rows, 2 * ff, _config.HiddenSize, reuse);
+        if (LtRows(rows) && w.Down is GpuDense down && down.Weight.DType is TensorDType.F16 or TensorDType.BF16)
+        {
+            // The down projection's cuBLASLt input written by the SwiGLU itself (swiglu_fused_f32_to_*): no convert launch.
+            var to16 = new SwiGluTo16Action(this, rows);
+            DeviceDType.Dispatch(down.Weight.DType, ref to16, down.Weight.Name, "GEMM weight in");
+            (_halfFrom, _halfType) = (_gate, down.Weight.DType);
+            downInput16 = true;
+        }
+        else _ops.SwiGluFusedF32(_gate, _up, rows, ff);
+        return true;
+    }
+
     private readonly struct QkvGemvAction(CudaStep s, GpuTensor wq, GpuTensor wk, GpuTensor wv, GpuTensor? bq, GpuTensor? bk, GpuTensor? bv, int m)
         : IDeviceDTypeAction
     {
@@ -614,7 +692,7 @@ internal sealed unsafe class CudaStep : IDisposable
         DeviceDType.Dispatch(_kv.DType, ref attend, null, "KV cache dtype");
     }
 
-    /// <summary>kv_append of the step's k and v into one layer's blocks, then the tensor-core, decode or prefill attention over them.</summary>
+    /// <summary>The step's k and v into one layer's blocks (AppendKv), then the tensor-core, decode or prefill attention over them.</summary>
     private readonly struct AttendAction(CudaStep s, int layer, int rows, int numSeqs, int width, int maxCount, int maxSeqLen, bool decode,
         DeviceBuffer<int> seqLens, DeviceBuffer<int> tables, AttentionWork? work, OpsLauncher.AttentionWorkBuffers? workBuffers) : IDeviceDTypeAction
     {
@@ -623,7 +701,7 @@ internal sealed unsafe class CudaStep : IDisposable
             var c = s._config;
             var store = s._kv;
             var kv = new OpsLauncher.PagedKv<T>(store.Keys<T>(layer), store.Values<T>(layer), tables, seqLens, store.NumBlocks, store.BlockSize, width);
-            s._ops.KvAppend(kv.KCache, kv.VCache, s._k, s._v, s._slots, rows, c.KvDim, store.NumSlots);
+            s.AppendKv(kv.KCache, kv.VCache, rows);
             if (work != null)
                 s._ops.PagedAttentionMma(s._attn, s._lse, s._q, kv, work, workBuffers!, s._attentionPartial, rows, c.NumHeads, c.NumKvHeads, c.HeadDim,
                     s._attentionTileKeys);
@@ -631,6 +709,28 @@ internal sealed unsafe class CudaStep : IDisposable
                 s._tiledDecode);
             else s._ops.PagedPrefillAttention(s._attn, s._lse, s._q, kv, s._qStarts, numSeqs, rows, maxCount, c.NumHeads, c.NumKvHeads, c.HeadDim);
         }
+    }
+
+    /// <summary>
+    /// The step's k and v rows into one layer's cache at their slots: kv_append after rope_f32 (EnqueueForward), or
+    /// rope_kv_append rotating q and k and writing the rows in one launch (the same bits).
+    /// </summary>
+    private void AppendKv<T>(DeviceBuffer<T> keys, DeviceBuffer<T> values, int rows) where T : unmanaged
+    {
+        var c = _config;
+        int qd = c.QueryDim, kvd = c.KvDim;
+        if (_qkvJoined)
+        {
+            // q, k and v are columns of the q|k|v GEMM's rows in _up: q rotated out into _q, k and v into the cache.
+            int stride = qd + 2 * kvd;
+            long floats = (long)rows * stride;
+            _ops.RopeKvAppend(_q, _up.View<float>(0, floats), _up.View<float>((long)qd * sizeof(float), floats - qd),
+                _up.View<float>((long)(qd + kvd) * sizeof(float), floats - qd - kvd), stride, stride, keys, values, _positions, _invFreq, _slots, rows,
+                c.NumHeads, c.NumKvHeads, c.HeadDim, _kv.NumSlots);
+        }
+        else if (_fusedRope)
+            _ops.RopeKvAppend(_q, _q, _k, _v, qd, kvd, keys, values, _positions, _invFreq, _slots, rows, c.NumHeads, c.NumKvHeads, c.HeadDim, _kv.NumSlots);
+        else _ops.KvAppend(keys, values, _k, _v, _slots, rows, c.KvDim, _kv.NumSlots);
     }
 
     // ---- KIVI: compaction and attention per query row --------------------------------------------------------------
@@ -749,7 +849,7 @@ internal sealed unsafe class CudaStep : IDisposable
         var keys = _kv.Keys<Half>(layer);
         var values = _kv.Values<Half>(layer);
         var pool = _kv.Pool(layer);
-        _ops.KvAppend(keys, values, _k, _v, _slots, rows, c.KvDim, _kv.NumSlots);
+        AppendKv(keys, values, rows);
         if (kivi.InLayer.Count > 0)
             _ops.KiviQuantizeBlockF32(pool, keys, values, _kiviLists!.View<int>(2L * cap * sizeof(int), kivi.InLayer.Count), kivi.InLayer.Count,
                 _kiviLists.View<int>(3L * cap * sizeof(int), kivi.InLayer.Count));

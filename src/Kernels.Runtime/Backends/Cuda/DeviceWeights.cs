@@ -19,6 +19,7 @@ internal sealed unsafe class DeviceWeights : IDisposable
 {
     private readonly List<(WeightTensor Source, TensorDType Target, long Offset)> _uploads;
     private readonly Dictionary<(WeightTensor, TensorDType), GpuTensor> _placed;
+    private readonly List<GpuTensor> _joined;
     private DeviceBuffer<byte>? _arena;
 
     public GpuTensor Embedding { get; }
@@ -42,11 +43,12 @@ internal sealed unsafe class DeviceWeights : IDisposable
     public long W4A8ScratchBytes(int maxTokens) =>
         MaxW4A8PaddedIn == 0 ? 0 : (long)maxTokens * (MaxW4A8PaddedIn + 8) + W4A8SplitKInts * sizeof(int) + 4 * CudaMemoryPlan.Alignment;
 
-    private DeviceWeights(List<(WeightTensor, TensorDType, long)> uploads, Dictionary<(WeightTensor, TensorDType), GpuTensor> placed, long arenaBytes,
-        GpuTensor embedding, GpuTensor lmHead, GpuTensor finalNorm, GpuLayer[] layers)
+    private DeviceWeights(List<(WeightTensor, TensorDType, long)> uploads, Dictionary<(WeightTensor, TensorDType), GpuTensor> placed, List<GpuTensor> joined,
+        long arenaBytes, GpuTensor embedding, GpuTensor lmHead, GpuTensor finalNorm, GpuLayer[] layers)
     {
         _uploads = uploads;
         _placed = placed;
+        _joined = joined;
         ArenaBytes = arenaBytes;
         (Embedding, LmHead, FinalNorm, Layers) = (embedding, lmHead, finalNorm, layers);
         Formats = string.Join(", ", placed.Values.GroupBy(g => g.DType).Select(g => $"{g.Key.Name()} x {g.Count()}"));
@@ -58,6 +60,7 @@ internal sealed unsafe class DeviceWeights : IDisposable
         var c = model.Config;
         var uploads = new List<(WeightTensor Source, TensorDType Target, long Offset)>();
         var placed = new Dictionary<(WeightTensor, TensorDType), GpuTensor>(ReferenceEqualityPair.Instance);
+        var joined = new List<GpuTensor>();
         long arena = 0;
         GpuTensor Place(WeightTensor t, TensorDType target)
         {
@@ -85,17 +88,27 @@ internal sealed unsafe class DeviceWeights : IDisposable
                     Place(s.OutlierRows, s.OutlierRows.DType), Place(s.OutlierCols, s.OutlierCols.DType), Place(s.OutlierValues, s.OutlierValues.DType)),
                 _ => throw new NotSupportedException($"{lin.Name} is {lin.Format}: not a format the CUDA backend runs (CudaBackend.WhyUnsupported)"),
             };
+            // q, k, v (and below gate, up) placed one after the other: dense in one dtype with nothing padding between
+            // them, their rows are one matrix, the fused projection's weight (GpuLayer.Qkv, GateUp).
             var wq = M(lw.Wq);
             var wk = M(lw.Wk);
             var wv = M(lw.Wv);
+            var qkv = GpuTensor.Joined($"{lw.Wq.Name}|k|v", wq, wk, wv);
+            if (qkv != null) joined.Add(qkv);
             TensorDType BiasType(GpuLinear m) => m is GpuDense d ? d.Weight.DType : TensorDType.F32;
+            var wo = M(lw.Wo);
+            var ffnNorm = Place(lw.FfnNorm, VectorTarget(lw.FfnNorm));
+            var gate = M(lw.Gate);
+            var up = M(lw.Up);
+            var gateUp = GpuTensor.Joined($"{lw.Gate.Name}|up", gate, up);
+            if (gateUp != null) joined.Add(gateUp);
             layers[l] = new GpuLayer(Place(lw.AttentionNorm, VectorTarget(lw.AttentionNorm)), wq, wk, wv,
                 lw.Bq == null ? null : Place(lw.Bq, BiasType(wq)), lw.Bk == null ? null : Place(lw.Bk, BiasType(wk)), lw.Bv == null ? null : Place(lw.Bv, BiasType(wv)),
-                M(lw.Wo), Place(lw.FfnNorm, VectorTarget(lw.FfnNorm)), M(lw.Gate), M(lw.Up), M(lw.Down));
+                wo, ffnNorm, gate, up, M(lw.Down), qkv == null ? null : new GpuDense(qkv), gateUp == null ? null : new GpuDense(gateUp));
         }
         var finalNorm = Place(w.FinalNorm, VectorTarget(w.FinalNorm));
         var lmHead = Place(w.LmHead, MatrixTarget(w.LmHead));
-        return new DeviceWeights(uploads, placed, arena, embedding, lmHead, finalNorm, layers);
+        return new DeviceWeights(uploads, placed, joined, arena, embedding, lmHead, finalNorm, layers);
     }
 
     /// <summary>Allocates the arena on <paramref name="device"/>, binds every tensor's view and copies the weights (converted where placed so).</summary>
@@ -103,7 +116,7 @@ internal sealed unsafe class DeviceWeights : IDisposable
     {
         if (_arena != null) throw new InvalidOperationException("the weights are already on the device");
         _arena = DeviceBuffer<byte>.Allocate(device, Math.Max(ArenaBytes, CudaMemoryPlan.Alignment));
-        foreach (var g in _placed.Values) g.Bind(_arena);
+        foreach (var g in _placed.Values.Concat(_joined)) g.Bind(_arena);
         foreach (var (source, target, offset) in _uploads) Upload(device, source, target, _arena.Pointer + (ulong)offset);
     }
 
@@ -203,6 +216,25 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
 
     public string Name { get; } = name;
     public TensorDType DType { get; } = dtype;
+    /// <summary>Byte offset in the arena.</summary>
+    public long Offset => _offset;
+
+    /// <summary>
+    /// One view over dense matrices of one dtype that lie back to back in the arena (rows of the first, then of the
+    /// second, ...), or null when they do not (another format or dtype, or alignment padding between them).
+    /// </summary>
+    public static GpuTensor? Joined(string name, params GpuLinear[] parts)
+    {
+        if (parts.Length == 0 || parts[0] is not GpuDense first) return null;
+        long end = first.Weight.Offset + first.Weight.DType.ByteCount(first.Weight.Elements), elements = first.Weight.Elements;
+        for (int i = 1; i < parts.Length; i++)
+        {
+            if (parts[i] is not GpuDense d || d.Weight.DType != first.Weight.DType || d.Weight.Offset != end) return null;
+            end += d.Weight.DType.ByteCount(d.Weight.Elements);
+            elements += d.Weight.Elements;
+        }
+        return new GpuTensor(name, first.Weight.DType, first.Weight.Offset, elements);
+    }
     /// <summary>Elements of the tensor (an empty one is placed as one element).</summary>
     public long Elements => _elements;
 
@@ -234,8 +266,12 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
     }
 }
 
+/// <summary>
+/// A layer's tensors on the device. <see cref="Qkv"/>: q's, k's and v's rows as one [q_dim + 2 kv_dim, H] matrix, and
+/// <see cref="GateUp"/>: gate's and up's as one [2 I, H], where they are dense in one dtype and adjacent (else null).
+/// </summary>
 internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuLinear Wq, GpuLinear Wk, GpuLinear Wv, GpuTensor? Bq, GpuTensor? Bk, GpuTensor? Bv,
-    GpuLinear Wo, GpuTensor FfnNorm, GpuLinear Gate, GpuLinear Up, GpuLinear Down);
+    GpuLinear Wo, GpuTensor FfnNorm, GpuLinear Gate, GpuLinear Up, GpuLinear Down, GpuDense? Qkv = null, GpuDense? GateUp = null);
 
 /// <summary>A linear layer on the device: a dense matrix, or W4A8's packed codes and scales.</summary>
 internal abstract record GpuLinear;

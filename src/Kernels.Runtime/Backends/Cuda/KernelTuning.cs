@@ -38,6 +38,13 @@ internal sealed record KernelTuning(
     [JsonPropertyName("fusedGemv")]
     public bool FusedGemv { get; init; } = true;
 
+    /// <summary>
+    /// RoPE and kv_append in one launch per layer (rope_kv_append_*: rope_f32's and kv_append's code, the same bits).
+    /// Absent from a table, and without one: on; `tune` turns it off when verify fails for it.
+    /// </summary>
+    [JsonPropertyName("fusedRopeAppend")]
+    public bool FusedRopeAppend { get; init; } = true;
+
     /// <summary>Keys per K/V tile of paged_attention_mma: 32 or 64.</summary>
     [JsonPropertyName("attentionTileKeys")]
     public int AttentionTileKeys { get; init; } = 64;

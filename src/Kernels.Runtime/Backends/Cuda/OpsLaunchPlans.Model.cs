@@ -317,6 +317,33 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch($"kv_append_{suffix}", (uint)Math.Min(numTokens, MaxGridRows), 1, 256);
     }
 
+    /// <summary>
+    /// rope_kv_append: <see cref="Rope"/> then <see cref="KvAppend"/> in one launch (their checks, the same bits): q's rows
+    /// (qStride floats apart) rotated into the dense qOut, k's rotated rows and v's rows (kvStride apart) written at
+    /// slots[t]; grid min(numTokens, 65535), block 128. Separate q, k, v: strides q_dim, kv_dim; one q|k|v GEMM's
+    /// output: both strides q_dim + 2 kv_dim.
+    /// </summary>
+    public static KernelLaunch? RopeKvAppend(string suffix, long qOutLength, long qLength, long kLength, long vLength, int qStride, int kvStride,
+        long kCacheLength, long vCacheLength, long positionsLength, long invFreqLength, long slotsLength, int numTokens, int numQHeads, int numKvHeads,
+        int headDim, int numSlots)
+    {
+        if (numKvHeads < 1) throw new ArgumentOutOfRangeException("numKvHeads", numKvHeads, "rope_kv_append needs numKvHeads >= 1");
+        var rope = Rope(qOutLength, kLength, positionsLength, invFreqLength, numTokens, numQHeads, numKvHeads, headDim);
+        int qDim = numQHeads * headDim, kvDim = numKvHeads * headDim;
+        if (qStride < qDim) throw new ArgumentOutOfRangeException("qStride", qStride, $"q's rows are {qDim} floats (numQHeads x headDim)");
+        if (kvStride < kvDim) throw new ArgumentOutOfRangeException("kvStride", kvStride, $"k's and v's rows are {kvDim} floats (numKvHeads x headDim)");
+        long Strided(long stride, int width) => numTokens == 0 ? 0 : (numTokens - 1L) * stride + width;
+        AtLeast(qLength, Strided(qStride, qDim), "q", $"[numTokens={numTokens} rows of {qDim}, {qStride} apart]");
+        AtLeast(kLength, Strided(kvStride, kvDim), "k", $"[numTokens={numTokens} rows of {kvDim}, {kvStride} apart]");
+        AtLeast(vLength, Strided(kvStride, kvDim), "v", $"[numTokens={numTokens} rows of {kvDim}, {kvStride} apart]");
+        long cache = (long)numSlots * kvDim;
+        NonNegative(numSlots, "numSlots");
+        AtLeast(kCacheLength, cache, "kCache", $"[numSlots={numSlots}, kvDim={kvDim}]");
+        AtLeast(vCacheLength, cache, "vCache", $"[numSlots={numSlots}, kvDim={kvDim}]");
+        AtLeast(slotsLength, numTokens, "slots", $"[numTokens={numTokens}]");
+        return rope == null ? null : new KernelLaunch($"rope_kv_append_{suffix}", rope.Value.GridX, 1, 128);
+    }
+
     // ---- paged KV checks --------------------------------------------------------------------------------------------
 
     private static void CheckPagedShape(int numSeqs, int numHeads, int numKvHeads, int headDim, int blockSize, int maxBlocksPerSeq, int numBlocks)

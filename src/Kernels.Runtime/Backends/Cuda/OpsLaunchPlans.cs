@@ -55,6 +55,19 @@ internal static partial class OpsLaunchPlans
         return new KernelLaunch(kernel, (uint)Math.Min(numTokens, MaxGridRows), 1, block);
     }
 
+    /// <summary>
+    /// rms_norm_{w}_to_{o}: <see cref="RmsNorm"/> (its checks and grid) writing y and its 16-bit copy y16 [numTokens, dim]
+    /// (the cuBLASLt GEMM's input) in one launch.
+    /// </summary>
+    public static KernelLaunch? RmsNormTo16(string weightSuffix, string outputSuffix, long yLength, long y16Length, long xLength, long weightLength,
+        int numTokens, int dim, float eps)
+    {
+        if (outputSuffix is not ("f16" or "bf16")) throw new ArgumentOutOfRangeException("y16", outputSuffix, "the copy is f16 or bf16");
+        var plan = RmsNorm($"rms_norm_{weightSuffix}_to_{outputSuffix}", yLength, xLength, weightLength, numTokens, dim, eps);
+        AtLeast(y16Length, Elements(numTokens, dim, "y16"), "y16", $"[numTokens={numTokens}, dim={dim}]");
+        return plan;
+    }
+
     /// <summary><paramref name="kLength"/> is -1 when there is no k buffer (allowed only with numKvHeads == 0).</summary>
     public static KernelLaunch? Rope(long qLength, long kLength, long positionsLength, long invFreqLength, int numTokens, int numQHeads, int numKvHeads, int headDim)
     {
@@ -97,6 +110,16 @@ internal static partial class OpsLaunchPlans
         AtLeast(outputLength, Elements(numTokens, inter, "output"), "output", $"[numTokens={numTokens}, inter={inter}]");
         AtLeast(gateUpLength, Elements(numTokens, 2L * inter, "gateUp"), "gateUp", $"[numTokens={numTokens}, 2*inter={2L * inter}]");
         return SwiGluGrid("swiglu_fused_f32", numTokens, inter);
+    }
+
+    /// <summary>swiglu_fused_f32_to_{o}: <see cref="SwiGluFused"/> also writing output16 [numTokens, inter], output's 16-bit copy.</summary>
+    public static KernelLaunch? SwiGluFusedTo16(string outputSuffix, long outputLength, long output16Length, long gateUpLength, bool outputIsGateUp,
+        int numTokens, int inter)
+    {
+        if (outputSuffix is not ("f16" or "bf16")) throw new ArgumentOutOfRangeException("output16", outputSuffix, "the copy is f16 or bf16");
+        var plan = SwiGluFused(outputLength, gateUpLength, outputIsGateUp, numTokens, inter);
+        AtLeast(output16Length, Elements(numTokens, inter, "output16"), "output16", $"[numTokens={numTokens}, inter={inter}]");
+        return plan == null ? null : plan.Value with { Kernel = $"swiglu_fused_f32_to_{outputSuffix}" };
     }
 
     private static KernelLaunch? SwiGluGrid(string kernel, int numTokens, int inter)

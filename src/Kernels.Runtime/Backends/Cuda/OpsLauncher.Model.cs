@@ -314,6 +314,45 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    // ---- rope_kv_append_{f32,f16,bf16} ------------------------------------------------------------------------------
+
+    /// <summary>
+    /// <see cref="OpsLauncher.RopeF32"/> then <see cref="KvAppend{T}"/> in one launch: q's rows (qStride floats apart)
+    /// rotated into qOut [numTokens, numQHeads x headDim] (qOut may be q when the rows are dense), k's rows rotated and
+    /// v's rows (kvStride apart) written into rows slots[t] of kCache, vCache [numSlots, kvDim] rounded to T (a negative
+    /// slot writes no cache row). The same bits as the two launches; k itself is not written back.
+    /// </summary>
+    internal void RopeKvAppend<T>(DeviceBuffer<float> qOut, DeviceBuffer<float> q, DeviceBuffer<float> k, DeviceBuffer<float> v, int qStride, int kvStride,
+        DeviceBuffer<T> kCache, DeviceBuffer<T> vCache, DeviceBuffer<int> positions, DeviceBuffer<float> invFreq, DeviceBuffer<int> slots, int numTokens,
+        int numQHeads, int numKvHeads, int headDim, int numSlots) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(qOut);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(kCache);
+        ArgumentNullException.ThrowIfNull(vCache);
+        ArgumentNullException.ThrowIfNull(positions);
+        ArgumentNullException.ThrowIfNull(invFreq);
+        ArgumentNullException.ThrowIfNull(slots);
+        if (OpsLaunchPlans.RopeKvAppend(DeviceElement<T>.Suffix, qOut.Length, q.Length, k.Length, v.Length, qStride, kvStride, kCache.Length, vCache.Length,
+                positions.Length, invFreq.Length, slots.Length, numTokens, numQHeads, numKvHeads, headDim, numSlots) is not { } plan) return;
+        SameDevice(qOut, nameof(qOut));
+        SameDevice(q, nameof(q));
+        SameDevice(k, nameof(k));
+        SameDevice(v, nameof(v));
+        SameDevice(kCache, nameof(kCache));
+        SameDevice(vCache, nameof(vCache));
+        SameDevice(positions, nameof(positions));
+        SameDevice(invFreq, nameof(invFreq));
+        SameDevice(slots, nameof(slots));
+        ulong pqo = qOut.Pointer, pq = q.Pointer, pk = k.Pointer, pv = v.Pointer, pkc = kCache.Pointer, pvc = vCache.Pointer, pp = positions.Pointer,
+            pf = invFreq.Pointer, ps = slots.Pointer;
+        int qs = qStride, kvs = kvStride, nt = numTokens, hq = numQHeads, hk = numKvHeads, hd = headDim, ns = numSlots;
+        void** args = stackalloc void*[] { &pqo, &pq, &pk, &pv, &qs, &kvs, &pkc, &pvc, &pp, &pf, &ps, &nt, &hq, &hk, &hd, &ns };
+        Launch(plan, args);
+    }
+
     // ---- sample_tokens_f32 ------------------------------------------------------------------------------------------
 
     /// <summary>

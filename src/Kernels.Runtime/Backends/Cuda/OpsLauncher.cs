@@ -92,6 +92,30 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
+    /// <summary>
+    /// <see cref="RmsNorm{T}"/> writing y and y16 (y rounded to TO: f16 as Half, bf16 as ushort bits; as
+    /// convert_f32_to_*) in one launch: the fp32 row and a cuBLASLt GEMM's 16-bit input. The same bits as the two launches.
+    /// </summary>
+    internal void RmsNormTo16<TW, TO>(DeviceBuffer<float> y, DeviceBuffer<TO> y16, DeviceBuffer<float> x, DeviceBuffer<TW> weight, int numTokens, int dim,
+        float eps) where TW : unmanaged where TO : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(y);
+        ArgumentNullException.ThrowIfNull(y16);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (OpsLaunchPlans.RmsNormTo16(DeviceElement<TW>.Suffix, DeviceElement<TO>.Suffix, y.Length, y16.Length, x.Length, weight.Length, numTokens, dim, eps)
+            is not { } plan) return;
+        SameDevice(y, nameof(y));
+        SameDevice(y16, nameof(y16));
+        SameDevice(x, nameof(x));
+        SameDevice(weight, nameof(weight));
+        ulong py = y.Pointer, py16 = y16.Pointer, px = x.Pointer, pw = weight.Pointer;
+        int nt = numTokens, d = dim;
+        float e = eps;
+        void** args = stackalloc void*[] { &py, &py16, &px, &pw, &nt, &d, &e };
+        Launch(plan, args);
+    }
+
     // ---- rope_f32 ---------------------------------------------------------------------------------------------------
     /// <summary>
     /// Rotates q [numTokens, numQHeads, headDim] and k [numTokens, numKvHeads, headDim] in place (rotate-half), token t
@@ -144,6 +168,24 @@ internal sealed unsafe partial class OpsLauncher
         ulong po = output.Pointer, pg = gateUp.Pointer;
         int nt = numTokens, i = inter;
         void** args = stackalloc void*[] { &po, &pg, &nt, &i };
+        Launch(plan, args);
+    }
+
+    /// <summary><see cref="SwiGluFusedF32"/> also writing output16, output rounded to TO (the down projection's cuBLASLt input).</summary>
+    internal void SwiGluFusedTo16<TO>(DeviceBuffer<float> output, DeviceBuffer<TO> output16, DeviceBuffer<float> gateUp, int numTokens, int inter)
+        where TO : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(output16);
+        ArgumentNullException.ThrowIfNull(gateUp);
+        if (OpsLaunchPlans.SwiGluFusedTo16(DeviceElement<TO>.Suffix, output.Length, output16.Length, gateUp.Length, ReferenceEquals(output, gateUp), numTokens,
+                inter) is not { } plan) return;
+        SameDevice(output, nameof(output));
+        SameDevice(output16, nameof(output16));
+        SameDevice(gateUp, nameof(gateUp));
+        ulong po = output.Pointer, po16 = output16.Pointer, pg = gateUp.Pointer;
+        int nt = numTokens, i = inter;
+        void** args = stackalloc void*[] { &po, &po16, &pg, &nt, &i };
         Launch(plan, args);
     }
 

@@ -78,6 +78,9 @@ public class OpsLaunchPlansTests
                 int padded = (dim + 31) / 32 * 32;
                 var fused = OpsLaunchPlans.RmsNormQuantInt8("rms_norm_quant_int8_bf16", (long)tokens * padded, tokens, tokens, (long)tokens * dim, dim, tokens, dim, padded, 1e-5f)!.Value;
                 Assert.That(fused.BlockX, Is.EqualTo(p.BlockX), $"dim {dim}: rms_norm_quant_int8 reduces in rms_norm's order");
+                var to16 = OpsLaunchPlans.RmsNormTo16("bf16", "f16", (long)tokens * dim, (long)tokens * dim, (long)tokens * dim, dim, tokens, dim, 1e-5f)!.Value;
+                Assert.That((to16.Kernel, to16.GridX, to16.BlockX), Is.EqualTo(("rms_norm_bf16_to_f16", p.GridX, p.BlockX)),
+                    $"dim {dim}: the norm with a 16-bit copy is rms_norm's launch (the same sums, the same bits)");
             }
         }
     }
@@ -89,6 +92,21 @@ public class OpsLaunchPlansTests
     public void RmsNormRejectsAnEpsThatIsNotPositive(float eps)
     {
         ThrowsFor("eps", () => OpsLaunchPlans.RmsNorm("k", 64, 64, 64, 1, 64, eps));
+    }
+
+    [Test]
+    public void TheSixteenBitCopiesNeedTheirBuffersAndA16BitType()
+    {
+        ThrowsFor("y16", () => OpsLaunchPlans.RmsNormTo16("f32", "bf16", 128, 127, 128, 64, 2, 64, 1e-5f));
+        ThrowsFor("y16", () => OpsLaunchPlans.RmsNormTo16("f32", "f32", 128, 128, 128, 64, 2, 64, 1e-5f));
+        ThrowsFor("eps", () => OpsLaunchPlans.RmsNormTo16("f32", "f16", 128, 128, 128, 64, 2, 64, 0f));
+        ThrowsFor("output16", () => OpsLaunchPlans.SwiGluFusedTo16("f16", 200, 199, 400, false, 2, 100));
+        ThrowsFor("output16", () => OpsLaunchPlans.SwiGluFusedTo16("f32", 200, 200, 400, false, 2, 100));
+        ThrowsFor("gateUp", () => OpsLaunchPlans.SwiGluFusedTo16("bf16", 200, 200, 399, false, 2, 100));
+        var p = OpsLaunchPlans.SwiGluFusedTo16("bf16", 200, 200, 400, false, 2, 100)!.Value;
+        Assert.That(p with { Kernel = "swiglu_fused_f32" }, Is.EqualTo(OpsLaunchPlans.SwiGluFused(200, 400, false, 2, 100)!.Value), "swiglu_fused_f32's grid");
+        Assert.That(p.Kernel, Is.EqualTo("swiglu_fused_f32_to_bf16"));
+        Assert.That(OpsLaunchPlans.SwiGluFusedTo16("f16", 0, 0, 0, false, 0, 100), Is.Null);
     }
 
     [Test]
@@ -132,6 +150,48 @@ public class OpsLaunchPlansTests
         ThrowsFor("positions", () => OpsLaunchPlans.Rope(7 * 32 * 128, 7 * 8 * 128, 6, 64, 7, 32, 8, 128));
         ThrowsFor("invFreq", () => OpsLaunchPlans.Rope(7 * 32 * 128, 7 * 8 * 128, 7, 63, 7, 32, 8, 128));
         ThrowsFor("numKvHeads", () => OpsLaunchPlans.Rope(0, 0, 0, 64, 0, 32, -8, 128));
+    }
+
+    /// <summary>rope_kv_append with every buffer as large as T tokens of 32/8 heads, d 128, 64 slots need (f16 cache, separate q, k, v).</summary>
+    private static KernelLaunch? RopeKvAppend(int tokens, long q = -2, long k = -2, long v = -2, long kCache = -2, long slots = -2, int kvHeads = 8,
+        int qStride = 32 * 128, int kvStride = -2)
+    {
+        int kvd = kvHeads * 128;
+        kvStride = kvStride == -2 ? kvd : kvStride;
+        long Rows(long stride, int width) => tokens == 0 ? 0 : (tokens - 1L) * stride + width;
+        return OpsLaunchPlans.RopeKvAppend("f16", (long)tokens * 32 * 128, q == -2 ? Rows(qStride, 32 * 128) : q, k == -2 ? Rows(kvStride, kvd) : k,
+            v == -2 ? Rows(kvStride, kvd) : v, qStride, kvStride, kCache == -2 ? 64L * kvd : kCache, 64L * kvd, tokens, 64, slots == -2 ? tokens : slots,
+            tokens, 32, kvHeads, 128, 64);
+    }
+
+    [Test]
+    public void RopeKvAppendStridesOverEveryTokenAsRopeDoes()
+    {
+        foreach (int tokens in Counts(1))
+            foreach (int stride in new[] { 32 * 128, 48 * 128 }) // separate q, k, v; one q|k|v GEMM's rows
+            {
+                var p = RopeKvAppend(tokens, qStride: stride, kvStride: stride == 32 * 128 ? -2 : stride)!.Value;
+                Assert.That(p.Kernel, Is.EqualTo("rope_kv_append_f16"));
+                WithinLimits(p);
+                Strides(p.GridX, tokens, MaxGridYZ, $"{tokens} tokens");
+                Assert.That(p.BlockX % 32, Is.EqualTo(0u));
+            }
+        Assert.That(RopeKvAppend(0), Is.Null, "no tokens: no launch");
+    }
+
+    [Test]
+    public void RopeKvAppendChecksWhatRopeAndKvAppendCheckAndTheStrides()
+    {
+        ThrowsFor("q", () => RopeKvAppend(7, q: 7 * 32 * 128 - 1));
+        ThrowsFor("k", () => RopeKvAppend(7, k: 7 * 8 * 128 - 1));
+        ThrowsFor("v", () => RopeKvAppend(7, v: 7 * 8 * 128 - 1));
+        ThrowsFor("v", () => RopeKvAppend(7, v: 7 * 8 * 128, kvStride: 48 * 128)); // strided rows reach further than dense ones
+        ThrowsFor("kCache", () => RopeKvAppend(7, kCache: 64 * 8 * 128 - 1));
+        ThrowsFor("slots", () => RopeKvAppend(7, slots: 6));
+        ThrowsFor("numKvHeads", () => RopeKvAppend(7, kvHeads: 0));
+        ThrowsFor("qStride", () => RopeKvAppend(7, qStride: 32 * 128 - 1));
+        ThrowsFor("kvStride", () => RopeKvAppend(7, k: 7 * 8 * 128, v: 7 * 8 * 128, kvStride: 8 * 128 - 1));
+        ThrowsFor("headDim", () => OpsLaunchPlans.RopeKvAppend("f16", 1 << 20, 1 << 20, 1 << 20, 1 << 20, 1, 1, 1 << 20, 1 << 20, 1, 1024, 1, 1, 1, 1, 127, 1));
     }
 
     // ---- swiglu -----------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ public class W4A8DeviceWeightsTests
                 Assert.That((g.Codes.DType, g.Scales.DType, g.Zeros.DType), Is.EqualTo((q.Codes.DType, TensorDType.F16, q.ZeroTensor!.DType)), "as stored");
                 Assert.That(g.GroupScales == null, Is.EqualTo(q.GroupScaleTensor == null));
             }
+        Assert.That(weights.Layers.All(l => l.GateUp == null && l.Qkv == null), Is.True, "no joined q|k|v or gate|up matrix for W4A8 layers");
         long w4a8Bytes = model.Weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Sum(l => l.Tensors.Sum(t => t.ByteLength));
         Assert.That(weights.ArenaBytes, Is.GreaterThan(w4a8Bytes));
         Assert.That(weights.MaxW4A8PaddedIn, Is.EqualTo(W4A8Layout.Padded(Math.Max(Math.Max(c.HiddenSize, c.QueryDim), c.IntermediateSize))));
