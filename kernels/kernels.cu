@@ -21,7 +21,8 @@
 #include "mma.cuh" // defines: cp.async, ldmatrix, mma.sync m16n8k16 wrappers, fp32 -> f16/bf16 packing
 
 #include "ops/dense_gemm.cuh" // defines: dense_gemm_{f16,bf16}, dense_gemm_small_m_{f16,bf16}
-#include "ops/dense_gemv.cuh" // defines: dense_gemv_{f16,bf16}, dense_gemv_{residual,qkv,swiglu}_{f16,bf16}
+#include "ops/dense_gemv.cuh" // defines: dense_gemv_{f16,bf16}, dense_gemv_{residual,qkv,swiglu}_{f16,bf16},
+                              //          dense_gemv_{qkv,swiglu}_norm_{f16,bf16}
 
 #include "attention_state.cuh"            // defines: AttnPartial, online-softmax add, (o, lse) merge
 #include "ops/paged_decode_attention.cuh" // defines: paged_decode_attention_{f32,f16,bf16}, attention_merge_f32

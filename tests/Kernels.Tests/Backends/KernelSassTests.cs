@@ -27,7 +27,7 @@ public class KernelSassTests
     [
         (new("^dense_gemm_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"], "tensor-core tile fed by cp.async and ldmatrix"),
         (new("^dense_gemm_small_m_(f16|bf16)$"), ["HMMA", "LDGSTS", "LDSM"], "small-M tensor-core tile fed by cp.async and ldmatrix"),
-        (new("^dense_gemv(_residual|_qkv|_swiglu)?_(f16|bf16)$"), ["LDG.128", "SHFL"], "16-byte weight loads, warp-shuffle reductions"),
+        (new("^dense_gemv(_residual|_qkv|_swiglu|_qkv_norm|_swiglu_norm)?_(f16|bf16)$"), ["LDG.128", "SHFL"], "16-byte weight loads, warp-shuffle reductions"),
         (new("^w4a8_gemm_(group|channel)_(m16|m64|splitk)$"), ["IMMA", "LDGSTS"], "int8 tensor cores fed by cp.async"),
         (new("^paged_decode_attention_hd(64|128|256)_(f16|bf16|f32)$"), ["LDG.128", "SHFL"], "16-byte K/V loads, warp reductions"),
         (new("^paged_decode_attention_tiled_hd(64|128)_(f16|bf16)$"), ["LDGSTS", "SHFL"], "K/V tiles through cp.async, warp-shuffle scores and softmax"),

@@ -22,6 +22,7 @@ internal static unsafe partial class Verify
     private static readonly Tolerance SwiGluTol = new(1e-6, "CUDA expf (2 ulp) vs MathF.Exp; silu carries exp's relative error scaled by exp/(1+exp) <= 1, then one rounded product");
 
     private static readonly Tolerance GemmF16Tol = new(1e-3, "x rounded to f16 on load (2^-11 relative per product, random signs): the sum's error ~ 2^-12 |x||w| sqrt(K) against max|y| ~ 4 |x||w| sqrt(K); 2^-10 bound with margin");
+    private static readonly Tolerance NormGemvTol = new(5e-5, "the norm folded into the GEMV (r * sum x g w against sum ((x r) g) w): a few more fp32 roundings per term than GemvTol's summation-order difference, random signs");
     private static readonly Tolerance GemvTol = new(2e-5, "dense_gemv keeps x in fp32 and widens w exactly: only the summation order differs from the CPU's (a few ulp of the largest partial sums)");
     private static readonly Tolerance GemmBF16Tol = new(8e-3, "x rounded to bf16 on load (2^-8 relative per product): the same argument as f16 with 8x the unit roundoff");
     private static readonly Tolerance AttentionTol = new(1e-4, "fp32 from the same DT-rounded K/V: only summation order and online-softmax rescaling differ (~1 ulp per rescale, a few hundred sequential rescales at 5000 keys)");
@@ -74,7 +75,11 @@ internal static unsafe partial class Verify
             foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
                 foreach (var (m, n, k) in new[] { (1, 4096, 4096), (4, 1000, 520), (3, 14336, 4096), (2, 64, 172) })
                     foreach (string fused in new[] { "qkv", "swiglu", "residual" })
+                    {
+                        if (fused != "residual")
+                            yield return new Case($"dense_gemv_{fused}_norm_{Suffix(dtype)}", $"M={m} N={n} K={k}", () => NormGemvCase(dtype, fused, m, n, k));
                         yield return new Case($"dense_gemv_{fused}_{Suffix(dtype)}", $"M={m} N={n} K={k}", () => FusedGemvCase(dtype, fused, m, n, k));
+                    }
             foreach (var dtype in new[] { TensorDType.F16, TensorDType.BF16 })
             {
                 yield return new Case($"convert_f32_to_{Suffix(dtype)}", "n=4099 (overflow, NaN, subnormals, a scalar tail)", () => ConvertCase(dtype, 4099));
@@ -466,6 +471,59 @@ internal static unsafe partial class Verify
                 return [.. y.ToArray(), .. y16.ToArray().Select(widen)];
             }
             return SameBits(kernel, shape, Run(fused: false), Run(fused: true), "bit-exact: swiglu_fused_f32's and convert_f32_to_*'s operations in one launch");
+        }
+
+        /// <summary>
+        /// dense_gemv_{qkv,swiglu}_norm against rms_norm (fp32 weight) then dense_gemv_{qkv,swiglu} on the normalized
+        /// rows: the norm folded into the tile rounds differently, so within <see cref="NormGemvTol"/>.
+        /// </summary>
+        private CaseResult NormGemvCase(TensorDType dtype, string fused, int m, int n, int k) => dtype == TensorDType.F16
+            ? NormGemvCase<Half>(fused, m, n, k, v => (Half)v)
+            : NormGemvCase<ushort>(fused, m, n, k, DTypeConvert.SingleToBFloat16);
+
+        private CaseResult NormGemvCase<T>(string fused, int m, int n, int k, Func<float, T> convert) where T : unmanaged
+        {
+            string kernel = $"dense_gemv_{fused}_norm_{DeviceElement<T>.Suffix}", shape = $"M={m} N={n} K={k}";
+            const float Eps = 1e-5f;
+            int nkv = Math.Max(1, n / 4);
+            var x = Normal(m * k, 3f);
+            var g = Normal(k, 0.3f).Select(v => 1f + v).ToArray();
+            DeviceBuffer<T> W(int rows) => DeviceBuffer<T>.From(device, Normal(rows * k, 0.05f).Select(convert).ToArray());
+            using var dx = DeviceBuffer<float>.From(device, x);
+            using var dg = DeviceBuffer<float>.From(device, g);
+            using var xn = DeviceBuffer<float>.Allocate(device, (long)m * k);
+            using var w0 = W(n);
+            using var w1 = W(fused == "qkv" ? nkv : n);
+            using var w2 = W(nkv);
+            using var b0 = DeviceBuffer<T>.From(device, Normal(n, 0.5f).Select(convert).ToArray());
+            using var b1 = DeviceBuffer<T>.From(device, Normal(nkv, 0.5f).Select(convert).ToArray());
+            using var b2 = DeviceBuffer<T>.From(device, Normal(nkv, 0.5f).Select(convert).ToArray());
+            using var r0 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var r1 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var r2 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y0 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y1 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y2 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            ops.RmsNorm(xn, dx, dg, m, k, Eps);
+            float[] expected, got;
+            if (fused == "qkv")
+            {
+                ops.DenseGemvQkv(r0, r1, r2, xn, w0, w1, w2, b0, b1, b2, m, n, nkv, k);
+                ops.DenseGemvQkvNorm(y0, y1, y2, dx, dg, Eps, w0, w1, w2, b0, b1, b2, m, n, nkv, k);
+                device.Synchronize();
+                expected = [.. r0.ToArray().AsSpan(0, m * n), .. r1.ToArray().AsSpan(0, m * nkv), .. r2.ToArray().AsSpan(0, m * nkv)];
+                got = [.. y0.ToArray().AsSpan(0, m * n), .. y1.ToArray().AsSpan(0, m * nkv), .. y2.ToArray().AsSpan(0, m * nkv)];
+            }
+            else
+            {
+                ops.DenseGemvSwiGlu(r0, xn, w0, w1, m, n, k);
+                ops.DenseGemvSwiGluNorm(y0, dx, dg, Eps, w0, w1, m, n, k);
+                device.Synchronize();
+                expected = r0.ToArray()[..(m * n)];
+                got = y0.ToArray()[..(m * n)];
+            }
+            using var result = InPlace(got);
+            return Compare(kernel, shape, result, expected, NormGemvTol);
         }
 
         /// <summary>A fused kernel's outputs against the unfused launches' outputs, bit for bit.</summary>

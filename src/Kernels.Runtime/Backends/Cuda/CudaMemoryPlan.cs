@@ -69,10 +69,12 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool? W4A8SplitK { get; init; }
     /// <summary>
-    /// Decode rows (at most 4) of dense layers through the fused GEMVs: dense_gemv_qkv (q, k and v in one launch),
-    /// dense_gemv_swiglu (gate and up with the SwiGLU in the epilogue), dense_gemv_residual (o and down adding into the
-    /// residual stream); the same sums as one dense_gemv per projection, so the same bits, in six launches fewer per
-    /// layer. null: as this GPU's tuning table says (on without one: they are dense_gemv's tile code).
+    /// Decode rows (at most 4) of dense layers through the fused GEMVs: dense_gemv_qkv_norm (the attention norm, q, k
+    /// and v in one launch), dense_gemv_swiglu_norm (the MLP norm, gate and up with the SwiGLU in the epilogue),
+    /// dense_gemv_residual (o and down adding into the residual stream): eight launches fewer per layer. The norms are
+    /// folded into the tiles (x g summed against W, then scaled by 1/rms: fp32 roundings differ from rms_norm then
+    /// dense_gemv); the rest are the same sums as one dense_gemv per projection. null: as this GPU's tuning table says
+    /// (on without one: they are dense_gemv's tile code).
     /// </summary>
     public bool? FusedGemv { get; init; }
     /// <summary>

@@ -129,7 +129,7 @@ internal sealed unsafe class CudaStep : IDisposable
                             (_kivi != null ? $"KIVI attention (fp16 window per query row + kivi_decode_attention_split over the compact blocks; no Hydragen levels)"
                                 : $"prefill and shared-prefix attention {(_mmaAttention ? $"tensor-core ({_attentionTileKeys}-key tiles, Hydragen levels)" : "CUDA-core (per sequence)")}") +
                             (weights.MaxW4A8PaddedIn > 0 ? $", W4A8 decode GEMM {(_w4a8SplitK ? "split-K" : "two-stage")}" : "") +
-                            $", decode GEMVs {(_fusedGemv ? "fused (q|k|v, gate|up + SwiGLU, residual adds)" : "one per projection")}" +
+                            $", decode GEMVs {(_fusedGemv ? "fused (norm + q|k|v, norm + gate|up + SwiGLU, residual adds)" : "one per projection")}" +
                             $", RoPE {(_fusedRope ? "fused with kv_append" : "and kv_append apart")} ({tuning.Source})";
             if (_mmaAttention)
             {
@@ -355,28 +355,35 @@ internal sealed unsafe class CudaStep : IDisposable
         for (int l = 0; l < c.NumLayers; l++)
         {
             var w = _weights.Layers[l];
-            // A norm feeding only W4A8 layers is fused with their int8 quantization (rms_norm_quant_int8: the same
-            // normalized values, so the same codes as the norm and quantize_int8 apart); _xn is then not written.
-            bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv, w.Bq);
+            // Decode rows (at most 4) of dense q, k, v: one fused GEMV with the norm folded in. Otherwise the norm
+            // (a norm feeding only W4A8 layers is fused with their int8 quantization, rms_norm_quant_int8, and _xn is
+            // not written; one feeding cuBLASLt also writes its 16-bit copy), then one q|k|v GEMM or three projections.
             _qkvJoined = false;
-            if (!QkvGemv(w, rows) && !QkvGemm(w, rows, fused))
+            if (!QkvGemv(w, rows, eps))
             {
-                Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
-                Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
-                Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
+                bool fused = NormFor(w.AttentionNorm, rows, eps, w.Wq, w.Wk, w.Wv, w.Bq);
+                if (!QkvGemm(w, rows, fused))
+                {
+                    Linear(_q, _xn, w.Wq, w.Bq, rows, qd, h, reuse: fused);
+                    Linear(_k, _xn, w.Wk, w.Bk, rows, kvd, h, reuse: true);
+                    Linear(_v, _xn, w.Wv, w.Bv, rows, kvd, h, reuse: true);
+                }
             }
             // RoPE is applied with kv_append (AppendKv) when fused: one launch instead of two, the same bits.
             if (!_fusedRope) _ops.RopeF32(_q, _k, _positions, _invFreq, rows, c.NumHeads, c.NumKvHeads, c.HeadDim);
             if (kivi != null) KiviAppendAndAttend(l, rows, width, tablesBuffer, kivi);
             else AppendAndAttend(l, rows, numSeqs, width, maxCount, maxSeqLen, decode, seqLensBuffer, tablesBuffer, work, workBuffers);
             LinearAdd(_x, _attn, w.Wo, rows, h, qd);
-            fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
             bool downInput16 = false;
-            if (!SwiGluGemv(w, rows) && !GateUpGemm(w, rows, fused, ref downInput16))
+            if (!SwiGluGemv(w, rows, eps))
             {
-                Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
-                Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
-                _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
+                bool fused = NormFor(w.FfnNorm, rows, eps, w.Gate, w.Up);
+                if (!GateUpGemm(w, rows, fused, ref downInput16))
+                {
+                    Linear(_gate, _xn, w.Gate, null, rows, ff, h, reuse: fused);
+                    Linear(_up, _xn, w.Up, null, rows, ff, h, reuse: true);
+                    _ops.SwiGluF32(_gate, _gate, _up, rows, ff);
+                }
             }
             LinearAdd(_x, _gate, w.Down, rows, h, ff, reuse: downInput16);
         }
@@ -582,25 +589,31 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Whether an <paramref name="m"/>-row dense projection runs on our GEMV, fused where it can be (not cuBLASLt).</summary>
     private bool FusedGemvRows(int m) => _fusedGemv && m <= OpsLaunchPlans.GemvMaxRows && (_lt == null || m < _ltMinRows);
 
-    /// <summary>The three dense projections of one dtype (biases all or none) in one dense_gemv_qkv launch; false: not fusable.</summary>
-    private bool QkvGemv(GpuLayer w, int rows)
+    /// <summary>
+    /// The attention norm and the three dense projections of one dtype (biases all or none) in one dense_gemv_qkv_norm
+    /// launch, reading _x (the norm folded into the tile); false: not fusable.
+    /// </summary>
+    private bool QkvGemv(GpuLayer w, int rows, float eps)
     {
         if (!FusedGemvRows(rows) || w.Wq is not GpuDense q || w.Wk is not GpuDense k || w.Wv is not GpuDense v) return false;
         var t = q.Weight.DType;
         if (k.Weight.DType != t || v.Weight.DType != t || t is not (TensorDType.F16 or TensorDType.BF16)) return false;
         if ((w.Bq == null) != (w.Bk == null) || (w.Bk == null) != (w.Bv == null)) return false;
-        var action = new QkvGemvAction(this, q.Weight, k.Weight, v.Weight, w.Bq, w.Bk, w.Bv, rows);
+        var action = new QkvGemvAction(this, w.AttentionNormF32!, eps, q.Weight, k.Weight, v.Weight, w.Bq, w.Bk, w.Bv, rows);
         DeviceDType.Dispatch(t, ref action, q.Weight.Name, "GEMM weight in");
         return true;
     }
 
-    /// <summary>gate and up (dense, one dtype) with the SwiGLU in one dense_gemv_swiglu launch into _gate; false: not fusable.</summary>
-    private bool SwiGluGemv(GpuLayer w, int rows)
+    /// <summary>
+    /// The MLP norm, gate and up (dense, one dtype) and the SwiGLU in one dense_gemv_swiglu_norm launch from _x into
+    /// _gate; false: not fusable.
+    /// </summary>
+    private bool SwiGluGemv(GpuLayer w, int rows, float eps)
     {
         if (!FusedGemvRows(rows) || w.Gate is not GpuDense g || w.Up is not GpuDense u) return false;
         var t = g.Weight.DType;
         if (u.Weight.DType != t || t is not (TensorDType.F16 or TensorDType.BF16)) return false;
-        var action = new SwiGluGemvAction(this, g.Weight, u.Weight, rows);
+        var action = new SwiGluGemvAction(this, w.FfnNormF32!, eps, g.Weight, u.Weight, rows);
         DeviceDType.Dispatch(t, ref action, g.Weight.Name, "GEMM weight in");
         return true;
     }
@@ -642,18 +655,18 @@ internal sealed unsafe class CudaStep : IDisposable
         return true;
     }
 
-    private readonly struct QkvGemvAction(CudaStep s, GpuTensor wq, GpuTensor wk, GpuTensor wv, GpuTensor? bq, GpuTensor? bk, GpuTensor? bv, int m)
-        : IDeviceDTypeAction
+    private readonly struct QkvGemvAction(CudaStep s, GpuTensor norm, float eps, GpuTensor wq, GpuTensor wk, GpuTensor wv, GpuTensor? bq, GpuTensor? bk,
+        GpuTensor? bv, int m) : IDeviceDTypeAction
     {
         public void Run<T>() where T : unmanaged =>
-            s._ops.DenseGemvQkv(s._q, s._k, s._v, s._xn, wq.View<T>(), wk.View<T>(), wv.View<T>(), bq?.View<T>(), bk?.View<T>(), bv?.View<T>(), m,
-                s._config.QueryDim, s._config.KvDim, s._config.HiddenSize);
+            s._ops.DenseGemvQkvNorm(s._q, s._k, s._v, s._x, norm.View<float>(), eps, wq.View<T>(), wk.View<T>(), wv.View<T>(), bq?.View<T>(), bk?.View<T>(),
+                bv?.View<T>(), m, s._config.QueryDim, s._config.KvDim, s._config.HiddenSize);
     }
 
-    private readonly struct SwiGluGemvAction(CudaStep s, GpuTensor wg, GpuTensor wu, int m) : IDeviceDTypeAction
+    private readonly struct SwiGluGemvAction(CudaStep s, GpuTensor norm, float eps, GpuTensor wg, GpuTensor wu, int m) : IDeviceDTypeAction
     {
         public void Run<T>() where T : unmanaged =>
-            s._ops.DenseGemvSwiGlu(s._gate, s._xn, wg.View<T>(), wu.View<T>(), m, s._config.IntermediateSize, s._config.HiddenSize);
+            s._ops.DenseGemvSwiGluNorm(s._gate, s._x, norm.View<float>(), eps, wg.View<T>(), wu.View<T>(), m, s._config.IntermediateSize, s._config.HiddenSize);
     }
 
     private readonly struct ResidualGemvAction(CudaStep s, DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)

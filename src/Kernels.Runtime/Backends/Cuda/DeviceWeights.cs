@@ -102,9 +102,13 @@ internal sealed unsafe class DeviceWeights : IDisposable
             var up = M(lw.Up);
             var gateUp = GpuTensor.Joined($"{lw.Gate.Name}|up", gate, up);
             if (gateUp != null) joined.Add(gateUp);
+            // The norms also in fp32 (the same tensor when stored so): the fused decode GEMVs fold them in from fp32.
+            var attentionNorm32 = Place(lw.AttentionNorm, TensorDType.F32);
+            var ffnNorm32 = Place(lw.FfnNorm, TensorDType.F32);
             layers[l] = new GpuLayer(Place(lw.AttentionNorm, VectorTarget(lw.AttentionNorm)), wq, wk, wv,
                 lw.Bq == null ? null : Place(lw.Bq, BiasType(wq)), lw.Bk == null ? null : Place(lw.Bk, BiasType(wk)), lw.Bv == null ? null : Place(lw.Bv, BiasType(wv)),
-                wo, ffnNorm, gate, up, M(lw.Down), qkv == null ? null : new GpuDense(qkv), gateUp == null ? null : new GpuDense(gateUp));
+                wo, ffnNorm, gate, up, M(lw.Down), qkv == null ? null : new GpuDense(qkv), gateUp == null ? null : new GpuDense(gateUp),
+                attentionNorm32, ffnNorm32);
         }
         var finalNorm = Place(w.FinalNorm, VectorTarget(w.FinalNorm));
         var lmHead = Place(w.LmHead, MatrixTarget(w.LmHead));
@@ -268,10 +272,12 @@ internal sealed class GpuTensor(string name, TensorDType dtype, long offset, lon
 
 /// <summary>
 /// A layer's tensors on the device. <see cref="Qkv"/>: q's, k's and v's rows as one [q_dim + 2 kv_dim, H] matrix, and
-/// <see cref="GateUp"/>: gate's and up's as one [2 I, H], where they are dense in one dtype and adjacent (else null).
+/// <see cref="GateUp"/>: gate's and up's as one [2 I, H], where they are dense in one dtype and adjacent (else null);
+/// <see cref="AttentionNormF32"/>, <see cref="FfnNormF32"/>: the norm weights in fp32 (the fused decode GEMVs').
 /// </summary>
 internal sealed record GpuLayer(GpuTensor AttentionNorm, GpuLinear Wq, GpuLinear Wk, GpuLinear Wv, GpuTensor? Bq, GpuTensor? Bk, GpuTensor? Bv,
-    GpuLinear Wo, GpuTensor FfnNorm, GpuLinear Gate, GpuLinear Up, GpuLinear Down, GpuDense? Qkv = null, GpuDense? GateUp = null);
+    GpuLinear Wo, GpuTensor FfnNorm, GpuLinear Gate, GpuLinear Up, GpuLinear Down, GpuDense? Qkv = null, GpuDense? GateUp = null,
+    GpuTensor? AttentionNormF32 = null, GpuTensor? FfnNormF32 = null);
 
 /// <summary>A linear layer on the device: a dense matrix, or W4A8's packed codes and scales.</summary>
 internal abstract record GpuLinear;

@@ -31,8 +31,8 @@ internal sealed record KernelTuning(
     public bool W4A8SplitK { get; init; }
 
     /// <summary>
-    /// Decode rows' dense projections through the fused GEMVs (q|k|v in one launch, gate|up with the SwiGLU, the o and
-    /// down projections adding into the residual): the same tile code and bits as dense_gemv, six launches fewer per
+    /// Decode rows' dense projections through the fused GEMVs (the norm, q|k|v in one launch; the norm, gate|up with the
+    /// SwiGLU; the o and down projections adding into the residual): dense_gemv's tile code, eight launches fewer per
     /// layer. Absent from a table, and without one: on; `tune` turns it off when verify fails for one of them.
     /// </summary>
     [JsonPropertyName("fusedGemv")]

@@ -119,6 +119,30 @@ internal static partial class OpsLaunchPlans
         return GemvGrid($"dense_gemv_swiglu_{suffix}", GemvBlocks(n), m);
     }
 
+    /// <summary>dense_gemv_qkv_norm_{suffix}: <see cref="DenseGemvQkv"/> of RMSNorm(x), g [k] the fp32 norm weight (same grid).</summary>
+    public static KernelLaunch? DenseGemvQkvNorm(string suffix, long yqLength, long ykLength, long yvLength, long xLength, long gLength, float eps,
+        long wqLength, long wkLength, long wvLength, long bqLength, long bkLength, long bvLength, int m, int nq, int nkv, int k)
+    {
+        var plan = DenseGemvQkv(suffix, yqLength, ykLength, yvLength, xLength, wqLength, wkLength, wvLength, bqLength, bkLength, bvLength, m, nq, nkv, k);
+        CheckNorm(gLength, eps, k);
+        return plan == null ? null : plan.Value with { Kernel = $"dense_gemv_qkv_norm_{suffix}" };
+    }
+
+    /// <summary>dense_gemv_swiglu_norm_{suffix}: <see cref="DenseGemvSwiGlu"/> of RMSNorm(x), g [k] the fp32 norm weight (same grid).</summary>
+    public static KernelLaunch? DenseGemvSwiGluNorm(string suffix, long outLength, long xLength, long gLength, float eps, long wgLength, long wuLength,
+        int m, int n, int k)
+    {
+        var plan = DenseGemvSwiGlu(suffix, outLength, xLength, wgLength, wuLength, m, n, k);
+        CheckNorm(gLength, eps, k);
+        return plan == null ? null : plan.Value with { Kernel = $"dense_gemv_swiglu_norm_{suffix}" };
+    }
+
+    private static void CheckNorm(long gLength, float eps, int k)
+    {
+        PositiveEps(eps);
+        AtLeast(gLength, k, "g", $"[k={k}]");
+    }
+
     /// <summary>
     /// The kernel a y = x W^T of <paramref name="m"/> rows runs: dense_gemv (CUDA cores, fp32 x, W streamed once) for
     /// m &lt;= <see cref="GemvMaxRows"/> and whenever K % 8 != 0 (the tensor-core tiles copy W in 16-byte chunks),

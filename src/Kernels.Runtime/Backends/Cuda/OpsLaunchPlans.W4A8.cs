@@ -103,8 +103,7 @@ internal static partial class OpsLaunchPlans
         if (dim > RmsNormQuantMaxDim) throw new ArgumentOutOfRangeException("dim", dim, $"rms_norm_quant_int8 supports dim <= {RmsNormQuantMaxDim} (exact fp32 sum of the codes)");
         if (dimPadded < dim || dimPadded % 32 != 0)
             throw new ArgumentOutOfRangeException("dimPadded", dimPadded, $"dimPadded must be a multiple of 32 and >= dim = {dim}");
-        if (!(eps > 0) || !float.IsFinite(eps))
-            throw new ArgumentOutOfRangeException("eps", eps, "eps must be a finite number > 0 (it keeps 1/sqrt finite for a zero row)");
+        PositiveEps(eps);
         AtLeast(xqLength, Elements(numTokens, dimPadded, "xq"), "xq", $"[numTokens={numTokens}, dimPadded={dimPadded}]");
         AtLeast(xScaleLength, numTokens, "xScale", $"[numTokens={numTokens}]");
         AtLeast(xSumLength, numTokens, "xSum", $"[numTokens={numTokens}]");

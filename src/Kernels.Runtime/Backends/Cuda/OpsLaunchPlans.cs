@@ -42,8 +42,7 @@ internal static partial class OpsLaunchPlans
     {
         NonNegative(numTokens, "numTokens");
         NonNegative(dim, "dim");
-        if (!(eps > 0) || !float.IsFinite(eps))
-            throw new ArgumentOutOfRangeException("eps", eps, "eps must be a finite number > 0 (it keeps 1/sqrt finite for a zero row)");
+        PositiveEps(eps);
         long elements = Elements(numTokens, dim, "x");
         AtLeast(yLength, elements, "y", $"[numTokens={numTokens}, dim={dim}]");
         AtLeast(xLength, elements, "x", $"[numTokens={numTokens}, dim={dim}]");
@@ -186,6 +185,13 @@ internal static partial class OpsLaunchPlans
     }
 
     // ---- checks ----------------------------------------------------------------------------------------------------
+
+    /// <summary>An RMSNorm's eps: finite and > 0 (it keeps 1/sqrt finite for a zero row).</summary>
+    private static void PositiveEps(float eps)
+    {
+        if (!(eps > 0) || !float.IsFinite(eps))
+            throw new ArgumentOutOfRangeException("eps", eps, "eps must be a finite number > 0 (it keeps 1/sqrt finite for a zero row)");
+    }
 
     private static void NonNegative(int value, string argument)
     {

@@ -269,6 +269,26 @@ public class ModelLaunchPlansTests
         Assert.That(OpsLaunchPlans.SampleTokens(4, 4, 4000, 4, 4, 4, 4, 4, 1000, 1000, radix: true)!.Value.Kernel, Is.EqualTo("sample_tokens_radix_f32"));
     }
 
+    // ---- fused decode GEMVs with the norm folded in ------------------------------------------------------------------
+
+    [Test]
+    public void TheNormGemvsRunTheGridOfTheGemvsTheyExtendAndCheckTheNormWeight()
+    {
+        foreach (int m in new[] { 1, 3, 4 })
+        {
+            var qkv = OpsLaunchPlans.DenseGemvQkvNorm("bf16", m * 4096L, m * 1024L, m * 1024L, m * 4096L, 4096, 1e-5f, 4096L * 4096, 1024L * 4096, 1024L * 4096, -1, -1, -1,
+                m, 4096, 1024, 4096)!.Value;
+            var plain = OpsLaunchPlans.DenseGemvQkv("bf16", m * 4096L, m * 1024L, m * 1024L, m * 4096L, 4096L * 4096, 1024L * 4096, 1024L * 4096, -1, -1, -1, m, 4096, 1024, 4096)!.Value;
+            Assert.That(qkv, Is.EqualTo(plain with { Kernel = "dense_gemv_qkv_norm_bf16" }));
+            var swiglu = OpsLaunchPlans.DenseGemvSwiGluNorm("f16", m * 14336L, m * 4096L, 4096, 1e-6f, 14336L * 4096, 14336L * 4096, m, 14336, 4096)!.Value;
+            Assert.That(swiglu, Is.EqualTo(OpsLaunchPlans.DenseGemvSwiGlu("f16", m * 14336L, m * 4096L, 14336L * 4096, 14336L * 4096, m, 14336, 4096)!.Value
+                with { Kernel = "dense_gemv_swiglu_norm_f16" }));
+        }
+        ThrowsFor("g", () => OpsLaunchPlans.DenseGemvSwiGluNorm("f16", 14336, 4096, 4095, 1e-6f, 14336L * 4096, 14336L * 4096, 1, 14336, 4096));
+        ThrowsFor("eps", () => OpsLaunchPlans.DenseGemvSwiGluNorm("f16", 14336, 4096, 4096, 0f, 14336L * 4096, 14336L * 4096, 1, 14336, 4096));
+        ThrowsFor("g", () => OpsLaunchPlans.DenseGemvQkvNorm("f16", 4096, 1024, 1024, 4096, 100, 1e-5f, 4096L * 4096, 1024L * 4096, 1024L * 4096, -1, -1, -1, 1, 4096, 1024, 4096));
+    }
+
     // ---- squeezellm_gemv ----------------------------------------------------------------------------------------------
 
     [Test]
