@@ -58,6 +58,8 @@ internal static partial class EndToEnd
         foreach (var (model, path) in models)
             foreach (var (variant, o) in variants)
             {
+                // The split-K switch changes nothing for a model without W4A8 layers (minutes per check here).
+                if (variant.Contains("split-K", StringComparison.Ordinal) && !model.Contains("w4a8", StringComparison.Ordinal)) continue;
                 string name = $"{model}, {variant}";
                 if (only != null && !name.Contains(only, StringComparison.OrdinalIgnoreCase)) continue;
                 Report(Parity(name, path, o));
