@@ -17,7 +17,7 @@ public static class MatMulBench
     {
         var model = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model whose weights are multiplied (a .gguf of any weight type, an HF directory, synthetic:...)" };
         var rows = new Option<string>("--rows") { DefaultValueFactory = _ => "1,16,64", Description = "Comma-separated numbers of x rows" };
-        var layer = new Option<int>("--layer") { DefaultValueFactory = _ => 0, Description = "Which layer's weights (the LM head is timed too)" };
+        var layer = new Option<int>("--layer") { DefaultValueFactory = _ => 0, Description = "Which layer's weights (the LM head is timed too); -1: every layer in turn (one weight kind at a time); -2: every layer's projections in a forward step's order, so each weight comes from memory as in a real step (ms per step)" };
         var seconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 0.5, Description = "Timing budget per weight and row count" };
         var command = new Command("matmul", "CPU matmul per weight of one layer and the LM head (dense or quantized): time per call, GB/s of weights, GMAC/s");
         foreach (var o in new Option[] { model, rows, layer, seconds }) command.Options.Add(o);
@@ -28,20 +28,34 @@ public static class MatMulBench
     private static int Run(string modelSpec, string rowList, int layerIndex, double seconds)
     {
         using var model = ModelLoader.Load(modelSpec);
-        var layer = model.Weights.Layers[layerIndex];
-        var weights = new List<(string Name, LinearWeight W)>
+        if (layerIndex < StepOrder || layerIndex >= model.Weights.Layers.Count)
         {
-            ("q", layer.Wq), ("k", layer.Wk), ("v", layer.Wv), ("o", layer.Wo), ("gate", layer.Gate), ("up", layer.Up), ("down", layer.Down),
-            ("lm_head", new DenseLinear("lm_head", model.Weights.LmHead)),
+            Console.Error.WriteLine($"--layer {layerIndex}: {modelSpec} has layers 0..{model.Weights.Layers.Count - 1} (or -1: all in turn, -2: a step's order)");
+            return 1;
+        }
+        var layers = layerIndex < 0 ? model.Weights.Layers.ToArray() : [model.Weights.Layers[layerIndex]];
+        var weights = new List<(string Name, LinearWeight[] W)>
+        {
+            ("q", layers.Select(l => l.Wq).ToArray()), ("k", layers.Select(l => l.Wk).ToArray()), ("v", layers.Select(l => l.Wv).ToArray()),
+            ("o", layers.Select(l => l.Wo).ToArray()), ("gate", layers.Select(l => l.Gate).ToArray()), ("up", layers.Select(l => l.Up).ToArray()),
+            ("down", layers.Select(l => l.Down).ToArray()), ("lm_head", [new DenseLinear("lm_head", model.Weights.LmHead)]),
         };
-        Console.WriteLine($"# {modelSpec}, layer {layerIndex}; {Environment.ProcessorCount} threads; GGML dot path {GgmlDot.Best}; " +
+        Console.WriteLine($"# {modelSpec}, {(layerIndex == StepOrder ? $"all {layers.Length} layers in a step's order" : layerIndex < 0 ? $"all {layers.Length} layers in turn" : $"layer {layerIndex}")}; {Environment.ProcessorCount} threads; GGML dot path {GgmlDot.Best}; " +
                           $"AVX-512F {System.Runtime.Intrinsics.X86.Avx512F.IsSupported}; load average {LoadAverage()}");
+        if (layerIndex == StepOrder)
+        {
+            Console.WriteLine("| x rows | q + k + v ms | o ms | gate + up ms | down ms | (per step: every layer once, mean of 29 steps) |");
+            Console.WriteLine("|---:|---:|---:|---:|---:|---|");
+            foreach (int r in rowList.Split(',').Select(int.Parse)) StepSequence(model, r, 30);
+            return 0;
+        }
         Console.WriteLine("| weight | format | N x K | x rows | min ms | median ms | GB/s (min) | GMAC/s (min) |");
         Console.WriteLine("|---|---|---|---:|---:|---:|---:|---:|");
         var rng = new Random(1);
         foreach (int r in rowList.Split(',').Select(int.Parse))
-            foreach (var (name, w) in weights)
+            foreach (var (name, all) in weights)
             {
+                var w = all[0];
                 var x = new float[r * w.InFeatures];
                 for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
                 var y = new float[r * w.OutFeatures];
@@ -50,8 +64,9 @@ public static class MatMulBench
                 var budget = Stopwatch.StartNew();
                 while (budget.Elapsed.TotalSeconds < seconds || times.Count < 5)
                 {
+                    var wi = all[times.Count % all.Length];
                     long t0 = Stopwatch.GetTimestamp();
-                    Linear.Multiply(x, r, w, y);
+                    Linear.Multiply(x, r, wi, y);
                     times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
                 }
                 times.Sort();
@@ -59,6 +74,41 @@ public static class MatMulBench
                 Console.WriteLine($"| {name} | {w.Format} | {w.OutFeatures} x {w.InFeatures} | {r} | {min:F3} | {median:F3} | {w.ByteLength / min / 1e6:F1} | {(double)r * w.OutFeatures * w.InFeatures / min / 1e6:F1} |");
             }
         return 0;
+    }
+
+    /// <summary>--layer -2: every layer's projections in a forward step's order, repeated; ms per step by projection.</summary>
+    private const int StepOrder = -2;
+
+    /// <summary>
+    /// The projections of every layer in a forward step's order (q, k, v; o; gate, up; down), repeated, each weight read
+    /// from memory as in a real step (the whole model does not fit the caches): per-step milliseconds by projection,
+    /// averaged over the repetitions after the first. What the one-weight rows cannot show: a weight read cold.
+    /// </summary>
+    private static void StepSequence(LoadedModel model, int r, int reps)
+    {
+        var c = model.Config;
+        var rng = new Random(2);
+        float[] Rand(int n) { var a = new float[n]; for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1); return a; }
+        var xn = Rand(r * c.HiddenSize); var gate = Rand(r * c.IntermediateSize); var up = new float[r * c.IntermediateSize];
+        var q = new float[r * c.QueryDim]; var k = new float[r * c.KvDim]; var v = new float[r * c.KvDim]; var proj = new float[r * c.HiddenSize];
+        var attn = Rand(r * c.QueryDim);
+        var t = new double[4];
+        for (int rep = 0; rep < reps; rep++)
+            foreach (var l in model.Weights.Layers)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                Linear.Multiply(xn, r, l.Wq, q); Linear.Multiply(xn, r, l.Wk, k); Linear.Multiply(xn, r, l.Wv, v);
+                long t1 = Stopwatch.GetTimestamp();
+                Linear.Multiply(attn, r, l.Wo, proj);
+                long t2 = Stopwatch.GetTimestamp();
+                Linear.Multiply(xn, r, l.Gate, gate); Linear.Multiply(xn, r, l.Up, up);
+                long t3 = Stopwatch.GetTimestamp();
+                Linear.Multiply(gate, r, l.Down, proj);
+                long t4 = Stopwatch.GetTimestamp();
+                if (rep > 0) { t[0] += t1 - t0; t[1] += t2 - t1; t[2] += t3 - t2; t[3] += t4 - t3; }
+            }
+        double f = 1000.0 / Stopwatch.Frequency / (reps - 1);
+        Console.WriteLine($"| {r} | {t[0] * f:F3} | {t[1] * f:F3} | {t[2] * f:F3} | {t[3] * f:F3} | |");
     }
 
     private static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "?";

@@ -17,7 +17,7 @@ internal static unsafe partial class MatMul
     /// 100M F16 decode step, interleaved A/B, medians of 28), 10-15 % less time than four rows at a time fetching the
     /// next four rows; 2-4 KiB leads were alike, 1.5 KiB slower.
     /// </summary>
-    private const int DecodeLead = 3072;
+    internal const int DecodeLead = 3072;
 
     private readonly partial struct Job
     {
