@@ -106,8 +106,12 @@ public sealed unsafe class GgmlDotTests
     [TestCaseSource(nameof(BlockTypes))]
     public void EveryPathAndBatchSizeGivesTheSameBits(TensorDType type)
     {
-        // k-quant batches: a tile of 8 rows, a tile of 4, a single row; one activation row: weight rows two at a time, then the last alone
-        const int k = 1024, rows = 7, xRows = 13;
+        // k-quant batches: a tile of 8 rows, a tile of 4, a single row; one activation row: weight rows two at a time, then the
+        // last alone. The later trials' 37 activation rows and 19 weight rows take the 32-value formats' blocked loop
+        // (chunks of GgmlDot.ChunkRows weight rows, groups of GgmlDot.GroupRows activation rows, each ending partly filled).
+        const int k = 1024;
+        Assert.That(37 > 2 * GgmlDot.GroupRows && 37 % GgmlDot.GroupRows % 4 != 0, "the large shape must end in a partial group with a tile and single rows");
+        Assert.That(19 > 2 * GgmlDot.ChunkRows && 19 % GgmlDot.ChunkRows != 0, "and in a partial chunk");
         var rng = new Random(7 + (int)type);
         var paths = new List<GgmlDot.Path> { GgmlDot.Path.Scalar };
         if (System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported) paths.Add(GgmlDot.Path.Avx2);
@@ -119,6 +123,7 @@ public sealed unsafe class GgmlDotTests
         var vectorUnpacked = GC.AllocateArray<byte>(unpackedBytes + 64, pinned: true);
         for (int trial = 0; trial < 8; trial++)
         {
+            int rows = trial < 4 ? 7 : 19, xRows = trial < 4 ? 13 : 37;
             // Arbitrary bytes: every code and scale pattern (finite fp16 scales, so sums stay comparable).
             long rowBytes = type.ByteCount(k);
             var weights = new byte[rowBytes * rows];
@@ -134,8 +139,8 @@ public sealed unsafe class GgmlDotTests
             fixed (float* y = batched)
             fixed (float* y1 = single)
             {
-                GgmlDot.Multiply(type, src, k, 0, rows, acts, y, rows, null, new byte[unpackedBytes + 64]);
-                for (int t = 0; t < xRows; t++) GgmlDot.Multiply(type, src, k, 0, rows, [acts[t]], y1 + t * rows, rows, null, new byte[unpackedBytes + 64]);
+                GgmlDot.Multiply(type, src, k, 0, rows, acts, y, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
+                for (int t = 0; t < xRows; t++) GgmlDot.Multiply(type, src, k, 0, rows, [acts[t]], y1 + t * rows, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
                 for (int j = 0; j < rows; j++)
                     fixed (byte* u0 = unpacked)
                     fixed (byte* v0 = vectorUnpacked)

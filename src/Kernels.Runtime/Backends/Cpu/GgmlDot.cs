@@ -45,6 +45,21 @@ internal static unsafe class GgmlDot
     public static int UnpackedBytes(TensorDType type, int k) =>
         (type.BlockSize() == 256 ? k + k + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
 
+    /// <summary>
+    /// Batched rows of the 32-value formats: weight rows unpacked together, then passed by the activation rows
+    /// <see cref="GroupRows"/> at a time, so a group's codes and lane sums (as many bytes again) stay in L1 across the
+    /// chunk instead of streaming from L2 for every weight row (Q8_0, 64 rows: 10-15 % less time on the AMD EPYC with
+    /// AVX-512). One group (up to 16 rows) keeps the plain row loop, which measured faster there; the k-quant tile,
+    /// whose activations are half the bytes, measured slower blocked and is not.
+    /// </summary>
+    public const int ChunkRows = 8;
+
+    /// <summary>Activation rows per pass over an unpacked chunk (a multiple of the 4-row tile).</summary>
+    public const int GroupRows = 16;
+
+    /// <summary>The scratch <see cref="Multiply"/> needs: <see cref="ChunkRows"/> unpacked rows, 64-byte aligned.</summary>
+    public static int BufferBytes(TensorDType type, int k) => ChunkRows * UnpackedBytes(type, k) + 64;
+
     /// <summary>Unpacks one weight row of <paramref name="k"/> values at <paramref name="row"/> into <paramref name="destination"/> (64-byte aligned).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Unpack(TensorDType type, byte* row, int k, byte* destination)
@@ -214,6 +229,7 @@ internal static unsafe class GgmlDot
     public static void Multiply(TensorDType type, byte* weights, int k, int start, int end, Activation[] x, float* y, int n, float[]? bias, byte[] buffer)
     {
         var path = Best;
+        if (buffer.Length < BufferBytes(type, k)) throw new ArgumentException($"the unpack buffer holds {buffer.Length} bytes, {BufferBytes(type, k)} needed", nameof(buffer));
         fixed (byte* b0 = buffer)
         {
             byte* u = (byte*)(((nint)b0 + 63) & ~(nint)63);
@@ -334,13 +350,38 @@ internal static unsafe class GgmlDot
                 for (; r < end; r++) y[r] = FusedLegacy<L, O>(weights + r * rowBytes, k, x0) + Bias(r);
                 return;
             }
-            for (int j = start; j < end; j++)
+            if (x.Length <= GroupRows)
             {
-                FetchRow(j + 1);
-                UnpackLegacy<L>(weights + j * rowBytes, k, u);
-                int t = 0;
-                for (; t + 4 <= x.Length; t += 4) TileLegacy<L, O>(u, k, x, t, y + (long)t * n + j, n, Bias(j));
-                for (; t < x.Length; t++) y[(long)t * n + j] = TileLegacy1<L, O>(u, k, x[t]) + Bias(j);
+                for (int j = start; j < end; j++)
+                {
+                    FetchRow(j + 1);
+                    UnpackLegacy<L>(weights + j * rowBytes, k, u);
+                    int t = 0;
+                    for (; t + 4 <= x.Length; t += 4) TileLegacy<L, O>(u, k, x, t, y + (long)t * n + j, n, Bias(j));
+                    for (; t < x.Length; t++) y[(long)t * n + j] = TileLegacy1<L, O>(u, k, x[t]) + Bias(j);
+                }
+                return;
+            }
+            int stride = UnpackedBytes(L.Type, k);
+            for (int j0 = start; j0 < end; j0 += ChunkRows)
+            {
+                int j1 = Math.Min(end, j0 + ChunkRows);
+                for (int j = j0; j < j1; j++)
+                {
+                    FetchRow(j + ChunkRows);
+                    UnpackLegacy<L>(weights + j * rowBytes, k, u + (j - j0) * stride);
+                }
+                for (int t0 = 0; t0 < x.Length; t0 += GroupRows)
+                {
+                    int t1 = Math.Min(x.Length, t0 + GroupRows);
+                    for (int j = j0; j < j1; j++)
+                    {
+                        byte* uj = u + (j - j0) * stride;
+                        int t = t0;
+                        for (; t + 4 <= t1; t += 4) TileLegacy<L, O>(uj, k, x, t, y + (long)t * n + j, n, Bias(j));
+                        for (; t < t1; t++) y[(long)t * n + j] = TileLegacy1<L, O>(uj, k, x[t]) + Bias(j);
+                    }
+                }
             }
         }
 

@@ -15,7 +15,7 @@ internal static unsafe partial class MatMul
         /// <summary>GGML block weights against the quantized x rows, in integers (GgmlDot.Multiply).</summary>
         private void GgmlRows(int start, int end)
         {
-            var buffer = ArrayPool<byte>.Shared.Rent(GgmlDot.UnpackedBytes(w.DType, k) + 64);
+            var buffer = ArrayPool<byte>.Shared.Rent(GgmlDot.BufferBytes(w.DType, k));
             GgmlDot.Multiply(w.DType, data, k, start, end, activations!, y, n, bias, buffer);
             ArrayPool<byte>.Shared.Return(buffer);
         }
