@@ -28,6 +28,26 @@ internal static unsafe partial class MatMul
     /// <summary>Rows of W handed to one task: big enough to amortize scheduling, small enough to balance cores.</summary>
     private const int RowsPerTask = 64;
 
+    /// <summary>
+    /// Decode tasks per core and weight (see <see cref="TaskRows"/>): two, so a core that another process holds up
+    /// can hand half its share to the other.
+    /// </summary>
+    private const int DecodeTasksPerCore = 2;
+
+    /// <summary>
+    /// Rows of W per task. Batches: <see cref="RowsPerTask"/>. One x row streams the weights, and every task starts a
+    /// stream of its own whose first lines wait on memory: a few long streams per weight (<see cref="DecodeTasksPerCore"/>
+    /// per core) instead of one per 64 rows. Measured on the 2-core AMD EPYC with AVX-512, 100M model, decode step,
+    /// interleaved runs: Q8_0 3.9-4.0 -> 2.9-3.7 ms, F16 6.1-6.3 -> 5.3-5.4 ms, Q4_K_M 3.3 -> 2.3-2.4 ms (one task per
+    /// core measured alike, without the slack). Which rows a task holds changes no result (each row is summed alone).
+    /// </summary>
+    private static int TaskRows(int n, int rows)
+    {
+        if (rows != 1) return RowsPerTask;
+        int tasks = DecodeTasksPerCore * Environment.ProcessorCount;
+        return Math.Max(RowsPerTask, ((n + tasks - 1) / tasks + 1) & ~1);
+    }
+
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 
@@ -79,6 +99,7 @@ internal static unsafe partial class MatMul
             }
         var jobs = new Job[products.Length];
         var firstTask = new int[products.Length + 1];
+        var taskRows = new int[products.Length];
         fixed (float* xp = x)
         fixed (float* pp = paired)
         {
@@ -99,14 +120,15 @@ internal static unsafe partial class MatMul
                 var subnormals = WideDense(w) || !F16Subnormals.Needed ? null : F16Subnormals.For(w);
                 jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
                     products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
-                firstTask[i + 1] = firstTask[i] + (w.Rows + RowsPerTask - 1) / RowsPerTask;
+                taskRows[i] = TaskRows(w.Rows, rows);
+                firstTask[i + 1] = firstTask[i] + (w.Rows + taskRows[i] - 1) / taskRows[i];
             }
             WorkerTeam.For(firstTask[^1], task =>
             {
                 int i = 0;
                 while (task >= firstTask[i + 1]) i++;
-                int start = (task - firstTask[i]) * RowsPerTask;
-                jobs[i].Run(start, Math.Min(jobs[i].N, start + RowsPerTask));
+                int start = (task - firstTask[i]) * taskRows[i];
+                jobs[i].Run(start, Math.Min(jobs[i].N, start + taskRows[i]));
             });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
