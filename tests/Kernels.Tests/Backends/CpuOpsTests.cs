@@ -149,6 +149,41 @@ public unsafe class CpuOpsTests
         }
     }
 
+    /// <summary>
+    /// The wide kernels' two readings of finite F16 weights (fields against x times 2^112, or exact values converted in
+    /// integers) multiply the same real numbers, so they give the same bits: decode and batches, K with every tail,
+    /// weights with ~3 % subnormal halves, and a row too large to prescale (which falls back to the exact reading).
+    /// </summary>
+    [Test]
+    public void MatMulWideHalfFieldsGiveTheExactConversionsBits([Values(1f, 0.002f)] float scale)
+    {
+        if (!MatMul.Wide) Assert.Ignore("this host has no AVX-512 path (or DOTNET_EnableAVX512=0): the fields reading is the wide kernels'");
+        bool before = MatMul.HalfFields;
+        try
+        {
+            foreach (var (rows, huge) in new[] { (1, -1), (1, 0), (3, -1), (16, -1), (16, 9) })
+            foreach (int k in new[] { 16, 24, 45, 264, 777, 1100, 2056 })
+            {
+                int n = 70;
+                var (w, _, storage) = Tensor(Random(n * k, k, scale), n, k, TensorDType.F16);
+                using var _ = storage;
+                var x = Random(rows * k, k + 5);
+                if (huge >= 0) for (int i = 0; i < k; i++) x[huge * k + i] *= 1e5f;
+                var fields = new float[rows * n];
+                var exact = new float[rows * n];
+                MatMul.HalfFields = true;
+                MatMul.Multiply(x, rows, w, fields);
+                MatMul.HalfFields = false;
+                MatMul.Multiply(x, rows, w, exact);
+                Assert.That(fields, Is.EqualTo(exact), $"k={k}, {rows} rows, scale {scale}");
+            }
+        }
+        finally
+        {
+            MatMul.HalfFields = before;
+        }
+    }
+
     [Test]
     public unsafe void MatMulOfSeveralWeightsSharingXEqualsOneCallEach()
     {

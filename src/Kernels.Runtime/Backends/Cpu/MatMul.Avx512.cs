@@ -32,6 +32,16 @@ internal static unsafe partial class MatMul
     /// <summary>Whether <paramref name="w"/>'s rows are read by the wide kernels (the quantized ones have their own).</summary>
     private static bool WideDense(WeightTensor w) => Wide && w.DType is TensorDType.F32 or TensorDType.F16 or TensorDType.BF16;
 
+    /// <summary>
+    /// Whether the wide kernels read finite F16 weights as fields (<see cref="WideF16Fields"/>: 3 operations per 16
+    /// halves instead of <see cref="WideF16"/>'s 9) against x prescaled by 2^112, when x allows. Off where a denormal
+    /// operand costs a microcode assist (Intel: F16Subnormals.Needed), since a subnormal half's fields are a denormal
+    /// fp32. The products are the same real numbers either way, so the same bits; tests switch it to compare.
+    /// </summary>
+    internal static bool HalfFields { get; set; } = !F16Subnormals.Needed;
+
+    private static bool WideHalfFields(WeightTensor w) => HalfFields && WideDense(w) && w.DType == TensorDType.F16 && w.AllFinite;
+
     /// <summary>How a wide kernel reads 16 elements of a weight row as fp32 (8 and 1 at the ends, as IRowLoad).</summary>
     private interface IWideLoad : IRowLoad
     {
@@ -68,6 +78,24 @@ internal static unsafe partial class MatMul
         }
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static float LoadScalar(byte* row, int i) => (float)((Half*)row)[i];
+    }
+
+    /// <summary>
+    /// Finite fp16 as its fp32 fields: sign-extended, shifted into place, the sign copies above the exponent cleared, so
+    /// a lane holds the half's value times 2^-112 (exact, a subnormal half as a denormal). x must carry the 2^112.
+    /// </summary>
+    private readonly struct WideF16Fields : IWideLoad
+    {
+        public static int ElementBytes => 2;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(byte* row, int i) =>
+            (Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Vector256.Load((short*)row + i)), 13) & Vector512.Create(FieldsMask)).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load(byte* row, int i) =>
+            (Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32((short*)row + i), 13) & Vector256.Create(FieldsMask)).AsSingle();
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float LoadScalar(byte* row, int i) => BitConverter.Int32BitsToSingle((((short*)row)[i] << 13) & FieldsMask);
+        private const int FieldsMask = unchecked((int)0x8FFFFFFF);
     }
 
     /// <summary>
@@ -237,12 +265,15 @@ internal static unsafe partial class MatMul
         carry[12] = a30; carry[13] = a31; carry[14] = a32; carry[15] = a33;
     }
 
-    /// <summary>The wide kernels for one job's rows [start, end): decode or blocked, with the row loader the dtype and x call for.</summary>
-    private static void WideRows(WeightTensor w, byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias)
+    /// <summary>The wide kernels for one job's rows [start, end): decode or blocked, with the row loader the dtype and x call for (x prescaled when <paramref name="halfFields"/>).</summary>
+    private static void WideRows(WeightTensor w, byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias, bool halfFields)
     {
         bool one = rows == 1;
         switch (w.DType)
         {
+            case TensorDType.F16 when halfFields:
+                if (one) WideDecode<WideF16Fields>(data, x, k, start, end, y, bias); else WideBlocked<WideF16Fields>(data, x, rows, k, n, start, end, y, bias);
+                break;
             case TensorDType.F32:
                 if (one) WideDecode<F32Rows>(data, x, k, start, end, y, bias); else WideBlocked<F32Rows>(data, x, rows, k, n, start, end, y, bias);
                 break;

@@ -85,9 +85,15 @@ internal static unsafe partial class MatMul
 
         // Finite F16 weights are widened 16 at a time in unpack order (DTypeConvert.FiniteHalfFields16): x is paired
         // to match once per call, and prescaled by 2^112 (when every value allows) so the widening needs no multiply.
-        bool anyPaired = false;
-        foreach (var p in products) anyPaired |= PairedHalves(p.Weight, k);
+        bool anyPaired = false, anyFields = false;
+        foreach (var p in products)
+        {
+            anyPaired |= PairedHalves(p.Weight, k);
+            anyFields |= WideHalfFields(p.Weight);
+        }
         float[]? paired = anyPaired ? ArrayPool<float>.Shared.Rent(rows * k) : null;
+        // The AVX-512 kernels read finite F16 as fields where denormal operands cost nothing: against x times 2^112.
+        float[]? scaled = anyFields ? ArrayPool<float>.Shared.Rent(rows * k) : null;
         // GGML block weights multiply int8 activations: x quantized once per activation format the products need.
         var quantized = new Dictionary<Q8Format, GgmlDot.Activation[]>();
         foreach (var p in products)
@@ -102,14 +108,18 @@ internal static unsafe partial class MatMul
         var taskRows = new int[products.Length];
         fixed (float* xp = x)
         fixed (float* pp = paired)
+        fixed (float* sp = scaled)
         {
             bool prescaled = false;
-            if (anyPaired)
+            if (anyPaired || anyFields)
             {
                 prescaled = true;
                 for (int t = 0; t < rows && prescaled; t++) prescaled = MaxAbs(xp + (long)t * k, k) < PrescaleLimit;
-                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
             }
+            if (anyPaired)
+                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
+            if (anyFields && prescaled)
+                for (long i = 0; i < (long)rows * k; i++) sp[i] = xp[i] * DTypeConvert.HalfFieldsScale;
             for (int i = 0; i < products.Length; i++)
             {
                 var w = products[i].Weight;
@@ -118,8 +128,9 @@ internal static unsafe partial class MatMul
                 // The AVX2 kernels widen F16 through fp32 fields that a subnormal half would make denormal: they read a
                 // flushed copy plus fix-ups. The AVX-512 ones convert exactly in integers and read the data as stored.
                 var subnormals = WideDense(w) || !F16Subnormals.Needed ? null : F16Subnormals.For(w);
-                jobs[i] = new Job(xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
-                    products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations);
+                bool fieldsHere = WideHalfFields(w) && prescaled;
+                jobs[i] = new Job(fieldsHere ? sp : xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
+                    products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations, fieldsHere);
                 taskRows[i] = TaskRows(w.Rows, rows);
                 firstTask[i + 1] = firstTask[i] + (w.Rows + taskRows[i] - 1) / taskRows[i];
             }
@@ -132,6 +143,7 @@ internal static unsafe partial class MatMul
             });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
+        if (scaled != null) ArrayPool<float>.Shared.Return(scaled);
         GC.KeepAlive(keepAlive);
     }
 
@@ -171,10 +183,11 @@ internal static unsafe partial class MatMul
     /// <summary>
     /// One weight's rows against x. <paramref name="data"/> is what the kernels read: the weight's bytes, or for F16 with
     /// subnormal halves their flushed copy, whose fix-ups (<paramref name="subnormals"/>) are added to each finished dot.
+    /// <paramref name="halfFields"/>: the wide kernels read F16 as fields and x is the call's x times 2^112.
     /// The strategies' methods are parts of this struct in their own files (the parameters are in scope in every part).
     /// </summary>
     private readonly partial struct Job(float* x, float* y, int rows, int n, int k, WeightTensor w, byte* data, F16Subnormals? subnormals, float[]? bias,
-        float* paired, bool prescaled, GgmlDot.Activation[]? activations)
+        float* paired, bool prescaled, GgmlDot.Activation[]? activations, bool halfFields = false)
     {
         public int N => n;
 
@@ -194,7 +207,7 @@ internal static unsafe partial class MatMul
             }
             if (WideDense(w))
             {
-                WideRows(w, data, x, rows, k, n, start, end, y, bias);
+                WideRows(w, data, x, rows, k, n, start, end, y, bias, halfFields);
                 return;
             }
             if (rows == 1 && paired != null)
