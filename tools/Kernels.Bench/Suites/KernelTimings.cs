@@ -86,6 +86,18 @@ internal static partial class KernelTimings
                         shape, unfused, bytes, 2.0 * m * n * k, p);
                 }
 
+            // ---- the decode GEMVs with the RMSNorm folded in, against rms_norm_f32 + the fused GEMV ----
+            foreach (var (kind, n, k) in new[] { ("qkv", 6144, 4096), ("swiglu", 28672, 4096) })
+                foreach (int m in quick ? new[] { 1 } : new[] { 1, 4 })
+                {
+                    var (folded, separate) = t.NormGemv(kind, m, n, k);
+                    string shape = $"{(kind == "qkv" ? "qkv" : "gate_up")} M={m} N={n} K={k}";
+                    double bytes = 2.0 * n * k + 4.0 * m * k + 4.0 * k + 4.0 * m * n;
+                    var p = new Dictionary<string, int> { ["M"] = m, ["N"] = n, ["K"] = k };
+                    Add($"dense_gemv_{kind}_norm_f16", shape, folded, bytes, 2.0 * m * n * k, p);
+                    Add($"rms_norm_f32 + dense_gemv_{kind}_f16", shape, separate, bytes, 2.0 * m * n * k, p);
+                }
+
             // ---- paged decode attention (fp16 KV): 32/8 heads, d 128, block 16 ----
             // The CUDA-core kernel and the tiled one (CudaBackendOptions.TiledDecodeAttention), the same shapes and plans.
             foreach (bool tiled in new[] { false, true })
@@ -252,6 +264,44 @@ internal static partial class KernelTimings
                     return (fused, unfused);
                 }
             }
+        }
+
+        /// <summary>
+        /// A decode GEMV with the RMSNorm folded in (dense_gemv_{qkv,swiglu}_norm_f16, x the fp32 residual rows) against
+        /// rms_norm_f32 then the plain fused GEMV, what it replaces; the weight cut as in <see cref="FusedGemv"/>.
+        /// </summary>
+        public (double Folded, double Separate) NormGemv(string kind, int m, int n, int k)
+        {
+            var w = Weight(n, k);
+            using var x = DeviceBuffer<float>.From(device, Random((long)m * k));
+            using var g = DeviceBuffer<float>.From(device, Random(k));
+            using var xn = DeviceBuffer<float>.Allocate(device, (long)m * k);
+            using var y = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y1 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            using var y2 = DeviceBuffer<float>.Allocate(device, (long)m * n);
+            DeviceBuffer<Half> Rows(int from, int count) => w.View<Half>((long)from * k * 2, (long)count * k);
+            const float eps = 1e-5f;
+            if (kind == "qkv")
+            {
+                int nkv = (n - 4096) / 2;
+                var (wq, wk, wv) = (Rows(0, 4096), Rows(4096, nkv), Rows(4096 + nkv, nkv));
+                double folded = Median(() => ops.DenseGemvQkv<Half>(y, y1, y2, x, wq, wk, wv, null, null, null, m, 4096, nkv, k, (g, eps)));
+                double separate = Median(() =>
+                {
+                    ops.RmsNorm(xn, x, g, m, k, eps);
+                    ops.DenseGemvQkv<Half>(y, y1, y2, xn, wq, wk, wv, null, null, null, m, 4096, nkv, k);
+                });
+                return (folded, separate);
+            }
+            int half = n / 2;
+            var (wg, wu) = (Rows(0, half), Rows(half, half));
+            double foldedSwiGlu = Median(() => ops.DenseGemvSwiGlu<Half>(y, x, wg, wu, m, half, k, (g, eps)));
+            double separateSwiGlu = Median(() =>
+            {
+                ops.RmsNorm(xn, x, g, m, k, eps);
+                ops.DenseGemvSwiGlu<Half>(y, xn, wg, wu, m, half, k);
+            });
+            return (foldedSwiGlu, separateSwiGlu);
         }
 
         private Kernels.Runtime.Backends.Cuda.CublasLtGemm? _lt;

@@ -509,7 +509,7 @@ internal static unsafe partial class Verify
             if (fused == "qkv")
             {
                 ops.DenseGemvQkv(r0, r1, r2, xn, w0, w1, w2, b0, b1, b2, m, n, nkv, k);
-                ops.DenseGemvQkvNorm(y0, y1, y2, dx, dg, Eps, w0, w1, w2, b0, b1, b2, m, n, nkv, k);
+                ops.DenseGemvQkv(y0, y1, y2, dx, w0, w1, w2, b0, b1, b2, m, n, nkv, k, (dg, Eps));
                 device.Synchronize();
                 expected = [.. r0.ToArray().AsSpan(0, m * n), .. r1.ToArray().AsSpan(0, m * nkv), .. r2.ToArray().AsSpan(0, m * nkv)];
                 got = [.. y0.ToArray().AsSpan(0, m * n), .. y1.ToArray().AsSpan(0, m * nkv), .. y2.ToArray().AsSpan(0, m * nkv)];
@@ -517,7 +517,7 @@ internal static unsafe partial class Verify
             else
             {
                 ops.DenseGemvSwiGlu(r0, xn, w0, w1, m, n, k);
-                ops.DenseGemvSwiGluNorm(y0, dx, dg, Eps, w0, w1, m, n, k);
+                ops.DenseGemvSwiGlu(y0, dx, w0, w1, m, n, k, (dg, Eps));
                 device.Synchronize();
                 expected = r0.ToArray()[..(m * n)];
                 got = y0.ToArray()[..(m * n)];

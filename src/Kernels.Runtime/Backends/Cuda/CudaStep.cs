@@ -64,6 +64,8 @@ internal sealed unsafe class CudaStep : IDisposable
     /// <summary>Recorded on the stream before a step's first copy and after its last: the GPU's time per step.</summary>
     private readonly CuEventHandle _stepStart, _stepEnd;
     private readonly DeviceBuffer<float> _x, _xn, _q, _k, _v, _attn, _lse, _proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace;
+    /// <summary>_up from the k and the v columns of a q|k|v row on (views made once, not per layer and step).</summary>
+    private readonly DeviceBuffer<float> _upK, _upV;
     private readonly DeviceBuffer<int> _ids, _positions, _slots, _qStarts;
     /// <summary>KIVI: the format, the quantized attention's partial (o, lse) rows, and the lists of blocks a step compacts (device and pinned).</summary>
     private readonly KvCacheFormat? _kivi;
@@ -95,6 +97,9 @@ internal sealed unsafe class CudaStep : IDisposable
             (_proj, _gate, _up, _selected, _selectedNorm, _logits, _workspace) =
                 (F(_layout.Proj), F(_layout.Gate), F(_layout.Up), F(_layout.Selected), F(_layout.SelectedNorm), F(_layout.Logits), F(_layout.Workspace));
             (_ids, _positions, _slots, _qStarts) = (I(_layout.Ids), I(_layout.Positions), I(_layout.Slots), I(_layout.QStarts));
+            // The q|k|v GEMM's rows in _up, seen from each part's first column (rope_kv_append strides over the rows).
+            _upK = _up.View<float>((long)c.QueryDim * sizeof(float), _up.Length - c.QueryDim);
+            _upV = _up.View<float>((long)(c.QueryDim + c.KvDim) * sizeof(float), _up.Length - c.QueryDim - c.KvDim);
 
             _kv = new CudaKvStorage(_device, _stream, c, kvBlocks, options.KvBlockSize, options.KvDType, _kivi, kiviSlots);
             if (_kivi != null)
@@ -659,14 +664,14 @@ internal sealed unsafe class CudaStep : IDisposable
         GpuTensor? bv, int m) : IDeviceDTypeAction
     {
         public void Run<T>() where T : unmanaged =>
-            s._ops.DenseGemvQkvNorm(s._q, s._k, s._v, s._x, norm.View<float>(), eps, wq.View<T>(), wk.View<T>(), wv.View<T>(), bq?.View<T>(), bk?.View<T>(),
-                bv?.View<T>(), m, s._config.QueryDim, s._config.KvDim, s._config.HiddenSize);
+            s._ops.DenseGemvQkv(s._q, s._k, s._v, s._x, wq.View<T>(), wk.View<T>(), wv.View<T>(), bq?.View<T>(), bk?.View<T>(), bv?.View<T>(), m,
+                s._config.QueryDim, s._config.KvDim, s._config.HiddenSize, (norm.View<float>(), eps));
     }
 
     private readonly struct SwiGluGemvAction(CudaStep s, GpuTensor norm, float eps, GpuTensor wg, GpuTensor wu, int m) : IDeviceDTypeAction
     {
         public void Run<T>() where T : unmanaged =>
-            s._ops.DenseGemvSwiGluNorm(s._gate, s._x, norm.View<float>(), eps, wg.View<T>(), wu.View<T>(), m, s._config.IntermediateSize, s._config.HiddenSize);
+            s._ops.DenseGemvSwiGlu(s._gate, s._x, wg.View<T>(), wu.View<T>(), m, s._config.IntermediateSize, s._config.HiddenSize, (norm.View<float>(), eps));
     }
 
     private readonly struct ResidualGemvAction(CudaStep s, DeviceBuffer<float> x, DeviceBuffer<float> input, GpuTensor w, int m, int n, int k)
@@ -736,9 +741,7 @@ internal sealed unsafe class CudaStep : IDisposable
         {
             // q, k and v are columns of the q|k|v GEMM's rows in _up: q rotated out into _q, k and v into the cache.
             int stride = qd + 2 * kvd;
-            long floats = (long)rows * stride;
-            _ops.RopeKvAppend(_q, _up.View<float>(0, floats), _up.View<float>((long)qd * sizeof(float), floats - qd),
-                _up.View<float>((long)(qd + kvd) * sizeof(float), floats - qd - kvd), stride, stride, keys, values, _positions, _invFreq, _slots, rows,
+            _ops.RopeKvAppend(_q, _up, _upK, _upV, stride, stride, keys, values, _positions, _invFreq, _slots, rows,
                 c.NumHeads, c.NumKvHeads, c.HeadDim, _kv.NumSlots);
         }
         else if (_fusedRope)

@@ -55,9 +55,14 @@ internal sealed unsafe partial class OpsLauncher
         Launch(plan, args);
     }
 
-    /// <summary>q, k, v = x times Wq^T, Wk^T, Wv^T (+ biases, all or none) in one launch: each the same bits as its own dense_gemv.</summary>
+    /// <summary>
+    /// q, k, v = x times Wq^T, Wk^T, Wv^T (+ biases, all or none) in one launch: each the same bits as its own
+    /// dense_gemv. With <paramref name="norm"/> (the fp32 norm weight g [k] and eps), of RMSNorm(x) instead, the norm
+    /// folded into the tile (dense_gemv_qkv_norm_*: x the fp32 residual rows, no rms_norm launch, no normalized copy).
+    /// </summary>
     internal void DenseGemvQkv<T>(DeviceBuffer<float> yq, DeviceBuffer<float> yk, DeviceBuffer<float> yv, DeviceBuffer<float> x, DeviceBuffer<T> wq,
-        DeviceBuffer<T> wk, DeviceBuffer<T> wv, DeviceBuffer<T>? bq, DeviceBuffer<T>? bk, DeviceBuffer<T>? bv, int m, int nq, int nkv, int k) where T : unmanaged
+        DeviceBuffer<T> wk, DeviceBuffer<T> wv, DeviceBuffer<T>? bq, DeviceBuffer<T>? bk, DeviceBuffer<T>? bv, int m, int nq, int nkv, int k,
+        (DeviceBuffer<float> G, float Eps)? norm = null) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(yq);
         ArgumentNullException.ThrowIfNull(yk);
@@ -66,91 +71,69 @@ internal sealed unsafe partial class OpsLauncher
         ArgumentNullException.ThrowIfNull(wq);
         ArgumentNullException.ThrowIfNull(wk);
         ArgumentNullException.ThrowIfNull(wv);
+        if (norm is { G: null }) throw new ArgumentNullException(nameof(norm), "the norm weight is null");
         if ((bq == null) != (bk == null) || (bk == null) != (bv == null)) throw new ArgumentException("give the three biases or none", nameof(bq));
-        if (OpsLaunchPlans.DenseGemvQkv(DeviceElement<T>.Suffix, yq.Length, yk.Length, yv.Length, x.Length, wq.Length, wk.Length, wv.Length,
-                bq?.Length ?? -1, bk?.Length ?? -1, bv?.Length ?? -1, m, nq, nkv, k) is not { } plan) return;
-        foreach (var (b, name) in new[] { (yq, nameof(yq)), (yk, nameof(yk)), (yv, nameof(yv)), (x, nameof(x)) }) SameDevice(b, name);
+        var plan = norm is { } n
+            ? OpsLaunchPlans.DenseGemvQkvNorm(DeviceElement<T>.Suffix, yq.Length, yk.Length, yv.Length, x.Length, n.G.Length, n.Eps, wq.Length, wk.Length,
+                wv.Length, bq?.Length ?? -1, bk?.Length ?? -1, bv?.Length ?? -1, m, nq, nkv, k)
+            : OpsLaunchPlans.DenseGemvQkv(DeviceElement<T>.Suffix, yq.Length, yk.Length, yv.Length, x.Length, wq.Length, wk.Length, wv.Length,
+                bq?.Length ?? -1, bk?.Length ?? -1, bv?.Length ?? -1, m, nq, nkv, k);
+        if (plan is not { } launch) return;
+        foreach (var (b, name) in new[] { (yq, nameof(yq)), (yk, nameof(yk)), (yv, nameof(yv)), (x, nameof(x)), (norm?.G, nameof(norm)) })
+            if (b != null) SameDevice(b, name);
         foreach (var (b, name) in new[] { (wq, nameof(wq)), (wk, nameof(wk)), (wv, nameof(wv)), (bq, nameof(bq)), (bk, nameof(bk)), (bv, nameof(bv)) })
             if (b != null) SameDevice(b, name);
-        ulong pq = yq.Pointer, pk = yk.Pointer, pv = yv.Pointer, px = x.Pointer, wqp = wq.Pointer, wkp = wk.Pointer, wvp = wv.Pointer;
+        ulong pq = yq.Pointer, pk = yk.Pointer, pv = yv.Pointer, px = x.Pointer, pg = norm?.G.Pointer ?? 0, wqp = wq.Pointer, wkp = wk.Pointer, wvp = wv.Pointer;
         ulong bqp = bq?.Pointer ?? 0, bkp = bk?.Pointer ?? 0, bvp = bv?.Pointer ?? 0;
+        float e = norm?.Eps ?? 0;
         int mm = m, nqq = nq, nkk = nkv, kk = k;
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &px, &wqp, &wkp, &wvp, &bqp, &bkp, &bvp, &mm, &nqq, &nkk, &kk };
-        Launch(plan, args);
-    }
-
-    /// <summary>out [m, n] = silu(x Wg^T) * (x Wu^T): the same bits as two dense_gemv launches and swiglu_f32.</summary>
-    internal void DenseGemvSwiGlu<T>(DeviceBuffer<float> output, DeviceBuffer<float> x, DeviceBuffer<T> wg, DeviceBuffer<T> wu, int m, int n, int k)
-        where T : unmanaged
-    {
-        ArgumentNullException.ThrowIfNull(output);
-        ArgumentNullException.ThrowIfNull(x);
-        ArgumentNullException.ThrowIfNull(wg);
-        ArgumentNullException.ThrowIfNull(wu);
-        if (ReferenceEquals(output, x)) throw new ArgumentException("dense_gemv_swiglu cannot run in place: out must not overlap x", nameof(output));
-        if (OpsLaunchPlans.DenseGemvSwiGlu(DeviceElement<T>.Suffix, output.Length, x.Length, wg.Length, wu.Length, m, n, k) is not { } plan) return;
-        SameDevice(output, nameof(output));
-        SameDevice(x, nameof(x));
-        SameDevice(wg, nameof(wg));
-        SameDevice(wu, nameof(wu));
-        ulong po = output.Pointer, px = x.Pointer, pg = wg.Pointer, pu = wu.Pointer;
-        int mm = m, nn = n, kk = k;
-        void** args = stackalloc void*[] { &po, &px, &pg, &pu, &mm, &nn, &kk };
-        Launch(plan, args);
+        if (norm != null)
+        {
+            void** args = stackalloc void*[] { &pq, &pk, &pv, &px, &pg, &e, &wqp, &wkp, &wvp, &bqp, &bkp, &bvp, &mm, &nqq, &nkk, &kk };
+            Launch(launch, args);
+        }
+        else
+        {
+            void** args = stackalloc void*[] { &pq, &pk, &pv, &px, &wqp, &wkp, &wvp, &bqp, &bkp, &bvp, &mm, &nqq, &nkk, &kk };
+            Launch(launch, args);
+        }
     }
 
     /// <summary>
-    /// <see cref="DenseGemvQkv{T}"/> of RMSNorm(x) with the norm folded into the tile: x [m, k] the fp32 residual rows,
-    /// g [k] the norm weight in fp32 (dense_gemv_qkv_norm_*: no rms_norm launch, no normalized copy of x).
+    /// out [m, n] = silu(x Wg^T) * (x Wu^T): the same bits as two dense_gemv launches and swiglu_f32. With
+    /// <paramref name="norm"/>, of RMSNorm(x), the norm folded in as in <see cref="DenseGemvQkv{T}"/>.
     /// </summary>
-    internal void DenseGemvQkvNorm<T>(DeviceBuffer<float> yq, DeviceBuffer<float> yk, DeviceBuffer<float> yv, DeviceBuffer<float> x, DeviceBuffer<float> g,
-        float eps, DeviceBuffer<T> wq, DeviceBuffer<T> wk, DeviceBuffer<T> wv, DeviceBuffer<T>? bq, DeviceBuffer<T>? bk, DeviceBuffer<T>? bv, int m, int nq,
-        int nkv, int k) where T : unmanaged
-    {
-        ArgumentNullException.ThrowIfNull(yq);
-        ArgumentNullException.ThrowIfNull(yk);
-        ArgumentNullException.ThrowIfNull(yv);
-        ArgumentNullException.ThrowIfNull(x);
-        ArgumentNullException.ThrowIfNull(g);
-        ArgumentNullException.ThrowIfNull(wq);
-        ArgumentNullException.ThrowIfNull(wk);
-        ArgumentNullException.ThrowIfNull(wv);
-        if ((bq == null) != (bk == null) || (bk == null) != (bv == null)) throw new ArgumentException("give the three biases or none", nameof(bq));
-        if (OpsLaunchPlans.DenseGemvQkvNorm(DeviceElement<T>.Suffix, yq.Length, yk.Length, yv.Length, x.Length, g.Length, eps, wq.Length, wk.Length,
-                wv.Length, bq?.Length ?? -1, bk?.Length ?? -1, bv?.Length ?? -1, m, nq, nkv, k) is not { } plan) return;
-        foreach (var (b, name) in new[] { (yq, nameof(yq)), (yk, nameof(yk)), (yv, nameof(yv)), (x, nameof(x)), (g, nameof(g)) }) SameDevice(b, name);
-        foreach (var (b, name) in new[] { (wq, nameof(wq)), (wk, nameof(wk)), (wv, nameof(wv)), (bq, nameof(bq)), (bk, nameof(bk)), (bv, nameof(bv)) })
-            if (b != null) SameDevice(b, name);
-        ulong pq = yq.Pointer, pk = yk.Pointer, pv = yv.Pointer, px = x.Pointer, pg = g.Pointer, wqp = wq.Pointer, wkp = wk.Pointer, wvp = wv.Pointer;
-        ulong bqp = bq?.Pointer ?? 0, bkp = bk?.Pointer ?? 0, bvp = bv?.Pointer ?? 0;
-        float e = eps;
-        int mm = m, nqq = nq, nkk = nkv, kk = k;
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &px, &pg, &e, &wqp, &wkp, &wvp, &bqp, &bkp, &bvp, &mm, &nqq, &nkk, &kk };
-        Launch(plan, args);
-    }
-
-    /// <summary><see cref="DenseGemvSwiGlu{T}"/> of RMSNorm(x), the norm folded in as in <see cref="DenseGemvQkvNorm{T}"/>.</summary>
-    internal void DenseGemvSwiGluNorm<T>(DeviceBuffer<float> output, DeviceBuffer<float> x, DeviceBuffer<float> g, float eps, DeviceBuffer<T> wg, DeviceBuffer<T> wu,
-        int m, int n, int k) where T : unmanaged
+    internal void DenseGemvSwiGlu<T>(DeviceBuffer<float> output, DeviceBuffer<float> x, DeviceBuffer<T> wg, DeviceBuffer<T> wu, int m, int n, int k,
+        (DeviceBuffer<float> G, float Eps)? norm = null) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(output);
         ArgumentNullException.ThrowIfNull(x);
-        ArgumentNullException.ThrowIfNull(g);
         ArgumentNullException.ThrowIfNull(wg);
         ArgumentNullException.ThrowIfNull(wu);
-        if (ReferenceEquals(output, x)) throw new ArgumentException("dense_gemv_swiglu_norm cannot run in place: out must not overlap x", nameof(output));
-        if (OpsLaunchPlans.DenseGemvSwiGluNorm(DeviceElement<T>.Suffix, output.Length, x.Length, g.Length, eps, wg.Length, wu.Length, m, n, k) is not { } plan)
-            return;
+        if (norm is { G: null }) throw new ArgumentNullException(nameof(norm), "the norm weight is null");
+        if (ReferenceEquals(output, x)) throw new ArgumentException("dense_gemv_swiglu cannot run in place: out must not overlap x", nameof(output));
+        var plan = norm is { } nr
+            ? OpsLaunchPlans.DenseGemvSwiGluNorm(DeviceElement<T>.Suffix, output.Length, x.Length, nr.G.Length, nr.Eps, wg.Length, wu.Length, m, n, k)
+            : OpsLaunchPlans.DenseGemvSwiGlu(DeviceElement<T>.Suffix, output.Length, x.Length, wg.Length, wu.Length, m, n, k);
+        if (plan is not { } launch) return;
         SameDevice(output, nameof(output));
         SameDevice(x, nameof(x));
-        SameDevice(g, nameof(g));
+        if (norm is { } g) SameDevice(g.G, nameof(norm));
         SameDevice(wg, nameof(wg));
         SameDevice(wu, nameof(wu));
-        ulong po = output.Pointer, px = x.Pointer, pgn = g.Pointer, pg = wg.Pointer, pu = wu.Pointer;
-        float e = eps;
+        ulong po = output.Pointer, px = x.Pointer, pgn = norm?.G.Pointer ?? 0, pg = wg.Pointer, pu = wu.Pointer;
+        float e = norm?.Eps ?? 0;
         int mm = m, nn = n, kk = k;
-        void** args = stackalloc void*[] { &po, &px, &pgn, &e, &pg, &pu, &mm, &nn, &kk };
-        Launch(plan, args);
+        if (norm != null)
+        {
+            void** args = stackalloc void*[] { &po, &px, &pgn, &e, &pg, &pu, &mm, &nn, &kk };
+            Launch(launch, args);
+        }
+        else
+        {
+            void** args = stackalloc void*[] { &po, &px, &pg, &pu, &mm, &nn, &kk };
+            Launch(launch, args);
+        }
     }
 
     // ---- paged_decode_attention_{f32,f16,bf16} (+ attention_merge_f32) ------------------------------------------------
