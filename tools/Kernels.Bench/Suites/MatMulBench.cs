@@ -44,7 +44,7 @@ public static class MatMulBench
                           $"AVX-512F {System.Runtime.Intrinsics.X86.Avx512F.IsSupported}; load average {LoadAverage()}");
         if (layerIndex == StepOrder)
         {
-            Console.WriteLine("| x rows | q + k + v ms | o ms | gate + up ms | down ms | (per step: every layer once, mean of 29 steps) |");
+            Console.WriteLine("| x rows | q + k + v ms | o ms | gate + up ms | down ms | (per step: every layer once, median of 29 steps) |");
             Console.WriteLine("|---:|---:|---:|---:|---:|---|");
             foreach (int r in rowList.Split(',').Select(int.Parse)) StepSequence(model, r, 30);
             return 0;
@@ -82,7 +82,7 @@ public static class MatMulBench
     /// <summary>
     /// The projections of every layer in a forward step's order (q, k, v; o; gate, up; down), repeated, each weight read
     /// from memory as in a real step (the whole model does not fit the caches): per-step milliseconds by projection,
-    /// averaged over the repetitions after the first. What the one-weight rows cannot show: a weight read cold.
+    /// the median over the repetitions after the first. What the one-weight rows cannot show: a weight read cold.
     /// </summary>
     private static void StepSequence(LoadedModel model, int r, int reps)
     {
@@ -92,8 +92,10 @@ public static class MatMulBench
         var xn = Rand(r * c.HiddenSize); var gate = Rand(r * c.IntermediateSize); var up = new float[r * c.IntermediateSize];
         var q = new float[r * c.QueryDim]; var k = new float[r * c.KvDim]; var v = new float[r * c.KvDim]; var proj = new float[r * c.HiddenSize];
         var attn = Rand(r * c.QueryDim);
-        var t = new double[4];
+        var steps = new List<double[]>(); // per repetition (a step: every layer once), ms by projection
         for (int rep = 0; rep < reps; rep++)
+        {
+            var t = new long[4];
             foreach (var l in model.Weights.Layers)
             {
                 long t0 = Stopwatch.GetTimestamp();
@@ -105,10 +107,12 @@ public static class MatMulBench
                 long t3 = Stopwatch.GetTimestamp();
                 Linear.Multiply(gate, r, l.Down, proj);
                 long t4 = Stopwatch.GetTimestamp();
-                if (rep > 0) { t[0] += t1 - t0; t[1] += t2 - t1; t[2] += t3 - t2; t[3] += t4 - t3; }
+                t[0] += t1 - t0; t[1] += t2 - t1; t[2] += t3 - t2; t[3] += t4 - t3;
             }
-        double f = 1000.0 / Stopwatch.Frequency / (reps - 1);
-        Console.WriteLine($"| {r} | {t[0] * f:F3} | {t[1] * f:F3} | {t[2] * f:F3} | {t[3] * f:F3} | |");
+            if (rep > 0) steps.Add(t.Select(ticks => ticks * 1000.0 / Stopwatch.Frequency).ToArray());
+        }
+        double Median(int i) => steps.Select(s => s[i]).OrderBy(v => v).ElementAt(steps.Count / 2);
+        Console.WriteLine($"| {r} | {Median(0):F3} | {Median(1):F3} | {Median(2):F3} | {Median(3):F3} | |");
     }
 
     private static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "?";
