@@ -287,6 +287,7 @@ internal static unsafe class GgmlDot
             for (long b = 0; b < rowBytes; b += 64) Sse.Prefetch0(row + b);
         }
 
+        /// <summary>Decode: the lines of rows r and r + 1, <see cref="MatMul.DecodeLead"/> bytes on.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public void FetchAhead(int r)
         {

@@ -5,6 +5,7 @@
 // MatMul.Converted.cs (4 rows at a time: no AVX2, tiny K, other stored forms); MatMul.RowLoads.cs holds the row
 // loaders and the one dot order they all share.
 using System.Buffers;
+using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -118,8 +119,7 @@ internal static unsafe partial class MatMul
             }
             if (anyPaired)
                 for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
-            if (anyFields && prescaled)
-                for (long i = 0; i < (long)rows * k; i++) sp[i] = xp[i] * DTypeConvert.HalfFieldsScale;
+            if (anyFields && prescaled) TensorPrimitives.Multiply(x[..(rows * k)], DTypeConvert.HalfFieldsScale, scaled.AsSpan(0, rows * k));
             for (int i = 0; i < products.Length; i++)
             {
                 var w = products[i].Weight;
