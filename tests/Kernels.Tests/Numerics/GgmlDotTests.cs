@@ -56,8 +56,12 @@ public sealed unsafe class GgmlDotTests
                 }
             }
         }
-        for (int i = 0; i < (format == Q8Format.Q8_K ? 0 : k / 4); i++)
-            Assert.That(ours.LaneSums[i], Is.EqualTo(-128 * (ours.Codes[4 * i] + ours.Codes[4 * i + 1] + ours.Codes[4 * i + 2] + ours.Codes[4 * i + 3])));
+        for (int b = 0; b < (format == Q8Format.Q8_0 ? k / 32 : 0); b++)
+        {
+            int sum = 0;
+            for (int i = 32 * b; i < 32 * b + 32; i++) sum += ours.Codes[i];
+            Assert.That(ours.BlockOffsets[b], Is.EqualTo(-128 * sum), $"block {b}: offset");
+        }
     }
 
     private static (string Name, int Bytes, int Block) Llama(Q8Format f) => f switch
@@ -106,12 +110,13 @@ public sealed unsafe class GgmlDotTests
     [TestCaseSource(nameof(BlockTypes))]
     public void EveryPathAndBatchSizeGivesTheSameBits(TensorDType type)
     {
-        // k-quant batches: a tile of 8 rows, a tile of 4, a single row; one activation row: weight rows two at a time, then the
-        // last alone. The later trials' 37 activation rows and 19 weight rows take the 32-value formats' blocked loop
-        // (chunks of GgmlDot.ChunkRows weight rows, groups of GgmlDot.GroupRows activation rows, each ending partly filled).
+        // k-quant batches: a tile of 8 rows, a tile of 4, a single row; 32-value batches: tiles of 8 rows, the last one
+        // padded; one activation row: weight rows two at a time, then the last alone. The later trials' 37 activation
+        // rows and 19 weight rows end the 32-value formats' blocked loop in a partial chunk of GgmlDot.ChunkRows weight
+        // rows with an odd count.
         const int k = 1024;
-        Assert.That(37 > 2 * GgmlDot.GroupRows && 37 % GgmlDot.GroupRows % 4 != 0, "the large shape must end in a partial group with a tile and single rows");
-        Assert.That(19 > 2 * GgmlDot.ChunkRows && 19 % GgmlDot.ChunkRows != 0, "and in a partial chunk");
+        Assert.That(37 % GgmlDot.TileRows % 4 != 0 && 13 % GgmlDot.TileRows > 4, "the shapes must end in partial tiles (of either k-quant kind)");
+        Assert.That(19 > 2 * GgmlDot.ChunkRows && 19 % GgmlDot.ChunkRows % 2 == 1, "and in a partial chunk of an odd count");
         var rng = new Random(7 + (int)type);
         var paths = new List<GgmlDot.Path> { GgmlDot.Path.Scalar };
         if (System.Runtime.Intrinsics.X86.Avx2.IsSupported && System.Runtime.Intrinsics.X86.Fma.IsSupported) paths.Add(GgmlDot.Path.Avx2);

@@ -3,10 +3,10 @@
 // dotted with any number of activation rows; the unpacked row is what the batched matmul reuses across rows.
 //
 // The value every path computes (scalar, AVX2, AVX-VNNI: the same bits, and the same for one activation row or many):
-//   legacy types (blocks of 32, activations Q8_0 / Q8_1), per block b and lane l = 0..7 (values 4l..4l+3):
-//     s[b,l] = sum w_i x_i over the lane, exactly (w the signed code: q - 8, q - 16, q; Q4_1 / Q5_1: q)
-//     acc[l] = fma(dw[b] * dx[b], (float)s[b,l], acc[l]) in block order;  m += mw[b] * sx[b] (Q4_1, Q5_1)
-//     dot = Sum8(acc) + m
+//   legacy types (blocks of 32, activations Q8_0 / Q8_1), per block b:
+//     I[b] = sum over its 32 values of w_i x_i, exactly (w the signed code: q - 8, q - 16, q; Q4_1 / Q5_1: q)
+//     acc = fma(dw[b] * dx[b], (float)I[b], acc);  m += mw[b] * sx[b] (Q4_1, Q5_1)
+//     dot = acc + m, in block order
 //   k-quants (super-blocks of 256, activations Q8_K), per super-block b:
 //     I[b] = sum over its 256 values of sc_i c_i x_i, exactly (c the unsigned code, sc its group's integer scale)
 //     E[b] = sum over the 16-value groups g of e_g * bsum_g (e = offset * sc for Q3_K / Q6_K, the minimum for
@@ -14,10 +14,13 @@
 //     acc = fma(dx[b] * d[b], (float)I[b], acc);  acc = fma(dx[b] * -dmin[b], (float)E[b], acc)   (Q2_K, Q4_K, Q5_K)
 //     acc = fma(dx[b] * d[b], (float)(I[b] - E[b]), acc)                                          (Q3_K, Q6_K)
 //     dot = acc, in super-block order
-// A super-block's integers are summed whole before the float step, so the batched kernel can finish a super-block for
-// eight activation rows in one vector (one row per lane). The integer parts are what llama.cpp's kernels compute; the
+// A block's (super-block's) integers are summed whole before the float step, so the batched kernels finish a block
+// for eight activation rows in one vector (one row per lane). The 32-value formats' batched kernel reads the eight rows'
+// codes interleaved by 4 bytes (Q8Rows' tile), so one vpdpbusd of 4 broadcast weight codes advances all eight rows'
+// block sums at once and no reduction is needed. The integer parts are what llama.cpp's kernels compute; the
 // float parts differ from its per-lane accumulation by float rounding only.
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using Kernels.Runtime.Numerics;
@@ -46,16 +49,10 @@ internal static unsafe class GgmlDot
         (type.BlockSize() == 256 ? k + k + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
 
     /// <summary>
-    /// Batched rows of the 32-value formats: weight rows unpacked together, then passed by the activation rows
-    /// <see cref="GroupRows"/> at a time, so a group's codes and lane sums (as many bytes again) stay in L1 across the
-    /// chunk instead of streaming from L2 for every weight row (Q8_0, 64 rows: 10-15 % less time on the AMD EPYC with
-    /// AVX-512). One group (up to 16 rows) keeps the plain row loop, which measured faster there; the k-quant tile,
-    /// whose activations are half the bytes, measured slower blocked and is not.
+    /// Batched rows of the 32-value formats: weight rows unpacked together, then passed by each group of
+    /// <see cref="TileRows"/> activation rows in turn, so a group's interleaved codes stay in L1 across the chunk.
     /// </summary>
     public const int ChunkRows = 8;
-
-    /// <summary>Activation rows per pass over an unpacked chunk (a multiple of the 4-row tile).</summary>
-    public const int GroupRows = 16;
 
     /// <summary>The scratch <see cref="Multiply"/> needs: <see cref="ChunkRows"/> unpacked rows, 64-byte aligned.</summary>
     public static int BufferBytes(TensorDType type, int k) => ChunkRows * UnpackedBytes(type, k) + 64;
@@ -222,9 +219,9 @@ internal static unsafe class GgmlDot
 
     /// <summary>
     /// y[t, j] = row j of the weights . activation row t (+ bias[j]) for j in [start, end) and every t: one activation
-    /// row streams the weight rows through the fused kernels (two weight rows at a time for k-quants); more unpack each
-    /// weight row once into <paramref name="buffer"/> (at least <see cref="UnpackedBytes"/> + 64 bytes) and dot it with
-    /// eight activation rows at a time (k-quants; four for the 32-value types).
+    /// row streams the weight rows through the fused kernels, two weight rows at a time; more unpack each weight row once
+    /// into <paramref name="buffer"/> (<see cref="BufferBytes"/>) and dot it with eight activation rows at a time (the
+    /// 32-value types: a chunk of <see cref="ChunkRows"/> unpacked rows, two at a time, against each group of eight).
     /// </summary>
     public static void Multiply(TensorDType type, byte* weights, int k, int start, int end, Activation[] x, float* y, int n, float[]? bias, byte[] buffer)
     {
@@ -244,22 +241,28 @@ internal static unsafe class GgmlDot
     }
 
     /// <summary>
-    /// One activation row of a <see cref="Q8Rows"/> (Sums, GroupSums and the tile pointers null where the format has
-    /// none). TileScales and TileGroupSums point at the row's group of <see cref="TileRows"/> (Q8_K): per super-block,
-    /// the group's scales [8] and its group sums as 8 pairs of 16-value groups [8][8 x 2].
+    /// One activation row of a <see cref="Q8Rows"/> (pointers null where the format has none). BlockOffsets (Q8_0 form):
+    /// -128 x the sum of each block's codes. The tile pointers point at the row's group of <see cref="TileRows"/> rows
+    /// (only for two rows or more): TileScales per (super-)block the group's scales [8]; Q8_K: TileGroupSums, per
+    /// super-block its group sums as 8 pairs of 16-value groups [8][8 x 2]; Q8_0 / Q8_1: TileCodes, per block the eight
+    /// rows' codes interleaved by 4 bytes [8 quads][8 rows][4], TileOffsets (Q8_0) and TileSums (Q8_1) per block [8].
     /// </summary>
-    public readonly struct Activation(sbyte* codes, float* scales, float* sums, short* groupSums, int* laneSums, float* tileScales = null, short* tileGroupSums = null)
+    public readonly struct Activation(sbyte* codes, float* scales, float* sums, short* groupSums, int* blockOffsets, float* tileScales = null,
+        short* tileGroupSums = null, sbyte* tileCodes = null, int* tileOffsets = null, float* tileSums = null)
     {
         public readonly sbyte* Codes = codes;
         public readonly float* Scales = scales;
         public readonly float* Sums = sums;
         public readonly short* GroupSums = groupSums;
-        public readonly int* LaneSums = laneSums;
+        public readonly int* BlockOffsets = blockOffsets;
         public readonly float* TileScales = tileScales;
         public readonly short* TileGroupSums = tileGroupSums;
+        public readonly sbyte* TileCodes = tileCodes;
+        public readonly int* TileOffsets = tileOffsets;
+        public readonly float* TileSums = tileSums;
     }
 
-    /// <summary>Activation rows the batched k-quant kernel takes at once (its rows' scales and sums come transposed by Q8Rows).</summary>
+    /// <summary>Activation rows the batched kernels take at once (their rows' scales and sums, and the 32-value formats' codes, come transposed by Q8Rows).</summary>
     public const int TileRows = 8;
 
     private readonly struct Rows(byte* weights, long rowBytes, int k, Activation[] x, float* y, int n, float[]? bias, byte* u)
@@ -351,18 +354,8 @@ internal static unsafe class GgmlDot
                 for (; r < end; r++) y[r] = FusedLegacy<L, O>(weights + r * rowBytes, k, x0) + Bias(r);
                 return;
             }
-            if (x.Length <= GroupRows)
-            {
-                for (int j = start; j < end; j++)
-                {
-                    FetchRow(j + 1);
-                    UnpackLegacy<L>(weights + j * rowBytes, k, u);
-                    int t = 0;
-                    for (; t + 4 <= x.Length; t += 4) TileLegacy<L, O>(u, k, x, t, y + (long)t * n + j, n, Bias(j));
-                    for (; t < x.Length; t++) y[(long)t * n + j] = TileLegacy1<L, O>(u, k, x[t]) + Bias(j);
-                }
-                return;
-            }
+            // Weight rows unpacked ChunkRows at a time; every group of eight activation rows (the last one padded) then
+            // passes over the chunk two weight rows at a time, so the group's interleaved codes stay in L1.
             int stride = UnpackedBytes(L.Type, k);
             for (int j0 = start; j0 < end; j0 += ChunkRows)
             {
@@ -370,17 +363,16 @@ internal static unsafe class GgmlDot
                 for (int j = j0; j < j1; j++)
                 {
                     FetchRow(j + ChunkRows);
-                    UnpackLegacy<L>(weights + j * rowBytes, k, u + (j - j0) * stride);
+                    UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
                 }
-                for (int t0 = 0; t0 < x.Length; t0 += GroupRows)
+                for (int t = 0; t < x.Length; t += TileRows)
                 {
-                    int t1 = Math.Min(x.Length, t0 + GroupRows);
-                    for (int j = j0; j < j1; j++)
+                    int live = Math.Min(TileRows, x.Length - t);
+                    for (int j = j0; j < j1; j += 2)
                     {
                         byte* uj = u + (j - j0) * stride;
-                        int t = t0;
-                        for (; t + 4 <= t1; t += 4) TileLegacy<L, O>(uj, k, x, t, y + (long)t * n + j, n, Bias(j));
-                        for (; t < t1; t++) y[(long)t * n + j] = TileLegacy1<L, O>(uj, k, x[t]) + Bias(j);
+                        bool two = j + 1 < j1;
+                        TileLegacy<L, O>(uj, two ? uj + stride : uj, k, x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
                     }
                 }
             }
@@ -451,7 +443,23 @@ internal static unsafe class GgmlDot
     private readonly struct DotCall(byte* unpacked, int k, Activation x) : IKernelCall<float>
     {
         public float KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps => TileKQuant1<F, O>(unpacked, k, x);
-        public float Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps => TileLegacy1<L, O>(unpacked, k, x);
+        public float Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps
+        {
+            if (!Offset<L, O>()) return TileLegacy1<L, O>(unpacked, k, x);
+            // The reference unpacking keeps signed codes as they are; this path reads them biased.
+            int bytes = UnpackedBytes(L.Type, k);
+            byte* biased = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+            try
+            {
+                Buffer.MemoryCopy(unpacked, biased, bytes, bytes);
+                for (int i = 0; i < k; i++) biased[i] ^= 0x80;
+                return TileLegacy1<L, O>(biased, k, x);
+            }
+            finally
+            {
+                NativeMemory.AlignedFree(biased);
+            }
+        }
     }
 
     private readonly struct FusedDotCall(byte* row, int k, Activation x) : IKernelCall<float>
@@ -464,7 +472,7 @@ internal static unsafe class GgmlDot
     private readonly struct UnpackCall(byte* row, int k, byte* destination) : IKernelCall<bool>
     {
         public bool KQuant<F, O>() where F : struct, IKQuant where O : struct, IOps { UnpackKQuant<F>(row, k, destination); return true; }
-        public bool Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps { UnpackLegacy<L>(row, k, destination); return true; }
+        public bool Legacy<L, O>() where L : struct, ILegacyQuant where O : struct, IOps { UnpackLegacy<L, Avx2Ops>(row, k, destination); return true; }
     }
 
     /// <summary>The integer steps that differ between instruction sets (the JIT specializes per struct).</summary>
@@ -472,10 +480,16 @@ internal static unsafe class GgmlDot
     {
         /// <summary>acc + the int16 scales times the pairwise sums of codes x activations (k-quant chunk).</summary>
         static abstract Vector256<int> ScaledChunk(Vector256<int> acc, Vector256<byte> codes, Vector256<sbyte> x, Vector256<short> scales);
-        /// <summary>Per lane of 4: sum of signed codes x activations; <paramref name="offset"/> is -128 x the lane sums of x.</summary>
-        static abstract Vector256<int> SignedBlock(Vector256<sbyte> w, Vector256<sbyte> x, int* offset);
-        /// <summary>Per lane of 4: sum of unsigned codes x activations.</summary>
-        static abstract Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x);
+        /// <summary>
+        /// Signed codes are multiplied as unsigned bytes w + 128 (vpdpbusd takes unsigned x signed), so a block's sum
+        /// exceeds the true one by 128 x the sum of its activation codes, which the kernels add back from
+        /// <see cref="Activation.BlockOffsets"/> (or the tile's offsets); the batched kernel's unpacked codes are stored biased.
+        /// </summary>
+        static abstract bool Biased { get; }
+        /// <summary>acc + per lane of 4: sum of signed codes w x activations (biased: of (w + 128) x).</summary>
+        static abstract Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x);
+        /// <summary>acc + per lane of 4: sum of unsigned codes x activations.</summary>
+        static abstract Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x);
         /// <summary>acc + the pairwise products of int16 lanes a x b, summed in pairs (vpmaddwd).</summary>
         static abstract Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b);
     }
@@ -486,13 +500,16 @@ internal static unsafe class GgmlDot
         public static Vector256<int> ScaledChunk(Vector256<int> acc, Vector256<byte> codes, Vector256<sbyte> x, Vector256<short> scales) =>
             Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(codes, x), scales));
 
+        public static bool Biased => false;
+
+        /// <summary>|w| x (x with w's sign): the products w x, paired by vpmaddubsw without saturating (|x| &lt;= 127).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> SignedBlock(Vector256<sbyte> w, Vector256<sbyte> x, int* offset) =>
-            Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(w), Avx2.Sign(x, w)), Vector256.Create((short)1));
+        public static Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x) =>
+            Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(w), Avx2.Sign(x, w)), Vector256.Create((short)1)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x) =>
-            Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c, x), Vector256.Create((short)1));
+        public static Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x) =>
+            Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c, x), Vector256.Create((short)1)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => Avx2.Add(acc, Avx2.MultiplyAddAdjacent(a, b));
@@ -504,14 +521,16 @@ internal static unsafe class GgmlDot
         public static Vector256<int> ScaledChunk(Vector256<int> acc, Vector256<byte> codes, Vector256<sbyte> x, Vector256<short> scales) =>
             AvxVnni.MultiplyWideningAndAdd(acc, Avx2.MultiplyAddAdjacent(codes, x), scales);
 
-        /// <summary>(w + 128) x, summed by vpdpbusd onto -128 x (sum of x): exactly w x.</summary>
+        public static bool Biased => true;
+
+        /// <summary>(w + 128) x by vpdpbusd: w x plus 128 x, which the caller's block offset (-128 x the sum of x) removes.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> SignedBlock(Vector256<sbyte> w, Vector256<sbyte> x, int* offset) =>
-            AvxVnni.MultiplyWideningAndAdd(Vector256.Load(offset), w.AsByte() ^ Vector256.Create((byte)0x80), x);
+        public static Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x) =>
+            AvxVnni.MultiplyWideningAndAdd(acc, w.AsByte() ^ Vector256.Create((byte)0x80), x);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> UnsignedBlock(Vector256<byte> c, Vector256<sbyte> x) =>
-            AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, c, x);
+        public static Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x) =>
+            AvxVnni.MultiplyWideningAndAdd(acc, c, x);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => AvxVnni.MultiplyWideningAndAdd(acc, a, b);
@@ -803,37 +822,46 @@ internal static unsafe class GgmlDot
     // ---------------------------------------------------------------------------------------------------------------
     // 32-value formats. The unpacked row is read as: codes[K] | d[K/32] | m[K/32].
 
+    /// <summary>acc + per lane of 4: a block's codes (raw from the weights) x its activation codes; biased for signed codes on VNNI.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> LegacyBlock<L, O>(Vector256<byte> codes, sbyte* x, int* laneSums) where L : struct, ILegacyQuant where O : struct, IOps =>
-        L.Signed ? O.SignedBlock(codes.AsSByte(), Vector256.Load(x), laneSums) : O.UnsignedBlock(codes, Vector256.Load(x));
+    private static Vector256<int> RawLanes<L, O>(Vector256<int> acc, Vector256<byte> codes, Vector256<sbyte> x) where L : struct, ILegacyQuant where O : struct, IOps =>
+        L.Signed ? O.SignedLanes(acc, codes.AsSByte(), x) : O.UnsignedLanes(acc, codes, x);
+
+    /// <summary><see cref="RawLanes{L, O}"/> for codes as <see cref="UnpackLegacy{L, O}"/> stores them (biased already where O is).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> UnpackedLanes<L, O>(Vector256<int> acc, Vector256<byte> codes, Vector256<sbyte> x) where L : struct, ILegacyQuant where O : struct, IOps =>
+        L.Signed && !O.Biased ? O.SignedLanes(acc, codes.AsSByte(), x) : O.UnsignedLanes(acc, codes, x);
+
+    /// <summary>Whether a block's sum needs the row's block offset added (signed codes multiplied biased).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool Offset<L, O>() where L : struct, ILegacyQuant where O : struct, IOps => L.Signed && O.Biased;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float FusedLegacy<L, O>(byte* row, int k, in Activation x) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int n = k / 32;
         long bytes = L.BlockBytes;
-        // The activation's pointers in locals: read through the `in` struct, the JIT reloaded them and kept the
-        // accumulator on the stack every block.
+        // The activation's pointers in locals: read through the `in` struct, the JIT reloaded them every block.
         sbyte* codes = x.Codes;
         float* scales = x.Scales, sums = x.Sums;
-        int* lanes = x.LaneSums;
-        var acc = Vector256<float>.Zero;
-        float mins = 0;
+        int* offsets = x.BlockOffsets;
+        float acc = 0, mins = 0;
         for (int b = 0; b < n; b++)
         {
             byte* w = row + b * bytes;
             L.Header(w, out float d, out float m);
-            var s = LegacyBlock<L, O>(L.Codes(w), codes + 32 * b, lanes + 8 * b);
-            acc = Fma.MultiplyAdd(Vector256.Create(d * scales[b]), Avx.ConvertToVector256Single(s), acc);
+            int i = Vector256.Sum(RawLanes<L, O>(Vector256<int>.Zero, L.Codes(w), Vector256.Load(codes + 32 * b)));
+            if (Offset<L, O>()) i += offsets[b];
+            acc = MathF.FusedMultiplyAdd(d * scales[b], i, acc);
             if (!L.Signed) mins += m * sums[b];
         }
-        return Vector256.Sum(acc) + mins;
+        return acc + mins;
     }
 
     /// <summary>
-    /// <see cref="FusedLegacy{L, O}"/> for two consecutive weight rows (decode), block by block: two independent
-    /// accumulator chains, so a block's multiply-add waits on the other row's rather than on its own row's previous one.
-    /// Each row's operations are the one-row kernel's, so the same bits.
+    /// <see cref="FusedLegacy{L, O}"/> for two consecutive weight rows (decode), block by block: the two rows' block sums
+    /// reduced together into lanes 0 and 1 of one vector, whose float steps then run lane by lane (lane r for row r: the
+    /// one-row kernel's operations per lane, so the same bits, without moving sums through scalar registers).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void FusedLegacy2<L, O>(byte* row, long rowBytes, int k, in Activation x, float* y) where L : struct, ILegacyQuant where O : struct, IOps
@@ -842,31 +870,31 @@ internal static unsafe class GgmlDot
         long bytes = L.BlockBytes;
         sbyte* codes = x.Codes;
         float* scales = x.Scales, sums = x.Sums;
-        int* lanes = x.LaneSums;
-        Vector256<float> acc0 = default, acc1 = default;
-        float mins0 = 0, mins1 = 0;
+        int* offsets = x.BlockOffsets;
+        Vector128<float> acc = default, mins = default;
         for (int b = 0; b < n; b++)
         {
             byte* w0 = row + b * bytes, w1 = w0 + rowBytes;
             L.Header(w0, out float d0, out float m0);
             L.Header(w1, out float d1, out float m1);
-            float dx = scales[b];
-            var s0 = LegacyBlock<L, O>(L.Codes(w0), codes + 32 * b, lanes + 8 * b);
-            var s1 = LegacyBlock<L, O>(L.Codes(w1), codes + 32 * b, lanes + 8 * b);
-            acc0 = Fma.MultiplyAdd(Vector256.Create(d0 * dx), Avx.ConvertToVector256Single(s0), acc0);
-            acc1 = Fma.MultiplyAdd(Vector256.Create(d1 * dx), Avx.ConvertToVector256Single(s1), acc1);
-            if (!L.Signed)
-            {
-                mins0 += m0 * sums[b];
-                mins1 += m1 * sums[b];
-            }
+            var xb = Vector256.Load(codes + 32 * b);
+            var s0 = RawLanes<L, O>(Vector256<int>.Zero, L.Codes(w0), xb);
+            var s1 = RawLanes<L, O>(Vector256<int>.Zero, L.Codes(w1), xb);
+            var t = Avx2.UnpackLow(s0, s1) + Avx2.UnpackHigh(s0, s1); // per half: [s0 0+2, s1 0+2, s0 1+3, s1 1+3]
+            t += Avx2.Shuffle(t, 0b01_00_11_10);                     // per half: [S0, S1, S0, S1]
+            var q = t.GetLower() + t.GetUpper();
+            if (Offset<L, O>()) q += Vector128.Create(offsets[b]);
+            acc = Fma.MultiplyAdd(Vector128.Create(d0, d1, 0f, 0f) * Vector128.Create(scales[b]), Sse2.ConvertToVector128Single(q), acc);
+            if (!L.Signed) mins += Vector128.Create(m0, m1, 0f, 0f) * Vector128.Create(sums[b]);
         }
-        y[0] = Vector256.Sum(acc0) + mins0;
-        y[1] = Vector256.Sum(acc1) + mins1;
+        acc += mins;
+        y[0] = acc.ToScalar();
+        y[1] = acc.GetElement(1);
     }
 
+    /// <summary>Unpacks a row as the batched kernel of O reads it: codes (signed ones biased by 128 where O multiplies them so), d, m.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UnpackLegacy<L>(byte* row, int k, byte* u) where L : struct, ILegacyQuant
+    private static void UnpackLegacy<L, O>(byte* row, int k, byte* u) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int n = k / 32;
         long bytes = L.BlockBytes;
@@ -875,82 +903,79 @@ internal static unsafe class GgmlDot
         {
             byte* w = row + b * bytes;
             L.Header(w, out d[b], out m[b]);
-            L.Codes(w).Store(u + 32 * b);
+            var c = L.Codes(w);
+            if (Offset<L, O>()) c ^= Vector256.Create((byte)0x80);
+            c.Store(u + 32 * b);
         }
     }
 
+    /// <summary>
+    /// Two unpacked weight rows against a group of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes interleaved
+    /// by 4 bytes, lane r for row r): per block, each 4 weight codes broadcast and multiplied with the eight rows' 4 codes
+    /// by one instruction, so the eight block sums come out in one vector with no reduction; the float step for the eight
+    /// in one vector. Two chains per weight row (even and odd quads) and two weight rows sharing each activation load.
+    /// Rows past <paramref name="live"/> are the tile's zero padding; their results are not stored.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileLegacy<L, O>(byte* u, int k, Activation[] x, int t, float* y, int n, float bias) where L : struct, ILegacyQuant where O : struct, IOps
+    private static void TileLegacy<L, O>(byte* u0, byte* u1, int k, in Activation g, float* y, int n, float bias0, float bias1, int live, bool two)
+        where L : struct, ILegacyQuant where O : struct, IOps
     {
         int nb = k / 32;
-        float* d = (float*)(u + k), m = d + nb;
-        sbyte* c0 = x[t].Codes, c1 = x[t + 1].Codes, c2 = x[t + 2].Codes, c3 = x[t + 3].Codes;
-        float* d0 = x[t].Scales, d1 = x[t + 1].Scales, d2 = x[t + 2].Scales, d3 = x[t + 3].Scales;
-        int* l0 = x[t].LaneSums, l1 = x[t + 1].LaneSums, l2 = x[t + 2].LaneSums, l3 = x[t + 3].LaneSums;
-        float* s0 = x[t].Sums, s1 = x[t + 1].Sums, s2 = x[t + 2].Sums, s3 = x[t + 3].Sums;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
-        int b = 0;
-        // Eight blocks at a time: their 4 x 8 scale products in four multiplies (the same fp32 products as one at a time),
-        // each broadcast from its lane, instead of a scalar multiply and a broadcast per block and row.
-        for (; b + 8 <= nb; b += 8)
+        float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
+        sbyte* xt = g.TileCodes;
+        float* dx = g.TileScales, sx = g.TileSums;
+        int* offsets = g.TileOffsets;
+        Vector256<float> acc0 = default, acc1 = default, mins0 = default, mins1 = default;
+        for (int b = 0; b < nb; b++)
         {
-            var dw = Vector256.Load(d + b);
-            Vector256<float> p0 = dw * Vector256.Load(d0 + b), p1 = dw * Vector256.Load(d1 + b), p2 = dw * Vector256.Load(d2 + b), p3 = dw * Vector256.Load(d3 + b);
-            for (int i = 0; i < 8; i++)
+            var start = Offset<L, O>() ? Vector256.Load(offsets + 8 * b) : Vector256<int>.Zero;
+            Vector256<int> a0 = start, a1 = default, c0 = start, c1 = default;
+            uint* w0 = (uint*)(u0 + 32 * b), w1 = (uint*)(u1 + 32 * b);
+            sbyte* xb = xt + 256 * b;
+            for (int i = 0; i < 8; i += 2)
             {
-                int bi = b + i, o = 32 * bi;
-                var lane = Vector256.Create(i);
-                var w = Vector256.Load(u + o);
-                a0 = Fma.MultiplyAdd(Avx2.PermuteVar8x32(p0, lane), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c0 + o, l0 + 8 * bi)), a0);
-                a1 = Fma.MultiplyAdd(Avx2.PermuteVar8x32(p1, lane), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c1 + o, l1 + 8 * bi)), a1);
-                a2 = Fma.MultiplyAdd(Avx2.PermuteVar8x32(p2, lane), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c2 + o, l2 + 8 * bi)), a2);
-                a3 = Fma.MultiplyAdd(Avx2.PermuteVar8x32(p3, lane), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c3 + o, l3 + 8 * bi)), a3);
-                if (!L.Signed)
-                {
-                    m0 += m[bi] * s0[bi];
-                    m1 += m[bi] * s1[bi];
-                    m2 += m[bi] * s2[bi];
-                    m3 += m[bi] * s3[bi];
-                }
+                var x0 = Vector256.Load(xb + 32 * i);
+                var x1 = Vector256.Load(xb + 32 * i + 32);
+                a0 = UnpackedLanes<L, O>(a0, Vector256.Create(w0[i]).AsByte(), x0);
+                c0 = UnpackedLanes<L, O>(c0, Vector256.Create(w1[i]).AsByte(), x0);
+                a1 = UnpackedLanes<L, O>(a1, Vector256.Create(w0[i + 1]).AsByte(), x1);
+                c1 = UnpackedLanes<L, O>(c1, Vector256.Create(w1[i + 1]).AsByte(), x1);
             }
-        }
-        for (; b < nb; b++)
-        {
-            var w = Vector256.Load(u + 32 * b);
-            int o = 32 * b;
-            float db = d[b];
-            a0 = Fma.MultiplyAdd(Vector256.Create(db * d0[b]), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c0 + o, l0 + 8 * b)), a0);
-            a1 = Fma.MultiplyAdd(Vector256.Create(db * d1[b]), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c1 + o, l1 + 8 * b)), a1);
-            a2 = Fma.MultiplyAdd(Vector256.Create(db * d2[b]), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c2 + o, l2 + 8 * b)), a2);
-            a3 = Fma.MultiplyAdd(Vector256.Create(db * d3[b]), Avx.ConvertToVector256Single(LegacyBlock<L, O>(w, c3 + o, l3 + 8 * b)), a3);
+            var scale = Vector256.Load(dx + 8 * b);
+            acc0 = Fma.MultiplyAdd(Vector256.Create(d0[b]) * scale, Avx.ConvertToVector256Single(a0 + a1), acc0);
+            acc1 = Fma.MultiplyAdd(Vector256.Create(d1[b]) * scale, Avx.ConvertToVector256Single(c0 + c1), acc1);
             if (!L.Signed)
             {
-                m0 += m[b] * s0[b];
-                m1 += m[b] * s1[b];
-                m2 += m[b] * s2[b];
-                m3 += m[b] * s3[b];
+                var s = Vector256.Load(sx + 8 * b);
+                mins0 += Vector256.Create(m0[b]) * s;
+                mins1 += Vector256.Create(m1[b]) * s;
             }
         }
-        y[0] = Vector256.Sum(a0) + m0 + bias;
-        y[n] = Vector256.Sum(a1) + m1 + bias;
-        y[2 * n] = Vector256.Sum(a2) + m2 + bias;
-        y[3 * n] = Vector256.Sum(a3) + m3 + bias;
+        float* r0 = stackalloc float[8], r1 = stackalloc float[8];
+        (acc0 + mins0 + Vector256.Create(bias0)).Store(r0);
+        (acc1 + mins1 + Vector256.Create(bias1)).Store(r1);
+        for (int r = 0; r < live; r++)
+        {
+            y[(long)r * n] = r0[r];
+            if (two) y[(long)r * n + 1] = r1[r];
+        }
     }
 
+    /// <summary>One unpacked row (as <see cref="UnpackLegacy{L, O}"/> stores it) against one activation row: the reference form of the batched kernel.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float TileLegacy1<L, O>(byte* u, int k, in Activation x) where L : struct, ILegacyQuant where O : struct, IOps
     {
         int nb = k / 32;
         float* d = (float*)(u + k), m = d + nb;
-        var a = Vector256<float>.Zero;
-        float mins = 0;
+        float acc = 0, mins = 0;
         for (int b = 0; b < nb; b++)
         {
-            a = Fma.MultiplyAdd(Vector256.Create(d[b] * x.Scales[b]), Avx.ConvertToVector256Single(LegacyBlock<L, O>(Vector256.Load(u + 32 * b), x.Codes + 32 * b, x.LaneSums + 8 * b)), a);
+            int i = Vector256.Sum(UnpackedLanes<L, O>(Vector256<int>.Zero, Vector256.Load(u + 32 * b), Vector256.Load(x.Codes + 32 * b)));
+            if (Offset<L, O>()) i += x.BlockOffsets[b];
+            acc = MathF.FusedMultiplyAdd(d[b] * x.Scales[b], i, acc);
             if (!L.Signed) mins += m[b] * x.Sums[b];
         }
-        return Vector256.Sum(a) + mins;
+        return acc + mins;
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -992,23 +1017,14 @@ internal static unsafe class GgmlDot
         bool signed = type is TensorDType.Q4_0 or TensorDType.Q5_0 or TensorDType.Q8_0;
         int n = k / 32;
         float* d = (float*)(u + k), m = d + n;
-        Span<float> acc = stackalloc float[8];
-        acc.Clear();
-        float mins = 0;
+        float acc = 0, mins = 0;
         for (int b = 0; b < n; b++)
         {
-            float dd = d[b] * x.Scales[b];
-            for (int l = 0; l < 8; l++)
-            {
-                int s = 0;
-                for (int i = 4 * l; i < 4 * l + 4; i++) s += (signed ? ((sbyte*)u)[32 * b + i] : u[32 * b + i]) * x.Codes[32 * b + i];
-                acc[l] = MathF.FusedMultiplyAdd(dd, s, acc[l]);
-            }
+            int s = 0;
+            for (int i = 32 * b; i < 32 * b + 32; i++) s += (signed ? ((sbyte*)u)[i] : u[i]) * x.Codes[i];
+            acc = MathF.FusedMultiplyAdd(d[b] * x.Scales[b], s, acc);
             if (!signed) mins += m[b] * x.Sums[b];
         }
-        return Sum8(acc) + mins;
+        return acc + mins;
     }
-
-    /// <summary>The 8 lanes summed in Vector256.Sum's order.</summary>
-    private static float Sum8(ReadOnlySpan<float> a) => Vector256.Sum(Vector256.Create(a));
 }

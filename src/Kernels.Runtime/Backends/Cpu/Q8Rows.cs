@@ -20,10 +20,13 @@ internal enum Q8Format
 /// <summary>
 /// Rows x K activations as int8 codes (row-major, K per row) with, per block, the scale the codes are multiplied by:
 /// value ~ Scales[block] * Codes[i]. Q8_1 adds <see cref="Sums"/> (fp16(d * sum of the block's codes), as llama.cpp
-/// stores it); Q8_K adds <see cref="GroupSums"/> (the exact sum of every 16 codes). <see cref="LaneSums"/> holds
-/// -128 x the sum of every 4 codes (the offset the VNNI kernels fold into their accumulators). Q8_K rows also come in
-/// groups of <see cref="GgmlDot.TileRows"/> with their scales and group sums transposed (<see cref="TileScales"/>,
-/// <see cref="TileGroupSums"/>), so the batched k-quant kernel finishes a super-block for the whole group in one vector.
+/// stores it); Q8_K adds <see cref="GroupSums"/> (the exact sum of every 16 codes); Q8_0 adds <see cref="BlockOffsets"/>
+/// (-128 x the sum of each block's codes: what the VNNI kernels, which multiply signed weights as w + 128, add back).
+/// Two rows or more also come in groups of <see cref="GgmlDot.TileRows"/> (the last one padded with zeros) transposed
+/// for the batched kernels: their scales (<see cref="TileScales"/>), and Q8_K's group sums (<see cref="TileGroupSums"/>)
+/// so a super-block is finished for the whole group in one vector; Q8_0 / Q8_1's codes interleaved by 4 bytes
+/// (<see cref="TileCodes"/>) with their offsets or sums (<see cref="TileOffsets"/>, <see cref="TileSums"/>), so one
+/// vpdpbusd advances the eight rows' block sums.
 /// </summary>
 internal sealed unsafe class Q8Rows
 {
@@ -41,11 +44,20 @@ internal sealed unsafe class Q8Rows
     public float[] Scales { get; private set; } = [];
     public float[] Sums { get; private set; } = [];
     public short[] GroupSums { get; private set; } = [];
-    public int[] LaneSums { get; private set; } = [];
-    /// <summary>Q8_K, two rows or more: per group of 8 rows and super-block, the 8 rows' scales (zeros past the last row).</summary>
+    public int[] BlockOffsets { get; private set; } = [];
+    /// <summary>Two rows or more: per group of 8 rows and block (super-block for Q8_K), the 8 rows' scales (zeros past the last row).</summary>
     public float[] TileScales { get; private set; } = [];
     /// <summary>Q8_K, two rows or more: per group of 8 rows, super-block and pair h of 16-value groups, the 8 rows' sums of groups 2h, 2h + 1 (interleaved).</summary>
     public short[] TileGroupSums { get; private set; } = [];
+    /// <summary>Q8_0 / Q8_1, two rows or more: per group of 8 rows, block and quad q of 4 values, the 8 rows' codes 4q..4q + 3 (row r at 4r).</summary>
+    public Span<sbyte> TileCodes => new(TileCodesAddress, TileGroups * K * GgmlDot.TileRows);
+    private sbyte[] _tileCodes = [];
+    private sbyte* TileCodesAddress => _tileCodes.Length == 0 ? null : Address(_tileCodes) + ((64 - ((nint)Address(_tileCodes) & 63)) & 63);
+    /// <summary>Q8_0, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="BlockOffsets"/>.</summary>
+    public int[] TileOffsets { get; private set; } = [];
+    /// <summary>Q8_1, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="Sums"/>.</summary>
+    public float[] TileSums { get; private set; } = [];
+    private int TileGroups => Rows > 1 ? (Rows + GgmlDot.TileRows - 1) / GgmlDot.TileRows : 0;
 
     private Q8Rows(Q8Format format)
     {
@@ -65,16 +77,17 @@ internal sealed unsafe class Q8Rows
             Scales = GC.AllocateUninitializedArray<float>((int)(n / Block), pinned: true);
             if (Format == Q8Format.Q8_1) Sums = GC.AllocateUninitializedArray<float>((int)(n / 32), pinned: true);
             if (Format == Q8Format.Q8_K) GroupSums = GC.AllocateUninitializedArray<short>((int)(n / 16), pinned: true);
-            else LaneSums = GC.AllocateUninitializedArray<int>((int)(n / 4), pinned: true);
+            if (Format == Q8Format.Q8_0) BlockOffsets = GC.AllocateUninitializedArray<int>((int)(n / 32), pinned: true);
         }
-        if (Format == Q8Format.Q8_K)
+        const int R = GgmlDot.TileRows;
+        long blocks = (long)TileGroups * (k / Block);
+        if (TileScales.Length < blocks * R)
         {
-            long groups = (rows + GgmlDot.TileRows - 1) / GgmlDot.TileRows, blocks = groups * (k / 256);
-            if (TileScales.Length < blocks * GgmlDot.TileRows)
-            {
-                TileScales = GC.AllocateUninitializedArray<float>(checked((int)(blocks * GgmlDot.TileRows)), pinned: true);
-                TileGroupSums = GC.AllocateUninitializedArray<short>(checked((int)(blocks * GgmlDot.TileRows * 16)), pinned: true);
-            }
+            TileScales = GC.AllocateUninitializedArray<float>(checked((int)(blocks * R)), pinned: true);
+            if (Format == Q8Format.Q8_K) TileGroupSums = GC.AllocateUninitializedArray<short>(checked((int)(blocks * R * 16)), pinned: true);
+            else _tileCodes = GC.AllocateUninitializedArray<sbyte>(checked((int)(blocks * R * 32 + 64)), pinned: true);
+            if (Format == Q8Format.Q8_0) TileOffsets = GC.AllocateUninitializedArray<int>(checked((int)(blocks * R)), pinned: true);
+            if (Format == Q8Format.Q8_1) TileSums = GC.AllocateUninitializedArray<float>(checked((int)(blocks * R)), pinned: true);
         }
     }
 
@@ -87,13 +100,18 @@ internal sealed unsafe class Q8Rows
         if ((uint)t >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(t), $"row {t} of {Rows}");
         float* sums = Address(Sums);
         short* groupSums = Address(GroupSums);
-        int* laneSums = Address(LaneSums);
-        long group = t / GgmlDot.TileRows, groupBlocks = group * (K / 256);
+        int* offsets = Address(BlockOffsets);
+        const int R = GgmlDot.TileRows;
+        long groupBlocks = t / R * (K / Block);
+        bool tiled = Rows > 1;
         return new GgmlDot.Activation(CodesAddress + (long)t * K, Address(Scales) + (long)t * (K / Block),
             sums == null ? null : sums + (long)t * (K / 32), groupSums == null ? null : groupSums + (long)t * (K / 16),
-            laneSums == null ? null : laneSums + (long)t * (K / 4),
-            Format == Q8Format.Q8_K ? Address(TileScales) + groupBlocks * GgmlDot.TileRows : null,
-            Format == Q8Format.Q8_K ? Address(TileGroupSums) + groupBlocks * GgmlDot.TileRows * 16 : null);
+            offsets == null ? null : offsets + (long)t * (K / 32),
+            tiled ? Address(TileScales) + groupBlocks * R : null,
+            tiled && Format == Q8Format.Q8_K ? Address(TileGroupSums) + groupBlocks * R * 16 : null,
+            tiled && Format != Q8Format.Q8_K ? TileCodesAddress + groupBlocks * R * 32 : null,
+            tiled && Format == Q8Format.Q8_0 ? Address(TileOffsets) + groupBlocks * R : null,
+            tiled && Format == Q8Format.Q8_1 ? Address(TileSums) + groupBlocks * R : null);
     }
 
     /// <summary>The activation form GGML pairs with weights of <paramref name="type"/>.</summary>
@@ -145,26 +163,42 @@ internal sealed unsafe class Q8Rows
                     else if (vector) Quantize32Vector(xp + at, c + at, index);
                     else Quantize32(xp + at, c + at, index);
                 }
-            if (Format == Q8Format.Q8_K)
+            // One row goes through the decode kernels, which read the row-major scales and sums: no transposed copy on
+            // the decode path.
+            if (rows > 1)
             {
-                // One row goes through the decode kernels, which read the row-major scales and sums: no transposed
-                // copy on the decode path.
-                if (rows > 1) Transpose();
-            }
-            else
-            {
-                int* lanes = Address(LaneSums);
-                long quads = (long)rows * k / 4, i = 0;
-                if (vector)
-                    for (; i + 8 <= quads; i += 8)
-                    {
-                        var pairs = Avx2.MultiplyAddAdjacent(Vector256.Create((byte)1), Vector256.Load(c + 4 * i));
-                        (Avx2.MultiplyAddAdjacent(pairs, Vector256.Create((short)1)) * -128).Store(lanes + i);
-                    }
-                for (; i < quads; i++) lanes[i] = -128 * (c[4 * i] + c[4 * i + 1] + c[4 * i + 2] + c[4 * i + 3]);
+                if (Format == Q8Format.Q8_K) Transpose();
+                else Interleave();
             }
         }
         return this;
+    }
+
+    /// <summary>Fills the 32-value formats' tile (<see cref="TileCodes"/>, <see cref="TileScales"/>, <see cref="TileOffsets"/> / <see cref="TileSums"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Interleave()
+    {
+        const int R = GgmlDot.TileRows;
+        int nb = K / 32, groups = TileGroups;
+        uint* tile = (uint*)TileCodesAddress;
+        float* scales = Address(TileScales), sums = Address(TileSums);
+        int* offsets = Address(TileOffsets);
+        for (int g = 0; g < groups; g++)
+            for (int r = 0; r < R; r++)
+            {
+                int row = g * R + r;
+                bool real = row < Rows;
+                uint* from = (uint*)(CodesAddress + (long)row * K);
+                for (int b = 0; b < nb; b++)
+                {
+                    long at = (long)g * nb + b;
+                    uint* to = tile + at * R * 8 + r;
+                    for (int q = 0; q < 8; q++) to[q * R] = real ? from[8 * b + q] : 0u;
+                    scales[at * R + r] = real ? Scales[row * nb + b] : 0f;
+                    if (offsets != null) offsets[at * R + r] = real ? BlockOffsets[row * nb + b] : 0;
+                    if (sums != null) sums[at * R + r] = real ? Sums[row * nb + b] : 0f;
+                }
+            }
     }
 
     /// <summary>Fills <see cref="TileScales"/> and <see cref="TileGroupSums"/> from the rows' scales and group sums.</summary>
@@ -210,6 +244,7 @@ internal sealed unsafe class Q8Rows
             sum += codes[i];
         }
         if (Format == Q8Format.Q8_1) Sums[index] = (float)(Half)(d * sum);
+        else BlockOffsets[index] = -128 * sum;
     }
 
     /// <summary>32 values to codes with vroundps (nearest, ties to even) and saturating packs: <see cref="Quantize32"/>'s results.</summary>
@@ -225,8 +260,10 @@ internal sealed unsafe class Q8Rows
         var i1 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v1 * id));
         var i2 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v2 * id));
         var i3 = Avx.ConvertToVector256Int32(Avx.RoundToNearestInteger(v3 * id));
-        Pack(i0, i1, i2, i3).Store(codes);
+        var packed = Pack(i0, i1, i2, i3);
+        packed.Store(codes);
         if (Format == Q8Format.Q8_1) Sums[index] = (float)(Half)(d * Vector256.Sum(i0 + i1 + i2 + i3));
+        else BlockOffsets[index] = -128 * Vector256.Sum(Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Vector256.Create((byte)1), packed), Vector256.Create((short)1)));
     }
 
     /// <summary>Four vectors of 8 int32 (elements 0-31 in order) as 32 saturated bytes in order.</summary>
