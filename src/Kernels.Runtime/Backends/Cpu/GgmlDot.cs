@@ -365,15 +365,18 @@ internal static unsafe class GgmlDot
                     FetchRow(j + ChunkRows);
                     UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
                 }
-                for (int t = 0; t < x.Length; t += TileRows)
+                for (int t = 0; t < x.Length;)
                 {
                     int live = Math.Min(TileRows, x.Length - t);
+                    bool pair = x.Length - t >= 2 * TileRows;
                     for (int j = j0; j < j1; j += 2)
                     {
                         byte* uj = u + (j - j0) * stride;
                         bool two = j + 1 < j1;
-                        TileLegacy<L, O>(uj, two ? uj + stride : uj, k, x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
+                        if (pair) TileLegacy16<L, O>(uj, two ? uj + stride : uj, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, two);
+                        else TileLegacy<L, O>(uj, two ? uj + stride : uj, k, x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
                     }
+                    t += pair ? 2 * TileRows : TileRows;
                 }
             }
         }
@@ -958,6 +961,72 @@ internal static unsafe class GgmlDot
         {
             y[(long)r * n] = r0[r];
             if (two) y[(long)r * n + 1] = r1[r];
+        }
+    }
+
+    /// <summary>
+    /// <see cref="TileLegacy{L, O}"/> for two weight rows against two full groups (16 activation rows): each broadcast
+    /// weight quad feeds both groups, so a block takes 16 activation and 16 weight loads for 32 multiplies instead of
+    /// 8 and 16 for 16 (the single-group tile is bound by its loads). The same operations per row, so the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileLegacy16<L, O>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, bool two)
+        where L : struct, ILegacyQuant where O : struct, IOps
+    {
+        int nb = k / 32;
+        float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
+        sbyte* xg = g.TileCodes, xh = h.TileCodes;
+        float* dxg = g.TileScales, dxh = h.TileScales, sg = g.TileSums, sh = h.TileSums;
+        int* og = g.TileOffsets, oh = h.TileOffsets;
+        Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
+        Vector256<float> minG0 = default, minG1 = default, minH0 = default, minH1 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(og + 8 * b) : Vector256<int>.Zero, g1 = g0;
+            Vector256<int> h0 = Offset<L, O>() ? Vector256.Load(oh + 8 * b) : Vector256<int>.Zero, h1 = h0;
+            uint* w0 = (uint*)(u0 + 32 * b), w1 = (uint*)(u1 + 32 * b);
+            sbyte* xgb = xg + 256 * b, xhb = xh + 256 * b;
+            for (int i = 0; i < 8; i++)
+            {
+                var xa = Vector256.Load(xgb + 32 * i);
+                var xb = Vector256.Load(xhb + 32 * i);
+                var wa = Vector256.Create(w0[i]).AsByte();
+                var wb = Vector256.Create(w1[i]).AsByte();
+                g0 = UnpackedLanes<L, O>(g0, wa, xa);
+                g1 = UnpackedLanes<L, O>(g1, wb, xa);
+                h0 = UnpackedLanes<L, O>(h0, wa, xb);
+                h1 = UnpackedLanes<L, O>(h1, wb, xb);
+            }
+            Vector256<float> sa = Vector256.Load(dxg + 8 * b), sb = Vector256.Load(dxh + 8 * b);
+            Vector256<float> e0 = Vector256.Create(d0[b]), e1 = Vector256.Create(d1[b]);
+            accG0 = Fma.MultiplyAdd(e0 * sa, Avx.ConvertToVector256Single(g0), accG0);
+            accG1 = Fma.MultiplyAdd(e1 * sa, Avx.ConvertToVector256Single(g1), accG1);
+            accH0 = Fma.MultiplyAdd(e0 * sb, Avx.ConvertToVector256Single(h0), accH0);
+            accH1 = Fma.MultiplyAdd(e1 * sb, Avx.ConvertToVector256Single(h1), accH1);
+            if (!L.Signed)
+            {
+                Vector256<float> ta = Vector256.Load(sg + 8 * b), tb = Vector256.Load(sh + 8 * b);
+                Vector256<float> f0 = Vector256.Create(m0[b]), f1 = Vector256.Create(m1[b]);
+                minG0 += f0 * ta;
+                minG1 += f1 * ta;
+                minH0 += f0 * tb;
+                minH1 += f1 * tb;
+            }
+        }
+        float* r = stackalloc float[32];
+        (accG0 + minG0 + Vector256.Create(bias0)).Store(r);
+        (accG1 + minG1 + Vector256.Create(bias1)).Store(r + 8);
+        (accH0 + minH0 + Vector256.Create(bias0)).Store(r + 16);
+        (accH1 + minH1 + Vector256.Create(bias1)).Store(r + 24);
+        for (int i = 0; i < 8; i++)
+        {
+            y[(long)i * n] = r[i];
+            y[(long)(i + 8) * n] = r[16 + i];
+            if (two)
+            {
+                y[(long)i * n + 1] = r[8 + i];
+                y[(long)(i + 8) * n + 1] = r[24 + i];
+            }
         }
     }
 
