@@ -1,6 +1,7 @@
 // A CUDA execution model on the host, so a tensor-core kernel's fragment bookkeeping (ldmatrix, mma.sync, shuffles,
-// barriers, shared memory) can be tested on a machine without a GPU. Every thread of a block is a fiber (ucontext)
-// on one OS thread; a barrier (block or warp) parks the fiber until every live participant has arrived, and a
+// barriers, shared memory) can be tested on a machine without a GPU. Every thread of a block is a fiber on one OS
+// thread (switched by a few instructions of x86-64 assembly; ucontext elsewhere); a barrier (block or warp) parks the
+// fiber until every live participant has arrived, and a
 // thread that returns drops out of both, as exited threads do on sm_70+. Blocks run one after another, so a
 // function-local `__shared__` (a static here) is the block's shared memory. Warp collectives (shuffles, ldmatrix,
 // mma) exchange through a per-warp buffer between two warp barriers, with the data layouts of the PTX ISA.
@@ -19,7 +20,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <csetjmp>
 #include <immintrin.h>
 #include <math.h>
 #include <ucontext.h>
@@ -69,30 +69,73 @@ struct Barrier
     long generation = 0;
 };
 
-// A fiber starts once through its ucontext and switches afterwards by _setjmp / _longjmp (no signal-mask system
-// call per switch, which swapcontext makes).
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the running stack and its stack pointer in *from, then resumes the stack `to`
+// (a pointer saved the same way, or a fresh stack prepared by prepare_stack). No system call and no signal-mask or
+// unwinding work per switch (ucontext and glibc's longjmp spent most of an emulated kernel's time on both).
+extern "C" void emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .p2align 4
+    .type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+// A fresh stack whose first switch "returns" into entry with the alignment of a call (entry must never return).
+inline void* prepare_stack(char* stack, size_t bytes, void (*entry)())
+{
+    auto** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15));
+    *--sp = nullptr;                              // entry's (never used) return address
+    *--sp = reinterpret_cast<void*>(entry);       // where emu_switch's ret goes
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    return sp;
+}
+#endif
+
 struct Fiber
 {
+#if defined(__x86_64__)
+    void* sp = nullptr;
+#else
     ucontext_t context;
-    std::jmp_buf jump;
+#endif
     char* stack = nullptr;
-    bool started = false, done = false;
+    bool done = false;
     uint3 thread;
 };
 
 struct Block
 {
+#if defined(__x86_64__)
+    void* scheduler = nullptr;
+#else
     ucontext_t scheduler;
-    std::jmp_buf back;
+#endif
     std::vector<Fiber> fibers;
     int current = 0;
     Barrier block;
     std::vector<Barrier> warps;
-    // Per warp: 32 lanes x 64 bytes of exchange (a shuffle's value, an ldmatrix address, an mma's fragments).
+    // Per warp: two slots (exchange_slot) of 32 lanes x 64 bytes (a shuffle's value, an ldmatrix address, an mma's fragments).
     std::vector<unsigned char> exchange;
     // Per warp: an mma's 16 x 8 product, computed once by lane 0 and read by every lane.
     std::vector<float> product;
-    std::function<void()> body;
+    const std::function<void()>* body = nullptr;
 };
 
 inline Block*& current_block()
@@ -123,12 +166,22 @@ inline uint3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu
 {
+// Back to the scheduler from fiber f.
+inline void to_scheduler(Block* b, Fiber& f)
+{
+#if defined(__x86_64__)
+    emu_switch(&f.sp, b->scheduler);
+#else
+    swapcontext(&f.context, &b->scheduler);
+#endif
+}
+
 inline void yield()
 {
     Block* b = current_block();
     Fiber& f = b->fibers[b->current];
     f.thread = threadIdx;
-    if (!_setjmp(f.jump)) _longjmp(b->back, 1);
+    to_scheduler(b, f);
     threadIdx = b->fibers[b->current].thread;
 }
 
@@ -157,39 +210,50 @@ inline void drop(Barrier& bar)
 inline int lane_id() { return static_cast<int>(threadIdx.x & 31); }
 inline Barrier& warp_barrier() { return current_block()->warps[threadIdx.x >> 5]; }
 inline float* warp_product() { return current_block()->product.data() + (threadIdx.x >> 5) * 128; }
-inline unsigned char* warp_exchange(int lane)
+// A warp collective posts to the exchange slots of the warp barrier's generation parity, meets once, and reads: a lane
+// can post again only after passing the next warp barrier, which every lane reaches after its reads, so the other
+// slot is free and one barrier per collective suffices.
+inline int exchange_slot() { return static_cast<int>(warp_barrier().generation & 1); }
+inline unsigned char* warp_exchange(int lane, int slot)
 {
-    return current_block()->exchange.data() + ((threadIdx.x >> 5) * 32 + lane) * 64;
+    return current_block()->exchange.data() + (((threadIdx.x >> 5) * 2 + slot) * 32 + lane) * 64;
 }
 
 inline void fiber_entry()
 {
     Block* b = current_block();
-    b->body();
+    (*b->body)();
     Fiber& f = b->fibers[b->current];
     f.done = true;
     drop(b->block);
     drop(warp_barrier());
-    _longjmp(b->back, 1);
+    to_scheduler(b, f); // never resumed
+    std::abort();
 }
 
-// Runs body() for every thread of every block, blocks in order; dynamic shared memory of smem_bytes (zeroed).
+// Runs body() for every thread of every block, blocks in order; dynamic shared memory of smem_bytes (zeroed). One
+// Block is reused by every block of the launch (its vectors keep their storage).
 inline void launch(uint3 grid, uint3 block, size_t smem_bytes, const std::function<void()>& body)
 {
     dynamic_buffer().assign(smem_bytes + 16, 0);
     const int threads = static_cast<int>(block.x * block.y * block.z);
+    Block b;
+    b.body = &body;
+    b.warps.resize((threads + 31) / 32);
+    b.fibers.resize(threads);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx)
             {
-                Block b;
-                b.body = body;
+                b.block = Barrier{};
                 b.block.expected = threads;
-                b.warps.resize((threads + 31) / 32);
-                for (int w = 0; w < static_cast<int>(b.warps.size()); ++w) b.warps[w].expected = std::min(32, threads - 32 * w);
-                b.exchange.assign(b.warps.size() * 32 * 64, 0);
+                for (int w = 0; w < static_cast<int>(b.warps.size()); ++w)
+                {
+                    b.warps[w] = Barrier{};
+                    b.warps[w].expected = std::min(32, threads - 32 * w);
+                }
+                b.exchange.assign(b.warps.size() * 2 * 32 * 64, 0);
                 b.product.assign(b.warps.size() * 128, 0.f);
-                b.fibers.resize(threads);
                 current_block() = &b;
                 gridDim = grid;
                 blockDim = block;
@@ -197,31 +261,35 @@ inline void launch(uint3 grid, uint3 block, size_t smem_bytes, const std::functi
                 for (int t = 0; t < threads; ++t)
                 {
                     Fiber& f = b.fibers[t];
+                    f.done = false;
                     f.stack = fiber_stack(t);
                     f.thread = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
                                      static_cast<unsigned>(t / (block.x * block.y))};
+#if defined(__x86_64__)
+                    f.sp = prepare_stack(f.stack, kFiberStack, fiber_entry);
+#else
                     getcontext(&f.context);
                     f.context.uc_stack.ss_sp = f.stack;
                     f.context.uc_stack.ss_size = kFiberStack;
                     f.context.uc_link = &b.scheduler;
                     makecontext(&f.context, fiber_entry, 0);
+#endif
                 }
                 for (bool live = true; live;)
                 {
                     live = false;
                     for (int t = 0; t < threads; ++t)
                     {
-                        if (b.fibers[t].done) continue;
+                        Fiber& f = b.fibers[t];
+                        if (f.done) continue;
                         live = true;
                         b.current = t;
-                        threadIdx = b.fibers[t].thread;
-                        if (_setjmp(b.back)) continue; // the fiber yielded or finished
-                        if (!b.fibers[t].started)
-                        {
-                            b.fibers[t].started = true;
-                            setcontext(&b.fibers[t].context);
-                        }
-                        _longjmp(b.fibers[t].jump, 1);
+                        threadIdx = f.thread;
+#if defined(__x86_64__)
+                        emu_switch(&b.scheduler, f.sp); // back here when the fiber yields or finishes
+#else
+                        swapcontext(&b.scheduler, &f.context);
+#endif
                     }
                 }
                 current_block() = nullptr;
@@ -233,11 +301,11 @@ template <class T>
 inline T exchange(const T& mine, int from_lane)
 {
     static_assert(sizeof(T) <= 64, "one exchange slot");
-    std::memcpy(warp_exchange(lane_id()), &mine, sizeof(T));
+    const int slot = exchange_slot();
+    std::memcpy(warp_exchange(lane_id(), slot), &mine, sizeof(T));
     arrive_and_wait(warp_barrier());
     T v;
-    std::memcpy(&v, warp_exchange(from_lane), sizeof(T));
-    arrive_and_wait(warp_barrier());
+    std::memcpy(&v, warp_exchange(from_lane, slot), sizeof(T));
     return v;
 }
 } // namespace emu
@@ -279,16 +347,16 @@ inline unsigned __ballot_sync(unsigned, int predicate)
 {
     const int lane = emu::lane_id();
     const int mine = predicate != 0;
-    std::memcpy(emu::warp_exchange(lane), &mine, sizeof(int));
+    const int slot = emu::exchange_slot();
+    std::memcpy(emu::warp_exchange(lane, slot), &mine, sizeof(int));
     emu::arrive_and_wait(emu::warp_barrier());
     unsigned bits = 0;
     for (int l = 0; l < 32; ++l)
     {
         int p;
-        std::memcpy(&p, emu::warp_exchange(l), sizeof(int));
+        std::memcpy(&p, emu::warp_exchange(l, slot), sizeof(int));
         bits |= static_cast<unsigned>(p != 0) << l;
     }
-    emu::arrive_and_wait(emu::warp_barrier());
     return bits;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }

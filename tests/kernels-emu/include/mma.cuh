@@ -46,12 +46,13 @@ inline void ldmatrix(uint32_t (&r)[4], const void* row_address, bool trans)
 {
     const int l = lane_id();
     const void* mine = row_address;
-    std::memcpy(warp_exchange(l), &mine, sizeof(mine));
+    const int slot = exchange_slot();
+    std::memcpy(warp_exchange(l, slot), &mine, sizeof(mine));
     arrive_and_wait(warp_barrier());
     for (int j = 0; j < 4; ++j)
     {
         const void* rows[8];
-        for (int i = 0; i < 8; ++i) std::memcpy(&rows[i], warp_exchange(8 * j + i), sizeof(void*));
+        for (int i = 0; i < 8; ++i) std::memcpy(&rows[i], warp_exchange(8 * j + i, slot), sizeof(void*));
         uint16_t lo, hi;
         if (!trans)
             lo = b16_at(rows[l / 4], 2 * (l % 4)), hi = b16_at(rows[l / 4], 2 * (l % 4) + 1);
@@ -59,7 +60,6 @@ inline void ldmatrix(uint32_t (&r)[4], const void* row_address, bool trans)
             lo = b16_at(rows[2 * (l % 4)], l / 4), hi = b16_at(rows[2 * (l % 4) + 1], l / 4);
         r[j] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
     }
-    arrive_and_wait(warp_barrier());
 }
 
 template <DType DT>
@@ -96,7 +96,8 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
     };
     const int l = emu::lane_id();
     Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
-    std::memcpy(emu::warp_exchange(l), &mine, sizeof(mine));
+    const int slot = emu::exchange_slot();
+    std::memcpy(emu::warp_exchange(l, slot), &mine, sizeof(mine));
     emu::arrive_and_wait(emu::warp_barrier());
     float* product = emu::warp_product();
     if (l == 0)
@@ -105,7 +106,7 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
         for (int lane = 0; lane < 32; ++lane)
         {
             Frag f;
-            std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
+            std::memcpy(&f, emu::warp_exchange(lane, slot), sizeof(f));
             const int g = lane / 4, c = lane % 4;
             for (int h = 0; h < 2; ++h)
             {
@@ -138,7 +139,8 @@ inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, ui
     };
     const int l = emu::lane_id();
     Frag mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
-    std::memcpy(emu::warp_exchange(l), &mine, sizeof(mine));
+    const int slot = emu::exchange_slot();
+    std::memcpy(emu::warp_exchange(l, slot), &mine, sizeof(mine));
     emu::arrive_and_wait(emu::warp_barrier());
     int* product = reinterpret_cast<int*>(emu::warp_product());
     if (l == 0)
@@ -148,7 +150,7 @@ inline void mma_m16n8k32_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, ui
         for (int lane = 0; lane < 32; ++lane)
         {
             Frag f;
-            std::memcpy(&f, emu::warp_exchange(lane), sizeof(f));
+            std::memcpy(&f, emu::warp_exchange(lane, slot), sizeof(f));
             const int g = lane / 4, c = lane % 4;
             for (int i = 0; i < 4; ++i)
             {
