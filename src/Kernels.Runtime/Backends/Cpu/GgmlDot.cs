@@ -315,26 +315,31 @@ internal static unsafe class GgmlDot
                 for (; r < end; r++) y[r] = FusedKQuant<F, O>(weights + r * rowBytes, k, x0) + Bias(r);
                 return;
             }
-            // The activation rows' code pointers, read by the tiles without going through the array of structs.
-            nint[]? heap = x.Length > 1024 ? GC.AllocateUninitializedArray<nint>(x.Length, pinned: true) : null;
-            nint* onStack = stackalloc nint[heap == null ? x.Length : 0];
-            sbyte** codes = heap == null ? (sbyte**)onStack : (sbyte**)Unsafe.AsPointer(ref heap[0]);
-            for (int t = 0; t < x.Length; t++) codes[t] = x[t].Codes;
-            for (int j = start; j < end; j++)
+            // Two weight rows unpacked at a time; every group of eight activation rows (the last one padded), by pairs
+            // of groups where two remain, through the interleaved tile.
+            int stride = UnpackedBytes(F.Type, k);
+            for (int j = start; j < end; j += 2)
             {
-                FetchRow(j + 1);
+                bool two = j + 1 < end;
+                FetchRow(j + 2);
+                FetchRow(j + 3);
                 UnpackKQuant<F>(weights + j * rowBytes, k, u);
-                int t = 0;
-                for (; t + TileRows <= x.Length; t += TileRows)
-                    TileKQuant8<F, O>(u, k, codes + t, x[t].TileScales, x[t].TileGroupSums, y + (long)t * n + j, n, Bias(j));
-                if (x.Length - t >= 4)
+                if (two) UnpackKQuant<F>(weights + (j + 1) * rowBytes, k, u + stride);
+                byte* u1 = two ? u + stride : u;
+                for (int t = 0; t < x.Length;)
                 {
-                    TileKQuant4<F, O>(u, k, codes + t, x[t].TileScales, x[t].TileGroupSums, y + (long)t * n + j, n, Bias(j));
-                    t += 4;
+                    if (x.Length - t >= 2 * TileRows)
+                    {
+                        TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two);
+                        t += 2 * TileRows;
+                    }
+                    else
+                    {
+                        TileKQuant<F, O, OneGroup>(u, u1, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, Math.Min(TileRows, x.Length - t), two);
+                        t += TileRows;
+                    }
                 }
-                for (; t < x.Length; t++) y[(long)t * n + j] = TileKQuant1<F, O>(u, k, x[t]) + Bias(j);
             }
-            GC.KeepAlive(heap);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -493,6 +498,12 @@ internal static unsafe class GgmlDot
         static abstract Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x);
         /// <summary>acc + per lane of 4: sum of unsigned codes x activations.</summary>
         static abstract Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x);
+        /// <summary>
+        /// acc + <paramref name="scale"/> x the sum over four lanes-of-4 of unsigned k-quant codes (&lt;= 63) x activations:
+        /// one 16-value group of a tile's eight rows (lane r for row r), exactly.
+        /// </summary>
+        static abstract Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale);
         /// <summary>acc + the pairwise products of int16 lanes a x b, summed in pairs (vpmaddwd).</summary>
         static abstract Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b);
     }
@@ -514,6 +525,17 @@ internal static unsafe class GgmlDot
         public static Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x) =>
             Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c, x), Vector256.Create((short)1)));
 
+        /// <summary>Pairs of quads summed in int16 (|sum| &lt;= 2 x 2 x 63 x 127 &lt; 2^15), then scaled and widened by vpmaddwd.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale)
+        {
+            var s = Vector256.Create((short)scale);
+            var a = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c0, x0) + Avx2.MultiplyAddAdjacent(c1, x1), s);
+            var b = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c2, x2) + Avx2.MultiplyAddAdjacent(c3, x3), s);
+            return acc + a + b;
+        }
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => Avx2.Add(acc, Avx2.MultiplyAddAdjacent(a, b));
     }
@@ -534,6 +556,18 @@ internal static unsafe class GgmlDot
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x) =>
             AvxVnni.MultiplyWideningAndAdd(acc, c, x);
+
+        /// <summary>Four vpdpbusd into one sum, then one vpmulld by the scale.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale)
+        {
+            var p = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, c0, x0);
+            p = AvxVnni.MultiplyWideningAndAdd(p, c1, x1);
+            p = AvxVnni.MultiplyWideningAndAdd(p, c2, x2);
+            p = AvxVnni.MultiplyWideningAndAdd(p, c3, x3);
+            return acc + p * Vector256.Create(scale);
+        }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => AvxVnni.MultiplyWideningAndAdd(acc, a, b);
@@ -571,16 +605,6 @@ internal static unsafe class GgmlDot
         h = Ssse3.HorizontalAdd(h, h); // I E I E
         i = h.ToScalar();
         e = h.GetElement(1);
-    }
-
-    /// <summary>Eight vectors to the vector of their lane sums (exact integers), lane r from <c>v_r</c>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> LaneSums8(Vector256<int> v0, Vector256<int> v1, Vector256<int> v2, Vector256<int> v3,
-        Vector256<int> v4, Vector256<int> v5, Vector256<int> v6, Vector256<int> v7)
-    {
-        var u0 = Avx2.HorizontalAdd(Avx2.HorizontalAdd(v0, v1), Avx2.HorizontalAdd(v2, v3)); // rows 0-3, low | high halves
-        var u1 = Avx2.HorizontalAdd(Avx2.HorizontalAdd(v4, v5), Avx2.HorizontalAdd(v6, v7));
-        return Avx2.Permute2x128(u0, u1, 0x20) + Avx2.Permute2x128(u0, u1, 0x31);
     }
 
     /// <summary>
@@ -724,84 +748,93 @@ internal static unsafe class GgmlDot
         }
     }
 
-    /// <summary>
-    /// One unpacked row against the eight activation rows of a tile (t a multiple of <see cref="TileRows"/>): each weight
-    /// chunk loaded once for the eight; eight independent integer chains, so the loop is bound by the multiply ports
-    /// rather than by one chain's latency; the super-block's float step done for the eight rows in one vector (their
-    /// I by a transposing reduction, their E from the transposed group sums).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileKQuant8<F, O>(byte* u, int k, sbyte** codes, float* dx, short* sums, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
+    /// <summary>Whether a tile kernel takes one group of <see cref="TileRows"/> activation rows or two.</summary>
+    private interface IGroups
     {
-        int nb = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 2;
-        float* d = (float*)(e + 16 * nb), f = d + nb;
-        // The rows' pointers as locals (read through memory, the JIT reloads them every chunk).
-        sbyte* c0 = codes[0], c1 = codes[1], c2 = codes[2], c3 = codes[3], c4 = codes[4], c5 = codes[5], c6 = codes[6], c7 = codes[7];
-        var acc = Vector256<float>.Zero;
-        for (int b = 0; b < nb; b++)
-        {
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default, s4 = default, s5 = default, s6 = default, s7 = default;
-            byte* c = u + 256 * b;
-            short* sc = scales + 128 * b;
-            int at = 256 * b;
-            for (int ch = 0; ch < 8; ch++)
-            {
-                var w = Vector256.Load(c + 32 * ch);
-                var m = Vector256.Load(sc + 16 * ch);
-                int o = at + 32 * ch;
-                s0 = O.ScaledChunk(s0, w, Vector256.Load(c0 + o), m);
-                s1 = O.ScaledChunk(s1, w, Vector256.Load(c1 + o), m);
-                s2 = O.ScaledChunk(s2, w, Vector256.Load(c2 + o), m);
-                s3 = O.ScaledChunk(s3, w, Vector256.Load(c3 + o), m);
-                s4 = O.ScaledChunk(s4, w, Vector256.Load(c4 + o), m);
-                s5 = O.ScaledChunk(s5, w, Vector256.Load(c5 + o), m);
-                s6 = O.ScaledChunk(s6, w, Vector256.Load(c6 + o), m);
-                s7 = O.ScaledChunk(s7, w, Vector256.Load(c7 + o), m);
-            }
-            var i = LaneSums8(s0, s1, s2, s3, s4, s5, s6, s7);
-            acc = Step8<F>(acc, i, TileGroupTerm<O>(e + 16 * b, sums + 128 * b), Vector256.Load(dx + 8 * b), d[b], f[b]);
-        }
-        float* results = stackalloc float[8];
-        (acc + Vector256.Create(bias)).Store(results);
-        for (int r = 0; r < 8; r++) y[(long)r * n] = results[r];
+        static abstract bool Two { get; }
+    }
+
+    private readonly struct OneGroup : IGroups
+    {
+        public static bool Two => false;
+    }
+
+    private readonly struct TwoGroups : IGroups
+    {
+        public static bool Two => true;
     }
 
     /// <summary>
-    /// <see cref="TileKQuant8"/> for the first four rows of a tile (a batch's last, partial tile): four chains, the float
-    /// step in lanes 0-3 (lanes 4-7 carry nothing used).
+    /// Two unpacked k-quant weight rows against one or two groups of <see cref="TileRows"/> activation rows (Q8Rows' tile:
+    /// codes interleaved by 4 bytes, lane r for row r). Per 16-value group, four broadcast weight quads times the rows'
+    /// quads give the eight rows' sums in one vector (<see cref="IOps.ScaledGroup"/>), scaled by the group's integer
+    /// scale into I; no reduction. Each broadcast feeds both activation groups and each activation load both weight
+    /// rows. E from the weight row's group terms against the rows' transposed group sums, and one float step for the eight
+    /// rows (their I and E are the one-row kernel's integers, so the same bits). Rows past
+    /// <paramref name="live"/> are padding and not stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileKQuant4<F, O>(byte* u, int k, sbyte** codes, float* dx, short* sums, float* y, int n, float bias) where F : struct, IKQuant where O : struct, IOps
+    private static void TileKQuant<F, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two)
+        where F : struct, IKQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 2;
-        float* d = (float*)(e + 16 * nb), f = d + nb;
-        sbyte* c0 = codes[0], c1 = codes[1], c2 = codes[2], c3 = codes[3];
-        var acc = Vector256<float>.Zero;
+        short* sc0 = (short*)(u0 + k), e0 = sc0 + k / 2, sc1 = (short*)(u1 + k), e1 = sc1 + k / 2;
+        float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
+        sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
+        Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
         for (int b = 0; b < nb; b++)
         {
-            Vector256<int> s0 = default, s1 = default, s2 = default, s3 = default;
-            byte* c = u + 256 * b;
-            short* sc = scales + 128 * b;
-            int at = 256 * b;
+            Vector256<int> ig0 = default, ig1 = default, ih0 = default, ih1 = default;
             for (int ch = 0; ch < 8; ch++)
             {
-                var w = Vector256.Load(c + 32 * ch);
-                var m = Vector256.Load(sc + 16 * ch);
-                int o = at + 32 * ch;
-                s0 = O.ScaledChunk(s0, w, Vector256.Load(c0 + o), m);
-                s1 = O.ScaledChunk(s1, w, Vector256.Load(c1 + o), m);
-                s2 = O.ScaledChunk(s2, w, Vector256.Load(c2 + o), m);
-                s3 = O.ScaledChunk(s3, w, Vector256.Load(c3 + o), m);
+                int chunk = 8 * b + ch;
+                uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
+                sbyte* xa = xg + 256 * chunk, xb = xh + 256 * chunk;
+                short* s0 = sc0 + 16 * chunk, s1 = sc1 + 16 * chunk;
+                for (int half = 0; half < 2; half++)
+                {
+                    int q = 4 * half;
+                    Vector256<byte> a0 = Vector256.Create(w0[q]).AsByte(), a1 = Vector256.Create(w0[q + 1]).AsByte(),
+                        a2 = Vector256.Create(w0[q + 2]).AsByte(), a3 = Vector256.Create(w0[q + 3]).AsByte();
+                    Vector256<byte> b0 = Vector256.Create(w1[q]).AsByte(), b1 = Vector256.Create(w1[q + 1]).AsByte(),
+                        b2 = Vector256.Create(w1[q + 2]).AsByte(), b3 = Vector256.Create(w1[q + 3]).AsByte();
+                    Vector256<sbyte> x0 = Vector256.Load(xa + 32 * q), x1 = Vector256.Load(xa + 32 * q + 32),
+                        x2 = Vector256.Load(xa + 32 * q + 64), x3 = Vector256.Load(xa + 32 * q + 96);
+                    int m0 = s0[8 * half], m1 = s1[8 * half];
+                    ig0 = O.ScaledGroup(ig0, a0, x0, a1, x1, a2, x2, a3, x3, m0);
+                    ig1 = O.ScaledGroup(ig1, b0, x0, b1, x1, b2, x2, b3, x3, m1);
+                    if (P.Two)
+                    {
+                        x0 = Vector256.Load(xb + 32 * q);
+                        x1 = Vector256.Load(xb + 32 * q + 32);
+                        x2 = Vector256.Load(xb + 32 * q + 64);
+                        x3 = Vector256.Load(xb + 32 * q + 96);
+                        ih0 = O.ScaledGroup(ih0, a0, x0, a1, x1, a2, x2, a3, x3, m0);
+                        ih1 = O.ScaledGroup(ih1, b0, x0, b1, x1, b2, x2, b3, x3, m1);
+                    }
+                }
             }
-            var z = Vector256<int>.Zero;
-            var i = LaneSums8(s0, s1, s2, s3, z, z, z, z);
-            acc = Step8<F>(acc, i, TileGroupTerm<O>(e + 16 * b, sums + 128 * b), Vector256.Load(dx + 8 * b), d[b], f[b]);
+            var dxg = Vector256.Load(g.TileScales + 8 * b);
+            accG0 = Step8<F>(accG0, ig0, TileGroupTerm<O>(e0 + 16 * b, g.TileGroupSums + 128 * b), dxg, d0[b], f0[b]);
+            accG1 = Step8<F>(accG1, ig1, TileGroupTerm<O>(e1 + 16 * b, g.TileGroupSums + 128 * b), dxg, d1[b], f1[b]);
+            if (P.Two)
+            {
+                var dxh = Vector256.Load(h.TileScales + 8 * b);
+                accH0 = Step8<F>(accH0, ih0, TileGroupTerm<O>(e0 + 16 * b, h.TileGroupSums + 128 * b), dxh, d0[b], f0[b]);
+                accH1 = Step8<F>(accH1, ih1, TileGroupTerm<O>(e1 + 16 * b, h.TileGroupSums + 128 * b), dxh, d1[b], f1[b]);
+            }
         }
-        float* results = stackalloc float[8];
-        (acc + Vector256.Create(bias)).Store(results);
-        for (int r = 0; r < 4; r++) y[(long)r * n] = results[r];
+        float* r = stackalloc float[32];
+        (accG0 + Vector256.Create(bias0)).Store(r);
+        (accG1 + Vector256.Create(bias1)).Store(r + 8);
+        (accH0 + Vector256.Create(bias0)).Store(r + 16);
+        (accH1 + Vector256.Create(bias1)).Store(r + 24);
+        for (int i = 0; i < (P.Two ? 16 : live); i++)
+        {
+            int from = i < 8 ? i : 8 + i;
+            y[(long)i * n] = r[from];
+            if (two) y[(long)i * n + 1] = r[from + 8];
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

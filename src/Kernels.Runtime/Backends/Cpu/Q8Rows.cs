@@ -23,10 +23,10 @@ internal enum Q8Format
 /// stores it); Q8_K adds <see cref="GroupSums"/> (the exact sum of every 16 codes); Q8_0 adds <see cref="BlockOffsets"/>
 /// (-128 x the sum of each block's codes: what the VNNI kernels, which multiply signed weights as w + 128, add back).
 /// Two rows or more also come in groups of <see cref="GgmlDot.TileRows"/> (the last one padded with zeros) transposed
-/// for the batched kernels: their scales (<see cref="TileScales"/>), and Q8_K's group sums (<see cref="TileGroupSums"/>)
-/// so a super-block is finished for the whole group in one vector; Q8_0 / Q8_1's codes interleaved by 4 bytes
-/// (<see cref="TileCodes"/>) with their offsets or sums (<see cref="TileOffsets"/>, <see cref="TileSums"/>), so one
-/// vpdpbusd advances the eight rows' block sums.
+/// for the batched kernels: their codes interleaved by 4 bytes (<see cref="TileCodes"/>), so one vpdpbusd advances the
+/// eight rows' sums, their scales (<see cref="TileScales"/>), and Q8_K's group sums (<see cref="TileGroupSums"/>) or
+/// Q8_0 / Q8_1's offsets or sums (<see cref="TileOffsets"/>, <see cref="TileSums"/>), so a block is finished for the
+/// whole group in one vector.
 /// </summary>
 internal sealed unsafe class Q8Rows
 {
@@ -49,7 +49,7 @@ internal sealed unsafe class Q8Rows
     public float[] TileScales { get; private set; } = [];
     /// <summary>Q8_K, two rows or more: per group of 8 rows, super-block and pair h of 16-value groups, the 8 rows' sums of groups 2h, 2h + 1 (interleaved).</summary>
     public short[] TileGroupSums { get; private set; } = [];
-    /// <summary>Q8_0 / Q8_1, two rows or more: per group of 8 rows, block and quad q of 4 values, the 8 rows' codes 4q..4q + 3 (row r at 4r).</summary>
+    /// <summary>Two rows or more: per group of 8 rows, 32-value chunk and quad q of 4 values, the 8 rows' codes 4q..4q + 3 (row r at 4r).</summary>
     public Span<sbyte> TileCodes => new(TileCodesAddress, TileGroups * K * GgmlDot.TileRows);
     private sbyte[] _tileCodes = [];
     private sbyte* TileCodesAddress => _tileCodes.Length == 0 ? null : Address(_tileCodes) + ((64 - ((nint)Address(_tileCodes) & 63)) & 63);
@@ -85,7 +85,7 @@ internal sealed unsafe class Q8Rows
         {
             TileScales = GC.AllocateUninitializedArray<float>(checked((int)(blocks * R)), pinned: true);
             if (Format == Q8Format.Q8_K) TileGroupSums = GC.AllocateUninitializedArray<short>(checked((int)(blocks * R * 16)), pinned: true);
-            else _tileCodes = GC.AllocateUninitializedArray<sbyte>(checked((int)(blocks * R * 32 + 64)), pinned: true);
+            _tileCodes = GC.AllocateUninitializedArray<sbyte>(checked((int)(blocks * R * Block + 64)), pinned: true);
             if (Format == Q8Format.Q8_0) TileOffsets = GC.AllocateUninitializedArray<int>(checked((int)(blocks * R)), pinned: true);
             if (Format == Q8Format.Q8_1) TileSums = GC.AllocateUninitializedArray<float>(checked((int)(blocks * R)), pinned: true);
         }
@@ -109,7 +109,7 @@ internal sealed unsafe class Q8Rows
             offsets == null ? null : offsets + (long)t * (K / 32),
             tiled ? Address(TileScales) + groupBlocks * R : null,
             tiled && Format == Q8Format.Q8_K ? Address(TileGroupSums) + groupBlocks * R * 16 : null,
-            tiled && Format != Q8Format.Q8_K ? TileCodesAddress + groupBlocks * R * 32 : null,
+            tiled ? TileCodesAddress + groupBlocks * R * Block : null,
             tiled && Format == Q8Format.Q8_0 ? Address(TileOffsets) + groupBlocks * R : null,
             tiled && Format == Q8Format.Q8_1 ? Address(TileSums) + groupBlocks * R : null);
     }
@@ -168,18 +168,19 @@ internal sealed unsafe class Q8Rows
             if (rows > 1)
             {
                 if (Format == Q8Format.Q8_K) Transpose();
-                else Interleave();
+                Interleave();
             }
         }
         return this;
     }
 
-    /// <summary>Fills the 32-value formats' tile (<see cref="TileCodes"/>, <see cref="TileScales"/>, <see cref="TileOffsets"/> / <see cref="TileSums"/>).</summary>
+    /// <summary>Fills <see cref="TileCodes"/> and, for the 32-value formats, <see cref="TileScales"/> and <see cref="TileOffsets"/> / <see cref="TileSums"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Interleave()
     {
         const int R = GgmlDot.TileRows;
         int nb = K / 32, groups = TileGroups;
+        bool blocks32 = Format != Q8Format.Q8_K;
         uint* tile = (uint*)TileCodesAddress;
         float* scales = Address(TileScales), sums = Address(TileSums);
         int* offsets = Address(TileOffsets);
@@ -194,6 +195,7 @@ internal sealed unsafe class Q8Rows
                     long at = (long)g * nb + b;
                     uint* to = tile + at * R * 8 + r;
                     for (int q = 0; q < 8; q++) to[q * R] = real ? from[8 * b + q] : 0u;
+                    if (!blocks32) continue;
                     scales[at * R + r] = real ? Scales[row * nb + b] : 0f;
                     if (offsets != null) offsets[at * R + r] = real ? BlockOffsets[row * nb + b] : 0;
                     if (sums != null) sums[at * R + r] = real ? Sums[row * nb + b] : 0f;
