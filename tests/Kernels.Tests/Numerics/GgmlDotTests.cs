@@ -173,6 +173,7 @@ public sealed unsafe class GgmlDotTests
                         }
                     }
             }
+            GC.KeepAlive(x); // acts point into its pinned arrays
         }
     }
 

@@ -41,12 +41,12 @@ internal static unsafe class GgmlDot
 
     // ---------------------------------------------------------------------------------------------------------------
     // The unpacked row: codes (K bytes, 32-byte aligned) first, then per format
-    //   k-quants: scales16 [K/32 chunks][16 x int16] | e16 [K/256][16 x int16] | d [K/256] f32 | f [K/256] f32
+    //   k-quants: group scales [K/16] int16 (one per 16 values) | e16 [K/256][16 x int16] | d [K/256] f32 | f [K/256] f32
     //   legacy:   d [K/32] f32 | m [K/32] f32 (the block minimum of Q4_1 / Q5_1)
 
     /// <summary>Bytes of an unpacked row of <paramref name="k"/> values (a multiple of 64, so rows stay aligned).</summary>
     public static int UnpackedBytes(TensorDType type, int k) =>
-        (type.BlockSize() == 256 ? k + k + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
+        (type.BlockSize() == 256 ? k + k / 8 + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
 
     /// <summary>
     /// Batched rows of the 32-value formats: weight rows unpacked together, then passed by each group of
@@ -65,12 +65,12 @@ internal static unsafe class GgmlDot
         if (type.BlockSize() == 256)
         {
             int n = k / 256;
-            short* scales = (short*)(destination + k), e = scales + k / 2;
+            short* scales = (short*)(destination + k), e = scales + k / 16;
             float* d = (float*)(e + 16 * n), f = d + n;
             for (int b = 0; b < n; b++)
             {
                 byte* x = row + (long)b * bytes, c = destination + 256 * b;
-                short* s = scales + 128 * b, eb = e + 16 * b;
+                short* s = scales + 16 * b, eb = e + 16 * b;
                 switch (type)
                 {
                     case TensorDType.Q2_K: UnpackQ2_K(x, c, s, eb, out d[b], out f[b]); break;
@@ -121,11 +121,12 @@ internal static unsafe class GgmlDot
         for (int j = 0; j < 32; j++) c[j] += (byte)(((qh >> j) & 1) << 4);
     }
 
-    /// <summary>The scales of one 32-value chunk: lanes 0-7 (values 0-15) take <paramref name="first"/>, lanes 8-15 <paramref name="second"/>.</summary>
+    /// <summary>The scales of one 32-value chunk's two 16-value groups (values 0-15, then 16-31).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void ChunkScales(short* s, int first, int second)
     {
-        for (int i = 0; i < 8; i++) { s[i] = (short)first; s[i + 8] = (short)second; }
+        s[0] = (short)first;
+        s[1] = (short)second;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -138,7 +139,7 @@ internal static unsafe class GgmlDot
         {
             int h = u / 4, shift = 2 * (u % 4), g = 8 * h + 2 * (u % 4);
             TwoBits(qs + 32 * h, shift, c + 32 * u);
-            ChunkScales(s + 16 * u, scales[g] & 0xF, scales[g + 1] & 0xF);
+            ChunkScales(s + 2 * u, scales[g] & 0xF, scales[g + 1] & 0xF);
         }
         for (int g = 0; g < 16; g++) e[g] = (short)(scales[g] >> 4);
     }
@@ -164,7 +165,7 @@ internal static unsafe class GgmlDot
             TwoBits(qs + 32 * h, 2 * j, cu);
             int bit = 4 * h + j;
             for (int l = 0; l < 32; l++) cu[l] |= (byte)(((hmask[l] >> bit) & 1) << 2);
-            ChunkScales(s + 16 * u, sc[g] - 32, sc[g + 1] - 32);
+            ChunkScales(s + 2 * u, sc[g] - 32, sc[g + 1] - 32);
         }
         for (int g = 0; g < 16; g++) e[g] = (short)(4 * (sc[g] - 32));
     }
@@ -178,7 +179,7 @@ internal static unsafe class GgmlDot
         for (int g = 0; g < 8; g++)
         {
             GgmlBlocks.ScaleMinK4(g, scales, out int sc, out int mn);
-            ChunkScales(s + 16 * g, sc, sc);
+            ChunkScales(s + 2 * g, sc, sc);
             e[2 * g] = e[2 * g + 1] = (short)mn;
         }
         for (int j = 0; j < 4; j++)
@@ -208,7 +209,7 @@ internal static unsafe class GgmlDot
                 int nibbleShift = j < 2 ? 0 : 4, highShift = 2 * j;
                 for (int l = 0; l < 32; l++) cu[l] = (byte)(((low[l] >> nibbleShift) & 0xF) | (((qh[l] >> highShift) & 3) << 4));
                 int g = 8 * h + 2 * j;
-                ChunkScales(s + 16 * (4 * h + j), sc[g], sc[g + 1]);
+                ChunkScales(s + 2 * (4 * h + j), sc[g], sc[g + 1]);
             }
         }
         for (int g = 0; g < 16; g++) e[g] = (short)(32 * sc[g]);
@@ -726,25 +727,26 @@ internal static unsafe class GgmlDot
     {
         int n = k / 256;
         long bytes = F.BlockBytes;
-        short* scales = (short*)(u + k), e = scales + k / 2;
+        short* scales = (short*)(u + k), e = scales + k / 16;
         float* d = (float*)(e + 16 * n), f = d + n;
         for (int b = 0; b < n; b++)
         {
             byte* w = row + b * bytes, c = u + 256 * b;
-            short* sc = scales + 128 * b;
+            short* sc = scales + 16 * b;
             F.Header(w, out d[b], out float dmin, out var s, out var eb);
             f[b] = F.HasMin ? dmin : d[b];
             eb.Store(e + 16 * b);
             // Unrolled so each chunk index is a constant: the decoders' shuffle masks and shifts fold (a chunk index in a
             // loop variable made the JIT build a 32-byte shuffle mask lane by lane, half the time of a 16-row matmul).
-            F.Codes(w, 0).Store(c); F.ChunkScales(s, 0).Store(sc);
-            F.Codes(w, 1).Store(c + 32); F.ChunkScales(s, 1).Store(sc + 16);
-            F.Codes(w, 2).Store(c + 64); F.ChunkScales(s, 2).Store(sc + 32);
-            F.Codes(w, 3).Store(c + 96); F.ChunkScales(s, 3).Store(sc + 48);
-            F.Codes(w, 4).Store(c + 128); F.ChunkScales(s, 4).Store(sc + 64);
-            F.Codes(w, 5).Store(c + 160); F.ChunkScales(s, 5).Store(sc + 80);
-            F.Codes(w, 6).Store(c + 192); F.ChunkScales(s, 6).Store(sc + 96);
-            F.Codes(w, 7).Store(c + 224); F.ChunkScales(s, 7).Store(sc + 112);
+            F.Codes(w, 0).Store(c);
+            F.Codes(w, 1).Store(c + 32);
+            F.Codes(w, 2).Store(c + 64);
+            F.Codes(w, 3).Store(c + 96);
+            F.Codes(w, 4).Store(c + 128);
+            F.Codes(w, 5).Store(c + 160);
+            F.Codes(w, 6).Store(c + 192);
+            F.Codes(w, 7).Store(c + 224);
+            F.GroupScales(s).Store(sc);
         }
     }
 
@@ -778,7 +780,7 @@ internal static unsafe class GgmlDot
         where F : struct, IKQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 256;
-        short* sc0 = (short*)(u0 + k), e0 = sc0 + k / 2, sc1 = (short*)(u1 + k), e1 = sc1 + k / 2;
+        short* sc0 = (short*)(u0 + k), e0 = sc0 + k / 16, sc1 = (short*)(u1 + k), e1 = sc1 + k / 16;
         float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
         sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
         Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
@@ -790,7 +792,7 @@ internal static unsafe class GgmlDot
                 int chunk = 8 * b + ch;
                 uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
                 sbyte* xa = xg + 256 * chunk, xb = xh + 256 * chunk;
-                short* s0 = sc0 + 16 * chunk, s1 = sc1 + 16 * chunk;
+                short* s0 = sc0 + 2 * chunk, s1 = sc1 + 2 * chunk;
                 for (int half = 0; half < 2; half++)
                 {
                     int q = 4 * half;
@@ -800,7 +802,7 @@ internal static unsafe class GgmlDot
                         b2 = Vector256.Create(w1[q + 2]).AsByte(), b3 = Vector256.Create(w1[q + 3]).AsByte();
                     Vector256<sbyte> x0 = Vector256.Load(xa + 32 * q), x1 = Vector256.Load(xa + 32 * q + 32),
                         x2 = Vector256.Load(xa + 32 * q + 64), x3 = Vector256.Load(xa + 32 * q + 96);
-                    int m0 = s0[8 * half], m1 = s1[8 * half];
+                    int m0 = s0[half], m1 = s1[half];
                     ig0 = O.ScaledGroup(ig0, a0, x0, a1, x1, a2, x2, a3, x3, m0);
                     ig1 = O.ScaledGroup(ig1, b0, x0, b1, x1, b2, x2, b3, x3, m1);
                     if (P.Two)
@@ -841,14 +843,15 @@ internal static unsafe class GgmlDot
     private static float TileKQuant1<F, O>(byte* u, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 2;
+        short* scales = (short*)(u + k), e = scales + k / 16;
         float* d = (float*)(e + 16 * nb), f = d + nb;
         float acc = 0;
         for (int b = 0; b < nb; b++)
         {
             var s = Vector256<int>.Zero;
             for (int ch = 0; ch < 8; ch++)
-                s = O.ScaledChunk(s, Vector256.Load(u + 256 * b + 32 * ch), Vector256.Load(x.Codes + 256 * b + 32 * ch), Vector256.Load(scales + 128 * b + 16 * ch));
+                s = O.ScaledChunk(s, Vector256.Load(u + 256 * b + 32 * ch), Vector256.Load(x.Codes + 256 * b + 32 * ch),
+                    Vector256.Create(Vector128.Create(scales[16 * b + 2 * ch]), Vector128.Create(scales[16 * b + 2 * ch + 1])));
             Totals(s, Avx2.MultiplyAddAdjacent(Vector256.Load(e + 16 * b), Vector256.Load(x.GroupSums + 16 * b)), out int i, out int g);
             acc = Step<F>(acc, i, g, x.Scales[b], d[b], f[b]);
         }
@@ -1090,7 +1093,7 @@ internal static unsafe class GgmlDot
     private static float KQuantScalar(TensorDType type, byte* u, int k, in Activation x)
     {
         int n = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 2;
+        short* scales = (short*)(u + k), e = scales + k / 16;
         float* d = (float*)(e + 16 * n), f = d + n;
         float acc = 0;
         for (int b = 0; b < n; b++)
@@ -1099,7 +1102,7 @@ internal static unsafe class GgmlDot
             for (int v = 0; v < 256; v++)
             {
                 int at = 256 * b + v;
-                i += scales[128 * b + 16 * (v / 32) + (v % 32) / 2] * u[at] * x.Codes[at];
+                i += scales[16 * b + v / 16] * u[at] * x.Codes[at];
             }
             for (int grp = 0; grp < 16; grp++) g += e[16 * b + grp] * x.GroupSums[16 * b + grp];
             float dx = x.Scales[b];

@@ -22,6 +22,8 @@ internal unsafe interface IKQuant
     static abstract void Header(byte* block, out float d, out float dmin, out Vector256<short> scales, out Vector256<short> e);
     static abstract Vector256<byte> Codes(byte* block, int chunk);
     static abstract Vector256<short> ChunkScales(Vector256<short> scales, int chunk);
+    /// <summary>The 16 groups' scales from <see cref="Header"/>'s, lane g for values 16g..16g + 15 (what the unpacked row stores).</summary>
+    static abstract Vector256<short> GroupScales(Vector256<short> scales);
 }
 
 /// <summary>A 32-value block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).</summary>
@@ -69,6 +71,14 @@ internal static unsafe class GgmlFormats
     {
         var pair = Avx2.PermuteVar8x32(s.AsInt32(), Vector256.Create(c)).AsByte();
         return Avx2.Shuffle(pair, Vector256.Create((byte)0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3)).AsInt16();
+    }
+
+    /// <summary>Lanes 0-7 of <paramref name="s"/> each twice: [s0, s0, s1, s1, ..., s7, s7].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<short> EachTwice(Vector256<short> s)
+    {
+        var low = s.GetLower();
+        return Vector256.Create(Sse2.UnpackLow(low, low), Sse2.UnpackHigh(low, low));
     }
 
     /// <summary>All 16 lanes take lane c (0-7) of <paramref name="s"/>.</summary>
@@ -179,6 +189,8 @@ internal readonly unsafe struct Q2K : IKQuant
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
+
+    public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
 }
 
 internal readonly unsafe struct Q3K : IKQuant
@@ -207,6 +219,8 @@ internal readonly unsafe struct Q3K : IKQuant
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
+
+    public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
 }
 
 internal readonly unsafe struct Q4K : IKQuant
@@ -234,6 +248,8 @@ internal readonly unsafe struct Q4K : IKQuant
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.Broadcast(scales, c);
+
+    public static Vector256<short> GroupScales(Vector256<short> scales) => GgmlFormats.EachTwice(scales);
 }
 
 internal readonly unsafe struct Q5K : IKQuant
@@ -257,6 +273,8 @@ internal readonly unsafe struct Q5K : IKQuant
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.Broadcast(scales, c);
+
+    public static Vector256<short> GroupScales(Vector256<short> scales) => GgmlFormats.EachTwice(scales);
 }
 
 internal readonly unsafe struct Q6K : IKQuant
@@ -286,6 +304,8 @@ internal readonly unsafe struct Q6K : IKQuant
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
+
+    public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
