@@ -41,12 +41,12 @@ internal static unsafe class GgmlDot
 
     // ---------------------------------------------------------------------------------------------------------------
     // The unpacked row: codes (K bytes, 32-byte aligned) first, then per format
-    //   k-quants: group scales [K/16] int16 (one per 16 values) | e16 [K/256][16 x int16] | d [K/256] f32 | f [K/256] f32
+    //   k-quants: group scales [K/16] int32 (one per 16 values) | e16 [K/256][16 x int16] | d [K/256] f32 | f [K/256] f32
     //   legacy:   d [K/32] f32 | m [K/32] f32 (the block minimum of Q4_1 / Q5_1)
 
     /// <summary>Bytes of an unpacked row of <paramref name="k"/> values (a multiple of 64, so rows stay aligned).</summary>
     public static int UnpackedBytes(TensorDType type, int k) =>
-        (type.BlockSize() == 256 ? k + k / 8 + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
+        (type.BlockSize() == 256 ? k + k / 4 + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
 
     /// <summary>
     /// Batched rows of the 32-value formats: weight rows unpacked together, then passed by each group of
@@ -65,12 +65,14 @@ internal static unsafe class GgmlDot
         if (type.BlockSize() == 256)
         {
             int n = k / 256;
-            short* scales = (short*)(destination + k), e = scales + k / 16;
+            int* scales = (int*)(destination + k);
+            short* e = (short*)(scales + k / 16);
             float* d = (float*)(e + 16 * n), f = d + n;
             for (int b = 0; b < n; b++)
             {
                 byte* x = row + (long)b * bytes, c = destination + 256 * b;
-                short* s = scales + 16 * b, eb = e + 16 * b;
+                int* s = scales + 16 * b;
+                short* eb = e + 16 * b;
                 switch (type)
                 {
                     case TensorDType.Q2_K: UnpackQ2_K(x, c, s, eb, out d[b], out f[b]); break;
@@ -123,14 +125,14 @@ internal static unsafe class GgmlDot
 
     /// <summary>The scales of one 32-value chunk's two 16-value groups (values 0-15, then 16-31).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void ChunkScales(short* s, int first, int second)
+    private static void ChunkScales(int* s, int first, int second)
     {
-        s[0] = (short)first;
-        s[1] = (short)second;
+        s[0] = first;
+        s[1] = second;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UnpackQ2_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
+    private static void UnpackQ2_K(byte* x, byte* c, int* s, short* e, out float d, out float f)
     {
         byte* scales = x, qs = x + 16;
         d = GgmlBlocks.Half(x + 80);
@@ -152,7 +154,7 @@ internal static unsafe class GgmlDot
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UnpackQ3_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
+    private static void UnpackQ3_K(byte* x, byte* c, int* s, short* e, out float d, out float f)
     {
         byte* hmask = x, qs = x + 32;
         Span<int> sc = stackalloc int[16];
@@ -171,7 +173,7 @@ internal static unsafe class GgmlDot
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UnpackQ45_K(byte* x, byte* c, short* s, short* e, out float d, out float f, bool five)
+    private static void UnpackQ45_K(byte* x, byte* c, int* s, short* e, out float d, out float f, bool five)
     {
         d = GgmlBlocks.Half(x);
         f = GgmlBlocks.Half(x + 2);
@@ -195,7 +197,7 @@ internal static unsafe class GgmlDot
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void UnpackQ6_K(byte* x, byte* c, short* s, short* e, out float d, out float f)
+    private static void UnpackQ6_K(byte* x, byte* c, int* s, short* e, out float d, out float f)
     {
         sbyte* sc = (sbyte*)(x + 192);
         d = f = GgmlBlocks.Half(x + 208);
@@ -504,7 +506,12 @@ internal static unsafe class GgmlDot
         /// one 16-value group of a tile's eight rows (lane r for row r), exactly.
         /// </summary>
         static abstract Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
-            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale);
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int* scale);
+        /// <summary>
+        /// acc + *<paramref name="scale"/> x the sum over the eight quads of a 32-value chunk of unsigned codes (&lt;= 31,
+        /// one scale for the chunk: Q4_K, Q5_K) x activations: w the chunk's 8 weight quads, x the tile's 8 x 32 bytes.
+        /// </summary>
+        static abstract Vector256<int> ScaledChunk8(Vector256<int> acc, uint* w, sbyte* x, int* scale);
         /// <summary>acc + the pairwise products of int16 lanes a x b, summed in pairs (vpmaddwd).</summary>
         static abstract Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b);
     }
@@ -529,12 +536,24 @@ internal static unsafe class GgmlDot
         /// <summary>Pairs of quads summed in int16 (|sum| &lt;= 2 x 2 x 63 x 127 &lt; 2^15), then scaled and widened by vpmaddwd.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
-            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale)
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int* scale)
         {
-            var s = Vector256.Create((short)scale);
+            var s = Vector256.Create(*(short*)scale); // the scale's low half (|scale| < 2^15)
             var a = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c0, x0) + Avx2.MultiplyAddAdjacent(c1, x1), s);
             var b = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(c2, x2) + Avx2.MultiplyAddAdjacent(c3, x3), s);
             return acc + a + b;
+        }
+
+        /// <summary>Quads summed four at a time in int16 (|sum| &lt;= 4 x 2 x 31 x 127 &lt; 2^15), then scaled and widened by vpmaddwd.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScaledChunk8(Vector256<int> acc, uint* w, sbyte* x, int* scale)
+        {
+            var s = Vector256.Create(*(short*)scale);
+            var a = Avx2.MultiplyAddAdjacent(Vector256.Create(w[0]).AsByte(), Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(Vector256.Create(w[1]).AsByte(), Vector256.Load(x + 32))
+                  + (Avx2.MultiplyAddAdjacent(Vector256.Create(w[2]).AsByte(), Vector256.Load(x + 64)) + Avx2.MultiplyAddAdjacent(Vector256.Create(w[3]).AsByte(), Vector256.Load(x + 96)));
+            var b = Avx2.MultiplyAddAdjacent(Vector256.Create(w[4]).AsByte(), Vector256.Load(x + 128)) + Avx2.MultiplyAddAdjacent(Vector256.Create(w[5]).AsByte(), Vector256.Load(x + 160))
+                  + (Avx2.MultiplyAddAdjacent(Vector256.Create(w[6]).AsByte(), Vector256.Load(x + 192)) + Avx2.MultiplyAddAdjacent(Vector256.Create(w[7]).AsByte(), Vector256.Load(x + 224)));
+            return acc + Avx2.MultiplyAddAdjacent(a, s) + Avx2.MultiplyAddAdjacent(b, s);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -561,13 +580,28 @@ internal static unsafe class GgmlDot
         /// <summary>Four vpdpbusd into one sum, then one vpmulld by the scale.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> ScaledGroup(Vector256<int> acc, Vector256<byte> c0, Vector256<sbyte> x0, Vector256<byte> c1, Vector256<sbyte> x1,
-            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int scale)
+            Vector256<byte> c2, Vector256<sbyte> x2, Vector256<byte> c3, Vector256<sbyte> x3, int* scale)
         {
             var p = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, c0, x0);
             p = AvxVnni.MultiplyWideningAndAdd(p, c1, x1);
             p = AvxVnni.MultiplyWideningAndAdd(p, c2, x2);
             p = AvxVnni.MultiplyWideningAndAdd(p, c3, x3);
-            return acc + p * Vector256.Create(scale);
+            return acc + p * Vector256.Create(*scale);
+        }
+
+        /// <summary>Two chains of four vpdpbusd, added, then one vpmulld by the scale.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScaledChunk8(Vector256<int> acc, uint* w, sbyte* x, int* scale)
+        {
+            var p = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Create(w[0]).AsByte(), Vector256.Load(x));
+            var q = AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, Vector256.Create(w[1]).AsByte(), Vector256.Load(x + 32));
+            p = AvxVnni.MultiplyWideningAndAdd(p, Vector256.Create(w[2]).AsByte(), Vector256.Load(x + 64));
+            q = AvxVnni.MultiplyWideningAndAdd(q, Vector256.Create(w[3]).AsByte(), Vector256.Load(x + 96));
+            p = AvxVnni.MultiplyWideningAndAdd(p, Vector256.Create(w[4]).AsByte(), Vector256.Load(x + 128));
+            q = AvxVnni.MultiplyWideningAndAdd(q, Vector256.Create(w[5]).AsByte(), Vector256.Load(x + 160));
+            p = AvxVnni.MultiplyWideningAndAdd(p, Vector256.Create(w[6]).AsByte(), Vector256.Load(x + 192));
+            q = AvxVnni.MultiplyWideningAndAdd(q, Vector256.Create(w[7]).AsByte(), Vector256.Load(x + 224));
+            return acc + (p + q) * Vector256.Create(*scale);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -727,12 +761,13 @@ internal static unsafe class GgmlDot
     {
         int n = k / 256;
         long bytes = F.BlockBytes;
-        short* scales = (short*)(u + k), e = scales + k / 16;
+        int* scales = (int*)(u + k);
+        short* e = (short*)(scales + k / 16);
         float* d = (float*)(e + 16 * n), f = d + n;
         for (int b = 0; b < n; b++)
         {
             byte* w = row + b * bytes, c = u + 256 * b;
-            short* sc = scales + 16 * b;
+            int* sc = scales + 16 * b;
             F.Header(w, out d[b], out float dmin, out var s, out var eb);
             f[b] = F.HasMin ? dmin : d[b];
             eb.Store(e + 16 * b);
@@ -746,7 +781,9 @@ internal static unsafe class GgmlDot
             F.Codes(w, 5).Store(c + 160);
             F.Codes(w, 6).Store(c + 192);
             F.Codes(w, 7).Store(c + 224);
-            F.GroupScales(s).Store(sc);
+            var g = F.GroupScales(s);
+            Avx2.ConvertToVector256Int32(g.GetLower()).Store(sc);
+            Avx2.ConvertToVector256Int32(g.GetUpper()).Store(sc + 8);
         }
     }
 
@@ -780,7 +817,8 @@ internal static unsafe class GgmlDot
         where F : struct, IKQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 256;
-        short* sc0 = (short*)(u0 + k), e0 = sc0 + k / 16, sc1 = (short*)(u1 + k), e1 = sc1 + k / 16;
+        int* sc0 = (int*)(u0 + k), sc1 = (int*)(u1 + k);
+        short* e0 = (short*)(sc0 + k / 16), e1 = (short*)(sc1 + k / 16);
         float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
         sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
         Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
@@ -792,7 +830,19 @@ internal static unsafe class GgmlDot
                 int chunk = 8 * b + ch;
                 uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
                 sbyte* xa = xg + 256 * chunk, xb = xh + 256 * chunk;
-                short* s0 = sc0 + 2 * chunk, s1 = sc1 + 2 * chunk;
+                int* s0 = sc0 + 2 * chunk, s1 = sc1 + 2 * chunk;
+                if (F.ChunkScale)
+                {
+                    // One scale for the chunk's 32 values (Q4_K, Q5_K): eight quads summed, then one multiply.
+                    ig0 = O.ScaledChunk8(ig0, w0, xa, s0);
+                    ig1 = O.ScaledChunk8(ig1, w1, xa, s1);
+                    if (P.Two)
+                    {
+                        ih0 = O.ScaledChunk8(ih0, w0, xb, s0);
+                        ih1 = O.ScaledChunk8(ih1, w1, xb, s1);
+                    }
+                    continue;
+                }
                 for (int half = 0; half < 2; half++)
                 {
                     int q = 4 * half;
@@ -802,17 +852,16 @@ internal static unsafe class GgmlDot
                         b2 = Vector256.Create(w1[q + 2]).AsByte(), b3 = Vector256.Create(w1[q + 3]).AsByte();
                     Vector256<sbyte> x0 = Vector256.Load(xa + 32 * q), x1 = Vector256.Load(xa + 32 * q + 32),
                         x2 = Vector256.Load(xa + 32 * q + 64), x3 = Vector256.Load(xa + 32 * q + 96);
-                    int m0 = s0[half], m1 = s1[half];
-                    ig0 = O.ScaledGroup(ig0, a0, x0, a1, x1, a2, x2, a3, x3, m0);
-                    ig1 = O.ScaledGroup(ig1, b0, x0, b1, x1, b2, x2, b3, x3, m1);
+                    ig0 = O.ScaledGroup(ig0, a0, x0, a1, x1, a2, x2, a3, x3, s0 + half);
+                    ig1 = O.ScaledGroup(ig1, b0, x0, b1, x1, b2, x2, b3, x3, s1 + half);
                     if (P.Two)
                     {
                         x0 = Vector256.Load(xb + 32 * q);
                         x1 = Vector256.Load(xb + 32 * q + 32);
                         x2 = Vector256.Load(xb + 32 * q + 64);
                         x3 = Vector256.Load(xb + 32 * q + 96);
-                        ih0 = O.ScaledGroup(ih0, a0, x0, a1, x1, a2, x2, a3, x3, m0);
-                        ih1 = O.ScaledGroup(ih1, b0, x0, b1, x1, b2, x2, b3, x3, m1);
+                        ih0 = O.ScaledGroup(ih0, a0, x0, a1, x1, a2, x2, a3, x3, s0 + half);
+                        ih1 = O.ScaledGroup(ih1, b0, x0, b1, x1, b2, x2, b3, x3, s1 + half);
                     }
                 }
             }
@@ -843,7 +892,8 @@ internal static unsafe class GgmlDot
     private static float TileKQuant1<F, O>(byte* u, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 16;
+        int* scales = (int*)(u + k);
+        short* e = (short*)(scales + k / 16);
         float* d = (float*)(e + 16 * nb), f = d + nb;
         float acc = 0;
         for (int b = 0; b < nb; b++)
@@ -851,7 +901,7 @@ internal static unsafe class GgmlDot
             var s = Vector256<int>.Zero;
             for (int ch = 0; ch < 8; ch++)
                 s = O.ScaledChunk(s, Vector256.Load(u + 256 * b + 32 * ch), Vector256.Load(x.Codes + 256 * b + 32 * ch),
-                    Vector256.Create(Vector128.Create(scales[16 * b + 2 * ch]), Vector128.Create(scales[16 * b + 2 * ch + 1])));
+                    Vector256.Create(Vector128.Create((short)scales[16 * b + 2 * ch]), Vector128.Create((short)scales[16 * b + 2 * ch + 1])));
             Totals(s, Avx2.MultiplyAddAdjacent(Vector256.Load(e + 16 * b), Vector256.Load(x.GroupSums + 16 * b)), out int i, out int g);
             acc = Step<F>(acc, i, g, x.Scales[b], d[b], f[b]);
         }
@@ -1093,7 +1143,8 @@ internal static unsafe class GgmlDot
     private static float KQuantScalar(TensorDType type, byte* u, int k, in Activation x)
     {
         int n = k / 256;
-        short* scales = (short*)(u + k), e = scales + k / 16;
+        int* scales = (int*)(u + k);
+        short* e = (short*)(scales + k / 16);
         float* d = (float*)(e + 16 * n), f = d + n;
         float acc = 0;
         for (int b = 0; b < n; b++)

@@ -24,6 +24,8 @@ internal unsafe interface IKQuant
     static abstract Vector256<short> ChunkScales(Vector256<short> scales, int chunk);
     /// <summary>The 16 groups' scales from <see cref="Header"/>'s, lane g for values 16g..16g + 15 (what the unpacked row stores).</summary>
     static abstract Vector256<short> GroupScales(Vector256<short> scales);
+    /// <summary>Whether both 16-value groups of a chunk share one scale (Q4_K, Q5_K: 8 scales per super-block, codes &lt;= 31).</summary>
+    static abstract bool ChunkScale { get; }
 }
 
 /// <summary>A 32-value block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).</summary>
@@ -191,6 +193,8 @@ internal readonly unsafe struct Q2K : IKQuant
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
 
     public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
+
+    public static bool ChunkScale => false;
 }
 
 internal readonly unsafe struct Q3K : IKQuant
@@ -221,6 +225,8 @@ internal readonly unsafe struct Q3K : IKQuant
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
 
     public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
+
+    public static bool ChunkScale => false;
 }
 
 internal readonly unsafe struct Q4K : IKQuant
@@ -250,6 +256,8 @@ internal readonly unsafe struct Q4K : IKQuant
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.Broadcast(scales, c);
 
     public static Vector256<short> GroupScales(Vector256<short> scales) => GgmlFormats.EachTwice(scales);
+
+    public static bool ChunkScale => true;
 }
 
 internal readonly unsafe struct Q5K : IKQuant
@@ -275,6 +283,8 @@ internal readonly unsafe struct Q5K : IKQuant
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.Broadcast(scales, c);
 
     public static Vector256<short> GroupScales(Vector256<short> scales) => GgmlFormats.EachTwice(scales);
+
+    public static bool ChunkScale => true;
 }
 
 internal readonly unsafe struct Q6K : IKQuant
@@ -306,6 +316,8 @@ internal readonly unsafe struct Q6K : IKQuant
     public static Vector256<short> ChunkScales(Vector256<short> scales, int c) => GgmlFormats.GroupPair(scales, c);
 
     public static Vector256<short> GroupScales(Vector256<short> scales) => scales;
+
+    public static bool ChunkScale => false;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
