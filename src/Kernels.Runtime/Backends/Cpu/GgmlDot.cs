@@ -381,8 +381,9 @@ internal static unsafe class GgmlDot
                     {
                         byte* uj = u + (j - j0) * stride;
                         bool two = j + 1 < j1;
-                        if (pair) TileLegacy16<L, O>(uj, two ? uj + stride : uj, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, two);
-                        else TileLegacy<L, O>(uj, two ? uj + stride : uj, k, x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
+                        byte* uk = two ? uj + stride : uj;
+                        if (pair) TileLegacy<L, O, TwoGroups>(uj, uk, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two);
+                        else TileLegacy<L, O, OneGroup>(uj, uk, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
                     }
                     t += pair ? 2 * TileRows : TileRows;
                 }
@@ -609,7 +610,7 @@ internal static unsafe class GgmlDot
     }
 
     // ---------------------------------------------------------------------------------------------------------------
-    // k-quants. The unpacked super-block is read as: codes[256] | chunk scales [8][16] | e[16] | d | f.
+    // k-quants. The unpacked row is read as: codes[K] | group scales [K/16] int32 | e [K/256][16] | d [K/256] | f [K/256].
 
     /// <summary>
     /// The float step of one super-block for one activation row: acc + dx d I - dx dmin E (Q2_K, Q4_K, Q5_K), or
@@ -875,17 +876,7 @@ internal static unsafe class GgmlDot
                 accH1 = Step8<F>(accH1, ih1, TileGroupTerm<O>(e1 + 16 * b, h.TileGroupSums + 128 * b), dxh, d1[b], f1[b]);
             }
         }
-        float* r = stackalloc float[32];
-        (accG0 + Vector256.Create(bias0)).Store(r);
-        (accG1 + Vector256.Create(bias1)).Store(r + 8);
-        (accH0 + Vector256.Create(bias0)).Store(r + 16);
-        (accH1 + Vector256.Create(bias1)).Store(r + 24);
-        for (int i = 0; i < (P.Two ? 16 : live); i++)
-        {
-            int from = i < 8 ? i : 8 + i;
-            y[(long)i * n] = r[from];
-            if (two) y[(long)i * n + 1] = r[from + 8];
-        }
+        StoreTiles(accG0, accG1, accH0, accH1, bias0, bias1, y, n, P.Two ? 2 * TileRows : live, two);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -999,120 +990,88 @@ internal static unsafe class GgmlDot
     }
 
     /// <summary>
-    /// Two unpacked weight rows against a group of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes interleaved
-    /// by 4 bytes, lane r for row r): per block, each 4 weight codes broadcast and multiplied with the eight rows' 4 codes
-    /// by one instruction, so the eight block sums come out in one vector with no reduction; the float step for the eight
-    /// in one vector. Two chains per weight row (even and odd quads) and two weight rows sharing each activation load.
-    /// Rows past <paramref name="live"/> are the tile's zero padding; their results are not stored.
+    /// Two unpacked weight rows against one or two groups of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes
+    /// interleaved by 4 bytes, lane r for row r): per block, each 4 weight codes broadcast and multiplied with the eight
+    /// rows' 4 codes by one instruction, so the eight block sums come out in one vector with no reduction; the float step
+    /// for the eight in one vector. Each broadcast feeds both groups and each activation load both weight rows (one group
+    /// alone was bound by its loads: 28 for 16 multiplies a block). Rows past <paramref name="live"/> are the tile's zero
+    /// padding; their results are not stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileLegacy<L, O>(byte* u0, byte* u1, int k, in Activation g, float* y, int n, float bias0, float bias1, int live, bool two)
-        where L : struct, ILegacyQuant where O : struct, IOps
+    private static void TileLegacy<L, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two)
+        where L : struct, ILegacyQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 32;
         float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
-        sbyte* xt = g.TileCodes;
-        float* dx = g.TileScales, sx = g.TileSums;
-        int* offsets = g.TileOffsets;
-        Vector256<float> acc0 = default, acc1 = default, mins0 = default, mins1 = default;
-        for (int b = 0; b < nb; b++)
-        {
-            var start = Offset<L, O>() ? Vector256.Load(offsets + 8 * b) : Vector256<int>.Zero;
-            Vector256<int> a0 = start, a1 = default, c0 = start, c1 = default;
-            uint* w0 = (uint*)(u0 + 32 * b), w1 = (uint*)(u1 + 32 * b);
-            sbyte* xb = xt + 256 * b;
-            for (int i = 0; i < 8; i += 2)
-            {
-                var x0 = Vector256.Load(xb + 32 * i);
-                var x1 = Vector256.Load(xb + 32 * i + 32);
-                a0 = UnpackedLanes<L, O>(a0, Vector256.Create(w0[i]).AsByte(), x0);
-                c0 = UnpackedLanes<L, O>(c0, Vector256.Create(w1[i]).AsByte(), x0);
-                a1 = UnpackedLanes<L, O>(a1, Vector256.Create(w0[i + 1]).AsByte(), x1);
-                c1 = UnpackedLanes<L, O>(c1, Vector256.Create(w1[i + 1]).AsByte(), x1);
-            }
-            var scale = Vector256.Load(dx + 8 * b);
-            acc0 = Fma.MultiplyAdd(Vector256.Create(d0[b]) * scale, Avx.ConvertToVector256Single(a0 + a1), acc0);
-            acc1 = Fma.MultiplyAdd(Vector256.Create(d1[b]) * scale, Avx.ConvertToVector256Single(c0 + c1), acc1);
-            if (!L.Signed)
-            {
-                var s = Vector256.Load(sx + 8 * b);
-                mins0 += Vector256.Create(m0[b]) * s;
-                mins1 += Vector256.Create(m1[b]) * s;
-            }
-        }
-        float* r0 = stackalloc float[8], r1 = stackalloc float[8];
-        (acc0 + mins0 + Vector256.Create(bias0)).Store(r0);
-        (acc1 + mins1 + Vector256.Create(bias1)).Store(r1);
-        for (int r = 0; r < live; r++)
-        {
-            y[(long)r * n] = r0[r];
-            if (two) y[(long)r * n + 1] = r1[r];
-        }
-    }
-
-    /// <summary>
-    /// <see cref="TileLegacy{L, O}"/> for two weight rows against two full groups (16 activation rows): each broadcast
-    /// weight quad feeds both groups, so a block takes 16 activation and 16 weight loads for 32 multiplies instead of
-    /// 8 and 16 for 16 (the single-group tile is bound by its loads). The same operations per row, so the same bits.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileLegacy16<L, O>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, bool two)
-        where L : struct, ILegacyQuant where O : struct, IOps
-    {
-        int nb = k / 32;
-        float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
-        sbyte* xg = g.TileCodes, xh = h.TileCodes;
-        float* dxg = g.TileScales, dxh = h.TileScales, sg = g.TileSums, sh = h.TileSums;
-        int* og = g.TileOffsets, oh = h.TileOffsets;
+        sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
         Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
         Vector256<float> minG0 = default, minG1 = default, minH0 = default, minH1 = default;
         for (int b = 0; b < nb; b++)
         {
-            Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(og + 8 * b) : Vector256<int>.Zero, g1 = g0;
-            Vector256<int> h0 = Offset<L, O>() ? Vector256.Load(oh + 8 * b) : Vector256<int>.Zero, h1 = h0;
+            Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(g.TileOffsets + 8 * b) : Vector256<int>.Zero, g1 = g0;
+            Vector256<int> h0 = Offset<L, O>() && P.Two ? Vector256.Load(h.TileOffsets + 8 * b) : Vector256<int>.Zero, h1 = h0;
             uint* w0 = (uint*)(u0 + 32 * b), w1 = (uint*)(u1 + 32 * b);
             sbyte* xgb = xg + 256 * b, xhb = xh + 256 * b;
             for (int i = 0; i < 8; i++)
             {
                 var xa = Vector256.Load(xgb + 32 * i);
-                var xb = Vector256.Load(xhb + 32 * i);
                 var wa = Vector256.Create(w0[i]).AsByte();
                 var wb = Vector256.Create(w1[i]).AsByte();
                 g0 = UnpackedLanes<L, O>(g0, wa, xa);
                 g1 = UnpackedLanes<L, O>(g1, wb, xa);
-                h0 = UnpackedLanes<L, O>(h0, wa, xb);
-                h1 = UnpackedLanes<L, O>(h1, wb, xb);
+                if (P.Two)
+                {
+                    var xb = Vector256.Load(xhb + 32 * i);
+                    h0 = UnpackedLanes<L, O>(h0, wa, xb);
+                    h1 = UnpackedLanes<L, O>(h1, wb, xb);
+                }
             }
-            Vector256<float> sa = Vector256.Load(dxg + 8 * b), sb = Vector256.Load(dxh + 8 * b);
             Vector256<float> e0 = Vector256.Create(d0[b]), e1 = Vector256.Create(d1[b]);
+            var sa = Vector256.Load(g.TileScales + 8 * b);
             accG0 = Fma.MultiplyAdd(e0 * sa, Avx.ConvertToVector256Single(g0), accG0);
             accG1 = Fma.MultiplyAdd(e1 * sa, Avx.ConvertToVector256Single(g1), accG1);
-            accH0 = Fma.MultiplyAdd(e0 * sb, Avx.ConvertToVector256Single(h0), accH0);
-            accH1 = Fma.MultiplyAdd(e1 * sb, Avx.ConvertToVector256Single(h1), accH1);
+            if (P.Two)
+            {
+                var sb = Vector256.Load(h.TileScales + 8 * b);
+                accH0 = Fma.MultiplyAdd(e0 * sb, Avx.ConvertToVector256Single(h0), accH0);
+                accH1 = Fma.MultiplyAdd(e1 * sb, Avx.ConvertToVector256Single(h1), accH1);
+            }
             if (!L.Signed)
             {
-                Vector256<float> ta = Vector256.Load(sg + 8 * b), tb = Vector256.Load(sh + 8 * b);
                 Vector256<float> f0 = Vector256.Create(m0[b]), f1 = Vector256.Create(m1[b]);
+                var ta = Vector256.Load(g.TileSums + 8 * b);
                 minG0 += f0 * ta;
                 minG1 += f1 * ta;
-                minH0 += f0 * tb;
-                minH1 += f1 * tb;
+                if (P.Two)
+                {
+                    var tb = Vector256.Load(h.TileSums + 8 * b);
+                    minH0 += f0 * tb;
+                    minH1 += f1 * tb;
+                }
             }
         }
+        StoreTiles(accG0 + minG0, accG1 + minG1, accH0 + minH0, accH1 + minH1, bias0, bias1, y, n, P.Two ? 2 * TileRows : live, two);
+    }
+
+    /// <summary>
+    /// A tile kernel's results: lanes of g0 / g1 (weight rows 0 / 1, activation rows 0-7) and h0 / h1 (rows 8-15), plus
+    /// the weight rows' biases, stored for the first <paramref name="rows"/> activation rows (weight row 1 only if
+    /// <paramref name="two"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreTiles(Vector256<float> g0, Vector256<float> g1, Vector256<float> h0, Vector256<float> h1, float bias0, float bias1,
+        float* y, int n, int rows, bool two)
+    {
         float* r = stackalloc float[32];
-        (accG0 + minG0 + Vector256.Create(bias0)).Store(r);
-        (accG1 + minG1 + Vector256.Create(bias1)).Store(r + 8);
-        (accH0 + minH0 + Vector256.Create(bias0)).Store(r + 16);
-        (accH1 + minH1 + Vector256.Create(bias1)).Store(r + 24);
-        for (int i = 0; i < 8; i++)
+        (g0 + Vector256.Create(bias0)).Store(r);
+        (g1 + Vector256.Create(bias1)).Store(r + 8);
+        (h0 + Vector256.Create(bias0)).Store(r + 16);
+        (h1 + Vector256.Create(bias1)).Store(r + 24);
+        for (int i = 0; i < rows; i++)
         {
-            y[(long)i * n] = r[i];
-            y[(long)(i + 8) * n] = r[16 + i];
-            if (two)
-            {
-                y[(long)i * n + 1] = r[8 + i];
-                y[(long)(i + 8) * n + 1] = r[24 + i];
-            }
+            int from = i < 8 ? i : 8 + i; // rows 8-15 are h's, 16 floats on
+            y[(long)i * n] = r[from];
+            if (two) y[(long)i * n + 1] = r[from + 8];
         }
     }
 
