@@ -18,7 +18,7 @@ public static class MatMulBench
         var model = new Option<string>("--model") { DefaultValueFactory = _ => "synthetic:small", Description = "Model whose weights are multiplied (a .gguf of any weight type, an HF directory, synthetic:...)" };
         var rows = new Option<string>("--rows") { DefaultValueFactory = _ => "1,16,64", Description = "Comma-separated numbers of x rows" };
         var layer = new Option<int>("--layer") { DefaultValueFactory = _ => 0, Description = "Which layer's weights (the LM head is timed too); -1: every layer in turn (one weight kind at a time); -2: every layer's projections in a forward step's order, so each weight comes from memory as in a real step (ms per step)" };
-        var seconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 0.5, Description = "Timing budget per weight and row count" };
+        var seconds = new Option<double>("--seconds") { DefaultValueFactory = _ => 0.5, Description = "Timing budget per weight and row count (--layer -2: per row count, at least 30 steps)" };
         var command = new Command("matmul", "CPU matmul per weight of one layer and the LM head (dense or quantized): time per call, GB/s of weights, GMAC/s");
         foreach (var o in new Option[] { model, rows, layer, seconds }) command.Options.Add(o);
         command.SetAction(p => Run(p.GetValue(model)!, p.GetValue(rows)!, p.GetValue(layer), p.GetValue(seconds)));
@@ -46,7 +46,7 @@ public static class MatMulBench
         {
             Console.WriteLine("| x rows | q + k + v ms | o ms | gate + up ms | down ms | (per step: every layer once, median of 29 steps) |");
             Console.WriteLine("|---:|---:|---:|---:|---:|---|");
-            foreach (int r in rowList.Split(',').Select(int.Parse)) StepSequence(model, r, 30);
+            foreach (int r in rowList.Split(',').Select(int.Parse)) StepSequence(model, r, 30, seconds);
             return 0;
         }
         Console.WriteLine("| weight | format | N x K | x rows | min ms | median ms | GB/s (min) | GMAC/s (min) |");
@@ -82,9 +82,10 @@ public static class MatMulBench
     /// <summary>
     /// The projections of every layer in a forward step's order (q, k, v; o; gate, up; down), repeated, each weight read
     /// from memory as in a real step (the whole model does not fit the caches): per-step milliseconds by projection,
-    /// the median over the repetitions after the first. What the one-weight rows cannot show: a weight read cold.
+    /// the median over the repetitions after the first (at least <paramref name="reps"/>, more while under
+    /// <paramref name="seconds"/>). What the one-weight rows cannot show: a weight read cold.
     /// </summary>
-    private static void StepSequence(LoadedModel model, int r, int reps)
+    private static void StepSequence(LoadedModel model, int r, int reps, double seconds)
     {
         var c = model.Config;
         var rng = new Random(2);
@@ -93,7 +94,8 @@ public static class MatMulBench
         var q = new float[r * c.QueryDim]; var k = new float[r * c.KvDim]; var v = new float[r * c.KvDim]; var proj = new float[r * c.HiddenSize];
         var attn = Rand(r * c.QueryDim);
         var steps = new List<double[]>(); // per repetition (a step: every layer once), ms by projection
-        for (int rep = 0; rep < reps; rep++)
+        var budget = Stopwatch.StartNew();
+        for (int rep = 0; rep < reps || budget.Elapsed.TotalSeconds < seconds; rep++)
         {
             var t = new long[4];
             foreach (var l in model.Weights.Layers)

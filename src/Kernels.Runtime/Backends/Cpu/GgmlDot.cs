@@ -54,6 +54,9 @@ internal static unsafe class GgmlDot
     /// </summary>
     public const int ChunkRows = 8;
 
+    /// <summary>How far ahead the batched k-quant rows are fetched: this many pairs of weight rows.</summary>
+    private const int FeedPairs = 2;
+
     /// <summary>The scratch <see cref="Multiply"/> needs: <see cref="ChunkRows"/> unpacked rows, 64-byte aligned.</summary>
     public static int BufferBytes(TensorDType type, int k) => ChunkRows * UnpackedBytes(type, k) + 64;
 
@@ -320,28 +323,31 @@ internal static unsafe class GgmlDot
             }
             // Two weight rows unpacked at a time; every group of eight activation rows (the last one padded), by pairs
             // of groups where two remain, through the interleaved tile.
+            // The rows two pairs on are fetched a line per chunk of the tiles (LineFeed), the first two pairs up front.
             int stride = UnpackedBytes(F.Type, k);
+            for (int j = start; j < Math.Min(end, start + 2 * FeedPairs); j++) FetchRow(j);
             for (int j = start; j < end; j += 2)
             {
                 bool two = j + 1 < end;
-                FetchRow(j + 2);
-                FetchRow(j + 3);
                 UnpackKQuant<F>(weights + j * rowBytes, k, u);
                 if (two) UnpackKQuant<F>(weights + (j + 1) * rowBytes, k, u + stride);
                 byte* u1 = two ? u + stride : u;
+                int ahead = j + 2 * FeedPairs;
+                var feed = new LineFeed(weights + ahead * rowBytes, Math.Max(0, Math.Min(end, ahead + 2) - ahead) * rowBytes);
                 for (int t = 0; t < x.Length;)
                 {
                     if (x.Length - t >= 2 * TileRows)
                     {
-                        TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two);
+                        TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
                         t += 2 * TileRows;
                     }
                     else
                     {
-                        TileKQuant<F, O, OneGroup>(u, u1, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, Math.Min(TileRows, x.Length - t), two);
+                        TileKQuant<F, O, OneGroup>(u, u1, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, Math.Min(TileRows, x.Length - t), two, ref feed);
                         t += TileRows;
                     }
                 }
+                feed.Rest();
             }
         }
 
@@ -365,14 +371,13 @@ internal static unsafe class GgmlDot
             // Weight rows unpacked ChunkRows at a time; every group of eight activation rows (the last one padded) then
             // passes over the chunk two weight rows at a time, so the group's interleaved codes stay in L1.
             int stride = UnpackedBytes(L.Type, k);
+            for (int j = start; j < Math.Min(end, start + ChunkRows); j++) FetchRow(j);
             for (int j0 = start; j0 < end; j0 += ChunkRows)
             {
                 int j1 = Math.Min(end, j0 + ChunkRows);
-                for (int j = j0; j < j1; j++)
-                {
-                    FetchRow(j + ChunkRows);
-                    UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
-                }
+                for (int j = j0; j < j1; j++) UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
+                // The next chunk's rows, a line per block of the tiles below.
+                var feed = new LineFeed(weights + j1 * rowBytes, (Math.Min(end, j1 + ChunkRows) - j1) * rowBytes);
                 for (int t = 0; t < x.Length;)
                 {
                     int live = Math.Min(TileRows, x.Length - t);
@@ -382,11 +387,12 @@ internal static unsafe class GgmlDot
                         byte* uj = u + (j - j0) * stride;
                         bool two = j + 1 < j1;
                         byte* uk = two ? uj + stride : uj;
-                        if (pair) TileLegacy<L, O, TwoGroups>(uj, uk, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two);
-                        else TileLegacy<L, O, OneGroup>(uj, uk, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two);
+                        if (pair) TileLegacy<L, O, TwoGroups>(uj, uk, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
+                        else TileLegacy<L, O, OneGroup>(uj, uk, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two, ref feed);
                     }
                     t += pair ? 2 * TileRows : TileRows;
                 }
+                feed.Rest();
             }
         }
 
@@ -814,7 +820,8 @@ internal static unsafe class GgmlDot
     /// <paramref name="live"/> are padding and not stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileKQuant<F, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two)
+    private static void TileKQuant<F, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two,
+        ref LineFeed feed)
         where F : struct, IKQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 256;
@@ -828,6 +835,7 @@ internal static unsafe class GgmlDot
             Vector256<int> ig0 = default, ig1 = default, ih0 = default, ih1 = default;
             for (int ch = 0; ch < 8; ch++)
             {
+                feed.Step();
                 int chunk = 8 * b + ch;
                 uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
                 sbyte* xa = xg + 256 * chunk, xb = xh + 256 * chunk;
@@ -998,59 +1006,88 @@ internal static unsafe class GgmlDot
     /// padding; their results are not stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileLegacy<L, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two)
+    private static void TileLegacy<L, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two,
+        ref LineFeed feed)
         where L : struct, ILegacyQuant where O : struct, IOps where P : struct, IGroups
     {
         int nb = k / 32;
         float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
+        // Every pointer in a local and bumped per block (read through the `in` structs and indexed, they cost the
+        // loop a reload and an address computation per use).
         sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
+        int* og = g.TileOffsets, oh = h.TileOffsets;
+        float* sg = g.TileScales, sh = h.TileScales, tg = g.TileSums, th = h.TileSums;
+        uint* w0 = (uint*)u0, w1 = (uint*)u1;
         Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
         Vector256<float> minG0 = default, minG1 = default, minH0 = default, minH1 = default;
-        for (int b = 0; b < nb; b++)
+        for (int b = 0; b < nb; b++, w0 += 8, w1 += 8, xg += 256, xh += 256, og += 8, oh += 8, sg += 8, sh += 8, tg += 8, th += 8)
         {
-            Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(g.TileOffsets + 8 * b) : Vector256<int>.Zero, g1 = g0;
-            Vector256<int> h0 = Offset<L, O>() && P.Two ? Vector256.Load(h.TileOffsets + 8 * b) : Vector256<int>.Zero, h1 = h0;
-            uint* w0 = (uint*)(u0 + 32 * b), w1 = (uint*)(u1 + 32 * b);
-            sbyte* xgb = xg + 256 * b, xhb = xh + 256 * b;
-            for (int i = 0; i < 8; i++)
-            {
-                var xa = Vector256.Load(xgb + 32 * i);
-                var wa = Vector256.Create(w0[i]).AsByte();
-                var wb = Vector256.Create(w1[i]).AsByte();
-                g0 = UnpackedLanes<L, O>(g0, wa, xa);
-                g1 = UnpackedLanes<L, O>(g1, wb, xa);
-                if (P.Two)
-                {
-                    var xb = Vector256.Load(xhb + 32 * i);
-                    h0 = UnpackedLanes<L, O>(h0, wa, xb);
-                    h1 = UnpackedLanes<L, O>(h1, wb, xb);
-                }
-            }
+            feed.Step();
+            Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(og) : Vector256<int>.Zero, g1 = g0;
+            Vector256<int> h0 = Offset<L, O>() && P.Two ? Vector256.Load(oh) : Vector256<int>.Zero, h1 = h0;
+            // The odd quads in chains of their own (integer sums: the same result in any order), so eight
+            // multiply-add chains are in flight instead of four; the block's eight quads unrolled.
+            Vector256<int> g0b = default, g1b = default, h0b = default, h1b = default;
+            QuadPair<L, O, P>(ref g0, ref g1, ref h0, ref h1, ref g0b, ref g1b, ref h0b, ref h1b, w0, w1, xg, xh);
+            QuadPair<L, O, P>(ref g0, ref g1, ref h0, ref h1, ref g0b, ref g1b, ref h0b, ref h1b, w0 + 2, w1 + 2, xg + 64, xh + 64);
+            QuadPair<L, O, P>(ref g0, ref g1, ref h0, ref h1, ref g0b, ref g1b, ref h0b, ref h1b, w0 + 4, w1 + 4, xg + 128, xh + 128);
+            QuadPair<L, O, P>(ref g0, ref g1, ref h0, ref h1, ref g0b, ref g1b, ref h0b, ref h1b, w0 + 6, w1 + 6, xg + 192, xh + 192);
+            g0 += g0b;
+            g1 += g1b;
             Vector256<float> e0 = Vector256.Create(d0[b]), e1 = Vector256.Create(d1[b]);
-            var sa = Vector256.Load(g.TileScales + 8 * b);
+            var sa = Vector256.Load(sg);
             accG0 = Fma.MultiplyAdd(e0 * sa, Avx.ConvertToVector256Single(g0), accG0);
             accG1 = Fma.MultiplyAdd(e1 * sa, Avx.ConvertToVector256Single(g1), accG1);
             if (P.Two)
             {
-                var sb = Vector256.Load(h.TileScales + 8 * b);
+                h0 += h0b;
+                h1 += h1b;
+                var sb = Vector256.Load(sh);
                 accH0 = Fma.MultiplyAdd(e0 * sb, Avx.ConvertToVector256Single(h0), accH0);
                 accH1 = Fma.MultiplyAdd(e1 * sb, Avx.ConvertToVector256Single(h1), accH1);
             }
             if (!L.Signed)
             {
                 Vector256<float> f0 = Vector256.Create(m0[b]), f1 = Vector256.Create(m1[b]);
-                var ta = Vector256.Load(g.TileSums + 8 * b);
+                var ta = Vector256.Load(tg);
                 minG0 += f0 * ta;
                 minG1 += f1 * ta;
                 if (P.Two)
                 {
-                    var tb = Vector256.Load(h.TileSums + 8 * b);
+                    var tb = Vector256.Load(th);
                     minH0 += f0 * tb;
                     minH1 += f1 * tb;
                 }
             }
         }
         StoreTiles(accG0 + minG0, accG1 + minG1, accH0 + minH0, accH1 + minH1, bias0, bias1, y, n, P.Two ? 2 * TileRows : live, two);
+    }
+
+    /// <summary>Quads q and q + 1 of a block (w0, w1 and the tiles' x at quad q) into the even and the odd chains of <see cref="TileLegacy{L, O, P}"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void QuadPair<L, O, P>(ref Vector256<int> g0, ref Vector256<int> g1, ref Vector256<int> h0, ref Vector256<int> h1,
+        ref Vector256<int> g0b, ref Vector256<int> g1b, ref Vector256<int> h0b, ref Vector256<int> h1b, uint* w0, uint* w1, sbyte* xg, sbyte* xh)
+        where L : struct, ILegacyQuant where O : struct, IOps where P : struct, IGroups
+    {
+        var xa = Vector256.Load(xg);
+        var xc = Vector256.Load(xg + 32);
+        var wa = Vector256.Create(w0[0]).AsByte();
+        var wb = Vector256.Create(w1[0]).AsByte();
+        var wc = Vector256.Create(w0[1]).AsByte();
+        var wd = Vector256.Create(w1[1]).AsByte();
+        g0 = UnpackedLanes<L, O>(g0, wa, xa);
+        g1 = UnpackedLanes<L, O>(g1, wb, xa);
+        g0b = UnpackedLanes<L, O>(g0b, wc, xc);
+        g1b = UnpackedLanes<L, O>(g1b, wd, xc);
+        if (P.Two)
+        {
+            var xb = Vector256.Load(xh);
+            var xd = Vector256.Load(xh + 32);
+            h0 = UnpackedLanes<L, O>(h0, wa, xb);
+            h1 = UnpackedLanes<L, O>(h1, wb, xb);
+            h0b = UnpackedLanes<L, O>(h0b, wc, xd);
+            h1b = UnpackedLanes<L, O>(h1b, wd, xd);
+        }
     }
 
     /// <summary>

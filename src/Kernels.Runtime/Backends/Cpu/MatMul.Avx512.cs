@@ -19,7 +19,7 @@ internal static unsafe partial class MatMul
 {
     /// <summary>
     /// Whether dense matmuls take the AVX-512 path: AVX-512F present and the runtime accelerating Vector512 (it does not
-    /// where DOTNET_EnableAVX512F=0, which forces the AVX2 path). Tests switch it to compare the two.
+    /// where DOTNET_EnableAVX512=0, which forces the AVX2 path; .NET 10 ignores DOTNET_EnableAVX512F). Tests switch it to compare the two.
     /// </summary>
     internal static bool Wide { get; set; } = Avx512F.IsSupported && Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && Fma.IsSupported && Avx2.IsSupported;
 
@@ -160,14 +160,15 @@ internal static unsafe partial class MatMul
                     float* dst = panel + c * ws;
                     for (int i = 0; i < k16; i += 16) L.Load16(r, i).Store(dst + i);
                 }
-                if (j + 8 <= end)
-                    for (long b = 0; b < 4 * rowBytes; b += 64) Sse.Prefetch1(w0 + 4 * rowBytes + b);
+                // The next four rows' bytes, a line per step of the tiles below.
+                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes) : LineFeed.None;
                 for (int kc = 0; kc < k16; kc += WideChunkK)
                 {
                     int len = Math.Min(WideChunkK, k16 - kc);
                     for (int t = 0, g = 0; t < rows; t += 4, g++)
-                        WideTile(panel + kc, ws, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0);
+                        WideTile(panel + kc, ws, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0, ref feed);
                 }
+                feed.Rest();
                 var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
                 for (int t = 0, g = 0; t < rows; t += 4, g++)
                     for (int r = 0; r < Math.Min(4, rows - t); r++)
@@ -199,7 +200,7 @@ internal static unsafe partial class MatMul
     /// (a later chunk of K) and ending there.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WideTile(float* w, int ws, float* x, int xs, int group, int len, Vector512<float>* carry, bool carryIn)
+    private static void WideTile(float* w, int ws, float* x, int xs, int group, int len, Vector512<float>* carry, bool carryIn, ref LineFeed feed)
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         float* x0 = x, x1 = x + xs, x2 = x + 2 * xs, x3 = x + 3 * xs;
@@ -217,6 +218,7 @@ internal static unsafe partial class MatMul
             case 4:
                 for (int i = 0; i < len; i += 16)
                 {
+                    feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i); var v3 = Vector512.Load(x3 + i);
                     var c = Vector512.Load(w0 + i);
                     a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02); a03 = Avx512F.FusedMultiplyAdd(c, v3, a03);
@@ -231,6 +233,7 @@ internal static unsafe partial class MatMul
             case 3:
                 for (int i = 0; i < len; i += 16)
                 {
+                    feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i);
                     var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02);
                     c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12);
@@ -241,6 +244,7 @@ internal static unsafe partial class MatMul
             case 2:
                 for (int i = 0; i < len; i += 16)
                 {
+                    feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i);
                     var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01);
                     c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11);
@@ -251,6 +255,7 @@ internal static unsafe partial class MatMul
             default:
                 for (int i = 0; i < len; i += 16)
                 {
+                    feed.Step();
                     var v0 = Vector512.Load(x0 + i);
                     a00 = Avx512F.FusedMultiplyAdd(Vector512.Load(w0 + i), v0, a00);
                     a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(w1 + i), v0, a10);
