@@ -16,8 +16,8 @@ internal static unsafe partial class Attention
     private static readonly bool Vectorized = Fma.IsSupported && Avx2.IsSupported;
 
     /// <summary>
-    /// The score of a query row and a key, unscaled: one 8-lane fused multiply-add accumulator over the columns in
-    /// order, Vector256.Sum, then the d % 8 tail (DotTile's order, so a tile of scores gives these bits).
+    /// The score of a query row and a key, unscaled, in DotTile's order (two 8-lane accumulators over 16-column steps,
+    /// folded, one 8-column step, Vector256.Sum, then the d % 8 tail), so a tile of scores gives these bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static float Dot(float* q, float* k, int d)
@@ -26,9 +26,8 @@ internal static unsafe partial class Attention
         int c = 0;
         if (Vectorized)
         {
-            var a = Vector256<float>.Zero;
-            for (; c + 8 <= d; c += 8) a = Fma.MultiplyAdd(Avx.LoadVector256(k + c), Avx.LoadVector256(q + c), a);
-            s = Vector256.Sum(a);
+            s = Vector256.Sum(DotTile.Lanes(k, q, d, paired: false));
+            c = d & ~7;
         }
         for (; c < d; c++) s += k[c] * q[c];
         return s;
@@ -53,7 +52,7 @@ internal static unsafe partial class Attention
             float* q0 = (float*)q[r], q1 = (float*)q[r + g / 2], q2 = (float*)q[r + g - 1];
             float* s0 = (float*)s[r], s1 = (float*)s[r + g / 2], s2 = (float*)s[r + g - 1];
             int i = 0;
-            for (; i + 4 <= n; i += 4) DotTile.Dots(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, null, false, false, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
+            for (; i + 4 <= n; i += 4) DotTile.Dots(keys + (long)i * keyStride, keyStride, q0, q1, q2, g, d, null, false, DotTile.Finish.Store, false, s0 + i, s1 + i, s2 + i, Vector128<float>.Zero);
             for (; i < n; i++)
                 for (int t = r; t < r + g; t++) ((float*)s[t])[i] = Dot((float*)q[t], keys + (long)i * keyStride, d);
             r += g;

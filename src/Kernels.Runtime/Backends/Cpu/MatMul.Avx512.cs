@@ -12,8 +12,8 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// <summary>
 /// The AVX-512 path sums every dot product in one fixed order, whatever the tile or the number of x rows: one 16-lane
 /// accumulator over the first k &amp; ~15 columns in order, folded to 8 lanes (low half + high half), one more 8-lane
-/// step when k % 16 >= 8, Vector256.Sum's reduction, then the scalar tail. (The AVX2 path has no 16-lane part; the two
-/// differ by float rounding, tested within bounds, and each is batch invariant on its own.)
+/// step when k % 16 >= 8, Vector256.Sum's reduction, then the scalar tail. The AVX2 path sums in the same order (its 16
+/// lanes as two 8-lane halves, DotTile), so the two give the same bits (tested); each is batch invariant.
 /// </summary>
 internal static unsafe partial class MatMul
 {

@@ -42,7 +42,7 @@ internal static unsafe partial class MatMul
         {
             int k8 = k & ~7, groups = (rows + 2) / 3;
             float* xk = paired != null ? paired : x; // what the vector loop multiplies; tails read x itself
-            var acc = ArrayPool<Vector256<float>>.Shared.Rent(groups * 12);
+            var acc = ArrayPool<Vector256<float>>.Shared.Rent(groups * 24);
             bool inPlace = w.DType == TensorDType.F32;
             int ws = inPlace ? k : (k + 7) & ~7; // floats between the rows the tiles read
             var converted = inPlace ? null : ArrayPool<float>.Shared.Rent(6 * ws + 8);
@@ -68,7 +68,7 @@ internal static unsafe partial class MatMul
                     {
                         for (byte* stop = ahead + perTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
                         float* x0 = xk + (long)t * k;
-                        DotTile.Dots6(panel, ws, x0, x0 + k, Math.Min(2, rows - t), k, y + (long)t * n + j, y + (long)(t + 1) * n + j, bias != null ? biasPtr + j : null);
+                        DotTile.Dots6(panel, ws, x0, x0 + k, Math.Min(2, rows - t), k, paired != null, y + (long)t * n + j, y + (long)(t + 1) * n + j, bias != null ? biasPtr + j : null);
                     }
                 }
                 for (; j + 4 <= end; j += 4)
@@ -102,14 +102,15 @@ internal static unsafe partial class MatMul
                         for (int t = 0, g = 0; t < rows; t += DotTile.Rows(rows - t), g++)
                         {
                             int group = DotTile.Rows(rows - t);
-                            Vector256<float>* a = accp + g * 12;
+                            Vector256<float>* a = accp + g * 24;
                             for (byte* stop = ahead + aheadPerTile; ahead < stop && ahead < aheadEnd; ahead += 64) Sse.Prefetch0(ahead);
                             float* x0 = xk + (long)t * k + kc, y0 = y + (long)t * n + j;
                             var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
-                            // The accumulators stay in registers over a chunk; between chunks, and for a scalar tail, they wait in a.
-                            bool keep = !last || k8 != k;
-                            DotTile.Dots(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, a, kc > 0, keep, y0, y0 + n, y0 + 2 * n, b4);
-                            if (!last || !keep) continue;
+                            // The accumulators stay in registers over a chunk; between chunks (their halves), and folded
+                            // for a scalar tail, they wait in a.
+                            var finish = !last ? DotTile.Finish.Carry : k8 != k ? DotTile.Finish.Fold : DotTile.Finish.Store;
+                            DotTile.Dots(wc, ws, x0, x0 + k, x0 + 2 * k, group, len, a, kc > 0, finish, paired != null, y0, y0 + n, y0 + 2 * n, b4);
+                            if (finish != DotTile.Finish.Fold) continue;
                             for (int r = 0; r < group; r++)
                             {
                                 float* xr = x + (long)(t + r) * k;

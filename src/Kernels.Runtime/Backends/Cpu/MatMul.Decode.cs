@@ -59,7 +59,7 @@ internal static unsafe partial class MatMul
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotPaired<S>(ushort* w, int k, float* xp, float* x) where S : struct, IScaling
     {
-        var a = Vector256<float>.Zero;
+        Vector256<float> a = Vector256<float>.Zero, b = a;
         var scale = Vector256.Create(DTypeConvert.HalfFieldsScale);
         int kp = k & ~15, k8 = k & ~7, i = 0;
         for (; i < kp; i += 16)
@@ -67,8 +67,10 @@ internal static unsafe partial class MatMul
             if ((i & 31) == 0) Sse.Prefetch0((byte*)(w + i) + DecodeLead);
             DTypeConvert.FiniteHalfFields16(w + i, out var l, out var h);
             if (!S.Prescaled) { l *= scale; h *= scale; }
-            a = Fma.MultiplyAdd(h, Avx.LoadVector256(xp + i + 8), Fma.MultiplyAdd(l, Avx.LoadVector256(xp + i), a));
+            a = Fma.MultiplyAdd(l, Avx.LoadVector256(xp + i), a);
+            b = Fma.MultiplyAdd(h, Avx.LoadVector256(xp + i + 8), b);
         }
+        a = DotTile.Fold(a, b, paired: true);
         if (k8 > kp) a = Fma.MultiplyAdd(Fields8<S>(w + kp), Avx.LoadVector256(xp + kp), a);
         return Tail<F16Rows>(a, (byte*)w, x, k8, k);
     }
@@ -86,13 +88,16 @@ internal static unsafe partial class MatMul
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float DotStreaming<L>(byte* w, float* x, int k) where L : IRowLoad
     {
-        var a = Vector256<float>.Zero;
+        Vector256<float> a = Vector256<float>.Zero, b = a;
         int i = 0, line = 64 / L.ElementBytes; // 16 or 32 elements
-        for (; i + 8 <= k; i += 8)
+        for (; i + 16 <= k; i += 16)
         {
             if ((i & (line - 1)) == 0) Sse.Prefetch0(w + i * L.ElementBytes + DecodeLead);
             a = Fma.MultiplyAdd(L.Load(w, i), Avx.LoadVector256(x + i), a);
+            b = Fma.MultiplyAdd(L.Load(w, i + 8), Avx.LoadVector256(x + i + 8), b);
         }
-        return Tail<L>(a, w, x, i, k);
+        a += b;
+        if (i + 8 <= k) a = Fma.MultiplyAdd(L.Load(w, i), Avx.LoadVector256(x + i), a);
+        return Tail<L>(a, w, x, k & ~7, k);
     }
 }

@@ -1,5 +1,6 @@
 // How a weight row's elements become fp32 lanes (one struct per stored form, specialised per struct by the JIT), and
-// the dot order every dense strategy shares: one 8-lane accumulator over k in order, Vector256.Sum, the scalar tail.
+// the dot order every dense strategy shares (DotTile's summary, the AVX-512 path's order): two 8-lane accumulators
+// over 16-column steps folded, one 8-column step, Vector256.Sum, the scalar tail.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -11,7 +12,7 @@ namespace Kernels.Runtime.Backends.Cpu;
 
 internal static unsafe partial class MatMul
 {
-    /// <summary>One dot product in the same order as every lane of Kernel4.</summary>
+    /// <summary>One dot product in the order of every dense kernel (DotTile's summary).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Dot<L>(byte* w, float* x, int k) where L : IRowLoad
     {
@@ -21,10 +22,16 @@ internal static unsafe partial class MatMul
             for (int j = 0; j < k; j++) s += L.LoadScalar(w, j) * x[j];
             return s;
         }
-        var a = Vector256<float>.Zero;
+        Vector256<float> a = Vector256<float>.Zero, b = a;
         int i = 0;
-        for (; i + 8 <= k; i += 8) a = Fma.MultiplyAdd(L.Load(w, i), Avx.LoadVector256(x + i), a);
-        return Tail<L>(a, w, x, i, k);
+        for (; i + 16 <= k; i += 16)
+        {
+            a = Fma.MultiplyAdd(L.Load(w, i), Avx.LoadVector256(x + i), a);
+            b = Fma.MultiplyAdd(L.Load(w, i + 8), Avx.LoadVector256(x + i + 8), b);
+        }
+        a += b;
+        if (i + 8 <= k) a = Fma.MultiplyAdd(L.Load(w, i), Avx.LoadVector256(x + i), a);
+        return Tail<L>(a, w, x, k & ~7, k);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -20,9 +20,10 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// rows x 2 (8 loads, 2 of them from L2), with the weights converted to fp32 a panel at a time. One activation row
 /// (decode) streams the weights instead: F32, BF16 and F16 rows are widened in registers, other stored forms
 /// converted 4 rows at a time.
-/// Batch invariance: every dot product, in every micro-kernel shape, is summed the same way (one 8-lane
-/// accumulator over k in order, a fixed horizontal sum, then the scalar tail), so a row's result does not depend on
-/// which other rows share the call.
+/// Batch invariance: every dot product, in every micro-kernel shape and on both the AVX2 and the AVX-512 path, is
+/// summed the same way (16 columns per step as two 8-lane halves folded, one 8-column step, a fixed horizontal sum,
+/// then the scalar tail: DotTile's summary), so a row's result depends neither on which other rows share the call
+/// nor on the instruction path.
 /// </summary>
 internal static unsafe partial class MatMul
 {
