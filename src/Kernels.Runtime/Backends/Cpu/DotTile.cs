@@ -63,40 +63,35 @@ internal static unsafe class DotTile
     /// last 8-column step) at carry[c * 3 + r], <see cref="Finish.Store"/> writes y_r[c] = Sum + bias[c] (y_r: y0, y1,
     /// y2). <paramref name="paired"/>: the rows' columns are in the paired F16 order.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
     public static void Dots(float* w, int ws, float* x0, float* x1, float* x2, int group, int len, Vector256<float>* carry, bool carryIn, Finish finish,
         bool paired, float* y0, float* y1, float* y2, Vector128<float> bias)
     {
-        var local = stackalloc Vector256<float>[24];
-        var halves = carry != null ? carry : local;
-        int len16 = len & ~15;
-        if (group == 1)
+        if (carry == null && len >= 16)
         {
-            Pass<One>(w, ws, x0, x1, x2, len16, 0, halves, carryIn);
-            PassHigh<One>(w, ws, x0, x1, x2, len, halves, carryIn, finish, paired, y0, y1, y2, bias);
+            // Room for the first pass's halves (a tile under 16 columns has none: attention with small heads).
+            var local = stackalloc Vector256<float>[24];
+            carry = local;
         }
-        else if (group == 2)
-        {
-            Pass<Two>(w, ws, x0, x1, x2, len16, 0, halves, carryIn);
-            PassHigh<Two>(w, ws, x0, x1, x2, len, halves, carryIn, finish, paired, y0, y1, y2, bias);
-        }
-        else
-        {
-            Pass<Three>(w, ws, x0, x1, x2, len16, 0, halves, carryIn);
-            PassHigh<Three>(w, ws, x0, x1, x2, len, halves, carryIn, finish, paired, y0, y1, y2, bias);
-        }
+        if (group == 1) Tile<One>(w, ws, x0, x1, x2, len, carry, carryIn, finish, paired, y0, y1, y2, bias);
+        else if (group == 2) Tile<Two>(w, ws, x0, x1, x2, len, carry, carryIn, finish, paired, y0, y1, y2, bias);
+        else Tile<Three>(w, ws, x0, x1, x2, len, carry, carryIn, finish, paired, y0, y1, y2, bias);
     }
 
     /// <summary>
-    /// The second pass of a <see cref="Dots"/> tile (the high 8 columns of every 16), which then finishes in registers:
-    /// its halves carried (halves[12..]), or folded with the first pass's (halves[0..12]) and the 8-column step at
-    /// len &amp; ~15 added, then left at halves[c * 3 + r] (<see cref="Finish.Fold"/>) or summed into y.
+    /// A <see cref="Dots"/> tile: the low 8 columns of every 16 (halves[0..12] after it, carried from there with
+    /// <paramref name="load"/>), then the high 8, which finish in registers: carried (halves[12..]), or folded with
+    /// the low halves, the 8-column step at len &amp; ~15 added, then left at halves[c * 3 + r] (<see cref="Finish.Fold"/>)
+    /// or summed into y. Its own method, so the two loops get the registers to themselves.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void PassHigh<G>(float* w, int ws, float* x0, float* x1, float* x2, int len, Vector256<float>* halves, bool load, Finish finish,
+    private static void Tile<G>(float* w, int ws, float* x0, float* x1, float* x2, int len, Vector256<float>* halves, bool load, Finish finish,
         bool paired, float* y0, float* y1, float* y2, Vector128<float> bias) where G : struct, IRowCount
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        int len16 = len & ~15;
+        bool anyHalves = load || len16 > 0 || finish == Finish.Carry;
+        if (anyHalves) Pass<G>(w0, w1, w2, w3, x0, x1, x2, len16, 0, halves, load);
         Vector256<float>* acc = halves + 12;
         Vector256<float> a00 = default, a10 = default, a20 = default, a30 = default;
         Vector256<float> a01 = default, a11 = default, a21 = default, a31 = default;
@@ -107,7 +102,6 @@ internal static unsafe class DotTile
             if (G.Count >= 2) { a01 = acc[1]; a11 = acc[4]; a21 = acc[7]; a31 = acc[10]; }
             if (G.Count == 3) { a02 = acc[2]; a12 = acc[5]; a22 = acc[8]; a32 = acc[11]; }
         }
-        int len16 = len & ~15;
         for (int i = 8; i < len16; i += 16)
             Step<G>(w0, w1, w2, w3, x0, x1, x2, i, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         if (finish == Finish.Carry)
@@ -117,9 +111,12 @@ internal static unsafe class DotTile
             if (G.Count == 3) { acc[2] = a02; acc[5] = a12; acc[8] = a22; acc[11] = a32; }
             return;
         }
-        a00 = Fold(halves[0], a00, paired); a10 = Fold(halves[3], a10, paired); a20 = Fold(halves[6], a20, paired); a30 = Fold(halves[9], a30, paired);
-        if (G.Count >= 2) { a01 = Fold(halves[1], a01, paired); a11 = Fold(halves[4], a11, paired); a21 = Fold(halves[7], a21, paired); a31 = Fold(halves[10], a31, paired); }
-        if (G.Count == 3) { a02 = Fold(halves[2], a02, paired); a12 = Fold(halves[5], a12, paired); a22 = Fold(halves[8], a22, paired); a32 = Fold(halves[11], a32, paired); }
+        if (anyHalves) // otherwise every half is +0 and so is each fold
+        {
+            a00 = Fold(halves[0], a00, paired); a10 = Fold(halves[3], a10, paired); a20 = Fold(halves[6], a20, paired); a30 = Fold(halves[9], a30, paired);
+            if (G.Count >= 2) { a01 = Fold(halves[1], a01, paired); a11 = Fold(halves[4], a11, paired); a21 = Fold(halves[7], a21, paired); a31 = Fold(halves[10], a31, paired); }
+            if (G.Count == 3) { a02 = Fold(halves[2], a02, paired); a12 = Fold(halves[5], a12, paired); a22 = Fold(halves[8], a22, paired); a32 = Fold(halves[11], a32, paired); }
+        }
         if (len16 < len)
             Step<G>(w0, w1, w2, w3, x0, x1, x2, len16, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         if (finish == Finish.Fold)
@@ -163,14 +160,13 @@ internal static unsafe class DotTile
     private readonly struct Three : IRowCount { public static int Count => 3; }
 
     /// <summary>
-    /// One pass of a <see cref="Dots"/> tile: columns offset..offset+7 of every 16 below len16, acc[c * 3 + r] +=
+    /// The first pass of a <see cref="Tile{G}"/>: columns offset..offset+7 of every 16 below len16, acc[c * 3 + r] +=
     /// w_c * x_r in order (from acc when <paramref name="load"/>, else from zero), the 12 accumulators in registers.
     /// </summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)] // its own registers: inlined, pointers spilled
-    private static void Pass<G>(float* w, int ws, float* x0, float* x1, float* x2, int len16, int offset, Vector256<float>* acc, bool load)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Pass<G>(float* w0, float* w1, float* w2, float* w3, float* x0, float* x1, float* x2, int len16, int offset, Vector256<float>* acc, bool load)
         where G : struct, IRowCount
     {
-        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         Vector256<float> a00 = default, a10 = default, a20 = default, a30 = default;
         Vector256<float> a01 = default, a11 = default, a21 = default, a31 = default;
         Vector256<float> a02 = default, a12 = default, a22 = default, a32 = default;
@@ -193,27 +189,19 @@ internal static unsafe class DotTile
     /// (<paramref name="bias"/> null: none): the same dots as <see cref="Dots"/>, two passes of 12 accumulators with 2 x
     /// loads per 12 fused multiply-adds instead of 3 (x streams from L2 while the 6 rows sit in L1).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
     public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, bool paired, float* y0, float* y1, float* bias)
     {
         var low = stackalloc Vector256<float>[12]; // dot (c, r) at 2c + r
-        if (group == 2)
-        {
-            Pass6<Two>(w, ws, x0, x1, len & ~15, low);
-            Pass6High<Two>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
-        }
-        else
-        {
-            Pass6<One>(w, ws, x0, x1, len & ~15, low);
-            Pass6High<One>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
-        }
+        if (group == 2) Tile6<Two>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
+        else Tile6<One>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
     }
 
-    /// <summary>The first pass of <see cref="Dots6"/>: the low 8 columns of every 16 below len16, from zero, into acc[2c + r].</summary>
-    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void Pass6<G>(float* w, int ws, float* x0, float* x1, int len16, Vector256<float>* acc) where G : struct, IRowCount
+    /// <summary>The first pass of <see cref="Tile6{G}"/>: the low 8 columns of every 16 below len16, from zero, into acc[2c + r].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Pass6<G>(float* w0, float* w1, float* w2, float* w3, float* w4, float* w5, float* x0, float* x1, int len16, Vector256<float>* acc)
+        where G : struct, IRowCount
     {
-        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
         var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
         for (int i = 0; i < len16; i += 16)
@@ -223,25 +211,29 @@ internal static unsafe class DotTile
     }
 
     /// <summary>
-    /// The second pass of <see cref="Dots6"/> (the high 8 columns of every 16), folded with the first's (low[2c + r]),
-    /// the 8-column step at len &amp; ~15 added, summed into y, all in registers.
+    /// A <see cref="Dots6"/> tile: the low 8 columns of every 16 into low[2c + r], then the high 8, folded with them,
+    /// the 8-column step at len &amp; ~15 added and summed into y, in registers (one method: the loops get the registers).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void Pass6High<G>(float* w, int ws, float* x0, float* x1, int len, Vector256<float>* low, bool paired, float* y0, float* y1, float* bias)
+    private static void Tile6<G>(float* w, int ws, float* x0, float* x1, int len, Vector256<float>* low, bool paired, float* y0, float* y1, float* bias)
         where G : struct, IRowCount
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;
+        int len16 = len & ~15;
+        if (len16 > 0) Pass6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, low);
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
         var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
-        int len16 = len & ~15;
         for (int i = 8; i < len16; i += 16)
             Step6<G>(w0, w1, w2, w3, w4, w5, x0, x1, i, ref a00, ref a10, ref a20, ref a30, ref a40, ref a50, ref a01, ref a11, ref a21, ref a31, ref a41, ref a51);
-        a00 = Fold(low[0], a00, paired); a10 = Fold(low[2], a10, paired); a20 = Fold(low[4], a20, paired);
-        a30 = Fold(low[6], a30, paired); a40 = Fold(low[8], a40, paired); a50 = Fold(low[10], a50, paired);
-        if (G.Count == 2)
+        if (len16 > 0) // otherwise every half is +0 and so is each fold
         {
-            a01 = Fold(low[1], a01, paired); a11 = Fold(low[3], a11, paired); a21 = Fold(low[5], a21, paired);
-            a31 = Fold(low[7], a31, paired); a41 = Fold(low[9], a41, paired); a51 = Fold(low[11], a51, paired);
+            a00 = Fold(low[0], a00, paired); a10 = Fold(low[2], a10, paired); a20 = Fold(low[4], a20, paired);
+            a30 = Fold(low[6], a30, paired); a40 = Fold(low[8], a40, paired); a50 = Fold(low[10], a50, paired);
+            if (G.Count == 2)
+            {
+                a01 = Fold(low[1], a01, paired); a11 = Fold(low[3], a11, paired); a21 = Fold(low[5], a21, paired);
+                a31 = Fold(low[7], a31, paired); a41 = Fold(low[9], a41, paired); a51 = Fold(low[11], a51, paired);
+            }
         }
         if (len16 < len)
             Step6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, ref a00, ref a10, ref a20, ref a30, ref a40, ref a50, ref a01, ref a11, ref a21, ref a31, ref a41, ref a51);
