@@ -26,7 +26,7 @@ internal static unsafe partial class Attention
         int c = 0;
         if (Vectorized)
         {
-            s = Vector256.Sum(DotTile.Lanes(k, q, d, paired: false));
+            s = Vector256.Sum(DotTile.Lanes(k, q, d));
             c = d & ~7;
         }
         for (; c < d; c++) s += k[c] * q[c];

@@ -96,19 +96,12 @@ internal static unsafe class DotTile
         Vector256<float> a00 = default, a10 = default, a20 = default, a30 = default;
         Vector256<float> a01 = default, a11 = default, a21 = default, a31 = default;
         Vector256<float> a02 = default, a12 = default, a22 = default, a32 = default;
-        if (load)
-        {
-            a00 = acc[0]; a10 = acc[3]; a20 = acc[6]; a30 = acc[9];
-            if (G.Count >= 2) { a01 = acc[1]; a11 = acc[4]; a21 = acc[7]; a31 = acc[10]; }
-            if (G.Count == 3) { a02 = acc[2]; a12 = acc[5]; a22 = acc[8]; a32 = acc[11]; }
-        }
+        if (load) Load<G>(acc, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         for (int i = 8; i < len16; i += 16)
             Step<G>(w0, w1, w2, w3, x0, x1, x2, i, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         if (finish == Finish.Carry)
         {
-            acc[0] = a00; acc[3] = a10; acc[6] = a20; acc[9] = a30;
-            if (G.Count >= 2) { acc[1] = a01; acc[4] = a11; acc[7] = a21; acc[10] = a31; }
-            if (G.Count == 3) { acc[2] = a02; acc[5] = a12; acc[8] = a22; acc[11] = a32; }
+            Store<G>(acc, a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32);
             return;
         }
         if (anyHalves) // otherwise every half is +0 and so is each fold
@@ -121,9 +114,7 @@ internal static unsafe class DotTile
             Step<G>(w0, w1, w2, w3, x0, x1, x2, len16, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         if (finish == Finish.Fold)
         {
-            halves[0] = a00; halves[3] = a10; halves[6] = a20; halves[9] = a30;
-            if (G.Count >= 2) { halves[1] = a01; halves[4] = a11; halves[7] = a21; halves[10] = a31; }
-            if (G.Count == 3) { halves[2] = a02; halves[5] = a12; halves[8] = a22; halves[11] = a32; }
+            Store<G>(halves, a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32);
             return;
         }
         if (G.Count == 1) SumOne(a00, a10, a20, a30, y0, bias);
@@ -154,6 +145,29 @@ internal static unsafe class DotTile
         if (G.Count == 3) a32 = Fma.MultiplyAdd(c, v2, a32);
     }
 
+    /// <summary>The tile's accumulators for its G x rows from acc[c * 3 + r].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Load<G>(Vector256<float>* acc,
+        ref Vector256<float> a00, ref Vector256<float> a10, ref Vector256<float> a20, ref Vector256<float> a30,
+        ref Vector256<float> a01, ref Vector256<float> a11, ref Vector256<float> a21, ref Vector256<float> a31,
+        ref Vector256<float> a02, ref Vector256<float> a12, ref Vector256<float> a22, ref Vector256<float> a32) where G : struct, IRowCount
+    {
+        a00 = acc[0]; a10 = acc[3]; a20 = acc[6]; a30 = acc[9];
+        if (G.Count >= 2) { a01 = acc[1]; a11 = acc[4]; a21 = acc[7]; a31 = acc[10]; }
+        if (G.Count == 3) { a02 = acc[2]; a12 = acc[5]; a22 = acc[8]; a32 = acc[11]; }
+    }
+
+    /// <summary>The tile's accumulators for its G x rows to acc[c * 3 + r].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store<G>(Vector256<float>* acc, Vector256<float> a00, Vector256<float> a10, Vector256<float> a20, Vector256<float> a30,
+        Vector256<float> a01, Vector256<float> a11, Vector256<float> a21, Vector256<float> a31,
+        Vector256<float> a02, Vector256<float> a12, Vector256<float> a22, Vector256<float> a32) where G : struct, IRowCount
+    {
+        acc[0] = a00; acc[3] = a10; acc[6] = a20; acc[9] = a30;
+        if (G.Count >= 2) { acc[1] = a01; acc[4] = a11; acc[7] = a21; acc[10] = a31; }
+        if (G.Count == 3) { acc[2] = a02; acc[5] = a12; acc[8] = a22; acc[11] = a32; }
+    }
+
     private interface IRowCount { static abstract int Count { get; } }
     private readonly struct One : IRowCount { public static int Count => 1; }
     private readonly struct Two : IRowCount { public static int Count => 2; }
@@ -170,17 +184,10 @@ internal static unsafe class DotTile
         Vector256<float> a00 = default, a10 = default, a20 = default, a30 = default;
         Vector256<float> a01 = default, a11 = default, a21 = default, a31 = default;
         Vector256<float> a02 = default, a12 = default, a22 = default, a32 = default;
-        if (load)
-        {
-            a00 = acc[0]; a10 = acc[3]; a20 = acc[6]; a30 = acc[9];
-            if (G.Count >= 2) { a01 = acc[1]; a11 = acc[4]; a21 = acc[7]; a31 = acc[10]; }
-            if (G.Count == 3) { a02 = acc[2]; a12 = acc[5]; a22 = acc[8]; a32 = acc[11]; }
-        }
+        if (load) Load<G>(acc, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
         for (int i = offset; i < len16; i += 16)
             Step<G>(w0, w1, w2, w3, x0, x1, x2, i, ref a00, ref a10, ref a20, ref a30, ref a01, ref a11, ref a21, ref a31, ref a02, ref a12, ref a22, ref a32);
-        acc[0] = a00; acc[3] = a10; acc[6] = a20; acc[9] = a30;
-        if (G.Count >= 2) { acc[1] = a01; acc[4] = a11; acc[7] = a21; acc[10] = a31; }
-        if (G.Count == 3) { acc[2] = a02; acc[5] = a12; acc[8] = a22; acc[11] = a32; }
+        Store<G>(acc, a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32);
     }
 
     /// <summary>
@@ -277,10 +284,10 @@ internal static unsafe class DotTile
 
     /// <summary>
     /// One dot product in the order of the class summary (x and w n floats, the vector part only: the caller adds a
-    /// scalar tail past n &amp; ~7): its folded 8 lanes, for Vector256.Sum.
+    /// scalar tail past n &amp; ~7), columns in natural order: its folded 8 lanes, for Vector256.Sum.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Lanes(float* w, float* x, int n, bool paired)
+    public static Vector256<float> Lanes(float* w, float* x, int n)
     {
         Vector256<float> a = default, b = default;
         int n16 = n & ~15, i = 0;
@@ -289,7 +296,7 @@ internal static unsafe class DotTile
             a = Fma.MultiplyAdd(Avx.LoadVector256(w + i), Avx.LoadVector256(x + i), a);
             b = Fma.MultiplyAdd(Avx.LoadVector256(w + i + 8), Avx.LoadVector256(x + i + 8), b);
         }
-        a = Fold(a, b, paired);
+        a += b;
         if (i + 8 <= n) a = Fma.MultiplyAdd(Avx.LoadVector256(w + i), Avx.LoadVector256(x + i), a);
         return a;
     }
