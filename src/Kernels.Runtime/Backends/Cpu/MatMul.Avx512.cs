@@ -26,7 +26,7 @@ internal static unsafe partial class MatMul
     /// <summary>The instruction path dense matmuls take here, for reports: "AVX-512", "AVX2" or "scalar".</summary>
     public static string DensePath => Wide ? "AVX-512" : Vectorized ? "AVX2" : "scalar";
 
-    /// <summary>K columns per chunk of the wide tile: 4 converted weight rows of it (16 KiB) stay in L1 while x rows pass.</summary>
+    /// <summary>K columns per chunk of the wide tile: 4 weight rows of it (8 KiB as F16) stay in L1 while x rows pass.</summary>
     private const int WideChunkK = 1024;
 
     /// <summary>Whether <paramref name="w"/>'s rows are read by the wide kernels (the quantized ones have their own).</summary>
@@ -134,39 +134,32 @@ internal static unsafe partial class MatMul
     }
 
     /// <summary>
-    /// Two or more x rows: the weights four rows at a time, converted to fp32 (the F16 ones as fields when x is prescaled),
-    /// K in chunks of <see cref="WideChunkK"/> that stay in L1 while every x row passes, 4 x rows per tile.
+    /// Two or more x rows: the weights four rows at a time, read as stored and widened inside the tile (the F16 ones as
+    /// fields when x is prescaled), K in chunks of <see cref="WideChunkK"/> that stay in L1 while every x row passes, 4 x
+    /// rows per tile. Widening in the tile repeats it for every group of 4 x rows, but those integer operations run beside
+    /// the multiply-adds; a converted fp32 panel (the first design) cost a store and a load per 16 weights and a pass that
+    /// the multiply-adds waited for: 16 rows 20-30 % slower, 64 rows 5-9 % (docs/gguf.md).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void WideBlocked<L>(byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias) where L : IWideLoad
     {
         long rowBytes = (long)k * L.ElementBytes;
         int k16 = k & ~15;
-        int ws = (k16 + 15) & ~15;
-        var panelBuffer = ArrayPool<float>.Shared.Rent(4 * ws + 16);
         int tiles = (rows + 3) / 4;
         var carryBuffer = ArrayPool<Vector512<float>>.Shared.Rent(Math.Max(1, tiles * 16));
-        fixed (float* p0 = panelBuffer)
         fixed (Vector512<float>* carry = carryBuffer)
         {
-            float* panel = (float*)(((nint)p0 + 63) & ~(nint)63);
             int j = start;
             for (; j + 4 <= end; j += 4)
             {
                 byte* w0 = data + j * rowBytes;
-                for (int c = 0; c < 4; c++)
-                {
-                    byte* r = w0 + c * rowBytes;
-                    float* dst = panel + c * ws;
-                    for (int i = 0; i < k16; i += 16) L.Load16(r, i).Store(dst + i);
-                }
                 // The next four rows' bytes, a line per step of the tiles below.
                 var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes) : LineFeed.None;
                 for (int kc = 0; kc < k16; kc += WideChunkK)
                 {
                     int len = Math.Min(WideChunkK, k16 - kc);
                     for (int t = 0, g = 0; t < rows; t += 4, g++)
-                        WideTile(panel + kc, ws, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0, ref feed);
+                        WideTile<L>(w0 + (long)kc * L.ElementBytes, rowBytes, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0, ref feed);
                 }
                 feed.Rest();
                 var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
@@ -189,20 +182,19 @@ internal static unsafe partial class MatMul
             for (; j < end; j++) // the last 1-3 rows of the range: streamed like decode, for every x row
                 for (int t = 0; t < rows; t++) WideDecode<L>(data, x + (long)t * k, k, j, j + 1, y + (long)t * n, bias);
         }
-        ArrayPool<float>.Shared.Return(panelBuffer);
         ArrayPool<Vector512<float>>.Shared.Return(carryBuffer);
     }
 
     /// <summary>
-    /// 4 fp32 panel rows (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1..4) x rows (<paramref name="xs"/>
-    /// floats apart) over <paramref name="len"/> (a multiple of 16) columns: acc[c][r] += w_c[i..i+16] * x_r[i..i+16] in
+    /// 4 weight rows as stored (<paramref name="ws"/> bytes apart, widened 16 at a time by L) x <paramref name="group"/>
+    /// (1..4) x rows (<paramref name="xs"/> floats apart) over <paramref name="len"/> (a multiple of 16) columns: acc[c][r] += w_c[i..i+16] * x_r[i..i+16] in
     /// order, 16 accumulators in registers, starting from <paramref name="carry"/>[4c + r] when <paramref name="carryIn"/>
     /// (a later chunk of K) and ending there.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WideTile(float* w, int ws, float* x, int xs, int group, int len, Vector512<float>* carry, bool carryIn, ref LineFeed feed)
+    private static void WideTile<L>(byte* w, long ws, float* x, int xs, int group, int len, Vector512<float>* carry, bool carryIn, ref LineFeed feed) where L : IWideLoad
     {
-        float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        byte* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         float* x0 = x, x1 = x + xs, x2 = x + 2 * xs, x3 = x + 3 * xs;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
@@ -220,13 +212,13 @@ internal static unsafe partial class MatMul
                 {
                     feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i); var v3 = Vector512.Load(x3 + i);
-                    var c = Vector512.Load(w0 + i);
+                    var c = L.Load16(w0, i);
                     a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02); a03 = Avx512F.FusedMultiplyAdd(c, v3, a03);
-                    c = Vector512.Load(w1 + i);
+                    c = L.Load16(w1, i);
                     a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12); a13 = Avx512F.FusedMultiplyAdd(c, v3, a13);
-                    c = Vector512.Load(w2 + i);
+                    c = L.Load16(w2, i);
                     a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21); a22 = Avx512F.FusedMultiplyAdd(c, v2, a22); a23 = Avx512F.FusedMultiplyAdd(c, v3, a23);
-                    c = Vector512.Load(w3 + i);
+                    c = L.Load16(w3, i);
                     a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31); a32 = Avx512F.FusedMultiplyAdd(c, v2, a32); a33 = Avx512F.FusedMultiplyAdd(c, v3, a33);
                 }
                 break;
@@ -235,10 +227,10 @@ internal static unsafe partial class MatMul
                 {
                     feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i);
-                    var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02);
-                    c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12);
-                    c = Vector512.Load(w2 + i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21); a22 = Avx512F.FusedMultiplyAdd(c, v2, a22);
-                    c = Vector512.Load(w3 + i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31); a32 = Avx512F.FusedMultiplyAdd(c, v2, a32);
+                    var c = L.Load16(w0, i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02);
+                    c = L.Load16(w1, i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12);
+                    c = L.Load16(w2, i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21); a22 = Avx512F.FusedMultiplyAdd(c, v2, a22);
+                    c = L.Load16(w3, i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31); a32 = Avx512F.FusedMultiplyAdd(c, v2, a32);
                 }
                 break;
             case 2:
@@ -246,10 +238,10 @@ internal static unsafe partial class MatMul
                 {
                     feed.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i);
-                    var c = Vector512.Load(w0 + i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01);
-                    c = Vector512.Load(w1 + i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11);
-                    c = Vector512.Load(w2 + i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21);
-                    c = Vector512.Load(w3 + i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31);
+                    var c = L.Load16(w0, i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01);
+                    c = L.Load16(w1, i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11);
+                    c = L.Load16(w2, i); a20 = Avx512F.FusedMultiplyAdd(c, v0, a20); a21 = Avx512F.FusedMultiplyAdd(c, v1, a21);
+                    c = L.Load16(w3, i); a30 = Avx512F.FusedMultiplyAdd(c, v0, a30); a31 = Avx512F.FusedMultiplyAdd(c, v1, a31);
                 }
                 break;
             default:
@@ -257,10 +249,10 @@ internal static unsafe partial class MatMul
                 {
                     feed.Step();
                     var v0 = Vector512.Load(x0 + i);
-                    a00 = Avx512F.FusedMultiplyAdd(Vector512.Load(w0 + i), v0, a00);
-                    a10 = Avx512F.FusedMultiplyAdd(Vector512.Load(w1 + i), v0, a10);
-                    a20 = Avx512F.FusedMultiplyAdd(Vector512.Load(w2 + i), v0, a20);
-                    a30 = Avx512F.FusedMultiplyAdd(Vector512.Load(w3 + i), v0, a30);
+                    a00 = Avx512F.FusedMultiplyAdd(L.Load16(w0, i), v0, a00);
+                    a10 = Avx512F.FusedMultiplyAdd(L.Load16(w1, i), v0, a10);
+                    a20 = Avx512F.FusedMultiplyAdd(L.Load16(w2, i), v0, a20);
+                    a30 = Avx512F.FusedMultiplyAdd(L.Load16(w3, i), v0, a30);
                 }
                 break;
         }
