@@ -375,7 +375,11 @@ internal static unsafe class GgmlDot
             for (int j0 = start; j0 < end; j0 += ChunkRows)
             {
                 int j1 = Math.Min(end, j0 + ChunkRows);
-                for (int j = j0; j < j1; j++) UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
+                // Q8_0 rows are read in place (their codes are the tile's bytes); the others unpacked into u.
+                byte* chunk = L.InPlace ? weights + j0 * rowBytes : u;
+                long chunkStride = L.InPlace ? rowBytes : stride;
+                if (!L.InPlace)
+                    for (int j = j0; j < j1; j++) UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
                 // The next chunk's rows, a line per block of the tiles below.
                 var feed = new LineFeed(weights + j1 * rowBytes, (Math.Min(end, j1 + ChunkRows) - j1) * rowBytes);
                 for (int t = 0; t < x.Length;)
@@ -384,9 +388,9 @@ internal static unsafe class GgmlDot
                     bool pair = x.Length - t >= 2 * TileRows;
                     for (int j = j0; j < j1; j += 2)
                     {
-                        byte* uj = u + (j - j0) * stride;
+                        byte* uj = chunk + (j - j0) * chunkStride;
                         bool two = j + 1 < j1;
-                        byte* uk = two ? uj + stride : uj;
+                        byte* uk = two ? uj + chunkStride : uj;
                         if (pair) TileLegacy<L, O, TwoGroups>(uj, uk, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
                         else TileLegacy<L, O, OneGroup>(uj, uk, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, live, two, ref feed);
                     }
@@ -998,7 +1002,7 @@ internal static unsafe class GgmlDot
     }
 
     /// <summary>
-    /// Two unpacked weight rows against one or two groups of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes
+    /// Two weight rows (unpacked, or Q8_0 rows as stored) against one or two groups of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes
     /// interleaved by 4 bytes, lane r for row r): per block, each 4 weight codes broadcast and multiplied with the eight
     /// rows' 4 codes by one instruction, so the eight block sums come out in one vector with no reduction; the float step
     /// for the eight in one vector. Each broadcast feeds both groups and each activation load both weight rows (one group
@@ -1012,16 +1016,20 @@ internal static unsafe class GgmlDot
     {
         int nb = k / 32;
         float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
+        // In place (Q8_0): each block's codes 2 bytes on, its scale the fp16 before them; unpacked: codes 32 bytes a
+        // block, then the rows' d and m as floats.
+        long step = L.InPlace ? L.BlockBytes : 32;
+        byte* c0 = L.InPlace ? u0 + 2 : u0, c1 = L.InPlace ? u1 + 2 : u1;
         // Every pointer in a local and bumped per block (read through the `in` structs and indexed, they cost the
         // loop a reload and an address computation per use).
         sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
         int* og = g.TileOffsets, oh = h.TileOffsets;
         float* sg = g.TileScales, sh = h.TileScales, tg = g.TileSums, th = h.TileSums;
-        uint* w0 = (uint*)u0, w1 = (uint*)u1;
         Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
         Vector256<float> minG0 = default, minG1 = default, minH0 = default, minH1 = default;
-        for (int b = 0; b < nb; b++, w0 += 8, w1 += 8, xg += 256, xh += 256, og += 8, oh += 8, sg += 8, sh += 8, tg += 8, th += 8)
+        for (int b = 0; b < nb; b++, c0 += step, c1 += step, xg += 256, xh += 256, og += 8, oh += 8, sg += 8, sh += 8, tg += 8, th += 8)
         {
+            uint* w0 = (uint*)c0, w1 = (uint*)c1;
             feed.Step();
             Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(og) : Vector256<int>.Zero, g1 = g0;
             Vector256<int> h0 = Offset<L, O>() && P.Two ? Vector256.Load(oh) : Vector256<int>.Zero, h1 = h0;
@@ -1034,7 +1042,7 @@ internal static unsafe class GgmlDot
             QuadPair<L, O, P>(ref g0, ref g1, ref h0, ref h1, ref g0b, ref g1b, ref h0b, ref h1b, w0 + 6, w1 + 6, xg + 192, xh + 192);
             g0 += g0b;
             g1 += g1b;
-            Vector256<float> e0 = Vector256.Create(d0[b]), e1 = Vector256.Create(d1[b]);
+            Vector256<float> e0 = Vector256.Create(L.InPlace ? GgmlFormats.Half(c0 - 2) : d0[b]), e1 = Vector256.Create(L.InPlace ? GgmlFormats.Half(c1 - 2) : d1[b]);
             var sa = Vector256.Load(sg);
             accG0 = Fma.MultiplyAdd(e0 * sa, Avx.ConvertToVector256Single(g0), accG0);
             accG1 = Fma.MultiplyAdd(e1 * sa, Avx.ConvertToVector256Single(g1), accG1);
@@ -1071,10 +1079,10 @@ internal static unsafe class GgmlDot
     {
         var xa = Vector256.Load(xg);
         var xc = Vector256.Load(xg + 32);
-        var wa = Vector256.Create(w0[0]).AsByte();
-        var wb = Vector256.Create(w1[0]).AsByte();
-        var wc = Vector256.Create(w0[1]).AsByte();
-        var wd = Vector256.Create(w1[1]).AsByte();
+        var wa = Broadcast<L, O>(w0);
+        var wb = Broadcast<L, O>(w1);
+        var wc = Broadcast<L, O>(w0 + 1);
+        var wd = Broadcast<L, O>(w1 + 1);
         g0 = UnpackedLanes<L, O>(g0, wa, xa);
         g1 = UnpackedLanes<L, O>(g1, wb, xa);
         g0b = UnpackedLanes<L, O>(g0b, wc, xc);
@@ -1089,6 +1097,11 @@ internal static unsafe class GgmlDot
             h1b = UnpackedLanes<L, O>(h1b, wd, xd);
         }
     }
+
+    /// <summary>A quad of codes in every lane: as unpacked, or read in place and biased here where the ops multiply biased codes (as UnpackLegacy stores them).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Broadcast<L, O>(uint* quad) where L : struct, ILegacyQuant where O : struct, IOps =>
+        L.InPlace && Offset<L, O>() ? Vector256.Create(*quad).AsByte() ^ Vector256.Create((byte)0x80) : Vector256.Create(*quad).AsByte();
 
     /// <summary>
     /// A tile kernel's results: lanes of g0 / g1 (weight rows 0 / 1, activation rows 0-7) and h0 / h1 (rows 8-15), plus

@@ -38,6 +38,11 @@ internal unsafe interface ILegacyQuant
     static abstract bool Signed { get; }
     static abstract void Header(byte* block, out float d, out float m);
     static abstract Vector256<byte> Codes(byte* block);
+    /// <summary>
+    /// The block holds its codes as the bytes the tile multiplies, 2 bytes on (Q8_0): the batched kernel reads the rows
+    /// in place instead of unpacking them (biasing each broadcast itself where the ops multiply biased codes).
+    /// </summary>
+    static abstract bool InPlace { get; }
 }
 
 internal static unsafe class GgmlFormats
@@ -327,6 +332,7 @@ internal readonly unsafe struct Q40 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q4_0;
     public static int BlockBytes => 18;
+    public static bool InPlace => false;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -340,6 +346,7 @@ internal readonly unsafe struct Q41 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q4_1;
     public static int BlockBytes => 20;
+    public static bool InPlace => false;
     public static bool Signed => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -353,6 +360,7 @@ internal readonly unsafe struct Q50 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q5_0;
     public static int BlockBytes => 22;
+    public static bool InPlace => false;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -366,6 +374,7 @@ internal readonly unsafe struct Q51 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q5_1;
     public static int BlockBytes => 24;
+    public static bool InPlace => false;
     public static bool Signed => false;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -379,6 +388,7 @@ internal readonly unsafe struct Q80 : ILegacyQuant
 {
     public static TensorDType Type => TensorDType.Q8_0;
     public static int BlockBytes => 34;
+    public static bool InPlace => true;
     public static bool Signed => true;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
