@@ -149,82 +149,102 @@ internal sealed unsafe class Q8Rows
         Resize(rows, k);
         fixed (float* xp = x)
         {
-            sbyte* c = CodesAddress;
-            for (int r = 0; r < rows; r++)
-                for (int b = 0; b < k / Block; b++)
-                {
-                    long at = (long)r * k + (long)b * Block;
-                    int index = r * (k / Block) + b;
-                    if (Format == Q8Format.Q8_K)
-                    {
-                        if (vector) QuantizeKVector(xp + at, c + at, index);
-                        else QuantizeK(xp + at, c + at, index);
-                    }
-                    else if (vector) Quantize32Vector(xp + at, c + at, index);
-                    else Quantize32(xp + at, c + at, index);
-                }
-            // One row goes through the decode kernels, which read the row-major scales and sums: no transposed copy on
-            // the decode path.
-            if (rows > 1)
+            // One row goes through the decode kernels, which read the row-major scales and sums: no tile on the decode
+            // path. More: each group of TileRows rows is quantized and laid out in the tile by one task (the groups
+            // are independent), so a 16-row step's two groups take both cores instead of one while the other waits.
+            if (rows == 1) QuantizeRows(xp, 0, 1, vector);
+            else if (TileGroups > 1 && (long)rows * k >= ParallelValues)
             {
-                if (Format == Q8Format.Q8_K) Transpose();
-                Interleave();
+                nint xa = (nint)xp;
+                WorkerTeam.For(TileGroups, g => FillGroup((float*)xa, g, vector));
             }
+            else
+                for (int g = 0; g < TileGroups; g++) FillGroup(xp, g, vector);
         }
         return this;
     }
 
-    /// <summary>Fills <see cref="TileCodes"/> and, for the 32-value formats, <see cref="TileScales"/> and <see cref="TileOffsets"/> / <see cref="TileSums"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Interleave()
+    /// <summary>Values from which the groups are filled in parallel (below, a fork costs about what it saves).</summary>
+    private const int ParallelValues = 4096;
+
+    /// <summary>Rows [from, to) quantized into codes and the row-major scales (offsets, sums).</summary>
+    private void QuantizeRows(float* x, int from, int to, bool vector)
+    {
+        sbyte* c = CodesAddress;
+        int k = K;
+        for (int r = from; r < to; r++)
+            for (int b = 0; b < k / Block; b++)
+            {
+                long at = (long)r * k + (long)b * Block;
+                int index = r * (k / Block) + b;
+                if (Format == Q8Format.Q8_K)
+                {
+                    if (vector) QuantizeKVector(x + at, c + at, index);
+                    else QuantizeK(x + at, c + at, index);
+                }
+                else if (vector) Quantize32Vector(x + at, c + at, index);
+                else Quantize32(x + at, c + at, index);
+            }
+    }
+
+    /// <summary>Tile group <paramref name="g"/>: its rows quantized, then transposed (Q8_K) and interleaved into the tile.</summary>
+    private void FillGroup(float* x, int g, bool vector)
     {
         const int R = GgmlDot.TileRows;
-        int nb = K / 32, groups = TileGroups;
+        QuantizeRows(x, g * R, Math.Min(Rows, g * R + R), vector);
+        if (Format == Q8Format.Q8_K) Transpose(g);
+        Interleave(g);
+    }
+
+    /// <summary>Fills tile group g of <see cref="TileCodes"/> and, for the 32-value formats, <see cref="TileScales"/> and <see cref="TileOffsets"/> / <see cref="TileSums"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Interleave(int g)
+    {
+        const int R = GgmlDot.TileRows;
+        int nb = K / 32;
         bool blocks32 = Format != Q8Format.Q8_K;
         uint* tile = (uint*)TileCodesAddress;
         float* scales = Address(TileScales), sums = Address(TileSums);
         int* offsets = Address(TileOffsets);
-        for (int g = 0; g < groups; g++)
+        for (int r = 0; r < R; r++)
+        {
+            int row = g * R + r;
+            bool real = row < Rows;
+            uint* from = (uint*)(CodesAddress + (long)row * K);
+            for (int b = 0; b < nb; b++)
+            {
+                long at = (long)g * nb + b;
+                uint* to = tile + at * R * 8 + r;
+                for (int q = 0; q < 8; q++) to[q * R] = real ? from[8 * b + q] : 0u;
+                if (!blocks32) continue;
+                scales[at * R + r] = real ? Scales[row * nb + b] : 0f;
+                if (offsets != null) offsets[at * R + r] = real ? BlockOffsets[row * nb + b] : 0;
+                if (sums != null) sums[at * R + r] = real ? Sums[row * nb + b] : 0f;
+            }
+        }
+    }
+
+    /// <summary>Fills tile group g of <see cref="TileScales"/> and <see cref="TileGroupSums"/> from its rows' scales and group sums.</summary>
+    private void Transpose(int g)
+    {
+        const int R = GgmlDot.TileRows;
+        int nb = K / 256;
+        for (int b = 0; b < nb; b++)
+        {
+            int tile = g * nb + b;
             for (int r = 0; r < R; r++)
             {
                 int row = g * R + r;
                 bool real = row < Rows;
-                uint* from = (uint*)(CodesAddress + (long)row * K);
-                for (int b = 0; b < nb; b++)
+                TileScales[tile * R + r] = real ? Scales[row * nb + b] : 0f;
+                for (int h = 0; h < 8; h++)
                 {
-                    long at = (long)g * nb + b;
-                    uint* to = tile + at * R * 8 + r;
-                    for (int q = 0; q < 8; q++) to[q * R] = real ? from[8 * b + q] : 0u;
-                    if (!blocks32) continue;
-                    scales[at * R + r] = real ? Scales[row * nb + b] : 0f;
-                    if (offsets != null) offsets[at * R + r] = real ? BlockOffsets[row * nb + b] : 0;
-                    if (sums != null) sums[at * R + r] = real ? Sums[row * nb + b] : 0f;
+                    int at = (tile * 8 + h) * 2 * R + 2 * r, from = (row * nb + b) * 16 + 2 * h;
+                    TileGroupSums[at] = real ? GroupSums[from] : (short)0;
+                    TileGroupSums[at + 1] = real ? GroupSums[from + 1] : (short)0;
                 }
             }
-    }
-
-    /// <summary>Fills <see cref="TileScales"/> and <see cref="TileGroupSums"/> from the rows' scales and group sums.</summary>
-    private void Transpose()
-    {
-        const int R = GgmlDot.TileRows;
-        int nb = K / 256, groups = (Rows + R - 1) / R;
-        for (int g = 0; g < groups; g++)
-            for (int b = 0; b < nb; b++)
-            {
-                int tile = g * nb + b;
-                for (int r = 0; r < R; r++)
-                {
-                    int row = g * R + r;
-                    bool real = row < Rows;
-                    TileScales[tile * R + r] = real ? Scales[row * nb + b] : 0f;
-                    for (int h = 0; h < 8; h++)
-                    {
-                        int at = (tile * 8 + h) * 2 * R + 2 * r, from = (row * nb + b) * 16 + 2 * h;
-                        TileGroupSums[at] = real ? GroupSums[from] : (short)0;
-                        TileGroupSums[at + 1] = real ? GroupSums[from + 1] : (short)0;
-                    }
-                }
-            }
+        }
     }
 
     /// <summary>
