@@ -131,13 +131,10 @@ internal static unsafe partial class Attention
             a30 = Avx512F.FusedMultiplyAdd(c, x0, a30); a31 = Avx512F.FusedMultiplyAdd(c, x1, a31); a32 = Avx512F.FusedMultiplyAdd(c, x2, a32);
         }
         // Where the group has fewer than 3 rows the repeated ones store the same scores to the same place.
-        DotTile.SumOne(Fold(a02), Fold(a12), Fold(a22), Fold(a32), s2, Vector128<float>.Zero);
-        DotTile.SumOne(Fold(a01), Fold(a11), Fold(a21), Fold(a31), s1, Vector128<float>.Zero);
-        DotTile.SumOne(Fold(a00), Fold(a10), Fold(a20), Fold(a30), s0, Vector128<float>.Zero);
+        DotTile.SumOne(DotTile.Fold(a02), DotTile.Fold(a12), DotTile.Fold(a22), DotTile.Fold(a32), s2, Vector128<float>.Zero);
+        DotTile.SumOne(DotTile.Fold(a01), DotTile.Fold(a11), DotTile.Fold(a21), DotTile.Fold(a31), s1, Vector128<float>.Zero);
+        DotTile.SumOne(DotTile.Fold(a00), DotTile.Fold(a10), DotTile.Fold(a20), DotTile.Fold(a30), s0, Vector128<float>.Zero);
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Fold(Vector512<float> a) => a.GetLower() + a.GetUpper();
 
     /// <summary>Whether the 16-lane tiles run: where MatMul's wide path does (AVX-512; tests switch it).</summary>
     private static bool Wide => MatMul.Wide;

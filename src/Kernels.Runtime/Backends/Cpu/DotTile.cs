@@ -44,6 +44,10 @@ internal static unsafe class DotTile
         (s.GetUpper() + bias).Store(y1);
     }
 
+    /// <summary>A 16-lane accumulator folded to 8 lanes (low half + high half): how every AVX-512 dot ends before its 8-lane sum.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> Fold(Vector512<float> a) => a.GetLower() + a.GetUpper();
+
     /// <summary>y[c] = Sum(r_c) + bias[c] for c = 0..3, in Vector256.Sum's order.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void SumOne(Vector256<float> r0, Vector256<float> r1, Vector256<float> r2, Vector256<float> r3, float* y, Vector128<float> bias)

@@ -106,7 +106,7 @@ internal static unsafe partial class MatMul
     private static float WideFinish<L>(Vector512<float> acc, byte* row, float* x, int k, float bias) where L : IWideLoad
     {
         int k16 = k & ~15, k8 = k & ~7;
-        var a = acc.GetLower() + acc.GetUpper();
+        var a = DotTile.Fold(acc);
         if (k8 > k16) a = Fma.MultiplyAdd(L.Load(row, k16), Vector256.Load(x + k16), a);
         float s = Vector256.Sum(a);
         for (int i = k8; i < k; i++) s += L.LoadScalar(row, i) * x[i];
@@ -258,10 +258,10 @@ internal static unsafe partial class MatMul
         }
         if (y != null)
         {
-            DotTile.SumOne(Fold(a00), Fold(a10), Fold(a20), Fold(a30), y, bias);
-            if (group > 1) DotTile.SumOne(Fold(a01), Fold(a11), Fold(a21), Fold(a31), y + n, bias);
-            if (group > 2) DotTile.SumOne(Fold(a02), Fold(a12), Fold(a22), Fold(a32), y + 2 * n, bias);
-            if (group > 3) DotTile.SumOne(Fold(a03), Fold(a13), Fold(a23), Fold(a33), y + 3 * n, bias);
+            DotTile.SumOne(DotTile.Fold(a00), DotTile.Fold(a10), DotTile.Fold(a20), DotTile.Fold(a30), y, bias);
+            if (group > 1) DotTile.SumOne(DotTile.Fold(a01), DotTile.Fold(a11), DotTile.Fold(a21), DotTile.Fold(a31), y + n, bias);
+            if (group > 2) DotTile.SumOne(DotTile.Fold(a02), DotTile.Fold(a12), DotTile.Fold(a22), DotTile.Fold(a32), y + 2 * n, bias);
+            if (group > 3) DotTile.SumOne(DotTile.Fold(a03), DotTile.Fold(a13), DotTile.Fold(a23), DotTile.Fold(a33), y + 3 * n, bias);
             return;
         }
         carry[0] = a00; carry[1] = a01; carry[2] = a02; carry[3] = a03;
@@ -269,10 +269,6 @@ internal static unsafe partial class MatMul
         carry[8] = a20; carry[9] = a21; carry[10] = a22; carry[11] = a23;
         carry[12] = a30; carry[13] = a31; carry[14] = a32; carry[15] = a33;
     }
-
-    /// <summary>A 16-lane accumulator folded to 8 lanes (low half + high half), as every wide dot ends.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Fold(Vector512<float> a) => a.GetLower() + a.GetUpper();
 
     /// <summary>The wide kernels for one job's rows [start, end): decode or blocked, with the row loader the dtype and x call for (x prescaled when <paramref name="halfFields"/>).</summary>
     private static void WideRows(WeightTensor w, byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias, bool halfFields)
