@@ -138,6 +138,7 @@ public sealed unsafe class GgmlDotTests
             for (int t = 0; t < xRows; t++) Activations(k, 10 * trial + t).CopyTo(xf, t * k);
             var x = Q8Rows.Quantize(format, xf, xRows, k);
             var batched = new float[xRows * rows];
+            var batchedNarrow = new float[xRows * rows];
             var single = new float[xRows * rows];
             var acts = Enumerable.Range(0, xRows).Select(x.Row).ToArray();
             fixed (byte* src = weights)
@@ -145,6 +146,17 @@ public sealed unsafe class GgmlDotTests
             fixed (float* y1 = single)
             {
                 GgmlDot.Multiply(type, src, k, 0, rows, acts, y, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
+                // Where AVX-512 is on, the k-quant batches of sixteen rows take the 512-bit tile; the 256-bit one as well.
+                bool wide = MatMul.Wide;
+                try
+                {
+                    MatMul.Wide = false;
+                    fixed (float* yn = batchedNarrow) GgmlDot.Multiply(type, src, k, 0, rows, acts, yn, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
+                }
+                finally
+                {
+                    MatMul.Wide = wide;
+                }
                 for (int t = 0; t < xRows; t++) GgmlDot.Multiply(type, src, k, 0, rows, [acts[t]], y1 + t * rows, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
                 for (int j = 0; j < rows; j++)
                     fixed (byte* u0 = unpacked)
@@ -168,7 +180,8 @@ public sealed unsafe class GgmlDotTests
                                 if (p != GgmlDot.Path.Scalar)
                                     Assert.That(Bits(GgmlDot.FusedDot(type, src + j * rowBytes, k, acts[t], p)), Is.EqualTo(reference), $"{type} trial {trial}: {p} fused");
                             }
-                            Assert.That(Bits(batched[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows}");
+                            Assert.That(Bits(batched[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows} (wide tiles: {wide})");
+                            Assert.That(Bits(batchedNarrow[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows}, 256-bit tiles");
                             Assert.That(Bits(single[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: weight row {j} against one activation row");
                         }
                     }

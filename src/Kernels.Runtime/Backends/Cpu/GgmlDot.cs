@@ -27,7 +27,7 @@ using Kernels.Runtime.Numerics;
 
 namespace Kernels.Runtime.Backends.Cpu;
 
-internal static unsafe class GgmlDot
+internal static unsafe partial class GgmlDot
 {
     static GgmlDot()
     {
@@ -338,7 +338,10 @@ internal static unsafe class GgmlDot
                 {
                     if (x.Length - t >= 2 * TileRows)
                     {
-                        TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
+                        if (WideTiles)
+                            TileKQuantWide<F>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, two, ref feed);
+                        else
+                            TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
                         t += 2 * TileRows;
                     }
                     else
