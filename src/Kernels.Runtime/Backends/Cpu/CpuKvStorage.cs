@@ -62,9 +62,15 @@ internal sealed unsafe class CpuKvStorage : IKvStorage
     public long CompactBlockBytes => Format.IsKivi ? _layers * Kivi.BlockBytes(_kvDim, _blockSize, Format.Bits) : 0;
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Grow<T>(List<T[]> chunks, int chunk, int length)
+    private static void Grow<T>(List<T[]> chunks, int chunk, int length) where T : unmanaged
     {
-        while (chunks.Count <= chunk) chunks.Add(GC.AllocateUninitializedArray<T>(length, pinned: true));
+        while (chunks.Count <= chunk)
+        {
+            var array = GC.AllocateUninitializedArray<T>(length, pinned: true);
+            // Mapped now in one call rather than a page fault at a time by the step that writes its first rows.
+            MemoryPages.Populate(Unsafe.AsPointer(ref array[0]), (long)length * sizeof(T));
+            chunks.Add(array);
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
