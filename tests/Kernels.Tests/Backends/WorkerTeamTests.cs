@@ -40,4 +40,24 @@ public class WorkerTeamTests
         Assert.That(threads.All(t => t.Join(TimeSpan.FromSeconds(60))), "every caller finished");
         Assert.That(total, Is.EqualTo(3L * 50 * Enumerable.Range(0, 20).Sum()));
     }
+
+    [Test]
+    public void ASleepingWorkerIsWokenForTheNextLoop()
+    {
+        if (Environment.ProcessorCount < 2) Assert.Ignore("one core: the team has no worker");
+        // Idle past the worker's spin (0.5 ms) so it sleeps, then a loop of tasks long enough that a woken worker takes
+        // some: a lost wake-up would leave every task to the calling thread.
+        for (int round = 0; round < 5; round++)
+        {
+            Thread.Sleep(20);
+            int caller = Environment.CurrentManagedThreadId, elsewhere = 0;
+            WorkerTeam.For(128, i =>
+            {
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                while (clock.Elapsed.TotalMilliseconds < 0.2) Thread.SpinWait(10);
+                if (Environment.CurrentManagedThreadId != caller) Interlocked.Increment(ref elsewhere);
+            });
+            Assert.That(elsewhere, Is.GreaterThan(0), $"round {round}: no task ran on the team's worker after it slept");
+        }
+    }
 }

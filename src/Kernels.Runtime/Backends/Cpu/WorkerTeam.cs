@@ -14,6 +14,8 @@ internal static class WorkerTeam
     private static readonly object DispatchGate = new(), SleepGate = new();
     private static Job? _current;
     private static int _started;
+    /// <summary>Workers asleep on SleepGate (or about to be): a dispatch pulses the gate only when there are some.</summary>
+    private static int _sleepers;
 
     [ThreadStatic] private static bool _isWorker;
 
@@ -39,8 +41,12 @@ internal static class WorkerTeam
         {
             EnsureStarted();
             var job = new Job(body, count);
-            Volatile.Write(ref _current, job);
-            lock (SleepGate) Monitor.PulseAll(SleepGate);
+            // Published with a full fence before _sleepers is read, as a worker counts itself before it reads _current
+            // (under the gate): either this call sees the sleeper and pulses, or the worker sees the job and stays up.
+            // Spinning workers take the job without the lock and the pulse (~2 % of the calling thread in a decode).
+            Interlocked.Exchange(ref _current, job);
+            if (Volatile.Read(ref _sleepers) > 0)
+                lock (SleepGate) Monitor.PulseAll(SleepGate);
             job.Work();
             var spin = new SpinWait();
             while (Volatile.Read(ref job.Remaining) > 0) spin.SpinOnce(sleep1Threshold: -1);
@@ -77,7 +83,9 @@ internal static class WorkerTeam
                 }
                 lock (SleepGate)
                 {
+                    Interlocked.Increment(ref _sleepers);
                     while ((job = Volatile.Read(ref _current)) == null || job == done) Monitor.Wait(SleepGate);
+                    Interlocked.Decrement(ref _sleepers);
                 }
                 break;
             }
