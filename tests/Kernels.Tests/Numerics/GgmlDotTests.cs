@@ -146,12 +146,18 @@ public sealed unsafe class GgmlDotTests
             fixed (float* y1 = single)
             {
                 GgmlDot.Multiply(type, src, k, 0, rows, acts, y, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
-                // Where AVX-512 is on, the k-quant batches of sixteen rows take the 512-bit tile; the 256-bit one as well.
+                // Where AVX-512 is on, the k-quant batches of sixteen rows take the 512-bit tile; the 256-bit ones as well,
+                // on every vector path this machine has (AVX2's two-group tile is its own, in quad order).
                 bool wide = MatMul.Wide;
+                var narrowPaths = paths.Where(p => p != GgmlDot.Path.Scalar).ToList();
+                var batchedByPath = narrowPaths.Select(_ => new float[xRows * rows]).ToList();
                 try
                 {
                     MatMul.Wide = false;
                     fixed (float* yn = batchedNarrow) GgmlDot.Multiply(type, src, k, 0, rows, acts, yn, rows, null, new byte[GgmlDot.BufferBytes(type, k)]);
+                    for (int i = 0; i < narrowPaths.Count; i++)
+                        fixed (float* yp = batchedByPath[i])
+                            GgmlDot.Multiply(type, src, k, 0, rows, acts, yp, rows, null, new byte[GgmlDot.BufferBytes(type, k)], narrowPaths[i]);
                 }
                 finally
                 {
@@ -182,6 +188,8 @@ public sealed unsafe class GgmlDotTests
                             }
                             Assert.That(Bits(batched[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows} (wide tiles: {wide})");
                             Assert.That(Bits(batchedNarrow[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows}, 256-bit tiles");
+                            for (int i = 0; i < narrowPaths.Count; i++)
+                                Assert.That(Bits(batchedByPath[i][t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: row {j} of a batch of {xRows}, 256-bit tiles, {narrowPaths[i]}");
                             Assert.That(Bits(single[t * rows + j]), Is.EqualTo(reference), $"{type} trial {trial}: weight row {j} against one activation row");
                         }
                     }

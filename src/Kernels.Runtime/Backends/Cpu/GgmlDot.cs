@@ -228,10 +228,12 @@ internal static unsafe partial class GgmlDot
     /// row streams the weight rows through the fused kernels, two weight rows at a time; more unpack each weight row once
     /// into <paramref name="buffer"/> (<see cref="BufferBytes"/>) and dot it with eight activation rows at a time (the
     /// 32-value types: a chunk of <see cref="ChunkRows"/> unpacked rows, two at a time, against each group of eight).
+    /// <paramref name="forced"/>: an instruction path this machine has, instead of <see cref="Best"/> (tests).
     /// </summary>
-    public static void Multiply(TensorDType type, byte* weights, int k, int start, int end, Activation[] x, float* y, int n, float[]? bias, byte[] buffer)
+    public static void Multiply(TensorDType type, byte* weights, int k, int start, int end, Activation[] x, float* y, int n, float[]? bias, byte[] buffer,
+        Path? forced = null)
     {
-        var path = Best;
+        var path = forced ?? Best;
         if (buffer.Length < BufferBytes(type, k)) throw new ArgumentException($"the unpack buffer holds {buffer.Length} bytes, {BufferBytes(type, k)} needed", nameof(buffer));
         fixed (byte* b0 = buffer)
         {
@@ -341,12 +343,12 @@ internal static unsafe partial class GgmlDot
                         if (WideTiles)
                             TileKQuantWide<F>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, two, ref feed);
                         else
-                            TileKQuant<F, O, TwoGroups>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, 2 * TileRows, two, ref feed);
+                            TileKQuantPair<F, O>(u, u1, k, x[t], x[t + TileRows], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, two, ref feed);
                         t += 2 * TileRows;
                     }
                     else
                     {
-                        TileKQuant<F, O, OneGroup>(u, u1, k, x[t], x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, Math.Min(TileRows, x.Length - t), two, ref feed);
+                        TileKQuant<F, O>(u, u1, k, x[t], y + (long)t * n + j, n, Bias(j), two ? Bias(j + 1) : 0f, Math.Min(TileRows, x.Length - t), two, ref feed);
                         t += TileRows;
                     }
                 }
@@ -528,6 +530,14 @@ internal static unsafe partial class GgmlDot
         static abstract Vector256<int> ScaledChunk8(Vector256<int> acc, uint* w, sbyte* x, int* scale);
         /// <summary>acc + the pairwise products of int16 lanes a x b, summed in pairs (vpmaddwd).</summary>
         static abstract Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b);
+        /// <summary>
+        /// A partial sum of quads, lane r for row r, of unsigned k-quant codes x activations: AVX2 in int16 pairs (bounded
+        /// by the caller: 4 x 2 x 31 x 128 or 2 x 2 x 63 x 128 &lt; 2^15), VNNI in int32. Start it with
+        /// <paramref name="first"/>, then add quads, then <see cref="ScalePartial"/>.
+        /// </summary>
+        static abstract Vector256<int> AddQuad(Vector256<int> partial, Vector256<byte> c, Vector256<sbyte> x, bool first);
+        /// <summary>acc + a partial of <see cref="AddQuad"/> times the int16 scale at <paramref name="scale"/> (its int32 slot), exactly.</summary>
+        static abstract Vector256<int> ScalePartial(Vector256<int> acc, Vector256<int> partial, short* scale);
     }
 
     private readonly struct Avx2Ops : IOps
@@ -572,6 +582,14 @@ internal static unsafe partial class GgmlDot
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => Avx2.Add(acc, Avx2.MultiplyAddAdjacent(a, b));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> AddQuad(Vector256<int> partial, Vector256<byte> c, Vector256<sbyte> x, bool first) =>
+            first ? Avx2.MultiplyAddAdjacent(c, x).AsInt32() : (partial.AsInt16() + Avx2.MultiplyAddAdjacent(c, x)).AsInt32();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScalePartial(Vector256<int> acc, Vector256<int> partial, short* scale) =>
+            acc + Avx2.MultiplyAddAdjacent(partial.AsInt16(), Vector256.Create(*scale));
     }
 
     private readonly struct VnniOps : IOps
@@ -620,6 +638,13 @@ internal static unsafe partial class GgmlDot
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> PairProducts(Vector256<int> acc, Vector256<short> a, Vector256<short> b) => AvxVnni.MultiplyWideningAndAdd(acc, a, b);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> AddQuad(Vector256<int> partial, Vector256<byte> c, Vector256<sbyte> x, bool first) =>
+            AvxVnni.MultiplyWideningAndAdd(first ? Vector256<int>.Zero : partial, c, x);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> ScalePartial(Vector256<int> acc, Vector256<int> partial, short* scale) => acc + partial * Vector256.Create(*(int*)scale);
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -818,80 +843,58 @@ internal static unsafe partial class GgmlDot
     }
 
     /// <summary>
-    /// Two unpacked k-quant weight rows against one or two groups of <see cref="TileRows"/> activation rows (Q8Rows' tile:
-    /// codes interleaved by 4 bytes, lane r for row r). Per 16-value group, four broadcast weight quads times the rows'
-    /// quads give the eight rows' sums in one vector (<see cref="IOps.ScaledGroup"/>), scaled by the group's integer
-    /// scale into I; no reduction. Each broadcast feeds both activation groups and each activation load both weight
-    /// rows. E from the weight row's group terms against the rows' transposed group sums, and one float step for the eight
-    /// rows (their I and E are the one-row kernel's integers, so the same bits). Rows past
-    /// <paramref name="live"/> are padding and not stored.
+    /// Two unpacked k-quant weight rows against one group of <see cref="TileRows"/> activation rows (Q8Rows' tile: codes
+    /// interleaved by 4 bytes, lane r for row r). Per 16-value group, four broadcast weight quads times the rows' quads
+    /// give the eight rows' sums in one vector (<see cref="IOps.ScaledGroup"/>), scaled by the group's integer scale into
+    /// I; no reduction. E from the weight row's group terms against the rows' transposed group sums, and one float step
+    /// for the eight rows (their I and E are the one-row kernel's integers, so the same bits). Rows past
+    /// <paramref name="live"/> are padding and not stored. Two groups at once: <see cref="TileKQuantPair{F, O}"/>, or
+    /// <see cref="TileKQuantWide{F}"/> on AVX-512.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void TileKQuant<F, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two,
+    private static void TileKQuant<F, O>(byte* u0, byte* u1, int k, in Activation g, float* y, int n, float bias0, float bias1, int live, bool two,
         ref LineFeed feed)
-        where F : struct, IKQuant where O : struct, IOps where P : struct, IGroups
+        where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
         int* sc0 = (int*)(u0 + k), sc1 = (int*)(u1 + k);
         short* e0 = (short*)(sc0 + k / 16), e1 = (short*)(sc1 + k / 16);
         float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
-        sbyte* xg = g.TileCodes, xh = P.Two ? h.TileCodes : g.TileCodes;
-        Vector256<float> accG0 = default, accG1 = default, accH0 = default, accH1 = default;
+        sbyte* xg = g.TileCodes;
+        Vector256<float> accG0 = default, accG1 = default;
         for (int b = 0; b < nb; b++)
         {
-            Vector256<int> ig0 = default, ig1 = default, ih0 = default, ih1 = default;
+            Vector256<int> ig0 = default, ig1 = default;
             for (int ch = 0; ch < 8; ch++)
             {
                 feed.Step();
                 int chunk = 8 * b + ch;
                 uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
-                sbyte* xa = xg + 256 * chunk, xb = xh + 256 * chunk;
+                sbyte* xa = xg + 256 * chunk;
                 int* s0 = sc0 + 2 * chunk, s1 = sc1 + 2 * chunk;
                 if (F.ChunkScale)
                 {
                     // One scale for the chunk's 32 values (Q4_K, Q5_K): eight quads summed, then one multiply.
                     ig0 = O.ScaledChunk8(ig0, w0, xa, s0);
                     ig1 = O.ScaledChunk8(ig1, w1, xa, s1);
-                    if (P.Two)
-                    {
-                        ih0 = O.ScaledChunk8(ih0, w0, xb, s0);
-                        ih1 = O.ScaledChunk8(ih1, w1, xb, s1);
-                    }
                     continue;
                 }
                 for (int half = 0; half < 2; half++)
                 {
                     int q = 4 * half;
-                    Vector256<byte> a0 = Vector256.Create(w0[q]).AsByte(), a1 = Vector256.Create(w0[q + 1]).AsByte(),
-                        a2 = Vector256.Create(w0[q + 2]).AsByte(), a3 = Vector256.Create(w0[q + 3]).AsByte();
-                    Vector256<byte> b0 = Vector256.Create(w1[q]).AsByte(), b1 = Vector256.Create(w1[q + 1]).AsByte(),
-                        b2 = Vector256.Create(w1[q + 2]).AsByte(), b3 = Vector256.Create(w1[q + 3]).AsByte();
                     Vector256<sbyte> x0 = Vector256.Load(xa + 32 * q), x1 = Vector256.Load(xa + 32 * q + 32),
                         x2 = Vector256.Load(xa + 32 * q + 64), x3 = Vector256.Load(xa + 32 * q + 96);
-                    ig0 = O.ScaledGroup(ig0, a0, x0, a1, x1, a2, x2, a3, x3, s0 + half);
-                    ig1 = O.ScaledGroup(ig1, b0, x0, b1, x1, b2, x2, b3, x3, s1 + half);
-                    if (P.Two)
-                    {
-                        x0 = Vector256.Load(xb + 32 * q);
-                        x1 = Vector256.Load(xb + 32 * q + 32);
-                        x2 = Vector256.Load(xb + 32 * q + 64);
-                        x3 = Vector256.Load(xb + 32 * q + 96);
-                        ih0 = O.ScaledGroup(ih0, a0, x0, a1, x1, a2, x2, a3, x3, s0 + half);
-                        ih1 = O.ScaledGroup(ih1, b0, x0, b1, x1, b2, x2, b3, x3, s1 + half);
-                    }
+                    ig0 = O.ScaledGroup(ig0, Vector256.Create(w0[q]).AsByte(), x0, Vector256.Create(w0[q + 1]).AsByte(), x1,
+                        Vector256.Create(w0[q + 2]).AsByte(), x2, Vector256.Create(w0[q + 3]).AsByte(), x3, s0 + half);
+                    ig1 = O.ScaledGroup(ig1, Vector256.Create(w1[q]).AsByte(), x0, Vector256.Create(w1[q + 1]).AsByte(), x1,
+                        Vector256.Create(w1[q + 2]).AsByte(), x2, Vector256.Create(w1[q + 3]).AsByte(), x3, s1 + half);
                 }
             }
             var dxg = Vector256.Load(g.TileScales + 8 * b);
             accG0 = Step8<F>(accG0, ig0, TileGroupTerm<O>(e0 + 16 * b, g.TileGroupSums + 128 * b), dxg, d0[b], f0[b]);
             accG1 = Step8<F>(accG1, ig1, TileGroupTerm<O>(e1 + 16 * b, g.TileGroupSums + 128 * b), dxg, d1[b], f1[b]);
-            if (P.Two)
-            {
-                var dxh = Vector256.Load(h.TileScales + 8 * b);
-                accH0 = Step8<F>(accH0, ih0, TileGroupTerm<O>(e0 + 16 * b, h.TileGroupSums + 128 * b), dxh, d0[b], f0[b]);
-                accH1 = Step8<F>(accH1, ih1, TileGroupTerm<O>(e1 + 16 * b, h.TileGroupSums + 128 * b), dxh, d1[b], f1[b]);
-            }
         }
-        StoreTiles(accG0, accG1, accH0, accH1, bias0, bias1, y, n, P.Two ? 2 * TileRows : live, two);
+        StoreTiles(accG0, accG1, default, default, bias0, bias1, y, n, live, two);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
