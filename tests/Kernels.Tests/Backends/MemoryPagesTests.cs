@@ -9,6 +9,12 @@ public unsafe class MemoryPagesTests
     [DllImport("libc", EntryPoint = "mincore")]
     private static extern int Mincore(void* address, nuint length, byte* residency);
 
+    [DllImport("libc", EntryPoint = "mmap")]
+    private static extern void* Mmap(void* address, nuint length, int protection, int flags, int fd, nint offset);
+
+    [DllImport("libc", EntryPoint = "munmap")]
+    private static extern int Munmap(void* address, nuint length);
+
     private static int ResidentPages(byte* start, nuint bytes)
     {
         int pages = (int)(bytes / (nuint)Environment.SystemPageSize);
@@ -23,7 +29,9 @@ public unsafe class MemoryPagesTests
     {
         if (!OperatingSystem.IsLinux()) Assert.Ignore("madvise(MADV_POPULATE_WRITE) is Linux's; elsewhere Populate does nothing");
         nuint bytes = 32u << 20, page = (nuint)Environment.SystemPageSize;
-        byte* p = (byte*)NativeMemory.AlignedAlloc(bytes, page); // fresh anonymous pages (glibc maps a block this large)
+        // Fresh anonymous pages straight from the kernel (malloc may hand back memory an earlier test touched).
+        byte* p = (byte*)Mmap(null, bytes, 3 /* PROT_READ | PROT_WRITE */, 0x22 /* MAP_PRIVATE | MAP_ANONYMOUS */, -1, 0);
+        Assert.That((nint)p, Is.Not.EqualTo((nint)(-1)), "mmap");
         try
         {
             p[0] = 7;
@@ -40,7 +48,7 @@ public unsafe class MemoryPagesTests
         }
         finally
         {
-            NativeMemory.AlignedFree(p);
+            Munmap(p, bytes);
         }
     }
 }
