@@ -15,7 +15,7 @@ internal static unsafe partial class GgmlDot
     private static bool WideTiles => MatMul.Wide;
 
     /// <summary>
-    /// <see cref="TileKQuant{F, O, P}"/> for two groups, on AVX-512: lanes 0-7 of a 512-bit vector are group g's rows and
+    /// <see cref="TileKQuantPair{F, O}"/> on AVX-512: lanes 0-7 of a 512-bit vector are group g's rows and
     /// lanes 8-15 group h's, so each broadcast weight quad advances all sixteen rows in one vpmaddubsw (.NET has no
     /// 512-bit vpdpbusd; on a 2-core Zen 5 a C probe of this loop ran 1.5-2x the 256-bit vpdpbusd tile's multiply-adds
     /// per second). Products of quads are paired in int16 lanes and summed four at a time (Q4_K, Q5_K: codes &lt;= 31,
