@@ -24,9 +24,10 @@ internal static unsafe partial class GgmlDot
         where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
-        int* sc0 = (int*)(u0 + k), sc1 = (int*)(u1 + k);
-        short* e0 = (short*)(sc0 + k / 16), e1 = (short*)(sc1 + k / 16);
-        float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
+        KRow r0 = new(u0, k), r1 = new(u1, k);
+        int* sc0 = r0.Scales, sc1 = r1.Scales;
+        short* e0 = r0.E, e1 = r1.E;
+        float* d0 = r0.D, f0 = r0.F, d1 = r1.D, f1 = r1.F;
         uint* w0 = (uint*)u0, w1 = (uint*)u1;
         sbyte* xa = g.TileCodes, xb = h.TileCodes;
         short* s0 = (short*)sc0, s1 = (short*)sc1;

@@ -44,6 +44,19 @@ internal static unsafe partial class GgmlDot
     //   k-quants: group scales [K/16] int32 (one per 16 values) | e16 [K/256][16 x int16] | d [K/256] f32 | f [K/256] f32
     //   legacy:   d [K/32] f32 | m [K/32] f32 (the block minimum of Q4_1 / Q5_1)
 
+    /// <summary>Where the parts of an unpacked k-quant row of <paramref name="k"/> values at <paramref name="u"/> lie (the layout above).</summary>
+    private readonly struct KRow(byte* u, int k)
+    {
+        /// <summary>The group scales, one int32 per 16 values.</summary>
+        public readonly int* Scales = (int*)(u + k);
+        /// <summary>The group terms, 16 int16 per super-block.</summary>
+        public readonly short* E = (short*)(u + k + k / 4);
+        /// <summary>d per super-block.</summary>
+        public readonly float* D = (float*)(u + k + k / 4 + k / 8);
+        /// <summary>dmin (Q2_K, Q4_K, Q5_K) or d per super-block.</summary>
+        public readonly float* F = (float*)(u + k + k / 4 + k / 8) + k / 256;
+    }
+
     /// <summary>Bytes of an unpacked row of <paramref name="k"/> values (a multiple of 64, so rows stay aligned).</summary>
     public static int UnpackedBytes(TensorDType type, int k) =>
         (type.BlockSize() == 256 ? k + k / 4 + k / 8 + k / 32 : k + k / 4) + 63 & ~63;
@@ -68,9 +81,10 @@ internal static unsafe partial class GgmlDot
         if (type.BlockSize() == 256)
         {
             int n = k / 256;
-            int* scales = (int*)(destination + k);
-            short* e = (short*)(scales + k / 16);
-            float* d = (float*)(e + 16 * n), f = d + n;
+            var parts = new KRow(destination, k);
+            int* scales = parts.Scales;
+            short* e = parts.E;
+            float* d = parts.D, f = parts.F;
             for (int b = 0; b < n; b++)
             {
                 byte* x = row + (long)b * bytes, c = destination + 256 * b;
@@ -800,9 +814,10 @@ internal static unsafe partial class GgmlDot
     {
         int n = k / 256;
         long bytes = F.BlockBytes;
-        int* scales = (int*)(u + k);
-        short* e = (short*)(scales + k / 16);
-        float* d = (float*)(e + 16 * n), f = d + n;
+        var parts = new KRow(u, k);
+        int* scales = parts.Scales;
+        short* e = parts.E;
+        float* d = parts.D, f = parts.F;
         for (int b = 0; b < n; b++)
         {
             byte* w = row + b * bytes, c = u + 256 * b;
@@ -857,9 +872,10 @@ internal static unsafe partial class GgmlDot
         where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
-        int* sc0 = (int*)(u0 + k), sc1 = (int*)(u1 + k);
-        short* e0 = (short*)(sc0 + k / 16), e1 = (short*)(sc1 + k / 16);
-        float* d0 = (float*)(e0 + 16 * nb), f0 = d0 + nb, d1 = (float*)(e1 + 16 * nb), f1 = d1 + nb;
+        KRow r0 = new(u0, k), r1 = new(u1, k);
+        int* sc0 = r0.Scales, sc1 = r1.Scales;
+        short* e0 = r0.E, e1 = r1.E;
+        float* d0 = r0.D, f0 = r0.F, d1 = r1.D, f1 = r1.F;
         sbyte* xg = g.TileCodes;
         Vector256<float> accG0 = default, accG1 = default;
         for (int b = 0; b < nb; b++)
@@ -901,9 +917,10 @@ internal static unsafe partial class GgmlDot
     private static float TileKQuant1<F, O>(byte* u, int k, in Activation x) where F : struct, IKQuant where O : struct, IOps
     {
         int nb = k / 256;
-        int* scales = (int*)(u + k);
-        short* e = (short*)(scales + k / 16);
-        float* d = (float*)(e + 16 * nb), f = d + nb;
+        var parts = new KRow(u, k);
+        int* scales = parts.Scales;
+        short* e = parts.E;
+        float* d = parts.D, f = parts.F;
         float acc = 0;
         for (int b = 0; b < nb; b++)
         {
@@ -1158,9 +1175,10 @@ internal static unsafe partial class GgmlDot
     private static float KQuantScalar(TensorDType type, byte* u, int k, in Activation x)
     {
         int n = k / 256;
-        int* scales = (int*)(u + k);
-        short* e = (short*)(scales + k / 16);
-        float* d = (float*)(e + 16 * n), f = d + n;
+        var parts = new KRow(u, k);
+        int* scales = parts.Scales;
+        short* e = parts.E;
+        float* d = parts.D, f = parts.F;
         float acc = 0;
         for (int b = 0; b < n; b++)
         {
