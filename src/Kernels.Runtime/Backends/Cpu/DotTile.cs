@@ -198,25 +198,29 @@ internal static unsafe class DotTile
     /// 6 fp32 rows w_c (<paramref name="ws"/> floats apart) x <paramref name="group"/> (1 or 2) rows x0, x1 over
     /// <paramref name="len"/> (a multiple of 8) columns from zero, then y_r[c] = Sum + bias[c] for c = 0..5
     /// (<paramref name="bias"/> null: none): the same dots as <see cref="Dots"/>, two passes of 12 accumulators with 2 x
-    /// loads per 12 fused multiply-adds instead of 3 (x streams from L2 while the 6 rows sit in L1).
+    /// loads per 12 fused multiply-adds instead of 3 (x streams from L2 while the 6 rows sit in L1). Each step of 16 columns
+    /// also takes a line of <paramref name="feed"/> (the caller's next rows).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
-    public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, bool paired, float* y0, float* y1, float* bias)
+    public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, bool paired, float* y0, float* y1, float* bias, ref LineFeed feed)
     {
         var low = stackalloc Vector256<float>[12]; // dot (c, r) at 2c + r
-        if (group == 2) Tile6<Two>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
-        else Tile6<One>(w, ws, x0, x1, len, low, paired, y0, y1, bias);
+        if (group == 2) Tile6<Two>(w, ws, x0, x1, len, low, paired, y0, y1, bias, ref feed);
+        else Tile6<One>(w, ws, x0, x1, len, low, paired, y0, y1, bias, ref feed);
     }
 
     /// <summary>The first pass of <see cref="Tile6{G}"/>: the low 8 columns of every 16 below len16, from zero, into acc[2c + r].</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Pass6<G>(float* w0, float* w1, float* w2, float* w3, float* w4, float* w5, float* x0, float* x1, int len16, Vector256<float>* acc)
-        where G : struct, IRowCount
+    private static void Pass6<G>(float* w0, float* w1, float* w2, float* w3, float* w4, float* w5, float* x0, float* x1, int len16, Vector256<float>* acc,
+        ref LineFeed feed) where G : struct, IRowCount
     {
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
         var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
         for (int i = 0; i < len16; i += 16)
+        {
+            feed.Step();
             Step6<G>(w0, w1, w2, w3, w4, w5, x0, x1, i, ref a00, ref a10, ref a20, ref a30, ref a40, ref a50, ref a01, ref a11, ref a21, ref a31, ref a41, ref a51);
+        }
         acc[0] = a00; acc[2] = a10; acc[4] = a20; acc[6] = a30; acc[8] = a40; acc[10] = a50;
         if (G.Count == 2) { acc[1] = a01; acc[3] = a11; acc[5] = a21; acc[7] = a31; acc[9] = a41; acc[11] = a51; }
     }
@@ -226,16 +230,20 @@ internal static unsafe class DotTile
     /// the 8-column step at len &amp; ~15 added and summed into y, in registers (one method: the loops get the registers).
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
-    private static void Tile6<G>(float* w, int ws, float* x0, float* x1, int len, Vector256<float>* low, bool paired, float* y0, float* y1, float* bias)
+    private static void Tile6<G>(float* w, int ws, float* x0, float* x1, int len, Vector256<float>* low, bool paired, float* y0, float* y1, float* bias,
+        ref LineFeed feed)
         where G : struct, IRowCount
     {
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;
         int len16 = len & ~15;
-        if (len16 > 0) Pass6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, low);
+        if (len16 > 0) Pass6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, low, ref feed);
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
         var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
         for (int i = 8; i < len16; i += 16)
+        {
+            feed.Step();
             Step6<G>(w0, w1, w2, w3, w4, w5, x0, x1, i, ref a00, ref a10, ref a20, ref a30, ref a40, ref a50, ref a01, ref a11, ref a21, ref a31, ref a41, ref a51);
+        }
         if (len16 > 0) // otherwise every half is +0 and so is each fold
         {
             a00 = Fold(low[0], a00, paired); a10 = Fold(low[2], a10, paired); a20 = Fold(low[4], a20, paired);
