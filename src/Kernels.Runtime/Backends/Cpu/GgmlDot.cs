@@ -349,7 +349,8 @@ internal static unsafe partial class GgmlDot
                 if (two) UnpackKQuant<F>(weights + (j + 1) * rowBytes, k, u + stride);
                 byte* u1 = two ? u + stride : u;
                 int ahead = j + 2 * FeedPairs;
-                var feed = new LineFeed(weights + ahead * rowBytes, Math.Max(0, Math.Min(end, ahead + 2) - ahead) * rowBytes);
+                // A line per chunk from the first (spread over the whole pair instead: 2-10 % slower on AVX2 at 64 rows).
+                var feed = LineFeed.PerStep(weights + ahead * rowBytes, Math.Max(0, Math.Min(end, ahead + 2) - ahead) * rowBytes);
                 for (int t = 0; t < x.Length;)
                 {
                     if (x.Length - t >= 2 * TileRows)
@@ -368,6 +369,13 @@ internal static unsafe partial class GgmlDot
                 }
                 feed.Rest();
             }
+        }
+
+        /// <summary>Tile calls per weight row pair for <paramref name="rows"/> activation rows: a call per pair of groups of eight, one per group left.</summary>
+        private static long TileCalls(int rows)
+        {
+            int groups = (rows + TileRows - 1) / TileRows;
+            return groups / 2 + groups % 2;
         }
 
         [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -399,8 +407,8 @@ internal static unsafe partial class GgmlDot
                 long chunkStride = L.InPlace ? rowBytes : stride;
                 if (!L.InPlace)
                     for (int j = j0; j < j1; j++) UnpackLegacy<L, O>(weights + j * rowBytes, k, u + (j - j0) * stride);
-                // The next chunk's rows, a line per block of the tiles below.
-                var feed = new LineFeed(weights + j1 * rowBytes, (Math.Min(end, j1 + ChunkRows) - j1) * rowBytes);
+                // The next chunk's rows, spread over the blocks of the tiles below.
+                var feed = new LineFeed(weights + j1 * rowBytes, (Math.Min(end, j1 + ChunkRows) - j1) * rowBytes, TileCalls(x.Length) * ((j1 - j0 + 1) / 2) * (k / 32L));
                 for (int t = 0; t < x.Length;)
                 {
                     int live = Math.Min(TileRows, x.Length - t);

@@ -154,8 +154,8 @@ internal static unsafe partial class MatMul
             for (; j + 4 <= end; j += 4)
             {
                 byte* w0 = data + j * rowBytes;
-                // The next four rows' bytes, a line per step of the tiles below.
-                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes) : LineFeed.None;
+                // The next four rows' bytes, spread over the steps of the tiles below.
+                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes, (long)tiles * (k16 / 16)) : LineFeed.None;
                 var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
                 for (int kc = 0; kc < k16; kc += WideChunkK)
                 {
