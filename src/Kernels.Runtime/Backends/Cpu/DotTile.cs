@@ -234,14 +234,15 @@ internal static unsafe class DotTile
         ref LineFeed feed)
         where G : struct, IRowCount
     {
+        var f = feed; // in registers for the loop (LineFeed's summary)
         float* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws, w4 = w + 4 * ws, w5 = w + 5 * ws;
         int len16 = len & ~15;
-        if (len16 > 0) Pass6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, low, ref feed);
+        if (len16 > 0) Pass6<G>(w0, w1, w2, w3, w4, w5, x0, x1, len16, low, ref f);
         var a00 = Vector256<float>.Zero; var a10 = a00; var a20 = a00; var a30 = a00; var a40 = a00; var a50 = a00;
         var a01 = a00; var a11 = a00; var a21 = a00; var a31 = a00; var a41 = a00; var a51 = a00;
         for (int i = 8; i < len16; i += 16)
         {
-            feed.Step();
+            f.Step();
             Step6<G>(w0, w1, w2, w3, w4, w5, x0, x1, i, ref a00, ref a10, ref a20, ref a30, ref a40, ref a50, ref a01, ref a11, ref a21, ref a31, ref a41, ref a51);
         }
         if (len16 > 0) // otherwise every half is +0 and so is each fold
@@ -265,6 +266,7 @@ internal static unsafe class DotTile
             SumOne(a01, a11, a21, a31, y1, b0);
             Sum2(a41, a51, y1 + 4, b4);
         }
+        feed = f;
     }
 
     /// <summary>acc[c][r] += w_c[i..i+8] * x_r[i..i+8] for the 6 x G dots of <see cref="Dots6"/>.</summary>

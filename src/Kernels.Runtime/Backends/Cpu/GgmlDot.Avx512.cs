@@ -31,6 +31,7 @@ internal static unsafe partial class GgmlDot
         ref LineFeed feed)
         where F : struct, IKQuant
     {
+        var f = feed; // in registers for the loop (LineFeed's summary)
         int nb = k / 256;
         KRow r0 = new(u0, k), r1 = new(u1, k);
         int* sc0 = r0.Scales, sc1 = r1.Scales;
@@ -46,7 +47,7 @@ internal static unsafe partial class GgmlDot
             Vector512<int> i0 = default, i1 = default;
             for (int ch = 0; ch < 8; ch++, w0 += 8, w1 += 8, xa += 256, xb += 256, s0 += 4, s1 += 4)
             {
-                feed.Step();
+                f.Step();
                 var x0 = Rows16(xa, xb, 0);
                 var x1 = Rows16(xa, xb, 1);
                 var x2 = Rows16(xa, xb, 2);
@@ -84,6 +85,7 @@ internal static unsafe partial class GgmlDot
             acc1 = Step16<F>(acc1, i1, GroupTerm16(e1 + 16 * b, g.TileGroupSums + 128 * b, h.TileGroupSums + 128 * b), dx, d1[b], f1[b]);
         }
         StoreTiles(acc0.GetLower(), acc1.GetLower(), acc0.GetUpper(), acc1.GetUpper(), bias0, bias1, y, n, 2 * TileRows, two);
+        feed = f;
     }
 
     /// <summary>

@@ -23,6 +23,7 @@ internal static unsafe partial class GgmlDot
         ref LineFeed feed)
         where F : struct, IKQuant where O : struct, IOps
     {
+        var f = feed; // in registers for the loop (LineFeed's summary)
         int nb = k / 256;
         KRow r0 = new(u0, k), r1 = new(u1, k);
         int* sc0 = r0.Scales, sc1 = r1.Scales;
@@ -37,7 +38,7 @@ internal static unsafe partial class GgmlDot
             Vector256<int> ig0 = default, ig1 = default, ih0 = default, ih1 = default;
             for (int ch = 0; ch < 8; ch++, w0 += 8, w1 += 8, xa += 256, xb += 256, s0 += 4, s1 += 4)
             {
-                feed.Step();
+                f.Step();
                 if (F.ChunkScale)
                 {
                     // One scale for the chunk: quads 0-3, then 4-7.
@@ -59,6 +60,7 @@ internal static unsafe partial class GgmlDot
             accH1 = Step8<F>(accH1, ih1, TileGroupTerm<O>(e1 + 16 * b, h.TileGroupSums + 128 * b), dxh, d1[b], f1[b]);
         }
         StoreTiles(accG0, accG1, accH0, accH1, bias0, bias1, y, n, 2 * TileRows, two);
+        feed = f;
     }
 
     /// <summary>

@@ -879,6 +879,7 @@ internal static unsafe partial class GgmlDot
         ref LineFeed feed)
         where F : struct, IKQuant where O : struct, IOps
     {
+        var f = feed; // in registers for the loop (LineFeed's summary)
         int nb = k / 256;
         KRow r0 = new(u0, k), r1 = new(u1, k);
         int* sc0 = r0.Scales, sc1 = r1.Scales;
@@ -891,7 +892,7 @@ internal static unsafe partial class GgmlDot
             Vector256<int> ig0 = default, ig1 = default;
             for (int ch = 0; ch < 8; ch++)
             {
-                feed.Step();
+                f.Step();
                 int chunk = 8 * b + ch;
                 uint* w0 = (uint*)(u0 + 32 * chunk), w1 = (uint*)(u1 + 32 * chunk);
                 sbyte* xa = xg + 256 * chunk;
@@ -919,6 +920,7 @@ internal static unsafe partial class GgmlDot
             accG1 = Step8<F>(accG1, ig1, TileGroupTerm<O>(e1 + 16 * b, g.TileGroupSums + 128 * b), dxg, d1[b], f1[b]);
         }
         StoreTiles(accG0, accG1, default, default, bias0, bias1, y, n, live, two);
+        feed = f;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -1045,6 +1047,7 @@ internal static unsafe partial class GgmlDot
         ref LineFeed feed)
         where L : struct, ILegacyQuant where O : struct, IOps where P : struct, IGroups
     {
+        var f = feed; // in registers for the loop (LineFeed's summary)
         int nb = k / 32;
         float* d0 = (float*)(u0 + k), m0 = d0 + nb, d1 = (float*)(u1 + k), m1 = d1 + nb;
         // In place (Q8_0): each block's codes 2 bytes on, its scale the fp16 before them; unpacked: codes 32 bytes a
@@ -1061,7 +1064,7 @@ internal static unsafe partial class GgmlDot
         for (int b = 0; b < nb; b++, c0 += step, c1 += step, xg += 256, xh += 256, og += 8, oh += 8, sg += 8, sh += 8, tg += 8, th += 8)
         {
             uint* w0 = (uint*)c0, w1 = (uint*)c1;
-            feed.Step();
+            f.Step();
             Vector256<int> g0 = Offset<L, O>() ? Vector256.Load(og) : Vector256<int>.Zero, g1 = g0;
             Vector256<int> h0 = Offset<L, O>() && P.Two ? Vector256.Load(oh) : Vector256<int>.Zero, h1 = h0;
             // The odd quads in chains of their own (integer sums: the same result in any order), so eight
@@ -1100,6 +1103,7 @@ internal static unsafe partial class GgmlDot
             }
         }
         StoreTiles(accG0 + minG0, accG1 + minG1, accH0 + minH0, accH1 + minH1, bias0, bias1, y, n, P.Two ? 2 * TileRows : live, two);
+        feed = f;
     }
 
     /// <summary>Quads q and q + 1 of a block (w0, w1 and the tiles' x at quad q) into the even and the odd chains of <see cref="TileLegacy{L, O, P}"/>.</summary>

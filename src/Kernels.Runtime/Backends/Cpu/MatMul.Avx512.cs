@@ -196,6 +196,7 @@ internal static unsafe partial class MatMul
     {
         byte* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
         float* x0 = x, x1 = x + xs, x2 = x + 2 * xs, x3 = x + 3 * xs;
+        var f = feed; // in registers for the loop (LineFeed's summary)
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
         if (carryIn)
@@ -210,7 +211,7 @@ internal static unsafe partial class MatMul
             case 4:
                 for (int i = 0; i < len; i += 16)
                 {
-                    feed.Step();
+                    f.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i); var v3 = Vector512.Load(x3 + i);
                     var c = L.Load16(w0, i);
                     a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02); a03 = Avx512F.FusedMultiplyAdd(c, v3, a03);
@@ -225,7 +226,7 @@ internal static unsafe partial class MatMul
             case 3:
                 for (int i = 0; i < len; i += 16)
                 {
-                    feed.Step();
+                    f.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i); var v2 = Vector512.Load(x2 + i);
                     var c = L.Load16(w0, i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01); a02 = Avx512F.FusedMultiplyAdd(c, v2, a02);
                     c = L.Load16(w1, i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11); a12 = Avx512F.FusedMultiplyAdd(c, v2, a12);
@@ -236,7 +237,7 @@ internal static unsafe partial class MatMul
             case 2:
                 for (int i = 0; i < len; i += 16)
                 {
-                    feed.Step();
+                    f.Step();
                     var v0 = Vector512.Load(x0 + i); var v1 = Vector512.Load(x1 + i);
                     var c = L.Load16(w0, i); a00 = Avx512F.FusedMultiplyAdd(c, v0, a00); a01 = Avx512F.FusedMultiplyAdd(c, v1, a01);
                     c = L.Load16(w1, i); a10 = Avx512F.FusedMultiplyAdd(c, v0, a10); a11 = Avx512F.FusedMultiplyAdd(c, v1, a11);
@@ -247,7 +248,7 @@ internal static unsafe partial class MatMul
             default:
                 for (int i = 0; i < len; i += 16)
                 {
-                    feed.Step();
+                    f.Step();
                     var v0 = Vector512.Load(x0 + i);
                     a00 = Avx512F.FusedMultiplyAdd(L.Load16(w0, i), v0, a00);
                     a10 = Avx512F.FusedMultiplyAdd(L.Load16(w1, i), v0, a10);
@@ -262,12 +263,14 @@ internal static unsafe partial class MatMul
             if (group > 1) DotTile.SumOne(DotTile.Fold(a01), DotTile.Fold(a11), DotTile.Fold(a21), DotTile.Fold(a31), y + n, bias);
             if (group > 2) DotTile.SumOne(DotTile.Fold(a02), DotTile.Fold(a12), DotTile.Fold(a22), DotTile.Fold(a32), y + 2 * n, bias);
             if (group > 3) DotTile.SumOne(DotTile.Fold(a03), DotTile.Fold(a13), DotTile.Fold(a23), DotTile.Fold(a33), y + 3 * n, bias);
+            feed = f;
             return;
         }
         carry[0] = a00; carry[1] = a01; carry[2] = a02; carry[3] = a03;
         carry[4] = a10; carry[5] = a11; carry[6] = a12; carry[7] = a13;
         carry[8] = a20; carry[9] = a21; carry[10] = a22; carry[11] = a23;
         carry[12] = a30; carry[13] = a31; carry[14] = a32; carry[15] = a33;
+        feed = f;
     }
 
     /// <summary>The wide kernels for one job's rows [start, end): decode or blocked, with the row loader the dtype and x call for (x prescaled when <paramref name="halfFields"/>).</summary>
