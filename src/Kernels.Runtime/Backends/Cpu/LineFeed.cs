@@ -54,7 +54,7 @@ internal unsafe struct LineFeed
         _wait = _every;
         if (_next < _end)
         {
-            Sse.Prefetch0(_next);
+            Fetch(_next);
             _next += 64;
             if (_perStep > 1) More();
         }
@@ -63,12 +63,19 @@ internal unsafe struct LineFeed
     /// <summary>The rest of a step's lines where the rows have more lines than the loop has steps.</summary>
     private void More()
     {
-        for (int i = 1; i < _perStep && _next < _end; i++, _next += 64) Sse.Prefetch0(_next);
+        for (int i = 1; i < _perStep && _next < _end; i++, _next += 64) Fetch(_next);
+    }
+
+    /// <summary>A prefetch where the instruction set is enabled (with hardware intrinsics off the cursor still moves, so the schedule is the same).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Fetch(byte* line)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(line);
     }
 
     /// <summary>Fetches every line left (the loop ran out of steps before the range did).</summary>
     public void Rest()
     {
-        for (; _next < _end; _next += 64) Sse.Prefetch0(_next);
+        for (; _next < _end; _next += 64) Fetch(_next);
     }
 }
