@@ -199,7 +199,7 @@ internal static unsafe class DotTile
     /// <paramref name="len"/> (a multiple of 8) columns from zero, then y_r[c] = Sum + bias[c] for c = 0..5
     /// (<paramref name="bias"/> null: none): the same dots as <see cref="Dots"/>, two passes of 12 accumulators with 2 x
     /// loads per 12 fused multiply-adds instead of 3 (x streams from L2 while the 6 rows sit in L1). Each step of 16 columns
-    /// also takes a line of <paramref name="feed"/> (the caller's next rows).
+    /// also steps <paramref name="feed"/> (the caller's next rows, on its own schedule).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization), SkipLocalsInit]
     public static void Dots6(float* w, int ws, float* x0, float* x1, int group, int len, bool paired, float* y0, float* y1, float* bias, ref LineFeed feed)

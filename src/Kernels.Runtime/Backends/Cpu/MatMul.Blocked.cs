@@ -62,8 +62,8 @@ internal static unsafe partial class MatMul
                     // The next rows' bytes: six, or the four the 4-row loop takes next.
                     int remaining = end - j - 6, next = remaining >= 6 ? 6 : remaining >= 4 ? 4 : 0;
                     byte* ahead = data + w.DType.ByteCount((long)(j + 6) * k), aheadEnd = ahead + w.DType.ByteCount((long)next * k);
-                    // Spread over the steps of the tiles below (two passes of k / 16 each): in one burst per tile the
-                    // prefetches queued on the core's outstanding misses.
+                    // Spread over the steps of the tiles below (two passes of k / 16 each), as every batched tile fetches
+                    // (a burst per tile, which this replaced, measured level with it between builds: docs/gguf.md).
                     var feed = new LineFeed(ahead, aheadEnd - ahead, (rows + 1) / 2 * 2L * (k / 16));
                     for (int t = 0; t < rows; t += 2)
                     {
