@@ -27,29 +27,51 @@ namespace Kernels.Runtime.Backends.Cpu;
 /// </summary>
 internal static unsafe partial class MatMul
 {
-    /// <summary>The fewest rows of W a task takes: enough work to amortize claiming it.</summary>
-    private const int RowsPerTask = 64;
+    /// <summary>The fewest rows of W a claim takes (<see cref="RowClaims"/>): enough work to amortize starting its stream.</summary>
+    internal const int RowsPerTask = 64;
 
     /// <summary>
-    /// Tasks per core and weight (see <see cref="TaskRows"/>): two, so a core that another process holds up can hand
-    /// half its share to the other.
+    /// A claim takes 1 / (<see cref="TasksPerCore"/> x cores) of what is left of its weight, so the first claims are the
+    /// long streams of a static split into two tasks per core (measured against 64-row tasks on the 2-core AMD EPYC with
+    /// AVX-512, 100M model: decode step Q8_0 3.9-4.0 -> 2.9-3.7 ms, F16 6.1-6.3 -> 5.3-5.4, Q4_K_M 3.3 -> 2.3-2.4;
+    /// 16 rows in a step's order Q8_0 (VNNI) 7.34 -> 6.58 ms, Q4_K_M 9.01 -> 8.04: every task starts a stream whose first
+    /// lines wait on memory, and batched a tile pipeline that fills and drains).
     /// </summary>
     private const int TasksPerCore = 2;
 
     /// <summary>
-    /// Rows of W per task: <see cref="TasksPerCore"/> tasks per core (at least <see cref="RowsPerTask"/> rows), whole
-    /// pairs of rows for decode and whole chunks of 8 for batches. Every task starts a stream of its own whose first
-    /// lines wait on memory (and, batched, a tile pipeline that fills and drains): a few long streams per weight instead
-    /// of one per 64 rows. Measured on the 2-core AMD EPYC with AVX-512, 100M model: decode step, interleaved runs,
-    /// Q8_0 3.9-4.0 -> 2.9-3.7 ms, F16 6.1-6.3 -> 5.3-5.4 ms, Q4_K_M 3.3 -> 2.3-2.4 ms; 16 rows, every layer in a step's
-    /// order, alternated step by step in one process: Q8_0 (VNNI) 7.34 -> 6.58 ms, Q4_K_M 9.01 -> 8.04, F16 (AVX-512)
-    /// 12.4 -> 12.2, plain AVX2 Q8_0 14.0 -> 13.7, F16 the same; Q8_0 at 64 rows 24.9 -> 23.7. Which rows a task holds
-    /// changes no result (each row is summed alone).
+    /// The row ranges of one call's weights, handed out front to back to whichever core asks next (guided
+    /// self-scheduling): each claim a share of what is left of its weight (<see cref="TasksPerCore"/>), whole pairs of
+    /// rows for decode and whole chunks of 8 for batches, at least <see cref="RowsPerTask"/>. Long ranges first and
+    /// shorter ones as a weight runs out, so the cores finish a call together even when one runs slower than the other
+    /// (a static split into two tasks per core left the calling thread waiting 6 % of the parallel loops' time in a
+    /// 16-row AVX2 F16 decode, and more when the VM slowed one core). Which rows a claim holds changes no result (each
+    /// row is summed alone). Zen 5 host, the two schedules alternated step by step in one process (medians of 100 each,
+    /// 16 sequences at context 96): F16 AVX2 27.2 -> 27.1 ms and 37.8 -> 34.4 (a noisy period), AVX-512 21.1 -> 20.4
+    /// and 23.5 -> 22.0; Q8_0 AVX2 22.4 -> 22.5 and 27.5 -> 26.5, VNNI 17.6 -> 16.4 and 15.9 -> 15.2; Q4_K_M AVX2
+    /// 22.0 -> 19.7, VNNI 17.7 -> 16.2; 1, 4 and 64 sequences within +-3 %.
     /// </summary>
-    private static int TaskRows(int n, int rows)
+    internal sealed class RowClaims(int[] rows, int quantum, int cores)
     {
-        int tasks = TasksPerCore * Environment.ProcessorCount, quantum = rows == 1 ? 2 : 8;
-        return Math.Max(RowsPerTask, ((n + tasks - 1) / tasks + quantum - 1) / quantum * quantum);
+        private readonly object _gate = new();
+        private int _job, _next;
+
+        /// <summary>The next range: rows [start, end) of weight <paramref name="job"/>; false once every row is handed out.</summary>
+        public bool Next(out int job, out int start, out int end)
+        {
+            lock (_gate)
+            {
+                while (_job < rows.Length && _next >= rows[_job]) { _job++; _next = 0; }
+                if (_job == rows.Length) { job = start = end = 0; return false; }
+                int left = rows[_job] - _next;
+                int share = (left / (TasksPerCore * cores) + quantum - 1) / quantum * quantum;
+                int size = Math.Min(left, Math.Max(RowsPerTask, share));
+                if (left - size < RowsPerTask / 2) size = left; // no sliver left for a claim of its own
+                job = _job; start = _next; end = _next + size;
+                _next = end;
+                return true;
+            }
+        }
     }
 
     /// <summary>The vector path needs FMA and AVX2 (bf16 widening); otherwise every dot product runs scalar.</summary>
@@ -72,7 +94,7 @@ internal static unsafe partial class MatMul
 
     /// <summary>
     /// Several weights against the same x (the q, k and v projections; gate and up): x is prepared once and every
-    /// weight's row ranges are tasks of one parallel loop, so the cores meet once instead of once per weight.
+    /// weight's row ranges are claimed in one parallel loop, so the cores meet once instead of once per weight.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Multiply(ReadOnlySpan<float> x, int rows, ReadOnlySpan<Product> products)
@@ -108,8 +130,6 @@ internal static unsafe partial class MatMul
                 keepAlive.Add(q);
             }
         var jobs = new Job[products.Length];
-        var firstTask = new int[products.Length + 1];
-        var taskRows = new int[products.Length];
         fixed (float* xp = x)
         fixed (float* pp = paired)
         fixed (float* sp = scaled)
@@ -134,15 +154,12 @@ internal static unsafe partial class MatMul
                 bool fieldsHere = WideHalfFields(w) && prescaled;
                 jobs[i] = new Job(fieldsHere ? sp : xp, products[i].Output, rows, w.Rows, k, w, subnormals != null ? (byte*)subnormals.Data : w.Data, subnormals,
                     products[i].Bias?.ToFloatArray(), pairedHere ? pp : null, pairedHere && prescaled, activations, fieldsHere);
-                taskRows[i] = TaskRows(w.Rows, rows);
-                firstTask[i + 1] = firstTask[i] + (w.Rows + taskRows[i] - 1) / taskRows[i];
             }
-            WorkerTeam.For(firstTask[^1], task =>
+            // Every core takes row ranges until none is left (RowClaims).
+            var claims = new RowClaims(Array.ConvertAll(jobs, j => j.N), rows == 1 ? 2 : 8, Environment.ProcessorCount);
+            WorkerTeam.For(Environment.ProcessorCount, _ =>
             {
-                int i = 0;
-                while (task >= firstTask[i + 1]) i++;
-                int start = (task - firstTask[i]) * taskRows[i];
-                jobs[i].Run(start, Math.Min(jobs[i].N, start + taskRows[i]));
+                while (claims.Next(out int i, out int start, out int end)) jobs[i].Run(start, end);
             });
         }
         if (paired != null) ArrayPool<float>.Shared.Return(paired);
