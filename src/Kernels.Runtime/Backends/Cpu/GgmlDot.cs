@@ -1112,6 +1112,16 @@ internal static unsafe partial class GgmlDot
         ref Vector256<int> g0b, ref Vector256<int> g1b, ref Vector256<int> h0b, ref Vector256<int> h1b, uint* w0, uint* w1, sbyte* xg, sbyte* xh)
         where L : struct, ILegacyQuant where O : struct, IOps where P : struct, IGroups
     {
+        if (L.Signed && !O.Biased)
+        {
+            // Signed codes on AVX2 (|w| x (x with w's sign)): each broadcast's |w| once for both groups, one broadcast at
+            // a time (the JIT computed it per use and ran out of registers).
+            SignedQuad<P>(ref g0, ref h0, Vector256.Create(*w0).AsSByte(), xg, xh);
+            SignedQuad<P>(ref g1, ref h1, Vector256.Create(*w1).AsSByte(), xg, xh);
+            SignedQuad<P>(ref g0b, ref h0b, Vector256.Create(w0[1]).AsSByte(), xg + 32, xh + 32);
+            SignedQuad<P>(ref g1b, ref h1b, Vector256.Create(w1[1]).AsSByte(), xg + 32, xh + 32);
+            return;
+        }
         var xa = Vector256.Load(xg);
         var xc = Vector256.Load(xg + 32);
         var wa = Broadcast<L, O>(w0);
@@ -1131,6 +1141,16 @@ internal static unsafe partial class GgmlDot
             h0b = UnpackedLanes<L, O>(h0b, wc, xd);
             h1b = UnpackedLanes<L, O>(h1b, wd, xd);
         }
+    }
+
+    /// <summary>g += the signed quad w (in every lane) x the group's codes at xg, h += w x the codes at xh (AVX2, vpmaddubsw on |w|).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SignedQuad<P>(ref Vector256<int> g, ref Vector256<int> h, Vector256<sbyte> w, sbyte* xg, sbyte* xh) where P : struct, IGroups
+    {
+        var a = Avx2.Abs(w);
+        var ones = Vector256.Create((short)1);
+        g = Avx2.Add(g, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a, Avx2.Sign(Vector256.Load(xg), w)), ones));
+        if (P.Two) h = Avx2.Add(h, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a, Avx2.Sign(Vector256.Load(xh), w)), ones));
     }
 
     /// <summary>A quad of codes in every lane: as unpacked, or read in place and biased here where the ops multiply biased codes (as UnpackLegacy stores them).</summary>
