@@ -1039,8 +1039,9 @@ internal static unsafe partial class GgmlDot
     /// interleaved by 4 bytes, lane r for row r): per block, each 4 weight codes broadcast and multiplied with the eight
     /// rows' 4 codes by one instruction, so the eight block sums come out in one vector with no reduction; the float step
     /// for the eight in one vector. Each broadcast feeds both groups and each activation load both weight rows (one group
-    /// alone was bound by its loads: 28 for 16 multiplies a block). Rows past <paramref name="live"/> are the tile's zero
-    /// padding; their results are not stored.
+    /// alone was bound by its loads: 28 for 16 multiplies a block), except signed codes on AVX2, whose activations are
+    /// loaded per broadcast to leave registers for |w| (<see cref="QuadPair{L, O, P}"/>). Rows past <paramref name="live"/>
+    /// are the tile's zero padding; their results are not stored.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileLegacy<L, O, P>(byte* u0, byte* u1, int k, in Activation g, in Activation h, float* y, int n, float bias0, float bias1, int live, bool two,
