@@ -572,8 +572,12 @@ internal static unsafe partial class GgmlDot
 
         /// <summary>|w| x (x with w's sign): the products w x, paired by vpmaddubsw without saturating (|x| &lt;= 127).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x) =>
-            Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(w), Avx2.Sign(x, w)), Vector256.Create((short)1)));
+        public static Vector256<int> SignedLanes(Vector256<int> acc, Vector256<sbyte> w, Vector256<sbyte> x) => SignedLanes(acc, Avx2.Abs(w), w, x);
+
+        /// <summary><see cref="SignedLanes(Vector256{int}, Vector256{sbyte}, Vector256{sbyte})"/> with |w| given (one |w| for several x).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> SignedLanes(Vector256<int> acc, Vector256<byte> absW, Vector256<sbyte> w, Vector256<sbyte> x) =>
+            Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(x, w)), Vector256.Create((short)1)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<int> UnsignedLanes(Vector256<int> acc, Vector256<byte> c, Vector256<sbyte> x) =>
@@ -1149,9 +1153,8 @@ internal static unsafe partial class GgmlDot
     private static void SignedQuad<P>(ref Vector256<int> g, ref Vector256<int> h, Vector256<sbyte> w, sbyte* xg, sbyte* xh) where P : struct, IGroups
     {
         var a = Avx2.Abs(w);
-        var ones = Vector256.Create((short)1);
-        g = Avx2.Add(g, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a, Avx2.Sign(Vector256.Load(xg), w)), ones));
-        if (P.Two) h = Avx2.Add(h, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(a, Avx2.Sign(Vector256.Load(xh), w)), ones));
+        g = Avx2Ops.SignedLanes(g, a, w, Vector256.Load(xg));
+        if (P.Two) h = Avx2Ops.SignedLanes(h, a, w, Vector256.Load(xh));
     }
 
     /// <summary>A quad of codes in every lane: as unpacked, or read in place and biased here where the ops multiply biased codes (as UnpackLegacy stores them).</summary>
