@@ -268,9 +268,10 @@ internal static unsafe partial class GgmlDot
     /// (only for two rows or more): TileScales per (super-)block the group's scales [8]; Q8_K: TileGroupSums, per
     /// super-block its group sums as 8 pairs of 16-value groups [8][8 x 2]; Q8_0 / Q8_1: TileCodes, per block the eight
     /// rows' codes interleaved by 4 bytes [8 quads][8 rows][4], TileOffsets (Q8_0) and TileSums (Q8_1) per block [8].
+    /// Wide (Q8_K with AVX-512BW, rows of a whole pair of groups): the pair's <see cref="Q8Rows.Wide"/>.
     /// </summary>
     public readonly struct Activation(sbyte* codes, float* scales, float* sums, short* groupSums, int* blockOffsets, float* tileScales = null,
-        short* tileGroupSums = null, sbyte* tileCodes = null, int* tileOffsets = null, float* tileSums = null)
+        short* tileGroupSums = null, sbyte* tileCodes = null, int* tileOffsets = null, float* tileSums = null, sbyte* wide = null)
     {
         public readonly sbyte* Codes = codes;
         public readonly float* Scales = scales;
@@ -282,6 +283,7 @@ internal static unsafe partial class GgmlDot
         public readonly sbyte* TileCodes = tileCodes;
         public readonly int* TileOffsets = tileOffsets;
         public readonly float* TileSums = tileSums;
+        public readonly sbyte* Wide = wide;
     }
 
     /// <summary>Activation rows the batched kernels take at once (their rows' scales and sums, and the 32-value formats' codes, come transposed by Q8Rows).</summary>

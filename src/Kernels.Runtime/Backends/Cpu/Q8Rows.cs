@@ -53,6 +53,20 @@ internal sealed unsafe class Q8Rows
     public Span<sbyte> TileCodes => new(TileCodesAddress, TileGroups * K * GgmlDot.TileRows);
     private sbyte[] _tileCodes = [];
     private sbyte* TileCodesAddress => _tileCodes.Length == 0 ? null : Address(_tileCodes) + ((64 - ((nint)Address(_tileCodes) & 63)) & 63);
+    /// <summary>
+    /// Q8_K where AVX-512BW is present: each pair of tile groups (0 and 1, 2 and 3, ...) laid out for the 512-bit kernel
+    /// (GgmlDot.TileKQuantWide), which reads every value it needs with one 64-byte load: per 32-value chunk, the first
+    /// group's quad pairs p = 0..3 (64 bytes each: row r's quads 2p and 2p + 1 at 8r), then the second group's (K x 16
+    /// bytes in all); then per super-block the two groups' <see cref="TileScales"/> (64 bytes); then per super-block and
+    /// pair of 16-value groups the two groups' <see cref="TileGroupSums"/> (8 x 64 bytes). <see cref="WidePairBytes"/> a pair.
+    /// </summary>
+    public Span<sbyte> Wide => new(WideAddress, WidePairs * WidePairBytes(K));
+    private sbyte[] _wide = [];
+    private sbyte* WideAddress => _wide.Length == 0 ? null : Address(_wide) + ((64 - ((nint)Address(_wide) & 63)) & 63);
+    private int WidePairs => Format == Q8Format.Q8_K && Avx512BW.IsSupported ? TileGroups / 2 : 0;
+
+    /// <summary>Bytes of one pair of groups in <see cref="Wide"/>: codes, then scales, then group sums.</summary>
+    public static int WidePairBytes(int k) => k * 16 + k / 256 * (64 + 512);
     /// <summary>Q8_0, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="BlockOffsets"/>.</summary>
     public int[] TileOffsets { get; private set; } = [];
     /// <summary>Q8_1, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="Sums"/>.</summary>
@@ -89,6 +103,8 @@ internal sealed unsafe class Q8Rows
             if (Format == Q8Format.Q8_0) TileOffsets = GC.AllocateUninitializedArray<int>(checked((int)(blocks * R)), pinned: true);
             if (Format == Q8Format.Q8_1) TileSums = GC.AllocateUninitializedArray<float>(checked((int)(blocks * R)), pinned: true);
         }
+        long wide = (long)WidePairs * WidePairBytes(k);
+        if (wide > 0 && _wide.Length < wide + 64) _wide = GC.AllocateUninitializedArray<sbyte>(checked((int)wide + 64), pinned: true);
     }
 
     private static T* Address<T>(T[] array) where T : unmanaged =>
@@ -111,7 +127,8 @@ internal sealed unsafe class Q8Rows
             tiled && Format == Q8Format.Q8_K ? Address(TileGroupSums) + groupBlocks * R * 16 : null,
             tiled ? TileCodesAddress + groupBlocks * R * Block : null,
             tiled && Format == Q8Format.Q8_0 ? Address(TileOffsets) + groupBlocks * R : null,
-            tiled && Format == Q8Format.Q8_1 ? Address(TileSums) + groupBlocks * R : null);
+            tiled && Format == Q8Format.Q8_1 ? Address(TileSums) + groupBlocks * R : null,
+            t / R / 2 < WidePairs ? WideAddress + (long)(t / R / 2) * WidePairBytes(K) : null);
     }
 
     /// <summary>The activation form GGML pairs with weights of <paramref name="type"/>.</summary>
@@ -194,6 +211,30 @@ internal sealed unsafe class Q8Rows
         QuantizeRows(x, g * R, Math.Min(Rows, g * R + R), vector);
         if (Format == Q8Format.Q8_K) Transpose(g);
         Interleave(g);
+        if (g / 2 < WidePairs) Widen(g);
+    }
+
+    /// <summary>Group g's tile into its half of its pair's <see cref="Wide"/> (each group writes its own half, so the groups stay independent).</summary>
+    private void Widen(int g)
+    {
+        const int R = GgmlDot.TileRows;
+        int nb = K / 256;
+        sbyte* pair = WideAddress + (long)(g / 2) * WidePairBytes(K);
+        // Codes: per chunk, the group's quads 2p and 2p + 1 of its eight rows, row by row, at 256 x (g % 2) + 64 p.
+        int* codes = (int*)(TileCodesAddress + (long)g * K * R);
+        var zip = Vector512.Create(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        for (int c = 0; c < K / 32; c++)
+            for (int p = 0; p < 4; p++)
+            {
+                int* quads = codes + (c * 8 + 2 * p) * R;
+                Avx512F.PermuteVar16x32x2(Vector256.Load(quads).ToVector512(), zip, Vector256.Load(quads + R).ToVector512())
+                    .Store((int*)(pair + 512L * c + 256 * (g % 2) + 64 * p));
+            }
+        sbyte* to = pair + K * 16 + (g % 2) * 32;
+        sbyte* scales = (sbyte*)(Address(TileScales) + (long)g * nb * R);
+        for (int b = 0; b < nb; b++, to += 64) Vector256.Load(scales + 32L * b).Store(to);
+        sbyte* sums = (sbyte*)(Address(TileGroupSums) + (long)g * nb * R * 16);
+        for (int i = 0; i < nb * 8; i++, to += 64) Vector256.Load(sums + 32L * i).Store(to);
     }
 
     /// <summary>Fills tile group g of <see cref="TileCodes"/> and, for the 32-value formats, <see cref="TileScales"/> and <see cref="TileOffsets"/> / <see cref="TileSums"/>.</summary>
