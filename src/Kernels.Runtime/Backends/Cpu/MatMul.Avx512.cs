@@ -1,5 +1,5 @@
 // The dense matmul (F32, F16, BF16 weights) on AVX-512: 16-lane fused multiply-adds, register tiles of 4 weight rows x
-// up to 4 x rows (16 accumulators of 32), F16 widened 16 at a time to exact values in integer registers.
+// up to 4 x rows (16 accumulators of 32) or 6 (24, where one chunk covers K), F16 widened 16 at a time in integer registers.
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -136,7 +136,10 @@ internal static unsafe partial class MatMul
     /// <summary>
     /// Two or more x rows: the weights four rows at a time, read as stored and widened inside the tile (the F16 ones as
     /// fields when x is prescaled), K in chunks of <see cref="WideChunkK"/> that stay in L1 while every x row passes, 4 x
-    /// rows per tile. Widening in the tile repeats it for every group of 4 x rows, but those integer operations run beside
+    /// rows per tile, or 6 (<see cref="WideTile6{L}"/>) where one chunk covers K: each widened weight vector then feeds
+    /// six multiply-adds instead of four and a call's fixed costs (zeroing, folds, sums) are spread over 24 dots instead of
+    /// 16 (builds alternated on the 2-core Zen 5, F16 in cache: `gate` and `q` 6-8 % less time at 16 and 64 rows, the LM
+    /// head level at 16 and 10-20 % less at 64; the 16-sequence decode step 0-4 %, within this host's noise). Widening in the tile repeats it for every group of 4 x rows, but those integer operations run beside
     /// the multiply-adds; a converted fp32 panel (the first design) cost a store and a load per 16 weights and a pass that
     /// the multiply-adds waited for: 16 rows 20-30 % slower, 64 rows 5-9 % (docs/gguf.md).
     /// </summary>
@@ -145,7 +148,7 @@ internal static unsafe partial class MatMul
     {
         long rowBytes = (long)k * L.ElementBytes;
         int k16 = k & ~15;
-        int tiles = (rows + 3) / 4;
+        int tiles = (rows + 3) / 4; // the carry's tiles of 4 x rows
         bool whole = (k & 15) == 0 && k16 > 0; // every dot ends in the tile: its sums are stored from registers
         var carryBuffer = ArrayPool<Vector512<float>>.Shared.Rent(Math.Max(1, tiles * 16));
         fixed (Vector512<float>* carry = carryBuffer)
@@ -155,15 +158,26 @@ internal static unsafe partial class MatMul
             {
                 byte* w0 = data + j * rowBytes;
                 // The next four rows' bytes, spread over the steps of the tiles below.
-                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes, (long)tiles * (k16 / 16)) : LineFeed.None;
+                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes, (long)TileCalls(rows, whole && k16 <= WideChunkK) * (k16 / 16)) : LineFeed.None;
                 var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
                 for (int kc = 0; kc < k16; kc += WideChunkK)
                 {
                     int len = Math.Min(WideChunkK, k16 - kc);
                     bool store = whole && kc + len == k16;
-                    for (int t = 0, g = 0; t < rows; t += 4, g++)
+                    for (int t = 0, g = 0; t < rows; g++)
+                    {
+                        // Six x rows a tile where one chunk ends every dot (24 accumulators: each widened weight vector
+                        // feeds six multiply-adds instead of four, and a call's fixed costs are spread over 24 dots).
+                        if (store && kc == 0 && SixRows(rows - t))
+                        {
+                            WideTile6<L>(w0, rowBytes, x + (long)t * k, k, len, ref feed, y + (long)t * n + j, n, b4);
+                            t += 6;
+                            continue;
+                        }
                         WideTile<L>(w0 + (long)kc * L.ElementBytes, rowBytes, x + (long)t * k + kc, k, Math.Min(4, rows - t), len, carry + 16 * g, kc > 0, ref feed,
                             store ? y + (long)t * n + j : null, n, b4);
+                        t += 4;
+                    }
                 }
                 feed.Rest();
                 if (whole) continue;
@@ -270,6 +284,58 @@ internal static unsafe partial class MatMul
         carry[4] = a10; carry[5] = a11; carry[6] = a12; carry[7] = a13;
         carry[8] = a20; carry[9] = a21; carry[10] = a22; carry[11] = a23;
         carry[12] = a30; carry[13] = a31; carry[14] = a32; carry[15] = a33;
+        feed = f;
+    }
+
+    /// <summary>Whether the next tile takes six of the <paramref name="remaining"/> x rows: 6, or 10 and more (so no lone 1-3 rows follow).</summary>
+    private static bool SixRows(int remaining) => remaining == 6 || remaining >= 10;
+
+    /// <summary>Tiles <see cref="WideBlocked{L}"/> runs per chunk for <paramref name="rows"/> x rows (six-row ones where <paramref name="six"/>).</summary>
+    private static int TileCalls(int rows, bool six)
+    {
+        int calls = 0;
+        for (int t = 0; t < rows; calls++) t += six && SixRows(rows - t) ? 6 : 4;
+        return calls;
+    }
+
+    /// <summary>
+    /// <see cref="WideTile{L}"/> for six x rows over all of K in one chunk (<paramref name="len"/> = K &amp; ~15 &lt;=
+    /// <see cref="WideChunkK"/>, K a multiple of 16): 24 accumulators, the four weight vectors widened once a step and
+    /// each multiplied by the six x rows, every dot folded and summed into y in <see cref="WideFinish{L}"/>'s order.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WideTile6<L>(byte* w, long ws, float* x, int xs, int len, ref LineFeed feed, float* y, long n, Vector128<float> bias) where L : IWideLoad
+    {
+        byte* w0 = w, w1 = w + ws, w2 = w + 2 * ws, w3 = w + 3 * ws;
+        var f = feed; // in registers for the loop (LineFeed's summary)
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a04 = default, a05 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default, a14 = default, a15 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a24 = default, a25 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default, a34 = default, a35 = default;
+        for (int i = 0; i < len; i += 16)
+        {
+            f.Step();
+            var c0 = L.Load16(w0, i); var c1 = L.Load16(w1, i); var c2 = L.Load16(w2, i); var c3 = L.Load16(w3, i);
+            float* xi = x + i;
+            var v = Vector512.Load(xi);
+            a00 = Avx512F.FusedMultiplyAdd(c0, v, a00); a10 = Avx512F.FusedMultiplyAdd(c1, v, a10); a20 = Avx512F.FusedMultiplyAdd(c2, v, a20); a30 = Avx512F.FusedMultiplyAdd(c3, v, a30);
+            v = Vector512.Load(xi + xs);
+            a01 = Avx512F.FusedMultiplyAdd(c0, v, a01); a11 = Avx512F.FusedMultiplyAdd(c1, v, a11); a21 = Avx512F.FusedMultiplyAdd(c2, v, a21); a31 = Avx512F.FusedMultiplyAdd(c3, v, a31);
+            v = Vector512.Load(xi + 2 * xs);
+            a02 = Avx512F.FusedMultiplyAdd(c0, v, a02); a12 = Avx512F.FusedMultiplyAdd(c1, v, a12); a22 = Avx512F.FusedMultiplyAdd(c2, v, a22); a32 = Avx512F.FusedMultiplyAdd(c3, v, a32);
+            v = Vector512.Load(xi + 3 * xs);
+            a03 = Avx512F.FusedMultiplyAdd(c0, v, a03); a13 = Avx512F.FusedMultiplyAdd(c1, v, a13); a23 = Avx512F.FusedMultiplyAdd(c2, v, a23); a33 = Avx512F.FusedMultiplyAdd(c3, v, a33);
+            v = Vector512.Load(xi + 4 * xs);
+            a04 = Avx512F.FusedMultiplyAdd(c0, v, a04); a14 = Avx512F.FusedMultiplyAdd(c1, v, a14); a24 = Avx512F.FusedMultiplyAdd(c2, v, a24); a34 = Avx512F.FusedMultiplyAdd(c3, v, a34);
+            v = Vector512.Load(xi + 5 * xs);
+            a05 = Avx512F.FusedMultiplyAdd(c0, v, a05); a15 = Avx512F.FusedMultiplyAdd(c1, v, a15); a25 = Avx512F.FusedMultiplyAdd(c2, v, a25); a35 = Avx512F.FusedMultiplyAdd(c3, v, a35);
+        }
+        DotTile.SumOne(DotTile.Fold(a00), DotTile.Fold(a10), DotTile.Fold(a20), DotTile.Fold(a30), y, bias);
+        DotTile.SumOne(DotTile.Fold(a01), DotTile.Fold(a11), DotTile.Fold(a21), DotTile.Fold(a31), y + n, bias);
+        DotTile.SumOne(DotTile.Fold(a02), DotTile.Fold(a12), DotTile.Fold(a22), DotTile.Fold(a32), y + 2 * n, bias);
+        DotTile.SumOne(DotTile.Fold(a03), DotTile.Fold(a13), DotTile.Fold(a23), DotTile.Fold(a33), y + 3 * n, bias);
+        DotTile.SumOne(DotTile.Fold(a04), DotTile.Fold(a14), DotTile.Fold(a24), DotTile.Fold(a34), y + 4 * n, bias);
+        DotTile.SumOne(DotTile.Fold(a05), DotTile.Fold(a15), DotTile.Fold(a25), DotTile.Fold(a35), y + 5 * n, bias);
         feed = f;
     }
 
