@@ -139,9 +139,10 @@ internal static unsafe partial class MatMul
     /// rows per tile, or 6 (<see cref="WideTile6{L}"/>) where one chunk covers K: each widened weight vector then feeds
     /// six multiply-adds instead of four and a call's fixed costs (zeroing, folds, sums) are spread over 24 dots instead of
     /// 16 (builds alternated on the 2-core Zen 5, F16 in cache: `gate` and `q` 6-8 % less time at 16 and 64 rows, the LM
-    /// head level at 16 and 10-20 % less at 64; the 16-sequence decode step 0-4 %, within this host's noise). Widening in the tile repeats it for every group of 4 x rows, but those integer operations run beside
-    /// the multiply-adds; a converted fp32 panel (the first design) cost a store and a load per 16 weights and a pass that
-    /// the multiply-adds waited for: 16 rows 20-30 % slower, 64 rows 5-9 % (docs/gguf.md).
+    /// head level at 16 and 10-20 % less at 64; the 16-sequence decode step 0-4 %, within this host's noise). Widening in
+    /// the tile repeats it for every group of x rows, but those integer operations run beside the multiply-adds; a
+    /// converted fp32 panel (the first design) cost a store and a load per 16 weights and a pass that the multiply-adds
+    /// waited for: 16 rows 20-30 % slower, 64 rows 5-9 % (docs/gguf.md).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void WideBlocked<L>(byte* data, float* x, int rows, int k, int n, int start, int end, float* y, float[]? bias) where L : IWideLoad
