@@ -151,6 +151,7 @@ internal static unsafe partial class MatMul
         int k16 = k & ~15;
         int tiles = (rows + 3) / 4; // the carry's tiles of 4 x rows
         bool whole = (k & 15) == 0 && k16 > 0; // every dot ends in the tile: its sums are stored from registers
+        long feedSteps = (long)TileCalls(rows, whole && k16 <= WideChunkK) * (k16 / 16); // a panel's tile steps
         var carryBuffer = ArrayPool<Vector512<float>>.Shared.Rent(Math.Max(1, tiles * 16));
         fixed (Vector512<float>* carry = carryBuffer)
         {
@@ -159,7 +160,7 @@ internal static unsafe partial class MatMul
             {
                 byte* w0 = data + j * rowBytes;
                 // The next four rows' bytes, spread over the steps of the tiles below.
-                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes, (long)TileCalls(rows, whole && k16 <= WideChunkK) * (k16 / 16)) : LineFeed.None;
+                var feed = j + 8 <= end ? new LineFeed(w0 + 4 * rowBytes, 4 * rowBytes, feedSteps) : LineFeed.None;
                 var b4 = bias != null ? Vector128.Create(bias, j) : Vector128<float>.Zero;
                 for (int kc = 0; kc < k16; kc += WideChunkK)
                 {

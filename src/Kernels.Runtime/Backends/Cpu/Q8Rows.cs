@@ -58,15 +58,21 @@ internal sealed unsafe class Q8Rows
     /// (GgmlDot.TileKQuantWide), which reads every value it needs with one 64-byte load: per 32-value chunk, the first
     /// group's quad pairs p = 0..3 (64 bytes each: row r's quads 2p and 2p + 1 at 8r), then the second group's (K x 16
     /// bytes in all); then per super-block the two groups' <see cref="TileScales"/> (64 bytes); then per super-block and
-    /// pair of 16-value groups the two groups' <see cref="TileGroupSums"/> (8 x 64 bytes). <see cref="WidePairBytes"/> a pair.
+    /// pair of 16-value groups the two groups' <see cref="TileGroupSums"/> (8 x 64 bytes).
     /// </summary>
     public Span<sbyte> Wide => new(WideAddress, WidePairs * WidePairBytes(K));
     private sbyte[] _wide = [];
     private sbyte* WideAddress => _wide.Length == 0 ? null : Address(_wide) + ((64 - ((nint)Address(_wide) & 63)) & 63);
     private int WidePairs => Format == Q8Format.Q8_K && Avx512BW.IsSupported ? TileGroups / 2 : 0;
 
+    /// <summary>Where a pair's scales start in <see cref="Wide"/>, after its codes.</summary>
+    public static int WideScales(int k) => k * 16;
+
+    /// <summary>Where a pair's group sums start in <see cref="Wide"/>, after its scales.</summary>
+    public static int WideGroupSums(int k) => WideScales(k) + k / 256 * 64;
+
     /// <summary>Bytes of one pair of groups in <see cref="Wide"/>: codes, then scales, then group sums.</summary>
-    public static int WidePairBytes(int k) => k * 16 + k / 256 * (64 + 512);
+    private static int WidePairBytes(int k) => WideGroupSums(k) + k / 256 * 512;
     /// <summary>Q8_0, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="BlockOffsets"/>.</summary>
     public int[] TileOffsets { get; private set; } = [];
     /// <summary>Q8_1, two rows or more: per group of 8 rows and block, the 8 rows' <see cref="Sums"/>.</summary>
@@ -230,9 +236,10 @@ internal sealed unsafe class Q8Rows
                 Avx512F.PermuteVar16x32x2(Vector256.Load(quads).ToVector512(), zip, Vector256.Load(quads + R).ToVector512())
                     .Store((int*)(pair + 512L * c + 256 * (g % 2) + 64 * p));
             }
-        sbyte* to = pair + K * 16 + (g % 2) * 32;
+        sbyte* to = pair + WideScales(K) + (g % 2) * 32;
         sbyte* scales = (sbyte*)(Address(TileScales) + (long)g * nb * R);
         for (int b = 0; b < nb; b++, to += 64) Vector256.Load(scales + 32L * b).Store(to);
+        to = pair + WideGroupSums(K) + (g % 2) * 32;
         sbyte* sums = (sbyte*)(Address(TileGroupSums) + (long)g * nb * R * 16);
         for (int i = 0; i < nb * 8; i++, to += 64) Vector256.Load(sums + 32L * i).Store(to);
     }
