@@ -5,7 +5,6 @@
 // MatMul.Converted.cs (4 rows at a time: no AVX2, tiny K, other stored forms); MatMul.RowLoads.cs holds the row
 // loaders and the one dot order they all share.
 using System.Buffers;
-using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -134,15 +133,14 @@ internal static unsafe partial class MatMul
         fixed (float* pp = paired)
         fixed (float* sp = scaled)
         {
+            // x times 2^112 (paired for the AVX2 kernels) in one pass that also checks every value allows it; where one
+            // does not (|x| >= PrescaleLimit or NaN), the paired copy is redone unscaled and the wide kernels read x.
             bool prescaled = false;
-            if (anyPaired || anyFields)
-            {
-                prescaled = true;
-                for (int t = 0; t < rows && prescaled; t++) prescaled = MaxAbs(xp + (long)t * k, k) < PrescaleLimit;
-            }
-            if (anyPaired)
-                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, prescaled ? DTypeConvert.HalfFieldsScale : 1f);
-            if (anyFields && prescaled) TensorPrimitives.Multiply(x[..(rows * k)], DTypeConvert.HalfFieldsScale, scaled.AsSpan(0, rows * k));
+            if (anyPaired) prescaled = Prescale(xp, pp, rows, k, paired: true);
+            else if (anyFields) prescaled = Prescale(xp, sp, rows, k, paired: false);
+            if (anyPaired && !prescaled)
+                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, 1f);
+            if (anyPaired && anyFields && prescaled) Prescale(xp, sp, rows, k, paired: false);
             for (int i = 0; i < products.Length; i++)
             {
                 var w = products[i].Weight;
@@ -172,16 +170,45 @@ internal static unsafe partial class MatMul
     /// <summary>Below this magnitude an x value times 2^112 stays finite (fp32 tops out near 2^128).</summary>
     private const float PrescaleLimit = 32768f;
 
+    /// <summary>
+    /// The <paramref name="rows"/> x <paramref name="k"/> values of x times 2^112 into <paramref name="destination"/>
+    /// (<paramref name="paired"/>: each row in <see cref="PairColumns"/>' order), one pass, and whether every value is
+    /// below <see cref="PrescaleLimit"/> in magnitude (false for a NaN), so the scaled copy is finite and exact.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float MaxAbs(float* x, int k)
+    private static bool Prescale(float* x, float* destination, int rows, int k, bool paired)
     {
-        var m = Vector256<float>.Zero;
-        int i = 0;
-        for (; i + 8 <= k; i += 8) m = Avx.Max(m, Vector256.Abs(Avx.LoadVector256(x + i)));
-        float max = Vector256.Max(m, Vector256<float>.Zero).ToScalar();
-        for (int l = 1; l < 8; l++) max = Math.Max(max, m.GetElement(l));
-        for (; i < k; i++) max = Math.Max(max, Math.Abs(x[i]));
-        return float.IsNaN(max) ? float.PositiveInfinity : max;
+        var s = Vector256.Create(DTypeConvert.HalfFieldsScale);
+        var limit = Vector256.Create(PrescaleLimit);
+        var over = Vector256<float>.Zero; // lanes that saw |x| >= limit or a NaN (not-less-than is true for unordered)
+        bool scalarOver = false;
+        for (long t = 0; t < rows; t++)
+        {
+            float* from = x + t * k, to = destination + t * k;
+            int i = 0;
+            if (paired)
+                for (; i + 16 <= k; i += 16)
+                {
+                    var a = Avx.LoadVector256(from + i);
+                    var b = Avx.LoadVector256(from + i + 8);
+                    over = Avx.Or(over, Avx.Or(Avx.CompareNotLessThan(Vector256.Abs(a), limit), Avx.CompareNotLessThan(Vector256.Abs(b), limit)));
+                    Avx.Store(to + i, Avx.Permute2x128(a, b, 0x20) * s);
+                    Avx.Store(to + i + 8, Avx.Permute2x128(a, b, 0x31) * s);
+                }
+            else
+                for (; i + 8 <= k; i += 8)
+                {
+                    var a = Avx.LoadVector256(from + i);
+                    over = Avx.Or(over, Avx.CompareNotLessThan(Vector256.Abs(a), limit));
+                    Avx.Store(to + i, a * s);
+                }
+            for (; i < k; i++)
+            {
+                scalarOver |= !(Math.Abs(from[i]) < PrescaleLimit);
+                to[i] = from[i] * DTypeConvert.HalfFieldsScale;
+            }
+        }
+        return !scalarOver && Avx.MoveMask(over) == 0;
     }
 
     /// <summary>x in the column order of FiniteHalfFields16 for every whole 16-block, the rest in place; times <paramref name="scale"/>.</summary>
