@@ -135,12 +135,12 @@ internal static unsafe partial class MatMul
         {
             // x times 2^112 (paired for the AVX2 kernels) in one pass that also checks every value allows it; where one
             // does not (|x| >= PrescaleLimit or NaN), the paired copy is redone unscaled and the wide kernels read x.
+            const float Scale = DTypeConvert.HalfFieldsScale;
             bool prescaled = false;
-            if (anyPaired) prescaled = Prescale(xp, pp, rows, k, paired: true);
-            else if (anyFields) prescaled = Prescale(xp, sp, rows, k, paired: false);
-            if (anyPaired && !prescaled)
-                for (int t = 0; t < rows; t++) PairColumns(xp + (long)t * k, pp + (long)t * k, k, 1f);
-            if (anyPaired && anyFields && prescaled) Prescale(xp, sp, rows, k, paired: false);
+            if (anyPaired) prescaled = CopyScaled(xp, pp, rows, k, paired: true, Scale);
+            else if (anyFields) prescaled = CopyScaled(xp, sp, rows, k, paired: false, Scale);
+            if (anyPaired && !prescaled) CopyScaled(xp, pp, rows, k, paired: true, 1f);
+            if (anyPaired && anyFields && prescaled) CopyScaled(xp, sp, rows, k, paired: false, Scale);
             for (int i = 0; i < products.Length; i++)
             {
                 var w = products[i].Weight;
@@ -171,14 +171,15 @@ internal static unsafe partial class MatMul
     private const float PrescaleLimit = 32768f;
 
     /// <summary>
-    /// The <paramref name="rows"/> x <paramref name="k"/> values of x times 2^112 into <paramref name="destination"/>
-    /// (<paramref name="paired"/>: each row in <see cref="PairColumns"/>' order), one pass, and whether every value is
-    /// below <see cref="PrescaleLimit"/> in magnitude (false for a NaN), so the scaled copy is finite and exact.
+    /// The <paramref name="rows"/> x <paramref name="k"/> values of x times <paramref name="scale"/> into
+    /// <paramref name="destination"/>, one pass; <paramref name="paired"/>: each row in the column order of
+    /// FiniteHalfFields16 for every whole 16-block (the rest in place). Returns whether every value is below
+    /// <see cref="PrescaleLimit"/> in magnitude (false for a NaN), i.e. whether a copy times 2^112 is finite and exact.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static bool Prescale(float* x, float* destination, int rows, int k, bool paired)
+    private static bool CopyScaled(float* x, float* destination, int rows, int k, bool paired, float scale)
     {
-        var s = Vector256.Create(DTypeConvert.HalfFieldsScale);
+        var s = Vector256.Create(scale);
         var limit = Vector256.Create(PrescaleLimit);
         var over = Vector256<float>.Zero; // lanes that saw |x| >= limit or a NaN (not-less-than is true for unordered)
         bool scalarOver = false;
@@ -205,26 +206,10 @@ internal static unsafe partial class MatMul
             for (; i < k; i++)
             {
                 scalarOver |= !(Math.Abs(from[i]) < PrescaleLimit);
-                to[i] = from[i] * DTypeConvert.HalfFieldsScale;
+                to[i] = from[i] * scale;
             }
         }
         return !scalarOver && Avx.MoveMask(over) == 0;
-    }
-
-    /// <summary>x in the column order of FiniteHalfFields16 for every whole 16-block, the rest in place; times <paramref name="scale"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void PairColumns(float* x, float* destination, int k, float scale)
-    {
-        var s = Vector256.Create(scale);
-        int i = 0;
-        for (; i + 16 <= k; i += 16)
-        {
-            var a = Avx.LoadVector256(x + i);
-            var b = Avx.LoadVector256(x + i + 8);
-            Avx.Store(destination + i, Avx.Permute2x128(a, b, 0x20) * s);
-            Avx.Store(destination + i + 8, Avx.Permute2x128(a, b, 0x31) * s);
-        }
-        for (; i < k; i++) destination[i] = x[i] * scale;
     }
 
     /// <summary>
