@@ -62,7 +62,7 @@ switch ($Command) {
     "publish-device" {
         Build-Kernels
         Invoke-Checked dotnet @("publish", "tools/Kernels.Bench", "-c", "Release", "-r", "linux-x64", "--self-contained", "-p:PublishSingleFile=true",
-            "-p:EnableCompressionInSingleFile=true", "-p:IncludeNativeLibrariesForSelfExtract=true", "-o", ".device/bench")
+            "-p:DeviceBundle=true", "-p:EnableCompressionInSingleFile=true", "-p:IncludeNativeLibrariesForSelfExtract=true", "-o", ".device/bench")
     }
     "pack" { Pack-Runtime }
     "sample" {

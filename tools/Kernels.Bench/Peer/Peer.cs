@@ -49,7 +49,7 @@ public static class Peer
             Console.WriteLine("# warning: --paths avx2 without DOTNET_EnableAVX512=0 DOTNET_EnableAVXVNNI=0: ours still runs " + ours);
         string pathName = avx2 ? "AVX2" : "native";
         Console.WriteLine($"# CPU peer comparison ({pathName} path): Kernels.Runtime CpuBackend vs llama.cpp (LLamaSharp 0.30.0, LLamaSharp.Backend.Cpu), {date}");
-        Console.WriteLine($"# CPU: {Report.CpuName()}; {threads} cores, {RuntimeInformation.ProcessArchitecture}; ours {threads} threads, llama.cpp {_llamaThreads}; {RuntimeInformation.FrameworkDescription}; " +
+        Console.WriteLine($"# CPU: {HostInfo.CpuName()}; {threads} cores, {RuntimeInformation.ProcessArchitecture}; ours {threads} threads, llama.cpp {_llamaThreads}; {RuntimeInformation.FrameworkDescription}; " +
                           $"OMP_WAIT_POLICY={Environment.GetEnvironmentVariable("OMP_WAIT_POLICY") ?? "(unset)"}; load average {LoadAverage()}");
         Console.WriteLine($"# ours: {ours}");
         Console.WriteLine("# same GGUF file on both sides; prompt = random token ids (a fresh prompt per repetition, so no prefix-cache hits); greedy decoding");
@@ -73,7 +73,7 @@ public static class Peer
             var doc = new
             {
                 date,
-                machine = new { cores = threads, cpu = Report.CpuName(), arch = RuntimeInformation.ProcessArchitecture.ToString(), avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported,
+                machine = new { cores = threads, cpu = HostInfo.CpuName(), arch = RuntimeInformation.ProcessArchitecture.ToString(), avx2 = System.Runtime.Intrinsics.X86.Avx2.IsSupported,
                     avx512 = System.Runtime.Intrinsics.X86.Avx512F.IsSupported, runtime = RuntimeInformation.FrameworkDescription },
                 peer = "llama.cpp via LLamaSharp 0.30.0 + LLamaSharp.Backend.Cpu",
                 threads,
@@ -121,7 +121,7 @@ public static class Peer
     /// </summary>
     public static string? ResolveModel(string spec, string cache)
     {
-        if (spec == "stories260K") return FindShared("models/stories260K/stories260K.gguf");
+        if (spec == "stories260K") return HostInfo.FindShared("models/stories260K/stories260K.gguf");
         if (File.Exists(spec)) return spec;
         int colon = spec.IndexOf(':');
         if (colon < 0 || spec[..colon] != "small") return null;
@@ -142,15 +142,6 @@ public static class Peer
             File.Move(path + ".tmp", path);
         }
         return path;
-    }
-
-    internal static string? FindShared(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            foreach (string c in new[] { Path.Combine(dir.FullName, "shared", relative), Path.Combine(dir.FullName, "..", "shared", relative) })
-                if (File.Exists(c)) return Path.GetFullPath(c);
-        string cwd = Path.Combine("..", "shared", relative);
-        return File.Exists(cwd) ? Path.GetFullPath(cwd) : null;
     }
 
     private static ModelResult RunModel(string name, string path, int p, int g, int n, int reps, int sharedReps, int threads)

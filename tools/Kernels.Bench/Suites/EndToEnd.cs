@@ -65,7 +65,7 @@ internal static partial class EndToEnd
         string? golden = FindGolden();
         foreach (string g in new[] { "tiny-llama-f32", "tiny-llama-bf16", "tiny-qwen2-f16" })
             models.Add((g, golden == null ? null : Path.Combine(golden, g)));
-        models.Add(("stories260K", Peer.FindShared("models/stories260K/stories260K.gguf")));
+        models.Add(("stories260K", HostInfo.FindShared("models/stories260K/stories260K.gguf")));
         models.Add(("synthetic:small", "synthetic:small"));
         models.Add(("synthetic:small w4a8", QuantizedModel("synthetic:small", Kernels.Runtime.Quantization.W4A8.W4A8Method.MethodName)));
         models.Add(("synthetic:tiny squeezellm", QuantizedModel("synthetic:tiny", Kernels.Runtime.Quantization.SqueezeLlm.SqueezeLlmMethod.MethodName)));

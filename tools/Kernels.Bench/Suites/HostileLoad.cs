@@ -34,7 +34,7 @@ public static class HostileLoad
         string dll = FindKernels(kernelsDll);
         int rounds = Math.Max(1, (int)Math.Round(phaseSeconds / (2 * windowSeconds)));
         Console.WriteLine($"# hostile clients vs steady ones, {model} served by `kernels serve` ({dll}) on loopback");
-        Console.WriteLine($"# machine: {Report.Machine()} (shared: other builds and tests run on it too)");
+        Console.WriteLine($"# machine: {HostInfo.Machine()} (shared: other builds and tests run on it too)");
         Console.WriteLine($"# {clients} closed-loop streaming clients (8-word prompts, max_tokens {maxTokens}, temperature 0, ignore_eos); per hostile client " +
                           $"{rounds} rounds of {windowSeconds:G} s without it then {windowSeconds:G} s with it (sending back to back from a process of its own); " +
                           $"requests starting within {SettleSeconds} s of a switch are not counted");
@@ -70,7 +70,7 @@ public static class HostileLoad
             await File.WriteAllTextAsync(jsonPath, new JsonObject
             {
                 ["model"] = model, ["clients"] = clients, ["phaseSeconds"] = phaseSeconds, ["windowSeconds"] = windowSeconds, ["maxTokens"] = maxTokens,
-                ["machine"] = Report.Machine(), ["pass"] = pass,
+                ["machine"] = HostInfo.Machine(), ["pass"] = pass,
                 ["phases"] = new JsonArray(results.Select(r => (JsonNode)new JsonObject
                 {
                     ["phase"] = r.Phase, ["attack"] = r.Attack, ["steadyRequests"] = r.SteadyRequests, ["steadyFailures"] = r.SteadyFailures,

@@ -37,9 +37,9 @@ public static class Suites
             };
         var run = new JsonObject
         {
-            ["machine"] = Report.Machine(),
+            ["machine"] = HostInfo.Machine(),
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'"),
-            ["commit"] = Report.Commit(),
+            ["commit"] = HostInfo.Commit(),
             ["mode"] = quick ? "quick (tiny shapes, for CI: the numbers are not meaningful)" : "full",
         };
         File.WriteAllText(Part("run"), run.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
